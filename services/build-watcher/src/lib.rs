@@ -1,0 +1,1 @@
+//! The build-watcher service (being built).

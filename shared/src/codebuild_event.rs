@@ -1,0 +1,221 @@
+//! The EventBridge events CodeBuild sends for build state and phase changes, as documented by
+//! AWS ("Build notifications input format reference"). The local runner writes this exact
+//! shape and the build-watcher reads it, so both sources go through one parser.
+//!
+//! Every field is optional on input: AWS adds fields over time and some events omit some.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `detail-type` of a build state change.
+pub const STATE_CHANGE: &str = "CodeBuild Build State Change";
+/// `detail-type` of a build phase change.
+pub const PHASE_CHANGE: &str = "CodeBuild Build Phase Change";
+/// `source` of CodeBuild events.
+pub const SOURCE: &str = "aws.codebuild";
+
+/// The EventBridge envelope.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CodeBuildEvent {
+    #[serde(default)]
+    pub version: String,
+    /// EventBridge event id (unique per event; a redelivery repeats it).
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub detail_type: String,
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub account: String,
+    /// RFC 3339.
+    #[serde(default)]
+    pub time: String,
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub resources: Vec<String>,
+    pub detail: Detail,
+}
+
+/// The `detail` of both event types (state-change fields and phase-change fields).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Detail {
+    /// State change: `IN_PROGRESS`, `SUCCEEDED`, `FAILED`, `FAULT`, `STOPPED`, `TIMED_OUT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_status: Option<String>,
+    #[serde(default)]
+    pub project_name: String,
+    /// The build ARN (`arn:aws:codebuild:<region>:<account>:build/<project>:<uuid>`), or
+    /// `local:<uuid>` for the local runner.
+    #[serde(default)]
+    pub build_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_phase_context: Option<String>,
+    /// Phase change: the phase that completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_phase_status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_phase_context: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_phase_duration_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_phase_start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_phase_end: Option<String>,
+    #[serde(default)]
+    pub additional_information: AdditionalInformation,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AdditionalInformation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_complete: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator: Option<String>,
+    /// CodeBuild's format: `Sep 1, 2017 4:12:29 PM` (UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_in_minutes: Option<u64>,
+    #[serde(default)]
+    pub environment: Environment,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<Logs>,
+    #[serde(default)]
+    pub phases: Vec<Phase>,
+    /// The buildspec's `env.exported-variables`, as captured at the end of the build.
+    #[serde(default)]
+    pub exported_environment_variables: Vec<NameValue>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Source {
+    #[serde(default)]
+    pub location: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Environment {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "String::is_empty", rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub compute_type: String,
+    /// Project variables and StartBuild overrides.
+    #[serde(default)]
+    pub environment_variables: Vec<EnvironmentVariable>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EnvironmentVariable {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+    /// `PLAINTEXT`, `PARAMETER_STORE`, `SECRETS_MANAGER`.
+    #[serde(default, rename = "type")]
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NameValue {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Logs {
+    #[serde(default)]
+    pub group_name: String,
+    #[serde(default)]
+    pub stream_name: String,
+    /// Link a person opens.
+    #[serde(default)]
+    pub deep_link: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Phase {
+    #[serde(default)]
+    pub phase_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_in_seconds: Option<u64>,
+    /// Messages of a failed phase (`["COMMAND_EXECUTION_ERROR: Error while executing ..."]`);
+    /// AWS sends a list of strings.
+    #[serde(default)]
+    pub phase_context: Vec<String>,
+}
+
+impl CodeBuildEvent {
+    /// The variables the original updater sees: build environment first, then exported
+    /// variables winning on name clashes (reference §4 step 2).
+    pub fn merged_variables(&self) -> BTreeMap<String, String> {
+        let info = &self.detail.additional_information;
+        let mut merged: BTreeMap<String, String> = info
+            .environment
+            .environment_variables
+            .iter()
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect();
+        for v in &info.exported_environment_variables {
+            merged.insert(v.name.clone(), v.value.clone());
+        }
+        merged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exported_variables_win_over_environment() {
+        let event: CodeBuildEvent = serde_json::from_value(serde_json::json!({
+            "detail-type": STATE_CHANGE,
+            "detail": {
+                "build-status": "SUCCEEDED",
+                "additional-information": {
+                    "environment": {"environment-variables": [
+                        {"name": "PRX_CI_PUBLISH", "value": "false", "type": "PLAINTEXT"},
+                        {"name": "PRX_REPO", "value": "PRX/app", "type": "PLAINTEXT"}
+                    ]},
+                    "exported-environment-variables": [
+                        {"name": "PRX_CI_PUBLISH", "value": "true"}
+                    ]
+                }
+            }
+        }))
+        .unwrap();
+        let merged = event.merged_variables();
+        assert_eq!(merged["PRX_CI_PUBLISH"], "true");
+        assert_eq!(merged["PRX_REPO"], "PRX/app");
+    }
+}

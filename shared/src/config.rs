@@ -1,0 +1,180 @@
+//! Typed configuration, parsed once at start-up and validated before anything runs.
+//!
+//! One TOML file (see `prx-ci.example.toml`) holds a section per service plus the common
+//! sections (`[nats]`, `[telemetry]`, `[aws]`). Each service owns the struct of its section and
+//! loads it with [`load`]; environment variables override the file as
+//! `PRX_CI_<SECTION>__<FIELD>` (e.g. `PRX_CI_NATS__URL`). Handlers receive values, never read
+//! the environment themselves.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format as _, Toml};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// Environment variable prefix for overrides.
+pub const ENV_PREFIX: &str = "PRX_CI_";
+
+/// A configuration that is wrong, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration section [{section}]: {source}")]
+    Parse {
+        section: String,
+        #[source]
+        source: Box<figment::Error>,
+    },
+    #[error("invalid configuration [{section}]: {reason}")]
+    Invalid { section: String, reason: String },
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+}
+
+/// A section that can check itself after parsing.
+pub trait Validate {
+    /// Returns the first problem found, phrased for an operator.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Loads `[section]` from `file` (optional) with `PRX_CI_<SECTION>__*` overrides, and
+/// validates it. Missing fields take the struct's serde defaults.
+pub fn load<T: DeserializeOwned + Validate>(
+    file: Option<&Path>,
+    section: &str,
+) -> Result<T, ConfigError> {
+    let mut figment = Figment::new();
+    if let Some(file) = file {
+        if !file.exists() {
+            return Err(ConfigError::MissingFile(file.to_owned()));
+        }
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+    load_from(&figment, section)
+}
+
+/// Like [`load`], from an already assembled figment (tests use `Figment::from(Toml::string(..))`).
+pub fn load_from<T: DeserializeOwned + Validate>(
+    figment: &Figment,
+    section: &str,
+) -> Result<T, ConfigError> {
+    let value: T = figment
+        .focus(section)
+        .extract()
+        .map_err(|source| ConfigError::Parse {
+            section: section.to_owned(),
+            source: Box::new(source),
+        })?;
+    value.validate().map_err(|reason| ConfigError::Invalid {
+        section: section.to_owned(),
+        reason,
+    })?;
+    Ok(value)
+}
+
+/// Connection to NATS (section `[nats]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// A `.creds` file for authenticated clusters. Default: none.
+    pub credentials_file: Option<PathBuf>,
+    /// Stream replicas when provisioning (1 on a single server, 3 in a cluster). Default 1.
+    pub replicas: usize,
+    /// How long to wait for the first connection. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Client name prefix shown in the server's monitoring. Default `prx-ci`.
+    pub client_name: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            credentials_file: None,
+            replicas: 1,
+            connect_timeout: Duration::from_secs(10),
+            client_name: "prx-ci".to_owned(),
+        }
+    }
+}
+
+impl Validate for NatsConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.url.trim().is_empty() {
+            return Err("url is empty".into());
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(format!("replicas must be 1 to 5, not {}", self.replicas));
+        }
+        Ok(())
+    }
+}
+
+impl Validate for crate::telemetry::TelemetryConfig {}
+
+/// AWS access shared by the services that call AWS (section `[aws]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Region. Default: the SDK's chain (`AWS_REGION`, profile, IMDS).
+    pub region: Option<String>,
+    /// Endpoint override for every AWS service (an emulator). Default: none (real AWS).
+    pub endpoint_url: Option<String>,
+}
+
+impl Validate for AwsConfig {}
+
+impl AwsConfig {
+    /// The SDK configuration (credentials from the SDK's default chain).
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &self.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &self.endpoint_url {
+            loader = loader.endpoint_url(endpoint.clone());
+        }
+        loader.load().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::providers::Toml;
+
+    use super::*;
+
+    #[test]
+    fn sections_take_defaults_and_file_values() {
+        let figment = Figment::from(Toml::string(
+            "[nats]\nurl = \"nats://n1:4222\"\nreplicas = 3\nconnect_timeout = \"2s\"\n",
+        ));
+        let nats: NatsConfig = load_from(&figment, "nats").unwrap();
+        assert_eq!(nats.url, "nats://n1:4222");
+        assert_eq!(nats.replicas, 3);
+        assert_eq!(nats.connect_timeout, Duration::from_secs(2));
+        assert_eq!(nats.client_name, "prx-ci");
+
+        let empty: NatsConfig = load_from(&Figment::new(), "nats").unwrap();
+        assert_eq!(empty.url, "nats://127.0.0.1:4222");
+    }
+
+    #[test]
+    fn invalid_values_are_rejected_with_the_section_named() {
+        let figment = Figment::from(Toml::string("[nats]\nreplicas = 9\n"));
+        let err = load_from::<NatsConfig>(&figment, "nats").unwrap_err();
+        assert!(err.to_string().contains("[nats]"), "{err}");
+        assert!(err.to_string().contains("replicas"), "{err}");
+
+        let figment = Figment::from(Toml::string("[nats]\nurll = \"x\"\n"));
+        let err = load_from::<NatsConfig>(&figment, "nats").unwrap_err();
+        assert!(err.to_string().contains("urll"), "{err}");
+    }
+}

@@ -1,0 +1,403 @@
+//! The typed consumer loop: durable pull, explicit ack, bounded redelivery with backoff, and a
+//! dead-letter path. A message that cannot be decoded, fails permanently, or keeps failing is
+//! parked on `prx.parked.<consumer>` with its error and acknowledged (terminated), so it never
+//! blocks the messages behind it. A message is only ever acknowledged after its handler
+//! succeeded or after it was safely parked.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt as _;
+use prost::Message as _;
+use prx_ci_proto::v1::{Envelope, MessageParked, envelope::Payload};
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::events::{Chain, derived_event_id};
+use crate::metrics::{ConsumerLabels, ConsumerMetrics};
+use crate::nats::ConsumerDefinition;
+use crate::publish::EventPublisher;
+use crate::subject;
+use crate::telemetry;
+
+/// One message handed to a handler.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub envelope: Envelope,
+    pub subject: String,
+    pub stream: String,
+    /// Position in the stream (for webhooks: the push sequence).
+    pub stream_sequence: u64,
+    /// How many times this message has been delivered (1 the first time).
+    pub delivered: u64,
+    pub published: OffsetDateTime,
+    pub headers: Option<HeaderMap>,
+}
+
+/// How a handler failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// May succeed later (network, outage, throttling): redelivered with backoff, parked after
+    /// the consumer's `max_deliver`.
+    #[error("{0:#}")]
+    Transient(anyhow::Error),
+    /// Will never succeed (bad input): parked at once.
+    #[error("{0:#}")]
+    Permanent(anyhow::Error),
+}
+
+impl HandlerError {
+    pub fn transient(err: impl Into<anyhow::Error>) -> Self {
+        Self::Transient(err.into())
+    }
+
+    pub fn permanent(err: impl Into<anyhow::Error>) -> Self {
+        Self::Permanent(err.into())
+    }
+}
+
+/// Handles the messages of one consumer.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, delivery: Delivery) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// How one consumer loop runs.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub stream: String,
+    pub durable: String,
+    /// Messages handled at once (1 keeps stream order).
+    pub concurrency: usize,
+    /// Deliveries before a transiently failing message is parked.
+    pub max_deliver: u64,
+    /// Delay before redelivery after the n-th failure (the last entry repeats).
+    pub backoff: Vec<Duration>,
+    /// The consumer's ack wait; progress is reported at half of it while a handler runs.
+    pub ack_wait: Duration,
+}
+
+impl ConsumerSettings {
+    /// Settings from a `deploy/nats/consumers/*.json` definition, concurrency 1.
+    pub fn from_definition(definition: &ConsumerDefinition) -> Self {
+        let backoff = if definition.config.backoff.is_empty() {
+            vec![Duration::from_secs(1)]
+        } else {
+            definition.config.backoff.clone()
+        };
+        Self {
+            stream: definition.stream.clone(),
+            durable: definition.durable_name().to_owned(),
+            concurrency: 1,
+            max_deliver: u64::try_from(definition.config.max_deliver)
+                .ok()
+                .filter(|n| *n > 0)
+                .unwrap_or(5),
+            backoff,
+            ack_wait: if definition.config.ack_wait.is_zero() {
+                Duration::from_secs(30)
+            } else {
+                definition.config.ack_wait
+            },
+        }
+    }
+
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    fn backoff_for(&self, delivered: u64) -> Duration {
+        let index = usize::try_from(delivered.saturating_sub(1)).unwrap_or(usize::MAX);
+        *self
+            .backoff
+            .get(index)
+            .or(self.backoff.last())
+            .unwrap_or(&Duration::from_secs(1))
+    }
+}
+
+/// Runs a consumer loop until `shutdown` is cancelled; then stops pulling, lets in-flight
+/// handlers finish, and returns.
+pub async fn run_consumer<H: Handler>(
+    js: jetstream::Context,
+    publisher: EventPublisher,
+    settings: ConsumerSettings,
+    handler: Arc<H>,
+    metrics: ConsumerMetrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+
+    let consumer: PullConsumer = js
+        .get_stream(&settings.stream)
+        .await
+        .with_context(|| format!("cannot open stream {}", settings.stream))?
+        .get_consumer(&settings.durable)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open consumer {}: {e}", settings.durable))?;
+    let ctx = Arc::new(LoopContext {
+        publisher,
+        settings,
+        handler,
+        metrics,
+    });
+    let permits = Arc::new(Semaphore::new(ctx.settings.concurrency));
+    let mut tasks = JoinSet::new();
+    tracing::info!(consumer = %ctx.settings.durable, stream = %ctx.settings.stream, "consumer started");
+
+    'outer: while !shutdown.is_cancelled() {
+        let batch = u32::try_from(ctx.settings.concurrency * 2)
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let mut messages = match consumer
+            .stream()
+            .max_messages_per_batch(batch as usize)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+        {
+            Ok(messages) => messages,
+            Err(err) => {
+                tracing::warn!(consumer = %ctx.settings.durable, error = %err, "cannot pull; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            // Take a permit before pulling so no more than `concurrency` messages are held.
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break 'outer,
+                permit = permits.clone().acquire_owned() => permit.expect("semaphore never closes"),
+            };
+            let next = tokio::select! {
+                () = shutdown.cancelled() => break 'outer,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let ctx = ctx.clone();
+                    tasks.spawn(async move {
+                        ctx.process(message).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(err)) => {
+                    // Missed heartbeats and similar: the stream recovers by itself.
+                    tracing::debug!(consumer = %ctx.settings.durable, error = %err, "pull stream error");
+                }
+                None => break,
+            }
+            while let Some(done) = tasks.try_join_next() {
+                if let Err(err) = done {
+                    tracing::error!(error = %err, "message task panicked");
+                }
+            }
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Err(err) = done {
+            tracing::error!(error = %err, "message task panicked");
+        }
+    }
+    tracing::info!(consumer = %ctx.settings.durable, "consumer stopped");
+    Ok(())
+}
+
+struct LoopContext<H> {
+    publisher: EventPublisher,
+    settings: ConsumerSettings,
+    handler: Arc<H>,
+    metrics: ConsumerMetrics,
+}
+
+impl<H: Handler> LoopContext<H> {
+    async fn process(&self, message: jetstream::Message) {
+        let durable = self.settings.durable.as_str();
+        let (stream, stream_sequence, delivered, published) = match message.info() {
+            Ok(info) => (
+                info.stream.to_owned(),
+                info.stream_sequence,
+                u64::try_from(info.delivered).unwrap_or(1),
+                info.published,
+            ),
+            Err(err) => {
+                tracing::error!(consumer = durable, error = %err, "message without JetStream metadata; terminating it");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let envelope = match Envelope::decode(message.payload.clone()) {
+            Ok(envelope) if envelope.payload.is_some() => envelope,
+            Ok(_) => {
+                let err = anyhow::anyhow!("envelope has no payload (unknown event kind?)");
+                self.park(&message, &stream, stream_sequence, delivered, None, &err)
+                    .await;
+                return;
+            }
+            Err(err) => {
+                let err = anyhow::Error::new(err).context("cannot decode envelope");
+                self.park(&message, &stream, stream_sequence, delivered, None, &err)
+                    .await;
+                return;
+            }
+        };
+        let span = tracing::info_span!(
+            "handle",
+            consumer = durable,
+            event_id = %envelope.event_id,
+            correlation_id = %envelope.correlation_id,
+            subject = %message.subject,
+            stream_sequence,
+            delivered,
+        );
+        telemetry::set_parent_from_headers(&span, message.headers.as_ref());
+        let delivery = Delivery {
+            envelope: envelope.clone(),
+            subject: message.subject.to_string(),
+            stream: stream.clone(),
+            stream_sequence,
+            delivered,
+            published,
+            headers: message.headers.clone(),
+        };
+        let started = Instant::now();
+        let result = self
+            .with_progress(&message, self.handler.handle(delivery))
+            .instrument(span.clone())
+            .await;
+        self.metrics
+            .handle_seconds
+            .get_or_create(&ConsumerLabels {
+                consumer: durable.to_owned(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        let _entered = span.enter();
+        match result {
+            Ok(()) => {
+                if let Err(err) = message.ack().await {
+                    // The handler is idempotent; a lost ack means one harmless redelivery.
+                    tracing::warn!(error = %err, "cannot ack");
+                }
+                self.metrics.count(durable, "acked");
+            }
+            Err(HandlerError::Transient(err)) if delivered < self.settings.max_deliver => {
+                let delay = self.settings.backoff_for(delivered);
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    ?delay,
+                    "handler failed; will retry"
+                );
+                if let Err(ack_err) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                    tracing::warn!(error = %ack_err, "cannot nak; the ack wait will redeliver");
+                }
+                self.metrics.count(durable, "retried");
+            }
+            Err(HandlerError::Transient(err) | HandlerError::Permanent(err)) => {
+                drop(_entered);
+                self.park(
+                    &message,
+                    &stream,
+                    stream_sequence,
+                    delivered,
+                    Some(&envelope),
+                    &err,
+                )
+                .instrument(span)
+                .await;
+            }
+        }
+    }
+
+    /// Runs `work`, telling the server the message is still being worked on at half the ack
+    /// wait, so slow handlers are not redelivered behind their own back.
+    async fn with_progress<F: Future<Output = Result<(), HandlerError>>>(
+        &self,
+        message: &jetstream::Message,
+        work: F,
+    ) -> Result<(), HandlerError> {
+        let period = (self.settings.ack_wait / 2).max(Duration::from_millis(100));
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                result = &mut work => return result,
+                _ = ticker.tick() => {
+                    if let Err(err) = message.ack_with(AckKind::Progress).await {
+                        tracing::debug!(error = %err, "cannot report progress");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn park(
+        &self,
+        message: &jetstream::Message,
+        stream: &str,
+        stream_sequence: u64,
+        delivered: u64,
+        envelope: Option<&Envelope>,
+        error: &anyhow::Error,
+    ) {
+        let durable = &self.settings.durable;
+        let headers: BTreeMap<String, String> = message
+            .headers
+            .iter()
+            .flat_map(|h| h.iter())
+            .filter_map(|(k, v)| Some((k.to_string(), v.first()?.as_str().to_owned())))
+            .collect();
+        let chain = envelope.map(Chain::caused_by).unwrap_or_default();
+        let event_id =
+            derived_event_id(&format!("{stream}:{stream_sequence}"), &["parked", durable]);
+        let parked = chain.envelope(
+            event_id,
+            Payload::MessageParked(MessageParked {
+                consumer: durable.clone(),
+                stream: stream.to_owned(),
+                stream_sequence,
+                subject: message.subject.to_string(),
+                data: message.payload.to_vec(),
+                error: format!("{error:#}"),
+                deliveries: u32::try_from(delivered).unwrap_or(u32::MAX),
+                headers: headers.into_iter().collect(),
+            }),
+        );
+        match self
+            .publisher
+            .publish_to(subject::parked_subject(durable), &parked)
+            .await
+        {
+            Ok(_) => {
+                tracing::error!(
+                    consumer = %durable,
+                    stream,
+                    stream_sequence,
+                    error = format!("{error:#}"),
+                    "message parked"
+                );
+                if let Err(err) = message.ack_with(AckKind::Term).await {
+                    tracing::warn!(error = %err, "cannot terminate parked message");
+                }
+                self.metrics.count(durable, "parked");
+            }
+            Err(err) => {
+                // Not parked, so not acknowledged: it comes back later.
+                tracing::error!(error = %err, "cannot park message; will retry");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(self.settings.backoff_for(delivered))))
+                    .await;
+                self.metrics.count(durable, "retried");
+            }
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The publisher and consumer loop against a real nats-server.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer;
+use prometheus_client::registry::Registry;
+use prost::Message as _;
+use prx_ci_proto::v1::{self, envelope::Payload};
+use prx_ci_shared::consume::{ConsumerSettings, Delivery, Handler, HandlerError, run_consumer};
+use prx_ci_shared::events::{Chain, new_event_id};
+use prx_ci_shared::nats::ConsumerDefinition;
+use prx_ci_shared::subject::{self, EventKind};
+use prx_ci_shared::testing::{NatsServer, wait_until};
+use prx_ci_shared::{CancellationToken, Runtime};
+use tokio::sync::Mutex;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn skipped(repository: &str, detail: &str) -> v1::Envelope {
+    Chain {
+        correlation_id: "delivery".into(),
+        ..Chain::default()
+    }
+    .envelope(
+        new_event_id(),
+        Payload::BuildSkipped(v1::BuildSkipped {
+            repository: repository.into(),
+            detail: detail.into(),
+            ..Default::default()
+        }),
+    )
+}
+
+async fn runtime(server: &NatsServer) -> Runtime {
+    let rt = Runtime::from_client(server.connect().await, &mut Registry::default());
+    rt.provision(1).await.unwrap();
+    rt
+}
+
+/// Records what it handled; fails every message whose detail is "fail".
+#[derive(Default)]
+struct Recorder {
+    handled: Mutex<Vec<String>>,
+    attempts: AtomicU32,
+}
+
+impl Handler for Recorder {
+    async fn handle(&self, delivery: Delivery) -> Result<(), HandlerError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        let Some(Payload::BuildSkipped(skip)) = delivery.envelope.payload else {
+            return Err(HandlerError::permanent(anyhow::anyhow!("unexpected kind")));
+        };
+        match skip.detail.as_str() {
+            "fail" => Err(HandlerError::transient(anyhow::anyhow!("peer is down"))),
+            "bad" => Err(HandlerError::permanent(anyhow::anyhow!("bad input"))),
+            other => {
+                self.handled.lock().await.push(other.to_owned());
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn test_consumer(rt: &Runtime) -> ConsumerSettings {
+    let definition: ConsumerDefinition = ConsumerDefinition {
+        stream: subject::EVENTS_STREAM.into(),
+        config: consumer::pull::Config {
+            durable_name: Some("test".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            filter_subject: EventKind::BuildSkipped.filter(),
+            max_deliver: 3,
+            ack_wait: Duration::from_secs(5),
+            ..Default::default()
+        },
+    };
+    rt.js
+        .create_consumer_on_stream(definition.config.clone(), subject::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let mut settings = ConsumerSettings::from_definition(&definition);
+    settings.backoff = vec![Duration::from_millis(20)];
+    settings
+}
+
+async fn parked(rt: &Runtime) -> Vec<v1::MessageParked> {
+    let Ok(stream) = rt.js.get_stream(subject::PARKED_STREAM).await else {
+        return vec![];
+    };
+    let last = stream.get_info().await.unwrap().state.last_sequence;
+    let mut out = vec![];
+    for seq in 1..=last {
+        if let Ok(raw) = stream.get_raw_message(seq).await {
+            let env = v1::Envelope::decode(raw.payload).unwrap();
+            if let Some(Payload::MessageParked(p)) = env.payload {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn publishing_the_same_event_twice_stores_it_once() {
+    let server = NatsServer::start().await;
+    let rt = runtime(&server).await;
+    let event = skipped("PRX/app", "x");
+    let first = rt.publisher.publish(&event).await.unwrap();
+    let second = rt.publisher.publish(&event).await.unwrap();
+    assert!(!first.duplicate);
+    assert!(second.duplicate);
+    assert_eq!(first.sequence, second.sequence);
+    let info = rt.js.get_stream(subject::EVENTS_STREAM).await.unwrap();
+    let msg = info.get_raw_message(first.sequence).await.unwrap();
+    assert_eq!(msg.subject.as_str(), "prx.build.skipped.PRX.app");
+    assert_eq!(v1::Envelope::decode(msg.payload).unwrap(), event);
+}
+
+#[tokio::test]
+async fn a_failing_message_is_parked_and_the_loop_goes_on() {
+    let server = NatsServer::start().await;
+    let rt = runtime(&server).await;
+    let settings = test_consumer(&rt).await;
+    for detail in ["one", "fail", "bad", "two"] {
+        rt.publisher
+            .publish(&skipped("PRX/app", detail))
+            .await
+            .unwrap();
+    }
+    // A poison message: not an envelope at all.
+    rt.js
+        .publish(
+            "prx.build.skipped.PRX.app",
+            "not protobuf \u{0}\u{1}".into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    rt.publisher
+        .publish(&skipped("PRX/app", "three"))
+        .await
+        .unwrap();
+
+    let handler = Arc::new(Recorder::default());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_consumer(
+        rt.js.clone(),
+        rt.publisher.clone(),
+        settings,
+        handler.clone(),
+        rt.consumer_metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    let parked = wait_until(WAIT, "three parked messages", || {
+        let rt = rt.clone();
+        async move {
+            let parked = parked(&rt).await;
+            (parked.len() == 3).then_some(parked)
+        }
+    })
+    .await;
+    wait_until(WAIT, "the good messages", || {
+        let handler = handler.clone();
+        async move { (handler.handled.lock().await.len() == 3).then_some(()) }
+    })
+    .await;
+    assert_eq!(*handler.handled.lock().await, ["one", "two", "three"]);
+
+    let transient = parked
+        .iter()
+        .find(|p| p.error.contains("peer is down"))
+        .unwrap();
+    assert_eq!(transient.deliveries, 3, "parked after max_deliver");
+    assert_eq!(transient.consumer, "test");
+    let permanent = parked
+        .iter()
+        .find(|p| p.error.contains("bad input"))
+        .unwrap();
+    assert_eq!(
+        permanent.deliveries, 1,
+        "a permanent error is parked at once"
+    );
+    let poison = parked
+        .iter()
+        .find(|p| p.error.contains("cannot decode envelope"))
+        .unwrap();
+    assert_eq!(poison.data, b"not protobuf \x00\x01");
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // Everything was acknowledged or terminated: nothing is pending.
+    let info = rt
+        .js
+        .get_stream(subject::EVENTS_STREAM)
+        .await
+        .unwrap()
+        .consumer_info("test")
+        .await
+        .unwrap();
+    assert_eq!(info.num_ack_pending, 0);
+    assert_eq!(info.num_pending, 0);
+}
