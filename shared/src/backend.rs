@@ -48,6 +48,15 @@ pub enum BackendError {
     Permanent(anyhow::Error),
 }
 
+/// What stopping a build did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// The build was running and is now stopping.
+    Stopped,
+    /// The build had already finished; nothing changed.
+    AlreadyFinished,
+}
+
 /// Starts and stops builds.
 #[async_trait::async_trait]
 pub trait BuildBackend: Send + Sync + std::fmt::Debug + 'static {
@@ -55,5 +64,5 @@ pub trait BuildBackend: Send + Sync + std::fmt::Debug + 'static {
     async fn start(&self, request: StartBuild) -> Result<StartedBuild, BackendError>;
 
     /// Stops a running build (superseded). Stopping a finished build is not an error.
-    async fn stop(&self, build_id: &str) -> Result<(), BackendError>;
+    async fn stop(&self, build_id: &str) -> Result<StopOutcome, BackendError>;
 }

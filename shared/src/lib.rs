@@ -8,6 +8,7 @@ pub mod config;
 pub mod consume;
 pub mod domain;
 pub mod events;
+pub mod github;
 pub mod metrics;
 pub mod nats;
 pub mod ops_http;
