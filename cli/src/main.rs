@@ -1,1 +1,59 @@
-fn main() {}
+//! `prx-ci`: the operator's and newcomer's entry point.
+//!
+//! `prx-ci up` runs the whole system on one machine; the other subcommands inspect and operate
+//! a running system through NATS (and, for the ops API, gRPC).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod events;
+mod local_nats;
+mod up;
+
+/// PRX CI: webhook-driven builds, notifications and deploy pointers over NATS JetStream.
+#[derive(Debug, Parser)]
+#[command(name = "prx-ci", version, about)]
+struct Cli {
+    /// Configuration file (TOML, one section per service; see prx-ci.example.toml).
+    #[arg(long, global = true, env = "PRX_CI_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every service in one process against a local nats-server (or --nats-url).
+    Up(up::UpArgs),
+    /// List stored events, oldest first.
+    Events(events::EventsArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(cli.config.as_deref(), args).await,
+            Command::Events(args) => events::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
