@@ -31,7 +31,12 @@ impl LocalNats {
             .with_context(|| format!("cannot create {}", store_dir.display()))?;
         let log = std::fs::File::create(log_file)
             .with_context(|| format!("cannot create {}", log_file.display()))?;
+        let conf = store_dir.join("nats-server.conf");
+        std::fs::write(&conf, prx_ci_shared::nats::SERVER_CONFIG)
+            .with_context(|| format!("cannot write {}", conf.display()))?;
         let child = Command::new(&binary)
+            .arg("-c")
+            .arg(&conf)
             .arg("-js")
             .args(["-a", &addr.ip().to_string(), "-p", &addr.port().to_string()])
             .arg("-sd")

@@ -14,6 +14,11 @@ use crate::config::NatsConfig;
 // `deploy/nats/{streams,consumers,kv}/`, embedded by build.rs.
 include!(concat!(env!("OUT_DIR"), "/definitions.rs"));
 
+/// Server settings every nats-server of this system needs (a config file fragment):
+/// GitHub webhooks reach 25 MB, above the server's 1 MB default `max_payload`.
+pub const SERVER_CONFIG: &str =
+    "# Written by prx-ci: GitHub payloads reach 25 MB.\nmax_payload: 33554432\n";
+
 /// A durable pull consumer on a stream.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ConsumerDefinition {

@@ -32,7 +32,7 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     /// `text` (default) or `json`.
     pub log_format: LogFormat,
-    /// `RUST_LOG`-style filter. Default: `RUST_LOG`, else `info`.
+    /// `RUST_LOG`-style filter. Default: `RUST_LOG`, else `info,async_nats=warn`.
     pub log_filter: Option<String>,
 }
 
@@ -83,7 +83,8 @@ pub fn init_with_provider(
 ) -> anyhow::Result<()> {
     let filter = match &config.log_filter {
         Some(f) => EnvFilter::try_new(f)?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn")),
     };
     let tracer = provider.tracer(service_name.to_owned());
     let fmt = match config.log_format {
