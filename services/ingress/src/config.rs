@@ -1,0 +1,266 @@
+//! The `[ingress]` configuration section.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format as _, Toml};
+use prx_ci_shared::config::{ConfigError, ENV_PREFIX, Validate, load_from};
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::Deserialize;
+
+/// Environment variable with the webhook secret(s), comma-separated for rotation. Read by the
+/// binaries (`prx-ci up`, `prx-ci-ingress`) at start-up and added to `[ingress] secrets`.
+pub const WEBHOOK_SECRET_ENV: &str = "PRX_CI_WEBHOOK_SECRET";
+
+/// GitHub's maximum webhook payload (25 MB) rounded up to 25 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
+
+/// How long a delivery may take to be stored before the answer is 503.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// GitHub gives up on a delivery after 10 s; the store deadline must leave room for the
+/// request to arrive and the answer to travel back.
+pub const MAX_STORE_TIMEOUT: Duration = Duration::from_secs(9);
+
+/// The configuration section.
+pub const SECTION: &str = "ingress";
+
+/// Parsed but not yet validated (secrets from the environment come after parsing).
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct Unvalidated(IngressConfig);
+
+impl Validate for Unvalidated {}
+
+/// The ingress (section `[ingress]`).
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngressConfig {
+    /// Address the webhook endpoint (and `/healthz`, `/readyz`, `/metrics`) listens on.
+    /// Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Webhook secrets. A delivery signed with any of them is accepted (rotation: add the new
+    /// secret, change it on GitHub, remove the old one). Default: none, which is a
+    /// configuration error: there is no unauthenticated mode. `PRX_CI_WEBHOOK_SECRET`
+    /// (comma-separated) adds to this list.
+    pub secrets: Vec<SecretString>,
+    /// Also accept the legacy `X-Hub-Signature` (HMAC-SHA1) when `X-Hub-Signature-256` is
+    /// absent. Default `false`.
+    pub legacy_sha1: bool,
+    /// Largest accepted request body; larger ones get 413. Default 26214400 (25 MiB, GitHub's
+    /// maximum payload).
+    pub max_body_bytes: usize,
+    /// `X-GitHub-Event` values that are stored. Others are answered 202 "ignored", counted, and
+    /// not stored (`ping` is always answered 200). Default `["push", "pull_request"]`.
+    pub allowed_events: Vec<String>,
+    /// How long storing a delivery may take before the answer is 503 (GitHub then marks it
+    /// failed and it can be redelivered). At most 9s (GitHub waits 10s). Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub store_timeout: Duration,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            secrets: Vec::new(),
+            legacy_sha1: false,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            allowed_events: vec!["push".to_owned(), "pull_request".to_owned()],
+            store_timeout: DEFAULT_STORE_TIMEOUT,
+        }
+    }
+}
+
+impl std::fmt::Debug for IngressConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngressConfig")
+            .field("listen", &self.listen)
+            .field(
+                "secrets",
+                &format_args!("[{} redacted]", self.secrets.len()),
+            )
+            .field("legacy_sha1", &self.legacy_sha1)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("allowed_events", &self.allowed_events)
+            .field("store_timeout", &self.store_timeout)
+            .finish()
+    }
+}
+
+impl IngressConfig {
+    /// Adds the secrets of a `PRX_CI_WEBHOOK_SECRET` value: comma-separated, surrounding
+    /// whitespace trimmed, empty items and secrets already configured skipped. (A secret that
+    /// contains a comma must therefore come from the config file.)
+    #[must_use]
+    pub fn with_secrets_from_env_value(mut self, value: &str) -> Self {
+        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let known = self.secrets.iter().any(|s| s.expose_secret() == item);
+            if !known {
+                self.secrets.push(SecretString::from(item.to_owned()));
+            }
+        }
+        self
+    }
+
+    /// Loads `[ingress]` from `file` (optional) with `PRX_CI_INGRESS__*` overrides, adds the
+    /// secrets of `PRX_CI_WEBHOOK_SECRET`, and validates. What the binaries use.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let config = Self::load_unvalidated(file)?;
+        config.validate().map_err(|reason| ConfigError::Invalid {
+            section: SECTION.to_owned(),
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    /// Like [`IngressConfig::load`] without validating, for callers that fill in a missing
+    /// secret themselves (`prx-ci up` in local mode generates one). [`crate::Ingress::new`]
+    /// validates in any case.
+    pub fn load_unvalidated(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::MissingFile(file.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let Unvalidated(config) = load_from(&figment, SECTION)?;
+        Ok(config.with_secrets_from_env())
+    }
+
+    /// Adds the secrets of `PRX_CI_WEBHOOK_SECRET` if it is set.
+    #[must_use]
+    pub fn with_secrets_from_env(self) -> Self {
+        match std::env::var(WEBHOOK_SECRET_ENV) {
+            Ok(value) => self.with_secrets_from_env_value(&value),
+            Err(_) => self,
+        }
+    }
+}
+
+impl Validate for IngressConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.secrets.is_empty() {
+            return Err(format!(
+                "no webhook secret: set `secrets` or {WEBHOOK_SECRET_ENV} (unsigned webhooks are never accepted)"
+            ));
+        }
+        if let Some(i) = self
+            .secrets
+            .iter()
+            .position(|s| s.expose_secret().trim().is_empty())
+        {
+            return Err(format!("secret #{} is empty", i + 1));
+        }
+        if self.max_body_bytes == 0 {
+            return Err("max_body_bytes must be greater than 0".into());
+        }
+        if self.store_timeout.is_zero() || self.store_timeout > MAX_STORE_TIMEOUT {
+            return Err(format!(
+                "store_timeout must be between 1ms and {MAX_STORE_TIMEOUT:?} (GitHub gives up after 10s), not {:?}",
+                self.store_timeout
+            ));
+        }
+        if self.allowed_events.is_empty() {
+            return Err("allowed_events is empty: nothing would ever be stored".into());
+        }
+        if let Some(bad) = self
+            .allowed_events
+            .iter()
+            .find(|e| e.is_empty() || !e.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(format!("allowed_events: {bad:?} is not an event name"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<IngressConfig, String> {
+        load_from::<IngressConfig>(&Figment::from(Toml::string(toml)), "ingress")
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_apply_and_a_secret_is_required() {
+        let err = load("").unwrap_err();
+        assert!(err.contains("no webhook secret"), "{err}");
+
+        let config = load("[ingress]\nsecrets = [\"s3cret\"]\n").unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.max_body_bytes, 25 * 1024 * 1024);
+        assert_eq!(config.allowed_events, ["push", "pull_request"]);
+        assert_eq!(config.store_timeout, Duration::from_secs(5));
+        assert!(!config.legacy_sha1);
+    }
+
+    #[test]
+    fn file_values_are_read() {
+        let config = load(
+            "[ingress]\nlisten = \"0.0.0.0:9000\"\nsecrets = [\"a\", \"b\"]\nlegacy_sha1 = true\n\
+             max_body_bytes = 1024\nallowed_events = [\"push\"]\nstore_timeout = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.secrets.len(), 2);
+        assert!(config.legacy_sha1);
+        assert_eq!(config.max_body_bytes, 1024);
+        assert_eq!(config.allowed_events, ["push"]);
+        assert_eq!(config.store_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        for (toml, expected) in [
+            ("secrets = [\"\"]", "secret #1 is empty"),
+            (
+                "secrets = [\"a\"]\nstore_timeout = \"10s\"",
+                "store_timeout",
+            ),
+            ("secrets = [\"a\"]\nstore_timeout = \"0s\"", "store_timeout"),
+            ("secrets = [\"a\"]\nmax_body_bytes = 0", "max_body_bytes"),
+            ("secrets = [\"a\"]\nallowed_events = []", "allowed_events"),
+            (
+                "secrets = [\"a\"]\nallowed_events = [\"a b\"]",
+                "allowed_events",
+            ),
+            ("secrets = [\"a\"]\nsecret = \"typo\"", "secret"),
+        ] {
+            let err = load(&format!("[ingress]\n{toml}\n")).unwrap_err();
+            assert!(err.contains(expected), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn env_value_adds_comma_separated_secrets_once() {
+        let config = IngressConfig {
+            secrets: vec![SecretString::from("old".to_owned())],
+            ..IngressConfig::default()
+        }
+        .with_secrets_from_env_value(" new , old,, other ");
+        let secrets: Vec<_> = config.secrets.iter().map(|s| s.expose_secret()).collect();
+        assert_eq!(secrets, ["old", "new", "other"]);
+        assert!(config.validate().is_ok());
+
+        let empty = IngressConfig::default().with_secrets_from_env_value(" , ");
+        assert!(empty.validate().is_err());
+    }
+
+    #[test]
+    fn debug_never_prints_secrets() {
+        let config = IngressConfig::default().with_secrets_from_env_value("hunter2,topsecret");
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("topsecret"),
+            "{debug}"
+        );
+        assert!(debug.contains("2 redacted"), "{debug}");
+    }
+}
