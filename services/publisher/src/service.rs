@@ -1,0 +1,510 @@
+//! The service: consumes build completions, decides what to publish, checks artifacts, writes
+//! through the fence, and records a `PublishApplied` or `PublishSkipped` for every parameter.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use prx_ci_proto::v1::{self, PublishSkipReason, envelope::Payload};
+use prx_ci_shared::consume::{ConsumerSettings, Delivery, Handler, HandlerError, run_consumer};
+use prx_ci_shared::domain::{Architecture, OrderingKey};
+use prx_ci_shared::events::{Chain, derived_event_id};
+use prx_ci_shared::{CancellationToken, Runtime};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::artifacts::{ArtifactChecker, ArtifactStatus};
+use crate::config::PublisherConfig;
+use crate::fence::{Position, Publication, Stale};
+use crate::mapping::{self, BuildFacts, Item, Rejected, Target};
+use crate::ordering::{FenceError, FenceMetrics, FenceOutcome, KvFence};
+use crate::report::{SkipLog, SkipRecord};
+use crate::store::{ParameterStore, StoreError};
+
+/// The durable consumer (`deploy/nats/consumers/publisher.json`).
+pub const DURABLE: &str = "publisher";
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    /// `applied` or the skip reason.
+    outcome: String,
+}
+
+/// The publisher service.
+#[derive(Debug)]
+pub struct Publisher {
+    rt: Runtime,
+    config: PublisherConfig,
+    store: Arc<dyn ParameterStore>,
+    artifacts: Arc<dyn ArtifactChecker>,
+    fence_metrics: FenceMetrics,
+    outcomes: Family<OutcomeLabels, Counter>,
+}
+
+impl Publisher {
+    /// Wires the service; nothing runs until [`Publisher::run`].
+    pub fn new(
+        rt: Runtime,
+        config: PublisherConfig,
+        store: Arc<dyn ParameterStore>,
+        artifacts: Arc<dyn ArtifactChecker>,
+        registry: &mut Registry,
+    ) -> anyhow::Result<Self> {
+        use prx_ci_shared::config::Validate as _;
+        config
+            .validate()
+            .map_err(|reason| anyhow::anyhow!("invalid configuration [publisher]: {reason}"))?;
+        let fence_metrics = FenceMetrics::new();
+        fence_metrics.register(registry);
+        let outcomes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "prx_ci_publisher_parameters",
+            "Parameters handled, by outcome (applied or the skip reason)",
+            outcomes.clone(),
+        );
+        Ok(Self {
+            rt,
+            config,
+            store,
+            artifacts,
+            fence_metrics,
+            outcomes,
+        })
+    }
+
+    /// Consumes build completions until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let fence = KvFence::open(
+            &self.rt.js,
+            self.config.fence_settings(),
+            self.fence_metrics.clone(),
+        )
+        .await?;
+        let skips = SkipLog::open(&self.rt.js).await?;
+        let definitions = prx_ci_shared::nats::Definitions::embedded()?;
+        let mut settings = ConsumerSettings::from_definition(definitions.consumer(DURABLE)?)
+            .with_concurrency(self.config.concurrency);
+        if !self.config.retry_backoff.is_empty() {
+            settings.backoff = self.config.retry_backoff.clone();
+        }
+        let handler = Arc::new(PublishHandler {
+            rt: self.rt.clone(),
+            config: self.config,
+            store: self.store,
+            artifacts: self.artifacts,
+            fence,
+            skips,
+            outcomes: self.outcomes,
+        });
+        run_consumer(
+            self.rt.js.clone(),
+            self.rt.publisher.clone(),
+            settings,
+            handler,
+            self.rt.consumer_metrics.clone(),
+            shutdown,
+        )
+        .await
+        .context("publisher consumer failed")
+    }
+}
+
+struct PublishHandler {
+    rt: Runtime,
+    config: PublisherConfig,
+    store: Arc<dyn ParameterStore>,
+    artifacts: Arc<dyn ArtifactChecker>,
+    fence: KvFence,
+    skips: SkipLog,
+    outcomes: Family<OutcomeLabels, Counter>,
+}
+
+impl Handler for PublishHandler {
+    async fn handle(&self, delivery: Delivery) -> Result<(), HandlerError> {
+        let Some(Payload::BuildCompleted(done)) = &delivery.envelope.payload else {
+            return Ok(());
+        };
+        self.handle_build_completed(&delivery.envelope, done).await
+    }
+}
+
+/// One skip to report.
+struct Skip {
+    reason: PublishSkipReason,
+    detail: String,
+    parameter: String,
+    value: String,
+    kind: Option<mapping::ArtifactKind>,
+    label: String,
+    mapping: String,
+    superseded_by_sequence: u64,
+    superseded_by_commit: String,
+}
+
+impl Skip {
+    fn whole_build(reason: PublishSkipReason, detail: String) -> Self {
+        Self {
+            reason,
+            detail,
+            parameter: String::new(),
+            value: String::new(),
+            kind: None,
+            label: String::new(),
+            mapping: String::new(),
+            superseded_by_sequence: 0,
+            superseded_by_commit: String::new(),
+        }
+    }
+
+    fn of_target(target: &Target, reason: PublishSkipReason, detail: String) -> Self {
+        Self {
+            reason,
+            detail,
+            parameter: target.parameter.as_str().to_owned(),
+            value: target.value.clone(),
+            kind: Some(target.kind),
+            label: target.label.clone(),
+            mapping: target.mapping.clone(),
+            superseded_by_sequence: 0,
+            superseded_by_commit: String::new(),
+        }
+    }
+
+    fn of_rejected(r: Rejected) -> Self {
+        Self {
+            reason: r.reason.to_proto(),
+            detail: r.detail,
+            parameter: r.parameter,
+            value: r.value,
+            kind: Some(r.kind),
+            label: r.label,
+            mapping: r.mapping,
+            superseded_by_sequence: 0,
+            superseded_by_commit: String::new(),
+        }
+    }
+}
+
+fn reason_name(reason: PublishSkipReason) -> String {
+    reason
+        .as_str_name()
+        .trim_start_matches("PUBLISH_SKIP_REASON_")
+        .to_owned()
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..7).unwrap_or(sha)
+}
+
+impl PublishHandler {
+    async fn handle_build_completed(
+        &self,
+        envelope: &v1::Envelope,
+        done: &v1::BuildCompleted,
+    ) -> Result<(), HandlerError> {
+        if done.status != v1::BuildStatus::Succeeded as i32 {
+            // Failures are the notifier's business.
+            return Ok(());
+        }
+        let vars = &done.variables;
+        let build = done.build.clone().unwrap_or_default();
+        let chain = Chain::caused_by(envelope);
+        // Event ids per (build, parameter), stable across redeliveries and duplicate reports.
+        let id_base = if build.build_id.is_empty() {
+            envelope.event_id.clone()
+        } else {
+            build.build_id.clone()
+        };
+        let emit = Emitter {
+            handler: self,
+            chain: &chain,
+            build: &build,
+            id_base: &id_base,
+            push_sequence: envelope.push_sequence,
+        };
+        let var = |name: &str| vars.get(name).map(String::as_str).unwrap_or("");
+        if var("PRX_CI_PUBLISH") != "true" {
+            let skip = if var("PRX_CI_PRERELEASE") == "true" {
+                Skip::whole_build(
+                    PublishSkipReason::Prerelease,
+                    "prerelease build: artifacts were pushed, parameters are never written"
+                        .to_owned(),
+                )
+            } else {
+                Skip::whole_build(
+                    PublishSkipReason::PublishingDisabled,
+                    format!(
+                        "PRX_CI_PUBLISH is {:?}, not \"true\"",
+                        vars.get("PRX_CI_PUBLISH").map(String::as_str).unwrap_or("(unset)")
+                    ),
+                )
+            };
+            return emit.skipped(skip).await;
+        }
+        let facts = build_facts(vars, &build);
+        let items = mapping::parse_mappings(vars, &facts, &self.config.parameter_prefix);
+        let ordering_key = envelope
+            .ordering_key
+            .as_ref()
+            .and_then(OrderingKey::from_proto)
+            .map(|k| k.to_string())
+            .unwrap_or_default();
+        for item in items {
+            match item {
+                Item::Skip(rejected) => emit.skipped(Skip::of_rejected(rejected)).await?,
+                Item::Publish(target) => {
+                    if envelope.push_sequence == 0 {
+                        emit.skipped(Skip::of_target(
+                            &target,
+                            PublishSkipReason::Unordered,
+                            "the build has no push sequence (not started by the dispatcher), so it cannot be ordered against other pushes".to_owned(),
+                        ))
+                        .await?;
+                        continue;
+                    }
+                    let publication = Publication {
+                        position: Position::new(
+                            envelope.push_sequence,
+                            facts.architecture == Some(self.config.primary_architecture),
+                        ),
+                        value: target.value.clone(),
+                        commit: facts.commit.clone(),
+                        build_id: id_base.clone(),
+                        ordering_key: ordering_key.clone(),
+                        architecture: facts.architecture.map(|a| a.to_string()).unwrap_or_default(),
+                    };
+                    self.publish_target(&emit, &target, &publication).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_target(
+        &self,
+        emit: &Emitter<'_>,
+        target: &Target,
+        publication: &Publication,
+    ) -> Result<(), HandlerError> {
+        let parameter = target.parameter.as_str();
+        let outcome = match self
+            .fence
+            .precheck(parameter, publication)
+            .await
+            .map_err(fence_error)?
+        {
+            Some(outcome) => outcome,
+            None => {
+                match self
+                    .artifacts
+                    .check(target.kind, &target.value)
+                    .await
+                    .map_err(HandlerError::Transient)?
+                {
+                    ArtifactStatus::Missing(detail) => {
+                        return emit
+                            .skipped(Skip::of_target(
+                                target,
+                                PublishSkipReason::ArtifactMissing,
+                                detail,
+                            ))
+                            .await;
+                    }
+                    ArtifactStatus::Present => {}
+                }
+                self.fence
+                    .publish(parameter, publication, self.store.as_ref())
+                    .await
+                    .map_err(fence_error)?
+            }
+        };
+        match outcome {
+            FenceOutcome::Applied { version, again } => {
+                if !again {
+                    tracing::info!(
+                        parameter,
+                        value = %target.value,
+                        version,
+                        push_sequence = publication.position.push_sequence,
+                        "parameter written"
+                    );
+                }
+                emit.applied(target, version).await
+            }
+            FenceOutcome::Skipped(stale) => {
+                let mut skip = Skip::of_target(target, PublishSkipReason::Superseded, String::new());
+                match stale {
+                    Stale::Superseded {
+                        by_sequence,
+                        by_commit,
+                    } => {
+                        skip.detail = format!(
+                            "push {by_sequence} ({}) already published {parameter}; this build is from push {}",
+                            short(&by_commit),
+                            publication.position.push_sequence
+                        );
+                        skip.superseded_by_sequence = by_sequence;
+                        skip.superseded_by_commit = by_commit;
+                    }
+                    Stale::NotPrimary { by_commit } => {
+                        skip.reason = PublishSkipReason::NotPrimaryArchitecture;
+                        skip.detail = format!(
+                            "the {} build of the same push ({}) published {parameter}",
+                            self.config.primary_architecture,
+                            short(&by_commit)
+                        );
+                        skip.superseded_by_sequence = publication.position.push_sequence;
+                        skip.superseded_by_commit = by_commit;
+                    }
+                    Stale::AlreadyPublished { by_build } => {
+                        skip.reason = PublishSkipReason::AlreadyPublished;
+                        skip.detail = format!(
+                            "build {by_build} of the same push and architecture already wrote {parameter}"
+                        );
+                    }
+                }
+                emit.skipped(skip).await
+            }
+        }
+    }
+}
+
+fn fence_error(err: FenceError) -> HandlerError {
+    match &err {
+        FenceError::Store {
+            source: StoreError::NotWritten {
+                retryable: false, ..
+            },
+            ..
+        } => HandlerError::Permanent(err.into()),
+        _ => HandlerError::Transient(err.into()),
+    }
+}
+
+/// What the build says about itself: its variables (what `post_build.sh` used) first, the
+/// build reference second.
+fn build_facts(vars: &HashMap<String, String>, build: &v1::BuildRef) -> BuildFacts {
+    let pick = |name: &str, fallback: &str| {
+        vars.get(name)
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .unwrap_or_else(|| fallback.to_owned())
+    };
+    BuildFacts {
+        repository: pick("PRX_REPO", &build.repository),
+        commit: pick("PRX_COMMIT", &build.commit),
+        architecture: vars
+            .get("PRX_TARGET_ARCHITECTURE")
+            .and_then(|a| Architecture::parse(a))
+            .or_else(|| Architecture::from_proto(build.architecture)),
+    }
+}
+
+/// Publishes the outcome events of one build.
+struct Emitter<'a> {
+    handler: &'a PublishHandler,
+    chain: &'a Chain,
+    build: &'a v1::BuildRef,
+    id_base: &'a str,
+    push_sequence: u64,
+}
+
+impl Emitter<'_> {
+    async fn applied(&self, target: &Target, version: i64) -> Result<(), HandlerError> {
+        let id = derived_event_id(self.id_base, &["publish-applied", target.parameter.as_str()]);
+        let envelope = self.chain.envelope(
+            id,
+            Payload::PublishApplied(v1::PublishApplied {
+                parameter: target.parameter.as_str().to_owned(),
+                value: target.value.clone(),
+                kind: target.kind.to_proto() as i32,
+                label: target.label.clone(),
+                build: Some(self.build.clone()),
+                version,
+            }),
+        );
+        self.handler
+            .rt
+            .publisher
+            .publish(&envelope)
+            .await
+            .map_err(HandlerError::transient)?;
+        self.handler
+            .outcomes
+            .get_or_create(&OutcomeLabels {
+                outcome: "applied".into(),
+            })
+            .inc();
+        Ok(())
+    }
+
+    async fn skipped(&self, skip: Skip) -> Result<(), HandlerError> {
+        let kind_name = skip.kind.map_or("", |k| k.mapping_variable());
+        let id = derived_event_id(
+            self.id_base,
+            &[
+                "publish-skipped",
+                kind_name,
+                &skip.mapping,
+                &skip.label,
+                &skip.parameter,
+            ],
+        );
+        let reason = reason_name(skip.reason);
+        tracing::info!(
+            parameter = %skip.parameter,
+            reason = %reason,
+            detail = %skip.detail,
+            "publish skipped"
+        );
+        if !skip.parameter.is_empty() && skip.parameter.len() <= mapping::MAX_NAME_LENGTH {
+            let record = SkipRecord {
+                parameter: skip.parameter.clone(),
+                reason: reason.clone(),
+                detail: skip.detail.clone(),
+                value: skip.value.clone(),
+                commit: self.build.commit.clone(),
+                push_sequence: self.push_sequence,
+                build_id: self.id_base.to_owned(),
+                superseded_by_sequence: skip.superseded_by_sequence,
+                superseded_by_commit: skip.superseded_by_commit.clone(),
+                at: OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default(),
+            };
+            self.handler
+                .skips
+                .record(&record)
+                .await
+                .map_err(HandlerError::Transient)?;
+        }
+        let envelope = self.chain.envelope(
+            id,
+            Payload::PublishSkipped(v1::PublishSkipped {
+                parameter: skip.parameter,
+                value: skip.value,
+                kind: skip.kind.map_or(0, |k| k.to_proto() as i32),
+                label: skip.label,
+                build: Some(self.build.clone()),
+                reason: skip.reason as i32,
+                detail: skip.detail,
+                superseded_by_sequence: skip.superseded_by_sequence,
+                superseded_by_commit: skip.superseded_by_commit,
+                mapping: skip.mapping,
+            }),
+        );
+        self.handler
+            .rt
+            .publisher
+            .publish(&envelope)
+            .await
+            .map_err(HandlerError::transient)?;
+        self.handler
+            .outcomes
+            .get_or_create(&OutcomeLabels { outcome: reason })
+            .inc();
+        Ok(())
+    }
+}
