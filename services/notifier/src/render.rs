@@ -1,0 +1,624 @@
+//! The Slack message of a build, rendered from its view (pure, no I/O).
+//!
+//! Keeps everything the original handler showed (reference §5.1: colours, verbs, region
+//! nickname, repository, PR link or branch, linked short commit, PR action, author and title,
+//! the push's commit list, ECR/S3 lines with console links through the SSO deep-link wrapper,
+//! the 3,000-character guard) and adds the duration, the failed phase and its message,
+//! superseded builds, and what the publisher did.
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Serialize;
+
+use crate::commits::CommitsCache;
+use crate::config::LinkConfig;
+use crate::view::{BuildState, BuildView, PublishView};
+
+/// Slack's limit for the text of one section block (and the original's guard).
+pub const MAX_SECTION_CHARS: usize = 3000;
+
+/// Characters JavaScript's `encodeURIComponent` leaves alone (the original's encoding).
+const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
+
+/// Amber: in progress (and anything unknown).
+pub const COLOR_IN_PROGRESS: &str = "#daa038";
+/// Green: succeeded.
+pub const COLOR_SUCCEEDED: &str = "#2eb886";
+/// Red: failed, stopped.
+pub const COLOR_FAILED: &str = "#a30200";
+
+/// A rendered message: attachment with colour and one mrkdwn section, plus a plain `text`
+/// fallback (notifications, clients without attachments).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlackMessage {
+    pub text: String,
+    pub attachments: Vec<Attachment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attachment {
+    pub color: String,
+    pub blocks: Vec<Block>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Block {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: BlockText,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BlockText {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: String,
+}
+
+impl SlackMessage {
+    /// The mrkdwn text of the (only) section.
+    pub fn mrkdwn(&self) -> &str {
+        self.attachments
+            .first()
+            .and_then(|a| a.blocks.first())
+            .map_or("", |b| b.text.text.as_str())
+    }
+
+    pub fn color(&self) -> &str {
+        self.attachments.first().map_or("", |a| a.color.as_str())
+    }
+
+    /// A stable digest of the content (an update with the same digest is not sent).
+    pub fn digest(&self) -> String {
+        use sha2::Digest as _;
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(sha2::Sha256::digest(json))
+    }
+
+    /// Readable multi-line text for logs: links become `label (url)`.
+    pub fn to_log_text(&self) -> String {
+        let text = replace_links(self.mrkdwn(), |url, label| format!("{label} ({url})"));
+        text.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&")
+    }
+}
+
+/// The nickname the original used for a region (falls back to the code).
+pub fn region_nickname(region: &str) -> &str {
+    match region {
+        "us-east-1" => "N. Virginia",
+        "us-east-2" => "Ohio",
+        "us-west-1" => "N. California",
+        "us-west-2" => "Oregon",
+        "af-south-1" => "Cape Town",
+        "ap-east-1" => "Hong Kong",
+        "ap-south-1" => "Mumbai",
+        "ap-northeast-3" => "Osaka",
+        "ap-northeast-2" => "Seoul",
+        "ap-southeast-1" => "Singapore",
+        "ap-southeast-2" => "Sydney",
+        "ap-northeast-1" => "Tokyo",
+        "ca-central-1" => "C. Canada",
+        "eu-central-1" => "Frankfurt",
+        "eu-west-1" => "Ireland",
+        "eu-west-2" => "London",
+        "eu-south-1" => "Milan",
+        "eu-west-3" => "Paris",
+        "eu-north-1" => "Stockholm",
+        "me-south-1" => "Bahrain",
+        "sa-east-1" => "São Paulo",
+        other => other,
+    }
+}
+
+/// Escapes text for Slack mrkdwn (`&`, `<`, `>`), so a PR title cannot forge a link.
+pub fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Replaces every `<url|label>` on one line with `f(url, label)` (the original's
+/// `/<.+?\|(.+?)>/g`).
+fn replace_links(text: &str, f: impl Fn(&str, &str) -> String) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('<') {
+        let after = &rest[start + 1..];
+        let line_end = after.find('\n').unwrap_or(after.len());
+        let line = &after[..line_end];
+        let link = line
+            .get(1..)
+            .and_then(|l| l.find('|'))
+            .map(|p| p + 1)
+            .and_then(|bar| {
+                let close = line.get(bar + 2..)?.find('>')? + bar + 2;
+                Some((bar, close))
+            });
+        match link {
+            Some((bar, close)) => {
+                out.push_str(&rest[..start]);
+                out.push_str(&f(&line[..bar], &line[bar + 1..close]));
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push_str(&rest[..=start]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The original's guard: over the limit, links become their labels; still over, the text is
+/// cut at the limit (in characters, never inside one).
+pub fn guard_length(text: String) -> String {
+    if text.chars().count() <= MAX_SECTION_CHARS {
+        return text;
+    }
+    let stripped = replace_links(&text, |_, label| label.to_owned());
+    if stripped.chars().count() <= MAX_SECTION_CHARS {
+        return stripped;
+    }
+    stripped.chars().take(MAX_SECTION_CHARS).collect()
+}
+
+fn link(url: Option<&str>, label: &str) -> String {
+    match url {
+        Some(url) if !url.is_empty() => format!("<{url}|{label}>"),
+        _ => label.to_owned(),
+    }
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..7).unwrap_or(sha)
+}
+
+fn is_zero_sha(sha: &str) -> bool {
+    sha.is_empty() || sha.bytes().all(|b| b == b'0')
+}
+
+/// `3m 12s`, `45s`, `1h 2m 3s`.
+pub fn format_duration(duration: std::time::Duration) -> String {
+    let secs = duration.as_secs();
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m {s}s"),
+        _ => format!("{h}h {m}m {s}s"),
+    }
+}
+
+/// The short tag of an image value `repo:[word-]<sha>[-arch]` (the original's intent; its
+/// regex misreads SHAs that start with a letter).
+pub fn image_tag(value: &str) -> Option<String> {
+    let tag = value.rsplit_once(':')?.1;
+    let mut parts: Vec<&str> = tag.split('-').collect();
+    let is_hex = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_hexdigit());
+    let position = parts.iter().position(|p| is_hex(p))?;
+    parts.drain(..position);
+    Some(short(parts.first()?).to_owned())
+}
+
+/// Builds console links, wrapped in the IAM Identity Center deep link when configured.
+#[derive(Debug, Clone)]
+struct Links<'a> {
+    config: &'a LinkConfig,
+    region: &'a str,
+    account: Option<String>,
+}
+
+impl<'a> Links<'a> {
+    fn new(config: &'a LinkConfig, view: &'a BuildView) -> Self {
+        // `arn:aws:codebuild:<region>:<account>:build/<project>:<uuid>` names its account.
+        let from_arn = view
+            .build_id
+            .strip_prefix("arn:")
+            .and_then(|arn| arn.split(':').nth(3))
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned);
+        Self {
+            config,
+            region: &view.region,
+            account: from_arn.or_else(|| config.account_id.clone()),
+        }
+    }
+
+    fn console(&self, url: String) -> String {
+        match (&self.config.sso_start_url, &self.account) {
+            (Some(start), Some(account)) => format!(
+                "{}/#/console?account_id={account}&role_name={}&destination={}",
+                start.trim_end_matches('/'),
+                self.config.sso_role_name,
+                utf8_percent_encode(&url, URI_COMPONENT)
+            ),
+            _ => url,
+        }
+    }
+
+    fn aws_ready(&self) -> Option<&str> {
+        (!self.region.is_empty()).then_some(())?;
+        self.account.as_deref()
+    }
+
+    fn codebuild(&self, view: &BuildView) -> Option<String> {
+        if view.backend != "codebuild" {
+            return None;
+        }
+        let account = self.aws_ready()?;
+        let id = view.build_id.rsplit('/').next()?;
+        let (project, uuid) = id.split_once(':')?;
+        let project = if view.project.is_empty() {
+            project
+        } else {
+            &view.project
+        };
+        let region = self.region;
+        Some(self.console(format!(
+            "https://{region}.console.aws.amazon.com/codesuite/codebuild/{account}/projects/{project}/build/{project}%3A{uuid}?region={region}"
+        )))
+    }
+
+    fn ecr(&self, repository: &str) -> Option<String> {
+        let account = self.aws_ready()?;
+        let region = self.region;
+        Some(self.console(format!(
+            "https://{region}.console.aws.amazon.com/ecr/repositories/private/{account}/{repository}?region={region}"
+        )))
+    }
+
+    fn s3(&self, bucket: &str, key: &str) -> Option<String> {
+        self.aws_ready()?;
+        let region = self.region;
+        Some(self.console(format!(
+            "https://{region}.console.aws.amazon.com/s3/object/{bucket}?region={region}&prefix={key}"
+        )))
+    }
+}
+
+/// The labels of a `LABEL=/p1,/p2;LABEL2=/p3` mapping whose entry splits into exactly two
+/// parts (the original's rule).
+fn mapping_labels(mapping: &str) -> impl Iterator<Item = &str> {
+    mapping.split(';').filter_map(|entry| {
+        let parts: Vec<&str> = entry.split('=').collect();
+        (parts.len() == 2).then_some(parts[0])
+    })
+}
+
+/// Renders the message of a build.
+pub fn render(
+    view: &BuildView,
+    commits: Option<&CommitsCache>,
+    links: &LinkConfig,
+) -> SlackMessage {
+    let links = Links::new(links, view);
+    let state = view.effective_state();
+    let repo = view.var("PRX_REPO").unwrap_or(&view.repository);
+    let sha = view.commit_sha();
+    let branch = view.var("PRX_BRANCH").unwrap_or("unknown");
+    let pr = view.pull_request();
+
+    let (verb, color) = match state {
+        BuildState::Requested | BuildState::InProgress => ("Building", COLOR_IN_PROGRESS),
+        BuildState::Succeeded => ("Built", COLOR_SUCCEEDED),
+        BuildState::Failed | BuildState::Fault => ("Failed to build", COLOR_FAILED),
+        BuildState::TimedOut => ("Timed out building", COLOR_FAILED),
+        BuildState::Stopped => ("Stopped building", COLOR_FAILED),
+    };
+    let nickname = if view.region.is_empty() {
+        "Local"
+    } else {
+        region_nickname(&view.region)
+    };
+    let verb_link = links
+        .codebuild(view)
+        .or_else(|| Some(view.log_url.clone()).filter(|u| !u.is_empty()));
+
+    let mut line1 = vec![format!("{nickname} » {}", link(verb_link.as_deref(), verb))];
+    if let Some(arch) = view
+        .architecture
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| view.var("PRX_TARGET_ARCHITECTURE").map(str::to_owned))
+    {
+        line1.push(arch);
+    }
+    line1.push(repo.to_owned());
+    line1.push(match pr {
+        Some(n) => link(
+            Some(&format!("https://github.com/{repo}/pull/{n}")),
+            &format!("#{n}"),
+        ),
+        None => format!("`{}` branch", escape(branch)),
+    });
+    line1.push(format!(
+        "with commit {}",
+        link(
+            Some(&format!("https://github.com/{repo}/commit/{sha}")),
+            short(sha)
+        )
+    ));
+    if pr.is_some()
+        && let Some(action) = view.var("PRX_GITHUB_ACTION")
+    {
+        line1.push(format!("({})", escape(action)));
+    }
+    let line1 = line1.join(" ");
+
+    let mut more: Vec<String> = Vec::new();
+    more.extend(status_lines(view, state, repo));
+    more.extend(artifact_lines(view, &links));
+    more.extend(view.publishes.iter().map(publish_line));
+
+    if pr.is_some() {
+        more.push(format!(
+            "> {}: {}",
+            escape(view.var("PRX_GITHUB_PR_AUTHOR").unwrap_or("")),
+            escape(view.var("PRX_GITHUB_PR_TITLE").unwrap_or(""))
+        ));
+        more.push(format!(
+            "Will merge commits from `{}` into `{}`",
+            escape(branch),
+            escape(view.var("PRX_GITHUB_PR_BASE_BRANCH").unwrap_or(""))
+        ));
+    } else if push_range(view).is_some() {
+        match commits {
+            Some(CommitsCache::Loaded { commits, total }) => {
+                for c in commits {
+                    let first_line = c.message.lines().next().unwrap_or("");
+                    more.push(format!(
+                        "> `{}` {}: {}",
+                        link(
+                            Some(&format!("https://github.com/{repo}/commit/{}", c.sha)),
+                            short(&c.sha)
+                        ),
+                        escape(&c.author),
+                        escape(first_line)
+                    ));
+                }
+                let hidden = total.saturating_sub(commits.len() as u64);
+                if hidden > 0 {
+                    more.push(format!(
+                        "> …and {hidden} more commit{}",
+                        if hidden == 1 { "" } else { "s" }
+                    ));
+                }
+            }
+            Some(CommitsCache::Unavailable { .. }) => {
+                more.push("_(commit list unavailable)_".to_owned());
+            }
+            None => {}
+        }
+    }
+
+    let mut text = format!("*{line1}*");
+    if !more.is_empty() {
+        text.push('\n');
+        text.push_str(&more.join("\n"));
+    }
+    let text = guard_length(text);
+    let fallback = replace_links(&line1, |_, label| label.to_owned());
+    SlackMessage {
+        text: fallback,
+        attachments: vec![Attachment {
+            color: color.to_owned(),
+            blocks: vec![Block {
+                kind: "section".to_owned(),
+                text: BlockText {
+                    kind: "mrkdwn".to_owned(),
+                    text,
+                },
+            }],
+        }],
+    }
+}
+
+/// The `before...after` of a push build, unless either is missing or all zeros (the original
+/// skips the commit list then).
+pub fn push_range(view: &BuildView) -> Option<(&str, &str)> {
+    if view.pull_request().is_some() {
+        return None;
+    }
+    let before = view.var("PRX_GITHUB_BEFORE")?;
+    let after = view.var("PRX_GITHUB_AFTER")?;
+    (!is_zero_sha(before) && !is_zero_sha(after)).then_some((before, after))
+}
+
+fn one_line(text: &str, max: usize) -> String {
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if joined.chars().count() > max {
+        let cut: String = joined.chars().take(max).collect();
+        format!("{cut}…")
+    } else {
+        joined
+    }
+}
+
+fn status_lines(view: &BuildView, state: BuildState, repo: &str) -> Vec<String> {
+    let after = view
+        .duration()
+        .map(|d| format!(" after {}", format_duration(d)))
+        .unwrap_or_default();
+    let phase = view
+        .failed_phase
+        .as_deref()
+        .map(|p| format!(" in phase `{}`", escape(p)))
+        .unwrap_or_default();
+    let message = view
+        .failure_message
+        .as_deref()
+        .map(|m| format!(": {}", escape(&one_line(m, 300))))
+        .unwrap_or_default();
+    let line = match state {
+        BuildState::Requested => "» Waiting for the build to start".to_owned(),
+        BuildState::InProgress => match &view.current_phase {
+            Some(p) => format!("» Running phase `{}`", escape(p)),
+            None => return vec![],
+        },
+        BuildState::Succeeded => match view.duration() {
+            Some(d) => format!("» Took {}", format_duration(d)),
+            None => return vec![],
+        },
+        BuildState::Failed => format!("» Failed{phase}{after}{message}"),
+        BuildState::Fault => format!("» Build service fault{phase}{after}{message}"),
+        BuildState::TimedOut => format!("» Timed out{phase}{after}"),
+        BuildState::Stopped => match &view.cancelled {
+            Some(c) if !c.by_commit.is_empty() => format!(
+                "» Superseded by a newer push: commit {}{after}",
+                link(
+                    Some(&format!("https://github.com/{repo}/commit/{}", c.by_commit)),
+                    short(&c.by_commit)
+                )
+            ),
+            Some(_) => format!("» Superseded by a newer push{after}"),
+            None => format!("» Stopped{after}"),
+        },
+    };
+    vec![line]
+}
+
+fn artifact_lines(view: &BuildView, links: &Links<'_>) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(mapping) = view.var("PRX_SPIRE_ECR_PKG_PARAMETERS") {
+        for label in mapping_labels(mapping) {
+            let Some(image) = view.var(label) else {
+                continue;
+            };
+            let repository = image.split(':').next().unwrap_or(image);
+            let tag = image_tag(image).unwrap_or_default();
+            lines.push(format!(
+                "» Docker image pushed to {} with tag `{}…`",
+                link(links.ecr(repository).as_deref(), "ECR"),
+                escape(&tag)
+            ));
+        }
+    }
+    if let Some(mapping) = view.var("PRX_SPIRE_S3_PKG_PARAMETERS") {
+        let bucket = view.var("PRX_APPLICATION_CODE_BUCKET").unwrap_or("");
+        for label in mapping_labels(mapping) {
+            let Some(key) = view.var(label) else {
+                continue;
+            };
+            lines.push(format!(
+                "» Code package pushed to {} bucket `{}`",
+                link(links.s3(bucket, key).as_deref(), "S3"),
+                escape(bucket)
+            ));
+        }
+    }
+    lines
+}
+
+fn publish_line(p: &PublishView) -> String {
+    let parameter = escape(&p.parameter);
+    let value = escape(&p.value);
+    let Some(reason) = &p.skipped else {
+        return format!("» Set `{parameter}` to `{value}`");
+    };
+    let why = match reason.as_str() {
+        "superseded" if !p.superseded_by_commit.is_empty() => format!(
+            "a newer push (`{}`) already set it",
+            short(&p.superseded_by_commit)
+        ),
+        "superseded" => "a newer push already set it".to_owned(),
+        "prerelease" => "prerelease build".to_owned(),
+        "publishing_disabled" => {
+            "publishing is disabled (`PRX_CI_PUBLISH` is not `true`)".to_owned()
+        }
+        "invalid_mapping" => "invalid mapping".to_owned(),
+        "label_variable_missing" => format!("variable `{}` is missing", escape(&p.label)),
+        "outside_prefix" => "outside the allowed prefix".to_owned(),
+        "invalid_parameter_name" => "not a valid parameter name".to_owned(),
+        "artifact_missing" => "the artifact does not exist".to_owned(),
+        "not_primary_architecture" => "another architecture publishes this push".to_owned(),
+        "invalid_value" => "the value does not have the shape Spire CD reads".to_owned(),
+        "unordered" => "the build has no push order (not started through CI)".to_owned(),
+        "already_published" => return format!("» `{parameter}` already set to `{value}`"),
+        _ if !p.detail.is_empty() => escape(&one_line(&p.detail, 200)),
+        other => other.replace('_', " "),
+    };
+    if p.parameter.is_empty() {
+        format!("» Not published: {why}")
+    } else {
+        format!("» Did not set `{parameter}`: {why}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guard_strips_links_first_then_truncates() {
+        let short_text = "<https://x|a> b".to_owned();
+        assert_eq!(guard_length(short_text.clone()), short_text);
+        let long_link = format!("<https://example.test/{}|label> tail", "x".repeat(3000));
+        assert_eq!(guard_length(long_link), "label tail");
+        let long = "y".repeat(3100);
+        assert_eq!(guard_length(long).chars().count(), MAX_SECTION_CHARS);
+        let multibyte = "é".repeat(3100);
+        assert_eq!(guard_length(multibyte).chars().count(), MAX_SECTION_CHARS);
+    }
+
+    #[test]
+    fn links_are_replaced_only_when_well_formed() {
+        let f = |text: &str| replace_links(text, |_, l| l.to_owned());
+        assert_eq!(f("<u|l> and <v|m>"), "l and m");
+        assert_eq!(f("a < b | c"), "a < b | c");
+        assert_eq!(f("<u|\nl>"), "<u|\nl>");
+        assert_eq!(f("x <u|l"), "x <u|l");
+    }
+
+    #[test]
+    fn image_tags_are_read_like_the_original_meant() {
+        assert_eq!(
+            image_tag("github/prx/my-app:165df6a5fd675dcf67-x86_64").as_deref(),
+            Some("165df6a")
+        );
+        assert_eq!(
+            image_tag("github/prx/my-app:release-abc123def4567-aarch64").as_deref(),
+            Some("abc123d")
+        );
+        assert_eq!(image_tag("github/prx/my-app:latest"), None);
+        assert_eq!(image_tag("no-tag"), None);
+    }
+
+    #[test]
+    fn console_links_use_the_deep_link_wrapper() {
+        let config = LinkConfig {
+            sso_start_url: Some("https://d-906713e952.awsapps.com/start/".into()),
+            sso_role_name: "AdministratorAccess".into(),
+            account_id: Some("123456789012".into()),
+        };
+        let view = BuildView {
+            region: "us-west-2".into(),
+            ..BuildView::default()
+        };
+        let links = Links::new(&config, &view);
+        assert_eq!(
+            links.ecr("github/prx/app").unwrap(),
+            "https://d-906713e952.awsapps.com/start/#/console?account_id=123456789012&role_name=AdministratorAccess&destination=https%3A%2F%2Fus-west-2.console.aws.amazon.com%2Fecr%2Frepositories%2Fprivate%2F123456789012%2Fgithub%2Fprx%2Fapp%3Fregion%3Dus-west-2"
+        );
+    }
+
+    #[test]
+    fn nicknames_and_durations() {
+        assert_eq!(region_nickname("us-east-1"), "N. Virginia");
+        assert_eq!(region_nickname("sa-east-1"), "São Paulo");
+        assert_eq!(region_nickname("xx-new-1"), "xx-new-1");
+        let d = std::time::Duration::from_secs;
+        assert_eq!(format_duration(d(45)), "45s");
+        assert_eq!(format_duration(d(192)), "3m 12s");
+        assert_eq!(format_duration(d(3723)), "1h 2m 3s");
+        assert_eq!(escape("a <b> & c"), "a &lt;b&gt; &amp; c");
+    }
+}

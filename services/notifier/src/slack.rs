@@ -1,0 +1,286 @@
+//! The Slack Web API client (`chat.postMessage`, `chat.update`, `conversations.history`):
+//! bot token, configurable base URL, and retries through the shared helper that honour
+//! HTTP 429 `Retry-After`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use prx_ci_shared::retry::{self, Backoff, Retry};
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::chat::{ChatError, ChatSink, MessageRef, OutgoingMessage};
+use crate::config::SlackConfig;
+
+/// `metadata.event_type` of every build message.
+pub const METADATA_EVENT_TYPE: &str = "prx_ci_build";
+
+/// Slack errors that mean "try again later".
+const TRANSIENT_ERRORS: [&str; 5] = [
+    "ratelimited",
+    "internal_error",
+    "fatal_error",
+    "service_unavailable",
+    "request_timeout",
+];
+
+/// Slack errors that mean "the message to update is gone".
+const GONE_ERRORS: [&str; 2] = ["message_not_found", "cant_update_message"];
+
+/// The Web API client.
+#[derive(Clone)]
+pub struct SlackClient {
+    http: reqwest::Client,
+    api_url: String,
+    token: SecretString,
+    backoff: Backoff,
+}
+
+impl std::fmt::Debug for SlackClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlackClient")
+            .field("api_url", &self.api_url)
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct ApiAnswer {
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    ts: Option<String>,
+    #[serde(default)]
+    messages: Vec<HistoryMessage>,
+}
+
+#[derive(Deserialize)]
+struct HistoryMessage {
+    ts: String,
+    #[serde(default)]
+    metadata: Option<Metadata>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    event_type: String,
+    #[serde(default)]
+    event_payload: serde_json::Value,
+}
+
+impl SlackClient {
+    /// A client for `config` (which must have a token).
+    pub fn new(config: &SlackConfig) -> anyhow::Result<Self> {
+        let token = config
+            .token
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("[notifier.slack] has no token"))?;
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .user_agent("PRX/prx-ci-notifier")
+            .build()?;
+        Ok(Self {
+            http,
+            api_url: config.api_url.trim_end_matches('/').to_owned(),
+            token,
+            backoff: Backoff {
+                initial: Duration::from_millis(500),
+                max: Duration::from_secs(60),
+                max_attempts: 5,
+            },
+        })
+    }
+
+    /// Overrides the retry policy (tests use short delays).
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Calls `method` once: JSON body (POST) or query (GET).
+    async fn call_once(
+        &self,
+        method: &str,
+        body: Option<&serde_json::Value>,
+        query: &[(&str, String)],
+        may_duplicate: bool,
+    ) -> Result<ApiAnswer, ChatError> {
+        let url = format!("{}/{method}", self.api_url);
+        let request = match body {
+            Some(body) => self.http.post(url).json(body),
+            None => self.http.get(url).query(query),
+        }
+        .bearer_auth(self.token.expose_secret());
+        let response = match request.send().await {
+            Ok(response) => response,
+            // Nothing was sent: safe to retry.
+            Err(err) if err.is_connect() => {
+                return Err(ChatError::Transient {
+                    reason: format!("{method}: {err}"),
+                    retry_after: None,
+                });
+            }
+            Err(err) if may_duplicate => {
+                return Err(ChatError::Uncertain(format!("{method}: {err}")));
+            }
+            Err(err) => {
+                return Err(ChatError::Transient {
+                    reason: format!("{method}: {err}"),
+                    retry_after: None,
+                });
+            }
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(retry::parse_retry_after);
+        if status.as_u16() == 429 || status.is_server_error() {
+            return Err(ChatError::Transient {
+                reason: format!("{method}: HTTP {status}"),
+                retry_after,
+            });
+        }
+        let answer: ApiAnswer = match response.json().await {
+            Ok(answer) => answer,
+            Err(err) if status.is_success() && may_duplicate => {
+                return Err(ChatError::Uncertain(format!("{method}: {err}")));
+            }
+            Err(err) => {
+                return Err(ChatError::Permanent(format!(
+                    "{method}: HTTP {status}, unreadable answer: {err}"
+                )));
+            }
+        };
+        if answer.ok {
+            return Ok(answer);
+        }
+        let error = answer.error.unwrap_or_else(|| "unknown_error".to_owned());
+        let reason = format!("{method}: {error}");
+        Err(if TRANSIENT_ERRORS.contains(&error.as_str()) {
+            ChatError::Transient {
+                reason,
+                retry_after,
+            }
+        } else if GONE_ERRORS.contains(&error.as_str()) {
+            ChatError::MessageGone(reason)
+        } else {
+            ChatError::Permanent(reason)
+        })
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        body: Option<&serde_json::Value>,
+        query: &[(&str, String)],
+        may_duplicate: bool,
+    ) -> Result<ApiAnswer, ChatError> {
+        retry::retry(
+            &self.backoff,
+            |_| self.call_once(method, body, query, may_duplicate),
+            |err| match err {
+                ChatError::Transient {
+                    retry_after: Some(after),
+                    ..
+                } => Retry::After(*after),
+                ChatError::Transient { .. } => Retry::Backoff,
+                _ => Retry::Never,
+            },
+        )
+        .await
+    }
+
+    fn body(message: &OutgoingMessage) -> serde_json::Value {
+        let mut body = json!({
+            "channel": message.channel,
+            "text": message.message.text,
+            "attachments": message.message.attachments,
+            "unfurl_links": false,
+            "unfurl_media": false,
+            "metadata": {
+                "event_type": METADATA_EVENT_TYPE,
+                "event_payload": { "build": message.build_key },
+            },
+        });
+        if let Some(username) = &message.username {
+            body["username"] = json!(username);
+        }
+        if let Some(icon) = &message.icon_emoji {
+            body["icon_emoji"] = json!(icon);
+        }
+        body
+    }
+}
+
+#[async_trait]
+impl ChatSink for SlackClient {
+    async fn post(&self, message: &OutgoingMessage) -> Result<MessageRef, ChatError> {
+        let answer = self
+            .call("chat.postMessage", Some(&Self::body(message)), &[], true)
+            .await?;
+        match (answer.channel, answer.ts) {
+            (Some(channel), Some(ts)) => Ok(MessageRef { channel, ts }),
+            _ => Err(ChatError::Uncertain(
+                "chat.postMessage: answer without channel or ts".to_owned(),
+            )),
+        }
+    }
+
+    async fn update(
+        &self,
+        reference: &MessageRef,
+        message: &OutgoingMessage,
+    ) -> Result<(), ChatError> {
+        let mut body = Self::body(message);
+        body["channel"] = json!(reference.channel);
+        body["ts"] = json!(reference.ts);
+        // chat.update rejects these.
+        if let Some(obj) = body.as_object_mut() {
+            for key in ["username", "icon_emoji", "unfurl_links", "unfurl_media"] {
+                obj.remove(key);
+            }
+        }
+        self.call("chat.update", Some(&body), &[], false).await?;
+        Ok(())
+    }
+
+    async fn find(
+        &self,
+        channel: &str,
+        build_key: &str,
+        since: OffsetDateTime,
+    ) -> Result<Option<MessageRef>, ChatError> {
+        let query = [
+            ("channel", channel.to_owned()),
+            ("oldest", format!("{}", since.unix_timestamp())),
+            ("include_all_metadata", "true".to_owned()),
+            ("limit", "200".to_owned()),
+        ];
+        let answer = self
+            .call("conversations.history", None, &query, false)
+            .await?;
+        let channel = answer.channel.unwrap_or_else(|| channel.to_owned());
+        Ok(answer
+            .messages
+            .into_iter()
+            .find(|m| {
+                m.metadata.as_ref().is_some_and(|md| {
+                    md.event_type == METADATA_EVENT_TYPE
+                        && md.event_payload.get("build").and_then(|b| b.as_str()) == Some(build_key)
+                })
+            })
+            .map(|m| MessageRef {
+                channel: channel.clone(),
+                ts: m.ts,
+            }))
+    }
+}

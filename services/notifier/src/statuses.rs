@@ -1,0 +1,185 @@
+//! The commit-status port: GitHub's statuses API within a write budget
+//! ([`GitHubStatusSink`]), or the log in local mode ([`LogStatusSink`]).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use prx_ci_shared::github::{GitHubClient, GitHubError};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::status::CommitStatus;
+
+/// How a status write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// May work later (GitHub down, rate limited after retries).
+    #[error("cannot write commit status now: {0}")]
+    Transient(String),
+    /// Will not work (no access, unknown commit, too many statuses).
+    #[error("commit status rejected: {0}")]
+    Permanent(String),
+}
+
+/// Where commit statuses go.
+#[async_trait]
+pub trait StatusSink: Send + Sync + std::fmt::Debug {
+    async fn write(&self, status: &CommitStatus) -> Result<(), StatusError>;
+}
+
+/// Local mode: statuses are logged.
+#[derive(Debug, Default)]
+pub struct LogStatusSink;
+
+#[async_trait]
+impl StatusSink for LogStatusSink {
+    async fn write(&self, status: &CommitStatus) -> Result<(), StatusError> {
+        tracing::info!(
+            repository = %status.repository,
+            commit = %status.sha,
+            context = %status.context,
+            state = status.state.as_str(),
+            target_url = status.target_url.as_deref().unwrap_or(""),
+            "commit status: {}",
+            status.description
+        );
+        Ok(())
+    }
+}
+
+/// A token bucket with two windows (per minute and per hour), for GitHub's content-creation
+/// limits. Callers reserve a token and wait until it is theirs, so waiting callers queue fairly.
+#[derive(Debug)]
+pub struct WriteBudget {
+    state: Mutex<BudgetState>,
+    per_minute: f64,
+    per_hour: f64,
+}
+
+#[derive(Debug)]
+struct BudgetState {
+    minute_tokens: f64,
+    hour_tokens: f64,
+    updated: Instant,
+}
+
+impl WriteBudget {
+    /// Full buckets of `per_minute` and `per_hour` tokens.
+    pub fn new(per_minute: u32, per_hour: u32) -> Self {
+        Self {
+            state: Mutex::new(BudgetState {
+                minute_tokens: f64::from(per_minute),
+                hour_tokens: f64::from(per_hour),
+                updated: Instant::now(),
+            }),
+            per_minute: f64::from(per_minute.max(1)),
+            per_hour: f64::from(per_hour.max(1)),
+        }
+    }
+
+    /// Takes one token; returns how long to wait before using it.
+    pub fn reserve(&self) -> Duration {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let elapsed = now.duration_since(state.updated).as_secs_f64();
+        state.updated = now;
+        let minute_rate = self.per_minute / 60.0;
+        let hour_rate = self.per_hour / 3600.0;
+        state.minute_tokens = (state.minute_tokens + elapsed * minute_rate).min(self.per_minute);
+        state.hour_tokens = (state.hour_tokens + elapsed * hour_rate).min(self.per_hour);
+        state.minute_tokens -= 1.0;
+        state.hour_tokens -= 1.0;
+        let wait_minute = (-state.minute_tokens).max(0.0) / minute_rate;
+        let wait_hour = (-state.hour_tokens).max(0.0) / hour_rate;
+        Duration::from_secs_f64(wait_minute.max(wait_hour))
+    }
+
+    /// Waits for a token.
+    pub async fn acquire(&self) {
+        let wait = self.reserve();
+        if !wait.is_zero() {
+            tracing::debug!(?wait, "commit status budget exhausted; waiting");
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// GitHub's `POST /repos/{owner}/{repo}/statuses/{sha}` through the shared client, within a
+/// [`WriteBudget`].
+#[derive(Debug)]
+pub struct GitHubStatusSink {
+    client: GitHubClient,
+    budget: WriteBudget,
+}
+
+impl GitHubStatusSink {
+    pub fn new(client: GitHubClient, per_minute: u32, per_hour: u32) -> Self {
+        Self {
+            client,
+            budget: WriteBudget::new(per_minute, per_hour),
+        }
+    }
+}
+
+#[async_trait]
+impl StatusSink for GitHubStatusSink {
+    async fn write(&self, status: &CommitStatus) -> Result<(), StatusError> {
+        self.budget.acquire().await;
+        let path = format!("/repos/{}/statuses/{}", status.repository, status.sha);
+        let mut body = json!({
+            "state": status.state.as_str(),
+            "description": status.description,
+            "context": status.context,
+        });
+        if let Some(url) = &status.target_url {
+            body["target_url"] = json!(url);
+        }
+        match self
+            .client
+            .post_json::<serde_json::Value>(&path, &body)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err @ GitHubError::Decode { .. }) => {
+                // Written; only the answer was odd.
+                tracing::debug!(error = %err, "status written, answer not JSON");
+                Ok(())
+            }
+            Err(err) if err.is_transient() => Err(StatusError::Transient(format!("{err:#}"))),
+            Err(err) => Err(StatusError::Permanent(format!("{err:#}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_allows_a_burst_then_paces() {
+        let budget = WriteBudget::new(80, 500);
+        for _ in 0..80 {
+            assert_eq!(budget.reserve(), Duration::ZERO);
+        }
+        // The 81st waits for one minute-token (60/80 s).
+        let wait = budget.reserve();
+        assert!((wait.as_secs_f64() - 0.75).abs() < 0.01, "{wait:?}");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        // The minute bucket refilled; the hour bucket (500) is not the limit yet.
+        assert_eq!(budget.reserve(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_hourly_budget_bounds_sustained_writes() {
+        let budget = WriteBudget::new(1000, 10);
+        for _ in 0..10 {
+            assert_eq!(budget.reserve(), Duration::ZERO);
+        }
+        let wait = budget.reserve();
+        assert!((wait.as_secs_f64() - 360.0).abs() < 0.5, "{wait:?}");
+    }
+}
