@@ -1,0 +1,3 @@
+//! Build-watcher throughput and latency (written below; see docs/benchmarks/build-watcher.md).
+
+fn main() {}

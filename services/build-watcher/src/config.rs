@@ -1,0 +1,155 @@
+//! The `[build_watcher]` configuration section.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use prx_ci_shared::config::Validate;
+use serde::Deserialize;
+
+/// Most ids `BatchGetBuilds` accepts in one call.
+pub const MAX_BATCH_GET_BUILDS: usize = 100;
+
+/// Settings of the build-watcher (section `[build_watcher]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuildWatcherConfig {
+    /// URL of the SQS queue an EventBridge rule feeds with `CodeBuild Build State Change` and
+    /// `CodeBuild Build Phase Change` events. Default: none (no SQS source; local mode).
+    pub queue_url: Option<String>,
+    /// Long-poll wait of one `ReceiveMessage` (at most 20 s). Default `20s`.
+    #[serde(with = "humantime_serde")]
+    pub sqs_wait_time: Duration,
+    /// Messages asked for per `ReceiveMessage` (1 to 10). Default 10.
+    pub sqs_max_messages: i32,
+    /// Visibility timeout asked for on receive: how long a message that could not be stored
+    /// stays hidden before it is tried again. Default: none (the queue's own setting).
+    #[serde(with = "humantime_serde")]
+    pub sqs_visibility_timeout: Option<Duration>,
+    /// A build in flight not heard of for this long is looked up with `BatchGetBuilds`.
+    /// Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_after: Duration,
+    /// How often the reconciler looks for such builds. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// Build ids per `BatchGetBuilds` call (1 to 100). Default 100.
+    pub reconcile_batch_size: usize,
+    /// Least time between two `BatchGetBuilds` calls (rate limit). Default `500ms`.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_call_spacing: Duration,
+    /// How long a report whose build has no record yet waits, in the handler, for the
+    /// BuildRequested to be processed before it is retried later. Default `500ms`.
+    #[serde(with = "humantime_serde")]
+    pub request_wait: Duration,
+    /// A report still without a BuildRequested this long after it was stored (and after the
+    /// request consumer caught up with it) is a build nobody requested (started by hand): it
+    /// is reported with what the report itself says. Default `2m`.
+    #[serde(with = "humantime_serde")]
+    pub unrequested_after: Duration,
+    /// Reports handled at once by this process. Default 1 (one report at a time keeps each
+    /// build's events in report order; replicas are kept consistent by compare-and-set).
+    pub report_concurrency: usize,
+    /// Address of `/healthz`, `/readyz` and `/metrics` (binary only). Default `127.0.0.1:9103`.
+    pub ops_listen: SocketAddr,
+}
+
+impl Default for BuildWatcherConfig {
+    fn default() -> Self {
+        Self {
+            queue_url: None,
+            sqs_wait_time: Duration::from_secs(20),
+            sqs_max_messages: 10,
+            sqs_visibility_timeout: None,
+            reconcile_after: Duration::from_secs(5 * 60),
+            reconcile_interval: Duration::from_secs(30),
+            reconcile_batch_size: MAX_BATCH_GET_BUILDS,
+            reconcile_call_spacing: Duration::from_millis(500),
+            request_wait: Duration::from_millis(500),
+            unrequested_after: Duration::from_secs(120),
+            report_concurrency: 1,
+            ops_listen: SocketAddr::from(([127, 0, 0, 1], 9103)),
+        }
+    }
+}
+
+impl Validate for BuildWatcherConfig {
+    fn validate(&self) -> Result<(), String> {
+        if let Some(url) = &self.queue_url
+            && url.trim().is_empty()
+        {
+            return Err("queue_url is empty (leave it out to disable the SQS source)".into());
+        }
+        if self.sqs_wait_time > Duration::from_secs(20) {
+            return Err("sqs_wait_time must be at most 20s (SQS's long-poll limit)".into());
+        }
+        if !(1..=10).contains(&self.sqs_max_messages) {
+            return Err(format!(
+                "sqs_max_messages must be 1 to 10, not {}",
+                self.sqs_max_messages
+            ));
+        }
+        if let Some(v) = self.sqs_visibility_timeout
+            && v > Duration::from_secs(12 * 3600)
+        {
+            return Err("sqs_visibility_timeout must be at most 12h".into());
+        }
+        if !(1..=MAX_BATCH_GET_BUILDS).contains(&self.reconcile_batch_size) {
+            return Err(format!(
+                "reconcile_batch_size must be 1 to {MAX_BATCH_GET_BUILDS}, not {}",
+                self.reconcile_batch_size
+            ));
+        }
+        if self.reconcile_interval.is_zero() {
+            return Err("reconcile_interval must be positive".into());
+        }
+        if self.report_concurrency == 0 {
+            return Err("report_concurrency must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prx_ci_shared::config::load_from;
+
+    use super::*;
+
+    fn figment(toml: &str) -> figment::Figment {
+        use figment::providers::Format as _;
+        figment::Figment::from(figment::providers::Toml::string(toml))
+    }
+
+    #[test]
+    fn defaults_and_file_values() {
+        let c: BuildWatcherConfig = load_from(&figment(""), "build_watcher").unwrap();
+        assert_eq!(c.reconcile_after, Duration::from_secs(300));
+        assert_eq!(c.queue_url, None);
+        let c: BuildWatcherConfig = load_from(
+            &figment(
+                "[build_watcher]\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/1/q\"\nreconcile_after = \"2m\"\nsqs_visibility_timeout = \"30s\"\n",
+            ),
+            "build_watcher",
+        )
+        .unwrap();
+        assert_eq!(c.reconcile_after, Duration::from_secs(120));
+        assert_eq!(c.sqs_visibility_timeout, Some(Duration::from_secs(30)));
+        assert!(c.queue_url.is_some());
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        for bad in [
+            "[build_watcher]\nreconcile_batch_size = 101\n",
+            "[build_watcher]\nsqs_max_messages = 0\n",
+            "[build_watcher]\nsqs_wait_time = \"21s\"\n",
+            "[build_watcher]\nqueue_url = \" \"\n",
+            "[build_watcher]\nunknown = 1\n",
+        ] {
+            assert!(
+                load_from::<BuildWatcherConfig>(&figment(bad), "build_watcher").is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

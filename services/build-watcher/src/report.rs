@@ -1,0 +1,758 @@
+//! Parsing a backend's report (a CodeBuild EventBridge event, whatever its source) into what
+//! the state machine and the emitted events need. Pure: no I/O.
+
+use std::collections::BTreeMap;
+
+use prx_ci_proto::v1;
+use prx_ci_shared::codebuild_event::{self, CodeBuildEvent, Phase};
+use time::OffsetDateTime;
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+
+/// CodeBuild's time format in events: `Sep 1, 2017 4:12:29 PM` (UTC).
+const CODEBUILD_TIME: &[BorrowedFormatItem<'static>] = format_description!(
+    "[month repr:short] [day padding:none], [year] [hour repr:12 padding:none]:[minute]:[second] [period]"
+);
+
+/// The phase CodeBuild reports last; it never fails and is not a "failed phase".
+pub const COMPLETED_PHASE: &str = "COMPLETED";
+
+/// CodeBuild's phases in the order a build goes through them.
+pub const PHASE_ORDER: [&str; 11] = [
+    "SUBMITTED",
+    "QUEUED",
+    "PROVISIONING",
+    "DOWNLOAD_SOURCE",
+    "INSTALL",
+    "PRE_BUILD",
+    "BUILD",
+    "POST_BUILD",
+    "UPLOAD_ARTIFACTS",
+    "FINALIZING",
+    COMPLETED_PHASE,
+];
+
+/// Position of a phase in [`PHASE_ORDER`]; `None` for names CodeBuild does not document.
+pub fn phase_rank(name: &str) -> Option<usize> {
+    PHASE_ORDER.iter().position(|p| *p == name)
+}
+
+/// Parses CodeBuild's event time format (`Sep 1, 2017 4:12:29 PM`, UTC).
+pub fn parse_codebuild_time(text: &str) -> Option<OffsetDateTime> {
+    time::PrimitiveDateTime::parse(text.trim(), CODEBUILD_TIME)
+        .ok()
+        .map(time::PrimitiveDateTime::assume_utc)
+}
+
+/// Formats a time the way CodeBuild's events do.
+pub fn format_codebuild_time(at: OffsetDateTime) -> String {
+    at.to_offset(time::UtcOffset::UTC)
+        .format(CODEBUILD_TIME)
+        .unwrap_or_default()
+}
+
+/// A build's final status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FinalStatus {
+    Succeeded,
+    Failed,
+    Fault,
+    Stopped,
+    TimedOut,
+}
+
+impl FinalStatus {
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "SUCCEEDED" => Self::Succeeded,
+            "FAILED" => Self::Failed,
+            "FAULT" => Self::Fault,
+            "STOPPED" => Self::Stopped,
+            "TIMED_OUT" => Self::TimedOut,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "SUCCEEDED",
+            Self::Failed => "FAILED",
+            Self::Fault => "FAULT",
+            Self::Stopped => "STOPPED",
+            Self::TimedOut => "TIMED_OUT",
+        }
+    }
+
+    pub fn to_proto(self) -> v1::BuildStatus {
+        match self {
+            Self::Succeeded => v1::BuildStatus::Succeeded,
+            Self::Failed => v1::BuildStatus::Failed,
+            Self::Fault => v1::BuildStatus::Fault,
+            Self::Stopped => v1::BuildStatus::Stopped,
+            Self::TimedOut => v1::BuildStatus::TimedOut,
+        }
+    }
+}
+
+/// What a report says happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportKind {
+    /// `CodeBuild Build State Change` with `IN_PROGRESS`.
+    InProgress,
+    /// `CodeBuild Build State Change` with a final status.
+    Final(FinalStatus),
+    /// `CodeBuild Build Phase Change`: `completed_phase` ended.
+    Phase { completed_phase: String },
+}
+
+/// One phase as the emitted events carry it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PhaseInfo {
+    pub name: String,
+    /// `SUCCEEDED`, `FAILED`, ... ("" while the phase runs).
+    pub status: String,
+    pub duration_ms: u64,
+    /// The phase context (why it failed), "" when there is nothing to say.
+    pub message: String,
+    #[serde(default)]
+    pub ended: bool,
+}
+
+impl PhaseInfo {
+    pub fn to_proto(&self) -> v1::PhaseRecord {
+        v1::PhaseRecord {
+            name: self.name.clone(),
+            status: self.status.clone(),
+            duration_ms: self.duration_ms,
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// Why a report cannot be used (the message is parked).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    #[error("report is not JSON of a CodeBuild event: {0}")]
+    NotJson(String),
+    #[error("report has detail-type {0:?}, not a CodeBuild state or phase change")]
+    UnknownDetailType(String),
+    #[error("report has no build-id")]
+    NoBuildId,
+    #[error("state change has unknown build-status {0:?}")]
+    UnknownStatus(String),
+    #[error("phase change names no completed-phase")]
+    NoCompletedPhase,
+}
+
+/// A parsed report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The build's id normalized to `project:uuid` / `local:<uuid>` (see [`normalize_build_id`]).
+    pub build_id: String,
+    pub kind: ReportKind,
+    pub event: CodeBuildEvent,
+}
+
+/// The id a build is known by whatever the source: CodeBuild ARNs
+/// (`arn:aws:codebuild:<region>:<account>:build/<project>:<uuid>`) become `<project>:<uuid>`
+/// (what `StartBuild` and `BatchGetBuilds` use); other ids are kept.
+pub fn normalize_build_id(id: &str) -> String {
+    let id = id.trim();
+    if id.starts_with("arn:")
+        && let Some((_, rest)) = id.split_once(":build/")
+    {
+        return rest.to_owned();
+    }
+    id.to_owned()
+}
+
+/// Parses the JSON of a report.
+pub fn parse_report(json: &[u8]) -> Result<Report, ReportError> {
+    let event: CodeBuildEvent =
+        serde_json::from_slice(json).map_err(|e| ReportError::NotJson(e.to_string()))?;
+    report_from_event(event)
+}
+
+/// Classifies an already parsed event.
+pub fn report_from_event(event: CodeBuildEvent) -> Result<Report, ReportError> {
+    let detail = &event.detail;
+    let build_id = normalize_build_id(&detail.build_id);
+    if build_id.is_empty() {
+        return Err(ReportError::NoBuildId);
+    }
+    let kind = match event.detail_type.as_str() {
+        codebuild_event::STATE_CHANGE => {
+            let status = detail.build_status.as_deref().unwrap_or_default();
+            if status == "IN_PROGRESS" {
+                ReportKind::InProgress
+            } else {
+                ReportKind::Final(
+                    FinalStatus::parse(status)
+                        .ok_or_else(|| ReportError::UnknownStatus(status.to_owned()))?,
+                )
+            }
+        }
+        codebuild_event::PHASE_CHANGE => {
+            let phase = detail
+                .completed_phase
+                .as_deref()
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .ok_or(ReportError::NoCompletedPhase)?;
+            ReportKind::Phase {
+                completed_phase: phase.to_owned(),
+            }
+        }
+        other => return Err(ReportError::UnknownDetailType(other.to_owned())),
+    };
+    Ok(Report {
+        build_id,
+        kind,
+        event,
+    })
+}
+
+/// The text of a phase context: CodeBuild sends `["STATUS_CODE: message"]`, or `[": "]` when
+/// there is nothing to say; phase-change events send the same list serialized as a string.
+pub fn context_message<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+    parts
+        .into_iter()
+        .map(|p| p.trim())
+        .filter(|p| !p.is_empty() && *p != ":" && *p != "[]")
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A `completed-phase-context` string: CodeBuild writes the list in brackets without quotes
+/// (`[: ]`, `[COMMAND_EXECUTION_ERROR: ...]`); a JSON list of strings is accepted too.
+fn context_string_message(text: &str) -> String {
+    if let Ok(list) = serde_json::from_str::<Vec<String>>(text) {
+        return context_message(list.iter().map(String::as_str));
+    }
+    let text = text.trim();
+    let inner = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    context_message([inner])
+}
+
+fn seconds_to_ms(seconds: u64) -> u64 {
+    seconds.saturating_mul(1000)
+}
+
+fn phase_info(phase: &Phase) -> PhaseInfo {
+    let duration_ms = match phase.duration_in_seconds {
+        Some(s) => seconds_to_ms(s),
+        None => match (
+            phase.start_time.as_deref().and_then(parse_codebuild_time),
+            phase.end_time.as_deref().and_then(parse_codebuild_time),
+        ) {
+            (Some(start), Some(end)) if end >= start => {
+                u64::try_from((end - start).whole_milliseconds()).unwrap_or(0)
+            }
+            _ => 0,
+        },
+    };
+    PhaseInfo {
+        name: phase.phase_type.clone(),
+        status: phase.phase_status.clone().unwrap_or_default(),
+        duration_ms,
+        message: context_message(phase.phase_context.iter().map(String::as_str)),
+        ended: phase.end_time.is_some() || phase.phase_status.is_some(),
+    }
+}
+
+impl Report {
+    /// Every phase the event lists, in its order.
+    pub fn phases(&self) -> Vec<PhaseInfo> {
+        self.event
+            .detail
+            .additional_information
+            .phases
+            .iter()
+            .filter(|p| !p.phase_type.is_empty())
+            .map(phase_info)
+            .collect()
+    }
+
+    /// The phases that have ended (have a status), in order: what an in-progress state change
+    /// tells about phase changes that may have been missed.
+    pub fn ended_phases(&self) -> Vec<PhaseInfo> {
+        self.phases()
+            .into_iter()
+            .filter(|p| !p.status.is_empty() && p.name != COMPLETED_PHASE)
+            .collect()
+    }
+
+    /// The completed phase of a phase change, with its status, duration and context.
+    pub fn completed_phase(&self) -> Option<PhaseInfo> {
+        let ReportKind::Phase { completed_phase } = &self.kind else {
+            return None;
+        };
+        let d = &self.event.detail;
+        let listed = self
+            .phases()
+            .into_iter()
+            .find(|p| &p.name == completed_phase);
+        let duration_ms = d
+            .completed_phase_duration_seconds
+            .map(seconds_to_ms)
+            .or_else(|| listed.as_ref().map(|p| p.duration_ms))
+            .unwrap_or(0);
+        let message = d
+            .completed_phase_context
+            .as_deref()
+            .map(context_string_message)
+            .filter(|m| !m.is_empty())
+            .or_else(|| listed.as_ref().map(|p| p.message.clone()))
+            .unwrap_or_default();
+        Some(PhaseInfo {
+            name: completed_phase.clone(),
+            status: d
+                .completed_phase_status
+                .clone()
+                .or_else(|| listed.map(|p| p.status))
+                .unwrap_or_default(),
+            duration_ms,
+            message,
+            ended: true,
+        })
+    }
+
+    /// When `phase` ended, per the report (`completed-phase-end`, else the phase list).
+    pub fn completed_phase_end(&self, phase: &str) -> Option<OffsetDateTime> {
+        let d = &self.event.detail;
+        if matches!(&self.kind, ReportKind::Phase { completed_phase } if completed_phase == phase)
+            && let Some(end) = d
+                .completed_phase_end
+                .as_deref()
+                .and_then(parse_codebuild_time)
+        {
+            return Some(end);
+        }
+        d.additional_information
+            .phases
+            .iter()
+            .find(|p| p.phase_type == phase)
+            .and_then(|p| p.end_time.as_deref())
+            .and_then(parse_codebuild_time)
+    }
+
+    /// The phase that runs after `completed` (the event's `current-phase` when it names a
+    /// later one, else CodeBuild's documented order).
+    pub fn phase_after(&self, completed: &str) -> String {
+        if let Some(current) = self.event.detail.current_phase.as_deref()
+            && current != completed
+            && !current.is_empty()
+            && phase_rank(current) > phase_rank(completed)
+        {
+            return current.to_owned();
+        }
+        phase_rank(completed)
+            .and_then(|i| PHASE_ORDER.get(i + 1))
+            .map(|p| (*p).to_owned())
+            .unwrap_or_default()
+    }
+
+    /// When the event happened (its RFC 3339 `time`).
+    pub fn time(&self) -> Option<OffsetDateTime> {
+        OffsetDateTime::parse(
+            self.event.time.trim(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()
+    }
+
+    /// When the build started (`build-start-time`, else the first phase's start).
+    pub fn started_at(&self) -> Option<OffsetDateTime> {
+        let info = &self.event.detail.additional_information;
+        info.build_start_time
+            .as_deref()
+            .and_then(parse_codebuild_time)
+            .or_else(|| {
+                info.phases
+                    .iter()
+                    .find_map(|p| p.start_time.as_deref().and_then(parse_codebuild_time))
+            })
+    }
+
+    /// When the build ended: the latest phase end (or the `COMPLETED` phase's start), else
+    /// the event's time.
+    pub fn finished_at(&self) -> Option<OffsetDateTime> {
+        let info = &self.event.detail.additional_information;
+        let from_phases = info
+            .phases
+            .iter()
+            .filter_map(|p| {
+                let end = p.end_time.as_deref().and_then(parse_codebuild_time);
+                if p.phase_type == COMPLETED_PHASE {
+                    end.or_else(|| p.start_time.as_deref().and_then(parse_codebuild_time))
+                } else {
+                    end
+                }
+            })
+            .max();
+        from_phases.or_else(|| self.time())
+    }
+
+    /// Build duration in milliseconds (start to end), 0 when either is unknown.
+    pub fn duration_ms(&self) -> u64 {
+        match (self.started_at(), self.finished_at()) {
+            (Some(start), Some(end)) if end >= start => {
+                u64::try_from((end - start).whole_milliseconds()).unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
+
+    /// The first phase that did not succeed (ignoring `COMPLETED` and phases without a
+    /// status), with its message.
+    pub fn failed_phase(&self) -> Option<PhaseInfo> {
+        self.phases()
+            .into_iter()
+            .find(|p| p.name != COMPLETED_PHASE && !p.status.is_empty() && p.status != "SUCCEEDED")
+    }
+
+    /// The build's environment variables as CodeBuild reports them.
+    pub fn environment(&self) -> BTreeMap<String, String> {
+        self.event
+            .detail
+            .additional_information
+            .environment
+            .environment_variables
+            .iter()
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect()
+    }
+
+    /// The buildspec's exported variables alone.
+    pub fn exported_variables(&self) -> BTreeMap<String, String> {
+        self.event
+            .detail
+            .additional_information
+            .exported_environment_variables
+            .iter()
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect()
+    }
+
+    /// Where a person reads the build's log: the event's `logs.deep-link`, else the CodeBuild
+    /// console page of the build (from the ARN), else "".
+    pub fn log_url(&self) -> String {
+        let info = &self.event.detail.additional_information;
+        if let Some(link) = info
+            .logs
+            .as_ref()
+            .map(|l| l.deep_link.trim())
+            .filter(|l| !l.is_empty())
+        {
+            return link.to_owned();
+        }
+        console_url(&self.event.detail.build_id).unwrap_or_default()
+    }
+
+    /// The AWS region of the build ("" for local builds).
+    pub fn region(&self) -> String {
+        if !self.event.region.is_empty() {
+            return self.event.region.clone();
+        }
+        parse_arn(&self.event.detail.build_id)
+            .map(|a| a.region.to_owned())
+            .unwrap_or_default()
+    }
+
+    /// `local` for the local runner's builds, else `codebuild`.
+    pub fn backend(&self) -> &'static str {
+        if is_local_build(&self.build_id) {
+            "local"
+        } else {
+            "codebuild"
+        }
+    }
+
+    /// What is known of a build nobody requested: project, id, and the repository and commit
+    /// from the build's `PRX_REPO` / `PRX_COMMIT` (else the source version when it is a SHA).
+    pub fn build_ref(&self) -> v1::BuildRef {
+        let env = self.environment();
+        let source_version = self
+            .event
+            .detail
+            .additional_information
+            .source_version
+            .clone()
+            .unwrap_or_default();
+        let commit = env
+            .get("PRX_COMMIT")
+            .cloned()
+            .filter(|c| !c.is_empty())
+            .or_else(|| {
+                prx_ci_shared::domain::CommitSha::parse(&source_version)
+                    .ok()
+                    .map(|c| c.to_string())
+            })
+            .unwrap_or_default();
+        let architecture = env
+            .get("PRX_TARGET_ARCHITECTURE")
+            .and_then(|a| prx_ci_shared::domain::Architecture::parse(a))
+            .map_or(v1::Architecture::Unspecified, |a| a.to_proto());
+        v1::BuildRef {
+            build_id: self.event.detail.build_id.clone(),
+            build_request_id: String::new(),
+            repository: env.get("PRX_REPO").cloned().unwrap_or_default(),
+            commit,
+            architecture: architecture as i32,
+            backend: self.backend().to_owned(),
+            project: self.event.detail.project_name.clone(),
+            region: self.region(),
+            log_url: self.log_url(),
+        }
+    }
+}
+
+/// Whether a build id belongs to the local runner (never reconciled through AWS).
+pub fn is_local_build(build_id: &str) -> bool {
+    build_id.starts_with("local:")
+}
+
+/// The parts of a CodeBuild build ARN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildArn<'a> {
+    pub region: &'a str,
+    pub account: &'a str,
+    pub project: &'a str,
+    pub uuid: &'a str,
+}
+
+/// Splits `arn:<partition>:codebuild:<region>:<account>:build/<project>:<uuid>`.
+pub fn parse_arn(arn: &str) -> Option<BuildArn<'_>> {
+    let mut parts = arn.splitn(6, ':');
+    if parts.next()? != "arn" {
+        return None;
+    }
+    let _partition = parts.next()?;
+    if parts.next()? != "codebuild" {
+        return None;
+    }
+    let region = parts.next()?;
+    let account = parts.next()?;
+    let resource = parts.next()?.strip_prefix("build/")?;
+    let (project, uuid) = resource.rsplit_once(':')?;
+    Some(BuildArn {
+        region,
+        account,
+        project,
+        uuid,
+    })
+}
+
+/// The CodeBuild console page of a build, from its ARN.
+pub fn console_url(arn: &str) -> Option<String> {
+    let a = parse_arn(arn)?;
+    Some(format!(
+        "https://{region}.console.aws.amazon.com/codesuite/codebuild/{account}/projects/{project}/build/{project}%3A{uuid}/?region={region}",
+        region = a.region,
+        account = a.account,
+        project = a.project,
+        uuid = a.uuid,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_event(status: &str) -> serde_json::Value {
+        serde_json::json!({
+            "version": "0",
+            "id": "e1",
+            "detail-type": "CodeBuild Build State Change",
+            "source": "aws.codebuild",
+            "account": "123456789012",
+            "time": "2017-09-01T16:14:28Z",
+            "region": "us-west-2",
+            "detail": {
+                "build-status": status,
+                "project-name": "proj",
+                "build-id": "arn:aws:codebuild:us-west-2:123456789012:build/proj:8745a7a9",
+                "additional-information": {
+                    "build-start-time": "Sep 1, 2017 4:12:29 PM",
+                    "phases": [
+                        {"phase-type": "SUBMITTED", "phase-status": "SUCCEEDED", "duration-in-seconds": 0,
+                         "start-time": "Sep 1, 2017 4:12:29 PM", "end-time": "Sep 1, 2017 4:12:29 PM", "phase-context": []},
+                        {"phase-type": "BUILD", "phase-status": "FAILED", "duration-in-seconds": 80,
+                         "start-time": "Sep 1, 2017 4:12:40 PM", "end-time": "Sep 1, 2017 4:14:00 PM",
+                         "phase-context": ["COMMAND_EXECUTION_ERROR: Error while executing command: make. Reason: exit status 2"]},
+                        {"phase-type": "POST_BUILD", "phase-status": "SUCCEEDED", "duration-in-seconds": 1,
+                         "start-time": "Sep 1, 2017 4:14:00 PM", "end-time": "Sep 1, 2017 4:14:01 PM", "phase-context": [": "]},
+                        {"phase-type": "COMPLETED", "start-time": "Sep 1, 2017 4:14:21 PM"}
+                    ]
+                }
+            }
+        })
+    }
+
+    fn parse(value: serde_json::Value) -> Result<Report, ReportError> {
+        parse_report(&serde_json::to_vec(&value).unwrap())
+    }
+
+    #[test]
+    fn codebuild_times_parse_and_format_round_trip() {
+        let t = parse_codebuild_time("Sep 1, 2017 4:12:29 PM").unwrap();
+        assert_eq!(t.unix_timestamp(), 1_504_282_349);
+        assert_eq!(format_codebuild_time(t), "Sep 1, 2017 4:12:29 PM");
+        let midnight = parse_codebuild_time("Dec 31, 2024 12:00:05 AM").unwrap();
+        assert_eq!(midnight.hour(), 0);
+        assert_eq!(format_codebuild_time(midnight), "Dec 31, 2024 12:00:05 AM");
+        assert_eq!(parse_codebuild_time("2017-09-01T16:12:29Z"), None);
+        assert_eq!(parse_codebuild_time(""), None);
+    }
+
+    #[test]
+    fn build_ids_normalize_to_project_and_uuid() {
+        assert_eq!(
+            normalize_build_id("arn:aws:codebuild:us-east-1:1:build/prx-Runner2:ab-cd"),
+            "prx-Runner2:ab-cd"
+        );
+        assert_eq!(normalize_build_id("prx-Runner2:ab-cd"), "prx-Runner2:ab-cd");
+        assert_eq!(normalize_build_id("local:42"), "local:42");
+    }
+
+    #[test]
+    fn state_changes_classify_by_status() {
+        assert_eq!(
+            parse(state_event("IN_PROGRESS")).unwrap().kind,
+            ReportKind::InProgress
+        );
+        for (text, status) in [
+            ("SUCCEEDED", FinalStatus::Succeeded),
+            ("FAILED", FinalStatus::Failed),
+            ("FAULT", FinalStatus::Fault),
+            ("STOPPED", FinalStatus::Stopped),
+            ("TIMED_OUT", FinalStatus::TimedOut),
+        ] {
+            let r = parse(state_event(text)).unwrap();
+            assert_eq!(r.kind, ReportKind::Final(status));
+            assert_eq!(r.build_id, "proj:8745a7a9");
+            assert_eq!(status.as_str(), text);
+        }
+        assert_eq!(
+            parse(state_event("EXPLODED")).unwrap_err(),
+            ReportError::UnknownStatus("EXPLODED".into())
+        );
+    }
+
+    #[test]
+    fn unusable_reports_are_errors_not_panics() {
+        assert!(matches!(
+            parse_report(b"not json"),
+            Err(ReportError::NotJson(_))
+        ));
+        let mut e = state_event("SUCCEEDED");
+        e["detail-type"] = "EC2 Instance State-change Notification".into();
+        assert!(matches!(parse(e), Err(ReportError::UnknownDetailType(_))));
+        let mut e = state_event("SUCCEEDED");
+        e["detail"]["build-id"] = "".into();
+        assert_eq!(parse(e).unwrap_err(), ReportError::NoBuildId);
+        let mut e = state_event("SUCCEEDED");
+        e["detail-type"] = codebuild_event::PHASE_CHANGE.into();
+        assert_eq!(parse(e).unwrap_err(), ReportError::NoCompletedPhase);
+    }
+
+    #[test]
+    fn failed_phase_is_the_first_that_did_not_succeed() {
+        let r = parse(state_event("FAILED")).unwrap();
+        let failed = r.failed_phase().unwrap();
+        assert_eq!(failed.name, "BUILD");
+        assert_eq!(failed.status, "FAILED");
+        assert_eq!(
+            failed.message,
+            "COMMAND_EXECUTION_ERROR: Error while executing command: make. Reason: exit status 2"
+        );
+        assert_eq!(failed.duration_ms, 80_000);
+        // ": " contexts say nothing.
+        assert_eq!(r.phases()[2].message, "");
+        assert!(!r.phases()[3].ended);
+    }
+
+    #[test]
+    fn duration_runs_from_build_start_to_the_completed_phase() {
+        let r = parse(state_event("SUCCEEDED")).unwrap();
+        assert_eq!(r.duration_ms(), 112_000);
+        assert_eq!(
+            r.finished_at().unwrap(),
+            parse_codebuild_time("Sep 1, 2017 4:14:21 PM").unwrap()
+        );
+        assert_eq!(r.time().unwrap().unix_timestamp(), 1_504_282_468);
+    }
+
+    #[test]
+    fn log_url_prefers_the_deep_link_then_the_console_page() {
+        let r = parse(state_event("SUCCEEDED")).unwrap();
+        assert_eq!(
+            r.log_url(),
+            "https://us-west-2.console.aws.amazon.com/codesuite/codebuild/123456789012/projects/proj/build/proj%3A8745a7a9/?region=us-west-2"
+        );
+        let mut e = state_event("SUCCEEDED");
+        e["detail"]["additional-information"]["logs"] =
+            serde_json::json!({"deep-link": "https://logs.example/x"});
+        assert_eq!(parse(e).unwrap().log_url(), "https://logs.example/x");
+        assert_eq!(console_url("local:1"), None);
+    }
+
+    #[test]
+    fn an_unrequested_build_is_described_from_its_variables() {
+        let mut e = state_event("IN_PROGRESS");
+        e["detail"]["additional-information"]["environment"] = serde_json::json!({
+            "environment-variables": [
+                {"name": "PRX_REPO", "value": "PRX/app", "type": "PLAINTEXT"},
+                {"name": "PRX_TARGET_ARCHITECTURE", "value": "aarch64", "type": "PLAINTEXT"}
+            ]
+        });
+        e["detail"]["additional-information"]["source-version"] =
+            "0123456789abcdef0123456789abcdef01234567".into();
+        let r = parse(e).unwrap();
+        let b = r.build_ref();
+        assert_eq!(b.repository, "PRX/app");
+        assert_eq!(b.commit, "0123456789abcdef0123456789abcdef01234567");
+        assert_eq!(b.architecture, v1::Architecture::Aarch64 as i32);
+        assert_eq!(b.project, "proj");
+        assert_eq!(b.backend, "codebuild");
+        assert_eq!(b.region, "us-west-2");
+        assert_eq!(b.build_request_id, "");
+        // Nothing known at all: still a usable reference.
+        let bare = parse(state_event("IN_PROGRESS")).unwrap().build_ref();
+        assert_eq!(bare.repository, "");
+        assert_eq!(bare.commit, "");
+    }
+
+    #[test]
+    fn phase_changes_carry_their_context_and_next_phase() {
+        let e = serde_json::json!({
+            "detail-type": codebuild_event::PHASE_CHANGE,
+            "detail": {
+                "build-id": "local:1",
+                "completed-phase": "BUILD",
+                "completed-phase-status": "FAILED",
+                "completed-phase-duration-seconds": 3,
+                "completed-phase-context": "[COMMAND_EXECUTION_ERROR: Error while executing command: false. Reason: exit status 1]",
+                "additional-information": {}
+            }
+        });
+        let r = parse(e).unwrap();
+        let p = r.completed_phase().unwrap();
+        assert_eq!(p.status, "FAILED");
+        assert_eq!(p.duration_ms, 3000);
+        assert!(p.message.contains("exit status 1"), "{}", p.message);
+        assert_eq!(r.phase_after("BUILD"), "POST_BUILD");
+        assert_eq!(r.phase_after("COMPLETED"), "");
+        assert_eq!(r.backend(), "local");
+        assert_eq!(
+            p.message,
+            "COMMAND_EXECUTION_ERROR: Error while executing command: false. Reason: exit status 1"
+        );
+        assert_eq!(context_string_message("[: ]"), "");
+        assert_eq!(context_string_message("[\"A: b\", \": \"]"), "A: b");
+    }
+}

@@ -1,0 +1,282 @@
+//! The `build-watcher-reports` consumer: every report (SQS, reconciler, local runner) goes
+//! through the per-build state machine, and each transition becomes one event in the chain of
+//! the build's request.
+//!
+//! Per report: read the build's record (waiting briefly for its BuildRequested if the report
+//! won the race), apply the state machine, publish the transitions (deterministic ids), then
+//! write the record with compare-and-set. A crash between publish and write replays the same
+//! transitions with the same ids (JetStream drops the copies); a concurrent writer makes the
+//! write fail and the report is applied again to the fresh record.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use prx_ci_proto::v1::{self, envelope::Payload};
+use prx_ci_shared::publish::EventPublisher;
+use prx_ci_shared::{Delivery, Handler, HandlerError};
+use time::OffsetDateTime;
+
+use crate::emit::{transition_event, transition_name};
+use crate::metrics::Metrics;
+use crate::report::{Report, ReportKind, parse_report};
+use crate::requests::CAS_ATTEMPTS;
+use crate::state::{self, Input, Lifecycle, Outcome};
+use crate::store::{BuildRecord, BuildStore, ChainData, InFlight, StoreError, Versioned, unix_ms};
+
+/// Which consumer records requests, to tell "not processed yet" from "never requested".
+#[derive(Debug, Clone)]
+pub struct RequestConsumer {
+    pub stream: String,
+    pub durable: String,
+}
+
+/// Handles BuildReportReceived events.
+#[derive(Debug, Clone)]
+pub struct ReportHandler {
+    pub(crate) store: BuildStore,
+    pub(crate) publisher: EventPublisher,
+    pub(crate) js: jetstream::Context,
+    pub(crate) requests: RequestConsumer,
+    pub(crate) request_wait: Duration,
+    pub(crate) unrequested_after: Duration,
+    pub(crate) metrics: Metrics,
+}
+
+/// The record a report applies to.
+enum Joined {
+    Found(Versioned),
+    /// Nobody requested this build (so far): start a record from the report.
+    Unrequested {
+        revision: u64,
+    },
+}
+
+impl ReportHandler {
+    /// Finds the build's record, waiting for a BuildRequested that may still be on its way.
+    async fn join(
+        &self,
+        report: &Report,
+        delivery: &Delivery,
+        current: Versioned,
+    ) -> Result<Joined, HandlerError> {
+        if current.record.is_some() {
+            return Ok(Joined::Found(current));
+        }
+        let waited = self
+            .store
+            .wait_for(&report.build_id, self.request_wait)
+            .await
+            .map_err(HandlerError::transient)?;
+        if waited.record.is_some() {
+            return Ok(Joined::Found(waited));
+        }
+        let age = OffsetDateTime::now_utc() - delivery.published;
+        if age >= self.unrequested_after
+            && self.requests_caught_up(delivery.stream_sequence).await?
+        {
+            return Ok(Joined::Unrequested {
+                revision: waited.revision,
+            });
+        }
+        Err(HandlerError::transient(anyhow::anyhow!(
+            "no BuildRequested for build {} yet (report {}s old); waiting for it",
+            report.build_id,
+            age.whole_seconds()
+        )))
+    }
+
+    /// Whether the request consumer has handled every request stored before `sequence`.
+    async fn requests_caught_up(&self, sequence: u64) -> Result<bool, HandlerError> {
+        let stream = self
+            .js
+            .get_stream(&self.requests.stream)
+            .await
+            .map_err(HandlerError::transient)?;
+        let mut consumer: jetstream::consumer::PullConsumer = stream
+            .get_consumer(&self.requests.durable)
+            .await
+            .map_err(|e| HandlerError::transient(anyhow::anyhow!("cannot open consumer: {e}")))?;
+        let info = consumer.info().await.map_err(HandlerError::transient)?;
+        Ok(info.ack_floor.stream_sequence >= sequence
+            || (info.num_pending == 0 && info.num_ack_pending == 0))
+    }
+
+    fn unrequested_record(report: &Report, envelope: &v1::Envelope) -> BuildRecord {
+        let mut chain = ChainData::caused_by(envelope);
+        // The report's own chain has no push behind it.
+        chain.push_sequence = 0;
+        BuildRecord {
+            build_id: report.build_id.clone(),
+            build: (&report.build_ref()).into(),
+            requested: false,
+            chain,
+            ..Default::default()
+        }
+    }
+
+    /// Applies the report to the record and publishes the transitions; returns the record to
+    /// write and the outcome.
+    async fn apply(
+        &self,
+        mut record: BuildRecord,
+        report: &Report,
+    ) -> Result<(BuildRecord, Outcome), HandlerError> {
+        let ended = report.ended_phases();
+        let ended_names: Vec<&str> = ended.iter().map(|p| p.name.as_str()).collect();
+        let input = match &report.kind {
+            ReportKind::InProgress => Input::InProgress {
+                ended_phases: &ended_names,
+            },
+            ReportKind::Final(status) => Input::Final(*status),
+            ReportKind::Phase { completed_phase } => Input::Phase {
+                phase: completed_phase,
+            },
+        };
+        let outcome = state::apply(&record.state, input);
+        let now = OffsetDateTime::now_utc();
+        for transition in &outcome.transitions {
+            let envelope = transition_event(&record, report, transition, now);
+            let stored = self
+                .publisher
+                .publish(&envelope)
+                .await
+                .map_err(HandlerError::transient)?;
+            if !stored.duplicate {
+                self.metrics.transition(transition_name(transition));
+            }
+            tracing::info!(
+                build_id = %record.build_id,
+                transition = transition_name(transition),
+                event_id = %envelope.event_id,
+                duplicate = stored.duplicate,
+                "build transition"
+            );
+        }
+        if !outcome.transitions.is_empty() {
+            let phases = report.phases();
+            if !phases.is_empty()
+                && matches!(report.kind, ReportKind::InProgress | ReportKind::Final(_))
+            {
+                record.phases = phases;
+            }
+            if let Lifecycle::Final { status } = outcome.state.lifecycle {
+                record.final_status = Some(status.as_str().to_owned());
+            }
+            let reported = report.build_ref();
+            if record.build.log_url.is_empty() || !record.requested {
+                record.build.log_url = reported.log_url;
+            }
+            if record.build.region.is_empty() {
+                record.build.region = reported.region;
+            }
+        }
+        record.state = outcome.state.clone();
+        record.last_heard_ms = unix_ms(now);
+        Ok((record, outcome))
+    }
+}
+
+impl Handler for ReportHandler {
+    async fn handle(&self, delivery: Delivery) -> Result<(), HandlerError> {
+        let Some(Payload::BuildReportReceived(raw)) = &delivery.envelope.payload else {
+            return Err(HandlerError::permanent(anyhow::anyhow!(
+                "not a BuildReportReceived event"
+            )));
+        };
+        let report = parse_report(&raw.event_json).map_err(HandlerError::permanent)?;
+        let source = if raw.source.is_empty() {
+            "unknown"
+        } else {
+            raw.source.as_str()
+        };
+
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self
+                .store
+                .get(&report.build_id)
+                .await
+                .map_err(HandlerError::transient)?;
+            let (record, revision, requested) = match self.join(&report, &delivery, current).await?
+            {
+                Joined::Found(Versioned {
+                    record: Some(record),
+                    revision,
+                }) => (record, revision, true),
+                Joined::Found(Versioned { record: None, .. }) => continue,
+                Joined::Unrequested { revision } => (
+                    Self::unrequested_record(&report, &delivery.envelope),
+                    revision,
+                    false,
+                ),
+            };
+            let was_final = record.state.lifecycle.is_final();
+            if was_final {
+                // Nothing can change a finished build; just make sure it left the in-flight
+                // index (a crash after the final write, or a reconciler poll racing it).
+                let outcome = state::apply(
+                    &record.state,
+                    match &report.kind {
+                        ReportKind::Final(s) => Input::Final(*s),
+                        _ => Input::Phase { phase: "" },
+                    },
+                );
+                if outcome.no_change == Some(state::NoChange::ConflictingFinal) {
+                    tracing::warn!(
+                        build_id = %report.build_id,
+                        first = ?record.final_status,
+                        reported = ?report.kind,
+                        source,
+                        "a source reports another final status; the first one stands"
+                    );
+                }
+                if source == "reconciler" {
+                    self.store
+                        .remove_in_flight(&report.build_id)
+                        .await
+                        .map_err(HandlerError::transient)?;
+                }
+                self.metrics.report(source, "no_change");
+                return Ok(());
+            }
+            let (record, outcome) = self.apply(record, &report).await?;
+            match self.store.save(&record, revision).await {
+                Ok(_) => {}
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(HandlerError::transient(e)),
+            }
+            if record.state.lifecycle.is_final() {
+                self.store
+                    .remove_in_flight(&report.build_id)
+                    .await
+                    .map_err(HandlerError::transient)?;
+            } else {
+                self.store
+                    .put_in_flight(&InFlight {
+                        build_id: report.build_id.clone(),
+                        backend: record.build.backend.clone(),
+                        last_heard_ms: record.last_heard_ms,
+                    })
+                    .await
+                    .map_err(HandlerError::transient)?;
+            }
+            let outcome_name = match (requested, outcome.transitions.is_empty()) {
+                (false, _) => "unrequested",
+                (true, true) => "no_change",
+                (true, false) => "applied",
+            };
+            if !requested {
+                tracing::warn!(
+                    build_id = %report.build_id,
+                    repository = %record.build.repository,
+                    "build nobody requested (started by hand?); reported with what is known"
+                );
+            }
+            self.metrics.report(source, outcome_name);
+            return Ok(());
+        }
+        Err(HandlerError::transient(anyhow::anyhow!(
+            "build record {} kept changing",
+            report.build_id
+        )))
+    }
+}
