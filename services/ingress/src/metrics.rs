@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -71,6 +72,17 @@ pub struct IngressMetrics {
     by_outcome: [Counter; Outcome::ALL.len()],
     ignored_events: Family<EventLabels, Counter>,
     store_seconds: Histogram,
+    in_flight: Gauge,
+}
+
+/// Counts a request as in flight until dropped.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl IngressMetrics {
@@ -102,16 +114,29 @@ impl IngressMetrics {
             "Time from starting the store to JetStream's ack (or giving up)",
             store_seconds.clone(),
         );
+        let in_flight = Gauge::default();
+        registry.register(
+            "prx_ci_ingress_in_flight",
+            "Webhook requests being handled",
+            in_flight.clone(),
+        );
         Self {
             by_outcome,
             ignored_events,
             store_seconds,
+            in_flight,
         }
     }
 
     pub fn count(&self, outcome: Outcome) {
         // `ALL` lists the variants in declaration order, so the discriminant is the index.
         self.by_outcome[outcome as usize].inc();
+    }
+
+    /// Marks a request in flight until the guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
     }
 
     pub fn count_ignored(&self, event: &str) {

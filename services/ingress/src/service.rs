@@ -163,6 +163,7 @@ fn request_span(request: &Request<Body>) -> tracing::Span {
 }
 
 async fn handle_webhook(State(state): State<Arc<Shared>>, request: Request) -> Response {
+    let _in_flight = state.metrics.in_flight();
     let reply = state.handle(request).await;
     state.metrics.count(reply.outcome());
     reply.into_response()

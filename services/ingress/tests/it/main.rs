@@ -1,0 +1,7 @@
+//! The ingress against a real nats-server, over real HTTP.
+
+mod concurrency;
+mod outage;
+mod recorded;
+mod utils;
+mod webhooks;
