@@ -220,7 +220,8 @@ struct Links<'a> {
 
 impl<'a> Links<'a> {
     fn new(config: &'a LinkConfig, view: &'a BuildView) -> Self {
-        // `arn:aws:codebuild:<region>:<account>:build/<project>:<uuid>` names its account.
+        // The account: the build ARN's (`arn:aws:codebuild:<region>:<account>:build/...`), else
+        // the project's `PRX_AWS_ACCOUNT_ID`, else the configured one.
         let from_arn = view
             .build_id
             .strip_prefix("arn:")
@@ -230,7 +231,9 @@ impl<'a> Links<'a> {
         Self {
             config,
             region: &view.region,
-            account: from_arn.or_else(|| config.account_id.clone()),
+            account: from_arn
+                .or_else(|| view.var("PRX_AWS_ACCOUNT_ID").map(str::to_owned))
+                .or_else(|| config.account_id.clone()),
         }
     }
 

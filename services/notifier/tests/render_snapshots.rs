@@ -1,0 +1,391 @@
+//! Snapshots of the rendered Slack message, built from real event sequences folded into a
+//! build view (the same path the service takes).
+
+use std::collections::HashMap;
+
+use prx_ci_notifier::commits::{CommitSummary, CommitsCache};
+use prx_ci_notifier::config::LinkConfig;
+use prx_ci_notifier::render::{self, MAX_SECTION_CHARS, SlackMessage};
+use prx_ci_notifier::view::BuildView;
+use prx_ci_proto::v1::{self, envelope::Payload};
+use prx_ci_shared::Chain;
+use prx_ci_shared::events::timestamp;
+use time::macros::datetime;
+
+const SHA: &str = "165df6a5fd675dcf67a1b2c3d4e5f60718293a4b";
+const BEFORE: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
+const NEWER: &str = "abcdef0123456789abcdef0123456789abcdef01";
+
+fn links() -> LinkConfig {
+    LinkConfig {
+        sso_start_url: Some("https://d-906713e952.awsapps.com/start".into()),
+        sso_role_name: "AdministratorAccess".into(),
+        account_id: None,
+    }
+}
+
+fn build_ref() -> v1::BuildRef {
+    v1::BuildRef {
+        build_id: "infrastructure-ci-Runner2:6d1c4a38-3f1e-4b7e-9d7a-0f1e2d3c4b5a".into(),
+        build_request_id: "req-1".into(),
+        repository: "PRX/my-app".into(),
+        commit: SHA.into(),
+        architecture: v1::Architecture::X8664 as i32,
+        backend: "codebuild".into(),
+        project: "infrastructure-ci-Runner2".into(),
+        region: "us-east-1".into(),
+        log_url: "https://us-east-1.console.aws.amazon.com/cloudwatch/home#logsV2:log-groups".into(),
+    }
+}
+
+fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn push_env() -> HashMap<String, String> {
+    vars(&[
+        ("PRX_REPO", "PRX/my-app"),
+        ("PRX_COMMIT", SHA),
+        ("PRX_BRANCH", "main"),
+        ("PRX_CI_PUBLISH", "true"),
+        ("PRX_GITHUB_BEFORE", BEFORE),
+        ("PRX_GITHUB_AFTER", SHA),
+        ("PRX_TARGET_ARCHITECTURE", "x86_64"),
+    ])
+}
+
+fn pr_env() -> HashMap<String, String> {
+    vars(&[
+        ("PRX_REPO", "PRX/my-app"),
+        ("PRX_COMMIT", SHA),
+        ("PRX_BRANCH", "feature/faster-feeds"),
+        ("PRX_CI_PUBLISH", "false"),
+        ("PRX_GITHUB_PR", "582"),
+        ("PRX_GITHUB_PR_TITLE", "Make feeds <faster> & smaller"),
+        ("PRX_GITHUB_PR_BASE_BRANCH", "main"),
+        ("PRX_GITHUB_PR_AUTHOR", "octocat"),
+        ("PRX_GITHUB_ACTION", "synchronize"),
+        ("PRX_TARGET_ARCHITECTURE", "x86_64"),
+    ])
+}
+
+fn project_env() -> HashMap<String, String> {
+    vars(&[
+        ("PRX_AWS_ACCOUNT_ID", "123456789012"),
+        ("PRX_APPLICATION_CODE_BUCKET", "prx-us-east-1-application-code"),
+    ])
+}
+
+struct Build {
+    view: BuildView,
+    next: u32,
+}
+
+impl Build {
+    fn new() -> Self {
+        Self {
+            view: BuildView::default(),
+            next: 0,
+        }
+    }
+
+    fn apply(&mut self, payload: Payload) -> &mut Self {
+        self.next += 1;
+        let envelope = Chain {
+            correlation_id: "delivery-1".into(),
+            ..Chain::default()
+        }
+        .envelope_at(
+            format!("event-{}", self.next),
+            datetime!(2026-11-26 08:00 UTC),
+            payload,
+        );
+        assert!(self.view.apply(&envelope).unwrap());
+        self
+    }
+
+    fn requested(&mut self, environment: HashMap<String, String>) -> &mut Self {
+        self.apply(Payload::BuildRequested(v1::BuildRequested {
+            build: Some(build_ref()),
+            environment,
+            event_name: "push".into(),
+            ..Default::default()
+        }))
+    }
+
+    fn started(&mut self) -> &mut Self {
+        self.apply(Payload::BuildStarted(v1::BuildStarted {
+            build: Some(build_ref()),
+            started_at: Some(timestamp(datetime!(2026-11-26 08:00 UTC))),
+            environment: project_env(),
+        }))
+    }
+
+    fn phase(&mut self, completed: &str, status: &str, current: &str, message: &str) -> &mut Self {
+        self.apply(Payload::BuildPhaseChanged(v1::BuildPhaseChanged {
+            build: Some(build_ref()),
+            completed_phase: completed.into(),
+            completed_phase_status: status.into(),
+            current_phase: current.into(),
+            message: message.into(),
+            duration_ms: 12_000,
+            ..Default::default()
+        }))
+    }
+
+    fn completed(
+        &mut self,
+        status: v1::BuildStatus,
+        exported: HashMap<String, String>,
+        failed_phase: &str,
+        failure_message: &str,
+    ) -> &mut Self {
+        self.apply(Payload::BuildCompleted(v1::BuildCompleted {
+            build: Some(build_ref()),
+            status: status as i32,
+            exported_variables: exported,
+            failed_phase: failed_phase.into(),
+            failure_message: failure_message.into(),
+            duration_ms: 192_000,
+            ..Default::default()
+        }))
+    }
+}
+
+fn commits(n: usize, total: u64) -> CommitsCache {
+    CommitsCache::Loaded {
+        commits: (0..n)
+            .map(|i| CommitSummary {
+                sha: format!("{i:02x}{}", &SHA[2..]),
+                author: if i % 2 == 0 { "octocat" } else { "kookster" }.into(),
+                message: format!("Change number {i}\n\nWith a body that is not shown."),
+            })
+            .collect(),
+        total,
+    }
+}
+
+/// The snapshot text: colour, fallback, then the section as Slack shows it.
+fn shown(message: &SlackMessage) -> String {
+    format!(
+        "color: {}\ntext: {}\nchars: {}\n---\n{}\n",
+        message.color(),
+        message.text,
+        message.mrkdwn().chars().count(),
+        message.mrkdwn()
+    )
+}
+
+#[test]
+fn push_build_in_progress() {
+    let mut build = Build::new();
+    build
+        .requested(push_env())
+        .started()
+        .phase("INSTALL", "SUCCEEDED", "PRE_BUILD", "")
+        .phase("PRE_BUILD", "SUCCEEDED", "BUILD", "");
+    let message = render::render(&build.view, Some(&commits(3, 3)), &links());
+    insta::assert_snapshot!(shown(&message));
+}
+
+#[test]
+fn push_build_requested_before_it_runs() {
+    let mut build = Build::new();
+    build.requested(push_env());
+    let message = render::render(&build.view, Some(&commits(1, 1)), &links());
+    insta::assert_snapshot!(shown(&message));
+}
+
+#[test]
+fn push_build_succeeded_with_ecr_and_s3_lines_and_publishes() {
+    let mut build = Build::new();
+    build
+        .requested(push_env())
+        .started()
+        .phase("BUILD", "SUCCEEDED", "POST_BUILD", "")
+        .completed(
+            v1::BuildStatus::Succeeded,
+            vars(&[
+                (
+                    "PRX_SPIRE_ECR_PKG_PARAMETERS",
+                    "RAILS_APP=/prx/stag/Spire/MyApp/pkg/docker-image-tag;BROKEN",
+                ),
+                ("RAILS_APP", &format!("github/prx/my-app:{SHA}-x86_64")),
+                (
+                    "PRX_SPIRE_S3_PKG_PARAMETERS",
+                    "LAMBDA_ZIP=/prx/stag/Spire/MyApp/pkg/s3-object-key",
+                ),
+                ("LAMBDA_ZIP", &format!("GitHub/PRX/my-app/{SHA}/LAMBDA_ZIP.zip")),
+            ]),
+            "",
+            "",
+        )
+        .apply(Payload::PublishApplied(v1::PublishApplied {
+            parameter: "/prx/stag/Spire/MyApp/pkg/docker-image-tag".into(),
+            value: format!("github/prx/my-app:{SHA}-x86_64"),
+            kind: v1::ArtifactKind::EcrImage as i32,
+            label: "RAILS_APP".into(),
+            build: Some(build_ref()),
+            version: 7,
+        }))
+        .apply(Payload::PublishSkipped(v1::PublishSkipped {
+            parameter: "/prx/stag/Spire/MyApp/pkg/s3-object-key".into(),
+            value: format!("GitHub/PRX/my-app/{SHA}/LAMBDA_ZIP.zip"),
+            kind: v1::ArtifactKind::S3Object as i32,
+            label: "LAMBDA_ZIP".into(),
+            build: Some(build_ref()),
+            reason: v1::PublishSkipReason::Superseded as i32,
+            superseded_by_commit: NEWER.into(),
+            ..Default::default()
+        }));
+    let message = render::render(&build.view, Some(&commits(2, 2)), &links());
+    insta::assert_snapshot!(shown(&message));
+}
+
+#[test]
+fn push_build_failed_in_a_named_phase() {
+    let mut build = Build::new();
+    build
+        .requested(push_env())
+        .started()
+        .phase("PRE_BUILD", "SUCCEEDED", "BUILD", "")
+        .phase(
+            "BUILD",
+            "FAILED",
+            "POST_BUILD",
+            "Error while executing command: docker build .\nReason: exit status 2",
+        )
+        .completed(v1::BuildStatus::Failed, HashMap::new(), "", "");
+    let message = render::render(&build.view, Some(&commits(1, 1)), &links());
+    insta::assert_snapshot!(shown(&message));
+}
+
+#[test]
+fn pull_request_build() {
+    let mut build = Build::new();
+    build
+        .requested(pr_env())
+        .started()
+        .completed(v1::BuildStatus::Succeeded, HashMap::new(), "", "");
+    let message = render::render(&build.view, None, &links());
+    insta::assert_snapshot!(shown(&message));
+    // The whole payload, as the Web API receives it.
+    insta::assert_yaml_snapshot!(message);
+}
+
+#[test]
+fn superseded_build() {
+    let mut build = Build::new();
+    build
+        .requested(pr_env())
+        .started()
+        .phase("INSTALL", "SUCCEEDED", "BUILD", "")
+        .apply(Payload::BuildCancelled(v1::BuildCancelled {
+            build: Some(build_ref()),
+            superseded_by_sequence: 42,
+            superseded_by_commit: NEWER.into(),
+            superseded_by_event_id: "webhook-42".into(),
+        }));
+    let message = render::render(&build.view, None, &links());
+    insta::assert_snapshot!(shown(&message));
+}
+
+#[test]
+fn push_with_more_commits_than_fit() {
+    let mut build = Build::new();
+    build.requested(push_env()).started();
+    let message = render::render(&build.view, Some(&commits(16, 40)), &links());
+    insta::assert_snapshot!(shown(&message));
+}
+
+#[test]
+fn push_whose_commit_list_is_unavailable() {
+    let mut build = Build::new();
+    build.requested(push_env()).started();
+    let unavailable = CommitsCache::Unavailable {
+        reason: "GitHub answered 502".into(),
+    };
+    let message = render::render(&build.view, Some(&unavailable), &links());
+    insta::assert_snapshot!(shown(&message));
+}
+
+#[test]
+fn message_over_3000_characters_loses_its_links_first() {
+    let mut build = Build::new();
+    build.requested(push_env()).started();
+    // 16 commits with ~100-character messages: over the limit with links, under without.
+    let long = CommitsCache::Loaded {
+        commits: (0..16)
+            .map(|i| CommitSummary {
+                sha: format!("{i:02x}{}", &SHA[2..]),
+                author: "octocat".into(),
+                message: format!("{i:02} {}", "Refactor the feed renderer. ".repeat(4)),
+            })
+            .collect(),
+        total: 16,
+    };
+    let message = render::render(&build.view, Some(&long), &links());
+    let text = message.mrkdwn();
+    assert!(text.chars().count() <= MAX_SECTION_CHARS);
+    assert!(!text.contains("https://"), "links were stripped");
+    insta::assert_snapshot!(shown(&message));
+}
+
+#[test]
+fn message_over_3000_characters_without_links_is_truncated() {
+    let mut build = Build::new();
+    build.requested(push_env()).started();
+    let huge = CommitsCache::Loaded {
+        commits: (0..16)
+            .map(|i| CommitSummary {
+                sha: format!("{i:02x}{}", &SHA[2..]),
+                author: "octocat".into(),
+                message: format!("{i:02} {}", "Ünïcode everywhere. ".repeat(12)),
+            })
+            .collect(),
+        total: 16,
+    };
+    let message = render::render(&build.view, Some(&huge), &links());
+    assert_eq!(message.mrkdwn().chars().count(), MAX_SECTION_CHARS);
+    insta::assert_snapshot!(shown(&message));
+}
+
+#[test]
+fn local_build_renders_with_a_file_log_link() {
+    let local = v1::BuildRef {
+        build_id: "local:0b5e2d7a".into(),
+        build_request_id: "req-9".into(),
+        repository: "PRX/my-app".into(),
+        commit: SHA.into(),
+        architecture: v1::Architecture::Aarch64 as i32,
+        backend: "local".into(),
+        project: "local".into(),
+        region: String::new(),
+        log_url: "file:///var/lib/prx-ci/logs/local-0b5e2d7a.log".into(),
+    };
+    let mut build = Build::new();
+    build.apply(Payload::BuildRequested(v1::BuildRequested {
+        build: Some(local.clone()),
+        environment: push_env(),
+        ..Default::default()
+    }));
+    build.apply(Payload::BuildCompleted(v1::BuildCompleted {
+        build: Some(local),
+        status: v1::BuildStatus::Succeeded as i32,
+        duration_ms: 4_200,
+        exported_variables: vars(&[
+            (
+                "PRX_SPIRE_ECR_PKG_PARAMETERS",
+                "APP=/prx/stag/Spire/MyApp/pkg/docker-image-tag",
+            ),
+            ("APP", &format!("github/prx/my-app:{SHA}-aarch64")),
+        ]),
+        ..Default::default()
+    }));
+    let message = render::render(&build.view, None, &LinkConfig::default());
+    insta::assert_snapshot!(shown(&message));
+    insta::assert_snapshot!("local_build_log_text", message.to_log_text());
+}
