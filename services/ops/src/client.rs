@@ -1,0 +1,29 @@
+//! A client of the ops API (what the `prx-ci` CLI uses).
+
+use secrecy::SecretString;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::auth::BearerToken;
+use prx_ci_proto::v1::ops_client::OpsClient;
+
+/// Largest message either side accepts (a history can hold many webhook payloads).
+pub const MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
+
+/// A connected ops client that sends the bearer token with every call.
+pub type Client = OpsClient<InterceptedService<Channel, BearerToken>>;
+
+/// Connects to the ops API at `url` (`http://127.0.0.1:50051`).
+pub async fn connect(url: &str, token: Option<&SecretString>) -> anyhow::Result<Client> {
+    use anyhow::Context as _;
+    let channel = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("invalid ops URL {url}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to the ops API at {url}"))?;
+    Ok(
+        OpsClient::with_interceptor(channel, BearerToken::new(token))
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE),
+    )
+}

@@ -1,0 +1,101 @@
+//! Keeps the builds projection current: a live ordered read of the build events, from the
+//! projection's position onwards, restarted after any failure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt as _;
+use prost::Message as _;
+use prx_ci_proto::v1::Envelope;
+use prx_ci_shared::CancellationToken;
+use prx_ci_shared::subject::EVENTS_STREAM;
+use tokio::sync::RwLock;
+
+use crate::projection::{self, BuildsProjection};
+use crate::store::{End, Start, scan};
+
+/// Delay before re-reading after the live read failed (stream missing, connection lost).
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// Builds a projection from scratch by reading `PRX_EVENTS` up to now.
+pub async fn rebuild(
+    js: &jetstream::Context,
+    keep_finished: usize,
+) -> Result<BuildsProjection, crate::store::StoreError> {
+    let mut projection = BuildsProjection::new(keep_finished);
+    scan(
+        js,
+        EVENTS_STREAM,
+        &projection::filters(),
+        Start::First,
+        End::Now,
+        |m| {
+            if let Ok(envelope) = Envelope::decode(m.payload) {
+                projection.apply(m.sequence, &envelope);
+            }
+        },
+    )
+    .await?;
+    Ok(projection)
+}
+
+/// Applies every build event to `projection` as it is stored, until `shutdown`.
+pub async fn run(
+    js: jetstream::Context,
+    projection: Arc<RwLock<BuildsProjection>>,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let from = projection.read().await.position() + 1;
+        if let Err(err) = follow(&js, &projection, from, &shutdown).await {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "builds projection: live read failed; restarting"
+            );
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(RESTART_DELAY) => {}
+            }
+        }
+    }
+}
+
+async fn follow(
+    js: &jetstream::Context,
+    projection: &RwLock<BuildsProjection>,
+    from: u64,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let stream = js.get_stream(EVENTS_STREAM).await?;
+    let ordered = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subjects: projection::filters(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = ordered.messages().await?;
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            next = messages.next() => next,
+        };
+        let Some(message) = next else {
+            anyhow::bail!("the live read ended");
+        };
+        let message = message?;
+        let sequence = message
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence;
+        match Envelope::decode(message.payload.clone()) {
+            Ok(envelope) => projection.write().await.apply(sequence, &envelope),
+            Err(err) => {
+                tracing::debug!(sequence, error = %err, "builds projection: undecodable event skipped");
+            }
+        }
+    }
+}

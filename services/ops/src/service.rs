@@ -1,0 +1,88 @@
+//! The ops service: the gRPC API plus the task that keeps the builds projection current.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+use prx_ci_proto::v1::ops_server::OpsServer;
+use prx_ci_shared::{CancellationToken, Runtime};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio::sync::RwLock;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::api::{ApiMetrics, OpsApi};
+use crate::auth::RequireToken;
+use crate::client::MAX_MESSAGE_SIZE;
+use crate::config::OpsConfig;
+use crate::projection::BuildsProjection;
+use crate::projector;
+
+/// The ops service (see the crate docs).
+#[derive(Debug)]
+pub struct OpsService {
+    rt: Runtime,
+    api: OpsApi,
+    token: SecretString,
+    builds: Arc<RwLock<BuildsProjection>>,
+}
+
+impl OpsService {
+    /// Validates the config and registers the metrics in `registry`.
+    pub fn new(rt: Runtime, config: OpsConfig, registry: &mut Registry) -> anyhow::Result<Self> {
+        use prx_ci_shared::config::Validate as _;
+        config
+            .validate()
+            .map_err(|reason| anyhow::anyhow!("invalid configuration [ops]: {reason}"))?;
+        let token = config.token.clone().context("[ops] token is required")?;
+        let builds = Arc::new(RwLock::new(BuildsProjection::new(
+            config.keep_finished_builds,
+        )));
+        let api = OpsApi::new(
+            rt.clone(),
+            Arc::new(config),
+            builds.clone(),
+            ApiMetrics::register(registry),
+        );
+        Ok(Self {
+            rt,
+            api,
+            token,
+            builds,
+        })
+    }
+
+    /// Serves the gRPC API on `listener` and follows the build events until `shutdown`.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let address = listener.local_addr().ok();
+        let projector = tokio::spawn(projector::run(
+            self.rt.js.clone(),
+            self.builds.clone(),
+            shutdown.clone(),
+        ));
+        let service = OpsServer::new(self.api)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let service = tonic::service::interceptor::InterceptedService::new(
+            service,
+            RequireToken::new(self.token),
+        );
+        tracing::info!(?address, "ops API listening");
+        let served = Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener),
+                shutdown.clone().cancelled_owned(),
+            )
+            .await
+            .context("the ops API server failed");
+        shutdown.cancel();
+        let _ = projector.await;
+        served
+    }
+}

@@ -1,0 +1,476 @@
+//! The ops API against a real nats-server, through the real gRPC client.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use prost::Message as _;
+use prx_ci_ops::client;
+use prx_ci_ops::replay::ReplayRunner;
+use prx_ci_proto::v1::{self, envelope::Payload, history_request, replay_request};
+use prx_ci_shared::events::{Chain, new_event_id};
+use prx_ci_shared::subject::{self, EVENTS_STREAM, PARKED_STREAM, WEBHOOKS_STREAM};
+use prx_ci_shared::testing::wait_until;
+use prx_ci_shared::{CancellationToken, Delivery, Handler, HandlerError};
+use secrecy::SecretString;
+use tokio::sync::Mutex;
+use tonic::Code;
+
+fn kinds(events: &[v1::StoredEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            let env = e.envelope.as_ref().unwrap();
+            format!(
+                "{}:{}",
+                env.correlation_id,
+                subject::EventKind::of(env.payload.as_ref().unwrap()).name()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn calls_without_the_right_token_are_refused() {
+    let h = Harness::start().await;
+    for token in [None, Some(SecretString::from("wrong-token-0123456789"))] {
+        let mut client = client::connect(&h.url, token.as_ref()).await.unwrap();
+        let err = client
+            .builds(v1::BuildsRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+    let mut client = h.client().await;
+    client.builds(v1::BuildsRequest::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn history_of_a_branch_runs_from_delivery_to_completion_in_order() {
+    let h = Harness::start().await;
+    let main = push("d1", "PRX/app", "main", &sha('a'));
+    let feature = push("d2", "PRX/app", "feature/x", &sha('b'));
+    let other = push("d3", "PRX/other", "main", &sha('c'));
+    let s1 = h.publish(&main).await;
+    h.publish(&feature).await;
+    let s3 = h.publish(&other).await;
+    let skip = Chain::caused_by(&feature).envelope(
+        new_event_id(),
+        Payload::BuildSkipped(v1::BuildSkipped {
+            repository: "PRX/app".into(),
+            commit: sha('b'),
+            reason: v1::SkipReason::NonDefaultBranch as i32,
+            ..Default::default()
+        }),
+    );
+    h.publish(&skip).await;
+    for e in build_story(&main, s1, "main", Some(v1::BuildStatus::Succeeded)) {
+        h.publish(&e).await;
+    }
+    for e in build_story(&other, s3, "main", None) {
+        h.publish(&e).await;
+    }
+    let mut client = h.client().await;
+    let history = |filter| v1::HistoryRequest {
+        repository: "PRX/app".into(),
+        filter,
+    };
+
+    let branch = client
+        .history(history(Some(history_request::Filter::Branch(
+            "main".into(),
+        ))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        kinds(&branch.events),
+        [
+            "d1:webhook.received",
+            "d1:build.requested",
+            "d1:build.started",
+            "d1:build.completed"
+        ]
+    );
+    assert_eq!(branch.events[0].stream, WEBHOOKS_STREAM);
+    assert_eq!(branch.events[0].sequence, s1);
+    assert_eq!(branch.events[1].stream, EVENTS_STREAM);
+    assert_eq!(branch.events[1].subject, "prx.build.requested.PRX.app");
+
+    let feature = client
+        .history(history(Some(history_request::Filter::Commit(
+            sha('b')[..8].into(),
+        ))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        kinds(&feature.events),
+        ["d2:webhook.received", "d2:build.skipped"]
+    );
+
+    let all = client.history(history(None)).await.unwrap().into_inner();
+    assert_eq!(all.events.len(), 6, "{:?}", kinds(&all.events));
+    assert!(kinds(&all.events).iter().all(|k| !k.starts_with("d3")));
+
+    let err = client
+        .history(v1::HistoryRequest {
+            repository: "not a repo".into(),
+            filter: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn builds_lists_in_flight_and_recent_builds_with_log_links() {
+    let h = Harness::start().await;
+    let first = push("d1", "PRX/app", "main", &sha('a'));
+    let second = push("d2", "PRX/app", "main", &sha('b'));
+    let s1 = h.publish(&first).await;
+    let s2 = h.publish(&second).await;
+    for e in build_story(&first, s1, "main", Some(v1::BuildStatus::Failed)) {
+        h.publish(&e).await;
+    }
+    for e in build_story(&second, s2, "main", None) {
+        h.publish(&e).await;
+    }
+    let mut client = h.client().await;
+    let builds = wait_until(WAIT, "the builds projection to catch up", || {
+        let mut client = client.clone();
+        async move {
+            let b = client
+                .builds(v1::BuildsRequest::default())
+                .await
+                .ok()?
+                .into_inner();
+            (b.in_flight.len() == 1 && b.recent.len() == 1).then_some(b)
+        }
+    })
+    .await;
+    let running = &builds.in_flight[0];
+    assert_eq!(running.state(), v1::BuildState::Running);
+    assert_eq!(running.build.as_ref().unwrap().commit, sha('b'));
+    assert!(
+        running
+            .build
+            .as_ref()
+            .unwrap()
+            .log_url
+            .starts_with("file:///logs/")
+    );
+    assert_eq!(running.correlation_id, "d2");
+    assert_eq!(running.push_sequence, s2);
+    let failed = &builds.recent[0];
+    assert_eq!(failed.state(), v1::BuildState::Failed);
+    assert_eq!(failed.build.as_ref().unwrap().commit, sha('a'));
+    let other = client
+        .builds(v1::BuildsRequest {
+            repository: "PRX/other".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(other.in_flight.is_empty() && other.recent.is_empty());
+}
+
+#[tokio::test]
+async fn a_parked_message_is_put_back_once_under_a_new_message_id() {
+    let h = Harness::start().await;
+    let webhook = push("d1", "PRX/app", "main", &sha('a'));
+    let seq = h.publish(&webhook).await;
+    let original = build_story(&webhook, seq, "main", Some(v1::BuildStatus::Succeeded))
+        .pop()
+        .unwrap();
+    let original_seq = h.publish(&original).await;
+    let parked = Chain::caused_by(&original).envelope(
+        new_event_id(),
+        Payload::MessageParked(v1::MessageParked {
+            consumer: "notifier".into(),
+            stream: EVENTS_STREAM.into(),
+            stream_sequence: original_seq,
+            subject: "prx.build.completed.PRX.app".into(),
+            data: original.encode_to_vec(),
+            error: "slack: 503 Service Unavailable".into(),
+            deliveries: 8,
+            headers: [
+                ("Nats-Msg-Id".to_owned(), original.event_id.clone()),
+                (
+                    "traceparent".to_owned(),
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        }),
+    );
+    let stored =
+        h.rt.publisher
+            .publish_to(subject::parked_subject("notifier"), &parked)
+            .await
+            .unwrap();
+    assert_eq!(stored.stream, PARKED_STREAM);
+
+    let mut client = h.client().await;
+    let listed = client
+        .parked(v1::ParkedRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, stored.sequence);
+    assert_eq!(listed[0].event_id, original.event_id);
+    assert!(!listed[0].retried);
+    let p = listed[0].parked.as_ref().unwrap();
+    assert_eq!((p.consumer.as_str(), p.deliveries), ("notifier", 8));
+    assert!(p.error.contains("503"));
+
+    let retried = client
+        .retry_parked(v1::RetryParkedRequest {
+            id: stored.sequence,
+            requested_by: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried.stream, EVENTS_STREAM);
+    assert!(
+        retried.sequence > original_seq,
+        "stored anew, not deduplicated"
+    );
+    assert_ne!(retried.message_id, original.event_id);
+    let events = h.rt.js.get_stream(EVENTS_STREAM).await.unwrap();
+    let copy = events.get_raw_message(retried.sequence).await.unwrap();
+    assert_eq!(copy.subject.as_str(), "prx.build.completed.PRX.app");
+    assert_eq!(v1::Envelope::decode(copy.payload).unwrap(), original);
+    let headers = copy.headers;
+    assert_eq!(
+        headers.get("traceparent").unwrap().as_str(),
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "the retried message stays in its trace"
+    );
+
+    let again = client
+        .retry_parked(v1::RetryParkedRequest {
+            id: stored.sequence,
+            requested_by: "bob".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert!(again.message().contains("alice"), "{}", again.message());
+    let listed = client
+        .parked(v1::ParkedRequest {
+            consumer: "notifier".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert!(listed[0].retried);
+    assert_eq!(listed[0].retried_by, "alice");
+    let missing = client
+        .retry_parked(v1::RetryParkedRequest {
+            id: 999,
+            requested_by: "bob".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_rebuild_stores_an_operator_push_of_the_branchs_latest_commit() {
+    let h = Harness::start().await;
+    h.publish(&push("d1", "PRX/app", "main", &sha('a'))).await;
+    h.publish(&push("d2", "PRX/app", "main", &sha('b'))).await;
+    let mut client = h.client().await;
+    let response = client
+        .rebuild(v1::RebuildRequest {
+            repository: "PRX/app".into(),
+            revision: "main".into(),
+            requested_by: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.commit, sha('b'));
+    assert_eq!(response.branch, "main");
+    assert!(response.delivery_id.starts_with("operator-"));
+    let stream = h.rt.js.get_stream(WEBHOOKS_STREAM).await.unwrap();
+    let raw = stream.get_raw_message(response.sequence).await.unwrap();
+    assert_eq!(raw.subject.as_str(), "prx.webhook.push.PRX.app");
+    let envelope = v1::Envelope::decode(raw.payload).unwrap();
+    assert_eq!(envelope.event_id, response.delivery_id);
+    assert_eq!(envelope.correlation_id, response.delivery_id);
+    let Some(Payload::WebhookReceived(w)) = envelope.payload else {
+        panic!("not a webhook")
+    };
+    assert_eq!(w.origin(), v1::Origin::Operator);
+    assert_eq!(w.requested_by, "alice");
+    let body: serde_json::Value = serde_json::from_slice(&w.payload).unwrap();
+    assert_eq!(body["ref"], "refs/heads/main");
+    assert_eq!(body["after"], sha('b'));
+    assert_eq!(body["before"], sha('0'));
+    assert_eq!(body["repository"]["full_name"], "PRX/app");
+    assert_eq!(body["repository"]["default_branch"], "main");
+    assert_eq!(body["head_commit"]["id"], sha('b'));
+
+    // A commit rebuild of the older push.
+    let older = client
+        .rebuild(v1::RebuildRequest {
+            repository: "PRX/app".into(),
+            revision: sha('a')[..10].into(),
+            requested_by: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (older.branch.as_str(), older.commit.as_str()),
+        ("main", sha('a').as_str())
+    );
+
+    let history = client
+        .history(v1::HistoryRequest {
+            repository: "PRX/app".into(),
+            filter: Some(history_request::Filter::Branch("main".into())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.events.len(), 4);
+
+    let unknown = client
+        .rebuild(v1::RebuildRequest {
+            repository: "PRX/unknown".into(),
+            revision: "main".into(),
+            requested_by: "alice".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+}
+
+/// Records the stream sequences it handled.
+#[derive(Default)]
+struct Recorder {
+    handled: Mutex<Vec<u64>>,
+}
+
+impl Handler for Recorder {
+    async fn handle(&self, delivery: Delivery) -> Result<(), HandlerError> {
+        self.handled.lock().await.push(delivery.stream_sequence);
+        Ok(())
+    }
+}
+
+fn skipped(repository: &str, n: usize) -> v1::Envelope {
+    Chain {
+        correlation_id: format!("d{n}"),
+        ..Chain::default()
+    }
+    .envelope(
+        new_event_id(),
+        Payload::BuildSkipped(v1::BuildSkipped {
+            repository: repository.into(),
+            detail: n.to_string(),
+            ..Default::default()
+        }),
+    )
+}
+
+async fn consumer_names(h: &Harness, stream: &str) -> Vec<String> {
+    use futures::StreamExt as _;
+    let stream = h.rt.js.get_stream(stream).await.unwrap();
+    let names: Vec<_> = stream.consumer_names().collect().await;
+    names.into_iter().map(Result::unwrap).collect()
+}
+
+#[tokio::test]
+async fn a_replay_redelivers_exactly_the_range_in_order_to_one_consumer() {
+    let h = Harness::start().await;
+    let mut sequences = Vec::new();
+    for n in 0..10 {
+        let repo = if n % 2 == 0 { "PRX/app" } else { "PRX/other" };
+        sequences.push(h.publish(&skipped(repo, n)).await);
+    }
+    // Not consumed by the notifier at all (prx.runner.>).
+    h.publish(&Chain::default().envelope(
+        new_event_id(),
+        Payload::BuildReportReceived(v1::BuildReportReceived {
+            repository: "PRX/app".into(),
+            ..Default::default()
+        }),
+    ))
+    .await;
+    let mut client = h.client().await;
+    let request = |dry_run, subject: &str| v1::ReplayRequest {
+        stream: EVENTS_STREAM.into(),
+        from: Some(replay_request::From::FromSequence(sequences[2])),
+        to: Some(replay_request::To::ToSequence(sequences[8])),
+        subject: subject.into(),
+        consumer: "notifier".into(),
+        dry_run,
+    };
+
+    let dry = client
+        .replay(request(true, "prx.build.skipped.PRX.app"))
+        .await
+        .unwrap()
+        .into_inner();
+    let listed: Vec<u64> = dry.events.iter().map(|e| e.sequence).collect();
+    let expected = vec![sequences[2], sequences[4], sequences[6], sequences[8]];
+    assert_eq!(listed, expected);
+    assert_eq!(dry.count, 4);
+    assert!(dry.replay_consumer.is_empty());
+    let before = consumer_names(&h, EVENTS_STREAM).await;
+    assert!(!before.iter().any(|n| n.contains("-replay-")), "{before:?}");
+
+    let outside = client
+        .replay(request(true, "prx.runner.report.>"))
+        .await
+        .unwrap_err();
+    assert_eq!(outside.code(), Code::InvalidArgument);
+    let no_consumer = client
+        .replay(v1::ReplayRequest {
+            consumer: "nobody".into(),
+            ..request(true, "")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(no_consumer.code(), Code::NotFound);
+
+    let handler = Arc::new(Recorder::default());
+    let stop = CancellationToken::new();
+    let runner = ReplayRunner::new(
+        h.rt.clone(),
+        EVENTS_STREAM,
+        "notifier",
+        std::time::Duration::from_millis(50),
+    );
+    let runner = tokio::spawn(runner.run(handler.clone(), stop.clone()));
+
+    let created = client
+        .replay(request(false, "prx.build.skipped.PRX.app"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(created.replay_consumer.starts_with("notifier-replay-"));
+    wait_until(WAIT, "the replay consumer to be done and removed", || {
+        let h = &h;
+        let name = created.replay_consumer.clone();
+        async move { (!consumer_names(h, EVENTS_STREAM).await.contains(&name)).then_some(()) }
+    })
+    .await;
+    // Something newer arrives after the range; the finished replay does not deliver it.
+    h.publish(&skipped("PRX/app", 100)).await;
+    assert_eq!(*handler.handled.lock().await, expected);
+    stop.cancel();
+    runner.await.unwrap();
+    assert_eq!(*handler.handled.lock().await, expected);
+}

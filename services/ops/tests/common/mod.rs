@@ -1,0 +1,173 @@
+//! Shared test fixtures: a real nats-server, a running ops service, a connected client, and
+//! builders for the events a story needs.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use prx_ci_ops::client::{self, Client};
+use prx_ci_ops::{OpsConfig, OpsService};
+use prx_ci_proto::v1::{self, envelope::Payload};
+use prx_ci_shared::domain::{Branch, OrderingKey, RepoName};
+use prx_ci_shared::events::Chain;
+use prx_ci_shared::testing::NatsServer;
+use prx_ci_shared::{CancellationToken, Runtime};
+use secrecy::SecretString;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+pub const TOKEN: &str = "test-token-0123456789";
+
+pub struct Harness {
+    pub server: NatsServer,
+    pub rt: Runtime,
+    pub url: String,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        Self::start_with(OpsConfig::default()).await
+    }
+
+    pub async fn start_with(mut config: OpsConfig) -> Self {
+        let server = NatsServer::start().await;
+        let rt = Runtime::from_client(server.connect().await, &mut Registry::default());
+        rt.provision(1).await.unwrap();
+        config.token = Some(SecretString::from(TOKEN));
+        let service = OpsService::new(rt.clone(), config, &mut Registry::default()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(service.run(listener, shutdown.clone()));
+        Self {
+            server,
+            rt,
+            url,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        client::connect(&self.url, Some(&SecretString::from(TOKEN)))
+            .await
+            .unwrap()
+    }
+
+    pub async fn publish(&self, envelope: &v1::Envelope) -> u64 {
+        self.rt.publisher.publish(envelope).await.unwrap().sequence
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn sha(c: char) -> String {
+    std::iter::repeat_n(c, 40).collect()
+}
+
+pub fn repo_json(full_name: &str) -> serde_json::Value {
+    let (owner, _) = full_name.split_once('/').unwrap();
+    serde_json::json!({
+        "full_name": full_name,
+        "default_branch": "main",
+        "clone_url": format!("https://github.com/{full_name}.git"),
+        "owner": {"login": owner},
+    })
+}
+
+/// A push webhook as ingress stores it (event id = delivery id).
+pub fn push(delivery: &str, repository: &str, branch: &str, after: &str) -> v1::Envelope {
+    let payload = serde_json::json!({
+        "ref": format!("refs/heads/{branch}"),
+        "before": sha('0'),
+        "after": after,
+        "repository": repo_json(repository),
+    });
+    Chain {
+        correlation_id: delivery.into(),
+        ..Chain::default()
+    }
+    .envelope(
+        delivery.into(),
+        Payload::WebhookReceived(v1::WebhookReceived {
+            delivery_id: delivery.into(),
+            event_name: "push".into(),
+            payload: payload.to_string().into_bytes(),
+            repository: repository.into(),
+            origin: v1::Origin::Github as i32,
+            ..Default::default()
+        }),
+    )
+}
+
+pub fn build_ref(repository: &str, commit: &str, request: &str) -> v1::BuildRef {
+    v1::BuildRef {
+        build_request_id: request.into(),
+        repository: repository.into(),
+        commit: commit.into(),
+        architecture: v1::Architecture::X8664 as i32,
+        backend: "local".into(),
+        ..Default::default()
+    }
+}
+
+/// The build events of one push: requested, started (with a log link) and, if `status` is
+/// given, completed.
+pub fn build_story(
+    webhook: &v1::Envelope,
+    push_sequence: u64,
+    branch: &str,
+    status: Option<v1::BuildStatus>,
+) -> Vec<v1::Envelope> {
+    let Some(Payload::WebhookReceived(w)) = &webhook.payload else {
+        panic!("not a webhook")
+    };
+    let body: serde_json::Value = serde_json::from_slice(&w.payload).unwrap();
+    let commit = body["after"].as_str().unwrap().to_owned();
+    let key = OrderingKey::branch(
+        RepoName::parse(&w.repository).unwrap(),
+        Branch::new(branch).unwrap(),
+    );
+    let chain = Chain::caused_by(webhook).with_ordering(&key, push_sequence);
+    let request = chain.derive_id(&["build", "x86_64"]);
+    let requested = chain.envelope(
+        request.clone(),
+        Payload::BuildRequested(v1::BuildRequested {
+            build: Some(build_ref(&w.repository, &commit, &request)),
+            ..Default::default()
+        }),
+    );
+    let next = Chain::caused_by(&requested);
+    let build_id = format!("local:{request}");
+    let started = next.envelope(
+        next.derive_id(&["started"]),
+        Payload::BuildStarted(v1::BuildStarted {
+            build: Some(v1::BuildRef {
+                build_id: build_id.clone(),
+                log_url: format!("file:///logs/{request}.log"),
+                ..build_ref(&w.repository, &commit, &request)
+            }),
+            ..Default::default()
+        }),
+    );
+    let mut out = vec![requested, started];
+    if let Some(status) = status {
+        out.push(next.envelope(
+            next.derive_id(&["completed"]),
+            Payload::BuildCompleted(v1::BuildCompleted {
+                build: Some(v1::BuildRef {
+                    build_id,
+                    ..build_ref(&w.repository, &commit, &request)
+                }),
+                status: status as i32,
+                ..Default::default()
+            }),
+        ));
+    }
+    out
+}
