@@ -8,8 +8,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod builds;
 mod events;
+mod history;
 mod local_nats;
+mod parked;
+mod rebuild;
+mod replay;
 mod up;
 
 /// PRX CI: webhook-driven builds, notifications and deploy pointers over NATS JetStream.
@@ -29,6 +34,16 @@ enum Command {
     Up(up::UpArgs),
     /// List stored events, oldest first.
     Events(events::EventsArgs),
+    /// The events of a repository (one branch, PR or commit), from delivery to publish.
+    History(history::HistoryArgs),
+    /// Builds in flight and recent ones, with state and log link.
+    Builds(builds::BuildsArgs),
+    /// Request a build of a commit or branch as if the push had come again.
+    Rebuild(rebuild::RebuildArgs),
+    /// Re-deliver a range of a stream, in order, to one consumer.
+    Replay(replay::ReplayArgs),
+    /// Parked (dead-lettered) messages; --retry ID puts one back.
+    Parked(parked::ParkedArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +62,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => up::run(cli.config.as_deref(), args).await,
             Command::Events(args) => events::run(args).await,
+            Command::History(args) => history::run(args).await,
+            Command::Builds(args) => builds::run(args).await,
+            Command::Rebuild(args) => rebuild::run(args).await,
+            Command::Replay(args) => replay::run(args).await,
+            Command::Parked(args) => parked::run(args).await,
         }
     });
     match result {
