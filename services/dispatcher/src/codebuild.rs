@@ -1,0 +1,250 @@
+//! The AWS CodeBuild build backend: `StartBuild` with the fields of reference §2.1 (plus an
+//! idempotency token), `StopBuild` for superseded builds.
+
+use aws_sdk_codebuild::Client;
+use aws_sdk_codebuild::config::http::HttpResponse;
+use aws_sdk_codebuild::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_codebuild::types::{
+    EnvironmentVariable, EnvironmentVariableType, SourceType, StatusType,
+};
+use prx_ci_shared::backend::{BackendError, BuildBackend, StartBuild, StartedBuild, StopOutcome};
+use prx_ci_shared::domain::Architecture;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+/// Name of this backend in build references.
+pub const BACKEND_NAME: &str = "codebuild";
+
+/// Longest idempotency token sent as is; longer request ids are hashed (CodeBuild limits the
+/// token's length, and a UUID-based request id is 36 characters anyway).
+pub const MAX_IDEMPOTENCY_TOKEN_LEN: usize = 64;
+
+/// The CodeBuild projects builds run in (section `[dispatcher.codebuild]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CodeBuildConfig {
+    /// Project of x86_64 builds. Default `infrastructure-ci-Runner2`.
+    pub x86_64_project: String,
+    /// Project of aarch64 builds. Default `infrastructure-ci-ArmRunner`.
+    pub aarch64_project: String,
+}
+
+impl Default for CodeBuildConfig {
+    fn default() -> Self {
+        Self {
+            x86_64_project: "infrastructure-ci-Runner2".to_owned(),
+            aarch64_project: "infrastructure-ci-ArmRunner".to_owned(),
+        }
+    }
+}
+
+impl CodeBuildConfig {
+    pub fn project(&self, architecture: Architecture) -> &str {
+        match architecture {
+            Architecture::X86_64 => &self.x86_64_project,
+            Architecture::Aarch64 => &self.aarch64_project,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.x86_64_project.is_empty() || self.aarch64_project.is_empty() {
+            return Err("codebuild project names must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// Starts and stops CodeBuild builds.
+#[derive(Debug, Clone)]
+pub struct CodeBuildBackend {
+    client: Client,
+    config: CodeBuildConfig,
+    region: String,
+}
+
+impl CodeBuildBackend {
+    /// A backend using the SDK configuration's region and credentials.
+    pub fn new(sdk: &aws_config::SdkConfig, config: CodeBuildConfig) -> Self {
+        Self::from_client(Client::new(sdk), config)
+    }
+
+    /// A backend over an existing client (tests add interceptors to it).
+    pub fn from_client(client: Client, config: CodeBuildConfig) -> Self {
+        let region = client
+            .config()
+            .region()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        Self {
+            client,
+            config,
+            region,
+        }
+    }
+}
+
+/// The idempotency token of a request: the request id itself when short enough, else the
+/// hex SHA-256 of it (64 characters).
+pub fn idempotency_token(request_id: &str) -> String {
+    if !request_id.is_empty()
+        && request_id.len() <= MAX_IDEMPOTENCY_TOKEN_LEN
+        && request_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        request_id.to_owned()
+    } else {
+        hex::encode(Sha256::digest(request_id.as_bytes()))
+    }
+}
+
+/// The id `StopBuild`/`BatchGetBuilds` take (`project:uuid`) from a build ARN or id.
+pub fn build_id_of(arn_or_id: &str) -> &str {
+    arn_or_id
+        .split_once(":build/")
+        .map_or(arn_or_id, |(_, id)| id)
+}
+
+/// The CodeBuild console page of a build's log.
+pub fn log_url(region: &str, arn_or_id: &str) -> String {
+    let id = build_id_of(arn_or_id);
+    let project = id.split_once(':').map_or(id, |(project, _)| project);
+    // `arn:aws:codebuild:<region>:<account>:build/<project>:<uuid>`
+    let account = arn_or_id
+        .strip_prefix("arn:")
+        .and_then(|rest| rest.split(':').nth(3))
+        .unwrap_or_default();
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.');
+    let encode = |s: &str| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string();
+    format!(
+        "https://{region}.console.aws.amazon.com/codesuite/codebuild/{account}/projects/{}/build/{}/log?region={region}",
+        encode(project),
+        encode(id)
+    )
+}
+
+fn classify<E>(what: &str, err: &SdkError<E, HttpResponse>) -> BackendError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let detail = anyhow::anyhow!("cannot {what}: {}", DisplayErrorContext(err));
+    let SdkError::ServiceError(_) = err else {
+        // Timeouts, dispatch and response errors: the service may be fine a moment later.
+        return BackendError::Transient(detail);
+    };
+    let code = err.code().unwrap_or_default();
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let transient = status.is_some_and(|s| s >= 500 || s == 429)
+        || code.contains("Throttl")
+        || code == "AccountLimitExceededException"
+        || code == "RequestLimitExceeded"
+        || code == "ServiceUnavailable";
+    if transient {
+        BackendError::Transient(detail)
+    } else {
+        BackendError::Permanent(detail)
+    }
+}
+
+#[async_trait::async_trait]
+impl BuildBackend for CodeBuildBackend {
+    async fn start(&self, request: StartBuild) -> Result<StartedBuild, BackendError> {
+        let project = self.config.project(request.architecture).to_owned();
+        let environment = request
+            .environment
+            .iter()
+            .map(|(name, value)| {
+                EnvironmentVariable::builder()
+                    .name(name)
+                    .value(value)
+                    .r#type(EnvironmentVariableType::Plaintext)
+                    .build()
+                    .map_err(|e| BackendError::Permanent(anyhow::anyhow!("variable {name}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let output = self
+            .client
+            .start_build()
+            .project_name(&project)
+            .source_type_override(SourceType::Github)
+            .source_location_override(&request.clone_url)
+            // The exact commit, also for pull requests (see `BuildPlan::source_version`).
+            .source_version(&request.source_version)
+            .buildspec_override(&request.buildspec)
+            .set_environment_variables_override(Some(environment))
+            .idempotency_token(idempotency_token(&request.request_id))
+            .send()
+            .await
+            .map_err(|err| classify(&format!("start a build in {project}"), &err))?;
+        let build = output.build_value().ok_or_else(|| {
+            BackendError::Transient(anyhow::anyhow!("StartBuild answered without a build"))
+        })?;
+        let build_id = build
+            .arn()
+            .or(build.id())
+            .ok_or_else(|| {
+                BackendError::Transient(anyhow::anyhow!("StartBuild answered without a build id"))
+            })?
+            .to_owned();
+        tracing::info!(%build_id, %project, commit = %request.commit, architecture = %request.architecture, "CodeBuild build started");
+        Ok(StartedBuild {
+            log_url: log_url(&self.region, &build_id),
+            build_id,
+            backend: BACKEND_NAME.to_owned(),
+            project,
+            region: self.region.clone(),
+        })
+    }
+
+    async fn stop(&self, build_id: &str) -> Result<StopOutcome, BackendError> {
+        let id = build_id_of(build_id);
+        match self.client.stop_build().id(id).send().await {
+            Ok(output) => {
+                let status = output.build_value().and_then(|b| b.build_status());
+                Ok(match status {
+                    None | Some(StatusType::InProgress | StatusType::Stopped) => {
+                        StopOutcome::Stopped
+                    }
+                    Some(_) => StopOutcome::AlreadyFinished,
+                })
+            }
+            // CodeBuild refuses to stop a build that is no longer running.
+            Err(err) if err.code() == Some("InvalidInputException") => {
+                tracing::info!(build_id, error = %DisplayErrorContext(&err), "build not stoppable; treating it as finished");
+                Ok(StopOutcome::AlreadyFinished)
+            }
+            Err(err) => Err(classify(&format!("stop build {id}"), &err)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_short_and_stable() {
+        let id = "5f1d5a6e-2c1b-4c9a-9b7e-7e0a11c10001";
+        assert_eq!(idempotency_token(id), id);
+        let long = "x".repeat(200);
+        let token = idempotency_token(&long);
+        assert_eq!(token.len(), 64);
+        assert_eq!(token, idempotency_token(&long));
+        assert_ne!(idempotency_token("a b"), "a b");
+    }
+
+    #[test]
+    fn ids_and_log_urls() {
+        let arn =
+            "arn:aws:codebuild:us-east-1:123456789012:build/infrastructure-ci-Runner2:0b5e-11";
+        assert_eq!(build_id_of(arn), "infrastructure-ci-Runner2:0b5e-11");
+        assert_eq!(build_id_of("p:1"), "p:1");
+        assert_eq!(
+            log_url("us-east-1", arn),
+            "https://us-east-1.console.aws.amazon.com/codesuite/codebuild/123456789012/projects/infrastructure-ci-Runner2/build/infrastructure-ci-Runner2%3A0b5e-11/log?region=us-east-1"
+        );
+    }
+}

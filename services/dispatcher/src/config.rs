@@ -1,0 +1,100 @@
+//! The dispatcher's configuration (section `[dispatcher]`, see `config.example.toml`).
+
+use std::net::SocketAddr;
+
+use prx_ci_shared::config::Validate;
+use prx_ci_shared::domain::Lane;
+use serde::Deserialize;
+
+use crate::codebuild::CodeBuildConfig;
+use crate::decision::DecisionConfig;
+
+/// Section `[dispatcher]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatcherConfig {
+    /// Address of `/healthz`, `/readyz`, `/metrics` (binary only). Default `127.0.0.1:9102`.
+    pub ops_listen: SocketAddr,
+    /// Webhooks handled at once. Default 4. Pushes of one ordering key handled at the same
+    /// time still supersede correctly (the lane record is compare-and-set).
+    pub concurrency: usize,
+    /// Stop in-flight builds of a pull request when a newer push to it is dispatched.
+    /// Default true.
+    pub cancel_superseded_pull_requests: bool,
+    /// Stop in-flight builds of the default branch when a newer push to it is dispatched.
+    /// Default false (every default-branch commit builds to completion, as in the original).
+    pub cancel_superseded_default_branch: bool,
+    /// The decision rules' strings (`[dispatcher.rules]`).
+    pub rules: DecisionConfig,
+    /// CodeBuild projects (`[dispatcher.codebuild]`; binary only).
+    pub codebuild: CodeBuildConfig,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        Self {
+            ops_listen: SocketAddr::from(([127, 0, 0, 1], 9102)),
+            concurrency: 4,
+            cancel_superseded_pull_requests: true,
+            cancel_superseded_default_branch: false,
+            rules: DecisionConfig::default(),
+            codebuild: CodeBuildConfig::default(),
+        }
+    }
+}
+
+impl DispatcherConfig {
+    /// Whether a newer push on this lane stops the older push's builds.
+    pub fn cancels_superseded(&self, lane: &Lane) -> bool {
+        match lane {
+            Lane::PullRequest(_) => self.cancel_superseded_pull_requests,
+            Lane::Branch(_) => self.cancel_superseded_default_branch,
+        }
+    }
+}
+
+impl Validate for DispatcherConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=256).contains(&self.concurrency) {
+            return Err(format!(
+                "concurrency must be 1 to 256, not {}",
+                self.concurrency
+            ));
+        }
+        self.rules.validate()?;
+        self.codebuild.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::Figment;
+    use figment::providers::{Format as _, Toml};
+
+    use super::*;
+
+    #[test]
+    fn example_config_parses_to_the_defaults() {
+        let text = include_str!("../config.example.toml");
+        let figment = Figment::from(Toml::string(text));
+        let config: DispatcherConfig =
+            prx_ci_shared::config::load_from(&figment, "dispatcher").unwrap();
+        assert_eq!(config, DispatcherConfig::default());
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        let figment = Figment::from(Toml::string("[dispatcher]\nconcurrency = 0\n"));
+        assert!(
+            prx_ci_shared::config::load_from::<DispatcherConfig>(&figment, "dispatcher").is_err()
+        );
+        let figment = Figment::from(Toml::string("[dispatcher.rules]\nmarker = \"\"\n"));
+        assert!(
+            prx_ci_shared::config::load_from::<DispatcherConfig>(&figment, "dispatcher").is_err()
+        );
+        let figment = Figment::from(Toml::string("[dispatcher]\ncancel_superseded = true\n"));
+        assert!(
+            prx_ci_shared::config::load_from::<DispatcherConfig>(&figment, "dispatcher").is_err()
+        );
+    }
+}

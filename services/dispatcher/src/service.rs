@@ -1,0 +1,86 @@
+//! The running service: the `dispatcher` durable consumer on `PRX_WEBHOOKS` with the handler.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+use prx_ci_shared::backend::BuildBackend;
+use prx_ci_shared::config::Validate as _;
+use prx_ci_shared::consume::{ConsumerSettings, run_consumer};
+use prx_ci_shared::nats::Definitions;
+use prx_ci_shared::{CancellationToken, Runtime};
+
+use crate::buildspec::BuildspecSource;
+use crate::config::DispatcherConfig;
+use crate::handler::{DispatchHandler, DispatcherMetrics};
+use crate::store::DispatchStore;
+
+/// Durable consumer name (`deploy/nats/consumers/dispatcher.json`).
+pub const CONSUMER: &str = "dispatcher";
+
+/// The dispatcher service.
+#[derive(Debug)]
+pub struct Dispatcher {
+    rt: Runtime,
+    config: DispatcherConfig,
+    buildspecs: Arc<dyn BuildspecSource>,
+    backend: Arc<dyn BuildBackend>,
+    settings: ConsumerSettings,
+    metrics: DispatcherMetrics,
+}
+
+impl Dispatcher {
+    /// Validates the configuration and registers the metrics. Streams, the consumer and the KV
+    /// buckets must be provisioned (`Runtime::provision`) before [`Dispatcher::run`].
+    pub fn new(
+        rt: Runtime,
+        config: DispatcherConfig,
+        buildspecs: Arc<dyn BuildspecSource>,
+        backend: Arc<dyn BuildBackend>,
+        registry: &mut Registry,
+    ) -> anyhow::Result<Self> {
+        config
+            .validate()
+            .map_err(|reason| anyhow::anyhow!("invalid configuration [dispatcher]: {reason}"))?;
+        let definitions = Definitions::embedded()?;
+        let settings = ConsumerSettings::from_definition(definitions.consumer(CONSUMER)?)
+            .with_concurrency(config.concurrency);
+        Ok(Self {
+            rt,
+            config,
+            buildspecs,
+            backend,
+            settings,
+            metrics: DispatcherMetrics::register(registry),
+        })
+    }
+
+    /// Overrides the consumer settings (tests shorten the redelivery backoff).
+    pub fn with_consumer_settings(mut self, settings: ConsumerSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Consumes webhooks until `shutdown` is cancelled; in-flight webhooks finish first.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let store = DispatchStore::open(&self.rt.js).await?;
+        let handler = DispatchHandler::new(
+            self.config,
+            self.buildspecs,
+            self.backend,
+            self.rt.publisher.clone(),
+            store,
+            self.metrics,
+        );
+        run_consumer(
+            self.rt.js.clone(),
+            self.rt.publisher.clone(),
+            self.settings,
+            Arc::new(handler),
+            self.rt.consumer_metrics.clone(),
+            shutdown,
+        )
+        .await
+        .context("dispatcher consumer failed")
+    }
+}

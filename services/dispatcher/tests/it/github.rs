@@ -1,0 +1,233 @@
+//! The buildspec lookup through a fake GitHub: retries, not-enrolled skips, visible failures,
+//! and skips that never ask GitHub.
+
+use std::sync::Arc;
+
+use prx_ci_dispatcher::DispatcherConfig;
+use prx_ci_proto::v1::SkipReason;
+use wiremock::matchers::{method, path, query_param};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::utils::*;
+
+const PLAIN: &str = "version: 0.2\nenv:\n  variables:\n    PRX_X: 1\n";
+
+#[tokio::test]
+async fn a_github_500_is_retried_then_the_build_starts() {
+    let nats = Nats::start().await;
+    let github = FakeGitHub::start().await;
+    let pr = recorded("pull_request-opened.json");
+    let sha = pr["pull_request"]["head"]["sha"].as_str().unwrap();
+    Mock::given(method("GET"))
+        .and(path(FakeGitHub::contents_path(REPO)))
+        .and(query_param("ref", sha))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(2)
+        .with_priority(1)
+        .mount(&github.server)
+        .await;
+    github.buildspec(REPO, sha, PLAIN).await;
+    let backend = Arc::new(FakeBackend::default());
+    let running = start(
+        &nats,
+        DispatcherConfig::default(),
+        github.source(),
+        backend.clone(),
+    );
+    nats.webhook("pull_request", &pr, "delivery-500").await;
+    let requested = nats.wait_for("BuildRequested", 1, is_requested).await;
+    assert_eq!(
+        github.requests_for(sha).await,
+        3,
+        "two 500s, then the answer"
+    );
+    assert_eq!(requested[0].environment["PRX_GITHUB_PR"], "142");
+    assert_eq!(backend.started().await.len(), 1);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limits_are_waited_out() {
+    let nats = Nats::start().await;
+    let github = FakeGitHub::start().await;
+    let push = recorded("push.json");
+    let sha = push["after"].as_str().unwrap();
+    Mock::given(method("GET"))
+        .and(path(FakeGitHub::contents_path(REPO)))
+        .respond_with(
+            ResponseTemplate::new(403)
+                .insert_header("x-ratelimit-remaining", "0")
+                .insert_header(
+                    "x-ratelimit-reset",
+                    (time::OffsetDateTime::now_utc().unix_timestamp() + 1).to_string(),
+                ),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&github.server)
+        .await;
+    github.buildspec(REPO, sha, PLAIN).await;
+    let backend = Arc::new(FakeBackend::default());
+    let running = start(
+        &nats,
+        DispatcherConfig::default(),
+        github.source(),
+        backend.clone(),
+    );
+    nats.webhook("push", &push, "delivery-rate-limited").await;
+    nats.wait_for("BuildRequested", 1, is_requested).await;
+    assert_eq!(github.requests_for(sha).await, 2);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_404_is_a_no_buildspec_skip() {
+    let nats = Nats::start().await;
+    let github = FakeGitHub::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(404).set_body_json(serde_json::json!({"message": "Not Found"})),
+        )
+        .mount(&github.server)
+        .await;
+    let backend = Arc::new(FakeBackend::default());
+    let running = start(
+        &nats,
+        DispatcherConfig::default(),
+        github.source(),
+        backend.clone(),
+    );
+    let push = recorded("push.json");
+    let (_, stored) = nats.webhook("push", &push, "delivery-404").await;
+    let skipped = nats.wait_for("BuildSkipped", 1, is_skipped).await;
+    assert_eq!(skipped[0].reason, SkipReason::NoBuildspec as i32);
+    assert_eq!(skipped[0].repository, REPO);
+    assert_eq!(skipped[0].commit, push["after"].as_str().unwrap());
+    assert_eq!(skipped[0].r#ref, "refs/heads/main");
+    assert!(skipped[0].detail.contains("404"), "{}", skipped[0].detail);
+    let (envelope, _) = nats.skipped().await.remove(0);
+    assert_eq!(envelope.push_sequence, stored.sequence);
+    assert_eq!(envelope.correlation_id, "delivery-404");
+    assert!(backend.started().await.is_empty());
+    assert!(nats.requested().await.is_empty());
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_buildspec_without_the_marker_is_skipped() {
+    let nats = Nats::start().await;
+    let github = FakeGitHub::start().await;
+    let push = recorded("push.json");
+    github
+        .buildspec(REPO, push["after"].as_str().unwrap(), "version: 0.2\n")
+        .await;
+    let backend = Arc::new(FakeBackend::default());
+    let running = start(
+        &nats,
+        DispatcherConfig::default(),
+        github.source(),
+        backend.clone(),
+    );
+    nats.webhook("push", &push, "delivery-no-marker").await;
+    let skipped = nats.wait_for("BuildSkipped", 1, is_skipped).await;
+    assert_eq!(skipped[0].reason, SkipReason::NoMarker as i32);
+    assert!(backend.started().await.is_empty());
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn skips_decided_from_the_payload_never_ask_github() {
+    let nats = Nats::start().await;
+    let github = FakeGitHub::start().await;
+    let backend = Arc::new(FakeBackend::default());
+    let running = start(
+        &nats,
+        DispatcherConfig::default(),
+        github.source(),
+        backend.clone(),
+    );
+    let cases = [
+        (
+            "push",
+            "push-non-default-branch.json",
+            SkipReason::NonDefaultBranch,
+        ),
+        ("push", "push-tag.json", SkipReason::TagPush),
+        (
+            "push",
+            "push-branch-deleted.json",
+            SkipReason::BranchDeleted,
+        ),
+        (
+            "pull_request",
+            "pull_request-closed.json",
+            SkipReason::PullRequestActionNotBuilt,
+        ),
+        ("ping", "ping.json", SkipReason::EventTypeNotBuilt),
+    ];
+    for (i, (event, file, _)) in cases.iter().enumerate() {
+        nats.webhook(event, &recorded(file), &format!("delivery-skip-{i}"))
+            .await;
+    }
+    let skipped = nats.wait_for("every skip", cases.len(), is_skipped).await;
+    let reasons: Vec<i32> = skipped.iter().map(|s| s.reason).collect();
+    let expected: Vec<i32> = cases.iter().map(|(_, _, r)| *r as i32).collect();
+    assert_eq!(reasons, expected);
+    // Skips of a known lane carry its ordering key.
+    let (envelope, _) = nats.skipped().await.remove(0);
+    assert_eq!(
+        envelope.ordering_key.unwrap().lane,
+        Some(prx_ci_proto::v1::ordering_key::Lane::Branch(
+            "feat/healthcheck".into()
+        ))
+    );
+    assert!(github.server.received_requests().await.unwrap().is_empty());
+    assert!(backend.started().await.is_empty());
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_github_error_that_persists_parks_the_webhook_with_the_error() {
+    let nats = Nats::start().await;
+    let github = FakeGitHub::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .set_body_json(serde_json::json!({"message": "Bad credentials"})),
+        )
+        .mount(&github.server)
+        .await;
+    let backend = Arc::new(FakeBackend::default());
+    let config = DispatcherConfig::default();
+    let settings = fast_settings(&config, 3);
+    let dispatcher = prx_ci_dispatcher::Dispatcher::new(
+        nats.rt.clone(),
+        config,
+        github.source(),
+        backend.clone(),
+        &mut prometheus_client::registry::Registry::default(),
+    )
+    .unwrap()
+    .with_consumer_settings(settings);
+    let shutdown = prx_ci_shared::CancellationToken::new();
+    let task = tokio::spawn(dispatcher.run(shutdown.clone()));
+    nats.webhook("push", &recorded("push.json"), "delivery-401")
+        .await;
+    let parked = prx_ci_shared::testing::wait_until(WAIT, "the webhook to be parked", || async {
+        let parked = nats.parked().await;
+        (!parked.is_empty()).then_some(parked)
+    })
+    .await;
+    assert_eq!(parked[0].consumer, "dispatcher");
+    assert_eq!(parked[0].deliveries, 3);
+    assert!(parked[0].error.contains("401"), "{}", parked[0].error);
+    assert_eq!(github.server.received_requests().await.unwrap().len(), 3);
+    assert!(
+        nats.events()
+            .await
+            .iter()
+            .all(|e| is_requested(e).is_none() && is_skipped(e).is_none())
+    );
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
