@@ -1,0 +1,921 @@
+//! The local runner against a real nats-server, with real git repositories and real bash:
+//! every assertion is on the `BuildReportReceived` envelopes read back from PRX_EVENTS (and the
+//! CodeBuild events inside them), or on files the builds wrote.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use prost::Message as _;
+use prx_ci_local_runner::{LocalRunner, LocalRunnerConfig};
+use prx_ci_proto::v1::{Envelope, envelope::Payload};
+use prx_ci_shared::Runtime;
+use prx_ci_shared::backend::{BuildBackend, StartBuild, StartedBuild, StopOutcome};
+use prx_ci_shared::codebuild_event::{CodeBuildEvent, PHASE_CHANGE, STATE_CHANGE};
+use prx_ci_shared::domain::{Architecture, CommitSha, RepoName};
+use prx_ci_shared::subject::EVENTS_STREAM;
+use prx_ci_shared::testing::{NatsServer, wait_until, workspace_root};
+use tempfile::TempDir;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A committed repository in a temp dir.
+struct Repo {
+    dir: TempDir,
+    sha: String,
+}
+
+impl Repo {
+    fn url(&self) -> String {
+        format!("file://{}", self.dir.path().display())
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A repository whose single commit holds `buildspec.yml` and `files` (path, content, mode).
+fn repo(buildspec: &str, files: &[(&str, &str, u32)]) -> Repo {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    git(dir.path(), &["init", "--quiet"]);
+    std::fs::write(dir.path().join("buildspec.yml"), buildspec).unwrap();
+    for (path, content, mode) in files {
+        let full = dir.path().join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(&full, content).unwrap();
+        std::fs::set_permissions(&full, std::fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "--quiet", "-m", "app"]);
+    let sha = git(dir.path(), &["rev-parse", "HEAD"]);
+    Repo { dir, sha }
+}
+
+struct Fixture {
+    server: NatsServer,
+    rt: Runtime,
+    data: TempDir,
+    /// Where builds write what the tests check (`$OUT` in the buildspecs).
+    out: TempDir,
+    runner: Arc<LocalRunner>,
+}
+
+impl Fixture {
+    async fn new(configure: impl FnOnce(&mut LocalRunnerConfig)) -> Self {
+        let server = NatsServer::start().await;
+        let rt = Runtime::from_client(server.connect().await, &mut Registry::default());
+        rt.provision(1).await.unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let mut config = LocalRunnerConfig {
+            data_dir: data.path().join("runner"),
+            ..LocalRunnerConfig::default()
+        };
+        configure(&mut config);
+        let runner = LocalRunner::new(rt.clone(), config).unwrap();
+        Self {
+            server,
+            rt,
+            data,
+            out: tempfile::tempdir().unwrap(),
+            runner,
+        }
+    }
+
+    fn out(&self, name: &str) -> PathBuf {
+        self.out.path().join(name)
+    }
+
+    fn request(&self, request_id: &str, repo: &Repo, buildspec: &str) -> StartBuild {
+        let mut environment = BTreeMap::new();
+        for (k, v) in [
+            ("PRX_REPO", "PRX/app"),
+            ("PRX_COMMIT", repo.sha.as_str()),
+            ("PRX_BRANCH", "main"),
+            ("PRX_CI_PUBLISH", "true"),
+            ("PRX_TARGET_ARCHITECTURE", "x86_64"),
+        ] {
+            environment.insert(k.to_owned(), v.to_owned());
+        }
+        environment.insert("OUT".to_owned(), self.out.path().display().to_string());
+        StartBuild {
+            request_id: request_id.to_owned(),
+            repository: RepoName::parse("PRX/app").unwrap(),
+            commit: CommitSha::parse(&repo.sha).unwrap(),
+            architecture: Architecture::X86_64,
+            clone_url: repo.url(),
+            source_version: repo.sha.clone(),
+            buildspec: buildspec.to_owned(),
+            environment,
+        }
+    }
+
+    /// Every runner report in the stream, in stream order.
+    async fn reports(&self) -> Vec<(String, Envelope, CodeBuildEvent)> {
+        let stream = self.rt.js.get_stream(EVENTS_STREAM).await.unwrap();
+        let last = stream.get_info().await.unwrap().state.last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            let Ok(message) = stream.get_raw_message(seq).await else {
+                continue;
+            };
+            if !message.subject.starts_with("prx.runner.report.") {
+                continue;
+            }
+            let envelope = Envelope::decode(message.payload.as_ref()).unwrap();
+            let Some(Payload::BuildReportReceived(report)) = &envelope.payload else {
+                panic!("not a report: {envelope:?}");
+            };
+            let event: CodeBuildEvent = serde_json::from_slice(&report.event_json).unwrap();
+            out.push((message.subject.to_string(), envelope, event));
+        }
+        out
+    }
+
+    /// The CodeBuild events of one build, in stream order.
+    async fn events(&self, build_id: &str) -> Vec<CodeBuildEvent> {
+        self.reports()
+            .await
+            .into_iter()
+            .filter(|(_, _, e)| e.detail.build_id == build_id)
+            .map(|(_, _, e)| e)
+            .collect()
+    }
+
+    /// Waits for the final report of `build_id` and returns all its events.
+    async fn finished(&self, build_id: &str) -> Vec<CodeBuildEvent> {
+        wait_until(WAIT, "the build's final report", || async {
+            let events = self.events(build_id).await;
+            events
+                .iter()
+                .any(|e| e.detail.additional_information.build_complete == Some(true))
+                .then_some(events)
+        })
+        .await
+    }
+
+    async fn run(
+        &self,
+        request_id: &str,
+        repo: &Repo,
+        buildspec: &str,
+    ) -> (StartedBuild, Vec<CodeBuildEvent>) {
+        let started = self
+            .runner
+            .start(self.request(request_id, repo, buildspec))
+            .await
+            .unwrap();
+        let events = self.finished(&started.build_id).await;
+        (started, events)
+    }
+}
+
+fn final_event(events: &[CodeBuildEvent]) -> &CodeBuildEvent {
+    let last = events.last().unwrap();
+    assert_eq!(
+        last.detail.additional_information.build_complete,
+        Some(true)
+    );
+    assert_eq!(last.detail_type, STATE_CHANGE);
+    last
+}
+
+/// (completed phase, status, context) of the phase-change events, in order.
+fn phase_changes(events: &[CodeBuildEvent]) -> Vec<(String, String, String)> {
+    events
+        .iter()
+        .filter(|e| e.detail_type == PHASE_CHANGE)
+        .map(|e| {
+            (
+                e.detail.completed_phase.clone().unwrap(),
+                e.detail.completed_phase_status.clone().unwrap(),
+                e.detail.completed_phase_context.clone().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn phase_names(events: &[CodeBuildEvent]) -> Vec<String> {
+    phase_changes(events)
+        .into_iter()
+        .map(|(p, _, _)| p)
+        .collect()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+const HAPPY: &str = r#"version: 0.2
+env:
+  variables:
+    GREETING: from-buildspec
+    PRX_CI_PUBLISH: from-buildspec
+  exported-variables:
+    - RESULT
+    - LATE
+    - MULTI
+    - NEVER_SET
+    - PRX_REPO
+phases:
+  install:
+    commands:
+      - export FROM_INSTALL=installed
+      - cd sub
+  pre_build:
+    commands:
+      - declare -x DECLARED=declared
+  build:
+    commands:
+      - echo "$GREETING $PRX_CI_PUBLISH $FROM_INSTALL $DECLARED $(cat file.txt) $PWD" > "$OUT/vars"
+      - echo "$CODEBUILD_RESOLVED_SOURCE_VERSION $CODEBUILD_BUILD_ID $CODEBUILD_BUILD_SUCCEEDING $PRX_CI_LOCAL $PRX_AWS_ACCOUNT_ID $AWS_DEFAULT_REGION" > "$OUT/builtins"
+      - RESULT="built by $PRX_REPO"
+      - |
+        MULTI="line one
+        line two"
+  post_build:
+    commands:
+      - echo "$CODEBUILD_BUILD_SUCCEEDING" > "$OUT/succeeding"
+      - LATE=post
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_runs_every_phase_in_one_shell_and_reports_like_codebuild() {
+    let fx = Fixture::new(|_| {}).await;
+    let repo = repo(HAPPY, &[("sub/file.txt", "committed", 0o644)]);
+    let (started, events) = fx.run("req-happy", &repo, HAPPY).await;
+
+    assert!(started.build_id.starts_with("local:"));
+    assert_eq!(started.build_id, LocalRunner::build_id_for("req-happy"));
+    assert_eq!(
+        (started.backend.as_str(), started.project.as_str()),
+        ("local", "local")
+    );
+    let log_path = fx.runner.log_path(&started.build_id);
+    assert_eq!(started.log_url, format!("file://{}", log_path.display()));
+
+    // Handler variables win over env.variables; exports, `declare` and `cd` persist.
+    let src = fx
+        .runner
+        .config()
+        .data_dir
+        .join("work")
+        .join(started.build_id.trim_start_matches("local:"));
+    assert_eq!(
+        read(&fx.out("vars")).trim(),
+        format!(
+            "from-buildspec true installed declared committed {}/sub",
+            src.display()
+        )
+    );
+    assert_eq!(
+        read(&fx.out("builtins")).trim(),
+        format!(
+            "{} {} 1 true 000000000000 us-east-1",
+            repo.sha, started.build_id
+        )
+    );
+    assert_eq!(read(&fx.out("succeeding")).trim(), "1");
+    assert!(!src.exists(), "the work dir is removed after the build");
+
+    // Reports: IN_PROGRESS first, a phase change per phase in order, the final state last.
+    let first = &events[0];
+    assert_eq!(first.detail_type, STATE_CHANGE);
+    assert_eq!(first.detail.build_status.as_deref(), Some("IN_PROGRESS"));
+    assert_eq!(first.detail.current_phase.as_deref(), Some("SUBMITTED"));
+    assert_eq!(first.source, "aws.codebuild");
+    let env = first.merged_variables();
+    assert_eq!(env["PRX_REPO"], "PRX/app");
+    assert_eq!(env["PRX_CI_PUBLISH"], "true");
+    assert_eq!(env["PRX_CI_LOCAL"], "true");
+    assert!(
+        !env.contains_key("GREETING"),
+        "buildspec variables are reported only when exported"
+    );
+    assert_eq!(
+        phase_names(&events),
+        [
+            "SUBMITTED",
+            "QUEUED",
+            "PROVISIONING",
+            "DOWNLOAD_SOURCE",
+            "INSTALL",
+            "PRE_BUILD",
+            "BUILD",
+            "POST_BUILD",
+            "UPLOAD_ARTIFACTS",
+            "FINALIZING"
+        ]
+    );
+    assert!(
+        phase_changes(&events)
+            .iter()
+            .all(|(_, s, _)| s == "SUCCEEDED")
+    );
+
+    let last = final_event(&events);
+    assert_eq!(last.detail.build_status.as_deref(), Some("SUCCEEDED"));
+    let info = &last.detail.additional_information;
+    let exported: BTreeMap<_, _> = info
+        .exported_environment_variables
+        .iter()
+        .map(|v| (v.name.as_str(), v.value.as_str()))
+        .collect();
+    assert_eq!(
+        exported,
+        BTreeMap::from([
+            ("LATE", "post"),
+            ("MULTI", "line one\nline two"),
+            ("PRX_REPO", "PRX/app"),
+            ("RESULT", "built by PRX/app"),
+        ])
+    );
+    assert_eq!(info.phases.len(), 11);
+    assert_eq!(info.phases.last().unwrap().phase_type, "COMPLETED");
+    assert_eq!(info.logs.as_ref().unwrap().deep_link, started.log_url);
+    assert_eq!(last.merged_variables()["PRX_REPO"], "PRX/app");
+    let log = read(&log_path);
+    assert!(
+        log.contains("Running command export FROM_INSTALL=installed"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Phase complete: BUILD State: SUCCEEDED"),
+        "{log}"
+    );
+
+    // The envelopes: subject per repository, source local, deterministic distinct ids.
+    let reports = fx.reports().await;
+    assert_eq!(reports.len(), events.len());
+    let mut ids: Vec<_> = reports.iter().map(|(_, e, _)| e.event_id.clone()).collect();
+    for (subject, envelope, _) in &reports {
+        assert_eq!(subject, "prx.runner.report.PRX.app");
+        let Some(Payload::BuildReportReceived(r)) = &envelope.payload else {
+            unreachable!()
+        };
+        assert_eq!(
+            (r.source.as_str(), r.repository.as_str()),
+            ("local", "PRX/app")
+        );
+        assert_eq!(r.build_id, started.build_id);
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), reports.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_build_phase_skips_the_rest_but_post_build_runs_with_succeeding_0() {
+    let fx = Fixture::new(|_| {}).await;
+    let spec = r#"version: 0.2
+env:
+  exported-variables: [FROM_POST, FROM_BUILD]
+phases:
+  build:
+    commands:
+      - FROM_BUILD=yes
+      - "false"
+      - touch "$OUT/never"
+    finally:
+      - touch "$OUT/finally"
+  post_build:
+    commands:
+      - echo "$CODEBUILD_BUILD_SUCCEEDING" > "$OUT/succeeding"
+      - export FROM_POST=post
+"#;
+    let repo = repo(spec, &[]);
+    let (_, events) = fx.run("req-fail", &repo, spec).await;
+
+    assert_eq!(read(&fx.out("succeeding")).trim(), "0");
+    assert!(
+        !fx.out("never").exists(),
+        "commands after the failing one are skipped"
+    );
+    assert!(fx.out("finally").exists(), "finally runs after a failure");
+    let changes = phase_changes(&events);
+    let build = changes.iter().find(|(p, _, _)| p == "BUILD").unwrap();
+    assert_eq!(build.1, "FAILED");
+    assert_eq!(
+        build.2,
+        "[COMMAND_EXECUTION_ERROR: Error while executing command: false. Reason: exit status 1]"
+    );
+    let post = changes.iter().find(|(p, _, _)| p == "POST_BUILD").unwrap();
+    assert_eq!(post.1, "SUCCEEDED");
+
+    let last = final_event(&events);
+    assert_eq!(last.detail.build_status.as_deref(), Some("FAILED"));
+    let phases = &last.detail.additional_information.phases;
+    let build = phases.iter().find(|p| p.phase_type == "BUILD").unwrap();
+    assert_eq!(build.phase_status.as_deref(), Some("FAILED"));
+    assert_eq!(
+        build.phase_context,
+        ["COMMAND_EXECUTION_ERROR: Error while executing command: false. Reason: exit status 1"]
+    );
+    let exported = last.merged_variables();
+    assert_eq!(exported["FROM_POST"], "post");
+    assert_eq!(exported["FROM_BUILD"], "yes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_pre_build_skips_build_and_post_build_like_codebuild() {
+    let fx = Fixture::new(|_| {}).await;
+    let spec = r#"version: 0.2
+phases:
+  pre_build:
+    commands:
+      - exit 3
+  build:
+    commands:
+      - touch "$OUT/build"
+  post_build:
+    commands:
+      - touch "$OUT/post_build"
+"#;
+    let repo = repo(spec, &[]);
+    let (_, events) = fx.run("req-pre", &repo, spec).await;
+    assert!(!fx.out("build").exists() && !fx.out("post_build").exists());
+    let changes = phase_changes(&events);
+    let names: Vec<_> = changes.iter().map(|(p, _, _)| p.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "SUBMITTED",
+            "QUEUED",
+            "PROVISIONING",
+            "DOWNLOAD_SOURCE",
+            "INSTALL",
+            "PRE_BUILD",
+            "FINALIZING"
+        ]
+    );
+    assert_eq!(
+        changes[5].2,
+        "[COMMAND_EXECUTION_ERROR: Error while executing command: exit 3. Reason: exit status 3]"
+    );
+    assert_eq!(
+        final_event(&events).detail.build_status.as_deref(),
+        Some("FAILED")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_buildspec_fails_the_build_with_a_yaml_error() {
+    let fx = Fixture::new(|_| {}).await;
+    let spec = "version: 0.2\nphases:\n  build:\n    commands:\n      - echo a: b\n";
+    let repo = repo(spec, &[]);
+    let (_, events) = fx.run("req-yaml", &repo, spec).await;
+    let changes = phase_changes(&events);
+    let (phase, status, context) = changes.last().unwrap();
+    // DOWNLOAD_SOURCE failed, then FINALIZING.
+    assert_eq!(changes[changes.len() - 2].0, "DOWNLOAD_SOURCE");
+    assert_eq!(changes[changes.len() - 2].1, "FAILED");
+    assert!(
+        changes[changes.len() - 2]
+            .2
+            .contains("YAML_FILE_ERROR: phases.build.commands[0] is not a string"),
+        "{changes:?}"
+    );
+    assert_eq!(
+        (phase.as_str(), status.as_str(), context.as_str()),
+        ("FINALIZING", "SUCCEEDED", "[]")
+    );
+    assert_eq!(
+        final_event(&events).detail.build_status.as_deref(),
+        Some("FAILED")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_commit_fails_download_source() {
+    let fx = Fixture::new(|_| {}).await;
+    let spec = "version: 0.2\nphases:\n  build:\n    commands: [\"touch $OUT/ran\"]\n";
+    let repo = repo(spec, &[]);
+    let mut request = fx.request("req-missing", &repo, spec);
+    request.source_version = "0123456789abcdef0123456789abcdef01234567".into();
+    let started = fx.runner.start(request).await.unwrap();
+    let events = fx.finished(&started.build_id).await;
+    let download = phase_changes(&events)
+        .into_iter()
+        .find(|(p, _, _)| p == "DOWNLOAD_SOURCE")
+        .unwrap();
+    assert_eq!(download.1, "FAILED");
+    assert!(
+        download.2.contains("CLIENT_ERROR: cannot check out"),
+        "{download:?}"
+    );
+    assert!(!fx.out("ran").exists());
+}
+
+/// Whether a process is gone (or a zombie waiting for its reaper).
+fn process_gone(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+const SLEEPER: &str = r#"version: 0.2
+phases:
+  build:
+    commands:
+      - echo $$ > "$OUT/shell.pid"
+      - sleep 30 & echo $! > "$OUT/sleep.pid"; touch "$OUT/started"; wait
+      - touch "$OUT/after"
+  post_build:
+    commands:
+      - touch "$OUT/post_build"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeout_kills_the_whole_build_and_reports_timed_out() {
+    let fx = Fixture::new(|c| c.timeout = Duration::from_secs(2)).await;
+    let repo = repo(SLEEPER, &[]);
+    let (_, events) = fx.run("req-timeout", &repo, SLEEPER).await;
+
+    let last = final_event(&events);
+    assert_eq!(last.detail.build_status.as_deref(), Some("TIMED_OUT"));
+    let build = last
+        .detail
+        .additional_information
+        .phases
+        .iter()
+        .find(|p| p.phase_type == "BUILD")
+        .unwrap();
+    assert_eq!(build.phase_status.as_deref(), Some("TIMED_OUT"));
+    assert!(
+        build.phase_context[0].starts_with("BUILD_TIMED_OUT"),
+        "{build:?}"
+    );
+    assert!(!fx.out("after").exists() && !fx.out("post_build").exists());
+    for pid_file in ["shell.pid", "sleep.pid"] {
+        let pid = read(&fx.out(pid_file)).trim().to_owned();
+        wait_until(WAIT, "the build's processes to be gone", || async {
+            process_gone(&pid).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_kills_a_running_build_and_reports_stopped() {
+    let fx = Fixture::new(|_| {}).await;
+    let repo = repo(SLEEPER, &[]);
+    let started = fx
+        .runner
+        .start(fx.request("req-stop", &repo, SLEEPER))
+        .await
+        .unwrap();
+    let started_file = fx.out("started");
+    wait_until(WAIT, "the build to run", || async {
+        started_file.exists().then_some(())
+    })
+    .await;
+
+    assert_eq!(
+        fx.runner.stop(&started.build_id).await.unwrap(),
+        StopOutcome::Stopped
+    );
+    let events = fx.finished(&started.build_id).await;
+    let last = final_event(&events);
+    assert_eq!(last.detail.build_status.as_deref(), Some("STOPPED"));
+    let build = phase_changes(&events)
+        .into_iter()
+        .find(|(p, _, _)| p == "BUILD")
+        .unwrap();
+    assert_eq!(build.1, "STOPPED");
+    assert!(!fx.out("post_build").exists());
+    let pid = read(&fx.out("sleep.pid")).trim().to_owned();
+    wait_until(WAIT, "the sleep to be killed", || async {
+        process_gone(&pid).then_some(())
+    })
+    .await;
+
+    assert_eq!(
+        fx.runner.stop(&started.build_id).await.unwrap(),
+        StopOutcome::AlreadyFinished
+    );
+    assert_eq!(
+        fx.runner.stop("local:unknown").await.unwrap(),
+        StopOutcome::AlreadyFinished
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_start_with_the_same_request_id_starts_one_build() {
+    let fx = Fixture::new(|_| {}).await;
+    let spec =
+        "version: 0.2\nphases:\n  build:\n    commands:\n      - echo run >> \"$OUT/runs\"\n";
+    let repo = repo(spec, &[]);
+    let request = fx.request("req-once", &repo, spec);
+    let (a, b) = tokio::join!(
+        fx.runner.start(request.clone()),
+        fx.runner.start(request.clone())
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a, b);
+    fx.finished(&a.build_id).await;
+    let again = fx.runner.start(request.clone()).await.unwrap();
+    assert_eq!(again, a);
+
+    // A new runner on the same data dir (a restart) does not run it again either.
+    let config = fx.runner.config().clone();
+    fx.runner.shutdown().await;
+    let restarted = LocalRunner::new(fx.rt.clone(), config).unwrap();
+    assert_eq!(restarted.start(request).await.unwrap(), a);
+    restarted.shutdown().await;
+
+    assert_eq!(read(&fx.out("runs")), "run\n");
+    let events = fx.events(&a.build_id).await;
+    let in_progress = events
+        .iter()
+        .filter(|e| e.detail.build_status.as_deref() == Some("IN_PROGRESS"))
+        .count();
+    assert_eq!(in_progress, 1);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.detail.additional_information.build_complete == Some(true))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_beyond_max_concurrent_builds_wait_in_queued() {
+    let fx = Fixture::new(|c| c.max_concurrent_builds = 1).await;
+    // `mkdir` is atomic: it fails if another build holds the lock, failing that build.
+    let spec = r#"version: 0.2
+phases:
+  build:
+    commands:
+      - mkdir "$OUT/lock"
+      - echo "start $(date +%s%N)" >> "$OUT/timeline"
+      - sleep 0.3
+      - echo "end $(date +%s%N)" >> "$OUT/timeline"
+      - rmdir "$OUT/lock"
+"#;
+    let repo = repo(spec, &[]);
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let started = fx
+            .runner
+            .start(fx.request(&format!("req-conc-{n}"), &repo, spec))
+            .await
+            .unwrap();
+        ids.push(started.build_id);
+    }
+    for id in &ids {
+        let events = fx.finished(id).await;
+        assert_eq!(
+            final_event(&events).detail.build_status.as_deref(),
+            Some("SUCCEEDED")
+        );
+    }
+    // Strictly alternating start/end: never two builds in their phases at once.
+    let timeline = read(&fx.out("timeline"));
+    let kinds: Vec<_> = timeline
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(kinds, ["start", "end", "start", "end", "start", "end"]);
+    let stamps: Vec<u128> = timeline
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{timeline}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_running_and_queued_builds() {
+    let fx = Fixture::new(|c| c.max_concurrent_builds = 1).await;
+    let repo = repo(SLEEPER, &[]);
+    let running = fx
+        .runner
+        .start(fx.request("req-sd-1", &repo, SLEEPER))
+        .await
+        .unwrap();
+    let queued = fx
+        .runner
+        .start(fx.request("req-sd-2", &repo, SLEEPER))
+        .await
+        .unwrap();
+    let started_file = fx.out("started");
+    wait_until(WAIT, "the first build to run", || async {
+        started_file.exists().then_some(())
+    })
+    .await;
+
+    fx.runner.shutdown().await;
+    for id in [&running.build_id, &queued.build_id] {
+        let events = fx.finished(id).await;
+        assert_eq!(
+            final_event(&events).detail.build_status.as_deref(),
+            Some("STOPPED")
+        );
+    }
+    let queued_events = fx.events(&queued.build_id).await;
+    assert_eq!(
+        phase_changes(&queued_events).last().unwrap().0,
+        "QUEUED",
+        "the queued build never ran"
+    );
+    assert!(
+        fx.runner
+            .start(fx.request("req-sd-3", &repo, SLEEPER))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_survive_a_broker_outage() {
+    let mut fx = Fixture::new(|_| {}).await;
+    let spec = r#"version: 0.2
+env:
+  exported-variables: [DONE_AT]
+phases:
+  build:
+    commands:
+      - touch "$OUT/waiting"
+      - while [ ! -e "$OUT/go" ]; do sleep 0.05; done
+      - DONE_AT=end
+"#;
+    let repo = repo(spec, &[]);
+    let started = fx
+        .runner
+        .start(fx.request("req-outage", &repo, spec))
+        .await
+        .unwrap();
+    let waiting = fx.out("waiting");
+    wait_until(WAIT, "the build to wait", || async {
+        waiting.exists().then_some(())
+    })
+    .await;
+    wait_until(WAIT, "the DOWNLOAD_SOURCE report", || async {
+        phase_names(&fx.events(&started.build_id).await)
+            .contains(&"DOWNLOAD_SOURCE".to_owned())
+            .then_some(())
+    })
+    .await;
+
+    fx.server.stop();
+    std::fs::write(fx.out("go"), "").unwrap();
+    let log_path = fx.runner.log_path(&started.build_id);
+    wait_until(
+        WAIT,
+        "the build to finish while the broker is down",
+        || async { read(&log_path).contains("Build SUCCEEDED").then_some(()) },
+    )
+    .await;
+    fx.server.restart().await;
+
+    let events = fx.finished(&started.build_id).await;
+    assert_eq!(
+        phase_names(&events),
+        [
+            "SUBMITTED",
+            "QUEUED",
+            "PROVISIONING",
+            "DOWNLOAD_SOURCE",
+            "INSTALL",
+            "PRE_BUILD",
+            "BUILD",
+            "POST_BUILD",
+            "UPLOAD_ARTIFACTS",
+            "FINALIZING"
+        ]
+    );
+    let last = final_event(&events);
+    assert_eq!(last.detail.build_status.as_deref(), Some("SUCCEEDED"));
+    assert_eq!(last.merged_variables()["DONE_AT"], "end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buildspec_sourcing_the_post_build_helper_runs_in_local_mode() {
+    let helper = std::fs::read_to_string(workspace_root().join("ci/utility/post_build.sh"))
+        .expect("ci/utility/post_build.sh exists");
+    // A stand-in `docker` that knows one image labelled for ECR (no daemon needed).
+    let docker = r#"#!/usr/bin/env bash
+echo "docker $*" >> "$OUT/docker-calls"
+case "$1 $2 $3" in
+  "images --filter label=org.prx.spire.publish.ecr") echo 0123456789ab ;;
+  "images --filter"*) ;;
+  inspect*) echo RAILS_APP ;;
+  *) echo "unexpected docker call: $*" >&2; exit 1 ;;
+esac
+"#;
+    let spec = r#"version: 0.2
+env:
+  exported-variables:
+    - RAILS_APP
+    - PRX_SPIRE_ECR_PKG_PARAMETERS
+  variables:
+    PRX_SPIRE_ECR_PKG_PARAMETERS: RAILS_APP=/prx/stag/app/image
+phases:
+  install:
+    commands:
+      - export PATH="$CODEBUILD_SRC_DIR/bin:$PATH"
+  build:
+    commands:
+      - echo building
+  post_build:
+    commands:
+      - set -o | grep -E '^(errexit|allexport) ' > "$OUT/options-before"
+      - . ./post_build.sh
+      - set -o | grep -E '^(errexit|allexport) ' > "$OUT/options-after"
+"#;
+    let fx = Fixture::new(|_| {}).await;
+    let repo = repo(
+        spec,
+        &[
+            ("post_build.sh", &helper, 0o755),
+            ("bin/docker", docker, 0o755),
+        ],
+    );
+    let (_, events) = fx.run("req-helper", &repo, spec).await;
+
+    let last = final_event(&events);
+    let log = read(&fx.runner.log_path(&last.detail.build_id));
+    assert_eq!(
+        last.detail.build_status.as_deref(),
+        Some("SUCCEEDED"),
+        "{log}"
+    );
+    assert!(log.contains("Local build (PRX_CI_LOCAL=true)"), "{log}");
+    let merged = last.merged_variables();
+    assert_eq!(
+        merged["RAILS_APP"],
+        format!("github/prx/app:{}-x86_64", repo.sha)
+    );
+    assert_eq!(
+        merged["PRX_SPIRE_ECR_PKG_PARAMETERS"],
+        "RAILS_APP=/prx/stag/app/image"
+    );
+    assert_eq!(
+        read(&fx.out("options-before")),
+        read(&fx.out("options-after"))
+    );
+    let calls = read(&fx.out("docker-calls"));
+    assert!(
+        !calls.contains("push") && !calls.contains("login"),
+        "{calls}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_build_of_a_dead_runner_is_reported_as_fault() {
+    let fx = Fixture::new(|_| {}).await;
+    let builds = fx.runner.config().data_dir.join("builds");
+    // What a runner that died mid-build leaves behind.
+    std::fs::write(
+        builds.join("00000000-0000-0000-0000-00000000dead.json"),
+        serde_json::json!({
+            "build_id": "local:00000000-0000-0000-0000-00000000dead",
+            "request_id": "req-dead",
+            "repository": "PRX/app",
+            "clone_url": "file:///nowhere",
+            "source_version": "abc",
+            "start_time_unix": 1_700_000_000,
+            "environment": [["PRX_REPO", "PRX/app"]],
+            "final_status": null
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let config = fx.runner.config().clone();
+    let restarted = LocalRunner::new(fx.rt.clone(), config).unwrap();
+    let events = fx
+        .finished("local:00000000-0000-0000-0000-00000000dead")
+        .await;
+    assert_eq!(
+        final_event(&events).detail.build_status.as_deref(),
+        Some("FAULT")
+    );
+    restarted.shutdown().await;
+    let _ = &fx.data;
+}
