@@ -13,7 +13,7 @@ use serde::Deserialize;
 pub struct OpsConfig {
     /// Address of the gRPC ops API. Default `127.0.0.1:50051`.
     pub listen: SocketAddr,
-    /// Address of `/healthz`, `/readyz`, `/metrics`. Default `127.0.0.1:9095`.
+    /// Address of `/healthz`, `/readyz`, `/metrics`. Default `127.0.0.1:9106`.
     pub ops_listen: SocketAddr,
     /// Bearer token every gRPC call must carry (`authorization: Bearer <token>`). Required; at
     /// least 16 characters. Never logged.
@@ -37,7 +37,7 @@ impl Default for OpsConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            ops_listen: SocketAddr::from(([127, 0, 0, 1], 9095)),
+            ops_listen: SocketAddr::from(([127, 0, 0, 1], 9106)),
             token: None,
             recent_builds: 20,
             keep_finished_builds: 1000,
