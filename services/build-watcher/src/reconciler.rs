@@ -238,6 +238,25 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
+    pub fn new(
+        codebuild: aws_sdk_codebuild::Client,
+        store: BuildStore,
+        publisher: EventPublisher,
+        config: &crate::BuildWatcherConfig,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            codebuild,
+            store,
+            publisher,
+            reconcile_after: config.reconcile_after,
+            interval: config.reconcile_interval,
+            batch_size: config.reconcile_batch_size,
+            call_spacing: config.reconcile_call_spacing,
+            metrics,
+        }
+    }
+
     /// One pass. `everything`: every build in flight (start-up), else only the due ones.
     pub async fn reconcile(&self, everything: bool) -> anyhow::Result<PassOutcome> {
         let entries = self.store.in_flight().await?;

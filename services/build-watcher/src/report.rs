@@ -177,6 +177,11 @@ pub fn parse_report(json: &[u8]) -> Result<Report, ReportError> {
 /// Classifies an already parsed event.
 pub fn report_from_event(event: CodeBuildEvent) -> Result<Report, ReportError> {
     let detail = &event.detail;
+    if ![codebuild_event::STATE_CHANGE, codebuild_event::PHASE_CHANGE]
+        .contains(&event.detail_type.as_str())
+    {
+        return Err(ReportError::UnknownDetailType(event.detail_type.clone()));
+    }
     let build_id = normalize_build_id(&detail.build_id);
     if build_id.is_empty() {
         return Err(ReportError::NoBuildId);

@@ -42,25 +42,18 @@ pub struct ReportHandler {
     pub(crate) metrics: Metrics,
 }
 
-/// The record a report applies to.
-enum Joined {
-    Found(Versioned),
-    /// Nobody requested this build (so far): start a record from the report.
-    Unrequested {
-        revision: u64,
-    },
-}
-
 impl ReportHandler {
     /// Finds the build's record, waiting for a BuildRequested that may still be on its way.
+    /// A result without a record means: nobody requested this build (so far), start a record
+    /// from the report (at the returned revision).
     async fn join(
         &self,
         report: &Report,
         delivery: &Delivery,
         current: Versioned,
-    ) -> Result<Joined, HandlerError> {
+    ) -> Result<Versioned, HandlerError> {
         if current.record.is_some() {
-            return Ok(Joined::Found(current));
+            return Ok(current);
         }
         let waited = self
             .store
@@ -68,15 +61,13 @@ impl ReportHandler {
             .await
             .map_err(HandlerError::transient)?;
         if waited.record.is_some() {
-            return Ok(Joined::Found(waited));
+            return Ok(waited);
         }
         let age = OffsetDateTime::now_utc() - delivery.published;
         if age >= self.unrequested_after
             && self.requests_caught_up(delivery.stream_sequence).await?
         {
-            return Ok(Joined::Unrequested {
-                revision: waited.revision,
-            });
+            return Ok(waited);
         }
         Err(HandlerError::transient(anyhow::anyhow!(
             "no BuildRequested for build {} yet (report {}s old); waiting for it",
@@ -196,18 +187,11 @@ impl Handler for ReportHandler {
                 .get(&report.build_id)
                 .await
                 .map_err(HandlerError::transient)?;
-            let (record, revision, requested) = match self.join(&report, &delivery, current).await?
-            {
-                Joined::Found(Versioned {
-                    record: Some(record),
-                    revision,
-                }) => (record, revision, true),
-                Joined::Found(Versioned { record: None, .. }) => continue,
-                Joined::Unrequested { revision } => (
-                    Self::unrequested_record(&report, &delivery.envelope),
-                    revision,
-                    false,
-                ),
+            let joined = self.join(&report, &delivery, current).await?;
+            let revision = joined.revision;
+            let (record, requested) = match joined.record {
+                Some(record) => (record, true),
+                None => (Self::unrequested_record(&report, &delivery.envelope), false),
             };
             let was_final = record.state.lifecycle.is_final();
             if was_final {

@@ -132,16 +132,13 @@ impl BuildWatcher {
             tasks.spawn(async move { ("SQS source", source.run(stop).await) });
         }
         if let Some(codebuild) = self.codebuild {
-            let reconciler = Reconciler {
+            let reconciler = Reconciler::new(
                 codebuild,
                 store,
-                publisher: self.rt.publisher.clone(),
-                reconcile_after: self.config.reconcile_after,
-                interval: self.config.reconcile_interval,
-                batch_size: self.config.reconcile_batch_size,
-                call_spacing: self.config.reconcile_call_spacing,
-                metrics: self.metrics.clone(),
-            };
+                self.rt.publisher.clone(),
+                &self.config,
+                self.metrics.clone(),
+            );
             let stop = stop.clone();
             tasks.spawn(async move { ("reconciler", reconciler.run(stop).await) });
         }

@@ -1,0 +1,8 @@
+//! The build-watcher against a real nats-server and SQS/CodeBuild in the AWS emulator.
+
+mod events;
+mod local;
+mod reconciler;
+mod sqs;
+mod state;
+mod utils;

@@ -1,0 +1,162 @@
+//! The state machine end to end: out-of-order and duplicate reports, builds nobody requested,
+//! reports that arrive before their request.
+
+use std::time::Duration;
+
+use prx_ci_build_watcher::REPORTS_CONSUMER;
+use prx_ci_build_watcher::state::Lifecycle;
+use prx_ci_proto::v1::{self, envelope::Payload};
+use prx_ci_shared::testing::wait_until;
+
+use crate::utils::{
+    COMMIT, REPO, WAIT, World, completed, fixture, names, new_build_id, test_config,
+};
+
+#[tokio::test]
+async fn out_of_order_and_late_reports_do_not_regress_a_build() {
+    let mut world = World::nats_only().await;
+    world.start(test_config(), None, None);
+    let build_id = new_build_id();
+    world.request(&build_id).await;
+
+    // The final state arrives first (the start report is delayed)...
+    world
+        .report(&fixture("state-succeeded.json", &build_id), "sqs")
+        .await;
+    world.until_completed(&build_id).await;
+    // ...then everything older, from several sources, some twice.
+    world
+        .report(&fixture("phase-change-build.json", &build_id), "sqs")
+        .await;
+    world
+        .report(&fixture("state-in-progress.json", &build_id), "sqs")
+        .await;
+    world
+        .report(&fixture("state-in-progress.json", &build_id), "reconciler")
+        .await;
+    world
+        .report(&fixture("state-failed.json", &build_id), "reconciler")
+        .await;
+    world
+        .report(&fixture("state-succeeded.json", &build_id), "reconciler")
+        .await;
+    world.until_consumer_idle(REPORTS_CONSUMER).await;
+
+    let events = world.build_events(&build_id).await;
+    assert_eq!(names(&events), ["started", "completed:SUCCEEDED"]);
+    let record = world.store.get(&build_id).await.unwrap().record.unwrap();
+    assert!(matches!(
+        record.state.lifecycle,
+        Lifecycle::Final {
+            status: prx_ci_build_watcher::report::FinalStatus::Succeeded
+        }
+    ));
+    assert_eq!(record.final_status.as_deref(), Some("SUCCEEDED"));
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_phase_never_moves_a_running_build_backwards() {
+    let mut world = World::nats_only().await;
+    world.start(test_config(), None, None);
+    let build_id = new_build_id();
+    world.request(&build_id).await;
+
+    world
+        .report(&fixture("phase-change-build.json", &build_id), "sqs")
+        .await;
+    world.until_events(&build_id, 2).await;
+    // The IN_PROGRESS report (listing only SUBMITTED as ended) comes after BUILD ended.
+    world
+        .report(&fixture("state-in-progress.json", &build_id), "sqs")
+        .await;
+    let mut install = fixture("phase-change-build.json", &build_id);
+    install["detail"]["completed-phase"] = "INSTALL".into();
+    world.report(&install, "sqs").await;
+    world.until_consumer_idle(REPORTS_CONSUMER).await;
+
+    assert_eq!(
+        names(&world.build_events(&build_id).await),
+        ["started", "phase:BUILD"]
+    );
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_build_nobody_requested_is_reported_with_what_is_known() {
+    let mut world = World::nats_only().await;
+    world.start(test_config(), None, None);
+    let build_id = new_build_id();
+    // Started by hand in the console: no BuildRequested, ever.
+    world
+        .report(&fixture("state-failed.json", &build_id), "sqs")
+        .await;
+    let events = world.until_completed(&build_id).await;
+    assert_eq!(names(&events), ["started", "completed:FAILED"]);
+    let done = completed(&events);
+    let b = done.build.unwrap();
+    assert_eq!(b.repository, REPO, "from PRX_REPO");
+    assert_eq!(b.commit, COMMIT, "from PRX_COMMIT");
+    assert_eq!(b.build_request_id, "");
+    assert_eq!(b.project, "infrastructure-ci-Runner2");
+    assert_eq!(b.architecture, v1::Architecture::X8664 as i32);
+    assert_eq!(events[0].push_sequence, 0);
+    assert_eq!(events[0].ordering_key, None);
+    assert_eq!(done.failed_phase, "BUILD");
+
+    // A bare event (no variables at all) is reported too, under an empty repository.
+    let bare_id = new_build_id();
+    let mut bare = fixture("state-in-progress.json", &bare_id);
+    bare["detail"]["additional-information"]["environment"]["environment-variables"] =
+        serde_json::json!([]);
+    bare["detail"]["additional-information"]["source-version"] = "refs/heads/main".into();
+    world.report(&bare, "sqs").await;
+    let events = world.until_events(&bare_id, 1).await;
+    let Some(Payload::BuildStarted(started)) = &events[0].payload else {
+        panic!()
+    };
+    let b = started.build.as_ref().unwrap();
+    assert_eq!((b.repository.as_str(), b.commit.as_str()), ("", ""));
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_report_that_arrives_before_its_request_waits_for_it() {
+    let mut world = World::nats_only().await;
+    world.start(
+        prx_ci_build_watcher::BuildWatcherConfig {
+            unrequested_after: Duration::from_secs(60),
+            ..test_config()
+        },
+        None,
+        None,
+    );
+    let build_id = new_build_id();
+    let report = world
+        .report(&fixture("state-in-progress.json", &build_id), "sqs")
+        .await;
+    // The report was handled (and put back) before the dispatcher's request is stored.
+    wait_until(WAIT, "the report to be retried", || async {
+        let stream = world
+            .rt
+            .js
+            .get_stream(prx_ci_shared::subject::EVENTS_STREAM)
+            .await
+            .ok()?;
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer(REPORTS_CONSUMER).await.ok()?;
+        let info = consumer.info().await.ok()?;
+        (info.delivered.stream_sequence >= 1 && (info.num_ack_pending > 0 || info.num_pending > 0))
+            .then_some(())
+    })
+    .await;
+    assert!(world.build_events(&build_id).await.is_empty());
+    let requested = world.request(&build_id).await;
+    let events = world.until_events(&build_id, 2).await;
+    assert_eq!(names(&events), ["started", "phase:SUBMITTED"]);
+    assert_eq!(events[0].correlation_id, requested.correlation_id);
+    assert_eq!(events[0].causation_id, requested.event_id);
+    assert_eq!(events[0].push_sequence, 17);
+    assert_ne!(events[0].correlation_id, report.correlation_id);
+    world.stop().await;
+}
