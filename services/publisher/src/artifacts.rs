@@ -78,15 +78,17 @@ impl AwsArtifactChecker {
 
     async fn check_image(&self, value: &str) -> anyhow::Result<ArtifactStatus> {
         let Some((repository, tag)) = value.split_once(':') else {
-            return Ok(ArtifactStatus::Missing(format!(
-                "{value:?} names no tag"
-            )));
+            return Ok(ArtifactStatus::Missing(format!("{value:?} names no tag")));
         };
         let result = self
             .ecr
             .describe_images()
             .repository_name(repository)
-            .image_ids(aws_sdk_ecr::types::ImageIdentifier::builder().image_tag(tag).build())
+            .image_ids(
+                aws_sdk_ecr::types::ImageIdentifier::builder()
+                    .image_tag(tag)
+                    .build(),
+            )
             .send()
             .await;
         match result {
@@ -97,11 +99,11 @@ impl AwsArtifactChecker {
             Err(SdkError::ServiceError(e)) if e.err().is_repository_not_found_exception() => Ok(
                 ArtifactStatus::Missing(format!("ECR repository {repository} does not exist")),
             ),
-            Err(SdkError::ServiceError(e)) if e.err().is_image_not_found_exception() => Ok(
-                ArtifactStatus::Missing(format!(
+            Err(SdkError::ServiceError(e)) if e.err().is_image_not_found_exception() => {
+                Ok(ArtifactStatus::Missing(format!(
                     "ECR repository {repository} has no image tagged {tag}"
-                )),
-            ),
+                )))
+            }
             Err(err) => Err(anyhow::anyhow!(
                 "cannot describe ECR image {value}: {}",
                 aws_sdk_ecr::error::DisplayErrorContext(err)
@@ -119,16 +121,19 @@ impl AwsArtifactChecker {
             .await;
         match result {
             Ok(_) => Ok(ArtifactStatus::Present),
-            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(
-                ArtifactStatus::Missing(format!("S3 object s3://{}/{key} does not exist", self.bucket)),
-            ),
+            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => {
+                Ok(ArtifactStatus::Missing(format!(
+                    "S3 object s3://{}/{key} does not exist",
+                    self.bucket
+                )))
+            }
             // HeadObject has no body: a 404 for a missing bucket arrives without a code.
-            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Ok(
-                ArtifactStatus::Missing(format!(
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => {
+                Ok(ArtifactStatus::Missing(format!(
                     "S3 object s3://{}/{key} does not exist (or the bucket does not)",
                     self.bucket
-                )),
-            ),
+                )))
+            }
             Err(err) => Err(anyhow::anyhow!(
                 "cannot check S3 object s3://{}/{key}: {}",
                 self.bucket,

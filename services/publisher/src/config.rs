@@ -62,7 +62,10 @@ impl Default for PublisherConfig {
 
 fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     let list: Vec<humantime_serde::Serde<Duration>> = Deserialize::deserialize(d)?;
-    Ok(list.into_iter().map(humantime_serde::Serde::into_inner).collect())
+    Ok(list
+        .into_iter()
+        .map(humantime_serde::Serde::into_inner)
+        .collect())
 }
 
 impl PublisherConfig {
@@ -90,8 +93,11 @@ impl Validate for PublisherConfig {
             ));
         }
         // The prefix followed by one level must be a valid name.
-        check_parameter_name(&format!("{}x", self.parameter_prefix), &self.parameter_prefix)
-            .map_err(|(_, detail)| format!("parameter_prefix: {detail}"))?;
+        check_parameter_name(
+            &format!("{}x", self.parameter_prefix),
+            &self.parameter_prefix,
+        )
+        .map_err(|(_, detail)| format!("parameter_prefix: {detail}"))?;
         if self.write_timeout.is_zero() || self.claim_lease <= self.write_timeout * 2 {
             return Err(format!(
                 "claim_lease ({:?}) must be more than twice write_timeout ({:?})",
@@ -116,8 +122,8 @@ mod tests {
     #[test]
     fn example_config_parses_to_the_defaults() {
         let text = include_str!("../config.example.toml");
-        let config: PublisherConfig = load_from(&Figment::from(Toml::string(text)), "publisher")
-            .unwrap();
+        let config: PublisherConfig =
+            load_from(&Figment::from(Toml::string(text)), "publisher").unwrap();
         assert_eq!(
             config,
             PublisherConfig {
@@ -131,10 +137,16 @@ mod tests {
     fn bad_values_are_rejected() {
         for (text, needle) in [
             ("[publisher]\nconcurrency = 0\n", "concurrency"),
-            ("[publisher]\nparameter_prefix = \"prx/\"\n", "parameter_prefix"),
+            (
+                "[publisher]\nparameter_prefix = \"prx/\"\n",
+                "parameter_prefix",
+            ),
             ("[publisher]\nparameter_prefix = \"/a b/\"\n", "space"),
             ("[publisher]\nclaim_lease = \"15s\"\n", "twice"),
-            ("[publisher]\nprimary_architecture = \"arm\"\n", "primary_architecture"),
+            (
+                "[publisher]\nprimary_architecture = \"arm\"\n",
+                "primary_architecture",
+            ),
         ] {
             let err = load_from::<PublisherConfig>(&Figment::from(Toml::string(text)), "publisher")
                 .unwrap_err();

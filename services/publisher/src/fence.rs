@@ -259,7 +259,10 @@ mod tests {
     #[test]
     fn newer_pushes_claim_older_are_superseded() {
         let record = written(&publication(5, true, "b5"));
-        assert_eq!(decide(&record, &publication(6, false, "b6")), Decision::Claim);
+        assert_eq!(
+            decide(&record, &publication(6, false, "b6")),
+            Decision::Claim
+        );
         assert_eq!(
             decide(&record, &publication(4, true, "b4")),
             Decision::Skip(Stale::Superseded {
@@ -347,7 +350,10 @@ mod tests {
         assert!(lost.claim.is_none());
         assert_eq!(lost.written.unwrap().publication.position.push_sequence, 2);
         let nothing = resolve_abandoned(&record, None, "now");
-        assert_eq!(nothing.written.unwrap().publication.position.push_sequence, 2);
+        assert_eq!(
+            nothing.written.unwrap().publication.position.push_sequence,
+            2
+        );
     }
 
     #[test]
@@ -357,12 +363,21 @@ mod tests {
         let mut record = written(&publication(5, true, "b5"));
         record.claim = with_claim(&record, &publication(4, true, "b4"), "t", 1, "t").claim;
         let resolved = resolve_abandoned(&record, Some(("v4-x86_64", 1)), "now");
-        assert_eq!(resolved.written.unwrap().publication.position.push_sequence, 5);
+        assert_eq!(
+            resolved.written.unwrap().publication.position.push_sequence,
+            5
+        );
     }
 
     #[test]
     fn only_the_claim_owner_completes_or_releases() {
-        let record = with_claim(&FenceRecord::default(), &publication(3, true, "b"), "mine", 1, "t");
+        let record = with_claim(
+            &FenceRecord::default(),
+            &publication(3, true, "b"),
+            "mine",
+            1,
+            "t",
+        );
         assert!(after_write(&record, "other", 1, "t").is_none());
         assert!(after_release(&record, "other").is_none());
         let done = after_write(&record, "mine", 7, "t").unwrap();

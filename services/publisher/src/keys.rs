@@ -21,7 +21,12 @@ mod tests {
 
     #[test]
     fn keys_round_trip_and_are_valid_kv_keys() {
-        for name in ["/prx/stag/Spire/My.App/pkg/docker-image-tag", "", "a=b~c", "x"] {
+        for name in [
+            "/prx/stag/Spire/My.App/pkg/docker-image-tag",
+            "",
+            "a=b~c",
+            "x",
+        ] {
             let key = kv_key(name);
             assert!(
                 key.bytes()

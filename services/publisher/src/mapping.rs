@@ -144,10 +144,10 @@ pub fn parse_mappings(
 ) -> Vec<Item> {
     let mut items = Vec::new();
     for kind in [ArtifactKind::EcrImage, ArtifactKind::S3Object] {
-        if let Some(text) = variables.get(kind.mapping_variable()) {
-            if !text.is_empty() {
-                items.extend(parse_variable(kind, text, variables, build, prefix));
-            }
+        if let Some(text) = variables.get(kind.mapping_variable())
+            && !text.is_empty()
+        {
+            items.extend(parse_variable(kind, text, variables, build, prefix));
         }
     }
     // Later mappings win for the same name.
@@ -169,8 +169,9 @@ pub fn parse_mappings(
                     value: t.value,
                     mapping: t.mapping,
                     reason: RejectReason::InvalidMapping,
-                    detail: "the parameter is named again by a later mapping; the later one is used"
-                        .to_owned(),
+                    detail:
+                        "the parameter is named again by a later mapping; the later one is used"
+                            .to_owned(),
                 })
             }
             other => other,
@@ -405,12 +406,12 @@ fn check_ecr_value(value: &str, build: &BuildFacts) -> Result<(), String> {
             "tag {tag:?} does not end in -x86_64 or -aarch64; {SHAPE}"
         ));
     };
-    if let Some(expected) = build.architecture {
-        if arch != expected {
-            return Err(format!(
-                "tag {tag:?} is for {arch}, but this build ran on {expected}"
-            ));
-        }
+    if let Some(expected) = build.architecture
+        && arch != expected
+    {
+        return Err(format!(
+            "tag {tag:?} is for {arch}, but this build ran on {expected}"
+        ));
     }
     Ok(())
 }
@@ -419,10 +420,14 @@ fn check_s3_value(label: &str, value: &str, build: &BuildFacts) -> Result<(), St
     const SHAPE: &str = "expected GitHub/<Owner>/<Repo>/<sha>/<LABEL>.zip (an object key)";
     let segments: Vec<&str> = value.split('/').collect();
     let [root, owner, repo, sha, file] = segments.as_slice() else {
-        return Err(format!("{value:?} does not have five `/`-separated parts; {SHAPE}"));
+        return Err(format!(
+            "{value:?} does not have five `/`-separated parts; {SHAPE}"
+        ));
     };
     if *root != "GitHub" || owner.is_empty() || repo.is_empty() {
-        return Err(format!("{value:?} does not start with GitHub/<Owner>/<Repo>/; {SHAPE}"));
+        return Err(format!(
+            "{value:?} does not start with GitHub/<Owner>/<Repo>/; {SHAPE}"
+        ));
     }
     if !build.repository.is_empty() {
         let actual = format!("{owner}/{repo}");
@@ -434,7 +439,9 @@ fn check_s3_value(label: &str, value: &str, build: &BuildFacts) -> Result<(), St
         }
     }
     if !is_sha(sha) {
-        return Err(format!("{value:?}: {sha:?} is not a 40-hex commit SHA; {SHAPE}"));
+        return Err(format!(
+            "{value:?}: {sha:?} is not a 40-hex commit SHA; {SHAPE}"
+        ));
     }
     if !build.commit.is_empty() && !sha.eq_ignore_ascii_case(&build.commit) {
         return Err(format!(
@@ -532,14 +539,24 @@ mod tests {
     #[test]
     fn ecr_then_s3_in_order() {
         let v = vars(&[
-            (S3_MAPPING_VARIABLE, "LAMBDA_ZIP=/prx/stag/Spire/Fn/api/pkg/s3-object-key"),
-            (ECR_MAPPING_VARIABLE, "APP=/prx/stag/Spire/App/pkg/docker-image-tag"),
+            (
+                S3_MAPPING_VARIABLE,
+                "LAMBDA_ZIP=/prx/stag/Spire/Fn/api/pkg/s3-object-key",
+            ),
+            (
+                ECR_MAPPING_VARIABLE,
+                "APP=/prx/stag/Spire/App/pkg/docker-image-tag",
+            ),
             ("APP", &ecr()),
             ("LAMBDA_ZIP", &s3("LAMBDA_ZIP")),
         ]);
         let items = parse_mappings(&v, &facts(), PREFIX);
-        let Item::Publish(first) = &items[0] else { panic!() };
-        let Item::Publish(second) = &items[1] else { panic!() };
+        let Item::Publish(first) = &items[0] else {
+            panic!()
+        };
+        let Item::Publish(second) = &items[1] else {
+            panic!()
+        };
         assert_eq!(first.kind, ArtifactKind::EcrImage);
         assert_eq!(second.kind, ArtifactKind::S3Object);
         assert_eq!(second.value, s3("LAMBDA_ZIP"));
@@ -553,7 +570,10 @@ mod tests {
         assert!(parse_mappings(&v, &facts(), PREFIX).is_empty());
         // Empty segments: trailing or doubled `;`.
         let v = vars(&[
-            (ECR_MAPPING_VARIABLE, ";APP=/prx/stag/Spire/A/pkg/docker-image-tag;;"),
+            (
+                ECR_MAPPING_VARIABLE,
+                ";APP=/prx/stag/Spire/A/pkg/docker-image-tag;;",
+            ),
             ("APP", &ecr()),
         ]);
         let items = parse_mappings(&v, &facts(), PREFIX);
@@ -592,7 +612,10 @@ mod tests {
             ("APP", &ecr()),
         ]);
         let items = parse_mappings(&v, &facts(), PREFIX);
-        assert_eq!(skipped(&items), vec![(RejectReason::InvalidMapping, "", "BROKEN")]);
+        assert_eq!(
+            skipped(&items),
+            vec![(RejectReason::InvalidMapping, "", "BROKEN")]
+        );
         assert_eq!(published(&items).len(), 1);
     }
 
@@ -601,14 +624,18 @@ mod tests {
         let name = "/prx/stag/Spire/A/pkg/docker-image-tag";
         let v = vars(&[(ECR_MAPPING_VARIABLE, &format!("APP={name}"))]);
         let items = parse_mappings(&v, &facts(), PREFIX);
-        let [Item::Skip(r)] = items.as_slice() else { panic!() };
+        let [Item::Skip(r)] = items.as_slice() else {
+            panic!()
+        };
         assert_eq!(r.reason, RejectReason::LabelVariableMissing);
         assert_eq!(r.parameter, name);
         assert!(r.detail.contains("exported-variables"), "{}", r.detail);
 
         let v = vars(&[(ECR_MAPPING_VARIABLE, &format!("APP={name}")), ("APP", "")]);
         let items = parse_mappings(&v, &facts(), PREFIX);
-        let [Item::Skip(r)] = items.as_slice() else { panic!() };
+        let [Item::Skip(r)] = items.as_slice() else {
+            panic!()
+        };
         assert_eq!(r.reason, RejectReason::LabelVariableMissing);
         assert!(r.detail.contains("empty"), "{}", r.detail);
     }
@@ -646,7 +673,10 @@ mod tests {
 
         // Around `=`.
         let v = vars(&[
-            (ECR_MAPPING_VARIABLE, "APP = /prx/stag/Spire/A/pkg/docker-image-tag"),
+            (
+                ECR_MAPPING_VARIABLE,
+                "APP = /prx/stag/Spire/A/pkg/docker-image-tag",
+            ),
             ("APP", &ecr()),
         ]);
         let items = parse_mappings(&v, &facts(), PREFIX);
@@ -682,15 +712,47 @@ mod tests {
         let long = format!("/prx/stag/Spire/{}", "a".repeat(1000));
         let deep = format!("/prx/stag/Spire/{}", ["x"; 13].join("/"));
         let cases = [
-            ("/prx/stag/Spire/a b", RejectReason::InvalidParameterName, "space"),
-            ("/prx/stag/Spire/a\tb", RejectReason::InvalidParameterName, "space"),
-            ("/prx/stag/Spire/a$b", RejectReason::InvalidParameterName, "'$'"),
-            ("/prx/stag/Spire/é", RejectReason::InvalidParameterName, "'é'"),
-            ("/prx/stag/Spire/a//b", RejectReason::InvalidParameterName, "empty hierarchy"),
-            ("/prx/stag/Spire/a/", RejectReason::InvalidParameterName, "empty hierarchy"),
-            ("/prx/stag/Spire/", RejectReason::InvalidParameterName, "empty hierarchy"),
+            (
+                "/prx/stag/Spire/a b",
+                RejectReason::InvalidParameterName,
+                "space",
+            ),
+            (
+                "/prx/stag/Spire/a\tb",
+                RejectReason::InvalidParameterName,
+                "space",
+            ),
+            (
+                "/prx/stag/Spire/a$b",
+                RejectReason::InvalidParameterName,
+                "'$'",
+            ),
+            (
+                "/prx/stag/Spire/é",
+                RejectReason::InvalidParameterName,
+                "'é'",
+            ),
+            (
+                "/prx/stag/Spire/a//b",
+                RejectReason::InvalidParameterName,
+                "empty hierarchy",
+            ),
+            (
+                "/prx/stag/Spire/a/",
+                RejectReason::InvalidParameterName,
+                "empty hierarchy",
+            ),
+            (
+                "/prx/stag/Spire/",
+                RejectReason::InvalidParameterName,
+                "empty hierarchy",
+            ),
             (long.as_str(), RejectReason::InvalidParameterName, "1011"),
-            (deep.as_str(), RejectReason::InvalidParameterName, "16 hierarchy levels"),
+            (
+                deep.as_str(),
+                RejectReason::InvalidParameterName,
+                "16 hierarchy levels",
+            ),
             ("/prx/prod/Spire/a", RejectReason::OutsidePrefix, "outside"),
             ("prx/stag/Spire/a", RejectReason::OutsidePrefix, "outside"),
             ("/PRX/stag/Spire/a", RejectReason::OutsidePrefix, "outside"),
@@ -709,23 +771,44 @@ mod tests {
         let (_, detail) = check_parameter_name("a/b", "").unwrap_err();
         assert!(detail.contains("does not start with `/`"), "{detail}");
         assert_eq!(check_parameter_name("plain", ""), Ok(()));
-        assert_eq!(check_parameter_name(&format!("/{}", ["x"; 15].join("/")), ""), Ok(()));
+        assert_eq!(
+            check_parameter_name(&format!("/{}", ["x"; 15].join("/")), ""),
+            Ok(())
+        );
     }
 
     #[test]
     fn ecr_value_shapes() {
         let f = facts();
-        assert_eq!(check_value(ArtifactKind::EcrImage, "APP", &ecr(), &f), Ok(()));
+        assert_eq!(
+            check_value(ArtifactKind::EcrImage, "APP", &ecr(), &f),
+            Ok(())
+        );
         let upper = format!("github/prx/my-app:{}-x86_64", SHA.to_uppercase());
-        assert_eq!(check_value(ArtifactKind::EcrImage, "APP", &upper, &f), Ok(()));
+        assert_eq!(
+            check_value(ArtifactKind::EcrImage, "APP", &upper, &f),
+            Ok(())
+        );
         let other_sha = "f".repeat(40);
         let cases = [
-            (format!("123.dkr.ecr.us-east-1.amazonaws.com/github/prx/my-app:{SHA}-x86_64"), "lower-case github"),
-            (format!("GitHub/PRX/My-App:{SHA}-x86_64"), "lower-case github"),
+            (
+                format!("123.dkr.ecr.us-east-1.amazonaws.com/github/prx/my-app:{SHA}-x86_64"),
+                "lower-case github",
+            ),
+            (
+                format!("GitHub/PRX/My-App:{SHA}-x86_64"),
+                "lower-case github",
+            ),
             (format!("github/prx/my-app{SHA}"), "no `:`"),
             (format!("github/prx/other:{SHA}-x86_64"), "not this build's"),
-            (format!("github/prx/my-app:{other_sha}-x86_64"), "not for this build's commit"),
-            (format!("github/prx/my-app:{SHA}-aarch64"), "this build ran on x86_64"),
+            (
+                format!("github/prx/my-app:{other_sha}-x86_64"),
+                "not for this build's commit",
+            ),
+            (
+                format!("github/prx/my-app:{SHA}-aarch64"),
+                "this build ran on x86_64",
+            ),
             (format!("github/prx/my-app:{SHA}"), "does not end in"),
             (format!("github/prx/my-app:{SHA}-"), "does not end in"),
             (format!("github/prx/my-app:release-{SHA}-x86_64"), "40-hex"),
@@ -737,22 +820,46 @@ mod tests {
         }
         // Unknown facts are not checked.
         let v = format!("github/x/y:{other_sha}-aarch64");
-        assert_eq!(check_value(ArtifactKind::EcrImage, "APP", &v, &BuildFacts::default()), Ok(()));
+        assert_eq!(
+            check_value(ArtifactKind::EcrImage, "APP", &v, &BuildFacts::default()),
+            Ok(())
+        );
     }
 
     #[test]
     fn s3_value_shapes() {
         let f = facts();
-        assert_eq!(check_value(ArtifactKind::S3Object, "ZIP", &s3("ZIP"), &f), Ok(()));
+        assert_eq!(
+            check_value(ArtifactKind::S3Object, "ZIP", &s3("ZIP"), &f),
+            Ok(())
+        );
         let cases = [
             (format!("GitHub/PRX/My-App/{SHA}.zip"), "five"),
-            (format!("s3://bucket/GitHub/PRX/My-App/{SHA}/ZIP.zip"), "five"),
-            (format!("github/PRX/My-App/{SHA}/ZIP.zip"), "does not start with GitHub"),
-            (format!("GitHub/PRX/Other/{SHA}/ZIP.zip"), "not this build's"),
-            (format!("GitHub/PRX/My-App/{}/ZIP.zip", "a".repeat(40)), "not for this build's commit"),
+            (
+                format!("s3://bucket/GitHub/PRX/My-App/{SHA}/ZIP.zip"),
+                "five",
+            ),
+            (
+                format!("github/PRX/My-App/{SHA}/ZIP.zip"),
+                "does not start with GitHub",
+            ),
+            (
+                format!("GitHub/PRX/Other/{SHA}/ZIP.zip"),
+                "not this build's",
+            ),
+            (
+                format!("GitHub/PRX/My-App/{}/ZIP.zip", "a".repeat(40)),
+                "not for this build's commit",
+            ),
             ("GitHub/PRX/My-App/abc/ZIP.zip".to_owned(), "40-hex"),
-            (format!("GitHub/PRX/My-App/{SHA}/OTHER.zip"), "does not end in /ZIP.zip"),
-            (format!("GitHub/PRX/My-App/{SHA}/ZIP"), "does not end in /ZIP.zip"),
+            (
+                format!("GitHub/PRX/My-App/{SHA}/OTHER.zip"),
+                "does not end in /ZIP.zip",
+            ),
+            (
+                format!("GitHub/PRX/My-App/{SHA}/ZIP"),
+                "does not end in /ZIP.zip",
+            ),
         ];
         for (value, needle) in cases {
             let err = check_value(ArtifactKind::S3Object, "ZIP", &value, &f).unwrap_err();
@@ -763,11 +870,16 @@ mod tests {
     #[test]
     fn wrong_values_are_skipped_with_invalid_value() {
         let v = vars(&[
-            (ECR_MAPPING_VARIABLE, "APP=/prx/stag/Spire/A/pkg/docker-image-tag"),
+            (
+                ECR_MAPPING_VARIABLE,
+                "APP=/prx/stag/Spire/A/pkg/docker-image-tag",
+            ),
             ("APP", "latest"),
         ]);
         let items = parse_mappings(&v, &facts(), PREFIX);
-        let [Item::Skip(r)] = items.as_slice() else { panic!() };
+        let [Item::Skip(r)] = items.as_slice() else {
+            panic!()
+        };
         assert_eq!(r.reason, RejectReason::InvalidValue);
         assert_eq!(r.value, "latest");
     }
@@ -775,11 +887,17 @@ mod tests {
     #[test]
     fn configured_prefix_is_honoured() {
         let v = vars(&[
-            (ECR_MAPPING_VARIABLE, "APP=/prx/stag/Spire/A/pkg/docker-image-tag,/team/x/pkg/docker-image-tag"),
+            (
+                ECR_MAPPING_VARIABLE,
+                "APP=/prx/stag/Spire/A/pkg/docker-image-tag,/team/x/pkg/docker-image-tag",
+            ),
             ("APP", &ecr()),
         ]);
         let items = parse_mappings(&v, &facts(), "/team/");
-        assert_eq!(published(&items), vec![("/team/x/pkg/docker-image-tag", ecr().as_str())]);
+        assert_eq!(
+            published(&items),
+            vec![("/team/x/pkg/docker-image-tag", ecr().as_str())]
+        );
     }
 
     proptest::proptest! {

@@ -36,7 +36,10 @@ pub struct FenceSettings {
 pub enum FenceOutcome {
     /// Written now (`again` false), or already written by this very build before (`again`
     /// true: a redelivery; nothing written this time).
-    Applied { version: i64, again: bool },
+    Applied {
+        version: i64,
+        again: bool,
+    },
     Skipped(Stale),
 }
 
@@ -76,7 +79,10 @@ pub struct FenceMetrics {
 }
 
 impl FenceMetrics {
-    #[expect(clippy::new_without_default, reason = "histogram buckets are chosen here")]
+    #[expect(
+        clippy::new_without_default,
+        reason = "histogram buckets are chosen here"
+    )]
     pub fn new() -> Self {
         Self {
             overhead_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -178,8 +184,8 @@ impl KvFence {
             .context("cannot read fence record")?;
         match entry {
             Some(e) if e.operation == kv::Operation::Put => {
-                let record: FenceRecord = serde_json::from_slice(&e.value)
-                    .context("cannot parse fence record")?;
+                let record: FenceRecord =
+                    serde_json::from_slice(&e.value).context("cannot parse fence record")?;
                 Ok((record, e.revision))
             }
             Some(e) => Ok((
@@ -199,14 +205,22 @@ impl KvFence {
         }
     }
 
-    async fn cas(&self, parameter: &str, record: &FenceRecord, revision: u64) -> anyhow::Result<Cas> {
+    async fn cas(
+        &self,
+        parameter: &str,
+        record: &FenceRecord,
+        revision: u64,
+    ) -> anyhow::Result<Cas> {
         let body = serde_json::to_vec(record).context("cannot encode fence record")?;
         let key = kv_key(parameter);
         let result = if revision == 0 {
-            self.kv.create(&key, body.into()).await.map_err(|e| match e.kind() {
-                kv::CreateErrorKind::AlreadyExists => None,
-                _ => Some(anyhow::Error::new(e)),
-            })
+            self.kv
+                .create(&key, body.into())
+                .await
+                .map_err(|e| match e.kind() {
+                    kv::CreateErrorKind::AlreadyExists => None,
+                    _ => Some(anyhow::Error::new(e)),
+                })
         } else {
             self.kv
                 .update(&key, body.into(), revision)
@@ -234,10 +248,13 @@ impl KvFence {
         parameter: &str,
         incoming: &Publication,
     ) -> Result<Option<FenceOutcome>, FenceError> {
-        let (record, _) = self.read(parameter).await.map_err(|source| FenceError::Kv {
-            parameter: parameter.to_owned(),
-            source,
-        })?;
+        let (record, _) = self
+            .read(parameter)
+            .await
+            .map_err(|source| FenceError::Kv {
+                parameter: parameter.to_owned(),
+                source,
+            })?;
         Ok(match fence::decide(&record, incoming) {
             Decision::Skip(stale) => Some(FenceOutcome::Skipped(stale)),
             Decision::AlreadyWritten(w) => Some(FenceOutcome::Applied {
@@ -257,10 +274,10 @@ impl KvFence {
         store: &dyn ParameterStore,
     ) -> Result<FenceOutcome, FenceError> {
         let mut watch = Stopwatch(Duration::ZERO);
-        let result = self.publish_timed(parameter, incoming, store, &mut watch).await;
-        self.metrics
-            .overhead_seconds
-            .observe(watch.0.as_secs_f64());
+        let result = self
+            .publish_timed(parameter, incoming, store, &mut watch)
+            .await;
+        self.metrics.overhead_seconds.observe(watch.0.as_secs_f64());
         result
     }
 
@@ -296,10 +313,13 @@ impl KvFence {
                     continue;
                 }
                 // Abandoned: its owner can no longer be writing. Did its write land?
-                let current = store.get(parameter).await.map_err(|source| FenceError::Store {
-                    parameter: parameter.to_owned(),
-                    source,
-                })?;
+                let current = store
+                    .get(parameter)
+                    .await
+                    .map_err(|source| FenceError::Store {
+                        parameter: parameter.to_owned(),
+                        source,
+                    })?;
                 let resolved = fence::resolve_abandoned(
                     &record,
                     current.as_ref().map(|p| (p.value.as_str(), p.version)),
@@ -443,31 +463,5 @@ impl KvFence {
                 Ok(Cas::Conflict) => continue,
             }
         }
-    }
-
-    /// Every record whose parameter starts with `prefix`.
-    pub async fn records(&self, prefix: &str) -> anyhow::Result<Vec<FenceRecord>> {
-        use futures::TryStreamExt as _;
-        let keys: Vec<String> = self
-            .kv
-            .keys()
-            .await
-            .context("cannot list fence records")?
-            .try_collect()
-            .await
-            .context("cannot list fence records")?;
-        let mut out = Vec::new();
-        for key in keys {
-            let Some(name) = crate::keys::from_kv_key(&key) else {
-                continue;
-            };
-            if name.starts_with(prefix) {
-                let (record, revision) = self.read(&name).await?;
-                if revision != 0 {
-                    out.push(record);
-                }
-            }
-        }
-        Ok(out)
     }
 }

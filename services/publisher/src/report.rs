@@ -10,9 +10,9 @@ use async_nats::jetstream::{self, kv};
 use futures::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
 
+use crate::fence::FenceRecord;
 use crate::keys::{from_kv_key, kv_key};
 use crate::ordering::FENCE_BUCKET;
-use crate::fence::FenceRecord;
 use crate::store::ParameterStore;
 
 /// The KV bucket of the latest skipped publish per parameter
@@ -82,10 +82,10 @@ impl SkipLog {
             if !from_kv_key(&key).is_some_and(|n| n.starts_with(prefix)) {
                 continue;
             }
-            if let Some(value) = self.kv.get(&key).await.context("cannot read skip record")? {
-                if let Ok(record) = serde_json::from_slice::<SkipRecord>(&value) {
-                    out.push(record);
-                }
+            if let Some(value) = self.kv.get(&key).await.context("cannot read skip record")?
+                && let Ok(record) = serde_json::from_slice::<SkipRecord>(&value)
+            {
+                out.push(record);
             }
         }
         Ok(out)
@@ -180,11 +180,7 @@ pub async fn parameter_report(
             })
             .clone()
     };
-    for p in store
-        .list(prefix)
-        .await
-        .context("cannot list parameters")?
-    {
+    for p in store.list(prefix).await.context("cannot list parameters")? {
         let mut r = entry(&mut reports, &p.name);
         r.value = Some(p.value);
         r.version = Some(p.version);
@@ -239,10 +235,10 @@ async fn fence_records(js: &jetstream::Context, prefix: &str) -> anyhow::Result<
         if !from_kv_key(&key).is_some_and(|n| n.starts_with(prefix)) {
             continue;
         }
-        if let Some(value) = kv.get(&key).await.context("cannot read fence record")? {
-            if let Ok(record) = serde_json::from_slice::<FenceRecord>(&value) {
-                out.push(record);
-            }
+        if let Some(value) = kv.get(&key).await.context("cannot read fence record")?
+            && let Ok(record) = serde_json::from_slice::<FenceRecord>(&value)
+        {
+            out.push(record);
         }
     }
     Ok(out)

@@ -239,7 +239,9 @@ impl PublishHandler {
                     PublishSkipReason::PublishingDisabled,
                     format!(
                         "PRX_CI_PUBLISH is {:?}, not \"true\"",
-                        vars.get("PRX_CI_PUBLISH").map(String::as_str).unwrap_or("(unset)")
+                        vars.get("PRX_CI_PUBLISH")
+                            .map(String::as_str)
+                            .unwrap_or("(unset)")
                     ),
                 )
             };
@@ -275,7 +277,10 @@ impl PublishHandler {
                         commit: facts.commit.clone(),
                         build_id: id_base.clone(),
                         ordering_key: ordering_key.clone(),
-                        architecture: facts.architecture.map(|a| a.to_string()).unwrap_or_default(),
+                        architecture: facts
+                            .architecture
+                            .map(|a| a.to_string())
+                            .unwrap_or_default(),
                     };
                     self.publish_target(&emit, &target, &publication).await?;
                 }
@@ -336,7 +341,8 @@ impl PublishHandler {
                 emit.applied(target, version).await
             }
             FenceOutcome::Skipped(stale) => {
-                let mut skip = Skip::of_target(target, PublishSkipReason::Superseded, String::new());
+                let mut skip =
+                    Skip::of_target(target, PublishSkipReason::Superseded, String::new());
                 match stale {
                     Stale::Superseded {
                         by_sequence,
@@ -415,7 +421,10 @@ struct Emitter<'a> {
 
 impl Emitter<'_> {
     async fn applied(&self, target: &Target, version: i64) -> Result<(), HandlerError> {
-        let id = derived_event_id(self.id_base, &["publish-applied", target.parameter.as_str()]);
+        let id = derived_event_id(
+            self.id_base,
+            &["publish-applied", target.parameter.as_str()],
+        );
         let envelope = self.chain.envelope(
             id,
             Payload::PublishApplied(v1::PublishApplied {
@@ -472,7 +481,9 @@ impl Emitter<'_> {
                 build_id: self.id_base.to_owned(),
                 superseded_by_sequence: skip.superseded_by_sequence,
                 superseded_by_commit: skip.superseded_by_commit.clone(),
-                at: OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default(),
+                at: OffsetDateTime::now_utc()
+                    .format(&Rfc3339)
+                    .unwrap_or_default(),
             };
             self.handler
                 .skips

@@ -1,0 +1,5 @@
+//! Publisher integration tests against a real nats-server and the AWS emulator (moto).
+
+mod schedules;
+mod service;
+mod utils;

@@ -1,0 +1,393 @@
+//! Test harness: a real nats-server and moto per test, publisher replicas as real consumers of
+//! the `publisher` durable, build completions as the build-watcher publishes them, and a log
+//! of every publish event.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use async_trait::async_trait;
+use futures::StreamExt as _;
+use prometheus_client::registry::Registry;
+use prost::Message as _;
+use prx_ci_proto::v1::{self, envelope::Payload};
+use prx_ci_publisher::{
+    ArtifactChecker, ParameterStore, Publisher, PublisherConfig, StoreError, StoredParameter,
+};
+use prx_ci_shared::domain::{Architecture, Branch, OrderingKey, RepoName};
+use prx_ci_shared::events::Chain;
+use prx_ci_shared::subject;
+use prx_ci_shared::testing::{NatsServer, wait_until};
+use prx_ci_shared::{CancellationToken, Runtime};
+use tokio::task::JoinHandle;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+pub const REPO: &str = "PRX/app";
+
+/// A runtime on its own connection, with everything provisioned.
+pub async fn runtime(nats: &NatsServer) -> Runtime {
+    let rt = Runtime::from_client(nats.connect().await, &mut Registry::default());
+    rt.provision(1).await.expect("provision");
+    rt
+}
+
+/// Config for tests: short lease and timeouts, fast redelivery.
+pub fn test_config() -> PublisherConfig {
+    PublisherConfig {
+        concurrency: 4,
+        claim_lease: Duration::from_millis(800),
+        write_timeout: Duration::from_millis(300),
+        fence_poll_interval: Duration::from_millis(5),
+        retry_backoff: vec![Duration::from_millis(50)],
+        ..PublisherConfig::default()
+    }
+}
+
+/// A running publisher replica (its own NATS connection), stopped on drop.
+pub struct Replica {
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Replica {
+    pub async fn start(
+        nats: &NatsServer,
+        config: PublisherConfig,
+        store: Arc<dyn ParameterStore>,
+        artifacts: Arc<dyn ArtifactChecker>,
+    ) -> Self {
+        let mut registry = Registry::default();
+        let rt = Runtime::from_client(nats.connect().await, &mut registry);
+        rt.provision(1).await.expect("provision");
+        let publisher =
+            Publisher::new(rt, config, store, artifacts, &mut registry).expect("publisher");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(publisher.run(shutdown.clone()));
+        Self {
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("publisher task").expect("publisher run");
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A 40-hex commit derived from a number.
+pub fn sha(n: u64) -> String {
+    format!("{:040x}", n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+}
+
+pub fn ecr_value(commit: &str, arch: Architecture) -> String {
+    format!("github/prx/app:{commit}-{arch}")
+}
+
+/// One build of one push, as the build-watcher reports its completion.
+#[derive(Debug, Clone)]
+pub struct BuildSpec {
+    pub build_id: String,
+    pub push_sequence: u64,
+    pub commit: String,
+    pub arch: Architecture,
+    pub status: v1::BuildStatus,
+    pub variables: HashMap<String, String>,
+}
+
+impl BuildSpec {
+    /// A successful push build of `REPO` publishing `APP` (ECR) to `parameters`.
+    pub fn ecr(push_sequence: u64, arch: Architecture, parameters: &[&str]) -> Self {
+        let commit = sha(push_sequence);
+        let mut variables = HashMap::new();
+        for (k, v) in [
+            ("PRX_REPO", REPO.to_owned()),
+            ("PRX_COMMIT", commit.clone()),
+            ("PRX_BRANCH", "main".to_owned()),
+            ("PRX_CI_PUBLISH", "true".to_owned()),
+            ("PRX_TARGET_ARCHITECTURE", arch.to_string()),
+            (
+                "PRX_SPIRE_ECR_PKG_PARAMETERS",
+                format!("APP={}", parameters.join(",")),
+            ),
+            ("APP", ecr_value(&commit, arch)),
+        ] {
+            variables.insert(k.to_owned(), v);
+        }
+        Self {
+            build_id: format!("local:{push_sequence}-{arch}"),
+            push_sequence,
+            commit,
+            arch,
+            status: v1::BuildStatus::Succeeded,
+            variables,
+        }
+    }
+
+    pub fn value(&self) -> String {
+        ecr_value(&self.commit, self.arch)
+    }
+
+    pub fn with_status(mut self, status: v1::BuildStatus) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn var(mut self, name: &str, value: &str) -> Self {
+        self.variables.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
+    pub fn without(mut self, name: &str) -> Self {
+        self.variables.remove(name);
+        self
+    }
+
+    /// The completion event; `report` distinguishes duplicate reports of one build.
+    pub fn envelope(&self, report: &str) -> v1::Envelope {
+        let key = OrderingKey::branch(RepoName::parse(REPO).unwrap(), Branch::new("main").unwrap());
+        Chain {
+            correlation_id: format!("delivery-{}", self.push_sequence),
+            causation_id: format!("requested-{}", self.build_id),
+            ..Chain::default()
+        }
+        .with_ordering(&key, self.push_sequence)
+        .envelope(
+            format!("completed-{}-{report}", self.build_id),
+            Payload::BuildCompleted(v1::BuildCompleted {
+                build: Some(v1::BuildRef {
+                    build_id: self.build_id.clone(),
+                    repository: REPO.into(),
+                    commit: self.commit.clone(),
+                    architecture: self.arch.to_proto() as i32,
+                    backend: "local".into(),
+                    ..Default::default()
+                }),
+                status: self.status as i32,
+                variables: self.variables.clone(),
+                ..Default::default()
+            }),
+        )
+    }
+}
+
+/// Every publish event stored so far.
+#[derive(Clone)]
+pub struct EventLog {
+    events: Arc<Mutex<Vec<v1::Envelope>>>,
+    _task: Arc<JoinHandle<()>>,
+}
+
+impl EventLog {
+    pub async fn start(rt: &Runtime) -> Self {
+        let stream = rt.js.get_stream(subject::EVENTS_STREAM).await.unwrap();
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: "prx.publish.>".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut messages = consumer.messages().await.unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(message)) = messages.next().await {
+                if let Ok(env) = v1::Envelope::decode(message.payload.clone()) {
+                    sink.lock().unwrap().push(env);
+                }
+            }
+        });
+        Self {
+            events,
+            _task: Arc::new(task),
+        }
+    }
+
+    pub fn all(&self) -> Vec<v1::Envelope> {
+        self.events.lock().unwrap().clone()
+    }
+
+    pub fn applied(&self) -> Vec<v1::PublishApplied> {
+        self.all()
+            .into_iter()
+            .filter_map(|e| match e.payload {
+                Some(Payload::PublishApplied(p)) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn skipped(&self) -> Vec<v1::PublishSkipped> {
+        self.all()
+            .into_iter()
+            .filter_map(|e| match e.payload {
+                Some(Payload::PublishSkipped(p)) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Outcome events (applied or skipped) of `build_id`.
+    pub fn outcomes_of(&self, build_id: &str) -> usize {
+        self.all()
+            .iter()
+            .filter(|e| match &e.payload {
+                Some(Payload::PublishApplied(p)) => {
+                    p.build.as_ref().is_some_and(|b| b.build_id == build_id)
+                }
+                Some(Payload::PublishSkipped(p)) => {
+                    p.build.as_ref().is_some_and(|b| b.build_id == build_id)
+                }
+                _ => false,
+            })
+            .count()
+    }
+}
+
+/// Waits until the publisher durable has nothing pending and every listed build has at least
+/// `min` outcome events each.
+pub async fn settle(rt: &Runtime, log: &EventLog, builds: &[(String, usize)]) {
+    wait_until(WAIT, "the publisher to handle every completion", || async {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = rt
+            .js
+            .get_stream(subject::EVENTS_STREAM)
+            .await
+            .ok()?
+            .get_consumer("publisher")
+            .await
+            .ok()?;
+        let info = consumer.info().await.ok()?;
+        let idle = info.num_pending == 0 && info.num_ack_pending == 0;
+        let done = builds
+            .iter()
+            .all(|(build, min)| log.outcomes_of(build) >= *min);
+        (idle && done).then_some(())
+    })
+    .await;
+}
+
+/// A fault to inject into one write of one value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The store refuses (throttled past its retries): nothing written.
+    Refused,
+    /// The write lands, then the answer is lost (a crash right after writing).
+    AnswerLostAfterWrite,
+    /// The replica dies before the write leaves (the claim stays behind).
+    CrashedBeforeWrite,
+}
+
+/// Wraps a store and injects [`Fault`]s, each once, into writes of the given values.
+#[derive(Debug)]
+pub struct FaultyStore {
+    inner: Arc<dyn ParameterStore>,
+    faults: Mutex<HashMap<(String, String), Fault>>,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn ParameterStore>) -> Self {
+        Self {
+            inner,
+            faults: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn inject(&self, name: &str, value: &str, fault: Fault) {
+        self.faults
+            .lock()
+            .unwrap()
+            .insert((name.to_owned(), value.to_owned()), fault);
+    }
+
+    pub fn faults_left(&self) -> usize {
+        self.faults.lock().unwrap().len()
+    }
+}
+
+#[async_trait]
+impl ParameterStore for FaultyStore {
+    async fn put(&self, name: &str, value: &str) -> Result<i64, StoreError> {
+        let fault = self
+            .faults
+            .lock()
+            .unwrap()
+            .remove(&(name.to_owned(), value.to_owned()));
+        match fault {
+            Some(Fault::Refused) => Err(StoreError::NotWritten {
+                message: "injected: throttled".into(),
+                retryable: true,
+            }),
+            Some(Fault::CrashedBeforeWrite) => Err(StoreError::Unknown {
+                message: "injected: crashed before the write".into(),
+            }),
+            Some(Fault::AnswerLostAfterWrite) => {
+                self.inner.put(name, value).await?;
+                Err(StoreError::Unknown {
+                    message: "injected: crashed after the write".into(),
+                })
+            }
+            None => self.inner.put(name, value).await,
+        }
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<StoredParameter>, StoreError> {
+        self.inner.get(name).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<StoredParameter>, StoreError> {
+        self.inner.list(prefix).await
+    }
+}
+
+/// The full SSM history of a parameter (values in version order); empty if it never existed.
+pub async fn ssm_history(client: &aws_sdk_ssm::Client, name: &str) -> Vec<String> {
+    let mut versions = Vec::new();
+    let mut pages = client
+        .get_parameter_history()
+        .name(name)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        match page {
+            Ok(page) => versions.extend(
+                page.parameters()
+                    .iter()
+                    .map(|p| (p.version(), p.value().unwrap_or_default().to_owned())),
+            ),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_parameter_not_found()) =>
+            {
+                return Vec::new();
+            }
+            Err(err) => panic!("GetParameterHistory {name}: {err:?}"),
+        }
+    }
+    versions.sort();
+    versions.into_iter().map(|(_, v)| v).collect()
+}
+
+/// Makes moto load its SSM backend (the first call is slow) so test timeouts measure the
+/// publisher, not the emulator's start.
+pub async fn warm_up(client: &aws_sdk_ssm::Client) {
+    client
+        .put_parameter()
+        .name("/warm-up")
+        .value("x")
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await
+        .expect("moto SSM answers");
+}
