@@ -115,6 +115,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_shows_the_defaults() {
+        let config: LocalRunnerConfig = load_from(
+            &Figment::from(Toml::string(include_str!("../config.example.toml"))),
+            "runner",
+        )
+        .unwrap();
+        assert_eq!(config, LocalRunnerConfig::default());
+    }
+
+    #[test]
     fn parses_and_rejects() {
         let config: LocalRunnerConfig = load_from(
             &Figment::from(Toml::string(

@@ -111,17 +111,12 @@ impl Interruption {
     fn context(self, timeout: Duration) -> String {
         match self {
             Interruption::TimedOut => format!(
-                "BUILD_TIMED_OUT: Build has timed out after {} (timeout {}s)",
-                humantime_secs(timeout),
+                "BUILD_TIMED_OUT: Build has timed out (timeout {}s)",
                 timeout.as_secs()
             ),
             Interruption::Stopped => "BUILD_STOPPED: Build was stopped".to_owned(),
         }
     }
-}
-
-fn humantime_secs(d: Duration) -> String {
-    format!("{}s", d.as_secs())
 }
 
 impl LocalRunner {
@@ -258,6 +253,12 @@ impl BuildBackend for LocalRunner {
         if inner.shutdown.is_cancelled() {
             return Err(BackendError::Transient(anyhow::anyhow!(
                 "the local runner is shutting down"
+            )));
+        }
+        if request.source_version.trim().is_empty() || request.source_version.starts_with('-') {
+            return Err(BackendError::Permanent(anyhow::anyhow!(
+                "invalid source version {:?}",
+                request.source_version
             )));
         }
         let uuid = build_uuid(&request.request_id);
@@ -480,6 +481,12 @@ async fn run_build(
     let final_status = tracing::Instrument::instrument(build.execute(), span).await;
     drop(build);
     let stored = reporter.await.unwrap_or(false);
+    // From now on the record answers repeated starts, and `stop` finds nothing to stop.
+    inner
+        .builds
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&record.build_id);
     if stored {
         inner.save_record(&BuildRecord {
             final_status: Some(final_status.to_owned()),

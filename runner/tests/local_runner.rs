@@ -919,3 +919,63 @@ async fn an_unfinished_build_of_a_dead_runner_is_reported_as_fault() {
     restarted.shutdown().await;
     let _ = &fx.data;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_exits_the_shell_fails_its_phase_and_keeps_the_exports() {
+    let fx = Fixture::new(|_| {}).await;
+    let spec = r#"version: 0.2
+env:
+  exported-variables: [BEFORE_EXIT]
+phases:
+  install:
+    on-failure: CONTINUE
+    commands:
+      - "false"
+  pre_build:
+    commands:
+      - echo "$CODEBUILD_BUILD_SUCCEEDING" > "$OUT/pre_build_succeeding"
+  build:
+    commands:
+      - BEFORE_EXIT=kept
+      - set -e; false
+      - touch "$OUT/after"
+"#;
+    let repo = repo(spec, &[]);
+    let (_, events) = fx.run("req-exit", &repo, spec).await;
+    // on-failure: CONTINUE ran pre_build after the failed install.
+    assert_eq!(read(&fx.out("pre_build_succeeding")).trim(), "0");
+    assert!(!fx.out("after").exists());
+    let changes = phase_changes(&events);
+    let status_of = |phase: &str| {
+        changes
+            .iter()
+            .find(|(p, _, _)| p == phase)
+            .map(|(_, s, c)| (s.clone(), c.clone()))
+    };
+    assert_eq!(status_of("INSTALL").unwrap().0, "FAILED");
+    assert_eq!(status_of("PRE_BUILD").unwrap().0, "SUCCEEDED");
+    assert_eq!(
+        status_of("BUILD").unwrap(),
+        (
+            "FAILED".to_owned(),
+            "[COMMAND_EXECUTION_ERROR: Error while executing command: set -e; false. Reason: exit status 1]"
+                .to_owned()
+        )
+    );
+    let last = final_event(&events);
+    assert_eq!(last.detail.build_status.as_deref(), Some("FAILED"));
+    assert_eq!(last.merged_variables()["BEFORE_EXIT"], "kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_version_that_looks_like_an_option_is_refused() {
+    let fx = Fixture::new(|_| {}).await;
+    let spec = "version: 0.2\nphases: {}\n";
+    let repo = repo(spec, &[]);
+    let mut request = fx.request("req-option", &repo, spec);
+    request.source_version = "--upload-pack=touch".into();
+    assert!(matches!(
+        fx.runner.start(request).await,
+        Err(prx_ci_shared::backend::BackendError::Permanent(_))
+    ));
+}
