@@ -8,6 +8,7 @@
 //! in KV right after `StartBuild`, so a later redelivery re-announces the recorded build
 //! instead of starting one (CodeBuild's idempotency token only covers five minutes).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -184,30 +185,35 @@ impl DispatchHandler {
         plan: BuildPlan,
     ) -> Result<(), HandlerError> {
         let cause = &delivery.envelope;
-        let lookup = self
-            .buildspecs
-            .fetch(BuildspecRequest {
-                repository: &plan.repository,
-                commit: &plan.commit,
-                clone_url: &plan.clone_url,
-            })
-            .await;
-        let buildspec = match lookup {
-            Ok(Buildspec::Found(text)) => text,
-            Ok(Buildspec::NotFound { detail }) => {
-                let skip = plan.skip(SkipReason::NoBuildspec, detail);
-                return self
-                    .skip(cause, dispatch_id, delivery.stream_sequence, skip)
-                    .await;
+        // Builds recorded earlier for this webhook (a redelivery, a replay, the delivery stored
+        // again) fix everything: their buildspec (no second lookup, which could now answer
+        // differently) and their push sequence (the delivery's new stream sequence is still
+        // the same push).
+        let mut recorded = BTreeMap::new();
+        for architecture in [Architecture::X86_64, Architecture::Aarch64] {
+            if let Some(envelope) = self
+                .store
+                .dispatched(dispatch_id, architecture)
+                .await
+                .map_err(transient)?
+            {
+                recorded.insert(architecture, envelope);
             }
-            Ok(Buildspec::Unreadable { detail }) => {
-                let skip = plan.skip(SkipReason::InvalidBuildspec, detail);
-                return self
-                    .skip(cause, dispatch_id, delivery.stream_sequence, skip)
-                    .await;
-            }
-            Err(BuildspecError::Transient(err)) => return Err(HandlerError::Transient(err)),
-            Err(BuildspecError::Permanent(err)) => return Err(HandlerError::Permanent(err)),
+        }
+        let recorded_buildspec = recorded.values().find_map(|e| match &e.payload {
+            Some(Payload::BuildRequested(r)) => Some(r.buildspec.clone()),
+            _ => None,
+        });
+        let buildspec = match recorded_buildspec {
+            Some(text) => text,
+            None => match self.lookup(&plan).await? {
+                Ok(text) => text,
+                Err(skip) => {
+                    return self
+                        .skip(cause, dispatch_id, delivery.stream_sequence, skip)
+                        .await;
+                }
+            },
         };
         let builds = match plan.builds(&buildspec, &self.config.rules) {
             Ok(builds) => builds,
@@ -217,29 +223,16 @@ impl DispatchHandler {
                     .await;
             }
         };
-
-        // A build recorded earlier for this webhook fixes the push sequence: a delivery stored
-        // again later (new stream sequence) is still the same push.
-        let mut recorded = Vec::with_capacity(builds.len());
-        for build in &builds {
-            recorded.push(
-                self.store
-                    .dispatched(dispatch_id, build.architecture)
-                    .await
-                    .map_err(transient)?,
-            );
-        }
         let push_sequence = recorded
-            .iter()
-            .flatten()
+            .values()
             .map(|e| e.push_sequence)
             .next()
             .unwrap_or(delivery.stream_sequence);
         let chain = Chain::caused_by(cause).with_ordering(&plan.ordering_key, push_sequence);
 
         let mut requested = Vec::with_capacity(builds.len());
-        for (build, recorded) in builds.into_iter().zip(recorded) {
-            let envelope = match recorded {
+        for build in builds {
+            let envelope = match recorded.remove(&build.architecture) {
                 Some(envelope) => {
                     tracing::info!(architecture = %build.architecture, "build already started for this webhook; announcing it again");
                     self.metrics.builds_reannounced.inc();
@@ -260,6 +253,29 @@ impl DispatchHandler {
             self.supersede(&plan, &requested).await?;
         }
         Ok(())
+    }
+
+    /// The buildspec at the plan's commit, or the skip when there is none to build.
+    async fn lookup(&self, plan: &BuildPlan) -> Result<Result<String, Skip>, HandlerError> {
+        let lookup = self
+            .buildspecs
+            .fetch(BuildspecRequest {
+                repository: &plan.repository,
+                commit: &plan.commit,
+                clone_url: &plan.clone_url,
+            })
+            .await;
+        match lookup {
+            Ok(Buildspec::Found(text)) => Ok(Ok(text)),
+            Ok(Buildspec::NotFound { detail }) => {
+                Ok(Err(plan.skip(SkipReason::NoBuildspec, detail)))
+            }
+            Ok(Buildspec::Unreadable { detail }) => {
+                Ok(Err(plan.skip(SkipReason::InvalidBuildspec, detail)))
+            }
+            Err(BuildspecError::Transient(err)) => Err(HandlerError::Transient(err)),
+            Err(BuildspecError::Permanent(err)) => Err(HandlerError::Permanent(err)),
+        }
     }
 
     async fn start(

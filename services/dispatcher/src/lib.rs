@@ -7,7 +7,7 @@
 //! ordering key and push sequence, and stops superseded builds ([`lane`]).
 //!
 //! # Wiring (`prx-ci up`)
-//! ```ignore
+//! ```text
 //! let dispatcher = Dispatcher::new(
 //!     rt.clone(),
 //!     config,                                        // [dispatcher] section

@@ -187,9 +187,19 @@ async fn start_build_requests_carry_the_originals_fields_and_a_token() {
         );
     }
 
-    // The announced builds name what CodeBuild started.
+    // The announced builds name what CodeBuild started. (The emulator itself keeps only the
+    // project and the source version of a StartBuild; the recorder above saw the rest.)
     let ids = client.list_builds().send().await.unwrap().ids().to_vec();
     assert_eq!(ids.len(), 2);
+    let emulated = client
+        .batch_get_builds()
+        .set_ids(Some(ids.clone()))
+        .send()
+        .await
+        .unwrap();
+    for build in emulated.builds() {
+        assert_eq!(build.source_version(), Some(sha));
+    }
     for r in &requested {
         let build = r.build.as_ref().unwrap();
         assert_eq!(build.backend, "codebuild");
@@ -243,6 +253,11 @@ async fn start_build_requests_carry_the_originals_fields_and_a_token() {
         "no StartBuild after the first two"
     );
     assert_eq!(builds_in(&client).await, 2);
+    assert_eq!(
+        github.requests_for(sha).await,
+        1,
+        "the recorded build's buildspec is reused, GitHub is not asked again"
+    );
     let after = nats.requested().await;
     assert_eq!(
         after.len(),
