@@ -9,9 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod builds;
+mod demo;
 mod events;
 mod history;
 mod local_nats;
+mod params;
 mod parked;
 mod rebuild;
 mod replay;
@@ -44,6 +46,10 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Parked (dead-lettered) messages; --retry ID puts one back.
     Parked(parked::ParkedArgs),
+    /// Deploy parameters: value, the push that wrote it, the latest skipped publish and why.
+    Params(params::ParamsArgs),
+    /// Two pushes whose builds finish in reverse order, against a running `prx-ci up`.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +73,8 @@ fn main() -> ExitCode {
             Command::Rebuild(args) => rebuild::run(args).await,
             Command::Replay(args) => replay::run(args).await,
             Command::Parked(args) => parked::run(args).await,
+            Command::Params(args) => params::run(cli.config.as_deref(), args).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     match result {

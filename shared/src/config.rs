@@ -46,6 +46,20 @@ pub fn load<T: DeserializeOwned + Validate>(
     file: Option<&Path>,
     section: &str,
 ) -> Result<T, ConfigError> {
+    let value: T = load_unvalidated(file, section)?;
+    value.validate().map_err(|reason| ConfigError::Invalid {
+        section: section.to_owned(),
+        reason,
+    })?;
+    Ok(value)
+}
+
+/// Like [`load`] without validating, for callers that fill in missing values (e.g. a generated
+/// local-mode token) and then call [`Validate::validate`] themselves.
+pub fn load_unvalidated<T: DeserializeOwned>(
+    file: Option<&Path>,
+    section: &str,
+) -> Result<T, ConfigError> {
     let mut figment = Figment::new();
     if let Some(file) = file {
         if !file.exists() {
@@ -54,7 +68,13 @@ pub fn load<T: DeserializeOwned + Validate>(
         figment = figment.merge(Toml::file_exact(file));
     }
     figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
-    load_from(&figment, section)
+    figment
+        .focus(section)
+        .extract()
+        .map_err(|source| ConfigError::Parse {
+            section: section.to_owned(),
+            source: Box::new(source),
+        })
 }
 
 /// Like [`load`], from an already assembled figment (tests use `Figment::from(Toml::string(..))`).
