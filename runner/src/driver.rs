@@ -8,14 +8,18 @@
 //!
 //! - `PHASE_START <PHASE>`
 //! - `PHASE_END <PHASE> <SUCCEEDED|FAILED> <commands|finally|-> <index|-> <exit status>`
+//! - `RESUME_POST_BUILD` when the shell exits during `build`: the shell's state (variables,
+//!   functions, options, working directory) was saved and the runner continues with
+//!   `post_build` in a new shell restored from it ([`resume_script`]).
 //! - `DONE` once the exported variables are written.
 //!
 //! Phase rules (CodeBuild's phase transitions): a failing command fails its phase and skips
 //! the phase's remaining `commands` (its `finally` still runs); after a failed phase with
 //! `on-failure: ABORT` (the default) the later phases are skipped, except that `post_build`
 //! still runs after a failed `build`. `CODEBUILD_BUILD_SUCCEEDING` is 1, and 0 from the first
-//! failure on. A command that exits the shell (`exit`, or `set -e` and a failing command) ends
-//! the build in its phase; the EXIT trap still reports the phase and writes the exports.
+//! failure on. A command that exits the shell (`exit`, or `set -e` and a failing command) fails
+//! its phase; the EXIT trap reports the phase and writes the exports, and after `build` the
+//! runner resumes with `post_build` as described above.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -46,6 +50,7 @@ pub enum Control {
         succeeded: bool,
         failed: Option<FailedCommand>,
     },
+    ResumePostBuild,
     Done,
 }
 
@@ -85,6 +90,7 @@ pub fn parse_control(line: &str) -> Option<Control> {
             })
         }
         "DONE" => Some(Control::Done),
+        "RESUME_POST_BUILD" => Some(Control::ResumePostBuild),
         _ => None,
     }
 }
@@ -128,27 +134,38 @@ __prx_ci_check() {
 }
 # $1 = on-failure of the phase (ABORT or CONTINUE).
 __prx_ci_end() {
-  local status=SUCCEEDED
+  local __prx_ci_status=SUCCEEDED
   if [ "$__prx_ci_ok" != 1 ]; then
-    status=FAILED
+    __prx_ci_status=FAILED
     CODEBUILD_BUILD_SUCCEEDING=0
     export CODEBUILD_BUILD_SUCCEEDING
     if [ "$1" = ABORT ] && [ -z "$__prx_ci_abort" ]; then __prx_ci_abort=$__prx_ci_phase; fi
   fi
-  __prx_ci_log "Phase complete: $__prx_ci_phase State: $status"
-  __prx_ci_ctl "PHASE_END $__prx_ci_phase $status $__prx_ci_failure"
+  __prx_ci_log "Phase complete: $__prx_ci_phase State: $__prx_ci_status"
+  __prx_ci_ctl "PHASE_END $__prx_ci_phase $__prx_ci_status $__prx_ci_failure"
   __prx_ci_phase=
 }
+# The shell's state for a resumed post_build (variables, functions, directory; then options).
+__prx_ci_save_state() {
+  { declare -p; declare -f; printf 'cd -- %q\n' "$PWD"; } >"$__prx_ci_state_file" 2>/dev/null
+  { set +o; shopt -p; } >"$__prx_ci_state_file.opts" 2>/dev/null
+}
 __prx_ci_on_exit() {
-  local status=$?
+  local __prx_ci_status=$?
   trap - EXIT
   if [ -n "$__prx_ci_phase" ]; then
-    __prx_ci_log "The shell exited (status $status) while running a command of phase $__prx_ci_phase"
+    __prx_ci_log "The shell exited (status $__prx_ci_status) while running a command of phase $__prx_ci_phase"
     if [ "$__prx_ci_running" != - ] && [ "$__prx_ci_ok" = 1 ]; then
-      __prx_ci_failure="$__prx_ci_running $status"
+      __prx_ci_failure="$__prx_ci_running $__prx_ci_status"
     fi
     __prx_ci_ok=0
-    __prx_ci_end ABORT
+    if [ "$__prx_ci_phase" = BUILD ]; then
+      __prx_ci_save_state
+      __prx_ci_end ABORT
+      __prx_ci_ctl RESUME_POST_BUILD
+    else
+      __prx_ci_end ABORT
+    fi
   fi
   __prx_ci_dump_exports
   __prx_ci_ctl DONE
@@ -156,18 +173,55 @@ __prx_ci_on_exit() {
 trap __prx_ci_on_exit EXIT
 "#;
 
-/// Generates the driver for `spec`; exported variables are written to `exports_path` as
-/// NUL-separated `name`, `value` pairs (only variables that are set).
-///
-/// Control lines the EXIT trap cannot write to fd 9 (the shell exited inside a command, which
-/// runs with fd 9 closed) are appended to `control_path` instead.
-pub fn driver_script(spec: &Buildspec, exports_path: &Path, control_path: &Path) -> String {
-    let mut s = format!(
-        "__prx_ci_ctl_file={}\n",
-        shell_quote(&control_path.to_string_lossy())
-    );
+/// Where the driver writes what the runner reads back.
+#[derive(Debug, Clone, Copy)]
+pub struct DriverFiles<'a> {
+    /// Exported variables, as NUL-separated `name`, `value` pairs (only variables that are set).
+    pub exports: &'a Path,
+    /// Control lines the EXIT trap cannot write to fd 9 (the shell exited inside a command,
+    /// which runs with fd 9 closed).
+    pub control: &'a Path,
+    /// The shell state saved for a resumed `post_build` (plus `<state>.opts`).
+    pub state: &'a Path,
+}
+
+/// Generates the driver that runs every phase of `spec`.
+pub fn driver_script(spec: &Buildspec, files: DriverFiles<'_>) -> String {
+    let mut s = header(files);
     s.push_str(PRELUDE);
-    let exports = shell_quote(&exports_path.to_string_lossy());
+    push_dump_exports(&mut s, spec, files);
+    for phase in PhaseName::ALL {
+        push_phase(&mut s, spec, phase);
+    }
+    s
+}
+
+/// Generates the driver that continues after the shell exited during `build`: restores the
+/// saved state and runs `post_build` (with `CODEBUILD_BUILD_SUCCEEDING=0`).
+pub fn resume_script(spec: &Buildspec, files: DriverFiles<'_>) -> String {
+    let mut s = header(files);
+    // Read-only and special variables cannot be restored; their errors are expected.
+    s.push_str(". \"$__prx_ci_state_file\" >/dev/null 2>&1\n");
+    s.push_str(PRELUDE);
+    s.push_str(
+        "__prx_ci_abort=BUILD\nCODEBUILD_BUILD_SUCCEEDING=0\nexport CODEBUILD_BUILD_SUCCEEDING\n",
+    );
+    s.push_str(". \"$__prx_ci_state_file.opts\" >/dev/null 2>&1\n");
+    push_dump_exports(&mut s, spec, files);
+    push_phase(&mut s, spec, PhaseName::PostBuild);
+    s
+}
+
+fn header(files: DriverFiles<'_>) -> String {
+    format!(
+        "__prx_ci_ctl_file={}\n__prx_ci_state_file={}\n",
+        shell_quote(&files.control.to_string_lossy()),
+        shell_quote(&files.state.to_string_lossy()),
+    )
+}
+
+fn push_dump_exports(s: &mut String, spec: &Buildspec, files: DriverFiles<'_>) {
+    let exports = shell_quote(&files.exports.to_string_lossy());
     s.push_str("__prx_ci_dump_exports() {\n");
     let _ = writeln!(s, "  {{\n    :");
     for name in &spec.exported_variables {
@@ -182,37 +236,36 @@ pub fn driver_script(spec: &Buildspec, exports_path: &Path, control_path: &Path)
         "  }} >{exports}.tmp 2>/dev/null && mv -f {exports}.tmp {exports}"
     );
     s.push_str("}\n");
+}
 
-    for phase in PhaseName::ALL {
-        let spec = spec.phase(phase);
-        let ty = phase.phase_type();
-        // post_build still runs after a failed build (CodeBuild's phase transitions).
-        let guard = if phase == PhaseName::PostBuild {
-            "[ -z \"$__prx_ci_abort\" ] || [ \"$__prx_ci_abort\" = BUILD ]"
-        } else {
-            "[ -z \"$__prx_ci_abort\" ]"
-        };
-        let _ = writeln!(s, "\n# ---- {ty}\nif {guard}; then\n__prx_ci_begin {ty}");
-        for (list, commands, flag) in [
-            ("commands", &spec.commands, "__prx_ci_ok"),
-            ("finally", &spec.finally, "__prx_ci_fin_ok"),
-        ] {
-            for (index, command) in commands.iter().enumerate() {
-                let quoted = shell_quote(command);
-                let _ = writeln!(
-                    s,
-                    "if [ \"${flag}\" = 1 ]; then\n\
-                     __prx_ci_running='{list} {index}'\n\
-                     __prx_ci_log \"Running command \"{quoted}\n\
-                     eval {quoted} 9>&-\n\
-                     __prx_ci_check {list} {index} $?\n\
-                     fi"
-                );
-            }
+fn push_phase(s: &mut String, spec: &Buildspec, phase: PhaseName) {
+    let spec = spec.phase(phase);
+    let ty = phase.phase_type();
+    // post_build still runs after a failed build (CodeBuild's phase transitions).
+    let guard = if phase == PhaseName::PostBuild {
+        "[ -z \"$__prx_ci_abort\" ] || [ \"$__prx_ci_abort\" = BUILD ]"
+    } else {
+        "[ -z \"$__prx_ci_abort\" ]"
+    };
+    let _ = writeln!(s, "\n# ---- {ty}\nif {guard}; then\n__prx_ci_begin {ty}");
+    for (list, commands, flag) in [
+        ("commands", &spec.commands, "__prx_ci_ok"),
+        ("finally", &spec.finally, "__prx_ci_fin_ok"),
+    ] {
+        for (index, command) in commands.iter().enumerate() {
+            let quoted = shell_quote(command);
+            let _ = writeln!(
+                s,
+                "if [ \"${flag}\" = 1 ]; then\n\
+                 __prx_ci_running='{list} {index}'\n\
+                 __prx_ci_log \"Running command \"{quoted}\n\
+                 eval {quoted} 9>&-\n\
+                 __prx_ci_check {list} {index} $?\n\
+                 fi"
+            );
         }
-        let _ = writeln!(s, "__prx_ci_end {}\nfi", spec.on_failure.as_str());
     }
-    s
+    let _ = writeln!(s, "__prx_ci_end {}\nfi", spec.on_failure.as_str());
 }
 
 /// Parses the exports file written by the driver (`name\0value\0...`).
@@ -294,7 +347,12 @@ mod tests {
             "version: 0.2\nenv:\n  exported-variables: [OUT]\nphases:\n  build:\n    commands:\n      - echo 'quoted'\n",
         )
         .unwrap();
-        let script = driver_script(&spec, Path::new("/tmp/x y/exports"), Path::new("/tmp/ctl"));
+        let files = DriverFiles {
+            exports: Path::new("/tmp/x y/exports"),
+            control: Path::new("/tmp/ctl"),
+            state: Path::new("/tmp/state"),
+        };
+        let script = driver_script(&spec, files);
         assert!(script.contains("eval 'echo '\\''quoted'\\''' 9>&-"));
         assert!(script.contains("printf '%s\\0%s\\0' OUT \"$OUT\""));
         assert!(script.contains("'/tmp/x y/exports'.tmp"));
@@ -303,5 +361,31 @@ mod tests {
         for ty in ["INSTALL", "PRE_BUILD", "BUILD", "POST_BUILD"] {
             assert!(script.contains(&format!("__prx_ci_begin {ty}\n")), "{ty}");
         }
+    }
+
+    #[test]
+    fn the_resume_script_restores_state_and_runs_only_post_build() {
+        let spec = parse_buildspec(
+            "version: 0.2\nphases:\n  build:\n    commands: [b]\n  post_build:\n    commands: [p]\n",
+        )
+        .unwrap();
+        let files = DriverFiles {
+            exports: Path::new("/tmp/exports"),
+            control: Path::new("/tmp/ctl"),
+            state: Path::new("/tmp/state"),
+        };
+        let script = resume_script(&spec, files);
+        assert!(script.contains("__prx_ci_state_file='/tmp/state'"));
+        let restore = script.find(". \"$__prx_ci_state_file\"").unwrap();
+        let prelude = script.find("exec 9>&1").unwrap();
+        let options = script.find(". \"$__prx_ci_state_file.opts\"").unwrap();
+        assert!(
+            restore < prelude && prelude < options,
+            "variables, then driver, then options"
+        );
+        assert!(script.contains("CODEBUILD_BUILD_SUCCEEDING=0"));
+        assert!(script.contains("__prx_ci_begin POST_BUILD"));
+        assert!(!script.contains("__prx_ci_begin BUILD"));
+        assert!(!script.contains("eval 'b'"));
     }
 }

@@ -27,7 +27,9 @@ use uuid::Uuid;
 
 use crate::buildspec::{Buildspec, PhaseName, parse_buildspec};
 use crate::config::LocalRunnerConfig;
-use crate::driver::{CommandList, Control, driver_script, parse_control, parse_exports};
+use crate::driver::{
+    CommandList, Control, DriverFiles, driver_script, parse_control, parse_exports, resume_script,
+};
 use crate::environment::{BuiltIns, process_environment, reported_variables};
 use crate::report::{self, BuildInfo, Timeline, status};
 
@@ -472,6 +474,7 @@ async fn run_build(
         driver_path: inner.builds_dir.join(format!("{uuid}.sh")),
         exports_path: inner.builds_dir.join(format!("{uuid}.exports")),
         control_path: inner.builds_dir.join(format!("{uuid}.control")),
+        state_path: inner.builds_dir.join(format!("{uuid}.state")),
         inner: inner.clone(),
         control: control.clone(),
         request,
@@ -505,6 +508,7 @@ struct Build {
     driver_path: PathBuf,
     exports_path: PathBuf,
     control_path: PathBuf,
+    state_path: PathBuf,
     reports: mpsc::UnboundedSender<Envelope>,
 }
 
@@ -638,8 +642,15 @@ impl Build {
         final_status
     }
 
+    /// Removes the saved shell state (it holds the build's variables).
+    async fn remove_state(&self) {
+        let _ = tokio::fs::remove_file(&self.state_path).await;
+        let _ = tokio::fs::remove_file(self.state_path.with_extension("state.opts")).await;
+    }
+
     async fn clean_up(&mut self) {
         let _ = tokio::fs::remove_file(&self.exports_path).await;
+        self.remove_state().await;
         if self.inner.config.keep_workdirs {
             self.log(&format!("Keeping work dir {}", self.src_dir.display()));
             return;
@@ -698,7 +709,16 @@ impl Build {
         };
         self.end_phase(status::SUCCEEDED, Vec::new());
 
-        match self.run_driver(&spec, &resolved, deadline).await {
+        let mut driver = self.run_driver(&spec, &resolved, deadline, false).await;
+        if let Ok(DriverOutcome {
+            interrupted: None,
+            resume: true,
+        }) = driver
+        {
+            self.log("The shell exited during BUILD: running POST_BUILD in a new shell restored from its state");
+            driver = self.run_driver(&spec, &resolved, deadline, true).await;
+        }
+        match driver {
             Ok(driver) => {
                 outcome.interrupted = driver.interrupted;
                 outcome.post_build_ran = self
@@ -739,6 +759,7 @@ impl Build {
         }
         let _ = tokio::fs::remove_file(&self.exports_path).await;
         let _ = tokio::fs::remove_file(&self.control_path).await;
+        self.remove_state().await;
         Ok(())
     }
 
@@ -876,11 +897,27 @@ impl Build {
         spec: &Buildspec,
         resolved: &str,
         deadline: Instant,
+        resume: bool,
     ) -> anyhow::Result<DriverOutcome> {
-        let script = driver_script(spec, &self.exports_path, &self.control_path);
-        tokio::fs::write(&self.driver_path, script)
+        let files = DriverFiles {
+            exports: &self.exports_path,
+            control: &self.control_path,
+            state: &self.state_path,
+        };
+        let (script, first_phase) = if resume {
+            (resume_script(spec, files), PhaseName::PostBuild)
+        } else {
+            (driver_script(spec, files), PhaseName::Install)
+        };
+        let driver_path = if resume {
+            self.driver_path.with_extension("resume.sh")
+        } else {
+            self.driver_path.clone()
+        };
+        let _ = tokio::fs::remove_file(&self.control_path).await;
+        tokio::fs::write(&driver_path, script)
             .await
-            .with_context(|| format!("cannot write {}", self.driver_path.display()))?;
+            .with_context(|| format!("cannot write {}", driver_path.display()))?;
         let reported: BTreeMap<String, String> =
             self.timeline.info.environment.iter().cloned().collect();
         let builtins = BuiltIns {
@@ -900,7 +937,7 @@ impl Build {
         );
         let log = self.open_log()?;
         let mut cmd = Command::new(&self.inner.config.shell);
-        cmd.arg(&self.driver_path)
+        cmd.arg(&driver_path)
             .current_dir(&self.src_dir)
             .env_clear()
             .envs(&env)
@@ -922,10 +959,15 @@ impl Build {
         tokio::pin!(interrupt);
         let mut interrupted = None;
         let mut done = false;
+        let mut resume_next = false;
         loop {
             tokio::select! {
                 line = lines.next_line() => match line {
-                    Ok(Some(line)) => done |= self.handle_control(spec, &line),
+                    Ok(Some(line)) => match self.handle_control(spec, &line) {
+                        Some(Control::Done) => done = true,
+                        Some(Control::ResumePostBuild) => resume_next = true,
+                        _ => {}
+                    },
                     Ok(None) | Err(_) => break,
                 },
                 why = &mut interrupt => {
@@ -943,7 +985,11 @@ impl Build {
             && let Ok(text) = tokio::fs::read_to_string(&self.control_path).await
         {
             for line in text.lines() {
-                done |= self.handle_control(spec, line);
+                match self.handle_control(spec, line) {
+                    Some(Control::Done) => done = true,
+                    Some(Control::ResumePostBuild) => resume_next = true,
+                    _ => {}
+                }
             }
         }
         let _ = tokio::fs::remove_file(&self.control_path).await;
@@ -956,9 +1002,9 @@ impl Build {
             .timeline
             .phases
             .iter()
-            .any(|p| p.phase_type == PhaseName::Install.phase_type())
+            .any(|p| p.phase_type == first_phase.phase_type())
         {
-            // The driver always enters INSTALL: the shell failed before the buildspec ran.
+            // The driver always enters its first phase: the shell failed before that.
             let text = exit
                 .as_ref()
                 .map_or_else(ToString::to_string, |s| exit_text(*s));
@@ -966,7 +1012,7 @@ impl Build {
                 "COMMAND_EXECUTION_ERROR: the build shell ended before running the buildspec ({text}); see the build log"
             );
             self.log(&message);
-            self.start_phase(PhaseName::Install.phase_type());
+            self.start_phase(first_phase.phase_type());
             self.end_phase(status::FAILED, vec![message]);
         } else if !done || self.timeline.current().is_some() {
             let text = match &exit {
@@ -980,14 +1026,18 @@ impl Build {
                 self.end_phase(status::FAILED, vec![message]);
             }
         }
-        Ok(DriverOutcome { interrupted })
+        Ok(DriverOutcome {
+            interrupted,
+            resume: resume_next && !resume,
+        })
     }
 }
 
 impl Build {
-    /// Applies one control line; true on `DONE`.
-    fn handle_control(&mut self, spec: &Buildspec, line: &str) -> bool {
-        match parse_control(line) {
+    /// Applies one control line; returns it.
+    fn handle_control(&mut self, spec: &Buildspec, line: &str) -> Option<Control> {
+        let control = parse_control(line);
+        match &control {
             Some(Control::PhaseStart(phase)) => {
                 self.timeline
                     .start_phase(phase.phase_type(), OffsetDateTime::now_utc());
@@ -997,6 +1047,7 @@ impl Build {
                 succeeded,
                 failed,
             }) => {
+                let (phase, succeeded) = (*phase, *succeeded);
                 let (phase_status, context) = if succeeded {
                     (status::SUCCEEDED, Vec::new())
                 } else {
@@ -1012,15 +1063,17 @@ impl Build {
                     self.send(&event);
                 }
             }
-            Some(Control::Done) => return true,
+            Some(Control::Done | Control::ResumePostBuild) => {}
             None => tracing::warn!(%line, "unexpected line on the control channel"),
         }
-        false
+        control
     }
 }
 
 struct DriverOutcome {
     interrupted: Option<Interruption>,
+    /// The shell exited during BUILD: POST_BUILD runs in a restored shell.
+    resume: bool,
 }
 
 /// CodeBuild's message for a failed phase.

@@ -921,11 +921,11 @@ async fn an_unfinished_build_of_a_dead_runner_is_reported_as_fault() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_that_exits_the_shell_fails_its_phase_and_keeps_the_exports() {
+async fn a_shell_exit_in_build_fails_it_and_post_build_runs_in_the_restored_shell() {
     let fx = Fixture::new(|_| {}).await;
     let spec = r#"version: 0.2
 env:
-  exported-variables: [BEFORE_EXIT]
+  exported-variables: [BEFORE_EXIT, FROM_POST]
 phases:
   install:
     on-failure: CONTINUE
@@ -937,8 +937,14 @@ phases:
   build:
     commands:
       - BEFORE_EXIT=kept
+      - mkdir -p deeper && cd deeper
+      - greet() { echo "hi from a function"; }
       - set -e; false
       - touch "$OUT/after"
+  post_build:
+    commands:
+      - echo "$CODEBUILD_BUILD_SUCCEEDING $BEFORE_EXIT $(basename "$PWD") $(greet) $-" > "$OUT/post"
+      - export FROM_POST=post
 "#;
     let repo = repo(spec, &[]);
     let (_, events) = fx.run("req-exit", &repo, spec).await;
@@ -965,6 +971,29 @@ phases:
     let last = final_event(&events);
     assert_eq!(last.detail.build_status.as_deref(), Some("FAILED"));
     assert_eq!(last.merged_variables()["BEFORE_EXIT"], "kept");
+    assert_eq!(last.merged_variables()["FROM_POST"], "post");
+    // Variables, functions, directory and options (errexit) carried over.
+    let post = read(&fx.out("post"));
+    assert!(
+        post.starts_with("0 kept deeper hi from a function "),
+        "{post}"
+    );
+    assert!(
+        post.trim_end().rsplit(' ').next().unwrap().contains('e'),
+        "{post}"
+    );
+    assert_eq!(status_of("POST_BUILD").unwrap().0, "SUCCEEDED");
+    assert_eq!(
+        phase_names(&events)[4..],
+        [
+            "INSTALL",
+            "PRE_BUILD",
+            "BUILD",
+            "POST_BUILD",
+            "UPLOAD_ARTIFACTS",
+            "FINALIZING"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
