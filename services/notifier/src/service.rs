@@ -39,6 +39,8 @@ pub const CONSUMER: &str = "notifier";
 
 /// How far before a post marker the recovery looks for the message.
 const FIND_MARGIN: Duration = Duration::from_secs(60);
+/// Statuses remembered as in flight or written (a cache; cleared when full).
+const MAX_RECENT_STATUSES: usize = 10_000;
 /// Longest wait before a failed delivery is tried again.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 
@@ -110,6 +112,7 @@ pub struct DeliveryStats {
     pub events_applied: Arc<std::sync::atomic::AtomicU64>,
     pub chat_requested: Arc<std::sync::atomic::AtomicU64>,
     pub chat_sent: Arc<std::sync::atomic::AtomicU64>,
+    pub statuses_requested: Arc<std::sync::atomic::AtomicU64>,
     pub statuses_written: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -191,6 +194,7 @@ impl Notifier {
             instance: self.instance,
             lanes: Mutex::new(HashMap::new()),
             status_queue: CoalescingQueue::default(),
+            recent_statuses: Mutex::new(HashMap::new()),
             tasks: Mutex::new(JoinSet::new()),
             shutdown: workers.clone(),
             config: self.config,
@@ -252,6 +256,9 @@ struct Core {
     instance: String,
     lanes: Mutex<HashMap<String, Arc<Lane>>>,
     status_queue: CoalescingQueue<StatusKey, PendingStatus>,
+    /// The status last handed to GitHub per (commit, context), so an event arriving while a
+    /// write is in flight does not queue the same state again.
+    recent_statuses: Mutex<HashMap<StatusKey, CommitStatus>>,
     tasks: Mutex<JoinSet<()>>,
     shutdown: CancellationToken,
 }
@@ -365,6 +372,16 @@ impl Core {
         if record.status.written.as_ref() == Some(&status) {
             return;
         }
+        if self
+            .recent_statuses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&status.key())
+            == Some(&status)
+        {
+            return;
+        }
+        bump(&self.stats.statuses_requested);
         let pending = PendingStatus {
             status: status.clone(),
             build_key: key.to_owned(),
@@ -577,8 +594,11 @@ impl Core {
                 match self.chat.find(channel, key, marker - FIND_MARGIN).await {
                     Ok(Some(found)) => {
                         tracing::info!(build = %key, reference = %found, "found the message of an unconfirmed post");
-                        self.chat.update(&found, &outgoing).await?;
-                        return Ok(Some((found, "updated")));
+                        match self.chat.update(&found, &outgoing).await {
+                            Ok(()) => return Ok(Some((found, "updated"))),
+                            Err(ChatError::MessageGone(_)) => {}
+                            Err(err) => return Err(err),
+                        }
                     }
                     Ok(None) => {}
                     Err(err) => {
@@ -743,6 +763,16 @@ impl Core {
     async fn status_worker(self: Arc<Self>) {
         while let Some((status_key, mut pending)) = self.status_queue.pop(&self.shutdown).await {
             self.metrics.status_queue.dec();
+            {
+                let mut recent = self
+                    .recent_statuses
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if recent.len() >= MAX_RECENT_STATUSES {
+                    recent.clear();
+                }
+                recent.insert(status_key.clone(), pending.status.clone());
+            }
             match self.statuses.write(&pending.status).await {
                 Ok(()) => {
                     self.metrics.status("written");
@@ -761,6 +791,10 @@ impl Core {
                 }
                 Err(StatusError::Transient(reason)) => {
                     self.metrics.status("failed");
+                    self.recent_statuses
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&status_key);
                     pending.attempts += 1;
                     let delay = Backoff {
                         initial: Duration::from_secs(1),

@@ -34,7 +34,8 @@ fn build_ref() -> v1::BuildRef {
         backend: "codebuild".into(),
         project: "infrastructure-ci-Runner2".into(),
         region: "us-east-1".into(),
-        log_url: "https://us-east-1.console.aws.amazon.com/cloudwatch/home#logsV2:log-groups".into(),
+        log_url: "https://us-east-1.console.aws.amazon.com/cloudwatch/home#logsV2:log-groups"
+            .into(),
     }
 }
 
@@ -75,7 +76,10 @@ fn pr_env() -> HashMap<String, String> {
 fn project_env() -> HashMap<String, String> {
     vars(&[
         ("PRX_AWS_ACCOUNT_ID", "123456789012"),
-        ("PRX_APPLICATION_CODE_BUCKET", "prx-us-east-1-application-code"),
+        (
+            "PRX_APPLICATION_CODE_BUCKET",
+            "prx-us-east-1-application-code",
+        ),
     ])
 }
 
@@ -218,7 +222,10 @@ fn push_build_succeeded_with_ecr_and_s3_lines_and_publishes() {
                     "PRX_SPIRE_S3_PKG_PARAMETERS",
                     "LAMBDA_ZIP=/prx/stag/Spire/MyApp/pkg/s3-object-key",
                 ),
-                ("LAMBDA_ZIP", &format!("GitHub/PRX/my-app/{SHA}/LAMBDA_ZIP.zip")),
+                (
+                    "LAMBDA_ZIP",
+                    &format!("GitHub/PRX/my-app/{SHA}/LAMBDA_ZIP.zip"),
+                ),
             ]),
             "",
             "",
@@ -266,10 +273,12 @@ fn push_build_failed_in_a_named_phase() {
 #[test]
 fn pull_request_build() {
     let mut build = Build::new();
-    build
-        .requested(pr_env())
-        .started()
-        .completed(v1::BuildStatus::Succeeded, HashMap::new(), "", "");
+    build.requested(pr_env()).started().completed(
+        v1::BuildStatus::Succeeded,
+        HashMap::new(),
+        "",
+        "",
+    );
     let message = render::render(&build.view, None, &links());
     insta::assert_snapshot!(shown(&message));
     // The whole payload, as the Web API receives it.

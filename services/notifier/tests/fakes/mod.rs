@@ -1,0 +1,365 @@
+//! Fake Slack Web API and fake GitHub REST API: small stateful axum servers on loopback that
+//! record every request, keep the messages/statuses they hold, and can be told to fail.
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+/// One request the fake received.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: String,
+    pub at: Instant,
+    pub body: Value,
+}
+
+/// A message the fake Slack holds.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub channel: String,
+    pub ts: String,
+    pub text: String,
+    /// The section's mrkdwn.
+    pub mrkdwn: String,
+    pub color: String,
+    pub build: String,
+    pub updates: u32,
+}
+
+/// A canned failure answered instead of the real thing.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub status: u16,
+    pub retry_after: Option<u64>,
+    pub error: Option<&'static str>,
+}
+
+#[derive(Debug, Default)]
+pub struct SlackState {
+    pub calls: Vec<Call>,
+    pub messages: Vec<Message>,
+    pub failures: HashMap<String, VecDeque<Failure>>,
+    next_ts: u64,
+}
+
+/// The fake Slack.
+#[derive(Debug, Clone)]
+pub struct FakeSlack {
+    pub url: String,
+    pub state: Arc<Mutex<SlackState>>,
+}
+
+pub const SLACK_TOKEN: &str = "xoxb-test-token";
+
+fn channel_id(channel: &str) -> String {
+    match channel.strip_prefix('#') {
+        Some(name) => format!("C{}", name.to_uppercase().replace('-', "")),
+        None => channel.to_owned(),
+    }
+}
+
+impl FakeSlack {
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(SlackState::default()));
+        let router = Router::new()
+            .route("/chat.postMessage", post(post_message))
+            .route("/chat.update", post(update))
+            .route("/conversations.history", get(history))
+            .with_state(state.clone());
+        let url = serve(router).await;
+        Self { url, state }
+    }
+
+    /// Answers the next calls of `method` with `failures`, in order.
+    pub fn fail_next(&self, method: &str, failures: Vec<Failure>) {
+        self.state
+            .lock()
+            .unwrap()
+            .failures
+            .entry(method.to_owned())
+            .or_default()
+            .extend(failures);
+    }
+
+    /// A message already in the channel (as if posted before a crash).
+    pub fn seed(&self, channel: &str, build: &str, text: &str) -> String {
+        let mut state = self.state.lock().unwrap();
+        state.next_ts += 1;
+        let ts = format!("1764144000.{:06}", state.next_ts);
+        state.messages.push(Message {
+            channel: channel_id(channel),
+            ts: ts.clone(),
+            text: text.to_owned(),
+            mrkdwn: text.to_owned(),
+            color: String::new(),
+            build: build.to_owned(),
+            updates: 0,
+        });
+        ts
+    }
+
+    pub fn messages(&self) -> Vec<Message> {
+        self.state.lock().unwrap().messages.clone()
+    }
+
+    pub fn calls(&self, method: &str) -> Vec<Call> {
+        self.state
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .filter(|c| c.method == method)
+            .cloned()
+            .collect()
+    }
+
+    pub fn all_calls(&self) -> Vec<Call> {
+        self.state.lock().unwrap().calls.clone()
+    }
+}
+
+fn authorised(headers: &HeaderMap) -> bool {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Bearer {SLACK_TOKEN}"))
+}
+
+fn canned(state: &mut SlackState, method: &str) -> Option<Response> {
+    let failure = state.failures.get_mut(method)?.pop_front()?;
+    let mut response = (
+        StatusCode::from_u16(failure.status).unwrap(),
+        Json(json!({"ok": false, "error": failure.error.unwrap_or("ratelimited")})),
+    )
+        .into_response();
+    if let Some(after) = failure.retry_after {
+        response
+            .headers_mut()
+            .insert("retry-after", after.to_string().parse().unwrap());
+    }
+    Some(response)
+}
+
+fn section(body: &Value) -> (String, String) {
+    let attachment = &body["attachments"][0];
+    (
+        attachment["blocks"][0]["text"]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        attachment["color"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+async fn post_message(
+    State(state): State<Arc<Mutex<SlackState>>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut state = state.lock().unwrap();
+    state.calls.push(Call {
+        method: "chat.postMessage".into(),
+        at: Instant::now(),
+        body: body.clone(),
+    });
+    if !authorised(&headers) {
+        return Json(json!({"ok": false, "error": "invalid_auth"})).into_response();
+    }
+    if let Some(response) = canned(&mut state, "chat.postMessage") {
+        return response;
+    }
+    let channel = channel_id(body["channel"].as_str().unwrap_or_default());
+    state.next_ts += 1;
+    let ts = format!("1764144000.{:06}", state.next_ts);
+    let (mrkdwn, color) = section(&body);
+    state.messages.push(Message {
+        channel: channel.clone(),
+        ts: ts.clone(),
+        text: body["text"].as_str().unwrap_or_default().to_owned(),
+        mrkdwn,
+        color,
+        build: body["metadata"]["event_payload"]["build"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        updates: 0,
+    });
+    Json(json!({"ok": true, "channel": channel, "ts": ts})).into_response()
+}
+
+async fn update(
+    State(state): State<Arc<Mutex<SlackState>>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut state = state.lock().unwrap();
+    state.calls.push(Call {
+        method: "chat.update".into(),
+        at: Instant::now(),
+        body: body.clone(),
+    });
+    if !authorised(&headers) {
+        return Json(json!({"ok": false, "error": "invalid_auth"})).into_response();
+    }
+    if let Some(response) = canned(&mut state, "chat.update") {
+        return response;
+    }
+    let channel = body["channel"].as_str().unwrap_or_default().to_owned();
+    let ts = body["ts"].as_str().unwrap_or_default().to_owned();
+    let (mrkdwn, color) = section(&body);
+    let text = body["text"].as_str().unwrap_or_default().to_owned();
+    match state
+        .messages
+        .iter_mut()
+        .find(|m| m.channel == channel && m.ts == ts)
+    {
+        Some(message) => {
+            message.mrkdwn = mrkdwn;
+            message.color = color;
+            message.text = text;
+            message.updates += 1;
+            Json(json!({"ok": true, "channel": channel, "ts": ts})).into_response()
+        }
+        None => Json(json!({"ok": false, "error": "message_not_found"})).into_response(),
+    }
+}
+
+async fn history(
+    State(state): State<Arc<Mutex<SlackState>>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let mut state = state.lock().unwrap();
+    state.calls.push(Call {
+        method: "conversations.history".into(),
+        at: Instant::now(),
+        body: json!(query),
+    });
+    if !authorised(&headers) {
+        return Json(json!({"ok": false, "error": "invalid_auth"})).into_response();
+    }
+    let channel = channel_id(query.get("channel").map_or("", String::as_str));
+    let messages: Vec<Value> = state
+        .messages
+        .iter()
+        .filter(|m| m.channel == channel)
+        .map(|m| {
+            json!({
+                "type": "message",
+                "ts": m.ts,
+                "text": m.text,
+                "metadata": {"event_type": "prx_ci_build", "event_payload": {"build": m.build}},
+            })
+        })
+        .collect();
+    Json(json!({"ok": true, "messages": messages})).into_response()
+}
+
+/// What the fake GitHub's compare endpoint does.
+#[derive(Debug, Clone)]
+pub enum CompareMode {
+    /// Answers `n` commits (of `total`).
+    Commits { n: usize, total: u64 },
+    /// Always this status.
+    Fail(u16),
+}
+
+#[derive(Debug)]
+pub struct GitHubState {
+    pub compare_mode: CompareMode,
+    pub compare_calls: u32,
+    /// (repository, sha, body) of every status written, in order.
+    pub statuses: Vec<(String, String, Value)>,
+}
+
+/// The fake GitHub.
+#[derive(Debug, Clone)]
+pub struct FakeGitHub {
+    pub url: String,
+    pub state: Arc<Mutex<GitHubState>>,
+}
+
+impl FakeGitHub {
+    pub async fn start(compare_mode: CompareMode) -> Self {
+        let state = Arc::new(Mutex::new(GitHubState {
+            compare_mode,
+            compare_calls: 0,
+            statuses: vec![],
+        }));
+        let router = Router::new()
+            .route("/repos/{owner}/{repo}/compare/{range}", get(compare))
+            .route("/repos/{owner}/{repo}/statuses/{sha}", post(status))
+            .with_state(state.clone());
+        let url = serve(router).await;
+        Self { url, state }
+    }
+
+    pub fn statuses(&self) -> Vec<(String, String, Value)> {
+        self.state.lock().unwrap().statuses.clone()
+    }
+
+    pub fn compare_calls(&self) -> u32 {
+        self.state.lock().unwrap().compare_calls
+    }
+}
+
+async fn compare(
+    State(state): State<Arc<Mutex<GitHubState>>>,
+    Path((_owner, _repo, range)): Path<(String, String, String)>,
+) -> Response {
+    let mut state = state.lock().unwrap();
+    state.compare_calls += 1;
+    match state.compare_mode.clone() {
+        CompareMode::Fail(status) => (
+            StatusCode::from_u16(status).unwrap(),
+            Json(json!({"message": "nope"})),
+        )
+            .into_response(),
+        CompareMode::Commits { n, total } => {
+            let after = range.split("...").nth(1).unwrap_or_default().to_owned();
+            let commits: Vec<Value> = (0..n)
+                .map(|i| {
+                    json!({
+                        "sha": format!("{i:02x}{}", after.get(2..).unwrap_or_default()),
+                        "commit": {"message": format!("Commit {i}\n\nbody"), "author": {"name": "Git Author"}},
+                        // One commit by someone without a GitHub account.
+                        "author": if i == 1 { Value::Null } else { json!({"login": "octocat"}) },
+                    })
+                })
+                .collect();
+            Json(json!({"total_commits": total, "commits": commits})).into_response()
+        }
+    }
+}
+
+async fn status(
+    State(state): State<Arc<Mutex<GitHubState>>>,
+    Path((owner, repo, sha)): Path<(String, String, String)>,
+    Json(body): Json<Value>,
+) -> Response {
+    state
+        .lock()
+        .unwrap()
+        .statuses
+        .push((format!("{owner}/{repo}"), sha, body.clone()));
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+async fn serve(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    format!("http://{addr}")
+}

@@ -1,0 +1,638 @@
+//! The notifier against a real nats-server, a fake Slack and a fake GitHub: messages posted
+//! once and updated, redeliveries silent, 429s honoured, compare failures degraded, statuses
+//! pending then final.
+
+mod fakes;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fakes::{CompareMode, Failure, FakeGitHub, FakeSlack, SLACK_TOKEN};
+use prometheus_client::registry::Registry;
+use prx_ci_notifier::commits::GitHubCommitSource;
+use prx_ci_notifier::store::Store;
+use prx_ci_notifier::{DeliveryStats, GitHubStatusSink, Notifier, NotifierConfig, SlackClient};
+use prx_ci_proto::prost::Message as _;
+use prx_ci_proto::v1::{self, envelope::Payload};
+use prx_ci_shared::github::{GitHubClient, GitHubConfig};
+use prx_ci_shared::retry::Backoff;
+use prx_ci_shared::testing::{NatsServer, wait_until};
+use prx_ci_shared::{CancellationToken, Chain, Runtime, subject};
+use secrecy::SecretString;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+const SHA: &str = "165df6a5fd675dcf67a1b2c3d4e5f60718293a4b";
+const BEFORE: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
+const NEWER: &str = "abcdef0123456789abcdef0123456789abcdef01";
+const BUILD_ID: &str = "infrastructure-ci-Runner2:6d1c4a38-3f1e-4b7e-9d7a-0f1e2d3c4b5a";
+const LOG_URL: &str = "https://logs.example.test/build/6d1c4a38";
+
+struct Env {
+    nats: NatsServer,
+    rt: Runtime,
+    slack: FakeSlack,
+    github: FakeGitHub,
+}
+
+struct Running {
+    stats: DeliveryStats,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+impl Env {
+    async fn start(compare: CompareMode) -> Self {
+        let nats = NatsServer::start().await;
+        let rt = Runtime::from_client(nats.connect().await, &mut Registry::default());
+        rt.provision(1).await.unwrap();
+        Self {
+            nats,
+            rt,
+            slack: FakeSlack::start().await,
+            github: FakeGitHub::start(compare).await,
+        }
+    }
+
+    fn config(&self) -> NotifierConfig {
+        let mut config = NotifierConfig::default();
+        config.slack.api_url = self.slack.url.clone();
+        config.slack.token = Some(SecretString::from(SLACK_TOKEN));
+        config.slack.min_interval = Duration::from_millis(20);
+        config.links.sso_start_url = Some("https://d-906713e952.awsapps.com/start".into());
+        config
+            .channel_overrides
+            .insert("PRX/feeder".into(), "#feeder-ci".into());
+        config
+    }
+
+    fn github_client(&self) -> GitHubClient {
+        GitHubClient::new(GitHubConfig {
+            api_url: self.github.url.clone(),
+            token: Some(SecretString::from("ghp_test")),
+            ..GitHubConfig::default()
+        })
+        .unwrap()
+        .with_backoff(Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+            max_attempts: 3,
+        })
+    }
+
+    async fn notifier(&self, config: NotifierConfig) -> Running {
+        let mut registry = Registry::default();
+        let rt = Runtime::from_client(self.nats.connect().await, &mut registry);
+        let chat = SlackClient::new(&config.slack)
+            .unwrap()
+            .with_backoff(Backoff {
+                initial: Duration::from_millis(10),
+                max: Duration::from_secs(5),
+                max_attempts: 4,
+            });
+        let statuses = GitHubStatusSink::new(self.github_client(), 80, 500);
+        let commits = GitHubCommitSource::new(self.github_client());
+        let notifier = Notifier::new(
+            rt,
+            config,
+            Arc::new(chat),
+            Arc::new(statuses),
+            Some(Arc::new(commits)),
+            &mut registry,
+        )
+        .unwrap();
+        let stats = notifier.stats();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(notifier.run(shutdown.clone()));
+        Running {
+            stats,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn publish(&self, envelope: &v1::Envelope) -> bool {
+        self.rt.publisher.publish(envelope).await.unwrap().duplicate
+    }
+
+    /// The single message of the channel, once `check` accepts it.
+    async fn message_where(
+        &self,
+        what: &str,
+        check: impl Fn(&fakes::Message) -> bool,
+    ) -> fakes::Message {
+        wait_until(WAIT, what, || {
+            let found = self.slack.messages().into_iter().find(|m| check(m));
+            async move { found }
+        })
+        .await
+    }
+
+    async fn notifications(&self) -> Vec<v1::NotificationDelivered> {
+        let stream = self.rt.js.get_stream(subject::EVENTS_STREAM).await.unwrap();
+        let last = stream.get_info().await.unwrap().state.last_sequence;
+        let mut out = vec![];
+        for seq in 1..=last {
+            if let Ok(raw) = stream.get_raw_message(seq).await
+                && let Ok(env) = v1::Envelope::decode(raw.payload)
+                && let Some(Payload::NotificationDelivered(n)) = env.payload
+            {
+                out.push(n);
+            }
+        }
+        out
+    }
+}
+
+fn build_ref(repository: &str, build_id: &str) -> v1::BuildRef {
+    v1::BuildRef {
+        build_id: build_id.into(),
+        build_request_id: format!("req-{build_id}"),
+        repository: repository.into(),
+        commit: SHA.into(),
+        architecture: v1::Architecture::X8664 as i32,
+        backend: "codebuild".into(),
+        project: "infrastructure-ci-Runner2".into(),
+        region: "us-east-1".into(),
+        log_url: LOG_URL.into(),
+    }
+}
+
+fn env(repository: &str) -> HashMap<String, String> {
+    [
+        ("PRX_REPO", repository),
+        ("PRX_COMMIT", SHA),
+        ("PRX_BRANCH", "main"),
+        ("PRX_CI_PUBLISH", "true"),
+        ("PRX_GITHUB_BEFORE", BEFORE),
+        ("PRX_GITHUB_AFTER", SHA),
+        ("PRX_TARGET_ARCHITECTURE", "x86_64"),
+        ("PRX_AWS_ACCOUNT_ID", "123456789012"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// The events of one build, with deterministic ids (as the producers make them).
+struct Events {
+    repository: String,
+    build_id: String,
+}
+
+impl Events {
+    fn new(repository: &str, build_id: &str) -> Self {
+        Self {
+            repository: repository.into(),
+            build_id: build_id.into(),
+        }
+    }
+
+    fn envelope(&self, name: &str, payload: Payload) -> v1::Envelope {
+        let chain = Chain {
+            correlation_id: format!("delivery-{}", self.build_id),
+            causation_id: format!("webhook-{}", self.build_id),
+            ..Chain::default()
+        };
+        chain.envelope(chain.derive_id(&[name]), payload)
+    }
+
+    fn build(&self) -> Option<v1::BuildRef> {
+        Some(build_ref(&self.repository, &self.build_id))
+    }
+
+    fn requested(&self) -> v1::Envelope {
+        self.envelope(
+            "requested",
+            Payload::BuildRequested(v1::BuildRequested {
+                build: self.build(),
+                environment: env(&self.repository),
+                event_name: "push".into(),
+                source_version: SHA.into(),
+                ..Default::default()
+            }),
+        )
+    }
+
+    fn started(&self) -> v1::Envelope {
+        self.envelope(
+            "started",
+            Payload::BuildStarted(v1::BuildStarted {
+                build: self.build(),
+                ..Default::default()
+            }),
+        )
+    }
+
+    fn phase(&self, completed: &str, current: &str) -> v1::Envelope {
+        self.envelope(
+            &format!("phase-{completed}"),
+            Payload::BuildPhaseChanged(v1::BuildPhaseChanged {
+                build: self.build(),
+                completed_phase: completed.into(),
+                completed_phase_status: "SUCCEEDED".into(),
+                current_phase: current.into(),
+                duration_ms: 5_000,
+                ..Default::default()
+            }),
+        )
+    }
+
+    fn completed(&self, status: v1::BuildStatus) -> v1::Envelope {
+        let exported: HashMap<String, String> = [
+            (
+                "PRX_SPIRE_ECR_PKG_PARAMETERS".to_owned(),
+                "RAILS_APP=/prx/stag/Spire/MyApp/pkg/docker-image-tag".to_owned(),
+            ),
+            (
+                "RAILS_APP".to_owned(),
+                format!("github/prx/my-app:{SHA}-x86_64"),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        self.envelope(
+            "completed",
+            Payload::BuildCompleted(v1::BuildCompleted {
+                build: self.build(),
+                status: status as i32,
+                exported_variables: exported,
+                duration_ms: 95_000,
+                ..Default::default()
+            }),
+        )
+    }
+
+    fn publish_applied(&self) -> v1::Envelope {
+        self.envelope(
+            "publish-applied",
+            Payload::PublishApplied(v1::PublishApplied {
+                parameter: "/prx/stag/Spire/MyApp/pkg/docker-image-tag".into(),
+                value: format!("github/prx/my-app:{SHA}-x86_64"),
+                kind: v1::ArtifactKind::EcrImage as i32,
+                label: "RAILS_APP".into(),
+                build: self.build(),
+                version: 3,
+            }),
+        )
+    }
+
+    fn cancelled(&self) -> v1::Envelope {
+        self.envelope(
+            "cancelled",
+            Payload::BuildCancelled(v1::BuildCancelled {
+                build: self.build(),
+                superseded_by_sequence: 99,
+                superseded_by_commit: NEWER.into(),
+                superseded_by_event_id: "webhook-newer".into(),
+            }),
+        )
+    }
+}
+
+fn status_states(statuses: &[(String, String, Value)]) -> Vec<String> {
+    statuses
+        .iter()
+        .map(|(_, _, body)| body["state"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn one_build_life_posts_once_then_updates_and_sets_statuses() {
+    let env = Env::start(CompareMode::Commits { n: 3, total: 3 }).await;
+    let running = env.notifier(env.config()).await;
+    let build = Events::new("PRX/my-app", BUILD_ID);
+
+    env.publish(&build.requested()).await;
+    env.publish(&build.started()).await;
+    // Pending first, with the per-architecture context and the log link.
+    let pending = wait_until(WAIT, "the pending status", || {
+        let statuses = env.github.statuses();
+        async move { (!statuses.is_empty()).then_some(statuses) }
+    })
+    .await;
+    let (repository, sha, body) = &pending[0];
+    assert_eq!((repository.as_str(), sha.as_str()), ("PRX/my-app", SHA));
+    assert_eq!(body["state"], "pending");
+    assert_eq!(body["context"], "prx-ci/x86_64");
+    assert_eq!(body["target_url"], LOG_URL);
+    assert_eq!(body["description"], "Build has started running");
+
+    env.publish(&build.phase("INSTALL", "BUILD")).await;
+    env.publish(&build.completed(v1::BuildStatus::Succeeded))
+        .await;
+    env.publish(&build.publish_applied()).await;
+
+    let message = env
+        .message_where("the message to show the build and the publish", |m| {
+            m.mrkdwn
+                .contains("» Set `/prx/stag/Spire/MyApp/pkg/docker-image-tag`")
+                && m.text.contains("» Built")
+        })
+        .await;
+    assert_eq!(env.slack.calls("chat.postMessage").len(), 1, "posted once");
+    assert!(!env.slack.calls("chat.update").is_empty(), "then updated");
+    assert_eq!(env.slack.messages().len(), 1);
+    assert_eq!(message.channel, "COPSBUILD");
+    assert_eq!(message.color, "#2eb886");
+    assert!(
+        message
+            .text
+            .starts_with("N. Virginia » Built x86_64 PRX/my-app `main` branch"),
+        "{}",
+        message.text
+    );
+    assert!(message.mrkdwn.contains("» Docker image pushed to <https://d-906713e952.awsapps.com/start/#/console?account_id=123456789012&role_name=AdministratorAccess&destination="), "{}", message.mrkdwn);
+    assert!(message.mrkdwn.contains("» Took 1m 35s"));
+    assert!(message.mrkdwn.contains("octocat: Commit 0"));
+    assert!(
+        message.mrkdwn.contains("Git Author: Commit 1"),
+        "author without login"
+    );
+    // The original's envelope: username and icon on the post.
+    let post = &env.slack.calls("chat.postMessage")[0].body;
+    assert_eq!(post["username"], "AWS CodeBuild");
+    assert_eq!(post["icon_emoji"], ":ops-codebuild:");
+    // The compare result is cached: one call for the whole life.
+    assert_eq!(env.github.compare_calls(), 1);
+
+    let statuses = wait_until(WAIT, "the final status", || {
+        let statuses = env.github.statuses();
+        async move {
+            (status_states(&statuses).last().map(String::as_str) == Some("success"))
+                .then_some(statuses)
+        }
+    })
+    .await;
+    assert_eq!(status_states(&statuses), ["pending", "success"]);
+    assert_eq!(statuses[1].2["description"], "Build complete");
+    assert_eq!(statuses[1].2["target_url"], LOG_URL);
+
+    // History: the post, updates and statuses are recorded as events.
+    let delivered = wait_until(WAIT, "notification events", || async {
+        let n = env.notifications().await;
+        n.iter().any(|n| n.action == "success").then_some(n)
+    })
+    .await;
+    assert_eq!(delivered.iter().filter(|n| n.action == "posted").count(), 1);
+    assert!(delivered.iter().any(|n| n.action == "updated"));
+    assert!(
+        delivered
+            .iter()
+            .any(|n| n.action == "pending" && n.reference == "prx-ci/x86_64")
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn redelivered_events_post_nothing_again() {
+    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let running = env.notifier(env.config()).await;
+    let build = Events::new("PRX/feeder", BUILD_ID);
+    let events = [
+        build.requested(),
+        build.started(),
+        build.completed(v1::BuildStatus::Succeeded),
+        build.publish_applied(),
+    ];
+    for event in &events {
+        env.publish(event).await;
+    }
+    env.message_where("the final message", |m| {
+        m.mrkdwn.contains("» Set `") && m.text.contains("» Built")
+    })
+    .await;
+    // Quiet: the record says the message and the status show the latest view.
+    let store = Store::open(&env.rt.js, "prx_ci_notifications")
+        .await
+        .unwrap();
+    wait_until(WAIT, "the first instance to settle", || async {
+        let (record, _) = store.load(BUILD_ID).await.ok()??;
+        (record.view.version == 4
+            && !record.chat_dirty()
+            && record.status.written.as_ref()?.state.as_str() == "success")
+            .then_some(())
+    })
+    .await;
+    // The override channel.
+    assert_eq!(env.slack.messages()[0].channel, "CFEEDERCI");
+    let calls_before = env.slack.all_calls().len();
+    let statuses_before = env.github.statuses().len();
+
+    // The same envelopes again: JetStream collapses them.
+    for event in &events {
+        assert!(env.publish(event).await, "deduplicated by id");
+    }
+    running.stop().await;
+
+    // A full replay through the consumer (a new durable from the start) into a second
+    // notifier instance.
+    let stream = env.rt.js.get_stream(subject::EVENTS_STREAM).await.unwrap();
+    stream.delete_consumer("notifier").await.unwrap();
+    env.rt.provision(1).await.unwrap();
+    let replay = env.notifier(env.config()).await;
+    wait_until(WAIT, "the replay to be consumed", || async {
+        let mut consumer = stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>("notifier")
+            .await
+            .ok()?;
+        let info = consumer.info().await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence > 0)
+            .then_some(())
+    })
+    .await;
+    // Every event came back and changed nothing, so nothing was even queued.
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(load(&replay.stats.events_applied), 0);
+    assert_eq!(load(&replay.stats.chat_requested), 0);
+    assert_eq!(load(&replay.stats.statuses_requested), 0);
+    replay.stop().await;
+    assert_eq!(env.slack.calls("chat.postMessage").len(), 1);
+    assert_eq!(
+        env.slack.all_calls().len(),
+        calls_before,
+        "no post, no update"
+    );
+    assert_eq!(
+        env.github.statuses().len(),
+        statuses_before,
+        "no status written again"
+    );
+    assert_eq!(env.slack.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn slack_429_retry_after_is_honoured() {
+    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    env.slack.fail_next(
+        "chat.postMessage",
+        vec![Failure {
+            status: 429,
+            retry_after: Some(1),
+            error: Some("ratelimited"),
+        }],
+    );
+    let running = env.notifier(env.config()).await;
+    let build = Events::new("PRX/my-app", BUILD_ID);
+    env.publish(&build.requested()).await;
+    env.message_where("the message after the rate limit", |_| true)
+        .await;
+    let posts = env.slack.calls("chat.postMessage");
+    assert_eq!(posts.len(), 2, "one refused, one accepted");
+    let waited = posts[1].at.duration_since(posts[0].at);
+    assert!(waited >= Duration::from_secs(1), "retried after {waited:?}");
+    assert_eq!(env.slack.messages().len(), 1);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_compare_still_produces_a_message() {
+    let env = Env::start(CompareMode::Fail(502)).await;
+    let running = env.notifier(env.config()).await;
+    let build = Events::new("PRX/my-app", BUILD_ID);
+    env.publish(&build.requested()).await;
+    env.publish(&build.started()).await;
+    let message = env
+        .message_where("a degraded message", |m| {
+            m.mrkdwn.contains("_(commit list unavailable)_")
+        })
+        .await;
+    assert!(message.mrkdwn.contains("Building"));
+    env.publish(&build.completed(v1::BuildStatus::Failed)).await;
+    env.message_where("the final message", |m| {
+        m.mrkdwn.contains("Failed to build")
+    })
+    .await;
+    // Retried within the call (3 attempts), then cached as unavailable: not fetched again.
+    assert_eq!(env.github.compare_calls(), 3);
+    assert_eq!(env.slack.calls("chat.postMessage").len(), 1);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_superseded_build_says_so_in_slack_and_in_its_status() {
+    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let running = env.notifier(env.config()).await;
+    let build = Events::new("PRX/my-app", BUILD_ID);
+    env.publish(&build.requested()).await;
+    env.publish(&build.started()).await;
+    env.publish(&build.cancelled()).await;
+    let message = env
+        .message_where("the superseded message", |m| {
+            m.mrkdwn.contains("Superseded")
+        })
+        .await;
+    assert!(message.text.contains("Stopped building"));
+    assert_eq!(message.color, "#a30200");
+    assert!(message.mrkdwn.contains("commit <https://github.com/PRX/my-app/commit/abcdef0123456789abcdef0123456789abcdef01|abcdef0>"));
+    let statuses = wait_until(WAIT, "the error status", || {
+        let statuses = env.github.statuses();
+        async move {
+            (status_states(&statuses).last().map(String::as_str) == Some("error"))
+                .then_some(statuses)
+        }
+    })
+    .await;
+    assert_eq!(
+        statuses.last().unwrap().2["description"],
+        "Superseded by abcdef0"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_post_whose_reference_was_lost_is_found_not_repeated() {
+    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let mut config = env.config();
+    // Recovery reads the channel's history, which needs the channel's id.
+    config.channel = "C0OPSBUILD".into();
+    // The state a crash leaves: the event applied, the post marker set, the post done in
+    // Slack, but its `ts` never stored.
+    let store = Store::open(&env.rt.js, &config.bucket).await.unwrap();
+    let build = Events::new("PRX/my-app", BUILD_ID);
+    store
+        .modify(BUILD_ID, |record| {
+            record.view.apply(&build.requested()).unwrap();
+            record.slack.post_started_at = Some(time::OffsetDateTime::now_utc());
+            (true, ())
+        })
+        .await
+        .unwrap();
+    let ts = env
+        .slack
+        .seed("C0OPSBUILD", BUILD_ID, "posted before the crash");
+
+    let running = env.notifier(config).await;
+    let message = env
+        .message_where("the found message to be updated", |m| m.updates > 0)
+        .await;
+    assert_eq!(message.ts, ts);
+    assert!(message.mrkdwn.contains("Building"));
+    assert!(
+        env.slack.calls("chat.postMessage").is_empty(),
+        "no second post"
+    );
+    assert_eq!(env.slack.calls("conversations.history").len(), 1);
+    let (record, _) = store.load(BUILD_ID).await.unwrap().unwrap();
+    assert_eq!(record.slack.reference.unwrap().ts, ts);
+    assert_eq!(record.slack.post_started_at, None);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn one_channel_is_paced_and_bursts_coalesce() {
+    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let mut config = env.config();
+    let interval = Duration::from_millis(150);
+    config.slack.min_interval = interval;
+    config.statuses.enabled = false;
+    let running = env.notifier(config).await;
+    let builds: Vec<Events> = (0..5)
+        .map(|i| Events::new("PRX/my-app", &format!("{BUILD_ID}-{i}")))
+        .collect();
+    let mut published = 0;
+    for build in &builds {
+        for event in [
+            build.requested(),
+            build.started(),
+            build.phase("INSTALL", "PRE_BUILD"),
+            build.phase("PRE_BUILD", "BUILD"),
+            build.completed(v1::BuildStatus::Succeeded),
+        ] {
+            env.publish(&event).await;
+            published += 1;
+        }
+    }
+    wait_until(WAIT, "every build to show as built", || {
+        let messages = env.slack.messages();
+        async move {
+            (messages.len() == 5 && messages.iter().all(|m| m.text.contains("» Built")))
+                .then_some(())
+        }
+    })
+    .await;
+    let calls = env.slack.all_calls();
+    for pair in calls.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at);
+        // The pace is measured between requests leaving; allow for scheduling jitter.
+        assert!(
+            gap + Duration::from_millis(40) >= interval,
+            "calls {gap:?} apart"
+        );
+    }
+    assert!(
+        calls.len() < published,
+        "{} calls for {published} events",
+        calls.len()
+    );
+    assert_eq!(env.slack.calls("chat.postMessage").len(), 5);
+    running.stop().await;
+}
