@@ -107,8 +107,15 @@ pub async fn connect(config: &NatsConfig, role: &str) -> anyhow::Result<async_na
             .await
             .with_context(|| format!("cannot read NATS credentials {}", creds.display()))?;
     }
+    // `url` may list several servers, comma-separated (a cluster).
+    let urls: Vec<&str> = config
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
     options
-        .connect(config.url.as_str())
+        .connect(urls.as_slice())
         .await
         .with_context(|| format!("cannot connect to NATS at {}", config.url))
 }
