@@ -17,9 +17,9 @@ use prx_ci_proto::v1::{Envelope, envelope::Payload};
 use prx_ci_shared::subject::{EVENTS_STREAM, EventKind, repository_filter};
 
 /// The demo repository's name as GitHub would report it.
-const REPOSITORY: &str = "PRX/demo-app";
+pub const REPOSITORY: &str = "PRX/demo-app";
 /// The parameter the demo's buildspec maps its image to.
-const PARAMETER: &str = "/prx/stag/Spire/DemoApp/pkg/docker-image-tag";
+pub const PARAMETER: &str = "/prx/stag/Spire/DemoApp/pkg/docker-image-tag";
 /// How long the demo waits for both builds and their publishes.
 const DEMO_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -46,23 +46,39 @@ phases:
 pub struct DemoArgs {
     /// The running system's webhook URL.
     #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/github")]
-    url: String,
+    pub url: String,
     /// Webhook secret (default: the one `prx-ci up` generated, from <data-dir>/webhook-secret).
     #[arg(long, env = "PRX_CI_WEBHOOK_SECRET")]
-    secret: Option<String>,
+    pub secret: Option<String>,
     /// The data directory of `prx-ci up`.
     #[arg(long, default_value = "./.prx-ci")]
-    data_dir: PathBuf,
+    pub data_dir: PathBuf,
     /// NATS server of the running system.
     #[arg(
         long,
         env = "PRX_CI_NATS__URL",
         default_value = "nats://127.0.0.1:4222"
     )]
-    nats_url: String,
+    pub nats_url: String,
+}
+
+/// What the demo saw.
+#[derive(Debug, Clone)]
+pub struct DemoOutcome {
+    /// The older push's commit (slow build).
+    pub first: String,
+    /// The newer push's commit (fast build).
+    pub second: String,
+    /// The repository's build and publish events, in stream order.
+    pub events: Vec<Envelope>,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    run_scenario(&args).await.map(|_| ())
+}
+
+/// Runs the scenario and prints what happens; returns what it saw.
+pub async fn run_scenario(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
     let secret = match &args.secret {
         Some(s) => s.split(',').next().unwrap_or_default().trim().to_owned(),
         None => std::fs::read_to_string(args.data_dir.join("webhook-secret"))
@@ -162,6 +178,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
 
+    let mut seen = Vec::new();
     let mut completed = BTreeSet::new();
     let mut publishes = 0;
     let deadline = tokio::time::Instant::now() + DEMO_TIMEOUT;
@@ -176,6 +193,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let Ok(envelope) = Envelope::decode(message.payload.clone()) else {
             continue;
         };
+        seen.push(envelope.clone());
         let short = |sha: &str| sha.get(..7).unwrap_or(sha).to_owned();
         match envelope.payload {
             Some(Payload::BuildRequested(p)) => {
@@ -229,7 +247,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "      See `prx-ci params`, `prx-ci history {REPOSITORY} --branch main`, `prx-ci events`."
     );
-    Ok(())
+    Ok(DemoOutcome {
+        first,
+        second,
+        events: seen,
+    })
 }
 
 fn git(repo: &Path, args: &[&str]) -> anyhow::Result<String> {

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod builds;
-mod demo;
 mod events;
 mod history;
 mod local_nats;
@@ -18,6 +17,8 @@ mod parked;
 mod rebuild;
 mod replay;
 mod up;
+
+use prx_ci::demo;
 
 /// PRX CI: webhook-driven builds, notifications and deploy pointers over NATS JetStream.
 #[derive(Debug, Parser)]

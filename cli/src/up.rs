@@ -4,24 +4,15 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context as _;
-use prometheus_client::registry::Registry;
-use prx_ci_dispatcher::{Dispatcher, DispatcherConfig, LocalGitBuildspecSource};
-use prx_ci_ingress::{Ingress, IngressConfig};
-use prx_ci_local_runner::{LocalRunner, LocalRunnerConfig};
-use prx_ci_ops::{OpsConfig, OpsService};
-use prx_ci_publisher::{KvParameterStore, NoArtifactCheck, Publisher, PublisherConfig};
-use prx_ci_shared::config::{self, NatsConfig, Validate as _};
-use prx_ci_shared::github::GitHubConfig;
-use prx_ci_shared::telemetry::TelemetryConfig;
-use prx_ci_shared::{CancellationToken, Runtime};
+use prx_ci_local_runner::LocalRunnerConfig;
+use prx_ci_shared::config::Validate as _;
 use secrecy::{ExposeSecret as _, SecretString};
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 use crate::local_nats::LocalNats;
+use prx_ci::system::{LocalSystem, SystemConfig};
 
 /// Arguments of `prx-ci up`.
 #[derive(Debug, clap::Args)]
@@ -43,45 +34,13 @@ pub struct UpArgs {
     ops_listen: SocketAddr,
 }
 
-/// Everything `up` reads from the configuration file and environment.
-struct UpConfig {
-    telemetry: TelemetryConfig,
-    nats: NatsConfig,
-    github: GitHubConfig,
-    ingress: IngressConfig,
-    dispatcher: DispatcherConfig,
-    runner: LocalRunnerConfig,
-    build_watcher: prx_ci_build_watcher::BuildWatcherConfig,
-    publisher: PublisherConfig,
-    notifier: prx_ci_notifier::NotifierConfig,
-    ops: OpsConfig,
-}
-
-impl UpConfig {
-    fn load(file: Option<&Path>) -> anyhow::Result<Self> {
-        Ok(Self {
-            telemetry: config::load(file, "telemetry")?,
-            nats: config::load(file, "nats")?,
-            github: config::load(file, "github")?,
-            ingress: IngressConfig::load_unvalidated(file)?,
-            dispatcher: config::load(file, "dispatcher")?,
-            runner: config::load(file, "runner")?,
-            build_watcher: config::load(file, "build_watcher")?,
-            publisher: config::load(file, "publisher")?,
-            notifier: config::load(file, "notifier")?,
-            // Validated once `up` has filled in a generated token.
-            ops: config::load_unvalidated(file, "ops")?,
-        })
-    }
-}
-
 /// A random secret for local mode, printed once.
 fn generate_secret() -> SecretString {
     SecretString::from(hex::encode(rand::random::<[u8; 16]>()))
 }
 
 pub async fn run(config_file: Option<&Path>, args: UpArgs) -> anyhow::Result<()> {
-    let mut cfg = UpConfig::load(config_file)?;
+    let mut cfg = SystemConfig::load(config_file)?;
     let _telemetry = prx_ci_shared::telemetry::init("prx-ci", &cfg.telemetry)?;
 
     std::fs::create_dir_all(&args.data_dir)
@@ -134,106 +93,31 @@ pub async fn run(config_file: Option<&Path>, args: UpArgs) -> anyhow::Result<()>
         )?;
     }
 
-    let mut registry = Registry::default();
-    let rt = Runtime::connect(&cfg.nats, "up", &mut registry).await?;
-    rt.provision(cfg.nats.replicas)
-        .await
-        .context("cannot provision streams, consumers and KV buckets")?;
-
-    let runner = LocalRunner::new(rt.clone(), cfg.runner.clone())?;
-    let ingress = Ingress::new(rt.clone(), cfg.ingress.clone(), &mut registry)?;
-    let dispatcher = Dispatcher::new(
-        rt.clone(),
-        cfg.dispatcher,
-        Arc::new(LocalGitBuildspecSource::new()),
-        runner.clone(),
-        &mut registry,
-    )?;
-    let watcher = prx_ci_build_watcher::BuildWatcher::new(
-        rt.clone(),
-        cfg.build_watcher,
-        None,
-        None,
-        &mut registry,
-    )?;
-    let publisher = Publisher::new(
-        rt.clone(),
-        cfg.publisher,
-        Arc::new(KvParameterStore::new(&rt.js).await?),
-        Arc::new(NoArtifactCheck),
-        &mut registry,
-    )?;
-    let notifier = prx_ci_notifier::Notifier::new(
-        rt.clone(),
-        cfg.notifier.clone(),
-        prx_ci_notifier::chat_sink(&cfg.notifier.slack)?,
-        prx_ci_notifier::status_sink(&cfg.github, &cfg.notifier.statuses)?,
-        prx_ci_notifier::commit_source(&cfg.github)?,
-        &mut registry,
-    )?;
-    let ops = OpsService::new(rt.clone(), cfg.ops.clone(), &mut registry)?;
-    let registry = Arc::new(registry);
-
     let webhook_listener = TcpListener::bind(cfg.ingress.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.ingress.listen))?;
     let ops_listener = TcpListener::bind(cfg.ops.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.ops.listen))?;
+    let nats_url = cfg.nats.url.clone();
+    let mut system = LocalSystem::start(cfg, webhook_listener, ops_listener).await?;
 
-    let shutdown = CancellationToken::new();
-    let mut services = JoinSet::new();
-    services.spawn(named(
-        "ingress",
-        ingress.run(webhook_listener, registry.clone(), shutdown.clone()),
-    ));
-    services.spawn(named("dispatcher", dispatcher.run(shutdown.clone())));
-    services.spawn(named("build-watcher", watcher.run(shutdown.clone())));
-    services.spawn(named("publisher", publisher.run(shutdown.clone())));
-    services.spawn(named("notifier", notifier.run(shutdown.clone())));
-    services.spawn(named("ops", ops.run(ops_listener, shutdown.clone())));
-
-    print_banner(&cfg.nats.url, &args, generated_secret.as_ref(), &token_file);
+    print_banner(&nats_url, &args, generated_secret.as_ref(), &token_file);
 
     // Run until Ctrl-C / SIGTERM, or until a service fails.
-    let mut failure = None;
-    tokio::select! {
-        () = prx_ci_shared::shutdown_signal() => {}
-        Some(done) = services.join_next() => {
-            failure = Some(match done {
-                Ok(Ok(name)) => anyhow::anyhow!("{name} stopped unexpectedly"),
-                Ok(Err(err)) => err,
-                Err(err) => anyhow::anyhow!("a service panicked: {err}"),
-            });
-        }
-    }
+    let failure = tokio::select! {
+        () = prx_ci_shared::shutdown_signal() => None,
+        err = system.failed() => Some(err),
+    };
     println!("prx-ci: stopping...");
-    shutdown.cancel();
-    runner.shutdown().await;
-    while let Some(done) = services.join_next().await {
-        match done {
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => eprintln!("prx-ci: {err:#}"),
-            Err(err) => eprintln!("prx-ci: a service panicked: {err}"),
-        }
-    }
+    let stopped = system.stop().await;
     if let Some(nats) = local_nats {
         nats.stop().await;
     }
     match failure {
         Some(err) => Err(err),
-        None => Ok(()),
+        None => stopped,
     }
-}
-
-async fn named(
-    name: &'static str,
-    service: impl Future<Output = anyhow::Result<()>>,
-) -> anyhow::Result<&'static str> {
-    service
-        .await
-        .with_context(|| format!("{name} failed"))
-        .map(|()| name)
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {

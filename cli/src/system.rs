@@ -1,0 +1,171 @@
+//! The whole system in one process: what `prx-ci up` runs, and what the end-to-end tests start.
+//! Embedded defaults: the local build runner, buildspecs from the local clone, the NATS KV
+//! parameter store, no artifact checks, and Slack messages / commit statuses as log lines
+//! unless tokens are configured.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+use prx_ci_build_watcher::{BuildWatcher, BuildWatcherConfig};
+use prx_ci_dispatcher::{Dispatcher, DispatcherConfig, LocalGitBuildspecSource};
+use prx_ci_ingress::{Ingress, IngressConfig};
+use prx_ci_local_runner::{LocalRunner, LocalRunnerConfig};
+use prx_ci_notifier::{Notifier, NotifierConfig};
+use prx_ci_ops::{OpsConfig, OpsService};
+use prx_ci_publisher::{KvParameterStore, NoArtifactCheck, Publisher, PublisherConfig};
+use prx_ci_shared::config::{self, NatsConfig};
+use prx_ci_shared::github::GitHubConfig;
+use prx_ci_shared::telemetry::TelemetryConfig;
+use prx_ci_shared::{CancellationToken, Runtime};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// Every section `up` reads.
+#[derive(Debug, Clone, Default)]
+pub struct SystemConfig {
+    pub telemetry: TelemetryConfig,
+    pub nats: NatsConfig,
+    pub github: GitHubConfig,
+    pub ingress: IngressConfig,
+    pub dispatcher: DispatcherConfig,
+    pub runner: LocalRunnerConfig,
+    pub build_watcher: BuildWatcherConfig,
+    pub publisher: PublisherConfig,
+    pub notifier: NotifierConfig,
+    pub ops: OpsConfig,
+}
+
+impl SystemConfig {
+    /// Loads every section from `file` (optional) and `PRX_CI_*` overrides. The ingress and ops
+    /// sections are not validated yet: `up` may still fill in generated secrets.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        Ok(Self {
+            telemetry: config::load(file, "telemetry")?,
+            nats: config::load(file, "nats")?,
+            github: config::load(file, "github")?,
+            ingress: IngressConfig::load_unvalidated(file)?,
+            dispatcher: config::load(file, "dispatcher")?,
+            runner: config::load(file, "runner")?,
+            build_watcher: config::load(file, "build_watcher")?,
+            publisher: config::load(file, "publisher")?,
+            notifier: config::load(file, "notifier")?,
+            ops: config::load_unvalidated(file, "ops")?,
+        })
+    }
+}
+
+/// The running services.
+#[derive(Debug)]
+pub struct LocalSystem {
+    shutdown: CancellationToken,
+    services: JoinSet<anyhow::Result<&'static str>>,
+    runner: Arc<LocalRunner>,
+    /// The connection the services share.
+    pub runtime: Runtime,
+}
+
+impl LocalSystem {
+    /// Connects to `config.nats.url`, provisions streams, consumers and buckets, and starts
+    /// every service: the webhook endpoint on `webhook_listener`, the ops API on `ops_listener`.
+    pub async fn start(
+        config: SystemConfig,
+        webhook_listener: TcpListener,
+        ops_listener: TcpListener,
+    ) -> anyhow::Result<Self> {
+        let mut registry = Registry::default();
+        let rt = Runtime::connect(&config.nats, "up", &mut registry).await?;
+        rt.provision(config.nats.replicas)
+            .await
+            .context("cannot provision streams, consumers and KV buckets")?;
+
+        let runner = LocalRunner::new(rt.clone(), config.runner)?;
+        let ingress = Ingress::new(rt.clone(), config.ingress, &mut registry)?;
+        let dispatcher = Dispatcher::new(
+            rt.clone(),
+            config.dispatcher,
+            Arc::new(LocalGitBuildspecSource::new()),
+            runner.clone(),
+            &mut registry,
+        )?;
+        let watcher =
+            BuildWatcher::new(rt.clone(), config.build_watcher, None, None, &mut registry)?;
+        let publisher = Publisher::new(
+            rt.clone(),
+            config.publisher,
+            Arc::new(KvParameterStore::new(&rt.js).await?),
+            Arc::new(NoArtifactCheck),
+            &mut registry,
+        )?;
+        let notifier = Notifier::new(
+            rt.clone(),
+            config.notifier.clone(),
+            prx_ci_notifier::chat_sink(&config.notifier.slack)?,
+            prx_ci_notifier::status_sink(&config.github, &config.notifier.statuses)?,
+            prx_ci_notifier::commit_source(&config.github)?,
+            &mut registry,
+        )?;
+        let ops = OpsService::new(rt.clone(), config.ops, &mut registry)?;
+        // One registry for the process: the ingress serves it on /metrics.
+        let registry = Arc::new(registry);
+
+        let shutdown = CancellationToken::new();
+        let mut services = JoinSet::new();
+        services.spawn(named(
+            "ingress",
+            ingress.run(webhook_listener, registry, shutdown.clone()),
+        ));
+        services.spawn(named("dispatcher", dispatcher.run(shutdown.clone())));
+        services.spawn(named("build-watcher", watcher.run(shutdown.clone())));
+        services.spawn(named("publisher", publisher.run(shutdown.clone())));
+        services.spawn(named("notifier", notifier.run(shutdown.clone())));
+        services.spawn(named("ops", ops.run(ops_listener, shutdown.clone())));
+        Ok(Self {
+            shutdown,
+            services,
+            runner,
+            runtime: rt,
+        })
+    }
+
+    /// Resolves when a service stops on its own (an error, or unexpectedly).
+    pub async fn failed(&mut self) -> anyhow::Error {
+        match self.services.join_next().await {
+            Some(Ok(Ok(name))) => anyhow::anyhow!("{name} stopped unexpectedly"),
+            Some(Ok(Err(err))) => err,
+            Some(Err(err)) => anyhow::anyhow!("a service panicked: {err}"),
+            None => anyhow::anyhow!("no service is running"),
+        }
+    }
+
+    /// Stops every service (running local builds are stopped and reported) and waits for them.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.runner.shutdown().await;
+        let mut first_error = None;
+        while let Some(done) = self.services.join_next().await {
+            let error = match done {
+                Ok(Ok(_)) => continue,
+                Ok(Err(err)) => err,
+                Err(err) => anyhow::anyhow!("a service panicked: {err}"),
+            };
+            tracing::error!(
+                error = format!("{error:#}"),
+                "service failed while stopping"
+            );
+            first_error.get_or_insert(error);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+async fn named(
+    name: &'static str,
+    service: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<&'static str> {
+    service
+        .await
+        .with_context(|| format!("{name} failed"))
+        .map(|()| name)
+}

@@ -1,0 +1,168 @@
+//! End to end, exactly as a newcomer runs it: the in-process system of `prx-ci up` (local
+//! runner, KV parameters) against a real nats-server, driven by `prx-ci demo`'s scenario: two
+//! pushes to `main` whose builds finish in reverse order.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use prx_ci::demo::{self, DemoArgs, PARAMETER};
+use prx_ci::system::{LocalSystem, SystemConfig};
+use prx_ci_proto::v1::{self, envelope::Payload};
+use prx_ci_publisher::{KvParameterStore, parameter_report};
+use prx_ci_shared::testing::{NatsServer, wait_until};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+
+const SECRET: &str = "local-flow-secret";
+
+#[tokio::test]
+async fn an_older_push_finishing_last_never_overwrites_the_deploy_pointer() {
+    let nats = NatsServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+
+    let mut config = SystemConfig::default();
+    config.nats.url = nats.url();
+    config.ingress.secrets = vec![SecretString::from(SECRET)];
+    config.ops.token = Some(SecretString::from("local-flow-ops-token"));
+    config.runner.data_dir = data.path().join("runner");
+    let webhooks = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/webhooks/github", webhooks.local_addr().unwrap());
+    let system = LocalSystem::start(config, webhooks, ops).await.unwrap();
+    let js = system.runtime.js.clone();
+
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(120),
+        demo::run_scenario(&DemoArgs {
+            url,
+            secret: Some(SECRET.into()),
+            data_dir: data.path().to_owned(),
+            nats_url: nats.url(),
+        }),
+    )
+    .await
+    .expect("the scenario finishes")
+    .unwrap();
+
+    // Both pushes built, each exactly once, and both succeeded.
+    let requested: Vec<&v1::BuildRequested> = outcome
+        .events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Some(Payload::BuildRequested(r)) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requested.len(), 2);
+    let completed: BTreeMap<String, i32> = outcome
+        .events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Some(Payload::BuildCompleted(c)) => {
+                Some((c.build.clone().unwrap_or_default().commit, c.status))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(completed.len(), 2);
+    assert!(
+        completed
+            .values()
+            .all(|s| *s == v1::BuildStatus::Succeeded as i32)
+    );
+
+    // The newer push was published; the older one, finishing last, was skipped as superseded.
+    let push_sequence = |commit: &str| {
+        outcome
+            .events
+            .iter()
+            .find(|e| matches!(&e.payload, Some(Payload::BuildRequested(r)) if r.build.as_ref().is_some_and(|b| b.commit == commit)))
+            .map(|e| e.push_sequence)
+            .unwrap()
+    };
+    assert!(push_sequence(&outcome.first) < push_sequence(&outcome.second));
+    let applied: Vec<&v1::PublishApplied> = outcome
+        .events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Some(Payload::PublishApplied(p)) => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0].parameter, PARAMETER);
+    assert!(applied[0].value.contains(&outcome.second));
+    let skipped = outcome
+        .events
+        .iter()
+        .find_map(|e| match &e.payload {
+            Some(Payload::PublishSkipped(p)) => Some(p),
+            _ => None,
+        })
+        .expect("the stale publish is reported");
+    assert_eq!(skipped.reason(), v1::PublishSkipReason::Superseded);
+    assert_eq!(
+        skipped.superseded_by_sequence,
+        push_sequence(&outcome.second)
+    );
+    assert_eq!(skipped.build.as_ref().unwrap().commit, outcome.first);
+
+    // The parameter store holds the newest push's value.
+    let store = KvParameterStore::new(&js).await.unwrap();
+    let report = parameter_report(&js, &store, "/prx/stag/Spire/")
+        .await
+        .unwrap();
+    let parameter = report.iter().find(|r| r.parameter == PARAMETER).unwrap();
+    assert_eq!(
+        parameter.value.as_deref(),
+        Some(format!("github/prx/demo-app:{}-x86_64", outcome.second).as_str())
+    );
+
+    // Every build got exactly one Slack message, posted once and then updated.
+    let posted = wait_until(Duration::from_secs(30), "both Slack messages", || {
+        let js = js.clone();
+        async move {
+            let posts = notifications(&js, "posted").await;
+            (posts.len() == 2).then_some(posts)
+        }
+    })
+    .await;
+    let mut builds: Vec<_> = posted
+        .iter()
+        .map(|n| n.build.clone().unwrap_or_default().build_id)
+        .collect();
+    builds.sort();
+    builds.dedup();
+    assert_eq!(builds.len(), 2, "one message per build: {posted:?}");
+
+    system.stop().await.unwrap();
+}
+
+/// Slack `NotificationDelivered` events with the given action, from the stream.
+async fn notifications(
+    js: &async_nats::jetstream::Context,
+    action: &str,
+) -> Vec<v1::NotificationDelivered> {
+    use prost::Message as _;
+    let stream = js
+        .get_stream(prx_ci_shared::subject::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let last = stream.get_info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let Ok(raw) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        if let Ok(v1::Envelope {
+            payload: Some(Payload::NotificationDelivered(n)),
+            ..
+        }) = v1::Envelope::decode(raw.payload)
+            && n.channel() == v1::NotificationChannel::Slack
+            && n.action == action
+        {
+            out.push(n);
+        }
+    }
+    out
+}
