@@ -326,6 +326,10 @@ async fn one_build_life_posts_once_then_updates_and_sets_statuses() {
     assert_eq!(body["target_url"], LOG_URL);
     assert_eq!(body["description"], "Build has started running");
 
+    // The message is up: later events must update it.
+    env.message_where("the first message", |m| m.text.contains("» Building"))
+        .await;
+
     env.publish(&build.phase("INSTALL", "BUILD")).await;
     env.publish(&build.completed(v1::BuildStatus::Succeeded))
         .await;
@@ -379,7 +383,8 @@ async fn one_build_life_posts_once_then_updates_and_sets_statuses() {
     // History: the post, updates and statuses are recorded as events.
     let delivered = wait_until(WAIT, "notification events", || async {
         let n = env.notifications().await;
-        n.iter().any(|n| n.action == "success").then_some(n)
+        let has = |action: &str| n.iter().any(|n| n.action == action);
+        (has("success") && has("updated") && has("posted")).then_some(n)
     })
     .await;
     assert_eq!(delivered.iter().filter(|n| n.action == "posted").count(), 1);
@@ -581,7 +586,12 @@ async fn a_post_whose_reference_was_lost_is_found_not_repeated() {
         "no second post"
     );
     assert_eq!(env.slack.calls("conversations.history").len(), 1);
-    let (record, _) = store.load(BUILD_ID).await.unwrap().unwrap();
+    // The found reference is stored and the post marker cleared.
+    let record = wait_until(WAIT, "the found reference to be stored", || async {
+        let (record, _) = store.load(BUILD_ID).await.ok()??;
+        record.slack.reference.is_some().then_some(record)
+    })
+    .await;
     assert_eq!(record.slack.reference.unwrap().ts, ts);
     assert_eq!(record.slack.post_started_at, None);
     running.stop().await;
