@@ -869,6 +869,25 @@ async fn local_mode_exports_the_values_without_touching_aws() {
 }
 
 #[tokio::test]
+async fn local_mode_without_a_docker_daemon_publishes_nothing_and_succeeds() {
+    let mut build = Build::new().await;
+    build
+        .set("PRX_CI_LOCAL", "true")
+        .unset("AWS_ENDPOINT_URL")
+        .unset("AWS_ACCESS_KEY_ID")
+        .unset("AWS_SECRET_ACCESS_KEY");
+    build.image("img1", ECR_LABEL, "RAILS_APP");
+    // A docker client whose daemon is not running fails every `images` call.
+    build.docker_fails("images", "*");
+
+    let out = build.run().await;
+
+    out.assert_succeeded();
+    assert!(out.stdout.contains("Docker daemon not reachable"), "{out}");
+    out.assert_shell_state(&[]);
+}
+
+#[tokio::test]
 async fn local_mode_with_aws_settings_publishes_for_real() {
     let mut build = Build::new().await;
     build.set("PRX_CI_LOCAL", "true");
