@@ -1,1 +1,360 @@
-fn main() {}
+//! Notifier benchmark (`cargo bench -p prx-ci-notifier --bench notify`).
+//!
+//! 1. Rendering alone: messages rendered per second (pure function).
+//! 2. Throughput: build events folded, rendered and delivered per second through a real
+//!    nats-server into instant fake Slack and GitHub servers, pace off (many channels).
+//! 3. Burst: 100 builds of one channel finishing in the same second (4 events each) with the
+//!    per-channel pace on: chat calls made vs updates requested, the smallest gap between two
+//!    calls (never under the pace), and the time to drain.
+
+#[path = "../tests/fakes/mod.rs"]
+mod fakes;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use fakes::{CompareMode, FakeGitHub, FakeSlack, SLACK_TOKEN};
+use prometheus_client::registry::Registry;
+use prx_ci_notifier::commits::{CommitSummary, CommitsCache, GitHubCommitSource};
+use prx_ci_notifier::config::LinkConfig;
+use prx_ci_notifier::render;
+use prx_ci_notifier::view::BuildView;
+use prx_ci_notifier::{GitHubStatusSink, Notifier, NotifierConfig, SlackClient};
+use prx_ci_proto::v1::{self, envelope::Payload};
+use prx_ci_shared::github::{GitHubClient, GitHubConfig};
+use prx_ci_shared::testing::{NatsServer, wait_until};
+use prx_ci_shared::{CancellationToken, Chain, Runtime};
+use secrecy::SecretString;
+
+const SHA: &str = "165df6a5fd675dcf67a1b2c3d4e5f60718293a4b";
+const BEFORE: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
+
+fn build_ref(n: usize) -> v1::BuildRef {
+    v1::BuildRef {
+        build_id: format!("infrastructure-ci-Runner2:bench-{n}"),
+        build_request_id: format!("req-{n}"),
+        repository: format!("PRX/app-{}", n % 10),
+        commit: SHA.into(),
+        architecture: v1::Architecture::X8664 as i32,
+        backend: "codebuild".into(),
+        project: "infrastructure-ci-Runner2".into(),
+        region: "us-east-1".into(),
+        log_url: "https://logs.example.test/b".into(),
+    }
+}
+
+fn envelope(n: usize, name: &str, payload: Payload) -> v1::Envelope {
+    let chain = Chain {
+        correlation_id: format!("delivery-{n}"),
+        causation_id: format!("webhook-{n}"),
+        ..Chain::default()
+    };
+    chain.envelope(chain.derive_id(&[name]), payload)
+}
+
+fn requested(n: usize) -> v1::Envelope {
+    let repo = build_ref(n).repository;
+    let environment: HashMap<String, String> = [
+        ("PRX_REPO", repo.as_str()),
+        ("PRX_COMMIT", SHA),
+        ("PRX_BRANCH", "main"),
+        ("PRX_GITHUB_BEFORE", BEFORE),
+        ("PRX_GITHUB_AFTER", SHA),
+        ("PRX_AWS_ACCOUNT_ID", "123456789012"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    envelope(
+        n,
+        "requested",
+        Payload::BuildRequested(v1::BuildRequested {
+            build: Some(build_ref(n)),
+            environment,
+            ..Default::default()
+        }),
+    )
+}
+
+fn started(n: usize) -> v1::Envelope {
+    envelope(
+        n,
+        "started",
+        Payload::BuildStarted(v1::BuildStarted {
+            build: Some(build_ref(n)),
+            ..Default::default()
+        }),
+    )
+}
+
+fn phase(n: usize, completed: &str, current: &str) -> v1::Envelope {
+    envelope(
+        n,
+        &format!("phase-{completed}"),
+        Payload::BuildPhaseChanged(v1::BuildPhaseChanged {
+            build: Some(build_ref(n)),
+            completed_phase: completed.into(),
+            completed_phase_status: "SUCCEEDED".into(),
+            current_phase: current.into(),
+            ..Default::default()
+        }),
+    )
+}
+
+fn completed(n: usize) -> v1::Envelope {
+    envelope(
+        n,
+        "completed",
+        Payload::BuildCompleted(v1::BuildCompleted {
+            build: Some(build_ref(n)),
+            status: v1::BuildStatus::Succeeded as i32,
+            duration_ms: 60_000,
+            ..Default::default()
+        }),
+    )
+}
+
+fn published(n: usize, parameter: &str) -> v1::Envelope {
+    envelope(
+        n,
+        &format!("publish-{parameter}"),
+        Payload::PublishApplied(v1::PublishApplied {
+            parameter: parameter.into(),
+            value: format!("github/prx/app:{SHA}-x86_64"),
+            build: Some(build_ref(n)),
+            ..Default::default()
+        }),
+    )
+}
+
+struct Peers {
+    nats: NatsServer,
+    rt: Runtime,
+    slack: FakeSlack,
+    github: FakeGitHub,
+}
+
+impl Peers {
+    async fn start() -> Self {
+        let nats = NatsServer::start().await;
+        let rt = Runtime::from_client(nats.connect().await, &mut Registry::default());
+        rt.provision(1).await.expect("provision");
+        Self {
+            nats,
+            rt,
+            slack: FakeSlack::start().await,
+            github: FakeGitHub::start(CompareMode::Commits { n: 3, total: 3 }).await,
+        }
+    }
+
+    async fn notifier(&self, config: NotifierConfig) -> (Notifier, CancellationToken) {
+        let mut registry = Registry::default();
+        let rt = Runtime::from_client(self.nats.connect().await, &mut registry);
+        let github = GitHubClient::new(GitHubConfig {
+            api_url: self.github.url.clone(),
+            token: Some(SecretString::from("ghp_bench")),
+            ..GitHubConfig::default()
+        })
+        .expect("github client");
+        let notifier = Notifier::new(
+            rt,
+            config.clone(),
+            Arc::new(SlackClient::new(&config.slack).expect("slack client")),
+            // The budget is not what this measures: make it roomy.
+            Arc::new(GitHubStatusSink::new(github.clone(), 1_000_000, 1_000_000)),
+            Some(Arc::new(GitHubCommitSource::new(github))),
+            &mut registry,
+        )
+        .expect("notifier");
+        (notifier, CancellationToken::new())
+    }
+
+    fn config(&self, channels: usize, interval: Duration) -> NotifierConfig {
+        let mut config = NotifierConfig::default();
+        config.slack.api_url = self.slack.url.clone();
+        config.slack.token = Some(SecretString::from(SLACK_TOKEN));
+        config.slack.min_interval = interval;
+        config.concurrency = 32;
+        for repo in 0..channels.min(10) {
+            config
+                .channel_overrides
+                .insert(format!("PRX/app-{repo}"), format!("#ci-{repo}"));
+        }
+        config
+    }
+}
+
+fn bench_render() {
+    let mut view = BuildView::default();
+    for e in [
+        requested(1),
+        started(1),
+        phase(1, "INSTALL", "BUILD"),
+        completed(1),
+    ] {
+        view.apply(&e).expect("apply");
+    }
+    let commits = CommitsCache::Loaded {
+        commits: (0..16)
+            .map(|i| CommitSummary {
+                sha: format!("{i:02x}{}", &SHA[2..]),
+                author: "octocat".into(),
+                message: format!("Commit {i}"),
+            })
+            .collect(),
+        total: 16,
+    };
+    let links = LinkConfig {
+        sso_start_url: Some("https://d-906713e952.awsapps.com/start".into()),
+        ..LinkConfig::default()
+    };
+    let n = 20_000;
+    let t0 = Instant::now();
+    let mut chars = 0;
+    for _ in 0..n {
+        let message = render::render(&view, Some(&commits), &links);
+        chars += message.mrkdwn().len();
+        std::hint::black_box(message.digest());
+    }
+    let elapsed = t0.elapsed();
+    println!(
+        "render: {n} messages (16 commits, digest included) in {elapsed:.2?} = {:.0} renders/s ({} bytes each)",
+        f64::from(n) / elapsed.as_secs_f64(),
+        chars / n as usize
+    );
+}
+
+async fn bench_throughput() {
+    let peers = Peers::start().await;
+    let builds = 200;
+    let (notifier, shutdown) = peers.notifier(peers.config(10, Duration::ZERO)).await;
+    let stats = notifier.stats();
+    let task = tokio::spawn(notifier.run(shutdown.clone()));
+    let t0 = Instant::now();
+    let mut events = 0u64;
+    for n in 0..builds {
+        for e in [
+            requested(n),
+            started(n),
+            phase(n, "INSTALL", "BUILD"),
+            completed(n),
+            published(n, "/prx/stag/Spire/App/pkg/docker-image-tag"),
+        ] {
+            peers.rt.publisher.publish(&e).await.expect("publish");
+            events += 1;
+        }
+    }
+    let published_in = t0.elapsed();
+    wait_until(Duration::from_secs(300), "every build delivered", || {
+        let messages = peers.slack.messages();
+        async move {
+            (messages.len() == builds
+                && messages
+                    .iter()
+                    .all(|m| m.text.contains("» Built") && m.mrkdwn.contains("» Set `")))
+            .then_some(())
+        }
+    })
+    .await;
+    let elapsed = t0.elapsed();
+    let calls = peers.slack.all_calls().len();
+    println!(
+        "throughput: {events} events of {builds} builds (10 channels, pace off) published in {published_in:.2?}, all delivered in {elapsed:.2?} = {:.0} events/s; {calls} chat calls ({} posts), {} statuses written, {} events applied",
+        events as f64 / elapsed.as_secs_f64(),
+        peers.slack.calls("chat.postMessage").len(),
+        stats.statuses_written.load(Ordering::Relaxed),
+        stats.events_applied.load(Ordering::Relaxed),
+    );
+    shutdown.cancel();
+    task.await.expect("join").expect("notifier");
+}
+
+async fn bench_burst(interval: Duration) {
+    let peers = Peers::start().await;
+    let builds = 100;
+    // Setup: 100 builds of one channel already have their message (pace off).
+    let mut config = peers.config(0, Duration::ZERO);
+    config.statuses.enabled = false;
+    let (notifier, shutdown) = peers.notifier(config.clone()).await;
+    let task = tokio::spawn(notifier.run(shutdown.clone()));
+    for n in 0..builds {
+        for e in [requested(n * 10), started(n * 10)] {
+            peers.rt.publisher.publish(&e).await.expect("publish");
+        }
+    }
+    wait_until(Duration::from_secs(120), "100 messages posted", || {
+        let posted = peers.slack.messages().len();
+        async move { (posted == builds).then_some(()) }
+    })
+    .await;
+    shutdown.cancel();
+    task.await.expect("join").expect("notifier");
+    let setup_calls = peers.slack.all_calls().len();
+
+    // The burst: every build finishes at once (4 events each), pace on.
+    config.slack.min_interval = interval;
+    let (notifier, shutdown) = peers.notifier(config).await;
+    let stats = notifier.stats();
+    let task = tokio::spawn(notifier.run(shutdown.clone()));
+    let t0 = Instant::now();
+    for n in 0..builds {
+        for e in [
+            phase(n * 10, "BUILD", "POST_BUILD"),
+            completed(n * 10),
+            published(n * 10, "/prx/stag/Spire/App/pkg/docker-image-tag"),
+            published(n * 10, "/prx/stag/Spire/App/pkg/s3-object-key"),
+        ] {
+            peers.rt.publisher.publish(&e).await.expect("publish");
+        }
+    }
+    let published_in = t0.elapsed();
+    wait_until(
+        Duration::from_secs(600),
+        "every build to show its final state",
+        || {
+            let messages = peers.slack.messages();
+            async move {
+                messages
+                    .iter()
+                    .all(|m| m.text.contains("» Built") && m.mrkdwn.contains("s3-object-key"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let drained = t0.elapsed();
+    let calls = peers.slack.all_calls();
+    let burst_calls = &calls[setup_calls..];
+    let min_gap = burst_calls
+        .windows(2)
+        .map(|w| w[1].at.duration_since(w[0].at))
+        .min()
+        .unwrap_or_default();
+    println!(
+        "burst: {builds} builds x 4 events on one channel, pace {interval:?}: published in {published_in:.2?}, drained in {drained:.2?}; {} updates requested, {} chat calls made ({} posts), smallest gap between calls {min_gap:.2?}",
+        stats.chat_requested.load(Ordering::Relaxed),
+        burst_calls.len(),
+        burst_calls
+            .iter()
+            .filter(|c| c.method == "chat.postMessage")
+            .count(),
+    );
+    shutdown.cancel();
+    task.await.expect("join").expect("notifier");
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    bench_render();
+    runtime.block_on(bench_throughput());
+    let interval = std::env::var("NOTIFY_BENCH_PACE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_millis(100), Duration::from_millis);
+    runtime.block_on(bench_burst(interval));
+}

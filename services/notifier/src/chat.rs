@@ -74,6 +74,12 @@ pub trait ChatSink: Send + Sync + std::fmt::Debug {
         build_key: &str,
         since: OffsetDateTime,
     ) -> Result<Option<MessageRef>, ChatError>;
+
+    /// Whether messages to one channel must keep `[notifier.slack] min_interval` apart (Slack's
+    /// per-channel limit). The log has no such limit.
+    fn paced(&self) -> bool {
+        true
+    }
 }
 
 /// Local mode: the rendered message goes to the log as readable multi-line text.
@@ -128,5 +134,9 @@ impl ChatSink for LogChatSink {
         _since: OffsetDateTime,
     ) -> Result<Option<MessageRef>, ChatError> {
         Ok(None)
+    }
+
+    fn paced(&self) -> bool {
+        false
     }
 }

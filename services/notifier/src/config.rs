@@ -32,7 +32,8 @@ pub struct NotifierConfig {
     /// Commits listed for a push (GitHub compare `per_page`). Default 16.
     pub max_commits: u32,
     /// How long one replica may hold a build's delivery lease before another may take over.
-    /// Default 30s.
+    /// Longer than the Slack client's worst-case retries (5 attempts, waits of at most 30s,
+    /// 10s request timeout). Default 3m.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
     pub slack: SlackConfig,
@@ -51,7 +52,7 @@ impl Default for NotifierConfig {
             username: Some("AWS CodeBuild".to_owned()),
             icon_emoji: Some(":ops-codebuild:".to_owned()),
             max_commits: 16,
-            lease: Duration::from_secs(30),
+            lease: Duration::from_secs(180),
             slack: SlackConfig::default(),
             links: LinkConfig::default(),
             statuses: StatusConfig::default(),
@@ -244,6 +245,14 @@ mod tests {
         assert_eq!(config.channel_for("PRX/other"), "#builds");
         assert_eq!(config.slack.min_interval, Duration::from_millis(500));
         assert!(!format!("{config:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let figment = Figment::from(Toml::string(include_str!("../config.example.toml")));
+        let example: NotifierConfig = load_from(&figment, "notifier").unwrap();
+        let defaults = NotifierConfig::default();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
     }
 
     #[test]

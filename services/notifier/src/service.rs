@@ -5,6 +5,37 @@
 //! The KV record is the outbox: an event is acknowledged once it is folded into the record,
 //! and a record whose message or status lags behind its view is "dirty" until delivered. At
 //! start every dirty record is queued again, so a crash between ack and delivery loses nothing.
+//!
+//! # Ordering
+//! Events of one build are folded with compare-and-set on the record's KV revision, so any
+//! consumer concurrency and any number of replicas apply them one at a time; the fold itself
+//! ([`crate::view`]) is idempotent and monotonic, so redeliveries and late events are harmless.
+//!
+//! # Pace and coalescing
+//! Each channel has one lane: a FIFO of build keys in which a key already waiting is not queued
+//! again. The lane waits for the pace (`[notifier.slack] min_interval`, Slack's ~1 message per
+//! second per channel) *before* it takes the next build, loads the newest record and renders
+//! it, so every event that arrived meanwhile goes out in one call. A rendering identical to
+//! the last one sent is not sent. 100 builds finishing in the same second are 100 calls, one
+//! per build, drained at the pace, however many events each build had.
+//! Commit statuses go through one queue keyed by (repository, commit, context) where a newer
+//! state replaces a waiting older one, and the GitHub sink spends a token bucket sized to
+//! GitHub's content-creation limits (80/minute, 500/hour by default).
+//!
+//! # Never posting twice
+//! Replicas take a per-build lease in the record before delivering (a second replica waits).
+//! Before the first `chat.postMessage` the record gets a post marker (`post_started_at`),
+//! stored *before* the call; the message `ts` is stored right after it and the marker
+//! cleared. A record found with a marker and no `ts` (the post may have happened but storing
+//! its `ts` failed, or the process died in between) is never posted blindly: the notifier first
+//! reads the channel's recent history (`conversations.history`, `include_all_metadata`) for the
+//! message carrying the build's key in its metadata (every post has
+//! `metadata.event_type = prx_ci_build`, `event_payload.build = <key>`) and adopts it.
+//! Residual risk: when that lookup is impossible (no `channels:history`/`groups:history`
+//! scope, a channel configured by name instead of id, Slack down) the notifier posts again
+//! rather than stay silent, so a lost `ts` *and* a failed lookup give a second message; and a
+//! lease that expires while its holder is still blocked in Slack's retries (longer than
+//! `[notifier] lease`) can let a second replica post concurrently.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -436,7 +467,11 @@ impl Core {
 
     /// Delivers one channel's builds, at most one chat call per `min_interval`.
     async fn lane_worker(self: Arc<Self>, channel: String, lane: Arc<Lane>) {
-        let interval = self.config.slack.min_interval;
+        let interval = if self.chat.paced() {
+            self.config.slack.min_interval
+        } else {
+            Duration::ZERO
+        };
         let mut next_send = Instant::now();
         let mut attempts: HashMap<String, u32> = HashMap::new();
         loop {

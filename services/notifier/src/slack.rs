@@ -92,7 +92,7 @@ impl SlackClient {
             token,
             backoff: Backoff {
                 initial: Duration::from_millis(500),
-                max: Duration::from_secs(60),
+                max: Duration::from_secs(30),
                 max_attempts: 5,
             },
         })
