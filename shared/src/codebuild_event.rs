@@ -64,7 +64,11 @@ pub struct Detail {
     pub completed_phase_status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_phase_context: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_u64"
+    )]
     pub completed_phase_duration_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_phase_start: Option<String>,
@@ -90,7 +94,11 @@ pub struct AdditionalInformation {
     pub source_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Source>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_u64"
+    )]
     pub timeout_in_minutes: Option<u64>,
     #[serde(default)]
     pub environment: Environment,
@@ -166,12 +174,29 @@ pub struct Phase {
     pub start_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_time: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_u64"
+    )]
     pub duration_in_seconds: Option<u64>,
     /// Messages of a failed phase (`["COMMAND_EXECUTION_ERROR: Error while executing ..."]`);
     /// AWS sends a list of strings.
     #[serde(default)]
     pub phase_context: Vec<String>,
+}
+
+/// Reads a count that AWS sometimes writes as a float (`60.0` in older samples of the event):
+/// a whole number in either form, or nothing (`null`, or a value that is not a count).
+fn lenient_u64<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    let value = Option::<serde_json::Value>::deserialize(deserializer)?;
+    Ok(value.and_then(|v| {
+        v.as_u64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0 && f.fract() == 0.0 && *f <= u64::MAX as f64)
+                .map(|f| f as u64)
+        })
+    }))
 }
 
 impl CodeBuildEvent {
@@ -195,6 +220,31 @@ impl CodeBuildEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_written_as_floats_still_parse() {
+        let event: CodeBuildEvent = serde_json::from_value(serde_json::json!({
+            "detail-type": STATE_CHANGE,
+            "detail": {
+                "build-status": "SUCCEEDED",
+                "completed-phase-duration-seconds": 3.0,
+                "additional-information": {
+                    "timeout-in-minutes": 60.0,
+                    "phases": [{"phase-type": "BUILD", "duration-in-seconds": 36}]
+                }
+            }
+        }))
+        .unwrap();
+        assert_eq!(event.detail.completed_phase_duration_seconds, Some(3));
+        assert_eq!(
+            event.detail.additional_information.timeout_in_minutes,
+            Some(60)
+        );
+        assert_eq!(
+            event.detail.additional_information.phases[0].duration_in_seconds,
+            Some(36)
+        );
+    }
 
     #[test]
     fn exported_variables_win_over_environment() {

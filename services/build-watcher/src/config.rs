@@ -138,6 +138,24 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses_to_the_defaults_plus_its_queue() {
+        let c: BuildWatcherConfig = load_from(
+            &figment(include_str!("../config.example.toml")),
+            "build_watcher",
+        )
+        .unwrap();
+        let d = BuildWatcherConfig::default();
+        assert!(c.queue_url.is_some());
+        assert_eq!(c.reconcile_after, d.reconcile_after);
+        assert_eq!(c.reconcile_interval, d.reconcile_interval);
+        assert_eq!(c.reconcile_call_spacing, d.reconcile_call_spacing);
+        assert_eq!(c.request_wait, d.request_wait);
+        assert_eq!(c.unrequested_after, d.unrequested_after);
+        assert_eq!(c.sqs_wait_time, d.sqs_wait_time);
+        assert_eq!(c.ops_listen, d.ops_listen);
+    }
+
+    #[test]
     fn invalid_values_are_rejected() {
         for bad in [
             "[build_watcher]\nreconcile_batch_size = 101\n",

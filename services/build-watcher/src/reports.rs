@@ -55,11 +55,17 @@ impl ReportHandler {
         if current.record.is_some() {
             return Ok(current);
         }
-        let waited = self
-            .store
-            .wait_for(&report.build_id, self.request_wait)
-            .await
-            .map_err(HandlerError::transient)?;
+        // Only the first delivery waits in the handler (the common race: the local runner or
+        // SQS beating the dispatcher's publish by milliseconds); later ones rely on the
+        // consumer's backoff, so a build nobody requested does not hold the consumer long.
+        let waited = if delivery.delivered <= 1 {
+            self.store
+                .wait_for(&report.build_id, self.request_wait)
+                .await
+                .map_err(HandlerError::transient)?
+        } else {
+            current
+        };
         if waited.record.is_some() {
             return Ok(waited);
         }
