@@ -14,7 +14,7 @@ use prx_ci_build_watcher::{BuildWatcherConfig, REPORTS_CONSUMER, REQUESTS_CONSUM
 use prx_ci_proto::v1::envelope::Payload;
 use prx_ci_shared::testing::wait_until;
 
-use crate::utils::{PROJECT, WAIT, World, completed, names, test_config};
+use crate::utils::{PROJECT, WAIT, World, completed, fixture, names, test_config};
 
 /// Creates the project and starts a build; returns its id (`project:uuid`).
 async fn start_build(codebuild: &aws_sdk_codebuild::Client) -> String {
@@ -62,27 +62,40 @@ async fn start_build(codebuild: &aws_sdk_codebuild::Client) -> String {
 async fn a_transition_whose_message_was_lost_is_found_by_the_reconciler() {
     let mut world = World::with_aws().await;
     let codebuild = world.codebuild();
+    let sqs = world.sqs();
+    let queue_url = crate::sqs::create_queue(&sqs, "codebuild-lost").await;
     let build_id = start_build(&codebuild).await;
-    world.start(
-        BuildWatcherConfig {
-            reconcile_after: Duration::from_millis(200),
-            ..test_config()
-        },
-        Some(codebuild),
-        None,
-    );
+    let config = BuildWatcherConfig {
+        queue_url: Some(queue_url.clone()),
+        reconcile_after: Duration::from_secs(3600),
+        ..test_config()
+    };
+    // The start arrives through SQS...
+    world.start(config.clone(), None, Some(sqs.clone()));
     let requested = world.request(&build_id).await;
-    // No SQS message ever arrives; the reconciler asks CodeBuild once the build has not been
-    // heard of for `reconcile_after`.
+    crate::sqs::send(
+        &sqs,
+        &queue_url,
+        &fixture("state-in-progress.json", &build_id),
+    )
+    .await;
+    world.until_events(&build_id, 2).await;
+    // ...the final state change is lost (never delivered). After a restart the reconciler
+    // looks up every build in flight and finds it.
+    world.stop().await;
+    world.start(config, Some(codebuild), Some(sqs));
     let events = world.until_completed(&build_id).await;
-    assert_eq!(names(&events), ["started", "completed:SUCCEEDED"]);
+    assert_eq!(
+        names(&events),
+        ["started", "phase:SUBMITTED", "completed:SUCCEEDED"]
+    );
     assert!(events.iter().all(|e| e.causation_id == requested.event_id));
     let done = completed(&events);
     let b = done.build.unwrap();
     assert_eq!(b.build_request_id, format!("req-{build_id}"));
     assert!(!b.log_url.is_empty());
     assert!(done.phases.iter().any(|p| p.name == "COMPLETED"));
-    let reports: Vec<_> = world
+    let sources: Vec<_> = world
         .events()
         .await
         .into_iter()
@@ -91,7 +104,8 @@ async fn a_transition_whose_message_was_lost_is_found_by_the_reconciler() {
             _ => None,
         })
         .collect();
-    assert!(!reports.is_empty() && reports.iter().all(|s| s == "reconciler"));
+    assert_eq!(sources.first().map(String::as_str), Some("sqs"));
+    assert_eq!(sources.last().map(String::as_str), Some("reconciler"));
     wait_until(WAIT, "the build to leave the in-flight index", || async {
         world
             .store
@@ -102,6 +116,27 @@ async fn a_transition_whose_message_was_lost_is_found_by_the_reconciler() {
             .then_some(())
     })
     .await;
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_build_not_heard_of_for_a_while_is_looked_up() {
+    let mut world = World::with_aws().await;
+    let codebuild = world.codebuild();
+    let build_id = start_build(&codebuild).await;
+    world.start(
+        BuildWatcherConfig {
+            reconcile_after: Duration::from_millis(200),
+            ..test_config()
+        },
+        Some(codebuild),
+        None,
+    );
+    // No report at all after the request: once `reconcile_after` has passed, the periodic
+    // pass asks CodeBuild.
+    world.request(&build_id).await;
+    let events = world.until_completed(&build_id).await;
+    assert_eq!(names(&events), ["started", "completed:SUCCEEDED"]);
     world.stop().await;
 }
 

@@ -14,7 +14,7 @@ use crate::utils::{
     COMMIT, REPO, WAIT, World, completed, fixture, names, new_build_id, test_config,
 };
 
-async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> String {
+pub async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> String {
     sqs.create_queue()
         .queue_name(name)
         .attributes(
@@ -29,7 +29,7 @@ async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> String {
         .to_owned()
 }
 
-async fn send(sqs: &aws_sdk_sqs::Client, queue_url: &str, event: &Value) {
+pub async fn send(sqs: &aws_sdk_sqs::Client, queue_url: &str, event: &Value) {
     sqs.send_message()
         .queue_url(queue_url)
         .message_body(event.to_string())

@@ -119,6 +119,9 @@ impl World {
         codebuild: Option<aws_sdk_codebuild::Client>,
         sqs: Option<aws_sdk_sqs::Client>,
     ) {
+        if self.shutdown.is_cancelled() {
+            self.shutdown = CancellationToken::new();
+        }
         let watcher = BuildWatcher::new(
             self.rt.clone(),
             config,
