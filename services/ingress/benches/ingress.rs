@@ -1,1 +1,516 @@
-fn main() {}
+//! Ingress throughput, latency and memory, against the raw JetStream ceiling measured in the
+//! same run.
+//!
+//! `cargo bench -p prx-ci-ingress --bench ingress`
+//!
+//! 1. starts a nats-server (the test harness: JetStream, file store in a temp dir);
+//! 2. ceiling: publishes the same `WebhookReceived` envelope the ingress would store (the
+//!    recorded push payload, compact JSON) with a unique `Nats-Msg-Id` each, at the same
+//!    concurrency, each publish waiting for its ack;
+//! 3. ingress: runs the release `prx-ci-ingress` binary as its own process and drives it with
+//!    signed deliveries of that payload (unique `X-GitHub-Delivery` each) over 64 keep-alive
+//!    HTTP/1.1 connections from a minimal in-process client (like `wrk`, so the generator
+//!    takes little of the 2 cores);
+//! 4. prints requests/s, p50/p99/max latency, the ingress's peak RSS (`VmHWM`), and the ratio.
+//!
+//! Environment: `PRX_BENCH_COUNT` (requests per measured phase, default 100000),
+//! `PRX_BENCH_CONCURRENCY` (default 64), `PRX_BENCH_LOG` (the ingress's log filter, default
+//! `warn`: one log line per stored delivery at `info` is measured separately if you set it).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use bytes::Bytes;
+use prometheus_client::registry::Registry;
+use prost::Message as _;
+use prx_ci_ingress::{WEBHOOK_PATH, signature_256};
+use prx_ci_proto::v1::{self, envelope::Payload};
+use prx_ci_shared::Runtime;
+use prx_ci_shared::events::Chain;
+use prx_ci_shared::subject::{WEBHOOKS_STREAM, webhook_subject};
+use prx_ci_shared::testing::{NatsServer, free_port, wait_until, workspace_root};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+const SECRET: &str = "benchmark secret";
+const WARMUP: usize = 5_000;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Debug)]
+struct Run {
+    count: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    errors: usize,
+}
+
+impl Run {
+    fn per_second(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+        sorted[index]
+    }
+
+    fn report(&self, name: &str) {
+        println!(
+            "{name:<28} {:>9.0} /s   p50 {:>7.2} ms   p99 {:>7.2} ms   max {:>7.2} ms   ({} in {:.2} s, {} errors)",
+            self.per_second(),
+            self.percentile(0.50).as_secs_f64() * 1e3,
+            self.percentile(0.99).as_secs_f64() * 1e3,
+            self.percentile(1.0).as_secs_f64() * 1e3,
+            self.count,
+            self.elapsed.as_secs_f64(),
+            self.errors,
+        );
+    }
+}
+
+/// Runs `count` operations with `concurrency` workers; `op(i)` returns whether it succeeded.
+async fn drive<F, Fut>(count: usize, concurrency: usize, op: F) -> Run
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let op = Arc::clone(&op);
+            let next = Arc::clone(&next);
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(count / concurrency + 1);
+                let mut errors = 0;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        break;
+                    }
+                    let t = Instant::now();
+                    if !op(worker, i).await {
+                        errors += 1;
+                    }
+                    latencies.push(t.elapsed());
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(count);
+    let mut errors = 0;
+    for worker in workers {
+        let (l, e) = worker.await.expect("worker");
+        latencies.extend(l);
+        errors += e;
+    }
+    Run {
+        count,
+        elapsed: started.elapsed(),
+        latencies,
+        errors,
+    }
+}
+
+/// The raw ceiling: publish-with-ack of the envelope the ingress would store.
+async fn raw_jetstream(
+    js: &jetstream::Context,
+    payload: &[u8],
+    count: usize,
+    concurrency: usize,
+    tag: &str,
+) -> Run {
+    let js = js.clone();
+    let payload = payload.to_vec();
+    let tag = tag.to_owned();
+    drive(count, concurrency, move |_, i| {
+        let js = js.clone();
+        let id = format!("{tag}-{i:08}");
+        let envelope = Chain {
+            correlation_id: id.clone(),
+            ..Chain::default()
+        }
+        .envelope(
+            id.clone(),
+            Payload::WebhookReceived(v1::WebhookReceived {
+                delivery_id: id.clone(),
+                event_name: "push".into(),
+                payload: payload.clone(),
+                hook_id: "512345678".into(),
+                repository: "PRX/example-app".into(),
+                origin: v1::Origin::Github.into(),
+                requested_by: String::new(),
+            }),
+        );
+        async move {
+            let message = PublishMessage::build()
+                .message_id(&id)
+                .payload(envelope.encode_to_vec().into());
+            match js
+                .send_publish(webhook_subject("push", "PRX/example-app"), message)
+                .await
+            {
+                Ok(ack) => ack.await.is_ok_and(|a| !a.duplicate),
+                Err(_) => false,
+            }
+        }
+    })
+    .await
+}
+
+/// A minimal HTTP/1.1 keep-alive connection: writes one request, reads one response.
+struct Connection {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Connection {
+    async fn open(addr: &str) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buffer: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Sends `head` + `body`, returns the response status.
+    async fn request(&mut self, head: &[u8], body: &[u8]) -> std::io::Result<u16> {
+        self.stream.write_all(head).await?;
+        self.stream.write_all(body).await?;
+        self.buffer.clear();
+        loop {
+            if let Some(end) = find(&self.buffer, b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buffer[..end]).map_err(invalid)?;
+                let status: u16 = head
+                    .get(9..12)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| invalid("status"))?;
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                let total = end + 4 + length;
+                while self.buffer.len() < total {
+                    self.read_more().await?;
+                }
+                return Ok(status);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    async fn read_more(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.buffer.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn invalid(what: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// Drives the ingress at `addr` with signed deliveries of `body`.
+async fn ingress_load(addr: &str, body: Bytes, count: usize, concurrency: usize, tag: &str) -> Run {
+    let mut connections = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        connections.push(tokio::sync::Mutex::new(
+            Connection::open(addr)
+                .await
+                .expect("connect to the ingress"),
+        ));
+    }
+    let connections = Arc::new(connections);
+    let signature = signature_256(SECRET, &body);
+    let addr = addr.to_owned();
+    let tag = tag.to_owned();
+    drive(count, concurrency, move |worker, i| {
+        let connections = Arc::clone(&connections);
+        let body = body.clone();
+        let head = format!(
+            "POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: GitHub-Hookshot/bench\r\n\
+             Content-Type: application/json\r\nX-GitHub-Event: push\r\n\
+             X-GitHub-Delivery: {tag}-{i:08}\r\nX-GitHub-Hook-ID: 512345678\r\n\
+             X-Hub-Signature-256: {signature}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        async move {
+            let mut connection = connections[worker].lock().await;
+            matches!(connection.request(head.as_bytes(), &body).await, Ok(202))
+        }
+    })
+    .await
+}
+
+/// The ingress as its own process.
+struct IngressProcess {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl IngressProcess {
+    async fn start(nats_url: &str, log_filter: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("prx-ci.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[nats]\nurl = \"{nats_url}\"\n\n[telemetry]\nlog_filter = \"{log_filter}\"\n\n\
+                 [ingress]\nlisten = \"{addr}\"\nsecrets = [\"{SECRET}\"]\n"
+            ),
+        )
+        .expect("write config");
+        let binary = PathBuf::from(env!("CARGO_BIN_EXE_prx-ci-ingress"));
+        let child = Command::new(&binary)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("PRX_CI_WEBHOOK_SECRET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let process = Self {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let url = format!("http://{}/readyz", process.addr);
+        let http = reqwest::Client::new();
+        wait_until(Duration::from_secs(30), "the ingress to be ready", || {
+            let request = http.get(&url).send();
+            async move { request.await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+        })
+        .await;
+        process
+    }
+
+    /// `VmHWM` (peak resident set) and `VmRSS` of the process, in KiB.
+    fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+}
+
+impl Drop for IngressProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Clock ticks are 100 per second on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The pid of the nats-server listening on `port`.
+fn nats_server_pid(port: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let entry = entry.ok()?;
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_nats = args.first()?.ends_with(b"nats-server");
+        let on_port = args
+            .windows(2)
+            .any(|w| w[0] == b"-p" && w[1] == port.as_bytes());
+        (is_nats && on_port).then_some(pid)
+    })
+}
+
+/// CPU used per request by each process during a phase, in microseconds.
+struct CpuSample {
+    pids: Vec<(&'static str, u32)>,
+    start: Vec<f64>,
+}
+
+impl CpuSample {
+    fn start(pids: Vec<(&'static str, u32)>) -> Self {
+        let start = pids.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+        Self { pids, start }
+    }
+
+    fn report(&self, requests: usize, elapsed: Duration) {
+        let parts: Vec<String> = self
+            .pids
+            .iter()
+            .zip(&self.start)
+            .map(|((name, pid), start)| {
+                let used = cpu_seconds(*pid) - start;
+                format!(
+                    "{name} {:.0} us/req ({:.0}% of a core)",
+                    used * 1e6 / requests as f64,
+                    used * 100.0 / elapsed.as_secs_f64()
+                )
+            })
+            .collect();
+        println!("{:<28} {}", "  cpu", parts.join(", "));
+    }
+}
+
+async fn purge(js: &jetstream::Context) {
+    js.get_stream(WEBHOOKS_STREAM)
+        .await
+        .expect("stream")
+        .purge()
+        .await
+        .expect("purge");
+}
+
+async fn stored_count(js: &jetstream::Context) -> u64 {
+    js.get_stream(WEBHOOKS_STREAM)
+        .await
+        .expect("stream")
+        .get_info()
+        .await
+        .expect("info")
+        .state
+        .messages
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let count = env_usize("PRX_BENCH_COUNT", 100_000);
+    let concurrency = env_usize("PRX_BENCH_CONCURRENCY", 64);
+    let log_filter = std::env::var("PRX_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned());
+
+    // GitHub sends compact JSON; the recorded file is pretty-printed for reading.
+    let recorded = std::fs::read(workspace_root().join("tests/data/github/push.json"))
+        .expect("tests/data/github/push.json");
+    let value: serde_json::Value = serde_json::from_slice(&recorded).expect("push.json");
+    let body = Bytes::from(serde_json::to_vec(&value).expect("compact JSON"));
+
+    let server = NatsServer::start().await;
+    let rt = Runtime::from_client(server.connect().await, &mut Registry::default());
+    rt.provision(1).await.expect("provision");
+    let js = rt.js.clone();
+
+    println!(
+        "payload {} bytes (compact push.json), concurrency {concurrency}, {count} requests per phase, ingress log filter {log_filter:?}",
+        body.len()
+    );
+
+    let port = server
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let nats_pid = nats_server_pid(&port).expect("the nats-server process");
+    let own_pid = std::process::id();
+
+    raw_jetstream(&js, &body, WARMUP, concurrency, "warm-raw").await;
+    purge(&js).await;
+    let cpu = CpuSample::start(vec![("bench", own_pid), ("nats-server", nats_pid)]);
+    let raw = raw_jetstream(&js, &body, count, concurrency, "raw").await;
+    raw.report("jetstream publish+ack");
+    cpu.report(count, raw.elapsed);
+    assert_eq!(
+        stored_count(&js).await,
+        count as u64,
+        "every raw publish stored"
+    );
+    purge(&js).await;
+
+    let ingress = IngressProcess::start(&server.url(), &log_filter).await;
+    let (_, rss_idle) = ingress.memory_kib();
+    ingress_load(&ingress.addr, body.clone(), WARMUP, concurrency, "warm").await;
+    purge(&js).await;
+    let cpu = CpuSample::start(vec![
+        ("load generator", own_pid),
+        ("ingress", ingress.child.id()),
+        ("nats-server", nats_pid),
+    ]);
+    let run = ingress_load(&ingress.addr, body.clone(), count, concurrency, "delivery").await;
+    run.report("ingress webhooks");
+    cpu.report(count, run.elapsed);
+    let (hwm, rss) = ingress.memory_kib();
+    let stored = stored_count(&js).await;
+    drop(ingress);
+
+    purge(&js).await;
+    let cpu = CpuSample::start(vec![("bench", own_pid), ("nats-server", nats_pid)]);
+    let raw_after = raw_jetstream(&js, &body, count, concurrency, "raw-after").await;
+    raw_after.report("jetstream publish+ack again");
+    cpu.report(count, raw_after.elapsed);
+
+    let ceiling = raw.per_second().max(raw_after.per_second());
+    println!(
+        "ingress: stored {stored}/{count}, peak RSS (VmHWM) {:.1} MiB, RSS idle {:.1} MiB, after {:.1} MiB",
+        hwm as f64 / 1024.0,
+        rss_idle as f64 / 1024.0,
+        rss as f64 / 1024.0
+    );
+    println!(
+        "ratio to the better raw ceiling: {:.2} (target >= 0.6); throughput target >= 15000/s: {}; p99 target < 10 ms: {}; RSS target < 50 MiB: {}",
+        run.per_second() / ceiling,
+        if run.per_second() >= 15_000.0 {
+            "met"
+        } else {
+            "MISSED"
+        },
+        if run.percentile(0.99) < Duration::from_millis(10) {
+            "met"
+        } else {
+            "MISSED"
+        },
+        if hwm < 50 * 1024 { "met" } else { "MISSED" },
+    );
+    assert_eq!(run.errors, 0, "every delivery answered 202");
+    assert_eq!(stored, count as u64, "every delivery stored once");
+}

@@ -202,6 +202,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid_and_states_the_defaults() {
+        let example = load(include_str!("../config.example.toml")).unwrap();
+        let defaults = IngressConfig::default();
+        assert_eq!(example.listen, defaults.listen);
+        assert_eq!(example.legacy_sha1, defaults.legacy_sha1);
+        assert_eq!(example.max_body_bytes, defaults.max_body_bytes);
+        assert_eq!(example.allowed_events, defaults.allowed_events);
+        assert_eq!(example.store_timeout, defaults.store_timeout);
+    }
+
+    #[test]
     fn file_values_are_read() {
         let config = load(
             "[ingress]\nlisten = \"0.0.0.0:9000\"\nsecrets = [\"a\", \"b\"]\nlegacy_sha1 = true\n\
