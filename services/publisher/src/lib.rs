@@ -3,7 +3,7 @@
 //! the parameter; every parameter gets a `PublishApplied` or `PublishSkipped` event.
 //!
 //! Wiring (`prx-ci up`, local mode):
-//! ```ignore
+//! ```text
 //! let store = Arc::new(KvParameterStore::new(&rt.js).await?);
 //! let publisher = Publisher::new(rt, PublisherConfig::default(), store,
 //!                                Arc::new(NoArtifactCheck), &mut registry)?;

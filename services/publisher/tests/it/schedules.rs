@@ -221,6 +221,7 @@ async fn the_fence_keeps_every_schedule_in_push_order_where_last_writer_wins_reg
     let mut rng = Rng(seed);
     let (mut pushes, mut deliveries, mut duplicates, mut failed, mut multi_arch) = (0, 0, 0, 0, 0);
     let (mut faults_injected, mut writes) = (0, 0);
+    let mut lww_writes = 0;
     let (mut lww_push_regressions, mut lww_arch_flips, mut lww_wrong_final, mut lww_any) =
         (0, 0, 0, 0);
     for index in 0..SCHEDULES {
@@ -253,11 +254,9 @@ async fn the_fence_keeps_every_schedule_in_push_order_where_last_writer_wins_reg
         );
         writes += history.len();
 
-        let lww = Verdict::of(
-            &schedule.last_writer_wins(),
-            &positions,
-            expected.as_deref(),
-        );
+        let lww_history = schedule.last_writer_wins();
+        lww_writes += lww_history.len();
+        let lww = Verdict::of(&lww_history, &positions, expected.as_deref());
         lww_push_regressions += usize::from(lww.went_back_in_push_order);
         lww_arch_flips += usize::from(lww.went_back_in_arch_order);
         lww_wrong_final += usize::from(lww.wrong_final);
@@ -296,13 +295,33 @@ async fn the_fence_keeps_every_schedule_in_push_order_where_last_writer_wins_reg
          ({faults_injected} injected; the rest were superseded before writing), {writes} SSM writes",
         started.elapsed()
     );
+    let total = |name: &str| -> f64 { replicas.iter().map(|r| r.metric(name)).sum() };
+    let handled: Vec<f64> = replicas
+        .iter()
+        .map(|r| r.metric("prx_ci_consumer_messages_total"))
+        .collect();
     println!(
-        "fence: 0 of {SCHEDULES} schedules regressed (push order, arch order, duplicate writes, final value)"
+        "fence: 0 of {SCHEDULES} schedules regressed (push order, arch order, duplicate writes, final value); \
+         messages handled per replica {handled:?}; claim waits {}, abandoned claims resolved {}, \
+         CAS conflicts {}, writes that lost their claim {}",
+        total("prx_ci_publisher_fence_waits_total"),
+        total("prx_ci_publisher_fence_takeovers_total"),
+        total("prx_ci_publisher_fence_conflicts_total"),
+        total("prx_ci_publisher_fence_lost_after_write_total"),
+    );
+    assert!(
+        handled.iter().all(|n| *n > 0.0),
+        "both replicas consumed: {handled:?}"
+    );
+    assert_eq!(total("prx_ci_publisher_fence_lost_after_write_total"), 0.0);
+    assert!(
+        total("prx_ci_publisher_fence_takeovers_total") > 0.0,
+        "crash recovery exercised"
     );
     println!(
         "last-writer-wins model: {lww_any} of {SCHEDULES} schedules wrong: {lww_push_regressions} went back \
          in push order, {lww_arch_flips} wrote the non-primary arch after the primary, \
-         {lww_wrong_final} ended on the wrong value"
+         {lww_wrong_final} ended on the wrong value; {lww_writes} SSM writes"
     );
     assert!(
         fired >= 5,

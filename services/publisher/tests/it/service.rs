@@ -2,6 +2,7 @@
 //! failures, gates and skip reasons, and the `prx-ci params` report.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use prx_ci_proto::v1::{self, PublishSkipReason};
 use prx_ci_publisher::{
@@ -378,4 +379,66 @@ async fn local_mode_gates_skips_with_reasons_and_reports() {
         .find(|r| r.parameter == " /prx/stag/Spire/Other/pkg/docker-image-tag");
     assert!(other.is_none(), "names outside the prefix are not listed");
     println!("{}", local.one_line());
+}
+
+#[tokio::test]
+async fn a_stalled_write_is_abandoned_at_its_deadline_and_never_lands_after_a_newer_push() {
+    let nats = NatsServer::start().await;
+    let moto = MotoServer::start().await;
+    let rt = runtime(&nats).await;
+    let log = EventLog::start(&rt).await;
+    let ssm = SsmParameterStore::new(&moto.sdk_config());
+    let client = ssm.client().clone();
+    warm_up(&client).await;
+    let store = Arc::new(FaultyStore::new(Arc::new(ssm)));
+    let replicas = [
+        Replica::start(
+            &nats,
+            test_config(),
+            store.clone(),
+            Arc::new(NoArtifactCheck),
+        )
+        .await,
+        Replica::start(
+            &nats,
+            test_config(),
+            store.clone(),
+            Arc::new(NoArtifactCheck),
+        )
+        .await,
+    ];
+
+    let p = "/prx/stag/Spire/Stalled/pkg/docker-image-tag";
+    let older = BuildSpec::ecr(70, X86, &[p]);
+    let newer = BuildSpec::ecr(71, X86, &[p]);
+    // The older push's first write hangs past write_timeout (300 ms) and is abandoned; the
+    // newer push waits on its claim, both proceed once the lease (800 ms) is over.
+    store.inject(p, &older.value(), Fault::Stalled);
+    rt.publisher.publish(&older.envelope("a")).await.unwrap();
+    rt.publisher.publish(&newer.envelope("a")).await.unwrap();
+    settle(
+        &rt,
+        &log,
+        &[(older.build_id.clone(), 1), (newer.build_id.clone(), 1)],
+    )
+    .await;
+    assert_eq!(store.faults_left(), 0, "the stall happened");
+    // The stalled write was dropped at the deadline: it can never reach SSM later.
+    assert_eq!(store.stalls_abandoned.load(Ordering::SeqCst), 1);
+    assert_eq!(store.stalls_sent.load(Ordering::SeqCst), 0);
+    let history = ssm_history(&client, p).await;
+    assert!(
+        history == vec![newer.value()] || history == vec![older.value(), newer.value()],
+        "{history:#?}"
+    );
+    let takeovers: f64 = replicas
+        .iter()
+        .map(|r| r.metric("prx_ci_publisher_fence_takeovers_total"))
+        .sum();
+    assert!(takeovers >= 1.0, "the abandoned claim was resolved");
+    let lost: f64 = replicas
+        .iter()
+        .map(|r| r.metric("prx_ci_publisher_fence_lost_after_write_total"))
+        .sum();
+    assert_eq!(lost, 0.0);
 }

@@ -3,6 +3,7 @@
 //! of every publish event.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,6 +47,7 @@ pub fn test_config() -> PublisherConfig {
 
 /// A running publisher replica (its own NATS connection), stopped on drop.
 pub struct Replica {
+    registry: Registry,
     shutdown: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -65,9 +67,20 @@ impl Replica {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(publisher.run(shutdown.clone()));
         Self {
+            registry,
             shutdown,
             task: Some(task),
         }
+    }
+
+    /// The sum of every sample of metric `name` (e.g. `prx_ci_publisher_fence_takeovers_total`).
+    pub fn metric(&self, name: &str) -> f64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     pub async fn stop(mut self) {
@@ -84,9 +97,16 @@ impl Drop for Replica {
     }
 }
 
-/// A 40-hex commit derived from a number.
+/// A 40-hex commit derived from a number (distinct numbers, distinct commits).
 pub fn sha(n: u64) -> String {
-    format!("{:040x}", n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    let mix = |x: u64| {
+        let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    // The last 16 digits are `n` itself, so the commit is unique per number.
+    format!("{:016x}{:08x}{n:016x}", mix(n), mix(!n) as u32)
 }
 
 pub fn ecr_value(commit: &str, arch: Architecture) -> String {
@@ -285,6 +305,8 @@ pub enum Fault {
     AnswerLostAfterWrite,
     /// The replica dies before the write leaves (the claim stays behind).
     CrashedBeforeWrite,
+    /// The write hangs for 2 s before it would leave (a stalled replica or connection).
+    Stalled,
 }
 
 /// Wraps a store and injects [`Fault`]s, each once, into writes of the given values.
@@ -292,6 +314,10 @@ pub enum Fault {
 pub struct FaultyStore {
     inner: Arc<dyn ParameterStore>,
     faults: Mutex<HashMap<(String, String), Fault>>,
+    /// Stalled writes dropped by their caller before they were sent.
+    pub stalls_abandoned: AtomicUsize,
+    /// Stalled writes that went on to the store.
+    pub stalls_sent: AtomicUsize,
 }
 
 impl FaultyStore {
@@ -299,6 +325,8 @@ impl FaultyStore {
         Self {
             inner,
             faults: Mutex::new(HashMap::new()),
+            stalls_abandoned: AtomicUsize::new(0),
+            stalls_sent: AtomicUsize::new(0),
         }
     }
 
@@ -335,6 +363,21 @@ impl ParameterStore for FaultyStore {
                 Err(StoreError::Unknown {
                     message: "injected: crashed after the write".into(),
                 })
+            }
+            Some(Fault::Stalled) => {
+                struct Abandoned<'a>(&'a AtomicUsize, bool);
+                impl Drop for Abandoned<'_> {
+                    fn drop(&mut self) {
+                        if self.1 {
+                            self.0.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+                let mut guard = Abandoned(&self.stalls_abandoned, true);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                guard.1 = false;
+                self.stalls_sent.fetch_add(1, Ordering::SeqCst);
+                self.inner.put(name, value).await
             }
             None => self.inner.put(name, value).await,
         }
