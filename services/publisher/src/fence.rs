@@ -66,6 +66,10 @@ pub struct Claim {
     pub lease_ms: u64,
 }
 
+/// Writes remembered per parameter besides the latest, so a build whose write landed and was
+/// then superseded before it heard back (a lost answer, a crash) still learns that it wrote.
+pub const RECENT_WRITES: usize = 16;
+
 /// The per-parameter fence record (JSON in the fence KV bucket).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FenceRecord {
@@ -74,6 +78,21 @@ pub struct FenceRecord {
     pub written: Option<Written>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<Claim>,
+    /// The last [`RECENT_WRITES`] writes, oldest first (the latest is also `written`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<Written>,
+}
+
+impl FenceRecord {
+    /// Sets the latest write and remembers it.
+    fn record_write(&mut self, written: Written) {
+        self.recent.push(written.clone());
+        if self.recent.len() > RECENT_WRITES {
+            let excess = self.recent.len() - RECENT_WRITES;
+            self.recent.drain(..excess);
+        }
+        self.written = Some(written);
+    }
 }
 
 /// Why a publication is not written.
@@ -116,6 +135,15 @@ pub fn decide(record: &FenceRecord, incoming: &Publication) -> Decision {
     let Some(written) = &record.written else {
         return Decision::Claim;
     };
+    // This very build's write landed already (maybe superseded since): report it, never
+    // write it again.
+    if let Some(mine) = record.recent.iter().rev().find(|w| {
+        w.publication.position == incoming.position
+            && w.publication.build_id == incoming.build_id
+            && w.publication.value == incoming.value
+    }) {
+        return Decision::AlreadyWritten(mine.clone());
+    }
     let current = &written.publication;
     match incoming.position.cmp(&current.position) {
         std::cmp::Ordering::Greater => Decision::Claim,
@@ -163,7 +191,7 @@ pub fn resolve_abandoned(
         .as_ref()
         .is_none_or(|w| claim.publication.position > w.publication.position);
     if landed && newer_than_written {
-        resolved.written = Some(Written {
+        resolved.record_write(Written {
             publication: claim.publication,
             version: store_value.map_or(0, |(_, v)| v),
             at: now_rfc3339.to_owned(),
@@ -181,14 +209,13 @@ pub fn with_claim(
     now: &str,
 ) -> FenceRecord {
     FenceRecord {
-        parameter: record.parameter.clone(),
-        written: record.written.clone(),
         claim: Some(Claim {
             publication: incoming.clone(),
             token: token.to_owned(),
             at: now.to_owned(),
             lease_ms,
         }),
+        ..record.clone()
     }
 }
 
@@ -201,15 +228,16 @@ pub fn after_write(
     now: &str,
 ) -> Option<FenceRecord> {
     let claim = record.claim.as_ref().filter(|c| c.token == token)?;
-    Some(FenceRecord {
-        parameter: record.parameter.clone(),
-        written: Some(Written {
-            publication: claim.publication.clone(),
-            version,
-            at: now.to_owned(),
-        }),
+    let mut done = FenceRecord {
         claim: None,
-    })
+        ..record.clone()
+    };
+    done.record_write(Written {
+        publication: claim.publication.clone(),
+        version,
+        at: now.to_owned(),
+    });
+    Some(done)
 }
 
 /// The record after the claim with `token` gave up without writing, or `None` if it is gone.
@@ -237,15 +265,16 @@ mod tests {
     }
 
     fn written(p: &Publication) -> FenceRecord {
-        FenceRecord {
+        let mut record = FenceRecord {
             parameter: "/p".into(),
-            written: Some(Written {
-                publication: p.clone(),
-                version: 3,
-                at: "t".into(),
-            }),
-            claim: None,
-        }
+            ..FenceRecord::default()
+        };
+        record.record_write(Written {
+            publication: p.clone(),
+            version: 3,
+            at: "t".into(),
+        });
+        record
     }
 
     #[test]
@@ -385,6 +414,40 @@ mod tests {
         assert_eq!(done.written.as_ref().unwrap().version, 7);
         let released = after_release(&record, "mine").unwrap();
         assert!(released.claim.is_none() && released.written.is_none());
+    }
+
+    #[test]
+    fn a_build_whose_write_landed_and_was_superseded_learns_it_wrote() {
+        let mine = publication(3, true, "b3");
+        let claimed = with_claim(&written(&publication(2, true, "b2")), &mine, "tok", 1, "t");
+        // Its answer was lost; after the lease a newer push resolved the claim as landed...
+        let landed = resolve_abandoned(&claimed, Some((&mine.value, 4)), "t");
+        // ... and wrote on top of it.
+        let newer = publication(5, true, "b5");
+        let claimed = with_claim(&landed, &newer, "tok5", 1, "t");
+        let after = after_write(&claimed, "tok5", 5, "t").unwrap();
+        let Decision::AlreadyWritten(w) = decide(&after, &mine) else {
+            panic!()
+        };
+        assert_eq!(w.version, 4);
+        // Others of that push are still superseded.
+        assert!(matches!(
+            decide(&after, &publication(3, true, "other")),
+            Decision::Skip(Stale::Superseded { by_sequence: 5, .. })
+        ));
+        assert_eq!(after.recent.len(), 3);
+    }
+
+    #[test]
+    fn recent_writes_are_bounded() {
+        let mut record = FenceRecord::default();
+        for seq in 0..40 {
+            let claimed = with_claim(&record, &publication(seq, true, "b"), "t", 1, "t");
+            record = after_write(&claimed, "t", 1, "t").unwrap();
+        }
+        assert_eq!(record.recent.len(), RECENT_WRITES);
+        assert_eq!(record.recent.last(), record.written.as_ref());
+        assert_eq!(record.recent[0].publication.position.push_sequence, 24);
     }
 
     #[test]

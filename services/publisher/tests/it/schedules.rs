@@ -253,6 +253,15 @@ async fn the_fence_keeps_every_schedule_in_push_order_where_last_writer_wins_reg
             "schedule {index} (seed {seed}): {verdict:?}\nhistory {history:#?}\nexpected {expected:?}\nschedule {schedule:#?}"
         );
         writes += history.len();
+        let applied = log.applied();
+        for value in &history {
+            assert!(
+                applied
+                    .iter()
+                    .any(|a| a.parameter == schedule.parameter && &a.value == value),
+                "schedule {index}: {value} was written but no PublishApplied reports it"
+            );
+        }
 
         let lww_history = schedule.last_writer_wins();
         lww_writes += lww_history.len();
