@@ -31,12 +31,17 @@ use secrecy::SecretString;
 const SHA: &str = "165df6a5fd675dcf67a1b2c3d4e5f60718293a4b";
 const BEFORE: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
 
+/// Build `n`'s commit (distinct per build, so statuses do not coalesce across builds).
+fn sha(n: usize) -> String {
+    format!("{n:08x}{}", &SHA[8..])
+}
+
 fn build_ref(n: usize) -> v1::BuildRef {
     v1::BuildRef {
         build_id: format!("infrastructure-ci-Runner2:bench-{n}"),
         build_request_id: format!("req-{n}"),
         repository: format!("PRX/app-{}", n % 10),
-        commit: SHA.into(),
+        commit: sha(n),
         architecture: v1::Architecture::X8664 as i32,
         backend: "codebuild".into(),
         project: "infrastructure-ci-Runner2".into(),
@@ -56,12 +61,13 @@ fn envelope(n: usize, name: &str, payload: Payload) -> v1::Envelope {
 
 fn requested(n: usize) -> v1::Envelope {
     let repo = build_ref(n).repository;
+    let commit = sha(n);
     let environment: HashMap<String, String> = [
         ("PRX_REPO", repo.as_str()),
-        ("PRX_COMMIT", SHA),
+        ("PRX_COMMIT", commit.as_str()),
         ("PRX_BRANCH", "main"),
         ("PRX_GITHUB_BEFORE", BEFORE),
-        ("PRX_GITHUB_AFTER", SHA),
+        ("PRX_GITHUB_AFTER", commit.as_str()),
         ("PRX_AWS_ACCOUNT_ID", "123456789012"),
     ]
     .into_iter()

@@ -11,7 +11,7 @@
 //!   delivery, the status write budget.
 //!
 //! # Wiring (`prx-ci up`)
-//! ```ignore
+//! ```text
 //! let notifier = Notifier::new(
 //!     runtime,
 //!     notifier_config,

@@ -646,3 +646,111 @@ async fn one_channel_is_paced_and_bursts_coalesce() {
     assert_eq!(env.slack.calls("chat.postMessage").len(), 5);
     running.stop().await;
 }
+
+#[tokio::test]
+async fn a_rejected_post_is_not_retried_in_a_loop_and_the_next_event_tries_again() {
+    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    env.slack.fail_next(
+        "chat.postMessage",
+        vec![Failure {
+            status: 200,
+            retry_after: None,
+            error: Some("channel_not_found"),
+        }],
+    );
+    let config = env.config();
+    let store = Store::open(&env.rt.js, &config.bucket).await.unwrap();
+    let running = env.notifier(config).await;
+    let build = Events::new("PRX/my-app", BUILD_ID);
+    env.publish(&build.requested()).await;
+    let record = wait_until(WAIT, "the rejection to be recorded", || async {
+        let (record, _) = store.load(BUILD_ID).await.ok()??;
+        record.slack.last_error.is_some().then_some(record)
+    })
+    .await;
+    assert!(
+        record
+            .slack
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("channel_not_found")
+    );
+    assert!(!record.chat_dirty(), "given up for this version");
+    assert_eq!(env.slack.calls("chat.postMessage").len(), 1);
+    assert!(env.slack.messages().is_empty());
+
+    // The channel is fixed; the next event posts.
+    env.publish(&build.started()).await;
+    env.message_where("the message after the fix", |_| true)
+        .await;
+    assert_eq!(env.slack.calls("chat.postMessage").len(), 2);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_message_is_posted_again_on_the_next_event() {
+    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let running = env.notifier(env.config()).await;
+    let build = Events::new("PRX/my-app", BUILD_ID);
+    env.publish(&build.requested()).await;
+    let first = env.message_where("the first message", |_| true).await;
+    env.slack.delete_all();
+    env.publish(&build.started()).await;
+    env.publish(&build.completed(v1::BuildStatus::Succeeded))
+        .await;
+    let second = env
+        .message_where("a new message", |m| m.text.contains("» Built"))
+        .await;
+    assert_ne!(first.ts, second.ts);
+    assert_eq!(env.slack.messages().len(), 1);
+    assert!(
+        !env.slack.calls("chat.update").is_empty(),
+        "the update was tried first"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn local_mode_logs_messages_and_statuses() {
+    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let config = env.config();
+    let store = Store::open(&env.rt.js, &config.bucket).await.unwrap();
+    let mut registry = Registry::default();
+    let rt = Runtime::from_client(env.nats.connect().await, &mut registry);
+    let notifier = Notifier::new(
+        rt,
+        config,
+        Arc::new(prx_ci_notifier::LogChatSink::new()),
+        Arc::new(prx_ci_notifier::LogStatusSink),
+        None,
+        &mut registry,
+    )
+    .unwrap();
+    let stats = notifier.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(notifier.run(shutdown.clone()));
+    let build = Events::new("PRX/my-app", BUILD_ID);
+    env.publish(&build.requested()).await;
+    env.publish(&build.started()).await;
+    env.publish(&build.completed(v1::BuildStatus::Succeeded))
+        .await;
+    let record = wait_until(WAIT, "the build to be delivered to the log", || async {
+        let (record, _) = store.load(BUILD_ID).await.ok()??;
+        (record.view.version == 3
+            && !record.chat_dirty()
+            && record.status.written.as_ref()?.state.as_str() == "success")
+            .then_some(record)
+    })
+    .await;
+    assert_eq!(record.slack.reference.unwrap().ts, "log.1", "posted once");
+    assert!(
+        stats
+            .statuses_written
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    assert!(env.slack.all_calls().is_empty() && env.github.statuses().is_empty());
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}

@@ -108,6 +108,11 @@ impl FakeSlack {
         ts
     }
 
+    /// Deletes every message (as a person deleting them in Slack would).
+    pub fn delete_all(&self) {
+        self.state.lock().unwrap().messages.clear();
+    }
+
     pub fn messages(&self) -> Vec<Message> {
         self.state.lock().unwrap().messages.clone()
     }
