@@ -12,6 +12,7 @@ pub mod github;
 pub mod metrics;
 pub mod nats;
 pub mod ops_http;
+pub mod process;
 pub mod publish;
 pub mod retry;
 pub mod runtime;

@@ -1,0 +1,101 @@
+//! The start-up and shutdown every service binary shares: load `[nats]` and `[telemetry]`,
+//! set up tracing, connect and provision, then serve `/healthz`, `/readyz` and `/metrics` next
+//! to the service until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, NatsConfig};
+use crate::ops_http;
+use crate::runtime::Runtime;
+use crate::subject::ALL_STREAMS;
+use crate::telemetry::{self, TelemetryConfig, TelemetryGuard};
+
+/// A service process after start-up: construct the service with `rt` and `&mut registry`,
+/// then hand it to [`ServiceProcess::run`].
+#[derive(Debug)]
+pub struct ServiceProcess {
+    name: &'static str,
+    pub rt: Runtime,
+    pub registry: Registry,
+    pub nats: NatsConfig,
+    _telemetry: TelemetryGuard,
+}
+
+impl ServiceProcess {
+    /// Loads `[nats]` and `[telemetry]` from `file`, initialises telemetry as `name`
+    /// (`prx-ci-dispatcher`), connects to NATS and provisions streams, consumers and buckets.
+    pub async fn start(name: &'static str, file: Option<&Path>) -> anyhow::Result<Self> {
+        let nats: NatsConfig = config::load(file, "nats")?;
+        let telemetry_config: TelemetryConfig = config::load(file, "telemetry")?;
+        let guard = telemetry::init(name, &telemetry_config)?;
+        let mut registry = Registry::default();
+        let role = name.trim_start_matches("prx-ci-");
+        let rt = Runtime::connect(&nats, role, &mut registry).await?;
+        rt.provision(nats.replicas)
+            .await
+            .context("cannot provision NATS streams, consumers and buckets")?;
+        Ok(Self {
+            name,
+            rt,
+            registry,
+            nats,
+            _telemetry: guard,
+        })
+    }
+
+    /// Serves the ops endpoints on `ops_listen` and runs `service` until Ctrl-C / SIGTERM
+    /// cancels the token it gets; then stops the ops server and returns the service's result.
+    pub async fn run<F>(
+        self,
+        ops_listen: SocketAddr,
+        service: impl FnOnce(CancellationToken) -> F,
+    ) -> anyhow::Result<()>
+    where
+        F: Future<Output = anyhow::Result<()>>,
+    {
+        let shutdown = CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind(ops_listen)
+            .await
+            .with_context(|| format!("cannot listen on {ops_listen}"))?;
+        let router = ops_http::ops_router(
+            Arc::new(self.registry),
+            ops_http::nats_readiness(
+                self.rt.client.clone(),
+                self.rt.js.clone(),
+                ALL_STREAMS.to_vec(),
+            ),
+        );
+        let ops = tokio::spawn(ops_http::serve(listener, router, shutdown.clone()));
+        let signal = shutdown.clone();
+        tokio::spawn(async move {
+            crate::shutdown_signal().await;
+            tracing::info!("shutting down");
+            signal.cancel();
+        });
+        tracing::info!(service = self.name, %ops_listen, "running");
+        let result = service(shutdown.clone()).await;
+        shutdown.cancel();
+        ops.await
+            .context("ops server task failed")?
+            .context("ops server failed")?;
+        result
+    }
+}
+
+/// The exit code of a binary's `try_main`, printing the error chain on failure.
+pub fn exit_code(name: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{name}: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
