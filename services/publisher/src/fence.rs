@@ -68,7 +68,16 @@ pub struct Claim {
 
 /// Writes remembered per parameter besides the latest, so a build whose write landed and was
 /// then superseded before it heard back (a lost answer, a crash) still learns that it wrote.
-pub const RECENT_WRITES: usize = 16;
+pub const RECENT_WRITES: usize = 8;
+
+/// What the fence remembers of a past write (kept small: every fence operation carries it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentWrite {
+    pub position: Position,
+    pub build_id: String,
+    pub value: String,
+    pub version: i64,
+}
 
 /// The per-parameter fence record (JSON in the fence KV bucket).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,13 +89,18 @@ pub struct FenceRecord {
     pub claim: Option<Claim>,
     /// The last [`RECENT_WRITES`] writes, oldest first (the latest is also `written`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub recent: Vec<Written>,
+    pub recent: Vec<RecentWrite>,
 }
 
 impl FenceRecord {
     /// Sets the latest write and remembers it.
     fn record_write(&mut self, written: Written) {
-        self.recent.push(written.clone());
+        self.recent.push(RecentWrite {
+            position: written.publication.position,
+            build_id: written.publication.build_id.clone(),
+            value: written.publication.value.clone(),
+            version: written.version,
+        });
         if self.recent.len() > RECENT_WRITES {
             let excess = self.recent.len() - RECENT_WRITES;
             self.recent.drain(..excess);
@@ -113,7 +127,7 @@ pub enum Decision {
     Skip(Stale),
     /// This very build already wrote it (a redelivery after the write): report it again, do
     /// not write again.
-    AlreadyWritten(Written),
+    AlreadyWritten { version: i64 },
     /// Another replica holds a live claim: wait until it resolves or its lease runs out.
     Wait { token: String },
     /// Claim the parameter (compare-and-set on the record's revision), then write.
@@ -138,18 +152,22 @@ pub fn decide(record: &FenceRecord, incoming: &Publication) -> Decision {
     // This very build's write landed already (maybe superseded since): report it, never
     // write it again.
     if let Some(mine) = record.recent.iter().rev().find(|w| {
-        w.publication.position == incoming.position
-            && w.publication.build_id == incoming.build_id
-            && w.publication.value == incoming.value
+        w.position == incoming.position
+            && w.build_id == incoming.build_id
+            && w.value == incoming.value
     }) {
-        return Decision::AlreadyWritten(mine.clone());
+        return Decision::AlreadyWritten {
+            version: mine.version,
+        };
     }
     let current = &written.publication;
     match incoming.position.cmp(&current.position) {
         std::cmp::Ordering::Greater => Decision::Claim,
         std::cmp::Ordering::Equal => {
             if current.build_id == incoming.build_id && current.value == incoming.value {
-                Decision::AlreadyWritten(written.clone())
+                Decision::AlreadyWritten {
+                    version: written.version,
+                }
             } else {
                 Decision::Skip(Stale::AlreadyPublished {
                     by_build: current.build_id.clone(),
@@ -318,10 +336,7 @@ mod tests {
     fn same_build_again_is_reported_not_rewritten() {
         let p = publication(5, true, "b");
         let record = written(&p);
-        let Decision::AlreadyWritten(w) = decide(&record, &p) else {
-            panic!()
-        };
-        assert_eq!(w.version, 3);
+        assert_eq!(decide(&record, &p), Decision::AlreadyWritten { version: 3 });
         // The same position from another build (a duplicate report) is not rewritten either.
         assert_eq!(
             decide(&record, &publication(5, true, "other")),
@@ -372,7 +387,7 @@ mod tests {
         ));
         assert!(matches!(
             decide(&landed, &claimed),
-            Decision::AlreadyWritten(_)
+            Decision::AlreadyWritten { .. }
         ));
 
         let lost = resolve_abandoned(&record, Some(("v2-x86_64", 8)), "now");
@@ -426,10 +441,10 @@ mod tests {
         let newer = publication(5, true, "b5");
         let claimed = with_claim(&landed, &newer, "tok5", 1, "t");
         let after = after_write(&claimed, "tok5", 5, "t").unwrap();
-        let Decision::AlreadyWritten(w) = decide(&after, &mine) else {
-            panic!()
-        };
-        assert_eq!(w.version, 4);
+        assert_eq!(
+            decide(&after, &mine),
+            Decision::AlreadyWritten { version: 4 }
+        );
         // Others of that push are still superseded.
         assert!(matches!(
             decide(&after, &publication(3, true, "other")),
@@ -446,8 +461,11 @@ mod tests {
             record = after_write(&claimed, "t", 1, "t").unwrap();
         }
         assert_eq!(record.recent.len(), RECENT_WRITES);
-        assert_eq!(record.recent.last(), record.written.as_ref());
-        assert_eq!(record.recent[0].publication.position.push_sequence, 24);
+        assert_eq!(
+            record.recent.last().map(|r| r.position),
+            record.written.as_ref().map(|w| w.publication.position)
+        );
+        assert_eq!(record.recent[0].position.push_sequence, 32);
     }
 
     #[test]

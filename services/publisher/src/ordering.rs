@@ -257,8 +257,8 @@ impl KvFence {
             })?;
         Ok(match fence::decide(&record, incoming) {
             Decision::Skip(stale) => Some(FenceOutcome::Skipped(stale)),
-            Decision::AlreadyWritten(w) => Some(FenceOutcome::Applied {
-                version: w.version,
+            Decision::AlreadyWritten { version } => Some(FenceOutcome::Applied {
+                version,
                 again: true,
             }),
             Decision::Wait { .. } | Decision::Claim => None,
@@ -344,9 +344,9 @@ impl KvFence {
             }
             match fence::decide(&record, incoming) {
                 Decision::Skip(stale) => return Ok(FenceOutcome::Skipped(stale)),
-                Decision::AlreadyWritten(w) => {
+                Decision::AlreadyWritten { version } => {
                     return Ok(FenceOutcome::Applied {
-                        version: w.version,
+                        version,
                         again: true,
                     });
                 }
