@@ -79,10 +79,12 @@ impl Ingress {
         let verifier = Verifier::new(&config.secrets, config.legacy_sha1)
             .context("cannot build the signature verifier")?;
         let metrics = IngressMetrics::register(registry);
+        let max_body_bytes =
+            storable_body_limit(config.max_body_bytes, rt.client.server_info().max_payload);
         let state = Shared {
             verifier,
             allowed_events: config.allowed_events.iter().cloned().collect(),
-            max_body_bytes: config.max_body_bytes,
+            max_body_bytes,
             store_timeout: config.store_timeout,
             publisher: rt.publisher.clone().with_ack_timeout(config.store_timeout),
             client: rt.client.clone(),
@@ -429,5 +431,41 @@ impl IntoResponse for Reply {
             }
             Err(_) => code.into_response(),
         }
+    }
+}
+
+/// Room the envelope and headers need around a webhook body in one NATS message.
+const ENVELOPE_OVERHEAD: usize = 64 * 1024;
+
+/// The body limit actually enforced: the configured one, lowered to what the broker can carry
+/// (its `max_payload`, 1 MB by default while GitHub sends up to 25 MB). A body the broker
+/// cannot store is answered 413 at once rather than 503 on every redelivery.
+fn storable_body_limit(configured: usize, server_max_payload: usize) -> usize {
+    let storable = server_max_payload.saturating_sub(ENVELOPE_OVERHEAD);
+    if storable < configured {
+        tracing::warn!(
+            configured,
+            server_max_payload,
+            enforced = storable,
+            "the NATS server's max_payload is below the webhook size limit; larger webhooks \
+             get 413. Set `max_payload: 32MB` in the nats-server configuration (deploy/nats)"
+        );
+        storable
+    } else {
+        configured
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn the_body_limit_fits_the_broker() {
+        assert_eq!(storable_body_limit(1000, 32 << 20), 1000);
+        assert_eq!(
+            storable_body_limit(25 << 20, 1 << 20),
+            (1 << 20) - ENVELOPE_OVERHEAD
+        );
     }
 }
