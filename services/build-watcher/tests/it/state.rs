@@ -160,3 +160,62 @@ async fn a_report_that_arrives_before_its_request_waits_for_it() {
     assert_ne!(events[0].correlation_id, report.correlation_id);
     world.stop().await;
 }
+
+#[tokio::test]
+async fn two_replicas_and_two_sources_emit_each_transition_once() {
+    let mut world = World::nats_only().await;
+    world.start(test_config(), None, None);
+    // A second replica sharing both durable consumers.
+    let replica = prx_ci_build_watcher::BuildWatcher::new(
+        world.rt.clone(),
+        test_config(),
+        None,
+        None,
+        &mut prometheus_client::registry::Registry::default(),
+    )
+    .unwrap();
+    let replica_stop = prx_ci_shared::CancellationToken::new();
+    let replica_task = tokio::spawn(replica.run(replica_stop.clone()));
+
+    let builds: Vec<String> = (0..10).map(|_| new_build_id()).collect();
+    for build in &builds {
+        world.request(build).await;
+    }
+    // Every state change reported by SQS and by the reconciler, interleaved across builds.
+    for name in [
+        "state-in-progress.json",
+        "phase-change-build.json",
+        "state-succeeded.json",
+    ] {
+        for build in &builds {
+            let event = fixture(name, build);
+            world.report(&event, "sqs").await;
+            world.report(&event, "reconciler").await;
+        }
+    }
+    for build in &builds {
+        world.until_completed(build).await;
+    }
+    world.until_consumer_idle(REPORTS_CONSUMER).await;
+    for build in &builds {
+        let events = names(&world.build_events(build).await);
+        assert_eq!(
+            events.first().map(String::as_str),
+            Some("started"),
+            "{build}"
+        );
+        let count = |name: &str| events.iter().filter(|e| *e == name).count();
+        assert_eq!(count("started"), 1, "{build}: {events:?}");
+        assert_eq!(count("completed:SUCCEEDED"), 1, "{build}: {events:?}");
+        // Phases at most once each (a replica may see a phase only after the completion, and
+        // then rightly drops it).
+        assert!(
+            count("phase:SUBMITTED") <= 1 && count("phase:BUILD") <= 1,
+            "{events:?}"
+        );
+        assert!(events.len() <= 4, "{events:?}");
+    }
+    replica_stop.cancel();
+    replica_task.await.unwrap().unwrap();
+    world.stop().await;
+}
