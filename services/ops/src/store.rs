@@ -104,7 +104,8 @@ pub async fn scan(
         stream: stream.to_owned(),
         message: e.to_string(),
     };
-    let mut handle = js.get_stream(stream).await.map_err(|e| {
+    // `get_stream` fetched the stream's info: no second round trip for the last sequence.
+    let handle = js.get_stream(stream).await.map_err(|e| {
         if matches!(
             e.kind(),
             jetstream::context::GetStreamErrorKind::JetStream(_)
@@ -114,12 +115,7 @@ pub async fn scan(
             read_err(&e)
         }
     })?;
-    let last_sequence = handle
-        .info()
-        .await
-        .map_err(|e| read_err(&e))?
-        .state
-        .last_sequence;
+    let last_sequence = handle.cached_info().state.last_sequence;
     let end_sequence = match end {
         End::Sequence(s) => s.min(last_sequence),
         End::Now | End::Time(_) => last_sequence,
