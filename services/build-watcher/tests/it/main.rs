@@ -1,5 +1,6 @@
 //! The build-watcher against a real nats-server and SQS/CodeBuild in the AWS emulator.
 
+mod binary;
 mod events;
 mod local;
 mod reconciler;
