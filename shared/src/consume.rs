@@ -24,6 +24,7 @@ use crate::events::{Chain, derived_event_id};
 use crate::metrics::{ConsumerLabels, ConsumerMetrics};
 use crate::nats::ConsumerDefinition;
 use crate::publish::EventPublisher;
+use crate::replay::{REPLAY_POLL_INTERVAL, ReplayRunner};
 use crate::subject;
 use crate::telemetry;
 
@@ -124,8 +125,34 @@ impl ConsumerSettings {
 }
 
 /// Runs a consumer loop until `shutdown` is cancelled; then stops pulling, lets in-flight
-/// handlers finish, and returns.
+/// handlers finish, and returns. Next to it runs a [`ReplayRunner`] that feeds replays meant
+/// for this consumer (`prx-ci replay --into <durable>`) to the same handler.
 pub async fn run_consumer<H: Handler>(
+    js: jetstream::Context,
+    publisher: EventPublisher,
+    settings: ConsumerSettings,
+    handler: Arc<H>,
+    metrics: ConsumerMetrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let replays = ReplayRunner::new(
+        js.clone(),
+        publisher.clone(),
+        metrics.clone(),
+        &settings.stream,
+        &settings.durable,
+        REPLAY_POLL_INTERVAL,
+    );
+    let replays = tokio::spawn(replays.run(handler.clone(), shutdown.clone()));
+    let result = run_consumer_only(js, publisher, settings, handler, metrics, shutdown).await;
+    if let Err(err) = replays.await {
+        tracing::error!(error = %err, "replay runner panicked");
+    }
+    result
+}
+
+/// [`run_consumer`] without replays (what a replay itself runs).
+pub(crate) async fn run_consumer_only<H: Handler>(
     js: jetstream::Context,
     publisher: EventPublisher,
     settings: ConsumerSettings,

@@ -207,3 +207,90 @@ async fn a_failing_message_is_parked_and_the_loop_goes_on() {
     assert_eq!(info.num_ack_pending, 0);
     assert_eq!(info.num_pending, 0);
 }
+
+#[tokio::test]
+async fn every_consumer_loop_serves_replays_meant_for_it() {
+    use prx_ci_shared::replay::{replay_config, replay_prefix};
+
+    let server = NatsServer::start().await;
+    let rt = runtime(&server).await;
+    let settings = test_consumer(&rt).await;
+    let mut sequences = Vec::new();
+    for detail in ["one", "two", "three"] {
+        let stored = rt
+            .publisher
+            .publish(&skipped("PRX/app", detail))
+            .await
+            .unwrap();
+        sequences.push(stored.sequence);
+    }
+
+    let handler = Arc::new(Recorder::default());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_consumer(
+        rt.js.clone(),
+        rt.publisher.clone(),
+        settings,
+        handler.clone(),
+        rt.consumer_metrics.clone(),
+        shutdown.clone(),
+    ));
+    wait_until(WAIT, "the live messages", || {
+        let handler = handler.clone();
+        async move { (handler.handled.lock().await.len() == 3).then_some(()) }
+    })
+    .await;
+
+    // What `prx-ci replay --into test --from <two> --to <three>` creates.
+    let stream = rt.js.get_stream(subject::EVENTS_STREAM).await.unwrap();
+    let target = stream
+        .get_consumer::<consumer::pull::Config>("test")
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    let target = consumer::pull::Config {
+        durable_name: target.durable_name,
+        filter_subject: target.filter_subject,
+        ack_policy: target.ack_policy,
+        max_deliver: target.max_deliver,
+        ack_wait: target.ack_wait,
+        ..Default::default()
+    };
+    let name = format!("{}1", replay_prefix("test"));
+    let replay = replay_config(
+        &target,
+        "test",
+        &name,
+        vec![EventKind::BuildSkipped.filter()],
+        sequences[1],
+        sequences[2],
+    );
+    rt.js
+        .create_consumer_on_stream(replay, subject::EVENTS_STREAM)
+        .await
+        .unwrap();
+
+    wait_until(WAIT, "the replayed range, then the replay removed", || {
+        let handler = handler.clone();
+        let stream = stream.clone();
+        let name = name.clone();
+        async move {
+            let done = handler.handled.lock().await.len() == 5
+                && stream.consumer_info(&name).await.is_err();
+            done.then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        *handler.handled.lock().await,
+        ["one", "two", "three", "two", "three"]
+    );
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

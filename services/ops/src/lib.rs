@@ -7,7 +7,7 @@
 //!   from scratch with the same result ([`projector::rebuild`]).
 //! - `Rebuild`: an operator's push, stored as a `WebhookReceived` with origin OPERATOR.
 //! - `Replay`: a temporary replay consumer that the target service runs with its own handler
-//!   ([`replay::ReplayRunner`]; see docs/operations.md).
+//!   (every consumer loop runs `prx_ci_shared::replay::ReplayRunner`; see docs/operations.md).
 //! - `Parked` / `RetryParked`: dead-lettered messages and putting one back once.
 //!
 //! Every call needs the configured bearer token.
@@ -15,9 +15,8 @@
 //! Wiring (`prx-ci up`, local mode): `OpsService::new(rt, config, &mut registry)` with an
 //! `OpsConfig` whose `token` is set (e.g. generated at start and printed, or from
 //! `PRX_CI_OPS__TOKEN`), then `run(TcpListener::bind(config.listen), shutdown)`. The KV bucket
-//! `prx_ci_ops_retries` comes with `Runtime::provision`. Services that support replays run a
-//! `ReplayRunner::new(rt, stream, durable, poll)` next to their consumer loop, with the same
-//! handler.
+//! `prx_ci_ops_retries` comes with `Runtime::provision`. Every service supports replays: the
+//! shared consumer loop runs the replays meant for its durable with the same handler.
 
 pub mod api;
 pub mod auth;
@@ -29,7 +28,7 @@ pub mod parked;
 pub mod projection;
 pub mod projector;
 pub mod rebuild;
-pub mod replay;
+pub use prx_ci_shared::replay;
 pub mod service;
 pub mod store;
 

@@ -448,7 +448,9 @@ async fn a_replay_redelivers_exactly_the_range_in_order_to_one_consumer() {
     let handler = Arc::new(Recorder::default());
     let stop = CancellationToken::new();
     let runner = ReplayRunner::new(
-        h.rt.clone(),
+        h.rt.js.clone(),
+        h.rt.publisher.clone(),
+        h.rt.consumer_metrics.clone(),
         EVENTS_STREAM,
         "notifier",
         std::time::Duration::from_millis(50),

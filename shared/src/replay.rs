@@ -6,8 +6,8 @@
 //! dropped by the duplicate window). So a replay is a second, temporary durable on the same
 //! stream: `<consumer>-replay-<n>`, a copy of the target's configuration starting at the
 //! range's first sequence, filtered to the range's subjects, with the range's last sequence in
-//! its metadata. The target service runs a [`ReplayRunner`] next to its normal consumer loop,
-//! with the same handler: it picks up replay consumers meant for it, feeds their messages to
+//! its metadata. Every consumer loop ([`crate::consume::run_consumer`]) runs a [`ReplayRunner`]
+//! next to itself with the same handler, so every service supports replays: it picks up replay consumers meant for it, feeds their messages to
 //! the handler in order (concurrency 1), acknowledges without handling anything past the end of
 //! the range, and deletes the replay consumer once the range is acknowledged. Handlers see the
 //! original stream sequences, and their derived event ids are the original ones, so effects
@@ -19,10 +19,13 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
-use prx_ci_shared::consume::{ConsumerSettings, run_consumer};
-use prx_ci_shared::nats::ConsumerDefinition;
-use prx_ci_shared::{CancellationToken, Delivery, Handler, HandlerError, Runtime};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::consume::{ConsumerSettings, Delivery, Handler, HandlerError, run_consumer_only};
+use crate::metrics::ConsumerMetrics;
+use crate::nats::ConsumerDefinition;
+use crate::publish::EventPublisher;
 
 /// Metadata key naming the consumer a replay is for.
 pub const TARGET_KEY: &str = "prx-replay-target";
@@ -117,20 +120,34 @@ impl<H: Handler> Handler for Bounded<H> {
     }
 }
 
-/// Runs the replays meant for one consumer of a service (see the module docs). Start it next
-/// to the service's `run_consumer` with the same handler.
+/// How often a consumer loop looks for replays meant for it.
+pub const REPLAY_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Runs the replays meant for one consumer of a service (see the module docs).
+/// [`crate::consume::run_consumer`] starts one next to every consumer loop.
 #[derive(Debug, Clone)]
 pub struct ReplayRunner {
-    rt: Runtime,
+    js: jetstream::Context,
+    publisher: EventPublisher,
+    metrics: ConsumerMetrics,
     stream: String,
     consumer: String,
     poll_interval: Duration,
 }
 
 impl ReplayRunner {
-    pub fn new(rt: Runtime, stream: &str, consumer: &str, poll_interval: Duration) -> Self {
+    pub fn new(
+        js: jetstream::Context,
+        publisher: EventPublisher,
+        metrics: ConsumerMetrics,
+        stream: &str,
+        consumer: &str,
+        poll_interval: Duration,
+    ) -> Self {
         Self {
-            rt,
+            js,
+            publisher,
+            metrics,
             stream: stream.to_owned(),
             consumer: consumer.to_owned(),
             poll_interval,
@@ -182,7 +199,7 @@ impl ReplayRunner {
         &self,
         prefix: &str,
     ) -> anyhow::Result<Vec<(String, consumer::Config)>> {
-        let stream = self.rt.js.get_stream(&self.stream).await?;
+        let stream = self.js.get_stream(&self.stream).await?;
         let mut infos = stream.consumers();
         let mut found = Vec::new();
         while let Some(info) = infos.next().await {
@@ -224,15 +241,15 @@ impl ReplayRunner {
         let settings = ConsumerSettings::from_definition(&definition).with_concurrency(1);
         tracing::info!(replay = name, last, "replay started");
         let stop = shutdown.child_token();
-        let consumer_loop = tokio::spawn(run_consumer(
-            self.rt.js.clone(),
-            self.rt.publisher.clone(),
+        let consumer_loop = tokio::spawn(run_consumer_only(
+            self.js.clone(),
+            self.publisher.clone(),
             settings,
             Arc::new(Bounded {
                 inner: handler,
                 last,
             }),
-            self.rt.consumer_metrics.clone(),
+            self.metrics.clone(),
             stop.clone(),
         ));
         let finished = loop {
@@ -248,7 +265,6 @@ impl ReplayRunner {
         let _ = consumer_loop.await;
         if finished {
             match self
-                .rt
                 .js
                 .delete_consumer_from_stream(name, &self.stream)
                 .await
@@ -262,7 +278,7 @@ impl ReplayRunner {
     }
 
     async fn acknowledged_up_to(&self, name: &str, last: u64) -> bool {
-        let Ok(stream) = self.rt.js.get_stream(&self.stream).await else {
+        let Ok(stream) = self.js.get_stream(&self.stream).await else {
             return false;
         };
         match stream.consumer_info(name).await {
