@@ -16,14 +16,27 @@ pub struct OpsArgs {
     /// The ops API of a running system.
     #[arg(long, env = "PRX_CI_OPS_URL", default_value = "http://127.0.0.1:50051")]
     pub ops_url: String,
-    /// Bearer token of the ops API.
+    /// Bearer token of the ops API (default: ./.prx-ci/ops-token, written by `prx-ci up`).
     #[arg(long, env = "PRX_CI_OPS_TOKEN", hide_env_values = true)]
     pub ops_token: Option<String>,
 }
 
+/// Where `prx-ci up` writes the ops token it generated (default data directory).
+const LOCAL_TOKEN_FILE: &str = ".prx-ci/ops-token";
+
 impl OpsArgs {
+    /// Connects with `--ops-token` / `PRX_CI_OPS_TOKEN`, else the token a local `prx-ci up`
+    /// wrote to `./.prx-ci/ops-token`.
     pub async fn connect(&self) -> anyhow::Result<prx_ci_ops::client::Client> {
-        let token = self.ops_token.clone().map(SecretString::from);
+        let token = self
+            .ops_token
+            .clone()
+            .or_else(|| {
+                std::fs::read_to_string(LOCAL_TOKEN_FILE)
+                    .ok()
+                    .map(|t| t.trim().to_owned())
+            })
+            .map(SecretString::from);
         prx_ci_ops::client::connect(&self.ops_url, token.as_ref()).await
     }
 }
