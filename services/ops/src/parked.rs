@@ -8,7 +8,7 @@
 //! create-only write, so two operators cannot put the same entry back twice.
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, context::KeyValueErrorKind, kv};
+use async_nats::jetstream::{self, kv};
 use prost::Message as _;
 use prx_ci_proto::v1::{Envelope, ParkedEntry, RetryParkedResponse, envelope::Payload};
 use prx_ci_shared::events::{derived_event_id, from_timestamp, timestamp};
@@ -179,24 +179,4 @@ pub async fn retry(
 /// When an entry was retried (for rendering).
 pub fn retried_at(entry: &ParkedEntry) -> Option<OffsetDateTime> {
     from_timestamp(entry.retried_at.as_ref())
-}
-
-/// Makes sure the retries bucket exists (the provisioning normally does it; this covers a
-/// service started against a store provisioned by an older build).
-pub async fn ensure_bucket(js: &jetstream::Context, replicas: usize) -> anyhow::Result<()> {
-    match js.get_key_value(RETRIES_BUCKET).await {
-        Ok(_) => Ok(()),
-        Err(err) if err.kind() == KeyValueErrorKind::GetBucket => {
-            js.create_key_value(kv::Config {
-                bucket: RETRIES_BUCKET.into(),
-                history: 1,
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await?;
-            Ok(())
-        }
-        Err(err) => Err(err.into()),
-    }
 }
