@@ -3,15 +3,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::Parser;
-use prometheus_client::registry::Registry;
 use prx_ci_build_watcher::{BuildWatcher, BuildWatcherConfig};
-use prx_ci_shared::config::{self, AwsConfig, NatsConfig};
-use prx_ci_shared::telemetry::{self, TelemetryConfig};
-use prx_ci_shared::{CancellationToken, Runtime, ops_http, subject};
+use prx_ci_shared::config::{self, AwsConfig};
+use prx_ci_shared::process::{ServiceProcess, exit_code};
 
 /// Turns CodeBuild state changes into build events.
 #[derive(Debug, Parser)]
@@ -22,37 +18,17 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("prx-ci-build-watcher: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(try_main(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("prx-ci-build-watcher: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+#[tokio::main]
+async fn main() -> ExitCode {
+    exit_code("prx-ci-build-watcher", try_main().await)
 }
 
-async fn try_main(args: Args) -> anyhow::Result<()> {
+async fn try_main() -> anyhow::Result<()> {
+    let args = Args::parse();
     let file = args.config.as_deref();
-    let nats: NatsConfig = config::load(file, "nats")?;
-    let telemetry_config: TelemetryConfig = config::load(file, "telemetry")?;
     let aws: AwsConfig = config::load(file, "aws")?;
     let watcher_config: BuildWatcherConfig = config::load(file, "build_watcher")?;
-    let _telemetry = telemetry::init("prx-ci-build-watcher", &telemetry_config)?;
-
-    let mut registry = Registry::default();
-    let rt = Runtime::connect(&nats, "build-watcher", &mut registry).await?;
-    rt.provision(nats.replicas)
-        .await
-        .context("cannot provision streams, consumers and KV buckets")?;
+    let mut process = ServiceProcess::start("prx-ci-build-watcher", file).await?;
 
     let sdk = aws.sdk_config().await;
     let codebuild = aws_sdk_codebuild::Client::new(&sdk);
@@ -67,37 +43,13 @@ async fn try_main(args: Args) -> anyhow::Result<()> {
     }
     let ops_listen = watcher_config.ops_listen;
     let watcher = BuildWatcher::new(
-        rt.clone(),
+        process.rt.clone(),
         watcher_config,
         Some(codebuild),
         sqs,
-        &mut registry,
+        &mut process.registry,
     )?;
-
-    let shutdown = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind(ops_listen)
+    process
+        .run(ops_listen, |shutdown| watcher.run(shutdown))
         .await
-        .with_context(|| format!("cannot listen on {ops_listen}"))?;
-    let router = ops_http::ops_router(
-        Arc::new(registry),
-        ops_http::nats_readiness(
-            rt.client.clone(),
-            rt.js.clone(),
-            vec![subject::EVENTS_STREAM],
-        ),
-    );
-    let ops = tokio::spawn(ops_http::serve(listener, router, shutdown.clone()));
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            prx_ci_shared::shutdown_signal().await;
-            tracing::info!("shutting down");
-            shutdown.cancel();
-        }
-    });
-    tracing::info!(%ops_listen, "build-watcher running");
-    let result = watcher.run(shutdown.clone()).await;
-    shutdown.cancel();
-    let _ = ops.await;
-    result
 }
