@@ -13,6 +13,11 @@ use prx_ci_shared::config::{self, NatsConfig};
 use prx_ci_shared::telemetry::{self, TelemetryConfig};
 use prx_ci_shared::{CancellationToken, Runtime};
 
+// Each delivery allocates a few buffers of the payload's size; glibc malloc spent ~15% of the
+// ingress's CPU on them under load (see docs/benchmarks/ingress.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Receives GitHub webhooks and stores them in JetStream.
 #[derive(Debug, Parser)]
 #[command(name = "prx-ci-ingress", version)]
