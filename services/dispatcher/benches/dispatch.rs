@@ -127,7 +127,8 @@ impl Handler for Relay {
 }
 
 fn webhook(i: u64, base_push: &Value, base_pr: &Value) -> Envelope {
-    let sha = format!("{i:040x}");
+    // Never the all-zero SHA (a branch deletion).
+    let sha = format!("{:040x}", i + 1);
     let (event, payload) = if i.is_multiple_of(2) {
         let mut p = base_push.clone();
         p["after"] = json!(sha);
@@ -236,10 +237,13 @@ async fn measure(rt: &Runtime, label: &'static str) -> Latencies {
         });
     }
     while publishes.join_next().await.is_some() {}
-    let values = tokio::time::timeout(Duration::from_secs(60), collector)
-        .await
-        .expect("every webhook dispatched within a minute")
-        .unwrap();
+    let values = match tokio::time::timeout(Duration::from_secs(60), collector).await {
+        Ok(values) => values.unwrap(),
+        Err(_) => {
+            let stored = stored_at.lock().await.len();
+            panic!("{label}: not every webhook was dispatched within a minute ({stored} stored)");
+        }
+    };
     Latencies { label, values }
 }
 
@@ -304,7 +308,18 @@ async fn dispatcher_latency() -> Latencies {
 }
 
 fn main() {
-    decision_throughput();
+    // Warnings and errors of the services under test (PRX_BENCH_LOG overrides the filter).
+    let _telemetry = prx_ci_shared::telemetry::init(
+        "dispatch-bench",
+        &prx_ci_shared::telemetry::TelemetryConfig {
+            log_filter: Some(std::env::var("PRX_BENCH_LOG").unwrap_or_else(|_| "warn".into())),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    if std::env::var_os("PRX_BENCH_SKIP_DECISIONS").is_none() {
+        decision_throughput();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

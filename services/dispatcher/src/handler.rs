@@ -189,17 +189,19 @@ impl DispatchHandler {
         // again) fix everything: their buildspec (no second lookup, which could now answer
         // differently) and their push sequence (the delivery's new stream sequence is still
         // the same push).
-        let mut recorded = BTreeMap::new();
-        for architecture in [Architecture::X86_64, Architecture::Aarch64] {
-            if let Some(envelope) = self
-                .store
-                .dispatched(dispatch_id, architecture)
-                .await
-                .map_err(transient)?
-            {
-                recorded.insert(architecture, envelope);
-            }
-        }
+        let (x86_64, aarch64) = futures::future::try_join(
+            self.store.dispatched(dispatch_id, Architecture::X86_64),
+            self.store.dispatched(dispatch_id, Architecture::Aarch64),
+        )
+        .await
+        .map_err(transient)?;
+        let mut recorded: BTreeMap<Architecture, Envelope> = [
+            (Architecture::X86_64, x86_64),
+            (Architecture::Aarch64, aarch64),
+        ]
+        .into_iter()
+        .filter_map(|(architecture, envelope)| Some((architecture, envelope?)))
+        .collect();
         let recorded_buildspec = recorded.values().find_map(|e| match &e.payload {
             Some(Payload::BuildRequested(r)) => Some(r.buildspec.clone()),
             _ => None,
