@@ -31,6 +31,10 @@ pub struct NotifierConfig {
     pub icon_emoji: Option<String>,
     /// Commits listed for a push (GitHub compare `per_page`). Default 16.
     pub max_commits: u32,
+    /// Events older than this update the build's record but send nothing, so replaying old
+    /// history (or a record expired from the bucket) never re-posts old builds. Default 72h.
+    #[serde(with = "humantime_serde")]
+    pub quiet_after: Duration,
     /// How long one replica may hold a build's delivery lease before another may take over.
     /// Longer than the Slack client's worst-case retries (5 attempts, waits of at most 30s,
     /// 10s request timeout). Default 3m.
@@ -52,6 +56,7 @@ impl Default for NotifierConfig {
             username: Some("AWS CodeBuild".to_owned()),
             icon_emoji: Some(":ops-codebuild:".to_owned()),
             max_commits: 16,
+            quiet_after: Duration::from_secs(72 * 3600),
             lease: Duration::from_secs(180),
             slack: SlackConfig::default(),
             links: LinkConfig::default(),

@@ -336,10 +336,20 @@ impl Core {
             Relevance::Ignore => return Ok(()),
             Relevance::Build(key) => key,
         };
+        let quiet = prx_ci_shared::events::from_timestamp(envelope.time.as_ref())
+            .is_some_and(|at| OffsetDateTime::now_utc() - at > self.config.quiet_after);
+        let statuses = &self.config.statuses;
         let (applied, record) = self
             .store
             .modify(&key, |record| match record.view.apply(envelope) {
-                Ok(true) => (true, Ok(true)),
+                Ok(true) => {
+                    if quiet {
+                        // Old history: remember it, announce nothing.
+                        record.slack.delivered_version = record.view.version;
+                        record.status.written = desired_status(statuses, &record.view);
+                    }
+                    (true, Ok(true))
+                }
                 Ok(false) => (false, Ok(false)),
                 Err(err) => (false, Err(err)),
             })

@@ -754,3 +754,37 @@ async fn local_mode_logs_messages_and_statuses() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn replayed_old_history_is_recorded_but_not_announced() {
+    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let config = env.config();
+    let store = Store::open(&env.rt.js, &config.bucket).await.unwrap();
+    let running = env.notifier(config).await;
+    let build = Events::new("PRX/my-app", BUILD_ID);
+    let long_ago = time::OffsetDateTime::now_utc() - time::Duration::days(4);
+    for mut event in [build.requested(), build.started()] {
+        event.time = Some(prx_ci_shared::events::timestamp(long_ago));
+        env.publish(&event).await;
+    }
+    let stream = env.rt.js.get_stream(subject::EVENTS_STREAM).await.unwrap();
+    wait_until(WAIT, "the old events to be consumed", || async {
+        let mut consumer = stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>("notifier")
+            .await
+            .ok()?;
+        let info = consumer.info().await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence >= 2)
+            .then_some(())
+    })
+    .await;
+    let (record, _) = store.load(BUILD_ID).await.unwrap().unwrap();
+    assert_eq!(record.view.version, 2);
+    assert!(!record.chat_dirty());
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(load(&running.stats.chat_requested), 0);
+    assert_eq!(load(&running.stats.statuses_requested), 0);
+    running.stop().await;
+    assert!(env.slack.all_calls().is_empty());
+    assert!(env.github.statuses().is_empty());
+}
