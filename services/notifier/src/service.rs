@@ -70,6 +70,8 @@ pub const CONSUMER: &str = "notifier";
 
 /// How far before a post marker the recovery looks for the message.
 const FIND_MARGIN: Duration = Duration::from_secs(60);
+/// How often a build leased by another replica is looked at again.
+const LEASE_POLL: Duration = Duration::from_secs(5);
 /// Statuses remembered as in flight or written (a cache; cleared when full).
 const MAX_RECENT_STATUSES: usize = 10_000;
 /// Longest wait before a failed delivery is tried again.
@@ -575,7 +577,11 @@ impl Core {
             Ok((Ok(earlier), record)) => (earlier, record),
             Ok((Err(None), _)) => return (Outcome::Done, false),
             Ok((Err(Some(busy)), _)) => {
-                let wait = Duration::try_from(busy).unwrap_or(Duration::from_secs(1));
+                // Another replica delivers it; it also picks up what changed meanwhile. Look
+                // again soon in case it died.
+                let wait = Duration::try_from(busy)
+                    .unwrap_or(LEASE_POLL)
+                    .min(LEASE_POLL);
                 return (Outcome::RetryAfter(wait), false);
             }
             Err(err) => {
