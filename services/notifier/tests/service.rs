@@ -788,3 +788,49 @@ async fn replayed_old_history_is_recorded_but_not_announced() {
     assert!(env.slack.all_calls().is_empty());
     assert!(env.github.statuses().is_empty());
 }
+
+#[tokio::test]
+async fn two_replicas_post_each_build_exactly_once() {
+    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let mut config = env.config();
+    config.statuses.enabled = false;
+    config.concurrency = 4;
+    let a = env.notifier(config.clone()).await;
+    let b = env.notifier(config).await;
+    let builds: Vec<Events> = (0..12)
+        .map(|i| Events::new("PRX/my-app", &format!("{BUILD_ID}-{i}")))
+        .collect();
+    for build in &builds {
+        for event in [
+            build.requested(),
+            build.started(),
+            build.phase("INSTALL", "BUILD"),
+            build.completed(v1::BuildStatus::Succeeded),
+            build.publish_applied(),
+        ] {
+            env.publish(&event).await;
+        }
+    }
+    wait_until(WAIT, "every build's final message", || {
+        let messages = env.slack.messages();
+        async move {
+            (messages.len() == 12
+                && messages
+                    .iter()
+                    .all(|m| m.text.contains("» Built") && m.mrkdwn.contains("» Set `")))
+            .then_some(())
+        }
+    })
+    .await;
+    let posts = env.slack.calls("chat.postMessage");
+    assert_eq!(posts.len(), 12, "one post per build across both replicas");
+    let mut builds_posted: Vec<String> = posts
+        .iter()
+        .map(|c| c.body["metadata"]["event_payload"]["build"].to_string())
+        .collect();
+    builds_posted.sort();
+    builds_posted.dedup();
+    assert_eq!(builds_posted.len(), 12);
+    a.stop().await;
+    b.stop().await;
+}
