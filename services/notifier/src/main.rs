@@ -1,16 +1,13 @@
 //! `prx-ci-notifier`: the notifier as its own process.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Parser;
-use prometheus_client::registry::Registry;
 use prx_ci_notifier::{Notifier, NotifierConfig};
-use prx_ci_shared::config::{self, NatsConfig};
+use prx_ci_shared::config;
 use prx_ci_shared::github::GitHubConfig;
-use prx_ci_shared::telemetry::{self, TelemetryConfig};
-use prx_ci_shared::{CancellationToken, Runtime, ops_http, subject};
+use prx_ci_shared::process::{ServiceProcess, exit_code};
 
 /// Slack messages and GitHub commit statuses for PRX CI builds.
 #[derive(Debug, Parser)]
@@ -22,30 +19,16 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
-    match try_main().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("prx-ci-notifier: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+async fn main() -> ExitCode {
+    exit_code("prx-ci-notifier", try_main().await)
 }
 
 async fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
     let file = args.config.as_deref();
-    let nats: NatsConfig = config::load(file, "nats")?;
-    let telemetry_config: TelemetryConfig = config::load(file, "telemetry")?;
     let github: GitHubConfig = config::load(file, "github")?;
     let notifier_config: NotifierConfig = config::load(file, "notifier")?;
-    let _telemetry = telemetry::init("prx-ci-notifier", &telemetry_config)?;
-
-    let mut registry = Registry::default();
-    let rt = Runtime::connect(&nats, "notifier", &mut registry).await?;
-    rt.provision(nats.replicas)
-        .await
-        .context("cannot provision NATS streams, consumers and buckets")?;
+    let mut process = ServiceProcess::start("prx-ci-notifier", file).await?;
 
     let chat = prx_ci_notifier::chat_sink(&notifier_config.slack)?;
     let statuses = prx_ci_notifier::status_sink(&github, &notifier_config.statuses)?;
@@ -58,38 +41,14 @@ async fn try_main() -> anyhow::Result<()> {
     }
     let ops_listen = notifier_config.ops_listen;
     let notifier = Notifier::new(
-        rt.clone(),
+        process.rt.clone(),
         notifier_config,
         chat,
         statuses,
         commits,
-        &mut registry,
+        &mut process.registry,
     )?;
-
-    let shutdown = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind(ops_listen)
+    process
+        .run(ops_listen, |shutdown| notifier.run(shutdown))
         .await
-        .with_context(|| format!("cannot listen on {ops_listen}"))?;
-    let readiness = ops_http::nats_readiness(
-        rt.client.clone(),
-        rt.js.clone(),
-        vec![subject::EVENTS_STREAM],
-    );
-    let router = ops_http::ops_router(Arc::new(registry), readiness);
-    let ops = tokio::spawn(ops_http::serve(listener, router, shutdown.clone()));
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            prx_ci_shared::shutdown_signal().await;
-            tracing::info!("shutting down");
-            shutdown.cancel();
-        }
-    });
-    tracing::info!(%ops_listen, "notifier running");
-    let result = notifier.run(shutdown.clone()).await;
-    shutdown.cancel();
-    ops.await
-        .context("ops server task failed")?
-        .context("ops server failed")?;
-    result
 }
