@@ -1,4 +1,5 @@
-//! `prx-ci-ingress`: the webhook ingress as its own process.
+//! `prx-ci-ingress`: the webhook ingress as its own process. `/healthz`, `/readyz` and
+//! `/metrics` are served on the webhook listener (`[ingress] listen`), not a separate port.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,11 +8,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use prometheus_client::registry::Registry;
 use prx_ci_ingress::{Ingress, IngressConfig};
-use prx_ci_shared::config::{self, NatsConfig};
-use prx_ci_shared::telemetry::{self, TelemetryConfig};
-use prx_ci_shared::{CancellationToken, Runtime};
+use prx_ci_shared::CancellationToken;
+use prx_ci_shared::process::{ServiceProcess, exit_code};
 
 // Each delivery allocates a few buffers of the payload's size; glibc malloc spent ~15% of the
 // ingress's CPU on them under load (see docs/benchmarks/ingress.md).
@@ -22,7 +21,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "prx-ci-ingress", version)]
 struct Args {
-    /// Configuration file (sections [nats], [telemetry], [ingress]).
+    /// Configuration file (TOML, sections [nats], [telemetry], [ingress]);
+    /// `PRX_CI_<SECTION>__<FIELD>` variables override it, `PRX_CI_WEBHOOK_SECRET`
+    /// (comma-separated) adds webhook secrets.
     #[arg(long, env = "PRX_CI_CONFIG")]
     config: Option<PathBuf>,
     /// Listen address; overrides `[ingress] listen`.
@@ -30,37 +31,26 @@ struct Args {
     listen: Option<SocketAddr>,
 }
 
-fn main() -> ExitCode {
-    match try_main() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("prx-ci-ingress: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+#[tokio::main]
+async fn main() -> ExitCode {
+    exit_code("prx-ci-ingress", try_main().await)
 }
 
-#[tokio::main]
 async fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
     let file = args.config.as_deref();
-    let nats: NatsConfig = config::load(file, "nats")?;
-    let telemetry_config: TelemetryConfig = config::load(file, "telemetry")?;
-    let mut ingress_config = IngressConfig::load(file)?;
+    let mut config = IngressConfig::load(file)?;
     if let Some(listen) = args.listen {
-        ingress_config.listen = listen;
+        config.listen = listen;
     }
-    let _telemetry = telemetry::init("prx-ci-ingress", &telemetry_config)?;
-
-    let mut registry = Registry::default();
-    let rt = Runtime::connect(&nats, "ingress", &mut registry).await?;
-    rt.provision(nats.replicas)
+    let mut process = ServiceProcess::start("prx-ci-ingress", file).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .context("cannot provision NATS streams")?;
-    let listener = tokio::net::TcpListener::bind(ingress_config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", ingress_config.listen))?;
-    let ingress = Ingress::new(rt, ingress_config, &mut registry)?;
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let ingress = Ingress::new(process.rt.clone(), config, &mut process.registry)?;
+    // The ops endpoints share the webhook listener, so the ingress serves the registry itself
+    // (`process` stays alive for its telemetry guard).
+    let registry = Arc::new(std::mem::take(&mut process.registry));
 
     let shutdown = CancellationToken::new();
     tokio::spawn({
@@ -71,5 +61,7 @@ async fn try_main() -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
-    ingress.run(listener, Arc::new(registry), shutdown).await
+    let result = ingress.run(listener, registry, shutdown).await;
+    drop(process);
+    result
 }
