@@ -1,5 +1,5 @@
 //! The buildspec lookup through a fake GitHub: retries, not-enrolled skips, visible failures,
-//! and skips that never ask GitHub.
+//! skips that never ask GitHub; and backend errors (retried, or parked with the error).
 
 use std::sync::Arc;
 
@@ -230,4 +230,84 @@ async fn a_github_error_that_persists_parks_the_webhook_with_the_error() {
     );
     shutdown.cancel();
     task.await.unwrap().unwrap();
+}
+
+/// Fails the first `failures` starts with the given kind, then delegates.
+#[derive(Debug)]
+struct Flaky {
+    inner: FakeBackend,
+    failures: std::sync::atomic::AtomicU32,
+    permanent: bool,
+}
+
+#[async_trait::async_trait]
+impl prx_ci_shared::backend::BuildBackend for Flaky {
+    async fn start(
+        &self,
+        request: prx_ci_shared::backend::StartBuild,
+    ) -> Result<prx_ci_shared::backend::StartedBuild, prx_ci_shared::backend::BackendError> {
+        use std::sync::atomic::Ordering;
+        if self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            let err = anyhow::anyhow!("CodeBuild said no");
+            return Err(if self.permanent {
+                prx_ci_shared::backend::BackendError::Permanent(err)
+            } else {
+                prx_ci_shared::backend::BackendError::Transient(err)
+            });
+        }
+        self.inner.start(request).await
+    }
+
+    async fn stop(
+        &self,
+        build_id: &str,
+    ) -> Result<prx_ci_shared::backend::StopOutcome, prx_ci_shared::backend::BackendError> {
+        self.inner.stop(build_id).await
+    }
+}
+
+#[tokio::test]
+async fn backend_errors_are_retried_or_parked_never_dropped() {
+    for permanent in [false, true] {
+        let nats = Nats::start().await;
+        let github = FakeGitHub::start().await;
+        let push = recorded("push.json");
+        github
+            .buildspec(REPO, push["after"].as_str().unwrap(), PLAIN)
+            .await;
+        let backend = Arc::new(Flaky {
+            inner: FakeBackend::default(),
+            failures: std::sync::atomic::AtomicU32::new(1),
+            permanent,
+        });
+        let running = start(
+            &nats,
+            DispatcherConfig::default(),
+            github.source(),
+            backend.clone(),
+        );
+        nats.webhook("push", &push, "delivery-flaky").await;
+        if permanent {
+            let parked = prx_ci_shared::testing::wait_until(WAIT, "the webhook parked", || async {
+                let parked = nats.parked().await;
+                (!parked.is_empty()).then_some(parked)
+            })
+            .await;
+            assert_eq!(parked[0].deliveries, 1, "a permanent error is not retried");
+            assert!(
+                parked[0].error.contains("CodeBuild said no"),
+                "{}",
+                parked[0].error
+            );
+            assert!(nats.requested().await.is_empty());
+        } else {
+            nats.wait_for("BuildRequested", 1, is_requested).await;
+            assert_eq!(backend.inner.started().await.len(), 1);
+        }
+        running.stop().await;
+    }
 }
