@@ -7,6 +7,10 @@
 //! it, so re-publishing collapses in JetStream's duplicate window; started builds are recorded
 //! in KV right after `StartBuild`, so a later redelivery re-announces the recorded build
 //! instead of starting one (CodeBuild's idempotency token only covers five minutes).
+//! Residual risk: a crash after `StartBuild` succeeded and before the record was written,
+//! followed by a redelivery more than five minutes later (the token has expired), starts a
+//! second build of the same commit; the first one runs unannounced (the build-watcher sees a
+//! build nobody requested). The window is one KV write long.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
