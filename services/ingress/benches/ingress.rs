@@ -15,7 +15,8 @@
 //!
 //! Environment: `PRX_BENCH_COUNT` (requests per measured phase, default 100000),
 //! `PRX_BENCH_CONCURRENCY` (default 64), `PRX_BENCH_LOG` (the ingress's log filter, default
-//! `warn`: one log line per stored delivery at `info` is measured separately if you set it).
+//! `warn`; `info` logs one line per stored delivery), `PRX_BENCH_INGRESS_THREADS` (the
+//! ingress's tokio worker threads, default one per core).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -290,10 +291,16 @@ impl IngressProcess {
         )
         .expect("write config");
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_prx-ci-ingress"));
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        command
             .arg("--config")
             .arg(&config)
-            .env_remove("PRX_CI_WEBHOOK_SECRET")
+            .env_remove("PRX_CI_WEBHOOK_SECRET");
+        // Tokio's runtime reads TOKIO_WORKER_THREADS (default: one per core).
+        if let Ok(threads) = std::env::var("PRX_BENCH_INGRESS_THREADS") {
+            command.env("TOKIO_WORKER_THREADS", threads);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
