@@ -96,7 +96,15 @@ pub fn init_with_provider(
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                // Per-span bookkeeping nobody reads (busy/idle times, code location, thread),
+                // skipped to keep the span of every webhook request cheap.
+                .with_tracked_inactivity(false)
+                .with_location(false)
+                .with_threads(false),
+        )
         .try_init();
     Ok(())
 }
