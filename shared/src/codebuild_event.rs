@@ -15,6 +15,29 @@ pub const PHASE_CHANGE: &str = "CodeBuild Build Phase Change";
 /// `source` of CodeBuild events.
 pub const SOURCE: &str = "aws.codebuild";
 
+/// The phase CodeBuild reports last; it never fails and is not a "failed phase".
+pub const COMPLETED_PHASE: &str = "COMPLETED";
+
+/// CodeBuild's phases in the order a build goes through them (a phase never moves back).
+pub const PHASE_ORDER: [&str; 11] = [
+    "SUBMITTED",
+    "QUEUED",
+    "PROVISIONING",
+    "DOWNLOAD_SOURCE",
+    "INSTALL",
+    "PRE_BUILD",
+    "BUILD",
+    "POST_BUILD",
+    "UPLOAD_ARTIFACTS",
+    "FINALIZING",
+    COMPLETED_PHASE,
+];
+
+/// Position of a phase in [`PHASE_ORDER`]; `None` for names CodeBuild does not document.
+pub fn phase_rank(name: &str) -> Option<usize> {
+    PHASE_ORDER.iter().position(|p| *p == name)
+}
+
 /// The EventBridge envelope.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -122,24 +122,31 @@ pub fn kind_of(envelope: &Envelope) -> Result<EventKind, EnvelopeError> {
         .ok_or(EnvelopeError::NoPayload)
 }
 
+/// The build an event is about, for the kinds that carry a [`v1::BuildRef`].
+pub fn build_of(payload: &Payload) -> Option<&v1::BuildRef> {
+    match payload {
+        Payload::BuildRequested(p) => p.build.as_ref(),
+        Payload::BuildStarted(p) => p.build.as_ref(),
+        Payload::BuildPhaseChanged(p) => p.build.as_ref(),
+        Payload::BuildCompleted(p) => p.build.as_ref(),
+        Payload::BuildCancelled(p) => p.build.as_ref(),
+        Payload::PublishApplied(p) => p.build.as_ref(),
+        Payload::PublishSkipped(p) => p.build.as_ref(),
+        Payload::NotificationDelivered(p) => p.build.as_ref(),
+        Payload::WebhookReceived(_)
+        | Payload::BuildSkipped(_)
+        | Payload::BuildReportReceived(_)
+        | Payload::MessageParked(_) => None,
+    }
+}
+
 /// The repository an event is about ("" when it has none).
 pub fn repository_of(payload: &Payload) -> &str {
-    fn build(b: Option<&v1::BuildRef>) -> &str {
-        b.map_or("", |b| b.repository.as_str())
-    }
     match payload {
         Payload::WebhookReceived(p) => &p.repository,
-        Payload::BuildRequested(p) => build(p.build.as_ref()),
         Payload::BuildSkipped(p) => &p.repository,
-        Payload::BuildStarted(p) => build(p.build.as_ref()),
-        Payload::BuildPhaseChanged(p) => build(p.build.as_ref()),
-        Payload::BuildCompleted(p) => build(p.build.as_ref()),
-        Payload::BuildCancelled(p) => build(p.build.as_ref()),
-        Payload::PublishApplied(p) => build(p.build.as_ref()),
-        Payload::PublishSkipped(p) => build(p.build.as_ref()),
-        Payload::NotificationDelivered(p) => build(p.build.as_ref()),
         Payload::BuildReportReceived(p) => &p.repository,
-        Payload::MessageParked(_) => "",
+        other => build_of(other).map_or("", |b| b.repository.as_str()),
     }
 }
 

@@ -14,28 +14,7 @@ const CODEBUILD_TIME: &[BorrowedFormatItem<'static>] = format_description!(
     "[month repr:short] [day padding:none], [year] [hour repr:12 padding:none]:[minute]:[second] [period]"
 );
 
-/// The phase CodeBuild reports last; it never fails and is not a "failed phase".
-pub const COMPLETED_PHASE: &str = "COMPLETED";
-
-/// CodeBuild's phases in the order a build goes through them.
-pub const PHASE_ORDER: [&str; 11] = [
-    "SUBMITTED",
-    "QUEUED",
-    "PROVISIONING",
-    "DOWNLOAD_SOURCE",
-    "INSTALL",
-    "PRE_BUILD",
-    "BUILD",
-    "POST_BUILD",
-    "UPLOAD_ARTIFACTS",
-    "FINALIZING",
-    COMPLETED_PHASE,
-];
-
-/// Position of a phase in [`PHASE_ORDER`]; `None` for names CodeBuild does not document.
-pub fn phase_rank(name: &str) -> Option<usize> {
-    PHASE_ORDER.iter().position(|p| *p == name)
-}
+pub use prx_ci_shared::codebuild_event::{COMPLETED_PHASE, PHASE_ORDER, phase_rank};
 
 /// Parses CodeBuild's event time format (`Sep 1, 2017 4:12:29 PM`, UTC).
 pub fn parse_codebuild_time(text: &str) -> Option<OffsetDateTime> {

@@ -17,25 +17,8 @@ use time::OffsetDateTime;
 /// Event ids remembered per build for deduplication (a build has a few dozen events).
 pub const MAX_APPLIED_IDS: usize = 512;
 
-/// CodeBuild's phases in execution order (a phase never moves back).
-pub const PHASE_ORDER: [&str; 11] = [
-    "SUBMITTED",
-    "QUEUED",
-    "PROVISIONING",
-    "DOWNLOAD_SOURCE",
-    "INSTALL",
-    "PRE_BUILD",
-    "BUILD",
-    "POST_BUILD",
-    "UPLOAD_ARTIFACTS",
-    "FINALIZING",
-    "COMPLETED",
-];
-
 fn phase_rank(phase: &str) -> usize {
-    PHASE_ORDER
-        .iter()
-        .position(|p| p.eq_ignore_ascii_case(phase))
+    prx_ci_shared::codebuild_event::phase_rank(&phase.to_ascii_uppercase())
         .unwrap_or(usize::MAX / 2)
 }
 

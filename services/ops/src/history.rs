@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 
 use prx_ci_proto::v1::{self, Envelope, envelope::Payload, history_request, ordering_key};
+use prx_ci_shared::events::build_of;
 use serde::Deserialize;
 
 /// Shortest commit prefix accepted in a query.
@@ -110,23 +111,11 @@ pub fn webhook_facts(webhook: &v1::WebhookReceived) -> WebhookFacts {
 
 /// The commit an event is about, if any.
 pub fn commit_of(payload: &Payload) -> Option<&str> {
-    fn build(b: Option<&v1::BuildRef>) -> Option<&str> {
-        b.map(|b| b.commit.as_str()).filter(|c| !c.is_empty())
-    }
-    match payload {
-        Payload::BuildRequested(p) => build(p.build.as_ref()),
-        Payload::BuildStarted(p) => build(p.build.as_ref()),
-        Payload::BuildPhaseChanged(p) => build(p.build.as_ref()),
-        Payload::BuildCompleted(p) => build(p.build.as_ref()),
-        Payload::BuildCancelled(p) => build(p.build.as_ref()),
-        Payload::PublishApplied(p) => build(p.build.as_ref()),
-        Payload::PublishSkipped(p) => build(p.build.as_ref()),
-        Payload::NotificationDelivered(p) => build(p.build.as_ref()),
-        Payload::BuildSkipped(p) => Some(p.commit.as_str()).filter(|c| !c.is_empty()),
-        Payload::WebhookReceived(_)
-        | Payload::MessageParked(_)
-        | Payload::BuildReportReceived(_) => None,
-    }
+    let commit = match payload {
+        Payload::BuildSkipped(p) => p.commit.as_str(),
+        other => build_of(other)?.commit.as_str(),
+    };
+    Some(commit).filter(|c| !c.is_empty())
 }
 
 fn matches_own_facts(filter: &HistoryFilter, envelope: &Envelope) -> bool {
