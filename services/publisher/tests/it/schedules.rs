@@ -6,17 +6,11 @@
 //! through a last-writer-wins model of the original show what the fence prevents.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use prx_ci_proto::v1;
-use prx_ci_publisher::{NoArtifactCheck, SsmParameterStore};
 use prx_ci_shared::domain::Architecture;
-use prx_ci_shared::testing::{MotoServer, NatsServer};
 
-use crate::utils::{
-    BuildSpec, EventLog, Fault, FaultyStore, Replica, runtime, settle, ssm_history, test_config,
-    warm_up,
-};
+use crate::utils::{BuildSpec, Fault, SsmReplicas, settle, ssm_history};
 
 /// Schedules per run; each has 3 to 6 pushes.
 const SCHEDULES: u64 = 60;
@@ -192,30 +186,15 @@ async fn the_fence_keeps_every_schedule_in_push_order_where_last_writer_wins_reg
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(DEFAULT_SEED);
-    let nats = NatsServer::start().await;
-    let moto = MotoServer::start().await;
-    let rt = runtime(&nats).await;
-    let log = EventLog::start(&rt).await;
-    let ssm = SsmParameterStore::new(&moto.sdk_config());
-    let client = ssm.client().clone();
-    warm_up(&client).await;
-    let store = Arc::new(FaultyStore::new(Arc::new(ssm)));
-    let replicas = [
-        Replica::start(
-            &nats,
-            test_config(),
-            store.clone(),
-            Arc::new(NoArtifactCheck),
-        )
-        .await,
-        Replica::start(
-            &nats,
-            test_config(),
-            store.clone(),
-            Arc::new(NoArtifactCheck),
-        )
-        .await,
-    ];
+    let SsmReplicas {
+        nats: _nats,
+        moto: _moto,
+        rt,
+        log,
+        client,
+        store,
+        replicas,
+    } = SsmReplicas::start().await;
 
     let started = std::time::Instant::now();
     let mut rng = Rng(seed);

@@ -12,8 +12,8 @@ use prx_ci_shared::domain::Architecture;
 use prx_ci_shared::testing::{MotoServer, NatsServer};
 
 use crate::utils::{
-    BuildSpec, EventLog, Fault, FaultyStore, Replica, runtime, settle, sha, ssm_history,
-    test_config, warm_up,
+    BuildSpec, EventLog, Fault, FaultyStore, Replica, SsmReplicas, runtime, settle, sha,
+    ssm_history, test_config, warm_up,
 };
 
 const X86: Architecture = Architecture::X86_64;
@@ -383,30 +383,15 @@ async fn local_mode_gates_skips_with_reasons_and_reports() {
 
 #[tokio::test]
 async fn a_stalled_write_is_abandoned_at_its_deadline_and_never_lands_after_a_newer_push() {
-    let nats = NatsServer::start().await;
-    let moto = MotoServer::start().await;
-    let rt = runtime(&nats).await;
-    let log = EventLog::start(&rt).await;
-    let ssm = SsmParameterStore::new(&moto.sdk_config());
-    let client = ssm.client().clone();
-    warm_up(&client).await;
-    let store = Arc::new(FaultyStore::new(Arc::new(ssm)));
-    let replicas = [
-        Replica::start(
-            &nats,
-            test_config(),
-            store.clone(),
-            Arc::new(NoArtifactCheck),
-        )
-        .await,
-        Replica::start(
-            &nats,
-            test_config(),
-            store.clone(),
-            Arc::new(NoArtifactCheck),
-        )
-        .await,
-    ];
+    let SsmReplicas {
+        nats: _nats,
+        moto: _moto,
+        rt,
+        log,
+        client,
+        store,
+        replicas,
+    } = SsmReplicas::start().await;
 
     let p = "/prx/stag/Spire/Stalled/pkg/docker-image-tag";
     let older = BuildSpec::ecr(70, X86, &[p]);

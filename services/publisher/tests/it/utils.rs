@@ -14,12 +14,13 @@ use prometheus_client::registry::Registry;
 use prost::Message as _;
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_publisher::{
-    ArtifactChecker, ParameterStore, Publisher, PublisherConfig, StoreError, StoredParameter,
+    ArtifactChecker, NoArtifactCheck, ParameterStore, Publisher, PublisherConfig,
+    SsmParameterStore, StoreError, StoredParameter,
 };
 use prx_ci_shared::domain::{Architecture, Branch, OrderingKey, RepoName};
 use prx_ci_shared::events::Chain;
 use prx_ci_shared::subject;
-use prx_ci_shared::testing::{NatsServer, wait_until};
+use prx_ci_shared::testing::{MotoServer, NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime};
 use tokio::task::JoinHandle;
 
@@ -433,4 +434,47 @@ pub async fn warm_up(client: &aws_sdk_ssm::Client) {
         .send()
         .await
         .expect("moto SSM answers");
+}
+
+/// Two publisher replicas on one durable, writing to SSM in the emulator through a
+/// fault-injecting store, with the event log of the run.
+pub struct SsmReplicas {
+    pub nats: NatsServer,
+    pub moto: MotoServer,
+    pub rt: Runtime,
+    pub log: EventLog,
+    pub client: aws_sdk_ssm::Client,
+    pub store: Arc<FaultyStore>,
+    pub replicas: [Replica; 2],
+}
+
+impl SsmReplicas {
+    pub async fn start() -> Self {
+        let nats = NatsServer::start().await;
+        let moto = MotoServer::start().await;
+        let rt = runtime(&nats).await;
+        let log = EventLog::start(&rt).await;
+        let ssm = SsmParameterStore::new(&moto.sdk_config());
+        let client = ssm.client().clone();
+        warm_up(&client).await;
+        let store = Arc::new(FaultyStore::new(Arc::new(ssm)));
+        let replica = || {
+            Replica::start(
+                &nats,
+                test_config(),
+                store.clone(),
+                Arc::new(NoArtifactCheck),
+            )
+        };
+        let replicas = [replica().await, replica().await];
+        Self {
+            nats,
+            moto,
+            rt,
+            log,
+            client,
+            store,
+            replicas,
+        }
+    }
 }
