@@ -4,9 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format as _, Toml};
-use prx_ci_shared::config::{ConfigError, ENV_PREFIX, Validate, load_from};
+use prx_ci_shared::config::{self, ConfigError, Validate};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 
@@ -26,13 +24,6 @@ pub const MAX_STORE_TIMEOUT: Duration = Duration::from_secs(9);
 
 /// The configuration section.
 pub const SECTION: &str = "ingress";
-
-/// Parsed but not yet validated (secrets from the environment come after parsing).
-#[derive(Deserialize)]
-#[serde(transparent)]
-struct Unvalidated(IngressConfig);
-
-impl Validate for Unvalidated {}
 
 /// The ingress (section `[ingress]`).
 #[derive(Clone, Deserialize)]
@@ -120,15 +111,7 @@ impl IngressConfig {
     /// secret themselves (`prx-ci up` in local mode generates one). [`crate::Ingress::new`]
     /// validates in any case.
     pub fn load_unvalidated(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut figment = Figment::new();
-        if let Some(file) = file {
-            if !file.exists() {
-                return Err(ConfigError::MissingFile(file.to_owned()));
-            }
-            figment = figment.merge(Toml::file_exact(file));
-        }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
-        let Unvalidated(config) = load_from(&figment, SECTION)?;
+        let config: Self = config::load_unvalidated(file, SECTION)?;
         Ok(config.with_secrets_from_env())
     }
 
@@ -181,6 +164,10 @@ impl Validate for IngressConfig {
 
 #[cfg(test)]
 mod tests {
+    use figment::Figment;
+    use figment::providers::{Format as _, Toml};
+    use prx_ci_shared::config::load_from;
+
     use super::*;
 
     fn load(toml: &str) -> Result<IngressConfig, String> {
