@@ -16,6 +16,7 @@ use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::consume::{ConsumerSettings, run_consumer};
 use prx_ci_shared::events::Chain;
 use prx_ci_shared::nats::ConsumerDefinition;
+use prx_ci_shared::retry::{Backoff, Retry, retry};
 use prx_ci_shared::subject::WEBHOOKS_STREAM;
 use prx_ci_shared::testing::{free_port, tool_path, wait_until, workspace_root};
 use prx_ci_shared::{CancellationToken, Delivery, EventPublisher, Handler, HandlerError, Runtime};
@@ -145,19 +146,17 @@ fn webhook(n: usize) -> v1::Envelope {
 }
 
 /// Publishes until the cluster acknowledges (a lost ack is retried with the same id, which the
-/// duplicate window collapses).
+/// duplicate window collapses), through the project's one retry helper.
 async fn publish_acked(publisher: &EventPublisher, envelope: &v1::Envelope) -> u64 {
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        match publisher.publish(envelope).await {
-            Ok(stored) => return stored.sequence,
-            Err(err) => {
-                assert!(attempts < 300, "never acknowledged: {err}");
-                tokio::time::sleep(PUBLISH_RETRY).await;
-            }
-        }
-    }
+    let policy = Backoff {
+        initial: PUBLISH_RETRY,
+        max: PUBLISH_RETRY,
+        max_attempts: 300,
+    };
+    retry(&policy, |_| publisher.publish(envelope), |_| Retry::Backoff)
+        .await
+        .unwrap_or_else(|err| panic!("never acknowledged: {err}"))
+        .sequence
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
