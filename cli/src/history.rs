@@ -232,6 +232,23 @@ pub fn summary(payload: &Payload) -> String {
             p.reference
         ),
         Payload::BuildReportReceived(p) => format!("{} {}", p.source, p.build_id),
+        Payload::ParameterOwnerChanged(p) => {
+            let mut s = format!(
+                "{} {} -> {} ({})",
+                p.parameter,
+                if p.previous.is_empty() {
+                    "unowned"
+                } else {
+                    &p.previous
+                },
+                p.repository,
+                p.action
+            );
+            if !p.requested_by.is_empty() {
+                s.push_str(&format!(" by {}: {}", p.requested_by, p.reason));
+            }
+            s
+        }
     }
 }
 

@@ -129,6 +129,7 @@ impl Fixture {
             source_version: repo.sha.clone(),
             buildspec: buildspec.to_owned(),
             environment,
+            untrusted: false,
         }
     }
 

@@ -23,6 +23,10 @@ pub struct StartBuild {
     pub buildspec: String,
     /// The dispatcher's variables; they win over the buildspec's `env.variables`.
     pub environment: BTreeMap<String, String>,
+    /// Code nobody trusted wrote it (a fork's pull request): the backend runs it where it can
+    /// publish nothing (CodeBuild: the untrusted project; locally: none of the configured
+    /// environment).
+    pub untrusted: bool,
 }
 
 /// A build the backend accepted.

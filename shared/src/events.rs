@@ -136,6 +136,7 @@ pub fn build_of(payload: &Payload) -> Option<&v1::BuildRef> {
         Payload::WebhookReceived(_)
         | Payload::BuildSkipped(_)
         | Payload::BuildReportReceived(_)
+        | Payload::ParameterOwnerChanged(_)
         | Payload::MessageParked(_) => None,
     }
 }
@@ -146,6 +147,7 @@ pub fn repository_of(payload: &Payload) -> &str {
         Payload::WebhookReceived(p) => &p.repository,
         Payload::BuildSkipped(p) => &p.repository,
         Payload::BuildReportReceived(p) => &p.repository,
+        Payload::ParameterOwnerChanged(p) => &p.repository,
         other => build_of(other).map_or("", |b| b.repository.as_str()),
     }
 }

@@ -14,6 +14,7 @@ pub mod nats;
 pub mod ops_http;
 pub mod process;
 pub mod publish;
+pub mod push_position;
 pub mod replay;
 pub mod retry;
 pub mod runtime;

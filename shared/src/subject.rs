@@ -109,10 +109,11 @@ pub enum EventKind {
     MessageParked,
     NotificationDelivered,
     BuildReportReceived,
+    ParameterOwnerChanged,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         Self::WebhookReceived,
         Self::BuildRequested,
         Self::BuildSkipped,
@@ -125,6 +126,7 @@ impl EventKind {
         Self::MessageParked,
         Self::NotificationDelivered,
         Self::BuildReportReceived,
+        Self::ParameterOwnerChanged,
     ];
 
     pub fn of(payload: &Payload) -> Self {
@@ -141,6 +143,7 @@ impl EventKind {
             Payload::MessageParked(_) => Self::MessageParked,
             Payload::NotificationDelivered(_) => Self::NotificationDelivered,
             Payload::BuildReportReceived(_) => Self::BuildReportReceived,
+            Payload::ParameterOwnerChanged(_) => Self::ParameterOwnerChanged,
         }
     }
 
@@ -159,6 +162,7 @@ impl EventKind {
             Self::MessageParked => "parked",
             Self::NotificationDelivered => "notification.delivered",
             Self::BuildReportReceived => "runner.report",
+            Self::ParameterOwnerChanged => "publish.owner",
         }
     }
 
@@ -186,6 +190,7 @@ impl EventKind {
             Self::MessageParked => "prx.parked",
             Self::NotificationDelivered => "prx.notification.delivered",
             Self::BuildReportReceived => "prx.runner.report",
+            Self::ParameterOwnerChanged => "prx.publish.owner",
         }
     }
 

@@ -93,6 +93,7 @@ pub fn transition_event(
                     build,
                     started_at: Some(timestamp(started_at)),
                     environment: report.environment().into_iter().collect(),
+                    requested: None,
                 }),
             )
         }
@@ -129,6 +130,7 @@ pub fn transition_event(
                     phases: report.phases().iter().map(PhaseInfo::to_proto).collect(),
                     finished_at: Some(timestamp(finished_at)),
                     exported_variables: report.exported_variables().into_iter().collect(),
+                    requested: None,
                 }),
             )
         }

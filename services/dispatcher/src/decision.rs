@@ -69,6 +69,19 @@ pub struct DecisionConfig {
     /// (`PRX_CI_PUBLISH=true`). Default: `PRX_CI_PUBLISH: true`, `PRX_CI_PUBLISH: "true"`,
     /// `PRX_CI_PUBLISH: 'true'`.
     pub publish_opt_in: Vec<String>,
+    /// What to do with pull requests from forks (head repository other than the base, or
+    /// deleted): `skip` (default, skip reason `FORK`) or `build` (never publishing, in the
+    /// untrusted project, with none of the local runner's configured environment).
+    pub fork_pull_requests: ForkPolicy,
+}
+
+/// `[dispatcher.rules] fork_pull_requests`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForkPolicy {
+    #[default]
+    Skip,
+    Build,
 }
 
 impl Default for DecisionConfig {
@@ -83,6 +96,7 @@ impl Default for DecisionConfig {
                 "PRX_CI_PUBLISH: \"true\"".to_owned(),
                 "PRX_CI_PUBLISH: 'true'".to_owned(),
             ],
+            fork_pull_requests: ForkPolicy::Skip,
         }
     }
 }
@@ -130,6 +144,7 @@ pub enum SkipReason {
     NoMarker,
     MalformedPayload,
     InvalidBuildspec,
+    Fork,
 }
 
 impl SkipReason {
@@ -145,6 +160,7 @@ impl SkipReason {
             Self::NoMarker => v1::SkipReason::NoMarker,
             Self::MalformedPayload => v1::SkipReason::MalformedPayload,
             Self::InvalidBuildspec => v1::SkipReason::InvalidBuildspec,
+            Self::Fork => v1::SkipReason::Fork,
         }
     }
 
@@ -161,6 +177,7 @@ impl SkipReason {
             Self::NoMarker => "NO_MARKER",
             Self::MalformedPayload => "MALFORMED_PAYLOAD",
             Self::InvalidBuildspec => "INVALID_BUILDSPEC",
+            Self::Fork => "FORK",
         }
     }
 }
@@ -217,6 +234,10 @@ pub enum Trigger {
         author: String,
         action: String,
         draft: bool,
+        /// The head repository differs from the base repository, or is gone (deleted fork).
+        fork: bool,
+        /// `before` of a `synchronize` (the previous head; "" for other actions).
+        before: String,
     },
 }
 
@@ -233,6 +254,9 @@ pub struct BuildPlan {
     pub event_name: String,
     pub action: String,
     pub trigger: Trigger,
+    /// GitHub's time of the push, seconds (`repository.pushed_at` of a push,
+    /// `pull_request.updated_at` of a pull request); `None` when the payload has none.
+    pub pushed_at: Option<i64>,
 }
 
 /// One build to start.
@@ -256,6 +280,41 @@ impl BuildPlan {
     /// fetchable from `repository.clone_url`.
     pub fn source_version(&self) -> &str {
         self.commit.as_str()
+    }
+
+    /// A pull request from a fork: code nobody trusted wrote.
+    pub fn is_fork(&self) -> bool {
+        matches!(self.trigger, Trigger::PullRequest { fork: true, .. })
+    }
+
+    /// The branch built (`PRX_BRANCH`).
+    pub fn branch(&self) -> &str {
+        match &self.trigger {
+            Trigger::Push { branch, .. } => branch.as_str(),
+            Trigger::PullRequest { head_ref, .. } => head_ref,
+        }
+    }
+
+    /// The pull request number (0 for pushes).
+    pub fn pull_request(&self) -> u64 {
+        match &self.trigger {
+            Trigger::Push { .. } => 0,
+            Trigger::PullRequest { number, .. } => *number,
+        }
+    }
+
+    /// What GitHub says about this push, for its place in the push order; `received_at`
+    /// (when ingress stored the webhook) stands in for a payload without GitHub's time.
+    pub fn push_facts(&self, received_at: i64) -> crate::push_order::PushFacts {
+        let (before, after) = match &self.trigger {
+            Trigger::Push { before, after, .. } => (before.clone(), after.clone()),
+            Trigger::PullRequest { before, .. } => (before.clone(), self.commit.to_string()),
+        };
+        crate::push_order::PushFacts {
+            pushed_at: self.pushed_at.unwrap_or(received_at),
+            before,
+            after,
+        }
     }
 
     /// A skip of this plan (after the buildspec lookup).
@@ -301,6 +360,8 @@ impl BuildPlan {
         let publish = match &self.trigger {
             // Forced: a default-branch push always publishes, whatever the buildspec says.
             Trigger::Push { .. } => true,
+            // A fork controls its buildspec text: its opt-in counts for nothing.
+            Trigger::PullRequest { fork: true, .. } => false,
             // String matching, not YAML: exactly the original's opt-in.
             Trigger::PullRequest { .. } => config
                 .publish_opt_in
@@ -419,7 +480,7 @@ pub fn decide(
     if event_name == "push" {
         decide_push(&payload, repository, skip)
     } else {
-        decide_pull_request(&payload, repository, skip)
+        decide_pull_request(&payload, repository, skip, config.fork_pull_requests)
     }
 }
 
@@ -492,6 +553,7 @@ fn decide_push(
             before: before.to_owned(),
             after: after.to_owned(),
         },
+        pushed_at: payload.time(&["repository", "pushed_at"]),
     })
 }
 
@@ -499,6 +561,7 @@ fn decide_pull_request(
     payload: &Payload<'_>,
     repository: RepoName,
     mut skip: Skip,
+    forks: ForkPolicy,
 ) -> Result<BuildPlan, Skip> {
     let action = match payload.required_str(&["action"]) {
         Ok(a) => a.to_owned(),
@@ -552,6 +615,22 @@ fn decide_pull_request(
         .and_then(|pr| pr.get("draft"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    // `head.repo` is null when the fork was deleted; GitHub's names compare case-insensitively.
+    let head_repository = payload.str(&["pull_request", "head", "repo", "full_name"]);
+    let fork =
+        !head_repository.is_some_and(|head| head.eq_ignore_ascii_case(&repository.to_string()));
+    if fork && forks == ForkPolicy::Skip {
+        skip.reason = SkipReason::Fork;
+        skip.detail = format!(
+            "pull request from fork {}; fork_pull_requests = \"skip\"",
+            head_repository.unwrap_or("(deleted)")
+        );
+        return Err(skip);
+    }
+    let before = match action.as_str() {
+        "synchronize" => payload.str(&["before"]).unwrap_or_default().to_owned(),
+        _ => String::new(),
+    };
     Ok(BuildPlan {
         ordering_key: OrderingKey::pull_request(repository.clone(), number),
         repository,
@@ -567,7 +646,10 @@ fn decide_pull_request(
             author: author.to_owned(),
             action,
             draft,
+            fork,
+            before,
         },
+        pushed_at: payload.time(&["pull_request", "updated_at"]),
     })
 }
 
@@ -587,6 +669,20 @@ impl Payload<'_> {
 
     fn str(&self, path: &[&str]) -> Option<&str> {
         self.at(path).and_then(Value::as_str)
+    }
+
+    /// A time at `path` in seconds: GitHub writes Unix seconds (`repository.pushed_at` of a
+    /// push) or RFC 3339 (`pull_request.updated_at`, and `pushed_at` elsewhere).
+    fn time(&self, path: &[&str]) -> Option<i64> {
+        match self.at(path)? {
+            Value::Number(n) => n.as_i64().filter(|s| *s > 0),
+            Value::String(s) => {
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                    .ok()
+                    .map(time::OffsetDateTime::unix_timestamp)
+            }
+            _ => None,
+        }
     }
 
     /// The string at `path`, or the detail of a malformed-payload skip.

@@ -23,8 +23,9 @@ use prx_ci_proto::v1::{self, Envelope, envelope::Payload};
 use prx_ci_shared::backend::{BackendError, BuildBackend, StartBuild, StopOutcome};
 use prx_ci_shared::consume::{Delivery, Handler, HandlerError};
 use prx_ci_shared::domain::Architecture;
-use prx_ci_shared::events::{Chain, derived_event_id};
+use prx_ci_shared::events::{Chain, derived_event_id, from_timestamp};
 use prx_ci_shared::publish::EventPublisher;
+use prx_ci_shared::push_position::PushPosition;
 
 use crate::buildspec::{Buildspec, BuildspecError, BuildspecRequest, BuildspecSource};
 use crate::config::DispatcherConfig;
@@ -128,6 +129,26 @@ fn transient(err: impl Into<anyhow::Error>) -> HandlerError {
     HandlerError::Transient(err.into())
 }
 
+/// When ingress stored the webhook, in seconds: GitHub's time of the push for payloads that
+/// carry none.
+fn received_at(delivery: &Delivery) -> i64 {
+    from_timestamp(delivery.envelope.time.as_ref()).map_or(0, time::OffsetDateTime::unix_timestamp)
+}
+
+/// The position a skipped webhook's events carry: GitHub's time when the plan knows it, no
+/// chain (skips order nothing).
+fn skip_position(delivery: &Delivery, plan: Option<&BuildPlan>) -> u64 {
+    let pushed_at = plan
+        .and_then(|p| p.pushed_at)
+        .unwrap_or_else(|| received_at(delivery));
+    PushPosition::new(
+        pushed_at,
+        PushPosition::CHAIN_MIDDLE,
+        delivery.stream_sequence,
+    )
+    .wire()
+}
+
 impl DispatchHandler {
     pub fn new(
         config: DispatcherConfig,
@@ -215,25 +236,34 @@ impl DispatchHandler {
             None => match self.lookup(&plan).await? {
                 Ok(text) => text,
                 Err(skip) => {
-                    return self
-                        .skip(cause, dispatch_id, delivery.stream_sequence, skip)
-                        .await;
+                    let position = skip_position(delivery, Some(&plan));
+                    return self.skip(cause, dispatch_id, position, skip).await;
                 }
             },
         };
         let builds = match plan.builds(&buildspec, &self.config.rules) {
             Ok(builds) => builds,
             Err(skip) => {
-                return self
-                    .skip(cause, dispatch_id, delivery.stream_sequence, skip)
-                    .await;
+                let position = skip_position(delivery, Some(&plan));
+                return self.skip(cause, dispatch_id, position, skip).await;
             }
         };
-        let push_sequence = recorded
-            .values()
-            .map(|e| e.push_sequence)
-            .next()
-            .unwrap_or(delivery.stream_sequence);
+        // GitHub's push order, not arrival order (see `push_order`); a push dispatched before
+        // keeps the position it was given.
+        let push_sequence = match recorded.values().map(|e| e.push_sequence).next() {
+            Some(recorded) => recorded,
+            None => self
+                .store
+                .place_push(
+                    &plan.ordering_key,
+                    dispatch_id,
+                    &plan.push_facts(received_at(delivery)),
+                    delivery.stream_sequence,
+                )
+                .await
+                .map_err(transient)?
+                .wire(),
+        };
         let chain = Chain::caused_by(cause).with_ordering(&plan.ordering_key, push_sequence);
 
         let mut requested = Vec::with_capacity(builds.len());
@@ -304,6 +334,7 @@ impl DispatchHandler {
                 source_version: plan.source_version().to_owned(),
                 buildspec: buildspec.to_owned(),
                 environment: build.environment.clone(),
+                untrusted: plan.is_fork(),
             })
             .await
             .map_err(|err| match err {
@@ -315,7 +346,8 @@ impl DispatchHandler {
             architecture = %build.architecture,
             commit = %plan.commit,
             ordering_key = %plan.ordering_key,
-            push_sequence = chain.push_sequence,
+            push_position = %PushPosition::from_wire(chain.push_sequence).map(|p| p.to_string()).unwrap_or_default(),
+            fork = plan.is_fork(),
             "build requested"
         );
         self.metrics
@@ -347,6 +379,9 @@ impl DispatchHandler {
                 source_version: plan.source_version().to_owned(),
                 event_name: plan.event_name.clone(),
                 action: plan.action.clone(),
+                fork: plan.is_fork(),
+                branch: plan.branch().to_owned(),
+                pull_request: plan.pull_request(),
             }),
         );
         self.store
@@ -482,13 +517,9 @@ impl Handler for DispatchHandler {
         tracing::debug!(event = %webhook.event_name, repository = %webhook.repository, %dispatch_id, "deciding");
         match decision::decide(&webhook.event_name, &webhook.payload, &self.config.rules) {
             Err(skip) => {
-                self.skip(
-                    &delivery.envelope,
-                    &dispatch_id,
-                    delivery.stream_sequence,
-                    skip,
-                )
-                .await
+                let position = skip_position(&delivery, None);
+                self.skip(&delivery.envelope, &dispatch_id, position, skip)
+                    .await
             }
             Ok(plan) => self.dispatch(&delivery, &dispatch_id, plan).await,
         }

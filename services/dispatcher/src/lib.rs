@@ -27,6 +27,7 @@ pub mod config;
 pub mod decision;
 pub mod handler;
 pub mod lane;
+pub mod push_order;
 pub mod service;
 pub mod store;
 

@@ -11,13 +11,20 @@ use prost::Message as _;
 use prx_ci_proto::v1::Envelope;
 use prx_ci_shared::domain::{Architecture, Lane, OrderingKey};
 
+use prx_ci_shared::push_position::PushPosition;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use crate::lane::{InflightBuild, LaneState, LaneUpdate, Push};
+use crate::push_order::{OrderRecord, PushFacts};
 
 /// Bucket of started builds: key `<dispatch id>.<architecture>`, value the `BuildRequested`
 /// envelope announced for it (protobuf).
 pub const DISPATCHED_BUCKET: &str = "prx_ci_dispatched";
 /// Bucket of lane records: key `<owner>.<repo>.<b|pr>.<branch|number>`, value JSON.
 pub const LANES_BUCKET: &str = "prx_ci_dispatch_lanes";
+/// Bucket of push-order records (see [`crate::push_order`]): same keys as the lanes, value JSON.
+pub const PUSH_ORDER_BUCKET: &str = "prx_ci_push_order";
 
 /// Compare-and-set attempts before giving up (the webhook is then retried).
 const CAS_ATTEMPTS: usize = 32;
@@ -57,11 +64,48 @@ pub fn lane_key(key: &OrderingKey) -> String {
     )
 }
 
-/// Both buckets.
+/// The dispatcher's buckets.
 #[derive(Debug, Clone)]
 pub struct DispatchStore {
     dispatched: kv::Store,
     lanes: kv::Store,
+    push_order: kv::Store,
+}
+
+/// Reads the JSON record at `key` and its revision (0 when there is none).
+async fn read_json<T: DeserializeOwned>(
+    bucket: &kv::Store,
+    key: &str,
+) -> anyhow::Result<(Option<T>, u64)> {
+    let entry = bucket
+        .entry(key)
+        .await
+        .with_context(|| format!("cannot read {key}"))?;
+    match entry {
+        Some(entry) if entry.operation == kv::Operation::Put => {
+            let record = serde_json::from_slice(&entry.value)
+                .with_context(|| format!("cannot decode {key}"))?;
+            Ok((Some(record), entry.revision))
+        }
+        Some(entry) => Ok((None, entry.revision)),
+        None => Ok((None, 0)),
+    }
+}
+
+/// Writes `record` at `key` if the key is still at `revision` (0 = must not exist yet; deleted
+/// keys have a revision of their own). False when another writer got there first.
+async fn write_json<T: Serialize>(
+    bucket: &kv::Store,
+    key: &str,
+    record: &T,
+    revision: u64,
+) -> anyhow::Result<bool> {
+    let value = Bytes::from(serde_json::to_vec(record).context("cannot encode record")?);
+    let result = bucket.update(key, value, revision).await;
+    if let Err(err) = &result {
+        tracing::debug!(key, revision, error = %err, "compare-and-set lost; retrying");
+    }
+    Ok(result.is_ok())
 }
 
 impl DispatchStore {
@@ -75,7 +119,38 @@ impl DispatchStore {
             .get_key_value(LANES_BUCKET)
             .await
             .with_context(|| format!("cannot open KV bucket {LANES_BUCKET} (provisioned?)"))?;
-        Ok(Self { dispatched, lanes })
+        let push_order = js
+            .get_key_value(PUSH_ORDER_BUCKET)
+            .await
+            .with_context(|| format!("cannot open KV bucket {PUSH_ORDER_BUCKET} (provisioned?)"))?;
+        Ok(Self {
+            dispatched,
+            lanes,
+            push_order,
+        })
+    }
+
+    /// The position of the push `facts` (delivered under `dispatch_id`, its webhook stored at
+    /// stream sequence `arrival`) in GitHub's push order on `key`, recorded compare-and-set so
+    /// concurrent dispatches of one key link to each other.
+    pub async fn place_push(
+        &self,
+        key: &OrderingKey,
+        dispatch_id: &str,
+        facts: &PushFacts,
+        arrival: u64,
+    ) -> anyhow::Result<PushPosition> {
+        let key = lane_key(key);
+        for _ in 0..CAS_ATTEMPTS {
+            let (current, revision) = read_json::<OrderRecord>(&self.push_order, &key).await?;
+            let current = current.unwrap_or_default();
+            let (position, next) = crate::push_order::place(&current, dispatch_id, facts, arrival);
+            if next == current || write_json(&self.push_order, &key, &next, revision).await? {
+                return Ok(position);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        anyhow::bail!("cannot place push {dispatch_id} on {key}: too much contention")
     }
 
     /// The `BuildRequested` envelope of a build already started for this dispatch.
@@ -119,33 +194,18 @@ impl DispatchStore {
     }
 
     async fn lane(&self, key: &str) -> anyhow::Result<(Option<LaneState>, u64)> {
-        let entry = self
-            .lanes
-            .entry(key)
+        read_json(&self.lanes, key)
             .await
-            .with_context(|| format!("cannot read {LANES_BUCKET}/{key}"))?;
-        match entry {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                let state = serde_json::from_slice(&entry.value)
-                    .with_context(|| format!("cannot decode {LANES_BUCKET}/{key}"))?;
-                Ok((Some(state), entry.revision))
-            }
-            Some(entry) => Ok((None, entry.revision)),
-            None => Ok((None, 0)),
-        }
+            .with_context(|| format!("lane record in {LANES_BUCKET}"))
     }
 
-    async fn write_lane(&self, key: &str, state: &LaneState, revision: u64) -> bool {
-        let value = match serde_json::to_vec(state) {
-            Ok(value) => Bytes::from(value),
-            Err(_) => return false,
-        };
-        // Revision 0 = "must not exist yet"; deleted keys have a revision of their own.
-        let result = self.lanes.update(key, value, revision).await;
-        if let Err(err) = &result {
-            tracing::debug!(key, revision, error = %err, "lane compare-and-set lost; retrying");
-        }
-        result.is_ok()
+    async fn write_lane(
+        &self,
+        key: &str,
+        state: &LaneState,
+        revision: u64,
+    ) -> anyhow::Result<bool> {
+        write_json(&self.lanes, key, state, revision).await
     }
 
     /// Records `push` and its builds on the lane of `key`, compare-and-set.
@@ -163,7 +223,7 @@ impl DispatchStore {
                 LaneUpdate::Superseded { .. } => return Ok(update),
                 LaneUpdate::Latest(state) => {
                     if current.as_ref() == Some(state)
-                        || self.write_lane(&key, state, revision).await
+                        || self.write_lane(&key, state, revision).await?
                     {
                         return Ok(update);
                     }
@@ -188,7 +248,7 @@ impl DispatchStore {
                 return Ok(());
             };
             let next = crate::lane::without_stopped(&current, done);
-            if next == current || self.write_lane(&key, &next, revision).await {
+            if next == current || self.write_lane(&key, &next, revision).await? {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(2)).await;

@@ -428,6 +428,7 @@ fn configured_strings_replace_the_prx_defaults() {
         aarch64_marker: "ACME_ARM".into(),
         publish_opt_in: vec!["publish-prs: yes".into()],
         allowed_owners: vec![],
+        fork_pull_requests: Default::default(),
     };
     let pr = serde_json::to_vec(&recorded("pull_request-opened.json")).unwrap();
     let plan = decide("pull_request", &pr, &config).unwrap();

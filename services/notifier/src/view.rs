@@ -504,6 +504,7 @@ pub(crate) mod tests {
 
     pub fn started() -> Payload {
         Payload::BuildStarted(v1::BuildStarted {
+            requested: None,
             build: Some(build_ref()),
             started_at: Some(timestamp(datetime!(2026-11-26 08:00 UTC))),
             environment: Default::default(),

@@ -122,6 +122,7 @@ impl Build {
 
     fn started(&mut self) -> &mut Self {
         self.apply(Payload::BuildStarted(v1::BuildStarted {
+            requested: None,
             build: Some(build_ref()),
             started_at: Some(timestamp(datetime!(2026-11-26 08:00 UTC))),
             environment: project_env(),

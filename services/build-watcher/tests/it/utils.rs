@@ -162,6 +162,9 @@ impl World {
         .envelope(
             new_event_id(),
             Payload::BuildRequested(v1::BuildRequested {
+                branch: String::new(),
+                fork: false,
+                pull_request: 0,
                 build: Some(v1::BuildRef {
                     build_id: if local {
                         build_id.to_owned()

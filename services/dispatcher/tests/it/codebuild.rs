@@ -293,6 +293,7 @@ async fn stop_build_reports_what_happened() {
             source_version: "a".repeat(40),
             buildspec: "PRX_".into(),
             environment: Default::default(),
+            untrusted: false,
         })
         .await
         .unwrap();
