@@ -725,14 +725,22 @@ mod tests {
     }
 
     fn pull_request(action: &str) -> Vec<u8> {
+        pull_request_from(action, serde_json::json!({"full_name": "PRX/app"}))
+    }
+
+    /// A pull request whose head lives in `head_repo` (`null` for a deleted fork).
+    fn pull_request_from(action: &str, head_repo: Value) -> Vec<u8> {
         serde_json::json!({
             "action": action,
             "number": 7,
+            "before": SHA_B,
+            "after": SHA_A,
             "pull_request": {
                 "number": 7,
                 "title": "Add a thing",
                 "draft": false,
-                "head": {"sha": SHA_A, "ref": "feat/x"},
+                "updated_at": "2026-11-26T07:41:02Z",
+                "head": {"sha": SHA_A, "ref": "feat/x", "repo": head_repo},
                 "base": {"ref": "main"},
                 "user": {"login": "octo"},
             },
@@ -744,6 +752,77 @@ mod tests {
         })
         .to_string()
         .into_bytes()
+    }
+
+    #[test]
+    fn fork_pull_requests_are_skipped_by_default() {
+        let config = DecisionConfig::default();
+        for head_repo in [
+            serde_json::json!({"full_name": "outsider/app"}),
+            Value::Null,
+            serde_json::json!({}),
+        ] {
+            let skip = decide(
+                "pull_request",
+                &pull_request_from("opened", head_repo.clone()),
+                &config,
+            )
+            .expect_err("a fork must not build by default");
+            assert_eq!(skip.reason, SkipReason::Fork, "{head_repo}");
+            assert_eq!(skip.to_proto().reason, v1::SkipReason::Fork as i32);
+            assert_eq!(skip.ordering_key.unwrap().to_string(), "PRX/app#7");
+        }
+        // Same repository, whatever the case GitHub reports it in.
+        let same = pull_request_from("opened", serde_json::json!({"full_name": "prx/APP"}));
+        assert!(!decide("pull_request", &same, &config).unwrap().is_fork());
+    }
+
+    #[test]
+    fn built_forks_never_publish_whatever_their_buildspec_says() {
+        let config = DecisionConfig {
+            fork_pull_requests: ForkPolicy::Build,
+            ..DecisionConfig::default()
+        };
+        let fork = pull_request_from(
+            "synchronize",
+            serde_json::json!({"full_name": "outsider/app"}),
+        );
+        let plan = decide("pull_request", &fork, &config).unwrap();
+        assert!(plan.is_fork());
+        let builds = plan
+            .builds(
+                "PRX_\nenv:\n  variables:\n    PRX_CI_PUBLISH: true\n",
+                &config,
+            )
+            .unwrap();
+        assert_eq!(builds[0].environment[vars::CI_PUBLISH], "false");
+    }
+
+    #[test]
+    fn github_time_and_chain_of_the_push() {
+        let config = DecisionConfig::default();
+        let mut body: Value = serde_json::from_slice(&push("refs/heads/main", SHA_A)).unwrap();
+        body["repository"]["pushed_at"] = serde_json::json!(1_764_142_800);
+        let plan = decide("push", body.to_string().as_bytes(), &config).unwrap();
+        let facts = plan.push_facts(99);
+        assert_eq!(facts.pushed_at, 1_764_142_800);
+        assert_eq!(
+            (facts.before.as_str(), facts.after.as_str()),
+            (SHA_B, SHA_A)
+        );
+        // No time in the payload: when ingress stored it.
+        let plan = decide("push", &push("refs/heads/main", SHA_A), &config).unwrap();
+        assert_eq!(plan.push_facts(99).pushed_at, 99);
+        // Pull requests: `updated_at`, and the synchronize chain.
+        let plan = decide("pull_request", &pull_request("synchronize"), &config).unwrap();
+        let facts = plan.push_facts(99);
+        assert_eq!(facts.pushed_at, 1_795_678_862);
+        assert_eq!(
+            (facts.before.as_str(), facts.after.as_str()),
+            (SHA_B, SHA_A)
+        );
+        let opened = decide("pull_request", &pull_request("opened"), &config).unwrap();
+        assert_eq!(opened.push_facts(99).before, "");
     }
 
     fn reason(result: Result<BuildPlan, Skip>) -> SkipReason {

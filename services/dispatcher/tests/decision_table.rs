@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use proptest::prelude::*;
-use prx_ci_dispatcher::decision::{DecisionConfig, SkipReason, decide};
+use prx_ci_dispatcher::decision::{DecisionConfig, ForkPolicy, SkipReason, decide};
 use serde_json::{Value, json};
 
 const PLAIN: &str = "version: 0.2\nenv:\n  variables:\n    PRX_SPIRE_ECR_PKG_PARAMETERS: APP=/prx/stag/Spire/app/pkg\nphases:\n  build:\n    commands:\n      - make\n";
@@ -373,13 +373,25 @@ fn pull_request_variables_are_exactly_the_originals() {
 }
 
 #[test]
-fn drafts_and_forks_build() {
+fn drafts_build_and_forks_are_skipped_unless_configured() {
     let draft = recorded("pull_request-draft-opened.json");
     assert_eq!(draft["pull_request"]["draft"], json!(true));
     assert_eq!(env_of("pull_request", &draft, PLAIN).len(), 1);
     let fork = recorded("pull_request-fork.json");
-    let config = DecisionConfig::default();
-    let plan = decide("pull_request", &serde_json::to_vec(&fork).unwrap(), &config).unwrap();
+    let body = serde_json::to_vec(&fork).unwrap();
+    let skip = decide("pull_request", &body, &DecisionConfig::default()).unwrap_err();
+    assert_eq!(skip.reason, SkipReason::Fork);
+    assert!(
+        skip.detail.contains("outside-contrib/example-app"),
+        "{}",
+        skip.detail
+    );
+    let config = DecisionConfig {
+        fork_pull_requests: ForkPolicy::Build,
+        ..DecisionConfig::default()
+    };
+    let plan = decide("pull_request", &body, &config).unwrap();
+    assert!(plan.is_fork());
     // The base repository is cloned; the fork's head commit is built by SHA.
     assert_eq!(plan.repository.to_string(), "PRX/example-app");
     assert_eq!(
@@ -390,6 +402,11 @@ fn drafts_and_forks_build() {
         plan.source_version(),
         fork["pull_request"]["head"]["sha"].as_str().unwrap()
     );
+    // Its buildspec's opt-in counts for nothing.
+    let builds = plan
+        .builds("PRX_\nPRX_CI_PUBLISH: true\n", &config)
+        .unwrap();
+    assert_eq!(builds[0].environment["PRX_CI_PUBLISH"], "false");
 }
 
 #[test]

@@ -226,7 +226,7 @@ async fn start_build_requests_carry_the_originals_fields_and_a_token() {
     let (envelope, _) = nats.requested().await.remove(0);
     assert_eq!(envelope.correlation_id, "delivery-push-1");
     assert_eq!(envelope.causation_id, webhook.event_id);
-    assert_eq!(envelope.push_sequence, stored.sequence);
+    assert_eq!(arrival_of(envelope.push_sequence), stored.sequence);
     let key = envelope.ordering_key.unwrap();
     assert_eq!(key.repository, REPO);
     assert_eq!(
@@ -265,7 +265,8 @@ async fn start_build_requests_carry_the_originals_fields_and_a_token() {
         "re-announcements collapse in the duplicate window"
     );
     assert_eq!(
-        after[0].0.push_sequence, stored.sequence,
+        arrival_of(after[0].0.push_sequence),
+        stored.sequence,
         "the original push sequence"
     );
     running.stop().await;

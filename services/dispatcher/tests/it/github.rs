@@ -106,7 +106,7 @@ async fn a_404_is_a_no_buildspec_skip() {
     assert_eq!(skipped[0].r#ref, "refs/heads/main");
     assert!(skipped[0].detail.contains("404"), "{}", skipped[0].detail);
     let (envelope, _) = nats.skipped().await.remove(0);
-    assert_eq!(envelope.push_sequence, stored.sequence);
+    assert_eq!(arrival_of(envelope.push_sequence), stored.sequence);
     assert_eq!(envelope.correlation_id, "delivery-404");
     assert!(backend.started().await.is_empty());
     assert!(nats.requested().await.is_empty());

@@ -72,12 +72,16 @@ async fn a_newer_pull_request_push_stops_the_older_builds() {
         .unwrap();
     assert_eq!(cancelled.len(), 1);
     assert_eq!(cancelled[0].build.as_ref().unwrap(), &first_build);
-    assert_eq!(cancelled[0].superseded_by_sequence, second_stored.sequence);
+    assert_eq!(
+        arrival_of(cancelled[0].superseded_by_sequence),
+        second_stored.sequence
+    );
     assert_eq!(cancelled[0].superseded_by_commit, SHA_2);
     assert_eq!(cancelled[0].superseded_by_event_id, second_webhook.event_id);
     let (envelope, _) = nats.cancelled().await.remove(0);
     assert_eq!(
-        envelope.push_sequence, first_stored.sequence,
+        arrival_of(envelope.push_sequence),
+        first_stored.sequence,
         "the cancelled build's push"
     );
     assert_eq!(envelope.correlation_id, "delivery-pr-1");
@@ -151,7 +155,10 @@ async fn a_newer_push_handled_first_still_supersedes_the_older_one() {
     let cancelled = nats.wait_for("BuildCancelled", 1, is_cancelled).await;
     assert!(older.sequence < newer.sequence);
     assert_eq!(cancelled[0].build.as_ref().unwrap().commit, SHA_2);
-    assert_eq!(cancelled[0].superseded_by_sequence, newer.sequence);
+    assert_eq!(
+        arrival_of(cancelled[0].superseded_by_sequence),
+        newer.sequence
+    );
     assert_eq!(cancelled[0].superseded_by_event_id, newer_webhook.event_id);
     let stopped = backend.stopped().await;
     assert_eq!(stopped.len(), 1);

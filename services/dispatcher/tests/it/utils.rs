@@ -408,3 +408,11 @@ pub fn start(
     let task = tokio::spawn(dispatcher.run(shutdown.clone()));
     Running { shutdown, task }
 }
+
+/// The arrival part of a push position: the stream sequence of the webhook whose push it is
+/// (positions order by GitHub's push time first; see `prx_ci_shared::push_position`).
+pub fn arrival_of(push_sequence: u64) -> u64 {
+    prx_ci_shared::push_position::PushPosition::from_wire(push_sequence)
+        .expect("a push position")
+        .arrival()
+}
