@@ -14,6 +14,7 @@ use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
 use prost::Message as _;
 use prx_ci_proto::v1::{Envelope, envelope::Payload};
+use prx_ci_shared::push_position::PushPosition;
 use prx_ci_shared::subject::{EVENTS_STREAM, EventKind, repository_filter};
 
 /// The demo repository's name as GitHub would report it.
@@ -198,10 +199,12 @@ pub async fn run_scenario(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
         match envelope.payload {
             Some(Payload::BuildRequested(p)) => {
                 let b = p.build.unwrap_or_default();
+                let position = PushPosition::from_wire(envelope.push_sequence)
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
                 println!(
-                    "  build requested  {} push #{} ({})",
+                    "  build requested  {} push {position} ({})",
                     short(&b.commit),
-                    envelope.push_sequence,
                     b.build_id
                 );
             }
@@ -299,6 +302,8 @@ fn push_payload(repo: &Path, before: &str, after: &str, message: &str) -> String
             "default_branch": "main",
             "clone_url": url,
             "html_url": url,
+            // GitHub's time of the push: what orders pushes (with the before/after chain).
+            "pushed_at": time::OffsetDateTime::now_utc().unix_timestamp(),
         },
         "pusher": {"name": "prx-demo"},
         "sender": {"login": "prx-demo"},

@@ -2,42 +2,29 @@
 //! runner, KV parameters) against a real nats-server, driven by `prx-ci demo`'s scenario: two
 //! pushes to `main` whose builds finish in reverse order.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::{Local, SECRET, stored_events};
 use prx_ci::demo::{self, DemoArgs, PARAMETER};
-use prx_ci::system::{LocalSystem, SystemConfig};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_publisher::{KvParameterStore, parameter_report};
-use prx_ci_shared::testing::{NatsServer, wait_until};
-use secrecy::SecretString;
-use tokio::net::TcpListener;
-
-const SECRET: &str = "local-flow-secret";
+use prx_ci_shared::testing::wait_until;
 
 #[tokio::test]
 async fn an_older_push_finishing_last_never_overwrites_the_deploy_pointer() {
-    let nats = NatsServer::start().await;
-    let data = tempfile::tempdir().unwrap();
-
-    let mut config = SystemConfig::default();
-    config.nats.url = nats.url();
-    config.ingress.secrets = vec![SecretString::from(SECRET)];
-    config.ops.token = Some(SecretString::from("local-flow-ops-token"));
-    config.runner.data_dir = data.path().join("runner");
-    let webhooks = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/webhooks/github", webhooks.local_addr().unwrap());
-    let system = LocalSystem::start(config, webhooks, ops).await.unwrap();
-    let js = system.runtime.js.clone();
+    let local = Local::start().await;
+    let js = local.js();
 
     let outcome = tokio::time::timeout(
         Duration::from_secs(120),
         demo::run_scenario(&DemoArgs {
-            url,
+            url: local.url.clone(),
             secret: Some(SECRET.into()),
-            data_dir: data.path().to_owned(),
-            nats_url: nats.url(),
+            data_dir: local.data.path().to_owned(),
+            nats_url: local.nats.url(),
         }),
     )
     .await
@@ -135,7 +122,7 @@ async fn an_older_push_finishing_last_never_overwrites_the_deploy_pointer() {
     builds.dedup();
     assert_eq!(builds.len(), 2, "one message per build: {posted:?}");
 
-    system.stop().await.unwrap();
+    local.system.stop().await.unwrap();
 }
 
 /// Slack `NotificationDelivered` events with the given action, from the stream.
@@ -143,26 +130,16 @@ async fn notifications(
     js: &async_nats::jetstream::Context,
     action: &str,
 ) -> Vec<v1::NotificationDelivered> {
-    use prost::Message as _;
-    let stream = js
-        .get_stream(prx_ci_shared::subject::EVENTS_STREAM)
+    stored_events(js)
         .await
-        .unwrap();
-    let last = stream.get_info().await.unwrap().state.last_sequence;
-    let mut out = Vec::new();
-    for seq in 1..=last {
-        let Ok(raw) = stream.get_raw_message(seq).await else {
-            continue;
-        };
-        if let Ok(v1::Envelope {
-            payload: Some(Payload::NotificationDelivered(n)),
-            ..
-        }) = v1::Envelope::decode(raw.payload)
-            && n.channel() == v1::NotificationChannel::Slack
-            && n.action == action
-        {
-            out.push(n);
-        }
-    }
-    out
+        .into_iter()
+        .filter_map(|e| match e.payload {
+            Some(Payload::NotificationDelivered(n))
+                if n.channel() == v1::NotificationChannel::Slack && n.action == action =>
+            {
+                Some(n)
+            }
+            _ => None,
+        })
+        .collect()
 }

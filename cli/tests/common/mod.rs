@@ -1,0 +1,182 @@
+//! What the end-to-end tests of the local system share: the system `prx-ci up` runs, started
+//! against a real nats-server, signed webhooks sent to it over HTTP, and the stored events.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses its own part of the harness"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use prx_ci::system::{LocalSystem, SystemConfig};
+use prx_ci_proto::v1::{self, envelope::Payload};
+use prx_ci_shared::testing::{NatsServer, wait_until};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+
+pub const SECRET: &str = "local-flow-secret";
+
+/// The local system of `prx-ci up` with its own nats-server and data directory.
+pub struct Local {
+    pub nats: NatsServer,
+    pub data: tempfile::TempDir,
+    pub system: LocalSystem,
+    /// The webhook URL.
+    pub url: String,
+}
+
+impl Local {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts the system after `configure` adjusted its configuration.
+    pub async fn start_with(configure: impl FnOnce(&mut SystemConfig)) -> Self {
+        let nats = NatsServer::start().await;
+        let data = tempfile::tempdir().unwrap();
+        let mut config = SystemConfig::default();
+        config.nats.url = nats.url();
+        config.ingress.secrets = vec![SecretString::from(SECRET)];
+        config.ops.token = Some(SecretString::from("local-flow-ops-token"));
+        config.runner.data_dir = data.path().join("runner");
+        configure(&mut config);
+        let webhooks = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/webhooks/github", webhooks.local_addr().unwrap());
+        let system = LocalSystem::start(config, webhooks, ops).await.unwrap();
+        Self {
+            nats,
+            data,
+            system,
+            url,
+        }
+    }
+
+    pub fn js(&self) -> async_nats::jetstream::Context {
+        self.system.runtime.js.clone()
+    }
+
+    /// Sends a signed webhook; returns the HTTP status.
+    pub async fn send(&self, event: &str, delivery: &str, body: &serde_json::Value) -> u16 {
+        let body = body.to_string();
+        let signature = prx_ci_ingress::signature_256(SECRET, body.as_bytes());
+        reqwest::Client::new()
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .header("X-GitHub-Event", event)
+            .header("X-GitHub-Delivery", delivery)
+            .header("X-Hub-Signature-256", signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// Every envelope in the events stream, in stream order.
+    pub async fn events(&self) -> Vec<v1::Envelope> {
+        stored_events(&self.js()).await
+    }
+
+    /// Waits until `pick` finds what it looks for in the stored events.
+    pub async fn wait_for<T>(&self, what: &str, pick: impl Fn(&[v1::Envelope]) -> Option<T>) -> T {
+        let js = self.js();
+        wait_until(Duration::from_secs(60), what, || {
+            let js = js.clone();
+            let pick = &pick;
+            async move { pick(&stored_events(&js).await) }
+        })
+        .await
+    }
+}
+
+/// Every envelope in the events stream, in stream order.
+pub async fn stored_events(js: &async_nats::jetstream::Context) -> Vec<v1::Envelope> {
+    use prost::Message as _;
+    let stream = js
+        .get_stream(prx_ci_shared::subject::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let last = stream.get_info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let Ok(raw) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        if let Ok(envelope) = v1::Envelope::decode(raw.payload) {
+            out.push(envelope);
+        }
+    }
+    out
+}
+
+/// The publish outcomes (applied or skipped) of builds of `commit`, in stream order.
+pub fn publish_outcomes(events: &[v1::Envelope], commit: &str) -> Vec<Payload> {
+    events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Some(p @ Payload::PublishApplied(a))
+                if a.build.as_ref().is_some_and(|b| b.commit == commit) =>
+            {
+                Some(p.clone())
+            }
+            Some(p @ Payload::PublishSkipped(s))
+                if s.build.as_ref().is_some_and(|b| b.commit == commit) =>
+            {
+                Some(p.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A local git repository (a `file://` clone URL works for the local runner).
+pub struct Repo {
+    pub path: PathBuf,
+}
+
+impl Repo {
+    pub fn init(parent: &Path) -> Self {
+        let path = parent.join("repo");
+        std::fs::create_dir_all(&path).unwrap();
+        let repo = Self {
+            path: path.canonicalize().unwrap(),
+        };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo
+    }
+
+    /// Writes `files` and commits them; returns the commit SHA.
+    pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+        for (name, text) in files {
+            std::fs::write(self.path.join(name), text).unwrap();
+        }
+        self.git(&["add", "."]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.path.display())
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        let output = Command::new("git")
+            .arg("-C")
+            .arg(&self.path)
+            .args(["-c", "user.name=T", "-c", "user.email=t@prx.invalid"])
+            .args(["-c", "commit.gpgsign=false"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+}
