@@ -2,7 +2,8 @@
 //! and GitHub commit statuses, from the build events in `PRX_EVENTS`.
 //!
 //! - [`view`] folds a build's events into its view (idempotent, state only moves forward);
-//! - [`render`] turns a view into the Slack message (pure; snapshot-tested);
+//! - [`render`] turns a view into the Slack message (pure; snapshot-tested), putting every
+//!   value into text only through [`mrkdwn`]'s escaper and link builder;
 //! - [`status`] turns a view into the commit status it calls for (pure);
 //! - [`store`] keeps per-build records in the KV bucket `prx_ci_notifications`;
 //! - [`chat`] / [`slack`] and [`statuses`] are the delivery ports and their adapters;
@@ -28,6 +29,7 @@
 pub mod chat;
 pub mod commits;
 pub mod config;
+pub mod mrkdwn;
 pub mod queue;
 pub mod render;
 pub mod service;

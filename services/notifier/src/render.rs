@@ -5,12 +5,17 @@
 //! the push's commit list, ECR/S3 lines with console links through the SSO deep-link wrapper,
 //! the 3,000-character guard) and adds the duration, the failed phase and its message,
 //! superseded builds, and what the publisher did.
+//!
+//! Security: every value (webhook, exported variable, publisher report, commit) enters the text
+//! through [`mrkdwn::escape`] and links through [`mrkdwn::link`], with URL components encoded,
+//! so no build can mention anyone or forge a link.
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 
 use crate::commits::CommitsCache;
 use crate::config::LinkConfig;
+use crate::mrkdwn::{self, escape, link, replace_links};
 use crate::view::{BuildState, BuildView, PublishView};
 
 /// Slack's limit for the text of one section block (and the original's guard).
@@ -120,48 +125,8 @@ pub fn region_nickname(region: &str) -> &str {
     }
 }
 
-/// Escapes text for Slack mrkdwn (`&`, `<`, `>`), so a PR title cannot forge a link.
-pub fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// Replaces every `<url|label>` on one line with `f(url, label)` (the original's
-/// `/<.+?\|(.+?)>/g`).
-fn replace_links(text: &str, f: impl Fn(&str, &str) -> String) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find('<') {
-        let after = &rest[start + 1..];
-        let line_end = after.find('\n').unwrap_or(after.len());
-        let line = &after[..line_end];
-        let link = line
-            .get(1..)
-            .and_then(|l| l.find('|'))
-            .map(|p| p + 1)
-            .and_then(|bar| {
-                let close = line.get(bar + 2..)?.find('>')? + bar + 2;
-                Some((bar, close))
-            });
-        match link {
-            Some((bar, close)) => {
-                out.push_str(&rest[..start]);
-                out.push_str(&f(&line[..bar], &line[bar + 1..close]));
-                rest = &after[close + 1..];
-            }
-            None => {
-                out.push_str(&rest[..=start]);
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 /// The original's guard: over the limit, links become their labels; still over, the text is
-/// cut at the limit (in characters, never inside one).
+/// cut at the limit (in characters, never inside one, nor inside an escape such as `&amp;`).
 pub fn guard_length(text: String) -> String {
     if text.chars().count() <= MAX_SECTION_CHARS {
         return text;
@@ -170,14 +135,26 @@ pub fn guard_length(text: String) -> String {
     if stripped.chars().count() <= MAX_SECTION_CHARS {
         return stripped;
     }
-    stripped.chars().take(MAX_SECTION_CHARS).collect()
+    mrkdwn::truncate(&stripped, MAX_SECTION_CHARS)
 }
 
-fn link(url: Option<&str>, label: &str) -> String {
-    match url {
-        Some(url) if !url.is_empty() => format!("<{url}|{label}>"),
-        _ => label.to_owned(),
-    }
+/// A GitHub page of `repository`, which must read `owner/name` in GitHub's characters (anything
+/// else gets no link): `kind` is `commit` or `pull`, `id` one path segment.
+fn github_url(repository: &str, kind: &str, id: &str) -> Option<String> {
+    let github_name = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    let (owner, name) = repository.split_once('/')?;
+    (github_name(owner) && github_name(name) && !id.is_empty()).then(|| {
+        format!(
+            "https://github.com/{owner}/{name}/{kind}/{}",
+            mrkdwn::segment(id)
+        )
+    })
 }
 
 fn short(sha: &str) -> &str {
@@ -240,18 +217,26 @@ impl<'a> Links<'a> {
     fn console(&self, url: String) -> String {
         match (&self.config.sso_start_url, &self.account) {
             (Some(start), Some(account)) => format!(
-                "{}/#/console?account_id={account}&role_name={}&destination={}",
+                "{}/#/console?account_id={}&role_name={}&destination={}",
                 start.trim_end_matches('/'),
-                self.config.sso_role_name,
+                utf8_percent_encode(account, URI_COMPONENT),
+                utf8_percent_encode(&self.config.sso_role_name, URI_COMPONENT),
                 utf8_percent_encode(&url, URI_COMPONENT)
             ),
             _ => url,
         }
     }
 
-    fn aws_ready(&self) -> Option<&str> {
-        (!self.region.is_empty()).then_some(())?;
-        self.account.as_deref()
+    /// The account, path-encoded, when console links can be made: the region is part of the
+    /// host name, so it must look like one (`us-east-1`), or there is no link.
+    fn aws_ready(&self) -> Option<String> {
+        let region_ok = !self.region.is_empty()
+            && self
+                .region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        region_ok.then_some(())?;
+        self.account.as_deref().map(mrkdwn::segment)
     }
 
     fn codebuild(&self, view: &BuildView) -> Option<String> {
@@ -261,11 +246,12 @@ impl<'a> Links<'a> {
         let account = self.aws_ready()?;
         let id = view.build_id.rsplit('/').next()?;
         let (project, uuid) = id.split_once(':')?;
-        let project = if view.project.is_empty() {
+        let project = mrkdwn::segment(if view.project.is_empty() {
             project
         } else {
             &view.project
-        };
+        });
+        let uuid = mrkdwn::segment(uuid);
         let region = self.region;
         Some(self.console(format!(
             "https://{region}.console.aws.amazon.com/codesuite/codebuild/{account}/projects/{project}/build/{project}%3A{uuid}?region={region}"
@@ -274,6 +260,7 @@ impl<'a> Links<'a> {
 
     fn ecr(&self, repository: &str) -> Option<String> {
         let account = self.aws_ready()?;
+        let repository = mrkdwn::path(repository)?;
         let region = self.region;
         Some(self.console(format!(
             "https://{region}.console.aws.amazon.com/ecr/repositories/private/{account}/{repository}?region={region}"
@@ -282,6 +269,7 @@ impl<'a> Links<'a> {
 
     fn s3(&self, bucket: &str, key: &str) -> Option<String> {
         self.aws_ready()?;
+        let (bucket, key) = (mrkdwn::segment(bucket), mrkdwn::query_value(key));
         let region = self.region;
         Some(self.console(format!(
             "https://{region}.console.aws.amazon.com/s3/object/{bucket}?region={region}&prefix={key}"
@@ -327,28 +315,26 @@ pub fn render(
         .codebuild(view)
         .or_else(|| Some(view.log_url.clone()).filter(|u| !u.is_empty()));
 
-    let mut line1 = vec![format!("{nickname} » {}", link(verb_link.as_deref(), verb))];
+    let mut line1 = vec![format!(
+        "{} » {}",
+        escape(nickname),
+        link(verb_link.as_deref(), verb)
+    )];
     if let Some(arch) = view
         .architecture
         .map(|a| a.as_str().to_owned())
         .or_else(|| view.var("PRX_TARGET_ARCHITECTURE").map(str::to_owned))
     {
-        line1.push(arch);
+        line1.push(escape(&arch));
     }
-    line1.push(repo.to_owned());
+    line1.push(escape(repo));
     line1.push(match pr {
-        Some(n) => link(
-            Some(&format!("https://github.com/{repo}/pull/{n}")),
-            &format!("#{n}"),
-        ),
+        Some(n) => link(github_url(repo, "pull", n).as_deref(), &format!("#{n}")),
         None => format!("`{}` branch", escape(branch)),
     });
     line1.push(format!(
         "with commit {}",
-        link(
-            Some(&format!("https://github.com/{repo}/commit/{sha}")),
-            short(sha)
-        )
+        link(github_url(repo, "commit", sha).as_deref(), short(sha))
     ));
     if pr.is_some()
         && let Some(action) = view.var("PRX_GITHUB_ACTION")
@@ -380,10 +366,7 @@ pub fn render(
                     let first_line = c.message.lines().next().unwrap_or("");
                     more.push(format!(
                         "> `{}` {}: {}",
-                        link(
-                            Some(&format!("https://github.com/{repo}/commit/{}", c.sha)),
-                            short(&c.sha)
-                        ),
+                        link(github_url(repo, "commit", &c.sha).as_deref(), short(&c.sha)),
                         escape(&c.author),
                         escape(first_line)
                     ));
@@ -478,7 +461,7 @@ fn status_lines(view: &BuildView, state: BuildState, repo: &str) -> Vec<String> 
             Some(c) if !c.by_commit.is_empty() => format!(
                 "» Superseded by a newer push: commit {}{after}",
                 link(
-                    Some(&format!("https://github.com/{repo}/commit/{}", c.by_commit)),
+                    github_url(repo, "commit", &c.by_commit).as_deref(),
                     short(&c.by_commit)
                 )
             ),
@@ -530,7 +513,7 @@ fn publish_line(p: &PublishView) -> String {
     let why = match reason.as_str() {
         "superseded" if !p.superseded_by_commit.is_empty() => format!(
             "a newer push (`{}`) already set it",
-            short(&p.superseded_by_commit)
+            escape(short(&p.superseded_by_commit))
         ),
         "superseded" => "a newer push already set it".to_owned(),
         "prerelease" => "prerelease build".to_owned(),
@@ -547,7 +530,7 @@ fn publish_line(p: &PublishView) -> String {
         "unordered" => "the build has no push order (not started through CI)".to_owned(),
         "already_published" => return format!("» `{parameter}` already set to `{value}`"),
         _ if !p.detail.is_empty() => escape(&one_line(&p.detail, 200)),
-        other => other.replace('_', " "),
+        other => escape(&other.replace('_', " ")),
     };
     if p.parameter.is_empty() {
         format!("» Not published: {why}")
@@ -573,12 +556,22 @@ mod tests {
     }
 
     #[test]
+    fn the_guard_never_cuts_an_escape_in_half() {
+        let text = format!("{}{}", "y".repeat(MAX_SECTION_CHARS - 2), escape("<!here>"));
+        let guarded = guard_length(text);
+        assert_eq!(guarded, "y".repeat(MAX_SECTION_CHARS - 2));
+        let text = format!("{}{} tail", "y".repeat(MAX_SECTION_CHARS - 5), escape("&"));
+        assert!(guard_length(text).ends_with("y&amp;"));
+    }
+
+    #[test]
     fn links_are_replaced_only_when_well_formed() {
         let f = |text: &str| replace_links(text, |_, l| l.to_owned());
         assert_eq!(f("<u|l> and <v|m>"), "l and m");
         assert_eq!(f("a < b | c"), "a < b | c");
         assert_eq!(f("<u|\nl>"), "<u|\nl>");
         assert_eq!(f("x <u|l"), "x <u|l");
+        assert_eq!(f("<u|é> <v|>>"), "é >");
     }
 
     #[test]

@@ -200,10 +200,16 @@ impl SlackClient {
     }
 
     fn body(message: &OutgoingMessage) -> serde_json::Value {
+        // Security: the text is already mrkdwn with every value escaped; `parse: none` keeps
+        // Slack from re-parsing it, and `link_names: false` from turning names (`@here`,
+        // `@someone`, `#channel`) into mentions. Both are Slack's defaults today and are
+        // sent anyway so neither a changed default nor a copied snippet can turn them on.
         let mut body = json!({
             "channel": message.channel,
             "text": message.message.text,
             "attachments": message.message.attachments,
+            "parse": "none",
+            "link_names": false,
             "unfurl_links": false,
             "unfurl_media": false,
             "metadata": {
@@ -282,5 +288,37 @@ impl ChatSink for SlackClient {
                 channel: channel.clone(),
                 ts: m.ts,
             }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::{Attachment, Block, BlockText, SlackMessage};
+
+    #[test]
+    fn the_payload_asks_slack_to_parse_nothing_and_link_no_names() {
+        let message = OutgoingMessage {
+            channel: "#ops-build".into(),
+            username: Some("AWS CodeBuild".into()),
+            icon_emoji: None,
+            build_key: "b".into(),
+            message: SlackMessage {
+                text: "t".into(),
+                attachments: vec![Attachment {
+                    color: "#2eb886".into(),
+                    blocks: vec![Block {
+                        kind: "section".into(),
+                        text: BlockText {
+                            kind: "mrkdwn".into(),
+                            text: "t".into(),
+                        },
+                    }],
+                }],
+            },
+        };
+        let body = SlackClient::body(&message);
+        assert_eq!(body["parse"], "none");
+        assert_eq!(body["link_names"], false);
     }
 }

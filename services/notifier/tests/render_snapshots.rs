@@ -1,12 +1,15 @@
 //! Snapshots of the rendered Slack message, built from real event sequences folded into a
 //! build view (the same path the service takes).
 
+mod fakes;
+
 use std::collections::HashMap;
 
+use proptest::prelude::*;
 use prx_ci_notifier::commits::{CommitSummary, CommitsCache};
 use prx_ci_notifier::config::LinkConfig;
 use prx_ci_notifier::render::{self, MAX_SECTION_CHARS, SlackMessage};
-use prx_ci_notifier::view::BuildView;
+use prx_ci_notifier::view::{BuildState, BuildView, Cancellation, PublishView};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::Chain;
 use prx_ci_shared::events::timestamp;
@@ -398,4 +401,298 @@ fn local_build_renders_with_a_file_log_link() {
     let message = render::render(&build.view, None, &LinkConfig::default());
     insta::assert_snapshot!(shown(&message));
     insta::assert_snapshot!("local_build_log_text", message.to_log_text());
+}
+
+/// What an attacker would put in every value: a broadcast, a user mention, a plain-text
+/// broadcast and a forged link. (Every other form, `<#C1>`, `<!subteam^S1>`, `@everyone`, is
+/// in the property test below and in `mrkdwn`'s.)
+const HOSTILE: &str = "<!channel> <@U123> @here <https://evil|click>";
+
+/// Where the links of the test builds may go.
+const ALLOWED: [&str; 3] = [
+    "https://github.com/PRX/my-app/",
+    "https://us-east-1.console.aws.amazon.com/",
+    "https://d-906713e952.awsapps.com/start/#/console?",
+];
+
+/// Console links without the deep-link wrapper: much shorter, so a message whose every value
+/// is hostile stays under the limit and keeps its links.
+fn direct_links() -> LinkConfig {
+    LinkConfig::default()
+}
+
+/// Checks the section and the fallback text: no mention, no forged link, no broken escape.
+fn assert_inert(message: &SlackMessage, allowed: &[&str]) {
+    fakes::assert_inert(message.mrkdwn(), allowed);
+    fakes::assert_inert(&message.text, allowed);
+    assert!(message.mrkdwn().chars().count() <= MAX_SECTION_CHARS);
+}
+
+/// The labels of the message's links.
+fn link_labels(message: &SlackMessage) -> Vec<String> {
+    fakes::parse_mrkdwn(message.mrkdwn())
+        .links
+        .into_iter()
+        .map(|(_, label)| label)
+        .collect()
+}
+
+/// Every variable the notifier reads, as a build's export, set to `value`.
+fn exported_everywhere(value: &str) -> HashMap<String, String> {
+    let image = format!("github/prx/{value}:{SHA}-x86_64");
+    let mut exported = vars(&[
+        ("PRX_REPO", value),
+        ("PRX_COMMIT", value),
+        ("PRX_BRANCH", value),
+        ("PRX_GITHUB_PR", value),
+        ("PRX_GITHUB_PR_TITLE", value),
+        ("PRX_GITHUB_PR_AUTHOR", value),
+        ("PRX_GITHUB_PR_BASE_BRANCH", value),
+        ("PRX_GITHUB_ACTION", value),
+        ("PRX_TARGET_ARCHITECTURE", value),
+        ("PRX_AWS_ACCOUNT_ID", value),
+        ("PRX_APPLICATION_CODE_BUCKET", value),
+        ("IMAGE", &image),
+        ("ZIP", value),
+    ]);
+    // Mapping strings whose labels and parameters carry the value too; the value is also a
+    // label variable's name.
+    exported.insert(
+        "PRX_SPIRE_ECR_PKG_PARAMETERS".into(),
+        format!("IMAGE=/prx/stag/Spire/{value};{value}=/prx/stag/Spire/x"),
+    );
+    exported.insert(
+        "PRX_SPIRE_S3_PKG_PARAMETERS".into(),
+        format!("ZIP=/prx/stag/Spire/{value}"),
+    );
+    exported.insert(value.into(), value.into());
+    exported
+}
+
+/// What the publisher reports about parameters and labels named by the build.
+fn hostile_publishes(build: &mut Build, value: &str) {
+    build
+        .apply(Payload::PublishApplied(v1::PublishApplied {
+            parameter: value.into(),
+            value: value.into(),
+            label: value.into(),
+            build: Some(build_ref()),
+            ..Default::default()
+        }))
+        .apply(Payload::PublishSkipped(v1::PublishSkipped {
+            parameter: format!("/prx/{value}"),
+            value: value.into(),
+            label: value.into(),
+            build: Some(build_ref()),
+            reason: v1::PublishSkipReason::LabelVariableMissing as i32,
+            ..Default::default()
+        }))
+        .apply(Payload::PublishSkipped(v1::PublishSkipped {
+            parameter: format!("/prx/other/{value}"),
+            label: "OTHER".into(),
+            build: Some(build_ref()),
+            reason: v1::PublishSkipReason::Superseded as i32,
+            superseded_by_commit: value.into(),
+            ..Default::default()
+        }))
+        .apply(Payload::PublishSkipped(v1::PublishSkipped {
+            parameter: format!("/prx/third/{value}"),
+            label: "THIRD".into(),
+            build: Some(build_ref()),
+            reason: v1::PublishSkipReason::Unspecified as i32,
+            detail: value.into(),
+            ..Default::default()
+        }));
+}
+
+#[test]
+fn a_pull_request_build_exporting_markup_in_every_field_renders_it_inert() {
+    let mut build = Build::new();
+    build.requested(pr_env()).started().completed(
+        v1::BuildStatus::Failed,
+        exported_everywhere(HOSTILE),
+        HOSTILE,
+        HOSTILE,
+    );
+    hostile_publishes(&mut build, HOSTILE);
+    let message = render::render(&build.view, None, &direct_links());
+    assert_inert(&message, &ALLOWED);
+    // Under the limit: the links were kept, and the repository is no `owner/name`, so it gets
+    // no GitHub links.
+    assert_eq!(
+        link_labels(&message),
+        ["Failed to build", "ECR", "ECR", "S3"]
+    );
+    // The markup is shown as typed, with the broadcast's `@` replaced.
+    assert!(
+        message
+            .mrkdwn()
+            .contains("&lt;!channel&gt; &lt;@U123&gt; ＠here &lt;https://evil|click&gt;")
+    );
+    insta::assert_snapshot!(shown(&message));
+}
+
+#[test]
+fn a_push_build_with_markup_in_link_targets_commits_and_publishes_renders_it_inert() {
+    // The repository stays a real one, so the GitHub and console links are made, with the
+    // exported commit, account, image repository, bucket and key inside them.
+    let mut exported = exported_everywhere(HOSTILE);
+    for key in ["PRX_REPO", "PRX_GITHUB_PR"] {
+        exported.remove(key);
+    }
+    exported.insert(
+        "IMAGE".into(),
+        format!("github/prx/@here|x>y<!channel>/a&b=c%3E:{SHA}-x86_64"),
+    );
+    let mut build = Build::new();
+    build
+        .requested(push_env())
+        .started()
+        .completed(v1::BuildStatus::Succeeded, exported, "", "");
+    hostile_publishes(&mut build, HOSTILE);
+    let commits = CommitsCache::Loaded {
+        commits: vec![
+            CommitSummary {
+                sha: HOSTILE.into(),
+                author: HOSTILE.into(),
+                message: format!("{HOSTILE}\n\nbody <!channel>"),
+            },
+            CommitSummary {
+                sha: format!("../../../evil/{SHA}"),
+                author: "@here".into(),
+                message: "Fix <https://evil.example|the docs>".into(),
+            },
+        ],
+        total: 2,
+    };
+    let message = render::render(&build.view, Some(&commits), &direct_links());
+    assert_inert(&message, &ALLOWED);
+    assert_eq!(
+        link_labels(&message),
+        [
+            "Built",
+            "&lt;!chann",
+            "ECR",
+            "ECR",
+            "S3",
+            "&lt;!chann",
+            "../../."
+        ]
+    );
+    insta::assert_snapshot!(shown(&message));
+}
+
+#[test]
+fn the_injection_checker_sees_mentions_and_forged_links() {
+    let parsed = fakes::parse_mrkdwn("a <!here> <@U1> <#C1> @channel <https://evil.example|x> &am");
+    assert_eq!(parsed.mentions, ["<!here>", "<@U1>", "<#C1>", "@channel"]);
+    assert_eq!(parsed.broken_entities, ["&am"]);
+    assert_eq!(
+        fakes::forged_links(&parsed, &ALLOWED),
+        ["<https://evil.example|x>"]
+    );
+    let sso = |query: &str| {
+        fakes::parse_mrkdwn(&format!(
+            "<https://d-906713e952.awsapps.com/start/#/console?{query}|x>"
+        ))
+    };
+    let ok =
+        "account_id=1&role_name=R&destination=https%3A%2F%2Fus-east-1.console.aws.amazon.com%2Fecr";
+    assert!(fakes::forged_links(&sso(ok), &ALLOWED).is_empty());
+    for bad in [
+        format!("{ok}&destination=https%3A%2F%2Fevil.example"),
+        "account_id=1&role_name=R&destination=https%3A%2F%2Fevil.example".to_owned(),
+    ] {
+        assert_eq!(fakes::forged_links(&sso(&bad), &ALLOWED).len(), 1, "{bad}");
+    }
+    let climb = fakes::parse_mrkdwn("<https://github.com/PRX/my-app/../../evil/x|y>");
+    assert_eq!(fakes::forged_links(&climb, &ALLOWED).len(), 1);
+}
+
+/// Values built from the markup an attacker would try, and anything else.
+fn hostile_value() -> impl Strategy<Value = String> {
+    let token = prop_oneof![
+        Just("<!channel>".to_owned()),
+        Just("<@U123>".to_owned()),
+        Just("<#C123>".to_owned()),
+        Just("<!subteam^S1|ops>".to_owned()),
+        Just("<https://evil.example|click>".to_owned()),
+        Just("@here".to_owned()),
+        Just("@EVERYONE".to_owned()),
+        Just("&".to_owned()),
+        Just("<".to_owned()),
+        Just(">".to_owned()),
+        Just("|".to_owned()),
+        Just("/".to_owned()),
+        Just("..".to_owned()),
+        Just(":".to_owned()),
+        Just(";".to_owned()),
+        Just("=".to_owned()),
+        Just("%3E".to_owned()),
+        Just("\n".to_owned()),
+        Just("x".repeat(400)),
+        any::<char>().prop_map(String::from),
+        "[a-z0-9]{1,8}",
+    ];
+    prop::collection::vec(token, 1..10).prop_map(|parts| parts.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Whatever the build exports and the publisher reports, the message notifies nobody and
+    /// links nowhere but GitHub and the console, over the length limit too.
+    #[test]
+    fn no_exported_value_can_mention_or_forge_a_link(
+        value in hostile_value(),
+        repo_is_real in any::<bool>(),
+        state in prop::sample::select(vec![
+            BuildState::InProgress,
+            BuildState::Failed,
+            BuildState::Succeeded,
+        ]),
+        cancelled in any::<bool>(),
+    ) {
+        let mut variables = exported_everywhere(&value);
+        if repo_is_real {
+            variables.insert("PRX_REPO".into(), "PRX/my-app".into());
+        }
+        let view = BuildView {
+            build_id: build_ref().build_id,
+            backend: "codebuild".into(),
+            project: "infrastructure-ci-Runner2".into(),
+            region: "us-east-1".into(),
+            variables: variables.into_iter().collect(),
+            state,
+            current_phase: Some(value.clone()),
+            failed_phase: Some(value.clone()),
+            failure_message: Some(value.clone()),
+            cancelled: cancelled.then(|| Cancellation {
+                by_commit: value.clone(),
+                by_sequence: 2,
+            }),
+            publishes: vec![PublishView {
+                parameter: value.clone(),
+                value: value.clone(),
+                label: value.clone(),
+                skipped: Some("label_variable_missing".into()),
+                detail: value.clone(),
+                superseded_by_commit: value.clone(),
+            }],
+            ..BuildView::default()
+        };
+        let commits = CommitsCache::Loaded {
+            commits: vec![CommitSummary {
+                sha: value.clone(),
+                author: value.clone(),
+                message: value.clone(),
+            }],
+            total: 1,
+        };
+        let message = render::render(&view, Some(&commits), &links());
+        // An exported repository of `owner/name` shape gets GitHub links (which repository a
+        // build may name is the view's business, not the renderer's).
+        let github = ["https://github.com/", ALLOWED[1], ALLOWED[2]];
+        assert_inert(&message, if repo_is_real { &ALLOWED } else { &github });
+    }
 }

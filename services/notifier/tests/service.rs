@@ -834,3 +834,94 @@ async fn two_replicas_post_each_build_exactly_once() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn markup_a_build_exports_reaches_slack_inert() {
+    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let mut config = env.config();
+    config.statuses.enabled = false;
+    let running = env.notifier(config).await;
+    let build = Events::new("PRX/my-app", BUILD_ID);
+    env.publish(&build.requested()).await;
+    env.publish(&build.started()).await;
+    env.message_where("the first message", |_| true).await;
+
+    // The buildspec exports markup in every value the message shows.
+    let hostile = "<!channel> <@U123> @here <https://evil|click>";
+    let mut exported: HashMap<String, String> = [
+        "PRX_REPO",
+        "PRX_BRANCH",
+        "PRX_COMMIT",
+        "PRX_GITHUB_PR",
+        "PRX_GITHUB_PR_TITLE",
+        "PRX_GITHUB_PR_AUTHOR",
+        "PRX_GITHUB_PR_BASE_BRANCH",
+        "PRX_GITHUB_ACTION",
+        "PRX_AWS_ACCOUNT_ID",
+        "PRX_APPLICATION_CODE_BUCKET",
+        "ZIP",
+    ]
+    .into_iter()
+    .map(|k| (k.to_owned(), hostile.to_owned()))
+    .collect();
+    exported.extend([
+        (
+            "PRX_SPIRE_ECR_PKG_PARAMETERS".to_owned(),
+            format!("IMAGE=/prx/stag/Spire/{hostile}"),
+        ),
+        (
+            "IMAGE".to_owned(),
+            format!("github/prx/{hostile}:{SHA}-x86_64"),
+        ),
+        (
+            "PRX_SPIRE_S3_PKG_PARAMETERS".to_owned(),
+            "ZIP=/prx/stag/Spire/MyApp/pkg/s3-object-key".to_owned(),
+        ),
+    ]);
+    env.publish(&build.envelope(
+        "completed",
+        Payload::BuildCompleted(v1::BuildCompleted {
+            build: build.build(),
+            status: v1::BuildStatus::Failed as i32,
+            exported_variables: exported,
+            failed_phase: hostile.into(),
+            failure_message: hostile.into(),
+            duration_ms: 95_000,
+            ..Default::default()
+        }),
+    ))
+    .await;
+    let message = env
+        .message_where("the final message", |m| m.text.contains("Failed to build"))
+        .await;
+    running.stop().await;
+
+    let allowed = [
+        "https://us-east-1.console.aws.amazon.com/",
+        "https://d-906713e952.awsapps.com/start/#/console?",
+        "https://github.com/PRX/my-app/",
+    ];
+    assert!(
+        message
+            .mrkdwn
+            .contains("&lt;!channel&gt; &lt;@U123&gt; ＠here &lt;https://evil|click&gt;"),
+        "{}",
+        message.mrkdwn
+    );
+    let mut sent = 0;
+    for call in env.slack.all_calls() {
+        let body = &call.body;
+        if !["chat.postMessage", "chat.update"].contains(&call.method.as_str()) {
+            continue;
+        }
+        assert_eq!(body["parse"], "none", "{}", call.method);
+        assert_eq!(body["link_names"], false, "{}", call.method);
+        let mrkdwn = body["attachments"][0]["blocks"][0]["text"]["text"]
+            .as_str()
+            .unwrap();
+        fakes::assert_inert(mrkdwn, &allowed);
+        fakes::assert_inert(body["text"].as_str().unwrap(), &allowed);
+        sent += 1;
+    }
+    assert!(sent >= 2, "posted, then updated with the exported values");
+}

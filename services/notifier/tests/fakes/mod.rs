@@ -368,3 +368,119 @@ async fn serve(router: Router) -> String {
     });
     format!("http://{addr}")
 }
+
+/// What Slack makes of a mrkdwn text: the links it shows, the special commands it acts on
+/// (`<!channel>`, `<@U123>`, `<#C123>`, `<!subteam^S1>`) and, since Slack pings on them when
+/// it parses names, plain-text broadcasts (`@here`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Parsed {
+    /// `(url, label)` of every `<url|label>` (or `<url>`).
+    pub links: Vec<(String, String)>,
+    pub mentions: Vec<String>,
+    /// A `<` with no `>` after it.
+    pub unclosed: usize,
+    /// Text shown outside link targets with a `&` that begins no `&amp;`, `&lt;` or `&gt;`.
+    pub broken_entities: Vec<String>,
+}
+
+/// Parses `text` the way Slack reads mrkdwn markup (the parts that can notify or link).
+pub fn parse_mrkdwn(text: &str) -> Parsed {
+    let mut parsed = Parsed::default();
+    let mut shown = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('<') {
+        shown.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('>') else {
+            parsed.unclosed += 1;
+            shown.push_str(after);
+            rest = "";
+            break;
+        };
+        let inner = &after[..end];
+        if inner.starts_with(['!', '@', '#']) {
+            parsed.mentions.push(format!("<{inner}>"));
+        } else {
+            let (url, label) = inner.split_once('|').unwrap_or((inner, inner));
+            parsed.links.push((url.to_owned(), label.to_owned()));
+            shown.push_str(label);
+        }
+        rest = &after[end + 1..];
+    }
+    shown.push_str(rest);
+    let lower = shown.to_ascii_lowercase();
+    for word in ["@channel", "@here", "@everyone", "@group"] {
+        parsed
+            .mentions
+            .extend(lower.matches(word).map(str::to_owned));
+    }
+    for (i, _) in shown.match_indices('&') {
+        if !["&amp;", "&lt;", "&gt;"]
+            .iter()
+            .any(|e| shown[i..].starts_with(e))
+        {
+            parsed
+                .broken_entities
+                .push(shown[i..].chars().take(8).collect());
+        }
+    }
+    parsed
+}
+
+/// The links of `parsed` that go anywhere but under one of `allowed` (URL prefixes, compared
+/// after the URL is normalised, so `..` cannot climb out). An IAM Identity Center deep link
+/// (`…awsapps.com/start/#/console?…`) must name one account, one role and one destination,
+/// and that destination must itself be allowed.
+pub fn forged_links(parsed: &Parsed, allowed: &[&str]) -> Vec<String> {
+    fn allowed_url(url: &str, allowed: &[&str]) -> bool {
+        let Ok(parsed) = url::Url::parse(url) else {
+            return false;
+        };
+        let normalised = parsed.as_str();
+        if parsed
+            .host_str()
+            .is_some_and(|h| h.ends_with(".awsapps.com"))
+        {
+            let Some(query) = parsed.fragment().and_then(|f| f.strip_prefix("/console?")) else {
+                return false;
+            };
+            let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect();
+            let one = |name: &str| pairs.iter().filter(|(k, _)| k == name).count() == 1;
+            let destination = pairs.iter().find(|(k, _)| k == "destination");
+            return pairs.len() == 3
+                && one("account_id")
+                && one("role_name")
+                && destination
+                    .is_some_and(|(_, d)| !d.contains("awsapps.com") && allowed_url(d, allowed))
+                && allowed.iter().any(|p| normalised.starts_with(p));
+        }
+        allowed.iter().any(|p| normalised.starts_with(p))
+    }
+    parsed
+        .links
+        .iter()
+        .filter(|(url, _)| !allowed_url(url, allowed))
+        .map(|(url, label)| format!("<{url}|{label}>"))
+        .collect()
+}
+
+/// Asserts that `text`, shown by Slack, notifies nobody, links nowhere but `allowed`, and
+/// shows no markup or broken escape.
+pub fn assert_inert(text: &str, allowed: &[&str]) {
+    let parsed = parse_mrkdwn(text);
+    assert!(
+        parsed.mentions.is_empty(),
+        "mentions {:?} in\n{text}",
+        parsed.mentions
+    );
+    assert_eq!(parsed.unclosed, 0, "unclosed `<` in\n{text}");
+    assert!(
+        parsed.broken_entities.is_empty(),
+        "broken escapes {:?} in\n{text}",
+        parsed.broken_entities
+    );
+    let forged = forged_links(&parsed, allowed);
+    assert!(forged.is_empty(), "forged links {forged:?} in\n{text}");
+}
