@@ -8,6 +8,7 @@ use futures::StreamExt as _;
 use prost::Message as _;
 use prx_ci_proto::v1::Envelope;
 use prx_ci_shared::events::{from_timestamp, kind_of};
+use prx_ci_shared::push_position::display_wire;
 use prx_ci_shared::subject::ALL_STREAMS;
 
 /// Arguments of `prx-ci events`.
@@ -87,6 +88,7 @@ fn render(stream: &str, sequence: u64, subject: &str, payload: &[u8], json: bool
             "correlation_id": envelope.correlation_id,
             "ordering_key": body.get("orderingKey"),
             "push_sequence": envelope.push_sequence,
+            "push_position": display_wire(envelope.push_sequence),
             "time": body.get("time"),
             "payload": body,
         })
@@ -106,7 +108,7 @@ fn render(stream: &str, sequence: u64, subject: &str, payload: &[u8], json: bool
         .ordering_key
         .as_ref()
         .and_then(prx_ci_shared::domain::OrderingKey::from_proto)
-        .map(|k| format!(" key={k} push={}", envelope.push_sequence))
+        .map(|k| format!(" key={k} push={}", display_wire(envelope.push_sequence)))
         .unwrap_or_default();
     format!(
         "{stream} #{sequence} {time} {kind:<22} {subject}{key} id={} delivery={}",

@@ -88,6 +88,11 @@ impl PushPosition {
     }
 }
 
+/// How a `push_sequence` reads for people: the position, or `-` for none.
+pub fn display_wire(value: u64) -> String {
+    PushPosition::from_wire(value).map_or_else(|| "-".to_owned(), |p| p.to_string())
+}
+
 /// `2026-11-30T11:35:49Z` (`+1`/`-1` for a place in that second's chain) `#17` (arrival);
 /// a legacy value is `#<sequence>`.
 impl fmt::Display for PushPosition {

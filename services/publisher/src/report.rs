@@ -8,6 +8,7 @@ use std::fmt;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
 use futures::TryStreamExt as _;
+use prx_ci_shared::push_position::display_wire;
 use serde::{Deserialize, Serialize};
 
 use crate::fence::FenceRecord;
@@ -128,7 +129,7 @@ impl ParameterReport {
         );
         match (&self.push_sequence, &self.commit) {
             (Some(seq), Some(commit)) => {
-                line.push_str(&format!("  (push {seq} {}", short(commit)));
+                line.push_str(&format!("  (push {} {}", display_wire(*seq), short(commit)));
                 if let Some(key) = &self.ordering_key {
                     line.push_str(&format!(" {key}"));
                 }
@@ -147,7 +148,7 @@ impl ParameterReport {
             line.push_str(&format!(
                 "  last skip: {} (push {} {}): {}",
                 skip.reason,
-                skip.push_sequence,
+                display_wire(skip.push_sequence),
                 short(&skip.commit),
                 skip.detail
             ));
@@ -202,7 +203,7 @@ pub async fn parameter_report(
         if let Some(c) = &record.claim {
             r.in_flight = Some(format!(
                 "push {} {}",
-                c.publication.position.push_sequence,
+                display_wire(c.publication.position.push_sequence),
                 short(&c.publication.commit)
             ));
         }
@@ -279,9 +280,24 @@ mod tests {
             report.one_line(),
             format!(
                 "/prx/stag/Spire/App/pkg/docker-image-tag = github/prx/app:{sha}-x86_64  \
-                 (push 42 0123456 PRX/app@main x86_64)  last skip: SUPERSEDED (push 40 fedcba9): \
+                 (push #42 0123456 PRX/app@main x86_64)  last skip: SUPERSEDED (push #40 fedcba9): \
                  push 42 (0123456) already published"
-            )
+            ),
+            "positions written before GitHub's order read as their stream sequence"
+        );
+        let positioned = ParameterReport {
+            push_sequence: Some(
+                prx_ci_shared::push_position::PushPosition::new(1_795_000_000, 129, 7).wire(),
+            ),
+            last_skip: None,
+            ..report.clone()
+        };
+        assert!(
+            positioned
+                .one_line()
+                .contains("(push 2026-11-18T11:06:40Z+1#7 0123456 PRX/app@main x86_64)"),
+            "{}",
+            positioned.one_line()
         );
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["push_sequence"], 42);
