@@ -146,7 +146,11 @@ async fn builds_lists_in_flight_and_recent_builds_with_log_links() {
                 .await
                 .ok()?
                 .into_inner();
-            (b.in_flight.len() == 1 && b.recent.len() == 1).then_some(b)
+            // Running, not just requested: the projection may be between the two events.
+            (b.in_flight.len() == 1
+                && b.recent.len() == 1
+                && b.in_flight[0].state() == v1::BuildState::Running)
+                .then_some(b)
         }
     })
     .await;
