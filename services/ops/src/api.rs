@@ -332,9 +332,7 @@ impl OpsApi {
             Ok(Reachability::NotReachable) => Err(refused("is not in the history of")),
             Ok(Reachability::UnknownCommit) => Err(refused("does not exist in the repository of")),
             Err(AncestryError::Unsupported(why)) => Err(OpsError::FailedPrecondition(why)),
-            Err(AncestryError::Failed(err)) => Err(OpsError::Unavailable(
-                err.context("cannot check the commit's ancestry"),
-            )),
+            Err(AncestryError::Failed(err)) => Err(OpsError::CommitsUnavailable(err)),
         }
     }
 

@@ -559,6 +559,28 @@ async fn a_commit_outside_the_branchs_history_is_refused_and_an_ancestor_is_rebu
 }
 
 #[tokio::test]
+async fn a_rebuild_whose_ancestry_github_cannot_answer_is_not_stored() {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, ResponseTemplate};
+    let h = Harness::start().await;
+    h.publish(&push("d1", "PRX/app", "main", &sha('b'))).await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(502))
+        .mount(&h.github)
+        .await;
+    let err = h
+        .client()
+        .await
+        .rebuild(rebuild_of("PRX/app", &sha('a')))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("ancestry"), "{}", err.message());
+    assert!(!h.compares().await.is_empty());
+    assert!(operator_pushes(&h).await.is_empty());
+}
+
+#[tokio::test]
 async fn the_audit_record_names_the_authenticated_operator_not_the_requested_name() {
     let h = Harness::start().await;
     h.publish(&push("d1", "PRX/app", "main", &sha('a'))).await;
