@@ -284,6 +284,51 @@ async fn a_parked_message_is_put_back_once_under_a_new_message_id() {
 }
 
 #[tokio::test]
+async fn a_retried_parked_message_records_the_authenticated_operator() {
+    let h = Harness::start().await;
+    let webhook = push("d1", "PRX/app", "main", &sha('a'));
+    let seq = h.publish(&webhook).await;
+    let original = build_story(&webhook, seq, "main", Some(v1::BuildStatus::Succeeded))
+        .pop()
+        .unwrap();
+    let original_seq = h.publish(&original).await;
+    let parked = Chain::caused_by(&original).envelope(
+        new_event_id(),
+        Payload::MessageParked(v1::MessageParked {
+            consumer: "notifier".into(),
+            stream: EVENTS_STREAM.into(),
+            stream_sequence: original_seq,
+            subject: "prx.build.completed.PRX.app".into(),
+            data: original.encode_to_vec(),
+            error: "slack: 503 Service Unavailable".into(),
+            deliveries: 8,
+            headers: [("Nats-Msg-Id".to_owned(), original.event_id.clone())]
+                .into_iter()
+                .collect(),
+        }),
+    );
+    let stored =
+        h.rt.publisher
+            .publish_to(subject::parked_subject("notifier"), &parked)
+            .await
+            .unwrap();
+    let mut bob = h.client_with(BOB_TOKEN).await;
+    bob.retry_parked(v1::RetryParkedRequest {
+        id: stored.sequence,
+        requested_by: "alice".into(),
+    })
+    .await
+    .unwrap();
+    let listed = bob
+        .parked(v1::ParkedRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(listed[0].retried_by, "bob");
+}
+
+#[tokio::test]
 async fn a_rebuild_stores_an_operator_push_of_the_branchs_latest_commit() {
     let h = Harness::start().await;
     h.publish(&push("d1", "PRX/app", "main", &sha('a'))).await;
