@@ -1,5 +1,5 @@
 //! `prx-ci rebuild`: requests a build of a commit or branch as if the push had come again
-//! (recorded as an operator action).
+//! (recorded as an operator action, under the identity of the ops token used).
 
 use prx_ci_proto::v1;
 
@@ -10,11 +10,16 @@ use crate::history::{OpsArgs, status_error};
 pub struct RebuildArgs {
     /// `owner/repo`.
     repository: String,
-    /// A commit SHA (or unambiguous prefix) or a branch name (its latest pushed commit).
+    /// A branch name (the head GitHub last pushed to it; pull request branches do not count),
+    /// or a commit SHA or unambiguous prefix (rebuilt only if it is in its branch's history).
     revision: String,
-    /// Who asks (recorded in the event). Default: $USER.
-    #[arg(long, env = "USER", default_value = "operator")]
-    requested_by: String,
+    /// For a commit: the branch to rebuild it on (default: a branch it was pushed to,
+    /// preferring the default branch).
+    #[arg(long)]
+    branch: Option<String>,
+    /// Why (recorded with the rebuild; who asked is the name of the ops token).
+    #[arg(long, default_value = "")]
+    reason: String,
     #[command(flatten)]
     ops: OpsArgs,
 }
@@ -25,16 +30,19 @@ pub async fn run(args: RebuildArgs) -> anyhow::Result<()> {
         .rebuild(v1::RebuildRequest {
             repository: args.repository.clone(),
             revision: args.revision,
-            requested_by: args.requested_by,
+            branch: args.branch.unwrap_or_default(),
+            reason: args.reason,
+            ..Default::default()
         })
         .await
         .map_err(status_error)?
         .into_inner();
     println!(
-        "rebuild of {}@{} {} requested: delivery {} (PRX_WEBHOOKS #{}); follow it with `prx-ci history {} --commit {}`",
+        "rebuild of {}@{} {} requested by {}: delivery {} (PRX_WEBHOOKS #{}); follow it with `prx-ci history {} --commit {}`",
         args.repository,
         response.branch,
         response.commit,
+        response.requested_by,
         response.delivery_id,
         response.sequence,
         args.repository,

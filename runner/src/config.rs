@@ -10,6 +10,20 @@ use serde::Deserialize;
 /// The original's CodeBuild project timeout (16 minutes).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(16 * 60);
 
+/// The variables inherited from the runner's environment by default: the only ones an
+/// untrusted build (a fork's pull request) inherits, whatever `inherit_env` adds.
+pub const DEFAULT_INHERIT_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "DOCKER_HOST",
+];
+
 /// Settings of the local build runner (section `[runner]`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -36,11 +50,13 @@ pub struct LocalRunnerConfig {
     pub region: String,
     /// Further project variables (reported like CodeBuild project variables; the dispatcher's
     /// variables win over them). Set AWS settings (`AWS_ENDPOINT_URL`, `AWS_PROFILE`, ...) here
-    /// to let the post-build helper really publish. Default: none.
+    /// to let the post-build helper really publish. Untrusted builds (fork pull requests) get
+    /// none of them. Default: none.
     pub environment: BTreeMap<String, String>,
     /// Variables passed through from the runner's own environment when set (builds otherwise
     /// start from an empty environment, so the runner's credentials do not leak into builds).
-    /// Default `PATH`, `HOME`, `USER`, `LOGNAME`, `LANG`, `LC_ALL`, `TZ`, `TMPDIR`, `DOCKER_HOST`.
+    /// Default `PATH`, `HOME`, `USER`, `LOGNAME`, `LANG`, `LC_ALL`, `TZ`, `TMPDIR`, `DOCKER_HOST`
+    /// ([`DEFAULT_INHERIT_ENV`]); untrusted builds inherit only those of the default list.
     pub inherit_env: Vec<String>,
 }
 
@@ -56,20 +72,10 @@ impl Default for LocalRunnerConfig {
             application_code_bucket: "local-application-code".to_owned(),
             region: "us-east-1".to_owned(),
             environment: BTreeMap::new(),
-            inherit_env: [
-                "PATH",
-                "HOME",
-                "USER",
-                "LOGNAME",
-                "LANG",
-                "LC_ALL",
-                "TZ",
-                "TMPDIR",
-                "DOCKER_HOST",
-            ]
-            .into_iter()
-            .map(str::to_owned)
-            .collect(),
+            inherit_env: DEFAULT_INHERIT_ENV
+                .iter()
+                .map(|name| (*name).to_owned())
+                .collect(),
         }
     }
 }

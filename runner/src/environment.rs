@@ -6,10 +6,16 @@
 //! variables (StartBuild overrides), and the `CODEBUILD_*` built-ins. Only project and
 //! dispatcher variables are *reported* in the events, as CodeBuild does: buildspec variables
 //! reach the rest of the system only when exported.
+//!
+//! An untrusted build (a fork's pull request, `StartBuild::untrusted`) gets none of
+//! `[runner.environment]` (where operators put AWS settings that let the post-build helper
+//! publish) and inherits only the default `inherit_env` variables: code nobody trusted wrote
+//! must not see the runner's credentials. The runner is no sandbox beyond that (see
+//! docs/local-runner.md).
 
 use std::collections::BTreeMap;
 
-use crate::config::LocalRunnerConfig;
+use crate::config::{DEFAULT_INHERIT_ENV, LocalRunnerConfig};
 
 /// The `CODEBUILD_*` values of one build.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,10 +29,12 @@ pub struct BuiltIns {
     pub start_time_ms: i128,
 }
 
-/// Project variables and the dispatcher's variables (what the events report).
+/// Project variables and the dispatcher's variables (what the events report); an untrusted
+/// build gets none of `[runner.environment]`.
 pub fn reported_variables(
     config: &LocalRunnerConfig,
     handler: &BTreeMap<String, String>,
+    untrusted: bool,
 ) -> BTreeMap<String, String> {
     let mut vars = BTreeMap::new();
     vars.insert(
@@ -38,9 +46,25 @@ pub fn reported_variables(
         config.application_code_bucket.clone(),
     );
     vars.insert("PRX_CI_LOCAL".to_owned(), "true".to_owned());
-    vars.extend(config.environment.clone());
+    if !untrusted {
+        vars.extend(config.environment.clone());
+    }
     vars.extend(handler.clone());
     vars
+}
+
+/// The variables a build inherits from the runner: for an untrusted build only those of
+/// [`DEFAULT_INHERIT_ENV`] (an operator's additions to `inherit_env`, such as `AWS_PROFILE`,
+/// are withheld).
+pub fn inherited_variables(
+    inherited: &BTreeMap<String, String>,
+    untrusted: bool,
+) -> BTreeMap<String, String> {
+    inherited
+        .iter()
+        .filter(|(name, _)| !untrusted || DEFAULT_INHERIT_ENV.contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
 }
 
 /// The full process environment of the build shell.
@@ -98,7 +122,7 @@ mod tests {
             ..LocalRunnerConfig::default()
         };
         let handler = map(&[("PRX_CI_PUBLISH", "false"), ("PRX_REPO", "PRX/app")]);
-        let reported = reported_variables(&config, &handler);
+        let reported = reported_variables(&config, &handler, false);
         assert_eq!(
             reported,
             map(&[
@@ -137,5 +161,30 @@ mod tests {
         assert_eq!(env["CODEBUILD_SRC_DIR"], "/w/1");
         assert_eq!(env["CODEBUILD_BUILD_SUCCEEDING"], "1");
         assert_eq!(env["AWS_DEFAULT_REGION"], "us-east-1");
+    }
+
+    #[test]
+    fn untrusted_builds_get_no_configured_environment() {
+        let config = LocalRunnerConfig {
+            environment: map(&[("AWS_PROFILE", "publisher"), ("EXTRA", "project")]),
+            ..LocalRunnerConfig::default()
+        };
+        let handler = map(&[("PRX_CI_PUBLISH", "false")]);
+        let reported = reported_variables(&config, &handler, true);
+        assert_eq!(
+            reported,
+            map(&[
+                ("PRX_APPLICATION_CODE_BUCKET", "local-application-code"),
+                ("PRX_AWS_ACCOUNT_ID", "000000000000"),
+                ("PRX_CI_LOCAL", "true"),
+                ("PRX_CI_PUBLISH", "false"),
+            ])
+        );
+        let inherited = map(&[("PATH", "/bin"), ("AWS_SECRET_ACCESS_KEY", "s")]);
+        assert_eq!(
+            inherited_variables(&inherited, true),
+            map(&[("PATH", "/bin")])
+        );
+        assert_eq!(inherited_variables(&inherited, false), inherited);
     }
 }

@@ -22,5 +22,5 @@ mod report;
 mod runner;
 
 pub use buildspec::{Buildspec, BuildspecError, PhaseName, parse_buildspec};
-pub use config::{DEFAULT_TIMEOUT, LocalRunnerConfig};
+pub use config::{DEFAULT_INHERIT_ENV, DEFAULT_TIMEOUT, LocalRunnerConfig};
 pub use runner::LocalRunner;

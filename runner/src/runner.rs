@@ -30,7 +30,7 @@ use crate::config::LocalRunnerConfig;
 use crate::driver::{
     CommandList, Control, DriverFiles, driver_script, parse_control, parse_exports, resume_script,
 };
-use crate::environment::{BuiltIns, process_environment, reported_variables};
+use crate::environment::{BuiltIns, inherited_variables, process_environment, reported_variables};
 use crate::report::{self, BuildInfo, Timeline, status};
 
 /// Namespace of local build ids (UUID v5 of the request id). Never change it: a repeated start
@@ -295,7 +295,7 @@ impl BuildBackend for LocalRunner {
             clone_url: request.clone_url.clone(),
             source_version: request.source_version.clone(),
             start_time_unix: OffsetDateTime::now_utc().unix_timestamp(),
-            environment: reported_variables(&inner.config, &request.environment)
+            environment: reported_variables(&inner.config, &request.environment, request.untrusted)
                 .into_iter()
                 .collect(),
             final_status: None,
@@ -928,9 +928,10 @@ impl Build {
             source_repo_url: self.request.clone_url.clone(),
             start_time_ms: self.timeline.info.start_time.unix_timestamp_nanos() / 1_000_000,
         };
+        let inherited = inherited_variables(&self.inner.inherited, self.request.untrusted);
         let env = process_environment(
             &self.inner.config,
-            &self.inner.inherited,
+            &inherited,
             &spec.variables,
             &reported,
             &builtins,

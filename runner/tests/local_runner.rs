@@ -666,6 +666,77 @@ async fn a_repeated_start_with_the_same_request_id_starts_one_build() {
     );
 }
 
+/// A variable of this process outside the default `inherit_env` list (the test inherits it
+/// explicitly to see whether an untrusted build gets it).
+fn extra_inherited_variable() -> (String, String) {
+    std::env::vars()
+        .find(|(name, value)| {
+            !prx_ci_local_runner::DEFAULT_INHERIT_ENV.contains(&name.as_str())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && name.starts_with(|c: char| c.is_ascii_uppercase())
+                // Names the build shell or the runner set themselves.
+                && !["PWD", "OLDPWD", "SHLVL", "OUT"].contains(&name.as_str())
+                && !["PRX_", "CODEBUILD_", "AWS_", "BASH"]
+                    .iter()
+                    .any(|p| name.starts_with(p))
+                && !value.is_empty()
+                && value.trim() == value
+                && !value.contains(['\n', '\'', '\\'])
+        })
+        .expect("the test process has some environment variable outside the defaults")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_build_sees_none_of_the_configured_environment() {
+    let (inherited_name, inherited_value) = extra_inherited_variable();
+    let fx = Fixture::new(|config| {
+        config.environment.insert(
+            "PRX_TEST_CONFIGURED".to_owned(),
+            "configured-secret".to_owned(),
+        );
+        config.inherit_env.push(inherited_name.clone());
+    })
+    .await;
+    let spec = format!(
+        "version: 0.2\nphases:\n  build:\n    commands:\n      - echo \"${{PRX_TEST_CONFIGURED-unset}} ${{{inherited_name}-unset}} $PRX_CI_PUBLISH\" > \"$OUT/$PRX_TEST_NAME\"\n"
+    );
+    let repo = repo(&spec, &[]);
+    let mut builds = Vec::new();
+    for (name, untrusted) in [("trusted", false), ("untrusted", true)] {
+        let mut request = fx.request(&format!("req-{name}"), &repo, &spec);
+        request.untrusted = untrusted;
+        request
+            .environment
+            .insert("PRX_TEST_NAME".to_owned(), name.to_owned());
+        let started = fx.runner.start(request).await.unwrap();
+        builds.push(started);
+    }
+    let trusted = fx.finished(&builds[0].build_id).await;
+    let untrusted = fx.finished(&builds[1].build_id).await;
+    assert_eq!(
+        final_event(&untrusted).detail.build_status.as_deref(),
+        Some("SUCCEEDED")
+    );
+
+    assert_eq!(
+        read(&fx.out("trusted")).trim(),
+        format!("configured-secret {inherited_value} true")
+    );
+    // The dispatcher's variables still reach the untrusted build; the runner's do not.
+    assert_eq!(read(&fx.out("untrusted")).trim(), "unset unset true");
+    // Nor are they reported as the build's project variables.
+    assert_eq!(
+        trusted[0].merged_variables()["PRX_TEST_CONFIGURED"],
+        "configured-secret"
+    );
+    let reported = untrusted[0].merged_variables();
+    assert!(
+        !reported.contains_key("PRX_TEST_CONFIGURED"),
+        "{reported:?}"
+    );
+    assert_eq!(reported["PRX_TEST_NAME"], "untrusted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builds_beyond_max_concurrent_builds_wait_in_queued() {
     let fx = Fixture::new(|c| c.max_concurrent_builds = 1).await;

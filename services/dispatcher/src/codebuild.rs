@@ -27,6 +27,13 @@ pub struct CodeBuildConfig {
     pub x86_64_project: String,
     /// Project of aarch64 builds. Default `infrastructure-ci-ArmRunner`.
     pub aarch64_project: String,
+    /// Project of untrusted x86_64 builds (fork pull requests under
+    /// `fork_pull_requests = "build"`): its service role can read no parameter and write no
+    /// image, object or state machine (`deploy/aws/ci.yml`). Default
+    /// `infrastructure-ci-UntrustedRunner2`.
+    pub untrusted_x86_64_project: String,
+    /// Project of untrusted aarch64 builds. Default `infrastructure-ci-UntrustedArmRunner`.
+    pub untrusted_aarch64_project: String,
 }
 
 impl Default for CodeBuildConfig {
@@ -34,21 +41,43 @@ impl Default for CodeBuildConfig {
         Self {
             x86_64_project: "infrastructure-ci-Runner2".to_owned(),
             aarch64_project: "infrastructure-ci-ArmRunner".to_owned(),
+            untrusted_x86_64_project: "infrastructure-ci-UntrustedRunner2".to_owned(),
+            untrusted_aarch64_project: "infrastructure-ci-UntrustedArmRunner".to_owned(),
         }
     }
 }
 
 impl CodeBuildConfig {
-    pub fn project(&self, architecture: Architecture) -> &str {
-        match architecture {
-            Architecture::X86_64 => &self.x86_64_project,
-            Architecture::Aarch64 => &self.aarch64_project,
+    /// The project a build runs in: an untrusted build never runs in a trusted project (the
+    /// configuration refuses untrusted names equal to trusted ones, see [`Self::validate`]).
+    pub fn project(&self, architecture: Architecture, untrusted: bool) -> &str {
+        match (architecture, untrusted) {
+            (Architecture::X86_64, false) => &self.x86_64_project,
+            (Architecture::Aarch64, false) => &self.aarch64_project,
+            (Architecture::X86_64, true) => &self.untrusted_x86_64_project,
+            (Architecture::Aarch64, true) => &self.untrusted_aarch64_project,
         }
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.x86_64_project.is_empty() || self.aarch64_project.is_empty() {
+        let trusted = [&self.x86_64_project, &self.aarch64_project];
+        let untrusted = [
+            &self.untrusted_x86_64_project,
+            &self.untrusted_aarch64_project,
+        ];
+        if trusted
+            .iter()
+            .chain(&untrusted)
+            .any(|name| name.trim().is_empty())
+        {
             return Err("codebuild project names must not be empty".into());
+        }
+        // An untrusted build in a trusted project would run with the role that publishes.
+        if let Some(name) = untrusted.iter().find(|name| trusted.contains(name)) {
+            return Err(format!(
+                "codebuild untrusted project {name:?} is also a trusted project; fork builds \
+                 must run in a project whose role can publish nothing"
+            ));
         }
         Ok(())
     }
@@ -152,7 +181,10 @@ where
 #[async_trait::async_trait]
 impl BuildBackend for CodeBuildBackend {
     async fn start(&self, request: StartBuild) -> Result<StartedBuild, BackendError> {
-        let project = self.config.project(request.architecture).to_owned();
+        let project = self
+            .config
+            .project(request.architecture, request.untrusted)
+            .to_owned();
         let environment = request
             .environment
             .iter()
@@ -189,7 +221,7 @@ impl BuildBackend for CodeBuildBackend {
                 BackendError::Transient(anyhow::anyhow!("StartBuild answered without a build id"))
             })?
             .to_owned();
-        tracing::info!(%build_id, %project, commit = %request.commit, architecture = %request.architecture, "CodeBuild build started");
+        tracing::info!(%build_id, %project, commit = %request.commit, architecture = %request.architecture, untrusted = request.untrusted, "CodeBuild build started");
         Ok(StartedBuild {
             log_url: log_url(&self.region, &build_id),
             build_id,
@@ -234,6 +266,35 @@ mod tests {
         assert_eq!(token.len(), 64);
         assert_eq!(token, idempotency_token(&long));
         assert_ne!(idempotency_token("a b"), "a b");
+    }
+
+    #[test]
+    fn untrusted_builds_get_the_untrusted_projects() {
+        let config = CodeBuildConfig::default();
+        assert_eq!(
+            config.project(Architecture::X86_64, false),
+            "infrastructure-ci-Runner2"
+        );
+        assert_eq!(
+            config.project(Architecture::X86_64, true),
+            "infrastructure-ci-UntrustedRunner2"
+        );
+        assert_eq!(
+            config.project(Architecture::Aarch64, true),
+            "infrastructure-ci-UntrustedArmRunner"
+        );
+        assert_eq!(config.validate(), Ok(()));
+
+        let same = CodeBuildConfig {
+            untrusted_aarch64_project: "infrastructure-ci-Runner2".into(),
+            ..CodeBuildConfig::default()
+        };
+        assert!(same.validate().unwrap_err().contains("trusted project"));
+        let empty = CodeBuildConfig {
+            untrusted_x86_64_project: " ".into(),
+            ..CodeBuildConfig::default()
+        };
+        assert!(empty.validate().is_err());
     }
 
     #[test]

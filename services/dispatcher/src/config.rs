@@ -92,6 +92,12 @@ mod tests {
         assert!(
             prx_ci_shared::config::load_from::<DispatcherConfig>(&figment, "dispatcher").is_err()
         );
+        let figment = Figment::from(Toml::string(
+            "[dispatcher.codebuild]\nuntrusted_x86_64_project = \"infrastructure-ci-Runner2\"\n",
+        ));
+        let err = prx_ci_shared::config::load_from::<DispatcherConfig>(&figment, "dispatcher")
+            .unwrap_err();
+        assert!(err.to_string().contains("untrusted"), "{err}");
         let figment = Figment::from(Toml::string("[dispatcher]\ncancel_superseded = true\n"));
         assert!(
             prx_ci_shared::config::load_from::<DispatcherConfig>(&figment, "dispatcher").is_err()

@@ -8,13 +8,15 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use prx_ci_proto::v1::{self, envelope::Payload, ops_server::Ops, replay_request};
 use prx_ci_shared::Runtime;
-use prx_ci_shared::domain::RepoName;
+use prx_ci_shared::domain::{Branch, CommitSha, RepoName};
 use prx_ci_shared::events::{Chain, from_timestamp};
 use prx_ci_shared::subject::{self, EVENTS_STREAM, EventKind, WEBHOOKS_STREAM};
 use time::OffsetDateTime;
 use tokio::sync::RwLock;
 use tonic::{Request, Response, Status};
 
+use crate::ancestry::{Ancestry, AncestryError, CommitGraph, Reachability};
+use crate::auth::Operator;
 use crate::config::OpsConfig;
 use crate::error::OpsError;
 use crate::history::{self, HistoryFilter};
@@ -48,13 +50,18 @@ impl ApiMetrics {
     }
 }
 
-/// The API's state: the NATS handles, the config and the builds projection.
+/// Longest free-text reason of a rebuild.
+pub const MAX_REASON_LEN: usize = 1000;
+
+/// The API's state: the NATS handles, the config, the builds projection and the commit graph
+/// rebuilds check ancestry in.
 #[derive(Debug, Clone)]
 pub struct OpsApi {
     rt: Runtime,
     config: Arc<OpsConfig>,
     builds: Arc<RwLock<BuildsProjection>>,
     metrics: ApiMetrics,
+    commits: Arc<dyn CommitGraph>,
 }
 
 fn repository(name: &str) -> Result<RepoName, OpsError> {
@@ -78,7 +85,14 @@ impl OpsApi {
             config,
             builds,
             metrics,
+            commits: Arc::new(Ancestry::local_only()),
         }
+    }
+
+    /// Where rebuilds check that a commit given by hand is in its branch's history.
+    pub fn with_commit_graph(mut self, commits: Arc<dyn CommitGraph>) -> Self {
+        self.commits = commits;
+        self
     }
 
     fn observe<T>(&self, method: &str, result: Result<T, OpsError>) -> Result<Response<T>, Status> {
@@ -164,20 +178,42 @@ impl OpsApi {
         })
     }
 
-    /// Stores an operator's push for the revision (see [`crate::rebuild`]).
+    /// Stores an operator's push for the revision (see [`crate::rebuild`]), recorded as asked
+    /// by `operator` (the identity the call's token authenticated; the request's own
+    /// `requested_by` is ignored).
     pub async fn rebuild(
         &self,
         request: v1::RebuildRequest,
+        operator: &Operator,
     ) -> Result<v1::RebuildResponse, OpsError> {
         let repo = repository(&request.repository)?;
         let revision = request.revision.trim();
         if revision.is_empty() {
             return Err(OpsError::InvalidArgument("revision is empty".into()));
         }
-        let requested_by = match request.requested_by.trim() {
-            "" => "operator",
-            who => who,
+        let branch = match request.branch.trim() {
+            "" => None,
+            branch => Some(
+                Branch::new(branch)
+                    .map_err(|e| OpsError::InvalidArgument(format!("branch: {e}")))?
+                    .to_string(),
+            ),
         };
+        let reason = request.reason.trim();
+        if reason.len() > MAX_REASON_LEN {
+            return Err(OpsError::InvalidArgument(format!(
+                "reason is longer than {MAX_REASON_LEN} bytes"
+            )));
+        }
+        let requested_by = operator.name();
+        let claimed = request.requested_by.trim();
+        if !claimed.is_empty() && claimed != requested_by {
+            tracing::info!(
+                requested_by,
+                claimed,
+                "rebuild request names someone else; recording the authenticated operator"
+            );
+        }
         let full_name = repo.to_string();
         let filter = [subject::repository_filter(
             EventKind::WebhookReceived,
@@ -199,15 +235,27 @@ impl OpsApi {
                 _ => None,
             })
             .collect();
-        let target = rebuild::resolve(&full_name, revision, &webhooks).map_err(|e| match e {
-            rebuild::ResolveError::Ambiguous(_) => OpsError::InvalidArgument(e.to_string()),
-            _ => OpsError::NotFound(e.to_string()),
-        })?;
+        let target =
+            rebuild::resolve(&full_name, revision, branch.as_deref(), &webhooks).map_err(|e| {
+                match e {
+                    rebuild::ResolveError::Ambiguous(_)
+                    | rebuild::ResolveError::BranchMismatch { .. } => {
+                        OpsError::InvalidArgument(e.to_string())
+                    }
+                    rebuild::ResolveError::DeletedBranch { .. } => {
+                        OpsError::FailedPrecondition(e.to_string())
+                    }
+                    _ => OpsError::NotFound(e.to_string()),
+                }
+            })?;
+        if target.needs_ancestry_check() {
+            self.check_in_history(&repo, &target).await?;
+        }
         let now = OffsetDateTime::now_utc();
         let now_text = now
             .format(&time::format_description::well_known::Rfc3339)
             .map_err(OpsError::internal)?;
-        let payload = rebuild::push_payload(&full_name, &target, requested_by, &now_text);
+        let payload = rebuild::push_payload(&full_name, &target, requested_by, reason, &now_text);
         let delivery_id = format!("operator-{}", uuid::Uuid::new_v4());
         let envelope = Chain {
             correlation_id: delivery_id.clone(),
@@ -236,7 +284,9 @@ impl OpsApi {
             repository = %full_name,
             branch = %target.branch,
             commit = %target.commit,
+            head = %target.head,
             requested_by,
+            reason,
             delivery_id = %delivery_id,
             sequence = stored.sequence,
             "operator rebuild requested"
@@ -246,7 +296,44 @@ impl OpsApi {
             branch: target.branch,
             commit: target.commit,
             sequence: stored.sequence,
+            requested_by: requested_by.to_owned(),
         })
+    }
+
+    /// Refuses a commit that is not in the history of its branch's head: rebuilding it as a
+    /// push to the branch would publish code that was never on the branch (a fork's commit,
+    /// another branch's, one a force-push removed).
+    async fn check_in_history(
+        &self,
+        repo: &RepoName,
+        target: &rebuild::Target,
+    ) -> Result<(), OpsError> {
+        let commit = CommitSha::parse(&target.commit)
+            .map_err(|e| OpsError::InvalidArgument(e.to_string()))?;
+        let head = CommitSha::parse(&target.head).map_err(OpsError::internal)?;
+        let clone_url = target
+            .repository
+            .get("clone_url")
+            .and_then(serde_json::Value::as_str)
+            .map_or_else(|| format!("https://github.com/{repo}.git"), str::to_owned);
+        let refused = |why: &str| {
+            OpsError::FailedPrecondition(format!(
+                "commit {commit} {why} branch {:?} of {repo} (head {head}); only commits in the \
+                 branch's history are rebuilt as pushes to it",
+                target.branch
+            ))
+        };
+        match self
+            .commits
+            .reachability(repo, &clone_url, &commit, &head)
+            .await
+        {
+            Ok(Reachability::Reachable) => Ok(()),
+            Ok(Reachability::NotReachable) => Err(refused("is not in the history of")),
+            Ok(Reachability::UnknownCommit) => Err(refused("does not exist in the repository of")),
+            Err(AncestryError::Unsupported(why)) => Err(OpsError::FailedPrecondition(why)),
+            Err(AncestryError::Failed(err)) => Err(OpsError::CommitsUnavailable(err)),
+        }
     }
 
     /// Lists a range and (unless a dry run) creates the replay consumer for it.
@@ -402,7 +489,8 @@ impl Ops for OpsApi {
         &self,
         request: Request<v1::RebuildRequest>,
     ) -> Result<Response<v1::RebuildResponse>, Status> {
-        let result = OpsApi::rebuild(self, request.into_inner()).await;
+        let operator = Operator::of(&request)?;
+        let result = OpsApi::rebuild(self, request.into_inner(), &operator).await;
         self.observe("rebuild", result)
     }
 
@@ -433,12 +521,10 @@ impl Ops for OpsApi {
         &self,
         request: Request<v1::RetryParkedRequest>,
     ) -> Result<Response<v1::RetryParkedResponse>, Status> {
+        // Recorded as the authenticated operator, not the name the request carries.
+        let operator = Operator::of(&request)?;
         let request = request.into_inner();
-        let requested_by = match request.requested_by.trim() {
-            "" => "operator",
-            who => who,
-        };
-        let result = parked::retry(&self.rt.js, request.id, requested_by).await;
+        let result = parked::retry(&self.rt.js, request.id, operator.name()).await;
         self.observe("retry_parked", result)
     }
 }

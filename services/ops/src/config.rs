@@ -1,5 +1,6 @@
 //! The `[ops]` configuration section.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -15,9 +16,15 @@ pub struct OpsConfig {
     pub listen: SocketAddr,
     /// Address of `/healthz`, `/readyz`, `/metrics`. Default `127.0.0.1:9106`.
     pub ops_listen: SocketAddr,
-    /// Bearer token every gRPC call must carry (`authorization: Bearer <token>`). Required; at
-    /// least 16 characters. Never logged.
+    /// Bearer token every gRPC call must carry (`authorization: Bearer <token>`). Required
+    /// unless `tokens` names some; at least 16 characters. Never logged.
     pub token: Option<SecretString>,
+    /// The operator identity of `token`, recorded in audit events (a rebuild's
+    /// `requested_by`). Default `ops-token`.
+    pub token_name: String,
+    /// Further tokens, one per operator or automation: `name = "token"` (`[ops.tokens]`). A
+    /// call authenticates as the name of the token it presents. Default: none.
+    pub tokens: BTreeMap<String, SecretString>,
     /// Finished builds `Builds` returns when the caller does not say. Default 20.
     pub recent_builds: usize,
     /// Finished builds the projection keeps in memory (older ones are forgotten; in-flight
@@ -39,6 +46,8 @@ impl Default for OpsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 9106)),
             token: None,
+            token_name: crate::auth::DEFAULT_TOKEN_NAME.to_owned(),
+            tokens: BTreeMap::new(),
             recent_builds: 20,
             keep_finished_builds: 1000,
             max_listed_events: 10_000,
@@ -47,16 +56,55 @@ impl Default for OpsConfig {
     }
 }
 
+/// Longest token name.
+pub const MAX_TOKEN_NAME_LEN: usize = 64;
+
+/// Whether `name` can name an operator: 1 to 64 of `[A-Za-z0-9._@-]` (it is written into
+/// events and log lines as is).
+fn is_token_name(name: &str) -> bool {
+    (1..=MAX_TOKEN_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
+}
+
+impl OpsConfig {
+    /// Every accepted token with its operator name: `token` as `token_name`, then `tokens`.
+    pub fn identities(&self) -> Vec<(String, SecretString)> {
+        self.token
+            .iter()
+            .map(|t| (self.token_name.clone(), t.clone()))
+            .chain(self.tokens.iter().map(|(n, t)| (n.clone(), t.clone())))
+            .collect()
+    }
+}
+
 impl Validate for OpsConfig {
     fn validate(&self) -> Result<(), String> {
-        match &self.token {
-            None => return Err("token is required (PRX_CI_OPS__TOKEN)".into()),
-            Some(t) if t.expose_secret().trim().len() < MIN_TOKEN_LEN => {
+        if self.token.is_none() && self.tokens.is_empty() {
+            return Err("token is required (PRX_CI_OPS__TOKEN), or named [ops.tokens]".into());
+        }
+        let identities = self.identities();
+        for (i, (name, token)) in identities.iter().enumerate() {
+            if !is_token_name(name) {
                 return Err(format!(
-                    "token must have at least {MIN_TOKEN_LEN} characters"
+                    "token name {name:?} must be 1 to {MAX_TOKEN_NAME_LEN} of A-Z a-z 0-9 . _ @ -"
                 ));
             }
-            Some(_) => {}
+            if token.expose_secret().trim().len() < MIN_TOKEN_LEN {
+                return Err(format!(
+                    "token {name} must have at least {MIN_TOKEN_LEN} characters"
+                ));
+            }
+            // Two operators with one token, or one name for two tokens, would blur who did what.
+            for (other_name, other_token) in &identities[..i] {
+                if other_name == name {
+                    return Err(format!("token name {name} is used twice"));
+                }
+                if other_token.expose_secret() == token.expose_secret() {
+                    return Err(format!("tokens {other_name} and {name} are the same"));
+                }
+            }
         }
         if self.recent_builds == 0 || self.keep_finished_builds < self.recent_builds {
             return Err("recent_builds must be > 0 and <= keep_finished_builds".into());
@@ -93,5 +141,36 @@ mod tests {
         assert_eq!(config.listen.port(), 6000);
         assert_eq!(config.recent_builds, 20);
         assert!(!format!("{config:?}").contains("0123456789abcdef-secret"));
+        assert_eq!(config.identities()[0].0, "ops-token");
+    }
+
+    #[test]
+    fn named_tokens_give_operator_identities() {
+        let figment = Figment::from(Toml::string(
+            "[ops]\ntoken = \"0123456789abcdef-ci\"\ntoken_name = \"ci-bot\"\n\
+             [ops.tokens]\nalice = \"alice-0123456789abcdef\"\n",
+        ));
+        let config: OpsConfig = load_from(&figment, "ops").unwrap();
+        let names: Vec<String> = config.identities().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["ci-bot", "alice"]);
+        assert!(!format!("{config:?}").contains("alice-0123456789abcdef"));
+        // Named tokens alone are enough.
+        let only_named = Figment::from(Toml::string(
+            "[ops.tokens]\nalice = \"alice-0123456789abcdef\"\n",
+        ));
+        assert!(load_from::<OpsConfig>(&only_named, "ops").is_ok());
+
+        for bad in [
+            // The same token for two names.
+            "[ops]\ntoken = \"same-0123456789abcdef\"\n[ops.tokens]\nbob = \"same-0123456789abcdef\"\n",
+            // The same name twice.
+            "[ops]\ntoken = \"one-0123456789abcdef\"\ntoken_name = \"bob\"\n[ops.tokens]\nbob = \"two-0123456789abcdef\"\n",
+            // A name that would not read well in an event.
+            "[ops.tokens]\n\"alice smith\" = \"alice-0123456789abcdef\"\n",
+            "[ops.tokens]\nalice = \"short\"\n",
+        ] {
+            let figment = Figment::from(Toml::string(bad));
+            assert!(load_from::<OpsConfig>(&figment, "ops").is_err(), "{bad}");
+        }
     }
 }

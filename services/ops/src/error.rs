@@ -19,6 +19,9 @@ pub enum OpsError {
     /// NATS/JetStream is unreachable or timed out: try again.
     #[error("the event store is unavailable: {0:#}")]
     Unavailable(anyhow::Error),
+    /// GitHub (or local git) could not answer a question the call depends on: try again.
+    #[error("the commit graph is unavailable: {0:#}")]
+    CommitsUnavailable(anyhow::Error),
     /// Anything else; details only in the log.
     #[error("internal error: {0:#}")]
     Internal(anyhow::Error),
@@ -57,6 +60,16 @@ impl From<OpsError> for Status {
                     "ops call: event store unavailable"
                 );
                 Status::new(Code::Unavailable, "the event store is unavailable; retry")
+            }
+            OpsError::CommitsUnavailable(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "ops call: cannot check commit ancestry"
+                );
+                Status::new(
+                    Code::Unavailable,
+                    "cannot check the commit's ancestry (GitHub or git failed); retry",
+                )
             }
             OpsError::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "ops call failed");

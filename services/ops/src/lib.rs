@@ -18,6 +18,7 @@
 //! `prx_ci_ops_retries` comes with `Runtime::provision`. Every service supports replays: the
 //! shared consumer loop runs the replays meant for its durable with the same handler.
 
+pub mod ancestry;
 pub mod api;
 pub mod auth;
 pub mod client;

@@ -5,15 +5,19 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
+use std::sync::Arc;
+
+use prx_ci_ops::ancestry::Ancestry;
 use prx_ci_ops::{OpsConfig, OpsService};
 use prx_ci_shared::config;
+use prx_ci_shared::github::{GitHubClient, GitHubConfig};
 use prx_ci_shared::process::{ServiceProcess, exit_code};
 
 /// The PRX CI ops service: the operators' gRPC API.
 #[derive(Debug, Parser)]
 #[command(name = "prx-ci-ops", version, about)]
 struct Args {
-    /// Configuration file (TOML; sections [nats], [telemetry], [ops]).
+    /// Configuration file (TOML; sections [nats], [telemetry], [github], [ops]).
     #[arg(long, env = "PRX_CI_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -27,12 +31,17 @@ async fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
     let file = args.config.as_deref();
     let ops: OpsConfig = config::load(file, "ops")?;
+    // Rebuilds of a commit given by hand check it is in its branch's history (compare API).
+    let github: GitHubConfig = config::load(file, "github")?;
+    let commits =
+        Ancestry::new(GitHubClient::new(github).context("cannot build the GitHub client")?);
     let mut process = ServiceProcess::start("prx-ci-ops", file).await?;
     let grpc = tokio::net::TcpListener::bind(ops.listen)
         .await
         .with_context(|| format!("cannot listen on {}", ops.listen))?;
     let ops_listen = ops.ops_listen;
-    let service = OpsService::new(process.rt.clone(), ops, &mut process.registry)?;
+    let service = OpsService::new(process.rt.clone(), ops, &mut process.registry)?
+        .with_commit_graph(Arc::new(commits));
     process
         .run(ops_listen, |shutdown| service.run(grpc, shutdown))
         .await

@@ -12,6 +12,7 @@ use tokio::sync::RwLock;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::ancestry::CommitGraph;
 use crate::api::{ApiMetrics, OpsApi};
 use crate::auth::RequireToken;
 use crate::client::MAX_MESSAGE_SIZE;
@@ -24,7 +25,7 @@ use crate::projector;
 pub struct OpsService {
     rt: Runtime,
     api: OpsApi,
-    token: SecretString,
+    tokens: Vec<(String, SecretString)>,
     builds: Arc<RwLock<BuildsProjection>>,
 }
 
@@ -35,7 +36,7 @@ impl OpsService {
         config
             .validate()
             .map_err(|reason| anyhow::anyhow!("invalid configuration [ops]: {reason}"))?;
-        let token = config.token.clone().context("[ops] token is required")?;
+        let tokens = config.identities();
         let builds = Arc::new(RwLock::new(BuildsProjection::new(
             config.keep_finished_builds,
         )));
@@ -48,9 +49,16 @@ impl OpsService {
         Ok(Self {
             rt,
             api,
-            token,
+            tokens,
             builds,
         })
+    }
+
+    /// Where a rebuild checks that a commit given by hand is in its branch's history (default:
+    /// local `file://` repositories only, see [`crate::ancestry`]).
+    pub fn with_commit_graph(mut self, graph: Arc<dyn CommitGraph>) -> Self {
+        self.api = self.api.with_commit_graph(graph);
+        self
     }
 
     /// Serves the gRPC API on `listener` and follows the build events until `shutdown`.
@@ -70,7 +78,7 @@ impl OpsService {
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
         let service = tonic::service::interceptor::InterceptedService::new(
             service,
-            RequireToken::new(self.token),
+            RequireToken::named(self.tokens),
         );
         tracing::info!(?address, "ops API listening");
         let served = Server::builder()

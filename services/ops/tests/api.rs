@@ -288,6 +288,51 @@ async fn a_parked_message_is_put_back_once_under_a_new_message_id() {
 }
 
 #[tokio::test]
+async fn a_retried_parked_message_records_the_authenticated_operator() {
+    let h = Harness::start().await;
+    let webhook = push("d1", "PRX/app", "main", &sha('a'));
+    let seq = h.publish(&webhook).await;
+    let original = build_story(&webhook, seq, "main", Some(v1::BuildStatus::Succeeded))
+        .pop()
+        .unwrap();
+    let original_seq = h.publish(&original).await;
+    let parked = Chain::caused_by(&original).envelope(
+        new_event_id(),
+        Payload::MessageParked(v1::MessageParked {
+            consumer: "notifier".into(),
+            stream: EVENTS_STREAM.into(),
+            stream_sequence: original_seq,
+            subject: "prx.build.completed.PRX.app".into(),
+            data: original.encode_to_vec(),
+            error: "slack: 503 Service Unavailable".into(),
+            deliveries: 8,
+            headers: [("Nats-Msg-Id".to_owned(), original.event_id.clone())]
+                .into_iter()
+                .collect(),
+        }),
+    );
+    let stored =
+        h.rt.publisher
+            .publish_to(subject::parked_subject("notifier"), &parked)
+            .await
+            .unwrap();
+    let mut bob = h.client_with(BOB_TOKEN).await;
+    bob.retry_parked(v1::RetryParkedRequest {
+        id: stored.sequence,
+        requested_by: "alice".into(),
+    })
+    .await
+    .unwrap();
+    let listed = bob
+        .parked(v1::ParkedRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(listed[0].retried_by, "bob");
+}
+
+#[tokio::test]
 async fn a_rebuild_stores_an_operator_push_of_the_branchs_latest_commit() {
     let h = Harness::start().await;
     h.publish(&push("d1", "PRX/app", "main", &sha('a'))).await;
@@ -298,6 +343,7 @@ async fn a_rebuild_stores_an_operator_push_of_the_branchs_latest_commit() {
             repository: "PRX/app".into(),
             revision: "main".into(),
             requested_by: "alice".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -324,12 +370,15 @@ async fn a_rebuild_stores_an_operator_push_of_the_branchs_latest_commit() {
     assert_eq!(body["repository"]["default_branch"], "main");
     assert_eq!(body["head_commit"]["id"], sha('b'));
 
-    // A commit rebuild of the older push.
+    // A commit rebuild of the older push (GitHub confirms it is in main's history).
+    h.compare("PRX/app", &sha('a'), &sha('b'), Some("ahead"))
+        .await;
     let older = client
         .rebuild(v1::RebuildRequest {
             repository: "PRX/app".into(),
             revision: sha('a')[..10].into(),
             requested_by: "alice".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -354,10 +403,341 @@ async fn a_rebuild_stores_an_operator_push_of_the_branchs_latest_commit() {
             repository: "PRX/unknown".into(),
             revision: "main".into(),
             requested_by: "alice".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
+}
+
+/// The operator pushes stored on PRX_WEBHOOKS.
+async fn operator_pushes(h: &Harness) -> Vec<v1::WebhookReceived> {
+    let stream = h.rt.js.get_stream(WEBHOOKS_STREAM).await.unwrap();
+    let last = stream.get_info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let raw = stream.get_raw_message(seq).await.unwrap();
+        let envelope = v1::Envelope::decode(raw.payload).unwrap();
+        if let Some(Payload::WebhookReceived(w)) = envelope.payload
+            && w.origin() == v1::Origin::Operator
+        {
+            out.push(w);
+        }
+    }
+    out
+}
+
+fn rebuild_of(repository: &str, revision: &str) -> v1::RebuildRequest {
+    v1::RebuildRequest {
+        repository: repository.into(),
+        revision: revision.into(),
+        ..Default::default()
+    }
+}
+
+/// A pull request from a fork whose head branch is named `head_ref`.
+fn fork_pull_request(delivery: &str, repository: &str, head_ref: &str, sha: &str) -> v1::Envelope {
+    let payload = serde_json::json!({
+        "action": "synchronize",
+        "number": 7,
+        "repository": repo_json(repository),
+        "pull_request": {
+            "number": 7,
+            "head": {"ref": head_ref, "sha": sha, "repo": {"full_name": "mallory/app"}},
+            "base": {"ref": "main", "repo": {"full_name": repository}},
+        },
+    });
+    Chain {
+        correlation_id: delivery.into(),
+        ..Chain::default()
+    }
+    .envelope(
+        delivery.into(),
+        Payload::WebhookReceived(v1::WebhookReceived {
+            delivery_id: delivery.into(),
+            event_name: "pull_request".into(),
+            payload: payload.to_string().into_bytes(),
+            repository: repository.into(),
+            origin: v1::Origin::Github as i32,
+            ..Default::default()
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_branch_rebuild_never_takes_a_fork_pull_requests_head_branch() {
+    let h = Harness::start().await;
+    // PRX/app: main was pushed, then a fork's PR arrives from its own branch named `main`.
+    h.publish(&push("d1", "PRX/app", "main", &sha('a'))).await;
+    h.publish(&fork_pull_request("d2", "PRX/app", "main", &sha('f')))
+        .await;
+    // PRX/lib: only the fork's PR; GitHub never reported a push to main.
+    h.publish(&fork_pull_request("d3", "PRX/lib", "main", &sha('f')))
+        .await;
+    // GitHub: the fork's commit is not in main's history.
+    h.compare("PRX/app", &sha('f'), &sha('a'), Some("diverged"))
+        .await;
+    let mut client = h.client().await;
+
+    let rebuilt = client
+        .rebuild(rebuild_of("PRX/app", "main"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (rebuilt.branch.as_str(), rebuilt.commit.as_str()),
+        ("main", sha('a').as_str()),
+        "main's pushed head, not the fork's"
+    );
+
+    let unknown = client
+        .rebuild(rebuild_of("PRX/lib", "main"))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert!(
+        unknown.message().contains("pull request head"),
+        "{}",
+        unknown.message()
+    );
+    // The fork's commit by prefix: PR heads are not searched.
+    let prefix = client
+        .rebuild(rebuild_of("PRX/app", &sha('f')[..10]))
+        .await
+        .unwrap_err();
+    assert_eq!(prefix.code(), Code::NotFound);
+    // By full SHA: refused, it is not in main's history.
+    let full = client
+        .rebuild(rebuild_of("PRX/app", &sha('f')))
+        .await
+        .unwrap_err();
+    assert_eq!(full.code(), Code::FailedPrecondition);
+    assert!(
+        full.message().contains("not in the history of"),
+        "{}",
+        full.message()
+    );
+
+    let stored = operator_pushes(&h).await;
+    assert_eq!(stored.len(), 1, "only the rebuild of main's own head");
+    let body: serde_json::Value = serde_json::from_slice(&stored[0].payload).unwrap();
+    assert_eq!(body["after"], sha('a'));
+}
+
+#[tokio::test]
+async fn a_commit_outside_the_branchs_history_is_refused_and_an_ancestor_is_rebuilt() {
+    let h = Harness::start().await;
+    h.publish(&push("d1", "PRX/app", "main", &sha('a'))).await;
+    h.publish(&push("d2", "PRX/app", "feature", &sha('c')))
+        .await;
+    h.publish(&push("d3", "PRX/app", "main", &sha('b'))).await;
+    h.compare("PRX/app", &sha('c'), &sha('b'), Some("diverged"))
+        .await;
+    h.compare("PRX/app", &sha('d'), &sha('b'), Some("behind"))
+        .await;
+    h.compare("PRX/app", &sha('e'), &sha('b'), None).await;
+    h.compare("PRX/app", &sha('a'), &sha('b'), Some("ahead"))
+        .await;
+    let mut client = h.client().await;
+
+    // The feature branch's commit, rebuilt as a push to main: refused.
+    let err = client
+        .rebuild(v1::RebuildRequest {
+            branch: "main".into(),
+            ..rebuild_of("PRX/app", &sha('c'))
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        err.message(),
+        format!(
+            "commit {} is not in the history of branch \"main\" of PRX/app (head {}); only \
+             commits in the branch's history are rebuilt as pushes to it",
+            sha('c'),
+            sha('b')
+        )
+    );
+    // A commit newer than main's head (main is behind it), and one GitHub does not know.
+    let newer = client
+        .rebuild(rebuild_of("PRX/app", &sha('d')))
+        .await
+        .unwrap_err();
+    assert_eq!(newer.code(), Code::FailedPrecondition);
+    let missing = client
+        .rebuild(rebuild_of("PRX/app", &sha('e')))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::FailedPrecondition);
+    assert!(
+        missing.message().contains("does not exist"),
+        "{}",
+        missing.message()
+    );
+    assert!(operator_pushes(&h).await.is_empty(), "nothing stored");
+
+    // An ancestor of main's head, given by hand: rebuilt on main.
+    let rebuilt = client
+        .rebuild(rebuild_of("PRX/app", &sha('a')))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (rebuilt.branch.as_str(), rebuilt.commit.as_str()),
+        ("main", sha('a').as_str())
+    );
+    // The feature branch's commit on its own branch is its head: no question to ask GitHub.
+    let own = client
+        .rebuild(rebuild_of("PRX/app", &sha('c')[..7]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(own.branch, "feature");
+    let mut compares = h.compares().await;
+    compares.sort();
+    assert_eq!(
+        compares,
+        [
+            format!("/repos/PRX/app/compare/{}...{}", sha('a'), sha('b')),
+            format!("/repos/PRX/app/compare/{}...{}", sha('c'), sha('b')),
+            format!("/repos/PRX/app/compare/{}...{}", sha('d'), sha('b')),
+            format!("/repos/PRX/app/compare/{}...{}", sha('e'), sha('b')),
+        ]
+    );
+    assert_eq!(operator_pushes(&h).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_rebuild_whose_ancestry_github_cannot_answer_is_not_stored() {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, ResponseTemplate};
+    let h = Harness::start().await;
+    h.publish(&push("d1", "PRX/app", "main", &sha('b'))).await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(502))
+        .mount(&h.github)
+        .await;
+    let err = h
+        .client()
+        .await
+        .rebuild(rebuild_of("PRX/app", &sha('a')))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("ancestry"), "{}", err.message());
+    assert!(!h.compares().await.is_empty());
+    assert!(operator_pushes(&h).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_audit_record_names_the_authenticated_operator_not_the_requested_name() {
+    let h = Harness::start().await;
+    h.publish(&push("d1", "PRX/app", "main", &sha('a'))).await;
+    let mut bob = h.client_with(BOB_TOKEN).await;
+    let response = bob
+        .rebuild(v1::RebuildRequest {
+            requested_by: "alice".into(),
+            reason: "redeploy after the SSM outage".into(),
+            ..rebuild_of("PRX/app", "main")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.requested_by, "bob");
+
+    let stored = operator_pushes(&h).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].requested_by, "bob");
+    let body: serde_json::Value = serde_json::from_slice(&stored[0].payload).unwrap();
+    assert_eq!(body["prx_ci_operator"]["requested_by"], "bob");
+    assert_eq!(
+        body["prx_ci_operator"]["reason"],
+        "redeploy after the SSM outage"
+    );
+    assert_eq!(body["sender"]["login"], "bob");
+    assert!(!body.to_string().contains("alice"), "{body}");
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A push webhook of a local repository (`prx-ci up`: a `file://` clone URL).
+fn local_push(delivery: &str, dir: &std::path::Path, branch: &str, after: &str) -> v1::Envelope {
+    let mut envelope = push(delivery, "PRX/local-app", branch, after);
+    let Some(Payload::WebhookReceived(w)) = &mut envelope.payload else {
+        unreachable!()
+    };
+    let mut body: serde_json::Value = serde_json::from_slice(&w.payload).unwrap();
+    body["repository"]["clone_url"] = format!("file://{}", dir.display()).into();
+    w.payload = body.to_string().into_bytes();
+    envelope
+}
+
+#[tokio::test]
+async fn local_repositories_are_checked_with_git() {
+    let h = Harness::start().await;
+    let repo = tempfile::tempdir().unwrap();
+    let dir = repo.path();
+    git(dir, &["init", "--quiet"]);
+    git(dir, &["commit", "--quiet", "--allow-empty", "-m", "one"]);
+    let first = git(dir, &["rev-parse", "HEAD"]);
+    git(dir, &["commit", "--quiet", "--allow-empty", "-m", "two"]);
+    let head = git(dir, &["rev-parse", "HEAD"]);
+    git(dir, &["checkout", "--quiet", "-b", "side", &first]);
+    git(dir, &["commit", "--quiet", "--allow-empty", "-m", "side"]);
+    let side = git(dir, &["rev-parse", "HEAD"]);
+    h.publish(&local_push("d1", dir, "main", &head)).await;
+    let mut client = h.client().await;
+
+    let rebuilt = client
+        .rebuild(rebuild_of("PRX/local-app", &first))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (rebuilt.branch.as_str(), rebuilt.commit.as_str()),
+        ("main", first.as_str())
+    );
+    let refused = client
+        .rebuild(rebuild_of("PRX/local-app", &side))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("not in the history of"),
+        "{}",
+        refused.message()
+    );
+    let unknown = client
+        .rebuild(rebuild_of("PRX/local-app", &sha('9')))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::FailedPrecondition);
+    assert!(
+        unknown.message().contains("does not exist"),
+        "{}",
+        unknown.message()
+    );
+    assert!(h.compares().await.is_empty(), "GitHub is not asked");
 }
 
 /// Records the stream sequences it handled.

@@ -138,3 +138,102 @@ fn cluster_nodes_listen_apart_and_route_to_each_other() {
     assert_eq!(listens.len(), 6, "client and route ports are distinct");
     assert!(Path::new(&dir.join("README.md")).exists());
 }
+
+/// Every `Action` string under `value` (through CloudFormation tags such as `!If`), with
+/// whether it sits under an `!If` (a condition that can switch it off).
+fn actions(value: &Value, conditional: bool, out: &mut Vec<(String, bool)>) {
+    match value {
+        Value::Mapping(map) => {
+            for (key, v) in map {
+                if key.as_str() == Some("Action") {
+                    out.extend(strings(v).into_iter().map(|a| (a, conditional)));
+                } else {
+                    actions(v, conditional, out);
+                }
+            }
+        }
+        Value::Sequence(items) => items.iter().for_each(|v| actions(v, conditional, out)),
+        Value::Tagged(tagged) => {
+            let is_if = tagged.tag == "If";
+            actions(&tagged.value, conditional || is_if, out);
+        }
+        _ => {}
+    }
+}
+
+fn tagged<'a>(value: &'a Value, tag: &str) -> &'a Value {
+    match value {
+        Value::Tagged(t) if t.tag == tag => &t.value,
+        other => panic!("expected !{tag}, found {other:?}"),
+    }
+}
+
+#[test]
+fn fork_builds_run_in_projects_whose_role_can_publish_nothing() {
+    let text = std::fs::read_to_string(workspace_root().join("deploy/aws/ci.yml")).unwrap();
+    let template: Value = serde_yaml_ng::from_str(&text).unwrap();
+    let resources = &template["Resources"];
+
+    let mut granted = Vec::new();
+    let role = &resources["UntrustedCodeBuildServiceRole"]["Properties"];
+    actions(&role["Policies"], false, &mut granted);
+    assert!(role["ManagedPolicyArns"].is_null(), "no managed policies");
+    let mut assumed = Vec::new();
+    actions(&role["AssumeRolePolicyDocument"], false, &mut assumed);
+    assert_eq!(assumed, [("sts:AssumeRole".to_owned(), false)]);
+    for (action, conditional) in &granted {
+        let allowed = action.starts_with("logs:")
+            // Only the parameters an operator lists (UntrustedParameterPaths, default none).
+            || (action == "ssm:GetParameters" && *conditional);
+        assert!(allowed, "the untrusted role may {action}");
+    }
+    assert!(
+        granted.iter().any(|(a, _)| a == "logs:PutLogEvents"),
+        "builds still log"
+    );
+    let parameters = &template["Parameters"];
+    assert_eq!(parameters["UntrustedParameterPaths"]["Default"], "");
+    assert_eq!(parameters["UntrustedPrivilegedMode"]["Default"], "false");
+
+    for (project, trusted) in [
+        ("UntrustedX86Project", "X86Project"),
+        ("UntrustedArmProject", "ArmProject"),
+    ] {
+        let properties = &resources[project]["Properties"];
+        assert_eq!(
+            tagged(&properties["ServiceRole"], "GetAtt"),
+            "UntrustedCodeBuildServiceRole.Arn",
+            "{project}"
+        );
+        assert_eq!(
+            tagged(&properties["Environment"]["PrivilegedMode"], "Ref"),
+            "UntrustedPrivilegedMode",
+            "{project}"
+        );
+        let variables: Vec<&str> = properties["Environment"]["EnvironmentVariables"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v["Name"].as_str().unwrap())
+            .collect();
+        assert_eq!(variables, ["PRX_AWS_ACCOUNT_ID"], "{project}: no bucket");
+        // Same machine as its trusted twin, so fork builds behave like the real ones.
+        for field in ["Type", "Image", "ComputeType"] {
+            assert_eq!(
+                properties["Environment"][field],
+                resources[trusted]["Properties"]["Environment"][field]
+            );
+        }
+        // The build-watcher hears of its builds and the dispatcher may start them.
+        let rule =
+            &resources["BuildEventsRule"]["Properties"]["EventPattern"]["detail"]["project-name"];
+        assert!(
+            rule.as_sequence()
+                .unwrap()
+                .iter()
+                .any(|v| tagged(v, "Ref") == project),
+            "{project} in the event rule"
+        );
+        assert!(text.contains(&format!("!GetAtt {project}.Arn")));
+    }
+}

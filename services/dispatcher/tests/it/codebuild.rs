@@ -10,10 +10,11 @@ use aws_sdk_codebuild::types::{
     ArtifactsType, ComputeType, EnvironmentType, ProjectArtifacts, ProjectEnvironment,
     ProjectSource, SourceType,
 };
-use prx_ci_dispatcher::codebuild::CodeBuildBackend;
+use prx_ci_dispatcher::codebuild::{CodeBuildBackend, build_id_of};
 use prx_ci_dispatcher::handler::build_request_id;
 use prx_ci_dispatcher::{CodeBuildConfig, DispatcherConfig};
-use prx_ci_shared::backend::{BuildBackend, StopOutcome};
+use prx_ci_shared::backend::{BuildBackend, StartBuild, StopOutcome};
+use prx_ci_shared::domain::{Architecture, CommitSha, RepoName};
 use prx_ci_shared::testing::MotoServer;
 use serde_json::{Value, json};
 
@@ -71,7 +72,12 @@ async fn codebuild(moto: &MotoServer) -> (aws_sdk_codebuild::Client, RequestReco
         .interceptor(recorder.clone())
         .build();
     let client = aws_sdk_codebuild::Client::from_conf(config);
-    for name in ["infrastructure-ci-Runner2", "infrastructure-ci-ArmRunner"] {
+    for name in [
+        "infrastructure-ci-Runner2",
+        "infrastructure-ci-ArmRunner",
+        "infrastructure-ci-UntrustedRunner2",
+        "infrastructure-ci-UntrustedArmRunner",
+    ] {
         client
             .create_project()
             .name(name)
@@ -316,4 +322,85 @@ async fn stop_build_reports_what_happened() {
             .await,
         Ok(StopOutcome::AlreadyFinished) | Err(prx_ci_shared::backend::BackendError::Permanent(_))
     ));
+}
+
+fn start_request(request_id: &str, architecture: Architecture, untrusted: bool) -> StartBuild {
+    StartBuild {
+        request_id: request_id.into(),
+        repository: RepoName::parse(REPO).unwrap(),
+        commit: CommitSha::parse(&"c".repeat(40)).unwrap(),
+        architecture,
+        clone_url: "https://github.com/fork-owner/example-app.git".into(),
+        source_version: "c".repeat(40),
+        buildspec: "PRX_".into(),
+        environment: [("PRX_CI_PUBLISH".to_owned(), "false".to_owned())].into(),
+        untrusted,
+    }
+}
+
+#[tokio::test]
+async fn untrusted_builds_start_in_the_untrusted_projects_only() {
+    let moto = MotoServer::start().await;
+    let (client, recorder) = codebuild(&moto).await;
+    let backend = CodeBuildBackend::from_client(client.clone(), CodeBuildConfig::default());
+
+    let mut started = Vec::new();
+    for (id, architecture) in [
+        ("fork-x86", Architecture::X86_64),
+        ("fork-arm", Architecture::Aarch64),
+    ] {
+        started.push(
+            backend
+                .start(start_request(id, architecture, true))
+                .await
+                .unwrap(),
+        );
+    }
+    let trusted = backend
+        .start(start_request("trusted-x86", Architecture::X86_64, false))
+        .await
+        .unwrap();
+
+    // What the SDK sent: the untrusted project names, never a trusted one.
+    let projects: Vec<String> = recorder
+        .of("StartBuild")
+        .iter()
+        .map(|body| body["projectName"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        projects,
+        [
+            "infrastructure-ci-UntrustedRunner2",
+            "infrastructure-ci-UntrustedArmRunner",
+            "infrastructure-ci-Runner2",
+        ]
+    );
+    // The build references name the project CodeBuild ran them in.
+    assert_eq!(started[0].project, "infrastructure-ci-UntrustedRunner2");
+    assert_eq!(started[1].project, "infrastructure-ci-UntrustedArmRunner");
+    assert_eq!(trusted.project, "infrastructure-ci-Runner2");
+    let builds = client
+        .batch_get_builds()
+        .set_ids(Some(
+            started
+                .iter()
+                .map(|s| build_id_of(&s.build_id).to_owned())
+                .collect(),
+        ))
+        .send()
+        .await
+        .unwrap();
+    let mut emulated: Vec<&str> = builds
+        .builds()
+        .iter()
+        .map(|b| b.project_name().unwrap())
+        .collect();
+    emulated.sort_unstable();
+    assert_eq!(
+        emulated,
+        [
+            "infrastructure-ci-UntrustedArmRunner",
+            "infrastructure-ci-UntrustedRunner2"
+        ]
+    );
 }

@@ -4,23 +4,34 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use prometheus_client::registry::Registry;
+use prx_ci_ops::ancestry::Ancestry;
 use prx_ci_ops::client::{self, Client};
 use prx_ci_ops::{OpsConfig, OpsService};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::domain::{Branch, OrderingKey, RepoName};
 use prx_ci_shared::events::Chain;
+use prx_ci_shared::github::{GitHubClient, GitHubConfig};
+use prx_ci_shared::retry::Backoff;
 use prx_ci_shared::testing::NatsServer;
 use prx_ci_shared::{CancellationToken, Runtime};
 use secrecy::SecretString;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 pub const TOKEN: &str = "test-token-0123456789";
+/// The operator `TOKEN` authenticates as.
+pub const OPERATOR: &str = "alice";
+/// A second operator's token.
+pub const BOB_TOKEN: &str = "bob-token-0123456789";
 
 pub struct Harness {
     pub server: NatsServer,
     pub rt: Runtime,
     pub url: String,
+    /// The GitHub API the ops service checks commit ancestry with (compare).
+    pub github: wiremock::MockServer,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -35,7 +46,24 @@ impl Harness {
         let rt = Runtime::from_client(server.connect().await, &mut Registry::default());
         rt.provision(1).await.unwrap();
         config.token = Some(SecretString::from(TOKEN));
-        let service = OpsService::new(rt.clone(), config, &mut Registry::default()).unwrap();
+        config.token_name = OPERATOR.into();
+        config
+            .tokens
+            .insert("bob".into(), SecretString::from(BOB_TOKEN));
+        let github = wiremock::MockServer::start().await;
+        let client = GitHubClient::new(GitHubConfig {
+            api_url: github.uri(),
+            ..GitHubConfig::default()
+        })
+        .unwrap()
+        .with_backoff(Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+            max_attempts: 2,
+        });
+        let service = OpsService::new(rt.clone(), config, &mut Registry::default())
+            .unwrap()
+            .with_commit_graph(Arc::new(Ancestry::new(client)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
@@ -44,15 +72,55 @@ impl Harness {
             server,
             rt,
             url,
+            github,
             shutdown,
             task,
         }
     }
 
+    /// A client authenticated as [`OPERATOR`].
     pub async fn client(&self) -> Client {
-        client::connect(&self.url, Some(&SecretString::from(TOKEN)))
+        self.client_with(TOKEN).await
+    }
+
+    pub async fn client_with(&self, token: &str) -> Client {
+        client::connect(&self.url, Some(&SecretString::from(token)))
             .await
             .unwrap()
+    }
+
+    /// GitHub's answer to `compare/{base}...{head}` in `repository`: `status` (`ahead`,
+    /// `behind`, `identical`, `diverged`), or 404 when `status` is `None`.
+    pub async fn compare(&self, repository: &str, base: &str, head: &str, status: Option<&str>) {
+        use wiremock::matchers::{method, path};
+        use wiremock::{Mock, ResponseTemplate};
+        let response = match status {
+            Some(status) => ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "status": status,
+                "ahead_by": u32::from(status == "ahead" || status == "diverged"),
+                "behind_by": u32::from(status == "behind" || status == "diverged"),
+                "total_commits": 1,
+            })),
+            None => ResponseTemplate::new(404)
+                .set_body_json(serde_json::json!({"message": "Not Found"})),
+        };
+        Mock::given(method("GET"))
+            .and(path(format!("/repos/{repository}/compare/{base}...{head}")))
+            .respond_with(response)
+            .mount(&self.github)
+            .await;
+    }
+
+    /// The compare requests GitHub received.
+    pub async fn compares(&self) -> Vec<String> {
+        self.github
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|r| r.url.path().to_owned())
+            .filter(|p| p.contains("/compare/"))
+            .collect()
     }
 
     pub async fn publish(&self, envelope: &v1::Envelope) -> u64 {
