@@ -106,7 +106,14 @@ impl LocalSystem {
             prx_ci_notifier::commit_source(&config.github)?,
             &mut registry,
         )?;
-        let ops = OpsService::new(rt.clone(), config.ops, &mut registry)?;
+        // Rebuilds of a commit given by hand prove it is on the branch: git for the local
+        // `file://` clones, GitHub's compare API for GitHub repositories.
+        let commits = prx_ci_ops::ancestry::Ancestry::new(
+            prx_ci_shared::github::GitHubClient::new(config.github.clone())
+                .context("cannot build the GitHub client")?,
+        );
+        let ops = OpsService::new(rt.clone(), config.ops, &mut registry)?
+            .with_commit_graph(Arc::new(commits));
         // One registry for the process: the ingress serves it on /metrics.
         let registry = Arc::new(registry);
 

@@ -241,6 +241,17 @@ pub fn push_payload(
         object
             .entry("default_branch")
             .or_insert_with(|| json!("main"));
+        // A rebuild is a new push, placed at the time the operator asked (not at the time of
+        // the push whose repository object it copies): see docs/ordering.md.
+        let asked_at = time::OffsetDateTime::parse(
+            now_rfc3339,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map(time::OffsetDateTime::unix_timestamp);
+        match asked_at {
+            Ok(seconds) => object.insert("pushed_at".into(), json!(seconds)),
+            Err(_) => object.remove("pushed_at"),
+        };
     }
     json!({
         "ref": format!("refs/heads/{}", target.branch),
@@ -291,6 +302,7 @@ mod tests {
                     "default_branch": "main",
                     "clone_url": "https://github.com/PRX/app.git",
                     "owner": {"login": "PRX"},
+                    "pushed_at": 1_700_000_000,
                     "private": true
                 }
             })
@@ -464,5 +476,9 @@ mod tests {
         assert_eq!(body["prx_ci_operator"]["requested_by"], "alice");
         assert_eq!(body["prx_ci_operator"]["reason"], "redeploy after outage");
         assert_eq!(body["deleted"], false);
+        assert_eq!(
+            body["repository"]["pushed_at"], 1_767_225_600,
+            "a rebuild is a push at the time the operator asked"
+        );
     }
 }
