@@ -16,9 +16,6 @@ pub struct ParkedArgs {
     /// Only entries parked by this consumer.
     #[arg(long)]
     consumer: Option<String>,
-    /// Who retries (recorded). Default: $USER.
-    #[arg(long, env = "USER", default_value = "operator")]
-    requested_by: String,
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
@@ -33,7 +30,8 @@ pub async fn run(args: ParkedArgs) -> anyhow::Result<()> {
         let response = client
             .retry_parked(v1::RetryParkedRequest {
                 id,
-                requested_by: args.requested_by,
+                // The ops API records the identity of the token it authenticated.
+                ..Default::default()
             })
             .await
             .map_err(status_error)?
