@@ -457,7 +457,14 @@ impl BuildView {
     }
 
     fn record_publish(&mut self, publish: PublishView) {
-        let same = |p: &PublishView| p.parameter == publish.parameter && p.label == publish.label;
+        // Whole-build skips (no parameter) stand side by side: a fork's skip and the variables
+        // it tried to override are separate lines.
+        let same = |p: &PublishView| {
+            p.parameter == publish.parameter
+                && p.label == publish.label
+                && (!p.parameter.is_empty()
+                    || (p.skipped == publish.skipped && p.detail == publish.detail))
+        };
         match self.publishes.iter_mut().find(|p| same(p)) {
             // A write beats a skip of the same parameter (a redelivery says "already published").
             Some(existing) if existing.skipped.is_none() && publish.skipped.is_some() => {}
@@ -800,5 +807,47 @@ pub(crate) mod tests {
         view.apply(&envelope("s", started())).unwrap();
         assert_eq!(view.repository, "PRX/my-app");
         assert_eq!(view.requested_commit(), Some(("PRX/my-app", SHA)));
+    }
+
+    #[test]
+    fn whole_build_skips_with_different_reasons_are_all_kept() {
+        let mut view = BuildView::default();
+        let skip = |reason: v1::PublishSkipReason, detail: &str| {
+            Payload::PublishSkipped(v1::PublishSkipped {
+                build: Some(build_ref()),
+                reason: reason as i32,
+                detail: detail.into(),
+                ..Default::default()
+            })
+        };
+        let fork = skip(
+            v1::PublishSkipReason::Fork,
+            "pull request #8 comes from a fork",
+        );
+        let repo = skip(
+            v1::PublishSkipReason::UntrustedOverride,
+            "the build set PRX_REPO",
+        );
+        let publish = skip(
+            v1::PublishSkipReason::UntrustedOverride,
+            "the build set PRX_CI_PUBLISH",
+        );
+        view.apply(&envelope("o1", repo.clone())).unwrap();
+        view.apply(&envelope("o2", publish)).unwrap();
+        view.apply(&envelope("f", fork)).unwrap();
+        view.apply(&envelope("o1-again", repo)).unwrap();
+        let reasons: Vec<_> = view
+            .publishes
+            .iter()
+            .map(|p| (p.skipped.as_deref().unwrap(), p.detail.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("untrusted_override", "the build set PRX_REPO"),
+                ("untrusted_override", "the build set PRX_CI_PUBLISH"),
+                ("fork", "pull request #8 comes from a fork"),
+            ]
+        );
     }
 }
