@@ -240,6 +240,59 @@ impl CodeBuildEvent {
     }
 }
 
+/// Variables the dispatcher decides (reference §2.2). A build may read them but never speaks for
+/// them: a value it exports under one of these names contradicts the dispatcher unless equal.
+/// (Any other variable in the request's environment is the dispatcher's too.)
+pub const DISPATCHER_VARIABLES: [&str; 12] = [
+    "PRX_REPO",
+    "PRX_COMMIT",
+    "PRX_BRANCH",
+    "PRX_TARGET_ARCHITECTURE",
+    "PRX_CI_PUBLISH",
+    "PRX_GITHUB_PR",
+    "PRX_GITHUB_PR_TITLE",
+    "PRX_GITHUB_PR_BASE_BRANCH",
+    "PRX_GITHUB_PR_AUTHOR",
+    "PRX_GITHUB_ACTION",
+    "PRX_GITHUB_BEFORE",
+    "PRX_GITHUB_AFTER",
+];
+
+/// Whether `name` is the dispatcher's to set for a build it requested with `trusted` (the map
+/// [`requested_variables`] returns).
+pub fn is_dispatcher_variable(name: &str, trusted: &BTreeMap<String, String>) -> bool {
+    DISPATCHER_VARIABLES.contains(&name) || trusted.contains_key(name)
+}
+
+/// The variables the dispatcher gave the build it requested: the request's environment, with
+/// the request's own fields (repository, commit, branch, architecture, pull request) winning,
+/// since those are what the dispatcher decided on. A dispatcher variable absent from the map
+/// was not set (an exported value for it is a contradiction too).
+pub fn requested_variables(request: &prx_ci_proto::v1::BuildRequested) -> BTreeMap<String, String> {
+    let mut vars: BTreeMap<String, String> = request
+        .environment
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut set = |name: &str, value: &str| {
+        if !value.is_empty() {
+            vars.insert(name.to_owned(), value.to_owned());
+        }
+    };
+    if let Some(build) = &request.build {
+        set("PRX_REPO", &build.repository);
+        set("PRX_COMMIT", &build.commit);
+        if let Some(arch) = crate::domain::Architecture::from_proto(build.architecture) {
+            set("PRX_TARGET_ARCHITECTURE", arch.as_str());
+        }
+    }
+    set("PRX_BRANCH", &request.branch);
+    if request.pull_request != 0 {
+        set("PRX_GITHUB_PR", &request.pull_request.to_string());
+    }
+    vars
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +343,39 @@ mod tests {
         let merged = event.merged_variables();
         assert_eq!(merged["PRX_CI_PUBLISH"], "true");
         assert_eq!(merged["PRX_REPO"], "PRX/app");
+    }
+
+    #[test]
+    fn requested_variables_take_the_request_fields_over_its_environment() {
+        use prx_ci_proto::v1;
+        let request = v1::BuildRequested {
+            build: Some(v1::BuildRef {
+                repository: "PRX/app".into(),
+                commit: "c".repeat(40),
+                architecture: v1::Architecture::Aarch64 as i32,
+                ..Default::default()
+            }),
+            environment: [
+                ("PRX_REPO".to_owned(), "PRX/stale".to_owned()),
+                ("PRX_CI_PUBLISH".to_owned(), "false".to_owned()),
+                ("PRX_AWS_ACCOUNT_ID".to_owned(), "1".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+            branch: "feature".into(),
+            pull_request: 7,
+            ..Default::default()
+        };
+        let vars = requested_variables(&request);
+        assert_eq!(vars["PRX_REPO"], "PRX/app");
+        assert_eq!(vars["PRX_COMMIT"], "c".repeat(40));
+        assert_eq!(vars["PRX_TARGET_ARCHITECTURE"], "aarch64");
+        assert_eq!(vars["PRX_BRANCH"], "feature");
+        assert_eq!(vars["PRX_GITHUB_PR"], "7");
+        assert_eq!(vars["PRX_CI_PUBLISH"], "false");
+        assert!(is_dispatcher_variable("PRX_AWS_ACCOUNT_ID", &vars));
+        assert!(is_dispatcher_variable("PRX_GITHUB_BEFORE", &vars));
+        assert!(!is_dispatcher_variable("MY_APP", &vars));
+        assert!(!vars.contains_key("PRX_GITHUB_BEFORE"));
     }
 }

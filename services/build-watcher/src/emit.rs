@@ -81,7 +81,15 @@ pub fn transition_event(
 ) -> v1::Envelope {
     let chain = record.chain.to_chain();
     let id = transition_event_id(&record.build_id, transition);
-    let build = Some(build_ref(record, report));
+    let build = build_ref(record, report);
+    // The dispatcher's decision travels with the build: downstream trusts it, not the build's
+    // own (exported) variables.
+    let requested = record
+        .request
+        .as_ref()
+        .filter(|_| record.requested)
+        .map(|r| r.to_proto(build.clone()));
+    let build = Some(build);
     let reported_at = report.time().unwrap_or(now);
     match transition {
         Transition::Started => {
@@ -93,7 +101,7 @@ pub fn transition_event(
                     build,
                     started_at: Some(timestamp(started_at)),
                     environment: report.environment().into_iter().collect(),
-                    requested: None,
+                    requested,
                 }),
             )
         }
@@ -130,7 +138,7 @@ pub fn transition_event(
                     phases: report.phases().iter().map(PhaseInfo::to_proto).collect(),
                     finished_at: Some(timestamp(finished_at)),
                     exported_variables: report.exported_variables().into_iter().collect(),
-                    requested: None,
+                    requested,
                 }),
             )
         }
@@ -141,7 +149,7 @@ pub fn transition_event(
 mod tests {
     use super::*;
     use crate::report::{FinalStatus, parse_report};
-    use crate::store::{BuildRefData, ChainData};
+    use crate::store::{BuildRefData, ChainData, RequestData};
 
     fn record() -> BuildRecord {
         BuildRecord {
@@ -157,6 +165,17 @@ mod tests {
             },
             requested: true,
             requested_event_id: "evt-req".into(),
+            request: Some(RequestData {
+                environment: [("PRX_CI_PUBLISH".to_owned(), "false".to_owned())]
+                    .into_iter()
+                    .collect(),
+                event_name: "pull_request".into(),
+                action: "synchronize".into(),
+                branch: "feature".into(),
+                pull_request: 12,
+                fork: true,
+                ..Default::default()
+            }),
             chain: ChainData {
                 correlation_id: "delivery".into(),
                 causation_id: "evt-req".into(),
@@ -259,5 +278,42 @@ mod tests {
             "{}",
             b.log_url
         );
+    }
+
+    #[test]
+    fn started_and_completed_carry_the_request_and_builds_nobody_requested_none() {
+        let completed = Transition::Completed {
+            status: FinalStatus::Failed,
+        };
+        let now = OffsetDateTime::now_utc();
+        for transition in [Transition::Started, completed.clone()] {
+            let env = transition_event(&record(), &final_report(), &transition, now);
+            let requested = match env.payload {
+                Some(Payload::BuildStarted(s)) => s.requested,
+                Some(Payload::BuildCompleted(c)) => c.requested,
+                other => panic!("{other:?}"),
+            }
+            .expect("the request travels with the build");
+            assert_eq!(requested.branch, "feature");
+            assert_eq!(requested.pull_request, 12);
+            assert!(requested.fork);
+            assert_eq!(requested.environment["PRX_CI_PUBLISH"], "false");
+            assert!(requested.buildspec.is_empty());
+            let build = requested.build.unwrap();
+            assert_eq!(
+                (build.repository.as_str(), build.build_id.as_str()),
+                ("PRX/app", "proj:1")
+            );
+        }
+        let nobodys = BuildRecord {
+            requested: false,
+            request: None,
+            ..record()
+        };
+        let env = transition_event(&nobodys, &final_report(), &completed, now);
+        let Some(Payload::BuildCompleted(c)) = env.payload else {
+            panic!("not completed")
+        };
+        assert_eq!(c.requested, None);
     }
 }

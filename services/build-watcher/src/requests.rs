@@ -9,7 +9,8 @@ use time::OffsetDateTime;
 
 use crate::report::normalize_build_id;
 use crate::store::{
-    BuildRecord, BuildRefData, BuildStore, CancelData, ChainData, InFlight, StoreError, unix_ms,
+    BuildRecord, BuildRefData, BuildStore, CancelData, ChainData, InFlight, RequestData,
+    StoreError, unix_ms,
 };
 
 /// Compare-and-set attempts before a conflict is handed back as a transient failure.
@@ -57,7 +58,7 @@ impl RequestHandler {
                 ..Default::default()
             });
             let before = record.clone();
-            merge_request(&mut record, envelope, build);
+            merge_request(&mut record, envelope, request);
             if current.record.is_some() && record == before {
                 return Ok(()); // a redelivery
             }
@@ -136,9 +137,13 @@ impl RequestHandler {
 pub(crate) fn merge_request(
     record: &mut BuildRecord,
     envelope: &v1::Envelope,
-    build: &v1::BuildRef,
+    request: &v1::BuildRequested,
 ) {
-    let mut data = BuildRefData::from(build);
+    let mut data = request
+        .build
+        .as_ref()
+        .map(BuildRefData::from)
+        .unwrap_or_default();
     // Keep what reports taught (log link, region) where the request left it empty.
     if data.log_url.is_empty() {
         data.log_url = record.build.log_url.clone();
@@ -149,6 +154,7 @@ pub(crate) fn merge_request(
     record.build = data;
     record.requested = true;
     record.requested_event_id = envelope.event_id.clone();
+    record.request = Some(RequestData::from(request));
     record.chain = ChainData::caused_by(envelope);
 }
 

@@ -7,6 +7,8 @@
 //! requests and reports) and several replicas may touch one build at once, and a lost update
 //! could forget an emitted transition.
 
+use std::collections::BTreeMap;
+
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use prx_ci_proto::v1;
@@ -136,6 +138,63 @@ impl ChainData {
     }
 }
 
+/// The dispatcher's `BuildRequested` as kept for the build's events (`BuildStarted.requested`,
+/// `BuildCompleted.requested`): the authority on what was built and whether it may publish.
+/// The buildspec is left out (large, and nobody downstream reads it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RequestData {
+    pub environment: BTreeMap<String, String>,
+    pub clone_url: String,
+    pub source_version: String,
+    pub event_name: String,
+    pub action: String,
+    pub fork: bool,
+    pub branch: String,
+    pub pull_request: u64,
+}
+
+impl From<&v1::BuildRequested> for RequestData {
+    fn from(r: &v1::BuildRequested) -> Self {
+        Self {
+            environment: r
+                .environment
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            clone_url: r.clone_url.clone(),
+            source_version: r.source_version.clone(),
+            event_name: r.event_name.clone(),
+            action: r.action.clone(),
+            fork: r.fork,
+            branch: r.branch.clone(),
+            pull_request: r.pull_request,
+        }
+    }
+}
+
+impl RequestData {
+    /// The request for the build's events, with `build` as its reference (buildspec omitted).
+    pub fn to_proto(&self, build: v1::BuildRef) -> v1::BuildRequested {
+        v1::BuildRequested {
+            build: Some(build),
+            environment: self
+                .environment
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            buildspec: String::new(),
+            clone_url: self.clone_url.clone(),
+            source_version: self.source_version.clone(),
+            event_name: self.event_name.clone(),
+            action: self.action.clone(),
+            fork: self.fork,
+            branch: self.branch.clone(),
+            pull_request: self.pull_request,
+        }
+    }
+}
+
 /// The superseding push of a cancelled build.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -156,6 +215,9 @@ pub struct BuildRecord {
     pub requested: bool,
     /// The event id of the BuildRequested.
     pub requested_event_id: String,
+    /// The BuildRequested itself (`None`: nobody requested the build, or the record predates
+    /// this field; its events then carry no request and never publish).
+    pub request: Option<RequestData>,
     pub chain: ChainData,
     pub cancelled: Option<CancelData>,
     pub state: BuildState,
@@ -432,6 +494,27 @@ mod tests {
         }
         assert_ne!(build_key("x~y"), build_key("x=7Ey"));
         assert_eq!(build_key("local:1"), "local=3A1");
+    }
+
+    #[test]
+    fn records_written_before_the_request_was_kept_still_read() {
+        let old = r#"{"build_id":"proj:1","requested":true,"requested_event_id":"evt",
+            "build":{"repository":"PRX/app","commit":"abc"},"last_heard_ms":5}"#;
+        let record: BuildRecord = serde_json::from_str(old).unwrap();
+        assert!(record.requested);
+        assert_eq!(record.request, None);
+        assert_eq!(record.build.repository, "PRX/app");
+        let with = BuildRecord {
+            request: Some(RequestData {
+                branch: "main".into(),
+                fork: true,
+                ..Default::default()
+            }),
+            ..record
+        };
+        let back: BuildRecord =
+            serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+        assert_eq!(back, with);
     }
 
     #[test]

@@ -87,13 +87,14 @@ fn truncate(text: String) -> String {
 }
 
 /// The status the build's current view calls for; `None` before the build runs (a request
-/// that never starts leaves the commit alone, like the original) or without a valid commit.
+/// that never starts leaves the commit alone, like the original), without a valid commit, or
+/// for a build nobody requested. It goes to the repository and commit the dispatcher built,
+/// whatever the build exported.
 pub fn desired_status(config: &StatusConfig, view: &BuildView) -> Option<CommitStatus> {
-    let sha = view.commit_sha();
+    let (repository, sha) = view.requested_commit()?;
     if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let repository = view.var("PRX_REPO").unwrap_or(&view.repository);
     if !repository.contains('/') {
         return None;
     }
@@ -145,7 +146,7 @@ mod tests {
     use prx_ci_proto::v1::{self, envelope::Payload};
 
     use super::*;
-    use crate::view::tests::{SHA, build_ref, completed, envelope, started};
+    use crate::view::tests::{SHA, build_ref, completed, envelope, request, started};
 
     fn status(events: Vec<(&str, Payload)>) -> Option<CommitStatus> {
         let mut view = BuildView::default();
@@ -185,6 +186,7 @@ mod tests {
     #[test]
     fn failures_stops_and_supersessions_say_so() {
         let failed = Payload::BuildCompleted(v1::BuildCompleted {
+            requested: Some(request()),
             build: Some(build_ref()),
             status: v1::BuildStatus::Failed as i32,
             failed_phase: "BUILD".into(),
@@ -223,5 +225,34 @@ mod tests {
         view.log_url = "file:///tmp/prx-ci/logs/b.log".into();
         let s = desired_status(&StatusConfig::default(), &view).unwrap();
         assert_eq!(s.target_url, None);
+    }
+
+    #[test]
+    fn statuses_go_to_the_requested_commit_only() {
+        let lying: std::collections::HashMap<String, String> = [
+            ("PRX_REPO", "Evil/other"),
+            ("PRX_COMMIT", "89abcdef0123456789abcdef0123456789abcdef"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let done = |requested| {
+            Payload::BuildCompleted(v1::BuildCompleted {
+                requested,
+                build: Some(build_ref()),
+                status: v1::BuildStatus::Succeeded as i32,
+                variables: lying.clone(),
+                exported_variables: lying.clone(),
+                ..Default::default()
+            })
+        };
+        let s = status(vec![("c", done(Some(request())))]).unwrap();
+        assert_eq!((s.repository.as_str(), s.sha.as_str()), ("PRX/my-app", SHA));
+        // Started in the console: nothing vouches for the commit, so no status at all.
+        let console = Payload::BuildStarted(v1::BuildStarted {
+            build: Some(build_ref()),
+            ..Default::default()
+        });
+        assert_eq!(status(vec![("s", console), ("c", done(None))]), None);
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use prx_ci_proto::v1::{self, envelope::Payload};
+use prx_ci_shared::codebuild_event::{is_dispatcher_variable, requested_variables};
 use prx_ci_shared::domain::Architecture;
 use prx_ci_shared::events::from_timestamp;
 use serde::{Deserialize, Serialize};
@@ -159,8 +160,14 @@ pub struct BuildView {
     pub action: String,
     /// The build's environment (the dispatcher's `PRX_*` variables, then the backend's).
     pub environment: BTreeMap<String, String>,
-    /// Final variables: environment then exported, exported winning.
+    /// Final variables: environment then exported, exported winning. Untrusted: read only
+    /// for artifact lines; the dispatcher's variables come from `requested`.
     pub variables: BTreeMap<String, String>,
+    /// The dispatcher's variables for the build it requested (from its `BuildRequested`, or the
+    /// `requested` a build event carries): the authority on repository, commit, branch, pull
+    /// request and architecture. `None` for builds nobody requested (started in the console).
+    #[serde(default)]
+    pub requested: Option<BTreeMap<String, String>>,
     pub state: BuildState,
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub started_at: Option<OffsetDateTime>,
@@ -255,6 +262,7 @@ impl BuildView {
         let at = from_timestamp(envelope.time.as_ref());
         match payload {
             Payload::BuildRequested(p) => {
+                self.trust(p);
                 self.merge_ref(p.build.as_ref());
                 for (k, v) in &p.environment {
                     self.environment
@@ -265,6 +273,9 @@ impl BuildView {
                 fill(&mut self.action, &p.action);
             }
             Payload::BuildStarted(p) => {
+                if let Some(requested) = &p.requested {
+                    self.trust(requested);
+                }
                 self.merge_ref(p.build.as_ref());
                 for (k, v) in &p.environment {
                     self.environment
@@ -299,6 +310,9 @@ impl BuildView {
                 }
             }
             Payload::BuildCompleted(p) => {
+                if let Some(requested) = &p.requested {
+                    self.trust(requested);
+                }
                 self.merge_ref(p.build.as_ref());
                 let state = BuildState::from_proto(p.status).unwrap_or(BuildState::Failed);
                 if !self.state.is_final() {
@@ -384,6 +398,26 @@ impl BuildView {
         Ok(true)
     }
 
+    /// Takes the dispatcher's word for the build (every copy of the request says the same: the
+    /// first one stays). Its repository and commit win over what a report said first.
+    fn trust(&mut self, request: &v1::BuildRequested) {
+        if self.requested.is_some() {
+            return;
+        }
+        if let Some(b) = &request.build {
+            if !b.repository.is_empty() {
+                b.repository.clone_into(&mut self.repository);
+            }
+            if !b.commit.is_empty() {
+                b.commit.clone_into(&mut self.commit);
+            }
+            if let Some(arch) = Architecture::from_proto(b.architecture) {
+                self.architecture = Some(arch);
+            }
+        }
+        self.requested = Some(requested_variables(request));
+    }
+
     fn advance(&mut self, state: BuildState) {
         if state.rank() > self.state.rank() {
             self.state = state;
@@ -423,7 +457,14 @@ impl BuildView {
     }
 
     fn record_publish(&mut self, publish: PublishView) {
-        let same = |p: &PublishView| p.parameter == publish.parameter && p.label == publish.label;
+        // Whole-build skips (no parameter) stand side by side: a fork's skip and the variables
+        // it tried to override are separate lines.
+        let same = |p: &PublishView| {
+            p.parameter == publish.parameter
+                && p.label == publish.label
+                && (!p.parameter.is_empty()
+                    || (p.skipped == publish.skipped && p.detail == publish.detail))
+        };
         match self.publishes.iter_mut().find(|p| same(p)) {
             // A write beats a skip of the same parameter (a redelivery says "already published").
             Some(existing) if existing.skipped.is_none() && publish.skipped.is_some() => {}
@@ -432,13 +473,32 @@ impl BuildView {
         }
     }
 
-    /// A variable: final variables first, then the environment.
+    /// A variable. The dispatcher's (`PRX_REPO`, `PRX_COMMIT`, `PRX_BRANCH`, `PRX_GITHUB_*`, ...)
+    /// come from its request only, or for builds nobody requested from the environment the
+    /// backend reported, never from what the build exported; any other variable from the final
+    /// variables first, then the environment.
     pub fn var(&self, name: &str) -> Option<&str> {
-        self.variables
-            .get(name)
-            .or_else(|| self.environment.get(name))
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+        let value = match &self.requested {
+            Some(trusted) if is_dispatcher_variable(name, trusted) => trusted.get(name),
+            None if is_dispatcher_variable(name, &BTreeMap::new()) => self.environment.get(name),
+            _ => self
+                .variables
+                .get(name)
+                .or_else(|| self.environment.get(name)),
+        };
+        value.map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// The repository and commit the dispatcher built; `None` for builds nobody requested.
+    pub fn requested_commit(&self) -> Option<(&str, &str)> {
+        let trusted = self.requested.as_ref()?;
+        let repository = trusted
+            .get("PRX_REPO")
+            .map_or(self.repository.as_str(), String::as_str);
+        let commit = trusted
+            .get("PRX_COMMIT")
+            .map_or(self.commit.as_str(), String::as_str);
+        Some((repository, commit))
     }
 
     /// The status people see: a stop caused by a newer push reads as superseded.
@@ -502,9 +562,19 @@ pub(crate) mod tests {
         .envelope_at(id.into(), datetime!(2026-11-26 08:00 UTC), payload)
     }
 
+    /// The dispatcher's request of [`build_ref`] (as build events carry it).
+    pub fn request() -> v1::BuildRequested {
+        v1::BuildRequested {
+            build: Some(build_ref()),
+            event_name: "push".into(),
+            branch: "main".into(),
+            ..Default::default()
+        }
+    }
+
     pub fn started() -> Payload {
         Payload::BuildStarted(v1::BuildStarted {
-            requested: None,
+            requested: Some(request()),
             build: Some(build_ref()),
             started_at: Some(timestamp(datetime!(2026-11-26 08:00 UTC))),
             environment: Default::default(),
@@ -513,6 +583,7 @@ pub(crate) mod tests {
 
     pub fn completed(status: v1::BuildStatus) -> Payload {
         Payload::BuildCompleted(v1::BuildCompleted {
+            requested: Some(request()),
             build: Some(build_ref()),
             status: status as i32,
             duration_ms: 192_000,
@@ -657,5 +728,126 @@ pub(crate) mod tests {
             .unwrap();
         let json = serde_json::to_vec(&view).unwrap();
         assert_eq!(serde_json::from_slice::<BuildView>(&json).unwrap(), view);
+    }
+
+    #[test]
+    fn the_dispatchers_variables_come_from_its_request_never_from_exports() {
+        const OTHER: &str = "89abcdef0123456789abcdef0123456789abcdef";
+        let exported = |pairs: &[(&str, &str)]| -> std::collections::HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let lying = exported(&[
+            ("PRX_REPO", "Evil/other"),
+            ("PRX_COMMIT", OTHER),
+            ("PRX_BRANCH", "main-not"),
+            ("PRX_GITHUB_PR", "99"),
+            ("PRX_TARGET_ARCHITECTURE", "aarch64"),
+            ("APP", "github/prx/my-app:x"),
+        ]);
+        let done = |requested: Option<v1::BuildRequested>| {
+            Payload::BuildCompleted(v1::BuildCompleted {
+                requested,
+                build: Some(build_ref()),
+                status: v1::BuildStatus::Succeeded as i32,
+                exported_variables: lying.clone(),
+                variables: lying.clone(),
+                ..Default::default()
+            })
+        };
+        let mut view = BuildView::default();
+        view.apply(&envelope("c", done(Some(request())))).unwrap();
+        assert_eq!(view.var("PRX_REPO"), Some("PRX/my-app"));
+        assert_eq!(view.commit_sha(), SHA);
+        assert_eq!(view.var("PRX_BRANCH"), Some("main"));
+        assert_eq!(view.pull_request(), None);
+        assert_eq!(view.var("PRX_TARGET_ARCHITECTURE"), Some("x86_64"));
+        assert_eq!(
+            view.var("APP"),
+            Some("github/prx/my-app:x"),
+            "artifact values stay"
+        );
+        assert_eq!(view.requested_commit(), Some(("PRX/my-app", SHA)));
+
+        // Nobody requested it: the reported environment, still never the exports.
+        let mut console = BuildView::default();
+        let mut started = v1::BuildStarted {
+            build: Some(build_ref()),
+            ..Default::default()
+        };
+        started
+            .environment
+            .insert("PRX_BRANCH".into(), "hotfix".into());
+        console
+            .apply(&envelope("s", Payload::BuildStarted(started)))
+            .unwrap();
+        console.apply(&envelope("c", done(None))).unwrap();
+        assert_eq!(console.var("PRX_REPO"), None);
+        assert_eq!(console.var("PRX_BRANCH"), Some("hotfix"));
+        assert_eq!(console.commit_sha(), SHA);
+        assert_eq!(console.requested_commit(), None);
+        assert_eq!(console.var("APP"), Some("github/prx/my-app:x"));
+    }
+
+    #[test]
+    fn the_request_wins_over_a_reference_reported_first() {
+        let mut view = BuildView::default();
+        let mut reported = build_ref();
+        reported.repository = "Evil/other".into();
+        view.apply(&envelope(
+            "p",
+            Payload::BuildPhaseChanged(v1::BuildPhaseChanged {
+                build: Some(reported),
+                ..Default::default()
+            }),
+        ))
+        .unwrap();
+        view.apply(&envelope("s", started())).unwrap();
+        assert_eq!(view.repository, "PRX/my-app");
+        assert_eq!(view.requested_commit(), Some(("PRX/my-app", SHA)));
+    }
+
+    #[test]
+    fn whole_build_skips_with_different_reasons_are_all_kept() {
+        let mut view = BuildView::default();
+        let skip = |reason: v1::PublishSkipReason, detail: &str| {
+            Payload::PublishSkipped(v1::PublishSkipped {
+                build: Some(build_ref()),
+                reason: reason as i32,
+                detail: detail.into(),
+                ..Default::default()
+            })
+        };
+        let fork = skip(
+            v1::PublishSkipReason::Fork,
+            "pull request #8 comes from a fork",
+        );
+        let repo = skip(
+            v1::PublishSkipReason::UntrustedOverride,
+            "the build set PRX_REPO",
+        );
+        let publish = skip(
+            v1::PublishSkipReason::UntrustedOverride,
+            "the build set PRX_CI_PUBLISH",
+        );
+        view.apply(&envelope("o1", repo.clone())).unwrap();
+        view.apply(&envelope("o2", publish)).unwrap();
+        view.apply(&envelope("f", fork)).unwrap();
+        view.apply(&envelope("o1-again", repo)).unwrap();
+        let reasons: Vec<_> = view
+            .publishes
+            .iter()
+            .map(|p| (p.skipped.as_deref().unwrap(), p.detail.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("untrusted_override", "the build set PRX_REPO"),
+                ("untrusted_override", "the build set PRX_CI_PUBLISH"),
+                ("fork", "pull request #8 comes from a fork"),
+            ]
+        );
     }
 }

@@ -186,6 +186,10 @@ fn env(repository: &str) -> HashMap<String, String> {
 struct Events {
     repository: String,
     build_id: String,
+    /// Whether the dispatcher requested it (its request travels on the build's events).
+    requested: bool,
+    /// What the build exported besides its artifact variables.
+    exported: HashMap<String, String>,
 }
 
 impl Events {
@@ -193,7 +197,32 @@ impl Events {
         Self {
             repository: repository.into(),
             build_id: build_id.into(),
+            requested: true,
+            exported: HashMap::new(),
         }
+    }
+
+    /// Started in the console: no request anywhere.
+    fn unrequested(mut self) -> Self {
+        self.requested = false;
+        self
+    }
+
+    fn exporting(mut self, name: &str, value: &str) -> Self {
+        self.exported.insert(name.into(), value.into());
+        self
+    }
+
+    /// The dispatcher's request as the build-watcher carries it (buildspec omitted).
+    fn request(&self) -> Option<v1::BuildRequested> {
+        self.requested.then(|| v1::BuildRequested {
+            build: self.build(),
+            environment: env(&self.repository),
+            event_name: "push".into(),
+            source_version: SHA.into(),
+            branch: "main".into(),
+            ..Default::default()
+        })
     }
 
     fn envelope(&self, name: &str, payload: Payload) -> v1::Envelope {
@@ -227,6 +256,7 @@ impl Events {
             "started",
             Payload::BuildStarted(v1::BuildStarted {
                 build: self.build(),
+                requested: self.request(),
                 ..Default::default()
             }),
         )
@@ -247,7 +277,7 @@ impl Events {
     }
 
     fn completed(&self, status: v1::BuildStatus) -> v1::Envelope {
-        let exported: HashMap<String, String> = [
+        let mut exported: HashMap<String, String> = [
             (
                 "PRX_SPIRE_ECR_PKG_PARAMETERS".to_owned(),
                 "RAILS_APP=/prx/stag/Spire/MyApp/pkg/docker-image-tag".to_owned(),
@@ -259,10 +289,12 @@ impl Events {
         ]
         .into_iter()
         .collect();
+        exported.extend(self.exported.clone());
         self.envelope(
             "completed",
             Payload::BuildCompleted(v1::BuildCompleted {
                 build: self.build(),
+                requested: self.request(),
                 status: status as i32,
                 exported_variables: exported,
                 duration_ms: 95_000,
@@ -924,4 +956,94 @@ async fn markup_a_build_exports_reaches_slack_inert() {
         sent += 1;
     }
     assert!(sent >= 2, "posted, then updated with the exported values");
+}
+
+#[tokio::test]
+async fn statuses_and_slack_facts_follow_the_request_never_the_exports() {
+    const OTHER_SHA: &str = "89abcdef0123456789abcdef0123456789abcdef";
+    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let running = env.notifier(env.config()).await;
+    // Started in the console, claiming a repository and commit: no status anywhere.
+    let console = Events::new("PRX/console-app", "console:1")
+        .unrequested()
+        .exporting("PRX_REPO", "Evil/other")
+        .exporting("PRX_COMMIT", OTHER_SHA);
+    // Requested by the dispatcher for PRX/my-app, exporting another repository's identity.
+    let lying = Events::new("PRX/my-app", BUILD_ID)
+        .exporting("PRX_REPO", "Evil/other")
+        .exporting("PRX_COMMIT", OTHER_SHA)
+        .exporting("PRX_BRANCH", "evil-branch")
+        .exporting("PRX_GITHUB_PR", "4242");
+    let events = [
+        console.started(),
+        console.completed(v1::BuildStatus::Succeeded),
+        lying.started(),
+        lying.completed(v1::BuildStatus::Succeeded),
+    ];
+    for event in &events {
+        env.publish(event).await;
+    }
+    let stats = running.stats.clone();
+    let total = events.len() as u64;
+    let statuses = wait_until(WAIT, "every event applied and every status written", || {
+        let statuses = env.github.statuses();
+        let applied = stats
+            .events_applied
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let requested = stats
+            .statuses_requested
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let written = stats
+            .statuses_written
+            .load(std::sync::atomic::Ordering::SeqCst);
+        async move {
+            (applied >= total
+                && written == requested
+                && status_states(&statuses).last().map(String::as_str) == Some("success"))
+            .then_some(statuses)
+        }
+    })
+    .await;
+    assert!(!statuses.is_empty());
+    for (repository, sha, _) in &statuses {
+        assert_eq!(
+            (repository.as_str(), sha.as_str()),
+            ("PRX/my-app", SHA),
+            "{statuses:#?}"
+        );
+    }
+    let message = env
+        .message_where("the requested build's message", |m| {
+            m.text.contains("» Built") && m.text.contains("PRX/my-app")
+        })
+        .await;
+    assert!(
+        message
+            .text
+            .starts_with("N. Virginia » Built x86_64 PRX/my-app `main` branch"),
+        "{}",
+        message.text
+    );
+    for text in [&message.text, &message.mrkdwn] {
+        for lie in [
+            "Evil/other",
+            OTHER_SHA,
+            &OTHER_SHA[..7],
+            "evil-branch",
+            "4242",
+        ] {
+            assert!(!text.contains(lie), "{lie} in {text}");
+        }
+    }
+    let console_message = env
+        .message_where("the console build's message", |m| {
+            m.text.contains("» Built") && m.text.contains("PRX/console-app")
+        })
+        .await;
+    assert!(
+        !console_message.text.contains("Evil/other"),
+        "{}",
+        console_message.text
+    );
+    running.stop().await;
 }

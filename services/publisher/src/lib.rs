@@ -15,6 +15,7 @@
 
 pub mod artifacts;
 pub mod config;
+pub mod eligibility;
 pub mod fence;
 pub mod keys;
 pub mod mapping;

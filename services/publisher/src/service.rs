@@ -1,7 +1,6 @@
 //! The service: consumes build completions, decides what to publish, checks artifacts, writes
 //! through the fence, and records a `PublishApplied` or `PublishSkipped` for every parameter.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -11,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use prx_ci_proto::v1::{self, PublishSkipReason, envelope::Payload};
 use prx_ci_shared::consume::{ConsumerSettings, Delivery, Handler, HandlerError, run_consumer};
-use prx_ci_shared::domain::{Architecture, OrderingKey};
+use prx_ci_shared::domain::OrderingKey;
 use prx_ci_shared::events::{Chain, derived_event_id};
 use prx_ci_shared::{CancellationToken, Runtime};
 use time::OffsetDateTime;
@@ -19,8 +18,9 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::artifacts::{ArtifactChecker, ArtifactStatus};
 use crate::config::PublisherConfig;
+use crate::eligibility::{self, Override, Verdict};
 use crate::fence::{Position, Publication, Stale};
-use crate::mapping::{self, BuildFacts, Item, Rejected, Target};
+use crate::mapping::{self, Item, Rejected, Target};
 use crate::ordering::{FenceError, FenceMetrics, FenceOutcome, KvFence};
 use crate::report::{SkipLog, SkipRecord};
 use crate::store::{ParameterStore, StoreError};
@@ -143,6 +143,8 @@ struct Skip {
     mapping: String,
     superseded_by_sequence: u64,
     superseded_by_commit: String,
+    /// The contradicted dispatcher variable of an `UNTRUSTED_OVERRIDE` (one event each).
+    variable: String,
 }
 
 impl Skip {
@@ -157,6 +159,14 @@ impl Skip {
             mapping: String::new(),
             superseded_by_sequence: 0,
             superseded_by_commit: String::new(),
+            variable: String::new(),
+        }
+    }
+
+    fn of_override(o: &Override) -> Self {
+        Self {
+            variable: o.variable.clone(),
+            ..Self::whole_build(PublishSkipReason::UntrustedOverride, o.detail())
         }
     }
 
@@ -171,6 +181,7 @@ impl Skip {
             mapping: target.mapping.clone(),
             superseded_by_sequence: 0,
             superseded_by_commit: String::new(),
+            variable: String::new(),
         }
     }
 
@@ -185,6 +196,7 @@ impl Skip {
             mapping: r.mapping,
             superseded_by_sequence: 0,
             superseded_by_commit: String::new(),
+            variable: String::new(),
         }
     }
 }
@@ -226,29 +238,27 @@ impl PublishHandler {
             id_base: &id_base,
             push_sequence: envelope.push_sequence,
         };
-        let var = |name: &str| vars.get(name).map(String::as_str).unwrap_or("");
-        if var("PRX_CI_PUBLISH") != "true" {
-            let skip = if var("PRX_CI_PRERELEASE") == "true" {
-                Skip::whole_build(
-                    PublishSkipReason::Prerelease,
-                    "prerelease build: artifacts were pushed, parameters are never written"
-                        .to_owned(),
-                )
-            } else {
-                Skip::whole_build(
-                    PublishSkipReason::PublishingDisabled,
-                    format!(
-                        "PRX_CI_PUBLISH is {:?}, not \"true\"",
-                        vars.get("PRX_CI_PUBLISH")
-                            .map(String::as_str)
-                            .unwrap_or("(unset)")
-                    ),
-                )
-            };
-            return emit.skipped(skip).await;
+        // The dispatcher's request decides; the build's variables only supply artifact values.
+        let decision = eligibility::decide(done.requested.as_ref(), vars, &build);
+        for o in &decision.overrides {
+            tracing::warn!(
+                build_id = %build.build_id,
+                variable = %o.variable,
+                "the build contradicts a dispatcher variable; ignored"
+            );
+            emit.skipped(Skip::of_override(o)).await?;
         }
-        let facts = build_facts(vars, &build);
-        let items = mapping::parse_mappings(vars, &facts, &self.config.parameter_prefix);
+        let unordered = match decision.verdict {
+            Verdict::Publish => false,
+            Verdict::Unordered => true,
+            Verdict::Withheld => return Ok(()),
+            Verdict::Skip { reason, detail } => {
+                return emit.skipped(Skip::whole_build(reason, detail)).await;
+            }
+        };
+        let facts = decision.facts;
+        let items =
+            mapping::parse_mappings(&decision.variables, &facts, &self.config.parameter_prefix);
         let ordering_key = envelope
             .ordering_key
             .as_ref()
@@ -259,7 +269,7 @@ impl PublishHandler {
             match item {
                 Item::Skip(rejected) => emit.skipped(Skip::of_rejected(rejected)).await?,
                 Item::Publish(target) => {
-                    if envelope.push_sequence == 0 {
+                    if unordered || envelope.push_sequence == 0 {
                         emit.skipped(Skip::of_target(
                             &target,
                             PublishSkipReason::Unordered,
@@ -391,25 +401,6 @@ fn fence_error(err: FenceError) -> HandlerError {
     }
 }
 
-/// What the build says about itself: its variables (what `post_build.sh` used) first, the
-/// build reference second.
-fn build_facts(vars: &HashMap<String, String>, build: &v1::BuildRef) -> BuildFacts {
-    let pick = |name: &str, fallback: &str| {
-        vars.get(name)
-            .filter(|v| !v.is_empty())
-            .cloned()
-            .unwrap_or_else(|| fallback.to_owned())
-    };
-    BuildFacts {
-        repository: pick("PRX_REPO", &build.repository),
-        commit: pick("PRX_COMMIT", &build.commit),
-        architecture: vars
-            .get("PRX_TARGET_ARCHITECTURE")
-            .and_then(|a| Architecture::parse(a))
-            .or_else(|| Architecture::from_proto(build.architecture)),
-    }
-}
-
 /// Publishes the outcome events of one build.
 struct Emitter<'a> {
     handler: &'a PublishHandler,
@@ -453,16 +444,17 @@ impl Emitter<'_> {
 
     async fn skipped(&self, skip: Skip) -> Result<(), HandlerError> {
         let kind_name = skip.kind.map_or("", |k| k.mapping_variable());
-        let id = derived_event_id(
-            self.id_base,
-            &[
-                "publish-skipped",
-                kind_name,
-                &skip.mapping,
-                &skip.label,
-                &skip.parameter,
-            ],
-        );
+        let mut id_parts = vec![
+            "publish-skipped",
+            kind_name,
+            &skip.mapping,
+            &skip.label,
+            &skip.parameter,
+        ];
+        if !skip.variable.is_empty() {
+            id_parts.extend(["untrusted-override", skip.variable.as_str()]);
+        }
+        let id = derived_event_id(self.id_base, &id_parts);
         let reason = reason_name(skip.reason);
         tracing::info!(
             parameter = %skip.parameter,

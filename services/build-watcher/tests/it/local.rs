@@ -155,6 +155,31 @@ async fn a_local_build_goes_started_phases_completed_with_exported_variables() {
     );
     assert_eq!(done.variables["PRX_REPO"], REPO);
     assert_eq!(done.exported_variables.len(), 1);
+    // The dispatcher's request travels with the build (its buildspec left behind).
+    let Some(Payload::BuildRequested(asked)) = &requested.payload else {
+        panic!()
+    };
+    let carried = done
+        .requested
+        .as_ref()
+        .expect("the request on BuildCompleted");
+    assert_eq!(carried.environment, asked.environment);
+    assert_eq!(carried.branch, "main");
+    assert_eq!(carried.event_name, "push");
+    assert_eq!(carried.source_version, COMMIT);
+    assert!(carried.buildspec.is_empty(), "buildspec omitted");
+    let carried_build = carried.build.as_ref().unwrap();
+    assert_eq!(
+        (
+            carried_build.repository.as_str(),
+            carried_build.commit.as_str()
+        ),
+        (REPO, COMMIT)
+    );
+    let Some(Payload::BuildStarted(started)) = &events[0].payload else {
+        panic!()
+    };
+    assert_eq!(started.requested.as_ref(), Some(carried));
     assert_eq!(done.duration_ms, 8_000);
     assert_eq!(done.phases.len(), 4);
     let b = done.build.unwrap();

@@ -103,6 +103,11 @@ async fn a_build_nobody_requested_is_reported_with_what_is_known() {
     assert_eq!(events[0].push_sequence, 0);
     assert_eq!(events[0].ordering_key, None);
     assert_eq!(done.failed_phase, "BUILD");
+    assert_eq!(done.requested, None, "nobody's request to carry");
+    let Some(Payload::BuildStarted(started)) = &events[0].payload else {
+        panic!()
+    };
+    assert_eq!(started.requested, None);
 
     // A bare event (no variables at all) is reported too, under an empty repository.
     let bare_id = new_build_id();
@@ -158,6 +163,13 @@ async fn a_report_that_arrives_before_its_request_waits_for_it() {
     assert_eq!(events[0].causation_id, requested.event_id);
     assert_eq!(events[0].push_sequence, 17);
     assert_ne!(events[0].correlation_id, report.correlation_id);
+    // The request that arrived after the report still travels with the build's events.
+    let Some(Payload::BuildStarted(started)) = &events[0].payload else {
+        panic!()
+    };
+    let carried = started.requested.as_ref().expect("the request");
+    assert_eq!(carried.branch, "main");
+    assert_eq!(carried.environment["PRX_REPO"], REPO);
     world.stop().await;
 }
 

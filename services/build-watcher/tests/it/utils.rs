@@ -162,7 +162,7 @@ impl World {
         .envelope(
             new_event_id(),
             Payload::BuildRequested(v1::BuildRequested {
-                branch: String::new(),
+                branch: "main".into(),
                 fork: false,
                 pull_request: 0,
                 build: Some(v1::BuildRef {

@@ -3,4 +3,5 @@
 mod fence;
 mod schedules;
 mod service;
+mod trust;
 mod utils;

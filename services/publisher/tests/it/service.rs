@@ -174,7 +174,7 @@ async fn missing_artifacts_are_skipped_and_never_written() {
     let no_tag = BuildSpec::ecr(202, X86, &[&p("NoTag")]);
     let gone_value = format!("github/prx/gone:{}-x86_64", sha(205));
     let no_repo = BuildSpec::ecr(205, X86, &[&p("NoRepo")])
-        .var("PRX_REPO", "PRX/gone")
+        .repo("PRX/gone")
         .var("APP", &gone_value);
     let s3_param = |n: &str| format!("/prx/stag/Spire/{n}/pkg/s3-object-key");
     let zip = |seq: u64, name: &str| {

@@ -114,44 +114,108 @@ pub fn ecr_value(commit: &str, arch: Architecture) -> String {
     format!("github/prx/app:{commit}-{arch}")
 }
 
-/// One build of one push, as the build-watcher reports its completion.
+/// One build of one push, as the build-watcher reports its completion: the dispatcher's request
+/// (`requested`) and the variables the build reported (its environment, which carries the
+/// dispatcher's variables, overlaid by what it exported).
 #[derive(Debug, Clone)]
 pub struct BuildSpec {
     pub build_id: String,
     pub push_sequence: u64,
+    /// The repository the dispatcher built.
+    pub repository: String,
     pub commit: String,
     pub arch: Architecture,
     pub status: v1::BuildStatus,
     pub variables: HashMap<String, String>,
+    /// The dispatcher's `PRX_CI_PUBLISH`.
+    pub publish: bool,
+    /// The pull request built (0: a push of `main`).
+    pub pull_request: u64,
+    pub fork: bool,
+    /// Whether the dispatcher requested the build (false: started in the console).
+    pub requested: bool,
 }
 
 impl BuildSpec {
     /// A successful push build of `REPO` publishing `APP` (ECR) to `parameters`.
     pub fn ecr(push_sequence: u64, arch: Architecture, parameters: &[&str]) -> Self {
         let commit = sha(push_sequence);
-        let mut variables = HashMap::new();
-        for (k, v) in [
-            ("PRX_REPO", REPO.to_owned()),
-            ("PRX_COMMIT", commit.clone()),
-            ("PRX_BRANCH", "main".to_owned()),
-            ("PRX_CI_PUBLISH", "true".to_owned()),
-            ("PRX_TARGET_ARCHITECTURE", arch.to_string()),
-            (
-                "PRX_SPIRE_ECR_PKG_PARAMETERS",
-                format!("APP={}", parameters.join(",")),
-            ),
-            ("APP", ecr_value(&commit, arch)),
-        ] {
-            variables.insert(k.to_owned(), v);
-        }
-        Self {
+        let mut spec = Self {
             build_id: format!("local:{push_sequence}-{arch}"),
             push_sequence,
-            commit,
+            repository: REPO.to_owned(),
+            commit: commit.clone(),
             arch,
             status: v1::BuildStatus::Succeeded,
-            variables,
+            variables: HashMap::new(),
+            publish: true,
+            pull_request: 0,
+            fork: false,
+            requested: true,
+        };
+        spec.variables = spec.dispatcher_environment();
+        spec.variables.insert(
+            "PRX_SPIRE_ECR_PKG_PARAMETERS".to_owned(),
+            format!("APP={}", parameters.join(",")),
+        );
+        spec.variables
+            .insert("APP".to_owned(), ecr_value(&commit, arch));
+        spec
+    }
+
+    /// The variables the dispatcher hands the build.
+    pub fn dispatcher_environment(&self) -> HashMap<String, String> {
+        let mut env: HashMap<String, String> = [
+            ("PRX_REPO", self.repository.clone()),
+            ("PRX_COMMIT", self.commit.clone()),
+            ("PRX_BRANCH", self.branch().to_owned()),
+            ("PRX_CI_PUBLISH", self.publish.to_string()),
+            ("PRX_TARGET_ARCHITECTURE", self.arch.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        if self.pull_request != 0 {
+            env.insert("PRX_GITHUB_PR".to_owned(), self.pull_request.to_string());
         }
+        env
+    }
+
+    fn branch(&self) -> &'static str {
+        if self.pull_request == 0 {
+            "main"
+        } else {
+            "feature"
+        }
+    }
+
+    /// The dispatcher built `repository` (the reported environment says so too).
+    pub fn repo(mut self, repository: &str) -> Self {
+        self.repository = repository.to_owned();
+        self.variables
+            .insert("PRX_REPO".to_owned(), repository.to_owned());
+        self
+    }
+
+    /// A same-repository pull request the dispatcher let publish (`publish`, the opt-in) or not.
+    pub fn pull_request(mut self, number: u64, publish: bool) -> Self {
+        self.pull_request = number;
+        self.publish = publish;
+        self.variables.extend(self.dispatcher_environment());
+        self
+    }
+
+    /// A pull request from a fork (the dispatcher never lets those publish).
+    pub fn fork(self, number: u64) -> Self {
+        let mut spec = self.pull_request(number, false);
+        spec.fork = true;
+        spec
+    }
+
+    /// Started in the console: no request travels with it.
+    pub fn unrequested(mut self) -> Self {
+        self.requested = false;
+        self
     }
 
     pub fn value(&self) -> String {
@@ -163,6 +227,7 @@ impl BuildSpec {
         self
     }
 
+    /// The build exported `name` (its value wins over the environment's).
     pub fn var(mut self, name: &str, value: &str) -> Self {
         self.variables.insert(name.to_owned(), value.to_owned());
         self
@@ -173,9 +238,38 @@ impl BuildSpec {
         self
     }
 
+    fn build_ref(&self) -> v1::BuildRef {
+        v1::BuildRef {
+            build_id: self.build_id.clone(),
+            repository: self.repository.clone(),
+            commit: self.commit.clone(),
+            architecture: self.arch.to_proto() as i32,
+            backend: "local".into(),
+            ..Default::default()
+        }
+    }
+
     /// The completion event; `report` distinguishes duplicate reports of one build.
     pub fn envelope(&self, report: &str) -> v1::Envelope {
-        let key = OrderingKey::branch(RepoName::parse(REPO).unwrap(), Branch::new("main").unwrap());
+        let repository = RepoName::parse(&self.repository).unwrap();
+        let key = if self.pull_request == 0 {
+            OrderingKey::branch(repository, Branch::new("main").unwrap())
+        } else {
+            OrderingKey::pull_request(repository, self.pull_request)
+        };
+        let requested = self.requested.then(|| v1::BuildRequested {
+            build: Some(self.build_ref()),
+            environment: self.dispatcher_environment(),
+            event_name: if self.pull_request == 0 {
+                "push".into()
+            } else {
+                "pull_request".into()
+            },
+            fork: self.fork,
+            branch: self.branch().to_owned(),
+            pull_request: self.pull_request,
+            ..Default::default()
+        });
         Chain {
             correlation_id: format!("delivery-{}", self.push_sequence),
             causation_id: format!("requested-{}", self.build_id),
@@ -185,16 +279,10 @@ impl BuildSpec {
         .envelope(
             format!("completed-{}-{report}", self.build_id),
             Payload::BuildCompleted(v1::BuildCompleted {
-                build: Some(v1::BuildRef {
-                    build_id: self.build_id.clone(),
-                    repository: REPO.into(),
-                    commit: self.commit.clone(),
-                    architecture: self.arch.to_proto() as i32,
-                    backend: "local".into(),
-                    ..Default::default()
-                }),
+                build: Some(self.build_ref()),
                 status: self.status as i32,
                 variables: self.variables.clone(),
+                requested,
                 ..Default::default()
             }),
         )
