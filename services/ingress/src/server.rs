@@ -15,6 +15,11 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Most a connection buffers ahead of the handler (hyper's read buffer; its default is about
+/// 400 KiB). Every connection reading a body can fill it, outside the body budget, so it is
+/// kept small; it also caps a request's headers (GitHub's are about 1 KiB).
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Pause after an accept error that is not about one connection (e.g. out of file
 /// descriptors), so the loop does not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -31,7 +36,8 @@ pub async fn serve(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(READ_BUFFER_BYTES);
     let graceful = GracefulShutdown::new();
     loop {
         let stream = tokio::select! {

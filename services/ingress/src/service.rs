@@ -27,7 +27,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use prometheus_client::registry::Registry;
 use prx_ci_shared::config::Validate as _;
@@ -398,7 +398,9 @@ impl Shared {
             },
             None => self.budget.empty(),
         };
-        let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0));
+        // The budget counts the buffer's capacity, i.e. the memory actually held: exactly
+        // the declared length, or for a chunked body its buffer as it grows (doubling).
+        let mut buffer: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0));
         let mut body = body;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|err| self.body_error(&err))?;
@@ -406,17 +408,22 @@ impl Shared {
                 continue; // trailers
             };
             let received = buffer.len() + data.len();
-            if declared.is_none() {
+            if declared.is_none() && received > buffer.capacity() {
                 if received > self.max_body_bytes {
                     return Err(too_large());
                 }
-                if !self.budget.try_grow(&mut permit, data.len()) {
+                let capacity = received
+                    .max(buffer.capacity().saturating_mul(2))
+                    .min(self.max_body_bytes);
+                let more = capacity.saturating_sub(permit.bytes());
+                if !self.budget.try_grow(&mut permit, more) {
                     return Err(self.over_budget(received));
                 }
+                buffer.reserve_exact(capacity - buffer.len());
             }
             buffer.extend_from_slice(&data);
         }
-        Ok((buffer.freeze(), permit))
+        Ok((Bytes::from(buffer), permit))
     }
 
     fn over_budget(&self, bytes: usize) -> Reply {
