@@ -18,8 +18,8 @@
 //! `warn`; `info` logs one line per stored delivery), `PRX_BENCH_INGRESS_THREADS` (the
 //! ingress's tokio worker threads, default one per core).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -33,19 +33,11 @@ use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::Runtime;
 use prx_ci_shared::events::Chain;
 use prx_ci_shared::subject::{WEBHOOKS_STREAM, webhook_subject};
-use prx_ci_shared::testing::{NatsServer, free_port, wait_until, workspace_root};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use prx_ci_shared::testing::{NatsServer, workspace_root};
 
-const SECRET: &str = "benchmark secret";
+use common::{Connection, IngressProcess, SECRET, env_usize, stored_count};
+
 const WARMUP: usize = 5_000;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Debug)]
 struct Run {
@@ -173,71 +165,6 @@ async fn raw_jetstream(
     .await
 }
 
-/// A minimal HTTP/1.1 keep-alive connection: writes one request, reads one response.
-struct Connection {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-}
-
-impl Connection {
-    async fn open(addr: &str) -> std::io::Result<Self> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(Self {
-            stream,
-            buffer: Vec::with_capacity(4096),
-        })
-    }
-
-    /// Sends `head` + `body`, returns the response status.
-    async fn request(&mut self, head: &[u8], body: &[u8]) -> std::io::Result<u16> {
-        self.stream.write_all(head).await?;
-        self.stream.write_all(body).await?;
-        self.buffer.clear();
-        loop {
-            if let Some(end) = find(&self.buffer, b"\r\n\r\n") {
-                let head = std::str::from_utf8(&self.buffer[..end]).map_err(invalid)?;
-                let status: u16 = head
-                    .get(9..12)
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| invalid("status"))?;
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        let (name, value) = l.split_once(':')?;
-                        name.eq_ignore_ascii_case("content-length")
-                            .then(|| value.trim().parse().ok())?
-                    })
-                    .unwrap_or(0);
-                let total = end + 4 + length;
-                while self.buffer.len() < total {
-                    self.read_more().await?;
-                }
-                return Ok(status);
-            }
-            self.read_more().await?;
-        }
-    }
-
-    async fn read_more(&mut self) -> std::io::Result<()> {
-        let mut chunk = [0u8; 4096];
-        let n = self.stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        self.buffer.extend_from_slice(&chunk[..n]);
-        Ok(())
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn invalid(what: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
-}
-
 /// Drives the ingress at `addr` with signed deliveries of `body`.
 async fn ingress_load(addr: &str, body: Bytes, count: usize, concurrency: usize, tag: &str) -> Run {
     let mut connections = Vec::with_capacity(concurrency);
@@ -268,78 +195,6 @@ async fn ingress_load(addr: &str, body: Bytes, count: usize, concurrency: usize,
         }
     })
     .await
-}
-
-/// The ingress as its own process.
-struct IngressProcess {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl IngressProcess {
-    async fn start(nats_url: &str, log_filter: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let config = dir.path().join("prx-ci.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[nats]\nurl = \"{nats_url}\"\n\n[telemetry]\nlog_filter = \"{log_filter}\"\n\n\
-                 [ingress]\nlisten = \"{addr}\"\nsecrets = [\"{SECRET}\"]\n"
-            ),
-        )
-        .expect("write config");
-        let binary = PathBuf::from(env!("CARGO_BIN_EXE_prx-ci-ingress"));
-        let mut command = Command::new(&binary);
-        command
-            .arg("--config")
-            .arg(&config)
-            .env_remove("PRX_CI_WEBHOOK_SECRET");
-        // Tokio's runtime reads TOKIO_WORKER_THREADS (default: one per core).
-        if let Ok(threads) = std::env::var("PRX_BENCH_INGRESS_THREADS") {
-            command.env("TOKIO_WORKER_THREADS", threads);
-        }
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let process = Self {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let url = format!("http://{}/readyz", process.addr);
-        let http = reqwest::Client::new();
-        wait_until(Duration::from_secs(30), "the ingress to be ready", || {
-            let request = http.get(&url).send();
-            async move { request.await.ok().filter(|r| r.status() == 200).map(|_| ()) }
-        })
-        .await;
-        process
-    }
-
-    /// `VmHWM` (peak resident set) and `VmRSS` of the process, in KiB.
-    fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmHWM:"), field("VmRSS:"))
-    }
-}
-
-impl Drop for IngressProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// CPU seconds (user + system) a process has used so far.
@@ -412,17 +267,6 @@ async fn purge(js: &jetstream::Context) {
         .expect("purge");
 }
 
-async fn stored_count(js: &jetstream::Context) -> u64 {
-    js.get_stream(WEBHOOKS_STREAM)
-        .await
-        .expect("stream")
-        .get_info()
-        .await
-        .expect("info")
-        .state
-        .messages
-}
-
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -474,7 +318,7 @@ async fn bench() {
     );
     purge(&js).await;
 
-    let ingress = IngressProcess::start(&server.url(), &log_filter).await;
+    let ingress = IngressProcess::start(&server.url(), &log_filter, "").await;
     let (_, rss_idle) = ingress.memory_kib();
     ingress_load(&ingress.addr, body.clone(), WARMUP, concurrency, "warm").await;
     purge(&js).await;

@@ -22,6 +22,27 @@ pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// request to arrive and the answer to travel back.
 pub const MAX_STORE_TIMEOUT: Duration = Duration::from_secs(9);
 
+/// GitHub gives up on a delivery after 10 s, so a body still arriving after that is useless.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// GitHub sends its headers at once; this mostly closes idle keep-alive connections and
+/// connections that trickle headers (slowloris).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Webhook requests handled at once; more get 503 at once instead of queueing.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
+
+/// Bytes of request bodies in flight: two 25 MiB deliveries plus the small-body reserve.
+pub const DEFAULT_BODY_BUDGET_BYTES: usize =
+    2 * DEFAULT_MAX_BODY_BYTES + DEFAULT_SMALL_BODY_RESERVE_BYTES;
+
+/// The part of the body budget only small bodies may use (legitimate pushes and pull
+/// requests are mostly under 100 KB), so large bodies cannot starve them.
+pub const DEFAULT_SMALL_BODY_RESERVE_BYTES: usize = 8 * 1024 * 1024;
+
+/// A body of at most this size may use the small-body reserve.
+pub const DEFAULT_SMALL_BODY_BYTES: usize = 256 * 1024;
+
 /// The configuration section.
 pub const SECTION: &str = "ingress";
 
@@ -50,6 +71,35 @@ pub struct IngressConfig {
     /// failed and it can be redelivered). At most 9s (GitHub waits 10s). Default `5s`.
     #[serde(with = "humantime_serde")]
     pub store_timeout: Duration,
+    /// Address of a second listener serving `/metrics`, `/healthz` and `/readyz`; when set,
+    /// `/metrics` is no longer served on `listen` (health checks still are). Default: none,
+    /// everything on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Webhook requests handled at once; one more is answered 503 (`Retry-After`) at once
+    /// rather than queued. Default 1024.
+    pub max_concurrent_requests: usize,
+    /// How long a client may take to send a request's headers (also how long an idle
+    /// keep-alive connection stays open); then the connection is closed. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's body, counted from the end of its
+    /// headers; then the answer is 408 and the connection is closed. Default `10s` (GitHub
+    /// gives up after 10 s).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Bytes of request bodies held in memory at once, over all requests. A request is
+    /// admitted only if its `Content-Length` fits in what is left (a chunked body: each
+    /// chunk as it arrives); otherwise it is answered 503 (`Retry-After`) before (or
+    /// without) reading the rest of its body. Released when the request ends, whatever the
+    /// outcome. Default 60817408 (58 MiB: two 25 MiB deliveries plus the reserve).
+    pub body_budget_bytes: usize,
+    /// The part of `body_budget_bytes` only bodies of at most `small_body_bytes` may use,
+    /// so large (or hostile) bodies cannot starve ordinary deliveries. Default 8388608
+    /// (8 MiB).
+    pub small_body_reserve_bytes: usize,
+    /// Largest body that may use the reserve. Default 262144 (256 KiB; most pushes and
+    /// pull requests are under 100 KB).
+    pub small_body_bytes: usize,
 }
 
 impl Default for IngressConfig {
@@ -61,6 +111,13 @@ impl Default for IngressConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             allowed_events: vec!["push".to_owned(), "pull_request".to_owned()],
             store_timeout: DEFAULT_STORE_TIMEOUT,
+            metrics_listen: None,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            body_budget_bytes: DEFAULT_BODY_BUDGET_BYTES,
+            small_body_reserve_bytes: DEFAULT_SMALL_BODY_RESERVE_BYTES,
+            small_body_bytes: DEFAULT_SMALL_BODY_BYTES,
         }
     }
 }
@@ -77,6 +134,13 @@ impl std::fmt::Debug for IngressConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("allowed_events", &self.allowed_events)
             .field("store_timeout", &self.store_timeout)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("body_read_timeout", &self.body_read_timeout)
+            .field("body_budget_bytes", &self.body_budget_bytes)
+            .field("small_body_reserve_bytes", &self.small_body_reserve_bytes)
+            .field("small_body_bytes", &self.small_body_bytes)
             .finish()
     }
 }
@@ -148,6 +212,7 @@ impl Validate for IngressConfig {
                 self.store_timeout
             ));
         }
+        self.validate_limits()?;
         if self.allowed_events.is_empty() {
             return Err("allowed_events is empty: nothing would ever be stored".into());
         }
@@ -157,6 +222,52 @@ impl Validate for IngressConfig {
             .find(|e| e.is_empty() || !e.bytes().all(|b| b.is_ascii_graphic()))
         {
             return Err(format!("allowed_events: {bad:?} is not an event name"));
+        }
+        Ok(())
+    }
+}
+
+impl IngressConfig {
+    /// The load limits: all non-zero, and a body of `max_body_bytes` must fit in the part of
+    /// the budget outside the reserve (else the largest deliveries could never be accepted).
+    fn validate_limits(&self) -> Result<(), String> {
+        if self.max_concurrent_requests == 0 {
+            return Err("max_concurrent_requests must be greater than 0".into());
+        }
+        for (name, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{name} must be greater than 0"));
+            }
+        }
+        // Budget permits are counted in a u32 (tokio's semaphore takes u32 amounts).
+        if self.body_budget_bytes > u32::MAX as usize {
+            return Err(format!(
+                "body_budget_bytes must be at most {} (4 GiB)",
+                u32::MAX
+            ));
+        }
+        if self.small_body_reserve_bytes >= self.body_budget_bytes {
+            return Err(format!(
+                "small_body_reserve_bytes ({}) must be below body_budget_bytes ({})",
+                self.small_body_reserve_bytes, self.body_budget_bytes
+            ));
+        }
+        let shared = self.body_budget_bytes - self.small_body_reserve_bytes;
+        if shared < self.max_body_bytes {
+            return Err(format!(
+                "body_budget_bytes minus small_body_reserve_bytes ({shared}) must be at least \
+                 max_body_bytes ({}), or the largest deliveries are never accepted",
+                self.max_body_bytes
+            ));
+        }
+        if self.small_body_bytes > self.small_body_reserve_bytes {
+            return Err(format!(
+                "small_body_bytes ({}) must be at most small_body_reserve_bytes ({})",
+                self.small_body_bytes, self.small_body_reserve_bytes
+            ));
         }
         Ok(())
     }
@@ -186,6 +297,13 @@ mod tests {
         assert_eq!(config.allowed_events, ["push", "pull_request"]);
         assert_eq!(config.store_timeout, Duration::from_secs(5));
         assert!(!config.legacy_sha1);
+        assert_eq!(config.metrics_listen, None);
+        assert_eq!(config.max_concurrent_requests, 1024);
+        assert_eq!(config.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.body_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.body_budget_bytes, 58 * 1024 * 1024);
+        assert_eq!(config.small_body_reserve_bytes, 8 * 1024 * 1024);
+        assert_eq!(config.small_body_bytes, 256 * 1024);
     }
 
     #[test]
@@ -197,6 +315,19 @@ mod tests {
         assert_eq!(example.max_body_bytes, defaults.max_body_bytes);
         assert_eq!(example.allowed_events, defaults.allowed_events);
         assert_eq!(example.store_timeout, defaults.store_timeout);
+        assert_eq!(example.metrics_listen, defaults.metrics_listen);
+        assert_eq!(
+            example.max_concurrent_requests,
+            defaults.max_concurrent_requests
+        );
+        assert_eq!(example.header_read_timeout, defaults.header_read_timeout);
+        assert_eq!(example.body_read_timeout, defaults.body_read_timeout);
+        assert_eq!(example.body_budget_bytes, defaults.body_budget_bytes);
+        assert_eq!(
+            example.small_body_reserve_bytes,
+            defaults.small_body_reserve_bytes
+        );
+        assert_eq!(example.small_body_bytes, defaults.small_body_bytes);
     }
 
     #[test]
@@ -230,6 +361,34 @@ mod tests {
                 "allowed_events",
             ),
             ("secrets = [\"a\"]\nsecret = \"typo\"", "secret"),
+            (
+                "secrets = [\"a\"]\nmax_concurrent_requests = 0",
+                "max_concurrent_requests",
+            ),
+            (
+                "secrets = [\"a\"]\nbody_read_timeout = \"0s\"",
+                "body_read_timeout",
+            ),
+            (
+                "secrets = [\"a\"]\nheader_read_timeout = \"0s\"",
+                "header_read_timeout",
+            ),
+            (
+                "secrets = [\"a\"]\nbody_budget_bytes = 30000000",
+                "must be at least max_body_bytes",
+            ),
+            (
+                "secrets = [\"a\"]\nbody_budget_bytes = 8388608",
+                "must be below body_budget_bytes",
+            ),
+            (
+                "secrets = [\"a\"]\nsmall_body_bytes = 9000000",
+                "small_body_bytes",
+            ),
+            (
+                "secrets = [\"a\"]\nbody_budget_bytes = 5000000000",
+                "at most",
+            ),
         ] {
             let err = load(&format!("[ingress]\n{toml}\n")).unwrap_err();
             assert!(err.contains(expected), "{toml}: {err}");

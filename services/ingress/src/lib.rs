@@ -14,9 +14,17 @@
 //! let listener = TcpListener::bind(config.listen).await?;
 //! ingress.run(listener, registry, shutdown).await?;                    // webhook + /healthz /readyz /metrics
 //! ```
-//! The ops endpoints are served on the webhook listener and render the registry passed to
-//! [`Ingress::run`]: `prx-ci up` passes its single process-wide registry, so `/metrics` on the
-//! ingress's address shows every service's metrics. In local mode, `up` passes its own
+//! The ops endpoints are served on the webhook listener (or, with `[ingress] metrics_listen`,
+//! `/metrics` on a listener of its own) and render the registry passed to [`Ingress::run`]:
+//! `prx-ci up` passes its single process-wide registry, so `/metrics` shows every service's
+//! metrics.
+//!
+//! # Under hostile load
+//! The listener bounds what clients can make it hold: webhook requests in flight
+//! (`max_concurrent_requests`, 503 beyond), time to send headers (`header_read_timeout`) and a
+//! body (`body_read_timeout`, 408), and body bytes in memory (`body_budget_bytes` with a
+//! reserve for small deliveries, 503 beyond, decided before a body is read when it has a
+//! `Content-Length`). See [`budget`] and `docs/benchmarks/ingress.md`. In local mode, `up` passes its own
 //! `--listen` address (default `127.0.0.1:8080`) and at least one secret (it generates one
 //! when neither `PRX_CI_WEBHOOK_SECRET` nor `[ingress] secrets` gives one; use
 //! [`IngressConfig::load_unvalidated`] for that). The ingress makes no GitHub or AWS calls.
@@ -24,8 +32,10 @@
 //! Tests use [`Ingress::router`] (or [`Ingress::webhook_router`]) with
 //! `tower::ServiceExt::oneshot`, or [`Ingress::run`] on a `127.0.0.1:0` listener.
 
+pub mod budget;
 pub mod config;
 pub mod metrics;
+mod server;
 pub mod service;
 pub mod signature;
 pub mod webhook;

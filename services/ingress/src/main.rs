@@ -1,5 +1,6 @@
 //! `prx-ci-ingress`: the webhook ingress as its own process. `/healthz`, `/readyz` and
-//! `/metrics` are served on the webhook listener (`[ingress] listen`), not a separate port.
+//! `/metrics` are served on the webhook listener (`[ingress] listen`), or `/metrics` on
+//! `[ingress] metrics_listen` when that is set.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

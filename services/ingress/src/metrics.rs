@@ -1,5 +1,6 @@
-//! The ingress's Prometheus metrics: requests by outcome, ignored events by name, store
-//! latency.
+//! The ingress's Prometheus metrics: requests by outcome (rejections by cause among them),
+//! ignored events by name, store latency, requests and body bytes in flight, connections
+//! closed for slow headers.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -27,10 +28,16 @@ pub enum Outcome {
     BadRequest,
     /// Not stored within `store_timeout` or the broker refused (503).
     Unavailable,
+    /// The body did not arrive within `body_read_timeout` (408).
+    BodyTimeout,
+    /// The body did not fit in what was left of `body_budget_bytes` (503, `Retry-After`).
+    OverBudget,
+    /// `max_concurrent_requests` were already being handled (503, `Retry-After`).
+    OverConcurrency,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Stored,
         Outcome::Duplicate,
         Outcome::Ping,
@@ -39,6 +46,9 @@ impl Outcome {
         Outcome::TooLarge,
         Outcome::BadRequest,
         Outcome::Unavailable,
+        Outcome::BodyTimeout,
+        Outcome::OverBudget,
+        Outcome::OverConcurrency,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +61,9 @@ impl Outcome {
             Outcome::TooLarge => "too_large",
             Outcome::BadRequest => "bad_request",
             Outcome::Unavailable => "unavailable",
+            Outcome::BodyTimeout => "body_timeout",
+            Outcome::OverBudget => "over_budget",
+            Outcome::OverConcurrency => "over_concurrency",
         }
     }
 }
@@ -73,6 +86,8 @@ pub struct IngressMetrics {
     ignored_events: Family<EventLabels, Counter>,
     store_seconds: Histogram,
     in_flight: Gauge,
+    body_bytes_in_flight: Gauge,
+    header_timeouts: Counter,
 }
 
 /// Counts a request as in flight until dropped.
@@ -120,11 +135,26 @@ impl IngressMetrics {
             "Webhook requests being handled",
             in_flight.clone(),
         );
+        let body_bytes_in_flight = Gauge::default();
+        registry.register(
+            "prx_ci_ingress_body_bytes_in_flight",
+            "Request-body bytes reserved from body_budget_bytes by requests in flight",
+            body_bytes_in_flight.clone(),
+        );
+        let header_timeouts = Counter::default();
+        registry.register(
+            "prx_ci_ingress_header_timeouts",
+            "Connections closed because a request's headers did not arrive within \
+             header_read_timeout (including idle keep-alive connections)",
+            header_timeouts.clone(),
+        );
         Self {
             by_outcome,
             ignored_events,
             store_seconds,
             in_flight,
+            body_bytes_in_flight,
+            header_timeouts,
         }
     }
 
@@ -150,6 +180,16 @@ impl IngressMetrics {
     pub fn observe_store(&self, seconds: f64) {
         self.store_seconds.observe(seconds);
     }
+
+    /// The gauge the body budget keeps up to date.
+    pub fn body_bytes_in_flight(&self) -> Gauge {
+        self.body_bytes_in_flight.clone()
+    }
+
+    /// The counter of connections closed for slow headers.
+    pub fn header_timeouts(&self) -> Counter {
+        self.header_timeouts.clone()
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +213,21 @@ mod tests {
         );
         assert!(text.contains(r#"prx_ci_ingress_requests_total{outcome="unavailable"} 1"#));
         assert!(text.contains(r#"prx_ci_ingress_requests_total{outcome="too_large"} 0"#));
+        metrics.count(Outcome::OverConcurrency);
+        metrics.count(Outcome::OverBudget);
+        metrics.count(Outcome::BodyTimeout);
+        metrics.header_timeouts().inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for series in [
+            r#"prx_ci_ingress_requests_total{outcome="over_concurrency"} 1"#,
+            r#"prx_ci_ingress_requests_total{outcome="over_budget"} 1"#,
+            r#"prx_ci_ingress_requests_total{outcome="body_timeout"} 1"#,
+            "prx_ci_ingress_header_timeouts_total 1",
+            "prx_ci_ingress_body_bytes_in_flight 0",
+        ] {
+            assert!(text.contains(series), "{series}: {text}");
+        }
         assert!(text.contains(r#"prx_ci_ingress_ignored_events_total{event="issues"} 1"#));
         assert!(text.contains("prx_ci_ingress_store_seconds_count 1"));
     }

@@ -1,8 +1,13 @@
 //! The HTTP service: `POST /webhooks/github` plus the ops endpoints, and the store step.
 //!
 //! Order of checks, each answered at the first failure:
+//! 0. fewer than `max_concurrent_requests` webhook requests are in flight (else 503 with
+//!    `Retry-After`, at once: nothing queues);
 //! 1. a signature header is present and well-formed (else 401, the body is not even read);
-//! 2. the body fits `max_body_bytes` (else 413);
+//! 2. the body fits `max_body_bytes` (else 413; a `Content-Length` above it before reading)
+//!    and the body budget (else 503 with `Retry-After`; a `Content-Length` is reserved
+//!    before reading, a chunked body chunk by chunk), and arrives within
+//!    `body_read_timeout` (else 408);
 //! 3. the signature matches a configured secret (else 401);
 //! 4. `X-GitHub-Event` and `X-GitHub-Delivery` are present (else 400);
 //! 5. `ping` is answered 200; an event type outside `allowed_events` 202 "ignored";
@@ -17,11 +22,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, FromRequest as _, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use bytes::Bytes;
+use http_body_util::BodyExt as _;
 use prometheus_client::registry::Registry;
 use prx_ci_shared::config::Validate as _;
 use prx_ci_shared::ops_http::{self, ReadinessCheck};
@@ -33,10 +40,16 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower_http::timeout::{RequestBodyDeadlineLayer, TimeoutError};
 use tower_http::trace::TraceLayer;
 
+use crate::budget::{BodyBudget, BodyPermit};
 use crate::config::IngressConfig;
 use crate::metrics::{IngressMetrics, Outcome};
+use crate::server;
 use crate::signature::{Verifier, VerifyError};
 use crate::webhook::{DELIVERY_HEADER, EVENT_HEADER, Webhook, WebhookHeaders};
 
@@ -50,8 +63,18 @@ const RECONNECT_POLL: Duration = Duration::from_millis(20);
 #[derive(Debug)]
 pub struct Ingress {
     state: Arc<Shared>,
+    limits: Limits,
+    metrics_listen: Option<std::net::SocketAddr>,
     readiness_client: async_nats::Client,
     readiness_js: async_nats::jetstream::Context,
+}
+
+/// The load limits applied around the webhook handler and on connections.
+#[derive(Debug, Clone)]
+struct Limits {
+    concurrency: Arc<tokio::sync::Semaphore>,
+    header_read_timeout: Duration,
+    body_read_timeout: Duration,
 }
 
 /// What every request needs (shared, immutable).
@@ -60,6 +83,11 @@ struct Shared {
     verifier: Verifier,
     allowed_events: HashSet<String>,
     max_body_bytes: usize,
+    budget: BodyBudget,
+    body_read_timeout: Duration,
+    /// `Retry-After` of the 503s for load: by then the requests holding the budget or the
+    /// concurrency slots have ended (each is bounded by the body timeout).
+    retry_after: HeaderValue,
     store_timeout: Duration,
     publisher: EventPublisher,
     client: async_nats::Client,
@@ -81,27 +109,73 @@ impl Ingress {
         let metrics = IngressMetrics::register(registry);
         let max_body_bytes =
             storable_body_limit(config.max_body_bytes, rt.client.server_info().max_payload);
+        let budget = BodyBudget::new(
+            config.body_budget_bytes,
+            config.small_body_reserve_bytes,
+            config.small_body_bytes,
+            metrics.body_bytes_in_flight(),
+        );
+        let retry_after = HeaderValue::from(config.body_read_timeout.as_secs_f64().ceil() as u64);
         let state = Shared {
             verifier,
             allowed_events: config.allowed_events.iter().cloned().collect(),
             max_body_bytes,
+            budget,
+            body_read_timeout: config.body_read_timeout,
+            retry_after,
             store_timeout: config.store_timeout,
             publisher: rt.publisher.clone().with_ack_timeout(config.store_timeout),
             client: rt.client.clone(),
             metrics,
         };
+        let limits = Limits {
+            concurrency: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
+            header_read_timeout: config.header_read_timeout,
+            body_read_timeout: config.body_read_timeout,
+        };
         Ok(Self {
             state: Arc::new(state),
+            limits,
+            metrics_listen: config.metrics_listen,
             readiness_client: rt.client,
             readiness_js: rt.js,
         })
     }
 
-    /// `POST /webhooks/github` alone (with its body limit and request span).
+    /// `POST /webhooks/github` alone, with its load limits and request span.
+    ///
+    /// Layers, outside in: the span; the concurrency limit (load-shedding: at the limit the
+    /// answer is 503 at once, nothing waits for a slot); the body deadline (started once the
+    /// request is admitted, i.e. after its headers). The body budget and size limit are
+    /// applied by the handler, which knows the signature header came first.
     pub fn webhook_router(&self) -> Router {
+        let shed = {
+            let state = Arc::clone(&self.state);
+            move |_overloaded: tower::BoxError| {
+                let state = Arc::clone(&state);
+                async move {
+                    // Debug, not warn: under a flood this fires for most requests; the
+                    // counter is the signal.
+                    tracing::debug!("webhook rejected: max_concurrent_requests reached");
+                    let reply = Reply::OverConcurrency {
+                        retry_after: state.retry_after.clone(),
+                    };
+                    state.metrics.count(reply.outcome());
+                    reply.into_response()
+                }
+            }
+        };
         Router::new()
             .route(WEBHOOK_PATH, post(handle_webhook))
-            .layer(DefaultBodyLimit::max(self.state.max_body_bytes))
+            .layer(RequestBodyDeadlineLayer::new(self.limits.body_read_timeout))
+            .layer(
+                ServiceBuilder::new()
+                    .layer(HandleErrorLayer::new(shed))
+                    .layer(LoadShedLayer::new())
+                    .layer(GlobalConcurrencyLimitLayer::with_semaphore(Arc::clone(
+                        &self.limits.concurrency,
+                    ))),
+            )
             .layer(TraceLayer::new_for_http().make_span_with(request_span))
             .with_state(Arc::clone(&self.state))
     }
@@ -115,26 +189,106 @@ impl Ingress {
         )
     }
 
-    /// Everything the listener serves: the webhook route plus `/healthz`, `/readyz` and
-    /// `/metrics` (of `registry`, the process-wide registry the ingress registered in).
+    /// Everything the webhook listener serves: the webhook route plus `/healthz`, `/readyz`
+    /// and `/metrics` (of `registry`, the process-wide registry the ingress registered in).
     pub fn router(&self, registry: Arc<Registry>) -> Router {
         self.webhook_router()
             .merge(ops_http::ops_router(registry, self.readiness()))
     }
 
-    /// Serves [`Ingress::router`] on `listener` until `shutdown` is cancelled, then lets
-    /// in-flight requests finish (each is bounded by `store_timeout`) and returns.
+    /// The webhook route plus `/healthz` and `/readyz`, without `/metrics`: what the webhook
+    /// listener serves when `/metrics` has its own listener.
+    pub fn router_without_metrics(&self) -> Router {
+        let readiness = self.readiness();
+        let health = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route(
+                "/readyz",
+                get(move || {
+                    let readiness = Arc::clone(&readiness);
+                    async move {
+                        match readiness().await {
+                            Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                            Err(reason) => (
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!("not ready: {reason}\n"),
+                            ),
+                        }
+                    }
+                }),
+            );
+        self.webhook_router().merge(health)
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled. With `[ingress] metrics_listen`
+    /// set, binds it and serves `/metrics` (with `/healthz`, `/readyz`) there instead of on
+    /// `listener`; see [`Ingress::serve`].
     pub async fn run(
         self,
         listener: TcpListener,
         registry: Arc<Registry>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let address = listener.local_addr().ok();
-        tracing::info!(?address, path = WEBHOOK_PATH, "ingress listening");
-        ops_http::serve(listener, self.router(registry), shutdown)
+        let metrics_listener = match self.metrics_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address} (metrics_listen)"))?,
+            ),
+            None => None,
+        };
+        self.serve(listener, metrics_listener, registry, shutdown)
             .await
-            .context("ingress HTTP server failed")?;
+    }
+
+    /// Serves the webhook route (and the health checks) on `listener`, and `/metrics` on
+    /// `metrics_listener` when given, else on `listener` too, until `shutdown` is cancelled;
+    /// then stops accepting and lets in-flight requests finish (each is bounded by the body
+    /// timeout and `store_timeout`) and returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        metrics_listener: Option<TcpListener>,
+        registry: Arc<Registry>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let address = listener.local_addr().ok();
+        let header_read_timeout = self.limits.header_read_timeout;
+        let header_timeouts = self.state.metrics.header_timeouts();
+        let metrics_server = match metrics_listener {
+            Some(metrics_listener) => {
+                let metrics_address = metrics_listener.local_addr().ok();
+                tracing::info!(address = ?metrics_address, "ingress metrics listening");
+                let router = ops_http::ops_router(Arc::clone(&registry), self.readiness());
+                Some(tokio::spawn(server::serve(
+                    metrics_listener,
+                    router,
+                    header_read_timeout,
+                    header_timeouts.clone(),
+                    shutdown.clone(),
+                )))
+            }
+            None => None,
+        };
+        let router = if metrics_server.is_some() {
+            self.router_without_metrics()
+        } else {
+            self.router(registry)
+        };
+        tracing::info!(?address, path = WEBHOOK_PATH, "ingress listening");
+        server::serve(
+            listener,
+            router,
+            header_read_timeout,
+            header_timeouts,
+            shutdown,
+        )
+        .await;
+        if let Some(metrics_server) = metrics_server {
+            metrics_server
+                .await
+                .context("the metrics listener's task failed")?;
+        }
         tracing::info!("ingress stopped");
         Ok(())
     }
@@ -179,18 +333,12 @@ impl Shared {
             Err(err) => return Reply::unauthorized(err),
         };
         let headers: HeaderMap = std::mem::take(&mut parts.headers);
-        // The extractor honours the DefaultBodyLimit set on the route (413 above it).
-        let body = match Bytes::from_request(Request::from_parts(parts, body), &()).await {
-            Ok(body) => body,
-            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                tracing::warn!(limit = self.max_body_bytes, "webhook body too large");
-                return Reply::TooLarge {
-                    limit: self.max_body_bytes,
-                };
-            }
-            Err(rejection) => {
-                return Reply::bad_request(format!("cannot read body: {}", rejection.body_text()));
-            }
+        // Held until this function returns (also when the client hangs up and the handler
+        // is dropped): the body's bytes, and what is derived from them, are in memory
+        // until then.
+        let (body, _permit) = match self.read_body(&headers, body).await {
+            Ok(read) => read,
+            Err(reply) => return reply,
         };
         let verified = match self.verifier.verify(&claimed, body) {
             Ok(verified) => verified,
@@ -219,6 +367,94 @@ impl Shared {
             Err(err) => return Reply::bad_request(err.to_string()),
         };
         self.store(webhook).await
+    }
+
+    /// Reads the body within the budget, `max_body_bytes` and the body deadline.
+    ///
+    /// With a `Content-Length`, it is checked against the size limit and reserved in full
+    /// before anything is read, so a request the budget cannot hold is answered without
+    /// reading its body (hyper then closes the connection instead of draining it). A chunked
+    /// body reserves each chunk as it arrives.
+    async fn read_body(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<(Bytes, BodyPermit), Reply> {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let too_large = || {
+            tracing::warn!(limit = self.max_body_bytes, "webhook body too large");
+            Reply::TooLarge {
+                limit: self.max_body_bytes,
+            }
+        };
+        let mut permit = match declared {
+            Some(length) if length > self.max_body_bytes => return Err(too_large()),
+            Some(length) => match self.budget.try_reserve(length) {
+                Some(permit) => permit,
+                None => return Err(self.over_budget(length)),
+            },
+            None => self.budget.empty(),
+        };
+        // The budget counts the buffer's capacity, i.e. the memory actually held: exactly
+        // the declared length, or for a chunked body its buffer as it grows (doubling).
+        let mut buffer: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0));
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|err| self.body_error(&err))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            let received = buffer.len() + data.len();
+            if declared.is_none() && received > buffer.capacity() {
+                if received > self.max_body_bytes {
+                    return Err(too_large());
+                }
+                let capacity = received
+                    .max(buffer.capacity().saturating_mul(2))
+                    .min(self.max_body_bytes);
+                let more = capacity.saturating_sub(permit.bytes());
+                if !self.budget.try_grow(&mut permit, more) {
+                    return Err(self.over_budget(received));
+                }
+                buffer.reserve_exact(capacity - buffer.len());
+            }
+            buffer.extend_from_slice(&data);
+        }
+        Ok((Bytes::from(buffer), permit))
+    }
+
+    fn over_budget(&self, bytes: usize) -> Reply {
+        // Debug, not warn: under a flood this fires for most requests; the counter is the
+        // signal.
+        let (shared, reserve) = self.budget.available();
+        tracing::debug!(
+            bytes,
+            available = shared,
+            reserve,
+            "webhook rejected: body budget exhausted"
+        );
+        Reply::OverBudget {
+            retry_after: self.retry_after.clone(),
+        }
+    }
+
+    /// A body that could not be read: too slow (408), or cut off by the client (400; the
+    /// client is usually gone and never sees it).
+    fn body_error(&self, err: &axum::Error) -> Reply {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = source {
+            if e.is::<TimeoutError>() {
+                tracing::warn!(timeout = ?self.body_read_timeout, "webhook rejected: body not received in time");
+                return Reply::BodyTimeout {
+                    timeout: self.body_read_timeout,
+                };
+            }
+            source = e.source();
+        }
+        Reply::bad_request(format!("cannot read body: {err}"))
     }
 
     /// Stores the webhook and waits for JetStream's ack, within `store_timeout`.
@@ -297,6 +533,9 @@ enum Reply {
     TooLarge { limit: usize },
     BadRequest(String),
     Unavailable { delivery_id: String },
+    BodyTimeout { timeout: Duration },
+    OverBudget { retry_after: HeaderValue },
+    OverConcurrency { retry_after: HeaderValue },
 }
 
 impl Reply {
@@ -321,6 +560,9 @@ impl Reply {
             Reply::TooLarge { .. } => Outcome::TooLarge,
             Reply::BadRequest(_) => Outcome::BadRequest,
             Reply::Unavailable { .. } => Outcome::Unavailable,
+            Reply::BodyTimeout { .. } => Outcome::BodyTimeout,
+            Reply::OverBudget { .. } => Outcome::OverBudget,
+            Reply::OverConcurrency { .. } => Outcome::OverConcurrency,
         }
     }
 }
@@ -359,6 +601,12 @@ impl Answer<'_> {
 
 impl IntoResponse for Reply {
     fn into_response(self) -> Response {
+        let retry_after = match &self {
+            Reply::OverBudget { retry_after } | Reply::OverConcurrency { retry_after } => {
+                Some(retry_after.clone())
+            }
+            _ => None,
+        };
         let (code, answer) = match &self {
             Reply::Stored {
                 delivery_id,
@@ -423,14 +671,41 @@ impl IntoResponse for Reply {
                     ..Answer::status("unavailable")
                 },
             ),
+            Reply::BodyTimeout { timeout } => (
+                StatusCode::REQUEST_TIMEOUT,
+                Answer {
+                    reason: Some(format!("body not received within {timeout:?}")),
+                    ..Answer::status("body_timeout")
+                },
+            ),
+            Reply::OverBudget { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Answer {
+                    reason: Some("too many request bodies in flight; retry later".to_owned()),
+                    ..Answer::status("over_budget")
+                },
+            ),
+            Reply::OverConcurrency { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Answer {
+                    reason: Some("too many requests in flight; retry later".to_owned()),
+                    ..Answer::status("over_concurrency")
+                },
+            ),
         };
-        match serde_json::to_vec(&answer) {
+        let mut response = match serde_json::to_vec(&answer) {
             Ok(mut body) => {
                 body.push(b'\n');
                 (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
             }
             Err(_) => code.into_response(),
+        };
+        if let Some(retry_after) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after);
         }
+        response
     }
 }
 

@@ -35,6 +35,11 @@ async fn secrets_and_signatures_never_appear_in_logs() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // tracing-core caches a callsite's interest when it is first hit; while a single
+    // dispatcher is registered it asks only the hitting thread's default, so a callsite first
+    // hit by a test on another thread (no subscriber) stays disabled here too. A second
+    // registered dispatcher makes it ask every registered one (this capturing one included).
+    let _second_dispatcher = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
 
     let mut h = Harness::start_with(|c| c.store_timeout = std::time::Duration::from_secs(1)).await;
     let body = push_body();

@@ -1,6 +1,7 @@
 //! The ingress against a real nats-server, over real HTTP.
 
 mod concurrency;
+mod limits;
 mod logs;
 mod outage;
 mod recorded;
