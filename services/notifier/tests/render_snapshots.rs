@@ -507,8 +507,19 @@ fn hostile_publishes(build: &mut Build, value: &str) {
 
 #[test]
 fn a_pull_request_build_exporting_markup_in_every_field_renders_it_inert() {
+    // The pull request's own text (title, branches, author) is attacker-written too: it
+    // reaches the request from the webhook.
+    let mut request = pr_env();
+    for key in [
+        "PRX_BRANCH",
+        "PRX_GITHUB_PR_TITLE",
+        "PRX_GITHUB_PR_BASE_BRANCH",
+        "PRX_GITHUB_PR_AUTHOR",
+    ] {
+        request.insert(key.into(), HOSTILE.into());
+    }
     let mut build = Build::new();
-    build.requested(pr_env()).started().completed(
+    build.requested(request).started().completed(
         v1::BuildStatus::Failed,
         exported_everywhere(HOSTILE),
         HOSTILE,
@@ -517,11 +528,12 @@ fn a_pull_request_build_exporting_markup_in_every_field_renders_it_inert() {
     hostile_publishes(&mut build, HOSTILE);
     let message = render::render(&build.view, None, &direct_links());
     assert_inert(&message, &ALLOWED);
-    // Under the limit: the links were kept, and the repository is no `owner/name`, so it gets
-    // no GitHub links.
+    // Under the limit: the links were kept. The repository, pull request and commit come from
+    // the dispatcher's request (the exported ones are ignored), so their GitHub links are the
+    // real ones.
     assert_eq!(
         link_labels(&message),
-        ["Failed to build", "ECR", "ECR", "S3"]
+        ["Failed to build", "#582", "165df6a", "ECR", "ECR", "S3"]
     );
     // The markup is shown as typed, with the broadcast's `@` replaced.
     assert!(
@@ -570,8 +582,9 @@ fn a_push_build_with_markup_in_link_targets_commits_and_publishes_renders_it_ine
     assert_eq!(
         link_labels(&message),
         [
+            // The commit is the request's, not the exported one.
             "Built",
-            "&lt;!chann",
+            "165df6a",
             "ECR",
             "ECR",
             "S3",
