@@ -6,8 +6,42 @@ use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+/// Who an authenticated call comes from, as audited actions record it. Only the guard sets it
+/// (a request extension), from the credential it verified: never from text the caller sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity(String);
+
+impl Identity {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The identity of a caller that presented the configured ops token. One shared token today,
+/// so one identity; per-operator credentials would map to their own identities here.
+pub fn token_identity() -> Identity {
+    Identity("ops-token".to_owned())
+}
+
+/// The identity [`RequireToken`] authenticated for `request`; UNAUTHENTICATED when the call
+/// did not pass the guard (a server wired without it).
+pub fn identity_of<T>(request: &Request<T>) -> Result<Identity, Status> {
+    request
+        .extensions()
+        .get::<Identity>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no authenticated identity"))
+}
+
 /// Rejects calls without `authorization: Bearer <token>` matching the configured token
-/// (compared in constant time). The token is never logged.
+/// (compared in constant time) and marks the others with the caller's [`Identity`]. The
+/// token is never logged.
 #[derive(Clone)]
 pub struct RequireToken {
     token: SecretString,
@@ -26,7 +60,9 @@ impl RequireToken {
 }
 
 impl Interceptor for RequireToken {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        // Whatever a caller managed to put there, only the verified identity may remain.
+        request.extensions_mut().remove::<Identity>();
         let presented = request
             .metadata()
             .get("authorization")
@@ -35,6 +71,7 @@ impl Interceptor for RequireToken {
             .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
         let expected = self.token.expose_secret().as_bytes();
         if bool::from(presented.as_bytes().ct_eq(expected)) {
+            request.extensions_mut().insert(token_identity());
             Ok(request)
         } else {
             Err(Status::unauthenticated("wrong bearer token"))
@@ -82,17 +119,18 @@ impl Interceptor for BearerToken {
 mod tests {
     use super::*;
 
-    fn call(token: Option<&str>) -> Result<(), Status> {
+    fn call(token: Option<&str>) -> Result<Identity, Status> {
         let secret = SecretString::from("0123456789abcdef");
         let mut guard = RequireToken::new(secret);
         let mut client = BearerToken::new(token.map(SecretString::from).as_ref());
         let request = client.call(Request::new(()))?;
-        guard.call(request).map(|_| ())
+        identity_of(&guard.call(request)?)
     }
 
     #[test]
     fn only_the_configured_token_passes() {
-        assert!(call(Some("0123456789abcdef")).is_ok());
+        assert_eq!(call(Some("0123456789abcdef")).unwrap(), token_identity());
+        assert_eq!(token_identity().as_str(), "ops-token");
         assert_eq!(
             call(Some("0123456789abcdeX")).unwrap_err().code(),
             tonic::Code::Unauthenticated
@@ -100,5 +138,10 @@ mod tests {
         assert_eq!(call(None).unwrap_err().code(), tonic::Code::Unauthenticated);
         let guard = RequireToken::new("a-very-secret-token".into());
         assert!(!format!("{guard:?}").contains("secret"));
+        // A request that never passed the guard has no identity.
+        assert_eq!(
+            identity_of(&Request::new(())).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
     }
 }

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
+use prx_ci_ops::api::ParameterOwnership;
 use prx_ci_ops::{OpsConfig, OpsService};
+use prx_ci_publisher::PublisherConfig;
 use prx_ci_shared::config;
 use prx_ci_shared::process::{ServiceProcess, exit_code};
 
@@ -13,7 +15,8 @@ use prx_ci_shared::process::{ServiceProcess, exit_code};
 #[derive(Debug, Parser)]
 #[command(name = "prx-ci-ops", version, about)]
 struct Args {
-    /// Configuration file (TOML; sections [nats], [telemetry], [ops]).
+    /// Configuration file (TOML; sections [nats], [telemetry], [ops], and [publisher] for
+    /// parameter ownership).
     #[arg(long, env = "PRX_CI_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -27,12 +30,15 @@ async fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
     let file = args.config.as_deref();
     let ops: OpsConfig = config::load(file, "ops")?;
+    let publisher: PublisherConfig = config::load(file, "publisher")?;
+    let ownership = ParameterOwnership::from_publisher(&publisher)?;
     let mut process = ServiceProcess::start("prx-ci-ops", file).await?;
     let grpc = tokio::net::TcpListener::bind(ops.listen)
         .await
         .with_context(|| format!("cannot listen on {}", ops.listen))?;
     let ops_listen = ops.ops_listen;
-    let service = OpsService::new(process.rt.clone(), ops, &mut process.registry)?;
+    let service =
+        OpsService::new(process.rt.clone(), ops, &mut process.registry)?.with_ownership(ownership);
     process
         .run(ops_listen, |shutdown| service.run(grpc, shutdown))
         .await

@@ -12,7 +12,7 @@ use tokio::sync::RwLock;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-use crate::api::{ApiMetrics, OpsApi};
+use crate::api::{ApiMetrics, OpsApi, ParameterOwnership};
 use crate::auth::RequireToken;
 use crate::client::MAX_MESSAGE_SIZE;
 use crate::config::OpsConfig;
@@ -51,6 +51,14 @@ impl OpsService {
             token,
             builds,
         })
+    }
+
+    /// Uses the publisher's parameter ownership settings (`[publisher]`: `owners` and
+    /// `parameter_prefix`) for `ParameterOwners` and `TransferParameter`. Without it, no name
+    /// is config-owned as far as the ops API knows (the publisher still lets config win).
+    pub fn with_ownership(mut self, ownership: ParameterOwnership) -> Self {
+        self.api = self.api.with_ownership(ownership);
+        self
     }
 
     /// Serves the gRPC API on `listener` and follows the build events until `shutdown`.
