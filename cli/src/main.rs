@@ -48,6 +48,8 @@ enum Command {
     /// Parked (dead-lettered) messages; --retry ID puts one back.
     Parked(parked::ParkedArgs),
     /// Deploy parameters: value, the push that wrote it, the latest skipped publish and why.
+    ///
+    /// `params owners` / `params transfer NAME REPO`: which repository may publish which name.
     Params(params::ParamsArgs),
     /// Two pushes whose builds finish in reverse order, against a running `prx-ci up`.
     Demo(demo::DemoArgs),

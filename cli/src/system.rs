@@ -13,6 +13,7 @@ use prx_ci_dispatcher::{Dispatcher, DispatcherConfig, LocalGitBuildspecSource};
 use prx_ci_ingress::{Ingress, IngressConfig};
 use prx_ci_local_runner::{LocalRunner, LocalRunnerConfig};
 use prx_ci_notifier::{Notifier, NotifierConfig};
+use prx_ci_ops::api::ParameterOwnership;
 use prx_ci_ops::{OpsConfig, OpsService};
 use prx_ci_publisher::{KvParameterStore, NoArtifactCheck, Publisher, PublisherConfig};
 use prx_ci_shared::config::{self, NatsConfig};
@@ -91,6 +92,7 @@ impl LocalSystem {
         )?;
         let watcher =
             BuildWatcher::new(rt.clone(), config.build_watcher, None, None, &mut registry)?;
+        let ownership = ParameterOwnership::from_publisher(&config.publisher)?;
         let publisher = Publisher::new(
             rt.clone(),
             config.publisher,
@@ -113,7 +115,8 @@ impl LocalSystem {
                 .context("cannot build the GitHub client")?,
         );
         let ops = OpsService::new(rt.clone(), config.ops, &mut registry)?
-            .with_commit_graph(Arc::new(commits));
+            .with_commit_graph(Arc::new(commits))
+            .with_ownership(ownership);
         // One registry for the process: the ingress serves it on /metrics.
         let registry = Arc::new(registry);
 

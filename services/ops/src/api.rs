@@ -7,9 +7,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use prx_ci_proto::v1::{self, envelope::Payload, ops_server::Ops, replay_request};
+use prx_ci_publisher::owner_store::{OwnerStore, TransferError};
+use prx_ci_publisher::ownership::{ConfigOwners, Transfer, TransferRefused};
+use prx_ci_publisher::{OwnerRecord, PublisherConfig};
 use prx_ci_shared::Runtime;
 use prx_ci_shared::domain::{Branch, CommitSha, RepoName};
-use prx_ci_shared::events::{Chain, from_timestamp};
+use prx_ci_shared::events::{Chain, from_timestamp, new_event_id};
 use prx_ci_shared::subject::{self, EVENTS_STREAM, EventKind, WEBHOOKS_STREAM};
 use time::OffsetDateTime;
 use tokio::sync::RwLock;
@@ -50,11 +53,41 @@ impl ApiMetrics {
     }
 }
 
-/// Longest free-text reason of a rebuild.
+/// What the ops API knows of the publisher's parameter ownership (`[publisher]` section).
+#[derive(Debug, Clone)]
+pub struct ParameterOwnership {
+    /// `[publisher.owners]`, which no transfer can override.
+    pub config_owners: ConfigOwners,
+    /// `[publisher] parameter_prefix`: transfers name parameters under it.
+    pub parameter_prefix: String,
+}
+
+impl ParameterOwnership {
+    /// From the publisher's (validated) configuration.
+    pub fn from_publisher(config: &PublisherConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            config_owners: config
+                .config_owners()
+                .map_err(|reason| anyhow::anyhow!("invalid configuration [publisher]: {reason}"))?,
+            parameter_prefix: config.parameter_prefix.clone(),
+        })
+    }
+}
+
+impl Default for ParameterOwnership {
+    fn default() -> Self {
+        Self {
+            config_owners: ConfigOwners::default(),
+            parameter_prefix: PublisherConfig::default().parameter_prefix,
+        }
+    }
+}
+
+/// Longest free-text reason of a rebuild or a transfer (stored in the audit records).
 pub const MAX_REASON_LEN: usize = 1000;
 
-/// The API's state: the NATS handles, the config, the builds projection and the commit graph
-/// rebuilds check ancestry in.
+/// The API's state: the NATS handles, the config, the builds projection, the commit graph
+/// rebuilds check ancestry in, and the publisher's parameter ownership.
 #[derive(Debug, Clone)]
 pub struct OpsApi {
     rt: Runtime,
@@ -62,6 +95,7 @@ pub struct OpsApi {
     builds: Arc<RwLock<BuildsProjection>>,
     metrics: ApiMetrics,
     commits: Arc<dyn CommitGraph>,
+    ownership: Arc<ParameterOwnership>,
 }
 
 fn repository(name: &str) -> Result<RepoName, OpsError> {
@@ -86,12 +120,19 @@ impl OpsApi {
             builds,
             metrics,
             commits: Arc::new(Ancestry::local_only()),
+            ownership: Arc::new(ParameterOwnership::default()),
         }
     }
 
     /// Where rebuilds check that a commit given by hand is in its branch's history.
     pub fn with_commit_graph(mut self, commits: Arc<dyn CommitGraph>) -> Self {
         self.commits = commits;
+        self
+    }
+
+    /// Uses the publisher's ownership configuration (default: no config owners).
+    pub fn with_ownership(mut self, ownership: ParameterOwnership) -> Self {
+        self.ownership = Arc::new(ownership);
         self
     }
 
@@ -447,6 +488,132 @@ impl OpsApi {
     }
 }
 
+impl OpsApi {
+    /// Config owners and claimed names under `request.prefix`.
+    pub async fn parameter_owners(
+        &self,
+        request: v1::ParameterOwnersRequest,
+    ) -> Result<v1::ParameterOwnersResponse, OpsError> {
+        let prefix = request.prefix.trim();
+        let mut owners: Vec<v1::ParameterOwner> = self
+            .ownership
+            .config_owners
+            .entries()
+            .iter()
+            .filter(|c| c.pattern.starts_with(prefix) || c.covers(prefix))
+            .map(|c| v1::ParameterOwner {
+                parameter: c.pattern.clone(),
+                repository: c.repository.clone(),
+                source: "config".into(),
+                ..Default::default()
+            })
+            .collect();
+        let store = OwnerStore::open(&self.rt.js)
+            .await
+            .map_err(OpsError::unavailable)?;
+        let claimed = store.all(prefix).await.map_err(OpsError::unavailable)?;
+        owners.extend(claimed.into_iter().map(owner_of_record));
+        Ok(v1::ParameterOwnersResponse { owners })
+    }
+
+    /// Moves a parameter name to another repository on behalf of `identity` and records the
+    /// `ParameterOwnerChanged` event.
+    pub async fn transfer_parameter(
+        &self,
+        request: v1::TransferParameterRequest,
+        identity: &Operator,
+    ) -> Result<v1::TransferParameterResponse, OpsError> {
+        let parameter = request.parameter.trim();
+        let reason = request.reason.trim();
+        if reason.chars().count() > MAX_REASON_LEN {
+            return Err(OpsError::InvalidArgument(format!(
+                "reason is longer than {MAX_REASON_LEN} characters"
+            )));
+        }
+        let now = OffsetDateTime::now_utc();
+        let now_text = now
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(OpsError::internal)?;
+        let store = OwnerStore::open(&self.rt.js)
+            .await
+            .map_err(OpsError::unavailable)?;
+        let record = store
+            .transfer(
+                &self.ownership.config_owners,
+                &self.ownership.parameter_prefix,
+                &Transfer {
+                    parameter,
+                    repository: &request.repository,
+                    requested_by: identity.name(),
+                    reason,
+                },
+                &now_text,
+            )
+            .await
+            .map_err(|e| match e {
+                TransferError::Refused(
+                    r @ (TransferRefused::InvalidName(_) | TransferRefused::InvalidRepository(_)),
+                ) => OpsError::InvalidArgument(r.to_string()),
+                TransferError::Refused(r) => OpsError::FailedPrecondition(r.to_string()),
+                other => OpsError::unavailable(other),
+            })?;
+        let event_id = new_event_id();
+        let envelope = Chain {
+            correlation_id: event_id.clone(),
+            ..Chain::default()
+        }
+        .envelope_at(
+            event_id.clone(),
+            now,
+            Payload::ParameterOwnerChanged(v1::ParameterOwnerChanged {
+                parameter: record.parameter.clone(),
+                repository: record.repository.clone(),
+                previous: record.previous.clone(),
+                action: record.action.clone(),
+                requested_by: record.requested_by.clone(),
+                reason: record.reason.clone(),
+            }),
+        );
+        // The record (which carries the same audit fields) is written first: an event for a
+        // transfer that lost its compare-and-set would be a false audit entry.
+        let stored = self
+            .rt
+            .publisher
+            .publish(&envelope)
+            .await
+            .map_err(OpsError::unavailable)?;
+        tracing::info!(
+            parameter = %record.parameter,
+            repository = %record.repository,
+            previous = %record.previous,
+            requested_by = %record.requested_by,
+            reason = %record.reason,
+            event_id = %event_id,
+            "parameter owner transferred"
+        );
+        Ok(v1::TransferParameterResponse {
+            previous: record.previous,
+            requested_by: record.requested_by,
+            event_id,
+            sequence: stored.sequence,
+        })
+    }
+}
+
+fn owner_of_record(r: OwnerRecord) -> v1::ParameterOwner {
+    v1::ParameterOwner {
+        parameter: r.parameter,
+        repository: r.repository,
+        source: r.action,
+        build_id: r.build_id,
+        commit: r.commit,
+        at: r.at,
+        requested_by: r.requested_by,
+        reason: r.reason,
+        previous: r.previous,
+    }
+}
+
 /// The pull-consumer view of a consumer's configuration (the fields a replay copies).
 fn consumer_pull_config(
     c: &async_nats::jetstream::consumer::Config,
@@ -526,5 +693,22 @@ impl Ops for OpsApi {
         let request = request.into_inner();
         let result = parked::retry(&self.rt.js, request.id, operator.name()).await;
         self.observe("retry_parked", result)
+    }
+
+    async fn parameter_owners(
+        &self,
+        request: Request<v1::ParameterOwnersRequest>,
+    ) -> Result<Response<v1::ParameterOwnersResponse>, Status> {
+        let result = OpsApi::parameter_owners(self, request.into_inner()).await;
+        self.observe("parameter_owners", result)
+    }
+
+    async fn transfer_parameter(
+        &self,
+        request: Request<v1::TransferParameterRequest>,
+    ) -> Result<Response<v1::TransferParameterResponse>, Status> {
+        let identity = Operator::of(&request)?;
+        let result = OpsApi::transfer_parameter(self, request.into_inner(), &identity).await;
+        self.observe("transfer_parameter", result)
     }
 }

@@ -72,6 +72,8 @@ impl RequireToken {
 
 impl Interceptor for RequireToken {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        // Whatever a caller managed to put there, only the verified identity may remain.
+        request.extensions_mut().remove::<Operator>();
         let presented = request
             .metadata()
             .get("authorization")

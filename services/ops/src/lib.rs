@@ -9,6 +9,8 @@
 //! - `Replay`: a temporary replay consumer that the target service runs with its own handler
 //!   (every consumer loop runs `prx_ci_shared::replay::ReplayRunner`; see docs/operations.md).
 //! - `Parked` / `RetryParked`: dead-lettered messages and putting one back once.
+//! - `ParameterOwners` / `TransferParameter`: who may publish which parameter name, and the
+//!   audited move of a claimed name to another repository (`docs/operations.md`).
 //!
 //! Every call needs the configured bearer token.
 //!

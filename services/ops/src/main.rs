@@ -8,7 +8,9 @@ use clap::Parser;
 use std::sync::Arc;
 
 use prx_ci_ops::ancestry::Ancestry;
+use prx_ci_ops::api::ParameterOwnership;
 use prx_ci_ops::{OpsConfig, OpsService};
+use prx_ci_publisher::PublisherConfig;
 use prx_ci_shared::config;
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
 use prx_ci_shared::process::{ServiceProcess, exit_code};
@@ -17,7 +19,8 @@ use prx_ci_shared::process::{ServiceProcess, exit_code};
 #[derive(Debug, Parser)]
 #[command(name = "prx-ci-ops", version, about)]
 struct Args {
-    /// Configuration file (TOML; sections [nats], [telemetry], [github], [ops]).
+    /// Configuration file (TOML; sections [nats], [telemetry], [github], [ops], and [publisher]
+    /// for parameter ownership).
     #[arg(long, env = "PRX_CI_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -35,13 +38,16 @@ async fn try_main() -> anyhow::Result<()> {
     let github: GitHubConfig = config::load(file, "github")?;
     let commits =
         Ancestry::new(GitHubClient::new(github).context("cannot build the GitHub client")?);
+    let publisher: PublisherConfig = config::load(file, "publisher")?;
+    let ownership = ParameterOwnership::from_publisher(&publisher)?;
     let mut process = ServiceProcess::start("prx-ci-ops", file).await?;
     let grpc = tokio::net::TcpListener::bind(ops.listen)
         .await
         .with_context(|| format!("cannot listen on {}", ops.listen))?;
     let ops_listen = ops.ops_listen;
     let service = OpsService::new(process.rt.clone(), ops, &mut process.registry)?
-        .with_commit_graph(Arc::new(commits));
+        .with_commit_graph(Arc::new(commits))
+        .with_ownership(ownership);
     process
         .run(ops_listen, |shutdown| service.run(grpc, shutdown))
         .await

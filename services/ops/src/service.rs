@@ -13,7 +13,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::ancestry::CommitGraph;
-use crate::api::{ApiMetrics, OpsApi};
+use crate::api::{ApiMetrics, OpsApi, ParameterOwnership};
 use crate::auth::RequireToken;
 use crate::client::MAX_MESSAGE_SIZE;
 use crate::config::OpsConfig;
@@ -58,6 +58,14 @@ impl OpsService {
     /// local `file://` repositories only, see [`crate::ancestry`]).
     pub fn with_commit_graph(mut self, graph: Arc<dyn CommitGraph>) -> Self {
         self.api = self.api.with_commit_graph(graph);
+        self
+    }
+
+    /// Uses the publisher's parameter ownership settings (`[publisher]`: `owners` and
+    /// `parameter_prefix`) for `ParameterOwners` and `TransferParameter`. Without it, no name
+    /// is config-owned as far as the ops API knows (the publisher still lets config win).
+    pub fn with_ownership(mut self, ownership: ParameterOwnership) -> Self {
+        self.api = self.api.with_ownership(ownership);
         self
     }
 

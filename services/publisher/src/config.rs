@@ -1,5 +1,6 @@
 //! The publisher's configuration (section `[publisher]`, see `config.example.toml`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use serde::Deserialize;
 
 use crate::mapping::check_parameter_name;
 use crate::ordering::FenceSettings;
+use crate::ownership::ConfigOwners;
 
 /// Section `[publisher]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -41,6 +43,11 @@ pub struct PublisherConfig {
     /// consumer definition's backoff (`deploy/nats/consumers/publisher.json`).
     #[serde(deserialize_with = "durations")]
     pub retry_backoff: Vec<Duration>,
+    /// Table `[publisher.owners]`: parameter name, or prefix ending in `/`, -> the `owner/repo`
+    /// that alone may publish it (the longest matching entry wins; config beats a claim).
+    /// Names no entry covers belong to the first repository that publishes them. Default
+    /// empty.
+    pub owners: BTreeMap<String, String>,
 }
 
 impl Default for PublisherConfig {
@@ -56,6 +63,7 @@ impl Default for PublisherConfig {
             write_timeout: Duration::from_secs(10),
             fence_poll_interval: Duration::from_millis(20),
             retry_backoff: Vec::new(),
+            owners: BTreeMap::new(),
         }
     }
 }
@@ -75,6 +83,11 @@ impl PublisherConfig {
             write_timeout: self.write_timeout,
             poll_interval: self.fence_poll_interval,
         }
+    }
+
+    /// The validated `[publisher.owners]` table.
+    pub fn config_owners(&self) -> Result<ConfigOwners, String> {
+        ConfigOwners::parse(&self.owners, &self.parameter_prefix)
     }
 }
 
@@ -107,6 +120,7 @@ impl Validate for PublisherConfig {
         if self.fence_poll_interval.is_zero() || self.fence_poll_interval > self.claim_lease {
             return Err("fence_poll_interval must be positive and below claim_lease".into());
         }
+        self.config_owners()?;
         Ok(())
     }
 }
@@ -147,6 +161,14 @@ mod tests {
                 "[publisher]\nprimary_architecture = \"arm\"\n",
                 "primary_architecture",
             ),
+            (
+                "[publisher.owners]\n\"/prx/stag/Spire/App/\" = \"app\"\n",
+                "owner/repo",
+            ),
+            (
+                "[publisher.owners]\n\"/prx/prod/App/\" = \"PRX/app\"\n",
+                "outside the allowed prefix",
+            ),
         ] {
             let err = load_from::<PublisherConfig>(&Figment::from(Toml::string(text)), "publisher")
                 .unwrap_err();
@@ -161,5 +183,19 @@ mod tests {
         .unwrap();
         assert_eq!(ok.primary_architecture, Architecture::Aarch64);
         assert_eq!(ok.retry_backoff.len(), 2);
+        let owned: PublisherConfig = load_from(
+            &Figment::from(Toml::string(
+                "[publisher.owners]\n\"/prx/stag/Spire/App/\" = \"PRX/app\"\n",
+            )),
+            "publisher",
+        )
+        .unwrap();
+        let owners = owned.config_owners().unwrap();
+        assert_eq!(
+            owners
+                .owner_of("/prx/stag/Spire/App/pkg/docker-image-tag")
+                .map(|o| o.repository.as_str()),
+            Some("PRX/app")
+        );
     }
 }

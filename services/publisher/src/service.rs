@@ -22,6 +22,8 @@ use crate::eligibility::{self, Override, Verdict};
 use crate::fence::{Position, Publication, Stale};
 use crate::mapping::{self, Item, Rejected, Target};
 use crate::ordering::{FenceError, FenceMetrics, FenceOutcome, KvFence};
+use crate::owner_store::{Checked, OwnerStore};
+use crate::ownership::{ConfigOwners, OwnerRecord};
 use crate::report::{SkipLog, SkipRecord};
 use crate::store::{ParameterStore, StoreError};
 
@@ -41,6 +43,7 @@ pub struct Publisher {
     config: PublisherConfig,
     store: Arc<dyn ParameterStore>,
     artifacts: Arc<dyn ArtifactChecker>,
+    config_owners: ConfigOwners,
     fence_metrics: FenceMetrics,
     outcomes: Family<OutcomeLabels, Counter>,
 }
@@ -58,6 +61,9 @@ impl Publisher {
         config
             .validate()
             .map_err(|reason| anyhow::anyhow!("invalid configuration [publisher]: {reason}"))?;
+        let config_owners = config
+            .config_owners()
+            .map_err(|reason| anyhow::anyhow!("invalid configuration [publisher]: {reason}"))?;
         let fence_metrics = FenceMetrics::new();
         fence_metrics.register(registry);
         let outcomes = Family::<OutcomeLabels, Counter>::default();
@@ -71,6 +77,7 @@ impl Publisher {
             config,
             store,
             artifacts,
+            config_owners,
             fence_metrics,
             outcomes,
         })
@@ -85,6 +92,7 @@ impl Publisher {
         )
         .await?;
         let skips = SkipLog::open(&self.rt.js).await?;
+        let owners = OwnerStore::open(&self.rt.js).await?;
         let definitions = prx_ci_shared::nats::Definitions::embedded()?;
         let mut settings = ConsumerSettings::from_definition(definitions.consumer(DURABLE)?)
             .with_concurrency(self.config.concurrency);
@@ -98,6 +106,8 @@ impl Publisher {
             artifacts: self.artifacts,
             fence,
             skips,
+            owners,
+            config_owners: self.config_owners,
             outcomes: self.outcomes,
         });
         run_consumer(
@@ -120,6 +130,8 @@ struct PublishHandler {
     artifacts: Arc<dyn ArtifactChecker>,
     fence: KvFence,
     skips: SkipLog,
+    owners: OwnerStore,
+    config_owners: ConfigOwners,
     outcomes: Family<OutcomeLabels, Counter>,
 }
 
@@ -306,6 +318,11 @@ impl PublishHandler {
         publication: &Publication,
     ) -> Result<(), HandlerError> {
         let parameter = target.parameter.as_str();
+        // Ownership first: a name another repository owns is neither claimed in the fence nor
+        // checked for an artifact.
+        if let Some(skip) = self.check_owner(emit, target).await? {
+            return emit.skipped(skip).await;
+        }
         let outcome = match self
             .fence
             .precheck(parameter, publication)
@@ -389,6 +406,54 @@ impl PublishHandler {
     }
 }
 
+impl PublishHandler {
+    /// Whether the build's repository may publish `target` (see [`crate::ownership`]): `Some`
+    /// skip when another repository owns it. A first publish claims the name and reports the
+    /// claim.
+    async fn check_owner(
+        &self,
+        emit: &Emitter<'_>,
+        target: &Target,
+    ) -> Result<Option<Skip>, HandlerError> {
+        let checked = self
+            .owners
+            .check(
+                &self.config_owners,
+                target.parameter.as_str(),
+                &emit.build.repository,
+                emit.id_base,
+                &emit.build.commit,
+                &OffsetDateTime::now_utc()
+                    .format(&Rfc3339)
+                    .unwrap_or_default(),
+            )
+            .await
+            .map_err(HandlerError::Transient)?;
+        match checked {
+            Checked::Allowed { claimed: None } => Ok(None),
+            Checked::Allowed {
+                claimed: Some(record),
+            } => {
+                emit.owner_claimed(&record).await?;
+                Ok(None)
+            }
+            Checked::NotOwner { owner, detail } => {
+                tracing::warn!(
+                    parameter = %target.parameter.as_str(),
+                    repository = %emit.build.repository,
+                    owner = %owner,
+                    "publish to a parameter another repository owns"
+                );
+                Ok(Some(Skip::of_target(
+                    target,
+                    PublishSkipReason::NotOwner,
+                    detail,
+                )))
+            }
+        }
+    }
+}
+
 fn fence_error(err: FenceError) -> HandlerError {
     match &err {
         FenceError::Store {
@@ -439,6 +504,35 @@ impl Emitter<'_> {
                 outcome: "applied".into(),
             })
             .inc();
+        Ok(())
+    }
+
+    /// Reports that this build claimed `record.parameter` for its repository (stable id per
+    /// build and parameter, so a redelivery re-reports the same event).
+    async fn owner_claimed(&self, record: &OwnerRecord) -> Result<(), HandlerError> {
+        let id = derived_event_id(self.id_base, &["owner-claim", &record.parameter]);
+        let envelope = self.chain.envelope(
+            id,
+            Payload::ParameterOwnerChanged(v1::ParameterOwnerChanged {
+                parameter: record.parameter.clone(),
+                repository: record.repository.clone(),
+                previous: String::new(),
+                action: record.action.clone(),
+                requested_by: String::new(),
+                reason: String::new(),
+            }),
+        );
+        self.handler
+            .rt
+            .publisher
+            .publish(&envelope)
+            .await
+            .map_err(HandlerError::transient)?;
+        tracing::info!(
+            parameter = %record.parameter,
+            repository = %record.repository,
+            "parameter claimed by its first publish"
+        );
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use prx_ci_ops::ancestry::Ancestry;
+use prx_ci_ops::api::ParameterOwnership;
 use prx_ci_ops::client::{self, Client};
 use prx_ci_ops::{OpsConfig, OpsService};
 use prx_ci_proto::v1::{self, envelope::Payload};
@@ -41,7 +42,12 @@ impl Harness {
         Self::start_with(OpsConfig::default()).await
     }
 
-    pub async fn start_with(mut config: OpsConfig) -> Self {
+    pub async fn start_with(config: OpsConfig) -> Self {
+        Self::start_owning(config, ParameterOwnership::default()).await
+    }
+
+    /// With the publisher's parameter ownership settings.
+    pub async fn start_owning(mut config: OpsConfig, ownership: ParameterOwnership) -> Self {
         let server = NatsServer::start().await;
         let rt = Runtime::from_client(server.connect().await, &mut Registry::default());
         rt.provision(1).await.unwrap();
@@ -63,7 +69,8 @@ impl Harness {
         });
         let service = OpsService::new(rt.clone(), config, &mut Registry::default())
             .unwrap()
-            .with_commit_graph(Arc::new(Ancestry::new(client)));
+            .with_commit_graph(Arc::new(Ancestry::new(client)))
+            .with_ownership(ownership);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();

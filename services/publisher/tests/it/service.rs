@@ -9,10 +9,10 @@ use prx_ci_publisher::{
     AwsArtifactChecker, KvParameterStore, NoArtifactCheck, SsmParameterStore, parameter_report,
 };
 use prx_ci_shared::domain::Architecture;
-use prx_ci_shared::testing::{MotoServer, NatsServer};
+use prx_ci_shared::testing::{MotoServer, NatsServer, wait_until};
 
 use crate::utils::{
-    BuildSpec, EventLog, Fault, FaultyStore, Replica, SsmReplicas, runtime, settle, sha,
+    BuildSpec, EventLog, Fault, FaultyStore, Replica, SsmReplicas, WAIT, runtime, settle, sha,
     ssm_history, test_config, warm_up,
 };
 
@@ -400,6 +400,12 @@ async fn a_stalled_write_is_abandoned_at_its_deadline_and_never_lands_after_a_ne
     // newer push waits on its claim, both proceed once the lease (800 ms) is over.
     store.inject(p, &older.value(), Fault::Stalled);
     rt.publisher.publish(&older.envelope("a")).await.unwrap();
+    // The newer push arrives once the older write hangs (its first publish of the name also
+    // claims it, so without this the newer one could reach the fence first).
+    wait_until(WAIT, "the older write to stall", || async {
+        (store.faults_left() == 0).then_some(())
+    })
+    .await;
     rt.publisher.publish(&newer.envelope("a")).await.unwrap();
     settle(
         &rt,
