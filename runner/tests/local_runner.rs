@@ -91,6 +91,7 @@ impl Fixture {
         let data = tempfile::tempdir().unwrap();
         let mut config = LocalRunnerConfig {
             data_dir: data.path().join("runner"),
+            work_dir: data.path().join("work"),
             ..LocalRunnerConfig::default()
         };
         configure(&mut config);
@@ -102,6 +103,11 @@ impl Fixture {
             out: tempfile::tempdir().unwrap(),
             runner,
         }
+    }
+
+    /// The work root of this fixture's builds.
+    fn work_dir(&self) -> String {
+        self.runner.config().work_dir.display().to_string()
     }
 
     fn out(&self, name: &str) -> PathBuf {
@@ -281,9 +287,9 @@ async fn a_build_runs_every_phase_in_one_shell_and_reports_like_codebuild() {
     let src = fx
         .runner
         .config()
-        .data_dir
-        .join("work")
-        .join(started.build_id.trim_start_matches("local:"));
+        .work_dir
+        .join(started.build_id.trim_start_matches("local:"))
+        .join("src");
     assert_eq!(
         read(&fx.out("vars")).trim(),
         format!(
@@ -529,23 +535,37 @@ async fn an_unknown_commit_fails_download_source() {
     assert!(!fx.out("ran").exists());
 }
 
-/// Whether a process is gone (or a zombie waiting for its reaper).
-fn process_gone(pid: &str) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+/// The live processes (not zombies) whose command line contains `marker`, seen from the host:
+/// isolated builds run in their own PID namespace, so `$$` inside a build is not a host pid.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(entry.path().join("stat")).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        });
+        if !zombie && String::from_utf8_lossy(&cmdline).contains(marker) {
+            found.push(pid);
+        }
     }
+    found
 }
 
 const SLEEPER: &str = r#"version: 0.2
 phases:
   build:
     commands:
-      - echo $$ > "$OUT/shell.pid"
-      - sleep 30 & echo $! > "$OUT/sleep.pid"; touch "$OUT/started"; wait
+      - (exec -a "sleeper:$OUT" sleep 30) &
+      - setsid bash -c 'exec -a "escaper:$1" sleep 30' _ "$OUT" &
+      - touch "$OUT/started"; wait
       - touch "$OUT/after"
   post_build:
     commands:
@@ -573,10 +593,11 @@ async fn the_timeout_kills_the_whole_build_and_reports_timed_out() {
         "{build:?}"
     );
     assert!(!fx.out("after").exists() && !fx.out("post_build").exists());
-    for pid_file in ["shell.pid", "sleep.pid"] {
-        let pid = read(&fx.out(pid_file)).trim().to_owned();
+    // The shell (its command line names the work dir), the sleep, and the one that left the
+    // process group with setsid: the whole PID namespace goes.
+    for marker in [fx.work_dir(), fx.out.path().display().to_string()] {
         wait_until(WAIT, "the build's processes to be gone", || async {
-            process_gone(&pid).then_some(())
+            processes_with(&marker).is_empty().then_some(())
         })
         .await;
     }
@@ -596,6 +617,8 @@ async fn stop_kills_a_running_build_and_reports_stopped() {
         started_file.exists().then_some(())
     })
     .await;
+    let sleeper = format!("sleeper:{}", fx.out.path().display());
+    assert!(!processes_with(&sleeper).is_empty(), "the sleep runs");
 
     assert_eq!(
         fx.runner.stop(&started.build_id).await.unwrap(),
@@ -610,9 +633,8 @@ async fn stop_kills_a_running_build_and_reports_stopped() {
         .unwrap();
     assert_eq!(build.1, "STOPPED");
     assert!(!fx.out("post_build").exists());
-    let pid = read(&fx.out("sleep.pid")).trim().to_owned();
     wait_until(WAIT, "the sleep to be killed", || async {
-        process_gone(&pid).then_some(())
+        processes_with(&sleeper).is_empty().then_some(())
     })
     .await;
 
