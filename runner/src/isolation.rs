@@ -206,7 +206,12 @@ impl Sandbox {
     }
 
     /// unshare, prologue and setpriv around `command`.
-    fn argv(&self, build_dir: &Path, work_dir: &Path, command: &[String]) -> (PathBuf, Vec<String>) {
+    fn argv(
+        &self,
+        build_dir: &Path,
+        work_dir: &Path,
+        command: &[String],
+    ) -> (PathBuf, Vec<String>) {
         let mut args: Vec<String> = [
             "--user",
             "--map-root-user",
@@ -299,7 +304,12 @@ fn env_payload(env: &BTreeMap<String, String>) -> Vec<u8> {
 /// `name` if it is a path, else the first match on this process's `PATH`.
 fn find_tool(name: &str) -> anyhow::Result<PathBuf> {
     if name.contains('/') {
-        return Ok(PathBuf::from(name));
+        let path = PathBuf::from(name);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(anyhow::anyhow!("`{name}` does not exist"))
+        };
     }
     std::env::var_os("PATH")
         .iter()

@@ -145,9 +145,8 @@ impl LocalRunner {
                 config.data_dir.display()
             )
         })?;
-        std::fs::create_dir_all(&config.work_dir).with_context(|| {
-            format!("cannot create the work dir {}", config.work_dir.display())
-        })?;
+        std::fs::create_dir_all(&config.work_dir)
+            .with_context(|| format!("cannot create the work dir {}", config.work_dir.display()))?;
         config.work_dir = config.work_dir.canonicalize().with_context(|| {
             format!("cannot resolve the work dir {}", config.work_dir.display())
         })?;
@@ -969,7 +968,9 @@ impl Build {
         tokio::fs::write(&driver_path, &script)
             .await
             .with_context(|| format!("cannot write {}", driver_path.display()))?;
-        let run_path = self.build_dir.join(if resume { "resume.sh" } else { "driver.sh" });
+        let run_path = self
+            .build_dir
+            .join(if resume { "resume.sh" } else { "driver.sh" });
         tokio::fs::write(&run_path, &script)
             .await
             .with_context(|| format!("cannot write {}", run_path.display()))?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use prost::Message as _;
-use prx_ci_local_runner::{LocalRunner, LocalRunnerConfig};
+use prx_ci_local_runner::{Isolation, LocalRunner, LocalRunnerConfig};
 use prx_ci_proto::v1::{Envelope, envelope::Payload};
 use prx_ci_shared::Runtime;
 use prx_ci_shared::backend::{BuildBackend, StartBuild, StartedBuild, StopOutcome};
@@ -1041,4 +1041,158 @@ async fn a_source_version_that_looks_like_an_option_is_refused() {
         fx.runner.start(request).await,
         Err(prx_ci_shared::backend::BackendError::Permanent(_))
     ));
+}
+
+/// What an attacking build tries: read the secrets by path, list the data dir, the other
+/// builds' dirs and the host's processes, dump its environment, and unmount what hides them.
+/// Everything it finds goes to exported variables (reported in the final event) and the log.
+const SNOOP: &str = r#"version: 0.2
+env:
+  exported-variables: [SECRETS, LISTING, ENVIRONMENT, PROCS, HOST_PROC, AFTER_UMOUNT, WHOAMI]
+phases:
+  build:
+    commands:
+      - SECRETS="$(cat "$SECRETS_DIR/ops-token" "$SECRETS_DIR/webhook-secret" "$SECRETS_DIR/nats-credentials" "$SECRET_FILE" 2>&1)" || true
+      - LISTING="$(ls -A "$SECRETS_DIR" "$DATA_DIR" "$DATA_DIR/builds" "$WORK_DIR" 2>&1)" || true
+      - ENVIRONMENT="$(env)" || true
+      - PROCS="$(ls /proc | grep -c '^[0-9]')" || true
+      - HOST_PROC="$(cat "/proc/$HOST_PID/environ" "/proc/$HOST_PID/cmdline" 2>&1; ls "/proc/$HOST_PID/root/" 2>&1)" || true
+      - umount "$SECRETS_DIR" 2>/dev/null; unshare --user --map-root-user --mount umount "$SECRETS_DIR" 2>/dev/null; AFTER_UMOUNT="$(cat "$SECRETS_DIR/ops-token" 2>&1)" || true
+      - WHOAMI="$(id -u) $(grep CapEff /proc/self/status)" || true
+      - echo "log $SECRETS $LISTING $HOST_PROC $AFTER_UMOUNT"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_build_cannot_read_secrets_the_data_dir_other_builds_or_host_processes() {
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_file = tempfile::NamedTempFile::new().unwrap();
+    let values = [
+        ("ops-token", "ops-token-5a1e6f"),
+        ("webhook-secret", "webhook-secret-77c2d1"),
+        ("nats-credentials", "nats-password-0b9e44"),
+    ];
+    for (name, value) in values {
+        std::fs::write(secrets.path().join(name), value).unwrap();
+    }
+    std::fs::write(secret_file.path(), "secret-file-3c8a90").unwrap();
+    let hidden = vec![secrets.path().to_owned(), secret_file.path().to_owned()];
+    let fx = Fixture::new(|c| c.hidden_paths = hidden).await;
+    // Another build's checkout, present while this one runs.
+    let other = fx.runner.config().work_dir.join("other-build/src");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("main.rs"), "other-build-file-e41d").unwrap();
+
+    let repo = repo(SNOOP, &[]);
+    let mut request = fx.request("req-snoop", &repo, SNOOP);
+    let config = fx.runner.config();
+    for (name, value) in [
+        ("SECRETS_DIR", secrets.path().display().to_string()),
+        ("SECRET_FILE", secret_file.path().display().to_string()),
+        ("DATA_DIR", config.data_dir.display().to_string()),
+        ("WORK_DIR", config.work_dir.display().to_string()),
+        ("HOST_PID", std::process::id().to_string()),
+    ] {
+        request.environment.insert(name.to_owned(), value);
+    }
+    let started = fx.runner.start(request).await.unwrap();
+    let events = fx.finished(&started.build_id).await;
+    let log = read(&fx.runner.log_path(&started.build_id));
+    let last = final_event(&events);
+    assert_eq!(
+        last.detail.build_status.as_deref(),
+        Some("SUCCEEDED"),
+        "{log}"
+    );
+    let exported: BTreeMap<String, String> = last
+        .detail
+        .additional_information
+        .exported_environment_variables
+        .iter()
+        .map(|v| (v.name.clone(), v.value.clone()))
+        .collect();
+
+    // The attempts ran (and failed): the hidden paths look empty or missing.
+    assert!(
+        exported["SECRETS"].contains("No such file or directory"),
+        "{exported:?}"
+    );
+    let uuid = started.build_id.trim_start_matches("local:");
+    // `ls` of four directories: their names, and in them only the build's own dir.
+    let entries: Vec<&str> = exported["LISTING"]
+        .lines()
+        .filter(|l| !l.is_empty() && !l.ends_with(':') && !l.starts_with("ls: cannot access"))
+        .collect();
+    assert_eq!(entries, [uuid], "{exported:?}");
+    assert!(exported["ENVIRONMENT"].contains("CODEBUILD_BUILD_ID="));
+    let processes: usize = exported["PROCS"].parse().unwrap();
+    assert!(processes < 10, "only the build's processes: {processes}");
+    assert!(exported["HOST_PROC"].contains("No such file or directory"));
+    assert!(
+        exported["WHOAMI"].ends_with("0000000000000000"),
+        "{exported:?}"
+    );
+    for secret in values
+        .iter()
+        .map(|(_, v)| *v)
+        .chain(["secret-file-3c8a90", "other-build-file-e41d"])
+    {
+        for (name, value) in &exported {
+            assert!(!value.contains(secret), "{name} shows {secret}: {value}");
+        }
+        assert!(!log.contains(secret), "the log shows {secret}");
+    }
+    // The runner's own environment (the test process's) is not the build's.
+    assert!(!exported["ENVIRONMENT"].contains("CARGO_MANIFEST_DIR"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_isolation_none_a_build_runs_on_the_host_and_sees_the_data_dir() {
+    let fx = Fixture::new(|c| c.isolation = Isolation::None).await;
+    let spec = r#"version: 0.2
+phases:
+  build:
+    commands:
+      - ls "$(dirname "$CODEBUILD_SRC_DIR")/.." > "$OUT/work-root"
+      - echo $$ > "$OUT/pid"
+"#;
+    let repo = repo(spec, &[]);
+    let (started, events) = fx.run("req-none", &repo, spec).await;
+    assert_eq!(
+        final_event(&events).detail.build_status.as_deref(),
+        Some("SUCCEEDED")
+    );
+    let uuid = started.build_id.trim_start_matches("local:");
+    assert!(read(&fx.out("work-root")).contains(uuid));
+    // Not in a PID namespace: `$$` is a host pid (the shell, gone now).
+    let pid: u32 = read(&fx.out("pid")).trim().parse().unwrap();
+    assert!(pid > 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_refuses_to_start_when_builds_cannot_be_isolated() {
+    let server = NatsServer::start().await;
+    let rt = Runtime::from_client(server.connect().await, &mut Registry::default());
+    let data = tempfile::tempdir().unwrap();
+    let config = LocalRunnerConfig {
+        data_dir: data.path().join("runner"),
+        work_dir: data.path().join("work"),
+        shell: "/nonexistent/bash".to_owned(),
+        ..LocalRunnerConfig::default()
+    };
+    let err = LocalRunner::new(rt.clone(), config.clone()).unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("cannot isolate local builds"), "{message}");
+    assert!(message.contains("isolation = \"none\""), "{message}");
+
+    // A work dir inside the data dir (or a hidden path) is refused too.
+    let err = LocalRunner::new(
+        rt,
+        LocalRunnerConfig {
+            work_dir: data.path().join("runner/work"),
+            shell: "bash".to_owned(),
+            ..config
+        },
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("must be outside"), "{err:#}");
 }
