@@ -64,7 +64,8 @@ exec "$@"
 
 /// Runs without capabilities: replaces its environment with the NUL-separated `NAME=value`
 /// pairs on stdin and `exec`s `"$@"`.
-const LOADER: &str = r#"for __prx_ci_v in $(compgen -e); do export -n "$__prx_ci_v"; done
+const LOADER: &str = r#"# shellcheck disable=SC2163 # exporting the variable named by the value is the point
+for __prx_ci_v in $(compgen -e); do export -n "$__prx_ci_v"; done
 while IFS= read -r -d '' __prx_ci_kv; do export "$__prx_ci_kv" 2>/dev/null || true; done
 unset __prx_ci_v __prx_ci_kv
 exec "$@" </dev/null
