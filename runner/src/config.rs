@@ -33,7 +33,7 @@ pub struct LocalRunnerConfig {
     /// Default `./.prx-ci/runner`.
     pub data_dir: PathBuf,
     /// Where builds run: `<work_dir>/<uuid>/src` is the checkout and working directory. Must be
-    /// outside `data_dir` and `hidden_paths`. Default `./.prx-ci-work`.
+    /// outside `data_dir`. Default `./.prx-ci-work`.
     pub work_dir: PathBuf,
     /// How builds are isolated from the host: `namespaces` or `none`. Default `namespaces`.
     pub isolation: Isolation,

@@ -260,9 +260,18 @@ impl LocalRunner {
 }
 
 /// What builds must not see: the data dir (other builds' logs and records), the work root
-/// (other builds' checkouts; a build's own dir is mounted back), and `hidden_paths`. The work
-/// dir must lie outside the data dir and `hidden_paths`.
+/// (other builds' checkouts; a build's own dir is mounted back, even under a hidden path), and
+/// `hidden_paths`. The work dir and the data dir must not contain each other.
 fn hidden_paths(config: &LocalRunnerConfig) -> anyhow::Result<Vec<PathBuf>> {
+    if config.work_dir.starts_with(&config.data_dir)
+        || config.data_dir.starts_with(&config.work_dir)
+    {
+        anyhow::bail!(
+            "invalid [runner] configuration: work_dir {} and data_dir {} must be outside each other",
+            config.work_dir.display(),
+            config.data_dir.display()
+        );
+    }
     let mut hidden = vec![config.data_dir.clone(), config.work_dir.clone()];
     for path in &config.hidden_paths {
         let absolute = match path.canonicalize() {
@@ -274,16 +283,6 @@ fn hidden_paths(config: &LocalRunnerConfig) -> anyhow::Result<Vec<PathBuf>> {
             }
         };
         hidden.push(absolute);
-    }
-    for path in hidden.iter().filter(|p| **p != config.work_dir) {
-        if config.work_dir.starts_with(path) || path.starts_with(&config.work_dir) {
-            anyhow::bail!(
-                "invalid [runner] configuration: work_dir {} must be outside data_dir and \
-                 hidden_paths (and contain none of them), not overlap {}",
-                config.work_dir.display(),
-                path.display()
-            );
-        }
     }
     Ok(hidden)
 }

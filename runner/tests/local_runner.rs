@@ -1076,7 +1076,13 @@ async fn an_isolated_build_cannot_read_secrets_the_data_dir_other_builds_or_host
     }
     std::fs::write(secret_file.path(), "secret-file-3c8a90").unwrap();
     let hidden = vec![secrets.path().to_owned(), secret_file.path().to_owned()];
-    let fx = Fixture::new(|c| c.hidden_paths = hidden).await;
+    let fx = Fixture::new(|c| {
+        c.hidden_paths = hidden;
+        // A hidden directory holding the work dir (like a hidden home): the build's own dir
+        // stays visible, the rest does not.
+        c.hidden_paths.push(c.work_dir.parent().unwrap().to_owned());
+    })
+    .await;
     // Another build's checkout, present while this one runs.
     let other = fx.runner.config().work_dir.join("other-build/src");
     std::fs::create_dir_all(&other).unwrap();
@@ -1184,7 +1190,7 @@ async fn the_runner_refuses_to_start_when_builds_cannot_be_isolated() {
     assert!(message.contains("cannot isolate local builds"), "{message}");
     assert!(message.contains("isolation = \"none\""), "{message}");
 
-    // A work dir inside the data dir (or a hidden path) is refused too.
+    // A work dir inside the data dir is refused too.
     let err = LocalRunner::new(
         rt,
         LocalRunnerConfig {
