@@ -1048,7 +1048,7 @@ async fn a_source_version_that_looks_like_an_option_is_refused() {
 /// Everything it finds goes to exported variables (reported in the final event) and the log.
 const SNOOP: &str = r#"version: 0.2
 env:
-  exported-variables: [SECRETS, LISTING, ENVIRONMENT, PROCS, HOST_PROC, AFTER_UMOUNT, WHOAMI]
+  exported-variables: [SECRETS, LISTING, ENVIRONMENT, PROCS, HOST_PROC, AFTER_UMOUNT, WHOAMI, TRICKY]
 phases:
   build:
     commands:
@@ -1061,6 +1061,9 @@ phases:
       - WHOAMI="$(id -u) $(grep CapEff /proc/self/status)" || true
       - echo "log $SECRETS $LISTING $HOST_PROC $AFTER_UMOUNT"
 "#;
+
+/// A variable value the environment loader must pass through untouched.
+const TRICKY: &str = "a=b $(touch /tmp/x) `id` 'q' \"dq\"\nsecond line\\";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_build_cannot_read_secrets_the_data_dir_other_builds_or_host_processes() {
@@ -1097,6 +1100,7 @@ async fn an_isolated_build_cannot_read_secrets_the_data_dir_other_builds_or_host
         ("DATA_DIR", config.data_dir.display().to_string()),
         ("WORK_DIR", config.work_dir.display().to_string()),
         ("HOST_PID", std::process::id().to_string()),
+        ("TRICKY", TRICKY.to_owned()),
     ] {
         request.environment.insert(name.to_owned(), value);
     }
@@ -1147,6 +1151,8 @@ async fn an_isolated_build_cannot_read_secrets_the_data_dir_other_builds_or_host
         }
         assert!(!log.contains(secret), "the log shows {secret}");
     }
+    // Variables reach the build verbatim through the loader: no expansion, newlines kept.
+    assert_eq!(exported["TRICKY"], TRICKY);
     // The runner's own environment (the test process's) is not the build's.
     assert!(!exported["ENVIRONMENT"].contains("CARGO_MANIFEST_DIR"));
 }
