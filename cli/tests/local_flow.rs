@@ -181,7 +181,11 @@ phases:
       - echo "building $PRX_COMMIT"
       - STOLEN="$(cat {data}/ops-token {data}/webhook-secret {data}/nats-credentials {data}/nats/nats-server.conf 2>&1; ls -A {data} 2>&1)" || true
       - ENVIRONMENT="$(env)" || true
-      - NATS_REPLY="$(exec 3<>/dev/tcp/127.0.0.1/{port}; printf 'CONNECT {{"verbose":false}}\r\nPUB prx.build.completed.PRX.forged 6\r\nforged\r\nPING\r\n' >&3; timeout 5 cat <&3)" || true
+      # Pipelined, as a forger would; the server's reply may be lost to the reset that closing
+      # a connection with unread input sends.
+      - (exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'CONNECT {{"verbose":false}}\r\nPUB prx.build.completed.PRX.forged 6\r\nforged\r\nPING\r\n' >&3 && timeout 10 cat <&3) || true
+      # CONNECT alone: the reply is read in full.
+      - NATS_REPLY="$({{ exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'CONNECT {{"verbose":false}}\r\n' >&3 && timeout 10 cat <&3; }} 2>&1)" || true
       - echo "stolen $STOLEN nats $NATS_REPLY"
 "#,
         data = data_dir.display(),
@@ -283,11 +287,19 @@ async fn a_local_build_can_neither_read_the_secrets_of_prx_ci_up_nor_publish_to_
     .await;
     assert_eq!(completed.status(), v1::BuildStatus::Succeeded);
     let exported = &completed.exported_variables;
+    let uuid = completed
+        .build
+        .as_ref()
+        .unwrap()
+        .build_id
+        .replace("local:", "");
+    let log = std::fs::read_to_string(data_dir.join(format!("runner/builds/{uuid}.log"))).unwrap();
 
     // The publish attempt reached the server and was refused; nothing landed in the stream.
     assert!(
         exported["NATS_REPLY"].contains("Authorization Violation"),
-        "{exported:?}"
+        "{exported:?}\n{log}\n{}",
+        std::fs::read_to_string(data_dir.join("nats-server.log")).unwrap_or_default()
     );
     for (subject, envelope) in stored_events(&js).await {
         assert!(!subject.contains("forged"), "{subject}: {envelope:?}");
@@ -297,8 +309,6 @@ async fn a_local_build_can_neither_read_the_secrets_of_prx_ci_up_nor_publish_to_
         exported["STOLEN"].contains("No such file or directory"),
         "{exported:?}"
     );
-    let uuid = completed.build.unwrap().build_id.replace("local:", "");
-    let log = std::fs::read_to_string(data_dir.join(format!("runner/builds/{uuid}.log"))).unwrap();
     for secret in [
         nats_password.expose_secret(),
         webhook_secret.expose_secret(),

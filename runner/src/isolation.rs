@@ -27,6 +27,7 @@
 //!   world-readable).
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -40,19 +41,28 @@ use crate::config::Isolation;
 const SANDBOX_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Runs as root of the new user and mount namespaces. `$1` is the build dir, `$2` the working
-/// directory, then the paths to hide up to `--`, then the command.
+/// directory, then pairs of a path to hide and its `device:inode` as the runner saw it at start
+/// (`-` if it did not exist) up to `--`, then the command. A path that is no longer the same
+/// file (an earlier build renamed an ancestor and put a decoy in its place) stops the build:
+/// hiding the decoy would leave the real one visible.
 const PROLOGUE: &str = r#"set -eu
 own=$1
 cwd=$2
 shift 2
 exec 3<"$own"
 while [ "$#" -gt 0 ] && [ "$1" != -- ]; do
-  if [ -d "$1" ]; then
-    mount -t tmpfs -o mode=0755,nosuid,nodev prx-ci-hidden "$1"
-  elif [ -e "$1" ]; then
-    mount --bind /dev/null "$1"
+  path=$1
+  id=$2
+  shift 2
+  if [ "$id" != - ] && [ "$(stat -L -c %d:%i -- "$path" 2>/dev/null || true)" != "$id" ]; then
+    echo "prx-ci: $path was moved or replaced since the runner started; not running the build" >&2
+    exit 1
   fi
-  shift
+  if [ -d "$path" ]; then
+    mount -t tmpfs -o mode=0755,nosuid,nodev prx-ci-hidden "$path"
+  elif [ -e "$path" ]; then
+    mount --bind /dev/null "$path"
+  fi
 done
 shift
 mkdir -p "$own"
@@ -100,8 +110,8 @@ pub struct Sandbox {
     unshare: PathBuf,
     setpriv: PathBuf,
     bash: PathBuf,
-    /// Absolute paths hidden from builds.
-    hidden: Vec<PathBuf>,
+    /// Absolute paths hidden from builds, with `device:inode` when they existed at start.
+    hidden: Vec<(PathBuf, Option<String>)>,
 }
 
 impl Launcher {
@@ -158,6 +168,15 @@ impl Sandbox {
         if !cfg!(target_os = "linux") {
             bail!("namespaces exist only on Linux");
         }
+        let hidden = hidden
+            .into_iter()
+            .map(|path| {
+                let id = std::fs::metadata(&path)
+                    .ok()
+                    .map(|m| format!("{}:{}", m.dev(), m.ino()));
+                (path, id)
+            })
+            .collect();
         Ok(Sandbox {
             unshare: find_tool("unshare")?,
             setpriv: find_tool("setpriv")?,
@@ -182,8 +201,8 @@ impl Sandbox {
         command.extend(
             self.hidden
                 .iter()
-                .filter(|p| !probe_dir.starts_with(p))
-                .map(|p| p.display().to_string()),
+                .filter(|(p, _)| !probe_dir.starts_with(p))
+                .map(|(p, _)| p.display().to_string()),
         );
         let (program, args) = self.argv(probe_dir, probe_dir, &command);
         let output = std::process::Command::new(&program)
@@ -232,7 +251,10 @@ impl Sandbox {
         .collect();
         args.push(build_dir.display().to_string());
         args.push(work_dir.display().to_string());
-        args.extend(self.hidden.iter().map(|p| p.display().to_string()));
+        for (path, id) in &self.hidden {
+            args.push(path.display().to_string());
+            args.push(id.clone().unwrap_or_else(|| "-".to_owned()));
+        }
         args.push("--".to_owned());
         args.push(self.setpriv.display().to_string());
         args.extend(
@@ -347,7 +369,10 @@ mod tests {
             unshare: "/usr/bin/unshare".into(),
             setpriv: "/usr/bin/setpriv".into(),
             bash: "/bin/bash".into(),
-            hidden: vec!["/data".into(), "/work".into()],
+            hidden: vec![
+                ("/data".into(), Some("2049:12".to_owned())),
+                ("/work".into(), None),
+            ],
         };
         let (program, args) = sandbox.argv(
             Path::new("/work/b1"),
@@ -362,7 +387,9 @@ mod tests {
                 "/work/b1",
                 "/work/b1/src",
                 "/data",
+                "2049:12",
                 "/work",
+                "-",
                 "--",
                 "/usr/bin/setpriv",
                 "--no-new-privs",

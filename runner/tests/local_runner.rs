@@ -1208,3 +1208,32 @@ async fn the_runner_refuses_to_start_when_builds_cannot_be_isolated() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("must be outside"), "{err:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_does_not_run_when_a_hidden_path_was_swapped_for_a_decoy() {
+    let root = tempfile::tempdir().unwrap();
+    let secrets = root.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::write(secrets.join("ops-token"), "ops-token-91d3aa").unwrap();
+    let hidden = secrets.clone();
+    let fx = Fixture::new(|c| c.hidden_paths = vec![hidden]).await;
+    // What an earlier build could do on the host: move the secrets away (renaming an ancestor
+    // works as well) and leave an empty decoy where the runner hides them.
+    let moved = root.path().join("moved");
+    std::fs::rename(&secrets, &moved).unwrap();
+    std::fs::create_dir(&secrets).unwrap();
+
+    let spec = format!(
+        "version: 0.2\nphases:\n  build:\n    commands:\n      - cat {}/ops-token\n",
+        moved.display()
+    );
+    let repo = repo(&spec, &[]);
+    let (started, events) = fx.run("req-decoy", &repo, &spec).await;
+    assert_eq!(
+        final_event(&events).detail.build_status.as_deref(),
+        Some("FAILED")
+    );
+    let log = read(&fx.runner.log_path(&started.build_id));
+    assert!(log.contains("was moved or replaced"), "{log}");
+    assert!(!log.contains("ops-token-91d3aa"), "{log}");
+}
