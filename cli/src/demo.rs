@@ -51,7 +51,7 @@ pub struct DemoArgs {
     /// Webhook secret (default: the one `prx-ci up` generated, from <data-dir>/webhook-secret).
     #[arg(long, env = "PRX_CI_WEBHOOK_SECRET")]
     pub secret: Option<String>,
-    /// The data directory of `prx-ci up`.
+    /// The data directory of `prx-ci up` (webhook secret, NATS credentials).
     #[arg(long, default_value = "./.prx-ci")]
     pub data_dir: PathBuf,
     /// NATS server of the running system.
@@ -89,12 +89,10 @@ pub async fn run_scenario(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
             .trim()
             .to_owned(),
     };
-    let client = async_nats::connect(&args.nats_url).await.with_context(|| {
-        format!(
-            "cannot connect to NATS at {} (is `prx-ci up` running?)",
-            args.nats_url
-        )
-    })?;
+    let nats = crate::local_nats::client_config(None, &args.nats_url, &args.data_dir)?;
+    let client = prx_ci_shared::nats::connect(&nats, "demo")
+        .await
+        .context("is `prx-ci up` running?")?;
     let js = jetstream::new(client);
 
     let repo = args
@@ -282,7 +280,8 @@ fn git(repo: &Path, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
-fn push_payload(repo: &Path, before: &str, after: &str, message: &str) -> String {
+/// A GitHub push webhook body for `REPOSITORY` (cloned from `repo`) on `main`.
+pub fn push_payload(repo: &Path, before: &str, after: &str, message: &str) -> String {
     let url = format!("file://{}", repo.display());
     serde_json::json!({
         "ref": "refs/heads/main",

@@ -27,12 +27,15 @@ pub struct EventsArgs {
         default_value = "nats://127.0.0.1:4222"
     )]
     nats_url: String,
+    /// The data directory of a local `prx-ci up` (its NATS credentials are read from there
+    /// unless `[nats]` configures some).
+    #[arg(long, default_value = "./.prx-ci")]
+    data_dir: std::path::PathBuf,
 }
 
-pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
-    let client = async_nats::connect(&args.nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", args.nats_url))?;
+pub async fn run(config_file: Option<&std::path::Path>, args: EventsArgs) -> anyhow::Result<()> {
+    let nats = prx_ci::local_nats::client_config(config_file, &args.nats_url, &args.data_dir)?;
+    let client = prx_ci_shared::nats::connect(&nats, "cli").await?;
     let js = jetstream::new(client);
     let streams: Vec<String> = match &args.stream {
         Some(s) => vec![s.clone()],

@@ -11,7 +11,6 @@ use clap::{Parser, Subcommand};
 mod builds;
 mod events;
 mod history;
-mod local_nats;
 mod params;
 mod parked;
 mod rebuild;
@@ -70,7 +69,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up::run(cli.config.as_deref(), args).await,
-            Command::Events(args) => events::run(args).await,
+            Command::Events(args) => events::run(cli.config.as_deref(), args).await,
             Command::History(args) => history::run(args).await,
             Command::Builds(args) => builds::run(args).await,
             Command::Rebuild(args) => rebuild::run(args).await,

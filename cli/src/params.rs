@@ -2,7 +2,6 @@
 //! publish that was skipped and why; `params owners` and `params transfer`: which repository
 //! may publish which name (through the ops API).
 
-use anyhow::Context as _;
 use async_nats::jetstream;
 use prx_ci_proto::v1;
 use prx_ci_publisher::{KvParameterStore, ParameterStore, SsmParameterStore, parameter_report};
@@ -32,6 +31,10 @@ pub struct ParamsArgs {
         default_value = "nats://127.0.0.1:4222"
     )]
     nats_url: String,
+    /// The data directory of a local `prx-ci up` (its NATS credentials are read from there
+    /// unless `[nats]` configures some).
+    #[arg(long, default_value = "./.prx-ci")]
+    data_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -76,9 +79,8 @@ pub async fn run(config_file: Option<&std::path::Path>, args: ParamsArgs) -> any
         Some(ParamsCommand::Transfer(transfer)) => return run_transfer(transfer).await,
         None => {}
     }
-    let client = async_nats::connect(&args.nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", args.nats_url))?;
+    let nats = prx_ci::local_nats::client_config(config_file, &args.nats_url, &args.data_dir)?;
+    let client = prx_ci_shared::nats::connect(&nats, "cli").await?;
     let js = jetstream::new(client);
     let store: Box<dyn ParameterStore> = if args.ssm {
         let aws: AwsConfig = config::load(config_file, "aws")?;

@@ -3,7 +3,7 @@
 //! parameter store, no artifact checks, and Slack messages / commit statuses as log lines
 //! unless tokens are configured.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -16,11 +16,14 @@ use prx_ci_notifier::{Notifier, NotifierConfig};
 use prx_ci_ops::api::ParameterOwnership;
 use prx_ci_ops::{OpsConfig, OpsService};
 use prx_ci_publisher::{KvParameterStore, NoArtifactCheck, Publisher, PublisherConfig};
-use prx_ci_shared::config::{self, NatsConfig};
+use prx_ci_shared::config::{self, NatsConfig, Validate as _};
 use prx_ci_shared::github::GitHubConfig;
 use prx_ci_shared::telemetry::TelemetryConfig;
 use prx_ci_shared::{CancellationToken, Runtime};
+use secrecy::{ExposeSecret as _, SecretString};
 use tokio::net::TcpListener;
+
+use crate::local_nats::write_private;
 use tokio::task::JoinSet;
 
 /// Every section `up` reads.
@@ -55,6 +58,72 @@ impl SystemConfig {
             ops: config::load_unvalidated(file, "ops")?,
         })
     }
+}
+
+/// What [`SystemConfig::prepare_local`] generated and where it stored it.
+#[derive(Debug)]
+pub struct LocalSecrets {
+    /// The webhook secret, when none was configured.
+    pub generated_webhook_secret: Option<SecretString>,
+    /// The file holding the ops API token.
+    pub ops_token_file: PathBuf,
+}
+
+impl SystemConfig {
+    /// Local-mode settings under `data_dir` (`prx-ci up`): the runner keeps its data in
+    /// `<data_dir>/runner` and runs builds in `<data_dir>-work`, and `data_dir` (the secrets
+    /// written here, the NATS credentials and store) is hidden from builds. A missing webhook
+    /// secret or ops token is generated and stored mode 0600 in `data_dir` for the other
+    /// commands (`prx-ci demo`, `history`, ...).
+    pub fn prepare_local(&mut self, data_dir: &Path) -> anyhow::Result<LocalSecrets> {
+        create_private_dir(data_dir)?;
+        let data_dir = data_dir
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", data_dir.display()))?;
+        let defaults = LocalRunnerConfig::default();
+        if self.runner.data_dir == defaults.data_dir {
+            self.runner.data_dir = data_dir.join("runner");
+        }
+        if self.runner.work_dir == defaults.work_dir {
+            let mut name = data_dir.file_name().unwrap_or_default().to_owned();
+            name.push("-work");
+            self.runner.work_dir = data_dir.with_file_name(name);
+        }
+        self.runner.hidden_paths.push(data_dir.clone());
+
+        let generated_webhook_secret = self.ingress.secrets.is_empty().then(generate_secret);
+        if let Some(secret) = &generated_webhook_secret {
+            self.ingress.secrets.push(secret.clone());
+            write_private(&data_dir.join("webhook-secret"), secret.expose_secret())?;
+        }
+        let ops_token = self.ops.token.get_or_insert_with(generate_secret).clone();
+        self.ops
+            .validate()
+            .map_err(|reason| anyhow::anyhow!("invalid configuration [ops]: {reason}"))?;
+        let ops_token_file = data_dir.join("ops-token");
+        write_private(&ops_token_file, ops_token.expose_secret())?;
+        Ok(LocalSecrets {
+            generated_webhook_secret,
+            ops_token_file,
+        })
+    }
+}
+
+/// A random secret for local mode.
+fn generate_secret() -> SecretString {
+    SecretString::from(hex::encode(rand::random::<[u8; 16]>()))
+}
+
+/// Creates `dir` (and parents) and makes it accessible to this user only.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// The running services.

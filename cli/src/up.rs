@@ -6,13 +6,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use prx_ci_local_runner::LocalRunnerConfig;
-use prx_ci_shared::config::Validate as _;
+use prx_ci::local_nats::LocalNats;
+use prx_ci::system::{LocalSystem, SystemConfig};
 use secrecy::{ExposeSecret as _, SecretString};
 use tokio::net::TcpListener;
-
-use crate::local_nats::LocalNats;
-use prx_ci::system::{LocalSystem, SystemConfig};
 
 /// Arguments of `prx-ci up`.
 #[derive(Debug, clap::Args)]
@@ -34,17 +31,14 @@ pub struct UpArgs {
     ops_listen: SocketAddr,
 }
 
-/// A random secret for local mode, printed once.
-fn generate_secret() -> SecretString {
-    SecretString::from(hex::encode(rand::random::<[u8; 16]>()))
-}
-
 pub async fn run(config_file: Option<&Path>, args: UpArgs) -> anyhow::Result<()> {
     let mut cfg = SystemConfig::load(config_file)?;
     let _telemetry = prx_ci_shared::telemetry::init("prx-ci", &cfg.telemetry)?;
 
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    // Secrets first: the data dir is created private, and hidden from builds.
+    cfg.ingress.listen = args.listen;
+    cfg.ops.listen = args.ops_listen;
+    let secrets = cfg.prepare_local(&args.data_dir)?;
     let local_nats = match &args.nats_url {
         Some(url) => {
             cfg.nats.url.clone_from(url);
@@ -52,46 +46,11 @@ pub async fn run(config_file: Option<&Path>, args: UpArgs) -> anyhow::Result<()>
         }
         None => {
             let addr = SocketAddr::from(([127, 0, 0, 1], args.nats_port));
-            let nats = LocalNats::start(
-                addr,
-                &args.data_dir.join("nats"),
-                &args.data_dir.join("nats-server.log"),
-            )
-            .await?;
-            cfg.nats.url.clone_from(&nats.url);
+            let nats = LocalNats::start(addr, &args.data_dir).await?;
+            nats.apply(&mut cfg.nats);
             Some(nats)
         }
     };
-
-    // Local-mode defaults the flags decide.
-    cfg.ingress.listen = args.listen;
-    cfg.ops.listen = args.ops_listen;
-    if cfg.runner.data_dir == LocalRunnerConfig::default().data_dir {
-        cfg.runner.data_dir = args.data_dir.join("runner");
-    }
-    let generated_secret = cfg.ingress.secrets.is_empty().then(generate_secret);
-    if let Some(secret) = &generated_secret {
-        cfg.ingress.secrets.push(secret.clone());
-    }
-    let ops_token = match &cfg.ops.token {
-        Some(token) => token.clone(),
-        None => {
-            let token = generate_secret();
-            cfg.ops.token = Some(token.clone());
-            token
-        }
-    };
-    cfg.ops
-        .validate()
-        .map_err(|reason| anyhow::anyhow!("invalid configuration [ops]: {reason}"))?;
-    let token_file = args.data_dir.join("ops-token");
-    write_private(&token_file, ops_token.expose_secret())?;
-    if let Some(secret) = &generated_secret {
-        write_private(
-            &args.data_dir.join("webhook-secret"),
-            secret.expose_secret(),
-        )?;
-    }
 
     let webhook_listener = TcpListener::bind(cfg.ingress.listen)
         .await
@@ -102,7 +61,13 @@ pub async fn run(config_file: Option<&Path>, args: UpArgs) -> anyhow::Result<()>
     let nats_url = cfg.nats.url.clone();
     let mut system = LocalSystem::start(cfg, webhook_listener, ops_listener).await?;
 
-    print_banner(&nats_url, &args, generated_secret.as_ref(), &token_file);
+    print_banner(
+        &nats_url,
+        &args,
+        secrets.generated_webhook_secret.as_ref(),
+        &secrets.ops_token_file,
+        local_nats.is_some(),
+    );
 
     // Run until Ctrl-C / SIGTERM, or until a service fails.
     let failure = tokio::select! {
@@ -120,22 +85,13 @@ pub async fn run(config_file: Option<&Path>, args: UpArgs) -> anyhow::Result<()>
     }
 }
 
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(contents.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-fn print_banner(nats_url: &str, args: &UpArgs, secret: Option<&SecretString>, token_file: &Path) {
+fn print_banner(
+    nats_url: &str,
+    args: &UpArgs,
+    secret: Option<&SecretString>,
+    token_file: &Path,
+    local_nats: bool,
+) {
     println!();
     println!("prx-ci is up.");
     println!("  webhook URL : http://{}/webhooks/github", args.listen);
@@ -143,7 +99,16 @@ fn print_banner(nats_url: &str, args: &UpArgs, secret: Option<&SecretString>, to
         "  health      : http://{}/readyz   metrics: /metrics",
         args.listen
     );
-    println!("  NATS        : {nats_url}   (prx-ci events --nats-url {nats_url})");
+    if local_nats {
+        println!(
+            "  NATS        : {nats_url}   (user/password in {}; prx-ci events uses them)",
+            args.data_dir
+                .join(prx_ci::local_nats::CREDENTIALS_FILE)
+                .display()
+        );
+    } else {
+        println!("  NATS        : {nats_url}   (prx-ci events --nats-url {nats_url})");
+    }
     println!(
         "  ops API     : http://{}   (token in {})",
         args.ops_listen,

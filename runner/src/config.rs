@@ -24,6 +24,21 @@ pub const DEFAULT_INHERIT_ENV: &[&str] = &[
     "DOCKER_HOST",
 ];
 
+/// How builds are kept away from the host's secrets (`[runner] isolation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Linux user, mount and PID namespaces (util-linux `unshare` and `setpriv`): the data dir,
+    /// the work dirs of other builds and `hidden_paths` are hidden, the host's processes are
+    /// invisible, and the build has no capabilities. The runner refuses to start when the host
+    /// cannot provide them.
+    #[default]
+    Namespaces,
+    /// None: builds run as the runner's user, directly on the host, and can read everything it
+    /// can (the ops token, the webhook secret, the NATS credentials). Only for trusted builds.
+    None,
+}
+
 /// Settings of the local build runner (section `[runner]`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -31,6 +46,14 @@ pub struct LocalRunnerConfig {
     /// Where builds keep their logs (`builds/<id>.log`), records and work dirs (`work/<id>`).
     /// Default `./.prx-ci/runner`.
     pub data_dir: PathBuf,
+    /// Where builds run: `<work_dir>/<uuid>/src` is the checkout and working directory. Must be
+    /// outside `data_dir`. Default `./.prx-ci-work`.
+    pub work_dir: PathBuf,
+    /// How builds are isolated from the host: `namespaces` or `none`. Default `namespaces`.
+    pub isolation: Isolation,
+    /// Further files and directories builds must not read (hidden by the isolation; `prx-ci up`
+    /// adds its data dir, which holds its secrets and the NATS store). Default: none.
+    pub hidden_paths: Vec<PathBuf>,
     /// How many builds run at once; later builds wait in `QUEUED`. Default 2.
     pub max_concurrent_builds: usize,
     /// Build timeout from the end of `QUEUED` (source download and phases); the build is killed
@@ -64,6 +87,9 @@ impl Default for LocalRunnerConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./.prx-ci/runner"),
+            work_dir: PathBuf::from("./.prx-ci-work"),
+            isolation: Isolation::Namespaces,
+            hidden_paths: Vec::new(),
             max_concurrent_builds: 2,
             timeout: DEFAULT_TIMEOUT,
             shell: "bash".to_owned(),
@@ -84,6 +110,9 @@ impl Validate for LocalRunnerConfig {
     fn validate(&self) -> Result<(), String> {
         if self.data_dir.as_os_str().is_empty() {
             return Err("data_dir is empty".into());
+        }
+        if self.work_dir.as_os_str().is_empty() {
+            return Err("work_dir is empty".into());
         }
         if self.max_concurrent_builds == 0 {
             return Err("max_concurrent_builds must be at least 1".into());
@@ -141,12 +170,21 @@ mod tests {
         .unwrap();
         assert_eq!(config.timeout, Duration::from_secs(90));
         assert_eq!(config.environment["AWS_PROFILE"], "dev");
+        assert_eq!(config.isolation, Isolation::Namespaces);
+
+        let config: LocalRunnerConfig = load_from(
+            &Figment::from(Toml::string("[runner]\nisolation = \"none\"\n")),
+            "runner",
+        )
+        .unwrap();
+        assert_eq!(config.isolation, Isolation::None);
 
         for bad in [
             "[runner]\nmax_concurrent_builds = 0\n",
             "[runner]\ntimeout = \"0s\"\n",
             "[runner]\n[runner.environment]\n\"A-B\" = \"x\"\n",
             "[runner]\nunknown = 1\n",
+            "[runner]\nisolation = \"chroot\"\n",
         ] {
             assert!(
                 load_from::<LocalRunnerConfig>(&Figment::from(Toml::string(bad)), "runner")

@@ -18,9 +18,10 @@ mod buildspec;
 mod config;
 mod driver;
 mod environment;
+mod isolation;
 mod report;
 mod runner;
 
 pub use buildspec::{Buildspec, BuildspecError, PhaseName, parse_buildspec};
-pub use config::{DEFAULT_INHERIT_ENV, DEFAULT_TIMEOUT, LocalRunnerConfig};
+pub use config::{DEFAULT_INHERIT_ENV, DEFAULT_TIMEOUT, Isolation, LocalRunnerConfig};
 pub use runner::LocalRunner;

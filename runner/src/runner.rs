@@ -31,6 +31,7 @@ use crate::driver::{
     CommandList, Control, DriverFiles, driver_script, parse_control, parse_exports, resume_script,
 };
 use crate::environment::{BuiltIns, inherited_variables, process_environment, reported_variables};
+use crate::isolation::{BuildProcess, Launcher};
 use crate::report::{self, BuildInfo, Timeline, status};
 
 /// Namespace of local build ids (UUID v5 of the request id). Never change it: a repeated start
@@ -63,6 +64,7 @@ struct Inner {
     config: LocalRunnerConfig,
     builds_dir: PathBuf,
     work_dir: PathBuf,
+    launcher: Launcher,
     slots: Arc<Semaphore>,
     builds: Mutex<HashMap<String, Arc<BuildControl>>>,
     inherited: BTreeMap<String, String>,
@@ -122,8 +124,10 @@ impl Interruption {
 }
 
 impl LocalRunner {
-    /// Creates the data directory (`builds/`, `work/`), captures the inherited environment,
-    /// and reports builds a previous process left unfinished as `FAULT`.
+    /// Creates the data directory (`builds/`) and the work directory, captures the inherited
+    /// environment, checks that builds can be isolated as configured (see
+    /// `docs/local-runner.md`), and reports builds a previous process left unfinished as
+    /// `FAULT`.
     pub fn new(rt: Runtime, mut config: LocalRunnerConfig) -> anyhow::Result<Arc<LocalRunner>> {
         use prx_ci_shared::config::Validate as _;
         config
@@ -141,12 +145,22 @@ impl LocalRunner {
                 config.data_dir.display()
             )
         })?;
+        std::fs::create_dir_all(&config.work_dir)
+            .with_context(|| format!("cannot create the work dir {}", config.work_dir.display()))?;
+        config.work_dir = config.work_dir.canonicalize().with_context(|| {
+            format!("cannot resolve the work dir {}", config.work_dir.display())
+        })?;
         let builds_dir = config.data_dir.join("builds");
-        let work_dir = config.data_dir.join("work");
-        for dir in [&builds_dir, &work_dir] {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
+        std::fs::create_dir_all(&builds_dir)
+            .with_context(|| format!("cannot create {}", builds_dir.display()))?;
+        let work_dir = config.work_dir.clone();
+        let hidden = hidden_paths(&config)?;
+        let launcher = Launcher::new(
+            config.isolation,
+            &config.shell,
+            hidden,
+            &work_dir.join(format!(".probe-{}", std::process::id())),
+        )?;
         let inherited = config
             .inherit_env
             .iter()
@@ -159,6 +173,7 @@ impl LocalRunner {
                 config,
                 builds_dir,
                 work_dir,
+                launcher,
                 builds: Mutex::new(HashMap::new()),
                 inherited,
                 tasks: TaskTracker::new(),
@@ -242,6 +257,34 @@ impl LocalRunner {
             });
         }
     }
+}
+
+/// What builds must not see: the data dir (other builds' logs and records), the work root
+/// (other builds' checkouts; a build's own dir is mounted back, even under a hidden path), and
+/// `hidden_paths`. The work dir and the data dir must not contain each other.
+fn hidden_paths(config: &LocalRunnerConfig) -> anyhow::Result<Vec<PathBuf>> {
+    if config.work_dir.starts_with(&config.data_dir)
+        || config.data_dir.starts_with(&config.work_dir)
+    {
+        anyhow::bail!(
+            "invalid [runner] configuration: work_dir {} and data_dir {} must be outside each other",
+            config.work_dir.display(),
+            config.data_dir.display()
+        );
+    }
+    let mut hidden = vec![config.data_dir.clone(), config.work_dir.clone()];
+    for path in &config.hidden_paths {
+        let absolute = match path.canonicalize() {
+            Ok(path) => path,
+            Err(_) if path.is_absolute() => path.clone(),
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("cannot resolve hidden path {}", path.display()));
+            }
+        };
+        hidden.push(absolute);
+    }
+    Ok(hidden)
 }
 
 fn build_uuid(request_id: &str) -> Uuid {
@@ -468,13 +511,15 @@ async fn run_build(
         .strip_prefix("local:")
         .unwrap_or(&record.build_id)
         .to_owned();
+    let build_dir = inner.work_dir.join(&uuid);
     let mut build = Build {
         timeline: Timeline::new(inner.build_info(&record)),
-        src_dir: inner.work_dir.join(&uuid),
+        src_dir: build_dir.join("src"),
         driver_path: inner.builds_dir.join(format!("{uuid}.sh")),
-        exports_path: inner.builds_dir.join(format!("{uuid}.exports")),
-        control_path: inner.builds_dir.join(format!("{uuid}.control")),
-        state_path: inner.builds_dir.join(format!("{uuid}.state")),
+        exports_path: build_dir.join("exports"),
+        control_path: build_dir.join("control"),
+        state_path: build_dir.join("state"),
+        build_dir,
         inner: inner.clone(),
         control: control.clone(),
         request,
@@ -504,7 +549,12 @@ struct Build {
     control: Arc<BuildControl>,
     request: StartBuild,
     timeline: Timeline,
+    /// `<work_dir>/<uuid>`: the checkout (`src/`) and the driver's files; the only part of the
+    /// work root an isolated build sees.
+    build_dir: PathBuf,
     src_dir: PathBuf,
+    /// The driver script as kept for inspection (`builds/<uuid>.sh`); the build runs a copy in
+    /// `build_dir`.
     driver_path: PathBuf,
     exports_path: PathBuf,
     control_path: PathBuf,
@@ -652,15 +702,15 @@ impl Build {
         let _ = tokio::fs::remove_file(&self.exports_path).await;
         self.remove_state().await;
         if self.inner.config.keep_workdirs {
-            self.log(&format!("Keeping work dir {}", self.src_dir.display()));
+            self.log(&format!("Keeping work dir {}", self.build_dir.display()));
             return;
         }
-        if let Err(err) = tokio::fs::remove_dir_all(&self.src_dir).await
+        if let Err(err) = tokio::fs::remove_dir_all(&self.build_dir).await
             && err.kind() != std::io::ErrorKind::NotFound
         {
             self.log(&format!(
                 "cannot remove work dir {}: {err}",
-                self.src_dir.display()
+                self.build_dir.display()
             ));
         }
     }
@@ -749,18 +799,17 @@ impl Build {
     }
 
     async fn provision(&self) -> anyhow::Result<()> {
-        match tokio::fs::remove_dir_all(&self.src_dir).await {
+        match tokio::fs::remove_dir_all(&self.build_dir).await {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => {
                 return Err(err)
-                    .with_context(|| format!("cannot clear {}", self.src_dir.display()));
+                    .with_context(|| format!("cannot clear {}", self.build_dir.display()));
             }
         }
-        let _ = tokio::fs::remove_file(&self.exports_path).await;
-        let _ = tokio::fs::remove_file(&self.control_path).await;
-        self.remove_state().await;
-        Ok(())
+        tokio::fs::create_dir_all(&self.build_dir)
+            .await
+            .with_context(|| format!("cannot create {}", self.build_dir.display()))
     }
 
     /// Clones and checks out the requested version; returns the resolved commit.
@@ -915,9 +964,15 @@ impl Build {
             self.driver_path.clone()
         };
         let _ = tokio::fs::remove_file(&self.control_path).await;
-        tokio::fs::write(&driver_path, script)
+        tokio::fs::write(&driver_path, &script)
             .await
             .with_context(|| format!("cannot write {}", driver_path.display()))?;
+        let run_path = self
+            .build_dir
+            .join(if resume { "resume.sh" } else { "driver.sh" });
+        tokio::fs::write(&run_path, &script)
+            .await
+            .with_context(|| format!("cannot write {}", run_path.display()))?;
         let reported: BTreeMap<String, String> =
             self.timeline.info.environment.iter().cloned().collect();
         let builtins = BuiltIns {
@@ -937,19 +992,17 @@ impl Build {
             &builtins,
         );
         let log = self.open_log()?;
-        let mut cmd = Command::new(&self.inner.config.shell);
-        cmd.arg(&driver_path)
-            .current_dir(&self.src_dir)
-            .env_clear()
-            .envs(&env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().with_context(|| {
-            format!("cannot start the build shell `{}`", self.inner.config.shell)
-        })?;
+        let mut child = self.inner.launcher.spawn(
+            &BuildProcess {
+                shell: &self.inner.config.shell,
+                script: &run_path,
+                build_dir: &self.build_dir,
+                work_dir: &self.src_dir,
+                env: &env,
+            },
+            Stdio::piped(),
+            Stdio::from(log),
+        )?;
         let pid = child.id();
         let stdout = child
             .stdout

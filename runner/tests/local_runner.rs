@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use prost::Message as _;
-use prx_ci_local_runner::{LocalRunner, LocalRunnerConfig};
+use prx_ci_local_runner::{Isolation, LocalRunner, LocalRunnerConfig};
 use prx_ci_proto::v1::{Envelope, envelope::Payload};
 use prx_ci_shared::Runtime;
 use prx_ci_shared::backend::{BuildBackend, StartBuild, StartedBuild, StopOutcome};
@@ -91,6 +91,7 @@ impl Fixture {
         let data = tempfile::tempdir().unwrap();
         let mut config = LocalRunnerConfig {
             data_dir: data.path().join("runner"),
+            work_dir: data.path().join("work"),
             ..LocalRunnerConfig::default()
         };
         configure(&mut config);
@@ -102,6 +103,11 @@ impl Fixture {
             out: tempfile::tempdir().unwrap(),
             runner,
         }
+    }
+
+    /// The work root of this fixture's builds.
+    fn work_dir(&self) -> String {
+        self.runner.config().work_dir.display().to_string()
     }
 
     fn out(&self, name: &str) -> PathBuf {
@@ -281,9 +287,9 @@ async fn a_build_runs_every_phase_in_one_shell_and_reports_like_codebuild() {
     let src = fx
         .runner
         .config()
-        .data_dir
-        .join("work")
-        .join(started.build_id.trim_start_matches("local:"));
+        .work_dir
+        .join(started.build_id.trim_start_matches("local:"))
+        .join("src");
     assert_eq!(
         read(&fx.out("vars")).trim(),
         format!(
@@ -529,23 +535,37 @@ async fn an_unknown_commit_fails_download_source() {
     assert!(!fx.out("ran").exists());
 }
 
-/// Whether a process is gone (or a zombie waiting for its reaper).
-fn process_gone(pid: &str) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+/// The live processes (not zombies) whose command line contains `marker`, seen from the host:
+/// isolated builds run in their own PID namespace, so `$$` inside a build is not a host pid.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(entry.path().join("stat")).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        });
+        if !zombie && String::from_utf8_lossy(&cmdline).contains(marker) {
+            found.push(pid);
+        }
     }
+    found
 }
 
 const SLEEPER: &str = r#"version: 0.2
 phases:
   build:
     commands:
-      - echo $$ > "$OUT/shell.pid"
-      - sleep 30 & echo $! > "$OUT/sleep.pid"; touch "$OUT/started"; wait
+      - (exec -a "sleeper:$OUT" sleep 30) &
+      - setsid bash -c 'exec -a "escaper:$1" sleep 30' _ "$OUT" &
+      - touch "$OUT/started"; wait
       - touch "$OUT/after"
   post_build:
     commands:
@@ -573,10 +593,11 @@ async fn the_timeout_kills_the_whole_build_and_reports_timed_out() {
         "{build:?}"
     );
     assert!(!fx.out("after").exists() && !fx.out("post_build").exists());
-    for pid_file in ["shell.pid", "sleep.pid"] {
-        let pid = read(&fx.out(pid_file)).trim().to_owned();
+    // The shell (its command line names the work dir), the sleep, and the one that left the
+    // process group with setsid: the whole PID namespace goes.
+    for marker in [fx.work_dir(), fx.out.path().display().to_string()] {
         wait_until(WAIT, "the build's processes to be gone", || async {
-            process_gone(&pid).then_some(())
+            processes_with(&marker).is_empty().then_some(())
         })
         .await;
     }
@@ -596,6 +617,8 @@ async fn stop_kills_a_running_build_and_reports_stopped() {
         started_file.exists().then_some(())
     })
     .await;
+    let sleeper = format!("sleeper:{}", fx.out.path().display());
+    assert!(!processes_with(&sleeper).is_empty(), "the sleep runs");
 
     assert_eq!(
         fx.runner.stop(&started.build_id).await.unwrap(),
@@ -610,9 +633,8 @@ async fn stop_kills_a_running_build_and_reports_stopped() {
         .unwrap();
     assert_eq!(build.1, "STOPPED");
     assert!(!fx.out("post_build").exists());
-    let pid = read(&fx.out("sleep.pid")).trim().to_owned();
     wait_until(WAIT, "the sleep to be killed", || async {
-        process_gone(&pid).then_some(())
+        processes_with(&sleeper).is_empty().then_some(())
     })
     .await;
 
@@ -1090,4 +1112,199 @@ async fn a_source_version_that_looks_like_an_option_is_refused() {
         fx.runner.start(request).await,
         Err(prx_ci_shared::backend::BackendError::Permanent(_))
     ));
+}
+
+/// What an attacking build tries: read the secrets by path, list the data dir, the other
+/// builds' dirs and the host's processes, dump its environment, and unmount what hides them.
+/// Everything it finds goes to exported variables (reported in the final event) and the log.
+const SNOOP: &str = r#"version: 0.2
+env:
+  exported-variables: [SECRETS, LISTING, ENVIRONMENT, PROCS, HOST_PROC, AFTER_UMOUNT, WHOAMI, TRICKY]
+phases:
+  build:
+    commands:
+      - SECRETS="$(cat "$SECRETS_DIR/ops-token" "$SECRETS_DIR/webhook-secret" "$SECRETS_DIR/nats-credentials" "$SECRET_FILE" 2>&1)" || true
+      - LISTING="$(ls -A "$SECRETS_DIR" "$DATA_DIR" "$DATA_DIR/builds" "$WORK_DIR" 2>&1)" || true
+      - ENVIRONMENT="$(env)" || true
+      - PROCS="$(ls /proc | grep -c '^[0-9]')" || true
+      - HOST_PROC="$(cat "/proc/$HOST_PID/environ" "/proc/$HOST_PID/cmdline" 2>&1; ls "/proc/$HOST_PID/root/" 2>&1)" || true
+      - umount "$SECRETS_DIR" 2>/dev/null; unshare --user --map-root-user --mount umount "$SECRETS_DIR" 2>/dev/null; AFTER_UMOUNT="$(cat "$SECRETS_DIR/ops-token" 2>&1)" || true
+      - WHOAMI="$(id -u) $(grep CapEff /proc/self/status)" || true
+      - echo "log $SECRETS $LISTING $HOST_PROC $AFTER_UMOUNT"
+"#;
+
+/// A variable value the environment loader must pass through untouched.
+const TRICKY: &str = "a=b $(touch /tmp/x) `id` 'q' \"dq\"\nsecond line\\";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_build_cannot_read_secrets_the_data_dir_other_builds_or_host_processes() {
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_file = tempfile::NamedTempFile::new().unwrap();
+    let values = [
+        ("ops-token", "ops-token-5a1e6f"),
+        ("webhook-secret", "webhook-secret-77c2d1"),
+        ("nats-credentials", "nats-password-0b9e44"),
+    ];
+    for (name, value) in values {
+        std::fs::write(secrets.path().join(name), value).unwrap();
+    }
+    std::fs::write(secret_file.path(), "secret-file-3c8a90").unwrap();
+    let hidden = vec![secrets.path().to_owned(), secret_file.path().to_owned()];
+    let fx = Fixture::new(|c| {
+        c.hidden_paths = hidden;
+        // A hidden directory holding the work dir (like a hidden home): the build's own dir
+        // stays visible, the rest does not.
+        c.hidden_paths.push(c.work_dir.parent().unwrap().to_owned());
+    })
+    .await;
+    // Another build's checkout, present while this one runs.
+    let other = fx.runner.config().work_dir.join("other-build/src");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("main.rs"), "other-build-file-e41d").unwrap();
+
+    let repo = repo(SNOOP, &[]);
+    let mut request = fx.request("req-snoop", &repo, SNOOP);
+    let config = fx.runner.config();
+    for (name, value) in [
+        ("SECRETS_DIR", secrets.path().display().to_string()),
+        ("SECRET_FILE", secret_file.path().display().to_string()),
+        ("DATA_DIR", config.data_dir.display().to_string()),
+        ("WORK_DIR", config.work_dir.display().to_string()),
+        ("HOST_PID", std::process::id().to_string()),
+        ("TRICKY", TRICKY.to_owned()),
+    ] {
+        request.environment.insert(name.to_owned(), value);
+    }
+    let started = fx.runner.start(request).await.unwrap();
+    let events = fx.finished(&started.build_id).await;
+    let log = read(&fx.runner.log_path(&started.build_id));
+    let last = final_event(&events);
+    assert_eq!(
+        last.detail.build_status.as_deref(),
+        Some("SUCCEEDED"),
+        "{log}"
+    );
+    let exported: BTreeMap<String, String> = last
+        .detail
+        .additional_information
+        .exported_environment_variables
+        .iter()
+        .map(|v| (v.name.clone(), v.value.clone()))
+        .collect();
+
+    // The attempts ran (and failed): the hidden paths look empty or missing.
+    assert!(
+        exported["SECRETS"].contains("No such file or directory"),
+        "{exported:?}"
+    );
+    let uuid = started.build_id.trim_start_matches("local:");
+    // `ls` of four directories: their names, and in them only the build's own dir.
+    let entries: Vec<&str> = exported["LISTING"]
+        .lines()
+        .filter(|l| !l.is_empty() && !l.ends_with(':') && !l.starts_with("ls: cannot access"))
+        .collect();
+    assert_eq!(entries, [uuid], "{exported:?}");
+    assert!(exported["ENVIRONMENT"].contains("CODEBUILD_BUILD_ID="));
+    let processes: usize = exported["PROCS"].parse().unwrap();
+    assert!(processes < 10, "only the build's processes: {processes}");
+    assert!(exported["HOST_PROC"].contains("No such file or directory"));
+    assert!(
+        exported["WHOAMI"].ends_with("0000000000000000"),
+        "{exported:?}"
+    );
+    for secret in values
+        .iter()
+        .map(|(_, v)| *v)
+        .chain(["secret-file-3c8a90", "other-build-file-e41d"])
+    {
+        for (name, value) in &exported {
+            assert!(!value.contains(secret), "{name} shows {secret}: {value}");
+        }
+        assert!(!log.contains(secret), "the log shows {secret}");
+    }
+    // Variables reach the build verbatim through the loader: no expansion, newlines kept.
+    assert_eq!(exported["TRICKY"], TRICKY);
+    // The runner's own environment (the test process's) is not the build's.
+    assert!(!exported["ENVIRONMENT"].contains("CARGO_MANIFEST_DIR"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_isolation_none_a_build_runs_on_the_host_and_sees_the_data_dir() {
+    let fx = Fixture::new(|c| c.isolation = Isolation::None).await;
+    let spec = r#"version: 0.2
+phases:
+  build:
+    commands:
+      - ls "$(dirname "$CODEBUILD_SRC_DIR")/.." > "$OUT/work-root"
+      - echo $$ > "$OUT/pid"
+"#;
+    let repo = repo(spec, &[]);
+    let (started, events) = fx.run("req-none", &repo, spec).await;
+    assert_eq!(
+        final_event(&events).detail.build_status.as_deref(),
+        Some("SUCCEEDED")
+    );
+    let uuid = started.build_id.trim_start_matches("local:");
+    assert!(read(&fx.out("work-root")).contains(uuid));
+    // Not in a PID namespace: `$$` is a host pid (the shell, gone now).
+    let pid: u32 = read(&fx.out("pid")).trim().parse().unwrap();
+    assert!(pid > 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_refuses_to_start_when_builds_cannot_be_isolated() {
+    let server = NatsServer::start().await;
+    let rt = Runtime::from_client(server.connect().await, &mut Registry::default());
+    let data = tempfile::tempdir().unwrap();
+    let config = LocalRunnerConfig {
+        data_dir: data.path().join("runner"),
+        work_dir: data.path().join("work"),
+        shell: "/nonexistent/bash".to_owned(),
+        ..LocalRunnerConfig::default()
+    };
+    let err = LocalRunner::new(rt.clone(), config.clone()).unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("cannot isolate local builds"), "{message}");
+    assert!(message.contains("isolation = \"none\""), "{message}");
+
+    // A work dir inside the data dir is refused too.
+    let err = LocalRunner::new(
+        rt,
+        LocalRunnerConfig {
+            work_dir: data.path().join("runner/work"),
+            shell: "bash".to_owned(),
+            ..config
+        },
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("must be outside"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_does_not_run_when_a_hidden_path_was_swapped_for_a_decoy() {
+    let root = tempfile::tempdir().unwrap();
+    let secrets = root.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::write(secrets.join("ops-token"), "ops-token-91d3aa").unwrap();
+    let hidden = secrets.clone();
+    let fx = Fixture::new(|c| c.hidden_paths = vec![hidden]).await;
+    // What an earlier build could do on the host: move the secrets away (renaming an ancestor
+    // works as well) and leave an empty decoy where the runner hides them.
+    let moved = root.path().join("moved");
+    std::fs::rename(&secrets, &moved).unwrap();
+    std::fs::create_dir(&secrets).unwrap();
+
+    let spec = format!(
+        "version: 0.2\nphases:\n  build:\n    commands:\n      - cat {}/ops-token\n",
+        moved.display()
+    );
+    let repo = repo(&spec, &[]);
+    let (started, events) = fx.run("req-decoy", &repo, &spec).await;
+    assert_eq!(
+        final_event(&events).detail.build_status.as_deref(),
+        Some("FAILED")
+    );
+    let log = read(&fx.runner.log_path(&started.build_id));
+    assert!(log.contains("was moved or replaced"), "{log}");
+    assert!(!log.contains("ops-token-91d3aa"), "{log}");
 }

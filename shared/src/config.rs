@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format as _, Toml};
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -104,6 +105,11 @@ pub struct NatsConfig {
     pub url: String,
     /// A `.creds` file for authenticated clusters. Default: none.
     pub credentials_file: Option<PathBuf>,
+    /// User name for a server that requires user/password authentication (`prx-ci up`'s local
+    /// server does). Default: none.
+    pub user: Option<String>,
+    /// Password of `user` (`PRX_CI_NATS__PASSWORD`). Never logged. Default: none.
+    pub password: Option<SecretString>,
     /// Stream replicas when provisioning (1 on a single server, 3 in a cluster). Default 1.
     pub replicas: usize,
     /// How long to wait for the first connection. Default 10s.
@@ -118,6 +124,8 @@ impl Default for NatsConfig {
         Self {
             url: "nats://127.0.0.1:4222".to_owned(),
             credentials_file: None,
+            user: None,
+            password: None,
             replicas: 1,
             connect_timeout: Duration::from_secs(10),
             client_name: "prx-ci".to_owned(),
@@ -129,6 +137,9 @@ impl Validate for NatsConfig {
     fn validate(&self) -> Result<(), String> {
         if self.url.trim().is_empty() {
             return Err("url is empty".into());
+        }
+        if self.user.is_some() != self.password.is_some() {
+            return Err("user and password go together: set both or neither".into());
         }
         if !(1..=5).contains(&self.replicas) {
             return Err(format!("replicas must be 1 to 5, not {}", self.replicas));
@@ -182,6 +193,16 @@ mod tests {
         assert_eq!(nats.connect_timeout, Duration::from_secs(2));
         assert_eq!(nats.client_name, "prx-ci");
 
+        let figment = Figment::from(Toml::string(
+            "[nats]\nuser = \"ci\"\npassword = \"hunter2-secret\"\n",
+        ));
+        let nats: NatsConfig = load_from(&figment, "nats").unwrap();
+        assert_eq!(nats.user.as_deref(), Some("ci"));
+        assert!(
+            !format!("{nats:?}").contains("hunter2-secret"),
+            "Debug never shows the password"
+        );
+
         let empty: NatsConfig = load_from(&Figment::new(), "nats").unwrap();
         assert_eq!(empty.url, "nats://127.0.0.1:4222");
     }
@@ -192,6 +213,10 @@ mod tests {
         let err = load_from::<NatsConfig>(&figment, "nats").unwrap_err();
         assert!(err.to_string().contains("[nats]"), "{err}");
         assert!(err.to_string().contains("replicas"), "{err}");
+
+        let figment = Figment::from(Toml::string("[nats]\nuser = \"ci\"\n"));
+        let err = load_from::<NatsConfig>(&figment, "nats").unwrap_err();
+        assert!(err.to_string().contains("password"), "{err}");
 
         let figment = Figment::from(Toml::string("[nats]\nurll = \"x\"\n"));
         let err = load_from::<NatsConfig>(&figment, "nats").unwrap_err();

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, kv, stream};
+use secrecy::ExposeSecret as _;
 use serde::Deserialize;
 
 use crate::config::NatsConfig;
@@ -106,6 +107,9 @@ pub async fn connect(config: &NatsConfig, role: &str) -> anyhow::Result<async_na
             .credentials_file(creds)
             .await
             .with_context(|| format!("cannot read NATS credentials {}", creds.display()))?;
+    }
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.expose_secret().to_owned());
     }
     // `url` may list several servers, comma-separated (a cluster).
     let urls: Vec<&str> = config
