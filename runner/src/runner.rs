@@ -159,7 +159,8 @@ impl LocalRunner {
             config.isolation,
             &config.shell,
             hidden,
-            &work_dir.join(format!(".probe-{}", std::process::id())),
+            // Unique per runner: several runners of one process (tests) may share a work dir.
+            &work_dir.join(format!(".probe-{}", uuid::Uuid::new_v4())),
         )?;
         let inherited = config
             .inherit_env

@@ -41,6 +41,7 @@ impl Local {
         config.ingress.secrets = vec![SecretString::from(SECRET)];
         config.ops.token = Some(SecretString::from("local-flow-ops-token"));
         config.runner.data_dir = data.path().join("runner");
+        config.runner.work_dir = data.path().join("work");
         configure(&mut config);
         let webhooks = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();

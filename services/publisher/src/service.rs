@@ -12,6 +12,7 @@ use prx_ci_proto::v1::{self, PublishSkipReason, envelope::Payload};
 use prx_ci_shared::consume::{ConsumerSettings, Delivery, Handler, HandlerError, run_consumer};
 use prx_ci_shared::domain::OrderingKey;
 use prx_ci_shared::events::{Chain, derived_event_id};
+use prx_ci_shared::push_position::display_wire;
 use prx_ci_shared::{CancellationToken, Runtime};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -361,7 +362,7 @@ impl PublishHandler {
                         parameter,
                         value = %target.value,
                         version,
-                        push_sequence = publication.position.push_sequence,
+                        push = %display_wire(publication.position.push_sequence),
                         "parameter written"
                     );
                 }
@@ -376,9 +377,10 @@ impl PublishHandler {
                         by_commit,
                     } => {
                         skip.detail = format!(
-                            "push {by_sequence} ({}) already published {parameter}; this build is from push {}",
+                            "push {} ({}) already published {parameter}; this build is from push {}",
+                            display_wire(by_sequence),
                             short(&by_commit),
-                            publication.position.push_sequence
+                            display_wire(publication.position.push_sequence)
                         );
                         skip.superseded_by_sequence = by_sequence;
                         skip.superseded_by_commit = by_commit;
