@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Local, SECRET, stored_events};
+use common::{Local, SECRET, stored_events, stored_messages};
 use prx_ci::demo::{self, DemoArgs, PARAMETER};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_publisher::{KvParameterStore, parameter_report};
@@ -302,22 +302,4 @@ async fn a_local_build_can_neither_read_the_secrets_of_prx_ci_up_nor_publish_to_
 
     system.stop().await.unwrap();
     nats.stop().await;
-}
-
-/// Every message of PRX_EVENTS: subject and decoded envelope (an undecodable one as default).
-async fn stored_messages(js: &async_nats::jetstream::Context) -> Vec<(String, v1::Envelope)> {
-    use prost::Message as _;
-    let stream = js
-        .get_stream(prx_ci_shared::subject::EVENTS_STREAM)
-        .await
-        .unwrap();
-    let last = stream.get_info().await.unwrap().state.last_sequence;
-    let mut out = Vec::new();
-    for seq in 1..=last {
-        if let Ok(raw) = stream.get_raw_message(seq).await {
-            let envelope = v1::Envelope::decode(raw.payload).unwrap_or_default();
-            out.push((raw.subject.to_string(), envelope));
-        }
-    }
-    out
 }

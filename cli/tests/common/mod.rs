@@ -96,6 +96,16 @@ impl Local {
 
 /// Every envelope in the events stream, in stream order.
 pub async fn stored_events(js: &async_nats::jetstream::Context) -> Vec<v1::Envelope> {
+    stored_messages(js)
+        .await
+        .into_iter()
+        .map(|(_, envelope)| envelope)
+        .collect()
+}
+
+/// Every message of the events stream: subject and decoded envelope (an undecodable one as
+/// default), in stream order.
+pub async fn stored_messages(js: &async_nats::jetstream::Context) -> Vec<(String, v1::Envelope)> {
     use prost::Message as _;
     let stream = js
         .get_stream(prx_ci_shared::subject::EVENTS_STREAM)
@@ -104,11 +114,9 @@ pub async fn stored_events(js: &async_nats::jetstream::Context) -> Vec<v1::Envel
     let last = stream.get_info().await.unwrap().state.last_sequence;
     let mut out = Vec::new();
     for seq in 1..=last {
-        let Ok(raw) = stream.get_raw_message(seq).await else {
-            continue;
-        };
-        if let Ok(envelope) = v1::Envelope::decode(raw.payload) {
-            out.push(envelope);
+        if let Ok(raw) = stream.get_raw_message(seq).await {
+            let envelope = v1::Envelope::decode(raw.payload).unwrap_or_default();
+            out.push((raw.subject.to_string(), envelope));
         }
     }
     out

@@ -8,14 +8,14 @@ use prx_ci_proto::v1::{self, PublishSkipReason, envelope::Payload};
 use prx_ci_publisher::ownership::{ACTION_CLAIM, OwnerRecord};
 use prx_ci_publisher::{
     KvParameterStore, NoArtifactCheck, OwnerStore, ParameterStore, PublisherConfig,
-    SsmParameterStore, parameter_report,
+    parameter_report,
 };
 use prx_ci_shared::domain::Architecture;
-use prx_ci_shared::testing::{MotoServer, NatsServer};
+use prx_ci_shared::testing::NatsServer;
 
 use crate::utils::{
-    BuildSpec, EventLog, REPO, Replica, SsmReplicas, runtime, settle, ssm_history, test_config,
-    warm_up,
+    BuildSpec, EventLog, REPO, Replica, SsmPublisher, SsmReplicas, runtime, settle, skips_of,
+    ssm_history, test_config,
 };
 
 const X86: Architecture = Architecture::X86_64;
@@ -44,28 +44,23 @@ fn owner_events(log: &EventLog) -> Vec<v1::ParameterOwnerChanged> {
         .collect()
 }
 
-fn skips_of(log: &EventLog, build: &BuildSpec) -> Vec<v1::PublishSkipped> {
-    log.skipped()
+fn skips_in(log: &EventLog, build: &BuildSpec) -> Vec<v1::PublishSkipped> {
+    skips_of(&log.skipped(), build)
         .into_iter()
-        .filter(|s| {
-            s.build
-                .as_ref()
-                .is_some_and(|b| b.build_id == build.build_id)
-        })
+        .cloned()
         .collect()
 }
 
 #[tokio::test]
 async fn a_build_mapping_a_parameter_another_repository_owns_writes_nothing() {
-    let nats = NatsServer::start().await;
-    let moto = MotoServer::start().await;
-    let rt = runtime(&nats).await;
-    let log = EventLog::start(&rt).await;
-    let ssm = Arc::new(SsmParameterStore::new(&moto.sdk_config()));
-    let client = ssm.client().clone();
-    warm_up(&client).await;
-    let _replica =
-        Replica::start(&nats, test_config(), ssm.clone(), Arc::new(NoArtifactCheck)).await;
+    let SsmPublisher {
+        rt,
+        log,
+        client,
+        ssm,
+        guard: _guard,
+        ..
+    } = SsmPublisher::start().await;
     let victim = "/prx/stag/Spire/App/pkg/docker-image-tag";
     let own = "/prx/stag/Spire/Intruder/pkg/docker-image-tag";
 
@@ -97,7 +92,7 @@ async fn a_build_mapping_a_parameter_another_repository_owns_writes_nothing() {
         app.value(),
         "GetParameter still answers the owner's value"
     );
-    let skips = skips_of(&log, &intruder);
+    let skips = skips_in(&log, &intruder);
     let [skip] = &skips[..] else {
         panic!("{skips:#?}")
     };
@@ -191,7 +186,7 @@ async fn two_repositories_racing_to_claim_new_names_leave_one_owner_and_one_writ
         );
         let writers: Vec<_> = applied.iter().filter(|p| p.parameter == *name).collect();
         assert_eq!(writers.len(), 1, "{name}: {writers:#?}");
-        let refused: Vec<_> = skips_of(&run.log, loser)
+        let refused: Vec<_> = skips_in(&run.log, loser)
             .into_iter()
             .filter(|s| s.parameter == *name)
             .collect();
@@ -245,7 +240,7 @@ async fn config_ownership_beats_a_claim() {
         .await
         .unwrap();
     settle(&rt, &log, &[(squatter.build_id.clone(), 1)]).await;
-    let skips = skips_of(&log, &squatter);
+    let skips = skips_in(&log, &squatter);
     let [skip] = &skips[..] else {
         panic!("{skips:#?}")
     };
@@ -269,7 +264,7 @@ async fn config_ownership_beats_a_claim() {
         store.get(name).await.unwrap().map(|p| p.value),
         Some(configured.value())
     );
-    assert!(skips_of(&log, &configured).is_empty());
+    assert!(skips_in(&log, &configured).is_empty());
     // Config-owned names are never claimed: the old record stays as it was, no claim event.
     assert_eq!(owners.get(name).await.unwrap().unwrap().0, squat);
     assert!(owner_events(&log).is_empty(), "{:#?}", owner_events(&log));

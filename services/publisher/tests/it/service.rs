@@ -12,8 +12,8 @@ use prx_ci_shared::domain::Architecture;
 use prx_ci_shared::testing::{MotoServer, NatsServer, wait_until};
 
 use crate::utils::{
-    BuildSpec, EventLog, Fault, FaultyStore, Replica, SsmReplicas, WAIT, runtime, settle, sha,
-    ssm_history, test_config, warm_up,
+    BuildSpec, EventLog, Fault, FaultyStore, Replica, SsmPublisher, SsmReplicas, WAIT, runtime,
+    settle, sha, skips_of, ssm_history, test_config, warm_up,
 };
 
 const X86: Architecture = Architecture::X86_64;
@@ -26,27 +26,16 @@ async fn deliver(rt: &prx_ci_shared::Runtime, log: &EventLog, builds: &[&BuildSp
     }
 }
 
-fn skip_of<'a>(log: &'a [v1::PublishSkipped], build: &BuildSpec) -> Vec<&'a v1::PublishSkipped> {
-    log.iter()
-        .filter(|s| {
-            s.build
-                .as_ref()
-                .is_some_and(|b| b.build_id == build.build_id)
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn multi_arch_pushes_end_on_the_primary_value_in_either_order() {
-    let nats = NatsServer::start().await;
-    let moto = MotoServer::start().await;
-    let rt = runtime(&nats).await;
-    let log = EventLog::start(&rt).await;
-    let ssm = Arc::new(SsmParameterStore::new(&moto.sdk_config()));
-    let client = ssm.client().clone();
-    warm_up(&client).await;
-    let _replica =
-        Replica::start(&nats, test_config(), ssm.clone(), Arc::new(NoArtifactCheck)).await;
+    let SsmPublisher {
+        rt,
+        log,
+        client,
+        ssm,
+        guard: _guard,
+        ..
+    } = SsmPublisher::start().await;
 
     // ARM first, then x86: both written, x86 last.
     let a = "/prx/stag/Spire/ArmFirst/pkg/docker-image-tag";
@@ -63,7 +52,7 @@ async fn multi_arch_pushes_end_on_the_primary_value_in_either_order() {
     deliver(&rt, &log, &[&b_x86, &b_arm]).await;
     assert_eq!(ssm_history(&client, b).await, vec![b_x86.value()]);
     let skipped = log.skipped();
-    let [skip] = skip_of(&skipped, &b_arm)[..] else {
+    let [skip] = skips_of(&skipped, &b_arm)[..] else {
         panic!("{skipped:#?}")
     };
     assert_eq!(
@@ -90,7 +79,7 @@ async fn multi_arch_pushes_end_on_the_primary_value_in_either_order() {
     let d_old = BuildSpec::ecr(40, X86, &[a]);
     deliver(&rt, &log, &[&d_new, &d_old]).await;
     let skipped = log.skipped();
-    let [skip] = skip_of(&skipped, &d_old)[..] else {
+    let [skip] = skips_of(&skipped, &d_old)[..] else {
         panic!("{skipped:#?}")
     };
     assert_eq!(skip.reason, PublishSkipReason::Superseded as i32);
@@ -215,7 +204,7 @@ async fn missing_artifacts_are_skipped_and_never_written() {
         (&no_repo, "does not exist"),
         (&zip_missing, "does not exist"),
     ] {
-        let [skip] = skip_of(&skipped, build)[..] else {
+        let [skip] = skips_of(&skipped, build)[..] else {
             panic!("{skipped:#?}")
         };
         assert_eq!(skip.reason, PublishSkipReason::ArtifactMissing as i32);
@@ -306,7 +295,7 @@ async fn local_mode_gates_skips_with_reasons_and_reports() {
     assert_eq!(log.outcomes_of(&failed.build_id), 0);
     let skipped = log.skipped();
     let reasons = |b: &BuildSpec| -> Vec<(i32, String, String)> {
-        skip_of(&skipped, b)
+        skips_of(&skipped, b)
             .into_iter()
             .map(|s| (s.reason, s.parameter.clone(), s.mapping.clone()))
             .collect()
@@ -352,7 +341,7 @@ async fn local_mode_gates_skips_with_reasons_and_reports() {
         )]
     );
     // Push 63 wrote; the older push 58 arrived later and was superseded.
-    let [skip] = skip_of(&skipped, &older)[..] else {
+    let [skip] = skips_of(&skipped, &older)[..] else {
         panic!()
     };
     assert_eq!(skip.reason, PublishSkipReason::Superseded as i32);

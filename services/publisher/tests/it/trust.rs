@@ -1,16 +1,10 @@
 //! The event log is the authority: what the dispatcher requested decides what a build may
 //! publish, never what the build exported (SSM in the emulator, the real consumer).
 
-use std::sync::Arc;
-
 use prx_ci_proto::v1::PublishSkipReason;
-use prx_ci_publisher::{NoArtifactCheck, SsmParameterStore};
 use prx_ci_shared::domain::Architecture;
-use prx_ci_shared::testing::{MotoServer, NatsServer};
 
-use crate::utils::{
-    BuildSpec, EventLog, Replica, runtime, settle, sha, ssm_history, test_config, warm_up,
-};
+use crate::utils::{BuildSpec, EventLog, SsmPublisher, settle, sha, skips_of, ssm_history};
 
 const X86: Architecture = Architecture::X86_64;
 
@@ -18,14 +12,10 @@ fn param(name: &str) -> String {
     format!("/prx/stag/Spire/{name}/pkg/docker-image-tag")
 }
 
-fn skips_of(log: &EventLog, build: &BuildSpec) -> Vec<(PublishSkipReason, String)> {
-    log.skipped()
+fn reasons_of(log: &EventLog, build: &BuildSpec) -> Vec<(PublishSkipReason, String)> {
+    skips_of(&log.skipped(), build)
         .into_iter()
-        .filter(|s| {
-            s.build
-                .as_ref()
-                .is_some_and(|b| b.build_id == build.build_id)
-        })
+        .cloned()
         .map(|s| {
             (
                 PublishSkipReason::try_from(s.reason).unwrap(),
@@ -41,14 +31,13 @@ fn skips_of(log: &EventLog, build: &BuildSpec) -> Vec<(PublishSkipReason, String
 
 #[tokio::test]
 async fn exported_variables_cannot_turn_publishing_on_or_redirect_it() {
-    let nats = NatsServer::start().await;
-    let moto = MotoServer::start().await;
-    let rt = runtime(&nats).await;
-    let log = EventLog::start(&rt).await;
-    let ssm = Arc::new(SsmParameterStore::new(&moto.sdk_config()));
-    let client = ssm.client().clone();
-    warm_up(&client).await;
-    let _replica = Replica::start(&nats, test_config(), ssm, Arc::new(NoArtifactCheck)).await;
+    let SsmPublisher {
+        rt,
+        log,
+        client,
+        guard: _guard,
+        ..
+    } = SsmPublisher::start().await;
 
     // A same-repository pull request without the opt-in exports PRX_CI_PUBLISH=true.
     let pr = BuildSpec::ecr(301, X86, &[&param("PrOverride")])
@@ -102,14 +91,14 @@ async fn exported_variables_cannot_turn_publishing_on_or_redirect_it() {
     );
     assert_eq!(applied.len(), 1, "{applied:#?}");
 
-    let pr_skips = skips_of(&log, &pr);
+    let pr_skips = reasons_of(&log, &pr);
     let [(reason, detail)] = &pr_skips[..] else {
         panic!("{pr_skips:#?}")
     };
     assert_eq!(*reason, PublishSkipReason::UntrustedOverride);
     assert!(detail.contains("PRX_CI_PUBLISH"), "{detail}");
 
-    let redirect_skips = skips_of(&log, &redirect);
+    let redirect_skips = reasons_of(&log, &redirect);
     let overridden: Vec<&str> = redirect_skips
         .iter()
         .filter(|(r, _)| *r == PublishSkipReason::UntrustedOverride)
@@ -124,7 +113,7 @@ async fn exported_variables_cannot_turn_publishing_on_or_redirect_it() {
         "{redirect_skips:#?}"
     );
 
-    let fork_skips = skips_of(&log, &fork);
+    let fork_skips = reasons_of(&log, &fork);
     assert!(
         fork_skips
             .iter()
@@ -139,7 +128,7 @@ async fn exported_variables_cannot_turn_publishing_on_or_redirect_it() {
     );
 
     assert_eq!(
-        skips_of(&log, &console),
+        reasons_of(&log, &console),
         vec![(PublishSkipReason::Unordered, param("Console"))]
     );
     // Every skip event names the dispatcher's commit, never the one the build claimed.

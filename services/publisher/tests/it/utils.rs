@@ -510,6 +510,55 @@ pub async fn ssm_history(client: &aws_sdk_ssm::Client, name: &str) -> Vec<String
     versions.into_iter().map(|(_, v)| v).collect()
 }
 
+/// The skips of `build` among `skipped`.
+pub fn skips_of<'a>(
+    skipped: &'a [v1::PublishSkipped],
+    build: &BuildSpec,
+) -> Vec<&'a v1::PublishSkipped> {
+    skipped
+        .iter()
+        .filter(|s| {
+            s.build
+                .as_ref()
+                .is_some_and(|b| b.build_id == build.build_id)
+        })
+        .collect()
+}
+
+/// One publisher replica writing to SSM in the emulator (no artifact check), with the event log
+/// of the run. Bind `guard` for as long as the test runs: it holds the servers and the replica.
+pub struct SsmPublisher {
+    pub rt: Runtime,
+    pub log: EventLog,
+    pub ssm: Arc<SsmParameterStore>,
+    pub client: aws_sdk_ssm::Client,
+    pub guard: (NatsServer, MotoServer, Replica),
+}
+
+impl SsmPublisher {
+    pub async fn start() -> Self {
+        Self::start_with(test_config()).await
+    }
+
+    pub async fn start_with(config: PublisherConfig) -> Self {
+        let nats = NatsServer::start().await;
+        let moto = MotoServer::start().await;
+        let rt = runtime(&nats).await;
+        let log = EventLog::start(&rt).await;
+        let ssm = Arc::new(SsmParameterStore::new(&moto.sdk_config()));
+        let client = ssm.client().clone();
+        warm_up(&client).await;
+        let replica = Replica::start(&nats, config, ssm.clone(), Arc::new(NoArtifactCheck)).await;
+        Self {
+            rt,
+            log,
+            ssm,
+            client,
+            guard: (nats, moto, replica),
+        }
+    }
+}
+
 /// Makes moto load its SSM backend (the first call is slow) so test timeouts measure the
 /// publisher, not the emulator's start.
 pub async fn warm_up(client: &aws_sdk_ssm::Client) {
