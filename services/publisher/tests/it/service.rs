@@ -346,7 +346,8 @@ async fn local_mode_gates_skips_with_reasons_and_reports() {
     };
     assert_eq!(skip.reason, PublishSkipReason::Superseded as i32);
     assert_eq!(skip.superseded_by_sequence, 63);
-    assert!(skip.detail.contains("push 63"), "{}", skip.detail);
+    // Sequences below 2^32 read as stream sequences (`#63`); see PushPosition.
+    assert!(skip.detail.contains("push #63"), "{}", skip.detail);
 
     let applied = log.applied();
     let [write] = &applied[..] else {
