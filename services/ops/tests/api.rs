@@ -181,9 +181,10 @@ async fn builds_lists_in_flight_and_recent_builds_with_log_links() {
     assert!(other.in_flight.is_empty() && other.recent.is_empty());
 }
 
-#[tokio::test]
-async fn a_parked_message_is_put_back_once_under_a_new_message_id() {
-    let h = Harness::start().await;
+/// A completed build's event, stored, and then parked by the notifier (as the consumer loop
+/// parks a message that kept failing): the original, its stream sequence, and where the parked
+/// entry was stored.
+async fn park_a_completed_build(h: &Harness) -> (v1::Envelope, u64, prx_ci_shared::Stored) {
     let webhook = push("d1", "PRX/app", "main", &sha('a'));
     let seq = h.publish(&webhook).await;
     let original = build_story(&webhook, seq, "main", Some(v1::BuildStatus::Succeeded))
@@ -216,6 +217,13 @@ async fn a_parked_message_is_put_back_once_under_a_new_message_id() {
             .publish_to(subject::parked_subject("notifier"), &parked)
             .await
             .unwrap();
+    (original, original_seq, stored)
+}
+
+#[tokio::test]
+async fn a_parked_message_is_put_back_once_under_a_new_message_id() {
+    let h = Harness::start().await;
+    let (original, original_seq, stored) = park_a_completed_build(&h).await;
     assert_eq!(stored.stream, PARKED_STREAM);
 
     let mut client = h.client().await;
@@ -290,32 +298,7 @@ async fn a_parked_message_is_put_back_once_under_a_new_message_id() {
 #[tokio::test]
 async fn a_retried_parked_message_records_the_authenticated_operator() {
     let h = Harness::start().await;
-    let webhook = push("d1", "PRX/app", "main", &sha('a'));
-    let seq = h.publish(&webhook).await;
-    let original = build_story(&webhook, seq, "main", Some(v1::BuildStatus::Succeeded))
-        .pop()
-        .unwrap();
-    let original_seq = h.publish(&original).await;
-    let parked = Chain::caused_by(&original).envelope(
-        new_event_id(),
-        Payload::MessageParked(v1::MessageParked {
-            consumer: "notifier".into(),
-            stream: EVENTS_STREAM.into(),
-            stream_sequence: original_seq,
-            subject: "prx.build.completed.PRX.app".into(),
-            data: original.encode_to_vec(),
-            error: "slack: 503 Service Unavailable".into(),
-            deliveries: 8,
-            headers: [("Nats-Msg-Id".to_owned(), original.event_id.clone())]
-                .into_iter()
-                .collect(),
-        }),
-    );
-    let stored =
-        h.rt.publisher
-            .publish_to(subject::parked_subject("notifier"), &parked)
-            .await
-            .unwrap();
+    let (_, _, stored) = park_a_completed_build(&h).await;
     let mut bob = h.client_with(BOB_TOKEN).await;
     bob.retry_parked(v1::RetryParkedRequest {
         id: stored.sequence,
