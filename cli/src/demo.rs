@@ -180,6 +180,8 @@ pub async fn run_scenario(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
     let mut seen = Vec::new();
     let mut completed = BTreeSet::new();
     let mut publishes = 0;
+    // The value the newest push published, if it did (an owner, a skip... may stop it).
+    let mut newest_published = false;
     let deadline = tokio::time::Instant::now() + DEMO_TIMEOUT;
     while completed.len() < 2 || publishes < 2 {
         let next = tokio::time::timeout_at(deadline, events.next())
@@ -221,6 +223,7 @@ pub async fn run_scenario(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
             }
             Some(Payload::PublishApplied(p)) => {
                 publishes += 1;
+                newest_published |= p.build.as_ref().is_some_and(|b| b.commit == second);
                 println!("  PUBLISHED        {} = {}", p.parameter, p.value);
             }
             Some(Payload::PublishSkipped(p)) => {
@@ -237,14 +240,21 @@ pub async fn run_scenario(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
         }
     }
     println!();
-    println!(
-        "demo: {PARAMETER} now points at the newest push ({}), though its build finished first.",
-        &second[..7]
-    );
-    println!(
-        "      The original CI would have deployed {} (the older commit finished last).",
-        &first[..7]
-    );
+    if newest_published {
+        println!(
+            "demo: {PARAMETER} now points at the newest push ({}), though its build finished first.",
+            &second[..7]
+        );
+        println!(
+            "      The original CI would have deployed {} (the older commit finished last).",
+            &first[..7]
+        );
+    } else {
+        println!(
+            "demo: the newest push ({}) did not publish {PARAMETER}; the skips above say why.",
+            &second[..7]
+        );
+    }
     println!(
         "      See `prx-ci params`, `prx-ci history {REPOSITORY} --branch main`, `prx-ci events`."
     );
