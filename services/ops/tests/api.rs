@@ -430,21 +430,7 @@ fn fork_pull_request(delivery: &str, repository: &str, head_ref: &str, sha: &str
             "base": {"ref": "main", "repo": {"full_name": repository}},
         },
     });
-    Chain {
-        correlation_id: delivery.into(),
-        ..Chain::default()
-    }
-    .envelope(
-        delivery.into(),
-        Payload::WebhookReceived(v1::WebhookReceived {
-            delivery_id: delivery.into(),
-            event_name: "pull_request".into(),
-            payload: payload.to_string().into_bytes(),
-            repository: repository.into(),
-            origin: v1::Origin::Github as i32,
-            ..Default::default()
-        }),
-    )
+    webhook(delivery, "pull_request", repository, &payload)
 }
 
 #[tokio::test]

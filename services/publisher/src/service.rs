@@ -478,6 +478,17 @@ struct Emitter<'a> {
 }
 
 impl Emitter<'_> {
+    /// Stores an outcome event (a failure is retried with the message).
+    async fn store(&self, envelope: &v1::Envelope) -> Result<(), HandlerError> {
+        self.handler
+            .rt
+            .publisher
+            .publish(envelope)
+            .await
+            .map(drop)
+            .map_err(HandlerError::transient)
+    }
+
     async fn applied(&self, target: &Target, version: i64) -> Result<(), HandlerError> {
         let id = derived_event_id(
             self.id_base,
@@ -494,12 +505,7 @@ impl Emitter<'_> {
                 version,
             }),
         );
-        self.handler
-            .rt
-            .publisher
-            .publish(&envelope)
-            .await
-            .map_err(HandlerError::transient)?;
+        self.store(&envelope).await?;
         self.handler
             .outcomes
             .get_or_create(&OutcomeLabels {
@@ -524,12 +530,7 @@ impl Emitter<'_> {
                 reason: String::new(),
             }),
         );
-        self.handler
-            .rt
-            .publisher
-            .publish(&envelope)
-            .await
-            .map_err(HandlerError::transient)?;
+        self.store(&envelope).await?;
         tracing::info!(
             parameter = %record.parameter,
             repository = %record.repository,
@@ -594,12 +595,7 @@ impl Emitter<'_> {
                 mapping: skip.mapping,
             }),
         );
-        self.handler
-            .rt
-            .publisher
-            .publish(&envelope)
-            .await
-            .map_err(HandlerError::transient)?;
+        self.store(&envelope).await?;
         self.handler
             .outcomes
             .get_or_create(&OutcomeLabels { outcome: reason })

@@ -155,14 +155,13 @@ pub fn repo_json(full_name: &str) -> serde_json::Value {
     })
 }
 
-/// A push webhook as ingress stores it (event id = delivery id).
-pub fn push(delivery: &str, repository: &str, branch: &str, after: &str) -> v1::Envelope {
-    let payload = serde_json::json!({
-        "ref": format!("refs/heads/{branch}"),
-        "before": sha('0'),
-        "after": after,
-        "repository": repo_json(repository),
-    });
+/// A webhook as ingress stores it (event id = delivery id).
+pub fn webhook(
+    delivery: &str,
+    event_name: &str,
+    repository: &str,
+    payload: &serde_json::Value,
+) -> v1::Envelope {
     Chain {
         correlation_id: delivery.into(),
         ..Chain::default()
@@ -171,13 +170,24 @@ pub fn push(delivery: &str, repository: &str, branch: &str, after: &str) -> v1::
         delivery.into(),
         Payload::WebhookReceived(v1::WebhookReceived {
             delivery_id: delivery.into(),
-            event_name: "push".into(),
+            event_name: event_name.into(),
             payload: payload.to_string().into_bytes(),
             repository: repository.into(),
             origin: v1::Origin::Github as i32,
             ..Default::default()
         }),
     )
+}
+
+/// A push webhook as ingress stores it (event id = delivery id).
+pub fn push(delivery: &str, repository: &str, branch: &str, after: &str) -> v1::Envelope {
+    let payload = serde_json::json!({
+        "ref": format!("refs/heads/{branch}"),
+        "before": sha('0'),
+        "after": after,
+        "repository": repo_json(repository),
+    });
+    webhook(delivery, "push", repository, &payload)
 }
 
 pub fn build_ref(repository: &str, commit: &str, request: &str) -> v1::BuildRef {
