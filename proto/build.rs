@@ -14,6 +14,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let vendored_include = protoc_bin_vendored::include_path()?;
     let includes = [PathBuf::from("proto"), vendored_include];
     tonic_prost_build::configure()
+        // Services keep build references in KV records as JSON: the field names and the
+        // architecture's enum number are that JSON's format (see `tests/compat.rs`).
+        .type_attribute(
+            "prx.ci.v1.BuildRef",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        )
         .file_descriptor_set_path(out_dir.join("prx_ci_descriptor.bin"))
         .compile_with_config(config, &protos.map(PathBuf::from), &includes)?;
     Ok(())

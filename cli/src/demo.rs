@@ -14,8 +14,8 @@ use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
 use prost::Message as _;
 use prx_ci_proto::v1::{Envelope, envelope::Payload};
-use prx_ci_shared::push_position::PushPosition;
-use prx_ci_shared::subject::{EVENTS_STREAM, EventKind, repository_filter};
+use prx_ci_shared::bus::subject::{EVENTS_STREAM, EventKind, repository_filter};
+use prx_ci_shared::domain::push_position::PushPosition;
 
 /// The demo repository's name as GitHub would report it.
 pub const REPOSITORY: &str = "PRX/demo-app";
@@ -90,7 +90,7 @@ pub async fn run_scenario(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
             .to_owned(),
     };
     let nats = crate::local_nats::client_config(None, &args.nats_url, &args.data_dir)?;
-    let client = prx_ci_shared::nats::connect(&nats, "demo")
+    let client = prx_ci_shared::bus::nats::connect(&nats, "demo")
         .await
         .context("is `prx-ci up` running?")?;
     let js = jetstream::new(client);

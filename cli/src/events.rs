@@ -7,9 +7,9 @@ use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
 use prost::Message as _;
 use prx_ci_proto::v1::Envelope;
-use prx_ci_shared::events::{from_timestamp, kind_of};
-use prx_ci_shared::push_position::display_wire;
-use prx_ci_shared::subject::ALL_STREAMS;
+use prx_ci_shared::bus::envelope::{from_timestamp, kind_of};
+use prx_ci_shared::bus::subject::ALL_STREAMS;
+use prx_ci_shared::domain::push_position::display_wire;
 
 /// Arguments of `prx-ci events`.
 #[derive(Debug, clap::Args)]
@@ -35,7 +35,7 @@ pub struct EventsArgs {
 
 pub async fn run(config_file: Option<&std::path::Path>, args: EventsArgs) -> anyhow::Result<()> {
     let nats = prx_ci::local_nats::client_config(config_file, &args.nats_url, &args.data_dir)?;
-    let client = prx_ci_shared::nats::connect(&nats, "cli").await?;
+    let client = prx_ci_shared::bus::nats::connect(&nats, "cli").await?;
     let js = jetstream::new(client);
     let streams: Vec<String> = match &args.stream {
         Some(s) => vec![s.clone()],

@@ -5,9 +5,9 @@ use std::io::Write as _;
 
 use prost::Message as _;
 use prx_ci_proto::v1::{self, envelope::Payload, history_request};
+use prx_ci_shared::bus::envelope::from_timestamp;
+use prx_ci_shared::bus::subject::EventKind;
 use prx_ci_shared::domain::{Architecture, OrderingKey};
-use prx_ci_shared::events::from_timestamp;
-use prx_ci_shared::subject::EventKind;
 use secrecy::SecretString;
 
 /// How to reach the ops API (every ops subcommand takes these).

@@ -83,7 +83,7 @@ impl LocalNats {
                     log_file.display()
                 );
             }
-            if let Ok(client) = prx_ci_shared::nats::connect(&config, "ready").await
+            if let Ok(client) = prx_ci_shared::bus::nats::connect(&config, "ready").await
                 && async_nats::jetstream::new(client)
                     .query_account()
                     .await
@@ -121,7 +121,7 @@ fn server_config(password: &str) -> String {
     format!(
         "{}# Every client authenticates; prx-ci up generates the password at each start.\n\
          authorization {{\n  user: \"{USER}\"\n  password: \"{password}\"\n}}\n",
-        prx_ci_shared::nats::SERVER_CONFIG
+        prx_ci_shared::bus::nats::SERVER_CONFIG
     )
 }
 
@@ -188,7 +188,7 @@ mod tests {
     #[test]
     fn the_server_config_requires_the_user() {
         let config = server_config("abc123");
-        assert!(config.starts_with(prx_ci_shared::nats::SERVER_CONFIG));
+        assert!(config.starts_with(prx_ci_shared::bus::nats::SERVER_CONFIG));
         assert!(config.contains("user: \"prx-ci\""));
         assert!(config.contains("password: \"abc123\""));
     }

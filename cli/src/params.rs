@@ -80,7 +80,7 @@ pub async fn run(config_file: Option<&std::path::Path>, args: ParamsArgs) -> any
         None => {}
     }
     let nats = prx_ci::local_nats::client_config(config_file, &args.nats_url, &args.data_dir)?;
-    let client = prx_ci_shared::nats::connect(&nats, "cli").await?;
+    let client = prx_ci_shared::bus::nats::connect(&nats, "cli").await?;
     let js = jetstream::new(client);
     let store: Box<dyn ParameterStore> = if args.ssm {
         let aws: AwsConfig = config::load(config_file, "aws")?;

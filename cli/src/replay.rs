@@ -54,7 +54,7 @@ fn parse_bound(text: &str) -> anyhow::Result<Bound> {
 }
 
 fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
-    prx_ci_shared::events::timestamp(t)
+    prx_ci_shared::bus::envelope::timestamp(t)
 }
 
 fn request(args: &ReplayArgs) -> anyhow::Result<v1::ReplayRequest> {

@@ -71,7 +71,7 @@ pub async fn run(config_file: Option<&Path>, args: UpArgs) -> anyhow::Result<()>
 
     // Run until Ctrl-C / SIGTERM, or until a service fails.
     let failure = tokio::select! {
-        () = prx_ci_shared::shutdown_signal() => None,
+        () = prx_ci_shared::service::shutdown_signal() => None,
         err = system.failed() => Some(err),
     };
     println!("prx-ci: stopping...");

@@ -104,3 +104,20 @@ fn the_lock_detects_a_renumbered_field() {
     let renumbered = line.replace("= 1 ", "= 99 ");
     assert!(!current.contains(&renumbered));
 }
+
+/// KV records hold build references as JSON (written before `BuildRef` had serde, by
+/// hand-written mirrors): that JSON must keep reading, and writing must keep its shape.
+#[test]
+fn build_ref_json_is_the_format_kv_records_already_hold() {
+    use prx_ci_proto::v1::{Architecture, BuildRef};
+    let stored = r#"{"build_id":"app:0b5e","build_request_id":"req-1","repository":"PRX/app","commit":"4f2c","architecture":2,"backend":"codebuild","project":"app","region":"us-east-1","log_url":"https://logs"}"#;
+    let build: BuildRef = serde_json::from_str(stored).unwrap();
+    assert_eq!(build.build_id, "app:0b5e");
+    assert_eq!(build.architecture(), Architecture::Aarch64);
+    assert_eq!(build.log_url, "https://logs");
+    assert_eq!(serde_json::to_string(&build).unwrap(), stored);
+    // Records from before a field existed read with the field empty.
+    let old: BuildRef = serde_json::from_str(r#"{"build_id":"x"}"#).unwrap();
+    assert_eq!(old.build_id, "x");
+    assert_eq!(old.log_url, "");
+}

@@ -1,4 +1,4 @@
-//! The local build runner: the embedded [`BuildBackend`](prx_ci_shared::backend::BuildBackend)
+//! The local build runner: the embedded [`BuildBackend`](prx_ci_shared::codebuild::backend::BuildBackend)
 //! of `prx-ci up`. It clones the repository (a `file://` URL works), checks out the requested
 //! commit, runs the buildspec's `install`, `pre_build`, `build` and `post_build` phases in one
 //! bash process like CodeBuild 0.2, and reports every transition as a `BuildReportReceived`

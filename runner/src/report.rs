@@ -4,11 +4,11 @@
 
 use prx_ci_proto::v1::{self, Envelope, envelope::Payload};
 use prx_ci_shared::Chain;
-use prx_ci_shared::codebuild_event::{
+use prx_ci_shared::bus::envelope::derived_event_id;
+use prx_ci_shared::codebuild::event::{
     self, AdditionalInformation, CodeBuildEvent, Detail, Environment, EnvironmentVariable, Logs,
     NameValue, Phase, Source,
 };
-use prx_ci_shared::events::derived_event_id;
 use time::OffsetDateTime;
 use time::format_description::FormatItem;
 use time::macros::format_description;
@@ -141,7 +141,7 @@ impl Timeline {
         phase.context = context;
         let done = phase.clone();
         let mut event = self.event(
-            codebuild_event::PHASE_CHANGE,
+            event::PHASE_CHANGE,
             &format!("phase:{}", done.phase_type),
             at,
         );
@@ -157,7 +157,7 @@ impl Timeline {
 
     /// The `IN_PROGRESS` state change sent when the build is accepted.
     pub fn started(&self, at: OffsetDateTime) -> CodeBuildEvent {
-        let mut event = self.event(codebuild_event::STATE_CHANGE, "state:IN_PROGRESS", at);
+        let mut event = self.event(event::STATE_CHANGE, "state:IN_PROGRESS", at);
         event.detail.build_status = Some(status::IN_PROGRESS.to_owned());
         event.detail.current_phase = self.current().map(|p| p.phase_type.clone());
         event.detail.current_phase_context = Some("[]".to_owned());
@@ -179,7 +179,7 @@ impl Timeline {
         {
             self.start_phase("COMPLETED", at);
         }
-        let mut event = self.event(codebuild_event::STATE_CHANGE, "state:complete", at);
+        let mut event = self.event(event::STATE_CHANGE, "state:complete", at);
         event.detail.build_status = Some(build_status.to_owned());
         event.detail.current_phase = Some("COMPLETED".to_owned());
         event.detail.current_phase_context = Some("[]".to_owned());
@@ -198,7 +198,7 @@ impl Timeline {
             version: "0".to_owned(),
             id: derived_event_id(&info.build_id, &["eventbridge", transition]),
             detail_type: detail_type.to_owned(),
-            source: codebuild_event::SOURCE.to_owned(),
+            source: event::SOURCE.to_owned(),
             account: info.account.clone(),
             time: event_time(at),
             region: info.region.clone(),
@@ -360,7 +360,7 @@ mod tests {
         assert_eq!(env.event_id, envelope(&again, "PRX/app", t0).event_id);
         assert_ne!(env.event_id, done.id);
         assert_eq!(
-            prx_ci_shared::events::subject_of(&env).unwrap(),
+            prx_ci_shared::bus::envelope::subject_of(&env).unwrap(),
             "prx.runner.report.PRX.app"
         );
     }

@@ -11,9 +11,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use prx_ci_proto::v1::Envelope;
 use prx_ci_shared::Runtime;
-use prx_ci_shared::backend::{BackendError, BuildBackend, StartBuild, StartedBuild, StopOutcome};
-use prx_ci_shared::codebuild_event::CodeBuildEvent;
-use prx_ci_shared::publish::{EventPublisher, PublishError};
+use prx_ci_shared::bus::publish::{EventPublisher, PublishError};
+use prx_ci_shared::codebuild::backend::{
+    BackendError, BuildBackend, StartBuild, StartedBuild, StopOutcome,
+};
+use prx_ci_shared::codebuild::event::CodeBuildEvent;
 use prx_ci_shared::retry::{Backoff, Retry, retry};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;

@@ -13,10 +13,10 @@ use prost::Message as _;
 use prx_ci_local_runner::{Isolation, LocalRunner, LocalRunnerConfig};
 use prx_ci_proto::v1::{Envelope, envelope::Payload};
 use prx_ci_shared::Runtime;
-use prx_ci_shared::backend::{BuildBackend, StartBuild, StartedBuild, StopOutcome};
-use prx_ci_shared::codebuild_event::{CodeBuildEvent, PHASE_CHANGE, STATE_CHANGE};
+use prx_ci_shared::bus::subject::EVENTS_STREAM;
+use prx_ci_shared::codebuild::backend::{BuildBackend, StartBuild, StartedBuild, StopOutcome};
+use prx_ci_shared::codebuild::event::{CodeBuildEvent, PHASE_CHANGE, STATE_CHANGE};
 use prx_ci_shared::domain::{Architecture, CommitSha, RepoName};
-use prx_ci_shared::subject::EVENTS_STREAM;
 use prx_ci_shared::testing::{NatsServer, wait_until, workspace_root};
 use tempfile::TempDir;
 
@@ -1110,7 +1110,9 @@ async fn a_source_version_that_looks_like_an_option_is_refused() {
     request.source_version = "--upload-pack=touch".into();
     assert!(matches!(
         fx.runner.start(request).await,
-        Err(prx_ci_shared::backend::BackendError::Permanent(_))
+        Err(prx_ci_shared::codebuild::backend::BackendError::Permanent(
+            _
+        ))
     ));
 }
 

@@ -96,7 +96,7 @@ impl NatsServer {
     async fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("nats-server.log")).expect("log");
         let conf = self.dir.path().join("nats-server.conf");
-        std::fs::write(&conf, crate::nats::SERVER_CONFIG).expect("write nats-server.conf");
+        std::fs::write(&conf, crate::bus::nats::SERVER_CONFIG).expect("write nats-server.conf");
         let child = Command::new(tool_path("nats-server"))
             .arg("-c")
             .arg(&conf)

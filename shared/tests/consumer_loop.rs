@@ -8,10 +8,11 @@ use async_nats::jetstream::consumer;
 use prometheus_client::registry::Registry;
 use prost::Message as _;
 use prx_ci_proto::v1::{self, envelope::Payload};
-use prx_ci_shared::consume::{ConsumerSettings, Delivery, Handler, HandlerError, run_consumer};
-use prx_ci_shared::events::{Chain, new_event_id};
-use prx_ci_shared::nats::ConsumerDefinition;
-use prx_ci_shared::subject::{self, EventKind};
+use prx_ci_shared::bus::consume::{ConsumerSettings, Delivery, Handler, HandlerError};
+use prx_ci_shared::bus::envelope::{Chain, new_event_id};
+use prx_ci_shared::bus::nats::ConsumerDefinition;
+use prx_ci_shared::bus::subject::{self, EventKind};
+use prx_ci_shared::run_consumer;
 use prx_ci_shared::testing::{NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime};
 use tokio::sync::Mutex;
@@ -210,7 +211,7 @@ async fn a_failing_message_is_parked_and_the_loop_goes_on() {
 
 #[tokio::test]
 async fn every_consumer_loop_serves_replays_meant_for_it() {
-    use prx_ci_shared::replay::{replay_config, replay_prefix};
+    use prx_ci_shared::bus::replay::{replay_config, replay_prefix};
 
     let server = NatsServer::start().await;
     let rt = runtime(&server).await;

@@ -108,7 +108,7 @@ pub async fn stored_events(js: &async_nats::jetstream::Context) -> Vec<v1::Envel
 pub async fn stored_messages(js: &async_nats::jetstream::Context) -> Vec<(String, v1::Envelope)> {
     use prost::Message as _;
     let stream = js
-        .get_stream(prx_ci_shared::subject::EVENTS_STREAM)
+        .get_stream(prx_ci_shared::bus::subject::EVENTS_STREAM)
         .await
         .unwrap();
     let last = stream.get_info().await.unwrap().state.last_sequence;

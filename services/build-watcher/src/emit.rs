@@ -5,7 +5,7 @@
 //! by the reconciler, or handled twice after a crash, is stored once by JetStream.
 
 use prx_ci_proto::v1::{self, envelope::Payload};
-use prx_ci_shared::events::{derived_event_id, timestamp};
+use prx_ci_shared::bus::envelope::{derived_event_id, timestamp};
 use time::OffsetDateTime;
 
 use crate::report::{PhaseInfo, Report};

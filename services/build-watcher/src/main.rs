@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use prx_ci_build_watcher::{BuildWatcher, BuildWatcherConfig};
 use prx_ci_shared::config::{self, AwsConfig};
-use prx_ci_shared::process::{ServiceProcess, exit_code};
+use prx_ci_shared::service::startup::{ServiceProcess, exit_code};
 
 /// Turns CodeBuild state changes into build events.
 #[derive(Debug, Parser)]

@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use aws_sdk_codebuild::types::Build;
 use prx_ci_proto::v1::{self, envelope::Payload};
-use prx_ci_shared::codebuild_event::{
+use prx_ci_shared::bus::envelope::{Chain, derived_event_id};
+use prx_ci_shared::bus::publish::EventPublisher;
+use prx_ci_shared::codebuild::event::{
     self, AdditionalInformation, CodeBuildEvent, Detail, Environment, EnvironmentVariable, Logs,
     NameValue, Phase, Source,
 };
-use prx_ci_shared::events::{Chain, derived_event_id};
-use prx_ci_shared::publish::EventPublisher;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -112,8 +112,8 @@ pub fn event_from_build(build: &Build, observed_at: OffsetDateTime) -> CodeBuild
     CodeBuildEvent {
         version: "0".into(),
         id: event_id,
-        detail_type: codebuild_event::STATE_CHANGE.into(),
-        source: codebuild_event::SOURCE.into(),
+        detail_type: event::STATE_CHANGE.into(),
+        source: event::SOURCE.into(),
         account: parsed
             .as_ref()
             .map(|a| a.account.to_owned())

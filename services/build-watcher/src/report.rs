@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use prx_ci_proto::v1;
-use prx_ci_shared::codebuild_event::{self, CodeBuildEvent, Phase};
+use prx_ci_shared::codebuild::event::{self, CodeBuildEvent, Phase};
 use time::OffsetDateTime;
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
@@ -14,7 +14,7 @@ const CODEBUILD_TIME: &[BorrowedFormatItem<'static>] = format_description!(
     "[month repr:short] [day padding:none], [year] [hour repr:12 padding:none]:[minute]:[second] [period]"
 );
 
-pub use prx_ci_shared::codebuild_event::{COMPLETED_PHASE, PHASE_ORDER, phase_rank};
+pub use prx_ci_shared::codebuild::event::{COMPLETED_PHASE, PHASE_ORDER, phase_rank};
 
 /// Parses CodeBuild's event time format (`Sep 1, 2017 4:12:29 PM`, UTC).
 pub fn parse_codebuild_time(text: &str) -> Option<OffsetDateTime> {
@@ -156,9 +156,7 @@ pub fn parse_report(json: &[u8]) -> Result<Report, ReportError> {
 /// Classifies an already parsed event.
 pub fn report_from_event(event: CodeBuildEvent) -> Result<Report, ReportError> {
     let detail = &event.detail;
-    if ![codebuild_event::STATE_CHANGE, codebuild_event::PHASE_CHANGE]
-        .contains(&event.detail_type.as_str())
-    {
+    if ![event::STATE_CHANGE, event::PHASE_CHANGE].contains(&event.detail_type.as_str()) {
         return Err(ReportError::UnknownDetailType(event.detail_type.clone()));
     }
     let build_id = normalize_build_id(&detail.build_id);
@@ -166,7 +164,7 @@ pub fn report_from_event(event: CodeBuildEvent) -> Result<Report, ReportError> {
         return Err(ReportError::NoBuildId);
     }
     let kind = match event.detail_type.as_str() {
-        codebuild_event::STATE_CHANGE => {
+        event::STATE_CHANGE => {
             let status = detail.build_status.as_deref().unwrap_or_default();
             if status == "IN_PROGRESS" {
                 ReportKind::InProgress
@@ -177,7 +175,7 @@ pub fn report_from_event(event: CodeBuildEvent) -> Result<Report, ReportError> {
                 )
             }
         }
-        codebuild_event::PHASE_CHANGE => {
+        event::PHASE_CHANGE => {
             let phase = detail
                 .completed_phase
                 .as_deref()
@@ -640,7 +638,7 @@ mod tests {
         e["detail"]["build-id"] = "".into();
         assert_eq!(parse(e).unwrap_err(), ReportError::NoBuildId);
         let mut e = state_event("SUCCEEDED");
-        e["detail-type"] = codebuild_event::PHASE_CHANGE.into();
+        e["detail-type"] = event::PHASE_CHANGE.into();
         assert_eq!(parse(e).unwrap_err(), ReportError::NoCompletedPhase);
     }
 
@@ -714,7 +712,7 @@ mod tests {
     #[test]
     fn phase_changes_carry_their_context_and_next_phase() {
         let e = serde_json::json!({
-            "detail-type": codebuild_event::PHASE_CHANGE,
+            "detail-type": event::PHASE_CHANGE,
             "detail": {
                 "build-id": "local:1",
                 "completed-phase": "BUILD",

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use prx_ci_proto::v1::{self, envelope::Payload};
-use prx_ci_shared::publish::EventPublisher;
+use prx_ci_shared::bus::publish::EventPublisher;
 use prx_ci_shared::{Delivery, Handler, HandlerError};
 use time::OffsetDateTime;
 

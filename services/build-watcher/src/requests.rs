@@ -3,7 +3,7 @@
 //! and the reconciler knows what is in flight.
 
 use prx_ci_proto::v1::{self, envelope::Payload};
-use prx_ci_shared::events::from_timestamp;
+use prx_ci_shared::bus::envelope::from_timestamp;
 use prx_ci_shared::{Delivery, Handler, HandlerError};
 use time::OffsetDateTime;
 

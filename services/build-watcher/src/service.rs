@@ -5,8 +5,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use prx_ci_shared::Runtime;
-use prx_ci_shared::consume::{ConsumerSettings, run_consumer};
-use prx_ci_shared::nats::Definitions;
+use prx_ci_shared::bus::consume::ConsumerSettings;
+use prx_ci_shared::bus::nats::Definitions;
+use prx_ci_shared::run_consumer;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use prx_ci_proto::v1::{self, envelope::Payload};
-use prx_ci_shared::codebuild_event::CodeBuildEvent;
-use prx_ci_shared::events::{Chain, derived_event_id};
-use prx_ci_shared::publish::EventPublisher;
+use prx_ci_shared::bus::envelope::{Chain, derived_event_id};
+use prx_ci_shared::bus::publish::EventPublisher;
+use prx_ci_shared::codebuild::event::CodeBuildEvent;
 use prx_ci_shared::retry::Backoff;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -260,7 +260,7 @@ mod tests {
         assert_eq!(r.build_id, "p:1");
         assert_eq!(r.source, "sqs");
         assert_eq!(
-            prx_ci_shared::events::subject_of(&a).unwrap(),
+            prx_ci_shared::bus::envelope::subject_of(&a).unwrap(),
             "prx.runner.report.PRX.app"
         );
     }
@@ -275,7 +275,7 @@ mod tests {
         };
         assert_eq!(r.event_json, b"hello");
         assert_eq!(
-            prx_ci_shared::events::subject_of(&a).unwrap(),
+            prx_ci_shared::bus::envelope::subject_of(&a).unwrap(),
             "prx.runner.report.~.~"
         );
     }

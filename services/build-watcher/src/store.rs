@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use prx_ci_proto::v1;
-use prx_ci_shared::events::Chain;
-use prx_ci_shared::subject::encode_token;
+use prx_ci_shared::bus::envelope::Chain;
+use prx_ci_shared::bus::subject::encode_token;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 

@@ -21,11 +21,14 @@ use prost::Message as _;
 use prx_ci_dispatcher::decision::{DecisionConfig, decide};
 use prx_ci_dispatcher::{Dispatcher, DispatcherConfig, GitHubBuildspecSource};
 use prx_ci_proto::v1::{self, Envelope, envelope::Payload};
-use prx_ci_shared::backend::{BackendError, BuildBackend, StartBuild, StartedBuild, StopOutcome};
-use prx_ci_shared::consume::{ConsumerSettings, Delivery, Handler, HandlerError, run_consumer};
-use prx_ci_shared::events::{Chain, derived_event_id};
+use prx_ci_shared::bus::consume::{ConsumerSettings, Delivery, Handler, HandlerError};
+use prx_ci_shared::bus::envelope::{Chain, derived_event_id};
+use prx_ci_shared::bus::nats::Definitions;
+use prx_ci_shared::codebuild::backend::{
+    BackendError, BuildBackend, StartBuild, StartedBuild, StopOutcome,
+};
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
-use prx_ci_shared::nats::Definitions;
+use prx_ci_shared::run_consumer;
 use prx_ci_shared::testing::NatsServer;
 use prx_ci_shared::{CancellationToken, Runtime};
 use serde_json::{Value, json};

@@ -7,7 +7,9 @@ use aws_sdk_codebuild::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErr
 use aws_sdk_codebuild::types::{
     EnvironmentVariable, EnvironmentVariableType, SourceType, StatusType,
 };
-use prx_ci_shared::backend::{BackendError, BuildBackend, StartBuild, StartedBuild, StopOutcome};
+use prx_ci_shared::codebuild::backend::{
+    BackendError, BuildBackend, StartBuild, StartedBuild, StopOutcome,
+};
 use prx_ci_shared::domain::Architecture;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};

@@ -20,12 +20,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use prx_ci_proto::v1::{self, Envelope, envelope::Payload};
-use prx_ci_shared::backend::{BackendError, BuildBackend, StartBuild, StopOutcome};
-use prx_ci_shared::consume::{Delivery, Handler, HandlerError};
+use prx_ci_shared::bus::consume::{Delivery, Handler, HandlerError};
+use prx_ci_shared::bus::envelope::{Chain, derived_event_id, from_timestamp};
+use prx_ci_shared::bus::publish::EventPublisher;
+use prx_ci_shared::codebuild::backend::{BackendError, BuildBackend, StartBuild, StopOutcome};
 use prx_ci_shared::domain::Architecture;
-use prx_ci_shared::events::{Chain, derived_event_id, from_timestamp};
-use prx_ci_shared::publish::EventPublisher;
-use prx_ci_shared::push_position::PushPosition;
+use prx_ci_shared::domain::push_position::PushPosition;
 
 use crate::buildspec::{Buildspec, BuildspecError, BuildspecRequest, BuildspecSource};
 use crate::config::DispatcherConfig;

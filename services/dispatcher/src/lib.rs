@@ -1,6 +1,6 @@
 //! The PRX CI dispatcher: consumes every stored webhook (`PRX_WEBHOOKS`, durable `dispatcher`)
 //! and ends each in exactly one decision: `BuildRequested` (one per architecture, after the
-//! build was started through a [`BuildBackend`](prx_ci_shared::backend::BuildBackend)) or one
+//! build was started through a [`BuildBackend`](prx_ci_shared::codebuild::backend::BuildBackend)) or one
 //! `BuildSkipped` with its reason. It applies the original build handler's rules exactly
 //! ([`decision`]), looks `buildspec.yml` up at the event's commit ([`buildspec`]), starts each
 //! build at most once per webhook and architecture ([`store`]), stamps every event with the

@@ -9,7 +9,7 @@ use clap::Parser;
 use prx_ci_dispatcher::{CodeBuildBackend, Dispatcher, DispatcherConfig, GitHubBuildspecSource};
 use prx_ci_shared::config::{self, AwsConfig};
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
-use prx_ci_shared::process::{ServiceProcess, exit_code};
+use prx_ci_shared::service::startup::{ServiceProcess, exit_code};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -1,5 +1,5 @@
 //! Placing a push in GitHub's push order, the pure part (see
-//! [`prx_ci_shared::push_position`] for what a position is made of).
+//! [`prx_ci_shared::domain::push_position`] for what a position is made of).
 //!
 //! GitHub's time of the push orders pushes of different seconds. Within one second the
 //! `before`/`after` chain does: a push whose `before` is another push's `after` came after it.
@@ -13,7 +13,7 @@
 //! position, once given, is never renumbered); pushes GitHub timed in different seconds are
 //! always ordered by their seconds, even if GitHub's hosts' clocks disagree.
 
-use prx_ci_shared::push_position::PushPosition;
+use prx_ci_shared::domain::push_position::PushPosition;
 use serde::{Deserialize, Serialize};
 
 /// How many placed pushes a record keeps (only pushes of the same second are ever linked).

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
-use prx_ci_shared::backend::BuildBackend;
+use prx_ci_shared::bus::consume::ConsumerSettings;
+use prx_ci_shared::bus::nats::Definitions;
+use prx_ci_shared::codebuild::backend::BuildBackend;
 use prx_ci_shared::config::Validate as _;
-use prx_ci_shared::consume::{ConsumerSettings, run_consumer};
-use prx_ci_shared::nats::Definitions;
+use prx_ci_shared::run_consumer;
 use prx_ci_shared::{CancellationToken, Runtime};
 
 use crate::buildspec::BuildspecSource;

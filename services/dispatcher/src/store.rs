@@ -11,7 +11,7 @@ use prost::Message as _;
 use prx_ci_proto::v1::Envelope;
 use prx_ci_shared::domain::{Architecture, Lane, OrderingKey};
 
-use prx_ci_shared::push_position::PushPosition;
+use prx_ci_shared::domain::push_position::PushPosition;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

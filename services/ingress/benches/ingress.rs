@@ -31,8 +31,8 @@ use prost::Message as _;
 use prx_ci_ingress::{WEBHOOK_PATH, signature_256};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::Runtime;
-use prx_ci_shared::events::Chain;
-use prx_ci_shared::subject::{WEBHOOKS_STREAM, webhook_subject};
+use prx_ci_shared::bus::envelope::Chain;
+use prx_ci_shared::bus::subject::{WEBHOOKS_STREAM, webhook_subject};
 use prx_ci_shared::testing::{NatsServer, workspace_root};
 
 use common::{Connection, IngressProcess, SECRET, env_usize, stored_count};

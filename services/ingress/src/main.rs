@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use prx_ci_ingress::{Ingress, IngressConfig};
 use prx_ci_shared::CancellationToken;
-use prx_ci_shared::process::{ServiceProcess, exit_code};
+use prx_ci_shared::service::startup::{ServiceProcess, exit_code};
 
 // Each delivery allocates a few buffers of the payload's size; glibc malloc spent ~15% of the
 // ingress's CPU on them under load (see docs/benchmarks/ingress.md).
@@ -57,7 +57,7 @@ async fn try_main() -> anyhow::Result<()> {
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            prx_ci_shared::shutdown_signal().await;
+            prx_ci_shared::service::shutdown_signal().await;
             tracing::info!("shutting down");
             shutdown.cancel();
         }

@@ -7,7 +7,7 @@ use clap::Parser;
 use prx_ci_notifier::{Notifier, NotifierConfig};
 use prx_ci_shared::config;
 use prx_ci_shared::github::GitHubConfig;
-use prx_ci_shared::process::{ServiceProcess, exit_code};
+use prx_ci_shared::service::startup::{ServiceProcess, exit_code};
 
 /// Slack messages and GitHub commit statuses for PRX CI builds.
 #[derive(Debug, Parser)]

@@ -48,7 +48,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use prx_ci_proto::v1::{self, envelope::Payload};
-use prx_ci_shared::consume::ConsumerSettings;
+use prx_ci_shared::bus::consume::ConsumerSettings;
 use prx_ci_shared::retry::{self, Backoff, Retry};
 use prx_ci_shared::{CancellationToken, Delivery, EventPublisher, Handler, HandlerError, Runtime};
 use time::OffsetDateTime;
@@ -212,7 +212,7 @@ impl Notifier {
     /// Consumes build events until `shutdown` is cancelled, delivering messages and statuses.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let store = Store::open(&self.rt.js, &self.config.bucket).await?;
-        let definitions = prx_ci_shared::nats::Definitions::embedded()?;
+        let definitions = prx_ci_shared::bus::nats::Definitions::embedded()?;
         let settings = ConsumerSettings::from_definition(definitions.consumer(CONSUMER)?)
             .with_concurrency(self.config.concurrency);
         let workers = shutdown.child_token();
@@ -338,7 +338,7 @@ impl Core {
             Relevance::Ignore => return Ok(()),
             Relevance::Build(key) => key,
         };
-        let quiet = prx_ci_shared::events::from_timestamp(envelope.time.as_ref())
+        let quiet = prx_ci_shared::bus::envelope::from_timestamp(envelope.time.as_ref())
             .is_some_and(|at| OffsetDateTime::now_utc() - at > self.config.quiet_after);
         let statuses = &self.config.statuses;
         let (applied, record) = self

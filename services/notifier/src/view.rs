@@ -9,9 +9,9 @@
 use std::collections::BTreeMap;
 
 use prx_ci_proto::v1::{self, envelope::Payload};
-use prx_ci_shared::codebuild_event::{is_dispatcher_variable, requested_variables};
+use prx_ci_shared::bus::envelope::from_timestamp;
+use prx_ci_shared::codebuild::event::{is_dispatcher_variable, requested_variables};
 use prx_ci_shared::domain::Architecture;
-use prx_ci_shared::events::from_timestamp;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 pub const MAX_APPLIED_IDS: usize = 512;
 
 fn phase_rank(phase: &str) -> usize {
-    prx_ci_shared::codebuild_event::phase_rank(&phase.to_ascii_uppercase())
+    prx_ci_shared::codebuild::event::phase_rank(&phase.to_ascii_uppercase())
         .unwrap_or(usize::MAX / 2)
 }
 
@@ -533,7 +533,7 @@ impl BuildView {
 #[cfg(test)]
 pub(crate) mod tests {
     use prx_ci_shared::Chain;
-    use prx_ci_shared::events::timestamp;
+    use prx_ci_shared::bus::envelope::timestamp;
     use time::macros::datetime;
 
     use super::*;

@@ -12,7 +12,7 @@ use prx_ci_notifier::render::{self, MAX_SECTION_CHARS, SlackMessage};
 use prx_ci_notifier::view::{BuildState, BuildView, Cancellation, PublishView};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::Chain;
-use prx_ci_shared::events::timestamp;
+use prx_ci_shared::bus::envelope::timestamp;
 use time::macros::datetime;
 
 const SHA: &str = "165df6a5fd675dcf67a1b2c3d4e5f60718293a4b";

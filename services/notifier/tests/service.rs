@@ -18,7 +18,7 @@ use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
 use prx_ci_shared::retry::Backoff;
 use prx_ci_shared::testing::{NatsServer, wait_until};
-use prx_ci_shared::{CancellationToken, Chain, Runtime, subject};
+use prx_ci_shared::{CancellationToken, Chain, Runtime, bus::subject};
 use secrecy::SecretString;
 use serde_json::Value;
 
@@ -796,7 +796,7 @@ async fn replayed_old_history_is_recorded_but_not_announced() {
     let build = Events::new("PRX/my-app", BUILD_ID);
     let long_ago = time::OffsetDateTime::now_utc() - time::Duration::days(4);
     for mut event in [build.requested(), build.started()] {
-        event.time = Some(prx_ci_shared::events::timestamp(long_ago));
+        event.time = Some(prx_ci_shared::bus::envelope::timestamp(long_ago));
         env.publish(&event).await;
     }
     let stream = env.rt.js.get_stream(subject::EVENTS_STREAM).await.unwrap();

@@ -16,9 +16,9 @@ use prx_ci_ops::store::{End, Start, scan};
 use prx_ci_ops::{OpsConfig, projector};
 use prx_ci_proto::v1::{self, envelope::Payload, history_request};
 use prx_ci_shared::Runtime;
+use prx_ci_shared::bus::envelope::Chain;
+use prx_ci_shared::bus::subject::EVENTS_STREAM;
 use prx_ci_shared::domain::{Branch, OrderingKey, RepoName};
-use prx_ci_shared::events::Chain;
-use prx_ci_shared::subject::EVENTS_STREAM;
 use prx_ci_shared::testing::NatsServer;
 use tokio::sync::RwLock;
 

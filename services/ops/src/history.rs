@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 
 use prx_ci_proto::v1::{self, Envelope, envelope::Payload, history_request, ordering_key};
-use prx_ci_shared::events::build_of;
+use prx_ci_shared::bus::envelope::build_of;
 use serde::Deserialize;
 
 /// Shortest commit prefix accepted in a query.
@@ -204,7 +204,7 @@ mod tests {
     }
 
     fn rand_suffix(payload: &Payload) -> &'static str {
-        prx_ci_shared::subject::EventKind::of(payload).name()
+        prx_ci_shared::bus::subject::EventKind::of(payload).name()
     }
 
     fn requested(commit: &str) -> Payload {

@@ -7,7 +7,7 @@
 //!   from scratch with the same result ([`projector::rebuild`]).
 //! - `Rebuild`: an operator's push, stored as a `WebhookReceived` with origin OPERATOR.
 //! - `Replay`: a temporary replay consumer that the target service runs with its own handler
-//!   (every consumer loop runs `prx_ci_shared::replay::ReplayRunner`; see docs/operations.md).
+//!   (every consumer loop runs `prx_ci_shared::bus::replay::ReplayRunner`; see docs/operations.md).
 //! - `Parked` / `RetryParked`: dead-lettered messages and putting one back once.
 //! - `ParameterOwners` / `TransferParameter`: who may publish which parameter name, and the
 //!   audited move of a claimed name to another repository (`docs/operations.md`).
@@ -31,7 +31,7 @@ pub mod parked;
 pub mod projection;
 pub mod projector;
 pub mod rebuild;
-pub use prx_ci_shared::replay;
+pub use prx_ci_shared::bus::replay;
 pub mod service;
 pub mod store;
 

@@ -13,7 +13,7 @@ use prx_ci_ops::{OpsConfig, OpsService};
 use prx_ci_publisher::PublisherConfig;
 use prx_ci_shared::config;
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
-use prx_ci_shared::process::{ServiceProcess, exit_code};
+use prx_ci_shared::service::startup::{ServiceProcess, exit_code};
 
 /// The PRX CI ops service: the operators' gRPC API.
 #[derive(Debug, Parser)]

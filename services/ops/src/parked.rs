@@ -11,8 +11,8 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv};
 use prost::Message as _;
 use prx_ci_proto::v1::{Envelope, ParkedEntry, RetryParkedResponse, envelope::Payload};
-use prx_ci_shared::events::{derived_event_id, from_timestamp, timestamp};
-use prx_ci_shared::subject::{self, PARKED_STREAM};
+use prx_ci_shared::bus::envelope::{derived_event_id, from_timestamp, timestamp};
+use prx_ci_shared::bus::subject::{self, PARKED_STREAM};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 

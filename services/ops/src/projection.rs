@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use prx_ci_proto::v1::{self, BuildState, BuildStatus, BuildView, Envelope, envelope::Payload};
-use prx_ci_shared::subject::EventKind;
+use prx_ci_shared::bus::subject::EventKind;
 
 /// The event kinds the projection folds.
 pub const KINDS: [EventKind; 5] = [

@@ -9,7 +9,7 @@ use futures::StreamExt as _;
 use prost::Message as _;
 use prx_ci_proto::v1::Envelope;
 use prx_ci_shared::CancellationToken;
-use prx_ci_shared::subject::EVENTS_STREAM;
+use prx_ci_shared::bus::subject::EVENTS_STREAM;
 use tokio::sync::RwLock;
 
 use crate::projection::{self, BuildsProjection};

@@ -36,7 +36,7 @@ impl StoredMessage {
             sequence: self.sequence,
             subject: self.subject.clone(),
             envelope: envelope.or_else(|| self.envelope()),
-            stored_at: Some(prx_ci_shared::events::timestamp(self.stored_at)),
+            stored_at: Some(prx_ci_shared::bus::envelope::timestamp(self.stored_at)),
         }
     }
 }

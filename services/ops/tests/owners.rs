@@ -12,7 +12,7 @@ use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_publisher::owner_store::Checked;
 use prx_ci_publisher::ownership::ACTION_CLAIM;
 use prx_ci_publisher::{OwnerRecord, OwnerStore, PublisherConfig};
-use prx_ci_shared::subject;
+use prx_ci_shared::bus::subject;
 use secrecy::SecretString;
 use tonic::Code;
 

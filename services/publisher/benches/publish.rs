@@ -16,10 +16,10 @@ use prx_ci_publisher::{
     KvParameterStore, NoArtifactCheck, ParameterStore, Publisher, PublisherConfig,
     SsmParameterStore, StoreError, StoredParameter,
 };
+use prx_ci_shared::bus::envelope::Chain;
 use prx_ci_shared::domain::{Branch, OrderingKey, RepoName};
-use prx_ci_shared::events::Chain;
 use prx_ci_shared::testing::{MotoServer, NatsServer, wait_until};
-use prx_ci_shared::{CancellationToken, Runtime, subject};
+use prx_ci_shared::{CancellationToken, Runtime, bus::subject};
 
 /// Publications timed for the fence overhead.
 const FENCE_SAMPLES: u64 = 2_000;

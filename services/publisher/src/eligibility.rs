@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use prx_ci_proto::v1::{self, PublishSkipReason};
-use prx_ci_shared::codebuild_event::{is_dispatcher_variable, requested_variables};
+use prx_ci_shared::codebuild::event::{is_dispatcher_variable, requested_variables};
 use prx_ci_shared::domain::Architecture;
 
 use crate::mapping::BuildFacts;

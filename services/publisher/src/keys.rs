@@ -1,9 +1,9 @@
 //! Reversible KV keys for parameter names. KV keys allow `[-/_=.a-zA-Z0-9]` only and may not
 //! start or end with `.`; parameter names may hold `.` (a subject separator). The key is the
-//! subject-token encoding of the name (`prx_ci_shared::subject::encode_token`) with its escape
+//! subject-token encoding of the name (`prx_ci_shared::bus::subject::encode_token`) with its escape
 //! character `~` (not allowed in keys) spelled `=` (which that encoding never emits).
 
-use prx_ci_shared::subject::{decode_token, encode_token};
+use prx_ci_shared::bus::subject::{decode_token, encode_token};
 
 /// The KV key of a parameter name.
 pub fn kv_key(name: &str) -> String {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::Parser;
 use prx_ci_publisher::{AwsArtifactChecker, Publisher, PublisherConfig, SsmParameterStore};
 use prx_ci_shared::config::{self, AwsConfig};
-use prx_ci_shared::process::{ServiceProcess, exit_code};
+use prx_ci_shared::service::startup::{ServiceProcess, exit_code};
 
 /// PRX CI publisher: writes SSM parameters for successful publishable builds, in push order.
 #[derive(Debug, Parser)]

@@ -8,7 +8,7 @@ use std::fmt;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
 use futures::TryStreamExt as _;
-use prx_ci_shared::push_position::display_wire;
+use prx_ci_shared::domain::push_position::display_wire;
 use serde::{Deserialize, Serialize};
 
 use crate::fence::FenceRecord;
@@ -287,7 +287,8 @@ mod tests {
         );
         let positioned = ParameterReport {
             push_sequence: Some(
-                prx_ci_shared::push_position::PushPosition::new(1_795_000_000, 129, 7).wire(),
+                prx_ci_shared::domain::push_position::PushPosition::new(1_795_000_000, 129, 7)
+                    .wire(),
             ),
             last_skip: None,
             ..report.clone()

@@ -9,10 +9,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use prx_ci_proto::v1::{self, PublishSkipReason, envelope::Payload};
-use prx_ci_shared::consume::{ConsumerSettings, Delivery, Handler, HandlerError, run_consumer};
+use prx_ci_shared::bus::consume::{ConsumerSettings, Delivery, Handler, HandlerError};
+use prx_ci_shared::bus::envelope::{Chain, derived_event_id};
 use prx_ci_shared::domain::OrderingKey;
-use prx_ci_shared::events::{Chain, derived_event_id};
-use prx_ci_shared::push_position::display_wire;
+use prx_ci_shared::domain::push_position::display_wire;
+use prx_ci_shared::run_consumer;
 use prx_ci_shared::{CancellationToken, Runtime};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -94,7 +95,7 @@ impl Publisher {
         .await?;
         let skips = SkipLog::open(&self.rt.js).await?;
         let owners = OwnerStore::open(&self.rt.js).await?;
-        let definitions = prx_ci_shared::nats::Definitions::embedded()?;
+        let definitions = prx_ci_shared::bus::nats::Definitions::embedded()?;
         let mut settings = ConsumerSettings::from_definition(definitions.consumer(DURABLE)?)
             .with_concurrency(self.config.concurrency);
         if !self.config.retry_backoff.is_empty() {

@@ -2,11 +2,11 @@
 
 use prx_ci_build_watcher::REPORTS_CONSUMER;
 use prx_ci_proto::v1::envelope::Payload;
-use prx_ci_shared::codebuild_event::{
+use prx_ci_shared::bus::envelope::new_event_id;
+use prx_ci_shared::codebuild::event::{
     self, AdditionalInformation, CodeBuildEvent, Detail, Environment, EnvironmentVariable,
     NameValue, Phase,
 };
-use prx_ci_shared::events::new_event_id;
 use prx_ci_shared::testing::wait_until;
 
 use crate::utils::{COMMIT, REPO, WAIT, World, completed, names, test_config};
@@ -39,7 +39,7 @@ fn local_event(
         version: "0".into(),
         id: new_event_id(),
         detail_type: detail_type.into(),
-        source: codebuild_event::SOURCE.into(),
+        source: event::SOURCE.into(),
         time: "2026-11-26T08:00:09Z".into(),
         detail: Detail {
             build_status: status.map(Into::into),
@@ -94,7 +94,7 @@ async fn a_local_build_goes_started_phases_completed_with_exported_variables() {
         .report(
             &local_event(
                 &build_id,
-                codebuild_event::STATE_CHANGE,
+                event::STATE_CHANGE,
                 Some("IN_PROGRESS"),
                 None,
                 0,
@@ -108,7 +108,7 @@ async fn a_local_build_goes_started_phases_completed_with_exported_variables() {
             .report(
                 &local_event(
                     &build_id,
-                    codebuild_event::PHASE_CHANGE,
+                    event::PHASE_CHANGE,
                     None,
                     Some(phase),
                     i + 1,
@@ -122,7 +122,7 @@ async fn a_local_build_goes_started_phases_completed_with_exported_variables() {
         .report(
             &local_event(
                 &build_id,
-                codebuild_event::STATE_CHANGE,
+                event::STATE_CHANGE,
                 Some("SUCCEEDED"),
                 None,
                 4,

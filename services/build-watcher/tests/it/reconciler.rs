@@ -193,7 +193,7 @@ async fn local_builds_are_never_looked_up_in_aws() {
     let mut world = World::with_aws().await;
     let config = test_config();
     world.start(config.clone(), None, None);
-    let build_id = format!("local:{}", prx_ci_shared::events::new_event_id());
+    let build_id = format!("local:{}", prx_ci_shared::bus::envelope::new_event_id());
     world.request(&build_id).await;
     world.until_consumer_idle(REQUESTS_CONSUMER).await;
     let reconciler = Reconciler::new(

@@ -6,7 +6,7 @@ use prometheus_client::registry::Registry;
 use prx_ci_build_watcher::metrics::Metrics;
 use prx_ci_build_watcher::sqs::SqsSource;
 use prx_ci_proto::v1::{self, envelope::Payload};
-use prx_ci_shared::publish::EventPublisher;
+use prx_ci_shared::bus::publish::EventPublisher;
 use prx_ci_shared::testing::wait_until;
 use serde_json::Value;
 
@@ -223,7 +223,7 @@ async fn a_body_that_is_not_a_codebuild_event_is_parked_and_deleted() {
         let stream = world
             .rt
             .js
-            .get_stream(prx_ci_shared::subject::PARKED_STREAM)
+            .get_stream(prx_ci_shared::bus::subject::PARKED_STREAM)
             .await
             .ok()?;
         let raw = stream

@@ -145,7 +145,7 @@ async fn a_report_that_arrives_before_its_request_waits_for_it() {
         let stream = world
             .rt
             .js
-            .get_stream(prx_ci_shared::subject::EVENTS_STREAM)
+            .get_stream(prx_ci_shared::bus::subject::EVENTS_STREAM)
             .await
             .ok()?;
         let mut consumer: async_nats::jetstream::consumer::PullConsumer =

@@ -13,7 +13,7 @@ use aws_sdk_codebuild::types::{
 use prx_ci_dispatcher::codebuild::{CodeBuildBackend, build_id_of};
 use prx_ci_dispatcher::handler::build_request_id;
 use prx_ci_dispatcher::{CodeBuildConfig, DispatcherConfig};
-use prx_ci_shared::backend::{BuildBackend, StartBuild, StopOutcome};
+use prx_ci_shared::codebuild::backend::{BuildBackend, StartBuild, StopOutcome};
 use prx_ci_shared::domain::{Architecture, CommitSha, RepoName};
 use prx_ci_shared::testing::MotoServer;
 use serde_json::{Value, json};
@@ -291,7 +291,7 @@ async fn stop_build_reports_what_happened() {
     let (client, recorder) = codebuild(&moto).await;
     let backend = CodeBuildBackend::from_client(client.clone(), CodeBuildConfig::default());
     let started = backend
-        .start(prx_ci_shared::backend::StartBuild {
+        .start(prx_ci_shared::codebuild::backend::StartBuild {
             request_id: "request-1".into(),
             repository: prx_ci_shared::domain::RepoName::parse(REPO).unwrap(),
             commit: prx_ci_shared::domain::CommitSha::parse(&"a".repeat(40)).unwrap(),
@@ -320,7 +320,10 @@ async fn stop_build_reports_what_happened() {
         backend
             .stop("infrastructure-ci-Runner2:does-not-exist")
             .await,
-        Ok(StopOutcome::AlreadyFinished) | Err(prx_ci_shared::backend::BackendError::Permanent(_))
+        Ok(StopOutcome::AlreadyFinished)
+            | Err(prx_ci_shared::codebuild::backend::BackendError::Permanent(
+                _
+            ))
     ));
 }
 

@@ -241,11 +241,14 @@ struct Flaky {
 }
 
 #[async_trait::async_trait]
-impl prx_ci_shared::backend::BuildBackend for Flaky {
+impl prx_ci_shared::codebuild::backend::BuildBackend for Flaky {
     async fn start(
         &self,
-        request: prx_ci_shared::backend::StartBuild,
-    ) -> Result<prx_ci_shared::backend::StartedBuild, prx_ci_shared::backend::BackendError> {
+        request: prx_ci_shared::codebuild::backend::StartBuild,
+    ) -> Result<
+        prx_ci_shared::codebuild::backend::StartedBuild,
+        prx_ci_shared::codebuild::backend::BackendError,
+    > {
         use std::sync::atomic::Ordering;
         if self
             .failures
@@ -254,9 +257,9 @@ impl prx_ci_shared::backend::BuildBackend for Flaky {
         {
             let err = anyhow::anyhow!("CodeBuild said no");
             return Err(if self.permanent {
-                prx_ci_shared::backend::BackendError::Permanent(err)
+                prx_ci_shared::codebuild::backend::BackendError::Permanent(err)
             } else {
-                prx_ci_shared::backend::BackendError::Transient(err)
+                prx_ci_shared::codebuild::backend::BackendError::Transient(err)
             });
         }
         self.inner.start(request).await
@@ -265,7 +268,10 @@ impl prx_ci_shared::backend::BuildBackend for Flaky {
     async fn stop(
         &self,
         build_id: &str,
-    ) -> Result<prx_ci_shared::backend::StopOutcome, prx_ci_shared::backend::BackendError> {
+    ) -> Result<
+        prx_ci_shared::codebuild::backend::StopOutcome,
+        prx_ci_shared::codebuild::backend::BackendError,
+    > {
         self.inner.stop(build_id).await
     }
 }

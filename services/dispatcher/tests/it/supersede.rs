@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use prx_ci_dispatcher::DispatcherConfig;
-use prx_ci_shared::backend::StopOutcome;
+use prx_ci_shared::codebuild::backend::StopOutcome;
 use serde_json::{Value, json};
 
 use crate::utils::*;

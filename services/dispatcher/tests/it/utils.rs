@@ -10,13 +10,15 @@ use prometheus_client::registry::Registry;
 use prost::Message as _;
 use prx_ci_dispatcher::{BuildspecSource, Dispatcher, DispatcherConfig, GitHubBuildspecSource};
 use prx_ci_proto::v1::{self, Envelope, envelope::Payload};
-use prx_ci_shared::backend::{BackendError, BuildBackend, StartBuild, StartedBuild, StopOutcome};
-use prx_ci_shared::consume::ConsumerSettings;
-use prx_ci_shared::events::Chain;
+use prx_ci_shared::bus::consume::ConsumerSettings;
+use prx_ci_shared::bus::envelope::Chain;
+use prx_ci_shared::bus::nats::Definitions;
+use prx_ci_shared::bus::subject;
+use prx_ci_shared::codebuild::backend::{
+    BackendError, BuildBackend, StartBuild, StartedBuild, StopOutcome,
+};
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
-use prx_ci_shared::nats::Definitions;
 use prx_ci_shared::retry::Backoff;
-use prx_ci_shared::subject;
 use prx_ci_shared::testing::{NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime, Stored};
 use serde_json::Value;
@@ -410,9 +412,9 @@ pub fn start(
 }
 
 /// The arrival part of a push position: the stream sequence of the webhook whose push it is
-/// (positions order by GitHub's push time first; see `prx_ci_shared::push_position`).
+/// (positions order by GitHub's push time first; see `prx_ci_shared::domain::push_position`).
 pub fn arrival_of(push_sequence: u64) -> u64 {
-    prx_ci_shared::push_position::PushPosition::from_wire(push_sequence)
+    prx_ci_shared::domain::push_position::PushPosition::from_wire(push_sequence)
         .expect("a push position")
         .arrival()
 }

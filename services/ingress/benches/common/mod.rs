@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use prx_ci_shared::subject::WEBHOOKS_STREAM;
+use prx_ci_shared::bus::subject::WEBHOOKS_STREAM;
 use prx_ci_shared::testing::{free_port, wait_until};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;

@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 use prost::Message as _;
 use prx_ci_ingress::{Ingress, IngressConfig, WEBHOOK_PATH, signature_256};
 use prx_ci_proto::v1::{Envelope, WebhookReceived, envelope::Payload};
-use prx_ci_shared::subject::WEBHOOKS_STREAM;
+use prx_ci_shared::bus::subject::WEBHOOKS_STREAM;
 use prx_ci_shared::testing::NatsServer;
 use prx_ci_shared::{CancellationToken, Runtime};
 use tokio::task::JoinHandle;

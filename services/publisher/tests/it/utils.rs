@@ -17,9 +17,9 @@ use prx_ci_publisher::{
     ArtifactChecker, NoArtifactCheck, ParameterStore, Publisher, PublisherConfig,
     SsmParameterStore, StoreError, StoredParameter,
 };
+use prx_ci_shared::bus::envelope::Chain;
+use prx_ci_shared::bus::subject;
 use prx_ci_shared::domain::{Architecture, Branch, OrderingKey, RepoName};
-use prx_ci_shared::events::Chain;
-use prx_ci_shared::subject;
 use prx_ci_shared::testing::{MotoServer, NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime};
 use tokio::task::JoinHandle;

@@ -7,7 +7,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use prost::Message as _;
 use prx_ci_proto::v1::Envelope;
 
-use crate::events::{self, EnvelopeError};
+use crate::bus::envelope::{self, EnvelopeError};
 use crate::telemetry;
 
 /// Header naming the event kind (lets tools filter without decoding).
@@ -79,9 +79,9 @@ impl EventPublisher {
         &self.js
     }
 
-    /// Stores `envelope` under its natural subject ([`events::subject_of`]).
+    /// Stores `envelope` under its natural subject ([`envelope::subject_of`]).
     pub async fn publish(&self, envelope: &Envelope) -> Result<Stored, PublishError> {
-        let subject = events::subject_of(envelope)?;
+        let subject = envelope::subject_of(envelope)?;
         self.publish_to(subject, envelope).await
     }
 
@@ -94,7 +94,7 @@ impl EventPublisher {
         if envelope.event_id.is_empty() {
             return Err(EnvelopeError::NoEventId.into());
         }
-        let kind = events::kind_of(envelope)?;
+        let kind = envelope::kind_of(envelope)?;
         let mut headers = HeaderMap::new();
         headers.insert(EVENT_KIND_HEADER, kind.name());
         telemetry::inject_current_context(&mut headers);

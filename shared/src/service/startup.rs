@@ -11,10 +11,10 @@ use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::subject::ALL_STREAMS;
 use crate::config::{self, NatsConfig};
-use crate::ops_http;
-use crate::runtime::Runtime;
-use crate::subject::ALL_STREAMS;
+use crate::service::ops_http;
+use crate::service::runtime::Runtime;
 use crate::telemetry::{self, TelemetryConfig, TelemetryGuard};
 
 /// A service process after start-up: construct the service with `rt` and `&mut registry`,
@@ -75,7 +75,7 @@ impl ServiceProcess {
         let ops = tokio::spawn(ops_http::serve(listener, router, shutdown.clone()));
         let signal = shutdown.clone();
         tokio::spawn(async move {
-            crate::shutdown_signal().await;
+            super::shutdown_signal().await;
             tracing::info!("shutting down");
             signal.cancel();
         });

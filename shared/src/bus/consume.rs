@@ -20,13 +20,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::events::{Chain, derived_event_id};
-use crate::metrics::{ConsumerLabels, ConsumerMetrics};
-use crate::nats::ConsumerDefinition;
-use crate::publish::EventPublisher;
-use crate::replay::{REPLAY_POLL_INTERVAL, ReplayRunner};
-use crate::subject;
+use crate::bus::envelope::{Chain, derived_event_id};
+use crate::bus::nats::ConsumerDefinition;
+use crate::bus::publish::EventPublisher;
+use crate::bus::subject;
 use crate::telemetry;
+use crate::telemetry::metrics::{ConsumerLabels, ConsumerMetrics};
 
 /// One message handed to a handler.
 #[derive(Debug, Clone)]
@@ -124,34 +123,8 @@ impl ConsumerSettings {
     }
 }
 
-/// Runs a consumer loop until `shutdown` is cancelled; then stops pulling, lets in-flight
-/// handlers finish, and returns. Next to it runs a [`ReplayRunner`] that feeds replays meant
-/// for this consumer (`prx-ci replay --into <durable>`) to the same handler.
-pub async fn run_consumer<H: Handler>(
-    js: jetstream::Context,
-    publisher: EventPublisher,
-    settings: ConsumerSettings,
-    handler: Arc<H>,
-    metrics: ConsumerMetrics,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let replays = ReplayRunner::new(
-        js.clone(),
-        publisher.clone(),
-        metrics.clone(),
-        &settings.stream,
-        &settings.durable,
-        REPLAY_POLL_INTERVAL,
-    );
-    let replays = tokio::spawn(replays.run(handler.clone(), shutdown.clone()));
-    let result = run_consumer_only(js, publisher, settings, handler, metrics, shutdown).await;
-    if let Err(err) = replays.await {
-        tracing::error!(error = %err, "replay runner panicked");
-    }
-    result
-}
-
-/// [`run_consumer`] without replays (what a replay itself runs).
+/// A consumer loop without replays (what a replay itself runs; [`super::run_consumer`] runs
+/// one next to its replays).
 pub(crate) async fn run_consumer_only<H: Handler>(
     js: jetstream::Context,
     publisher: EventPublisher,

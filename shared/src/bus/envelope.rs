@@ -10,8 +10,8 @@ use prx_ci_proto::v1::{self, Envelope, envelope::Payload};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::bus::subject::{self, EventKind};
 use crate::domain::OrderingKey;
-use crate::subject::{self, EventKind};
 
 /// Namespace of derived event ids (UUID v5). Never change it: ids must stay stable across
 /// versions for replays to deduplicate.
@@ -152,7 +152,7 @@ pub fn repository_of(payload: &Payload) -> &str {
     }
 }
 
-/// The subject an envelope is stored under (see [`crate::subject`]).
+/// The subject an envelope is stored under (see [`crate::bus::subject`]).
 pub fn subject_of(envelope: &Envelope) -> Result<String, EnvelopeError> {
     let payload = envelope.payload.as_ref().ok_or(EnvelopeError::NoPayload)?;
     Ok(match payload {

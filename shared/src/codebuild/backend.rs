@@ -1,6 +1,6 @@
 //! The build-runner port: what the dispatcher asks a backend (AWS CodeBuild, or the local
 //! runner) to do. Backends report state changes separately, as
-//! [`crate::codebuild_event::CodeBuildEvent`]s.
+//! [`crate::codebuild::event::CodeBuildEvent`]s.
 
 use std::collections::BTreeMap;
 

@@ -6,7 +6,7 @@
 //! dropped by the duplicate window). So a replay is a second, temporary durable on the same
 //! stream: `<consumer>-replay-<n>`, a copy of the target's configuration starting at the
 //! range's first sequence, filtered to the range's subjects, with the range's last sequence in
-//! its metadata. Every consumer loop ([`crate::consume::run_consumer`]) runs a [`ReplayRunner`]
+//! its metadata. Every consumer loop ([`crate::bus::run_consumer`]) runs a [`ReplayRunner`]
 //! next to itself with the same handler, so every service supports replays: it picks up replay consumers meant for it, feeds their messages to
 //! the handler in order (concurrency 1), acknowledges without handling anything past the end of
 //! the range, and deletes the replay consumer once the range is acknowledged. Handlers see the
@@ -22,10 +22,10 @@ use futures::StreamExt as _;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::consume::{ConsumerSettings, Delivery, Handler, HandlerError, run_consumer_only};
-use crate::metrics::ConsumerMetrics;
-use crate::nats::ConsumerDefinition;
-use crate::publish::EventPublisher;
+use crate::bus::consume::{ConsumerSettings, Delivery, Handler, HandlerError, run_consumer_only};
+use crate::bus::nats::ConsumerDefinition;
+use crate::bus::publish::EventPublisher;
+use crate::telemetry::metrics::ConsumerMetrics;
 
 /// Metadata key naming the consumer a replay is for.
 pub const TARGET_KEY: &str = "prx-replay-target";
@@ -124,7 +124,7 @@ impl<H: Handler> Handler for Bounded<H> {
 pub const REPLAY_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Runs the replays meant for one consumer of a service (see the module docs).
-/// [`crate::consume::run_consumer`] starts one next to every consumer loop.
+/// [`crate::bus::run_consumer`] starts one next to every consumer loop.
 #[derive(Debug, Clone)]
 pub struct ReplayRunner {
     js: jetstream::Context,

@@ -1,5 +1,8 @@
 //! Tracing setup (logs plus OpenTelemetry spans) and W3C trace-context propagation through
-//! NATS message headers, so one trace runs from the webhook to the SSM write.
+//! NATS message headers, so one trace runs from the webhook to the SSM write; the consumer
+//! metrics every service exports ([`metrics`]).
+
+pub mod metrics;
 
 use async_nats::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};

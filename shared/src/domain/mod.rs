@@ -1,6 +1,8 @@
 //! Domain identifiers with rules (repository names, commits, branches, ordering keys), converted
 //! from and to the wire types at the edges.
 
+pub mod push_position;
+
 use std::fmt;
 
 use prx_ci_proto::v1;

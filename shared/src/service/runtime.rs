@@ -4,10 +4,10 @@
 use async_nats::jetstream;
 use prometheus_client::registry::Registry;
 
+use crate::bus::nats;
+use crate::bus::publish::EventPublisher;
 use crate::config::NatsConfig;
-use crate::metrics::ConsumerMetrics;
-use crate::nats;
-use crate::publish::EventPublisher;
+use crate::telemetry::metrics::ConsumerMetrics;
 
 /// Shared handles every service gets. Cheap to clone.
 #[derive(Debug, Clone)]

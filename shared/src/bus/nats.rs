@@ -174,7 +174,7 @@ pub async fn provision(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::subject;
+    use crate::bus::subject;
 
     #[test]
     fn embedded_definitions_parse_and_cover_every_stream() {

@@ -1,0 +1,1 @@
+//! Typed records in NATS KV buckets.
