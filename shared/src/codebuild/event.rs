@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::env;
+
 /// `detail-type` of a build state change.
 pub const STATE_CHANGE: &str = "CodeBuild Build State Change";
 /// `detail-type` of a build phase change.
@@ -240,28 +242,10 @@ impl CodeBuildEvent {
     }
 }
 
-/// Variables the dispatcher decides (reference §2.2). A build may read them but never speaks for
-/// them: a value it exports under one of these names contradicts the dispatcher unless equal.
-/// (Any other variable in the request's environment is the dispatcher's too.)
-pub const DISPATCHER_VARIABLES: [&str; 12] = [
-    "PRX_REPO",
-    "PRX_COMMIT",
-    "PRX_BRANCH",
-    "PRX_TARGET_ARCHITECTURE",
-    "PRX_CI_PUBLISH",
-    "PRX_GITHUB_PR",
-    "PRX_GITHUB_PR_TITLE",
-    "PRX_GITHUB_PR_BASE_BRANCH",
-    "PRX_GITHUB_PR_AUTHOR",
-    "PRX_GITHUB_ACTION",
-    "PRX_GITHUB_BEFORE",
-    "PRX_GITHUB_AFTER",
-];
-
 /// Whether `name` is the dispatcher's to set for a build it requested with `trusted` (the map
 /// [`requested_variables`] returns).
 pub fn is_dispatcher_variable(name: &str, trusted: &BTreeMap<String, String>) -> bool {
-    DISPATCHER_VARIABLES.contains(&name) || trusted.contains_key(name)
+    env::DISPATCHER_VARIABLES.contains(&name) || trusted.contains_key(name)
 }
 
 /// The variables the dispatcher gave the build it requested: the request's environment, with
@@ -280,15 +264,15 @@ pub fn requested_variables(request: &prx_ci_proto::v1::BuildRequested) -> BTreeM
         }
     };
     if let Some(build) = &request.build {
-        set("PRX_REPO", &build.repository);
-        set("PRX_COMMIT", &build.commit);
+        set(env::REPO, &build.repository);
+        set(env::COMMIT, &build.commit);
         if let Some(arch) = crate::domain::Architecture::from_proto(build.architecture) {
-            set("PRX_TARGET_ARCHITECTURE", arch.as_str());
+            set(env::TARGET_ARCHITECTURE, arch.as_str());
         }
     }
-    set("PRX_BRANCH", &request.branch);
+    set(env::BRANCH, &request.branch);
     if request.pull_request != 0 {
-        set("PRX_GITHUB_PR", &request.pull_request.to_string());
+        set(env::GITHUB_PR, &request.pull_request.to_string());
     }
     vars
 }
