@@ -5,7 +5,8 @@ use std::io::Write as _;
 use prx_ci_proto::v1;
 use prx_ci_shared::domain::OrderingKey;
 
-use crate::history::{OpsArgs, arch, rfc3339, short, status_error};
+use crate::history::{OpsArgs, arch, rfc3339, status_error};
+use prx_ci_shared::domain::short_sha;
 
 /// Arguments of `prx-ci builds`.
 #[derive(Debug, clap::Args)]
@@ -97,7 +98,7 @@ fn render(response: &v1::BuildsResponse, json: bool) -> Vec<String> {
                 rfc3339(view.updated_at.as_ref()),
                 state(view),
                 arch(build.architecture),
-                short(&build.commit),
+                short_sha(&build.commit),
                 key,
                 if build.log_url.is_empty() {
                     "-"

@@ -4,6 +4,7 @@
 //! run, the parameter lands on the newest commit, and the older build's publish is skipped as
 //! superseded — the out-of-order deploy the original CI could not prevent.
 
+use prx_ci_shared::domain::short_sha;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -195,7 +196,6 @@ pub async fn run_scenario(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
             continue;
         };
         seen.push(envelope.clone());
-        let short = |sha: &str| sha.get(..7).unwrap_or(sha).to_owned();
         match envelope.payload {
             Some(Payload::BuildRequested(p)) => {
                 let b = p.build.unwrap_or_default();
@@ -204,21 +204,24 @@ pub async fn run_scenario(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
                     .unwrap_or_default();
                 println!(
                     "  build requested  {} push {position} ({})",
-                    short(&b.commit),
+                    short_sha(&b.commit),
                     b.build_id
                 );
             }
             Some(Payload::BuildSkipped(p)) => {
-                println!("  build skipped    {} {}", short(&p.commit), p.detail)
+                println!("  build skipped    {} {}", short_sha(&p.commit), p.detail)
             }
             Some(Payload::BuildStarted(p)) => println!(
                 "  build started    {}",
-                short(&p.build.unwrap_or_default().commit)
+                short_sha(&p.build.unwrap_or_default().commit)
             ),
             Some(Payload::BuildCompleted(p)) => {
                 let status = p.status();
                 let b = p.build.unwrap_or_default();
-                println!("  build completed  {} status {status:?}", short(&b.commit));
+                println!(
+                    "  build completed  {} status {status:?}",
+                    short_sha(&b.commit)
+                );
                 completed.insert(b.build_id);
             }
             Some(Payload::PublishApplied(p)) => {
@@ -232,7 +235,7 @@ pub async fn run_scenario(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
                 let commit = p.build.map(|b| b.commit).unwrap_or_default();
                 println!(
                     "  publish skipped  {} {reason:?}: {}",
-                    short(&commit),
+                    short_sha(&commit),
                     p.detail
                 );
             }

@@ -1,6 +1,7 @@
 //! `prx-ci history`: the events of a repository (one branch, PR or commit) through the ops API;
 //! also the ops-API options and the event rendering the other ops commands share.
 
+use prx_ci_shared::domain::short_sha;
 use std::io::Write as _;
 
 use prost::Message as _;
@@ -133,10 +134,6 @@ pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> String {
         .unwrap_or_default()
 }
 
-pub fn short(sha: &str) -> &str {
-    sha.get(..7).unwrap_or(sha)
-}
-
 pub fn arch(value: i32) -> &'static str {
     Architecture::from_proto(value).map_or("?", Architecture::as_str)
 }
@@ -149,7 +146,7 @@ fn enum_name(name: &str, prefix: &str) -> String {
 
 fn build_text(build: Option<&v1::BuildRef>) -> String {
     build.map_or_else(String::new, |b| {
-        format!("{} {}", arch(b.architecture), short(&b.commit))
+        format!("{} {}", arch(b.architecture), short_sha(&b.commit))
     })
 }
 
@@ -163,13 +160,13 @@ pub fn summary(payload: &Payload) -> String {
                 "push" => format!(
                     "push {} {}",
                     body["ref"].as_str().unwrap_or("?"),
-                    short(body["after"].as_str().unwrap_or("?"))
+                    short_sha(body["after"].as_str().unwrap_or("?"))
                 ),
                 "pull_request" => format!(
                     "pull_request #{} {} {}",
                     body["number"].as_u64().unwrap_or(0),
                     body["action"].as_str().unwrap_or("?"),
-                    short(body["pull_request"]["head"]["sha"].as_str().unwrap_or("?"))
+                    short_sha(body["pull_request"]["head"]["sha"].as_str().unwrap_or("?"))
                 ),
                 other => other.to_owned(),
             };
@@ -211,7 +208,7 @@ pub fn summary(payload: &Payload) -> String {
         Payload::BuildCancelled(p) => format!(
             "{} superseded by {}",
             build_text(p.build.as_ref()),
-            short(&p.superseded_by_commit)
+            short_sha(&p.superseded_by_commit)
         ),
         Payload::PublishApplied(p) => format!("{} = {}", p.parameter, p.value),
         Payload::PublishSkipped(p) => format!(

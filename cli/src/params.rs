@@ -6,6 +6,7 @@ use async_nats::jetstream;
 use prx_ci_proto::v1;
 use prx_ci_publisher::{KvParameterStore, ParameterStore, SsmParameterStore, parameter_report};
 use prx_ci_shared::config::{self, AwsConfig};
+use prx_ci_shared::domain::short_sha;
 
 use crate::history::{OpsArgs, status_error};
 
@@ -147,10 +148,6 @@ async fn run_transfer(args: TransferArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn short(sha: &str) -> &str {
-    sha.get(..7).unwrap_or(sha)
-}
-
 fn render_owner(owner: &v1::ParameterOwner, json: bool) -> String {
     if json {
         return serde_json::json!({
@@ -172,7 +169,7 @@ fn render_owner(owner: &v1::ParameterOwner, json: bool) -> String {
             "claimed at {} by build {} ({})",
             owner.at,
             owner.build_id,
-            short(&owner.commit)
+            short_sha(&owner.commit)
         ),
         "transfer" => {
             let mut how = format!(

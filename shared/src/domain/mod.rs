@@ -7,6 +7,12 @@ use std::fmt;
 
 use prx_ci_proto::v1;
 
+/// The first seven characters of a commit SHA, as people and GitHub write it; text shorter than
+/// that (or a wire value that is not a SHA) is shown whole.
+pub fn short_sha(sha: &str) -> &str {
+    sha.get(..7).unwrap_or(sha)
+}
+
 /// Why a value is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {what} {value:?}: {why}")]
@@ -93,7 +99,7 @@ impl CommitSha {
 
     /// The 7-character abbreviation people read.
     pub fn short(&self) -> &str {
-        &self.0[..7]
+        short_sha(&self.0)
     }
 
     pub fn is_zero(&self) -> bool {
