@@ -86,7 +86,7 @@ pub fn process_environment(
         ("CODEBUILD_BUILD_ARN", builtins.build_id.clone()),
         ("CODEBUILD_BUILD_IMAGE", "local".to_owned()),
         ("CODEBUILD_BUILD_SUCCEEDING", "1".to_owned()),
-        ("CODEBUILD_INITIATOR", crate::report::INITIATOR.to_owned()),
+        ("CODEBUILD_INITIATOR", crate::reporter::INITIATOR.to_owned()),
         ("CODEBUILD_SRC_DIR", builtins.src_dir.clone()),
         ("CODEBUILD_SOURCE_VERSION", builtins.source_version.clone()),
         (

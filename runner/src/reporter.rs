@@ -1,6 +1,9 @@
-//! A build's timeline and the CodeBuild-shaped events it produces (EventBridge `CodeBuild Build
-//! State Change` / `CodeBuild Build Phase Change`), wrapped in `BuildReportReceived` envelopes
-//! with ids derived from (build id, transition) so a retried publish deduplicates. Pure: no I/O.
+//! The reports: a build's timeline and the CodeBuild-shaped events it produces (EventBridge
+//! `CodeBuild Build State Change` / `CodeBuild Build Phase Change`), wrapped in
+//! `BuildReportReceived` envelopes with ids derived from (build id, transition) so a retried
+//! publish deduplicates; and the loop that publishes them, in order, until stored.
+
+use std::time::Duration;
 
 use prx_ci_proto::v1::{self, Envelope, envelope::Payload};
 use prx_ci_shared::Chain;
@@ -9,9 +12,13 @@ use prx_ci_shared::codebuild_event::{
     NameValue, Phase, Source,
 };
 use prx_ci_shared::events::derived_event_id;
+use prx_ci_shared::publish::{EventPublisher, PublishError};
+use prx_ci_shared::retry::{Backoff, Retry, retry};
 use time::OffsetDateTime;
 use time::format_description::FormatItem;
 use time::macros::format_description;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// `source` of the envelopes' `BuildReportReceived`.
 pub const REPORT_SOURCE: &str = "local";
@@ -261,6 +268,71 @@ pub fn envelope(event: &CodeBuildEvent, repository: &str, at: OffsetDateTime) ->
     )
 }
 
+/// Backoff for publishing reports: retried as long as the runner runs (a report is never
+/// dropped because the broker is briefly down).
+const REPORT_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(200),
+    max: Duration::from_secs(5),
+    max_attempts: u32::MAX,
+};
+
+/// After shutdown starts, how long unsent reports are still retried.
+const SHUTDOWN_REPORT_GRACE: Duration = Duration::from_secs(10);
+
+/// Which publish failures are worth retrying: all but a malformed envelope, which no retry
+/// can fix.
+fn retry_decision(err: &PublishError) -> Retry {
+    match err {
+        PublishError::Envelope(_) => Retry::Never,
+        _ => Retry::Backoff,
+    }
+}
+
+/// Publishes one report, retrying until stored; gives up only some time after shutdown.
+/// Returns whether it was stored.
+pub async fn publish_report(
+    publisher: &EventPublisher,
+    envelope: &Envelope,
+    shutdown: &CancellationToken,
+) -> bool {
+    let publish = retry(
+        &REPORT_BACKOFF,
+        |_| publisher.publish(envelope),
+        retry_decision,
+    );
+    let give_up = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_REPORT_GRACE).await;
+    };
+    tokio::select! {
+        result = publish => match result {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::error!(event_id = %envelope.event_id, error = %err, "build report lost");
+                false
+            }
+        },
+        () = give_up => {
+            tracing::error!(event_id = %envelope.event_id, "build report not stored before shutdown");
+            false
+        }
+    }
+}
+
+/// Publishes a build's reports one at a time, in order, each after the previous one's ack;
+/// ends when every sender is gone. Returns whether all were stored.
+pub async fn run_reporter(
+    publisher: EventPublisher,
+    mut rx: mpsc::UnboundedReceiver<Envelope>,
+    shutdown: CancellationToken,
+) -> bool {
+    let mut all_stored = true;
+    while let Some(envelope) = rx.recv().await {
+        all_stored &= publish_report(&publisher, &envelope, &shutdown).await;
+    }
+    all_stored
+}
+
 #[cfg(test)]
 mod tests {
     use time::macros::datetime;
@@ -363,5 +435,24 @@ mod tests {
             prx_ci_shared::events::subject_of(&env).unwrap(),
             "prx.runner.report.PRX.app"
         );
+    }
+
+    #[test]
+    fn only_a_malformed_envelope_is_never_retried() {
+        use prx_ci_shared::events::EnvelopeError;
+        assert_eq!(
+            retry_decision(&PublishError::Envelope(EnvelopeError::NoPayload)),
+            Retry::Never
+        );
+        assert_eq!(
+            retry_decision(&PublishError::Envelope(EnvelopeError::NoEventId)),
+            Retry::Never
+        );
+        let unacknowledged = PublishError::Timeout {
+            event_id: "e".into(),
+            subject: "prx.runner.report.PRX.app".into(),
+            timeout: Duration::from_secs(5),
+        };
+        assert_eq!(retry_decision(&unacknowledged), Retry::Backoff);
     }
 }
