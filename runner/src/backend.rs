@@ -1,7 +1,8 @@
-//! [`LocalRunner`]: the [`BuildBackend`] that runs builds on this machine. It accepts a build
-//! (once per request id), hands it to its own task ([`crate::build`]), stops it on request,
-//! and on shutdown stops them all; at start it reports builds a previous process left
-//! unfinished as `FAULT`.
+//! [`LocalRunner`], the [`BuildBackend`] that runs builds on this machine.
+//!
+//! It accepts a build once per request id, hands it to its own task ([`crate::build`]), stops
+//! it on request, and on shutdown stops them all; at start it reports builds a previous process
+//! left unfinished as `FAULT`.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,6 +1,8 @@
-//! One build from acceptance to its final report: the queue slot, the phases (PROVISIONING,
-//! DOWNLOAD_SOURCE, the buildspec phases in the driver shell, UPLOAD_ARTIFACTS, FINALIZING),
-//! the timeout and stop, the clean-up, and the reports each transition sends.
+//! The per-build task: one build from acceptance to its final report.
+//!
+//! The queue slot, the phases (PROVISIONING, DOWNLOAD_SOURCE, the buildspec phases in the driver
+//! shell, UPLOAD_ARTIFACTS, FINALIZING), the timeout and stop, the clean-up, and the reports each
+//! transition sends. The rules it applies live in [`crate::outcome`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
-//! A build's log file (`builds/<uuid>.log`): the output of git and the build shell, and the
-//! runner's own `[prx-ci]` lines between them. Best effort for the runner's lines: the log is
-//! for people, and a failure to write it never fails a build.
+//! A build's log file (`builds/<uuid>.log`) and the runner's `[prx-ci]` lines in it.
+//!
+//! The log also holds the output of git and the build shell. The runner's lines are best
+//! effort: the log is for people, and failing to write it never fails a build.
 
 use std::io::Write as _;
 

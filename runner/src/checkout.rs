@@ -1,6 +1,8 @@
-//! DOWNLOAD_SOURCE: cloning the repository and checking out the requested version (a commit,
-//! branch or tag of the clone, else fetched by name), with git's output in the build log and
-//! every git process in its own group, killed on stop or timeout.
+//! DOWNLOAD_SOURCE: cloning the repository and checking out the requested version.
+//!
+//! A commit, branch or tag of the clone, else fetched by name (`pr/N` as a GitHub pull request).
+//! git's output goes to the build log, and every git process runs in its own group, killed on
+//! stop or timeout.
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};

@@ -1,6 +1,7 @@
-//! How a build ends: what cut it short (a stop or its timeout), its final status, and the
-//! phase-context texts CodeBuild uses for each kind of failure. Pure rules, plus the one
-//! future that watches for an interruption.
+//! How a build ends: interruption (stop or timeout), final status, failure contexts.
+//!
+//! Pure rules with CodeBuild's texts, plus the one future that watches a build for an
+//! interruption.
 
 use std::time::Duration;
 

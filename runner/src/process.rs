@@ -1,5 +1,7 @@
-//! Process control for build commands: each runs as the leader of its own process group, so
-//! stopping it kills everything it started (CodeBuild drops the whole container).
+//! Process groups: running a command as a group leader, killing the group, exit texts.
+//!
+//! Killing the group kills everything the command started (CodeBuild drops the whole
+//! container).
 
 use std::process::ExitStatus;
 
@@ -110,9 +112,12 @@ mod tests {
     ) {
         let (reader, writer) = std::io::pipe().unwrap();
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "sleep 1000 & echo started; wait"])
+        // Short-lived and off the test's stderr, so a broken kill leaves nothing that holds
+        // the test harness's output open for long.
+        cmd.args(["-c", "sleep 60 & echo started; wait"])
             .stdin(Stdio::null())
-            .stdout(writer);
+            .stdout(writer)
+            .stderr(Stdio::null());
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let (eof_tx, eof_rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {

@@ -1,6 +1,7 @@
-//! What the runner keeps per build on disk: the build id a request id maps to, where the
-//! build's files live, and the build record (`builds/<uuid>.json`) that answers a repeated
-//! start and tells a restarted runner which builds never got their final report.
+//! Build ids, where a build's files live, and the build record (`builds/<uuid>.json`).
+//!
+//! The record answers a repeated start and tells a restarted runner which builds never got
+//! their final report.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

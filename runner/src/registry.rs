@@ -1,5 +1,6 @@
-//! The builds this process is running, by build id, and the stop handshake between `stop` and
-//! a build that is finishing on its own: exactly one of them wins, and the final status says
+//! The builds this process is running, by build id, and the stop/finish handshake.
+//!
+//! Between `stop` and a build finishing on its own exactly one wins, and the final status says
 //! which.
 
 use std::collections::HashMap;

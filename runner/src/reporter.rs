@@ -1,7 +1,8 @@
-//! The reports: a build's timeline and the CodeBuild-shaped events it produces (EventBridge
-//! `CodeBuild Build State Change` / `CodeBuild Build Phase Change`), wrapped in
-//! `BuildReportReceived` envelopes with ids derived from (build id, transition) so a retried
-//! publish deduplicates; and the loop that publishes them, in order, until stored.
+//! The reports: CodeBuild-shaped events of a build's timeline, and the loop publishing them.
+//!
+//! Events are EventBridge `CodeBuild Build State Change` / `CodeBuild Build Phase Change`,
+//! wrapped in `BuildReportReceived` envelopes with ids derived from (build id, transition) so a
+//! retried publish deduplicates; one loop per build publishes them in order, until stored.
 
 use std::time::Duration;
 
