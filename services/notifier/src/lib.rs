@@ -4,9 +4,9 @@
 //! - [`view`] folds a build's events into its view (idempotent, state only moves forward);
 //! - [`render`] turns a view into the Slack message (pure; snapshot-tested), putting every
 //!   value into text only through [`mrkdwn`]'s escaper and link builder;
-//! - [`status`] turns a view into the commit status it calls for (pure);
-//! - [`store`] keeps per-build records in the KV bucket `prx_ci_notifications`;
-//! - [`chat`] / [`slack`] and [`statuses`] are the delivery ports and their adapters;
+//! - [`commit_status`] turns a view into the commit status it calls for (pure);
+//! - [`notification_store`] keeps per-build records in the KV bucket `prx_ci_notifications`;
+//! - [`chat`] / [`slack`] and [`github_status`] are the delivery ports and their adapters;
 //! - [`commits`] lists a push's commits through GitHub's compare API;
 //! - [`service`] wires it: durable consumer `notifier`, per-channel paced and coalescing
 //!   delivery, the status write budget.
@@ -34,9 +34,9 @@ pub mod queue;
 pub mod render;
 pub mod service;
 pub mod slack;
-pub mod status;
-pub mod statuses;
-pub mod store;
+pub mod commit_status;
+pub mod github_status;
+pub mod notification_store;
 pub mod view;
 
 use std::sync::Arc;
@@ -48,7 +48,7 @@ pub use commits::{CommitSource, GitHubCommitSource};
 pub use config::NotifierConfig;
 pub use service::{DeliveryStats, Notifier};
 pub use slack::SlackClient;
-pub use statuses::{GitHubStatusSink, LogStatusSink, StatusSink};
+pub use github_status::{GitHubStatusSink, LogStatusSink, StatusSink};
 
 /// Slack when `config` has a token, else the log.
 pub fn chat_sink(config: &config::SlackConfig) -> anyhow::Result<Arc<dyn ChatSink>> {

@@ -60,9 +60,9 @@ use crate::commits::{CommitSource, CommitsCache};
 use crate::config::NotifierConfig;
 use crate::queue::CoalescingQueue;
 use crate::render::{self, SlackMessage};
-use crate::status::{CommitStatus, desired_status};
-use crate::statuses::{StatusError, StatusSink};
-use crate::store::{BuildRecord, Lease, Store, StoreError};
+use crate::commit_status::{CommitStatus, desired_status};
+use crate::github_status::{StatusError, StatusSink};
+use crate::notification_store::{BuildRecord, Lease, Store, StoreError};
 use crate::view::{self, Relevance};
 
 /// The durable consumer (`deploy/nats/consumers/notifier.json`).

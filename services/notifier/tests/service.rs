@@ -11,7 +11,7 @@ use std::time::Duration;
 use fakes::{CompareMode, Failure, FakeGitHub, FakeSlack, SLACK_TOKEN};
 use prometheus_client::registry::Registry;
 use prx_ci_notifier::commits::GitHubCommitSource;
-use prx_ci_notifier::store::Store;
+use prx_ci_notifier::notification_store::Store;
 use prx_ci_notifier::{DeliveryStats, GitHubStatusSink, Notifier, NotifierConfig, SlackClient};
 use prx_ci_proto::prost::Message as _;
 use prx_ci_proto::v1::{self, envelope::Payload};

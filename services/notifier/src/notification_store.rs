@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use crate::chat::MessageRef;
 use crate::commits::CommitsCache;
-use crate::status::CommitStatus;
+use crate::commit_status::CommitStatus;
 use crate::view::BuildView;
 
 /// Compare-and-set attempts before giving up (contention on one build is tiny).
