@@ -1,144 +1,40 @@
-//! The per-build projection in a NATS KV bucket: the build's view, its Slack message
-//! reference, what was last delivered, and the cached commit list. Every change is a
-//! compare-and-set on the entry's revision, so concurrent handlers and replicas serialise per
+//! The storage port of notification records: one [`NotificationRecord`] per build in the KV
+//! bucket `prx_ci_notifications`, changed only by compare-and-set on the entry's revision
+//! ([`prx_ci_shared::kv::Records::modify`]), so concurrent handlers and replicas serialise per
 //! build without locks.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
+use prx_ci_shared::kv::{self as records, KvError, Modify, Records, Versioned};
 
-use crate::chat::MessageRef;
-use crate::commits::CommitsCache;
-use crate::commit_status::CommitStatus;
-use crate::view::BuildView;
+use crate::notification_record::NotificationRecord;
 
-/// Compare-and-set attempts before giving up (contention on one build is tiny).
-const MAX_CAS_ATTEMPTS: u32 = 64;
+/// Prefix of every build's key (`b.` + [`records::key_token`] of the build key).
+const KEY_PREFIX: &str = "b.";
 
-/// Which replica delivers a build right now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
-    pub owner: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub until: OffsetDateTime,
+/// How long a record is kept when this service creates the bucket itself.
+const BUCKET_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The KV key of a build.
+pub fn record_key(build_key: &str) -> String {
+    format!("{KEY_PREFIX}{}", records::key_token(build_key))
 }
 
-/// The Slack side of a build.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct SlackState {
-    /// The posted message (absent until the first post is confirmed and stored).
-    pub reference: Option<MessageRef>,
-    /// Set (and stored) before a post is attempted, cleared when its reference is stored. Found
-    /// set with no reference, a post may have happened: look for it before posting again.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub post_started_at: Option<OffsetDateTime>,
-    /// The view version the message shows.
-    pub delivered_version: u64,
-    /// Digest of the last content sent (identical renderings are not sent again).
-    pub last_digest: Option<String>,
-    pub lease: Option<Lease>,
-    /// Slack's last permanent error, for operators.
-    pub last_error: Option<String>,
-    /// Posts and updates made (numbers the notification events).
-    pub deliveries: u64,
+/// The build key of a record key (inverts [`record_key`]).
+pub fn build_key_of(record_key: &str) -> Option<String> {
+    records::decode_key_token(record_key.strip_prefix(KEY_PREFIX)?)
 }
 
-/// The commit-status side of a build.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct StatusRecord {
-    /// The status last written for this build (or superseded by a newer one on the same
-    /// commit and context).
-    pub written: Option<CommitStatus>,
-}
-
-/// Everything stored for one build.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct BuildRecord {
-    pub view: BuildView,
-    pub slack: SlackState,
-    pub status: StatusRecord,
-    pub commits: Option<CommitsCache>,
-}
-
-impl BuildRecord {
-    /// The message does not show the latest view yet.
-    pub fn chat_dirty(&self) -> bool {
-        self.view.version > 0 && self.slack.delivered_version < self.view.version
-    }
-}
-
-/// Why the store failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot read notification record {key}: {source}")]
-    Read {
-        key: String,
-        #[source]
-        source: anyhow::Error,
-    },
-    #[error("cannot write notification record {key}: {source}")]
-    Write {
-        key: String,
-        #[source]
-        source: anyhow::Error,
-    },
-    #[error("notification record {key} is not valid: {source}")]
-    Corrupt {
-        key: String,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("notification record {key} kept changing under {MAX_CAS_ATTEMPTS} attempts")]
-    Contended { key: String },
-}
-
-/// The KV key of a build: `b.` plus the build key with every byte outside `[A-Za-z0-9_-]`
-/// written as `=HH` (valid KV key characters, reversible).
-pub fn kv_key(build_key: &str) -> String {
-    let mut out = String::with_capacity(build_key.len() + 8);
-    out.push_str("b.");
-    for &b in build_key.as_bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("={b:02X}"));
-        }
-    }
-    out
-}
-
-/// Inverts [`kv_key`].
-pub fn build_key_of(kv_key: &str) -> Option<String> {
-    let encoded = kv_key.strip_prefix("b.")?;
-    let bytes = encoded.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'=' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// The bucket of build records.
+/// The bucket of notification records.
 #[derive(Debug, Clone)]
-pub struct Store {
-    kv: kv::Store,
+pub struct NotificationStore {
+    records: Records<NotificationRecord>,
 }
 
-impl Store {
-    /// Opens `bucket` (provisioned from `deploy/nats/kv/`; created here if missing).
+impl NotificationStore {
+    /// Opens `bucket` (provisioned from `deploy/nats/kv/`; created here if missing, so a bare
+    /// nats-server works too).
     pub async fn open(js: &jetstream::Context, bucket: &str) -> anyhow::Result<Self> {
         let kv = match js.get_key_value(bucket).await {
             Ok(kv) => kv,
@@ -146,103 +42,40 @@ impl Store {
                 .create_key_value(kv::Config {
                     bucket: bucket.to_owned(),
                     history: 1,
-                    max_age: Duration::from_secs(30 * 24 * 3600),
+                    max_age: BUCKET_MAX_AGE,
                     ..Default::default()
                 })
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot open KV bucket {bucket}: {e}"))?,
         };
-        Ok(Self { kv })
+        Ok(Self {
+            records: Records::new(kv),
+        })
     }
 
     /// The record of `build_key` and its revision.
-    pub async fn load(&self, build_key: &str) -> Result<Option<(BuildRecord, u64)>, StoreError> {
-        let key = kv_key(build_key);
-        let entry = self.kv.entry(&key).await.map_err(|e| StoreError::Read {
-            key: key.clone(),
-            source: e.into(),
-        })?;
-        let Some(entry) = entry else { return Ok(None) };
-        if entry.value.is_empty() {
-            return Ok(None);
-        }
-        let record = serde_json::from_slice(&entry.value)
-            .map_err(|source| StoreError::Corrupt { key, source })?;
-        Ok(Some((record, entry.revision)))
-    }
-
-    /// Reads the record (default when absent), lets `f` change it, and writes it back if `f`
-    /// says so, retrying on concurrent changes. Returns `f`'s result and the record as stored
-    /// (or as read, when nothing was written).
-    pub async fn modify<T>(
+    pub async fn load(
         &self,
         build_key: &str,
-        mut f: impl FnMut(&mut BuildRecord) -> (bool, T),
-    ) -> Result<(T, BuildRecord), StoreError> {
-        let key = kv_key(build_key);
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let current = self.load(build_key).await?;
-            let (mut record, revision) = match current {
-                Some((record, revision)) => (record, Some(revision)),
-                None => (BuildRecord::default(), None),
-            };
-            let (write, result) = f(&mut record);
-            if !write {
-                return Ok((result, record));
-            }
-            let value = serde_json::to_vec(&record).map_err(|e| StoreError::Write {
-                key: key.clone(),
-                source: e.into(),
-            })?;
-            let outcome = match revision {
-                Some(revision) => self
-                    .kv
-                    .update(&key, value.into(), revision)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                            anyhow::Error::from(e),
-                        )
-                    }),
-                None => self
-                    .kv
-                    .create(&key, value.into())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::CreateErrorKind::AlreadyExists,
-                            anyhow::Error::from(e),
-                        )
-                    }),
-            };
-            match outcome {
-                Ok(()) => return Ok((result, record)),
-                Err((true, _)) => continue,
-                Err((false, source)) => {
-                    return Err(StoreError::Write {
-                        key: key.clone(),
-                        source,
-                    });
-                }
-            }
-        }
-        Err(StoreError::Contended { key })
+    ) -> Result<Option<(NotificationRecord, u64)>, KvError> {
+        let Versioned { record, revision } = self.records.get(&record_key(build_key)).await?;
+        Ok(record.map(|record| (record, revision)))
+    }
+
+    /// Reads the record (default when absent), lets `step` decide, and writes it back on
+    /// [`Modify::Write`], retrying on concurrent changes. Returns `step`'s result and the record
+    /// as stored (or as read, for [`Modify::Keep`]).
+    pub async fn modify<R>(
+        &self,
+        build_key: &str,
+        step: impl FnMut(&mut NotificationRecord) -> Modify<R>,
+    ) -> Result<(R, NotificationRecord), KvError> {
+        self.records.modify(&record_key(build_key), step).await
     }
 
     /// Every build key in the bucket.
-    pub async fn build_keys(&self) -> anyhow::Result<Vec<String>> {
-        use futures::TryStreamExt as _;
-        let keys = match self.kv.keys().await {
-            Ok(keys) => keys,
-            Err(e) => return Err(anyhow::anyhow!("cannot list notification records: {e}")),
-        };
-        let keys: Vec<String> = keys
-            .try_collect()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot list notification records: {e}"))?;
+    pub async fn build_keys(&self) -> Result<Vec<String>, KvError> {
+        let keys = self.records.keys().await?;
         Ok(keys.iter().filter_map(|k| build_key_of(k)).collect())
     }
 }
@@ -251,22 +84,52 @@ impl Store {
 mod tests {
     use super::*;
 
-    #[test]
-    fn kv_keys_are_valid_and_reversible() {
-        for key in [
+    /// Keys as the notifier wrote them before records moved to `shared::kv` (its own encoder).
+    const KEYS_WRITTEN_BEFORE: [(&str, &str); 5] = [
+        (
             "infrastructure-ci-Runner2:6d1c4a38-3f1e",
+            "b.infrastructure-ci-Runner2=3A6d1c4a38-3f1e",
+        ),
+        (
             "arn:aws:codebuild:us-east-1:123:build/p:u",
-            "local:1234",
-            "request:req 1/é",
-        ] {
-            let encoded = kv_key(key);
-            assert!(
-                encoded
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_=./".contains(&b)),
-                "{encoded}"
-            );
-            assert_eq!(build_key_of(&encoded).as_deref(), Some(key));
+            "b.arn=3Aaws=3Acodebuild=3Aus-east-1=3A123=3Abuild=2Fp=3Au",
+        ),
+        ("local:1234", "b.local=3A1234"),
+        ("request:req 1/é", "b.request=3Areq=201=2F=C3=A9"),
+        ("a=b.c~d", "b.a=3Db=2Ec=7Ed"),
+    ];
+
+    /// A record as the notifier wrote it before records moved to `shared::kv` (serialised by
+    /// that code from a failed build with a skipped publish, a posted message, a lease, a
+    /// written status and a commit list).
+    const RECORD_WRITTEN_BEFORE: &str = include_str!("testdata/notification_record.json");
+
+    #[test]
+    fn keys_are_unchanged_and_reversible() {
+        for (build_key, written) in KEYS_WRITTEN_BEFORE {
+            assert_eq!(record_key(build_key), written);
+            assert_eq!(build_key_of(written).as_deref(), Some(build_key));
         }
+        assert_eq!(build_key_of("x.local=3A1234"), None);
+    }
+
+    #[test]
+    fn a_record_written_before_reads_and_writes_back_byte_for_byte() {
+        let json = RECORD_WRITTEN_BEFORE.trim_end();
+        let record: NotificationRecord = serde_json::from_str(json).unwrap();
+        assert_eq!(record.view.version, 5);
+        assert_eq!(record.slack.deliveries, 2);
+        assert!(record.status.written.is_some());
+        assert!(record.commits.is_some());
+        assert_eq!(serde_json::to_string(&record).unwrap(), json);
+    }
+
+    #[test]
+    fn an_empty_record_writes_as_before() {
+        let written_before = include_str!("testdata/notification_record_default.json");
+        assert_eq!(
+            serde_json::to_string(&NotificationRecord::default()).unwrap(),
+            written_before.trim_end()
+        );
     }
 }
