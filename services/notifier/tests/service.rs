@@ -1055,3 +1055,33 @@ async fn statuses_and_slack_facts_follow_the_request_never_the_exports() {
     );
     running.stop().await;
 }
+
+#[tokio::test]
+async fn records_written_by_earlier_versions_read_and_write_back_unchanged() {
+    // The key and the JSON exactly as the notifier wrote them before its records moved to
+    // `shared::kv` (its own key encoder and compare-and-set loop).
+    const KEY_WRITTEN_BEFORE: &str =
+        "b.infrastructure-ci-Runner2=3A6d1c4a38-3f1e-4b7e-9d7a-0f1e2d3c4b5a";
+    let json = include_str!("../src/testdata/notification_record.json").trim_end();
+    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let config = env.config();
+    let store = NotificationStore::open(&env.rt.js, &config.bucket)
+        .await
+        .unwrap();
+    let raw = env.rt.js.get_key_value(&config.bucket).await.unwrap();
+    raw.put(KEY_WRITTEN_BEFORE, json.as_bytes().to_vec().into())
+        .await
+        .unwrap();
+
+    assert_eq!(store.build_keys().await.unwrap(), vec![BUILD_ID.to_owned()]);
+    let (record, _) = store.load(BUILD_ID).await.unwrap().unwrap();
+    assert_eq!(record.view.version, 5);
+    assert_eq!(record.slack.deliveries, 2);
+    store
+        .modify(BUILD_ID, |_| prx_ci_shared::kv::Modify::Write(()))
+        .await
+        .unwrap();
+    let stored = raw.get(KEY_WRITTEN_BEFORE).await.unwrap().unwrap();
+    assert_eq!(std::str::from_utf8(&stored).unwrap(), json);
+    assert_eq!(store.build_keys().await.unwrap(), vec![BUILD_ID.to_owned()]);
+}
