@@ -177,15 +177,7 @@ impl Core {
 
         let mut sent = false;
         let result = self
-            .send(
-                channel,
-                key,
-                &record,
-                earlier_post,
-                &digest,
-                &outgoing,
-                &mut sent,
-            )
+            .send(key, &record, earlier_post, &digest, &outgoing, &mut sent)
             .await;
         let (reference, action, error) = match result {
             Ok(Some((reference, action))) => (Some(reference), Some(action), None),
@@ -305,13 +297,8 @@ impl Core {
     /// Sends `outgoing`: updates the stored message unless the content is unchanged (`Ok(None)`),
     /// adopts the message of an unconfirmed post when it can be found, else posts. `sent` tells
     /// whether a chat call was made, whatever the result.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one attempt's state, passed by reference to avoid cloning the record"
-    )]
     async fn send(
         &self,
-        channel: &str,
         key: &str,
         record: &NotificationRecord,
         earlier_post: Option<OffsetDateTime>,
@@ -334,7 +321,11 @@ impl Core {
         } else if let Some(marker) = earlier_post {
             // A post may have happened without its reference being stored: look first.
             *sent = true;
-            match self.chat.find(channel, key, marker - FIND_MARGIN).await {
+            match self
+                .chat
+                .find(&outgoing.channel, key, marker - FIND_MARGIN)
+                .await
+            {
                 Ok(Some(found)) => {
                     tracing::info!(build = %key, reference = %found, "found the message of an unconfirmed post");
                     match self.chat.update(&found, outgoing).await {

@@ -15,15 +15,15 @@
 //! Each channel has one queue: a FIFO of build keys in which a key already waiting is not
 //! queued again. Its worker waits for the pace (`[notifier.slack] min_interval`, Slack's ~1
 //! message per second per channel) *before* it takes the next build, loads the newest record
-//! and renders it, so every event that arrived meanwhile goes out in one call. A rendering identical to
-//! the last one sent is not sent. 100 builds finishing in the same second are 100 calls, one
+//! and renders it, so every event that arrived meanwhile goes out in one call. A rendering
+//! identical to the last one sent is not sent. 100 builds finishing in the same second are 100 calls, one
 //! per build, drained at the pace, however many events each build had.
 //! Commit statuses go through one queue keyed by (repository, commit, context) where a newer
 //! state replaces a waiting older one, and the GitHub sink spends a token bucket sized to
 //! GitHub's content-creation limits (80/minute, 500/hour by default).
 //!
-//! [`crate::handler`] folds the events; [`crate::handler`] folds events, [`crate::chat_delivery`] and
-//! [`crate::status_delivery`] deliver. This module only wires them.
+//! [`crate::handler`] folds the events into records, [`crate::chat_delivery`] and
+//! [`crate::status_delivery`] deliver them. This module only wires them together.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
