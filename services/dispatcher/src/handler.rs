@@ -1,10 +1,9 @@
 //! The webhook handler: load, ask the decision, start and stop builds, store, publish.
 //!
 //! Idempotence: everything a webhook produces is keyed by its dispatch id
-//! ([`decision::dispatch_id`]); started builds are recorded
-//! in KV right after `StartBuild`, so a later redelivery re-announces the recorded build
-//! instead of starting one (CodeBuild's idempotency token only covers five minutes).
-//! Residual risk: a crash after `StartBuild` succeeded and before the record was written,
+//! ([`decision::dispatch_id`]); started builds are recorded in KV right after `StartBuild`, so
+//! a later redelivery re-announces the recorded build instead of starting one (CodeBuild's
+//! idempotency token only covers five minutes). Residual risk: a crash after `StartBuild` succeeded and before the record was written,
 //! followed by a redelivery more than five minutes later (the token has expired), starts a
 //! second build of the same commit; the first one runs unannounced (the build-watcher sees a
 //! build nobody requested). The window is one KV write long.
@@ -259,8 +258,9 @@ impl DispatchHandler {
             .await
             .map_err(transient)
     }
-    /// Records this push in its ordering key's in-flight builds and stops what it supersedes (or, when a newer push got
-    /// there first, its own builds).
+
+    /// Records this push in its ordering key's in-flight builds and stops what it supersedes
+    /// (or, when a newer push got there first, its own builds).
     async fn supersede(
         &self,
         plan: &BuildPlan,
@@ -286,7 +286,7 @@ impl DispatchHandler {
                 tracing::info!(
                     newer_sequence = by.sequence,
                     newer_commit = %by.commit,
-                    "a newer push of this ordering key was dispatched first; stopping this push's builds"
+                    "a newer push of this lane was dispatched first; stopping this push's builds"
                 );
                 (builds, by)
             }
