@@ -27,6 +27,7 @@ pub mod plan;
 pub mod skip;
 pub mod trigger;
 
+use prx_ci_shared::codebuild::env;
 use serde::Deserialize;
 
 pub use events::{build_request_id, dispatch_id};
@@ -75,9 +76,9 @@ impl Default for DecisionConfig {
             x86_64_marker: "PRX_BUILD_X86_64".to_owned(),
             aarch64_marker: "PRX_BUILD_AARCH64".to_owned(),
             publish_opt_in: vec![
-                "PRX_CI_PUBLISH: true".to_owned(),
-                "PRX_CI_PUBLISH: \"true\"".to_owned(),
-                "PRX_CI_PUBLISH: 'true'".to_owned(),
+                format!("{}: true", env::CI_PUBLISH),
+                format!("{}: \"true\"", env::CI_PUBLISH),
+                format!("{}: 'true'", env::CI_PUBLISH),
             ],
             fork_pull_requests: ForkPolicy::Skip,
         }
