@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 
 use crate::report::{PhaseInfo, Report};
 use crate::state::Transition;
-use crate::store::BuildRecord;
+use crate::watched_build::WatchedBuildRecord;
 
 /// The id of the event recording `transition` of `build_id` (normalized).
 pub fn transition_event_id(build_id: &str, transition: &Transition) -> String {
@@ -33,8 +33,8 @@ pub fn transition_name(transition: &Transition) -> &'static str {
 
 /// The build reference events carry: the requested one, completed with what the report adds
 /// (log link, region) when the request did not know it.
-pub fn build_ref(record: &BuildRecord, report: &Report) -> v1::BuildRef {
-    let mut build = record.build.to_proto();
+pub fn build_ref(record: &WatchedBuildRecord, report: &Report) -> v1::BuildRef {
+    let mut build = record.build.clone();
     let reported = report.build_ref();
     if build.build_id.is_empty() {
         build.build_id = reported.build_id;
@@ -74,7 +74,7 @@ fn phase_details(report: &Report, phase: &str) -> PhaseInfo {
 
 /// The envelope recording `transition`, in the build's chain.
 pub fn transition_event(
-    record: &BuildRecord,
+    record: &WatchedBuildRecord,
     report: &Report,
     transition: &Transition,
     now: OffsetDateTime,
@@ -148,13 +148,15 @@ pub fn transition_event(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{FinalStatus, parse_report};
-    use crate::store::{BuildRefData, ChainData, RequestData};
+    use prx_ci_shared::codebuild::build::FinalStatus;
 
-    fn record() -> BuildRecord {
-        BuildRecord {
+    use crate::report::parse_report;
+    use crate::watched_build::{ChainData, RequestData};
+
+    fn record() -> WatchedBuildRecord {
+        WatchedBuildRecord {
             build_id: "proj:1".into(),
-            build: BuildRefData {
+            build: v1::BuildRef {
                 build_id: "proj:1".into(),
                 build_request_id: "req".into(),
                 repository: "PRX/app".into(),
@@ -305,7 +307,7 @@ mod tests {
                 ("PRX/app", "proj:1")
             );
         }
-        let nobodys = BuildRecord {
+        let nobodys = WatchedBuildRecord {
             requested: false,
             request: None,
             ..record()

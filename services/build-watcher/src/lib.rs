@@ -7,26 +7,39 @@
 //!   of them at start-up (production);
 //! - the local runner (`prx-ci up`) publishes its reports itself.
 //!
-//! One consumer ([`reports`]) runs them through the per-build [`state`] machine and publishes
-//! `BuildStarted`, `BuildPhaseChanged` and `BuildCompleted` in the chain of the build's
-//! `BuildRequested` (which another consumer, [`requests`], records in a KV projection, [`store`]).
+//! One consumer ([`report_handler`]) parses them ([`report`]), runs them through the per-build
+//! [`state`] machine and publishes `BuildStarted`, `BuildPhaseChanged` and `BuildCompleted`
+//! ([`emit`]) in the chain of the build's `BuildRequested`, which another consumer
+//! ([`request_handler`]) records. Both keep one [`watched_build`] record per build in KV
+//! ([`build_store`]).
 //!
-//! For `prx-ci up` (local mode): `BuildWatcher::new(rt, BuildWatcherConfig::default(), None,
-//! None, &mut registry)?` after `rt.provision(..)`, then `run(shutdown)`: only the two
-//! consumers run. Production (`prx-ci-build-watcher`): a CodeBuild client (reconciler) and,
-//! with `queue_url` set, an SQS client.
+//! ```no_run
+//! # async fn local(rt: prx_ci_shared::Runtime, shutdown: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+//! use prx_ci_build_watcher::{BuildWatcher, BuildWatcherConfig};
+//! // `prx-ci up`, after provisioning: only the two consumers run (no CodeBuild, no SQS).
+//! let mut registry = prometheus_client::registry::Registry::default();
+//! let watcher = BuildWatcher::new(rt, BuildWatcherConfig::default(), None, None, &mut registry)?;
+//! watcher.run(shutdown).await
+//! # }
+//! ```
+//!
+//! Production (`prx-ci-build-watcher`) passes a CodeBuild client (reconciler) and, with
+//! `queue_url` set, an SQS client.
 
+pub mod build_store;
 pub mod config;
 pub mod emit;
 pub mod metrics;
 pub mod reconciler;
 pub mod report;
-pub mod reports;
-pub mod requests;
-mod service;
+pub mod report_handler;
+pub mod request_handler;
+pub mod service;
 pub mod sqs;
 pub mod state;
-pub mod store;
+pub mod watched_build;
 
+pub use build_store::BuildStore;
 pub use config::BuildWatcherConfig;
 pub use service::{BuildWatcher, REPORTS_CONSUMER, REQUESTS_CONSUMER};
+pub use watched_build::{InFlightRecord, WatchedBuildRecord};

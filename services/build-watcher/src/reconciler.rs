@@ -15,6 +15,10 @@ use aws_sdk_codebuild::types::Build;
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::envelope::{Chain, derived_event_id};
 use prx_ci_shared::bus::publish::EventPublisher;
+use prx_ci_shared::codebuild::build::{
+    LOCAL_BACKEND, format_codebuild_time, is_local_build, parse_arn,
+};
+use prx_ci_shared::codebuild::env;
 use prx_ci_shared::codebuild::event::{
     self, AdditionalInformation, CodeBuildEvent, Detail, Environment, EnvironmentVariable, Logs,
     NameValue, Phase, Source,
@@ -22,9 +26,9 @@ use prx_ci_shared::codebuild::event::{
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
+use crate::build_store::BuildStore;
 use crate::metrics::Metrics;
-use crate::report::{format_codebuild_time, is_local_build, parse_arn};
-use crate::store::{BuildStore, InFlight, StoreError, unix_ms};
+use crate::watched_build::{InFlightRecord, unix_ms};
 
 /// `source` of the reconciler's reports.
 pub const SOURCE: &str = "reconciler";
@@ -177,7 +181,7 @@ pub fn report_envelope(event: &CodeBuildEvent) -> v1::Envelope {
         .environment
         .environment_variables
         .iter()
-        .find(|v| v.name == "PRX_REPO")
+        .find(|v| v.name == env::REPO)
         .map(|v| v.value.clone())
         .unwrap_or_default();
     let time = OffsetDateTime::parse(&event.time, &time::format_description::well_known::Rfc3339)
@@ -200,15 +204,15 @@ pub fn report_envelope(event: &CodeBuildEvent) -> v1::Envelope {
 
 /// Which in-flight builds are due: all at start-up, else those not heard of for `after`.
 pub fn due_builds(
-    entries: &[(InFlight, u64)],
+    entries: &[(InFlightRecord, u64)],
     now_ms: i64,
     after: Duration,
     everything: bool,
-) -> Vec<(InFlight, u64)> {
+) -> Vec<(InFlightRecord, u64)> {
     let after_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
     entries
         .iter()
-        .filter(|(e, _)| !is_local_build(&e.build_id) && e.backend != "local")
+        .filter(|(e, _)| !is_local_build(&e.build_id) && e.backend != LOCAL_BACKEND)
         .filter(|(e, _)| everything || now_ms.saturating_sub(e.last_heard_ms) >= after_ms)
         .cloned()
         .collect()
@@ -308,12 +312,12 @@ impl Reconciler {
                 // Heard of now: not due again before `reconcile_after` (unless it changes).
                 let id = build.id().unwrap_or_default();
                 if let Some((entry, revision)) = batch.iter().find(|(e, _)| e.build_id == id) {
-                    let touched = InFlight {
+                    let touched = InFlightRecord {
                         last_heard_ms: unix_ms(observed_at),
                         ..entry.clone()
                     };
                     match self.store.touch_in_flight(&touched, *revision).await {
-                        Ok(()) | Err(StoreError::Conflict(_)) => {}
+                        Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "cannot refresh in-flight entry"),
                     }
                 }
@@ -354,7 +358,9 @@ mod tests {
     use aws_smithy_types::DateTime;
 
     use super::*;
-    use crate::report::{FinalStatus, ReportKind, parse_report};
+    use prx_ci_shared::codebuild::build::FinalStatus;
+
+    use crate::report::{ReportKind, parse_report};
 
     fn failed_build() -> Build {
         build_with(StatusType::Failed)
@@ -433,7 +439,7 @@ mod tests {
     fn due_builds_skip_local_and_recent_ones() {
         let entry = |id: &str, backend: &str, heard: i64| {
             (
-                InFlight {
+                InFlightRecord {
                     build_id: id.into(),
                     backend: backend.into(),
                     last_heard_ms: heard,

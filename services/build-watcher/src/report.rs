@@ -4,75 +4,15 @@
 use std::collections::BTreeMap;
 
 use prx_ci_proto::v1;
+use prx_ci_shared::codebuild::build::{
+    FinalStatus, backend_of, build_id_of, console_build_url, parse_arn, parse_codebuild_time,
+    status,
+};
+use prx_ci_shared::codebuild::env;
 use prx_ci_shared::codebuild::event::{self, CodeBuildEvent, Phase};
 use time::OffsetDateTime;
-use time::format_description::BorrowedFormatItem;
-use time::macros::format_description;
-
-/// CodeBuild's time format in events: `Sep 1, 2017 4:12:29 PM` (UTC).
-const CODEBUILD_TIME: &[BorrowedFormatItem<'static>] = format_description!(
-    "[month repr:short] [day padding:none], [year] [hour repr:12 padding:none]:[minute]:[second] [period]"
-);
 
 pub use prx_ci_shared::codebuild::event::{COMPLETED_PHASE, PHASE_ORDER, phase_rank};
-
-/// Parses CodeBuild's event time format (`Sep 1, 2017 4:12:29 PM`, UTC).
-pub fn parse_codebuild_time(text: &str) -> Option<OffsetDateTime> {
-    time::PrimitiveDateTime::parse(text.trim(), CODEBUILD_TIME)
-        .ok()
-        .map(time::PrimitiveDateTime::assume_utc)
-}
-
-/// Formats a time the way CodeBuild's events do.
-pub fn format_codebuild_time(at: OffsetDateTime) -> String {
-    at.to_offset(time::UtcOffset::UTC)
-        .format(CODEBUILD_TIME)
-        .unwrap_or_default()
-}
-
-/// A build's final status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum FinalStatus {
-    Succeeded,
-    Failed,
-    Fault,
-    Stopped,
-    TimedOut,
-}
-
-impl FinalStatus {
-    pub fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "SUCCEEDED" => Self::Succeeded,
-            "FAILED" => Self::Failed,
-            "FAULT" => Self::Fault,
-            "STOPPED" => Self::Stopped,
-            "TIMED_OUT" => Self::TimedOut,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Succeeded => "SUCCEEDED",
-            Self::Failed => "FAILED",
-            Self::Fault => "FAULT",
-            Self::Stopped => "STOPPED",
-            Self::TimedOut => "TIMED_OUT",
-        }
-    }
-
-    pub fn to_proto(self) -> v1::BuildStatus {
-        match self {
-            Self::Succeeded => v1::BuildStatus::Succeeded,
-            Self::Failed => v1::BuildStatus::Failed,
-            Self::Fault => v1::BuildStatus::Fault,
-            Self::Stopped => v1::BuildStatus::Stopped,
-            Self::TimedOut => v1::BuildStatus::TimedOut,
-        }
-    }
-}
 
 /// What a report says happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,23 +67,10 @@ pub enum ReportError {
 /// A parsed report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
-    /// The build's id normalized to `project:uuid` / `local:<uuid>` (see [`normalize_build_id`]).
+    /// The build's id normalized to `project:uuid` / `local:<uuid>` (see [`build_id_of`]).
     pub build_id: String,
     pub kind: ReportKind,
     pub event: CodeBuildEvent,
-}
-
-/// The id a build is known by whatever the source: CodeBuild ARNs
-/// (`arn:aws:codebuild:<region>:<account>:build/<project>:<uuid>`) become `<project>:<uuid>`
-/// (what `StartBuild` and `BatchGetBuilds` use); other ids are kept.
-pub fn normalize_build_id(id: &str) -> String {
-    let id = id.trim();
-    if id.starts_with("arn:")
-        && let Some((_, rest)) = id.split_once(":build/")
-    {
-        return rest.to_owned();
-    }
-    id.to_owned()
 }
 
 /// Parses the JSON of a report.
@@ -159,19 +86,19 @@ pub fn report_from_event(event: CodeBuildEvent) -> Result<Report, ReportError> {
     if ![event::STATE_CHANGE, event::PHASE_CHANGE].contains(&event.detail_type.as_str()) {
         return Err(ReportError::UnknownDetailType(event.detail_type.clone()));
     }
-    let build_id = normalize_build_id(&detail.build_id);
+    let build_id = build_id_of(&detail.build_id).to_owned();
     if build_id.is_empty() {
         return Err(ReportError::NoBuildId);
     }
     let kind = match event.detail_type.as_str() {
         event::STATE_CHANGE => {
-            let status = detail.build_status.as_deref().unwrap_or_default();
-            if status == "IN_PROGRESS" {
+            let reported = detail.build_status.as_deref().unwrap_or_default();
+            if reported == status::IN_PROGRESS {
                 ReportKind::InProgress
             } else {
                 ReportKind::Final(
-                    FinalStatus::parse(status)
-                        .ok_or_else(|| ReportError::UnknownStatus(status.to_owned()))?,
+                    FinalStatus::parse(reported)
+                        .ok_or_else(|| ReportError::UnknownStatus(reported.to_owned()))?,
                 )
             }
         }
@@ -392,9 +319,9 @@ impl Report {
     /// The first phase that did not succeed (ignoring `COMPLETED` and phases without a
     /// status), with its message.
     pub fn failed_phase(&self) -> Option<PhaseInfo> {
-        self.phases()
-            .into_iter()
-            .find(|p| p.name != COMPLETED_PHASE && !p.status.is_empty() && p.status != "SUCCEEDED")
+        self.phases().into_iter().find(|p| {
+            p.name != COMPLETED_PHASE && !p.status.is_empty() && p.status != status::SUCCEEDED
+        })
     }
 
     /// The build's environment variables as CodeBuild reports them.
@@ -432,7 +359,9 @@ impl Report {
         {
             return link.to_owned();
         }
-        console_url(&self.event.detail.build_id).unwrap_or_default()
+        parse_arn(&self.event.detail.build_id)
+            .map(|a| console_build_url(a.region, a.account, a.project, a.uuid))
+            .unwrap_or_default()
     }
 
     /// The AWS region of the build ("" for local builds).
@@ -447,17 +376,13 @@ impl Report {
 
     /// `local` for the local runner's builds, else `codebuild`.
     pub fn backend(&self) -> &'static str {
-        if is_local_build(&self.build_id) {
-            "local"
-        } else {
-            "codebuild"
-        }
+        backend_of(&self.build_id)
     }
 
     /// What is known of a build nobody requested: project, id, and the repository and commit
     /// from the build's `PRX_REPO` / `PRX_COMMIT` (else the source version when it is a SHA).
     pub fn build_ref(&self) -> v1::BuildRef {
-        let env = self.environment();
+        let vars = self.environment();
         let source_version = self
             .event
             .detail
@@ -465,8 +390,8 @@ impl Report {
             .source_version
             .clone()
             .unwrap_or_default();
-        let commit = env
-            .get("PRX_COMMIT")
+        let commit = vars
+            .get(env::COMMIT)
             .cloned()
             .filter(|c| !c.is_empty())
             .or_else(|| {
@@ -475,14 +400,14 @@ impl Report {
                     .map(|c| c.to_string())
             })
             .unwrap_or_default();
-        let architecture = env
-            .get("PRX_TARGET_ARCHITECTURE")
+        let architecture = vars
+            .get(env::TARGET_ARCHITECTURE)
             .and_then(|a| prx_ci_shared::domain::Architecture::parse(a))
             .map_or(v1::Architecture::Unspecified, |a| a.to_proto());
         v1::BuildRef {
             build_id: self.event.detail.build_id.clone(),
             build_request_id: String::new(),
-            repository: env.get("PRX_REPO").cloned().unwrap_or_default(),
+            repository: vars.get(env::REPO).cloned().unwrap_or_default(),
             commit,
             architecture: architecture as i32,
             backend: self.backend().to_owned(),
@@ -493,56 +418,10 @@ impl Report {
     }
 }
 
-/// Whether a build id belongs to the local runner (never reconciled through AWS).
-pub fn is_local_build(build_id: &str) -> bool {
-    build_id.starts_with("local:")
-}
-
-/// The parts of a CodeBuild build ARN.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildArn<'a> {
-    pub region: &'a str,
-    pub account: &'a str,
-    pub project: &'a str,
-    pub uuid: &'a str,
-}
-
-/// Splits `arn:<partition>:codebuild:<region>:<account>:build/<project>:<uuid>`.
-pub fn parse_arn(arn: &str) -> Option<BuildArn<'_>> {
-    let mut parts = arn.splitn(6, ':');
-    if parts.next()? != "arn" {
-        return None;
-    }
-    let _partition = parts.next()?;
-    if parts.next()? != "codebuild" {
-        return None;
-    }
-    let region = parts.next()?;
-    let account = parts.next()?;
-    let resource = parts.next()?.strip_prefix("build/")?;
-    let (project, uuid) = resource.rsplit_once(':')?;
-    Some(BuildArn {
-        region,
-        account,
-        project,
-        uuid,
-    })
-}
-
-/// The CodeBuild console page of a build, from its ARN.
-pub fn console_url(arn: &str) -> Option<String> {
-    let a = parse_arn(arn)?;
-    Some(format!(
-        "https://{region}.console.aws.amazon.com/codesuite/codebuild/{account}/projects/{project}/build/{project}%3A{uuid}/?region={region}",
-        region = a.region,
-        account = a.account,
-        project = a.project,
-        uuid = a.uuid,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
+    use prx_ci_shared::codebuild::build::format_codebuild_time;
+
     use super::*;
 
     fn state_event(status: &str) -> serde_json::Value {
@@ -594,11 +473,11 @@ mod tests {
     #[test]
     fn build_ids_normalize_to_project_and_uuid() {
         assert_eq!(
-            normalize_build_id("arn:aws:codebuild:us-east-1:1:build/prx-Runner2:ab-cd"),
+            build_id_of("arn:aws:codebuild:us-east-1:1:build/prx-Runner2:ab-cd"),
             "prx-Runner2:ab-cd"
         );
-        assert_eq!(normalize_build_id("prx-Runner2:ab-cd"), "prx-Runner2:ab-cd");
-        assert_eq!(normalize_build_id("local:42"), "local:42");
+        assert_eq!(build_id_of("prx-Runner2:ab-cd"), "prx-Runner2:ab-cd");
+        assert_eq!(build_id_of("local:42"), "local:42");
     }
 
     #[test]
@@ -674,13 +553,17 @@ mod tests {
         let r = parse(state_event("SUCCEEDED")).unwrap();
         assert_eq!(
             r.log_url(),
-            "https://us-west-2.console.aws.amazon.com/codesuite/codebuild/123456789012/projects/proj/build/proj%3A8745a7a9/?region=us-west-2"
+            "https://us-west-2.console.aws.amazon.com/codesuite/codebuild/123456789012/projects/proj/build/proj%3A8745a7a9?region=us-west-2"
         );
         let mut e = state_event("SUCCEEDED");
         e["detail"]["additional-information"]["logs"] =
             serde_json::json!({"deep-link": "https://logs.example/x"});
         assert_eq!(parse(e).unwrap().log_url(), "https://logs.example/x");
-        assert_eq!(console_url("local:1"), None);
+        assert_eq!(
+            parse_arn("local:1"),
+            None,
+            "local builds have no console page"
+        );
     }
 
     #[test]

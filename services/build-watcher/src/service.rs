@@ -1,4 +1,5 @@
-//! The service: the two consumers, and in production the SQS source and the reconciler.
+//! Wiring: opens the build store, starts the two consumers and, in production, the SQS source
+//! and the reconciler.
 
 use std::sync::Arc;
 
@@ -11,13 +12,13 @@ use prx_ci_shared::run_consumer;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::build_store::BuildStore;
 use crate::config::BuildWatcherConfig;
 use crate::metrics::Metrics;
 use crate::reconciler::Reconciler;
-use crate::reports::{ReportHandler, RequestConsumer};
-use crate::requests::RequestHandler;
+use crate::report_handler::{ReportHandler, RequestConsumer};
+use crate::request_handler::RequestHandler;
 use crate::sqs::SqsSource;
-use crate::store::BuildStore;
 
 /// Durable consumer of BuildRequested / BuildCancelled (`deploy/nats/consumers/build-watcher.json`).
 pub const REQUESTS_CONSUMER: &str = "build-watcher";

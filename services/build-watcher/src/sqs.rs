@@ -18,6 +18,7 @@ use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::envelope::{Chain, derived_event_id};
 use prx_ci_shared::bus::publish::EventPublisher;
+use prx_ci_shared::codebuild::env;
 use prx_ci_shared::codebuild::event::CodeBuildEvent;
 use prx_ci_shared::retry::Backoff;
 use time::OffsetDateTime;
@@ -46,7 +47,7 @@ pub fn report_envelope(body: &str, message_id: &str, source: &str) -> v1::Envelo
                 .environment
                 .environment_variables
                 .iter()
-                .find(|v| v.name == "PRX_REPO")
+                .find(|v| v.name == env::REPO)
                 .map(|v| v.value.clone())
                 .unwrap_or_default(),
         ),

@@ -14,7 +14,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::report::{FinalStatus, phase_rank};
+use prx_ci_shared::codebuild::build::FinalStatus;
+
+use crate::report::{Report, ReportKind, phase_rank};
 
 /// Where a build is in its life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +148,30 @@ pub fn apply(state: &BuildState, input: Input<'_>) -> Outcome {
         state: next,
         transitions,
         no_change,
+    }
+}
+
+/// Applies a parsed report to a build's state: an in-progress state change with the phases it
+/// lists as ended, a phase change with its completed phase, a final state change.
+pub fn apply_report(state: &BuildState, report: &Report) -> Outcome {
+    match &report.kind {
+        ReportKind::InProgress => {
+            let ended = report.ended_phases();
+            let ended_names: Vec<&str> = ended.iter().map(|p| p.name.as_str()).collect();
+            apply(
+                state,
+                Input::InProgress {
+                    ended_phases: &ended_names,
+                },
+            )
+        }
+        ReportKind::Final(status) => apply(state, Input::Final(*status)),
+        ReportKind::Phase { completed_phase } => apply(
+            state,
+            Input::Phase {
+                phase: completed_phase,
+            },
+        ),
     }
 }
 

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use prometheus_client::registry::Registry;
-use prx_ci_ops::api::{ApiMetrics, OpsApi};
-use prx_ci_ops::projection::BuildsProjection;
-use prx_ci_ops::store::{End, Start, scan};
-use prx_ci_ops::{OpsConfig, projector};
+use prx_ci_ops::api::OpsApi;
+use prx_ci_ops::builds_projection::BuildsProjection;
+use prx_ci_ops::event_log::{End, Start, scan};
+use prx_ci_ops::metrics::Metrics;
+use prx_ci_ops::{OpsConfig, projection_runner};
 use prx_ci_proto::v1::{self, envelope::Payload, history_request};
 use prx_ci_shared::Runtime;
 use prx_ci_shared::bus::envelope::Chain;
@@ -132,7 +133,7 @@ async fn main() {
 
     // Projection rebuild from scratch.
     let started = Instant::now();
-    let projection = projector::rebuild(&rt.js, 1000).await.unwrap();
+    let projection = projection_runner::rebuild(&rt.js, 1000).await.unwrap();
     let rebuild = started.elapsed();
     let build_events = total - PUSHES;
     println!(
@@ -164,7 +165,7 @@ async fn main() {
         rt.clone(),
         Arc::new(config),
         Arc::new(RwLock::new(BuildsProjection::new(10))),
-        ApiMetrics::register(&mut registry),
+        Metrics::register(&mut registry),
     );
     let request = v1::HistoryRequest {
         repository: "PRX/app-7".into(),

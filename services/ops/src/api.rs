@@ -1,57 +1,33 @@
-//! The gRPC ops API: each call reads the streams (or the builds projection) and answers.
+//! The gRPC ops API: the service state, the `Ops` trait dispatch and the parameter-ownership calls; one module per other area.
+//!
+//! Each call reads the streams (or the builds projection) and answers: [`history`], [`builds`],
+//! [`rebuild`], [`replay`] here; `Parked` and `RetryParked` in [`crate::parked`].
+
+mod builds;
+mod history;
+mod rebuild;
+mod replay;
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
-use prx_ci_proto::v1::{self, envelope::Payload, ops_server::Ops, replay_request};
+use prx_ci_proto::v1::{self, envelope::Payload, ops_server::Ops};
 use prx_ci_publisher::owner_store::{OwnerStore, TransferError};
 use prx_ci_publisher::ownership::{ConfigOwners, Transfer, TransferRefused};
 use prx_ci_publisher::{OwnerRecord, PublisherConfig};
 use prx_ci_shared::Runtime;
 use prx_ci_shared::bus::envelope::{Chain, from_timestamp, new_event_id};
-use prx_ci_shared::bus::subject::{self, EVENTS_STREAM, EventKind, WEBHOOKS_STREAM};
-use prx_ci_shared::domain::{Branch, CommitSha, RepoName};
+use prx_ci_shared::domain::RepoName;
 use time::OffsetDateTime;
 use tokio::sync::RwLock;
 use tonic::{Request, Response, Status};
 
-use crate::ancestry::{Ancestry, AncestryError, CommitGraph, Reachability};
+use crate::ancestry::{Ancestry, CommitGraph};
 use crate::auth::Operator;
+use crate::builds_projection::BuildsProjection;
 use crate::config::OpsConfig;
 use crate::error::OpsError;
-use crate::history::{self, HistoryFilter};
-use crate::projection::BuildsProjection;
-use crate::store::{self, End, Start};
-use crate::{parked, rebuild, replay};
-
-/// Labels of an ops call.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CallLabels {
-    method: String,
-    /// `ok` or the gRPC code name.
-    outcome: String,
-}
-
-/// Metrics of the ops API.
-#[derive(Debug, Clone)]
-pub struct ApiMetrics {
-    calls: Family<CallLabels, Counter>,
-}
-
-impl ApiMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
-        let calls = Family::<CallLabels, Counter>::default();
-        registry.register(
-            "prx_ci_ops_calls",
-            "Ops API calls, by method and outcome",
-            calls.clone(),
-        );
-        Self { calls }
-    }
-}
+use crate::metrics::Metrics;
+use crate::parked;
 
 /// What the ops API knows of the publisher's parameter ownership (`[publisher]` section).
 #[derive(Debug, Clone)]
@@ -93,7 +69,7 @@ pub struct OpsApi {
     rt: Runtime,
     config: Arc<OpsConfig>,
     builds: Arc<RwLock<BuildsProjection>>,
-    metrics: ApiMetrics,
+    metrics: Metrics,
     commits: Arc<dyn CommitGraph>,
     ownership: Arc<ParameterOwnership>,
 }
@@ -112,7 +88,7 @@ impl OpsApi {
         rt: Runtime,
         config: Arc<OpsConfig>,
         builds: Arc<RwLock<BuildsProjection>>,
-        metrics: ApiMetrics,
+        metrics: Metrics,
     ) -> Self {
         Self {
             rt,
@@ -142,349 +118,8 @@ impl OpsApi {
             Ok(_) => "ok".to_owned(),
             Err(status) => format!("{:?}", status.code()),
         };
-        self.metrics
-            .calls
-            .get_or_create(&CallLabels {
-                method: method.to_owned(),
-                outcome,
-            })
-            .inc();
+        self.metrics.call(method, outcome);
         result.map(Response::new)
-    }
-
-    /// The events of a repository (optionally one branch, PR or commit), in order.
-    pub async fn history(
-        &self,
-        request: v1::HistoryRequest,
-    ) -> Result<v1::HistoryResponse, OpsError> {
-        let repo = repository(&request.repository)?;
-        let filter = HistoryFilter::from_proto(request.filter.as_ref())
-            .map_err(|e| OpsError::InvalidArgument(e.0))?;
-        let full_name = repo.to_string();
-        let (owner, name) = subject::repository_tokens(&full_name);
-        let webhooks = [subject::repository_filter(
-            EventKind::WebhookReceived,
-            &full_name,
-        )];
-        let events = [format!("prx.*.*.{owner}.{name}")];
-        let (webhooks, events) = tokio::try_join!(
-            store::read_range(
-                &self.rt.js,
-                WEBHOOKS_STREAM,
-                &webhooks,
-                Start::First,
-                End::Now,
-                usize::MAX
-            ),
-            store::read_range(
-                &self.rt.js,
-                EVENTS_STREAM,
-                &events,
-                Start::First,
-                End::Now,
-                usize::MAX
-            ),
-        )?;
-        let merged = store::merge_by_time(vec![webhooks.0, events.0]);
-        let envelopes: Vec<v1::Envelope> = merged
-            .iter()
-            .map(|m| m.envelope().unwrap_or_default())
-            .collect();
-        let selected = history::select(&filter, &envelopes);
-        let skip = selected.len().saturating_sub(self.config.max_listed_events);
-        let mut envelopes: Vec<Option<v1::Envelope>> = envelopes.into_iter().map(Some).collect();
-        let events = selected
-            .into_iter()
-            .skip(skip)
-            .map(|i| merged[i].to_proto(envelopes[i].take()))
-            .collect();
-        Ok(v1::HistoryResponse { events })
-    }
-
-    /// Builds in flight and the most recent finished ones.
-    pub async fn builds(&self, request: v1::BuildsRequest) -> Result<v1::BuildsResponse, OpsError> {
-        let recent = match request.recent {
-            0 => self.config.recent_builds,
-            n => usize::try_from(n).unwrap_or(usize::MAX),
-        };
-        let repo = if request.repository.is_empty() {
-            String::new()
-        } else {
-            repository(&request.repository)?.to_string()
-        };
-        let builds = self.builds.read().await;
-        Ok(v1::BuildsResponse {
-            in_flight: builds.in_flight(&repo),
-            recent: builds.recent(recent, &repo),
-        })
-    }
-
-    /// Stores an operator's push for the revision (see [`crate::rebuild`]), recorded as asked
-    /// by `operator` (the identity the call's token authenticated; the request's own
-    /// `requested_by` is ignored).
-    pub async fn rebuild(
-        &self,
-        request: v1::RebuildRequest,
-        operator: &Operator,
-    ) -> Result<v1::RebuildResponse, OpsError> {
-        let repo = repository(&request.repository)?;
-        let revision = request.revision.trim();
-        if revision.is_empty() {
-            return Err(OpsError::InvalidArgument("revision is empty".into()));
-        }
-        let branch = match request.branch.trim() {
-            "" => None,
-            branch => Some(
-                Branch::new(branch)
-                    .map_err(|e| OpsError::InvalidArgument(format!("branch: {e}")))?
-                    .to_string(),
-            ),
-        };
-        let reason = request.reason.trim();
-        if reason.len() > MAX_REASON_LEN {
-            return Err(OpsError::InvalidArgument(format!(
-                "reason is longer than {MAX_REASON_LEN} bytes"
-            )));
-        }
-        let requested_by = operator.name();
-        let claimed = request.requested_by.trim();
-        if !claimed.is_empty() && claimed != requested_by {
-            tracing::info!(
-                requested_by,
-                claimed,
-                "rebuild request names someone else; recording the authenticated operator"
-            );
-        }
-        let full_name = repo.to_string();
-        let filter = [subject::repository_filter(
-            EventKind::WebhookReceived,
-            &full_name,
-        )];
-        let (messages, _) = store::read_range(
-            &self.rt.js,
-            WEBHOOKS_STREAM,
-            &filter,
-            Start::First,
-            End::Now,
-            usize::MAX,
-        )
-        .await?;
-        let webhooks: Vec<v1::WebhookReceived> = messages
-            .iter()
-            .filter_map(|m| match m.envelope()?.payload? {
-                Payload::WebhookReceived(w) => Some(w),
-                _ => None,
-            })
-            .collect();
-        let target =
-            rebuild::resolve(&full_name, revision, branch.as_deref(), &webhooks).map_err(|e| {
-                match e {
-                    rebuild::ResolveError::Ambiguous(_)
-                    | rebuild::ResolveError::BranchMismatch { .. } => {
-                        OpsError::InvalidArgument(e.to_string())
-                    }
-                    rebuild::ResolveError::DeletedBranch { .. } => {
-                        OpsError::FailedPrecondition(e.to_string())
-                    }
-                    _ => OpsError::NotFound(e.to_string()),
-                }
-            })?;
-        if target.needs_ancestry_check() {
-            self.check_in_history(&repo, &target).await?;
-        }
-        let now = OffsetDateTime::now_utc();
-        let now_text = now
-            .format(&time::format_description::well_known::Rfc3339)
-            .map_err(OpsError::internal)?;
-        let payload = rebuild::push_payload(&full_name, &target, requested_by, reason, &now_text);
-        let delivery_id = format!("operator-{}", uuid::Uuid::new_v4());
-        let envelope = Chain {
-            correlation_id: delivery_id.clone(),
-            ..Chain::default()
-        }
-        .envelope_at(
-            delivery_id.clone(),
-            now,
-            Payload::WebhookReceived(v1::WebhookReceived {
-                delivery_id: delivery_id.clone(),
-                event_name: "push".into(),
-                payload: serde_json::to_vec(&payload).map_err(OpsError::internal)?,
-                hook_id: String::new(),
-                repository: full_name.clone(),
-                origin: v1::Origin::Operator as i32,
-                requested_by: requested_by.to_owned(),
-            }),
-        );
-        let stored = self
-            .rt
-            .publisher
-            .publish(&envelope)
-            .await
-            .map_err(OpsError::unavailable)?;
-        tracing::info!(
-            repository = %full_name,
-            branch = %target.branch,
-            commit = %target.commit,
-            head = %target.head,
-            requested_by,
-            reason,
-            delivery_id = %delivery_id,
-            sequence = stored.sequence,
-            "operator rebuild requested"
-        );
-        Ok(v1::RebuildResponse {
-            delivery_id,
-            branch: target.branch,
-            commit: target.commit,
-            sequence: stored.sequence,
-            requested_by: requested_by.to_owned(),
-        })
-    }
-
-    /// Refuses a commit that is not in the history of its branch's head: rebuilding it as a
-    /// push to the branch would publish code that was never on the branch (a fork's commit,
-    /// another branch's, one a force-push removed).
-    async fn check_in_history(
-        &self,
-        repo: &RepoName,
-        target: &rebuild::Target,
-    ) -> Result<(), OpsError> {
-        let commit = CommitSha::parse(&target.commit)
-            .map_err(|e| OpsError::InvalidArgument(e.to_string()))?;
-        let head = CommitSha::parse(&target.head).map_err(OpsError::internal)?;
-        let clone_url = target
-            .repository
-            .get("clone_url")
-            .and_then(serde_json::Value::as_str)
-            .map_or_else(|| format!("https://github.com/{repo}.git"), str::to_owned);
-        let refused = |why: &str| {
-            OpsError::FailedPrecondition(format!(
-                "commit {commit} {why} branch {:?} of {repo} (head {head}); only commits in the \
-                 branch's history are rebuilt as pushes to it",
-                target.branch
-            ))
-        };
-        match self
-            .commits
-            .reachability(repo, &clone_url, &commit, &head)
-            .await
-        {
-            Ok(Reachability::Reachable) => Ok(()),
-            Ok(Reachability::NotReachable) => Err(refused("is not in the history of")),
-            Ok(Reachability::UnknownCommit) => Err(refused("does not exist in the repository of")),
-            Err(AncestryError::Unsupported(why)) => Err(OpsError::FailedPrecondition(why)),
-            Err(AncestryError::Failed(err)) => Err(OpsError::CommitsUnavailable(err)),
-        }
-    }
-
-    /// Lists a range and (unless a dry run) creates the replay consumer for it.
-    pub async fn replay(&self, request: v1::ReplayRequest) -> Result<v1::ReplayResponse, OpsError> {
-        if request.consumer.is_empty() {
-            return Err(OpsError::InvalidArgument("consumer is empty".into()));
-        }
-        if request
-            .consumer
-            .contains(replay::replay_prefix("").as_str())
-        {
-            return Err(OpsError::InvalidArgument(
-                "replay into a replay consumer is not supported".into(),
-            ));
-        }
-        let stream =
-            self.rt.js.get_stream(&request.stream).await.map_err(|_| {
-                OpsError::NotFound(format!("stream {} does not exist", request.stream))
-            })?;
-        let target = stream.consumer_info(&request.consumer).await.map_err(|_| {
-            OpsError::NotFound(format!(
-                "consumer {} does not exist on {}",
-                request.consumer, request.stream
-            ))
-        })?;
-        let target_config = consumer_pull_config(&target.config);
-        let target_filters = replay::filters_of(&target_config);
-        let filters = if request.subject.is_empty() {
-            target_filters
-        } else if target_filters.is_empty()
-            || target_filters
-                .iter()
-                .any(|f| replay::subject_within(&request.subject, f))
-        {
-            vec![request.subject.clone()]
-        } else {
-            return Err(OpsError::InvalidArgument(format!(
-                "subject {} is outside what {} consumes ({})",
-                request.subject,
-                request.consumer,
-                target_filters.join(", ")
-            )));
-        };
-        let start = match &request.from {
-            None => Start::First,
-            Some(replay_request::From::FromSequence(s)) => Start::Sequence(*s),
-            Some(replay_request::From::FromTime(t)) => Start::Time(time_of(t)?),
-        };
-        let end = match &request.to {
-            None => End::Now,
-            Some(replay_request::To::ToSequence(s)) => End::Sequence(*s),
-            Some(replay_request::To::ToTime(t)) => End::Time(time_of(t)?),
-        };
-        let mut first = None;
-        let mut last = 0;
-        let mut listed = std::collections::VecDeque::new();
-        let limit = self.config.max_listed_events;
-        let count = store::scan(&self.rt.js, &request.stream, &filters, start, end, |m| {
-            first.get_or_insert(m.sequence);
-            last = m.sequence;
-            if listed.len() == limit {
-                listed.pop_front();
-            }
-            listed.push_back(m.to_proto(None));
-        })
-        .await?;
-        let Some(first) = first else {
-            return Err(OpsError::FailedPrecondition(
-                "the range holds no message for this consumer; nothing to replay".into(),
-            ));
-        };
-        let mut response = v1::ReplayResponse {
-            events: listed.into(),
-            replay_consumer: String::new(),
-            count,
-            first_sequence: first,
-            last_sequence: last,
-        };
-        if request.dry_run {
-            return Ok(response);
-        }
-        let name = format!(
-            "{}{}",
-            replay::replay_prefix(&request.consumer),
-            OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000
-        );
-        let config = replay::replay_config(
-            &target_config,
-            &request.consumer,
-            &name,
-            filters,
-            first,
-            last,
-        );
-        self.rt
-            .js
-            .create_consumer_on_stream(config, &request.stream)
-            .await
-            .map_err(OpsError::unavailable)?;
-        tracing::info!(
-            stream = %request.stream,
-            consumer = %request.consumer,
-            replay = %name,
-            first,
-            last,
-            count,
-            "replay created"
-        );
-        response.replay_consumer = name;
-        Ok(response)
     }
 }
 
@@ -611,26 +246,6 @@ fn owner_of_record(r: OwnerRecord) -> v1::ParameterOwner {
         requested_by: r.requested_by,
         reason: r.reason,
         previous: r.previous,
-    }
-}
-
-/// The pull-consumer view of a consumer's configuration (the fields a replay copies).
-fn consumer_pull_config(
-    c: &async_nats::jetstream::consumer::Config,
-) -> async_nats::jetstream::consumer::pull::Config {
-    async_nats::jetstream::consumer::pull::Config {
-        durable_name: c.durable_name.clone(),
-        description: c.description.clone(),
-        ack_policy: c.ack_policy,
-        ack_wait: c.ack_wait,
-        max_deliver: c.max_deliver,
-        filter_subject: c.filter_subject.clone(),
-        filter_subjects: c.filter_subjects.clone(),
-        replay_policy: c.replay_policy,
-        max_ack_pending: c.max_ack_pending,
-        backoff: c.backoff.clone(),
-        metadata: c.metadata.clone(),
-        ..Default::default()
     }
 }
 

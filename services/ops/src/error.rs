@@ -37,13 +37,13 @@ impl OpsError {
     }
 }
 
-impl From<crate::store::StoreError> for OpsError {
-    fn from(err: crate::store::StoreError) -> Self {
+impl From<crate::event_log::EventLogError> for OpsError {
+    fn from(err: crate::event_log::EventLogError) -> Self {
         match err {
-            crate::store::StoreError::NoStream(s) => {
+            crate::event_log::EventLogError::NoStream(s) => {
                 Self::NotFound(format!("stream {s} does not exist"))
             }
-            other @ crate::store::StoreError::Read { .. } => Self::Unavailable(other.into()),
+            other @ crate::event_log::EventLogError::Read { .. } => Self::Unavailable(other.into()),
         }
     }
 }

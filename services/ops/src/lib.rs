@@ -4,7 +4,7 @@
 //! - `History`: a repository's events (optionally one branch, PR or commit) read back from
 //!   `PRX_WEBHOOKS` and `PRX_EVENTS` with subject filters, in order.
 //! - `Builds`: a projection of the build events, kept current by a live read and rebuildable
-//!   from scratch with the same result ([`projector::rebuild`]).
+//!   from scratch with the same result ([`projection_runner::rebuild`]).
 //! - `Rebuild`: an operator's push, stored as a `WebhookReceived` with origin OPERATOR.
 //! - `Replay`: a temporary replay consumer that the target service runs with its own handler
 //!   (every consumer loop runs `prx_ci_shared::bus::replay::ReplayRunner`; see docs/operations.md).
@@ -12,28 +12,42 @@
 //! - `ParameterOwners` / `TransferParameter`: who may publish which parameter name, and the
 //!   audited move of a claimed name to another repository (`docs/operations.md`).
 //!
-//! Every call needs the configured bearer token.
+//! Every call needs the configured bearer token ([`auth`]).
 //!
-//! Wiring (`prx-ci up`, local mode): `OpsService::new(rt, config, &mut registry)` with an
-//! `OpsConfig` whose `token` is set (e.g. generated at start and printed, or from
-//! `PRX_CI_OPS__TOKEN`), then `run(TcpListener::bind(config.listen), shutdown)`. The KV bucket
-//! `prx_ci_ops_retries` comes with `Runtime::provision`. Every service supports replays: the
-//! shared consumer loop runs the replays meant for its durable with the same handler.
+//! Layout: [`api`] holds the service state and the `Ops` dispatch, with one module per call
+//! area (`api/history.rs`, `api/builds.rs`, `api/rebuild.rs`, `api/replay.rs`) over the pure
+//! cores of the same name ([`history`], [`rebuild`]); [`event_log`] reads stream ranges back;
+//! [`builds_projection`] is the pure fold, [`projection_runner`] rebuilds and follows it.
+//!
+//! ```no_run
+//! # async fn local(rt: prx_ci_shared::Runtime, config: prx_ci_ops::OpsConfig, shutdown: prx_ci_shared::CancellationToken) -> anyhow::Result<()> {
+//! use prx_ci_ops::OpsService;
+//! // `prx-ci up`: `config.token` set (generated at start and printed, or `PRX_CI_OPS__TOKEN`);
+//! // the KV bucket `prx_ci_ops_retries` comes with `Runtime::provision`.
+//! let mut registry = prometheus_client::registry::Registry::default();
+//! let listener = tokio::net::TcpListener::bind(config.listen).await?;
+//! OpsService::new(rt, config, &mut registry)?.run(listener, shutdown).await
+//! # }
+//! ```
+//!
+//! Every service supports replays: the shared consumer loop runs the replays meant for its
+//! durable with the same handler.
 
 pub mod ancestry;
 pub mod api;
 pub mod auth;
+pub mod builds_projection;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod event_log;
 pub mod history;
+pub mod metrics;
 pub mod parked;
-pub mod projection;
-pub mod projector;
+pub mod projection_runner;
 pub mod rebuild;
-pub use prx_ci_shared::bus::replay;
 pub mod service;
-pub mod store;
 
 pub use config::OpsConfig;
+pub use prx_ci_shared::bus::replay;
 pub use service::OpsService;

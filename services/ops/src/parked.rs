@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::OpsError;
-use crate::store::{self, End, Start};
+use crate::event_log::{self, End, Start};
 
 /// The KV bucket of retry records (`deploy/nats/kv/prx_ci_ops_retries.json`).
 pub const RETRIES_BUCKET: &str = "prx_ci_ops_retries";
@@ -53,7 +53,7 @@ pub async fn list(
         vec![subject::parked_subject(consumer)]
     };
     let (messages, _) =
-        store::read_range(js, PARKED_STREAM, &filters, Start::First, End::Now, limit).await?;
+        event_log::read_range(js, PARKED_STREAM, &filters, Start::First, End::Now, limit).await?;
     let retries = bucket(js).await?;
     let mut out = Vec::with_capacity(messages.len());
     for message in messages {

@@ -13,12 +13,13 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::ancestry::CommitGraph;
-use crate::api::{ApiMetrics, OpsApi, ParameterOwnership};
+use crate::api::{OpsApi, ParameterOwnership};
 use crate::auth::RequireToken;
+use crate::builds_projection::BuildsProjection;
 use crate::client::MAX_MESSAGE_SIZE;
 use crate::config::OpsConfig;
-use crate::projection::BuildsProjection;
-use crate::projector;
+use crate::metrics::Metrics;
+use crate::projection_runner;
 
 /// The ops service (see the crate docs).
 #[derive(Debug)]
@@ -44,7 +45,7 @@ impl OpsService {
             rt.clone(),
             Arc::new(config),
             builds.clone(),
-            ApiMetrics::register(registry),
+            Metrics::register(registry),
         );
         Ok(Self {
             rt,
@@ -76,7 +77,7 @@ impl OpsService {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let address = listener.local_addr().ok();
-        let projector = tokio::spawn(projector::run(
+        let projection = tokio::spawn(projection_runner::run(
             self.rt.js.clone(),
             self.builds.clone(),
             shutdown.clone(),
@@ -98,7 +99,7 @@ impl OpsService {
             .await
             .context("the ops API server failed");
         shutdown.cancel();
-        let _ = projector.await;
+        let _ = projection.await;
         served
     }
 }

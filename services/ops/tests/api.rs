@@ -11,6 +11,7 @@ use prx_ci_ops::replay::ReplayRunner;
 use prx_ci_proto::v1::{self, envelope::Payload, history_request, replay_request};
 use prx_ci_shared::bus::envelope::{Chain, new_event_id};
 use prx_ci_shared::bus::subject::{self, EVENTS_STREAM, PARKED_STREAM, WEBHOOKS_STREAM};
+use prx_ci_shared::testing::git::git;
 use prx_ci_shared::testing::wait_until;
 use prx_ci_shared::{CancellationToken, Delivery, Handler, HandlerError};
 use secrecy::SecretString;
@@ -625,28 +626,6 @@ async fn the_audit_record_names_the_authenticated_operator_not_the_requested_nam
     );
     assert_eq!(body["sender"]["login"], "bob");
     assert!(!body.to_string().contains("alice"), "{body}");
-}
-
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// A push webhook of a local repository (`prx-ci up`: a `file://` clone URL).

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer;
 use prometheus_client::registry::Registry;
-use prx_ci_ops::store::{End, Start, read_range};
+use prx_ci_ops::event_log::{End, Start, read_range};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::consume::ConsumerSettings;
 use prx_ci_shared::bus::envelope::Chain;

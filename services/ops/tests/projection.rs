@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use common::*;
 use prometheus_client::registry::Registry;
-use prx_ci_ops::projection::BuildsProjection;
-use prx_ci_ops::projector;
+use prx_ci_ops::builds_projection::BuildsProjection;
+use prx_ci_ops::projection_runner;
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::envelope::Chain;
 use prx_ci_shared::bus::subject::EVENTS_STREAM;
@@ -24,7 +24,7 @@ async fn the_live_builds_projection_equals_a_rebuild_from_scratch() {
     let keep = 25;
     let live = Arc::new(RwLock::new(BuildsProjection::new(keep)));
     let shutdown = CancellationToken::new();
-    let follower = tokio::spawn(projector::run(
+    let follower = tokio::spawn(projection_runner::run(
         rt.js.clone(),
         live.clone(),
         shutdown.clone(),
@@ -99,7 +99,7 @@ async fn the_live_builds_projection_equals_a_rebuild_from_scratch() {
     shutdown.cancel();
     follower.await.unwrap();
 
-    let rebuilt = projector::rebuild(&rt.js, keep).await.unwrap();
+    let rebuilt = projection_runner::rebuild(&rt.js, keep).await.unwrap();
     let live = live.read().await.clone();
     assert!(
         live.len() > 10,

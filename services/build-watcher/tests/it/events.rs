@@ -1,6 +1,7 @@
 //! The recorded EventBridge events of `tests/data/codebuild/` through the real parser.
 
-use prx_ci_build_watcher::report::{FinalStatus, ReportKind, parse_report};
+use prx_ci_build_watcher::report::{ReportKind, parse_report};
+use prx_ci_shared::codebuild::build::FinalStatus;
 use prx_ci_shared::testing::workspace_root;
 
 fn read(name: &str) -> Vec<u8> {

@@ -48,7 +48,7 @@ async fn out_of_order_and_late_reports_do_not_regress_a_build() {
     assert!(matches!(
         record.state.lifecycle,
         Lifecycle::Final {
-            status: prx_ci_build_watcher::report::FinalStatus::Succeeded
+            status: prx_ci_shared::codebuild::build::FinalStatus::Succeeded
         }
     ));
     assert_eq!(record.final_status.as_deref(), Some("SUCCEEDED"));

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use prost::Message as _;
-use prx_ci_build_watcher::store::BuildStore;
+use prx_ci_build_watcher::build_store::BuildStore;
 use prx_ci_build_watcher::{BuildWatcher, BuildWatcherConfig};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::envelope::{Chain, new_event_id};
@@ -229,7 +229,7 @@ impl World {
 
     /// The build events (started, phase, completed) of one build, in stream order.
     pub async fn build_events(&self, build_id: &str) -> Vec<v1::Envelope> {
-        let normalized = prx_ci_build_watcher::report::normalize_build_id(build_id);
+        let normalized = prx_ci_shared::codebuild::build::build_id_of(build_id).to_owned();
         self.events()
             .await
             .into_iter()
@@ -241,7 +241,7 @@ impl World {
                     _ => None,
                 };
                 build.is_some_and(|b| {
-                    prx_ci_build_watcher::report::normalize_build_id(&b.build_id) == normalized
+                    prx_ci_shared::codebuild::build::build_id_of(&b.build_id) == normalized
                 })
             })
             .collect()

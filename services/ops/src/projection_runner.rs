@@ -1,5 +1,5 @@
-//! Keeps the builds projection current: a live ordered read of the build events, from the
-//! projection's position onwards, restarted after any failure.
+//! Runs the builds projection: rebuilt from scratch ([`rebuild`]), or kept current ([`run`]) by a
+//! live ordered read of the build events from its position onwards, restarted after any failure.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +12,8 @@ use prx_ci_shared::CancellationToken;
 use prx_ci_shared::bus::subject::EVENTS_STREAM;
 use tokio::sync::RwLock;
 
-use crate::projection::{self, BuildsProjection};
-use crate::store::{End, Start, scan};
+use crate::builds_projection::{self, BuildsProjection};
+use crate::event_log::{End, Start, scan};
 
 /// Delay before re-reading after the live read failed (stream missing, connection lost).
 const RESTART_DELAY: Duration = Duration::from_secs(1);
@@ -22,12 +22,12 @@ const RESTART_DELAY: Duration = Duration::from_secs(1);
 pub async fn rebuild(
     js: &jetstream::Context,
     keep_finished: usize,
-) -> Result<BuildsProjection, crate::store::StoreError> {
+) -> Result<BuildsProjection, crate::event_log::EventLogError> {
     let mut projection = BuildsProjection::new(keep_finished);
     scan(
         js,
         EVENTS_STREAM,
-        &projection::filters(),
+        &builds_projection::filters(),
         Start::First,
         End::Now,
         |m| {
@@ -70,7 +70,7 @@ async fn follow(
     let stream = js.get_stream(EVENTS_STREAM).await?;
     let ordered = stream
         .create_consumer(consumer::pull::OrderedConfig {
-            filter_subjects: projection::filters(),
+            filter_subjects: builds_projection::filters(),
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: from,
             },

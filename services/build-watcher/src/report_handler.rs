@@ -11,17 +11,19 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use prx_ci_proto::v1::{self, envelope::Payload};
+use prx_ci_proto::v1::envelope::Payload;
 use prx_ci_shared::bus::publish::EventPublisher;
 use prx_ci_shared::{Delivery, Handler, HandlerError};
 use time::OffsetDateTime;
 
+use prx_ci_shared::kv::{CAS_ATTEMPTS, Versioned};
+
+use crate::build_store::BuildStore;
 use crate::emit::{transition_event, transition_name};
 use crate::metrics::Metrics;
 use crate::report::{Report, ReportKind, parse_report};
-use crate::requests::CAS_ATTEMPTS;
-use crate::state::{self, Input, Lifecycle, Outcome};
-use crate::store::{BuildRecord, BuildStore, ChainData, InFlight, StoreError, Versioned, unix_ms};
+use crate::state::{self, Input, Outcome};
+use crate::watched_build::WatchedBuildRecord;
 
 /// Which consumer records requests, to tell "not processed yet" from "never requested".
 #[derive(Debug, Clone)]
@@ -50,8 +52,8 @@ impl ReportHandler {
         &self,
         report: &Report,
         delivery: &Delivery,
-        current: Versioned,
-    ) -> Result<Versioned, HandlerError> {
+        current: Versioned<WatchedBuildRecord>,
+    ) -> Result<Versioned<WatchedBuildRecord>, HandlerError> {
         if current.record.is_some() {
             return Ok(current);
         }
@@ -98,38 +100,14 @@ impl ReportHandler {
             || (info.num_pending == 0 && info.num_ack_pending == 0))
     }
 
-    fn unrequested_record(report: &Report, envelope: &v1::Envelope) -> BuildRecord {
-        let mut chain = ChainData::caused_by(envelope);
-        // The report's own chain has no push behind it.
-        chain.push_sequence = 0;
-        BuildRecord {
-            build_id: report.build_id.clone(),
-            build: (&report.build_ref()).into(),
-            requested: false,
-            chain,
-            ..Default::default()
-        }
-    }
-
-    /// Applies the report to the record and publishes the transitions; returns the record to
-    /// write and the outcome.
+    /// Publishes the transitions the state machine found in the report (deterministic ids),
+    /// then returns the record to write and the outcome.
     async fn apply(
         &self,
-        mut record: BuildRecord,
+        mut record: WatchedBuildRecord,
         report: &Report,
-    ) -> Result<(BuildRecord, Outcome), HandlerError> {
-        let ended = report.ended_phases();
-        let ended_names: Vec<&str> = ended.iter().map(|p| p.name.as_str()).collect();
-        let input = match &report.kind {
-            ReportKind::InProgress => Input::InProgress {
-                ended_phases: &ended_names,
-            },
-            ReportKind::Final(status) => Input::Final(*status),
-            ReportKind::Phase { completed_phase } => Input::Phase {
-                phase: completed_phase,
-            },
-        };
-        let outcome = state::apply(&record.state, input);
+    ) -> Result<(WatchedBuildRecord, Outcome), HandlerError> {
+        let outcome = state::apply_report(&record.state, report);
         let now = OffsetDateTime::now_utc();
         for transition in &outcome.transitions {
             let envelope = transition_event(&record, report, transition, now);
@@ -149,26 +127,7 @@ impl ReportHandler {
                 "build transition"
             );
         }
-        if !outcome.transitions.is_empty() {
-            let phases = report.phases();
-            if !phases.is_empty()
-                && matches!(report.kind, ReportKind::InProgress | ReportKind::Final(_))
-            {
-                record.phases = phases;
-            }
-            if let Lifecycle::Final { status } = outcome.state.lifecycle {
-                record.final_status = Some(status.as_str().to_owned());
-            }
-            let reported = report.build_ref();
-            if record.build.log_url.is_empty() || !record.requested {
-                record.build.log_url = reported.log_url;
-            }
-            if record.build.region.is_empty() {
-                record.build.region = reported.region;
-            }
-        }
-        record.state = outcome.state.clone();
-        record.last_heard_ms = unix_ms(now);
+        record.record_report(report, &outcome, now);
         Ok((record, outcome))
     }
 }
@@ -197,7 +156,10 @@ impl Handler for ReportHandler {
             let revision = joined.revision;
             let (record, requested) = match joined.record {
                 Some(record) => (record, true),
-                None => (Self::unrequested_record(&report, &delivery.envelope), false),
+                None => (
+                    WatchedBuildRecord::unrequested(&report, &delivery.envelope),
+                    false,
+                ),
             };
             let was_final = record.state.lifecycle.is_final();
             if was_final {
@@ -229,10 +191,13 @@ impl Handler for ReportHandler {
                 return Ok(());
             }
             let (record, outcome) = self.apply(record, &report).await?;
-            match self.store.save(&record, revision).await {
-                Ok(_) => {}
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(HandlerError::transient(e)),
+            let saved = self
+                .store
+                .save(&record, revision)
+                .await
+                .map_err(HandlerError::transient)?;
+            if saved.is_none() {
+                continue;
             }
             if record.state.lifecycle.is_final() {
                 self.store
@@ -241,11 +206,7 @@ impl Handler for ReportHandler {
                     .map_err(HandlerError::transient)?;
             } else {
                 self.store
-                    .put_in_flight(&InFlight {
-                        build_id: report.build_id.clone(),
-                        backend: record.build.backend.clone(),
-                        last_heard_ms: record.last_heard_ms,
-                    })
+                    .put_in_flight(&record.in_flight())
                     .await
                     .map_err(HandlerError::transient)?;
             }

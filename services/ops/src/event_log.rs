@@ -1,4 +1,4 @@
-//! Reading stored messages back: ranges of a stream through a short-lived ordered consumer
+//! The event log read back: ranges of a stream through a short-lived ordered consumer
 //! with subject filters (the server does the filtering, so a repository's history does not
 //! read the whole stream).
 
@@ -60,7 +60,7 @@ pub enum End {
 
 /// Why a stream could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum EventLogError {
     #[error("stream {0} does not exist")]
     NoStream(String),
     #[error("cannot read stream {stream}: {message}")]
@@ -77,7 +77,7 @@ pub async fn read_range(
     start: Start,
     end: End,
     limit: usize,
-) -> Result<(Vec<StoredMessage>, u64), StoreError> {
+) -> Result<(Vec<StoredMessage>, u64), EventLogError> {
     let mut out = VecDeque::new();
     let count = scan(js, stream, filters, start, end, |message| {
         if out.len() == limit {
@@ -99,8 +99,8 @@ pub async fn scan(
     start: Start,
     end: End,
     mut visit: impl FnMut(StoredMessage),
-) -> Result<u64, StoreError> {
-    let read_err = |e: &dyn std::fmt::Display| StoreError::Read {
+) -> Result<u64, EventLogError> {
+    let read_err = |e: &dyn std::fmt::Display| EventLogError::Read {
         stream: stream.to_owned(),
         message: e.to_string(),
     };
@@ -110,7 +110,7 @@ pub async fn scan(
             e.kind(),
             jetstream::context::GetStreamErrorKind::JetStream(_)
         ) {
-            StoreError::NoStream(stream.to_owned())
+            EventLogError::NoStream(stream.to_owned())
         } else {
             read_err(&e)
         }

@@ -1,0 +1,119 @@
+//! The `build-watcher` consumer: keeps the build records up to date with the builds the
+//! dispatcher requested (and cancelled), so reports can be joined with their request's chain
+//! and the reconciler knows what is in flight.
+
+use prx_ci_proto::v1::{self, envelope::Payload};
+use prx_ci_shared::bus::envelope::from_timestamp;
+use prx_ci_shared::codebuild::build::build_id_of;
+use prx_ci_shared::kv::Modify;
+use prx_ci_shared::{Delivery, Handler, HandlerError};
+use time::OffsetDateTime;
+
+use crate::build_store::BuildStore;
+use crate::watched_build::CancelData;
+
+/// Handles BuildRequested and BuildCancelled events.
+#[derive(Debug, Clone)]
+pub struct RequestHandler {
+    store: BuildStore,
+}
+
+/// Stores the record when a rule changed it.
+fn write_if<R>(changed: bool, result: R) -> Modify<R> {
+    if changed {
+        Modify::Write(result)
+    } else {
+        Modify::Keep(result)
+    }
+}
+
+impl RequestHandler {
+    pub fn new(store: BuildStore) -> Self {
+        Self { store }
+    }
+
+    async fn handle_requested(
+        &self,
+        envelope: &v1::Envelope,
+        request: &v1::BuildRequested,
+    ) -> Result<(), HandlerError> {
+        let Some(build) = request.build.as_ref() else {
+            return Err(HandlerError::permanent(anyhow::anyhow!(
+                "BuildRequested {} has no build reference",
+                envelope.event_id
+            )));
+        };
+        let build_id = build_id_of(&build.build_id);
+        if build_id.is_empty() {
+            // Nothing to join reports with; the backend never answered with an id.
+            tracing::warn!(event_id = %envelope.event_id, "BuildRequested without a build id; not tracked");
+            return Ok(());
+        }
+        let requested_at =
+            from_timestamp(envelope.time.as_ref()).unwrap_or_else(OffsetDateTime::now_utc);
+        let (written, record) = self
+            .store
+            .modify(build_id, |record| {
+                let changed = record.record_request(build_id, requested_at, envelope, request);
+                write_if(changed, changed)
+            })
+            .await
+            .map_err(HandlerError::transient)?;
+        if !written {
+            return Ok(()); // a redelivery
+        }
+        if !record.state.lifecycle.is_final() {
+            self.store
+                .put_in_flight(&record.in_flight())
+                .await
+                .map_err(HandlerError::transient)?;
+        }
+        tracing::debug!(build_id = %build_id, "build requested recorded");
+        Ok(())
+    }
+
+    async fn handle_cancelled(
+        &self,
+        envelope: &v1::Envelope,
+        cancelled: &v1::BuildCancelled,
+    ) -> Result<(), HandlerError> {
+        let build_id = build_id_of(
+            cancelled
+                .build
+                .as_ref()
+                .map(|b| b.build_id.as_str())
+                .unwrap_or_default(),
+        );
+        if build_id.is_empty() {
+            return Ok(());
+        }
+        let cancel = CancelData::from_event(envelope, cancelled);
+        let (known, _) = self
+            .store
+            .modify(build_id, |record| {
+                let known = !record.is_new();
+                write_if(record.record_cancel(cancel.clone()), known)
+            })
+            .await
+            .map_err(HandlerError::transient)?;
+        if !known {
+            tracing::warn!(%build_id, "cancelled build is not known; nothing to record");
+        }
+        Ok(())
+    }
+}
+
+impl Handler for RequestHandler {
+    async fn handle(&self, delivery: Delivery) -> Result<(), HandlerError> {
+        match &delivery.envelope.payload {
+            Some(Payload::BuildRequested(request)) => {
+                self.handle_requested(&delivery.envelope, request).await
+            }
+            Some(Payload::BuildCancelled(cancelled)) => {
+                self.handle_cancelled(&delivery.envelope, cancelled).await
+            }
+            // The filter only delivers the two kinds above; anything else is not ours.
+            _ => Ok(()),
+        }
+    }
+}
