@@ -7,13 +7,14 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use prx_ci_proto::v1::{self, envelope::Payload, ops_server::Ops, replay_request};
-use prx_ci_publisher::owner_store::{OwnerStore, TransferError};
-use prx_ci_publisher::ownership::{ConfigOwners, Transfer, TransferRefused};
-use prx_ci_publisher::{OwnerRecord, PublisherConfig};
 use prx_ci_shared::Runtime;
 use prx_ci_shared::bus::envelope::{Chain, from_timestamp, new_event_id};
 use prx_ci_shared::bus::subject::{self, EVENTS_STREAM, EventKind, WEBHOOKS_STREAM};
 use prx_ci_shared::domain::{Branch, CommitSha, RepoName};
+use prx_ci_shared::ownership::{
+    ConfigOwners, OwnerRecord, OwnerStore, OwnershipConfig, Transfer, TransferError,
+    TransferRefused,
+};
 use time::OffsetDateTime;
 use tokio::sync::RwLock;
 use tonic::{Request, Response, Status};
@@ -63,8 +64,8 @@ pub struct ParameterOwnership {
 }
 
 impl ParameterOwnership {
-    /// From the publisher's (validated) configuration.
-    pub fn from_publisher(config: &PublisherConfig) -> anyhow::Result<Self> {
+    /// From the ownership part of the (validated) `[publisher]` section.
+    pub fn from_publisher(config: &OwnershipConfig) -> anyhow::Result<Self> {
         Ok(Self {
             config_owners: config
                 .config_owners()
@@ -78,7 +79,7 @@ impl Default for ParameterOwnership {
     fn default() -> Self {
         Self {
             config_owners: ConfigOwners::default(),
-            parameter_prefix: PublisherConfig::default().parameter_prefix,
+            parameter_prefix: OwnershipConfig::default().parameter_prefix,
         }
     }
 }

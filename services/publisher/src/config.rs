@@ -8,9 +8,9 @@ use prx_ci_shared::config::Validate;
 use prx_ci_shared::domain::Architecture;
 use serde::Deserialize;
 
-use crate::mapping::check_parameter_name;
+use prx_ci_shared::ownership::{ConfigOwners, DEFAULT_PARAMETER_PREFIX, check_parameter_prefix};
+
 use crate::ordering::FenceSettings;
-use crate::ownership::ConfigOwners;
 
 /// Section `[publisher]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -54,7 +54,7 @@ impl Default for PublisherConfig {
     fn default() -> Self {
         Self {
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 9104)),
-            parameter_prefix: "/prx/stag/Spire/".to_owned(),
+            parameter_prefix: DEFAULT_PARAMETER_PREFIX.to_owned(),
             primary_architecture: Architecture::X86_64,
             application_code_bucket: String::new(),
             s3_force_path_style: false,
@@ -99,18 +99,7 @@ impl Validate for PublisherConfig {
                 self.concurrency
             ));
         }
-        if !self.parameter_prefix.starts_with('/') || !self.parameter_prefix.ends_with('/') {
-            return Err(format!(
-                "parameter_prefix {:?} must start and end with `/`",
-                self.parameter_prefix
-            ));
-        }
-        // The prefix followed by one level must be a valid name.
-        check_parameter_name(
-            &format!("{}x", self.parameter_prefix),
-            &self.parameter_prefix,
-        )
-        .map_err(|(_, detail)| format!("parameter_prefix: {detail}"))?;
+        check_parameter_prefix(&self.parameter_prefix)?;
         if self.write_timeout.is_zero() || self.claim_lease <= self.write_timeout * 2 {
             return Err(format!(
                 "claim_lease ({:?}) must be more than twice write_timeout ({:?})",

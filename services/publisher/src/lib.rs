@@ -1,5 +1,6 @@
 //! The publisher: for successful publishable builds, parses the `PRX_SPIRE_*_PKG_PARAMETERS`
-//! mappings, checks the build's repository owns the parameter ([`ownership`]; a first
+//! mappings, checks the build's repository owns the parameter
+//! ([`prx_ci_shared::ownership`]; a first
 //! publish claims it), checks the artifact exists, applies the per-parameter ordering fence and
 //! writes the parameter; every parameter gets a `PublishApplied` or `PublishSkipped` event.
 //!
@@ -21,16 +22,12 @@ pub mod fence;
 pub mod keys;
 pub mod mapping;
 pub mod ordering;
-pub mod owner_store;
-pub mod ownership;
 pub mod report;
 pub mod service;
 pub mod store;
 
 pub use artifacts::{ArtifactChecker, ArtifactStatus, AwsArtifactChecker, NoArtifactCheck};
 pub use config::PublisherConfig;
-pub use owner_store::{OWNERS_BUCKET, OwnerStore};
-pub use ownership::{ConfigOwners, OwnerRecord};
 pub use report::{ParameterReport, SkipRecord, parameter_report};
 pub use service::Publisher;
 pub use store::{KvParameterStore, ParameterStore, SsmParameterStore, StoreError, StoredParameter};

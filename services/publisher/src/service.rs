@@ -13,6 +13,7 @@ use prx_ci_shared::bus::consume::{ConsumerSettings, Delivery, Handler, HandlerEr
 use prx_ci_shared::bus::envelope::{Chain, derived_event_id};
 use prx_ci_shared::domain::OrderingKey;
 use prx_ci_shared::domain::push_position::display_wire;
+use prx_ci_shared::ownership::{Checked, ConfigOwners, OwnerRecord, OwnerStore};
 use prx_ci_shared::run_consumer;
 use prx_ci_shared::{CancellationToken, Runtime};
 use time::OffsetDateTime;
@@ -24,8 +25,6 @@ use crate::eligibility::{self, Override, Verdict};
 use crate::fence::{Position, Publication, Stale};
 use crate::mapping::{self, Item, Rejected, Target};
 use crate::ordering::{FenceError, FenceMetrics, FenceOutcome, KvFence};
-use crate::owner_store::{Checked, OwnerStore};
-use crate::ownership::{ConfigOwners, OwnerRecord};
 use crate::report::{SkipLog, SkipRecord};
 use crate::store::{ParameterStore, StoreError};
 

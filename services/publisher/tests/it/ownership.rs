@@ -5,12 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use prx_ci_proto::v1::{self, PublishSkipReason, envelope::Payload};
-use prx_ci_publisher::ownership::{ACTION_CLAIM, OwnerRecord};
 use prx_ci_publisher::{
-    KvParameterStore, NoArtifactCheck, OwnerStore, ParameterStore, PublisherConfig,
-    parameter_report,
+    KvParameterStore, NoArtifactCheck, ParameterStore, PublisherConfig, parameter_report,
 };
 use prx_ci_shared::domain::Architecture;
+use prx_ci_shared::ownership::{ACTION_CLAIM, OwnerRecord, OwnerStore};
 use prx_ci_shared::testing::NatsServer;
 
 use crate::utils::{
