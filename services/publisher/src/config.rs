@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use prx_ci_shared::ownership::{ConfigOwners, DEFAULT_PARAMETER_PREFIX, check_parameter_prefix};
 
-use crate::ordering::FenceSettings;
+use crate::fence_store::FenceSettings;
 
 /// Section `[publisher]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

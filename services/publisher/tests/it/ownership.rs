@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use prx_ci_proto::v1::{self, PublishSkipReason, envelope::Payload};
 use prx_ci_publisher::{
-    KvParameterStore, NoArtifactCheck, ParameterStore, PublisherConfig, parameter_report,
+    KvParameterStore, NoArtifactCheck, ParameterStore, PublisherConfig, parameter_views,
 };
 use prx_ci_shared::domain::Architecture;
 use prx_ci_shared::ownership::{ACTION_CLAIM, OwnerRecord, OwnerStore};
@@ -123,7 +123,7 @@ async fn a_build_mapping_a_parameter_another_repository_owns_writes_nothing() {
     );
 
     // `prx-ci params` shows the skip like any other.
-    let report = parameter_report(&rt.js, ssm.as_ref(), "/prx/stag/Spire/")
+    let report = parameter_views(&rt.js, ssm.as_ref(), "/prx/stag/Spire/")
         .await
         .unwrap();
     let line = report.iter().find(|r| r.parameter == victim).unwrap();
