@@ -8,7 +8,9 @@ use prx_ci_shared::config::Validate;
 use prx_ci_shared::domain::Architecture;
 use serde::Deserialize;
 
-use prx_ci_shared::ownership::{ConfigOwners, DEFAULT_PARAMETER_PREFIX, check_parameter_prefix};
+use prx_ci_shared::ownership::{
+    ConfigOwners, DEFAULT_PARAMETER_PREFIX, OwnershipConfig, check_parameter_prefix,
+};
 
 use crate::fence_store::FenceSettings;
 
@@ -85,6 +87,14 @@ impl PublisherConfig {
         }
     }
 
+    /// The ownership part of the section, as other services read it.
+    pub fn ownership(&self) -> OwnershipConfig {
+        OwnershipConfig {
+            parameter_prefix: self.parameter_prefix.clone(),
+            owners: self.owners.clone(),
+        }
+    }
+
     /// The validated `[publisher.owners]` table.
     pub fn config_owners(&self) -> Result<ConfigOwners, String> {
         ConfigOwners::parse(&self.owners, &self.parameter_prefix)
@@ -121,6 +131,30 @@ mod tests {
     use prx_ci_shared::config::load_from;
 
     use super::*;
+
+    #[test]
+    fn the_ops_api_reads_the_same_ownership_the_publisher_enforces() {
+        assert_eq!(
+            PublisherConfig::default().ownership(),
+            OwnershipConfig::default()
+        );
+        let config = PublisherConfig {
+            parameter_prefix: "/team/".into(),
+            owners: BTreeMap::from([("/team/App/".to_owned(), "PRX/app".to_owned())]),
+            ..PublisherConfig::default()
+        };
+        let ownership = config.ownership();
+        assert_eq!(ownership.parameter_prefix, "/team/");
+        assert_eq!(ownership.config_owners(), config.config_owners());
+        assert_eq!(
+            ownership
+                .config_owners()
+                .unwrap()
+                .owner_of("/team/App/pkg/x")
+                .map(|o| o.repository.as_str()),
+            Some("PRX/app")
+        );
+    }
 
     #[test]
     fn example_config_parses_to_the_defaults() {
