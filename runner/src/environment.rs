@@ -15,6 +15,8 @@
 
 use std::collections::BTreeMap;
 
+use prx_ci_shared::codebuild::env;
+
 use crate::config::{DEFAULT_INHERIT_ENV, LocalRunnerConfig};
 
 /// The `CODEBUILD_*` values of one build.
@@ -38,14 +40,14 @@ pub fn reported_variables(
 ) -> BTreeMap<String, String> {
     let mut vars = BTreeMap::new();
     vars.insert(
-        "PRX_AWS_ACCOUNT_ID".to_owned(),
+        env::AWS_ACCOUNT_ID.to_owned(),
         config.aws_account_id.clone(),
     );
     vars.insert(
-        "PRX_APPLICATION_CODE_BUCKET".to_owned(),
+        env::APPLICATION_CODE_BUCKET.to_owned(),
         config.application_code_bucket.clone(),
     );
-    vars.insert("PRX_CI_LOCAL".to_owned(), "true".to_owned());
+    vars.insert(env::CI_LOCAL.to_owned(), "true".to_owned());
     if !untrusted {
         vars.extend(config.environment.clone());
     }
@@ -86,7 +88,7 @@ pub fn process_environment(
         ("CODEBUILD_BUILD_ARN", builtins.build_id.clone()),
         ("CODEBUILD_BUILD_IMAGE", "local".to_owned()),
         ("CODEBUILD_BUILD_SUCCEEDING", "1".to_owned()),
-        ("CODEBUILD_INITIATOR", crate::report::INITIATOR.to_owned()),
+        ("CODEBUILD_INITIATOR", crate::reporter::INITIATOR.to_owned()),
         ("CODEBUILD_SRC_DIR", builtins.src_dir.clone()),
         ("CODEBUILD_SOURCE_VERSION", builtins.source_version.clone()),
         (

@@ -2,9 +2,9 @@
 //! every assertion is on the `BuildReportReceived` envelopes read back from PRX_EVENTS (and the
 //! CodeBuild events inside them), or on files the builds wrote.
 
+use prx_ci_shared::testing::git::git;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,28 +32,6 @@ impl Repo {
     fn url(&self) -> String {
         format!("file://{}", self.dir.path().display())
     }
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// A repository whose single commit holds `buildspec.yml` and `files` (path, content, mode).

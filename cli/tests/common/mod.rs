@@ -7,7 +7,6 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use prx_ci::system::{LocalSystem, SystemConfig};
@@ -173,19 +172,6 @@ impl Repo {
     }
 
     pub fn git(&self, args: &[&str]) -> String {
-        let output = Command::new("git")
-            .arg("-C")
-            .arg(&self.path)
-            .args(["-c", "user.name=T", "-c", "user.email=t@prx.invalid"])
-            .args(["-c", "commit.gpgsign=false"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        prx_ci_shared::testing::git::git(&self.path, args)
     }
 }

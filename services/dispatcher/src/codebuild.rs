@@ -10,12 +10,10 @@ use aws_sdk_codebuild::types::{
 use prx_ci_shared::codebuild::backend::{
     BackendError, BuildBackend, StartBuild, StartedBuild, StopOutcome,
 };
+use prx_ci_shared::codebuild::build::{CODEBUILD_BACKEND, build_id_of, console_log_url};
 use prx_ci_shared::domain::Architecture;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
-
-/// Name of this backend in build references.
-pub const BACKEND_NAME: &str = "codebuild";
 
 /// Longest idempotency token sent as is; longer request ids are hashed (CodeBuild limits the
 /// token's length, and a UUID-based request id is 36 characters anyway).
@@ -129,34 +127,6 @@ pub fn idempotency_token(request_id: &str) -> String {
     }
 }
 
-/// The id `StopBuild`/`BatchGetBuilds` take (`project:uuid`) from a build ARN or id.
-pub fn build_id_of(arn_or_id: &str) -> &str {
-    arn_or_id
-        .split_once(":build/")
-        .map_or(arn_or_id, |(_, id)| id)
-}
-
-/// The CodeBuild console page of a build's log.
-pub fn log_url(region: &str, arn_or_id: &str) -> String {
-    let id = build_id_of(arn_or_id);
-    let project = id.split_once(':').map_or(id, |(project, _)| project);
-    // `arn:aws:codebuild:<region>:<account>:build/<project>:<uuid>`
-    let account = arn_or_id
-        .strip_prefix("arn:")
-        .and_then(|rest| rest.split(':').nth(3))
-        .unwrap_or_default();
-    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.');
-    let encode = |s: &str| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string();
-    format!(
-        "https://{region}.console.aws.amazon.com/codesuite/codebuild/{account}/projects/{}/build/{}/log?region={region}",
-        encode(project),
-        encode(id)
-    )
-}
-
 fn classify<E>(what: &str, err: &SdkError<E, HttpResponse>) -> BackendError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -225,9 +195,9 @@ impl BuildBackend for CodeBuildBackend {
             .to_owned();
         tracing::info!(%build_id, %project, commit = %request.commit, architecture = %request.architecture, untrusted = request.untrusted, "CodeBuild build started");
         Ok(StartedBuild {
-            log_url: log_url(&self.region, &build_id),
+            log_url: console_log_url(&self.region, &build_id),
             build_id,
-            backend: BACKEND_NAME.to_owned(),
+            backend: CODEBUILD_BACKEND.to_owned(),
             project,
             region: self.region.clone(),
         })
@@ -306,7 +276,7 @@ mod tests {
         assert_eq!(build_id_of(arn), "infrastructure-ci-Runner2:0b5e-11");
         assert_eq!(build_id_of("p:1"), "p:1");
         assert_eq!(
-            log_url("us-east-1", arn),
+            console_log_url("us-east-1", arn),
             "https://us-east-1.console.aws.amazon.com/codesuite/codebuild/123456789012/projects/infrastructure-ci-Runner2/build/infrastructure-ci-Runner2%3A0b5e-11/log?region=us-east-1"
         );
     }

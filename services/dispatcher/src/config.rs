@@ -16,7 +16,7 @@ pub struct DispatcherConfig {
     /// Address of `/healthz`, `/readyz`, `/metrics` (binary only). Default `127.0.0.1:9102`.
     pub ops_listen: SocketAddr,
     /// Webhooks handled at once. Default 4. Pushes of one ordering key handled at the same
-    /// time still supersede correctly (the lane record is compare-and-set).
+    /// time still supersede correctly (the in-flight builds record is compare-and-set).
     pub concurrency: usize,
     /// Stop in-flight builds of a pull request when a newer push to it is dispatched.
     /// Default true.

@@ -1,13 +1,9 @@
-//! The webhook handler: decision, buildspec lookup, build starts (at most once per webhook and
-//! architecture), the decision events, and the stopping of superseded builds.
+//! The webhook handler: load, ask the decision, start and stop builds, store, publish.
 //!
-//! Idempotence: everything a webhook produces is keyed by its *dispatch id* (the GitHub
-//! delivery id for GitHub deliveries, so a delivery stored again, replayed or redelivered at
-//! any later time maps to the same builds; the event id otherwise). Event ids are derived from
-//! it, so re-publishing collapses in JetStream's duplicate window; started builds are recorded
-//! in KV right after `StartBuild`, so a later redelivery re-announces the recorded build
-//! instead of starting one (CodeBuild's idempotency token only covers five minutes).
-//! Residual risk: a crash after `StartBuild` succeeded and before the record was written,
+//! Idempotence: everything a webhook produces is keyed by its dispatch id
+//! ([`decision::dispatch_id`]); started builds are recorded in KV right after `StartBuild`, so
+//! a later redelivery re-announces the recorded build instead of starting one (CodeBuild's
+//! idempotency token only covers five minutes). Residual risk: a crash after `StartBuild` succeeded and before the record was written,
 //! followed by a redelivery more than five minutes later (the token has expired), starts a
 //! second build of the same commit; the first one runs unannounced (the build-watcher sees a
 //! build nobody requested). The window is one KV write long.
@@ -15,86 +11,21 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
-use prx_ci_proto::v1::{self, Envelope, envelope::Payload};
+use prx_ci_proto::v1::{Envelope, envelope::Payload};
 use prx_ci_shared::bus::consume::{Delivery, Handler, HandlerError};
-use prx_ci_shared::bus::envelope::{Chain, derived_event_id, from_timestamp};
+use prx_ci_shared::bus::envelope::{Chain, from_timestamp};
 use prx_ci_shared::bus::publish::EventPublisher;
-use prx_ci_shared::codebuild::backend::{BackendError, BuildBackend, StartBuild, StopOutcome};
+use prx_ci_shared::codebuild::backend::{BackendError, BuildBackend, StopOutcome};
 use prx_ci_shared::domain::Architecture;
 use prx_ci_shared::domain::push_position::PushPosition;
+use time::OffsetDateTime;
 
 use crate::buildspec::{Buildspec, BuildspecError, BuildspecRequest, BuildspecSource};
 use crate::config::DispatcherConfig;
-use crate::decision::{self, BuildPlan, PlannedBuild, Skip, SkipReason};
-use crate::lane::{InflightBuild, LaneUpdate, Push};
-use crate::store::DispatchStore;
-
-/// The dispatcher's own metrics.
-#[derive(Debug, Clone)]
-pub struct DispatcherMetrics {
-    decisions: Family<DecisionLabels, Counter>,
-    builds_started: Family<ArchitectureLabels, Counter>,
-    builds_reannounced: Counter,
-    builds_cancelled: Counter,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DecisionLabels {
-    /// `build` or `skip`.
-    outcome: String,
-    /// The skip reason ("" for builds).
-    reason: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ArchitectureLabels {
-    architecture: String,
-}
-
-impl DispatcherMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self {
-            decisions: Family::default(),
-            builds_started: Family::default(),
-            builds_reannounced: Counter::default(),
-            builds_cancelled: Counter::default(),
-        };
-        registry.register(
-            "prx_ci_dispatcher_decisions",
-            "Webhooks decided, by outcome and skip reason",
-            metrics.decisions.clone(),
-        );
-        registry.register(
-            "prx_ci_dispatcher_builds_started",
-            "Builds started through the backend",
-            metrics.builds_started.clone(),
-        );
-        registry.register(
-            "prx_ci_dispatcher_builds_reannounced",
-            "Redelivered webhooks whose build was already started (announced again, not restarted)",
-            metrics.builds_reannounced.clone(),
-        );
-        registry.register(
-            "prx_ci_dispatcher_builds_cancelled",
-            "Superseded builds stopped",
-            metrics.builds_cancelled.clone(),
-        );
-        metrics
-    }
-
-    fn decision(&self, outcome: &str, reason: &str) {
-        self.decisions
-            .get_or_create(&DecisionLabels {
-                outcome: outcome.to_owned(),
-                reason: reason.to_owned(),
-            })
-            .inc();
-    }
-}
+use crate::decision::{self, BuildPlan, PlannedBuild, Skip, SkipReason, events};
+use crate::dispatch_store::DispatchStore;
+use crate::inflight::{InflightBuild, InflightUpdate, Push};
+use crate::metrics::DispatcherMetrics;
 
 /// Handles `WebhookReceived` events of the `dispatcher` consumer.
 #[derive(Debug)]
@@ -107,24 +38,6 @@ pub struct DispatchHandler {
     metrics: DispatcherMetrics,
 }
 
-/// The id everything a webhook produces derives from (see the module docs).
-pub fn dispatch_id(envelope: &Envelope, webhook: &v1::WebhookReceived) -> String {
-    let from_github = matches!(
-        v1::Origin::try_from(webhook.origin),
-        Ok(v1::Origin::Github | v1::Origin::Unspecified)
-    );
-    if from_github && !webhook.delivery_id.is_empty() {
-        format!("github-delivery:{}", webhook.delivery_id)
-    } else {
-        envelope.event_id.clone()
-    }
-}
-
-/// The stable id of the build request for one architecture (the backend's idempotency key).
-pub fn build_request_id(dispatch_id: &str, architecture: Architecture) -> String {
-    derived_event_id(dispatch_id, &["build.request", architecture.as_str()])
-}
-
 fn transient(err: impl Into<anyhow::Error>) -> HandlerError {
     HandlerError::Transient(err.into())
 }
@@ -132,21 +45,12 @@ fn transient(err: impl Into<anyhow::Error>) -> HandlerError {
 /// When ingress stored the webhook, in seconds: GitHub's time of the push for payloads that
 /// carry none.
 fn received_at(delivery: &Delivery) -> i64 {
-    from_timestamp(delivery.envelope.time.as_ref()).map_or(0, time::OffsetDateTime::unix_timestamp)
+    from_timestamp(delivery.envelope.time.as_ref()).map_or(0, OffsetDateTime::unix_timestamp)
 }
 
-/// The position a skipped webhook's events carry: GitHub's time when the plan knows it, no
-/// chain (skips order nothing).
+/// The position a skipped webhook's events carry (see [`events::skip_position`]).
 fn skip_position(delivery: &Delivery, plan: Option<&BuildPlan>) -> u64 {
-    let pushed_at = plan
-        .and_then(|p| p.pushed_at)
-        .unwrap_or_else(|| received_at(delivery));
-    PushPosition::new(
-        pushed_at,
-        PushPosition::CHAIN_MIDDLE,
-        delivery.stream_sequence,
-    )
-    .wire()
+    events::skip_position(plan, received_at(delivery), delivery.stream_sequence)
 }
 
 impl DispatchHandler {
@@ -183,10 +87,6 @@ impl DispatchHandler {
         push_sequence: u64,
         skip: Skip,
     ) -> Result<(), HandlerError> {
-        let mut chain = Chain::caused_by(cause);
-        if let Some(key) = &skip.ordering_key {
-            chain = chain.with_ordering(key, push_sequence);
-        }
         tracing::info!(
             reason = skip.reason.name(),
             detail = %skip.detail,
@@ -194,9 +94,12 @@ impl DispatchHandler {
             commit = %skip.commit,
             "build skipped"
         );
-        let envelope = chain.envelope(
-            derived_event_id(dispatch_id, &["build.skipped"]),
-            Payload::BuildSkipped(skip.to_proto()),
+        let envelope = events::skipped(
+            cause,
+            dispatch_id,
+            push_sequence,
+            &skip,
+            OffsetDateTime::now_utc(),
         );
         self.publish(&envelope).await?;
         self.metrics.decision("skip", skip.reason.name());
@@ -271,7 +174,7 @@ impl DispatchHandler {
             let envelope = match recorded.remove(&build.architecture) {
                 Some(envelope) => {
                     tracing::info!(architecture = %build.architecture, "build already started for this webhook; announcing it again");
-                    self.metrics.builds_reannounced.inc();
+                    self.metrics.build_reannounced();
                     envelope
                 }
                 None => {
@@ -322,20 +225,10 @@ impl DispatchHandler {
         buildspec: &str,
         build: PlannedBuild,
     ) -> Result<Envelope, HandlerError> {
-        let request_id = build_request_id(dispatch_id, build.architecture);
+        let request_id = decision::build_request_id(dispatch_id, build.architecture);
         let started = self
             .backend
-            .start(StartBuild {
-                request_id: request_id.clone(),
-                repository: plan.repository.clone(),
-                commit: plan.commit.clone(),
-                architecture: build.architecture,
-                clone_url: plan.clone_url.clone(),
-                source_version: plan.source_version().to_owned(),
-                buildspec: buildspec.to_owned(),
-                environment: build.environment.clone(),
-                untrusted: plan.is_fork(),
-            })
+            .start(plan.start_request(request_id.clone(), buildspec, &build))
             .await
             .map_err(|err| match err {
                 BackendError::Transient(e) => HandlerError::Transient(e),
@@ -350,48 +243,24 @@ impl DispatchHandler {
             fork = plan.is_fork(),
             "build requested"
         );
-        self.metrics
-            .builds_started
-            .get_or_create(&ArchitectureLabels {
-                architecture: build.architecture.as_str().to_owned(),
-            })
-            .inc();
-        let envelope = chain.envelope(
-            derived_event_id(
-                dispatch_id,
-                &["build.requested", build.architecture.as_str()],
-            ),
-            Payload::BuildRequested(v1::BuildRequested {
-                build: Some(v1::BuildRef {
-                    build_id: started.build_id,
-                    build_request_id: request_id,
-                    repository: plan.repository.to_string(),
-                    commit: plan.commit.to_string(),
-                    architecture: build.architecture.to_proto() as i32,
-                    backend: started.backend,
-                    project: started.project,
-                    region: started.region,
-                    log_url: started.log_url,
-                }),
-                environment: build.environment.into_iter().collect(),
-                buildspec: buildspec.to_owned(),
-                clone_url: plan.clone_url.clone(),
-                source_version: plan.source_version().to_owned(),
-                event_name: plan.event_name.clone(),
-                action: plan.action.clone(),
-                fork: plan.is_fork(),
-                branch: plan.branch().to_owned(),
-                pull_request: plan.pull_request(),
-            }),
+        self.metrics.build_started(build.architecture);
+        let architecture = build.architecture;
+        let envelope = plan.requested(
+            chain,
+            dispatch_id,
+            buildspec,
+            build,
+            started,
+            OffsetDateTime::now_utc(),
         );
         self.store
-            .record_dispatched(dispatch_id, build.architecture, &envelope)
+            .record_dispatched(dispatch_id, architecture, &envelope)
             .await
             .map_err(transient)
     }
 
-    /// Records this push on its lane and stops what it supersedes (or, when a newer push got
-    /// there first, its own builds).
+    /// Records this push in its ordering key's in-flight builds and stops what it supersedes
+    /// (or, when a newer push got there first, its own builds).
     async fn supersede(
         &self,
         plan: &BuildPlan,
@@ -401,20 +270,10 @@ impl DispatchHandler {
             return Ok(());
         };
         // From the recorded envelopes: a delivery stored again is still the original push.
-        let push = Push {
-            sequence: first.push_sequence,
-            commit: plan.commit.to_string(),
-            event_id: first.causation_id.clone(),
-        };
+        let push = Push::announced_in(first, plan.commit.as_str());
         let builds: Vec<InflightBuild> = requested
             .iter()
-            .filter_map(|e| match &e.payload {
-                Some(Payload::BuildRequested(r)) => r
-                    .build
-                    .as_ref()
-                    .map(|b| InflightBuild::from_build_ref(b, e.push_sequence, &e.correlation_id)),
-                _ => None,
-            })
+            .filter_map(InflightBuild::requested_in)
             .collect();
         let update = self
             .store
@@ -422,8 +281,8 @@ impl DispatchHandler {
             .await
             .map_err(transient)?;
         let (to_stop, by) = match update {
-            LaneUpdate::Latest(state) => (state.to_stop, push),
-            LaneUpdate::Superseded { by } => {
+            InflightUpdate::Latest(state) => (state.to_stop, push),
+            InflightUpdate::Superseded { by } => {
                 tracing::info!(
                     newer_sequence = by.sequence,
                     newer_commit = %by.commit,
@@ -438,21 +297,21 @@ impl DispatchHandler {
         let mut done = Vec::new();
         let mut failure = None;
         for build in &to_stop {
-            match self.backend.stop(&build.build_id).await {
+            match self.backend.stop(build.build_id()).await {
                 Ok(StopOutcome::Stopped) => {
                     self.cancelled(plan, build, &by).await?;
-                    done.push(build.build_id.clone());
+                    done.push(build.build_id().to_owned());
                 }
                 Ok(StopOutcome::AlreadyFinished) => {
-                    tracing::debug!(build_id = %build.build_id, "superseded build had already finished");
-                    done.push(build.build_id.clone());
+                    tracing::debug!(build_id = %build.build_id(), "superseded build had already finished");
+                    done.push(build.build_id().to_owned());
                 }
                 Err(BackendError::Permanent(err)) => {
-                    tracing::warn!(build_id = %build.build_id, error = format!("{err:#}"), "cannot stop superseded build; leaving it");
-                    done.push(build.build_id.clone());
+                    tracing::warn!(build_id = %build.build_id(), error = format!("{err:#}"), "cannot stop superseded build; leaving it");
+                    done.push(build.build_id().to_owned());
                 }
                 Err(BackendError::Transient(err)) => {
-                    tracing::warn!(build_id = %build.build_id, error = format!("{err:#}"), "cannot stop superseded build yet");
+                    tracing::warn!(build_id = %build.build_id(), error = format!("{err:#}"), "cannot stop superseded build yet");
                     failure = Some(err);
                 }
             }
@@ -477,31 +336,15 @@ impl DispatchHandler {
         by: &Push,
     ) -> Result<(), HandlerError> {
         tracing::info!(
-            build_id = %build.build_id,
-            commit = %build.commit,
+            build_id = %build.build_id(),
+            commit = %build.build.commit,
             superseded_by_sequence = by.sequence,
             superseded_by_commit = %by.commit,
             "superseded build stopped"
         );
-        // The cancelled build's own chain: its push's ordering and sequence. One cancellation
-        // per build: the id depends on the build only.
-        let chain = Chain {
-            correlation_id: build.correlation_id.clone(),
-            causation_id: by.event_id.clone(),
-            ordering_key: Some(plan.ordering_key.to_proto()),
-            push_sequence: build.push_sequence,
-        };
-        let envelope = chain.envelope(
-            derived_event_id(&build.build_id, &["build.cancelled"]),
-            Payload::BuildCancelled(v1::BuildCancelled {
-                build: Some(build.to_build_ref()),
-                superseded_by_sequence: by.sequence,
-                superseded_by_commit: by.commit.clone(),
-                superseded_by_event_id: by.event_id.clone(),
-            }),
-        );
+        let envelope = events::cancelled(&plan.ordering_key, build, by, OffsetDateTime::now_utc());
         self.publish(&envelope).await?;
-        self.metrics.builds_cancelled.inc();
+        self.metrics.build_cancelled();
         Ok(())
     }
 }
@@ -513,7 +356,7 @@ impl Handler for DispatchHandler {
                 "not a WebhookReceived event"
             )));
         };
-        let dispatch_id = dispatch_id(&delivery.envelope, webhook);
+        let dispatch_id = decision::dispatch_id(&delivery.envelope, webhook);
         tracing::debug!(event = %webhook.event_name, repository = %webhook.repository, %dispatch_id, "deciding");
         match decision::decide(&webhook.event_name, &webhook.payload, &self.config.rules) {
             Err(skip) => {

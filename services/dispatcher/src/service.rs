@@ -1,4 +1,4 @@
-//! The running service: the `dispatcher` durable consumer on `PRX_WEBHOOKS` with the handler.
+//! Wiring only: the `dispatcher` consumer on `PRX_WEBHOOKS`, its store, metrics and handler.
 
 use std::sync::Arc;
 
@@ -13,8 +13,9 @@ use prx_ci_shared::{CancellationToken, Runtime};
 
 use crate::buildspec::BuildspecSource;
 use crate::config::DispatcherConfig;
-use crate::handler::{DispatchHandler, DispatcherMetrics};
-use crate::store::DispatchStore;
+use crate::dispatch_store::DispatchStore;
+use crate::handler::DispatchHandler;
+use crate::metrics::DispatcherMetrics;
 
 /// Durable consumer name (`deploy/nats/consumers/dispatcher.json`).
 pub const CONSUMER: &str = "dispatcher";

@@ -3,17 +3,10 @@
 //! redeliveries are stored once), and answers 202 only after the store's ack.
 //!
 //! # Running it
-//! ```text
-//! let mut registry = Registry::default();
-//! let rt = Runtime::connect(&nats, "ingress", &mut registry).await?;   // or Runtime::from_client
-//! rt.provision(nats.replicas).await?;
-//! let config = IngressConfig::load(config_file)?;                      // [ingress] + PRX_CI_WEBHOOK_SECRET
-//! let ingress = Ingress::new(rt, config.clone(), &mut registry)?;      // validates, registers metrics
-//! // ... construct the other services with the same `&mut registry` ...
-//! let registry = Arc::new(registry);
-//! let listener = TcpListener::bind(config.listen).await?;
-//! ingress.run(listener, registry, shutdown).await?;                    // webhook + /healthz /readyz /metrics
-//! ```
+//! [`IngressConfig::load`] (`[ingress]` plus `PRX_CI_WEBHOOK_SECRET`), [`Ingress::new`] (validates,
+//! registers the metrics in the process-wide registry), then [`Ingress::run`] on a
+//! `TcpListener` (the webhook plus `/healthz`, `/readyz`, `/metrics`): see `src/main.rs` and, for
+//! `prx-ci up`, `cli/src/system.rs`.
 //! The ops endpoints are served on the webhook listener (or, with `[ingress] metrics_listen`,
 //! `/metrics` on a listener of its own) and render the registry passed to [`Ingress::run`]:
 //! `prx-ci up` passes its single process-wide registry, so `/metrics` shows every service's
@@ -34,6 +27,7 @@
 
 pub mod budget;
 pub mod config;
+pub mod handler;
 pub mod metrics;
 mod server;
 pub mod service;

@@ -3,40 +3,54 @@
 //!
 //! - [`view`] folds a build's events into its view (idempotent, state only moves forward);
 //! - [`render`] turns a view into the Slack message (pure; snapshot-tested), putting every
-//!   value into text only through [`mrkdwn`]'s escaper and link builder;
-//! - [`status`] turns a view into the commit status it calls for (pure);
-//! - [`store`] keeps per-build records in the KV bucket `prx_ci_notifications`;
-//! - [`chat`] / [`slack`] and [`statuses`] are the delivery ports and their adapters;
+//!   value into text only through [`mrkdwn`]'s escaper and link builder, and console links
+//!   through [`console_links`];
+//! - [`commit_status`] turns a view into the commit status it calls for (pure);
+//! - [`notification_record`] is the per-build record and its rules (the lease, what a delivery
+//!   records), kept by [`notification_store`] in the KV bucket `prx_ci_notifications`;
+//! - [`chat`] / [`slack`] and [`github_status`] are the delivery ports and their adapters;
 //! - [`commits`] lists a push's commits through GitHub's compare API;
-//! - [`service`] wires it: durable consumer `notifier`, per-channel paced and coalescing
-//!   delivery, the status write budget.
+//! - [`handler`] folds the consumed events; [`chat_delivery`] and [`status_delivery`] deliver,
+//!   per-channel paced and coalescing, within the status write budget;
+//! - [`service`] wires it (durable consumer `notifier`); [`metrics`] holds its metrics.
 //!
-//! # Wiring (`prx-ci up`)
-//! ```text
-//! let notifier = Notifier::new(
-//!     runtime,
-//!     notifier_config,
-//!     prx_ci_notifier::chat_sink(&notifier_config.slack)?,     // no token: LogChatSink
-//!     prx_ci_notifier::status_sink(&github, &notifier_config.statuses)?, // no token: LogStatusSink
-//!     prx_ci_notifier::commit_source(&github)?,                // no token: None
-//!     &mut registry,
-//! )?;
-//! notifier.run(shutdown).await?;
+//! # Wiring
+//! [`chat_sink`], [`status_sink`] and [`commit_source`] pick the adapters from the
+//! configuration (no token: the log, no commit lists), as `prx-ci up` and the binary do:
+//! ```no_run
+//! # async fn wire(
+//! #     runtime: prx_ci_shared::Runtime,
+//! #     config: prx_ci_notifier::NotifierConfig,
+//! #     github: prx_ci_shared::github::GitHubConfig,
+//! #     shutdown: prx_ci_shared::CancellationToken,
+//! # ) -> anyhow::Result<()> {
+//! let mut registry = prometheus_client::registry::Registry::default();
+//! let chat = prx_ci_notifier::chat_sink(&config.slack)?;
+//! let statuses = prx_ci_notifier::status_sink(&github, &config.statuses)?;
+//! let commits = prx_ci_notifier::commit_source(&github)?;
+//! let notifier =
+//!     prx_ci_notifier::Notifier::new(runtime, config, chat, statuses, commits, &mut registry)?;
+//! notifier.run(shutdown).await
+//! # }
 //! ```
-//! In local mode (no Slack token, no GitHub token) pass `Arc::new(LogChatSink::new())`,
-//! `Arc::new(LogStatusSink)` and `None`: the rendered messages and statuses go to the log.
 
 pub mod chat;
+pub mod chat_delivery;
+pub mod commit_status;
 pub mod commits;
 pub mod config;
+pub mod console_links;
+pub mod github_status;
+pub mod handler;
+pub mod metrics;
 pub mod mrkdwn;
+pub mod notification_record;
+pub mod notification_store;
 pub mod queue;
 pub mod render;
 pub mod service;
 pub mod slack;
-pub mod status;
-pub mod statuses;
-pub mod store;
+pub mod status_delivery;
 pub mod view;
 
 use std::sync::Arc;
@@ -46,9 +60,11 @@ use prx_ci_shared::github::{GitHubClient, GitHubConfig};
 pub use chat::{ChatSink, LogChatSink};
 pub use commits::{CommitSource, GitHubCommitSource};
 pub use config::NotifierConfig;
-pub use service::{DeliveryStats, Notifier};
+pub use github_status::{GitHubStatusSink, LogStatusSink, StatusSink};
+pub use metrics::DeliveryStats;
+pub use notification_record::NotificationRecord;
+pub use service::Notifier;
 pub use slack::SlackClient;
-pub use statuses::{GitHubStatusSink, LogStatusSink, StatusSink};
 
 /// Slack when `config` has a token, else the log.
 pub fn chat_sink(config: &config::SlackConfig) -> anyhow::Result<Arc<dyn ChatSink>> {

@@ -10,28 +10,18 @@
 //! through [`mrkdwn::escape`] and links through [`mrkdwn::link`], with URL components encoded,
 //! so no build can mention anyone or forge a link.
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use prx_ci_shared::codebuild::env;
+use prx_ci_shared::domain::short_sha;
 use serde::Serialize;
 
 use crate::commits::CommitsCache;
 use crate::config::LinkConfig;
+use crate::console_links::Links;
 use crate::mrkdwn::{self, escape, link, replace_links};
 use crate::view::{BuildState, BuildView, PublishView};
 
 /// Slack's limit for the text of one section block (and the original's guard).
 pub const MAX_SECTION_CHARS: usize = 3000;
-
-/// Characters JavaScript's `encodeURIComponent` leaves alone (the original's encoding).
-const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'!')
-    .remove(b'~')
-    .remove(b'*')
-    .remove(b'\'')
-    .remove(b'(')
-    .remove(b')');
 
 /// Amber: in progress (and anything unknown).
 pub const COLOR_IN_PROGRESS: &str = "#daa038";
@@ -157,10 +147,6 @@ fn github_url(repository: &str, kind: &str, id: &str) -> Option<String> {
     })
 }
 
-fn short(sha: &str) -> &str {
-    sha.get(..7).unwrap_or(sha)
-}
-
 fn is_zero_sha(sha: &str) -> bool {
     sha.is_empty() || sha.bytes().all(|b| b == b'0')
 }
@@ -184,97 +170,7 @@ pub fn image_tag(value: &str) -> Option<String> {
     let is_hex = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_hexdigit());
     let position = parts.iter().position(|p| is_hex(p))?;
     parts.drain(..position);
-    Some(short(parts.first()?).to_owned())
-}
-
-/// Builds console links, wrapped in the IAM Identity Center deep link when configured.
-#[derive(Debug, Clone)]
-struct Links<'a> {
-    config: &'a LinkConfig,
-    region: &'a str,
-    account: Option<String>,
-}
-
-impl<'a> Links<'a> {
-    fn new(config: &'a LinkConfig, view: &'a BuildView) -> Self {
-        // The account: the build ARN's (`arn:aws:codebuild:<region>:<account>:build/...`), else
-        // the project's `PRX_AWS_ACCOUNT_ID`, else the configured one.
-        let from_arn = view
-            .build_id
-            .strip_prefix("arn:")
-            .and_then(|arn| arn.split(':').nth(3))
-            .filter(|a| !a.is_empty())
-            .map(str::to_owned);
-        Self {
-            config,
-            region: &view.region,
-            account: from_arn
-                .or_else(|| view.var("PRX_AWS_ACCOUNT_ID").map(str::to_owned))
-                .or_else(|| config.account_id.clone()),
-        }
-    }
-
-    fn console(&self, url: String) -> String {
-        match (&self.config.sso_start_url, &self.account) {
-            (Some(start), Some(account)) => format!(
-                "{}/#/console?account_id={}&role_name={}&destination={}",
-                start.trim_end_matches('/'),
-                utf8_percent_encode(account, URI_COMPONENT),
-                utf8_percent_encode(&self.config.sso_role_name, URI_COMPONENT),
-                utf8_percent_encode(&url, URI_COMPONENT)
-            ),
-            _ => url,
-        }
-    }
-
-    /// The account, path-encoded, when console links can be made: the region is part of the
-    /// host name, so it must look like one (`us-east-1`), or there is no link.
-    fn aws_ready(&self) -> Option<String> {
-        let region_ok = !self.region.is_empty()
-            && self
-                .region
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        region_ok.then_some(())?;
-        self.account.as_deref().map(mrkdwn::segment)
-    }
-
-    fn codebuild(&self, view: &BuildView) -> Option<String> {
-        if view.backend != "codebuild" {
-            return None;
-        }
-        let account = self.aws_ready()?;
-        let id = view.build_id.rsplit('/').next()?;
-        let (project, uuid) = id.split_once(':')?;
-        let project = mrkdwn::segment(if view.project.is_empty() {
-            project
-        } else {
-            &view.project
-        });
-        let uuid = mrkdwn::segment(uuid);
-        let region = self.region;
-        Some(self.console(format!(
-            "https://{region}.console.aws.amazon.com/codesuite/codebuild/{account}/projects/{project}/build/{project}%3A{uuid}?region={region}"
-        )))
-    }
-
-    fn ecr(&self, repository: &str) -> Option<String> {
-        let account = self.aws_ready()?;
-        let repository = mrkdwn::path(repository)?;
-        let region = self.region;
-        Some(self.console(format!(
-            "https://{region}.console.aws.amazon.com/ecr/repositories/private/{account}/{repository}?region={region}"
-        )))
-    }
-
-    fn s3(&self, bucket: &str, key: &str) -> Option<String> {
-        self.aws_ready()?;
-        let (bucket, key) = (mrkdwn::segment(bucket), mrkdwn::query_value(key));
-        let region = self.region;
-        Some(self.console(format!(
-            "https://{region}.console.aws.amazon.com/s3/object/{bucket}?region={region}&prefix={key}"
-        )))
-    }
+    Some(short_sha(parts.first()?).to_owned())
 }
 
 /// The labels of a `LABEL=/p1,/p2;LABEL2=/p3` mapping whose entry splits into exactly two
@@ -294,9 +190,9 @@ pub fn render(
 ) -> SlackMessage {
     let links = Links::new(links, view);
     let state = view.effective_state();
-    let repo = view.var("PRX_REPO").unwrap_or(&view.repository);
+    let repo = view.var(env::REPO).unwrap_or(&view.repository);
     let sha = view.commit_sha();
-    let branch = view.var("PRX_BRANCH").unwrap_or("unknown");
+    let branch = view.var(env::BRANCH).unwrap_or("unknown");
     let pr = view.pull_request();
 
     let (verb, color) = match state {
@@ -323,7 +219,7 @@ pub fn render(
     if let Some(arch) = view
         .architecture
         .map(|a| a.as_str().to_owned())
-        .or_else(|| view.var("PRX_TARGET_ARCHITECTURE").map(str::to_owned))
+        .or_else(|| view.var(env::TARGET_ARCHITECTURE).map(str::to_owned))
     {
         line1.push(escape(&arch));
     }
@@ -334,10 +230,10 @@ pub fn render(
     });
     line1.push(format!(
         "with commit {}",
-        link(github_url(repo, "commit", sha).as_deref(), short(sha))
+        link(github_url(repo, "commit", sha).as_deref(), short_sha(sha))
     ));
     if pr.is_some()
-        && let Some(action) = view.var("PRX_GITHUB_ACTION")
+        && let Some(action) = view.var(env::GITHUB_ACTION)
     {
         line1.push(format!("({})", escape(action)));
     }
@@ -351,13 +247,13 @@ pub fn render(
     if pr.is_some() {
         more.push(format!(
             "> {}: {}",
-            escape(view.var("PRX_GITHUB_PR_AUTHOR").unwrap_or("")),
-            escape(view.var("PRX_GITHUB_PR_TITLE").unwrap_or(""))
+            escape(view.var(env::GITHUB_PR_AUTHOR).unwrap_or("")),
+            escape(view.var(env::GITHUB_PR_TITLE).unwrap_or(""))
         ));
         more.push(format!(
             "Will merge commits from `{}` into `{}`",
             escape(branch),
-            escape(view.var("PRX_GITHUB_PR_BASE_BRANCH").unwrap_or(""))
+            escape(view.var(env::GITHUB_PR_BASE_BRANCH).unwrap_or(""))
         ));
     } else if push_range(view).is_some() {
         match commits {
@@ -366,7 +262,10 @@ pub fn render(
                     let first_line = c.message.lines().next().unwrap_or("");
                     more.push(format!(
                         "> `{}` {}: {}",
-                        link(github_url(repo, "commit", &c.sha).as_deref(), short(&c.sha)),
+                        link(
+                            github_url(repo, "commit", &c.sha).as_deref(),
+                            short_sha(&c.sha)
+                        ),
                         escape(&c.author),
                         escape(first_line)
                     ));
@@ -414,8 +313,8 @@ pub fn push_range(view: &BuildView) -> Option<(&str, &str)> {
     if view.pull_request().is_some() {
         return None;
     }
-    let before = view.var("PRX_GITHUB_BEFORE")?;
-    let after = view.var("PRX_GITHUB_AFTER")?;
+    let before = view.var(env::GITHUB_BEFORE)?;
+    let after = view.var(env::GITHUB_AFTER)?;
     (!is_zero_sha(before) && !is_zero_sha(after)).then_some((before, after))
 }
 
@@ -462,7 +361,7 @@ fn status_lines(view: &BuildView, state: BuildState, repo: &str) -> Vec<String> 
                 "» Superseded by a newer push: commit {}{after}",
                 link(
                     github_url(repo, "commit", &c.by_commit).as_deref(),
-                    short(&c.by_commit)
+                    short_sha(&c.by_commit)
                 )
             ),
             Some(_) => format!("» Superseded by a newer push{after}"),
@@ -474,7 +373,7 @@ fn status_lines(view: &BuildView, state: BuildState, repo: &str) -> Vec<String> 
 
 fn artifact_lines(view: &BuildView, links: &Links<'_>) -> Vec<String> {
     let mut lines = Vec::new();
-    if let Some(mapping) = view.var("PRX_SPIRE_ECR_PKG_PARAMETERS") {
+    if let Some(mapping) = view.var(env::SPIRE_ECR_PKG_PARAMETERS) {
         for label in mapping_labels(mapping) {
             let Some(image) = view.var(label) else {
                 continue;
@@ -488,8 +387,8 @@ fn artifact_lines(view: &BuildView, links: &Links<'_>) -> Vec<String> {
             ));
         }
     }
-    if let Some(mapping) = view.var("PRX_SPIRE_S3_PKG_PARAMETERS") {
-        let bucket = view.var("PRX_APPLICATION_CODE_BUCKET").unwrap_or("");
+    if let Some(mapping) = view.var(env::SPIRE_S3_PKG_PARAMETERS) {
+        let bucket = view.var(env::APPLICATION_CODE_BUCKET).unwrap_or("");
         for label in mapping_labels(mapping) {
             let Some(key) = view.var(label) else {
                 continue;
@@ -513,12 +412,15 @@ fn publish_line(p: &PublishView) -> String {
     let why = match reason.as_str() {
         "superseded" if !p.superseded_by_commit.is_empty() => format!(
             "a newer push (`{}`) already set it",
-            escape(short(&p.superseded_by_commit))
+            escape(short_sha(&p.superseded_by_commit))
         ),
         "superseded" => "a newer push already set it".to_owned(),
         "prerelease" => "prerelease build".to_owned(),
         "publishing_disabled" => {
-            "publishing is disabled (`PRX_CI_PUBLISH` is not `true`)".to_owned()
+            format!(
+                "publishing is disabled (`{}` is not `true`)",
+                env::CI_PUBLISH
+            )
         }
         "invalid_mapping" => "invalid mapping".to_owned(),
         "label_variable_missing" => format!("variable `{}` is missing", escape(&p.label)),
@@ -586,24 +488,6 @@ mod tests {
         );
         assert_eq!(image_tag("github/prx/my-app:latest"), None);
         assert_eq!(image_tag("no-tag"), None);
-    }
-
-    #[test]
-    fn console_links_use_the_deep_link_wrapper() {
-        let config = LinkConfig {
-            sso_start_url: Some("https://d-906713e952.awsapps.com/start/".into()),
-            sso_role_name: "AdministratorAccess".into(),
-            account_id: Some("123456789012".into()),
-        };
-        let view = BuildView {
-            region: "us-west-2".into(),
-            ..BuildView::default()
-        };
-        let links = Links::new(&config, &view);
-        assert_eq!(
-            links.ecr("github/prx/app").unwrap(),
-            "https://d-906713e952.awsapps.com/start/#/console?account_id=123456789012&role_name=AdministratorAccess&destination=https%3A%2F%2Fus-west-2.console.aws.amazon.com%2Fecr%2Frepositories%2Fprivate%2F123456789012%2Fgithub%2Fprx%2Fapp%3Fregion%3Dus-west-2"
-        );
     }
 
     #[test]

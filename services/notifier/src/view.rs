@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::envelope::from_timestamp;
+use prx_ci_shared::codebuild::build::status;
+use prx_ci_shared::codebuild::env;
 use prx_ci_shared::codebuild::event::{is_dispatcher_variable, requested_variables};
 use prx_ci_shared::domain::Architecture;
 use serde::{Deserialize, Serialize};
@@ -443,7 +445,7 @@ impl BuildView {
 
     fn record_phase(&mut self, phase: PhaseView) {
         let failed = !phase.status.is_empty()
-            && !phase.status.eq_ignore_ascii_case("SUCCEEDED")
+            && !phase.status.eq_ignore_ascii_case(status::SUCCEEDED)
             && !phase.name.eq_ignore_ascii_case("COMPLETED");
         if failed && self.failed_phase.is_none() {
             self.failed_phase = Some(phase.name.clone());
@@ -493,10 +495,10 @@ impl BuildView {
     pub fn requested_commit(&self) -> Option<(&str, &str)> {
         let trusted = self.requested.as_ref()?;
         let repository = trusted
-            .get("PRX_REPO")
+            .get(env::REPO)
             .map_or(self.repository.as_str(), String::as_str);
         let commit = trusted
-            .get("PRX_COMMIT")
+            .get(env::COMMIT)
             .map_or(self.commit.as_str(), String::as_str);
         Some((repository, commit))
     }
@@ -512,12 +514,30 @@ impl BuildView {
 
     /// The commit built (`PRX_COMMIT`, else the build reference's).
     pub fn commit_sha(&self) -> &str {
-        self.var("PRX_COMMIT").unwrap_or(&self.commit)
+        self.var(env::COMMIT).unwrap_or(&self.commit)
     }
 
     /// Whether the build is a pull-request build.
     pub fn pull_request(&self) -> Option<&str> {
-        self.var("PRX_GITHUB_PR")
+        self.var(env::GITHUB_PR)
+    }
+
+    /// The build reference the view has gathered (for the events the notifier emits).
+    pub fn build_ref(&self) -> v1::BuildRef {
+        v1::BuildRef {
+            build_id: self.build_id.clone(),
+            build_request_id: self.build_request_id.clone(),
+            repository: self.repository.clone(),
+            commit: self.commit.clone(),
+            architecture: self
+                .architecture
+                .map_or(v1::Architecture::Unspecified, |a| a.to_proto())
+                as i32,
+            backend: self.backend.clone(),
+            project: self.project.clone(),
+            region: self.region.clone(),
+            log_url: self.log_url.clone(),
+        }
     }
 
     /// The duration: reported, else from start and finish.
@@ -531,323 +551,5 @@ impl BuildView {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use prx_ci_shared::Chain;
-    use prx_ci_shared::bus::envelope::timestamp;
-    use time::macros::datetime;
-
-    use super::*;
-
-    pub const SHA: &str = "165df6a5fd675dcf67a1b2c3d4e5f60718293a4b";
-
-    pub fn build_ref() -> v1::BuildRef {
-        v1::BuildRef {
-            build_id: "infrastructure-ci-Runner2:6d1c4a38-3f1e-4b7e-9d7a-0f1e2d3c4b5a".into(),
-            build_request_id: "req-1".into(),
-            repository: "PRX/my-app".into(),
-            commit: SHA.into(),
-            architecture: v1::Architecture::X8664 as i32,
-            backend: "codebuild".into(),
-            project: "infrastructure-ci-Runner2".into(),
-            region: "us-east-1".into(),
-            log_url: "https://example.test/log".into(),
-        }
-    }
-
-    pub fn envelope(id: &str, payload: Payload) -> v1::Envelope {
-        Chain {
-            correlation_id: "delivery-1".into(),
-            ..Chain::default()
-        }
-        .envelope_at(id.into(), datetime!(2026-11-26 08:00 UTC), payload)
-    }
-
-    /// The dispatcher's request of [`build_ref`] (as build events carry it).
-    pub fn request() -> v1::BuildRequested {
-        v1::BuildRequested {
-            build: Some(build_ref()),
-            event_name: "push".into(),
-            branch: "main".into(),
-            ..Default::default()
-        }
-    }
-
-    pub fn started() -> Payload {
-        Payload::BuildStarted(v1::BuildStarted {
-            requested: Some(request()),
-            build: Some(build_ref()),
-            started_at: Some(timestamp(datetime!(2026-11-26 08:00 UTC))),
-            environment: Default::default(),
-        })
-    }
-
-    pub fn completed(status: v1::BuildStatus) -> Payload {
-        Payload::BuildCompleted(v1::BuildCompleted {
-            requested: Some(request()),
-            build: Some(build_ref()),
-            status: status as i32,
-            duration_ms: 192_000,
-            ..Default::default()
-        })
-    }
-
-    #[test]
-    fn a_redelivered_event_changes_nothing() {
-        let mut view = BuildView::default();
-        assert!(view.apply(&envelope("e1", started())).unwrap());
-        let before = view.clone();
-        assert!(!view.apply(&envelope("e1", started())).unwrap());
-        assert_eq!(view, before);
-        assert_eq!(view.version, 1);
-    }
-
-    #[test]
-    fn a_late_in_progress_never_overwrites_a_final_state() {
-        let mut view = BuildView::default();
-        view.apply(&envelope("done", completed(v1::BuildStatus::Succeeded)))
-            .unwrap();
-        view.apply(&envelope("start", started())).unwrap();
-        view.apply(&envelope(
-            "phase",
-            Payload::BuildPhaseChanged(v1::BuildPhaseChanged {
-                build: Some(build_ref()),
-                completed_phase: "INSTALL".into(),
-                completed_phase_status: "SUCCEEDED".into(),
-                current_phase: "PRE_BUILD".into(),
-                ..Default::default()
-            }),
-        ))
-        .unwrap();
-        assert_eq!(view.state, BuildState::Succeeded);
-        assert_eq!(view.current_phase, None);
-        assert!(view.started_at.is_some());
-        assert_eq!(view.version, 3);
-        // The first final state wins.
-        view.apply(&envelope("done2", completed(v1::BuildStatus::Failed)))
-            .unwrap();
-        assert_eq!(view.state, BuildState::Succeeded);
-    }
-
-    #[test]
-    fn phases_never_move_back_and_the_first_failure_is_kept() {
-        let mut view = BuildView::default();
-        let phase = |completed: &str, status: &str, current: &str, message: &str| {
-            Payload::BuildPhaseChanged(v1::BuildPhaseChanged {
-                build: Some(build_ref()),
-                completed_phase: completed.into(),
-                completed_phase_status: status.into(),
-                current_phase: current.into(),
-                message: message.into(),
-                duration_ms: 1000,
-                ..Default::default()
-            })
-        };
-        view.apply(&envelope(
-            "p2",
-            phase("BUILD", "FAILED", "POST_BUILD", "exit 2"),
-        ))
-        .unwrap();
-        view.apply(&envelope(
-            "p1",
-            phase("PRE_BUILD", "SUCCEEDED", "BUILD", ""),
-        ))
-        .unwrap();
-        view.apply(&envelope(
-            "p3",
-            phase("POST_BUILD", "FAILED", "FINALIZING", "x"),
-        ))
-        .unwrap();
-        assert_eq!(view.current_phase.as_deref(), Some("FINALIZING"));
-        assert_eq!(view.failed_phase.as_deref(), Some("BUILD"));
-        assert_eq!(view.failure_message.as_deref(), Some("exit 2"));
-        let names: Vec<_> = view.phases.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["PRE_BUILD", "BUILD", "POST_BUILD"]);
-    }
-
-    #[test]
-    fn skipped_builds_and_other_kinds_are_ignored() {
-        let mut view = BuildView::default();
-        let skipped = Payload::BuildSkipped(v1::BuildSkipped::default());
-        assert_eq!(relevance(&skipped).unwrap(), Relevance::Ignore);
-        assert!(!view.apply(&envelope("s", skipped)).unwrap());
-        assert_eq!(view.version, 0);
-        let orphan = Payload::BuildStarted(v1::BuildStarted::default());
-        assert_eq!(relevance(&orphan), Err(ApplyError::NoBuild));
-    }
-
-    #[test]
-    fn the_applied_id_list_is_bounded() {
-        let mut view = BuildView::default();
-        for n in 0..(MAX_APPLIED_IDS + 10) {
-            view.apply(&envelope(&format!("e{n}"), started())).unwrap();
-        }
-        assert_eq!(view.applied.len(), MAX_APPLIED_IDS);
-        assert_eq!(view.applied[0], "e10");
-    }
-
-    #[test]
-    fn a_cancelled_build_reads_as_stopped_and_publishes_accumulate() {
-        let mut view = BuildView::default();
-        view.apply(&envelope("s", started())).unwrap();
-        view.apply(&envelope(
-            "c",
-            Payload::BuildCancelled(v1::BuildCancelled {
-                build: Some(build_ref()),
-                superseded_by_commit: "abcdef0123456789abcdef0123456789abcdef01".into(),
-                superseded_by_sequence: 9,
-                ..Default::default()
-            }),
-        ))
-        .unwrap();
-        assert_eq!(view.effective_state(), BuildState::Stopped);
-        let applied = Payload::PublishApplied(v1::PublishApplied {
-            parameter: "/prx/stag/Spire/App/pkg/docker-image-tag".into(),
-            value: "github/prx/my-app:x".into(),
-            label: "APP".into(),
-            build: Some(build_ref()),
-            ..Default::default()
-        });
-        let again = Payload::PublishSkipped(v1::PublishSkipped {
-            parameter: "/prx/stag/Spire/App/pkg/docker-image-tag".into(),
-            label: "APP".into(),
-            build: Some(build_ref()),
-            reason: v1::PublishSkipReason::AlreadyPublished as i32,
-            ..Default::default()
-        });
-        view.apply(&envelope("pa", applied)).unwrap();
-        view.apply(&envelope("pa2", again)).unwrap();
-        assert_eq!(view.publishes.len(), 1);
-        assert_eq!(view.publishes[0].skipped, None);
-    }
-
-    #[test]
-    fn the_view_round_trips_through_json() {
-        let mut view = BuildView::default();
-        view.apply(&envelope("s", started())).unwrap();
-        view.apply(&envelope("c", completed(v1::BuildStatus::Succeeded)))
-            .unwrap();
-        let json = serde_json::to_vec(&view).unwrap();
-        assert_eq!(serde_json::from_slice::<BuildView>(&json).unwrap(), view);
-    }
-
-    #[test]
-    fn the_dispatchers_variables_come_from_its_request_never_from_exports() {
-        const OTHER: &str = "89abcdef0123456789abcdef0123456789abcdef";
-        let exported = |pairs: &[(&str, &str)]| -> std::collections::HashMap<String, String> {
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect()
-        };
-        let lying = exported(&[
-            ("PRX_REPO", "Evil/other"),
-            ("PRX_COMMIT", OTHER),
-            ("PRX_BRANCH", "main-not"),
-            ("PRX_GITHUB_PR", "99"),
-            ("PRX_TARGET_ARCHITECTURE", "aarch64"),
-            ("APP", "github/prx/my-app:x"),
-        ]);
-        let done = |requested: Option<v1::BuildRequested>| {
-            Payload::BuildCompleted(v1::BuildCompleted {
-                requested,
-                build: Some(build_ref()),
-                status: v1::BuildStatus::Succeeded as i32,
-                exported_variables: lying.clone(),
-                variables: lying.clone(),
-                ..Default::default()
-            })
-        };
-        let mut view = BuildView::default();
-        view.apply(&envelope("c", done(Some(request())))).unwrap();
-        assert_eq!(view.var("PRX_REPO"), Some("PRX/my-app"));
-        assert_eq!(view.commit_sha(), SHA);
-        assert_eq!(view.var("PRX_BRANCH"), Some("main"));
-        assert_eq!(view.pull_request(), None);
-        assert_eq!(view.var("PRX_TARGET_ARCHITECTURE"), Some("x86_64"));
-        assert_eq!(
-            view.var("APP"),
-            Some("github/prx/my-app:x"),
-            "artifact values stay"
-        );
-        assert_eq!(view.requested_commit(), Some(("PRX/my-app", SHA)));
-
-        // Nobody requested it: the reported environment, still never the exports.
-        let mut console = BuildView::default();
-        let mut started = v1::BuildStarted {
-            build: Some(build_ref()),
-            ..Default::default()
-        };
-        started
-            .environment
-            .insert("PRX_BRANCH".into(), "hotfix".into());
-        console
-            .apply(&envelope("s", Payload::BuildStarted(started)))
-            .unwrap();
-        console.apply(&envelope("c", done(None))).unwrap();
-        assert_eq!(console.var("PRX_REPO"), None);
-        assert_eq!(console.var("PRX_BRANCH"), Some("hotfix"));
-        assert_eq!(console.commit_sha(), SHA);
-        assert_eq!(console.requested_commit(), None);
-        assert_eq!(console.var("APP"), Some("github/prx/my-app:x"));
-    }
-
-    #[test]
-    fn the_request_wins_over_a_reference_reported_first() {
-        let mut view = BuildView::default();
-        let mut reported = build_ref();
-        reported.repository = "Evil/other".into();
-        view.apply(&envelope(
-            "p",
-            Payload::BuildPhaseChanged(v1::BuildPhaseChanged {
-                build: Some(reported),
-                ..Default::default()
-            }),
-        ))
-        .unwrap();
-        view.apply(&envelope("s", started())).unwrap();
-        assert_eq!(view.repository, "PRX/my-app");
-        assert_eq!(view.requested_commit(), Some(("PRX/my-app", SHA)));
-    }
-
-    #[test]
-    fn whole_build_skips_with_different_reasons_are_all_kept() {
-        let mut view = BuildView::default();
-        let skip = |reason: v1::PublishSkipReason, detail: &str| {
-            Payload::PublishSkipped(v1::PublishSkipped {
-                build: Some(build_ref()),
-                reason: reason as i32,
-                detail: detail.into(),
-                ..Default::default()
-            })
-        };
-        let fork = skip(
-            v1::PublishSkipReason::Fork,
-            "pull request #8 comes from a fork",
-        );
-        let repo = skip(
-            v1::PublishSkipReason::UntrustedOverride,
-            "the build set PRX_REPO",
-        );
-        let publish = skip(
-            v1::PublishSkipReason::UntrustedOverride,
-            "the build set PRX_CI_PUBLISH",
-        );
-        view.apply(&envelope("o1", repo.clone())).unwrap();
-        view.apply(&envelope("o2", publish)).unwrap();
-        view.apply(&envelope("f", fork)).unwrap();
-        view.apply(&envelope("o1-again", repo)).unwrap();
-        let reasons: Vec<_> = view
-            .publishes
-            .iter()
-            .map(|p| (p.skipped.as_deref().unwrap(), p.detail.as_str()))
-            .collect();
-        assert_eq!(
-            reasons,
-            [
-                ("untrusted_override", "the build set PRX_REPO"),
-                ("untrusted_override", "the build set PRX_CI_PUBLISH"),
-                ("fork", "pull request #8 comes from a fork"),
-            ]
-        );
-    }
-}
+#[path = "view_tests.rs"]
+pub(crate) mod tests;

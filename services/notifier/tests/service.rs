@@ -11,7 +11,7 @@ use std::time::Duration;
 use fakes::{CompareMode, Failure, FakeGitHub, FakeSlack, SLACK_TOKEN};
 use prometheus_client::registry::Registry;
 use prx_ci_notifier::commits::GitHubCommitSource;
-use prx_ci_notifier::store::Store;
+use prx_ci_notifier::notification_store::NotificationStore;
 use prx_ci_notifier::{DeliveryStats, GitHubStatusSink, Notifier, NotifierConfig, SlackClient};
 use prx_ci_proto::prost::Message as _;
 use prx_ci_proto::v1::{self, envelope::Payload};
@@ -448,7 +448,7 @@ async fn redelivered_events_post_nothing_again() {
     })
     .await;
     // Quiet: the record says the message and the status show the latest view.
-    let store = Store::open(&env.rt.js, "prx_ci_notifications")
+    let store = NotificationStore::open(&env.rt.js, "prx_ci_notifications")
         .await
         .unwrap();
     wait_until(WAIT, "the first instance to settle", || async {
@@ -593,13 +593,15 @@ async fn a_post_whose_reference_was_lost_is_found_not_repeated() {
     config.channel = "C0OPSBUILD".into();
     // The state a crash leaves: the event applied, the post marker set, the post done in
     // Slack, but its `ts` never stored.
-    let store = Store::open(&env.rt.js, &config.bucket).await.unwrap();
+    let store = NotificationStore::open(&env.rt.js, &config.bucket)
+        .await
+        .unwrap();
     let build = Events::new("PRX/my-app", BUILD_ID);
     store
         .modify(BUILD_ID, |record| {
             record.view.apply(&build.requested()).unwrap();
             record.slack.post_started_at = Some(time::OffsetDateTime::now_utc());
-            (true, ())
+            prx_ci_shared::kv::Modify::Write(())
         })
         .await
         .unwrap();
@@ -691,7 +693,9 @@ async fn a_rejected_post_is_not_retried_in_a_loop_and_the_next_event_tries_again
         }],
     );
     let config = env.config();
-    let store = Store::open(&env.rt.js, &config.bucket).await.unwrap();
+    let store = NotificationStore::open(&env.rt.js, &config.bucket)
+        .await
+        .unwrap();
     let running = env.notifier(config).await;
     let build = Events::new("PRX/my-app", BUILD_ID);
     env.publish(&build.requested()).await;
@@ -747,7 +751,9 @@ async fn a_deleted_message_is_posted_again_on_the_next_event() {
 async fn local_mode_logs_messages_and_statuses() {
     let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
     let config = env.config();
-    let store = Store::open(&env.rt.js, &config.bucket).await.unwrap();
+    let store = NotificationStore::open(&env.rt.js, &config.bucket)
+        .await
+        .unwrap();
     let mut registry = Registry::default();
     let rt = Runtime::from_client(env.nats.connect().await, &mut registry);
     let notifier = Notifier::new(
@@ -791,7 +797,9 @@ async fn local_mode_logs_messages_and_statuses() {
 async fn replayed_old_history_is_recorded_but_not_announced() {
     let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
     let config = env.config();
-    let store = Store::open(&env.rt.js, &config.bucket).await.unwrap();
+    let store = NotificationStore::open(&env.rt.js, &config.bucket)
+        .await
+        .unwrap();
     let running = env.notifier(config).await;
     let build = Events::new("PRX/my-app", BUILD_ID);
     let long_ago = time::OffsetDateTime::now_utc() - time::Duration::days(4);
@@ -1046,4 +1054,34 @@ async fn statuses_and_slack_facts_follow_the_request_never_the_exports() {
         console_message.text
     );
     running.stop().await;
+}
+
+#[tokio::test]
+async fn records_written_by_earlier_versions_read_and_write_back_unchanged() {
+    // The key and the JSON exactly as the notifier wrote them before its records moved to
+    // `shared::kv` (its own key encoder and compare-and-set loop).
+    const KEY_WRITTEN_BEFORE: &str =
+        "b.infrastructure-ci-Runner2=3A6d1c4a38-3f1e-4b7e-9d7a-0f1e2d3c4b5a";
+    let json = include_str!("../src/testdata/notification_record.json").trim_end();
+    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let config = env.config();
+    let store = NotificationStore::open(&env.rt.js, &config.bucket)
+        .await
+        .unwrap();
+    let raw = env.rt.js.get_key_value(&config.bucket).await.unwrap();
+    raw.put(KEY_WRITTEN_BEFORE, json.as_bytes().to_vec().into())
+        .await
+        .unwrap();
+
+    assert_eq!(store.build_keys().await.unwrap(), vec![BUILD_ID.to_owned()]);
+    let (record, _) = store.load(BUILD_ID).await.unwrap().unwrap();
+    assert_eq!(record.view.version, 5);
+    assert_eq!(record.slack.deliveries, 2);
+    store
+        .modify(BUILD_ID, |_| prx_ci_shared::kv::Modify::Write(()))
+        .await
+        .unwrap();
+    let stored = raw.get(KEY_WRITTEN_BEFORE).await.unwrap().unwrap();
+    assert_eq!(std::str::from_utf8(&stored).unwrap(), json);
+    assert_eq!(store.build_keys().await.unwrap(), vec![BUILD_ID.to_owned()]);
 }

@@ -33,6 +33,8 @@ pub const SPIRE_S3_PKG_PARAMETERS: &str = "PRX_SPIRE_S3_PKG_PARAMETERS";
 pub const AWS_ACCOUNT_ID: &str = "PRX_AWS_ACCOUNT_ID";
 /// The bucket the build uploads archives to.
 pub const APPLICATION_CODE_BUCKET: &str = "PRX_APPLICATION_CODE_BUCKET";
+/// `true` on the local runner's builds (a buildspec can tell it is not on CodeBuild).
+pub const CI_LOCAL: &str = "PRX_CI_LOCAL";
 
 /// Variables the dispatcher decides (reference §2.2). A build may read them but never speaks for
 /// them: a value it exports under one of these names contradicts the dispatcher unless equal.

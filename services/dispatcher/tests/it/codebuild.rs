@@ -10,10 +10,11 @@ use aws_sdk_codebuild::types::{
     ArtifactsType, ComputeType, EnvironmentType, ProjectArtifacts, ProjectEnvironment,
     ProjectSource, SourceType,
 };
-use prx_ci_dispatcher::codebuild::{CodeBuildBackend, build_id_of};
-use prx_ci_dispatcher::handler::build_request_id;
+use prx_ci_dispatcher::codebuild::CodeBuildBackend;
+use prx_ci_dispatcher::decision::build_request_id;
 use prx_ci_dispatcher::{CodeBuildConfig, DispatcherConfig};
 use prx_ci_shared::codebuild::backend::{BuildBackend, StartBuild, StopOutcome};
+use prx_ci_shared::codebuild::build::build_id_of;
 use prx_ci_shared::domain::{Architecture, CommitSha, RepoName};
 use prx_ci_shared::testing::MotoServer;
 use serde_json::{Value, json};

@@ -2,7 +2,6 @@
 //! the dispatcher running with it (the `prx-ci up` wiring).
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use prx_ci_dispatcher::DispatcherConfig;
@@ -11,26 +10,9 @@ use prx_ci_dispatcher::buildspec::{Buildspec, BuildspecError, BuildspecRequest, 
 use prx_ci_shared::domain::{CommitSha, RepoName};
 use serde_json::json;
 
-use crate::utils::*;
+use prx_ci_shared::testing::git::git;
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
+use crate::utils::*;
 
 /// A repository with a commit without buildspec, then one with; and a bare clone of it.
 struct Repo {

@@ -1,7 +1,10 @@
 //! Fake Slack Web API and fake GitHub REST API: small stateful axum servers on loopback that
 //! record every request, keep the messages/statuses they hold, and can be told to fail.
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary and the bench use their own part of the fakes"
+)]
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,9 @@
 //! Shared test fixtures: a real nats-server, a running ops service, a connected client, and
 //! builders for the events a story needs.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses its own part of the fixtures"
+)]
 
 use std::time::Duration;
 

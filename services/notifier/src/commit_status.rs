@@ -1,5 +1,6 @@
 //! The GitHub commit status a build's view calls for (pure, no I/O).
 
+use prx_ci_shared::codebuild::env;
 use serde::{Deserialize, Serialize};
 
 use crate::config::StatusConfig;
@@ -58,7 +59,7 @@ pub fn context(pattern: &str, view: &BuildView) -> String {
     let arch = view
         .architecture
         .map(|a| a.as_str().to_owned())
-        .or_else(|| view.var("PRX_TARGET_ARCHITECTURE").map(str::to_owned))
+        .or_else(|| view.var(env::TARGET_ARCHITECTURE).map(str::to_owned))
         .unwrap_or_else(|| "x86_64".to_owned());
     let region = if view.region.is_empty() {
         "local"

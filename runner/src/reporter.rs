@@ -1,49 +1,37 @@
-//! A build's timeline and the CodeBuild-shaped events it produces (EventBridge `CodeBuild Build
-//! State Change` / `CodeBuild Build Phase Change`), wrapped in `BuildReportReceived` envelopes
-//! with ids derived from (build id, transition) so a retried publish deduplicates. Pure: no I/O.
+//! The reports: CodeBuild-shaped events of a build's timeline, and the loop publishing them.
+//!
+//! Events are EventBridge `CodeBuild Build State Change` / `CodeBuild Build Phase Change`,
+//! wrapped in `BuildReportReceived` envelopes with ids derived from (build id, transition) so a
+//! retried publish deduplicates; one loop per build publishes them in order, until stored.
+
+use std::time::Duration;
 
 use prx_ci_proto::v1::{self, Envelope, envelope::Payload};
 use prx_ci_shared::Chain;
 use prx_ci_shared::bus::envelope::derived_event_id;
+use prx_ci_shared::bus::publish::{EventPublisher, PublishError};
+use prx_ci_shared::codebuild::build::{LOCAL_BACKEND, format_codebuild_time, status};
 use prx_ci_shared::codebuild::event::{
     self, AdditionalInformation, CodeBuildEvent, Detail, Environment, EnvironmentVariable, Logs,
     NameValue, Phase, Source,
 };
+use prx_ci_shared::retry::{Backoff, Retry, retry};
 use time::OffsetDateTime;
 use time::format_description::FormatItem;
 use time::macros::format_description;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// `source` of the envelopes' `BuildReportReceived`.
-pub const REPORT_SOURCE: &str = "local";
+pub const REPORT_SOURCE: &str = LOCAL_BACKEND;
 /// The CodeBuild project name the local runner reports.
-pub const PROJECT: &str = "local";
+pub const PROJECT: &str = LOCAL_BACKEND;
 /// The initiator reported in the events.
 pub const INITIATOR: &str = "prx-ci-local-runner";
 
-/// CodeBuild's time format in event details (`Sep 1, 2017 4:12:29 PM`, UTC).
-const CODEBUILD_TIME: &[FormatItem<'static>] = format_description!(
-    "[month repr:short] [day padding:none], [year] [hour repr:12 padding:none]:[minute]:[second] [period]"
-);
 /// EventBridge's `time` (`2017-09-01T16:14:28Z`).
 const EVENT_TIME: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-
-/// Build statuses (`build-status`) and phase statuses.
-pub mod status {
-    pub const IN_PROGRESS: &str = "IN_PROGRESS";
-    pub const SUCCEEDED: &str = "SUCCEEDED";
-    pub const FAILED: &str = "FAILED";
-    pub const FAULT: &str = "FAULT";
-    pub const STOPPED: &str = "STOPPED";
-    pub const TIMED_OUT: &str = "TIMED_OUT";
-}
-
-/// Formats a time like CodeBuild's event details.
-pub fn codebuild_time(t: OffsetDateTime) -> String {
-    t.to_offset(time::UtcOffset::UTC)
-        .format(CODEBUILD_TIME)
-        .unwrap_or_default()
-}
 
 fn event_time(t: OffsetDateTime) -> String {
     t.to_offset(time::UtcOffset::UTC)
@@ -89,8 +77,8 @@ impl PhaseRecord {
         Phase {
             phase_type: self.phase_type.clone(),
             phase_status: self.status.clone(),
-            start_time: Some(codebuild_time(self.start)),
-            end_time: self.end.map(codebuild_time),
+            start_time: Some(format_codebuild_time(self.start)),
+            end_time: self.end.map(format_codebuild_time),
             duration_in_seconds: self.duration_seconds(),
             phase_context: self.context.clone(),
         }
@@ -150,8 +138,8 @@ impl Timeline {
         d.completed_phase_status = done.status.clone();
         d.completed_phase_context = Some(format!("[{}]", done.context.join(", ")));
         d.completed_phase_duration_seconds = done.duration_seconds();
-        d.completed_phase_start = Some(codebuild_time(done.start));
-        d.completed_phase_end = done.end.map(codebuild_time);
+        d.completed_phase_start = Some(format_codebuild_time(done.start));
+        d.completed_phase_end = done.end.map(format_codebuild_time);
         Some(event)
     }
 
@@ -209,7 +197,7 @@ impl Timeline {
                 additional_information: AdditionalInformation {
                     build_complete: Some(false),
                     initiator: Some(INITIATOR.to_owned()),
-                    build_start_time: Some(codebuild_time(info.start_time)),
+                    build_start_time: Some(format_codebuild_time(info.start_time)),
                     source_version: Some(info.source_version.clone()),
                     source: Some(Source {
                         location: info.clone_url.clone(),
@@ -261,6 +249,71 @@ pub fn envelope(event: &CodeBuildEvent, repository: &str, at: OffsetDateTime) ->
     )
 }
 
+/// Backoff for publishing reports: retried as long as the runner runs (a report is never
+/// dropped because the broker is briefly down).
+const REPORT_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(200),
+    max: Duration::from_secs(5),
+    max_attempts: u32::MAX,
+};
+
+/// After shutdown starts, how long unsent reports are still retried.
+const SHUTDOWN_REPORT_GRACE: Duration = Duration::from_secs(10);
+
+/// Which publish failures are worth retrying: all but a malformed envelope, which no retry
+/// can fix.
+fn retry_decision(err: &PublishError) -> Retry {
+    match err {
+        PublishError::Envelope(_) => Retry::Never,
+        _ => Retry::Backoff,
+    }
+}
+
+/// Publishes one report, retrying until stored; gives up only some time after shutdown.
+/// Returns whether it was stored.
+pub async fn publish_report(
+    publisher: &EventPublisher,
+    envelope: &Envelope,
+    shutdown: &CancellationToken,
+) -> bool {
+    let publish = retry(
+        &REPORT_BACKOFF,
+        |_| publisher.publish(envelope),
+        retry_decision,
+    );
+    let give_up = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_REPORT_GRACE).await;
+    };
+    tokio::select! {
+        result = publish => match result {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::error!(event_id = %envelope.event_id, error = %err, "build report lost");
+                false
+            }
+        },
+        () = give_up => {
+            tracing::error!(event_id = %envelope.event_id, "build report not stored before shutdown");
+            false
+        }
+    }
+}
+
+/// Publishes a build's reports one at a time, in order, each after the previous one's ack;
+/// ends when every sender is gone. Returns whether all were stored.
+pub async fn run_reporter(
+    publisher: EventPublisher,
+    mut rx: mpsc::UnboundedReceiver<Envelope>,
+    shutdown: CancellationToken,
+) -> bool {
+    let mut all_stored = true;
+    while let Some(envelope) = rx.recv().await {
+        all_stored &= publish_report(&publisher, &envelope, &shutdown).await;
+    }
+    all_stored
+}
+
 #[cfg(test)]
 mod tests {
     use time::macros::datetime;
@@ -286,11 +339,11 @@ mod tests {
     #[test]
     fn codebuild_time_format() {
         assert_eq!(
-            codebuild_time(datetime!(2017-09-01 16:12:29 UTC)),
+            format_codebuild_time(datetime!(2017-09-01 16:12:29 UTC)),
             "Sep 1, 2017 4:12:29 PM"
         );
         assert_eq!(
-            codebuild_time(datetime!(2024-12-11 00:05:09 UTC)),
+            format_codebuild_time(datetime!(2024-12-11 00:05:09 UTC)),
             "Dec 11, 2024 12:05:09 AM"
         );
     }
@@ -363,5 +416,24 @@ mod tests {
             prx_ci_shared::bus::envelope::subject_of(&env).unwrap(),
             "prx.runner.report.PRX.app"
         );
+    }
+
+    #[test]
+    fn only_a_malformed_envelope_is_never_retried() {
+        use prx_ci_shared::bus::envelope::EnvelopeError;
+        assert_eq!(
+            retry_decision(&PublishError::Envelope(EnvelopeError::NoPayload)),
+            Retry::Never
+        );
+        assert_eq!(
+            retry_decision(&PublishError::Envelope(EnvelopeError::NoEventId)),
+            Retry::Never
+        );
+        let unacknowledged = PublishError::Timeout {
+            event_id: "e".into(),
+            subject: "prx.runner.report.PRX.app".into(),
+            timeout: Duration::from_secs(5),
+        };
+        assert_eq!(retry_decision(&unacknowledged), Retry::Backoff);
     }
 }

@@ -1,7 +1,10 @@
 //! Test harness: real `nats-server` and `moto_server` processes on free loopback ports, each
-//! with its own temporary store, killed on drop; and condition waits with deadlines.
+//! with its own temporary store, killed on drop; condition waits with deadlines; and git
+//! ([`git`]) for the repositories builds clone.
 //!
 //! A missing binary is a test failure with the install command, never a skip.
+
+pub mod git;
 
 use std::future::Future;
 use std::net::TcpListener as StdListener;

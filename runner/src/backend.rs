@@ -1,0 +1,346 @@
+//! [`LocalRunner`], the [`BuildBackend`] that runs builds on this machine.
+//!
+//! It accepts a build once per request id, hands it to its own task ([`crate::build`]), stops
+//! it on request, and on shutdown stops them all; at start it reports builds a previous process
+//! left unfinished as `FAULT`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use prx_ci_shared::Runtime;
+use prx_ci_shared::codebuild::backend::{
+    BackendError, BuildBackend, StartBuild, StartedBuild, StopOutcome,
+};
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::build::{Shared, run_build};
+use crate::build_log::BuildLog;
+use crate::config::LocalRunnerConfig;
+use crate::environment::reported_variables;
+use crate::isolation::Launcher;
+use crate::record::{self, BuildRecord, Layout, read_record, write_record};
+use crate::registry::{BuildControl, Registry};
+use crate::reporter::{self, Timeline, publish_report};
+use prx_ci_shared::codebuild::build::{LOCAL_BACKEND, status};
+
+/// How long [`LocalRunner::shutdown`] waits for builds to stop and their reports to be stored.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
+
+/// The local build backend. Cheap to share: `Arc<LocalRunner>` is an `Arc<dyn BuildBackend>`.
+#[derive(Debug)]
+pub struct LocalRunner {
+    shared: Arc<Shared>,
+    /// Every build task and FAULT report; shutdown waits for them.
+    tasks: TaskTracker,
+}
+
+impl LocalRunner {
+    /// Creates the data directory (`builds/`) and the work directory, captures the inherited
+    /// environment, checks that builds can be isolated as configured (see
+    /// `docs/local-runner.md`), and reports builds a previous process left unfinished as
+    /// `FAULT`.
+    pub fn new(rt: Runtime, mut config: LocalRunnerConfig) -> anyhow::Result<Arc<LocalRunner>> {
+        use prx_ci_shared::config::Validate as _;
+        config
+            .validate()
+            .map_err(|reason| anyhow::anyhow!("invalid [runner] configuration: {reason}"))?;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the runner data dir {}",
+                config.data_dir.display()
+            )
+        })?;
+        config.data_dir = config.data_dir.canonicalize().with_context(|| {
+            format!(
+                "cannot resolve the runner data dir {}",
+                config.data_dir.display()
+            )
+        })?;
+        std::fs::create_dir_all(&config.work_dir)
+            .with_context(|| format!("cannot create the work dir {}", config.work_dir.display()))?;
+        config.work_dir = config.work_dir.canonicalize().with_context(|| {
+            format!("cannot resolve the work dir {}", config.work_dir.display())
+        })?;
+        let builds_dir = config.data_dir.join("builds");
+        std::fs::create_dir_all(&builds_dir)
+            .with_context(|| format!("cannot create {}", builds_dir.display()))?;
+        let work_dir = config.work_dir.clone();
+        let hidden = hidden_paths(&config)?;
+        let launcher = Launcher::new(
+            config.isolation,
+            &config.shell,
+            hidden,
+            // Unique per runner: several runners of one process (tests) may share a work dir.
+            &work_dir.join(format!(".probe-{}", uuid::Uuid::new_v4())),
+        )?;
+        let inherited = config
+            .inherit_env
+            .iter()
+            .filter_map(|name| Some((name.clone(), std::env::var(name).ok()?)))
+            .collect();
+        let runner = Arc::new(LocalRunner {
+            shared: Arc::new(Shared {
+                publisher: rt.publisher.clone(),
+                slots: Arc::new(Semaphore::new(config.max_concurrent_builds)),
+                config,
+                layout: Layout {
+                    builds_dir,
+                    work_dir,
+                },
+                launcher,
+                registry: Registry::default(),
+                inherited,
+                shutdown: CancellationToken::new(),
+            }),
+            tasks: TaskTracker::new(),
+        });
+        runner.report_interrupted_builds();
+        Ok(runner)
+    }
+
+    /// The configuration in use (with the data dir made absolute).
+    pub fn config(&self) -> &LocalRunnerConfig {
+        &self.shared.config
+    }
+
+    /// The build id a request id maps to (`local:<uuid v5>`).
+    pub fn build_id_for(request_id: &str) -> String {
+        record::build_id_for(request_id)
+    }
+
+    /// The log file of a build.
+    pub fn log_path(&self, build_id: &str) -> PathBuf {
+        self.shared.layout.log_path(build_id)
+    }
+
+    /// Stops every running and queued build (each reported `STOPPED`), refuses new ones, and
+    /// waits (bounded) until their processes are gone and their final reports are stored.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_WAIT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                wait = ?SHUTDOWN_WAIT,
+                "local builds or their reports did not finish before shutdown"
+            );
+        }
+    }
+
+    /// Builds recorded without a final status ran in a process that died: report them as
+    /// `FAULT` (with the same event ids as a real final report, so if that one was stored
+    /// after all, this one deduplicates).
+    fn report_interrupted_builds(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.shared.layout.builds_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(record) = read_record(&entry.path()) else {
+                continue;
+            };
+            if record.final_status.is_some() {
+                continue;
+            }
+            let shared = self.shared.clone();
+            self.tasks.spawn(async move {
+                let config = &shared.config;
+                let info = record.info(&shared.layout, &config.aws_account_id, config.timeout);
+                let mut timeline = Timeline::new(info);
+                let now = OffsetDateTime::now_utc();
+                let event = timeline.completed(status::FAULT, Vec::new(), now);
+                BuildLog::new(timeline.info.log_path.clone())
+                    .line("the runner stopped while this build was running; reported as FAULT");
+                let envelope = reporter::envelope(&event, &record.repository, now);
+                if publish_report(&shared.publisher, &envelope, &shared.shutdown).await {
+                    shared.layout.save_record(&record.finished(status::FAULT));
+                }
+            });
+        }
+    }
+}
+
+/// What builds must not see: the data dir (other builds' logs and records), the work root
+/// (other builds' checkouts; a build's own dir is mounted back, even under a hidden path), and
+/// `hidden_paths`. The work dir and the data dir must not contain each other.
+fn hidden_paths(config: &LocalRunnerConfig) -> anyhow::Result<Vec<PathBuf>> {
+    if config.work_dir.starts_with(&config.data_dir)
+        || config.data_dir.starts_with(&config.work_dir)
+    {
+        anyhow::bail!(
+            "invalid [runner] configuration: work_dir {} and data_dir {} must be outside each other",
+            config.work_dir.display(),
+            config.data_dir.display()
+        );
+    }
+    let mut hidden = vec![config.data_dir.clone(), config.work_dir.clone()];
+    for path in &config.hidden_paths {
+        let absolute = match path.canonicalize() {
+            Ok(path) => path,
+            Err(_) if path.is_absolute() => path.clone(),
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("cannot resolve hidden path {}", path.display()));
+            }
+        };
+        hidden.push(absolute);
+    }
+    Ok(hidden)
+}
+
+/// Whether git can be asked for `version` safely: not empty, and not something git would
+/// read as an option.
+fn is_valid_source_version(version: &str) -> bool {
+    !version.trim().is_empty() && !version.starts_with('-')
+}
+
+#[async_trait::async_trait]
+impl BuildBackend for LocalRunner {
+    async fn start(&self, request: StartBuild) -> Result<StartedBuild, BackendError> {
+        let shared = &self.shared;
+        if shared.shutdown.is_cancelled() {
+            return Err(BackendError::Transient(anyhow::anyhow!(
+                "the local runner is shutting down"
+            )));
+        }
+        if !is_valid_source_version(&request.source_version) {
+            return Err(BackendError::Permanent(anyhow::anyhow!(
+                "invalid source version {:?}",
+                request.source_version
+            )));
+        }
+        let build_id = record::build_id_for(&request.request_id);
+        let layout = &shared.layout;
+        let started = StartedBuild {
+            build_id: build_id.clone(),
+            backend: LOCAL_BACKEND.to_owned(),
+            project: reporter::PROJECT.to_owned(),
+            region: String::new(),
+            log_url: record::log_url(&layout.log_path(&build_id)),
+        };
+        let record_path = layout.record_path(&build_id);
+        let control = BuildControl::new(started.clone(), shared.shutdown.child_token());
+        // A record means a build of this request ran here before (perhaps in an earlier
+        // process): it must not run twice.
+        let Some(control) = shared.registry.register(control, || record_path.exists()) else {
+            tracing::info!(%build_id, request_id = %request.request_id, "build already started");
+            return Ok(started);
+        };
+        let record = BuildRecord {
+            build_id: build_id.clone(),
+            request_id: request.request_id.clone(),
+            repository: request.repository.to_string(),
+            clone_url: request.clone_url.clone(),
+            source_version: request.source_version.clone(),
+            start_time_unix: OffsetDateTime::now_utc().unix_timestamp(),
+            environment: reported_variables(
+                &shared.config,
+                &request.environment,
+                request.untrusted,
+            )
+            .into_iter()
+            .collect(),
+            final_status: None,
+        };
+        if let Err(err) = write_record(&record_path, &record) {
+            shared.registry.remove(&build_id);
+            return Err(BackendError::Transient(err));
+        }
+        tracing::info!(
+            %build_id,
+            request_id = %request.request_id,
+            repository = %request.repository,
+            commit = %request.commit,
+            "local build accepted"
+        );
+        let task_shared = shared.clone();
+        self.tasks.spawn(async move {
+            run_build(task_shared, control, request, record).await;
+        });
+        Ok(started)
+    }
+
+    async fn stop(&self, build_id: &str) -> Result<StopOutcome, BackendError> {
+        let Some(control) = self.shared.registry.get(build_id) else {
+            return Ok(StopOutcome::AlreadyFinished);
+        };
+        let outcome = control.request_stop();
+        if outcome == StopOutcome::Stopped {
+            tracing::info!(build_id = %control.started.build_id, "stopping local build");
+        }
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(data_dir: &Path, work_dir: &Path) -> LocalRunnerConfig {
+        LocalRunnerConfig {
+            data_dir: data_dir.to_owned(),
+            work_dir: work_dir.to_owned(),
+            ..LocalRunnerConfig::default()
+        }
+    }
+
+    #[test]
+    fn source_versions_that_git_could_read_as_options_are_refused() {
+        for ok in ["main", "abc123", "pr/7", "refs/heads/x", "v1.0-rc"] {
+            assert!(is_valid_source_version(ok), "{ok}");
+        }
+        for bad in ["", "  ", "-h", "--upload-pack=evil", "-"] {
+            assert!(!is_valid_source_version(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn builds_never_see_the_data_dir_or_the_work_root() {
+        let hidden = hidden_paths(&config(Path::new("/data"), Path::new("/work"))).unwrap();
+        assert_eq!(hidden, [PathBuf::from("/data"), PathBuf::from("/work")]);
+    }
+
+    #[test]
+    fn the_work_dir_and_the_data_dir_must_not_contain_each_other() {
+        for (data, work) in [("/x", "/x/work"), ("/x/data", "/x"), ("/x", "/x")] {
+            let err = hidden_paths(&config(Path::new(data), Path::new(work))).unwrap_err();
+            assert!(
+                err.to_string().contains("must be outside each other"),
+                "{data} {work}: {err}"
+            );
+        }
+        // A shared prefix of names is not containment.
+        assert!(hidden_paths(&config(Path::new("/x/data"), Path::new("/x/data-work"))).is_ok());
+    }
+
+    #[test]
+    fn hidden_paths_are_resolved_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(real.join("secrets")).unwrap();
+        std::os::unix::fs::symlink(real.join("secrets"), real.join("link")).unwrap();
+        let mut config = config(Path::new("/data"), Path::new("/work"));
+        config.hidden_paths = vec![real.join("link"), PathBuf::from("/no/such/path")];
+        let hidden = hidden_paths(&config).unwrap();
+        assert_eq!(
+            hidden[2..],
+            [real.join("secrets"), PathBuf::from("/no/such/path")],
+            "a symlink is hidden where it points; a missing absolute path is kept"
+        );
+        config.hidden_paths = vec![PathBuf::from("no/such/relative/path")];
+        let err = hidden_paths(&config).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot resolve hidden path no/such/relative/path"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! Build ids, where a build's files live, and the build record (`builds/<uuid>.json`).
+//!
+//! The record answers a repeated start and tells a restarted runner which builds never got
+//! their final report.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::reporter::BuildInfo;
+
+/// Namespace of local build ids (UUID v5 of the request id). Never change it: a repeated start
+/// must map to the same build.
+const BUILD_ID_NAMESPACE: Uuid = Uuid::from_u128(0x7a3c_1e55_90d4_4b2f_8c61_2d9e_4f0b_0002);
+
+/// The prefix of local build ids.
+const BUILD_ID_PREFIX: &str = "local:";
+
+/// The build id a request id maps to (`local:<uuid v5>`).
+pub fn build_id_for(request_id: &str) -> String {
+    format!(
+        "{BUILD_ID_PREFIX}{}",
+        Uuid::new_v5(&BUILD_ID_NAMESPACE, request_id.as_bytes())
+    )
+}
+
+/// The uuid part of a build id, which names the build's files (a bare uuid is taken as is).
+pub fn uuid_of(build_id: &str) -> &str {
+    build_id.strip_prefix(BUILD_ID_PREFIX).unwrap_or(build_id)
+}
+
+/// Where builds' files live.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// `<data_dir>/builds`: records, logs and driver scripts, hidden from builds.
+    pub builds_dir: PathBuf,
+    /// The work root: one directory per running build.
+    pub work_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn record_path(&self, build_id: &str) -> PathBuf {
+        self.builds_dir.join(format!("{}.json", uuid_of(build_id)))
+    }
+
+    pub fn log_path(&self, build_id: &str) -> PathBuf {
+        self.builds_dir.join(format!("{}.log", uuid_of(build_id)))
+    }
+
+    /// The driver script as kept for inspection; the build runs a copy in its build dir.
+    pub fn driver_path(&self, build_id: &str) -> PathBuf {
+        self.builds_dir.join(format!("{}.sh", uuid_of(build_id)))
+    }
+
+    /// `<work_dir>/<uuid>`: the checkout (`src/`) and the driver's files; the only part of
+    /// the work root an isolated build sees.
+    pub fn build_dir(&self, build_id: &str) -> PathBuf {
+        self.work_dir.join(uuid_of(build_id))
+    }
+
+    /// Writes `record` in its place, logging a failure: the build goes on without it.
+    pub fn save_record(&self, record: &BuildRecord) {
+        if let Err(err) = write_record(&self.record_path(&record.build_id), record) {
+            tracing::warn!(error = %format!("{err:#}"), "cannot update the build record");
+        }
+    }
+}
+
+/// The log URL reported for a log file.
+pub fn log_url(log_path: &Path) -> String {
+    format!("file://{}", log_path.display())
+}
+
+/// What is persisted per build (`builds/<uuid>.json`): a restart must neither start a build a
+/// second time nor leave one without a final report. Records written by earlier versions must
+/// stay readable: add fields only with defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRecord {
+    pub build_id: String,
+    pub request_id: String,
+    pub repository: String,
+    pub clone_url: String,
+    pub source_version: String,
+    pub start_time_unix: i64,
+    pub environment: Vec<(String, String)>,
+    /// The final status, once its report is stored.
+    pub final_status: Option<String>,
+}
+
+impl BuildRecord {
+    /// The record once the final report with `status` is stored.
+    pub fn finished(self, status: &str) -> Self {
+        Self {
+            final_status: Some(status.to_owned()),
+            ..self
+        }
+    }
+
+    /// What every report of this build carries.
+    pub fn info(&self, layout: &Layout, account: &str, timeout: Duration) -> BuildInfo {
+        let log_path = layout.log_path(&self.build_id);
+        BuildInfo {
+            build_id: self.build_id.clone(),
+            repository: self.repository.clone(),
+            account: account.to_owned(),
+            region: String::new(),
+            clone_url: self.clone_url.clone(),
+            source_version: self.source_version.clone(),
+            start_time: OffsetDateTime::from_unix_timestamp(self.start_time_unix)
+                .unwrap_or_else(|_| OffsetDateTime::now_utc()),
+            timeout_minutes: timeout.as_secs().div_ceil(60),
+            environment: self.environment.clone(),
+            log_url: log_url(&log_path),
+            log_path: log_path.display().to_string(),
+        }
+    }
+}
+
+/// Writes `record` to `path` atomically (a temporary file renamed over it), so a crash never
+/// leaves half a record.
+pub fn write_record(path: &Path, record: &BuildRecord) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(record).context("cannot encode the build record")?;
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Reads the record at `path`: `None` for other files (logs, scripts, temporary files) and
+/// for records that cannot be read.
+pub fn read_record(path: &Path) -> Option<BuildRecord> {
+    if path.extension().is_none_or(|e| e != "json") {
+        return None;
+    }
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> BuildRecord {
+        BuildRecord {
+            build_id: build_id_for("req-1"),
+            request_id: "req-1".into(),
+            repository: "PRX/app".into(),
+            clone_url: "file:///tmp/app".into(),
+            source_version: "main".into(),
+            start_time_unix: 1_504_282_349,
+            environment: vec![("PRX_REPO".into(), "PRX/app".into())],
+            final_status: None,
+        }
+    }
+
+    fn layout() -> Layout {
+        Layout {
+            builds_dir: PathBuf::from("/data/builds"),
+            work_dir: PathBuf::from("/work"),
+        }
+    }
+
+    #[test]
+    fn a_request_id_always_maps_to_the_same_build_id() {
+        // Pinned: a changed namespace would start repeated requests a second time.
+        assert_eq!(
+            build_id_for("req-1"),
+            "local:66b536ec-835c-5090-9531-d2a0952238e0"
+        );
+        assert_eq!(build_id_for("req-1"), build_id_for("req-1"));
+        assert_ne!(build_id_for("req-1"), build_id_for("req-2"));
+    }
+
+    #[test]
+    fn files_are_named_by_the_uuid_of_the_build_id() {
+        let id = "local:66b536ec-835c-5090-9531-d2a0952238e0";
+        let uuid = "66b536ec-835c-5090-9531-d2a0952238e0";
+        assert_eq!(uuid_of(id), uuid);
+        assert_eq!(uuid_of(uuid), uuid, "a bare uuid is taken as is");
+        let layout = layout();
+        assert_eq!(
+            layout.record_path(id),
+            Path::new("/data/builds").join(format!("{uuid}.json"))
+        );
+        assert_eq!(
+            layout.log_path(id),
+            Path::new("/data/builds").join(format!("{uuid}.log"))
+        );
+        assert_eq!(
+            layout.driver_path(id),
+            Path::new("/data/builds").join(format!("{uuid}.sh"))
+        );
+        assert_eq!(layout.build_dir(id), Path::new("/work").join(uuid));
+        assert_eq!(
+            log_url(&layout.log_path(id)),
+            format!("file:///data/builds/{uuid}.log")
+        );
+    }
+
+    #[test]
+    fn the_record_format_is_stable() {
+        // As written by earlier versions: a restarted runner must read it.
+        let json = r#"{
+  "build_id": "local:66b536ec-835c-5090-9531-d2a0952238e0",
+  "request_id": "req-1",
+  "repository": "PRX/app",
+  "clone_url": "file:///tmp/app",
+  "source_version": "main",
+  "start_time_unix": 1504282349,
+  "environment": [["PRX_REPO", "PRX/app"]],
+  "final_status": null
+}"#;
+        let parsed: BuildRecord = serde_json::from_str(json).unwrap();
+        assert_eq!(parsed, record());
+        let written = serde_json::to_value(record().finished("SUCCEEDED")).unwrap();
+        let mut expected: serde_json::Value = serde_json::from_str(json).unwrap();
+        expected["final_status"] = "SUCCEEDED".into();
+        assert_eq!(written, expected);
+    }
+
+    #[test]
+    fn records_are_written_atomically_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.json");
+        write_record(&path, &record()).unwrap();
+        write_record(&path, &record().finished("FAULT")).unwrap();
+        assert_eq!(read_record(&path), Some(record().finished("FAULT")));
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["b.json"], "no temporary file left behind");
+    }
+
+    #[test]
+    fn only_readable_json_records_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("b.log");
+        std::fs::write(&log, serde_json::to_vec(&record()).unwrap()).unwrap();
+        assert_eq!(read_record(&log), None, "not a .json file");
+        let torn = dir.path().join("c.json");
+        std::fs::write(&torn, b"{\"build_id\":").unwrap();
+        assert_eq!(read_record(&torn), None);
+        assert_eq!(read_record(&dir.path().join("missing.json")), None);
+    }
+
+    #[test]
+    fn the_report_info_comes_from_the_record_and_the_config() {
+        let info = record().info(&layout(), "000000000000", Duration::from_secs(61));
+        assert_eq!(info.build_id, build_id_for("req-1"));
+        assert_eq!(info.account, "000000000000");
+        assert_eq!(info.region, "");
+        assert_eq!(info.timeout_minutes, 2, "rounded up to whole minutes");
+        assert_eq!(info.start_time.unix_timestamp(), 1_504_282_349);
+        assert_eq!(
+            info.log_path,
+            "/data/builds/66b536ec-835c-5090-9531-d2a0952238e0.log"
+        );
+        assert_eq!(info.log_url, format!("file://{}", info.log_path));
+        assert_eq!(info.environment, record().environment);
+        let exact = record().info(&layout(), "", Duration::from_secs(3600));
+        assert_eq!(exact.timeout_minutes, 60);
+    }
+
+    #[test]
+    fn an_unrepresentable_start_time_reads_as_now() {
+        let before = OffsetDateTime::now_utc();
+        let record = BuildRecord {
+            start_time_unix: i64::MAX,
+            ..record()
+        };
+        let info = record.info(&layout(), "", Duration::from_secs(60));
+        assert!(info.start_time >= before);
+    }
+}

@@ -1,0 +1,218 @@
+//! The dispatcher's KV buckets: started builds, in-flight builds, push order.
+//!
+//! A started build is recorded per (webhook, architecture), so a redelivery at any later time
+//! re-announces the build instead of starting another; the in-flight builds of each ordering
+//! key (see [`crate::inflight`]) and its push order (see [`crate::push_order`]) are JSON
+//! [`Records`] changed with their one compare-and-set [`Records::modify`].
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use prost::Message as _;
+use prx_ci_proto::v1::Envelope;
+use prx_ci_shared::domain::push_position::PushPosition;
+use prx_ci_shared::domain::{Architecture, Lane, OrderingKey};
+use prx_ci_shared::kv::{Modify, Records, key_token};
+
+use crate::inflight::{InflightBuild, InflightBuilds, InflightUpdate, Push};
+use crate::push_order::{OrderRecord, PushFacts};
+
+/// Bucket of started builds: key `<dispatch id>.<architecture>`, value the `BuildRequested`
+/// envelope announced for it (protobuf).
+pub const DISPATCHED_BUCKET: &str = "prx_ci_dispatched";
+/// Bucket of in-flight build records: key `<owner>.<repo>.<b|pr>.<branch|number>`, value JSON.
+/// (The bucket keeps its historical name.)
+pub const INFLIGHT_BUCKET: &str = "prx_ci_dispatch_lanes";
+/// Bucket of push-order records (see [`crate::push_order`]): same keys as the in-flight
+/// records, value JSON.
+pub const PUSH_ORDER_BUCKET: &str = "prx_ci_push_order";
+
+/// The key of a started build.
+pub fn dispatched_key(dispatch_id: &str, architecture: Architecture) -> String {
+    format!("{}.{}", key_token(dispatch_id), architecture.as_str())
+}
+
+/// The key of an ordering key's records (in-flight builds, push order).
+pub fn record_key(key: &OrderingKey) -> String {
+    let lane = match &key.lane {
+        Lane::Branch(b) => format!("b.{}", key_token(b.as_str())),
+        Lane::PullRequest(n) => format!("pr.{n}"),
+    };
+    format!(
+        "{}.{}.{lane}",
+        key_token(key.repository.owner()),
+        key_token(key.repository.name())
+    )
+}
+
+/// The dispatcher's buckets.
+#[derive(Debug, Clone)]
+pub struct DispatchStore {
+    /// Protobuf envelopes, not JSON records: the raw bucket.
+    dispatched: kv::Store,
+    /// `None` until the first push of the ordering key is recorded.
+    inflight: Records<Option<InflightBuilds>>,
+    push_order: Records<OrderRecord>,
+}
+
+impl DispatchStore {
+    /// Opens the buckets (provisioned from `deploy/nats/kv/`).
+    pub async fn open(js: &jetstream::Context) -> anyhow::Result<Self> {
+        let dispatched = js
+            .get_key_value(DISPATCHED_BUCKET)
+            .await
+            .with_context(|| format!("cannot open KV bucket {DISPATCHED_BUCKET} (provisioned?)"))?;
+        Ok(Self {
+            dispatched,
+            inflight: Records::open(js, INFLIGHT_BUCKET).await?,
+            push_order: Records::open(js, PUSH_ORDER_BUCKET).await?,
+        })
+    }
+
+    /// The position of the push `facts` (delivered under `dispatch_id`, its webhook stored at
+    /// stream sequence `arrival`) in GitHub's push order on `key`, recorded compare-and-set so
+    /// concurrent dispatches of one key link to each other.
+    pub async fn place_push(
+        &self,
+        key: &OrderingKey,
+        dispatch_id: &str,
+        facts: &PushFacts,
+        arrival: u64,
+    ) -> anyhow::Result<PushPosition> {
+        let (position, _) = self
+            .push_order
+            .modify(&record_key(key), |record| {
+                let (position, next) =
+                    crate::push_order::place(record, dispatch_id, facts, arrival);
+                if next == *record {
+                    Modify::Keep(position)
+                } else {
+                    *record = next;
+                    Modify::Write(position)
+                }
+            })
+            .await
+            .with_context(|| format!("cannot place push {dispatch_id}"))?;
+        Ok(position)
+    }
+
+    /// The `BuildRequested` envelope of a build already started for this dispatch.
+    pub async fn dispatched(
+        &self,
+        dispatch_id: &str,
+        architecture: Architecture,
+    ) -> anyhow::Result<Option<Envelope>> {
+        let key = dispatched_key(dispatch_id, architecture);
+        let Some(value) = self
+            .dispatched
+            .get(key.as_str())
+            .await
+            .with_context(|| format!("cannot read {DISPATCHED_BUCKET}/{key}"))?
+        else {
+            return Ok(None);
+        };
+        let envelope = Envelope::decode(value)
+            .with_context(|| format!("cannot decode {DISPATCHED_BUCKET}/{key}"))?;
+        Ok(Some(envelope))
+    }
+
+    /// Records a started build; if another dispatch of the same webhook recorded one first,
+    /// returns that one's envelope (the idempotency token made both starts the same build).
+    pub async fn record_dispatched(
+        &self,
+        dispatch_id: &str,
+        architecture: Architecture,
+        requested: &Envelope,
+    ) -> anyhow::Result<Envelope> {
+        let key = dispatched_key(dispatch_id, architecture);
+        let value = Bytes::from(requested.encode_to_vec());
+        match self.dispatched.create(key.as_str(), value).await {
+            Ok(_) => Ok(requested.clone()),
+            Err(err) => match self.dispatched(dispatch_id, architecture).await? {
+                Some(existing) => Ok(existing),
+                None => Err(anyhow::Error::new(err)
+                    .context(format!("cannot write {DISPATCHED_BUCKET}/{key}"))),
+            },
+        }
+    }
+
+    /// Records `push` and its builds in the in-flight builds of `key`, compare-and-set.
+    pub async fn record_push(
+        &self,
+        key: &OrderingKey,
+        push: &Push,
+        builds: &[InflightBuild],
+    ) -> anyhow::Result<InflightUpdate> {
+        let (update, _) = self
+            .inflight
+            .modify(&record_key(key), |current| {
+                let update = crate::inflight::record_push(current.as_ref(), push, builds);
+                match &update {
+                    InflightUpdate::Latest(next) if current.as_ref() != Some(next) => {
+                        *current = Some(next.clone());
+                        Modify::Write(update)
+                    }
+                    InflightUpdate::Latest(_) | InflightUpdate::Superseded { .. } => {
+                        Modify::Keep(update)
+                    }
+                }
+            })
+            .await
+            .with_context(|| format!("cannot record push {}", push.sequence))?;
+        Ok(update)
+    }
+
+    /// Removes builds that were handled from the record's stop list, compare-and-set.
+    pub async fn forget_stopped(&self, key: &OrderingKey, done: &[String]) -> anyhow::Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        self.inflight
+            .modify(&record_key(key), |current| {
+                let Some(record) = current.as_ref() else {
+                    return Modify::Keep(());
+                };
+                let next = crate::inflight::without_stopped(record, done);
+                if next == *record {
+                    Modify::Keep(())
+                } else {
+                    *current = Some(next);
+                    Modify::Write(())
+                }
+            })
+            .await
+            .context("cannot forget stopped builds")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prx_ci_shared::domain::{Branch, RepoName};
+
+    use super::*;
+
+    #[test]
+    fn keys_are_valid_kv_keys_distinct_and_unchanged() {
+        let valid = |k: &str| {
+            !k.starts_with('.')
+                && !k.ends_with('.')
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b))
+        };
+        let repo = RepoName::parse("PRX/my.app").unwrap();
+        let branch = record_key(&OrderingKey::branch(
+            repo.clone(),
+            Branch::new("feat/x y").unwrap(),
+        ));
+        assert_eq!(branch, "PRX.my=2Eapp.b.feat=2Fx=20y");
+        assert!(valid(&branch));
+        let pr = record_key(&OrderingKey::pull_request(repo, 7));
+        assert_eq!(pr, "PRX.my=2Eapp.pr.7");
+        let d = dispatched_key("github-delivery:72d3162e-cc78", Architecture::Aarch64);
+        assert_eq!(d, "github-delivery=3A72d3162e-cc78.aarch64");
+        assert!(valid(&d), "{d}");
+        assert_ne!(key_token("a.b"), key_token("a=2Eb"));
+        assert_eq!(key_token(""), "=");
+    }
+}

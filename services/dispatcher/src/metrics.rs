@@ -1,0 +1,87 @@
+//! Every dispatcher metric, in one struct registered in one place.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use prx_ci_shared::domain::Architecture;
+
+/// The dispatcher's own metrics (the consumer's are `shared::telemetry`'s).
+#[derive(Debug, Clone)]
+pub struct DispatcherMetrics {
+    decisions: Family<DecisionLabels, Counter>,
+    builds_started: Family<ArchitectureLabels, Counter>,
+    builds_reannounced: Counter,
+    builds_cancelled: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    /// `build` or `skip`.
+    outcome: String,
+    /// The skip reason ("" for builds).
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ArchitectureLabels {
+    architecture: String,
+}
+
+impl DispatcherMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            decisions: Family::default(),
+            builds_started: Family::default(),
+            builds_reannounced: Counter::default(),
+            builds_cancelled: Counter::default(),
+        };
+        registry.register(
+            "prx_ci_dispatcher_decisions",
+            "Webhooks decided, by outcome and skip reason",
+            metrics.decisions.clone(),
+        );
+        registry.register(
+            "prx_ci_dispatcher_builds_started",
+            "Builds started through the backend",
+            metrics.builds_started.clone(),
+        );
+        registry.register(
+            "prx_ci_dispatcher_builds_reannounced",
+            "Redelivered webhooks whose build was already started (announced again, not restarted)",
+            metrics.builds_reannounced.clone(),
+        );
+        registry.register(
+            "prx_ci_dispatcher_builds_cancelled",
+            "Superseded builds stopped",
+            metrics.builds_cancelled.clone(),
+        );
+        metrics
+    }
+
+    /// A webhook decided: `build`, or `skip` with its reason.
+    pub fn decision(&self, outcome: &str, reason: &str) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                outcome: outcome.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn build_started(&self, architecture: Architecture) {
+        self.builds_started
+            .get_or_create(&ArchitectureLabels {
+                architecture: architecture.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn build_reannounced(&self) {
+        self.builds_reannounced.inc();
+    }
+
+    pub fn build_cancelled(&self) {
+        self.builds_cancelled.inc();
+    }
+}

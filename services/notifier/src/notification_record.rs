@@ -1,0 +1,236 @@
+//! The per-build notification record (what the KV bucket holds) and its rules: folding an
+//! event, taking and releasing the delivery lease, recording a delivery and a written status.
+//!
+//! The async code only calls these methods inside [`crate::notification_store`]'s
+//! compare-and-set, so every rule here is decided from the record alone and is unit-tested.
+
+use prx_ci_proto::v1::{self, envelope::Payload};
+use prx_ci_shared::kv::Modify;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::chat::MessageRef;
+use crate::commit_status::{CommitStatus, desired_status};
+use crate::commits::CommitsCache;
+use crate::config::StatusConfig;
+use crate::view::{ApplyError, BuildView};
+
+/// Which replica delivers a build right now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub owner: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub until: OffsetDateTime,
+}
+
+/// The Slack side of a build.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SlackState {
+    /// The posted message (absent until the first post is confirmed and stored).
+    pub reference: Option<MessageRef>,
+    /// Set (and stored) before a post is attempted, cleared when its reference is stored. Found
+    /// set with no reference, a post may have happened: look for it before posting again.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub post_started_at: Option<OffsetDateTime>,
+    /// The view version the message shows.
+    pub delivered_version: u64,
+    /// Digest of the last content sent (identical renderings are not sent again).
+    pub last_digest: Option<String>,
+    pub lease: Option<Lease>,
+    /// Slack's last permanent error, for operators.
+    pub last_error: Option<String>,
+    /// Posts and updates made (numbers the notification events).
+    pub deliveries: u64,
+}
+
+/// The commit-status side of a build.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatusRecord {
+    /// The status last written for this build (or superseded by a newer one on the same
+    /// commit and context).
+    pub written: Option<CommitStatus>,
+}
+
+/// Everything stored for one build: its view, its Slack message, its commit status and the
+/// cached commit list.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NotificationRecord {
+    pub view: BuildView,
+    pub slack: SlackState,
+    pub status: StatusRecord,
+    pub commits: Option<CommitsCache>,
+}
+
+/// What [`NotificationRecord::claim_lease`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The message already shows the newest view: nothing to deliver.
+    Clean,
+    /// Another replica holds the lease for this long yet.
+    Busy(time::Duration),
+    /// The lease is ours. `earlier_post`: a post marker left by an earlier attempt whose
+    /// reference was never stored (the post may have happened: look for it first).
+    Claimed {
+        earlier_post: Option<OffsetDateTime>,
+    },
+}
+
+/// The outcome of one chat delivery, as [`NotificationRecord::mark_delivered`] records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatDelivery {
+    /// The message delivered to (posted, updated or found).
+    pub reference: Option<MessageRef>,
+    /// `posted` or `updated` when a message was sent; `None` when nothing was sent.
+    pub action: Option<&'static str>,
+    /// Slack's permanent error (the version is given up on).
+    pub error: Option<String>,
+    /// The view version rendered.
+    pub version: u64,
+    /// Digest of the content rendered.
+    pub digest: String,
+    /// The commit list fetched for this delivery, if any.
+    pub fetched: Option<CommitsCache>,
+}
+
+impl NotificationRecord {
+    /// The message does not show the latest view yet.
+    pub fn chat_dirty(&self) -> bool {
+        self.view.version > 0 && self.slack.delivered_version < self.view.version
+    }
+
+    /// Folds `envelope` into the view. A `quiet` event (old history, replayed) is remembered
+    /// as already shown and its status as already written, so nothing is announced. Writes
+    /// only when the event applied; `Ok(false)` for a duplicate.
+    pub fn apply_event(
+        &mut self,
+        envelope: &v1::Envelope,
+        quiet: bool,
+        statuses: &StatusConfig,
+    ) -> Modify<Result<bool, ApplyError>> {
+        match self.view.apply(envelope) {
+            Ok(true) => {
+                if quiet {
+                    self.slack.delivered_version = self.view.version;
+                    self.status.written = desired_status(statuses, &self.view);
+                }
+                Modify::Write(Ok(true))
+            }
+            other => Modify::Keep(other),
+        }
+    }
+
+    /// Takes the delivery lease for `owner` until `until` when the message is behind its view
+    /// and no other replica holds an unexpired lease; before a first post, also leaves the
+    /// post marker (`now`), stored before the post is attempted.
+    pub fn claim_lease(
+        &mut self,
+        owner: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Modify<Claim> {
+        if !self.chat_dirty() {
+            return Modify::Keep(Claim::Clean);
+        }
+        if let Some(lease) = &self.slack.lease
+            && lease.owner != owner
+            && lease.until > now
+        {
+            return Modify::Keep(Claim::Busy(lease.until - now));
+        }
+        self.slack.lease = Some(Lease {
+            owner: owner.to_owned(),
+            until,
+        });
+        let earlier_post = self.slack.post_started_at;
+        if self.slack.reference.is_none() && earlier_post.is_none() {
+            self.slack.post_started_at = Some(now);
+        }
+        Modify::Write(Claim::Claimed { earlier_post })
+    }
+
+    /// Drops `owner`'s lease (after a failed delivery, so another attempt may start at once).
+    pub fn release_lease(&mut self, owner: &str) -> Modify<()> {
+        if self.slack.lease.as_ref().is_some_and(|l| l.owner == owner) {
+            self.slack.lease = None;
+            Modify::Write(())
+        } else {
+            Modify::Keep(())
+        }
+    }
+
+    /// Records a finished delivery by `owner`: the message reference (the post marker goes once
+    /// a reference is stored, or when Slack rejected the message for good), the version shown
+    /// (never lowered), the digest and count of what was sent, the error, the fetched commits
+    /// (the first list stays), and releases `owner`'s lease.
+    pub fn mark_delivered(&mut self, delivery: &ChatDelivery, owner: &str) -> Modify<()> {
+        if let Some(reference) = &delivery.reference
+            && self.slack.reference.as_ref() != Some(reference)
+        {
+            self.slack.reference = Some(reference.clone());
+        }
+        if self.slack.reference.is_some() || delivery.error.is_some() {
+            self.slack.post_started_at = None;
+        }
+        self.slack.delivered_version = self.slack.delivered_version.max(delivery.version);
+        if delivery.action.is_some() {
+            self.slack.last_digest = Some(delivery.digest.clone());
+            self.slack.deliveries += 1;
+        }
+        self.slack.last_error.clone_from(&delivery.error);
+        if self.commits.is_none() {
+            self.commits.clone_from(&delivery.fetched);
+        }
+        if self.slack.lease.as_ref().is_some_and(|l| l.owner == owner) {
+            self.slack.lease = None;
+        }
+        Modify::Write(())
+    }
+
+    /// Records `written` on this build (`own`: the build whose state it is), or on a build whose
+    /// older state it superseded: that one keeps its own newest status when it has one, so a
+    /// restart does not write a stale state again.
+    pub fn mark_status_written(
+        &mut self,
+        written: &CommitStatus,
+        own: bool,
+        statuses: &StatusConfig,
+    ) -> Modify<()> {
+        self.status.written = if own {
+            Some(written.clone())
+        } else {
+            desired_status(statuses, &self.view).or_else(|| Some(written.clone()))
+        };
+        Modify::Write(())
+    }
+
+    /// The `NotificationDelivered` event of a delivery, caused by the last event applied; its
+    /// id derives from `id_parts` and `action`, so a redelivery publishes the same id.
+    pub fn delivered_event(
+        &self,
+        channel: v1::NotificationChannel,
+        reference: String,
+        action: &str,
+        id_parts: &[&str],
+    ) -> v1::Envelope {
+        let chain = self.view.chain.chain();
+        let mut parts = vec!["notification.delivered"];
+        parts.extend_from_slice(id_parts);
+        parts.push(action);
+        chain.envelope(
+            chain.derive_id(&parts),
+            Payload::NotificationDelivered(v1::NotificationDelivered {
+                channel: channel as i32,
+                build: Some(self.view.build_ref()),
+                reference,
+                action: action.to_owned(),
+            }),
+        )
+    }
+}
+
+#[cfg(test)]
+#[path = "notification_record_tests.rs"]
+mod tests;

@@ -1,0 +1,171 @@
+//! GitHub commit-status delivery: one queue keyed by (repository, commit, context) in which a
+//! newer state replaces a waiting older one, written one at a time through the status sink.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prx_ci_proto::v1;
+use prx_ci_shared::retry::Backoff;
+
+use crate::commit_status::{CommitStatus, desired_status};
+use crate::github_status::StatusError;
+use crate::metrics::bump;
+use crate::notification_record::NotificationRecord;
+use crate::service::Core;
+
+/// Statuses remembered as in flight or written (a cache; cleared when full).
+const MAX_RECENT_STATUSES: usize = 10_000;
+/// Longest wait before a failed write is tried again.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+
+/// What identifies a status on GitHub: (repository, commit, context).
+pub(crate) type StatusKey = (String, String, String);
+
+/// A status waiting to be written, with every build whose state it carries.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingStatus {
+    status: CommitStatus,
+    /// The build whose state is `status`.
+    build_key: String,
+    /// Builds whose older states were superseded by `status` while waiting.
+    superseded: Vec<String>,
+    attempts: u32,
+}
+
+impl Core {
+    /// Queues the status `record`'s view calls for, unless it is written or in flight.
+    pub(crate) fn enqueue_status(&self, key: &str, record: &NotificationRecord) {
+        if !self.config.statuses.enabled {
+            return;
+        }
+        let Some(status) = desired_status(&self.config.statuses, &record.view) else {
+            return;
+        };
+        if record.status.written.as_ref() == Some(&status) {
+            return;
+        }
+        if self
+            .recent_statuses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&status.key())
+            == Some(&status)
+        {
+            return;
+        }
+        bump(&self.stats.statuses_requested);
+        let pending = PendingStatus {
+            status: status.clone(),
+            build_key: key.to_owned(),
+            superseded: vec![],
+            attempts: 0,
+        };
+        let fresh = self
+            .status_queue
+            .push(status.key(), pending, |waiting, newer| {
+                if waiting.build_key != newer.build_key {
+                    waiting.superseded.push(waiting.build_key.clone());
+                }
+                waiting.status = newer.status;
+                waiting.build_key = newer.build_key;
+            });
+        if fresh {
+            self.metrics.status_queue.inc();
+        } else {
+            self.metrics.status("coalesced");
+        }
+    }
+
+    /// Writes commit statuses one at a time, newest state per (commit, context).
+    pub(crate) async fn status_worker(self: Arc<Self>) {
+        while let Some((status_key, mut pending)) = self.status_queue.pop(&self.shutdown).await {
+            self.metrics.status_queue.dec();
+            {
+                let mut recent = self
+                    .recent_statuses
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if recent.len() >= MAX_RECENT_STATUSES {
+                    recent.clear();
+                }
+                recent.insert(status_key.clone(), pending.status.clone());
+            }
+            match self.statuses.write(&pending.status).await {
+                Ok(()) => {
+                    self.metrics.status("written");
+                    bump(&self.stats.statuses_written);
+                    self.mark_status_written(&pending).await;
+                }
+                Err(StatusError::Permanent(reason)) => {
+                    self.metrics.status("rejected");
+                    tracing::error!(
+                        repository = %pending.status.repository,
+                        commit = %pending.status.sha,
+                        reason,
+                        "commit status rejected"
+                    );
+                    self.mark_status_written(&pending).await;
+                }
+                Err(StatusError::Transient(reason)) => {
+                    self.metrics.status("failed");
+                    self.recent_statuses
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&status_key);
+                    pending.attempts += 1;
+                    let delay = Backoff {
+                        initial: Duration::from_secs(1),
+                        max: MAX_RETRY_DELAY,
+                        max_attempts: u32::MAX,
+                    }
+                    .delay(pending.attempts);
+                    tracing::warn!(reason, ?delay, "commit status write failed; will retry");
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    self.metrics.status_queue.inc();
+                    // Back at the front, unless a newer state arrived meanwhile.
+                    self.status_queue
+                        .push_front(status_key, pending, |newer, mut older| {
+                            older.superseded.clear();
+                            newer.superseded.push(older.build_key);
+                        });
+                }
+            }
+        }
+    }
+
+    /// Records the written status on its build, and on the builds whose older states it
+    /// superseded (so a restart does not write those stale states again).
+    async fn mark_status_written(&self, pending: &PendingStatus) {
+        let statuses = &self.config.statuses;
+        let written = &pending.status;
+        let mut builds = vec![pending.build_key.clone()];
+        builds.extend(pending.superseded.iter().cloned());
+        for key in builds {
+            let own = key == pending.build_key;
+            let result = self
+                .store
+                .modify(&key, |record| {
+                    record.mark_status_written(written, own, statuses)
+                })
+                .await;
+            match result {
+                Ok(((), record)) if own => {
+                    let event = record.delivered_event(
+                        v1::NotificationChannel::GithubStatus,
+                        written.context.clone(),
+                        written.state.as_str(),
+                        &["status", &key, &written.description],
+                    );
+                    self.publish_delivered(&event).await;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(build = %key, error = format!("{err:#}"), "cannot record the written status");
+                }
+            }
+        }
+    }
+}
