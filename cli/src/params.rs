@@ -4,7 +4,7 @@
 
 use async_nats::jetstream;
 use prx_ci_proto::v1;
-use prx_ci_publisher::{KvParameterStore, ParameterStore, SsmParameterStore, parameter_report};
+use prx_ci_publisher::{KvParameterStore, ParameterStore, SsmParameterStore, parameter_views};
 use prx_ci_shared::config::{self, AwsConfig};
 use prx_ci_shared::domain::short_sha;
 
@@ -89,7 +89,7 @@ pub async fn run(config_file: Option<&std::path::Path>, args: ParamsArgs) -> any
     } else {
         Box::new(KvParameterStore::new(&js).await?)
     };
-    let reports = parameter_report(&js, store.as_ref(), &args.prefix).await?;
+    let reports = parameter_views(&js, store.as_ref(), &args.prefix).await?;
     if reports.is_empty() && !args.json {
         println!("no parameters under {}", args.prefix);
     }

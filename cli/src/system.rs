@@ -161,7 +161,7 @@ impl LocalSystem {
         )?;
         let watcher =
             BuildWatcher::new(rt.clone(), config.build_watcher, None, None, &mut registry)?;
-        let ownership = ParameterOwnership::from_publisher(&config.publisher)?;
+        let ownership = ParameterOwnership::from_publisher(&config.publisher.ownership())?;
         let publisher = Publisher::new(
             rt.clone(),
             config.publisher,

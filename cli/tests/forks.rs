@@ -7,7 +7,7 @@ mod common;
 use common::{Local, Repo, publish_outcomes};
 use prx_ci_dispatcher::decision::ForkPolicy;
 use prx_ci_proto::v1::{self, envelope::Payload};
-use prx_ci_publisher::{KvParameterStore, parameter_report};
+use prx_ci_publisher::{KvParameterStore, parameter_views};
 
 const REPOSITORY: &str = "PRX/fork-target";
 
@@ -139,7 +139,7 @@ async fn a_built_fork_pull_request_with_the_opt_in_and_an_exported_publish_write
     );
     let js = local.js();
     let store = KvParameterStore::new(&js).await.unwrap();
-    let report = parameter_report(&js, &store, "/prx/stag/Spire/")
+    let report = parameter_views(&js, &store, "/prx/stag/Spire/")
         .await
         .unwrap();
     assert!(

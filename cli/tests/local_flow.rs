@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{Local, SECRET, stored_events, stored_messages};
 use prx_ci::demo::{self, DemoArgs, PARAMETER};
 use prx_ci_proto::v1::{self, envelope::Payload};
-use prx_ci_publisher::{KvParameterStore, parameter_report};
+use prx_ci_publisher::{KvParameterStore, parameter_views};
 use prx_ci_shared::testing::wait_until;
 
 #[tokio::test]
@@ -96,7 +96,7 @@ async fn an_older_push_finishing_last_never_overwrites_the_deploy_pointer() {
 
     // The parameter store holds the newest push's value.
     let store = KvParameterStore::new(&js).await.unwrap();
-    let report = parameter_report(&js, &store, "/prx/stag/Spire/")
+    let report = parameter_views(&js, &store, "/prx/stag/Spire/")
         .await
         .unwrap();
     let parameter = report.iter().find(|r| r.parameter == PARAMETER).unwrap();

@@ -6,7 +6,7 @@ mod common;
 
 use common::{Local, Repo, publish_outcomes};
 use prx_ci_proto::v1::{self, envelope::Payload};
-use prx_ci_publisher::{KvParameterStore, parameter_report};
+use prx_ci_publisher::{KvParameterStore, parameter_views};
 
 const REPOSITORY: &str = "PRX/order-app";
 const PARAMETER: &str = "/prx/stag/Spire/OrderApp/pkg/docker-image-tag";
@@ -70,7 +70,7 @@ async fn outcomes(local: &Local, commit: &str, count: usize) -> Vec<Payload> {
 async fn pointer(local: &Local) -> Option<String> {
     let js = local.js();
     let store = KvParameterStore::new(&js).await.unwrap();
-    let report = parameter_report(&js, &store, "/prx/stag/Spire/")
+    let report = parameter_views(&js, &store, "/prx/stag/Spire/")
         .await
         .unwrap();
     report

@@ -11,12 +11,13 @@ mod replay;
 use std::sync::Arc;
 
 use prx_ci_proto::v1::{self, envelope::Payload, ops_server::Ops};
-use prx_ci_publisher::owner_store::{OwnerStore, TransferError};
-use prx_ci_publisher::ownership::{ConfigOwners, Transfer, TransferRefused};
-use prx_ci_publisher::{OwnerRecord, PublisherConfig};
 use prx_ci_shared::Runtime;
 use prx_ci_shared::bus::envelope::{Chain, from_timestamp, new_event_id};
 use prx_ci_shared::domain::RepoName;
+use prx_ci_shared::ownership::{
+    ConfigOwners, OwnerRecord, OwnerStore, OwnershipConfig, Transfer, TransferError,
+    TransferRefused,
+};
 use time::OffsetDateTime;
 use tokio::sync::RwLock;
 use tonic::{Request, Response, Status};
@@ -39,8 +40,8 @@ pub struct ParameterOwnership {
 }
 
 impl ParameterOwnership {
-    /// From the publisher's (validated) configuration.
-    pub fn from_publisher(config: &PublisherConfig) -> anyhow::Result<Self> {
+    /// From the ownership part of the (validated) `[publisher]` section.
+    pub fn from_publisher(config: &OwnershipConfig) -> anyhow::Result<Self> {
         Ok(Self {
             config_owners: config
                 .config_owners()
@@ -54,7 +55,7 @@ impl Default for ParameterOwnership {
     fn default() -> Self {
         Self {
             config_owners: ConfigOwners::default(),
-            parameter_prefix: PublisherConfig::default().parameter_prefix,
+            parameter_prefix: OwnershipConfig::default().parameter_prefix,
         }
     }
 }

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use prx_ci_ops::ancestry::Ancestry;
 use prx_ci_ops::api::ParameterOwnership;
 use prx_ci_ops::{OpsConfig, OpsService};
-use prx_ci_publisher::PublisherConfig;
 use prx_ci_shared::config;
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
+use prx_ci_shared::ownership::OwnershipConfig;
 use prx_ci_shared::service::startup::{ServiceProcess, exit_code};
 
 /// The PRX CI ops service: the operators' gRPC API.
@@ -38,7 +38,7 @@ async fn try_main() -> anyhow::Result<()> {
     let github: GitHubConfig = config::load(file, "github")?;
     let commits =
         Ancestry::new(GitHubClient::new(github).context("cannot build the GitHub client")?);
-    let publisher: PublisherConfig = config::load(file, "publisher")?;
+    let publisher: OwnershipConfig = config::load(file, "publisher")?;
     let ownership = ParameterOwnership::from_publisher(&publisher)?;
     let mut process = ServiceProcess::start("prx-ci-ops", file).await?;
     let grpc = tokio::net::TcpListener::bind(ops.listen)

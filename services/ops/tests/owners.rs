@@ -9,10 +9,8 @@ use common::*;
 use prx_ci_ops::api::ParameterOwnership;
 use prx_ci_ops::{OpsConfig, client};
 use prx_ci_proto::v1::{self, envelope::Payload};
-use prx_ci_publisher::owner_store::Checked;
-use prx_ci_publisher::ownership::ACTION_CLAIM;
-use prx_ci_publisher::{OwnerRecord, OwnerStore, PublisherConfig};
 use prx_ci_shared::bus::subject;
+use prx_ci_shared::ownership::{ACTION_CLAIM, Checked, OwnerRecord, OwnerStore, OwnershipConfig};
 use secrecy::SecretString;
 use tonic::Code;
 
@@ -20,12 +18,12 @@ const NAME: &str = "/prx/stag/Spire/App/pkg/docker-image-tag";
 const CONFIGURED: &str = "/prx/stag/Spire/Configured/pkg/docker-image-tag";
 
 async fn start() -> (Harness, OwnerStore) {
-    let publisher = PublisherConfig {
+    let publisher = OwnershipConfig {
         owners: BTreeMap::from([(
             "/prx/stag/Spire/Configured/".to_owned(),
             "PRX/configured".to_owned(),
         )]),
-        ..PublisherConfig::default()
+        ..OwnershipConfig::default()
     };
     let h = Harness::start_owning(
         OpsConfig::default(),
@@ -49,7 +47,7 @@ async fn start() -> (Harness, OwnerStore) {
 
 /// What the publisher's ownership check answers for a publish of NAME by `repository`.
 async fn may_publish(store: &OwnerStore, repository: &str) -> bool {
-    let config = ParameterOwnership::from_publisher(&PublisherConfig::default()).unwrap();
+    let config = ParameterOwnership::from_publisher(&OwnershipConfig::default()).unwrap();
     matches!(
         store
             .check(&config.config_owners, NAME, repository, "b", "c", "t")

@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use prometheus_client::registry::Registry;
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_publisher::fence::{Position, Publication};
-use prx_ci_publisher::ordering::{FenceMetrics, FenceSettings, KvFence};
+use prx_ci_publisher::fence_store::{FenceSettings, KvFence};
+use prx_ci_publisher::metrics::FenceMetrics;
 use prx_ci_publisher::{
     KvParameterStore, NoArtifactCheck, ParameterStore, Publisher, PublisherConfig,
     SsmParameterStore, StoreError, StoredParameter,

@@ -8,9 +8,11 @@ use prx_ci_shared::config::Validate;
 use prx_ci_shared::domain::Architecture;
 use serde::Deserialize;
 
-use crate::mapping::check_parameter_name;
-use crate::ordering::FenceSettings;
-use crate::ownership::ConfigOwners;
+use prx_ci_shared::ownership::{
+    ConfigOwners, DEFAULT_PARAMETER_PREFIX, OwnershipConfig, check_parameter_prefix,
+};
+
+use crate::fence_store::FenceSettings;
 
 /// Section `[publisher]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -54,7 +56,7 @@ impl Default for PublisherConfig {
     fn default() -> Self {
         Self {
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 9104)),
-            parameter_prefix: "/prx/stag/Spire/".to_owned(),
+            parameter_prefix: DEFAULT_PARAMETER_PREFIX.to_owned(),
             primary_architecture: Architecture::X86_64,
             application_code_bucket: String::new(),
             s3_force_path_style: false,
@@ -85,6 +87,14 @@ impl PublisherConfig {
         }
     }
 
+    /// The ownership part of the section, as other services read it.
+    pub fn ownership(&self) -> OwnershipConfig {
+        OwnershipConfig {
+            parameter_prefix: self.parameter_prefix.clone(),
+            owners: self.owners.clone(),
+        }
+    }
+
     /// The validated `[publisher.owners]` table.
     pub fn config_owners(&self) -> Result<ConfigOwners, String> {
         ConfigOwners::parse(&self.owners, &self.parameter_prefix)
@@ -99,18 +109,7 @@ impl Validate for PublisherConfig {
                 self.concurrency
             ));
         }
-        if !self.parameter_prefix.starts_with('/') || !self.parameter_prefix.ends_with('/') {
-            return Err(format!(
-                "parameter_prefix {:?} must start and end with `/`",
-                self.parameter_prefix
-            ));
-        }
-        // The prefix followed by one level must be a valid name.
-        check_parameter_name(
-            &format!("{}x", self.parameter_prefix),
-            &self.parameter_prefix,
-        )
-        .map_err(|(_, detail)| format!("parameter_prefix: {detail}"))?;
+        check_parameter_prefix(&self.parameter_prefix)?;
         if self.write_timeout.is_zero() || self.claim_lease <= self.write_timeout * 2 {
             return Err(format!(
                 "claim_lease ({:?}) must be more than twice write_timeout ({:?})",
@@ -132,6 +131,30 @@ mod tests {
     use prx_ci_shared::config::load_from;
 
     use super::*;
+
+    #[test]
+    fn the_ops_api_reads_the_same_ownership_the_publisher_enforces() {
+        assert_eq!(
+            PublisherConfig::default().ownership(),
+            OwnershipConfig::default()
+        );
+        let config = PublisherConfig {
+            parameter_prefix: "/team/".into(),
+            owners: BTreeMap::from([("/team/App/".to_owned(), "PRX/app".to_owned())]),
+            ..PublisherConfig::default()
+        };
+        let ownership = config.ownership();
+        assert_eq!(ownership.parameter_prefix, "/team/");
+        assert_eq!(ownership.config_owners(), config.config_owners());
+        assert_eq!(
+            ownership
+                .config_owners()
+                .unwrap()
+                .owner_of("/team/App/pkg/x")
+                .map(|o| o.repository.as_str()),
+            Some("PRX/app")
+        );
+    }
 
     #[test]
     fn example_config_parses_to_the_defaults() {

@@ -12,15 +12,19 @@
 use std::collections::HashMap;
 
 use prx_ci_proto::v1::{self, PublishSkipReason};
+use prx_ci_shared::codebuild::env;
 use prx_ci_shared::codebuild::event::{is_dispatcher_variable, requested_variables};
 use prx_ci_shared::domain::Architecture;
 
+use crate::fence::Position;
 use crate::mapping::BuildFacts;
 
 /// The variable that turns publishing on.
-pub const PUBLISH_VARIABLE: &str = "PRX_CI_PUBLISH";
+pub const PUBLISH_VARIABLE: &str = env::CI_PUBLISH;
 /// The variable of prerelease builds (artifacts pushed, parameters never written).
-pub const PRERELEASE_VARIABLE: &str = "PRX_CI_PRERELEASE";
+pub const PRERELEASE_VARIABLE: &str = env::CI_PRERELEASE;
+/// The detail of each mapping's skip when the build cannot be ordered ([`Verdict::Unordered`]).
+pub const UNORDERED_DETAIL: &str = "the build has no push sequence (not started by the dispatcher), so it cannot be ordered against other pushes";
 /// Characters of a contradicting value quoted in a skip's detail (the rest is cut).
 pub const MAX_QUOTED_CHARS: usize = 80;
 
@@ -74,8 +78,8 @@ pub enum Verdict {
     },
     /// Write nothing; the overrides already say why (the build tried to turn publishing on).
     Withheld,
-    /// Nobody requested the build (started in the console): the mappings are reported, each as
-    /// unordered, and never written.
+    /// Nobody requested the build (started in the console), or it has no push sequence: the
+    /// mappings are reported, each as unordered, and never written.
     Unordered,
 }
 
@@ -90,6 +94,33 @@ pub struct Decision {
     /// Contradicted dispatcher variables, by name.
     pub overrides: Vec<Override>,
     pub verdict: Verdict,
+}
+
+impl Decision {
+    /// The build's place in the fence's order: its push and whether it is the primary
+    /// architecture's build (the one a push with several architectures publishes).
+    pub fn position(&self, push_sequence: u64, primary_architecture: Architecture) -> Position {
+        Position::new(
+            push_sequence,
+            self.facts.architecture == Some(primary_architecture),
+        )
+    }
+}
+
+/// Decides what a completed build may publish: `None` when it did not succeed (failures are the
+/// notifier's business); otherwise [`decide`] on its request and variables, where a build
+/// without a push sequence (`push_sequence` 0) cannot be ordered, so what would publish is
+/// [`Verdict::Unordered`].
+pub fn assess(done: &v1::BuildCompleted, push_sequence: u64) -> Option<Decision> {
+    if done.status != v1::BuildStatus::Succeeded as i32 {
+        return None;
+    }
+    let build = done.build.clone().unwrap_or_default();
+    let mut decision = decide(done.requested.as_ref(), &done.variables, &build);
+    if decision.verdict == Verdict::Publish && push_sequence == 0 {
+        decision.verdict = Verdict::Unordered;
+    }
+    Some(decision)
 }
 
 fn facts_of(build: &v1::BuildRef) -> BuildFacts {
@@ -226,14 +257,14 @@ mod tests {
     /// The dispatcher's environment of a push (publish) or a pull request (`publish` as given).
     fn request(pull_request: u64, publish: &str) -> v1::BuildRequested {
         let mut environment = vars(&[
-            ("PRX_REPO", "PRX/app"),
-            ("PRX_COMMIT", SHA),
-            ("PRX_BRANCH", "feature"),
-            ("PRX_TARGET_ARCHITECTURE", "aarch64"),
-            ("PRX_CI_PUBLISH", publish),
+            (env::REPO, "PRX/app"),
+            (env::COMMIT, SHA),
+            (env::BRANCH, "feature"),
+            (env::TARGET_ARCHITECTURE, "aarch64"),
+            (env::CI_PUBLISH, publish),
         ]);
         if pull_request != 0 {
-            environment.insert("PRX_GITHUB_PR".into(), pull_request.to_string());
+            environment.insert(env::GITHUB_PR.into(), pull_request.to_string());
         }
         v1::BuildRequested {
             build: Some(build_ref()),
@@ -283,13 +314,13 @@ mod tests {
         let r = request(12, "false");
         let d = decide(
             Some(&r),
-            &reported(&r, &[("PRX_CI_PUBLISH", "true")]),
+            &reported(&r, &[(env::CI_PUBLISH, "true")]),
             &build_ref(),
         );
         assert_eq!(d.verdict, Verdict::Withheld);
-        assert_eq!(names(&d), ["PRX_CI_PUBLISH"]);
+        assert_eq!(names(&d), [env::CI_PUBLISH]);
         let detail = d.overrides[0].detail();
-        assert!(detail.contains("PRX_CI_PUBLISH"), "{detail}");
+        assert!(detail.contains(env::CI_PUBLISH), "{detail}");
         assert!(detail.contains("nothing is written"), "{detail}");
     }
 
@@ -299,7 +330,7 @@ mod tests {
         for off in ["false", "", "yes"] {
             let d = decide(
                 Some(&r),
-                &reported(&r, &[("PRX_CI_PUBLISH", off)]),
+                &reported(&r, &[(env::CI_PUBLISH, off)]),
                 &build_ref(),
             );
             assert!(d.overrides.is_empty(), "{off:?} is a downgrade");
@@ -322,7 +353,7 @@ mod tests {
         let pr = request(12, "false");
         let d = decide(
             Some(&pr),
-            &reported(&pr, &[("PRX_CI_PRERELEASE", "true")]),
+            &reported(&pr, &[(env::CI_PRERELEASE, "true")]),
             &build_ref(),
         );
         assert!(matches!(
@@ -342,12 +373,12 @@ mod tests {
             &reported(
                 &r,
                 &[
-                    ("PRX_REPO", "Evil/other"),
-                    ("PRX_COMMIT", OTHER_SHA),
-                    ("PRX_BRANCH", "main"),
-                    ("PRX_TARGET_ARCHITECTURE", "x86_64"),
-                    ("PRX_GITHUB_PR", "13"),
-                    ("PRX_GITHUB_BEFORE", OTHER_SHA),
+                    (env::REPO, "Evil/other"),
+                    (env::COMMIT, OTHER_SHA),
+                    (env::BRANCH, "main"),
+                    (env::TARGET_ARCHITECTURE, "x86_64"),
+                    (env::GITHUB_PR, "13"),
+                    (env::GITHUB_BEFORE, OTHER_SHA),
                     ("APP", "github/evil/other:x"),
                 ],
             ),
@@ -356,12 +387,12 @@ mod tests {
         assert_eq!(
             names(&d),
             [
-                "PRX_BRANCH",
-                "PRX_COMMIT",
-                "PRX_GITHUB_BEFORE",
-                "PRX_GITHUB_PR",
-                "PRX_REPO",
-                "PRX_TARGET_ARCHITECTURE"
+                env::BRANCH,
+                env::COMMIT,
+                env::GITHUB_BEFORE,
+                env::GITHUB_PR,
+                env::REPO,
+                env::TARGET_ARCHITECTURE
             ]
         );
         // Publishing goes on, under the dispatcher's facts only.
@@ -369,14 +400,14 @@ mod tests {
         assert_eq!(d.facts.repository, "PRX/app");
         assert_eq!(d.facts.commit, SHA);
         assert_eq!(d.facts.architecture, Some(Architecture::Aarch64));
-        assert_eq!(d.variables["PRX_REPO"], "PRX/app");
-        assert_eq!(d.variables["PRX_COMMIT"], SHA);
-        assert_eq!(d.variables["PRX_GITHUB_PR"], "12");
-        assert!(!d.variables.contains_key("PRX_GITHUB_BEFORE"));
+        assert_eq!(d.variables[env::REPO], "PRX/app");
+        assert_eq!(d.variables[env::COMMIT], SHA);
+        assert_eq!(d.variables[env::GITHUB_PR], "12");
+        assert!(!d.variables.contains_key(env::GITHUB_BEFORE));
         assert_eq!(d.variables["APP"], "github/evil/other:x");
         let detail = d.overrides[4].detail();
         assert!(
-            detail.contains("PRX_REPO") && detail.contains("Evil/other"),
+            detail.contains(env::REPO) && detail.contains("Evil/other"),
             "{detail}"
         );
     }
@@ -385,17 +416,17 @@ mod tests {
     fn the_request_fields_win_over_its_environment() {
         // An older dispatcher's environment, or a build reference the request corrected.
         let mut r = request(0, "true");
-        r.environment.remove("PRX_BRANCH");
+        r.environment.remove(env::BRANCH);
         let d = decide(
             Some(&r),
-            &reported(&r, &[("PRX_BRANCH", "main")]),
+            &reported(&r, &[(env::BRANCH, "main")]),
             &build_ref(),
         );
-        assert_eq!(names(&d), ["PRX_BRANCH"]);
+        assert_eq!(names(&d), [env::BRANCH]);
         // Equal values are no contradiction, nor an empty value for a variable nobody set.
         let d = decide(
             Some(&r),
-            &reported(&r, &[("PRX_BRANCH", "feature"), ("PRX_GITHUB_PR", "")]),
+            &reported(&r, &[(env::BRANCH, "feature"), (env::GITHUB_PR, "")]),
             &build_ref(),
         );
         assert!(d.overrides.is_empty(), "{:?}", d.overrides);
@@ -405,14 +436,14 @@ mod tests {
     fn other_dispatcher_variables_are_the_dispatchers_too() {
         let mut r = request(0, "true");
         r.environment
-            .insert("PRX_APPLICATION_CODE_BUCKET".into(), "prx-code".into());
+            .insert(env::APPLICATION_CODE_BUCKET.into(), "prx-code".into());
         let d = decide(
             Some(&r),
-            &reported(&r, &[("PRX_APPLICATION_CODE_BUCKET", "evil-bucket")]),
+            &reported(&r, &[(env::APPLICATION_CODE_BUCKET, "evil-bucket")]),
             &build_ref(),
         );
-        assert_eq!(names(&d), ["PRX_APPLICATION_CODE_BUCKET"]);
-        assert_eq!(d.variables["PRX_APPLICATION_CODE_BUCKET"], "prx-code");
+        assert_eq!(names(&d), [env::APPLICATION_CODE_BUCKET]);
+        assert_eq!(d.variables[env::APPLICATION_CODE_BUCKET], "prx-code");
     }
 
     #[test]
@@ -421,7 +452,7 @@ mod tests {
         r.fork = true;
         let d = decide(
             Some(&r),
-            &reported(&r, &[("PRX_CI_PUBLISH", "true")]),
+            &reported(&r, &[(env::CI_PUBLISH, "true")]),
             &build_ref(),
         );
         assert!(
@@ -429,7 +460,7 @@ mod tests {
             "{:?}",
             d.verdict
         );
-        assert_eq!(names(&d), ["PRX_CI_PUBLISH"]);
+        assert_eq!(names(&d), [env::CI_PUBLISH]);
         // Even if a dispatcher ever said `true` for one.
         let mut r = request(12, "true");
         r.fork = true;
@@ -446,10 +477,10 @@ mod tests {
     #[test]
     fn builds_nobody_requested_are_unordered_under_their_reference() {
         let exported = vars(&[
-            ("PRX_CI_PUBLISH", "true"),
-            ("PRX_REPO", "Evil/other"),
-            ("PRX_COMMIT", OTHER_SHA),
-            ("PRX_TARGET_ARCHITECTURE", "x86_64"),
+            (env::CI_PUBLISH, "true"),
+            (env::REPO, "Evil/other"),
+            (env::COMMIT, OTHER_SHA),
+            (env::TARGET_ARCHITECTURE, "x86_64"),
         ]);
         let d = decide(None, &exported, &build_ref());
         assert_eq!(d.verdict, Verdict::Unordered);
@@ -457,7 +488,7 @@ mod tests {
         assert_eq!(d.facts.repository, "PRX/app");
         assert_eq!(d.facts.commit, SHA);
         assert_eq!(d.facts.architecture, Some(Architecture::Aarch64));
-        let d = decide(None, &vars(&[("PRX_CI_PUBLISH", "false")]), &build_ref());
+        let d = decide(None, &vars(&[(env::CI_PUBLISH, "false")]), &build_ref());
         assert!(matches!(
             d.verdict,
             Verdict::Skip {
@@ -470,10 +501,84 @@ mod tests {
     #[test]
     fn long_values_are_cut_in_the_detail() {
         let o = Override {
-            variable: "PRX_REPO".into(),
+            variable: env::REPO.into(),
             exported: "x".repeat(500),
             trusted: "PRX/app".into(),
         };
         assert!(o.detail().chars().count() < 200, "{}", o.detail());
+    }
+
+    fn completed(
+        status: v1::BuildStatus,
+        requested: Option<v1::BuildRequested>,
+    ) -> v1::BuildCompleted {
+        let variables = requested
+            .as_ref()
+            .map(|r| r.environment.clone())
+            .unwrap_or_default();
+        v1::BuildCompleted {
+            build: Some(build_ref()),
+            status: status as i32,
+            variables,
+            requested,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_successful_builds_are_assessed() {
+        for status in [
+            v1::BuildStatus::Failed,
+            v1::BuildStatus::Stopped,
+            v1::BuildStatus::Unspecified,
+        ] {
+            assert_eq!(
+                assess(&completed(status, Some(request(0, "true"))), 7),
+                None
+            );
+        }
+        let d = assess(
+            &completed(v1::BuildStatus::Succeeded, Some(request(0, "true"))),
+            7,
+        )
+        .unwrap();
+        assert_eq!(d.verdict, Verdict::Publish);
+    }
+
+    #[test]
+    fn a_publishing_build_without_a_push_sequence_is_unordered() {
+        let done = completed(v1::BuildStatus::Succeeded, Some(request(0, "true")));
+        assert_eq!(assess(&done, 0).unwrap().verdict, Verdict::Unordered);
+        // A build that may not publish keeps its own skip, sequence or not.
+        let off = completed(v1::BuildStatus::Succeeded, Some(request(0, "false")));
+        for sequence in [0, 7] {
+            assert!(matches!(
+                assess(&off, sequence).unwrap().verdict,
+                Verdict::Skip {
+                    reason: PublishSkipReason::PublishingDisabled,
+                    ..
+                }
+            ));
+        }
+    }
+
+    #[test]
+    fn the_position_ranks_the_primary_architecture_first() {
+        let d = assess(
+            &completed(v1::BuildStatus::Succeeded, Some(request(0, "true"))),
+            9,
+        )
+        .unwrap();
+        assert_eq!(d.facts.architecture, Some(Architecture::Aarch64));
+        assert_eq!(d.position(9, Architecture::Aarch64), Position::new(9, true));
+        assert_eq!(d.position(9, Architecture::X86_64), Position::new(9, false));
+        let unknown = Decision {
+            facts: BuildFacts::default(),
+            ..d
+        };
+        assert_eq!(
+            unknown.position(9, Architecture::X86_64),
+            Position::new(9, false)
+        );
     }
 }

@@ -1,36 +1,53 @@
-//! The publisher: for successful publishable builds, parses the `PRX_SPIRE_*_PKG_PARAMETERS`
-//! mappings, checks the build's repository owns the parameter ([`ownership`]; a first
-//! publish claims it), checks the artifact exists, applies the per-parameter ordering fence and
-//! writes the parameter; every parameter gets a `PublishApplied` or `PublishSkipped` event.
+//! The publisher: writes SSM parameters for successful publishable builds, behind the
+//! per-parameter ordering fence (see the crate's README).
 //!
-//! Wiring (`prx-ci up`, local mode):
-//! ```text
+//! For each `BuildCompleted` it decides whether the build may publish ([`eligibility`]), parses
+//! the `PRX_SPIRE_*_PKG_PARAMETERS` mappings ([`mapping`]), checks the build's repository owns
+//! each parameter ([`prx_ci_shared::ownership`]; a first publish claims it), checks the artifact
+//! exists ([`artifacts`]), applies the ordering fence ([`fence`], [`fence_store`]) and writes the
+//! parameter ([`parameter_store`]); every parameter gets a `PublishApplied` or `PublishSkipped`
+//! event. `prx-ci params` calls [`parameter_views`].
+//!
+//! Wiring (`prx-ci up`, local mode; `rt.provision(..)` first creates the consumer and the KV
+//! buckets; production uses [`SsmParameterStore`] and [`AwsArtifactChecker`]):
+//!
+//! ```no_run
+//! # async fn wire(rt: prx_ci_shared::Runtime) -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use prx_ci_publisher::{KvParameterStore, NoArtifactCheck, Publisher, PublisherConfig};
+//!
+//! let mut registry = prometheus_client::registry::Registry::default();
 //! let store = Arc::new(KvParameterStore::new(&rt.js).await?);
-//! let publisher = Publisher::new(rt, PublisherConfig::default(), store,
-//!                                Arc::new(NoArtifactCheck), &mut registry)?;
-//! tokio::spawn(publisher.run(shutdown));
+//! let publisher = Publisher::new(
+//!     rt,
+//!     PublisherConfig::default(),
+//!     store,
+//!     Arc::new(NoArtifactCheck),
+//!     &mut registry,
+//! )?;
+//! tokio::spawn(publisher.run(prx_ci_shared::CancellationToken::new()));
+//! # Ok(())
+//! # }
 //! ```
-//! (`rt.provision(..)` first: it creates the consumer and the KV buckets.) Production (the
-//! `prx-ci-publisher` binary): [`SsmParameterStore`] and [`AwsArtifactChecker`].
-//! `prx-ci params` calls [`parameter_report`].
 
 pub mod artifacts;
 pub mod config;
 pub mod eligibility;
 pub mod fence;
-pub mod keys;
+pub mod fence_store;
+pub mod handler;
 pub mod mapping;
-pub mod ordering;
-pub mod owner_store;
-pub mod ownership;
-pub mod report;
+pub mod metrics;
+pub mod parameter_store;
+pub mod parameter_view;
 pub mod service;
-pub mod store;
+pub mod skip_store;
 
 pub use artifacts::{ArtifactChecker, ArtifactStatus, AwsArtifactChecker, NoArtifactCheck};
 pub use config::PublisherConfig;
-pub use owner_store::{OWNERS_BUCKET, OwnerStore};
-pub use ownership::{ConfigOwners, OwnerRecord};
-pub use report::{ParameterReport, SkipRecord, parameter_report};
+pub use parameter_store::{
+    KvParameterStore, ParameterStore, SsmParameterStore, StoreError, StoredParameter,
+};
+pub use parameter_view::{ParameterView, parameter_views};
 pub use service::Publisher;
-pub use store::{KvParameterStore, ParameterStore, SsmParameterStore, StoreError, StoredParameter};
+pub use skip_store::SkipRecord;

@@ -1,42 +1,24 @@
-//! The service: consumes build completions, decides what to publish, checks artifacts, writes
-//! through the fence, and records a `PublishApplied` or `PublishSkipped` for every parameter.
+//! Wiring: validates the config, registers metrics, opens the stores and runs the consumer.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use prx_ci_proto::v1::{self, PublishSkipReason, envelope::Payload};
-use prx_ci_shared::bus::consume::{ConsumerSettings, Delivery, Handler, HandlerError};
-use prx_ci_shared::bus::envelope::{Chain, derived_event_id};
-use prx_ci_shared::domain::OrderingKey;
-use prx_ci_shared::domain::push_position::display_wire;
+use prx_ci_shared::bus::consume::ConsumerSettings;
+use prx_ci_shared::ownership::{ConfigOwners, OwnerStore};
 use prx_ci_shared::run_consumer;
 use prx_ci_shared::{CancellationToken, Runtime};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
-use crate::artifacts::{ArtifactChecker, ArtifactStatus};
+use crate::artifacts::ArtifactChecker;
 use crate::config::PublisherConfig;
-use crate::eligibility::{self, Override, Verdict};
-use crate::fence::{Position, Publication, Stale};
-use crate::mapping::{self, Item, Rejected, Target};
-use crate::ordering::{FenceError, FenceMetrics, FenceOutcome, KvFence};
-use crate::owner_store::{Checked, OwnerStore};
-use crate::ownership::{ConfigOwners, OwnerRecord};
-use crate::report::{SkipLog, SkipRecord};
-use crate::store::{ParameterStore, StoreError};
+use crate::fence_store::KvFence;
+use crate::handler::PublishHandler;
+use crate::metrics::PublisherMetrics;
+use crate::parameter_store::ParameterStore;
+use crate::skip_store::SkipStore;
 
 /// The durable consumer (`deploy/nats/consumers/publisher.json`).
 pub const DURABLE: &str = "publisher";
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    /// `applied` or the skip reason.
-    outcome: String,
-}
 
 /// The publisher service.
 #[derive(Debug)]
@@ -46,8 +28,7 @@ pub struct Publisher {
     store: Arc<dyn ParameterStore>,
     artifacts: Arc<dyn ArtifactChecker>,
     config_owners: ConfigOwners,
-    fence_metrics: FenceMetrics,
-    outcomes: Family<OutcomeLabels, Counter>,
+    metrics: PublisherMetrics,
 }
 
 impl Publisher {
@@ -66,22 +47,14 @@ impl Publisher {
         let config_owners = config
             .config_owners()
             .map_err(|reason| anyhow::anyhow!("invalid configuration [publisher]: {reason}"))?;
-        let fence_metrics = FenceMetrics::new();
-        fence_metrics.register(registry);
-        let outcomes = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "prx_ci_publisher_parameters",
-            "Parameters handled, by outcome (applied or the skip reason)",
-            outcomes.clone(),
-        );
+        let metrics = PublisherMetrics::register(registry);
         Ok(Self {
             rt,
             config,
             store,
             artifacts,
             config_owners,
-            fence_metrics,
-            outcomes,
+            metrics,
         })
     }
 
@@ -90,10 +63,10 @@ impl Publisher {
         let fence = KvFence::open(
             &self.rt.js,
             self.config.fence_settings(),
-            self.fence_metrics.clone(),
+            self.metrics.fence.clone(),
         )
         .await?;
-        let skips = SkipLog::open(&self.rt.js).await?;
+        let skips = SkipStore::open(&self.rt.js).await?;
         let owners = OwnerStore::open(&self.rt.js).await?;
         let definitions = prx_ci_shared::bus::nats::Definitions::embedded()?;
         let mut settings = ConsumerSettings::from_definition(definitions.consumer(DURABLE)?)
@@ -110,7 +83,7 @@ impl Publisher {
             skips,
             owners,
             config_owners: self.config_owners,
-            outcomes: self.outcomes,
+            metrics: self.metrics,
         });
         run_consumer(
             self.rt.js.clone(),
@@ -122,485 +95,5 @@ impl Publisher {
         )
         .await
         .context("publisher consumer failed")
-    }
-}
-
-struct PublishHandler {
-    rt: Runtime,
-    config: PublisherConfig,
-    store: Arc<dyn ParameterStore>,
-    artifacts: Arc<dyn ArtifactChecker>,
-    fence: KvFence,
-    skips: SkipLog,
-    owners: OwnerStore,
-    config_owners: ConfigOwners,
-    outcomes: Family<OutcomeLabels, Counter>,
-}
-
-impl Handler for PublishHandler {
-    async fn handle(&self, delivery: Delivery) -> Result<(), HandlerError> {
-        let Some(Payload::BuildCompleted(done)) = &delivery.envelope.payload else {
-            return Ok(());
-        };
-        self.handle_build_completed(&delivery.envelope, done).await
-    }
-}
-
-/// One skip to report.
-struct Skip {
-    reason: PublishSkipReason,
-    detail: String,
-    parameter: String,
-    value: String,
-    kind: Option<mapping::ArtifactKind>,
-    label: String,
-    mapping: String,
-    superseded_by_sequence: u64,
-    superseded_by_commit: String,
-    /// The contradicted dispatcher variable of an `UNTRUSTED_OVERRIDE` (one event each).
-    variable: String,
-}
-
-impl Skip {
-    fn whole_build(reason: PublishSkipReason, detail: String) -> Self {
-        Self {
-            reason,
-            detail,
-            parameter: String::new(),
-            value: String::new(),
-            kind: None,
-            label: String::new(),
-            mapping: String::new(),
-            superseded_by_sequence: 0,
-            superseded_by_commit: String::new(),
-            variable: String::new(),
-        }
-    }
-
-    fn of_override(o: &Override) -> Self {
-        Self {
-            variable: o.variable.clone(),
-            ..Self::whole_build(PublishSkipReason::UntrustedOverride, o.detail())
-        }
-    }
-
-    fn of_target(target: &Target, reason: PublishSkipReason, detail: String) -> Self {
-        Self {
-            reason,
-            detail,
-            parameter: target.parameter.as_str().to_owned(),
-            value: target.value.clone(),
-            kind: Some(target.kind),
-            label: target.label.clone(),
-            mapping: target.mapping.clone(),
-            superseded_by_sequence: 0,
-            superseded_by_commit: String::new(),
-            variable: String::new(),
-        }
-    }
-
-    fn of_rejected(r: Rejected) -> Self {
-        Self {
-            reason: r.reason.to_proto(),
-            detail: r.detail,
-            parameter: r.parameter,
-            value: r.value,
-            kind: Some(r.kind),
-            label: r.label,
-            mapping: r.mapping,
-            superseded_by_sequence: 0,
-            superseded_by_commit: String::new(),
-            variable: String::new(),
-        }
-    }
-}
-
-fn reason_name(reason: PublishSkipReason) -> String {
-    reason
-        .as_str_name()
-        .trim_start_matches("PUBLISH_SKIP_REASON_")
-        .to_owned()
-}
-
-fn short(sha: &str) -> &str {
-    sha.get(..7).unwrap_or(sha)
-}
-
-impl PublishHandler {
-    async fn handle_build_completed(
-        &self,
-        envelope: &v1::Envelope,
-        done: &v1::BuildCompleted,
-    ) -> Result<(), HandlerError> {
-        if done.status != v1::BuildStatus::Succeeded as i32 {
-            // Failures are the notifier's business.
-            return Ok(());
-        }
-        let vars = &done.variables;
-        let build = done.build.clone().unwrap_or_default();
-        let chain = Chain::caused_by(envelope);
-        // Event ids per (build, parameter), stable across redeliveries and duplicate reports.
-        let id_base = if build.build_id.is_empty() {
-            envelope.event_id.clone()
-        } else {
-            build.build_id.clone()
-        };
-        let emit = Emitter {
-            handler: self,
-            chain: &chain,
-            build: &build,
-            id_base: &id_base,
-            push_sequence: envelope.push_sequence,
-        };
-        // The dispatcher's request decides; the build's variables only supply artifact values.
-        let decision = eligibility::decide(done.requested.as_ref(), vars, &build);
-        for o in &decision.overrides {
-            tracing::warn!(
-                build_id = %build.build_id,
-                variable = %o.variable,
-                "the build contradicts a dispatcher variable; ignored"
-            );
-            emit.skipped(Skip::of_override(o)).await?;
-        }
-        let unordered = match decision.verdict {
-            Verdict::Publish => false,
-            Verdict::Unordered => true,
-            Verdict::Withheld => return Ok(()),
-            Verdict::Skip { reason, detail } => {
-                return emit.skipped(Skip::whole_build(reason, detail)).await;
-            }
-        };
-        let facts = decision.facts;
-        let items =
-            mapping::parse_mappings(&decision.variables, &facts, &self.config.parameter_prefix);
-        let ordering_key = envelope
-            .ordering_key
-            .as_ref()
-            .and_then(OrderingKey::from_proto)
-            .map(|k| k.to_string())
-            .unwrap_or_default();
-        for item in items {
-            match item {
-                Item::Skip(rejected) => emit.skipped(Skip::of_rejected(rejected)).await?,
-                Item::Publish(target) => {
-                    if unordered || envelope.push_sequence == 0 {
-                        emit.skipped(Skip::of_target(
-                            &target,
-                            PublishSkipReason::Unordered,
-                            "the build has no push sequence (not started by the dispatcher), so it cannot be ordered against other pushes".to_owned(),
-                        ))
-                        .await?;
-                        continue;
-                    }
-                    let publication = Publication {
-                        position: Position::new(
-                            envelope.push_sequence,
-                            facts.architecture == Some(self.config.primary_architecture),
-                        ),
-                        value: target.value.clone(),
-                        commit: facts.commit.clone(),
-                        build_id: id_base.clone(),
-                        ordering_key: ordering_key.clone(),
-                        architecture: facts
-                            .architecture
-                            .map(|a| a.to_string())
-                            .unwrap_or_default(),
-                    };
-                    self.publish_target(&emit, &target, &publication).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn publish_target(
-        &self,
-        emit: &Emitter<'_>,
-        target: &Target,
-        publication: &Publication,
-    ) -> Result<(), HandlerError> {
-        let parameter = target.parameter.as_str();
-        // Ownership first: a name another repository owns is neither claimed in the fence nor
-        // checked for an artifact.
-        if let Some(skip) = self.check_owner(emit, target).await? {
-            return emit.skipped(skip).await;
-        }
-        let outcome = match self
-            .fence
-            .precheck(parameter, publication)
-            .await
-            .map_err(fence_error)?
-        {
-            Some(outcome) => outcome,
-            None => {
-                match self
-                    .artifacts
-                    .check(target.kind, &target.value)
-                    .await
-                    .map_err(HandlerError::Transient)?
-                {
-                    ArtifactStatus::Missing(detail) => {
-                        return emit
-                            .skipped(Skip::of_target(
-                                target,
-                                PublishSkipReason::ArtifactMissing,
-                                detail,
-                            ))
-                            .await;
-                    }
-                    ArtifactStatus::Present => {}
-                }
-                self.fence
-                    .publish(parameter, publication, self.store.as_ref())
-                    .await
-                    .map_err(fence_error)?
-            }
-        };
-        match outcome {
-            FenceOutcome::Applied { version, again } => {
-                if !again {
-                    tracing::info!(
-                        parameter,
-                        value = %target.value,
-                        version,
-                        push = %display_wire(publication.position.push_sequence),
-                        "parameter written"
-                    );
-                }
-                emit.applied(target, version).await
-            }
-            FenceOutcome::Skipped(stale) => {
-                let mut skip =
-                    Skip::of_target(target, PublishSkipReason::Superseded, String::new());
-                match stale {
-                    Stale::Superseded {
-                        by_sequence,
-                        by_commit,
-                    } => {
-                        skip.detail = format!(
-                            "push {} ({}) already published {parameter}; this build is from push {}",
-                            display_wire(by_sequence),
-                            short(&by_commit),
-                            display_wire(publication.position.push_sequence)
-                        );
-                        skip.superseded_by_sequence = by_sequence;
-                        skip.superseded_by_commit = by_commit;
-                    }
-                    Stale::NotPrimary { by_commit } => {
-                        skip.reason = PublishSkipReason::NotPrimaryArchitecture;
-                        skip.detail = format!(
-                            "the {} build of the same push ({}) published {parameter}",
-                            self.config.primary_architecture,
-                            short(&by_commit)
-                        );
-                        skip.superseded_by_sequence = publication.position.push_sequence;
-                        skip.superseded_by_commit = by_commit;
-                    }
-                    Stale::AlreadyPublished { by_build } => {
-                        skip.reason = PublishSkipReason::AlreadyPublished;
-                        skip.detail = format!(
-                            "build {by_build} of the same push and architecture already wrote {parameter}"
-                        );
-                    }
-                }
-                emit.skipped(skip).await
-            }
-        }
-    }
-}
-
-impl PublishHandler {
-    /// Whether the build's repository may publish `target` (see [`crate::ownership`]): `Some`
-    /// skip when another repository owns it. A first publish claims the name and reports the
-    /// claim.
-    async fn check_owner(
-        &self,
-        emit: &Emitter<'_>,
-        target: &Target,
-    ) -> Result<Option<Skip>, HandlerError> {
-        let checked = self
-            .owners
-            .check(
-                &self.config_owners,
-                target.parameter.as_str(),
-                &emit.build.repository,
-                emit.id_base,
-                &emit.build.commit,
-                &OffsetDateTime::now_utc()
-                    .format(&Rfc3339)
-                    .unwrap_or_default(),
-            )
-            .await
-            .map_err(HandlerError::Transient)?;
-        match checked {
-            Checked::Allowed { claimed: None } => Ok(None),
-            Checked::Allowed {
-                claimed: Some(record),
-            } => {
-                emit.owner_claimed(&record).await?;
-                Ok(None)
-            }
-            Checked::NotOwner { owner, detail } => {
-                tracing::warn!(
-                    parameter = %target.parameter.as_str(),
-                    repository = %emit.build.repository,
-                    owner = %owner,
-                    "publish to a parameter another repository owns"
-                );
-                Ok(Some(Skip::of_target(
-                    target,
-                    PublishSkipReason::NotOwner,
-                    detail,
-                )))
-            }
-        }
-    }
-}
-
-fn fence_error(err: FenceError) -> HandlerError {
-    match &err {
-        FenceError::Store {
-            source: StoreError::NotWritten {
-                retryable: false, ..
-            },
-            ..
-        } => HandlerError::Permanent(err.into()),
-        _ => HandlerError::Transient(err.into()),
-    }
-}
-
-/// Publishes the outcome events of one build.
-struct Emitter<'a> {
-    handler: &'a PublishHandler,
-    chain: &'a Chain,
-    build: &'a v1::BuildRef,
-    id_base: &'a str,
-    push_sequence: u64,
-}
-
-impl Emitter<'_> {
-    /// Stores an outcome event (a failure is retried with the message).
-    async fn store(&self, envelope: &v1::Envelope) -> Result<(), HandlerError> {
-        self.handler
-            .rt
-            .publisher
-            .publish(envelope)
-            .await
-            .map(drop)
-            .map_err(HandlerError::transient)
-    }
-
-    async fn applied(&self, target: &Target, version: i64) -> Result<(), HandlerError> {
-        let id = derived_event_id(
-            self.id_base,
-            &["publish-applied", target.parameter.as_str()],
-        );
-        let envelope = self.chain.envelope(
-            id,
-            Payload::PublishApplied(v1::PublishApplied {
-                parameter: target.parameter.as_str().to_owned(),
-                value: target.value.clone(),
-                kind: target.kind.to_proto() as i32,
-                label: target.label.clone(),
-                build: Some(self.build.clone()),
-                version,
-            }),
-        );
-        self.store(&envelope).await?;
-        self.handler
-            .outcomes
-            .get_or_create(&OutcomeLabels {
-                outcome: "applied".into(),
-            })
-            .inc();
-        Ok(())
-    }
-
-    /// Reports that this build claimed `record.parameter` for its repository (stable id per
-    /// build and parameter, so a redelivery re-reports the same event).
-    async fn owner_claimed(&self, record: &OwnerRecord) -> Result<(), HandlerError> {
-        let id = derived_event_id(self.id_base, &["owner-claim", &record.parameter]);
-        let envelope = self.chain.envelope(
-            id,
-            Payload::ParameterOwnerChanged(v1::ParameterOwnerChanged {
-                parameter: record.parameter.clone(),
-                repository: record.repository.clone(),
-                previous: String::new(),
-                action: record.action.clone(),
-                requested_by: String::new(),
-                reason: String::new(),
-            }),
-        );
-        self.store(&envelope).await?;
-        tracing::info!(
-            parameter = %record.parameter,
-            repository = %record.repository,
-            "parameter claimed by its first publish"
-        );
-        Ok(())
-    }
-
-    async fn skipped(&self, skip: Skip) -> Result<(), HandlerError> {
-        let kind_name = skip.kind.map_or("", |k| k.mapping_variable());
-        let mut id_parts = vec![
-            "publish-skipped",
-            kind_name,
-            &skip.mapping,
-            &skip.label,
-            &skip.parameter,
-        ];
-        if !skip.variable.is_empty() {
-            id_parts.extend(["untrusted-override", skip.variable.as_str()]);
-        }
-        let id = derived_event_id(self.id_base, &id_parts);
-        let reason = reason_name(skip.reason);
-        tracing::info!(
-            parameter = %skip.parameter,
-            reason = %reason,
-            detail = %skip.detail,
-            "publish skipped"
-        );
-        if !skip.parameter.is_empty() && skip.parameter.len() <= mapping::MAX_NAME_LENGTH {
-            let record = SkipRecord {
-                parameter: skip.parameter.clone(),
-                reason: reason.clone(),
-                detail: skip.detail.clone(),
-                value: skip.value.clone(),
-                commit: self.build.commit.clone(),
-                push_sequence: self.push_sequence,
-                build_id: self.id_base.to_owned(),
-                superseded_by_sequence: skip.superseded_by_sequence,
-                superseded_by_commit: skip.superseded_by_commit.clone(),
-                at: OffsetDateTime::now_utc()
-                    .format(&Rfc3339)
-                    .unwrap_or_default(),
-            };
-            self.handler
-                .skips
-                .record(&record)
-                .await
-                .map_err(HandlerError::Transient)?;
-        }
-        let envelope = self.chain.envelope(
-            id,
-            Payload::PublishSkipped(v1::PublishSkipped {
-                parameter: skip.parameter,
-                value: skip.value,
-                kind: skip.kind.map_or(0, |k| k.to_proto() as i32),
-                label: skip.label,
-                build: Some(self.build.clone()),
-                reason: skip.reason as i32,
-                detail: skip.detail,
-                superseded_by_sequence: skip.superseded_by_sequence,
-                superseded_by_commit: skip.superseded_by_commit,
-                mapping: skip.mapping,
-            }),
-        );
-        self.store(&envelope).await?;
-        self.handler
-            .outcomes
-            .get_or_create(&OutcomeLabels { outcome: reason })
-            .inc();
-        Ok(())
     }
 }

@@ -10,6 +10,8 @@ pub const COMMIT: &str = "PRX_COMMIT";
 pub const BRANCH: &str = "PRX_BRANCH";
 /// `true` when the build may publish (a push to a publishing branch).
 pub const CI_PUBLISH: &str = "PRX_CI_PUBLISH";
+/// `true` in a prerelease build: artifacts are pushed, parameters never written.
+pub const CI_PRERELEASE: &str = "PRX_CI_PRERELEASE";
 /// The pull request number.
 pub const GITHUB_PR: &str = "PRX_GITHUB_PR";
 pub const GITHUB_PR_TITLE: &str = "PRX_GITHUB_PR_TITLE";

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use prx_ci_publisher::fence::{Position, Publication};
-use prx_ci_publisher::ordering::{FenceMetrics, FenceOutcome, FenceSettings, KvFence};
+use prx_ci_publisher::fence_store::{FenceOutcome, FenceSettings, KvFence};
+use prx_ci_publisher::metrics::FenceMetrics;
 use prx_ci_publisher::{ParameterStore, StoreError, StoredParameter};
 use prx_ci_shared::testing::NatsServer;
 use tokio::task::JoinSet;

@@ -1,6 +1,7 @@
 //! Publisher integration tests against a real nats-server and the AWS emulator (moto).
 
 mod fence;
+mod kv_compat;
 mod ownership;
 mod schedules;
 mod service;

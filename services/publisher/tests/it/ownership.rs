@@ -5,12 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use prx_ci_proto::v1::{self, PublishSkipReason, envelope::Payload};
-use prx_ci_publisher::ownership::{ACTION_CLAIM, OwnerRecord};
 use prx_ci_publisher::{
-    KvParameterStore, NoArtifactCheck, OwnerStore, ParameterStore, PublisherConfig,
-    parameter_report,
+    KvParameterStore, NoArtifactCheck, ParameterStore, PublisherConfig, parameter_views,
 };
 use prx_ci_shared::domain::Architecture;
+use prx_ci_shared::ownership::{ACTION_CLAIM, OwnerRecord, OwnerStore};
 use prx_ci_shared::testing::NatsServer;
 
 use crate::utils::{
@@ -124,7 +123,7 @@ async fn a_build_mapping_a_parameter_another_repository_owns_writes_nothing() {
     );
 
     // `prx-ci params` shows the skip like any other.
-    let report = parameter_report(&rt.js, ssm.as_ref(), "/prx/stag/Spire/")
+    let report = parameter_views(&rt.js, ssm.as_ref(), "/prx/stag/Spire/")
         .await
         .unwrap();
     let line = report.iter().find(|r| r.parameter == victim).unwrap();

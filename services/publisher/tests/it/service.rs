@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use prx_ci_proto::v1::{self, PublishSkipReason};
 use prx_ci_publisher::{
-    AwsArtifactChecker, KvParameterStore, NoArtifactCheck, SsmParameterStore, parameter_report,
+    AwsArtifactChecker, KvParameterStore, NoArtifactCheck, SsmParameterStore, parameter_views,
 };
 use prx_ci_shared::domain::Architecture;
 use prx_ci_shared::testing::{MotoServer, NatsServer, wait_until};
@@ -91,7 +91,7 @@ async fn multi_arch_pushes_end_on_the_primary_value_in_either_order() {
     );
 
     // What `prx-ci params` shows, against SSM.
-    let report = parameter_report(&rt.js, ssm.as_ref(), "/prx/stag/Spire/")
+    let report = parameter_views(&rt.js, ssm.as_ref(), "/prx/stag/Spire/")
         .await
         .unwrap();
     let names: Vec<&str> = report.iter().map(|r| r.parameter.as_str()).collect();
@@ -355,7 +355,7 @@ async fn local_mode_gates_skips_with_reasons_and_reports() {
     };
     assert_eq!(write.parameter, l);
     assert_eq!(write.value, messy.value());
-    let report = parameter_report(&rt.js, store.as_ref(), "/prx/stag/Spire/")
+    let report = parameter_views(&rt.js, store.as_ref(), "/prx/stag/Spire/")
         .await
         .unwrap();
     let local = report.iter().find(|r| r.parameter == l).unwrap();

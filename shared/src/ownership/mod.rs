@@ -1,4 +1,4 @@
-//! Parameter ownership: which repository may publish a parameter name. Pure: no I/O, no clock.
+//! Parameter ownership: which repository may publish a parameter name (rules here are pure).
 //!
 //! Every app shares the parameter prefix (`/prx/stag/Spire/`), so without owners any enrolled
 //! build could name another app's parameter in its mapping and point that app at an image of
@@ -14,13 +14,23 @@
 //!
 //! Repositories compare case-insensitively (GitHub names do); parameter names exactly (SSM
 //! names are case-sensitive).
+//!
+//! The publisher enforces these rules on every publish and the ops API transfers names, so they
+//! live here, with the owners' KV store ([`owner_store`]) and SSM's name rules
+//! ([`parameter_name`]) they depend on. Everything in this file is pure: no I/O, no clock.
 
 use std::collections::BTreeMap;
 
-use prx_ci_shared::domain::RepoName;
 use serde::{Deserialize, Serialize};
 
-use crate::mapping::check_parameter_name;
+use crate::config::Validate;
+use crate::domain::RepoName;
+
+pub mod owner_store;
+pub mod parameter_name;
+
+pub use owner_store::{Checked, OWNERS_BUCKET, OwnerStore, TransferError};
+pub use parameter_name::{NameProblem, check_parameter_name};
 
 /// True when `a` and `b` name the same GitHub repository.
 pub fn same_repository(a: &str, b: &str) -> bool {
@@ -95,6 +105,56 @@ impl ConfigOwners {
     /// Every entry, longest pattern first.
     pub fn entries(&self) -> &[ConfigOwner] {
         &self.entries
+    }
+}
+
+/// The publisher's default `parameter_prefix`.
+pub const DEFAULT_PARAMETER_PREFIX: &str = "/prx/stag/Spire/";
+
+/// The ownership part of section `[publisher]` (`parameter_prefix` and `[publisher.owners]`),
+/// for services other than the publisher that need the owners (the ops API). Other keys of the
+/// section are the publisher's and are ignored here.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct OwnershipConfig {
+    /// Only parameter names starting with this are written. Default `/prx/stag/Spire/`.
+    pub parameter_prefix: String,
+    /// `[publisher.owners]`: parameter name, or prefix ending in `/`, -> `owner/repo`.
+    pub owners: BTreeMap<String, String>,
+}
+
+impl Default for OwnershipConfig {
+    fn default() -> Self {
+        Self {
+            parameter_prefix: DEFAULT_PARAMETER_PREFIX.to_owned(),
+            owners: BTreeMap::new(),
+        }
+    }
+}
+
+impl OwnershipConfig {
+    /// The validated `[publisher.owners]` table.
+    pub fn config_owners(&self) -> Result<ConfigOwners, String> {
+        ConfigOwners::parse(&self.owners, &self.parameter_prefix)
+    }
+}
+
+/// Checks a `parameter_prefix`: it starts and ends with `/` and a name one level below it is a
+/// valid parameter name.
+pub fn check_parameter_prefix(prefix: &str) -> Result<(), String> {
+    if !prefix.starts_with('/') || !prefix.ends_with('/') {
+        return Err(format!(
+            "parameter_prefix {prefix:?} must start and end with `/`"
+        ));
+    }
+    check_parameter_name(&format!("{prefix}x"), prefix)
+        .map_err(|(_, detail)| format!("parameter_prefix: {detail}"))
+}
+
+impl Validate for OwnershipConfig {
+    fn validate(&self) -> Result<(), String> {
+        check_parameter_prefix(&self.parameter_prefix)?;
+        self.config_owners().map(|_| ())
     }
 }
 

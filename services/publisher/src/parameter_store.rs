@@ -1,4 +1,4 @@
-//! The parameter store port: AWS SSM in production, a NATS KV bucket locally.
+//! The parameter store port (SSM in production, a NATS KV bucket locally) and its adapters.
 
 use std::fmt;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use aws_sdk_ssm::error::SdkError;
 use futures::TryStreamExt as _;
 use prx_ci_shared::retry::{Backoff, Retry, retry};
 
-use crate::keys::{from_kv_key, kv_key};
+use prx_ci_shared::kv::{decode_key_token, key_token};
 
 /// The KV bucket the local parameter store writes (`deploy/nats/kv/prx_ci_parameters.json`).
 pub const PARAMETERS_BUCKET: &str = "prx_ci_parameters";
@@ -228,14 +228,14 @@ impl ParameterStore for KvParameterStore {
     async fn put(&self, name: &str, value: &str) -> Result<i64, StoreError> {
         let revision = self
             .kv
-            .put(kv_key(name), value.to_owned().into())
+            .put(key_token(name), value.to_owned().into())
             .await
             .map_err(kv_unknown)?;
         Ok(i64::try_from(revision).unwrap_or(i64::MAX))
     }
 
     async fn get(&self, name: &str) -> Result<Option<StoredParameter>, StoreError> {
-        let entry = self.kv.entry(kv_key(name)).await.map_err(kv_unknown)?;
+        let entry = self.kv.entry(key_token(name)).await.map_err(kv_unknown)?;
         Ok(entry
             .filter(|e| e.operation == kv::Operation::Put)
             .map(|e| StoredParameter {
@@ -252,7 +252,7 @@ impl ParameterStore for KvParameterStore {
         };
         let mut out = Vec::new();
         for key in keys {
-            let Some(name) = from_kv_key(&key) else {
+            let Some(name) = decode_key_token(&key) else {
                 continue;
             };
             if !name.starts_with(prefix) {

@@ -1,4 +1,4 @@
-//! What each parameter points to and why (for `prx-ci params`): the store's value, the push
+//! What a person is shown of each parameter (`prx-ci params`): the store's value, the push
 //! that wrote it (from the fence record), and the latest skipped publish (from the skips
 //! bucket).
 
@@ -6,96 +6,20 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, kv};
-use futures::TryStreamExt as _;
+use async_nats::jetstream;
 use prx_ci_shared::domain::push_position::display_wire;
-use serde::{Deserialize, Serialize};
+use prx_ci_shared::domain::short_sha;
+use prx_ci_shared::kv::{Records, decode_key_token};
+use serde::Serialize;
 
 use crate::fence::FenceRecord;
-use crate::keys::{from_kv_key, kv_key};
-use crate::ordering::FENCE_BUCKET;
-use crate::store::ParameterStore;
-
-/// The KV bucket of the latest skipped publish per parameter
-/// (`deploy/nats/kv/prx_ci_publish_skips.json`).
-pub const SKIPS_BUCKET: &str = "prx_ci_publish_skips";
-
-/// The latest publish of a parameter that was not written.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SkipRecord {
-    pub parameter: String,
-    /// `SUPERSEDED`, `ARTIFACT_MISSING`, ... (the `PublishSkipReason` without its prefix).
-    pub reason: String,
-    pub detail: String,
-    pub value: String,
-    pub commit: String,
-    pub push_sequence: u64,
-    pub build_id: String,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub superseded_by_sequence: u64,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub superseded_by_commit: String,
-    /// RFC 3339.
-    pub at: String,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-/// Writes and reads [`SkipRecord`]s.
-#[derive(Debug, Clone)]
-pub struct SkipLog {
-    kv: kv::Store,
-}
-
-impl SkipLog {
-    pub async fn open(js: &jetstream::Context) -> anyhow::Result<Self> {
-        let kv = js
-            .get_key_value(SKIPS_BUCKET)
-            .await
-            .with_context(|| format!("cannot open KV bucket {SKIPS_BUCKET} (provisioned?)"))?;
-        Ok(Self { kv })
-    }
-
-    /// Records `skip` as the latest for its parameter (last writer wins: it is a report).
-    pub async fn record(&self, skip: &SkipRecord) -> anyhow::Result<()> {
-        let body = serde_json::to_vec(skip).context("cannot encode skip record")?;
-        self.kv
-            .put(kv_key(&skip.parameter), body.into())
-            .await
-            .context("cannot record skipped publish")?;
-        Ok(())
-    }
-
-    /// Every record whose parameter starts with `prefix`.
-    pub async fn all(&self, prefix: &str) -> anyhow::Result<Vec<SkipRecord>> {
-        let keys: Vec<String> = self
-            .kv
-            .keys()
-            .await
-            .context("cannot list skip records")?
-            .try_collect()
-            .await
-            .context("cannot list skip records")?;
-        let mut out = Vec::new();
-        for key in keys {
-            if !from_kv_key(&key).is_some_and(|n| n.starts_with(prefix)) {
-                continue;
-            }
-            if let Some(value) = self.kv.get(&key).await.context("cannot read skip record")?
-                && let Ok(record) = serde_json::from_slice::<SkipRecord>(&value)
-            {
-                out.push(record);
-            }
-        }
-        Ok(out)
-    }
-}
+use crate::fence_store::FENCE_BUCKET;
+use crate::parameter_store::ParameterStore;
+use crate::skip_store::{SkipRecord, SkipStore};
 
 /// One parameter, as `prx-ci params` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ParameterReport {
+pub struct ParameterView {
     pub parameter: String,
     /// The store's current value (`None`: not in the store).
     pub value: Option<String>,
@@ -115,11 +39,7 @@ pub struct ParameterReport {
     pub last_skip: Option<SkipRecord>,
 }
 
-fn short(sha: &str) -> &str {
-    sha.get(..7).unwrap_or(sha)
-}
-
-impl ParameterReport {
+impl ParameterView {
     /// One human line: `name = value  (push 42 abc1234 PRX/app@main x86_64)  last skip: ...`.
     pub fn one_line(&self) -> String {
         let mut line = format!(
@@ -129,7 +49,11 @@ impl ParameterReport {
         );
         match (&self.push_sequence, &self.commit) {
             (Some(seq), Some(commit)) => {
-                line.push_str(&format!("  (push {} {}", display_wire(*seq), short(commit)));
+                line.push_str(&format!(
+                    "  (push {} {}",
+                    display_wire(*seq),
+                    short_sha(commit)
+                ));
                 if let Some(key) = &self.ordering_key {
                     line.push_str(&format!(" {key}"));
                 }
@@ -149,7 +73,7 @@ impl ParameterReport {
                 "  last skip: {} (push {} {}): {}",
                 skip.reason,
                 display_wire(skip.push_sequence),
-                short(&skip.commit),
+                short_sha(&skip.commit),
                 skip.detail
             ));
         }
@@ -157,7 +81,7 @@ impl ParameterReport {
     }
 }
 
-impl fmt::Display for ParameterReport {
+impl fmt::Display for ParameterView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.one_line())
     }
@@ -166,18 +90,18 @@ impl fmt::Display for ParameterReport {
 /// Every parameter under `prefix` known to the store, the fence or the skip log, sorted by
 /// name. `js` holds the fence and skip buckets; `store` is the parameter store (KV locally,
 /// SSM in production).
-pub async fn parameter_report(
+pub async fn parameter_views(
     js: &jetstream::Context,
     store: &dyn ParameterStore,
     prefix: &str,
-) -> anyhow::Result<Vec<ParameterReport>> {
-    let mut reports: BTreeMap<String, ParameterReport> = BTreeMap::new();
-    let entry = |reports: &mut BTreeMap<String, ParameterReport>, name: &str| {
+) -> anyhow::Result<Vec<ParameterView>> {
+    let mut reports: BTreeMap<String, ParameterView> = BTreeMap::new();
+    let entry = |reports: &mut BTreeMap<String, ParameterView>, name: &str| {
         reports
             .entry(name.to_owned())
-            .or_insert_with(|| ParameterReport {
+            .or_insert_with(|| ParameterView {
                 parameter: name.to_owned(),
-                ..ParameterReport::default()
+                ..ParameterView::default()
             })
             .clone()
     };
@@ -204,12 +128,12 @@ pub async fn parameter_report(
             r.in_flight = Some(format!(
                 "push {} {}",
                 display_wire(c.publication.position.push_sequence),
-                short(&c.publication.commit)
+                short_sha(&c.publication.commit)
             ));
         }
         reports.insert(record.parameter.clone(), r);
     }
-    if let Ok(log) = SkipLog::open(js).await {
+    if let Ok(log) = SkipStore::open(js).await {
         for skip in log.all(prefix).await? {
             let mut r = entry(&mut reports, &skip.parameter);
             let name = skip.parameter.clone();
@@ -221,25 +145,19 @@ pub async fn parameter_report(
 }
 
 async fn fence_records(js: &jetstream::Context, prefix: &str) -> anyhow::Result<Vec<FenceRecord>> {
-    let Ok(kv) = js.get_key_value(FENCE_BUCKET).await else {
+    let Ok(records) = Records::<FenceRecord>::open(js, FENCE_BUCKET).await else {
         return Ok(Vec::new());
     };
-    let keys: Vec<String> = kv
-        .keys()
-        .await
-        .context("cannot list fence records")?
-        .try_collect()
-        .await
-        .context("cannot list fence records")?;
     let mut out = Vec::new();
-    for key in keys {
-        if !from_kv_key(&key).is_some_and(|n| n.starts_with(prefix)) {
+    for key in records.keys().await? {
+        if !decode_key_token(&key).is_some_and(|n| n.starts_with(prefix)) {
             continue;
         }
-        if let Some(value) = kv.get(&key).await.context("cannot read fence record")?
-            && let Ok(record) = serde_json::from_slice::<FenceRecord>(&value)
-        {
-            out.push(record);
+        match records.get(&key).await {
+            Ok(read) => out.extend(read.record),
+            // A record this version cannot read is left out of the view.
+            Err(e) if !e.is_transient() => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(out)
@@ -252,7 +170,7 @@ mod tests {
     #[test]
     fn one_line_rendering() {
         let sha = "0123456789abcdef0123456789abcdef01234567";
-        let report = ParameterReport {
+        let report = ParameterView {
             parameter: "/prx/stag/Spire/App/pkg/docker-image-tag".into(),
             value: Some(format!("github/prx/app:{sha}-x86_64")),
             version: Some(4),
@@ -285,7 +203,7 @@ mod tests {
             ),
             "positions written before GitHub's order read as their stream sequence"
         );
-        let positioned = ParameterReport {
+        let positioned = ParameterView {
             push_sequence: Some(
                 prx_ci_shared::domain::push_position::PushPosition::new(1_795_000_000, 129, 7)
                     .wire(),
@@ -304,10 +222,10 @@ mod tests {
         assert_eq!(json["push_sequence"], 42);
         assert_eq!(json["last_skip"]["reason"], "SUPERSEDED");
 
-        let bare = ParameterReport {
+        let bare = ParameterView {
             parameter: "/p".into(),
             value: Some("x".into()),
-            ..ParameterReport::default()
+            ..ParameterView::default()
         };
         assert_eq!(bare.one_line(), "/p = x  (not written by the publisher)");
     }

@@ -2,12 +2,9 @@
 //! [`crate::ownership`]: a claim is a create-only write (two first publishes cannot both claim
 //! a name), a transfer a compare-and-set on the record's revision.
 
-use anyhow::Context as _;
-use async_nats::jetstream::{self, kv};
-use bytes::Bytes;
-use futures::TryStreamExt as _;
+use async_nats::jetstream;
 
-use crate::keys::{from_kv_key, kv_key};
+use crate::kv::{Records, decode_key_token, key_token};
 use crate::ownership::{
     self, ACTION_CLAIM, ConfigOwners, Owner, OwnerRecord, Transfer, TransferRefused, Verdict,
 };
@@ -40,82 +37,49 @@ pub enum TransferError {
     Kv(#[from] anyhow::Error),
 }
 
-/// The owners bucket.
+/// The owners bucket: one [`OwnerRecord`] per claimed name, keyed by the name's
+/// [`key_token`].
 #[derive(Debug, Clone)]
 pub struct OwnerStore {
-    kv: kv::Store,
+    records: Records<OwnerRecord>,
 }
 
 impl OwnerStore {
     pub async fn open(js: &jetstream::Context) -> anyhow::Result<Self> {
-        let kv = js
-            .get_key_value(OWNERS_BUCKET)
-            .await
-            .with_context(|| format!("cannot open KV bucket {OWNERS_BUCKET} (provisioned?)"))?;
-        Ok(Self { kv })
+        Ok(Self {
+            records: Records::open(js, OWNERS_BUCKET).await?,
+        })
     }
 
     /// The claimed owner of `parameter` and the record's revision (`None`: unclaimed).
     pub async fn get(&self, parameter: &str) -> anyhow::Result<Option<(OwnerRecord, u64)>> {
-        let key = kv_key(parameter);
-        let entry = self
-            .kv
-            .entry(&key)
-            .await
-            .with_context(|| format!("cannot read the owner of {parameter}"))?;
-        match entry {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                let record = serde_json::from_slice(&entry.value)
-                    .with_context(|| format!("cannot decode the owner record of {parameter}"))?;
-                Ok(Some((record, entry.revision)))
-            }
-            _ => Ok(None),
-        }
+        let read = self.records.get(&key_token(parameter)).await?;
+        Ok(read.record.map(|record| (record, read.revision)))
     }
 
     /// Writes `record` only if nobody owns its name. `false`: another writer got there first.
     pub async fn create(&self, record: &OwnerRecord) -> anyhow::Result<bool> {
-        let value = Bytes::from(serde_json::to_vec(record).context("cannot encode owner record")?);
-        match self.kv.create(kv_key(&record.parameter), value).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(anyhow::Error::new(e).context(format!(
-                "cannot claim {} in {OWNERS_BUCKET}",
-                record.parameter
-            ))),
-        }
+        Ok(self
+            .records
+            .create(&key_token(&record.parameter), record)
+            .await?)
     }
 
     /// Replaces the record at `revision`. `false`: it changed since it was read.
     async fn replace(&self, record: &OwnerRecord, revision: u64) -> anyhow::Result<bool> {
-        let value = Bytes::from(serde_json::to_vec(record).context("cannot encode owner record")?);
-        match self
-            .kv
-            .update(kv_key(&record.parameter), value, revision)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
-            Err(e) => Err(anyhow::Error::new(e).context(format!(
-                "cannot write the owner of {} in {OWNERS_BUCKET}",
-                record.parameter
-            ))),
-        }
+        let written = self
+            .records
+            .compare_and_set(&key_token(&record.parameter), record, revision)
+            .await?;
+        Ok(written.is_some())
     }
 
     /// Every claimed owner of a name starting with `prefix`, sorted by name.
     pub async fn all(&self, prefix: &str) -> anyhow::Result<Vec<OwnerRecord>> {
-        let keys: Vec<String> = self
-            .kv
-            .keys()
-            .await
-            .context("cannot list owner records")?
-            .try_collect()
-            .await
-            .context("cannot list owner records")?;
+        let keys = self.records.keys().await?;
         let mut out = Vec::new();
         for key in keys {
-            let Some(name) = from_kv_key(&key).filter(|n| n.starts_with(prefix)) else {
+            let Some(name) = decode_key_token(&key).filter(|n| n.starts_with(prefix)) else {
                 continue;
             };
             if let Some((record, _)) = self.get(&name).await? {

@@ -1,20 +1,18 @@
-//! The ordering fence over a NATS KV bucket: the claim / write / mark protocol around the pure
-//! decisions of [`crate::fence`]. Every change of a fence record is a compare-and-set on its
-//! revision, so replicas never overwrite each other's view. See `docs/ordering.md`.
+//! The fence's per-parameter records in a NATS KV bucket, and the claim / write / mark protocol
+//! over them around the pure decisions of [`crate::fence`]. Every change of a fence record is a
+//! compare-and-set on its revision ([`prx_ci_shared::kv::Records`]), so replicas never
+//! overwrite each other's view. See `docs/ordering.md`.
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use async_nats::jetstream::{self, kv};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use async_nats::jetstream;
+use prx_ci_shared::kv::{Modify, Records, key_token};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::fence::{self, Decision, FenceRecord, Publication, Stale};
-use crate::keys::kv_key;
-use crate::store::{ParameterStore, StoreError};
+use crate::metrics::FenceMetrics;
+use crate::parameter_store::{ParameterStore, StoreError};
 
 /// The KV bucket of fence records (`deploy/nats/kv/prx_ci_publish_fence.json`).
 pub const FENCE_BUCKET: &str = "prx_ci_publish_fence";
@@ -61,71 +59,10 @@ pub enum FenceError {
     ClaimLost { parameter: String },
 }
 
-/// Fence metrics.
-#[derive(Debug, Clone)]
-pub struct FenceMetrics {
-    /// Time spent on fence records per publication (reads and compare-and-sets, excluding the
-    /// store write and waits on other claims).
-    pub overhead_seconds: Histogram,
-    /// Waits on another replica's claim.
-    pub waits: Counter,
-    /// Abandoned claims resolved after their lease.
-    pub takeovers: Counter,
-    /// Compare-and-set conflicts (another replica changed the record in between).
-    pub conflicts: Counter,
-    /// Writes whose claim was gone when they were marked: the residual race happened (see
-    /// docs/ordering.md). Alert on any.
-    pub lost_after_write: Counter,
-}
-
-impl FenceMetrics {
-    #[expect(
-        clippy::new_without_default,
-        reason = "histogram buckets are chosen here"
-    )]
-    pub fn new() -> Self {
-        Self {
-            overhead_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
-            waits: Counter::default(),
-            takeovers: Counter::default(),
-            conflicts: Counter::default(),
-            lost_after_write: Counter::default(),
-        }
-    }
-
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "prx_ci_publisher_fence_overhead_seconds",
-            "Time spent on fence records per publication",
-            self.overhead_seconds.clone(),
-        );
-        registry.register(
-            "prx_ci_publisher_fence_waits",
-            "Waits on another replica's claim",
-            self.waits.clone(),
-        );
-        registry.register(
-            "prx_ci_publisher_fence_takeovers",
-            "Abandoned claims resolved after their lease",
-            self.takeovers.clone(),
-        );
-        registry.register(
-            "prx_ci_publisher_fence_conflicts",
-            "Compare-and-set conflicts on fence records",
-            self.conflicts.clone(),
-        );
-        registry.register(
-            "prx_ci_publisher_fence_lost_after_write",
-            "Writes that landed after their claim was taken over (residual race; alert)",
-            self.lost_after_write.clone(),
-        );
-    }
-}
-
 /// The fence over one KV bucket.
 #[derive(Debug, Clone)]
 pub struct KvFence {
-    kv: kv::Store,
+    records: Records<FenceRecord>,
     settings: FenceSettings,
     metrics: FenceMetrics,
 }
@@ -160,12 +97,8 @@ impl KvFence {
         settings: FenceSettings,
         metrics: FenceMetrics,
     ) -> anyhow::Result<Self> {
-        let kv = js
-            .get_key_value(FENCE_BUCKET)
-            .await
-            .with_context(|| format!("cannot open KV bucket {FENCE_BUCKET} (provisioned?)"))?;
         Ok(Self {
-            kv,
+            records: Records::open(js, FENCE_BUCKET).await?,
             settings,
             metrics,
         })
@@ -177,32 +110,12 @@ impl KvFence {
 
     /// The record of `parameter` and its revision (0 = no record yet).
     pub async fn read(&self, parameter: &str) -> anyhow::Result<(FenceRecord, u64)> {
-        let entry = self
-            .kv
-            .entry(kv_key(parameter))
-            .await
-            .context("cannot read fence record")?;
-        match entry {
-            Some(e) if e.operation == kv::Operation::Put => {
-                let record: FenceRecord =
-                    serde_json::from_slice(&e.value).context("cannot parse fence record")?;
-                Ok((record, e.revision))
-            }
-            Some(e) => Ok((
-                FenceRecord {
-                    parameter: parameter.to_owned(),
-                    ..FenceRecord::default()
-                },
-                e.revision,
-            )),
-            None => Ok((
-                FenceRecord {
-                    parameter: parameter.to_owned(),
-                    ..FenceRecord::default()
-                },
-                0,
-            )),
-        }
+        let read = self.records.get(&key_token(parameter)).await?;
+        let record = read.record.unwrap_or_else(|| FenceRecord {
+            parameter: parameter.to_owned(),
+            ..FenceRecord::default()
+        });
+        Ok((record, read.revision))
     }
 
     async fn cas(
@@ -211,33 +124,48 @@ impl KvFence {
         record: &FenceRecord,
         revision: u64,
     ) -> anyhow::Result<Cas> {
-        let body = serde_json::to_vec(record).context("cannot encode fence record")?;
-        let key = kv_key(parameter);
-        let result = if revision == 0 {
-            self.kv
-                .create(&key, body.into())
-                .await
-                .map_err(|e| match e.kind() {
-                    kv::CreateErrorKind::AlreadyExists => None,
-                    _ => Some(anyhow::Error::new(e)),
-                })
-        } else {
-            self.kv
-                .update(&key, body.into(), revision)
-                .await
-                .map_err(|e| match e.kind() {
-                    kv::UpdateErrorKind::WrongLastRevision => None,
-                    _ => Some(anyhow::Error::new(e)),
-                })
-        };
-        match result {
-            Ok(_) => Ok(Cas::Done),
-            Err(None) => {
+        match self
+            .records
+            .compare_and_set(&key_token(parameter), record, revision)
+            .await?
+        {
+            Some(_) => Ok(Cas::Done),
+            None => {
                 self.metrics.conflicts.inc();
                 Ok(Cas::Conflict)
             }
-            Err(Some(err)) => Err(err.context("cannot update fence record")),
         }
+    }
+
+    /// Replaces the record of `parameter` with what `change` makes of it, by
+    /// [`Records::modify`] (re-read and re-decided on a conflict, each one counted). `change`
+    /// returning `None` leaves the record alone: `Err` carries it as read.
+    async fn modify(
+        &self,
+        parameter: &str,
+        mut change: impl FnMut(&FenceRecord) -> Option<FenceRecord>,
+    ) -> anyhow::Result<Result<(), FenceRecord>> {
+        let mut reads = 0_u32;
+        let (written, record) = self
+            .records
+            .modify(&key_token(parameter), |record| {
+                reads += 1;
+                if reads > 1 {
+                    self.metrics.conflicts.inc();
+                }
+                if record.parameter.is_empty() {
+                    record.parameter = parameter.to_owned();
+                }
+                match change(record) {
+                    Some(changed) => {
+                        *record = changed;
+                        Modify::Write(true)
+                    }
+                    None => Modify::Keep(false),
+                }
+            })
+            .await?;
+        Ok(if written { Ok(()) } else { Err(record) })
     }
 
     /// A read-only look: `Some` when the record already settles `incoming` (stale, or already
@@ -417,51 +345,35 @@ impl KvFence {
         };
 
         // Mark it written (retrying over unrelated record changes).
-        loop {
-            let (record, revision) = watch.time(self.read(parameter)).await.map_err(kv_err)?;
-            let Some(done) = fence::after_write(&record, &token, version, &now()) else {
-                self.metrics.lost_after_write.inc();
-                tracing::error!(
-                    parameter,
-                    push_sequence = incoming.position.push_sequence,
-                    value = %incoming.value,
-                    newer = ?record.written.as_ref().map(|w| w.publication.position),
-                    "fence claim was taken over while writing: this write may have landed after a newer one"
-                );
-                return Ok(FenceOutcome::Applied {
-                    version,
-                    again: false,
-                });
-            };
-            match watch
-                .time(self.cas(parameter, &done, revision))
-                .await
-                .map_err(kv_err)?
-            {
-                Cas::Done => {
-                    return Ok(FenceOutcome::Applied {
-                        version,
-                        again: false,
-                    });
-                }
-                Cas::Conflict => continue,
-            }
+        let marked = watch
+            .time(self.modify(parameter, |record| {
+                fence::after_write(record, &token, version, &now())
+            }))
+            .await
+            .map_err(kv_err)?;
+        if let Err(record) = marked {
+            self.metrics.lost_after_write.inc();
+            tracing::error!(
+                parameter,
+                push_sequence = incoming.position.push_sequence,
+                value = %incoming.value,
+                newer = ?record.written.as_ref().map(|w| w.publication.position),
+                "fence claim was taken over while writing: this write may have landed after a newer one"
+            );
         }
+        Ok(FenceOutcome::Applied {
+            version,
+            again: false,
+        })
     }
 
     /// Drops our claim (best effort: if it fails, the claim expires with its lease).
     async fn release(&self, parameter: &str, token: &str, watch: &mut Stopwatch) {
-        for _ in 0..5 {
-            let Ok((record, revision)) = watch.time(self.read(parameter)).await else {
-                return;
-            };
-            let Some(released) = fence::after_release(&record, token) else {
-                return;
-            };
-            match watch.time(self.cas(parameter, &released, revision)).await {
-                Ok(Cas::Done) | Err(_) => return,
-                Ok(Cas::Conflict) => continue,
-            }
+        let released = watch
+            .time(self.modify(parameter, |record| fence::after_release(record, token)))
+            .await;
+        if let Err(err) = released {
+            tracing::debug!(parameter, "could not release the fence claim: {err:#}");
         }
     }
 }

@@ -1,0 +1,325 @@
+//! What a mapped parameter's name and value must look like: SSM's name rules under the prefix,
+//! and the image tag or object key shapes of the build's own artifacts. Pure: no I/O.
+
+use prx_ci_shared::domain::Architecture;
+use prx_ci_shared::ownership::parameter_name::{self, NameProblem};
+
+use super::{ArtifactKind, BuildFacts, RejectReason};
+
+/// SSM's naming rules plus the configured prefix
+/// ([`prx_ci_shared::ownership::check_parameter_name`]), as a skip reason.
+pub fn check_parameter_name(name: &str, prefix: &str) -> Result<(), (RejectReason, String)> {
+    parameter_name::check_parameter_name(name, prefix).map_err(|(problem, detail)| {
+        let reason = match problem {
+            NameProblem::OutsidePrefix => RejectReason::OutsidePrefix,
+            NameProblem::Invalid => RejectReason::InvalidParameterName,
+        };
+        (reason, detail)
+    })
+}
+
+/// The value shape Spire CD parses (see the reference: "What Spire CD expects from CI").
+pub fn check_value(
+    kind: ArtifactKind,
+    label: &str,
+    value: &str,
+    build: &BuildFacts,
+) -> Result<(), String> {
+    match kind {
+        ArtifactKind::EcrImage => check_ecr_value(value, build),
+        ArtifactKind::S3Object => check_s3_value(label, value, build),
+    }
+}
+
+fn is_sha(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn check_ecr_value(value: &str, build: &BuildFacts) -> Result<(), String> {
+    const SHAPE: &str = "expected github/<owner>/<repo>:<sha>-<arch> (no registry host)";
+    let Some((repository, tag)) = value.split_once(':') else {
+        return Err(format!("{value:?} has no `:` before the tag; {SHAPE}"));
+    };
+    let segments: Vec<&str> = repository.split('/').collect();
+    if segments.len() != 3
+        || segments[0] != "github"
+        || segments.iter().any(|s| s.is_empty())
+        || repository
+            .bytes()
+            .any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b)))
+    {
+        return Err(format!(
+            "repository {repository:?} is not a lower-case github/<owner>/<repo>; {SHAPE}"
+        ));
+    }
+    if !build.repository.is_empty() {
+        let expected = format!("github/{}", build.repository.to_ascii_lowercase());
+        if repository != expected {
+            return Err(format!(
+                "repository {repository:?} is not this build's {expected:?}"
+            ));
+        }
+    }
+    let (sha, arch) = match tag.split_once('-') {
+        Some((sha, arch)) => (sha, arch),
+        None => (tag, ""),
+    };
+    if !is_sha(sha) {
+        return Err(format!(
+            "tag {tag:?} does not start with a 40-hex commit SHA; {SHAPE}"
+        ));
+    }
+    if !build.commit.is_empty() && !sha.eq_ignore_ascii_case(&build.commit) {
+        return Err(format!(
+            "tag {tag:?} is not for this build's commit {}",
+            build.commit
+        ));
+    }
+    let Some(arch) = Architecture::parse(arch) else {
+        return Err(format!(
+            "tag {tag:?} does not end in -x86_64 or -aarch64; {SHAPE}"
+        ));
+    };
+    if let Some(expected) = build.architecture
+        && arch != expected
+    {
+        return Err(format!(
+            "tag {tag:?} is for {arch}, but this build ran on {expected}"
+        ));
+    }
+    Ok(())
+}
+
+fn check_s3_value(label: &str, value: &str, build: &BuildFacts) -> Result<(), String> {
+    const SHAPE: &str = "expected GitHub/<Owner>/<Repo>/<sha>/<LABEL>.zip (an object key)";
+    let segments: Vec<&str> = value.split('/').collect();
+    let [root, owner, repo, sha, file] = segments.as_slice() else {
+        return Err(format!(
+            "{value:?} does not have five `/`-separated parts; {SHAPE}"
+        ));
+    };
+    if *root != "GitHub" || owner.is_empty() || repo.is_empty() {
+        return Err(format!(
+            "{value:?} does not start with GitHub/<Owner>/<Repo>/; {SHAPE}"
+        ));
+    }
+    if !build.repository.is_empty() {
+        let actual = format!("{owner}/{repo}");
+        if !actual.eq_ignore_ascii_case(&build.repository) {
+            return Err(format!(
+                "key {value:?} is for {actual}, not this build's {}",
+                build.repository
+            ));
+        }
+    }
+    if !is_sha(sha) {
+        return Err(format!(
+            "{value:?}: {sha:?} is not a 40-hex commit SHA; {SHAPE}"
+        ));
+    }
+    if !build.commit.is_empty() && !sha.eq_ignore_ascii_case(&build.commit) {
+        return Err(format!(
+            "key {value:?} is not for this build's commit {}",
+            build.commit
+        ));
+    }
+    if *file != format!("{label}.zip") {
+        return Err(format!(
+            "key {value:?} does not end in /{label}.zip; {SHAPE}"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+
+    use super::*;
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+    const PREFIX: &str = "/prx/stag/Spire/";
+
+    fn facts() -> BuildFacts {
+        BuildFacts {
+            repository: "PRX/My-App".into(),
+            commit: SHA.into(),
+            architecture: Some(Architecture::X86_64),
+        }
+    }
+
+    fn ecr() -> String {
+        format!("github/prx/my-app:{SHA}-x86_64")
+    }
+
+    fn s3(label: &str) -> String {
+        format!("GitHub/PRX/My-App/{SHA}/{label}.zip")
+    }
+
+    #[test]
+    fn ssm_naming_rules() {
+        let ok = [
+            "/prx/stag/Spire/MyApp/pkg/docker-image-tag",
+            "/prx/stag/Spire/Fn/sub/pkg/s3-object-key",
+            "/prx/stag/Spire/a_b.c-d/e",
+        ];
+        for name in ok {
+            assert_eq!(check_parameter_name(name, PREFIX), Ok(()), "{name}");
+        }
+        let long = format!("/prx/stag/Spire/{}", "a".repeat(1000));
+        let deep = format!("/prx/stag/Spire/{}", ["x"; 13].join("/"));
+        let cases = [
+            (
+                "/prx/stag/Spire/a b",
+                RejectReason::InvalidParameterName,
+                "space",
+            ),
+            (
+                "/prx/stag/Spire/a\tb",
+                RejectReason::InvalidParameterName,
+                "space",
+            ),
+            (
+                "/prx/stag/Spire/a$b",
+                RejectReason::InvalidParameterName,
+                "'$'",
+            ),
+            (
+                "/prx/stag/Spire/é",
+                RejectReason::InvalidParameterName,
+                "'é'",
+            ),
+            (
+                "/prx/stag/Spire/a//b",
+                RejectReason::InvalidParameterName,
+                "empty hierarchy",
+            ),
+            (
+                "/prx/stag/Spire/a/",
+                RejectReason::InvalidParameterName,
+                "empty hierarchy",
+            ),
+            (
+                "/prx/stag/Spire/",
+                RejectReason::InvalidParameterName,
+                "empty hierarchy",
+            ),
+            (long.as_str(), RejectReason::InvalidParameterName, "1011"),
+            (
+                deep.as_str(),
+                RejectReason::InvalidParameterName,
+                "16 hierarchy levels",
+            ),
+            ("/prx/prod/Spire/a", RejectReason::OutsidePrefix, "outside"),
+            ("prx/stag/Spire/a", RejectReason::OutsidePrefix, "outside"),
+            ("/PRX/stag/Spire/a", RejectReason::OutsidePrefix, "outside"),
+        ];
+        for (name, reason, needle) in cases {
+            let (r, detail) = check_parameter_name(name, PREFIX).unwrap_err();
+            assert_eq!(r, reason, "{name}");
+            assert!(detail.contains(needle), "{name}: {detail}");
+        }
+        // Reserved prefixes and the leading-slash rule (with a permissive configured prefix).
+        for name in ["/aws/x", "/SSM/x", "awsParam", "ssm-param"] {
+            let (r, detail) = check_parameter_name(name, "").unwrap_err();
+            assert_eq!(r, RejectReason::InvalidParameterName, "{name}");
+            assert!(detail.contains("reserved"), "{name}: {detail}");
+        }
+        let (_, detail) = check_parameter_name("a/b", "").unwrap_err();
+        assert!(detail.contains("does not start with `/`"), "{detail}");
+        assert_eq!(check_parameter_name("plain", ""), Ok(()));
+        assert_eq!(
+            check_parameter_name(&format!("/{}", ["x"; 15].join("/")), ""),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn ecr_value_shapes() {
+        let f = facts();
+        assert_eq!(
+            check_value(ArtifactKind::EcrImage, "APP", &ecr(), &f),
+            Ok(())
+        );
+        let upper = format!("github/prx/my-app:{}-x86_64", SHA.to_uppercase());
+        assert_eq!(
+            check_value(ArtifactKind::EcrImage, "APP", &upper, &f),
+            Ok(())
+        );
+        let other_sha = "f".repeat(40);
+        let cases = [
+            (
+                format!("123.dkr.ecr.us-east-1.amazonaws.com/github/prx/my-app:{SHA}-x86_64"),
+                "lower-case github",
+            ),
+            (
+                format!("GitHub/PRX/My-App:{SHA}-x86_64"),
+                "lower-case github",
+            ),
+            (format!("github/prx/my-app{SHA}"), "no `:`"),
+            (format!("github/prx/other:{SHA}-x86_64"), "not this build's"),
+            (
+                format!("github/prx/my-app:{other_sha}-x86_64"),
+                "not for this build's commit",
+            ),
+            (
+                format!("github/prx/my-app:{SHA}-aarch64"),
+                "this build ran on x86_64",
+            ),
+            (format!("github/prx/my-app:{SHA}"), "does not end in"),
+            (format!("github/prx/my-app:{SHA}-"), "does not end in"),
+            (format!("github/prx/my-app:release-{SHA}-x86_64"), "40-hex"),
+            ("github/prx/my-app:abc-x86_64".to_owned(), "40-hex"),
+        ];
+        for (value, needle) in cases {
+            let err = check_value(ArtifactKind::EcrImage, "APP", &value, &f).unwrap_err();
+            assert!(err.contains(needle), "{value}: {err}");
+        }
+        // Unknown facts are not checked.
+        let v = format!("github/x/y:{other_sha}-aarch64");
+        assert_eq!(
+            check_value(ArtifactKind::EcrImage, "APP", &v, &BuildFacts::default()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn s3_value_shapes() {
+        let f = facts();
+        assert_eq!(
+            check_value(ArtifactKind::S3Object, "ZIP", &s3("ZIP"), &f),
+            Ok(())
+        );
+        let cases = [
+            (format!("GitHub/PRX/My-App/{SHA}.zip"), "five"),
+            (
+                format!("s3://bucket/GitHub/PRX/My-App/{SHA}/ZIP.zip"),
+                "five",
+            ),
+            (
+                format!("github/PRX/My-App/{SHA}/ZIP.zip"),
+                "does not start with GitHub",
+            ),
+            (
+                format!("GitHub/PRX/Other/{SHA}/ZIP.zip"),
+                "not this build's",
+            ),
+            (
+                format!("GitHub/PRX/My-App/{}/ZIP.zip", "a".repeat(40)),
+                "not for this build's commit",
+            ),
+            ("GitHub/PRX/My-App/abc/ZIP.zip".to_owned(), "40-hex"),
+            (
+                format!("GitHub/PRX/My-App/{SHA}/OTHER.zip"),
+                "does not end in /ZIP.zip",
+            ),
+            (
+                format!("GitHub/PRX/My-App/{SHA}/ZIP"),
+                "does not end in /ZIP.zip",
+            ),
+        ];
+        for (value, needle) in cases {
+            let err = check_value(ArtifactKind::S3Object, "ZIP", &value, &f).unwrap_err();
+            assert!(err.contains(needle), "{value}: {err}");
+        }
+    }
+}
