@@ -1,0 +1,316 @@
+//! Unit tests of the mapping grammar.
+
+use super::*;
+
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+const PREFIX: &str = "/prx/stag/Spire/";
+
+fn facts() -> BuildFacts {
+    BuildFacts {
+        repository: "PRX/My-App".into(),
+        commit: SHA.into(),
+        architecture: Some(Architecture::X86_64),
+    }
+}
+
+fn ecr() -> String {
+    format!("github/prx/my-app:{SHA}-x86_64")
+}
+
+fn s3(label: &str) -> String {
+    format!("GitHub/PRX/My-App/{SHA}/{label}.zip")
+}
+
+fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn published(items: &[Item]) -> Vec<(&str, &str)> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Publish(t) => Some((t.parameter.as_str(), t.value.as_str())),
+            Item::Skip(_) => None,
+        })
+        .collect()
+}
+
+fn skipped(items: &[Item]) -> Vec<(RejectReason, &str, &str)> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Skip(r) => Some((r.reason, r.parameter.as_str(), r.mapping.as_str())),
+            Item::Publish(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn reference_example_with_two_mappings() {
+    // The reference's example: one label, two names; a second label, one name.
+    let v = vars(&[
+        (
+            ECR_MAPPING_VARIABLE,
+            "MY_APP=/prx/stag/Spire/MyApp/pkg/docker-image-tag,/other/name;MY_DB=/prx/stag/Spire/Db/pkg/docker-image-tag",
+        ),
+        ("MY_APP", &ecr()),
+        ("MY_DB", &ecr()),
+    ]);
+    let items = parse_mappings(&v, &facts(), PREFIX);
+    assert_eq!(
+        published(&items),
+        vec![
+            ("/prx/stag/Spire/MyApp/pkg/docker-image-tag", ecr().as_str()),
+            ("/prx/stag/Spire/Db/pkg/docker-image-tag", ecr().as_str()),
+        ]
+    );
+    assert_eq!(
+        skipped(&items),
+        vec![(
+            RejectReason::OutsidePrefix,
+            "/other/name",
+            "MY_APP=/prx/stag/Spire/MyApp/pkg/docker-image-tag,/other/name"
+        )]
+    );
+}
+
+#[test]
+fn ecr_then_s3_in_order() {
+    let v = vars(&[
+        (
+            S3_MAPPING_VARIABLE,
+            "LAMBDA_ZIP=/prx/stag/Spire/Fn/api/pkg/s3-object-key",
+        ),
+        (
+            ECR_MAPPING_VARIABLE,
+            "APP=/prx/stag/Spire/App/pkg/docker-image-tag",
+        ),
+        ("APP", &ecr()),
+        ("LAMBDA_ZIP", &s3("LAMBDA_ZIP")),
+    ]);
+    let items = parse_mappings(&v, &facts(), PREFIX);
+    let Item::Publish(first) = &items[0] else {
+        panic!()
+    };
+    let Item::Publish(second) = &items[1] else {
+        panic!()
+    };
+    assert_eq!(first.kind, ArtifactKind::EcrImage);
+    assert_eq!(second.kind, ArtifactKind::S3Object);
+    assert_eq!(second.value, s3("LAMBDA_ZIP"));
+    assert_eq!(second.label, "LAMBDA_ZIP");
+}
+
+#[test]
+fn empty_or_absent_variables_ask_for_nothing() {
+    assert!(parse_mappings(&vars(&[]), &facts(), PREFIX).is_empty());
+    let v = vars(&[(ECR_MAPPING_VARIABLE, ""), (S3_MAPPING_VARIABLE, "")]);
+    assert!(parse_mappings(&v, &facts(), PREFIX).is_empty());
+    // Empty segments: trailing or doubled `;`.
+    let v = vars(&[
+        (
+            ECR_MAPPING_VARIABLE,
+            ";APP=/prx/stag/Spire/A/pkg/docker-image-tag;;",
+        ),
+        ("APP", &ecr()),
+    ]);
+    let items = parse_mappings(&v, &facts(), PREFIX);
+    assert_eq!(items.len(), 1);
+    assert_eq!(published(&items).len(), 1);
+}
+
+#[test]
+fn mappings_that_do_not_split_in_two_are_invalid_with_the_raw_text() {
+    for (text, needle) in [
+        ("APP", "has no `=`"),
+        ("APP=/prx/stag/Spire/a=b", "2 `=` signs"),
+        ("APP==/prx/stag/Spire/a", "2 `=` signs"),
+        ("=/prx/stag/Spire/a", "empty label"),
+        ("APP=", "names no parameter"),
+        ("APP=,,", "names no parameter"),
+    ] {
+        let v = vars(&[(ECR_MAPPING_VARIABLE, text), ("APP", &ecr())]);
+        let items = parse_mappings(&v, &facts(), PREFIX);
+        let [Item::Skip(r)] = items.as_slice() else {
+            panic!("{text}: {items:?}")
+        };
+        assert_eq!(r.reason, RejectReason::InvalidMapping, "{text}");
+        assert_eq!(r.mapping, text);
+        assert!(r.detail.contains(needle), "{text}: {}", r.detail);
+    }
+}
+
+#[test]
+fn one_bad_mapping_does_not_spoil_the_others() {
+    let v = vars(&[
+        (
+            ECR_MAPPING_VARIABLE,
+            "BROKEN;APP=/prx/stag/Spire/A/pkg/docker-image-tag",
+        ),
+        ("APP", &ecr()),
+    ]);
+    let items = parse_mappings(&v, &facts(), PREFIX);
+    assert_eq!(
+        skipped(&items),
+        vec![(RejectReason::InvalidMapping, "", "BROKEN")]
+    );
+    assert_eq!(published(&items).len(), 1);
+}
+
+#[test]
+fn missing_or_empty_label_variables() {
+    let name = "/prx/stag/Spire/A/pkg/docker-image-tag";
+    let v = vars(&[(ECR_MAPPING_VARIABLE, &format!("APP={name}"))]);
+    let items = parse_mappings(&v, &facts(), PREFIX);
+    let [Item::Skip(r)] = items.as_slice() else {
+        panic!()
+    };
+    assert_eq!(r.reason, RejectReason::LabelVariableMissing);
+    assert_eq!(r.parameter, name);
+    assert!(r.detail.contains("exported-variables"), "{}", r.detail);
+
+    let v = vars(&[(ECR_MAPPING_VARIABLE, &format!("APP={name}")), ("APP", "")]);
+    let items = parse_mappings(&v, &facts(), PREFIX);
+    let [Item::Skip(r)] = items.as_slice() else {
+        panic!()
+    };
+    assert_eq!(r.reason, RejectReason::LabelVariableMissing);
+    assert!(r.detail.contains("empty"), "{}", r.detail);
+}
+
+#[test]
+fn stray_spaces_get_a_precise_reason() {
+    // After a comma: the original's prefix test failed silently.
+    let v = vars(&[
+        (
+            ECR_MAPPING_VARIABLE,
+            "APP=/prx/stag/Spire/A/pkg/docker-image-tag, /prx/stag/Spire/B/pkg/docker-image-tag",
+        ),
+        ("APP", &ecr()),
+    ]);
+    let items = parse_mappings(&v, &facts(), PREFIX);
+    assert_eq!(published(&items).len(), 1);
+    let Item::Skip(r) = &items[1] else { panic!() };
+    assert_eq!(r.reason, RejectReason::InvalidParameterName);
+    assert!(r.detail.contains("space at byte 0"), "{}", r.detail);
+
+    // After a semicolon: the label gains a space.
+    let v = vars(&[
+        (
+            ECR_MAPPING_VARIABLE,
+            "APP=/prx/stag/Spire/A/pkg/docker-image-tag; DB=/prx/stag/Spire/B/pkg/docker-image-tag",
+        ),
+        ("APP", &ecr()),
+        ("DB", &ecr()),
+    ]);
+    let items = parse_mappings(&v, &facts(), PREFIX);
+    let Item::Skip(r) = &items[1] else { panic!() };
+    assert_eq!(r.reason, RejectReason::LabelVariableMissing);
+    assert_eq!(r.label, " DB");
+    assert!(r.detail.contains("contains a space"), "{}", r.detail);
+
+    // Around `=`.
+    let v = vars(&[
+        (
+            ECR_MAPPING_VARIABLE,
+            "APP = /prx/stag/Spire/A/pkg/docker-image-tag",
+        ),
+        ("APP", &ecr()),
+    ]);
+    let items = parse_mappings(&v, &facts(), PREFIX);
+    let Item::Skip(r) = &items[0] else { panic!() };
+    assert_eq!(r.reason, RejectReason::InvalidParameterName);
+}
+
+#[test]
+fn a_name_repeated_is_written_once_with_the_last_value() {
+    let name = "/prx/stag/Spire/A/pkg/docker-image-tag";
+    let v = vars(&[
+        (ECR_MAPPING_VARIABLE, &format!("APP={name};WEB={name}")),
+        ("APP", &ecr()),
+        ("WEB", &ecr()),
+    ]);
+    let items = parse_mappings(&v, &facts(), PREFIX);
+    assert_eq!(published(&items), vec![(name, ecr().as_str())]);
+    let Item::Skip(r) = &items[0] else { panic!() };
+    assert_eq!(r.label, "APP");
+    assert!(r.detail.contains("later mapping"));
+}
+
+#[test]
+fn wrong_values_are_skipped_with_invalid_value() {
+    let v = vars(&[
+        (
+            ECR_MAPPING_VARIABLE,
+            "APP=/prx/stag/Spire/A/pkg/docker-image-tag",
+        ),
+        ("APP", "latest"),
+    ]);
+    let items = parse_mappings(&v, &facts(), PREFIX);
+    let [Item::Skip(r)] = items.as_slice() else {
+        panic!()
+    };
+    assert_eq!(r.reason, RejectReason::InvalidValue);
+    assert_eq!(r.value, "latest");
+}
+
+#[test]
+fn configured_prefix_is_honoured() {
+    let v = vars(&[
+        (
+            ECR_MAPPING_VARIABLE,
+            "APP=/prx/stag/Spire/A/pkg/docker-image-tag,/team/x/pkg/docker-image-tag",
+        ),
+        ("APP", &ecr()),
+    ]);
+    let items = parse_mappings(&v, &facts(), "/team/");
+    assert_eq!(
+        published(&items),
+        vec![("/team/x/pkg/docker-image-tag", ecr().as_str())]
+    );
+}
+
+proptest::proptest! {
+    #[test]
+    fn never_panics(
+        ecr_text in "[A-Z_=;,/ a-z.\\-]{0,80}",
+        s3_text in "\\PC{0,60}",
+        label_value in "\\PC{0,80}",
+    ) {
+        let v = vars(&[
+            (ECR_MAPPING_VARIABLE, &ecr_text),
+            (S3_MAPPING_VARIABLE, &s3_text),
+            ("APP", &label_value),
+            ("A", &ecr()),
+        ]);
+        let items = parse_mappings(&v, &facts(), PREFIX);
+        for item in items {
+            if let Item::Publish(t) = item {
+                proptest::prop_assert!(t.parameter.as_str().starts_with(PREFIX));
+                proptest::prop_assert!(check_parameter_name(t.parameter.as_str(), PREFIX).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn accepts_everything_the_original_wrote_with_a_good_value(
+        names in proptest::collection::vec("[A-Za-z0-9_.-]{1,12}(/[A-Za-z0-9_.-]{1,12}){0,3}", 1..4),
+    ) {
+        // The original wrote every name under the prefix; so do we (valid names, good value).
+        let full: Vec<String> = names.iter().map(|n| format!("{PREFIX}{n}")).collect();
+        let v = vars(&[(ECR_MAPPING_VARIABLE, &format!("APP={}", full.join(","))), ("APP", &ecr())]);
+        let items = parse_mappings(&v, &facts(), PREFIX);
+        let mut expected: Vec<&str> = vec![];
+        for n in &full {
+            if !expected.contains(&n.as_str()) { expected.push(n); }
+        }
+        let got: Vec<&str> = published(&items).into_iter().map(|(n, _)| n).collect();
+        // Duplicates keep the last occurrence.
+        let mut expected_sorted = expected.clone(); expected_sorted.sort_unstable();
+        let mut got_sorted = got.clone(); got_sorted.sort_unstable();
+        proptest::prop_assert_eq!(got_sorted, expected_sorted);
+    }
+}
