@@ -295,4 +295,5 @@ pub struct InFlightRecord {
 }
 
 #[cfg(test)]
+#[path = "watched_build_tests.rs"]
 mod tests;
