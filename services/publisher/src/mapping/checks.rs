@@ -133,27 +133,8 @@ fn check_s3_value(label: &str, value: &str, build: &BuildFacts) -> Result<(), St
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
-
-    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
-    const PREFIX: &str = "/prx/stag/Spire/";
-
-    fn facts() -> BuildFacts {
-        BuildFacts {
-            repository: "PRX/My-App".into(),
-            commit: SHA.into(),
-            architecture: Some(Architecture::X86_64),
-        }
-    }
-
-    fn ecr() -> String {
-        format!("github/prx/my-app:{SHA}-x86_64")
-    }
-
-    fn s3(label: &str) -> String {
-        format!("GitHub/PRX/My-App/{SHA}/{label}.zip")
-    }
+    use crate::mapping::tests::{PREFIX, SHA, ecr, facts, s3};
 
     #[test]
     fn ssm_naming_rules() {

@@ -2,10 +2,10 @@
 
 use super::*;
 
-const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
-const PREFIX: &str = "/prx/stag/Spire/";
+pub(super) const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+pub(super) const PREFIX: &str = "/prx/stag/Spire/";
 
-fn facts() -> BuildFacts {
+pub(super) fn facts() -> BuildFacts {
     BuildFacts {
         repository: "PRX/My-App".into(),
         commit: SHA.into(),
@@ -13,11 +13,11 @@ fn facts() -> BuildFacts {
     }
 }
 
-fn ecr() -> String {
+pub(super) fn ecr() -> String {
     format!("github/prx/my-app:{SHA}-x86_64")
 }
 
-fn s3(label: &str) -> String {
+pub(super) fn s3(label: &str) -> String {
     format!("GitHub/PRX/My-App/{SHA}/{label}.zip")
 }
 
