@@ -20,11 +20,7 @@ use tokio::sync::Mutex;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn skipped(repository: &str, detail: &str) -> v1::Envelope {
-    Chain {
-        correlation_id: "delivery".into(),
-        ..Chain::default()
-    }
-    .envelope(
+    Chain::starting("delivery").envelope(
         new_event_id(),
         Payload::BuildSkipped(v1::BuildSkipped {
             repository: repository.into(),

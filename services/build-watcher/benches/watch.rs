@@ -73,11 +73,7 @@ fn report(event: &serde_json::Value) -> v1::Envelope {
 }
 
 fn requested(build_id: &str) -> v1::Envelope {
-    Chain {
-        correlation_id: new_event_id(),
-        ..Chain::default()
-    }
-    .envelope(
+    Chain::starting(&new_event_id()).envelope(
         new_event_id(),
         Payload::BuildRequested(v1::BuildRequested {
             build: Some(v1::BuildRef {

@@ -186,11 +186,7 @@ pub fn report_envelope(event: &CodeBuildEvent) -> v1::Envelope {
         .unwrap_or_default();
     let time = OffsetDateTime::parse(&event.time, &time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| OffsetDateTime::now_utc());
-    Chain {
-        correlation_id: event.id.clone(),
-        ..Chain::default()
-    }
-    .envelope_at(
+    Chain::starting(&event.id).envelope_at(
         event.id.clone(),
         time,
         Payload::BuildReportReceived(v1::BuildReportReceived {

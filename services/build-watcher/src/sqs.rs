@@ -59,11 +59,7 @@ pub fn report_envelope(body: &str, message_id: &str, source: &str) -> v1::Envelo
             String::new(),
         ),
     };
-    Chain {
-        correlation_id,
-        ..Chain::default()
-    }
-    .envelope_at(
+    Chain::starting(&correlation_id).envelope_at(
         event_id,
         time.unwrap_or_else(OffsetDateTime::now_utc),
         Payload::BuildReportReceived(v1::BuildReportReceived {

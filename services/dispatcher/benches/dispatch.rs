@@ -145,11 +145,7 @@ fn webhook(i: u64, base_push: &Value, base_pr: &Value) -> Envelope {
         ("pull_request", p)
     };
     let delivery = format!("bench-delivery-{i}");
-    Chain {
-        correlation_id: delivery.clone(),
-        ..Chain::default()
-    }
-    .envelope(
+    Chain::starting(&delivery).envelope(
         delivery.clone(),
         Payload::WebhookReceived(v1::WebhookReceived {
             delivery_id: delivery,

@@ -133,11 +133,7 @@ async fn raw_jetstream(
     drive(count, concurrency, move |_, i| {
         let js = js.clone();
         let id = format!("{tag}-{i:08}");
-        let envelope = Chain {
-            correlation_id: id.clone(),
-            ..Chain::default()
-        }
-        .envelope(
+        let envelope = Chain::starting(&id).envelope(
             id.clone(),
             Payload::WebhookReceived(v1::WebhookReceived {
                 delivery_id: id.clone(),

@@ -209,10 +209,7 @@ impl Webhook {
             delivery_id,
             hook_id,
         } = self.headers;
-        let chain = Chain {
-            correlation_id: delivery_id.clone(),
-            ..Chain::default()
-        };
+        let chain = Chain::starting(&delivery_id);
         chain.envelope_at(
             delivery_id.clone(),
             received_at,

@@ -23,11 +23,7 @@ pub fn build_ref() -> v1::BuildRef {
 }
 
 pub fn envelope(id: &str, payload: Payload) -> v1::Envelope {
-    Chain {
-        correlation_id: "delivery-1".into(),
-        ..Chain::default()
-    }
-    .envelope_at(id.into(), datetime!(2026-11-26 08:00 UTC), payload)
+    Chain::starting("delivery-1").envelope_at(id.into(), datetime!(2026-11-26 08:00 UTC), payload)
 }
 
 /// The dispatcher's request of [`build_ref`] (as build events carry it).

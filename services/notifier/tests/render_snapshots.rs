@@ -101,11 +101,7 @@ impl Build {
 
     fn apply(&mut self, payload: Payload) -> &mut Self {
         self.next += 1;
-        let envelope = Chain {
-            correlation_id: "delivery-1".into(),
-            ..Chain::default()
-        }
-        .envelope_at(
+        let envelope = Chain::starting("delivery-1").envelope_at(
             format!("event-{}", self.next),
             datetime!(2026-11-26 08:00 UTC),
             payload,

@@ -36,11 +36,7 @@ fn push_events(n: usize) -> Vec<v1::Envelope> {
     let branch = format!("branch-{}", (n / REPOSITORIES) % BRANCHES);
     let commit = format!("{n:040x}");
     let delivery = format!("bench-{n}");
-    let webhook = Chain {
-        correlation_id: delivery.clone(),
-        ..Chain::default()
-    }
-    .envelope(
+    let webhook = Chain::starting(&delivery).envelope(
         delivery.clone(),
         Payload::WebhookReceived(v1::WebhookReceived {
             delivery_id: delivery,

@@ -194,11 +194,7 @@ impl OpsApi {
                 other => OpsError::unavailable(other),
             })?;
         let event_id = new_event_id();
-        let envelope = Chain {
-            correlation_id: event_id.clone(),
-            ..Chain::default()
-        }
-        .envelope_at(
+        let envelope = Chain::starting(&event_id).envelope_at(
             event_id.clone(),
             now,
             Payload::ParameterOwnerChanged(v1::ParameterOwnerChanged {

@@ -702,11 +702,7 @@ impl Handler for Recorder {
 }
 
 fn skipped(repository: &str, n: usize) -> v1::Envelope {
-    Chain {
-        correlation_id: format!("d{n}"),
-        ..Chain::default()
-    }
-    .envelope(
+    Chain::starting(&format!("d{n}")).envelope(
         new_event_id(),
         Payload::BuildSkipped(v1::BuildSkipped {
             repository: repository.into(),

@@ -130,11 +130,7 @@ impl Handler for Counter {
 
 fn webhook(n: usize) -> v1::Envelope {
     let id = format!("cluster-delivery-{n}");
-    Chain {
-        correlation_id: id.clone(),
-        ..Chain::default()
-    }
-    .envelope(
+    Chain::starting(&id).envelope(
         id.clone(),
         Payload::WebhookReceived(v1::WebhookReceived {
             delivery_id: id,

@@ -132,11 +132,7 @@ async fn one_delivery_is_one_trace_across_consumers() {
         )),
     ];
 
-    let webhook = Chain {
-        correlation_id: "delivery-1".into(),
-        ..Chain::default()
-    }
-    .envelope(
+    let webhook = Chain::starting("delivery-1").envelope(
         "delivery-1".into(),
         Payload::WebhookReceived(v1::WebhookReceived {
             delivery_id: "delivery-1".into(),

@@ -42,6 +42,15 @@ pub struct Chain {
 }
 
 impl Chain {
+    /// The chain a fact with no cause inside the system starts (a webhook, an operator's
+    /// request, a report from outside): `correlation_id` names it for every event it causes.
+    pub fn starting(correlation_id: &str) -> Self {
+        Self {
+            correlation_id: correlation_id.to_owned(),
+            ..Self::default()
+        }
+    }
+
     /// The chain of an event caused by `cause`: same correlation, ordering key and sequence.
     pub fn caused_by(cause: &Envelope) -> Self {
         Self {
@@ -185,19 +194,16 @@ mod tests {
             crate::domain::RepoName::parse("PRX/app").unwrap(),
             crate::domain::Branch::new("main").unwrap(),
         );
-        let root = Chain {
-            correlation_id: "delivery-1".into(),
-            ..Chain::default()
-        }
-        .with_ordering(&key, 7)
-        .envelope(
-            "evt-1".into(),
-            Payload::WebhookReceived(v1::WebhookReceived {
-                repository: "PRX/app".into(),
-                event_name: "push".into(),
-                ..Default::default()
-            }),
-        );
+        let root = Chain::starting("delivery-1")
+            .with_ordering(&key, 7)
+            .envelope(
+                "evt-1".into(),
+                Payload::WebhookReceived(v1::WebhookReceived {
+                    repository: "PRX/app".into(),
+                    event_name: "push".into(),
+                    ..Default::default()
+                }),
+            );
         let next = Chain::caused_by(&root);
         assert_eq!(next.correlation_id, "delivery-1");
         assert_eq!(next.causation_id, "evt-1");

@@ -144,11 +144,7 @@ impl World {
     /// Publishes the BuildRequested the dispatcher would, for `build_id`.
     pub async fn request(&self, build_id: &str) -> v1::Envelope {
         let local = build_id.starts_with("local:");
-        let webhook = Chain {
-            correlation_id: format!("delivery-{}", new_event_id()),
-            ..Chain::default()
-        }
-        .with_ordering(
+        let webhook = Chain::starting(&format!("delivery-{}", new_event_id())).with_ordering(
             &prx_ci_shared::domain::OrderingKey::branch(
                 prx_ci_shared::domain::RepoName::parse(REPO).unwrap(),
                 prx_ci_shared::domain::Branch::new("main").unwrap(),
@@ -194,11 +190,7 @@ impl World {
 
     /// Publishes a report as the local runner does.
     pub async fn report(&self, event: &Value, source: &str) -> v1::Envelope {
-        let envelope = Chain {
-            correlation_id: event["id"].as_str().unwrap_or_default().to_owned(),
-            ..Chain::default()
-        }
-        .envelope(
+        let envelope = Chain::starting(event["id"].as_str().unwrap_or_default()).envelope(
             new_event_id(),
             Payload::BuildReportReceived(v1::BuildReportReceived {
                 event_json: serde_json::to_vec(event).unwrap(),

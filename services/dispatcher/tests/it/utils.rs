@@ -74,11 +74,7 @@ impl Nats {
         delivery: &str,
         event_id: &str,
     ) -> (Envelope, Stored) {
-        let envelope = Chain {
-            correlation_id: delivery.to_owned(),
-            ..Chain::default()
-        }
-        .envelope(
+        let envelope = Chain::starting(delivery).envelope(
             event_id.to_owned(),
             Payload::WebhookReceived(v1::WebhookReceived {
                 delivery_id: delivery.to_owned(),

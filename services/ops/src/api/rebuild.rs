@@ -94,11 +94,7 @@ impl OpsApi {
             .map_err(OpsError::internal)?;
         let payload = rebuild::push_payload(&full_name, &target, requested_by, reason, &now_text);
         let delivery_id = format!("operator-{}", uuid::Uuid::new_v4());
-        let envelope = Chain {
-            correlation_id: delivery_id.clone(),
-            ..Chain::default()
-        }
-        .envelope_at(
+        let envelope = Chain::starting(&delivery_id).envelope_at(
             delivery_id.clone(),
             now,
             Payload::WebhookReceived(v1::WebhookReceived {

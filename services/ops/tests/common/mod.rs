@@ -165,11 +165,7 @@ pub fn webhook(
     repository: &str,
     payload: &serde_json::Value,
 ) -> v1::Envelope {
-    Chain {
-        correlation_id: delivery.into(),
-        ..Chain::default()
-    }
-    .envelope(
+    Chain::starting(delivery).envelope(
         delivery.into(),
         Payload::WebhookReceived(v1::WebhookReceived {
             delivery_id: delivery.into(),
