@@ -58,7 +58,7 @@ pub struct DemoArgs {
     /// NATS server of the running system.
     #[arg(
         long,
-        env = "PRX_CI_NATS__URL",
+        env = prx_ci_shared::config::NATS_URL_ENV,
         default_value = "nats://127.0.0.1:4222"
     )]
     pub nats_url: String,

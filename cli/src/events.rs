@@ -23,7 +23,7 @@ pub struct EventsArgs {
     /// NATS server of a running system.
     #[arg(
         long,
-        env = "PRX_CI_NATS__URL",
+        env = prx_ci_shared::config::NATS_URL_ENV,
         default_value = "nats://127.0.0.1:4222"
     )]
     nats_url: String,

@@ -24,7 +24,7 @@ use prx_ci::demo;
 #[command(name = "prx-ci", version, about)]
 struct Cli {
     /// Configuration file (TOML, one section per service; see prx-ci.example.toml).
-    #[arg(long, global = true, env = "PRX_CI_CONFIG")]
+    #[arg(long, global = true, env = prx_ci_shared::config::CONFIG_FILE_ENV)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,

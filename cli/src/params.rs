@@ -28,7 +28,7 @@ pub struct ParamsArgs {
     /// NATS server of a running system (fence records and skipped publishes live there).
     #[arg(
         long,
-        env = "PRX_CI_NATS__URL",
+        env = prx_ci_shared::config::NATS_URL_ENV,
         default_value = "nats://127.0.0.1:4222"
     )]
     nats_url: String,

@@ -18,7 +18,7 @@ pub struct UpArgs {
     #[arg(long, default_value = "./.prx-ci")]
     data_dir: PathBuf,
     /// Use this NATS server instead of starting one.
-    #[arg(long, env = "PRX_CI_NATS__URL")]
+    #[arg(long, env = prx_ci_shared::config::NATS_URL_ENV)]
     nats_url: Option<String>,
     /// Port of the nats-server started locally.
     #[arg(long, default_value_t = 4222)]

@@ -17,6 +17,10 @@ use serde::de::DeserializeOwned;
 
 /// Environment variable prefix for overrides.
 pub const ENV_PREFIX: &str = "PRX_CI_";
+/// The environment variable naming the configuration file (every binary's `--config`).
+pub const CONFIG_FILE_ENV: &str = "PRX_CI_CONFIG";
+/// The environment variable of the NATS URL (`[nats] url`), which the CLI's commands also take.
+pub const NATS_URL_ENV: &str = "PRX_CI_NATS__URL";
 
 /// A configuration that is wrong, with the reason.
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@ use prx_ci_shared::service::startup::{ServiceProcess, exit_code};
 #[command(name = "prx-ci-build-watcher", version)]
 struct Args {
     /// Configuration file (TOML); `PRX_CI_<SECTION>__<FIELD>` variables override it.
-    #[arg(long, env = "PRX_CI_CONFIG")]
+    #[arg(long, env = prx_ci_shared::config::CONFIG_FILE_ENV)]
     config: Option<PathBuf>,
 }
 

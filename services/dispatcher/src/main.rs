@@ -18,7 +18,7 @@ use prx_ci_shared::service::startup::{ServiceProcess, exit_code};
 )]
 struct Args {
     /// Configuration file (TOML; sections [nats], [telemetry], [github], [aws], [dispatcher]).
-    #[arg(long, env = "PRX_CI_CONFIG")]
+    #[arg(long, env = prx_ci_shared::config::CONFIG_FILE_ENV)]
     config: Option<PathBuf>,
 }
 

@@ -25,7 +25,7 @@ struct Args {
     /// Configuration file (TOML, sections [nats], [telemetry], [ingress]);
     /// `PRX_CI_<SECTION>__<FIELD>` variables override it, `PRX_CI_WEBHOOK_SECRET`
     /// (comma-separated) adds webhook secrets.
-    #[arg(long, env = "PRX_CI_CONFIG")]
+    #[arg(long, env = prx_ci_shared::config::CONFIG_FILE_ENV)]
     config: Option<PathBuf>,
     /// Listen address; overrides `[ingress] listen`.
     #[arg(long)]

@@ -14,7 +14,7 @@ use prx_ci_shared::service::startup::{ServiceProcess, exit_code};
 #[command(name = "prx-ci-notifier", version)]
 struct Args {
     /// Configuration file (TOML; sections [nats], [telemetry], [github], [notifier]).
-    #[arg(long, env = "PRX_CI_CONFIG")]
+    #[arg(long, env = prx_ci_shared::config::CONFIG_FILE_ENV)]
     config: Option<PathBuf>,
 }
 
