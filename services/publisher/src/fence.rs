@@ -7,6 +7,9 @@
 //! may be writing right now). The invariant: a parameter's written positions only ever go up.
 //! See `docs/ordering.md` for the protocol around these decisions.
 
+use prx_ci_proto::v1::PublishSkipReason;
+use prx_ci_shared::domain::push_position::display_wire;
+use prx_ci_shared::domain::short_sha;
 use serde::{Deserialize, Serialize};
 
 /// Where a publication stands in the order of one parameter's writes.
@@ -118,6 +121,56 @@ pub enum Stale {
     NotPrimary { by_commit: String },
     /// The same push and architecture already wrote it, from another build.
     AlreadyPublished { by_build: String },
+}
+
+/// How a [`Stale`] publication is reported: the skip reason, the detail people read, and the
+/// publication that won (`superseded_by_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleSkip {
+    pub reason: PublishSkipReason,
+    pub detail: String,
+    pub superseded_by_sequence: u64,
+    pub superseded_by_commit: String,
+}
+
+impl Stale {
+    /// The report of a publication of `parameter` from push `this_push` that the fence
+    /// refused (`primary` names the primary architecture).
+    pub fn skip(self, parameter: &str, this_push: u64, primary: &str) -> StaleSkip {
+        match self {
+            Self::Superseded {
+                by_sequence,
+                by_commit,
+            } => StaleSkip {
+                reason: PublishSkipReason::Superseded,
+                detail: format!(
+                    "push {} ({}) already published {parameter}; this build is from push {}",
+                    display_wire(by_sequence),
+                    short_sha(&by_commit),
+                    display_wire(this_push)
+                ),
+                superseded_by_sequence: by_sequence,
+                superseded_by_commit: by_commit,
+            },
+            Self::NotPrimary { by_commit } => StaleSkip {
+                reason: PublishSkipReason::NotPrimaryArchitecture,
+                detail: format!(
+                    "the {primary} build of the same push ({}) published {parameter}",
+                    short_sha(&by_commit)
+                ),
+                superseded_by_sequence: this_push,
+                superseded_by_commit: by_commit,
+            },
+            Self::AlreadyPublished { by_build } => StaleSkip {
+                reason: PublishSkipReason::AlreadyPublished,
+                detail: format!(
+                    "build {by_build} of the same push and architecture already wrote {parameter}"
+                ),
+                superseded_by_sequence: 0,
+                superseded_by_commit: String::new(),
+            },
+        }
+    }
 }
 
 /// What to do with a publication, given the record as read.
@@ -270,6 +323,56 @@ pub fn after_release(record: &FenceRecord, token: &str) -> Option<FenceRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_publications_are_reported_with_the_publication_that_won() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let newer = Stale::Superseded {
+            by_sequence: 9,
+            by_commit: sha.into(),
+        }
+        .skip("/p/tag", 7, "x86_64");
+        assert_eq!(newer.reason, PublishSkipReason::Superseded);
+        assert_eq!(
+            newer.detail,
+            "push #9 (0123456) already published /p/tag; this build is from push #7"
+        );
+        assert_eq!(
+            (
+                newer.superseded_by_sequence,
+                newer.superseded_by_commit.as_str()
+            ),
+            (9, sha)
+        );
+
+        let primary = Stale::NotPrimary {
+            by_commit: sha.into(),
+        }
+        .skip("/p/tag", 7, "x86_64");
+        assert_eq!(primary.reason, PublishSkipReason::NotPrimaryArchitecture);
+        assert_eq!(
+            primary.detail,
+            "the x86_64 build of the same push (0123456) published /p/tag"
+        );
+        assert_eq!(primary.superseded_by_sequence, 7, "the same push won");
+
+        let again = Stale::AlreadyPublished {
+            by_build: "app:1".into(),
+        }
+        .skip("/p/tag", 7, "x86_64");
+        assert_eq!(again.reason, PublishSkipReason::AlreadyPublished);
+        assert_eq!(
+            again.detail,
+            "build app:1 of the same push and architecture already wrote /p/tag"
+        );
+        assert_eq!(
+            (
+                again.superseded_by_sequence,
+                again.superseded_by_commit.as_str()
+            ),
+            (0, "")
+        );
+    }
 
     fn publication(seq: u64, primary: bool, build: &str) -> Publication {
         Publication {

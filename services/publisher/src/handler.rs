@@ -6,8 +6,8 @@ use prx_ci_proto::v1::{self, PublishSkipReason, envelope::Payload};
 use prx_ci_shared::Runtime;
 use prx_ci_shared::bus::consume::{Delivery, Handler, HandlerError};
 use prx_ci_shared::bus::envelope::{Chain, derived_event_id};
+use prx_ci_shared::domain::OrderingKey;
 use prx_ci_shared::domain::push_position::display_wire;
-use prx_ci_shared::domain::{OrderingKey, short_sha};
 use prx_ci_shared::ownership::{Checked, ConfigOwners, OwnerRecord, OwnerStore};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -15,7 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::artifacts::{ArtifactChecker, ArtifactStatus};
 use crate::config::PublisherConfig;
 use crate::eligibility::{self, Override, Verdict};
-use crate::fence::{Publication, Stale};
+use crate::fence::Publication;
 use crate::fence_store::{FenceError, FenceOutcome, KvFence};
 use crate::mapping::{self, Item, Rejected, Target};
 use crate::metrics::PublisherMetrics;
@@ -261,39 +261,14 @@ impl PublishHandler {
                 emit.applied(target, version).await
             }
             FenceOutcome::Skipped(stale) => {
-                let mut skip =
-                    Skip::of_target(target, PublishSkipReason::Superseded, String::new());
-                match stale {
-                    Stale::Superseded {
-                        by_sequence,
-                        by_commit,
-                    } => {
-                        skip.detail = format!(
-                            "push {} ({}) already published {parameter}; this build is from push {}",
-                            display_wire(by_sequence),
-                            short_sha(&by_commit),
-                            display_wire(publication.position.push_sequence)
-                        );
-                        skip.superseded_by_sequence = by_sequence;
-                        skip.superseded_by_commit = by_commit;
-                    }
-                    Stale::NotPrimary { by_commit } => {
-                        skip.reason = PublishSkipReason::NotPrimaryArchitecture;
-                        skip.detail = format!(
-                            "the {} build of the same push ({}) published {parameter}",
-                            self.config.primary_architecture,
-                            short_sha(&by_commit)
-                        );
-                        skip.superseded_by_sequence = publication.position.push_sequence;
-                        skip.superseded_by_commit = by_commit;
-                    }
-                    Stale::AlreadyPublished { by_build } => {
-                        skip.reason = PublishSkipReason::AlreadyPublished;
-                        skip.detail = format!(
-                            "build {by_build} of the same push and architecture already wrote {parameter}"
-                        );
-                    }
-                }
+                let stale = stale.skip(
+                    parameter,
+                    publication.position.push_sequence,
+                    &self.config.primary_architecture.to_string(),
+                );
+                let mut skip = Skip::of_target(target, stale.reason, stale.detail);
+                skip.superseded_by_sequence = stale.superseded_by_sequence;
+                skip.superseded_by_commit = stale.superseded_by_commit;
                 emit.skipped(skip).await
             }
         }
