@@ -98,10 +98,18 @@ async fn a_built_fork_pull_request_with_the_opt_in_and_an_exported_publish_write
     let body = pull_request(&repo, &head, "outsider/fork-target");
     assert_eq!(local.send("pull_request", "d-fork-built", &body).await, 202);
 
+    // The publisher reports the contradicted variable first and the fork skip after it: wait
+    // for the fork skip, the last word on the build.
     let outcomes = local
-        .wait_for("the fork's publish outcome", |events| {
+        .wait_for("the fork's publish skip", |events| {
             let outcomes = publish_outcomes(events, &head);
-            (!outcomes.is_empty()).then_some(outcomes)
+            outcomes
+                .iter()
+                .any(|o| {
+                    matches!(o, Payload::PublishSkipped(s)
+                        if s.reason() == v1::PublishSkipReason::Fork)
+                })
+                .then_some(outcomes)
         })
         .await;
     let events = local.events().await;
@@ -130,11 +138,12 @@ async fn a_built_fork_pull_request_with_the_opt_in_and_an_exported_publish_write
             .all(|o| matches!(o, Payload::PublishSkipped(_))),
         "{outcomes:?}"
     );
+    // The exported `PRX_CI_PUBLISH=true` is reported as the contradiction it is.
     assert!(
         outcomes
             .iter()
             .any(|o| matches!(o, Payload::PublishSkipped(s)
-            if s.reason() == v1::PublishSkipReason::Fork)),
+            if s.reason() == v1::PublishSkipReason::UntrustedOverride)),
         "{outcomes:?}"
     );
     let js = local.js();
