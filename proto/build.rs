@@ -20,6 +20,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "prx.ci.v1.BuildRef",
             "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
         )
+        // Fields added later are left out while empty, so records keep their shape.
+        .field_attribute(
+            "prx.ci.v1.BuildRef.retry_of",
+            "#[serde(skip_serializing_if = \"String::is_empty\")]",
+        )
         .file_descriptor_set_path(out_dir.join("prx_ci_descriptor.bin"))
         .compile_with_config(config, &protos.map(PathBuf::from), &includes)?;
     Ok(())

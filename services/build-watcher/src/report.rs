@@ -414,6 +414,7 @@ impl Report {
             project: self.event.detail.project_name.clone(),
             region: self.region(),
             log_url: self.log_url(),
+            retry_of: String::new(),
         }
     }
 }

@@ -93,6 +93,8 @@ pub struct RequestData {
     pub fork: bool,
     pub branch: String,
     pub pull_request: u64,
+    /// `BuildRequested.primary_architecture` (the proto enum's number; 0 = unspecified).
+    pub primary_architecture: i32,
 }
 
 impl From<&v1::BuildRequested> for RequestData {
@@ -110,6 +112,7 @@ impl From<&v1::BuildRequested> for RequestData {
             fork: r.fork,
             branch: r.branch.clone(),
             pull_request: r.pull_request,
+            primary_architecture: r.primary_architecture,
         }
     }
 }
@@ -132,6 +135,7 @@ impl RequestData {
             fork: self.fork,
             branch: self.branch.clone(),
             pull_request: self.pull_request,
+            primary_architecture: self.primary_architecture,
         }
     }
 }

@@ -163,6 +163,7 @@ mod tests {
                 project: "p".into(),
                 region: String::new(),
                 log_url: String::new(),
+                retry_of: String::new(),
             },
             push_sequence: sequence,
             correlation_id: String::new(),

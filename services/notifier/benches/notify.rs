@@ -47,6 +47,7 @@ fn build_ref(n: usize) -> v1::BuildRef {
         project: "infrastructure-ci-Runner2".into(),
         region: "us-east-1".into(),
         log_url: "https://logs.example.test/b".into(),
+        retry_of: String::new(),
     }
 }
 

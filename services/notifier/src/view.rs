@@ -537,6 +537,7 @@ impl BuildView {
             project: self.project.clone(),
             region: self.region.clone(),
             log_url: self.log_url.clone(),
+            ..v1::BuildRef::default()
         }
     }
 

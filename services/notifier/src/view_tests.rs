@@ -19,6 +19,7 @@ pub fn build_ref() -> v1::BuildRef {
         project: "infrastructure-ci-Runner2".into(),
         region: "us-east-1".into(),
         log_url: "https://example.test/log".into(),
+        retry_of: String::new(),
     }
 }
 

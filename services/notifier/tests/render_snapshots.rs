@@ -39,6 +39,7 @@ fn build_ref() -> v1::BuildRef {
         region: "us-east-1".into(),
         log_url: "https://us-east-1.console.aws.amazon.com/cloudwatch/home#logsV2:log-groups"
             .into(),
+        retry_of: String::new(),
     }
 }
 
@@ -374,6 +375,7 @@ fn local_build_renders_with_a_file_log_link() {
         project: "local".into(),
         region: String::new(),
         log_url: "file:///var/lib/prx-ci/logs/local-0b5e2d7a.log".into(),
+        retry_of: String::new(),
     };
     let mut build = Build::new();
     build.apply(Payload::BuildRequested(v1::BuildRequested {

@@ -163,6 +163,7 @@ fn build_ref(repository: &str, build_id: &str) -> v1::BuildRef {
         project: "infrastructure-ci-Runner2".into(),
         region: "us-east-1".into(),
         log_url: LOG_URL.into(),
+        retry_of: String::new(),
     }
 }
 

@@ -175,6 +175,7 @@ impl World {
                     project: if local { "local" } else { PROJECT }.into(),
                     region: if local { "" } else { "us-east-1" }.into(),
                     log_url: String::new(),
+                    ..v1::BuildRef::default()
                 }),
                 environment: [("PRX_REPO".to_owned(), REPO.to_owned())].into(),
                 buildspec: "version: 0.2\n".into(),
@@ -182,6 +183,7 @@ impl World {
                 source_version: COMMIT.into(),
                 event_name: "push".into(),
                 action: String::new(),
+                ..v1::BuildRequested::default()
             }),
         );
         self.rt.publisher.publish(&envelope).await.unwrap();

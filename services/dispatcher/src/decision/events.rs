@@ -111,6 +111,7 @@ impl BuildPlan {
                     project: started.project,
                     region: started.region,
                     log_url: started.log_url,
+                    retry_of: String::new(),
                 }),
                 environment: build.environment.into_iter().collect(),
                 buildspec: buildspec.to_owned(),
@@ -121,6 +122,7 @@ impl BuildPlan {
                 fork: self.is_fork(),
                 branch: self.branch().to_owned(),
                 pull_request: self.pull_request(),
+                primary_architecture: v1::Architecture::Unspecified as i32,
             }),
         )
     }
@@ -316,6 +318,7 @@ mod tests {
                 project: "infrastructure-ci-Runner2".into(),
                 region: "us-east-1".into(),
                 log_url: "https://logs/b".into(),
+                retry_of: String::new(),
             })
         );
         assert_eq!(requested.environment[env::CI_PUBLISH], "false");
