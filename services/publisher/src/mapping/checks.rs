@@ -26,7 +26,7 @@ pub fn check_value(
     build: &BuildFacts,
 ) -> Result<(), String> {
     match kind {
-        ArtifactKind::EcrImage => check_ecr_value(value, build),
+        ArtifactKind::EcrImage => check_ecr_value(label, value, build),
         ArtifactKind::S3Object => check_s3_value(label, value, build),
     }
 }
@@ -35,8 +35,11 @@ fn is_sha(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn check_ecr_value(value: &str, build: &BuildFacts) -> Result<(), String> {
-    const SHAPE: &str = "expected github/<owner>/<repo>:<sha>-<arch> (no registry host)";
+/// The tags the post-build helper gives an image: `<sha>-<arch>` when the build publishes one
+/// image (the original's tag), `<sha>-<arch>-<label in lower case>` when it publishes several.
+fn check_ecr_value(label: &str, value: &str, build: &BuildFacts) -> Result<(), String> {
+    const SHAPE: &str =
+        "expected github/<owner>/<repo>:<sha>-<arch>[-<label in lower case>] (no registry host)";
     let Some((repository, tag)) = value.split_once(':') else {
         return Err(format!("{value:?} has no `:` before the tag; {SHAPE}"));
     };
@@ -75,11 +78,25 @@ fn check_ecr_value(value: &str, build: &BuildFacts) -> Result<(), String> {
             build.commit
         ));
     }
+    // The architecture is one of two fixed words, so the rest of the tag after it can only be
+    // the helper's label suffix.
+    let (arch, suffix) = match arch.split_once('-') {
+        Some((arch, suffix)) => (arch, Some(suffix)),
+        None => (arch, None),
+    };
     let Some(arch) = Architecture::parse(arch) else {
         return Err(format!(
-            "tag {tag:?} does not end in -x86_64 or -aarch64; {SHAPE}"
+            "tag {tag:?} does not continue with -x86_64 or -aarch64 after the commit; {SHAPE}"
         ));
     };
+    if let Some(suffix) = suffix
+        && suffix != label.to_ascii_lowercase()
+    {
+        return Err(format!(
+            "tag {tag:?} ends in -{suffix}, but the helper tags label {label}'s image -{}; {SHAPE}",
+            label.to_ascii_lowercase()
+        ));
+    }
     if let Some(expected) = build.architecture
         && arch != expected
     {
@@ -246,14 +263,39 @@ mod tests {
                 format!("github/prx/my-app:{SHA}-aarch64"),
                 "this build ran on x86_64",
             ),
-            (format!("github/prx/my-app:{SHA}"), "does not end in"),
-            (format!("github/prx/my-app:{SHA}-"), "does not end in"),
+            (format!("github/prx/my-app:{SHA}"), "does not continue with"),
+            (
+                format!("github/prx/my-app:{SHA}-"),
+                "does not continue with",
+            ),
+            (
+                format!("github/prx/my-app:{SHA}-arm-app"),
+                "does not continue with",
+            ),
+            (
+                format!("github/prx/my-app:{SHA}-x86_64-worker"),
+                "tags label APP's image -app",
+            ),
+            (format!("github/prx/my-app:{SHA}-x86_64-"), "ends in -,"),
+            (
+                format!("github/prx/my-app:{SHA}-x86_64-APP"),
+                "ends in -APP",
+            ),
             (format!("github/prx/my-app:release-{SHA}-x86_64"), "40-hex"),
             ("github/prx/my-app:abc-x86_64".to_owned(), "40-hex"),
         ];
         for (value, needle) in cases {
             let err = check_value(ArtifactKind::EcrImage, "APP", &value, &f).unwrap_err();
             assert!(err.contains(needle), "{value}: {err}");
+        }
+        // Several labelled images: the helper suffixes each tag with its label in lower case.
+        for (label, suffix) in [("APP", "app"), ("Worker_Image2", "worker_image2")] {
+            let several = format!("github/prx/my-app:{SHA}-x86_64-{suffix}");
+            assert_eq!(
+                check_value(ArtifactKind::EcrImage, label, &several, &f),
+                Ok(()),
+                "{several}"
+            );
         }
         // Unknown facts are not checked.
         let v = format!("github/x/y:{other_sha}-aarch64");
