@@ -93,8 +93,14 @@ pub struct RequestData {
     pub fork: bool,
     pub branch: String,
     pub pull_request: u64,
-    /// `BuildRequested.primary_architecture` (the proto enum's number; 0 = unspecified).
+    /// `BuildRequested.primary_architecture` (the proto enum's number; 0 = unspecified), left
+    /// out of the JSON while unspecified so records keep their shape.
+    #[serde(skip_serializing_if = "is_unspecified")]
     pub primary_architecture: i32,
+}
+
+fn is_unspecified(architecture: &i32) -> bool {
+    *architecture == 0
 }
 
 impl From<&v1::BuildRequested> for RequestData {
