@@ -30,7 +30,9 @@
 //! # }
 //! ```
 
+pub mod apps;
 pub mod artifacts;
+pub mod check;
 pub mod config;
 pub mod eligibility;
 pub mod fence;
@@ -43,6 +45,7 @@ pub mod parameter_view;
 pub mod service;
 pub mod skip_store;
 
+pub use apps::{AppConfig, AppRules, ValueChecks};
 pub use artifacts::{ArtifactChecker, ArtifactStatus, AwsArtifactChecker, NoArtifactCheck};
 pub use config::PublisherConfig;
 pub use parameter_store::{
