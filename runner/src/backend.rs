@@ -26,7 +26,7 @@ use crate::isolation::Launcher;
 use crate::record::{self, BuildRecord, Layout, read_record, write_record};
 use crate::registry::{BuildControl, Registry};
 use crate::reporter::{self, Timeline, publish_report};
-use prx_ci_shared::codebuild::build::{LOCAL_BACKEND, status};
+use prx_ci_shared::codebuild::build::{LOCAL_BACKEND, SourceVersion, status};
 
 /// How long [`LocalRunner::shutdown`] waits for builds to stop and their reports to be stored.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
@@ -194,12 +194,6 @@ fn hidden_paths(config: &LocalRunnerConfig) -> anyhow::Result<Vec<PathBuf>> {
     Ok(hidden)
 }
 
-/// Whether git can be asked for `version` safely: not empty, and not something git would
-/// read as an option.
-fn is_valid_source_version(version: &str) -> bool {
-    !version.trim().is_empty() && !version.starts_with('-')
-}
-
 #[async_trait::async_trait]
 impl BuildBackend for LocalRunner {
     async fn start(&self, request: StartBuild) -> Result<StartedBuild, BackendError> {
@@ -209,11 +203,9 @@ impl BuildBackend for LocalRunner {
                 "the local runner is shutting down"
             )));
         }
-        if !is_valid_source_version(&request.source_version) {
-            return Err(BackendError::Permanent(anyhow::anyhow!(
-                "invalid source version {:?}",
-                request.source_version
-            )));
+        // Every form CodeBuild accepts, and nothing git could read as an option or refspec.
+        if let Err(err) = SourceVersion::parse(&request.source_version) {
+            return Err(BackendError::Permanent(anyhow::Error::new(err)));
         }
         let build_id = record::build_id_for(&request.request_id);
         let layout = &shared.layout;
@@ -289,16 +281,6 @@ mod tests {
             data_dir: data_dir.to_owned(),
             work_dir: work_dir.to_owned(),
             ..LocalRunnerConfig::default()
-        }
-    }
-
-    #[test]
-    fn source_versions_that_git_could_read_as_options_are_refused() {
-        for ok in ["main", "abc123", "pr/7", "refs/heads/x", "v1.0-rc"] {
-            assert!(is_valid_source_version(ok), "{ok}");
-        }
-        for bad in ["", "  ", "-h", "--upload-pack=evil", "-"] {
-            assert!(!is_valid_source_version(bad), "{bad:?}");
         }
     }
 

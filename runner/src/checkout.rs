@@ -1,13 +1,17 @@
-//! DOWNLOAD_SOURCE: cloning the repository and checking out the requested version.
+//! DOWNLOAD_SOURCE: fetching the repository and checking out the requested version.
 //!
-//! A commit, branch or tag of the clone, else fetched by name (`pr/N` as a GitHub pull request).
-//! git's output goes to the build log, and every git process runs in its own group, killed on
-//! stop or timeout.
+//! `<ref>^{<sha>}` (what the dispatcher sends): a shallow fetch of that one ref, deepened to
+//! the ref's history when the commit is not its tip; the commit must be reachable from the ref.
+//! A bare commit, branch or tag: a full clone, else fetched by name (`pr/N` as a GitHub pull
+//! request). git's output goes to the build log, and every git process runs in its own group,
+//! killed on stop or timeout.
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 
 use anyhow::Context as _;
+use prx_ci_shared::codebuild::build::SourceVersion;
+use prx_ci_shared::domain::CommitSha;
 use tokio::process::Command;
 
 use crate::build_log::BuildLog;
@@ -18,20 +22,12 @@ use crate::process::{exit_text, run_in_group};
 #[derive(Debug)]
 pub struct Checkout<'a> {
     pub clone_url: &'a str,
+    /// Any form of [`SourceVersion`].
     pub source_version: &'a str,
     /// Created by the clone.
     pub src_dir: &'a Path,
     pub log: &'a BuildLog,
     pub watch: &'a InterruptWatch,
-}
-
-/// The refspec fetched for a version the clone does not have: `pr/N` is CodeBuild's pull
-/// request syntax (`refs/pull/N/head` on GitHub); anything else is fetched by its name.
-pub fn fetch_refspec(version: &str) -> String {
-    match version.strip_prefix("pr/") {
-        Some(n) => format!("refs/pull/{n}/head"),
-        None => version.to_owned(),
-    }
 }
 
 /// `git checkout` of `rev` as a detached head; the `--` keeps a rev from being read as a path.
@@ -41,79 +37,185 @@ fn checkout_args(rev: &str) -> Vec<String> {
         .to_vec()
 }
 
+fn args(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
+/// The exit status of a git run, or returns the interruption that cut it short.
+macro_rules! finished {
+    ($run:expr) => {
+        match $run {
+            Ok(status) => status,
+            Err(why) => return Ok(Err(why)),
+        }
+    };
+}
+
 impl Checkout<'_> {
-    /// Clones and checks out the requested version; returns the resolved commit, or the
+    /// Fetches and checks out the requested version; returns the resolved commit, or the
     /// interruption that cut it short.
     pub async fn run(&self) -> anyhow::Result<Result<String, Interruption>> {
+        let version = SourceVersion::parse(self.source_version)?;
+        let checked_out = match &version {
+            SourceVersion::RefAt { git_ref, commit } => self.commit_of_ref(git_ref, commit).await?,
+            SourceVersion::Commit(_) | SourceVersion::Name(_) => self.clone(&version).await?,
+        };
+        if let Err(why) = checked_out {
+            return Ok(Err(why));
+        }
+        let resolved = self
+            .rev_parse("HEAD")
+            .await?
+            .context("cannot resolve the checked-out commit (git rev-parse HEAD)")?;
+        self.log
+            .line(&format!("Checked out {version} ({resolved})"));
+        Ok(Ok(resolved))
+    }
+
+    /// `<ref>^{<sha>}`: fetches only `git_ref`, shallowly, and checks out `commit`, which must
+    /// be reachable from it (the ref's history is fetched when the commit is not its tip).
+    async fn commit_of_ref(
+        &self,
+        git_ref: &str,
+        commit: &CommitSha,
+    ) -> anyhow::Result<Result<(), Interruption>> {
         let url = self.clone_url;
-        let version = self.source_version;
+        let src = self.src_dir.display().to_string();
+        self.log.line(&format!(
+            "Fetching {git_ref} of {url} (depth 1) into {src} for {commit}"
+        ));
+        let init = args(&["-c", "init.defaultBranch=main", "init", "--quiet", &src]);
+        let status = finished!(self.git(&init).await?);
+        if !status.success() {
+            anyhow::bail!("cannot create {src}: git init {}", exit_text(status));
+        }
+        let remote = args(&["remote", "add", "origin", url]);
+        let status = finished!(self.git_in_src(&remote).await?);
+        if !status.success() {
+            anyhow::bail!("cannot add remote {url}: git remote {}", exit_text(status));
+        }
+        let fetch = args(&["fetch", "--quiet", "--depth", "1", "origin", git_ref]);
+        let status = finished!(self.git_in_src(&fetch).await?);
+        if !status.success() {
+            if git_ref.starts_with("refs/pull/") && url.starts_with("file://") {
+                // A local repository has no GitHub pull request refs: the commit itself, as
+                // for a bare SHA (a GitHub remote always has the ref).
+                self.log.line(&format!(
+                    "{git_ref} is not in the local repository {url}; checking out {commit} from a \
+                     full clone"
+                ));
+                tokio::fs::remove_dir_all(self.src_dir)
+                    .await
+                    .with_context(|| format!("cannot remove {src}"))?;
+                return self.clone(&SourceVersion::Commit(commit.clone())).await;
+            }
+            anyhow::bail!(
+                "cannot check out {commit} of {git_ref}: cannot fetch {git_ref} from {url} (git \
+                 fetch {})",
+                exit_text(status)
+            );
+        }
+        let tip = self
+            .rev_parse("FETCH_HEAD^{commit}")
+            .await?
+            .with_context(|| format!("git fetch of {git_ref} left no commit"))?;
+        if tip != commit.as_str() {
+            self.log.line(&format!(
+                "{git_ref} is at {tip}, not {commit}; fetching the history of {git_ref}"
+            ));
+            if self.src_dir.join(".git/shallow").exists() {
+                let deepen = args(&["fetch", "--quiet", "--unshallow", "origin", git_ref]);
+                let status = finished!(self.git_in_src(&deepen).await?);
+                if !status.success() {
+                    anyhow::bail!(
+                        "cannot check out {commit} of {git_ref}: cannot fetch the history of \
+                         {git_ref} from {url} (git fetch {})",
+                        exit_text(status)
+                    );
+                }
+            }
+            let ancestor = args(&["merge-base", "--is-ancestor", commit.as_str(), &tip]);
+            let status = finished!(self.git_in_src(&ancestor).await?);
+            if !status.success() {
+                anyhow::bail!(
+                    "cannot check out {commit}: it is not reachable from {git_ref} of {url} \
+                     ({git_ref} is at {tip})"
+                );
+            }
+        }
+        let status = finished!(self.git_in_src(&checkout_args(commit.as_str())).await?);
+        if !status.success() {
+            anyhow::bail!(
+                "cannot check out {commit}: git checkout {}",
+                exit_text(status)
+            );
+        }
+        Ok(Ok(()))
+    }
+
+    /// A bare commit or a name: a full clone (CodeBuild too downloads the whole history to
+    /// find a bare commit), then the version, fetched by name when the clone lacks it.
+    async fn clone(&self, version: &SourceVersion) -> anyhow::Result<Result<(), Interruption>> {
+        let url = self.clone_url;
         let src = self.src_dir.display().to_string();
         self.log.line(&format!("Cloning {url} into {src}"));
-        let status = self
-            .git(&["clone", "--no-checkout", "--quiet", "--", url, &src])
-            .await?;
-        match status {
-            Err(why) => return Ok(Err(why)),
-            Ok(s) if !s.success() => {
-                anyhow::bail!("cannot clone {url}: git clone {}", exit_text(s))
-            }
-            Ok(_) => {}
+        let clone = args(&["clone", "--no-checkout", "--quiet", "--", url, &src]);
+        let status = finished!(self.git(&clone).await?);
+        if !status.success() {
+            anyhow::bail!("cannot clone {url}: git clone {}", exit_text(status));
         }
-        match self.git_in_src(&checkout_args(version)).await? {
-            Err(why) => return Ok(Err(why)),
-            Ok(s) if s.success() => {}
-            Ok(_) => {
-                // Not a branch, tag or commit of the clone.
-                let refspec = fetch_refspec(version);
-                self.log.line(&format!(
-                    "{version} is not in the clone; fetching {refspec}"
-                ));
-                let fetch = ["fetch", "--quiet", "origin", &refspec].map(str::to_owned);
-                match self.git_in_src(&fetch).await? {
-                    Err(why) => return Ok(Err(why)),
-                    Ok(s) if !s.success() => anyhow::bail!(
-                        "cannot check out {version} of {url}: it is not in the repository (git fetch {})",
-                        exit_text(s)
-                    ),
-                    Ok(_) => {}
-                }
-                match self.git_in_src(&checkout_args("FETCH_HEAD")).await? {
-                    Err(why) => return Ok(Err(why)),
-                    Ok(s) if !s.success() => {
-                        anyhow::bail!("cannot check out {version}: git checkout {}", exit_text(s))
-                    }
-                    Ok(_) => {}
-                }
-            }
+        let rev = version.to_string();
+        let status = finished!(self.git_in_src(&checkout_args(&rev)).await?);
+        if status.success() {
+            return Ok(Ok(()));
         }
+        // Not a branch, tag or commit of the clone.
+        let refspec = version.fetch_ref().unwrap_or_else(|| rev.clone());
+        self.log
+            .line(&format!("{rev} is not in the clone; fetching {refspec}"));
+        let fetch = args(&["fetch", "--quiet", "origin", &refspec]);
+        let status = finished!(self.git_in_src(&fetch).await?);
+        if !status.success() {
+            anyhow::bail!(
+                "cannot check out {rev} of {url}: it is not in the repository (git fetch {})",
+                exit_text(status)
+            );
+        }
+        let status = finished!(self.git_in_src(&checkout_args("FETCH_HEAD")).await?);
+        if !status.success() {
+            anyhow::bail!("cannot check out {rev}: git checkout {}", exit_text(status));
+        }
+        Ok(Ok(()))
+    }
+
+    /// The commit `rev` names in the checkout, `None` when it names none.
+    async fn rev_parse(&self, rev: &str) -> anyhow::Result<Option<String>> {
         let output = Command::new("git")
-            .args(["-C", &src, "rev-parse", "HEAD"])
+            .arg("-C")
+            .arg(self.src_dir)
+            .args(["rev-parse", "--verify", "--quiet", rev])
             .env("GIT_TERMINAL_PROMPT", "0")
             .stdin(Stdio::null())
             .output()
             .await
             .context("cannot run git rev-parse")?;
-        if !output.status.success() {
-            anyhow::bail!("cannot resolve the checked-out commit (git rev-parse HEAD)");
-        }
-        let resolved = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        self.log
-            .line(&format!("Checked out {version} ({resolved})"));
-        Ok(Ok(resolved))
+        Ok(output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned()))
     }
 
     async fn git_in_src(
         &self,
         args: &[String],
     ) -> anyhow::Result<Result<ExitStatus, Interruption>> {
-        let src = self.src_dir.display().to_string();
-        let mut all = vec!["-C", src.as_str()];
-        all.extend(args.iter().map(String::as_str));
+        let mut all = vec!["-C".to_owned(), self.src_dir.display().to_string()];
+        all.extend_from_slice(args);
         self.git(&all).await
     }
 
     /// Runs git in its own process group with its output in the build log; never prompts.
-    async fn git(&self, args: &[&str]) -> anyhow::Result<Result<ExitStatus, Interruption>> {
+    async fn git(&self, args: &[String]) -> anyhow::Result<Result<ExitStatus, Interruption>> {
         let log = self.log.open()?;
         let mut cmd = Command::new("git");
         cmd.args(args)
@@ -139,14 +241,6 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-
-    #[test]
-    fn pull_requests_are_fetched_by_their_github_ref() {
-        assert_eq!(fetch_refspec("pr/42"), "refs/pull/42/head");
-        assert_eq!(fetch_refspec("feature/x"), "feature/x");
-        assert_eq!(fetch_refspec("refs/heads/main"), "refs/heads/main");
-        assert_eq!(fetch_refspec("abc123"), "abc123");
-    }
 
     #[test]
     fn the_revision_cannot_be_read_as_a_path() {
@@ -278,6 +372,104 @@ mod tests {
         let log = std::fs::read_to_string(&repo.log().path).unwrap();
         assert!(
             log.contains("pr/7 is not in the clone; fetching refs/pull/7/head"),
+            "{log}"
+        );
+    }
+
+    fn at(git_ref: &str, sha: &str) -> String {
+        format!("{git_ref}^{{{sha}}}")
+    }
+
+    #[tokio::test]
+    async fn a_commit_only_under_a_pull_request_ref_is_fetched_shallowly_through_it() {
+        let repo = Fixture::new();
+        let version = at("refs/pull/7/head", &repo.pull);
+        let resolved = repo.check_out(&version, &no_interruption()).await.unwrap();
+        assert_eq!(resolved.unwrap(), repo.pull);
+        // One commit fetched, not the history.
+        assert!(repo.src().join(".git/shallow").exists());
+        let log = std::fs::read_to_string(&repo.log().path).unwrap();
+        assert!(
+            log.contains(&format!(
+                "Fetching refs/pull/7/head of {} (depth 1) into",
+                repo.url()
+            )),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!("Checked out {version} ({})", repo.pull)),
+            "{log}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_commit_below_the_tip_of_its_ref_is_found_in_the_refs_history() {
+        let repo = Fixture::new();
+        let resolved = repo
+            .check_out(&at("refs/heads/main", &repo.first), &no_interruption())
+            .await
+            .unwrap();
+        assert_eq!(resolved.unwrap(), repo.first);
+        let log = std::fs::read_to_string(&repo.log().path).unwrap();
+        assert!(
+            log.contains(&format!(
+                "refs/heads/main is at {}, not {}; fetching the history of refs/heads/main",
+                repo.head, repo.first
+            )),
+            "{log}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_commit_not_on_its_ref_is_refused_naming_both() {
+        let repo = Fixture::new();
+        let err = repo
+            .check_out(&at("refs/heads/main", &repo.pull), &no_interruption())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            format!(
+                "cannot check out {}: it is not reachable from refs/heads/main of {} \
+                 (refs/heads/main is at {})",
+                repo.pull,
+                repo.url(),
+                repo.head
+            )
+        );
+        let repo = Fixture::new();
+        let err = repo
+            .check_out(&at("refs/heads/gone", &repo.head), &no_interruption())
+            .await
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with(&format!(
+                "cannot check out {} of refs/heads/gone: cannot fetch refs/heads/gone from {} \
+                 (git fetch exit status",
+                repo.head,
+                repo.url()
+            )),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_local_repository_without_the_pull_request_ref_checks_out_the_commit() {
+        let repo = Fixture::new();
+        let resolved = repo
+            .check_out(&at("refs/pull/9/head", &repo.first), &no_interruption())
+            .await
+            .unwrap();
+        assert_eq!(resolved.unwrap(), repo.first);
+        let log = std::fs::read_to_string(&repo.log().path).unwrap();
+        assert!(
+            log.contains(&format!(
+                "refs/pull/9/head is not in the local repository {}; checking out {} from a full \
+                 clone",
+                repo.url(),
+                repo.first
+            )),
             "{log}"
         );
     }

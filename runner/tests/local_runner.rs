@@ -513,6 +513,99 @@ async fn an_unknown_commit_fails_download_source() {
     assert!(!fx.out("ran").exists());
 }
 
+/// Writes what the build sees of its source to `$OUT/$CASE`.
+const SOURCE: &str = r#"version: 0.2
+phases:
+  build:
+    commands:
+      - echo "$CODEBUILD_SOURCE_VERSION $CODEBUILD_RESOLVED_SOURCE_VERSION $(cat which.txt)" > "$OUT/$CASE"
+"#;
+
+/// `repo(SOURCE)` plus a commit only reachable through `refs/pull/5/head` and a later commit
+/// on `main`: returns (the first main commit, the pull request's commit, main's tip).
+fn repo_with_a_pull_request(repo: &Repo) -> (String, String, String) {
+    let dir = repo.dir.path();
+    let first = repo.sha.clone();
+    git(dir, &["checkout", "--quiet", "-b", "contribution"]);
+    std::fs::write(dir.join("which.txt"), "pull request\n").unwrap();
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "--quiet", "-m", "contribution"]);
+    let pull = git(dir, &["rev-parse", "HEAD"]);
+    git(dir, &["update-ref", "refs/pull/5/head", &pull]);
+    git(dir, &["checkout", "--quiet", "main"]);
+    git(dir, &["branch", "--quiet", "-D", "contribution"]);
+    std::fs::write(dir.join("which.txt"), "main, later\n").unwrap();
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "--quiet", "-m", "later"]);
+    let tip = git(dir, &["rev-parse", "HEAD"]);
+    (first, pull, tip)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_check_out_the_exact_commit_of_their_ref_and_see_codebuilds_source_variables() {
+    let fx = Fixture::new(|_| {}).await;
+    let repo = repo(SOURCE, &[("which.txt", "main, first\n", 0o644)]);
+    let (first, pull, tip) = repo_with_a_pull_request(&repo);
+    let build = |case: &str, source_version: String| {
+        let mut request = fx.request(&format!("req-source-{case}"), &repo, SOURCE);
+        request.source_version = source_version;
+        request.environment.insert("CASE".into(), case.into());
+        request
+    };
+
+    // A pull request: the commit is only under refs/pull/5/head.
+    let pr = format!("refs/pull/5/head^{{{pull}}}");
+    let started = fx.runner.start(build("pr", pr.clone())).await.unwrap();
+    let events = fx.finished(&started.build_id).await;
+    assert_eq!(
+        final_event(&events).detail.build_status.as_deref(),
+        Some("SUCCEEDED")
+    );
+    assert_eq!(
+        read(&fx.out("pr")).trim(),
+        format!("{pr} {pull} pull request")
+    );
+    let log = read(&fx.runner.log_path(&started.build_id));
+    assert!(log.contains("refs/pull/5/head of"), "{log}");
+    assert!(log.contains("(depth 1)"), "{log}");
+
+    // A push whose branch moved on before the build started: the pushed commit, not the tip.
+    let push = format!("refs/heads/main^{{{first}}}");
+    let started = fx.runner.start(build("push", push.clone())).await.unwrap();
+    fx.finished(&started.build_id).await;
+    assert_eq!(
+        read(&fx.out("push")).trim(),
+        format!("{push} {first} main, first")
+    );
+
+    // A bare commit still works (a full clone).
+    let started = fx.runner.start(build("bare", tip.clone())).await.unwrap();
+    fx.finished(&started.build_id).await;
+    assert_eq!(
+        read(&fx.out("bare")).trim(),
+        format!("{tip} {tip} main, later")
+    );
+
+    // A commit that is not on the ref fails DOWNLOAD_SOURCE naming both; nothing runs.
+    let wrong = format!("refs/heads/main^{{{pull}}}");
+    let started = fx.runner.start(build("wrong", wrong)).await.unwrap();
+    let events = fx.finished(&started.build_id).await;
+    let download = phase_changes(&events)
+        .into_iter()
+        .find(|(p, _, _)| p == "DOWNLOAD_SOURCE")
+        .unwrap();
+    assert_eq!(download.1, "FAILED");
+    assert_eq!(
+        download.2,
+        format!(
+            "[CLIENT_ERROR: cannot check out {pull}: it is not reachable from refs/heads/main of \
+             {} (refs/heads/main is at {tip})]",
+            repo.url()
+        )
+    );
+    assert!(!fx.out("wrong").exists());
+}
+
 /// The live processes (not zombies) whose command line contains `marker`, seen from the host:
 /// isolated builds run in their own PID namespace, so `$$` inside a build is not a host pid.
 fn processes_with(marker: &str) -> Vec<String> {

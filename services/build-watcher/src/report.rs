@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use prx_ci_proto::v1;
 use prx_ci_shared::codebuild::build::{
-    FinalStatus, backend_of, build_id_of, console_build_url, parse_arn, parse_codebuild_time,
-    status,
+    FinalStatus, SourceVersion, backend_of, build_id_of, console_build_url, parse_arn,
+    parse_codebuild_time, status,
 };
 use prx_ci_shared::codebuild::env;
 use prx_ci_shared::codebuild::event::{self, CodeBuildEvent, Phase};
@@ -380,7 +380,8 @@ impl Report {
     }
 
     /// What is known of a build nobody requested: project, id, and the repository and commit
-    /// from the build's `PRX_REPO` / `PRX_COMMIT` (else the source version when it is a SHA).
+    /// from the build's `PRX_REPO` / `PRX_COMMIT` (else the commit its source version names:
+    /// `<ref>^{<sha>}` or a bare SHA, see `SourceVersion`).
     pub fn build_ref(&self) -> v1::BuildRef {
         let vars = self.environment();
         let source_version = self
@@ -388,16 +389,17 @@ impl Report {
             .detail
             .additional_information
             .source_version
-            .clone()
-            .unwrap_or_default();
+            .as_deref()
+            .and_then(|text| SourceVersion::parse(text).ok());
         let commit = vars
             .get(env::COMMIT)
             .cloned()
             .filter(|c| !c.is_empty())
             .or_else(|| {
-                prx_ci_shared::domain::CommitSha::parse(&source_version)
-                    .ok()
-                    .map(|c| c.to_string())
+                source_version
+                    .as_ref()
+                    .and_then(SourceVersion::commit)
+                    .map(ToString::to_string)
             })
             .unwrap_or_default();
         let architecture = vars

@@ -173,6 +173,24 @@ fn an_unrequested_build_is_described_from_its_variables() {
 }
 
 #[test]
+fn an_unrequested_builds_commit_comes_from_any_form_of_its_source_version() {
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    for (source_version, commit) in [
+        (format!("refs/pull/7/head^{{{sha}}}"), sha),
+        (format!("refs/heads/main^{{{sha}}}"), sha),
+        (sha.to_ascii_uppercase(), sha),
+        // A name says nothing about the commit (built before the dispatcher named commits).
+        ("pr/7".to_owned(), ""),
+        ("main".to_owned(), ""),
+    ] {
+        let mut e = state_event("IN_PROGRESS");
+        e["detail"]["additional-information"]["source-version"] = source_version.clone().into();
+        let b = parse(e).unwrap().build_ref();
+        assert_eq!(b.commit, commit, "{source_version}");
+    }
+}
+
+#[test]
 fn phase_changes_carry_their_context_and_next_phase() {
     let e = serde_json::json!({
         "detail-type": event::PHASE_CHANGE,

@@ -68,7 +68,9 @@ fn decision_throughput() {
     for i in 0..DECISIONS {
         let (event, payload) = &payloads[i as usize % payloads.len()];
         if let Ok(plan) = decide(event, payload, &config) {
-            builds += plan.builds(buildspec, &config).map_or(0, |b| b.len());
+            builds += plan
+                .builds(buildspec, &config)
+                .map_or(0, |b| b.builds.len());
         }
     }
     let elapsed = started.elapsed();

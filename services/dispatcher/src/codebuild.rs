@@ -1,5 +1,6 @@
 //! The AWS CodeBuild build backend: `StartBuild` with the fields of reference §2.1 (plus an
-//! idempotency token), `StopBuild` for superseded builds.
+//! idempotency token, and `reportBuildStatusOverride` when configured), `StopBuild` for
+//! superseded builds.
 
 use aws_sdk_codebuild::Client;
 use aws_sdk_codebuild::config::http::HttpResponse;
@@ -34,6 +35,32 @@ pub struct CodeBuildConfig {
     pub untrusted_x86_64_project: String,
     /// Project of untrusted aarch64 builds. Default `infrastructure-ci-UntrustedArmRunner`.
     pub untrusted_aarch64_project: String,
+    /// Whether CodeBuild posts its own commit status (context `AWS CodeBuild <region>
+    /// (<project>)`): `project` (default) leaves it to the project's `ReportBuildStatus`; `off`
+    /// sends `reportBuildStatusOverride = false`, so only the notifier's status is posted
+    /// (docs/commit-statuses.md).
+    pub report_build_status: ReportBuildStatus,
+}
+
+/// `[dispatcher.codebuild] report_build_status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportBuildStatus {
+    /// No override: the project's `ReportBuildStatus` setting applies.
+    #[default]
+    Project,
+    /// `reportBuildStatusOverride = false` on every StartBuild.
+    Off,
+}
+
+impl ReportBuildStatus {
+    /// The `reportBuildStatusOverride` StartBuild sends (`None`: the field is left out).
+    pub fn start_build_override(self) -> Option<bool> {
+        match self {
+            Self::Project => None,
+            Self::Off => Some(false),
+        }
+    }
 }
 
 impl Default for CodeBuildConfig {
@@ -43,6 +70,7 @@ impl Default for CodeBuildConfig {
             aarch64_project: "infrastructure-ci-ArmRunner".to_owned(),
             untrusted_x86_64_project: "infrastructure-ci-UntrustedRunner2".to_owned(),
             untrusted_aarch64_project: "infrastructure-ci-UntrustedArmRunner".to_owned(),
+            report_build_status: ReportBuildStatus::Project,
         }
     }
 }
@@ -175,8 +203,10 @@ impl BuildBackend for CodeBuildBackend {
             .project_name(&project)
             .source_type_override(SourceType::Github)
             .source_location_override(&request.clone_url)
-            // The exact commit, also for pull requests (see `BuildPlan::source_version`).
+            // `<ref>^{<sha>}`: the exact commit through a shallow fetch of its ref (see
+            // `BuildPlan::source_version`).
             .source_version(&request.source_version)
+            .set_report_build_status_override(self.config.report_build_status.start_build_override())
             .buildspec_override(&request.buildspec)
             .set_environment_variables_override(Some(environment))
             .idempotency_token(idempotency_token(&request.request_id))

@@ -151,6 +151,15 @@ impl DispatchHandler {
                 return self.skip(cause, dispatch_id, position, skip).await;
             }
         };
+        for warning in &builds.warnings {
+            tracing::warn!(
+                repository = %plan.repository,
+                commit = %plan.commit,
+                warning = %warning,
+                "buildspec markers"
+            );
+        }
+        let builds = builds.builds;
         // GitHub's push order, not arrival order (see `push_order`); a push dispatched before
         // keeps the position it was given.
         let push_sequence = match recorded.values().map(|e| e.push_sequence).next() {

@@ -12,6 +12,8 @@ const PLAIN: &str = "version: 0.2\nenv:\n  variables:\n    PRX_SPIRE_ECR_PKG_PAR
 const MULTI_ARCH: &str =
     "version: 0.2\nenv:\n  variables:\n    PRX_BUILD_X86_64: true\n    PRX_BUILD_AARCH64: true\n";
 const ARM_ONLY: &str = "version: 0.2\nenv:\n  variables:\n    PRX_BUILD_AARCH64: 1\n";
+const ARM_PRIMARY: &str = "version: 0.2\nenv:\n  variables:\n    PRX_BUILD_X86_64: true\n    PRX_BUILD_AARCH64: true\n    PRX_PRIMARY_AARCH64: true\n";
+const BOTH_PRIMARY: &str = "version: 0.2\nenv:\n  variables:\n    PRX_BUILD_X86_64: true\n    PRX_BUILD_AARCH64: true\n    PRX_PRIMARY_AARCH64: true\n    PRX_PRIMARY_X86_64: true\n";
 const OPT_IN_BARE: &str = "env:\n  variables:\n    PRX_CI_PUBLISH: true\n";
 const OPT_IN_DOUBLE: &str = "env:\n  variables:\n    PRX_CI_PUBLISH: \"true\"\n";
 const OPT_IN_SINGLE: &str = "env:\n  variables:\n    PRX_CI_PUBLISH: 'true'\n";
@@ -71,13 +73,16 @@ fn render(event: &str, payload: &Value, buildspec: &str, config: &DecisionConfig
                 "build": {
                     "repository": plan.repository.to_string(),
                     "commit": plan.commit.to_string(),
-                    "source_version": plan.source_version(),
+                    "source_version": plan.source_version().to_string(),
+                    "primary_architecture": builds.builds[0].primary_architecture.map(|a| a.as_str()),
+                    "warnings": builds.warnings,
                     "clone_url": plan.clone_url,
                     "ordering_key": plan.ordering_key.to_string(),
                     "event": plan.event_name,
                     "action": plan.action,
                 },
                 "builds": builds
+                    .builds
                     .into_iter()
                     .map(|b| json!({
                         "architecture": b.architecture.as_str(),
@@ -96,6 +101,13 @@ fn cases() -> Vec<(&'static str, &'static str, Value, &'static str)> {
         ("push_default_branch", "push", push.clone(), PLAIN),
         ("push_multi_arch", "push", push.clone(), MULTI_ARCH),
         ("push_arm_only", "push", push.clone(), ARM_ONLY),
+        ("push_arm_primary", "push", push.clone(), ARM_PRIMARY),
+        (
+            "push_both_primary_markers",
+            "push",
+            push.clone(),
+            BOTH_PRIMARY,
+        ),
         // A push publishes whatever the buildspec says.
         ("push_opt_out_is_ignored", "push", push.clone(), OPT_OUT),
         ("push_no_marker", "push", push.clone(), NO_MARKER),
@@ -297,6 +309,7 @@ fn env_of(event: &str, payload: &Value, buildspec: &str) -> Vec<BTreeMap<String,
     let plan = decide(event, &serde_json::to_vec(payload).unwrap(), &config).unwrap();
     plan.builds(buildspec, &config)
         .unwrap()
+        .builds
         .into_iter()
         .map(|b| b.environment)
         .collect()
@@ -392,20 +405,23 @@ fn drafts_build_and_forks_are_skipped_unless_configured() {
     };
     let plan = decide("pull_request", &body, &config).unwrap();
     assert!(plan.is_fork());
-    // The base repository is cloned; the fork's head commit is built by SHA.
+    // The base repository is cloned; the fork's head commit is built through the base
+    // repository's pull request ref, where GitHub keeps it.
     assert_eq!(plan.repository.to_string(), "PRX/example-app");
     assert_eq!(
         plan.clone_url,
         fork["repository"]["clone_url"].as_str().unwrap()
     );
+    let head = fork["pull_request"]["head"]["sha"].as_str().unwrap();
     assert_eq!(
-        plan.source_version(),
-        fork["pull_request"]["head"]["sha"].as_str().unwrap()
+        plan.source_version().to_string(),
+        format!("refs/pull/{}/head^{{{head}}}", fork["number"])
     );
     // Its buildspec's opt-in counts for nothing.
     let builds = plan
         .builds("PRX_\nPRX_CI_PUBLISH: true\n", &config)
-        .unwrap();
+        .unwrap()
+        .builds;
     assert_eq!(builds[0].environment["PRX_CI_PUBLISH"], "false");
 }
 
@@ -443,6 +459,8 @@ fn configured_strings_replace_the_prx_defaults() {
         marker: "ACME_".into(),
         x86_64_marker: "ACME_X86".into(),
         aarch64_marker: "ACME_ARM".into(),
+        primary_x86_64_marker: "ACME_MAIN_X86".into(),
+        primary_aarch64_marker: "ACME_MAIN_ARM".into(),
         publish_opt_in: vec!["publish-prs: yes".into()],
         allowed_owners: vec![],
         fork_pull_requests: Default::default(),
@@ -455,8 +473,15 @@ fn configured_strings_replace_the_prx_defaults() {
             .reason,
         SkipReason::NoMarker
     );
-    let builds = plan.builds("ACME_ARM\npublish-prs: yes", &config).unwrap();
+    let builds = plan
+        .builds("ACME_ARM\nACME_MAIN_ARM\npublish-prs: yes", &config)
+        .unwrap()
+        .builds;
     assert_eq!(builds.len(), 1);
+    assert_eq!(
+        builds[0].primary_architecture,
+        Some(prx_ci_shared::domain::Architecture::Aarch64)
+    );
     assert_eq!(builds[0].environment["PRX_TARGET_ARCHITECTURE"], "aarch64");
     assert_eq!(builds[0].environment["PRX_CI_PUBLISH"], "true");
 }
@@ -523,6 +548,7 @@ proptest! {
         if let Ok(plan) = decide(event, &serde_json::to_vec(&payload).unwrap(), &config)
             && let Ok(builds) = plan.builds(&buildspec, &config)
         {
+            let builds = builds.builds;
             prop_assert!(!builds.is_empty() && builds.len() <= 2);
             for build in builds {
                 prop_assert_eq!(&build.environment["PRX_COMMIT"], plan.commit.as_str());

@@ -17,7 +17,8 @@ pub struct StartBuild {
     pub architecture: Architecture,
     /// Where to clone from (`https://github.com/...` or, locally, `file://...`).
     pub clone_url: String,
-    /// What to check out (the exact commit).
+    /// What to check out: a [`crate::codebuild::build::SourceVersion`] as text (the dispatcher
+    /// sends `<ref>^{<sha>}`, the exact commit and the ref it is on).
     pub source_version: String,
     /// The buildspec text, passed inline.
     pub buildspec: String,

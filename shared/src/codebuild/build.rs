@@ -1,10 +1,14 @@
-//! Naming builds: the backends, build ids and ARNs, final statuses, CodeBuild's time format,
-//! and the console pages a person opens.
+//! Naming builds: the backends, build ids and ARNs, the source version a build checks out,
+//! final statuses, CodeBuild's time format, and the console pages a person opens.
+
+use std::fmt;
 
 use prx_ci_proto::v1;
 use time::OffsetDateTime;
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
+
+use crate::domain::{Branch, CommitSha};
 
 /// The backend name of AWS CodeBuild builds (`BuildRef.backend`).
 pub const CODEBUILD_BACKEND: &str = "codebuild";
@@ -94,6 +98,125 @@ pub fn console_log_url(region: &str, arn_or_id: &str) -> String {
         encode(project),
         encode(id)
     )
+}
+
+/// What a build checks out: StartBuild's `sourceVersion`, which a build reads back as
+/// `CODEBUILD_SOURCE_VERSION` (the commit it resolved to is `CODEBUILD_RESOLVED_SOURCE_VERSION`).
+///
+/// The dispatcher sends CodeBuild's reference-and-commit form, `<ref>^{<sha>}`: the exact
+/// commit, found with a shallow fetch of that one ref (a bare SHA makes CodeBuild download the
+/// whole history to find it, and a fork's commit is only under `refs/pull/<N>/head`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SourceVersion {
+    /// `<ref>^{<sha>}`: commit `commit`, reachable from `git_ref` (`refs/...`).
+    RefAt { git_ref: String, commit: CommitSha },
+    /// A bare commit id.
+    Commit(CommitSha),
+    /// A branch or tag name, or `pr/<N>`: resolved when the build starts.
+    Name(String),
+}
+
+/// Why a text is not a source version a build may be asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid source version {value:?}: {why}")]
+pub struct InvalidSourceVersion {
+    value: String,
+    why: &'static str,
+}
+
+impl SourceVersion {
+    /// `refs/pull/<number>/head^{<commit>}`: a pull request's head commit (forks included).
+    pub fn pull_request(number: u64, commit: CommitSha) -> Self {
+        Self::RefAt {
+            git_ref: format!("refs/pull/{number}/head"),
+            commit,
+        }
+    }
+
+    /// `refs/heads/<branch>^{<commit>}`: a pushed commit of a branch.
+    pub fn branch(branch: &Branch, commit: CommitSha) -> Self {
+        Self::RefAt {
+            git_ref: format!("refs/heads/{}", branch.as_str()),
+            commit,
+        }
+    }
+
+    /// Reads any form CodeBuild accepts for a GitHub source: `<ref>^{<sha>}`, a 40-digit SHA,
+    /// or a name. Refused: empty text, text git could read as an option or a refspec (a leading
+    /// `-`, whitespace, control characters, `:`), and a `^{...}` whose ref is not under `refs/`
+    /// or whose commit is not a full SHA.
+    pub fn parse(text: &str) -> Result<Self, InvalidSourceVersion> {
+        let invalid = |why| InvalidSourceVersion {
+            value: text.to_owned(),
+            why,
+        };
+        if text.is_empty() {
+            return Err(invalid("empty"));
+        }
+        if text.starts_with('-') {
+            return Err(invalid("starts with '-' (git would read it as an option)"));
+        }
+        if text
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ':')
+        {
+            return Err(invalid("contains whitespace, a control character or ':'"));
+        }
+        if let Some((git_ref, rest)) = text.split_once("^{") {
+            let sha = rest
+                .strip_suffix('}')
+                .ok_or_else(|| invalid("expected <ref>^{<commit sha>}"))?;
+            let commit = CommitSha::parse(sha)
+                .map_err(|_| invalid("the commit in ^{...} must be 40 hex digits"))?;
+            if !git_ref.starts_with("refs/") || git_ref.len() == "refs/".len() {
+                return Err(invalid(
+                    "the ref before ^{...} must be a full ref (refs/...)",
+                ));
+            }
+            if git_ref.contains(['^', '~', '?', '*', '[', '\\']) || git_ref.contains("..") {
+                return Err(invalid("the ref before ^{...} is not a valid git ref name"));
+            }
+            return Ok(Self::RefAt {
+                git_ref: git_ref.to_owned(),
+                commit,
+            });
+        }
+        Ok(match CommitSha::parse(text) {
+            Ok(commit) => Self::Commit(commit),
+            Err(_) => Self::Name(text.to_owned()),
+        })
+    }
+
+    /// The exact commit this version names (`None` for a name, resolved only at build time).
+    pub fn commit(&self) -> Option<&CommitSha> {
+        match self {
+            Self::RefAt { commit, .. } | Self::Commit(commit) => Some(commit),
+            Self::Name(_) => None,
+        }
+    }
+
+    /// The ref to fetch: the ref of `<ref>^{<sha>}`, `refs/pull/<N>/head` for `pr/<N>`, a
+    /// name as it is; `None` for a bare commit.
+    pub fn fetch_ref(&self) -> Option<String> {
+        match self {
+            Self::RefAt { git_ref, .. } => Some(git_ref.clone()),
+            Self::Commit(_) => None,
+            Self::Name(name) => Some(match name.strip_prefix("pr/") {
+                Some(number) => format!("refs/pull/{number}/head"),
+                None => name.clone(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for SourceVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::RefAt { git_ref, commit } => write!(f, "{git_ref}^{{{commit}}}"),
+            Self::Commit(commit) => write!(f, "{commit}"),
+            Self::Name(name) => f.write_str(name),
+        }
+    }
 }
 
 /// Build and phase statuses as CodeBuild spells them (`build-status`, `phase-status`).
@@ -225,6 +348,65 @@ mod tests {
             console_log_url("eu-west-1", "p:1"),
             "https://eu-west-1.console.aws.amazon.com/codesuite/codebuild//projects/p/build/p%3A1/log?region=eu-west-1"
         );
+    }
+
+    const SHA: &str = "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c";
+
+    #[test]
+    fn source_versions_name_the_ref_and_the_exact_commit() {
+        let commit = CommitSha::parse(SHA).unwrap();
+        let pr = SourceVersion::pull_request(7, commit.clone());
+        assert_eq!(pr.to_string(), format!("refs/pull/7/head^{{{SHA}}}"));
+        assert_eq!(pr.commit(), Some(&commit));
+        assert_eq!(pr.fetch_ref().as_deref(), Some("refs/pull/7/head"));
+        let push = SourceVersion::branch(&Branch::new("release/2").unwrap(), commit.clone());
+        assert_eq!(push.to_string(), format!("refs/heads/release/2^{{{SHA}}}"));
+        assert_eq!(push.fetch_ref().as_deref(), Some("refs/heads/release/2"));
+        // What is written is read back, for every form.
+        for version in [
+            pr,
+            push,
+            SourceVersion::Commit(commit.clone()),
+            SourceVersion::Name("pr/7".into()),
+            SourceVersion::Name("main".into()),
+        ] {
+            assert_eq!(SourceVersion::parse(&version.to_string()), Ok(version));
+        }
+        let tag = SourceVersion::parse(&format!("refs/tags/v1.0^{{{SHA}}}")).unwrap();
+        assert_eq!(tag.commit(), Some(&commit));
+        assert_eq!(tag.fetch_ref().as_deref(), Some("refs/tags/v1.0"));
+        // Upper-case SHAs are the same commit.
+        let upper = SourceVersion::parse(&SHA.to_ascii_uppercase()).unwrap();
+        assert_eq!(upper.commit(), Some(&commit));
+        assert_eq!(upper.fetch_ref(), None);
+        assert_eq!(
+            SourceVersion::parse("pr/7").unwrap().fetch_ref().as_deref(),
+            Some("refs/pull/7/head")
+        );
+        assert_eq!(SourceVersion::parse("main").unwrap().commit(), None);
+    }
+
+    #[test]
+    fn source_versions_git_could_misread_are_refused_with_the_reason() {
+        for (text, why) in [
+            ("", "empty"),
+            ("--upload-pack=touch", "starts with '-'"),
+            ("-", "starts with '-'"),
+            ("main branch", "whitespace"),
+            ("main:refs/heads/x", "':'"),
+            ("refs/heads/main^{abc}", "40 hex digits"),
+            (&format!("main^{{{SHA}}}"), "full ref"),
+            (&format!("refs/^{{{SHA}}}"), "full ref"),
+            (&format!("refs/heads/a..b^{{{SHA}}}"), "not a valid git ref"),
+            (
+                &format!("refs/heads/main^{{{SHA}"),
+                "expected <ref>^{<commit sha>}",
+            ),
+        ] {
+            let err = SourceVersion::parse(text).unwrap_err().to_string();
+            assert!(err.starts_with("invalid source version"), "{err}");
+            assert!(err.contains(why), "{text:?}: {err}");
+        }
     }
 
     #[test]

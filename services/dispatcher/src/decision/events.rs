@@ -75,7 +75,7 @@ impl BuildPlan {
             commit: self.commit.clone(),
             architecture: build.architecture,
             clone_url: self.clone_url.clone(),
-            source_version: self.source_version().to_owned(),
+            source_version: self.source_version().to_string(),
             buildspec: buildspec.to_owned(),
             environment: build.environment.clone(),
             untrusted: self.is_fork(),
@@ -116,13 +116,16 @@ impl BuildPlan {
                 environment: build.environment.into_iter().collect(),
                 buildspec: buildspec.to_owned(),
                 clone_url: self.clone_url.clone(),
-                source_version: self.source_version().to_owned(),
+                source_version: self.source_version().to_string(),
                 event_name: self.event_name.clone(),
                 action: self.action.clone(),
                 fork: self.is_fork(),
                 branch: self.branch().to_owned(),
                 pull_request: self.pull_request(),
-                primary_architecture: v1::Architecture::Unspecified as i32,
+                primary_architecture: build
+                    .primary_architecture
+                    .map_or(v1::Architecture::Unspecified, Architecture::to_proto)
+                    as i32,
             }),
         )
     }
@@ -279,11 +282,17 @@ mod tests {
             serde_json::json!({"full_name": "outsider/app"}),
         );
         let plan = decide("pull_request", &fork, &config).unwrap();
-        let spec = "PRX_BUILD_AARCH64";
-        let [build] = plan.builds(spec, &config).unwrap().try_into().unwrap();
+        let spec = "PRX_BUILD_AARCH64\nPRX_PRIMARY_AARCH64";
+        let [build] = plan
+            .builds(spec, &config)
+            .unwrap()
+            .builds
+            .try_into()
+            .unwrap();
         let request_id = build_request_id("github-delivery:1", Architecture::Aarch64);
         let request = plan.start_request(request_id.clone(), spec, &build);
-        assert_eq!(request.source_version, SHA_A);
+        let source_version = format!("refs/pull/7/head^{{{SHA_A}}}");
+        assert_eq!(request.source_version, source_version);
         assert_eq!(request.architecture, Architecture::Aarch64);
         assert!(request.untrusted);
         assert_eq!(request.environment, build.environment);
@@ -324,7 +333,12 @@ mod tests {
         assert_eq!(requested.environment[env::CI_PUBLISH], "false");
         assert_eq!(requested.environment.len(), build.environment.len());
         assert_eq!(requested.buildspec, spec);
-        assert_eq!(requested.source_version, SHA_A);
+        assert_eq!(requested.source_version, source_version);
+        assert_eq!(
+            requested.primary_architecture(),
+            v1::Architecture::Aarch64,
+            "the buildspec's primary marker"
+        );
         assert_eq!(
             (requested.event_name.as_str(), requested.action.as_str()),
             ("pull_request", "synchronize")

@@ -15,7 +15,8 @@
 //!    (`PULL_REQUEST_ACTION_NOT_BUILT`); drafts build like any other pull request;
 //! 4. the fields a build needs are present (`MALFORMED_PAYLOAD`, the detail names the field);
 //! 5. (after the lookup) `buildspec.yml` exists at the commit (`NO_BUILDSPEC`) and contains the
-//!    marker (`NO_MARKER`).
+//!    marker (`NO_MARKER`); the architecture markers select the builds and the primary markers
+//!    the primary architecture, all by presence.
 
 #![expect(
     clippy::result_large_err,
@@ -28,10 +29,11 @@ pub mod skip;
 pub mod trigger;
 
 use prx_ci_shared::codebuild::env;
+use prx_ci_shared::domain::Architecture;
 use serde::Deserialize;
 
 pub use events::{build_request_id, dispatch_id};
-pub use plan::{BuildPlan, PlannedBuild, Trigger};
+pub use plan::{BuildPlan, Builds, PlannedBuild, Trigger};
 pub use skip::{Skip, SkipReason};
 pub use trigger::{PULL_REQUEST_ACTIONS_BUILT, decide};
 
@@ -49,6 +51,12 @@ pub struct DecisionConfig {
     pub x86_64_marker: String,
     /// Substring whose presence requests an aarch64 build. Default `PRX_BUILD_AARCH64`.
     pub aarch64_marker: String,
+    /// Substring whose presence makes x86_64 the primary architecture of the push's builds
+    /// (`BuildRequested.primary_architecture`). Default `PRX_PRIMARY_X86_64`.
+    pub primary_x86_64_marker: String,
+    /// Substring whose presence makes aarch64 the primary architecture. Default
+    /// `PRX_PRIMARY_AARCH64`. With both primary markers, neither counts (a warning).
+    pub primary_aarch64_marker: String,
     /// Literal substrings with which a pull request's buildspec opts in to publishing
     /// (`PRX_CI_PUBLISH=true`). Default: `PRX_CI_PUBLISH: true`, `PRX_CI_PUBLISH: "true"`,
     /// `PRX_CI_PUBLISH: 'true'`.
@@ -75,6 +83,8 @@ impl Default for DecisionConfig {
             marker: "PRX_".to_owned(),
             x86_64_marker: "PRX_BUILD_X86_64".to_owned(),
             aarch64_marker: "PRX_BUILD_AARCH64".to_owned(),
+            primary_x86_64_marker: "PRX_PRIMARY_X86_64".to_owned(),
+            primary_aarch64_marker: "PRX_PRIMARY_AARCH64".to_owned(),
             publish_opt_in: vec![
                 format!("{}: true", env::CI_PUBLISH),
                 format!("{}: \"true\"", env::CI_PUBLISH),
@@ -88,13 +98,31 @@ impl Default for DecisionConfig {
 impl DecisionConfig {
     /// The first problem with the strings, phrased for an operator.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, value) in [
-            ("marker", &self.marker),
+        let architecture_markers = [
             ("x86_64_marker", &self.x86_64_marker),
             ("aarch64_marker", &self.aarch64_marker),
-        ] {
+            ("primary_x86_64_marker", &self.primary_x86_64_marker),
+            ("primary_aarch64_marker", &self.primary_aarch64_marker),
+        ];
+        for (name, value) in [("marker", &self.marker)]
+            .iter()
+            .chain(&architecture_markers)
+        {
             if value.is_empty() {
                 return Err(format!("rules.{name} is empty"));
+            }
+        }
+        // Markers are substrings: one inside another would be read for it (a buildspec's
+        // primary marker would also request a build, or the other way round).
+        for (name, value) in &architecture_markers {
+            if let Some((other, text)) = architecture_markers
+                .iter()
+                .find(|(other, text)| other != name && text.contains(value.as_str()))
+            {
+                return Err(format!(
+                    "rules.{name} {value:?} is part of rules.{other} {text:?}: a buildspec \
+                     containing {text:?} would also count as {value:?}"
+                ));
             }
         }
         if self.publish_opt_in.iter().any(String::is_empty) {
@@ -106,12 +134,49 @@ impl DecisionConfig {
         Ok(())
     }
 
+    /// The marker that requests a build of `architecture`.
+    pub fn build_marker(&self, architecture: Architecture) -> &str {
+        match architecture {
+            Architecture::X86_64 => &self.x86_64_marker,
+            Architecture::Aarch64 => &self.aarch64_marker,
+        }
+    }
+
     fn owner_allowed(&self, owner: &str) -> bool {
         self.allowed_owners.is_empty()
             || self
                 .allowed_owners
                 .iter()
                 .any(|allowed| allowed.trim().eq_ignore_ascii_case(owner))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DecisionConfig;
+
+    #[test]
+    fn markers_that_contain_one_another_are_refused() {
+        assert_eq!(DecisionConfig::default().validate(), Ok(()));
+        let config = DecisionConfig {
+            x86_64_marker: "X86_64".into(),
+            ..DecisionConfig::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert_eq!(
+            err,
+            "rules.x86_64_marker \"X86_64\" is part of rules.primary_x86_64_marker \
+             \"PRX_PRIMARY_X86_64\": a buildspec containing \"PRX_PRIMARY_X86_64\" would also \
+             count as \"X86_64\""
+        );
+        let config = DecisionConfig {
+            primary_aarch64_marker: String::new(),
+            ..DecisionConfig::default()
+        };
+        assert_eq!(
+            config.validate().unwrap_err(),
+            "rules.primary_aarch64_marker is empty"
+        );
     }
 }
 

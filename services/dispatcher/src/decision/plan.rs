@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use prx_ci_shared::codebuild::build::SourceVersion;
 use prx_ci_shared::codebuild::env;
 use prx_ci_shared::domain::{Architecture, Branch, CommitSha, OrderingKey, RepoName};
 
@@ -57,21 +58,38 @@ pub struct PlannedBuild {
     pub architecture: Architecture,
     /// The exact variables of reference §2.2 for this build.
     pub environment: BTreeMap<String, String>,
+    /// The architecture the buildspec's marker makes primary (`None`: no marker, or both).
+    pub primary_architecture: Option<Architecture>,
+}
+
+/// The builds a buildspec asks for, and what the operator should know about its markers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Builds {
+    pub builds: Vec<PlannedBuild>,
+    /// Markers that contradict each other or ask for nothing (logged as warnings).
+    pub warnings: Vec<String>,
 }
 
 impl BuildPlan {
-    /// What the backend checks out: the exact commit, for pushes and pull requests alike.
+    /// What the backend checks out: the exact commit, named with the ref it is on
+    /// (`refs/heads/<branch>^{<sha>}`, `refs/pull/<N>/head^{<sha>}`; see docs/commit-statuses.md
+    /// and docs/local-runner.md for what builds see as `CODEBUILD_SOURCE_VERSION`).
     ///
     /// The original built `pr/<number>` for pull requests, which makes CodeBuild resolve the
     /// pull request's head when the build starts: if more commits landed meanwhile, the build
     /// compiles a newer head than the `PRX_COMMIT` it reports, its artifacts carry the wrong
     /// SHA, and the ordering fence (which assumes a build's artifacts belong to its push) would
-    /// publish content of another push under this push's sequence. Building the SHA keeps
-    /// "what was built" and "what the events say was built" the same. GitHub serves a pull
-    /// request's head commits (forks included) from the base repository, so the SHA is
-    /// fetchable from `repository.clone_url`.
-    pub fn source_version(&self) -> &str {
-        self.commit.as_str()
+    /// publish content of another push under this push's sequence. The commit keeps "what was
+    /// built" and "what the events say was built" the same; the ref lets CodeBuild fetch only
+    /// that ref, shallowly, instead of the whole history a bare SHA needs, and is where a
+    /// fork's commit lives in the base repository (`repository.clone_url`).
+    pub fn source_version(&self) -> SourceVersion {
+        match &self.trigger {
+            Trigger::Push { branch, .. } => SourceVersion::branch(branch, self.commit.clone()),
+            Trigger::PullRequest { number, .. } => {
+                SourceVersion::pull_request(*number, self.commit.clone())
+            }
+        }
     }
 
     /// A pull request from a fork: code nobody trusted wrote.
@@ -127,12 +145,9 @@ impl BuildPlan {
     }
 
     /// The builds the buildspec asks for, or why none: the marker must be present; the
-    /// architecture markers select architectures by presence (none = one x86_64 build).
-    pub fn builds(
-        &self,
-        buildspec: &str,
-        config: &DecisionConfig,
-    ) -> Result<Vec<PlannedBuild>, Skip> {
+    /// architecture markers select architectures by presence (none = one x86_64 build); the
+    /// primary markers name the primary architecture by presence (see [`primary_architecture`]).
+    pub fn builds(&self, buildspec: &str, config: &DecisionConfig) -> Result<Builds, Skip> {
         if !buildspec.contains(&config.marker) {
             return Err(self.skip(
                 SkipReason::NoMarker,
@@ -149,6 +164,16 @@ impl BuildPlan {
         if architectures.is_empty() {
             architectures.push(Architecture::X86_64);
         }
+        let (primary, mut warnings) = primary_architecture(buildspec, config);
+        if let Some(primary) = primary
+            && !architectures.contains(&primary)
+        {
+            warnings.push(format!(
+                "buildspec.yml makes {primary} the primary architecture but builds no {primary} \
+                 image (add {:?} to build it)",
+                config.build_marker(primary)
+            ));
+        }
         let publish = match &self.trigger {
             // Forced: a default-branch push always publishes, whatever the buildspec says.
             Trigger::Push { .. } => true,
@@ -160,13 +185,15 @@ impl BuildPlan {
                 .iter()
                 .any(|opt_in| buildspec.contains(opt_in.as_str())),
         };
-        Ok(architectures
+        let builds = architectures
             .into_iter()
             .map(|architecture| PlannedBuild {
                 architecture,
                 environment: self.environment(architecture, publish),
+                primary_architecture: primary,
             })
-            .collect())
+            .collect();
+        Ok(Builds { builds, warnings })
     }
 
     fn environment(&self, architecture: Architecture, publish: bool) -> BTreeMap<String, String> {
@@ -210,9 +237,36 @@ impl BuildPlan {
     }
 }
 
+/// The primary architecture a buildspec's markers name, by presence as the architecture
+/// markers (`PRX_PRIMARY_X86_64`, `PRX_PRIMARY_AARCH64`): one marker names it; none leaves it to
+/// the publisher's configuration; both are a contradiction, so neither counts, with a warning.
+/// (The configuration refuses markers that contain one another, so `PRX_BUILD_*` and
+/// `PRX_PRIMARY_*` are never read for each other.)
+pub fn primary_architecture(
+    buildspec: &str,
+    config: &DecisionConfig,
+) -> (Option<Architecture>, Vec<String>) {
+    let x86_64 = buildspec.contains(&config.primary_x86_64_marker);
+    let aarch64 = buildspec.contains(&config.primary_aarch64_marker);
+    match (x86_64, aarch64) {
+        (true, false) => (Some(Architecture::X86_64), Vec::new()),
+        (false, true) => (Some(Architecture::Aarch64), Vec::new()),
+        (false, false) => (None, Vec::new()),
+        (true, true) => (
+            None,
+            vec![format!(
+                "buildspec.yml contains both {:?} and {:?}; neither counts, the publisher's \
+                 configured primary architecture applies",
+                config.primary_x86_64_marker, config.primary_aarch64_marker
+            )],
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prx_ci_shared::codebuild::env;
+    use prx_ci_shared::domain::Architecture;
     use serde_json::Value;
 
     use super::super::fixtures::*;
@@ -235,7 +289,8 @@ mod tests {
                 "PRX_\nenv:\n  variables:\n    PRX_CI_PUBLISH: true\n",
                 &config,
             )
-            .unwrap();
+            .unwrap()
+            .builds;
         assert_eq!(builds[0].environment[env::CI_PUBLISH], "false");
     }
 
@@ -275,9 +330,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plan.commit.as_str(), SHA_A);
-        assert_eq!(plan.source_version(), SHA_A);
+        assert_eq!(
+            plan.source_version().to_string(),
+            format!("refs/heads/main^{{{SHA_A}}}")
+        );
         assert_eq!(plan.ordering_key.to_string(), "PRX/app@main");
-        let builds = plan.builds("PRX_", &DecisionConfig::default()).unwrap();
+        let builds = plan
+            .builds("PRX_", &DecisionConfig::default())
+            .unwrap()
+            .builds;
         assert_eq!(builds.len(), 1);
         let env = &builds[0].environment;
         assert_eq!(env[env::CI_PUBLISH], "true");
@@ -292,7 +353,7 @@ mod tests {
         let config = DecisionConfig::default();
         let plan = decide("pull_request", &pull_request("opened"), &config).unwrap();
         let publish = |spec: &str| {
-            plan.builds(spec, &config).unwrap()[0].environment[env::CI_PUBLISH].clone()
+            plan.builds(spec, &config).unwrap().builds[0].environment[env::CI_PUBLISH].clone()
         };
         assert_eq!(
             publish("env:\n  variables:\n    PRX_CI_PUBLISH: true\n"),
@@ -314,6 +375,7 @@ mod tests {
         let arches = |spec: &str| {
             plan.builds(spec, &config)
                 .unwrap()
+                .builds
                 .into_iter()
                 .map(|b| b.environment[env::TARGET_ARCHITECTURE].clone())
                 .collect::<Vec<_>>()
@@ -328,6 +390,98 @@ mod tests {
         assert_eq!(
             reason(plan.builds("version: 0.2", &config).map(|_| plan.clone())),
             SkipReason::NoMarker
+        );
+    }
+
+    #[test]
+    fn pull_requests_build_their_head_through_the_pull_request_ref() {
+        let config = DecisionConfig {
+            fork_pull_requests: ForkPolicy::Build,
+            ..DecisionConfig::default()
+        };
+        let expected = format!("refs/pull/7/head^{{{SHA_A}}}");
+        let plan = decide("pull_request", &pull_request("synchronize"), &config).unwrap();
+        assert_eq!(plan.source_version().to_string(), expected);
+        assert_eq!(plan.source_version().commit(), Some(&plan.commit));
+        // A fork's commit is only under the base repository's pull request ref.
+        let fork = pull_request_from("opened", serde_json::json!({"full_name": "outsider/app"}));
+        let plan = decide("pull_request", &fork, &config).unwrap();
+        assert_eq!(plan.source_version().to_string(), expected);
+    }
+
+    #[test]
+    fn primary_markers_name_the_primary_architecture() {
+        let config = DecisionConfig::default();
+        let plan = decide("push", &push("refs/heads/main", SHA_A), &config).unwrap();
+        let primary = |spec: &str| {
+            let builds = plan.builds(spec, &config).unwrap();
+            let primaries: Vec<_> = builds
+                .builds
+                .iter()
+                .map(|b| b.primary_architecture)
+                .collect();
+            assert!(primaries.windows(2).all(|w| w[0] == w[1]), "{primaries:?}");
+            (primaries[0], builds.warnings)
+        };
+        let both = "PRX_BUILD_X86_64: 1\nPRX_BUILD_AARCH64: 1\n";
+        // Each marker, by presence (the value is ignored, as for the build markers).
+        assert_eq!(
+            primary(&format!("{both}PRX_PRIMARY_AARCH64: true")),
+            (Some(Architecture::Aarch64), vec![])
+        );
+        assert_eq!(
+            primary(&format!("{both}PRX_PRIMARY_X86_64: false")),
+            (Some(Architecture::X86_64), vec![])
+        );
+        // None: the publisher's configuration decides.
+        assert_eq!(primary(both), (None, vec![]));
+        // Both: neither counts, and the decision says so.
+        let (choice, warnings) = primary(&format!(
+            "{both}PRX_PRIMARY_X86_64: 1\nPRX_PRIMARY_AARCH64: 1"
+        ));
+        assert_eq!(choice, None);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("both \"PRX_PRIMARY_X86_64\" and \"PRX_PRIMARY_AARCH64\""),
+            "{warnings:?}"
+        );
+        // A primary that is not built is kept (harmless) and named in a warning.
+        let (choice, warnings) = primary("PRX_PRIMARY_AARCH64: 1");
+        assert_eq!(choice, Some(Architecture::Aarch64));
+        assert!(
+            warnings[0].contains("builds no aarch64 image"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn build_and_primary_markers_are_not_read_for_each_other() {
+        let config = DecisionConfig::default();
+        let plan = decide("push", &push("refs/heads/main", SHA_A), &config).unwrap();
+        // A primary marker requests no build: one x86_64 build, as without markers.
+        let builds = plan.builds("PRX_PRIMARY_AARCH64: 1", &config).unwrap();
+        let arches: Vec<_> = builds.builds.iter().map(|b| b.architecture).collect();
+        assert_eq!(arches, [Architecture::X86_64]);
+        // A build marker names no primary.
+        let builds = plan
+            .builds("PRX_BUILD_AARCH64: 1\nPRX_BUILD_X86_64: 1", &config)
+            .unwrap();
+        assert!(
+            builds
+                .builds
+                .iter()
+                .all(|b| b.primary_architecture.is_none())
+        );
+        assert!(builds.warnings.is_empty());
+        // The same with every marker written without its value.
+        let builds = plan
+            .builds("PRX_BUILD_AARCH64 PRX_PRIMARY_X86_64", &config)
+            .unwrap();
+        let arches: Vec<_> = builds.builds.iter().map(|b| b.architecture).collect();
+        assert_eq!(arches, [Architecture::Aarch64]);
+        assert_eq!(
+            builds.builds[0].primary_architecture,
+            Some(Architecture::X86_64)
         );
     }
 }

@@ -10,7 +10,7 @@ use aws_sdk_codebuild::types::{
     ArtifactsType, ComputeType, EnvironmentType, ProjectArtifacts, ProjectEnvironment,
     ProjectSource, SourceType,
 };
-use prx_ci_dispatcher::codebuild::CodeBuildBackend;
+use prx_ci_dispatcher::codebuild::{CodeBuildBackend, ReportBuildStatus};
 use prx_ci_dispatcher::decision::build_request_id;
 use prx_ci_dispatcher::{CodeBuildConfig, DispatcherConfig};
 use prx_ci_shared::codebuild::backend::{BuildBackend, StartBuild, StopOutcome};
@@ -141,7 +141,9 @@ async fn start_build_requests_carry_the_originals_fields_and_a_token() {
     let (webhook, stored) = nats.webhook("push", &push, "delivery-push-1").await;
     let requested = nats.wait_for("two BuildRequested", 2, is_requested).await;
 
-    // What the SDK sent to CodeBuild, field by field.
+    // What the SDK sent to CodeBuild, field by field: the pushed commit through its branch
+    // (a shallow fetch of one ref), and no reportBuildStatusOverride (the project decides).
+    let source_version = format!("refs/heads/main^{{{sha}}}");
     let starts = recorder.of("StartBuild");
     assert_eq!(starts.len(), 2, "{starts:#?}");
     let dispatch_id = "github-delivery:delivery-push-1";
@@ -173,7 +175,7 @@ async fn start_build_requests_carry_the_originals_fields_and_a_token() {
                 "projectName": project,
                 "sourceTypeOverride": "GITHUB",
                 "sourceLocationOverride": "https://github.com/PRX/example-app.git",
-                "sourceVersion": sha,
+                "sourceVersion": source_version,
                 "buildspecOverride": BUILDSPEC,
                 "idempotencyToken": build_request_id(dispatch_id, arch),
             })
@@ -205,7 +207,7 @@ async fn start_build_requests_carry_the_originals_fields_and_a_token() {
         .await
         .unwrap();
     for build in emulated.builds() {
-        assert_eq!(build.source_version(), Some(sha));
+        assert_eq!(build.source_version(), Some(source_version.as_str()));
     }
     for r in &requested {
         let build = r.build.as_ref().unwrap();
@@ -226,7 +228,7 @@ async fn start_build_requests_carry_the_originals_fields_and_a_token() {
             "{}",
             build.log_url
         );
-        assert_eq!(r.source_version, sha);
+        assert_eq!(r.source_version, source_version);
         assert_eq!(r.buildspec, BUILDSPEC);
         assert_eq!(r.event_name, "push");
     }
@@ -276,6 +278,41 @@ async fn start_build_requests_carry_the_originals_fields_and_a_token() {
         stored.sequence,
         "the original push sequence"
     );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_pull_request_builds_its_head_through_its_ref_and_the_switch_turns_codebuilds_status_off()
+{
+    let nats = Nats::start().await;
+    let moto = MotoServer::start().await;
+    let github = FakeGitHub::start().await;
+    let (client, recorder) = codebuild(&moto).await;
+    let opened = recorded("pull_request-opened.json");
+    let sha = opened["pull_request"]["head"]["sha"].as_str().unwrap();
+    let number = opened["number"].as_u64().unwrap();
+    github.buildspec(REPO, sha, BUILDSPEC).await;
+
+    let config = CodeBuildConfig {
+        report_build_status: ReportBuildStatus::Off,
+        ..CodeBuildConfig::default()
+    };
+    let backend = Arc::new(CodeBuildBackend::from_client(client.clone(), config));
+    let running = start(&nats, DispatcherConfig::default(), github.source(), backend);
+    nats.webhook("pull_request", &opened, "delivery-pr-1").await;
+    let requested = nats.wait_for("two BuildRequested", 2, is_requested).await;
+
+    let source_version = format!("refs/pull/{number}/head^{{{sha}}}");
+    let starts = recorder.of("StartBuild");
+    assert_eq!(starts.len(), 2, "{starts:#?}");
+    for body in &starts {
+        assert_eq!(body["sourceVersion"], json!(source_version), "{body:#}");
+        assert_eq!(body["reportBuildStatusOverride"], json!(false), "{body:#}");
+    }
+    for r in &requested {
+        assert_eq!(r.source_version, source_version);
+        assert_eq!(r.build.as_ref().unwrap().commit, sha);
+    }
     running.stop().await;
 }
 

@@ -133,7 +133,10 @@ async fn the_dispatcher_builds_a_local_repository() {
     );
     let requested = nats.wait_for("BuildRequested", 1, is_requested).await;
     assert_eq!(requested[0].clone_url, clone_url);
-    assert_eq!(requested[0].source_version, repo.with);
+    assert_eq!(
+        requested[0].source_version,
+        format!("refs/heads/main^{{{}}}", repo.with)
+    );
     assert_eq!(
         requested[0].environment["PRX_TARGET_ARCHITECTURE"],
         "aarch64"
