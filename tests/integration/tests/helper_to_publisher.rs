@@ -11,7 +11,8 @@
 //! production ports (GitHub buildspecs, SSM, AWS artifact checks) and the local runner as the
 //! build backend.
 //!
-//! Three app shapes: one ECR-labelled image, two ECR-labelled images, one S3 ZIP.
+//! Three app shapes: one ECR-labelled image, two ECR-labelled images, one S3 ZIP; and a fourth
+//! app whose two images share one label value (the duplicate-label warning, the last wins).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -557,12 +558,46 @@ async fn helper_values_of_every_app_shape_are_published_to_ssm() {
         )
         .await;
 
-    for app in [&one, &two, &zip] {
+    // Not one of the three shapes: a label inherited from a base image, so two images carry
+    // one value. The original's outcome (the last listed wins), with a warning in the build log.
+    let shared = system
+        .app(
+            "PRX/Shared-Label",
+            &[
+                (
+                    "buildspec.yml",
+                    &buildspec(
+                        &helper_url,
+                        &[(
+                            "PRX_SPIRE_ECR_PKG_PARAMETERS",
+                            "APP=/prx/stag/Spire/SharedLabel/pkg/docker-image-tag",
+                        )],
+                        &["APP"],
+                        &[
+                            "docker build -t base -f Dockerfile.base .",
+                            "docker build -t app .",
+                        ],
+                    ),
+                ),
+                (
+                    "Dockerfile.base",
+                    "FROM scratch\nLABEL org.prx.spire.publish.ecr=APP\n",
+                ),
+                // The stand-in does not inherit: the app image repeats the base's label.
+                (
+                    "Dockerfile",
+                    "FROM base\nLABEL org.prx.spire.publish.ecr=APP\n",
+                ),
+            ],
+        )
+        .await;
+
+    for app in [&one, &two, &zip, &shared] {
         system.push(app).await;
     }
 
     let mut applied: Vec<(String, String)> = Vec::new();
-    for (app, count) in [(&one, 1), (&two, 2), (&zip, 1)] {
+    for (app, count) in [(&one, 1), (&two, 2), (&zip, 1), (&shared, 1)] {
         applied.extend(
             system
                 .published(app, count)
@@ -582,6 +617,10 @@ async fn helper_values_of_every_app_shape_are_published_to_ssm() {
             format!("github/prx/one-image:{}-x86_64", one.commit),
         ),
         (
+            "/prx/stag/Spire/SharedLabel/pkg/docker-image-tag".to_owned(),
+            format!("github/prx/shared-label:{}-x86_64", shared.commit),
+        ),
+        (
             "/prx/stag/Spire/TwoImages/pkg/web-image-tag".to_owned(),
             format!("github/prx/two-images:{}-x86_64-web", two.commit),
         ),
@@ -595,6 +634,12 @@ async fn helper_values_of_every_app_shape_are_published_to_ssm() {
     for (name, value) in &expected {
         assert_eq!(&system.parameter(name).await, value, "SSM parameter {name}");
     }
+    let logs = system.build_logs();
+    assert!(
+        logs.contains("post_build.sh: WARNING: label value APP is used by more than one image"),
+        "{logs}"
+    );
+    assert_eq!(logs.matches("WARNING: label value").count(), 1, "{logs}");
     // The artifacts the values name are where the publisher checked them.
     let ecr = aws_sdk_ecr::Client::new(&system.moto.sdk_config());
     for (repository, tags) in [
