@@ -1,8 +1,10 @@
-//! The build-watcher's storage port: its two KV buckets, build records and the in-flight index.
+//! The build-watcher's storage port: its three KV buckets, build records, the in-flight index
+//! and the index of requests by repository, commit and architecture (console retries).
 //!
 //! Records are written with compare-and-set on the key's revision: the two consumers (build
 //! requests and reports) and several replicas may touch one build at once, and a lost update
-//! could forget an emitted transition. Keys are [`kv::key_token`]s of the normalized build id.
+//! could forget an emitted transition. Keys are [`kv::key_token`]s of the normalized build id
+//! (of the repository, commit and architecture in the request index).
 
 use std::time::Duration;
 
@@ -10,23 +12,28 @@ use async_nats::jetstream::{self, kv::Operation};
 use futures::StreamExt as _;
 use prx_ci_shared::kv::{self, KvError, Modify, Records, Versioned};
 
+use crate::console_retry::{RequestIndexRecord, RequestedBuild, index_key};
 use crate::watched_build::{InFlightRecord, WatchedBuildRecord};
 
 /// Bucket of build records (`deploy/nats/kv/prx_ci_builds.json`).
 pub const BUILDS_BUCKET: &str = "prx_ci_builds";
 /// Bucket of builds in flight (`deploy/nats/kv/prx_ci_builds_in_flight.json`).
 pub const IN_FLIGHT_BUCKET: &str = "prx_ci_builds_in_flight";
+/// Bucket of requests per repository, commit and architecture
+/// (`deploy/nats/kv/prx_ci_build_requests.json`).
+pub const REQUESTS_BUCKET: &str = "prx_ci_build_requests";
 
 /// The KV key of a (normalized) build id, in both buckets.
 pub fn build_key(build_id: &str) -> String {
     kv::key_token(build_id)
 }
 
-/// The two buckets.
+/// The three buckets.
 #[derive(Debug, Clone)]
 pub struct BuildStore {
     builds: Records<WatchedBuildRecord>,
     in_flight: Records<InFlightRecord>,
+    requests: Records<RequestIndexRecord>,
 }
 
 impl BuildStore {
@@ -35,7 +42,48 @@ impl BuildStore {
         Ok(Self {
             builds: Records::open(js, BUILDS_BUCKET).await?,
             in_flight: Records::open(js, IN_FLIGHT_BUCKET).await?,
+            requests: Records::open(js, REQUESTS_BUCKET).await?,
         })
+    }
+
+    /// Adds a request to the index of its repository, commit and architecture (compare-and-set;
+    /// nothing is written when it is already there). False when nothing was written: already
+    /// indexed, or its reference lacks one of the three.
+    pub async fn index_request(&self, entry: &RequestedBuild) -> Result<bool, KvError> {
+        let Some(key) = entry.index_key() else {
+            return Ok(false);
+        };
+        let (written, _) = self
+            .requests
+            .modify(&key, |index| {
+                if index.record(entry.clone()) {
+                    Modify::Write(true)
+                } else {
+                    Modify::Keep(false)
+                }
+            })
+            .await?;
+        Ok(written)
+    }
+
+    /// The indexed requests of a repository, commit and architecture (none when one of them
+    /// is unknown).
+    pub async fn requests_of(
+        &self,
+        repository: &str,
+        commit: &str,
+        architecture: i32,
+    ) -> Result<Vec<RequestedBuild>, KvError> {
+        let Some(key) = index_key(repository, commit, architecture) else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .requests
+            .get(&key)
+            .await?
+            .record
+            .map(|index| index.requests)
+            .unwrap_or_default())
     }
 
     /// Reads a build's record.

@@ -11,7 +11,8 @@
 //! [`state`] machine and publishes `BuildStarted`, `BuildPhaseChanged` and `BuildCompleted`
 //! ([`emit`]) in the chain of the build's `BuildRequested`, which another consumer
 //! ([`request_handler`]) records. Both keep one [`watched_build`] record per build in KV
-//! ([`build_store`]).
+//! ([`build_store`]). A build nobody requested whose environment is a request's (a CodeBuild
+//! console "Retry build") is adopted into that request's chain ([`console_retry`]).
 //!
 //! ```no_run
 //! # async fn local(rt: prx_ci_shared::Runtime, shutdown: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
@@ -28,6 +29,7 @@
 
 pub mod build_store;
 pub mod config;
+pub mod console_retry;
 pub mod emit;
 pub mod metrics;
 pub mod reconciler;

@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 pub struct SourceOutcome {
     /// `sqs`, `reconciler`, `local`, ...
     pub source: String,
-    /// `applied`, `no_change`, `unrequested`.
+    /// `applied`, `no_change`, `unrequested`, `adopted` (a console retry: see `console_retry`).
     pub outcome: String,
 }
 
@@ -33,6 +33,7 @@ pub struct Metrics {
     pub reconciler_calls: Family<Outcome, Counter>,
     pub reconciled_builds: Counter,
     pub in_flight: Gauge,
+    pub console_retries: Family<Outcome, Counter>,
 }
 
 impl Metrics {
@@ -68,6 +69,11 @@ impl Metrics {
             "Builds in flight at the reconciler's last pass",
             m.in_flight.clone(),
         );
+        registry.register(
+            "prx_ci_build_watcher_console_retries",
+            "Builds nobody requested, by whether they matched a request (adopted, adopted_among_several, unmatched)",
+            m.console_retries.clone(),
+        );
         m
     }
 
@@ -94,6 +100,17 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc_by(n);
+    }
+
+    /// A build nobody requested was looked up in the request index: `adopted` (it retries one
+    /// request), `adopted_among_several` (several matched; the newest push was taken),
+    /// `unmatched`.
+    pub fn console_retry(&self, outcome: &str) {
+        self.console_retries
+            .get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     pub fn reconciler_call(&self, outcome: &str) {

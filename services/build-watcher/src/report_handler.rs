@@ -7,6 +7,10 @@
 //! write the record with compare-and-set. A crash between publish and write replays the same
 //! transitions with the same ids (JetStream drops the copies); a concurrent writer makes the
 //! write fail and the report is applied again to the fresh record.
+//!
+//! A build nobody requested is looked up in the request index first: when its environment is
+//! a request's ([`console_retry::match_retry`]), it is a console retry and is adopted into that
+//! request's chain; otherwise it is recorded from what its report says.
 
 use std::time::Duration;
 
@@ -19,6 +23,7 @@ use time::OffsetDateTime;
 use prx_ci_shared::kv::{CAS_ATTEMPTS, Versioned};
 
 use crate::build_store::BuildStore;
+use crate::console_retry::{self, RetryMatch};
 use crate::emit::{transition_event, transition_name};
 use crate::metrics::Metrics;
 use crate::report::{Report, ReportKind, parse_report};
@@ -30,6 +35,22 @@ use crate::watched_build::WatchedBuildRecord;
 pub struct RequestConsumer {
     pub stream: String,
     pub durable: String,
+}
+
+/// Where a build's record came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    /// The dispatcher requested the build (its record was there).
+    Requested,
+    /// Nobody requested it; it retries `original` (console retry). `matching`: every request
+    /// that matched.
+    Adopted {
+        original: String,
+        push_sequence: u64,
+        matching: Vec<String>,
+    },
+    /// Nobody requested it and it matches no request (`why`: per candidate, why not).
+    Unrequested { why: Vec<String> },
 }
 
 /// Handles BuildReportReceived events.
@@ -100,6 +121,55 @@ impl ReportHandler {
             || (info.num_pending == 0 && info.num_ack_pending == 0))
     }
 
+    /// The record of a build nobody requested: adopted into the chain of the request it
+    /// retries (same repository, commit, architecture and dispatcher variables), else started
+    /// from the report alone.
+    async fn start_unrequested(
+        &self,
+        report: &Report,
+        envelope: &prx_ci_proto::v1::Envelope,
+    ) -> Result<(WatchedBuildRecord, Origin), HandlerError> {
+        let reported = report.build_ref();
+        let candidates = match self
+            .store
+            .requests_of(
+                &reported.repository,
+                &reported.commit,
+                reported.architecture,
+            )
+            .await
+        {
+            Ok(candidates) => candidates,
+            Err(e) if e.is_transient() => return Err(HandlerError::transient(e)),
+            Err(e) => {
+                // An unreadable index entry must not hold the build's events back.
+                tracing::warn!(build_id = %report.build_id, error = %e, "request index unreadable; the build stays unrequested");
+                Vec::new()
+            }
+        };
+        Ok(
+            match console_retry::match_retry(&report.build_id, &report.environment(), &candidates) {
+                RetryMatch::Adopt { original, matching } => (
+                    WatchedBuildRecord::adopted(report, original),
+                    Origin::Adopted {
+                        original: original.build_id.clone(),
+                        push_sequence: original.chain.push_sequence,
+                        matching,
+                    },
+                ),
+                RetryMatch::NoMatch { mismatches } => (
+                    WatchedBuildRecord::unrequested(report, envelope),
+                    Origin::Unrequested {
+                        why: mismatches
+                            .iter()
+                            .map(|(build, why)| format!("{build}: {why}"))
+                            .collect(),
+                    },
+                ),
+            },
+        )
+    }
+
     /// Publishes the transitions the state machine found in the report (deterministic ids),
     /// then returns the record to write and the outcome.
     async fn apply(
@@ -154,12 +224,9 @@ impl Handler for ReportHandler {
                 .map_err(HandlerError::transient)?;
             let joined = self.join(&report, &delivery, current).await?;
             let revision = joined.revision;
-            let (record, requested) = match joined.record {
-                Some(record) => (record, true),
-                None => (
-                    WatchedBuildRecord::unrequested(&report, &delivery.envelope),
-                    false,
-                ),
+            let (record, origin) = match joined.record {
+                Some(record) => (record, Origin::Requested),
+                None => self.start_unrequested(&report, &delivery.envelope).await?,
             };
             let was_final = record.state.lifecycle.is_final();
             if was_final {
@@ -210,17 +277,46 @@ impl Handler for ReportHandler {
                     .await
                     .map_err(HandlerError::transient)?;
             }
-            let outcome_name = match (requested, outcome.transitions.is_empty()) {
-                (false, _) => "unrequested",
-                (true, true) => "no_change",
-                (true, false) => "applied",
+            let outcome_name = match (&origin, outcome.transitions.is_empty()) {
+                (Origin::Unrequested { .. }, _) => "unrequested",
+                (Origin::Adopted { .. }, _) => "adopted",
+                (Origin::Requested, true) => "no_change",
+                (Origin::Requested, false) => "applied",
             };
-            if !requested {
-                tracing::warn!(
-                    build_id = %report.build_id,
-                    repository = %record.build.repository,
-                    "build nobody requested (started by hand?); reported with what is known"
-                );
+            match &origin {
+                Origin::Requested => {}
+                Origin::Adopted {
+                    original,
+                    push_sequence,
+                    matching,
+                } => {
+                    let several = matching.len() > 1;
+                    tracing::info!(
+                        build_id = %report.build_id,
+                        retry_of = %original,
+                        push_sequence,
+                        repository = %record.build.repository,
+                        commit = %record.build.commit,
+                        matching = ?matching,
+                        "build nobody requested has the environment of a requested build (a console retry): ordered as that build's push{}",
+                        if several { "; several requests matched, the newest push was taken" } else { "" }
+                    );
+                    self.metrics.console_retry(if several {
+                        "adopted_among_several"
+                    } else {
+                        "adopted"
+                    });
+                }
+                Origin::Unrequested { why } => {
+                    tracing::warn!(
+                        build_id = %report.build_id,
+                        repository = %record.build.repository,
+                        commit = %record.build.commit,
+                        not_a_retry_of = ?why,
+                        "build nobody requested (started by hand?) matches no request; reported with what is known, never published"
+                    );
+                    self.metrics.console_retry("unmatched");
+                }
             }
             self.metrics.report(source, outcome_name);
             return Ok(());

@@ -1,6 +1,7 @@
 //! The `build-watcher` consumer: keeps the build records up to date with the builds the
 //! dispatcher requested (and cancelled), so reports can be joined with their request's chain
-//! and the reconciler knows what is in flight.
+//! and the reconciler knows what is in flight, and indexes each request by repository, commit
+//! and architecture, so a console retry of its build can be matched to it.
 
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::envelope::from_timestamp;
@@ -10,6 +11,7 @@ use prx_ci_shared::{Delivery, Handler, HandlerError};
 use time::OffsetDateTime;
 
 use crate::build_store::BuildStore;
+use crate::console_retry::RequestedBuild;
 use crate::watched_build::CancelData;
 
 /// Handles BuildRequested and BuildCancelled events.
@@ -59,6 +61,20 @@ impl RequestHandler {
             })
             .await
             .map_err(HandlerError::transient)?;
+        // Indexed after the record, and on a redelivery too (a crash may have come between the
+        // two writes): the index write is a no-op when the entry is already there.
+        let entry = RequestedBuild::from_request(build_id, envelope, request);
+        if entry.index_key().is_some() {
+            self.store
+                .index_request(&entry)
+                .await
+                .map_err(HandlerError::transient)?;
+        } else if written {
+            tracing::warn!(
+                %build_id,
+                "BuildRequested names no repository, commit or architecture: a console retry of its build cannot be matched to it"
+            );
+        }
         if !written {
             return Ok(()); // a redelivery
         }

@@ -11,6 +11,7 @@ use prx_ci_shared::bus::envelope::Chain;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::console_retry::RequestedBuild;
 use crate::report::{PhaseInfo, Report, ReportKind};
 use crate::state::{BuildState, Lifecycle, Outcome};
 
@@ -93,8 +94,14 @@ pub struct RequestData {
     pub fork: bool,
     pub branch: String,
     pub pull_request: u64,
-    /// `BuildRequested.primary_architecture` (the proto enum's number; 0 = unspecified).
+    /// `BuildRequested.primary_architecture` (the proto enum's number; 0 = unspecified), left
+    /// out of the JSON while unspecified so records keep their shape.
+    #[serde(skip_serializing_if = "is_unspecified")]
     pub primary_architecture: i32,
+}
+
+fn is_unspecified(architecture: &i32) -> bool {
+    *architecture == 0
 }
 
 impl From<&v1::BuildRequested> for RequestData {
@@ -167,7 +174,8 @@ pub struct WatchedBuildRecord {
     /// The normalized build id (the key's source); empty only in a record not yet stored.
     pub build_id: String,
     pub build: v1::BuildRef,
-    /// Whether a BuildRequested was seen (false: a build nobody requested, so far).
+    /// Whether a BuildRequested was seen, or the build was adopted as a console retry of one
+    /// (`build.retry_of` set) (false: a build nobody requested, so far).
     pub requested: bool,
     /// The event id of the BuildRequested.
     pub requested_event_id: String,
@@ -203,6 +211,30 @@ impl WatchedBuildRecord {
             build: report.build_ref(),
             requested: false,
             chain,
+            ..Self::default()
+        }
+    }
+
+    /// The record of a build nobody requested that retries `original` (a CodeBuild console
+    /// "Retry build": see [`crate::console_retry`]), from its first report: the original's
+    /// request and chain (correlation, ordering key, push sequence), so its events carry them;
+    /// its own reference (build id, project, log link) with `retry_of` naming the original and
+    /// no request id (it is not the original's request: views keyed by request id keep the two
+    /// apart).
+    pub fn adopted(report: &Report, original: &RequestedBuild) -> Self {
+        let mut build = report.build_ref();
+        build.build_request_id = String::new();
+        build.repository = original.build.repository.clone();
+        build.commit = original.build.commit.clone();
+        build.architecture = original.build.architecture;
+        build.retry_of = original.build.build_id.clone();
+        Self {
+            build_id: report.build_id.clone(),
+            build,
+            requested: true,
+            requested_event_id: original.requested_event_id.clone(),
+            request: Some(original.request.clone()),
+            chain: original.chain.clone(),
             ..Self::default()
         }
     }

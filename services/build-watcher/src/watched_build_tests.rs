@@ -265,6 +265,53 @@ fn a_build_nobody_requested_is_recorded_from_its_report_in_a_chain_without_push(
 }
 
 #[test]
+fn a_console_retry_takes_the_original_request_and_chain_and_keeps_its_own_build() {
+    let (envelope, mut request) = request_envelope(v1::BuildRef {
+        build_id: "proj:original".into(),
+        architecture: v1::Architecture::X8664 as i32,
+        log_url: "https://original-log".into(),
+        ..requested_ref()
+    });
+    request.environment = [("PRX_CI_PUBLISH".to_owned(), "true".to_owned())].into();
+    let original =
+        crate::console_retry::RequestedBuild::from_request("proj:original", &envelope, &request);
+    let retry = report("IN_PROGRESS");
+    let record = WatchedBuildRecord::adopted(&retry, &original);
+    assert_eq!(record.build_id, "proj:8745a7a9", "the retry's own id");
+    assert_eq!(record.build.build_id, ARN);
+    assert_eq!(record.build.retry_of, "proj:original");
+    assert_eq!(
+        record.build.build_request_id, "",
+        "not the original's request"
+    );
+    assert_eq!(record.build.project, "proj");
+    assert_eq!(record.build.region, "us-west-2");
+    assert_ne!(record.build.log_url, "https://original-log");
+    assert_eq!(
+        (
+            record.build.repository.as_str(),
+            record.build.commit.as_str()
+        ),
+        ("PRX/app", "4f2c")
+    );
+    assert_eq!(record.build.architecture(), v1::Architecture::X8664);
+    assert!(record.requested);
+    assert_eq!(record.requested_event_id, "evt-req");
+    assert_eq!(record.request, Some(RequestData::from(&request)));
+    assert_eq!(record.chain, ChainData::caused_by(&envelope));
+    assert_eq!(record.chain.push_sequence, 42);
+    assert_eq!(record.cancelled, None);
+    assert_eq!(record.state, BuildState::default());
+    // Its JSON reads back; records of builds that are no retry keep their shape.
+    let json = serde_json::to_string(&record).unwrap();
+    assert!(json.contains(r#""retry_of":"proj:original""#), "{json}");
+    assert_eq!(
+        serde_json::from_str::<WatchedBuildRecord>(&json).unwrap(),
+        record
+    );
+}
+
+#[test]
 fn a_cancellation_is_recorded_once_and_only_for_a_known_build() {
     let cancel = CancelData {
         event_id: "evt-cancel".into(),

@@ -12,6 +12,7 @@ use prx_ci_shared::ownership::{
     ConfigOwners, DEFAULT_PARAMETER_PREFIX, OwnershipConfig, check_parameter_prefix,
 };
 
+use crate::apps::{AppConfig, AppRules, ValueChecks};
 use crate::fence_store::FenceSettings;
 
 /// Section `[publisher]`.
@@ -22,8 +23,14 @@ pub struct PublisherConfig {
     pub ops_listen: SocketAddr,
     /// Only parameter names starting with this are written. Default `/prx/stag/Spire/`.
     pub parameter_prefix: String,
-    /// The architecture whose value a push publishes when it built several. Default `x86_64`.
+    /// The architecture whose value a push publishes when it built several, unless the
+    /// buildspec's marker or the repository's `[publisher.apps]` entry says otherwise. Default
+    /// `x86_64`.
     pub primary_architecture: Architecture,
+    /// How values are checked where no `[publisher.apps]` entry says otherwise: `strict` (the
+    /// helper's value shapes, the artifact exists) or `trusted` (any value SSM accepts).
+    /// Default `strict`.
+    pub value_checks: ValueChecks,
     /// The application-code bucket S3 values are checked in (`PRX_APPLICATION_CODE_BUCKET`).
     /// Default "" (required by the binary, which checks artifacts).
     pub application_code_bucket: String,
@@ -50,6 +57,10 @@ pub struct PublisherConfig {
     /// Names no entry covers belong to the first repository that publishes them. Default
     /// empty.
     pub owners: BTreeMap<String, String>,
+    /// Table `[publisher.apps."<key>"]`, key a parameter name or prefix (starting with `/`) or
+    /// a repository (`owner/repo`): `value_checks` and, for repositories,
+    /// `primary_architecture` (precedence in [`crate::apps`]). Default empty.
+    pub apps: BTreeMap<String, AppConfig>,
 }
 
 impl Default for PublisherConfig {
@@ -58,6 +69,7 @@ impl Default for PublisherConfig {
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 9104)),
             parameter_prefix: DEFAULT_PARAMETER_PREFIX.to_owned(),
             primary_architecture: Architecture::X86_64,
+            value_checks: ValueChecks::Strict,
             application_code_bucket: String::new(),
             s3_force_path_style: false,
             concurrency: 8,
@@ -66,6 +78,7 @@ impl Default for PublisherConfig {
             fence_poll_interval: Duration::from_millis(20),
             retry_backoff: Vec::new(),
             owners: BTreeMap::new(),
+            apps: BTreeMap::new(),
         }
     }
 }
@@ -99,6 +112,16 @@ impl PublisherConfig {
     pub fn config_owners(&self) -> Result<ConfigOwners, String> {
         ConfigOwners::parse(&self.owners, &self.parameter_prefix)
     }
+
+    /// The validated `[publisher.apps]` table with the section's defaults.
+    pub fn app_rules(&self) -> Result<AppRules, String> {
+        AppRules::parse(
+            &self.apps,
+            &self.parameter_prefix,
+            self.value_checks,
+            self.primary_architecture,
+        )
+    }
 }
 
 impl Validate for PublisherConfig {
@@ -120,6 +143,7 @@ impl Validate for PublisherConfig {
             return Err("fence_poll_interval must be positive and below claim_lease".into());
         }
         self.config_owners()?;
+        self.app_rules()?;
         Ok(())
     }
 }
@@ -192,6 +216,35 @@ mod tests {
                 "[publisher.owners]\n\"/prx/prod/App/\" = \"PRX/app\"\n",
                 "outside the allowed prefix",
             ),
+            ("[publisher]\nvalue_checks = \"loose\"\n", "value_checks"),
+            (
+                "[publisher.apps.\"PRX/app\"]\nvalue_checks = \"none\"\n",
+                "found `none`, expected ``strict` or `trusted`` for key \"default.apps.PRX/app.value_checks\"",
+            ),
+            (
+                "[publisher.apps.\"PRX/app\"]\nprimary_architecture = \"arm64\"\n",
+                "primary_architecture",
+            ),
+            (
+                "[publisher.apps.\"PRX/app\"]\nvalue_check = \"trusted\"\n",
+                "unknown field: found `value_check`, expected ``value_checks` or `primary_architecture``",
+            ),
+            (
+                "[publisher.apps.\"PRX/app\"]\n",
+                "apps: \"PRX/app\" sets nothing",
+            ),
+            (
+                "[publisher.apps.\"prx-app\"]\nvalue_checks = \"trusted\"\n",
+                "apps: \"prx-app\" is neither a parameter name or prefix",
+            ),
+            (
+                "[publisher.apps.\"/prx/prod/App/\"]\nvalue_checks = \"trusted\"\n",
+                "outside the allowed prefix",
+            ),
+            (
+                "[publisher.apps.\"/prx/stag/Spire/App/\"]\nprimary_architecture = \"aarch64\"\n",
+                "per repository",
+            ),
         ] {
             let err = load_from::<PublisherConfig>(&Figment::from(Toml::string(text)), "publisher")
                 .unwrap_err();
@@ -219,6 +272,73 @@ mod tests {
                 .owner_of("/prx/stag/Spire/App/pkg/docker-image-tag")
                 .map(|o| o.repository.as_str()),
             Some("PRX/app")
+        );
+    }
+
+    #[test]
+    fn apps_resolve_value_checks_and_the_primary_architecture() {
+        let text = r#"
+[publisher]
+value_checks = "strict"
+primary_architecture = "x86_64"
+
+[publisher.apps."PRX/legacy-app"]
+value_checks = "trusted"
+primary_architecture = "aarch64"
+
+[publisher.apps."/prx/stag/Spire/Legacy/"]
+value_checks = "trusted"
+
+[publisher.apps."/prx/stag/Spire/Legacy/pkg/docker-image-tag"]
+value_checks = "strict"
+"#;
+        let config: PublisherConfig =
+            load_from(&Figment::from(Toml::string(text)), "publisher").unwrap();
+        let rules = config.app_rules().unwrap();
+        let checks = |parameter: &str, repository: &str| rules.value_checks(parameter, repository);
+        assert_eq!(
+            checks("/prx/stag/Spire/Legacy/pkg/s3-object-key", "PRX/other"),
+            ValueChecks::Trusted
+        );
+        assert_eq!(
+            checks(
+                "/prx/stag/Spire/Legacy/pkg/docker-image-tag",
+                "PRX/legacy-app"
+            ),
+            ValueChecks::Strict
+        );
+        assert_eq!(
+            checks("/prx/stag/Spire/App/pkg/docker-image-tag", "prx/Legacy-App"),
+            ValueChecks::Trusted
+        );
+        assert_eq!(
+            checks("/prx/stag/Spire/App/pkg/docker-image-tag", "PRX/other"),
+            ValueChecks::Strict
+        );
+        assert_eq!(
+            rules.primary_architecture(None, "PRX/legacy-app"),
+            Architecture::Aarch64
+        );
+        assert_eq!(
+            rules.primary_architecture(Some(Architecture::X86_64), "PRX/legacy-app"),
+            Architecture::X86_64
+        );
+        assert_eq!(
+            rules.primary_architecture(None, "PRX/other"),
+            Architecture::X86_64
+        );
+        // The global default can be trusted too.
+        let trusted: PublisherConfig = load_from(
+            &Figment::from(Toml::string("[publisher]\nvalue_checks = \"trusted\"\n")),
+            "publisher",
+        )
+        .unwrap();
+        assert_eq!(
+            trusted
+                .app_rules()
+                .unwrap()
+                .value_checks("/prx/stag/Spire/A/x", "PRX/a"),
+            ValueChecks::Trusted
         );
     }
 }

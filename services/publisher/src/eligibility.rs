@@ -93,6 +93,10 @@ pub struct Decision {
     pub variables: HashMap<String, String>,
     /// Contradicted dispatcher variables, by name.
     pub overrides: Vec<Override>,
+    /// The primary architecture the buildspec's marker asks for (the dispatcher's
+    /// `BuildRequested.primary_architecture`); `None`: the publisher's config decides
+    /// ([`crate::apps::AppRules::primary_architecture`]). Never read from the build's variables.
+    pub primary_architecture: Option<Architecture>,
     pub verdict: Verdict,
 }
 
@@ -169,6 +173,7 @@ pub fn decide(
             facts: facts_of(build),
             variables: variables.clone(),
             overrides: Vec::new(),
+            primary_architecture: None,
             verdict,
         };
     };
@@ -226,6 +231,7 @@ pub fn decide(
         facts: facts_of(request.build.as_ref().unwrap_or(build)),
         variables: effective,
         overrides,
+        primary_architecture: Architecture::from_proto(request.primary_architecture),
         verdict,
     }
 }
@@ -580,5 +586,28 @@ mod tests {
             unknown.position(9, Architecture::X86_64),
             Position::new(9, false)
         );
+    }
+
+    #[test]
+    fn the_primary_architecture_marker_comes_from_the_request_only() {
+        let mut r = request(0, "true");
+        let d = decide(Some(&r), &reported(&r, &[]), &build_ref());
+        assert_eq!(d.primary_architecture, None);
+        r.primary_architecture = v1::Architecture::Aarch64 as i32;
+        // The build exporting another marker changes nothing.
+        let d = decide(
+            Some(&r),
+            &reported(&r, &[("PRX_PRIMARY_X86_64", "true")]),
+            &build_ref(),
+        );
+        assert_eq!(d.primary_architecture, Some(Architecture::Aarch64));
+        assert_eq!(d.position(9, Architecture::Aarch64), Position::new(9, true));
+        // Nobody requested it: no marker, whatever it exports.
+        let d = decide(
+            None,
+            &vars(&[(env::CI_PUBLISH, "true"), ("PRX_PRIMARY_AARCH64", "true")]),
+            &build_ref(),
+        );
+        assert_eq!(d.primary_architecture, None);
     }
 }

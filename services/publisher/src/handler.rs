@@ -6,18 +6,20 @@ use prx_ci_proto::v1::{self, PublishSkipReason, envelope::Payload};
 use prx_ci_shared::Runtime;
 use prx_ci_shared::bus::consume::{Delivery, Handler, HandlerError};
 use prx_ci_shared::bus::envelope::{Chain, derived_event_id};
-use prx_ci_shared::domain::OrderingKey;
 use prx_ci_shared::domain::push_position::display_wire;
+use prx_ci_shared::domain::{Architecture, OrderingKey};
 use prx_ci_shared::ownership::{Checked, ConfigOwners, OwnerRecord, OwnerStore};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::apps::AppRules;
 use crate::artifacts::{ArtifactChecker, ArtifactStatus};
+use crate::check::Check;
 use crate::config::PublisherConfig;
 use crate::eligibility::{self, Override, Verdict};
 use crate::fence::Publication;
 use crate::fence_store::{FenceError, FenceOutcome, KvFence};
-use crate::mapping::{self, Item, Rejected, Target};
+use crate::mapping::{self, Item, Rejected, Target, ValueShape};
 use crate::metrics::PublisherMetrics;
 use crate::parameter_store::{ParameterStore, StoreError};
 use crate::skip_store::{SkipRecord, SkipStore};
@@ -33,6 +35,7 @@ pub(crate) struct PublishHandler {
     pub(crate) skips: SkipStore,
     pub(crate) owners: OwnerStore,
     pub(crate) config_owners: ConfigOwners,
+    pub(crate) apps: AppRules,
     pub(crate) metrics: PublisherMetrics,
 }
 
@@ -48,6 +51,8 @@ impl Handler for PublishHandler {
 /// One skip to report.
 struct Skip {
     reason: PublishSkipReason,
+    /// The check that refused it (`None` only for a reason no single check gives).
+    check: Option<Check>,
     detail: String,
     parameter: String,
     value: String,
@@ -64,6 +69,7 @@ impl Skip {
     fn whole_build(reason: PublishSkipReason, detail: String) -> Self {
         Self {
             reason,
+            check: Check::of_reason(reason),
             detail,
             parameter: String::new(),
             value: String::new(),
@@ -86,6 +92,7 @@ impl Skip {
     fn of_target(target: &Target, reason: PublishSkipReason, detail: String) -> Self {
         Self {
             reason,
+            check: Check::of_reason(reason),
             detail,
             parameter: target.parameter.as_str().to_owned(),
             value: target.value.clone(),
@@ -101,6 +108,7 @@ impl Skip {
     fn of_rejected(r: Rejected) -> Self {
         Self {
             reason: r.reason.to_proto(),
+            check: Some(r.check),
             detail: r.detail,
             parameter: r.parameter,
             value: r.value,
@@ -164,8 +172,20 @@ impl PublishHandler {
             }
         };
         let facts = &decision.facts;
-        let items =
-            mapping::parse_mappings(&decision.variables, facts, &self.config.parameter_prefix);
+        let value_checks = |parameter: &mapping::ParameterName| {
+            self.apps
+                .value_checks(parameter.as_str(), &facts.repository)
+        };
+        let items = mapping::parse_mappings(
+            &decision.variables,
+            facts,
+            &self.config.parameter_prefix,
+            &value_checks,
+        );
+        // Marker, then the repository's entry, then the global default.
+        let primary = self
+            .apps
+            .primary_architecture(decision.primary_architecture, &facts.repository);
         let ordering_key = envelope
             .ordering_key
             .as_ref()
@@ -186,8 +206,7 @@ impl PublishHandler {
                         continue;
                     }
                     let publication = Publication {
-                        position: decision
-                            .position(envelope.push_sequence, self.config.primary_architecture),
+                        position: decision.position(envelope.push_sequence, primary),
                         value: target.value.clone(),
                         commit: facts.commit.clone(),
                         build_id: id_base.clone(),
@@ -197,7 +216,8 @@ impl PublishHandler {
                             .map(|a| a.to_string())
                             .unwrap_or_default(),
                     };
-                    self.publish_target(&emit, &target, &publication).await?;
+                    self.publish_target(&emit, &target, &publication, primary)
+                        .await?;
                 }
             }
         }
@@ -209,6 +229,7 @@ impl PublishHandler {
         emit: &Emitter<'_>,
         target: &Target,
         publication: &Publication,
+        primary: Architecture,
     ) -> Result<(), HandlerError> {
         let parameter = target.parameter.as_str();
         // Ownership first: a name another repository owns is neither claimed in the fence nor
@@ -224,12 +245,16 @@ impl PublishHandler {
         {
             Some(outcome) => outcome,
             None => {
-                match self
-                    .artifacts
-                    .check(target.kind, &target.value)
-                    .await
-                    .map_err(HandlerError::Transient)?
-                {
+                // A trusted app's own value names no artifact of ours.
+                let status = match target.shape {
+                    ValueShape::Helper => self
+                        .artifacts
+                        .check(target.kind, &target.value)
+                        .await
+                        .map_err(HandlerError::Transient)?,
+                    ValueShape::Custom => ArtifactStatus::Present,
+                };
+                match status {
                     ArtifactStatus::Missing(detail) => {
                         return emit
                             .skipped(Skip::of_target(
@@ -264,7 +289,7 @@ impl PublishHandler {
                 let stale = stale.skip(
                     parameter,
                     publication.position.push_sequence,
-                    &self.config.primary_architecture.to_string(),
+                    primary.as_str(),
                 );
                 let mut skip = Skip::of_target(target, stale.reason, stale.detail);
                 skip.superseded_by_sequence = stale.superseded_by_sequence;
@@ -415,17 +440,23 @@ impl Emitter<'_> {
         }
         let id = derived_event_id(self.id_base, &id_parts);
         let reason = reason_name(skip.reason);
+        let check = skip.check.map_or("", Check::name);
+        let detail = match skip.check {
+            Some(c) => c.detail(&skip.detail),
+            None => skip.detail,
+        };
         tracing::info!(
             parameter = %skip.parameter,
             reason = %reason,
-            detail = %skip.detail,
+            check,
+            detail = %detail,
             "publish skipped"
         );
         if !skip.parameter.is_empty() && skip.parameter.len() <= mapping::MAX_NAME_LENGTH {
             let record = SkipRecord {
                 parameter: skip.parameter.clone(),
                 reason: reason.clone(),
-                detail: skip.detail.clone(),
+                detail: detail.clone(),
                 value: skip.value.clone(),
                 commit: self.build.commit.clone(),
                 push_sequence: self.push_sequence,
@@ -451,10 +482,11 @@ impl Emitter<'_> {
                 label: skip.label,
                 build: Some(self.build.clone()),
                 reason: skip.reason as i32,
-                detail: skip.detail,
+                detail,
                 superseded_by_sequence: skip.superseded_by_sequence,
                 superseded_by_commit: skip.superseded_by_commit,
                 mapping: skip.mapping,
+                check: check.to_owned(),
             }),
         );
         self.store(&envelope).await?;

@@ -2,11 +2,13 @@
 //! per-parameter ordering fence (see the crate's README).
 //!
 //! For each `BuildCompleted` it decides whether the build may publish ([`eligibility`]), parses
-//! the `PRX_SPIRE_*_PKG_PARAMETERS` mappings ([`mapping`]), checks the build's repository owns
-//! each parameter ([`prx_ci_shared::ownership`]; a first publish claims it), checks the artifact
-//! exists ([`artifacts`]), applies the ordering fence ([`fence`], [`fence_store`]) and writes the
-//! parameter ([`parameter_store`]); every parameter gets a `PublishApplied` or `PublishSkipped`
-//! event. `prx-ci params` calls [`parameter_views`].
+//! the `PRX_SPIRE_*_PKG_PARAMETERS` mappings and checks each value under its app's value checks
+//! ([`mapping`], [`apps`]), checks the build's repository owns each parameter
+//! ([`prx_ci_shared::ownership`]; a first publish claims it), checks the artifact exists
+//! ([`artifacts`]), applies the ordering fence ([`fence`], [`fence_store`]; the primary
+//! architecture from [`apps`]) and writes the parameter ([`parameter_store`]); every parameter
+//! gets a `PublishApplied` or a `PublishSkipped` naming the [`check`] that refused it.
+//! `prx-ci params` calls [`parameter_views`].
 //!
 //! Wiring (`prx-ci up`, local mode; `rt.provision(..)` first creates the consumer and the KV
 //! buckets; production uses [`SsmParameterStore`] and [`AwsArtifactChecker`]):
@@ -30,7 +32,9 @@
 //! # }
 //! ```
 
+pub mod apps;
 pub mod artifacts;
+pub mod check;
 pub mod config;
 pub mod eligibility;
 pub mod fence;
@@ -43,6 +47,7 @@ pub mod parameter_view;
 pub mod service;
 pub mod skip_store;
 
+pub use apps::{AppConfig, AppRules, ValueChecks};
 pub use artifacts::{ArtifactChecker, ArtifactStatus, AwsArtifactChecker, NoArtifactCheck};
 pub use config::PublisherConfig;
 pub use parameter_store::{

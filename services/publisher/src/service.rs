@@ -9,6 +9,7 @@ use prx_ci_shared::ownership::{ConfigOwners, OwnerStore};
 use prx_ci_shared::run_consumer;
 use prx_ci_shared::{CancellationToken, Runtime};
 
+use crate::apps::AppRules;
 use crate::artifacts::ArtifactChecker;
 use crate::config::PublisherConfig;
 use crate::fence_store::KvFence;
@@ -28,6 +29,7 @@ pub struct Publisher {
     store: Arc<dyn ParameterStore>,
     artifacts: Arc<dyn ArtifactChecker>,
     config_owners: ConfigOwners,
+    apps: AppRules,
     metrics: PublisherMetrics,
 }
 
@@ -47,6 +49,9 @@ impl Publisher {
         let config_owners = config
             .config_owners()
             .map_err(|reason| anyhow::anyhow!("invalid configuration [publisher]: {reason}"))?;
+        let apps = config
+            .app_rules()
+            .map_err(|reason| anyhow::anyhow!("invalid configuration [publisher]: {reason}"))?;
         let metrics = PublisherMetrics::register(registry);
         Ok(Self {
             rt,
@@ -54,6 +59,7 @@ impl Publisher {
             store,
             artifacts,
             config_owners,
+            apps,
             metrics,
         })
     }
@@ -83,6 +89,7 @@ impl Publisher {
             skips,
             owners,
             config_owners: self.config_owners,
+            apps: self.apps,
             metrics: self.metrics,
         });
         run_consumer(

@@ -1,6 +1,7 @@
 //! The build-watcher against a real nats-server and SQS/CodeBuild in the AWS emulator.
 
 mod binary;
+mod console_retry;
 mod events;
 mod local;
 mod reconciler;

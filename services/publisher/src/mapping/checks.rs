@@ -1,10 +1,73 @@
-//! What a mapped parameter's name and value must look like: SSM's name rules under the prefix,
-//! and the image tag or object key shapes of the build's own artifacts. Pure: no I/O.
+//! What a mapped parameter's name and value must look like: SSM's name rules under the prefix;
+//! under `strict` value checks the image tag or object key shapes of the build's own artifacts,
+//! under `trusted` ones whatever SSM accepts as a `String` value. Pure: no I/O.
 
 use prx_ci_shared::domain::Architecture;
 use prx_ci_shared::ownership::parameter_name::{self, NameProblem};
 
 use super::{ArtifactKind, BuildFacts, RejectReason};
+use crate::apps::ValueChecks;
+use crate::check::Check;
+
+/// The longest `String` value a Standard-tier parameter holds (SSM: "Standard tier parameters
+/// support a maximum parameter value of 4096 characters"). Counted in UTF-8 bytes, never fewer
+/// than characters, so nothing SSM would refuse gets through.
+pub const MAX_VALUE_BYTES: usize = 4096;
+
+/// What a value that passed the value checks is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueShape {
+    /// The post-build helper's value for this build: its artifact is checked before the write.
+    Helper,
+    /// A `trusted` app's own value: written as it is (no artifact to check).
+    Custom,
+}
+
+/// Checks `value` under `mode`: the helper's shape ([`check_value`]) passes either way (and is
+/// [`ValueShape::Helper`]); otherwise `strict` refuses it, naming the strict check, and
+/// `trusted` accepts it as [`ValueShape::Custom`] if SSM would ([`check_ssm_value`]).
+pub fn check_value_under(
+    mode: ValueChecks,
+    kind: ArtifactKind,
+    label: &str,
+    value: &str,
+    build: &BuildFacts,
+) -> Result<ValueShape, (Check, String)> {
+    match check_value(kind, label, value, build) {
+        Ok(()) => Ok(ValueShape::Helper),
+        Err(detail) => match mode {
+            ValueChecks::Strict => Err((Check::strict(kind), detail)),
+            ValueChecks::Trusted => check_ssm_value(value)
+                .map(|()| ValueShape::Custom)
+                .map_err(|detail| (Check::SsmValueRules, detail)),
+        },
+    }
+}
+
+/// What `PutParameter` accepts as the value of a Standard-tier `String` parameter: not empty,
+/// at most [`MAX_VALUE_BYTES`], and no `{{...}}` (SSM refuses values that nest another
+/// parameter). Nothing else is checked: no data type or allowed pattern is set.
+pub fn check_ssm_value(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("the value is empty; SSM refuses an empty value".to_owned());
+    }
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(format!(
+            "the value is {} bytes; a Standard-tier SSM parameter holds at most {MAX_VALUE_BYTES}",
+            value.len()
+        ));
+    }
+    if let Some(open) = value.find("{{")
+        && let Some(close) = value[open + 2..].find("}}")
+    {
+        let end = open + 2 + close + 2;
+        let quoted: String = value[open..end].chars().take(60).collect();
+        return Err(format!(
+            "the value contains {quoted:?} at byte {open}; SSM refuses values that nest a parameter (`{{{{...}}}}`)"
+        ));
+    }
+    Ok(())
+}
 
 /// SSM's naming rules plus the configured prefix
 /// ([`prx_ci_shared::ownership::check_parameter_name`]), as a skip reason.

@@ -1,5 +1,6 @@
 //! The mapping grammar of `PRX_SPIRE_ECR_PKG_PARAMETERS` / `PRX_SPIRE_S3_PKG_PARAMETERS`
-//! (`LABEL=/p1,/p2;LABEL2=/p3`); names and values are checked in [`checks`]. Pure: no I/O.
+//! (`LABEL=/p1,/p2;LABEL2=/p3`); names and values are checked in [`checks`], values under each
+//! parameter's [`ValueChecks`]. Pure: no I/O.
 //!
 //! Compatible with the original updater: mappings split on `;`, each split on `=` and used only
 //! when that yields exactly two parts, names split on `,`, nothing trimmed, the value is the
@@ -12,6 +13,9 @@ use std::fmt;
 use prx_ci_shared::codebuild::env;
 use prx_ci_shared::domain::Architecture;
 
+use crate::apps::ValueChecks;
+use crate::check::Check;
+
 /// The variable holding ECR mappings.
 pub const ECR_MAPPING_VARIABLE: &str = env::SPIRE_ECR_PKG_PARAMETERS;
 /// The variable holding S3 mappings.
@@ -21,7 +25,10 @@ pub use prx_ci_shared::ownership::parameter_name::{MAX_HIERARCHY_LEVELS, MAX_NAM
 
 mod checks;
 
-pub use checks::{check_parameter_name, check_value};
+pub use checks::{
+    MAX_VALUE_BYTES, ValueShape, check_parameter_name, check_ssm_value, check_value,
+    check_value_under,
+};
 
 /// What a mapping points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -81,6 +88,12 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// The check behind a rejection other than [`RejectReason::InvalidValue`] (whose check
+    /// comes with it).
+    fn check(self) -> Check {
+        Check::of_reason(self.to_proto()).unwrap_or(Check::MappingGrammar)
+    }
+
     pub fn to_proto(self) -> prx_ci_proto::v1::PublishSkipReason {
         use prx_ci_proto::v1::PublishSkipReason as R;
         match self {
@@ -102,6 +115,8 @@ pub struct Target {
     pub value: String,
     /// The raw mapping text it came from.
     pub mapping: String,
+    /// The helper's value (its artifact is checked) or a `trusted` app's own.
+    pub shape: ValueShape,
 }
 
 /// Something the original would have silently ignored.
@@ -115,6 +130,9 @@ pub struct Rejected {
     pub value: String,
     pub mapping: String,
     pub reason: RejectReason,
+    /// The check that refused it (for `INVALID_VALUE`, which value check).
+    pub check: Check,
+    /// What is wrong; a value check's detail starts with its name.
     pub detail: String,
 }
 
@@ -137,19 +155,28 @@ pub struct BuildFacts {
 }
 
 /// Parses both mapping variables (ECR first, then S3, as the original) from the build's merged
-/// variables. A parameter named more than once is written once, with the last mapping's value
-/// (the original wrote each in turn, so the last one stood); the earlier ones are rejected.
+/// variables; `value_checks` says how each parameter's value is checked. A parameter named more
+/// than once is written once, with the last mapping's value (the original wrote each in turn,
+/// so the last one stood); the earlier ones are rejected.
 pub fn parse_mappings(
     variables: &HashMap<String, String>,
     build: &BuildFacts,
     prefix: &str,
+    value_checks: &dyn Fn(&ParameterName) -> ValueChecks,
 ) -> Vec<Item> {
     let mut items = Vec::new();
     for kind in [ArtifactKind::EcrImage, ArtifactKind::S3Object] {
         if let Some(text) = variables.get(kind.mapping_variable())
             && !text.is_empty()
         {
-            items.extend(parse_variable(kind, text, variables, build, prefix));
+            items.extend(parse_variable(
+                kind,
+                text,
+                variables,
+                build,
+                prefix,
+                value_checks,
+            ));
         }
     }
     // Later mappings win for the same name.
@@ -171,6 +198,7 @@ pub fn parse_mappings(
                     value: t.value,
                     mapping: t.mapping,
                     reason: RejectReason::InvalidMapping,
+                    check: Check::MappingGrammar,
                     detail:
                         "the parameter is named again by a later mapping; the later one is used"
                             .to_owned(),
@@ -181,13 +209,14 @@ pub fn parse_mappings(
         .collect()
 }
 
-/// Parses one mapping variable's text.
+/// Parses one mapping variable's text (see [`parse_mappings`]).
 pub fn parse_variable(
     kind: ArtifactKind,
     text: &str,
     variables: &HashMap<String, String>,
     build: &BuildFacts,
     prefix: &str,
+    value_checks: &dyn Fn(&ParameterName) -> ValueChecks,
 ) -> Vec<Item> {
     let mut items = Vec::new();
     for mapping in text.split(';') {
@@ -203,6 +232,7 @@ pub fn parse_variable(
                 value: String::new(),
                 mapping: mapping.to_owned(),
                 reason: RejectReason::InvalidMapping,
+                check: Check::MappingGrammar,
                 detail,
             })
         };
@@ -234,7 +264,7 @@ pub fn parse_variable(
         }
         let value = variables.get(*label).map(String::as_str).unwrap_or("");
         for name in names {
-            let reject = |reason: RejectReason, detail: String| {
+            let reject = |reason: RejectReason, check: Check, detail: String| {
                 Item::Skip(Rejected {
                     kind,
                     label: (*label).to_owned(),
@@ -242,33 +272,41 @@ pub fn parse_variable(
                     value: value.to_owned(),
                     mapping: mapping.to_owned(),
                     reason,
-                    detail,
+                    check,
+                    detail: check.detail(&detail),
                 })
             };
             let parameter = match ParameterName::parse(name, prefix) {
                 Ok(p) => p,
                 Err((reason, detail)) => {
-                    items.push(reject(reason, detail));
+                    items.push(reject(reason, reason.check(), detail));
                     continue;
                 }
             };
             if value.is_empty() {
+                let reason = RejectReason::LabelVariableMissing;
                 items.push(reject(
-                    RejectReason::LabelVariableMissing,
+                    reason,
+                    reason.check(),
                     missing_label_detail(label, variables.contains_key(*label)),
                 ));
                 continue;
             }
-            if let Err(detail) = check_value(kind, label, value, build) {
-                items.push(reject(RejectReason::InvalidValue, detail));
-                continue;
-            }
+            let shape = match check_value_under(value_checks(&parameter), kind, label, value, build)
+            {
+                Ok(shape) => shape,
+                Err((check, detail)) => {
+                    items.push(reject(RejectReason::InvalidValue, check, detail));
+                    continue;
+                }
+            };
             items.push(Item::Publish(Target {
                 kind,
                 label: (*label).to_owned(),
                 parameter,
                 value: value.to_owned(),
                 mapping: mapping.to_owned(),
+                shape,
             }));
         }
     }

@@ -1,5 +1,6 @@
 //! Publisher integration tests against a real nats-server and the AWS emulator (moto).
 
+mod apps;
 mod fence;
 mod kv_compat;
 mod ownership;

@@ -134,6 +134,9 @@ pub struct BuildSpec {
     pub fork: bool,
     /// Whether the dispatcher requested the build (false: started in the console).
     pub requested: bool,
+    /// The buildspec's primary-architecture marker, as the dispatcher requests it (`None`:
+    /// no marker).
+    pub primary_marker: Option<Architecture>,
 }
 
 impl BuildSpec {
@@ -152,6 +155,7 @@ impl BuildSpec {
             pull_request: 0,
             fork: false,
             requested: true,
+            primary_marker: None,
         };
         spec.variables = spec.dispatcher_environment();
         spec.variables.insert(
@@ -189,11 +193,22 @@ impl BuildSpec {
         }
     }
 
-    /// The dispatcher built `repository` (the reported environment says so too).
+    /// The dispatcher built `repository` (the reported environment says so too; `APP`, if it
+    /// held the helper's value, now holds that repository's).
     pub fn repo(mut self, repository: &str) -> Self {
+        let helper_value = self.variables.get("APP") == Some(&self.value());
         self.repository = repository.to_owned();
         self.variables
             .insert("PRX_REPO".to_owned(), repository.to_owned());
+        if helper_value {
+            self.variables.insert("APP".to_owned(), self.value());
+        }
+        self
+    }
+
+    /// The buildspec carries the marker of `primary` (the dispatcher's request says so).
+    pub fn primary_marker(mut self, primary: Architecture) -> Self {
+        self.primary_marker = Some(primary);
         self
     }
 
@@ -218,8 +233,14 @@ impl BuildSpec {
         self
     }
 
+    /// The helper's ECR value of this build (its repository, commit and architecture).
     pub fn value(&self) -> String {
-        ecr_value(&self.commit, self.arch)
+        format!(
+            "github/{}:{}-{}",
+            self.repository.to_ascii_lowercase(),
+            self.commit,
+            self.arch
+        )
     }
 
     pub fn with_status(mut self, status: v1::BuildStatus) -> Self {
@@ -268,6 +289,7 @@ impl BuildSpec {
             fork: self.fork,
             branch: self.branch().to_owned(),
             pull_request: self.pull_request,
+            primary_architecture: self.primary_marker.map_or(0, |a| a.to_proto() as i32),
             ..Default::default()
         });
         Chain {
@@ -541,6 +563,15 @@ impl SsmPublisher {
     }
 
     pub async fn start_with(config: PublisherConfig) -> Self {
+        Self::start_checking(config, |_| Arc::new(NoArtifactCheck)).await
+    }
+
+    /// Like [`Self::start_with`], with the artifact checker `artifacts` makes from the
+    /// emulator's SDK config.
+    pub async fn start_checking(
+        config: PublisherConfig,
+        artifacts: impl FnOnce(&aws_config::SdkConfig) -> Arc<dyn ArtifactChecker>,
+    ) -> Self {
         let nats = NatsServer::start().await;
         let moto = MotoServer::start().await;
         let rt = runtime(&nats).await;
@@ -548,7 +579,8 @@ impl SsmPublisher {
         let ssm = Arc::new(SsmParameterStore::new(&moto.sdk_config()));
         let client = ssm.client().clone();
         warm_up(&client).await;
-        let replica = Replica::start(&nats, config, ssm.clone(), Arc::new(NoArtifactCheck)).await;
+        let checker = artifacts(&moto.sdk_config());
+        let replica = Replica::start(&nats, config, ssm.clone(), checker).await;
         Self {
             rt,
             log,
