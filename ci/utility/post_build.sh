@@ -19,6 +19,9 @@
 # - On failure it returns non-zero (never `exit`s the sourcing shell) after naming the failing step.
 # - Label values are validated (they become variable names) before anything is pushed.
 # - Several ECR-labelled images in one build get distinct tags (see docs).
+# - One label value on several images (e.g. inherited LABEL lines): as the original, the last
+#   image listed wins the tag and the variable, but with a warning naming every image involved;
+#   PRX_CI_STRICT_LABELS=true makes it an error instead.
 #
 # Compatible with bash 4.2 (Amazon Linux 2 build images) and bash in POSIX (sh) mode: no `local -`,
 # namerefs, process substitution or ${x@Q}.
@@ -94,7 +97,8 @@ __prx_ci_pb_check_label() {
     # Names whose replacement would break the build shell or the CI contract.
     PATH | HOME | IFS | PWD | OLDPWD | SHELL | SHELLOPTS | BASHOPTS | ENV | CDPATH | TMPDIR | \
       PS4 | UID | EUID | PPID | BASH | BASH_* | CODEBUILD_* | AWS_* | PRX_REPO | PRX_COMMIT | \
-      PRX_BRANCH | PRX_CI_PUBLISH | PRX_CI_PRERELEASE | PRX_CI_LOCAL | PRX_AWS_ACCOUNT_ID | \
+      PRX_BRANCH | PRX_CI_PUBLISH | PRX_CI_PRERELEASE | PRX_CI_LOCAL | PRX_CI_STRICT_LABELS | \
+      PRX_AWS_ACCOUNT_ID | \
       PRX_APPLICATION_CODE_BUCKET | PRX_S3_ARCHIVE_BUILD_PATH | PRX_TARGET_ARCHITECTURE | \
       PRX_SPIRE_* | PRX_GITHUB_* | PRX_BUILD_X86_64 | PRX_BUILD_AARCH64)
       __prx_ci_pb_error "label $key=\"$label\" on image $id names a variable the build shell or" \
@@ -102,6 +106,76 @@ __prx_ci_pb_check_label() {
       return 1
       ;;
   esac
+}
+
+# Each label value names one exported variable, so one artifact per label is published. When
+# several images carry the same value, the last one in the original's processing order (the ECR
+# images in `docker images` order, then the S3 images in `docker images` order) wins, as in the
+# original, where each image was pushed in turn under the shared tag and export. Only the winner is
+# published: the tag and the variable end the same, without pushing images only to overwrite them.
+# A warning names every image involved; with PRX_CI_STRICT_LABELS=true it is an error instead.
+# Reads and rewrites the caller's ecr_ids/ecr_labels/s3_ids/s3_labels (dynamic scoping).
+__prx_ci_pb_pick_winners() {
+  local -a all_ids=() all_keys=() all_labels=() keep=()
+  local i j n label images winner
+  for i in "${!ecr_ids[@]}"; do
+    all_ids+=("${ecr_ids[$i]}")
+    all_keys+=("$ecr_key")
+    all_labels+=("${ecr_labels[$i]}")
+  done
+  for i in "${!s3_ids[@]}"; do
+    all_ids+=("${s3_ids[$i]}")
+    all_keys+=("$s3_key")
+    all_labels+=("${s3_labels[$i]}")
+  done
+  n=${#all_ids[@]}
+  for ((i = 0; i < n; i++)); do
+    keep[i]=1
+    for ((j = i + 1; j < n; j++)); do
+      if [ "${all_labels[j]}" = "${all_labels[i]}" ]; then
+        keep[i]=0
+        break
+      fi
+    done
+  done
+  for ((i = 0; i < n; i++)); do
+    [ "${keep[i]}" = 1 ] || continue
+    label=${all_labels[i]}
+    images=""
+    for ((j = 0; j < i; j++)); do
+      if [ "${all_labels[j]}" = "$label" ]; then
+        images="$images${all_ids[j]} (${all_keys[j]}), "
+      fi
+    done
+    [ -n "$images" ] || continue
+    winner="${all_ids[i]} (${all_keys[i]})"
+    images="$images$winner"
+    if [ "${PRX_CI_STRICT_LABELS:-}" = true ]; then
+      __prx_ci_pb_error "label value $label is used by more than one image: $images." \
+        "Each label names one exported variable, so give each image its own value" \
+        "(PRX_CI_STRICT_LABELS=true makes this an error; without it the last image listed wins)"
+      return 1
+    fi
+    __prx_ci_pb_warn "label value $label is used by more than one image: $images." \
+      "The last one listed, $winner, wins: only it is published and $label names its" \
+      "artifact (as with the original helper, where the last image took the shared tag)." \
+      "Give each image its own value, or remove the label from the others (an inherited" \
+      "LABEL line?); set PRX_CI_STRICT_LABELS=true to make this an error"
+  done
+  ecr_ids=()
+  ecr_labels=()
+  s3_ids=()
+  s3_labels=()
+  for ((i = 0; i < n; i++)); do
+    [ "${keep[i]}" = 1 ] || continue
+    if [ "${all_keys[i]}" = "$ecr_key" ]; then
+      ecr_ids+=("${all_ids[i]}")
+      ecr_labels+=("${all_labels[i]}")
+    else
+      s3_ids+=("${all_ids[i]}")
+      s3_labels+=("${all_labels[i]}")
+    fi
+  done
 }
 
 # ECR: repository github/<owner>/<repo> (lower-cased), created when missing. A failing create is
@@ -171,8 +245,8 @@ __prx_ci_pb_push_to_ecr() {
     id=${ecr_ids[$i]}
     label=${ecr_labels[$i]}
     tag="${PRX_COMMIT}-${PRX_TARGET_ARCHITECTURE}"
-    # One image keeps the original tag exactly (CD parses it); several get the label as suffix so
-    # none overwrites another.
+    # One label value (duplicates were dropped by __prx_ci_pb_pick_winners) keeps the original
+    # tag exactly (CD parses it); several get the label as suffix so none overwrites another.
     if [ "${#ecr_ids[@]}" -gt 1 ]; then
       tag="${tag}-${label,,}"
     fi
@@ -344,23 +418,14 @@ __prx_ci_pb_run() {
   s3_ids=("${found_ids[@]}")
   s3_labels=("${found_labels[@]}")
 
-  local i label seen=' '
+  local i
   for i in "${!ecr_ids[@]}"; do
     __prx_ci_pb_check_label "$ecr_key" "${ecr_ids[$i]}" "${ecr_labels[$i]}" || return 1
   done
   for i in "${!s3_ids[@]}"; do
     __prx_ci_pb_check_label "$s3_key" "${s3_ids[$i]}" "${s3_labels[$i]}" || return 1
   done
-  # Each label names one exported variable, so it must identify exactly one artifact.
-  for label in "${ecr_labels[@]}" "${s3_labels[@]}"; do
-    case $seen in
-      *" $label "*)
-        __prx_ci_pb_error "label value $label is used by more than one image ($ecr_key / $s3_key): each label names one exported variable, so give each image its own"
-        return 1
-        ;;
-    esac
-    seen="$seen$label "
-  done
+  __prx_ci_pb_pick_winners || return 1
 
   __prx_ci_pb_push_to_ecr "$prefix" "$local_mode" || return 1
   __prx_ci_pb_push_to_s3 "$local_mode" || return 1
@@ -395,7 +460,7 @@ __prx_ci_pb_main() {
 # Removes every helper function from the sourcing shell, then returns $1.
 __prx_ci_pb_finish() {
   unset -f __prx_ci_pb_error __prx_ci_pb_warn __prx_ci_pb_export __prx_ci_pb_find_labelled \
-    __prx_ci_pb_check_label __prx_ci_pb_ensure_repository __prx_ci_pb_login \
+    __prx_ci_pb_check_label __prx_ci_pb_pick_winners __prx_ci_pb_ensure_repository __prx_ci_pb_login \
     __prx_ci_pb_push_to_ecr __prx_ci_pb_upload_one __prx_ci_pb_push_to_s3 __prx_ci_pb_run \
     __prx_ci_pb_main __prx_ci_pb_finish
   return "$1"

@@ -201,6 +201,44 @@ impl Build {
         names
     }
 
+    /// Every tag in `repository` and the fake docker image id it holds (the stand-in `docker
+    /// push` writes a manifest annotated with the image id).
+    async fn ecr_images(&self, repository: &str) -> BTreeMap<String, String> {
+        let described = self
+            .ecr()
+            .describe_images()
+            .repository_name(repository)
+            .send()
+            .await
+            .expect("describe ECR images");
+        let mut tags = BTreeMap::new();
+        for detail in described.image_details() {
+            let digest = detail.image_digest().expect("image digest");
+            let images = self
+                .ecr()
+                .batch_get_image()
+                .repository_name(repository)
+                .image_ids(
+                    aws_sdk_ecr::types::ImageIdentifier::builder()
+                        .image_digest(digest)
+                        .build(),
+                )
+                .send()
+                .await
+                .expect("get ECR image");
+            let manifest: serde_json::Value =
+                serde_json::from_str(images.images()[0].image_manifest().expect("image manifest"))
+                    .expect("manifest is JSON");
+            let id = manifest["annotations"]["org.prx.ci.fake-docker.image"]
+                .as_str()
+                .expect("annotated manifest");
+            for tag in detail.image_tags() {
+                tags.insert(tag.clone(), id.to_owned());
+            }
+        }
+        tags
+    }
+
     async fn s3_keys(&self) -> Vec<String> {
         let answer = self
             .s3()
@@ -530,6 +568,16 @@ async fn two_ecr_images_get_distinct_tags() {
         ],
         "{out}"
     );
+    // Each tag holds its own image in the registry.
+    assert_eq!(
+        build.ecr_images(ECR_REPOSITORY).await,
+        BTreeMap::from([
+            (app.clone(), "img1".to_owned()),
+            (format!("release-{app}"), "img1".to_owned()),
+            (worker.clone(), "img2".to_owned()),
+            (format!("release-{worker}"), "img2".to_owned()),
+        ])
+    );
     assert_eq!(build.ecr_repositories().await, vec![ECR_REPOSITORY]);
 }
 
@@ -750,7 +798,78 @@ async fn bad_label_value_fails_before_anything_is_pushed() {
 }
 
 #[tokio::test]
-async fn one_label_on_two_images_is_an_error() {
+async fn one_label_on_two_images_warns_and_the_last_listed_wins() {
+    let build = Build::new().await;
+    // A base or cache image carrying the app's LABEL: listed before the app image here.
+    build
+        .image("img1", ECR_LABEL, "APP")
+        .image("img9", ECR_LABEL, "OTHER")
+        .image("img2", ECR_LABEL, "APP")
+        .image("img3", S3_LABEL, "LAMBDA_ZIP")
+        .file("img3", DEFAULT_ARCHIVE)
+        .image("img4", S3_LABEL, "LAMBDA_ZIP")
+        .file("img4", DEFAULT_ARCHIVE);
+
+    let out = build.run().await;
+
+    out.assert_succeeded();
+    assert!(
+        out.stderr.contains(
+            "post_build.sh: WARNING: label value APP is used by more than one image: \
+             img1 (org.prx.spire.publish.ecr), img2 (org.prx.spire.publish.ecr). \
+             The last one listed, img2 (org.prx.spire.publish.ecr), wins"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.stderr.contains(
+            "label value LAMBDA_ZIP is used by more than one image: \
+             img3 (org.prx.spire.publish.s3), img4 (org.prx.spire.publish.s3). \
+             The last one listed, img4 (org.prx.spire.publish.s3), wins"
+        ),
+        "{out}"
+    );
+    assert!(out.stderr.contains("PRX_CI_STRICT_LABELS=true"), "{out}");
+    assert!(!out.stderr.contains("OTHER is used"), "{out}");
+    // Two distinct ECR labels: the suffixed tags; only the winner of APP is pushed.
+    let app = format!("{COMMIT}-x86_64-app");
+    let other = format!("{COMMIT}-x86_64-other");
+    let key = format!("GitHub/{REPO}/{COMMIT}/LAMBDA_ZIP.zip");
+    out.assert_shell_state(&[
+        ("APP", &format!("{ECR_REPOSITORY}:{app}")),
+        ("OTHER", &format!("{ECR_REPOSITORY}:{other}")),
+        ("LAMBDA_ZIP", &key),
+        ("PRX_S3_ARCHIVE_BUILD_PATH", DEFAULT_ARCHIVE),
+    ]);
+    assert_eq!(
+        out.calls_of(&["push"]),
+        vec![
+            format!("push {}", ecr_tag("", &other)),
+            format!("push {}", ecr_tag("release-", &other)),
+            format!("push {}", ecr_tag("", &app)),
+            format!("push {}", ecr_tag("release-", &app)),
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        build.ecr_images(ECR_REPOSITORY).await,
+        BTreeMap::from([
+            (app.clone(), "img2".to_owned()),
+            (format!("release-{app}"), "img2".to_owned()),
+            (other.clone(), "img9".to_owned()),
+            (format!("release-{other}"), "img9".to_owned()),
+        ])
+    );
+    assert_eq!(out.calls_of(&["create"]), vec!["create img4"], "{out}");
+    assert_eq!(build.s3_keys().await, vec![key.clone()]);
+    assert_eq!(
+        build.s3_body(&key).await,
+        format!("PK\x03\x04 fake archive {DEFAULT_ARCHIVE} from image img4\n").into_bytes()
+    );
+}
+
+#[tokio::test]
+async fn one_label_on_two_images_of_one_label_keeps_the_original_tag() {
     let build = Build::new().await;
     build
         .image("img1", ECR_LABEL, "APP")
@@ -758,9 +877,96 @@ async fn one_label_on_two_images_is_an_error() {
 
     let out = build.run().await;
 
-    out.assert_failed_with(&["label value APP is used by more than one image"]);
+    out.assert_succeeded();
+    assert!(
+        out.stderr
+            .contains("The last one listed, img2 (org.prx.spire.publish.ecr), wins"),
+        "{out}"
+    );
+    // One distinct label: the original's tag, as when it pushed both under it.
+    let tag = format!("{COMMIT}-x86_64");
+    out.assert_shell_state(&[("APP", &format!("{ECR_REPOSITORY}:{tag}"))]);
+    assert_eq!(
+        out.calls_of(&["tag"]),
+        vec![
+            format!("tag img2 {}", ecr_tag("", &tag)),
+            format!("tag img2 {}", ecr_tag("release-", &tag)),
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        build.ecr_images(ECR_REPOSITORY).await,
+        BTreeMap::from([
+            (tag.clone(), "img2".to_owned()),
+            (format!("release-{tag}"), "img2".to_owned()),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn one_label_on_an_ecr_and_an_s3_image_the_s3_step_wins() {
+    let build = Build::new().await;
+    // The original ran its S3 step after its ECR step, so the S3 key won the variable.
+    build
+        .image("img3", S3_LABEL, "APP")
+        .file("img3", DEFAULT_ARCHIVE)
+        .image("img1", ECR_LABEL, "APP");
+
+    let out = build.run().await;
+
+    out.assert_succeeded();
+    assert!(
+        out.stderr.contains(
+            "label value APP is used by more than one image: \
+             img1 (org.prx.spire.publish.ecr), img3 (org.prx.spire.publish.s3). \
+             The last one listed, img3 (org.prx.spire.publish.s3), wins"
+        ),
+        "{out}"
+    );
+    let key = format!("GitHub/{REPO}/{COMMIT}/APP.zip");
+    out.assert_shell_state(&[
+        ("APP", &key),
+        ("PRX_S3_ARCHIVE_BUILD_PATH", DEFAULT_ARCHIVE),
+    ]);
+    assert!(out.calls_of(&["login", "tag", "push"]).is_empty(), "{out}");
+    assert_eq!(build.s3_keys().await, vec![key]);
+}
+
+#[tokio::test]
+async fn strict_labels_make_one_label_on_two_images_an_error() {
+    let mut build = Build::new().await;
+    build.set("PRX_CI_STRICT_LABELS", "true");
+    build
+        .image("img1", ECR_LABEL, "APP")
+        .image("img2", ECR_LABEL, "APP");
+
+    let out = build.run().await;
+
+    out.assert_failed_with(&[
+        "label value APP is used by more than one image: \
+         img1 (org.prx.spire.publish.ecr), img2 (org.prx.spire.publish.ecr)",
+        "PRX_CI_STRICT_LABELS=true makes this an error",
+    ]);
     out.assert_shell_state(&[]);
     assert!(out.calls_of(&["tag", "push"]).is_empty(), "{out}");
+    assert!(build.ecr_repositories().await.is_empty());
+
+    // Only the exact string `true` opts in, like PRX_CI_PUBLISH.
+    build.set("PRX_CI_STRICT_LABELS", "1");
+    let out = build.run().await;
+    out.assert_succeeded();
+    assert!(out.stderr.contains("WARNING: label value APP"), "{out}");
+}
+
+#[tokio::test]
+async fn strict_labels_cannot_be_a_label_value() {
+    let build = Build::new().await;
+    build.image("img1", ECR_LABEL, "PRX_CI_STRICT_LABELS");
+
+    let out = build.run().await;
+
+    out.assert_failed_with(&["names a variable the build shell or CI itself uses"]);
+    out.assert_shell_state(&[]);
 }
 
 #[tokio::test]
