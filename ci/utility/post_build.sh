@@ -100,7 +100,8 @@ __prx_ci_pb_check_label() {
       PRX_BRANCH | PRX_CI_PUBLISH | PRX_CI_PRERELEASE | PRX_CI_LOCAL | PRX_CI_STRICT_LABELS | \
       PRX_AWS_ACCOUNT_ID | \
       PRX_APPLICATION_CODE_BUCKET | PRX_S3_ARCHIVE_BUILD_PATH | PRX_TARGET_ARCHITECTURE | \
-      PRX_SPIRE_* | PRX_GITHUB_* | PRX_BUILD_X86_64 | PRX_BUILD_AARCH64)
+      PRX_SPIRE_* | PRX_GITHUB_* | PRX_BUILD_X86_64 | PRX_BUILD_AARCH64 | PRX_PRIMARY_X86_64 | \
+      PRX_PRIMARY_AARCH64)
       __prx_ci_pb_error "label $key=\"$label\" on image $id names a variable the build shell or" \
         "CI itself uses; choose another value (it names the variable this helper exports)"
       return 1

@@ -959,14 +959,23 @@ async fn strict_labels_make_one_label_on_two_images_an_error() {
 }
 
 #[tokio::test]
-async fn strict_labels_cannot_be_a_label_value() {
-    let build = Build::new().await;
-    build.image("img1", ECR_LABEL, "PRX_CI_STRICT_LABELS");
+async fn ci_switches_cannot_be_label_values() {
+    // The helper's own switch and the dispatcher's buildspec markers name CI behaviour, not an
+    // artifact.
+    for name in [
+        "PRX_CI_STRICT_LABELS",
+        "PRX_BUILD_AARCH64",
+        "PRX_PRIMARY_X86_64",
+        "PRX_PRIMARY_AARCH64",
+    ] {
+        let build = Build::new().await;
+        build.image("img1", ECR_LABEL, name);
 
-    let out = build.run().await;
+        let out = build.run().await;
 
-    out.assert_failed_with(&["names a variable the build shell or CI itself uses"]);
-    out.assert_shell_state(&[]);
+        out.assert_failed_with(&["names a variable the build shell or CI itself uses"]);
+        out.assert_shell_state(&[]);
+    }
 }
 
 #[tokio::test]
