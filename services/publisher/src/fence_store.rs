@@ -10,54 +10,15 @@ use prx_ci_shared::kv::{Modify, Records, key_token};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::fence::{self, Decision, FenceRecord, Publication, Stale};
+use crate::fence::{FenceRecord, Publication};
+use crate::fence_protocol::{self, Attempt, CasKind, Change, Input, PutResult, Step};
 use crate::metrics::FenceMetrics;
-use crate::parameter_store::{ParameterStore, StoreError};
+use crate::parameter_store::ParameterStore;
 
 /// The KV bucket of fence records (`deploy/nats/kv/prx_ci_publish_fence.json`).
 pub const FENCE_BUCKET: &str = "prx_ci_publish_fence";
 
-/// How the fence behaves.
-#[derive(Debug, Clone, Copy)]
-pub struct FenceSettings {
-    /// How long a claim protects a write. The owner never starts a write it cannot finish
-    /// within it; others take over only after watching a claim unchanged for this long.
-    pub lease: Duration,
-    /// Upper bound of one store write (throttling retries included).
-    pub write_timeout: Duration,
-    /// How often a replica waiting on another's claim re-reads the record.
-    pub poll_interval: Duration,
-}
-
-/// What happened to one publication.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FenceOutcome {
-    /// Written now (`again` false), or already written by this very build before (`again`
-    /// true: a redelivery; nothing written this time).
-    Applied {
-        version: i64,
-        again: bool,
-    },
-    Skipped(Stale),
-}
-
-/// Why the fence could not decide or write (all worth retrying, except `Store` with a
-/// non-retryable refusal).
-#[derive(Debug, thiserror::Error)]
-pub enum FenceError {
-    #[error("fence record of {parameter}: {source:#}")]
-    Kv {
-        parameter: String,
-        source: anyhow::Error,
-    },
-    #[error("writing {parameter}: {source}")]
-    Store {
-        parameter: String,
-        source: StoreError,
-    },
-    #[error("lost the claim on {parameter} before writing (lease ran out); nothing written")]
-    ClaimLost { parameter: String },
-}
+pub use crate::fence_protocol::{FenceError, FenceOutcome, FenceSettings};
 
 /// The fence over one KV bucket.
 #[derive(Debug, Clone)]
@@ -183,14 +144,7 @@ impl KvFence {
                 parameter: parameter.to_owned(),
                 source,
             })?;
-        Ok(match fence::decide(&record, incoming) {
-            Decision::Skip(stale) => Some(FenceOutcome::Skipped(stale)),
-            Decision::AlreadyWritten { version } => Some(FenceOutcome::Applied {
-                version,
-                again: true,
-            }),
-            Decision::Wait { .. } | Decision::Claim => None,
-        })
+        Ok(fence_protocol::settled(&record, incoming))
     }
 
     /// Publishes `incoming` to `parameter` through the fence: waits out other claims, claims,
@@ -220,160 +174,101 @@ impl KvFence {
             parameter: parameter.to_owned(),
             source,
         };
-        let lease_ms = u64::try_from(self.settings.lease.as_millis()).unwrap_or(u64::MAX);
-        // (token, first seen): how long this replica has watched the current foreign claim.
-        let mut observed: Option<(String, Instant)> = None;
-        let (token, claimed_at) = loop {
-            let (record, revision) = watch.time(self.read(parameter)).await.map_err(kv_err)?;
-            if let Some(claim) = &record.claim {
-                let lease = Duration::from_millis(claim.lease_ms);
-                let since = match &observed {
-                    Some((token, since)) if *token == claim.token => *since,
-                    _ => {
-                        self.metrics.waits.inc();
-                        let since = Instant::now();
-                        observed = Some((claim.token.clone(), since));
-                        since
+        let origin = Instant::now();
+        let token = uuid::Uuid::new_v4().to_string();
+        let mut attempt = Attempt::new(parameter, incoming.clone(), self.settings, token);
+        let mut input = Input::Start;
+        loop {
+            let step = attempt.step(input, origin.elapsed(), &now());
+            self.metrics.waits.inc_by(attempt.take_waits());
+            input = match step {
+                Step::Read => {
+                    let (record, revision) =
+                        watch.time(self.read(parameter)).await.map_err(kv_err)?;
+                    Input::Record {
+                        record: Box::new(record),
+                        revision,
                     }
-                };
-                if since.elapsed() < lease {
-                    tokio::time::sleep(self.settings.poll_interval).await;
-                    continue;
                 }
-                // Abandoned: its owner can no longer be writing. Did its write land?
-                let current = store
-                    .get(parameter)
-                    .await
-                    .map_err(|source| FenceError::Store {
-                        parameter: parameter.to_owned(),
-                        source,
-                    })?;
-                let resolved = fence::resolve_abandoned(
-                    &record,
-                    current.as_ref().map(|p| (p.value.as_str(), p.version)),
-                    &now(),
-                );
-                tracing::warn!(
-                    parameter,
-                    abandoned_sequence = claim.publication.position.push_sequence,
-                    abandoned_build = %claim.publication.build_id,
-                    landed = resolved.written != record.written,
-                    "resolving an abandoned fence claim"
-                );
-                if let Cas::Done = watch
-                    .time(self.cas(parameter, &resolved, revision))
-                    .await
-                    .map_err(kv_err)?
-                {
-                    self.metrics.takeovers.inc();
+                Step::Sleep(pause) => {
+                    tokio::time::sleep(pause).await;
+                    Input::Resumed
                 }
-                observed = None;
-                continue;
-            }
-            match fence::decide(&record, incoming) {
-                Decision::Skip(stale) => return Ok(FenceOutcome::Skipped(stale)),
-                Decision::AlreadyWritten { version } => {
-                    return Ok(FenceOutcome::Applied {
-                        version,
-                        again: true,
-                    });
+                Step::StoreGet => {
+                    let current =
+                        store
+                            .get(parameter)
+                            .await
+                            .map_err(|source| FenceError::Store {
+                                parameter: parameter.to_owned(),
+                                source,
+                            })?;
+                    Input::Stored(current.map(|p| (p.value, p.version)))
                 }
-                Decision::Wait { .. } => continue,
-                Decision::Claim => {
-                    let token = uuid::Uuid::new_v4().to_string();
-                    // Taken before the claim is visible to anyone: the owner's deadline is
-                    // never later than what an observer measures.
-                    let claimed_at = Instant::now();
-                    let claimed = fence::with_claim(&record, incoming, &token, lease_ms, &now());
-                    match watch
-                        .time(self.cas(parameter, &claimed, revision))
-                        .await
-                        .map_err(kv_err)?
+                Step::Cas {
+                    record,
+                    revision,
+                    kind,
+                } => {
+                    if let CasKind::Resolve { abandoned, landed } = &kind {
+                        tracing::warn!(
+                            parameter,
+                            abandoned_sequence = abandoned.publication.position.push_sequence,
+                            abandoned_build = %abandoned.publication.build_id,
+                            landed,
+                            "resolving an abandoned fence claim"
+                        );
+                    }
+                    let done = matches!(
+                        watch
+                            .time(self.cas(parameter, &record, revision))
+                            .await
+                            .map_err(kv_err)?,
+                        Cas::Done
+                    );
+                    if done && matches!(kind, CasKind::Resolve { .. }) {
+                        self.metrics.takeovers.inc();
+                    }
+                    Input::Cas(done)
+                }
+                Step::Put { timeout } => Input::Put(
+                    match tokio::time::timeout(timeout, store.put(parameter, &incoming.value)).await
                     {
-                        Cas::Done => break (token, claimed_at),
-                        Cas::Conflict => continue,
-                    }
-                }
-            }
-        };
-
-        // Re-check: still ours, and time left for a whole write inside the lease.
-        let (record, _) = watch.time(self.read(parameter)).await.map_err(kv_err)?;
-        if record.claim.as_ref().is_none_or(|c| c.token != token) {
-            return Err(FenceError::ClaimLost {
-                parameter: parameter.to_owned(),
-            });
-        }
-        let lease_left = self.settings.lease.saturating_sub(claimed_at.elapsed());
-        if lease_left <= self.settings.write_timeout {
-            self.release(parameter, &token, watch).await;
-            return Err(FenceError::ClaimLost {
-                parameter: parameter.to_owned(),
-            });
-        }
-        let written = tokio::time::timeout(
-            self.settings.write_timeout,
-            store.put(parameter, &incoming.value),
-        )
-        .await;
-        let version = match written {
-            Ok(Ok(version)) => version,
-            Ok(Err(source @ StoreError::NotWritten { .. })) => {
-                // Definitely not written: free the parameter at once.
-                self.release(parameter, &token, watch).await;
-                return Err(FenceError::Store {
-                    parameter: parameter.to_owned(),
-                    source,
-                });
-            }
-            Ok(Err(source @ StoreError::Unknown { .. })) => {
-                // Maybe written: keep the claim; whoever resolves it after the lease checks
-                // the store (the redelivery of this build, or a newer push).
-                return Err(FenceError::Store {
-                    parameter: parameter.to_owned(),
-                    source,
-                });
-            }
-            Err(_elapsed) => {
-                return Err(FenceError::Store {
-                    parameter: parameter.to_owned(),
-                    source: StoreError::Unknown {
-                        message: format!("no answer within {:?}", self.settings.write_timeout),
+                        Ok(Ok(version)) => PutResult::Written(version),
+                        Ok(Err(source)) => PutResult::Failed(source),
+                        Err(_elapsed) => PutResult::TimedOut,
                     },
-                });
-            }
-        };
-
-        // Mark it written (retrying over unrelated record changes).
-        let marked = watch
-            .time(self.modify(parameter, |record| {
-                fence::after_write(record, &token, version, &now())
-            }))
-            .await
-            .map_err(kv_err)?;
-        if let Err(record) = marked {
-            self.metrics.lost_after_write.inc();
-            tracing::error!(
-                parameter,
-                push_sequence = incoming.position.push_sequence,
-                value = %incoming.value,
-                newer = ?record.written.as_ref().map(|w| w.publication.position),
-                "fence claim was taken over while writing: this write may have landed after a newer one"
-            );
-        }
-        Ok(FenceOutcome::Applied {
-            version,
-            again: false,
-        })
-    }
-
-    /// Drops our claim (best effort: if it fails, the claim expires with its lease).
-    async fn release(&self, parameter: &str, token: &str, watch: &mut Stopwatch) {
-        let released = watch
-            .time(self.modify(parameter, |record| fence::after_release(record, token)))
-            .await;
-        if let Err(err) = released {
-            tracing::debug!(parameter, "could not release the fence claim: {err:#}");
+                ),
+                Step::Modify(change @ Change::Release { .. }) => {
+                    // Best effort: if it fails, the claim expires with its lease.
+                    let released = watch
+                        .time(self.modify(parameter, |record| change.apply(record, &now())))
+                        .await;
+                    if let Err(err) = released {
+                        tracing::debug!(parameter, "could not release the fence claim: {err:#}");
+                    }
+                    Input::Modified
+                }
+                Step::Modify(change @ Change::Mark { .. }) => {
+                    // Mark it written (retrying over unrelated record changes).
+                    let marked = watch
+                        .time(self.modify(parameter, |record| change.apply(record, &now())))
+                        .await
+                        .map_err(kv_err)?;
+                    if let Err(record) = marked {
+                        self.metrics.lost_after_write.inc();
+                        tracing::error!(
+                            parameter,
+                            push_sequence = incoming.position.push_sequence,
+                            value = %incoming.value,
+                            newer = ?record.written.as_ref().map(|w| w.publication.position),
+                            "fence claim was taken over while writing: this write may have landed after a newer one"
+                        );
+                    }
+                    Input::Modified
+                }
+                Step::Done(result) => return result,
+            };
         }
     }
 }

@@ -38,6 +38,7 @@ pub mod check;
 pub mod config;
 pub mod eligibility;
 pub mod fence;
+pub mod fence_protocol;
 pub mod fence_store;
 pub mod handler;
 pub mod mapping;
@@ -45,6 +46,7 @@ pub mod metrics;
 pub mod parameter_store;
 pub mod parameter_view;
 pub mod service;
+pub mod simulation;
 pub mod skip_store;
 
 pub use apps::{AppConfig, AppRules, ValueChecks};

@@ -17,6 +17,20 @@ const SCHEDULES: u64 = 60;
 /// Seed of the schedules (override with `PRX_CI_SCHEDULE_SEED`).
 const DEFAULT_SEED: u64 = 0x005e_edf3_4ce0;
 
+/// Which schedules of the seed's stream run: `PRX_CI_SCHEDULES=<first>..<end>` (default
+/// `0..60`). Schedule `i` is the same whatever the range (the ones before it are generated and
+/// not run), so `PRX_CI_SCHEDULE_SEED=<seed> PRX_CI_SCHEDULES=<i>..<i+1>` replays one schedule
+/// (its shape and faults; the interleaving of the real replicas is the machine's).
+fn schedule_range() -> std::ops::Range<u64> {
+    let Ok(range) = std::env::var("PRX_CI_SCHEDULES") else {
+        return 0..SCHEDULES;
+    };
+    range
+        .split_once("..")
+        .and_then(|(a, b)| Some(a.parse().ok()?..b.parse().ok()?))
+        .unwrap_or_else(|| panic!("PRX_CI_SCHEDULES={range:?} is not <first>..<end>"))
+}
+
 /// SplitMix64: small, seeded, reproducible.
 struct Rng(u64);
 
@@ -182,10 +196,12 @@ impl Verdict {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_fence_keeps_every_schedule_in_push_order_where_last_writer_wins_regresses() {
-    let seed = std::env::var("PRX_CI_SCHEDULE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_SEED);
+    let seed = std::env::var("PRX_CI_SCHEDULE_SEED").map_or(DEFAULT_SEED, |s| {
+        s.parse()
+            .unwrap_or_else(|_| panic!("PRX_CI_SCHEDULE_SEED={s:?} is not a number"))
+    });
+    let range = schedule_range();
+    let full = range.end.saturating_sub(range.start) >= SCHEDULES;
     let SsmReplicas {
         nats: _nats,
         moto: _moto,
@@ -203,8 +219,13 @@ async fn the_fence_keeps_every_schedule_in_push_order_where_last_writer_wins_reg
     let mut lww_writes = 0;
     let (mut lww_push_regressions, mut lww_arch_flips, mut lww_wrong_final, mut lww_any) =
         (0, 0, 0, 0);
-    for index in 0..SCHEDULES {
+    let mut ran = 0_u64;
+    for index in 0..range.end {
         let schedule = Schedule::generate(index, &mut rng);
+        if !range.contains(&index) {
+            continue;
+        }
+        ran += 1;
         let positions = schedule.positions();
         let expected = schedule.expected_final();
         for &(i, fault) in &schedule.faults {
@@ -229,7 +250,8 @@ async fn the_fence_keeps_every_schedule_in_push_order_where_last_writer_wins_reg
         let verdict = Verdict::of(&history, &positions, expected.as_deref());
         assert!(
             !verdict.any(),
-            "schedule {index} (seed {seed}): {verdict:?}\nhistory {history:#?}\nexpected {expected:?}\nschedule {schedule:#?}"
+            "schedule {index} (replay: PRX_CI_SCHEDULE_SEED={seed} PRX_CI_SCHEDULES={index}..{}): {verdict:?}\nhistory {history:#?}\nexpected {expected:?}\nschedule {schedule:#?}",
+            index + 1
         );
         writes += history.len();
         let applied = log.applied();
@@ -277,7 +299,7 @@ async fn the_fence_keeps_every_schedule_in_push_order_where_last_writer_wins_reg
     }
     let fired = faults_injected - store.faults_left();
     println!(
-        "schedule test (seed {seed:#x}, {:.1?}): {SCHEDULES} schedules, {pushes} pushes \
+        "schedule test (seed {seed:#x}, schedules {range:?}, {:.1?}): {ran} schedules, {pushes} pushes \
          ({multi_arch} multi-arch), {deliveries} completion reports ({duplicates} duplicates, \
          {failed} failed builds), 2 replicas, {fired} faults fired between claim and write \
          ({faults_injected} injected; the rest were superseded before writing), {writes} SSM writes",
@@ -289,7 +311,7 @@ async fn the_fence_keeps_every_schedule_in_push_order_where_last_writer_wins_reg
         .map(|r| r.metric("prx_ci_consumer_messages_total"))
         .collect();
     println!(
-        "fence: 0 of {SCHEDULES} schedules regressed (push order, arch order, duplicate writes, final value); \
+        "fence: 0 of {ran} schedules regressed (push order, arch order, duplicate writes, final value); \
          messages handled per replica {handled:?}; claim waits {}, abandoned claims resolved {}, \
          CAS conflicts {}, writes that lost their claim {}",
         total("prx_ci_publisher_fence_waits_total"),
@@ -297,28 +319,32 @@ async fn the_fence_keeps_every_schedule_in_push_order_where_last_writer_wins_reg
         total("prx_ci_publisher_fence_conflicts_total"),
         total("prx_ci_publisher_fence_lost_after_write_total"),
     );
-    assert!(
-        handled.iter().all(|n| *n > 0.0),
-        "both replicas consumed: {handled:?}"
-    );
     assert_eq!(total("prx_ci_publisher_fence_lost_after_write_total"), 0.0);
-    assert!(
-        total("prx_ci_publisher_fence_takeovers_total") > 0.0,
-        "crash recovery exercised"
-    );
+    if full {
+        assert!(
+            handled.iter().all(|n| *n > 0.0),
+            "both replicas consumed: {handled:?}"
+        );
+        assert!(
+            total("prx_ci_publisher_fence_takeovers_total") > 0.0,
+            "crash recovery exercised"
+        );
+    }
     println!(
-        "last-writer-wins model: {lww_any} of {SCHEDULES} schedules wrong: {lww_push_regressions} went back \
+        "last-writer-wins model: {lww_any} of {ran} schedules wrong: {lww_push_regressions} went back \
          in push order, {lww_arch_flips} wrote the non-primary arch after the primary, \
          {lww_wrong_final} ended on the wrong value; {lww_writes} SSM writes"
     );
-    assert!(
-        fired >= 5,
-        "too few faults fired ({fired}) to exercise recovery"
-    );
-    assert!(
-        lww_push_regressions > 0,
-        "the schedules never overlap: the test proves nothing"
-    );
+    if full {
+        assert!(
+            fired >= 5,
+            "too few faults fired ({fired}) to exercise recovery"
+        );
+        assert!(
+            lww_push_regressions > 0,
+            "the schedules never overlap: the test proves nothing"
+        );
+    }
     for replica in replicas {
         replica.stop().await;
     }
