@@ -1,6 +1,7 @@
-//! The fence's per-parameter records in a NATS KV bucket, and the claim / write / mark protocol
-//! over them around the pure decisions of [`crate::fence`]. Every change of a fence record is a
-//! compare-and-set on its revision ([`prx_ci_shared::kv::Records`]), so replicas never
+//! The fence's per-parameter records in a NATS KV bucket: [`KvFence`] performs the steps of the
+//! claim / write / mark protocol ([`crate::fence_protocol::Attempt`], the machine the
+//! simulation also drives) over them and the parameter store. Every change of a fence record is
+//! a compare-and-set on its revision ([`prx_ci_shared::kv::Records`]), so replicas never
 //! overwrite each other's view. See `docs/ordering.md`.
 
 use std::time::{Duration, Instant};

@@ -5,7 +5,9 @@
 //! the `PRX_SPIRE_*_PKG_PARAMETERS` mappings and checks each value under its app's value checks
 //! ([`mapping`], [`apps`]), checks the build's repository owns each parameter
 //! ([`prx_ci_shared::ownership`]; a first publish claims it), checks the artifact exists
-//! ([`artifacts`]), applies the ordering fence ([`fence`], [`fence_store`]; the primary
+//! ([`artifacts`]), applies the ordering fence ([`fence`] decisions, [`fence_protocol`] the
+//! protocol's steps, [`fence_store`] them over NATS KV; [`simulation`] checks the protocol on
+//! thousands of seeded fault schedules; the primary
 //! architecture from [`apps`]) and writes the parameter ([`parameter_store`]); every parameter
 //! gets a `PublishApplied` or a `PublishSkipped` naming the [`check`] that refused it.
 //! `prx-ci params` calls [`parameter_views`].

@@ -190,9 +190,14 @@ pub struct Run {
 impl Run {
     /// Sets up the schedule of `seed`.
     pub fn new(seed: u64, variant: Variant) -> Self {
+        Self::with_timing(seed, variant, None)
+    }
+
+    /// Sets up the schedule of `seed`, its reports at `timing` instead of the seed's.
+    pub fn with_timing(seed: u64, variant: Variant, timing: Option<Timing>) -> Self {
         let mut rng = Rng::new(seed);
         let replicas_count = usize::try_from(rng.between(2, 4)).unwrap_or(2);
-        let timing = if rng.chance(0.7) {
+        let drawn = if rng.chance(0.7) {
             Timing::Burst {
                 window: Duration::from_millis(rng.below(5_000)),
             }
@@ -203,7 +208,7 @@ impl Run {
                 sigma: 0.6,
             }
         };
-        let workload = Workload::generate(&mut rng, timing);
+        let workload = Workload::generate(&mut rng, timing.unwrap_or(drawn));
         let faults = Faults::draw(&mut rng);
         let replicas = (0..replicas_count)
             .map(|_| Replica {

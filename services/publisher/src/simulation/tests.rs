@@ -83,7 +83,7 @@ fn the_fence_keeps_its_invariant_on_ten_thousand_simulated_schedules() {
     println!(
         "fence simulation: seeds {seeds:?} ({count} schedules; 2/3/4 replicas: {}/{}/{}) in {:.2?}, \
          0 violations; {} protocol steps, {} crashes, {} stalls, {} messages lost for good, \
-         {} SSM writes, {} abandoned claims resolved, {} stale reads, {} writes past the timeout",
+         {} SSM writes, {} abandoned claims resolved (compare-and-sets sent), {} stale reads, {} writes past the timeout",
         by_replicas[2],
         by_replicas[3],
         by_replicas[4],
