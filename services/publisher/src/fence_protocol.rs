@@ -390,3 +390,184 @@ impl Attempt {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fence::Position;
+
+    const SETTINGS: FenceSettings = FenceSettings {
+        lease: Duration::from_secs(60),
+        write_timeout: Duration::from_secs(10),
+        poll_interval: Duration::from_secs(1),
+    };
+
+    fn publication(seq: u64) -> Publication {
+        Publication {
+            position: Position::new(seq, true),
+            value: format!("v{seq}"),
+            commit: format!("c{seq}"),
+            build_id: format!("b{seq}"),
+            ordering_key: "PRX/app@main".into(),
+            architecture: "x86_64".into(),
+        }
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn record(record: FenceRecord, revision: u64) -> Input {
+        Input::Record {
+            record: Box::new(record),
+            revision,
+        }
+    }
+
+    /// Starts an attempt of `seq` and places its claim on an empty record; returns the record
+    /// with the claim.
+    fn claimed(attempt: &mut Attempt, at: Duration) -> FenceRecord {
+        assert!(matches!(attempt.step(Input::Start, at, "t"), Step::Read));
+        let Step::Cas {
+            record: claim,
+            revision: 0,
+            kind: CasKind::Claim,
+        } = attempt.step(record(FenceRecord::default(), 0), at, "t")
+        else {
+            panic!("expected a claim");
+        };
+        assert!(matches!(
+            attempt.step(Input::Cas(true), at, "t"),
+            Step::Read
+        ));
+        *claim
+    }
+
+    #[test]
+    fn a_publication_claims_rechecks_writes_and_marks() {
+        let mut attempt = Attempt::new("/p", publication(3), SETTINGS, "tok".into());
+        let claim = claimed(&mut attempt, secs(0));
+        assert!(matches!(
+            attempt.step(record(claim.clone(), 1), secs(1), "t"),
+            Step::Put { timeout } if timeout == SETTINGS.write_timeout
+        ));
+        let Step::Modify(change) = attempt.step(Input::Put(PutResult::Written(4)), secs(2), "t")
+        else {
+            panic!("expected the mark");
+        };
+        let marked = change.apply(&claim, "t").unwrap();
+        assert!(marked.claim.is_none());
+        assert_eq!(marked.written.unwrap().publication, publication(3));
+        assert!(matches!(
+            attempt.step(Input::Modified, secs(2), "t"),
+            Step::Done(Ok(FenceOutcome::Applied {
+                version: 4,
+                again: false
+            }))
+        ));
+    }
+
+    #[test]
+    fn a_claim_without_a_whole_write_left_in_its_lease_is_released_unwritten() {
+        let mut attempt = Attempt::new("/p", publication(3), SETTINGS, "tok".into());
+        let claim = claimed(&mut attempt, secs(0));
+        // The re-check's answer arrives 50 s after the claim: 10 s left, not more than a write.
+        assert!(matches!(
+            attempt.step(record(claim, 1), secs(50), "t"),
+            Step::Modify(Change::Release { .. })
+        ));
+        assert!(matches!(
+            attempt.step(Input::Modified, secs(50), "t"),
+            Step::Done(Err(FenceError::ClaimLost { .. }))
+        ));
+    }
+
+    #[test]
+    fn refused_writes_release_the_claim_and_unknown_ones_keep_it() {
+        let refused = StoreError::NotWritten {
+            message: "no".into(),
+            retryable: true,
+        };
+        let mut attempt = Attempt::new("/p", publication(3), SETTINGS, "tok".into());
+        let claim = claimed(&mut attempt, secs(0));
+        attempt.step(record(claim.clone(), 1), secs(0), "t");
+        assert!(matches!(
+            attempt.step(Input::Put(PutResult::Failed(refused)), secs(1), "t"),
+            Step::Modify(Change::Release { .. })
+        ));
+
+        for answer in [
+            PutResult::TimedOut,
+            PutResult::Failed(StoreError::Unknown {
+                message: "reset".into(),
+            }),
+        ] {
+            let mut attempt = Attempt::new("/p", publication(3), SETTINGS, "tok".into());
+            let claim = claimed(&mut attempt, secs(0));
+            attempt.step(record(claim, 1), secs(0), "t");
+            assert!(matches!(
+                attempt.step(Input::Put(answer), secs(11), "t"),
+                Step::Done(Err(FenceError::Store {
+                    source: StoreError::Unknown { .. },
+                    ..
+                }))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_foreign_claim_is_waited_on_for_a_full_lease_then_resolved_from_the_store() {
+        let mut owner = Attempt::new("/p", publication(3), SETTINGS, "owner".into());
+        let claim = claimed(&mut owner, secs(0));
+        let mut other = Attempt::new("/p", publication(5), SETTINGS, "other".into());
+        other.step(Input::Start, secs(10), "t");
+        // First seen at 10 s: waited on until 70 s on this attempt's own clock.
+        for now in [10, 40, 69] {
+            assert!(matches!(
+                other.step(record(claim.clone(), 1), secs(now), "t"),
+                Step::Sleep(_)
+            ));
+            assert!(matches!(
+                other.step(Input::Resumed, secs(now), "t"),
+                Step::Read
+            ));
+        }
+        assert_eq!(other.take_waits(), 1);
+        assert!(matches!(
+            other.step(record(claim.clone(), 1), secs(70), "t"),
+            Step::StoreGet
+        ));
+        // The owner's value is in the store: its write counts as landed.
+        let Step::Cas {
+            record: resolved,
+            revision: 1,
+            kind: CasKind::Resolve { landed: true, .. },
+        } = other.step(Input::Stored(Some(("v3".into(), 7))), secs(70), "t")
+        else {
+            panic!("expected the resolution");
+        };
+        assert!(resolved.claim.is_none());
+        assert_eq!(resolved.written.as_ref().unwrap().version, 7);
+        assert!(matches!(
+            other.step(Input::Cas(true), secs(70), "t"),
+            Step::Read
+        ));
+        // Then it decides afresh and claims above the floor.
+        assert!(matches!(
+            other.step(record(*resolved, 2), secs(71), "t"),
+            Step::Cas {
+                kind: CasKind::Claim,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn an_answer_to_the_wrong_step_is_an_error_not_a_write() {
+        let mut attempt = Attempt::new("/p", publication(3), SETTINGS, "tok".into());
+        assert!(matches!(
+            attempt.step(Input::Put(PutResult::Written(1)), secs(0), "t"),
+            Step::Done(Err(FenceError::Kv { .. }))
+        ));
+    }
+}
