@@ -65,7 +65,7 @@ fn the_fence_keeps_its_invariant_on_ten_thousand_simulated_schedules() {
         let result = simulate(seed, Variant::Fence);
         assert!(
             result.violations.is_empty(),
-            "fence invariant broken on seed {seed} (replay: PRX_CI_FENCE_SEED={seed} cargo test -p prx-ci-publisher --lib simulation): {:?}\n{}",
+            "fence invariant broken on seed {seed} (replay: PRX_CI_FENCE_SEED={seed} cargo test -p prx-ci-publisher --lib the_fence_keeps_its_invariant -- --nocapture): {:?}\n{}",
             result.violations,
             describe(seed, Variant::Fence)
         );
