@@ -158,8 +158,9 @@ __prx_ci_pb_pick_winners() {
       return 1
     fi
     __prx_ci_pb_warn "label value $label is used by more than one image: $images." \
-      "The last one listed, $winner, wins: only it is published and $label names its" \
-      "artifact (as with the original helper, where the last image took the shared tag)." \
+      "The last one listed, $winner, wins (docker lists the newest image first, so it is the" \
+      "oldest): only it is published and $label names its artifact (as with the original" \
+      "helper, where the last image took the shared tag)." \
       "Give each image its own value, or remove the label from the others (an inherited" \
       "LABEL line?); set PRX_CI_STRICT_LABELS=true to make this an error"
   done

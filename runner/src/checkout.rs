@@ -89,7 +89,8 @@ impl Checkout<'_> {
         if !status.success() {
             anyhow::bail!("cannot create {src}: git init {}", exit_text(status));
         }
-        let remote = args(&["remote", "add", "origin", url]);
+        // `--`: a URL that starts with `-` is never read as an option.
+        let remote = args(&["remote", "add", "--", "origin", url]);
         let status = finished!(self.git_in_src(&remote).await?);
         if !status.success() {
             anyhow::bail!("cannot add remote {url}: git remote {}", exit_text(status));

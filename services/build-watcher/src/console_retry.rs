@@ -120,6 +120,9 @@ pub enum Mismatch {
     Missing(String),
     /// The build has a dispatcher variable the request did not set.
     Extra(String),
+    /// The build checked out another source than the request's (`sourceVersion` or the
+    /// repository's location), or its report does not say which.
+    Source(&'static str),
 }
 
 impl std::fmt::Display for Mismatch {
@@ -128,6 +131,7 @@ impl std::fmt::Display for Mismatch {
             Self::Differs(name) => write!(f, "{name} differs"),
             Self::Missing(name) => write!(f, "{name} is missing"),
             Self::Extra(name) => write!(f, "{name} was not requested"),
+            Self::Source(what) => write!(f, "its {what} is not the request's"),
         }
     }
 }
@@ -164,6 +168,28 @@ fn set<'a>(vars: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {
     vars.get(name).map(String::as_str).filter(|v| !v.is_empty())
 }
 
+/// What a build's report says it checked out (CodeBuild's `additional-information`
+/// `source-version` and `source.location`; empty when the report does not say).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportedSource {
+    pub version: String,
+    pub location: String,
+}
+
+/// Compares what a build checked out with what the dispatcher asked for: a console "Retry
+/// build" keeps the original's `sourceVersion` and source location, so a build with another
+/// source (or a report silent about it) was started for something else. Parts the request
+/// left empty are not compared.
+pub fn compare_source(reported: &ReportedSource, request: &RequestData) -> Result<(), Mismatch> {
+    if !request.source_version.is_empty() && reported.version != request.source_version {
+        return Err(Mismatch::Source("sourceVersion"));
+    }
+    if !request.clone_url.is_empty() && reported.location != request.clone_url {
+        return Err(Mismatch::Source("source location"));
+    }
+    Ok(())
+}
+
 /// What [`match_retry`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RetryMatch<'a> {
@@ -179,16 +205,20 @@ pub enum RetryMatch<'a> {
 }
 
 /// The request a build nobody requested (`build_id`, normalized, with its reported
-/// environment) retries, among the requests of its repository, commit and architecture.
+/// environment and source) retries, among the requests of its repository, commit and
+/// architecture.
 pub fn match_retry<'a>(
     build_id: &str,
     reported: &BTreeMap<String, String>,
+    source: &ReportedSource,
     candidates: &'a [RequestedBuild],
 ) -> RetryMatch<'a> {
     let mut matching: Vec<&RequestedBuild> = Vec::new();
     let mut mismatches = Vec::new();
     for candidate in candidates.iter().filter(|c| c.build_id != build_id) {
-        match compare_environment(reported, &candidate.variables()) {
+        let same = compare_source(source, &candidate.request)
+            .and_then(|()| compare_environment(reported, &candidate.variables()));
+        match same {
             Ok(()) => matching.push(candidate),
             Err(why) => mismatches.push((candidate.build_id.clone(), why)),
         }
@@ -243,6 +273,8 @@ mod tests {
                 ]),
                 branch: "main".into(),
                 event_name: "push".into(),
+                clone_url: "https://github.com/PRX/app.git".into(),
+                source_version: format!("refs/heads/main^{{{SHA}}}"),
                 ..Default::default()
             },
             chain: ChainData {
@@ -264,6 +296,14 @@ mod tests {
         env.insert("PRX_APPLICATION_CODE_BUCKET".into(), "bucket".into());
         env.insert("APP_SETTING".into(), "x".into());
         env
+    }
+
+    /// The source CodeBuild reports for a build of `request` (a retry keeps it).
+    fn source(request: &RequestedBuild) -> ReportedSource {
+        ReportedSource {
+            version: request.request.source_version.clone(),
+            location: request.request.clone_url.clone(),
+        }
     }
 
     #[test]
@@ -401,14 +441,14 @@ mod tests {
         let other = request("p:3", 30, "z");
         let candidates = [older.clone(), other.clone(), newer.clone()];
 
-        match match_retry("p:9", &reported(&older), &candidates) {
+        match match_retry("p:9", &reported(&older), &source(&older), &candidates) {
             RetryMatch::Adopt { original, matching } => {
                 assert_eq!(original.build_id, "p:2", "highest push sequence");
                 assert_eq!(matching, ["p:1", "p:2"]);
             }
             other => panic!("{other:?}"),
         }
-        match match_retry("p:9", &reported(&other), &candidates) {
+        match match_retry("p:9", &reported(&other), &source(&other), &candidates) {
             RetryMatch::Adopt { original, matching } => {
                 assert_eq!(original.build_id, "p:3");
                 assert_eq!(matching, ["p:3"]);
@@ -418,7 +458,8 @@ mod tests {
         // Ties on the push sequence break on the build id, whatever the order listed.
         let twin = request("p:0", 20, "a");
         for list in [[newer.clone(), twin.clone()], [twin.clone(), newer.clone()]] {
-            let RetryMatch::Adopt { original, .. } = match_retry("p:9", &reported(&newer), &list)
+            let RetryMatch::Adopt { original, .. } =
+                match_retry("p:9", &reported(&newer), &source(&newer), &list)
             else {
                 panic!("no match")
             };
@@ -432,23 +473,96 @@ mod tests {
         let mut changed = reported(&original);
         changed.insert("PRX_CI_PUBLISH".into(), "false".into());
         assert_eq!(
-            match_retry("p:9", &changed, std::slice::from_ref(&original)),
+            match_retry(
+                "p:9",
+                &changed,
+                &source(&original),
+                std::slice::from_ref(&original)
+            ),
             RetryMatch::NoMatch {
                 mismatches: vec![("p:1".into(), Mismatch::Differs("PRX_CI_PUBLISH".into()))]
             }
         );
         assert_eq!(
-            match_retry("p:9", &reported(&original), &[]),
+            match_retry("p:9", &reported(&original), &source(&original), &[]),
             RetryMatch::NoMatch { mismatches: vec![] }
         );
         // A build is never a retry of itself.
         assert_eq!(
-            match_retry("p:1", &reported(&original), std::slice::from_ref(&original)),
+            match_retry(
+                "p:1",
+                &reported(&original),
+                &source(&original),
+                std::slice::from_ref(&original)
+            ),
             RetryMatch::NoMatch { mismatches: vec![] }
         );
         assert_eq!(
             Mismatch::Extra("PRX_GITHUB_PR".into()).to_string(),
             "PRX_GITHUB_PR was not requested"
         );
+    }
+
+    #[test]
+    fn a_build_of_another_source_is_not_adopted() {
+        // A hand-started build with the request's exact overrides but another commit, ref or
+        // repository checked out is not a retry: its artifacts would carry the request's commit.
+        let original = request("p:1", 10, "a");
+        let env = reported(&original);
+        let cases = [
+            (
+                ReportedSource {
+                    version: SHA.into(),
+                    ..source(&original)
+                },
+                "sourceVersion",
+            ),
+            (
+                ReportedSource {
+                    version: "refs/heads/other".into(),
+                    ..source(&original)
+                },
+                "sourceVersion",
+            ),
+            (
+                ReportedSource {
+                    location: "https://github.com/evil/app.git".into(),
+                    ..source(&original)
+                },
+                "source location",
+            ),
+            (ReportedSource::default(), "sourceVersion"),
+        ];
+        for (reported_source, what) in cases {
+            assert_eq!(
+                match_retry(
+                    "p:9",
+                    &env,
+                    &reported_source,
+                    std::slice::from_ref(&original)
+                ),
+                RetryMatch::NoMatch {
+                    mismatches: vec![("p:1".into(), Mismatch::Source(what))]
+                },
+                "{reported_source:?}"
+            );
+        }
+        assert_eq!(
+            Mismatch::Source("sourceVersion").to_string(),
+            "its sourceVersion is not the request's"
+        );
+        // A request from before the field existed compares only what it has.
+        let mut old = original.clone();
+        old.request.source_version.clear();
+        old.request.clone_url.clear();
+        assert!(matches!(
+            match_retry(
+                "p:9",
+                &env,
+                &ReportedSource::default(),
+                std::slice::from_ref(&old)
+            ),
+            RetryMatch::Adopt { .. }
+        ));
     }
 }

@@ -336,6 +336,19 @@ impl Report {
             .collect()
     }
 
+    /// What the build checked out, as its report says (empty parts when it does not).
+    pub fn source(&self) -> crate::console_retry::ReportedSource {
+        let info = &self.event.detail.additional_information;
+        crate::console_retry::ReportedSource {
+            version: info.source_version.clone().unwrap_or_default(),
+            location: info
+                .source
+                .as_ref()
+                .map(|s| s.location.clone())
+                .unwrap_or_default(),
+        }
+    }
+
     /// The buildspec's exported variables alone.
     pub fn exported_variables(&self) -> BTreeMap<String, String> {
         self.event

@@ -148,7 +148,12 @@ impl ReportHandler {
             }
         };
         Ok(
-            match console_retry::match_retry(&report.build_id, &report.environment(), &candidates) {
+            match console_retry::match_retry(
+                &report.build_id,
+                &report.environment(),
+                &report.source(),
+                &candidates,
+            ) {
                 RetryMatch::Adopt { original, matching } => (
                     WatchedBuildRecord::adopted(report, original),
                     Origin::Adopted {

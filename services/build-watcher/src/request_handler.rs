@@ -75,16 +75,17 @@ impl RequestHandler {
                 "BuildRequested names no repository, commit or architecture: a console retry of its build cannot be matched to it"
             );
         }
-        if !written {
-            return Ok(()); // a redelivery
-        }
+        // On a redelivery too: a failure after the record's write (the index, or this put
+        // itself) must not leave the build out of the reconciler's in-flight list.
         if !record.state.lifecycle.is_final() {
             self.store
                 .put_in_flight(&record.in_flight())
                 .await
                 .map_err(HandlerError::transient)?;
         }
-        tracing::debug!(build_id = %build_id, "build requested recorded");
+        if written {
+            tracing::debug!(build_id = %build_id, "build requested recorded");
+        }
         Ok(())
     }
 

@@ -27,7 +27,7 @@ pub enum ValueChecks {
     #[default]
     Strict,
     /// Any value SSM accepts for a `String` parameter, as the original wrote whatever the build
-    /// exported; a value of the helper's shape still gets its artifact check.
+    /// exported; a value of the helper's shape (any commit's) still gets its artifact check.
     Trusted,
 }
 

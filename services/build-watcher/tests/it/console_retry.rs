@@ -185,7 +185,10 @@ impl Seam {
                 .map(|(k, v)| json!({"name": k, "type": "PLAINTEXT", "value": v})),
         );
         info["environment"]["environment-variables"] = Value::Array(variables);
+        // A retry checks out what the original did (the request below).
         info["source-version"] = environment["PRX_COMMIT"].clone().into();
+        info["source"] =
+            json!({"type": "GITHUB", "location": format!("https://github.com/{REPO}.git")});
         info["exported-environment-variables"] = if name == "state-succeeded.json" {
             json!([
                 {"name": "DOVETAIL_INSIGHTS", "value": value},

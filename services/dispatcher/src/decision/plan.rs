@@ -72,8 +72,8 @@ pub struct Builds {
 
 impl BuildPlan {
     /// What the backend checks out: the exact commit, named with the ref it is on
-    /// (`refs/heads/<branch>^{<sha>}`, `refs/pull/<N>/head^{<sha>}`; see docs/commit-statuses.md
-    /// and docs/local-runner.md for what builds see as `CODEBUILD_SOURCE_VERSION`).
+    /// (`refs/heads/<branch>^{<sha>}`, `refs/pull/<N>/head^{<sha>}`; see docs/source-version.md
+    /// for what builds see as `CODEBUILD_SOURCE_VERSION`).
     ///
     /// The original built `pr/<number>` for pull requests, which makes CodeBuild resolve the
     /// pull request's head when the build starts: if more commits landed meanwhile, the build

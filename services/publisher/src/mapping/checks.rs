@@ -17,15 +17,18 @@ pub const MAX_VALUE_BYTES: usize = 4096;
 /// What a value that passed the value checks is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValueShape {
-    /// The post-build helper's value for this build: its artifact is checked before the write.
+    /// A value of the post-build helper's shape (this build's; under `trusted` checks also
+    /// another commit's or repository's): its artifact is checked before the write.
     Helper,
-    /// A `trusted` app's own value: written as it is (no artifact to check).
+    /// A `trusted` app's own value: written as it is (it names no artifact to check).
     Custom,
 }
 
-/// Checks `value` under `mode`: the helper's shape ([`check_value`]) passes either way (and is
-/// [`ValueShape::Helper`]); otherwise `strict` refuses it, naming the strict check, and
-/// `trusted` accepts it as [`ValueShape::Custom`] if SSM would ([`check_ssm_value`]).
+/// Checks `value` under `mode`: the helper's shape for this build ([`check_value`]) passes
+/// either way (and is [`ValueShape::Helper`]); otherwise `strict` refuses it, naming the strict
+/// check, and `trusted` accepts it if SSM would ([`check_ssm_value`]): as
+/// [`ValueShape::Helper`] when it still has the helper's shape for some other build (so an
+/// image or archive that does not exist is never written), else as [`ValueShape::Custom`].
 pub fn check_value_under(
     mode: ValueChecks,
     kind: ArtifactKind,
@@ -37,9 +40,14 @@ pub fn check_value_under(
         Ok(()) => Ok(ValueShape::Helper),
         Err(detail) => match mode {
             ValueChecks::Strict => Err((Check::strict(kind), detail)),
-            ValueChecks::Trusted => check_ssm_value(value)
-                .map(|()| ValueShape::Custom)
-                .map_err(|detail| (Check::SsmValueRules, detail)),
+            ValueChecks::Trusted => {
+                check_ssm_value(value).map_err(|detail| (Check::SsmValueRules, detail))?;
+                let any_build = BuildFacts::default();
+                Ok(match check_value(kind, label, value, &any_build) {
+                    Ok(()) => ValueShape::Helper,
+                    Err(_) => ValueShape::Custom,
+                })
+            }
         },
     }
 }
@@ -71,13 +79,13 @@ pub fn check_ssm_value(value: &str) -> Result<(), String> {
 
 /// SSM's naming rules plus the configured prefix
 /// ([`prx_ci_shared::ownership::check_parameter_name`]), as a skip reason.
-pub fn check_parameter_name(name: &str, prefix: &str) -> Result<(), (RejectReason, String)> {
+pub fn check_parameter_name(name: &str, prefix: &str) -> Result<(), (RejectReason, Check, String)> {
     parameter_name::check_parameter_name(name, prefix).map_err(|(problem, detail)| {
-        let reason = match problem {
-            NameProblem::OutsidePrefix => RejectReason::OutsidePrefix,
-            NameProblem::Invalid => RejectReason::InvalidParameterName,
+        let (reason, check) = match problem {
+            NameProblem::OutsidePrefix => (RejectReason::OutsidePrefix, Check::ParameterPrefix),
+            NameProblem::Invalid => (RejectReason::InvalidParameterName, Check::SsmNameRules),
         };
-        (reason, detail)
+        (reason, check, detail)
     })
 }
 
@@ -275,17 +283,17 @@ mod tests {
             ("/PRX/stag/Spire/a", RejectReason::OutsidePrefix, "outside"),
         ];
         for (name, reason, needle) in cases {
-            let (r, detail) = check_parameter_name(name, PREFIX).unwrap_err();
+            let (r, _, detail) = check_parameter_name(name, PREFIX).unwrap_err();
             assert_eq!(r, reason, "{name}");
             assert!(detail.contains(needle), "{name}: {detail}");
         }
         // Reserved prefixes and the leading-slash rule (with a permissive configured prefix).
         for name in ["/aws/x", "/SSM/x", "awsParam", "ssm-param"] {
-            let (r, detail) = check_parameter_name(name, "").unwrap_err();
+            let (r, _, detail) = check_parameter_name(name, "").unwrap_err();
             assert_eq!(r, RejectReason::InvalidParameterName, "{name}");
             assert!(detail.contains("reserved"), "{name}: {detail}");
         }
-        let (_, detail) = check_parameter_name("a/b", "").unwrap_err();
+        let (_, _, detail) = check_parameter_name("a/b", "").unwrap_err();
         assert!(detail.contains("does not start with `/`"), "{detail}");
         assert_eq!(check_parameter_name("plain", ""), Ok(()));
         assert_eq!(

@@ -62,7 +62,7 @@ pub struct ParameterName(String);
 
 impl ParameterName {
     /// Checks `name` against SSM's rules and `prefix` (see [`check_parameter_name`]).
-    pub fn parse(name: &str, prefix: &str) -> Result<Self, (RejectReason, String)> {
+    pub fn parse(name: &str, prefix: &str) -> Result<Self, (RejectReason, Check, String)> {
         check_parameter_name(name, prefix).map(|()| Self(name.to_owned()))
     }
 
@@ -88,12 +88,6 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    /// The check behind a rejection other than [`RejectReason::InvalidValue`] (whose check
-    /// comes with it).
-    fn check(self) -> Check {
-        Check::of_reason(self.to_proto()).unwrap_or(Check::MappingGrammar)
-    }
-
     pub fn to_proto(self) -> prx_ci_proto::v1::PublishSkipReason {
         use prx_ci_proto::v1::PublishSkipReason as R;
         match self {
@@ -278,16 +272,15 @@ pub fn parse_variable(
             };
             let parameter = match ParameterName::parse(name, prefix) {
                 Ok(p) => p,
-                Err((reason, detail)) => {
-                    items.push(reject(reason, reason.check(), detail));
+                Err((reason, check, detail)) => {
+                    items.push(reject(reason, check, detail));
                     continue;
                 }
             };
             if value.is_empty() {
-                let reason = RejectReason::LabelVariableMissing;
                 items.push(reject(
-                    reason,
-                    reason.check(),
+                    RejectReason::LabelVariableMissing,
+                    Check::MappingGrammar,
                     missing_label_detail(label, variables.contains_key(*label)),
                 ));
                 continue;

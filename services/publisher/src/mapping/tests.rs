@@ -371,13 +371,16 @@ fn trusted_parameters_take_any_value_ssm_accepts() {
         }
     };
     let long = "x".repeat(MAX_VALUE_BYTES + 1);
+    // Another commit's image: trusted, but it still names an artifact that must exist.
+    let old_image = format!("github/prx/my-app:{}-x86_64", "f".repeat(40));
     let v = vars(&[
         (
             ECR_MAPPING_VARIABLE,
-            "CUSTOM=/prx/stag/Spire/Legacy/a,/prx/stag/Spire/App/a;HELPER=/prx/stag/Spire/Legacy/b;LONG=/prx/stag/Spire/Legacy/c;NESTED=/prx/stag/Spire/Legacy/d",
+            "CUSTOM=/prx/stag/Spire/Legacy/a,/prx/stag/Spire/App/a;HELPER=/prx/stag/Spire/Legacy/b;LONG=/prx/stag/Spire/Legacy/c;NESTED=/prx/stag/Spire/Legacy/d;OLD=/prx/stag/Spire/Legacy/e",
         ),
         ("CUSTOM", "my-custom-value:v1"),
         ("HELPER", &ecr()),
+        ("OLD", &old_image),
         ("LONG", &long),
         ("NESTED", "{{ssm:/prx/other}}"),
     ]);
@@ -400,6 +403,11 @@ fn trusted_parameters_take_any_value_ssm_accepts() {
             (
                 "/prx/stag/Spire/Legacy/b",
                 ecr().as_str(),
+                ValueShape::Helper
+            ),
+            (
+                "/prx/stag/Spire/Legacy/e",
+                old_image.as_str(),
                 ValueShape::Helper
             ),
         ]
