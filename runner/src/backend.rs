@@ -23,7 +23,7 @@ use crate::build_log::BuildLog;
 use crate::config::LocalRunnerConfig;
 use crate::environment::reported_variables;
 use crate::isolation::Launcher;
-use crate::record::{self, BuildRecord, Layout, read_record, write_record};
+use crate::record::{self, BuildRecord, Layout, find_record, read_record, write_record};
 use crate::registry::{BuildControl, Registry};
 use crate::reporter::{self, Timeline, publish_report};
 use prx_ci_shared::codebuild::build::{LOCAL_BACKEND, SourceVersion, status};
@@ -194,6 +194,17 @@ fn hidden_paths(config: &LocalRunnerConfig) -> anyhow::Result<Vec<PathBuf>> {
     Ok(hidden)
 }
 
+/// What the runner answers for its build `build_id`.
+fn started(layout: &Layout, build_id: &str) -> StartedBuild {
+    StartedBuild {
+        build_id: build_id.to_owned(),
+        backend: LOCAL_BACKEND.to_owned(),
+        project: reporter::PROJECT.to_owned(),
+        region: String::new(),
+        log_url: record::log_url(&layout.log_path(build_id)),
+    }
+}
+
 #[async_trait::async_trait]
 impl BuildBackend for LocalRunner {
     async fn start(&self, request: StartBuild) -> Result<StartedBuild, BackendError> {
@@ -209,13 +220,7 @@ impl BuildBackend for LocalRunner {
         }
         let build_id = record::build_id_for(&request.request_id);
         let layout = &shared.layout;
-        let started = StartedBuild {
-            build_id: build_id.clone(),
-            backend: LOCAL_BACKEND.to_owned(),
-            project: reporter::PROJECT.to_owned(),
-            region: String::new(),
-            log_url: record::log_url(&layout.log_path(&build_id)),
-        };
+        let started = started(layout, &build_id);
         let record_path = layout.record_path(&build_id);
         let control = BuildControl::new(started.clone(), shared.shutdown.child_token());
         // A record means a build of this request ran here before (perhaps in an earlier
@@ -256,6 +261,16 @@ impl BuildBackend for LocalRunner {
             run_build(task_shared, control, request, record).await;
         });
         Ok(started)
+    }
+
+    async fn find(
+        &self,
+        request: &StartBuild,
+        _since: OffsetDateTime,
+    ) -> Result<Option<StartedBuild>, BackendError> {
+        // Its own records: a build is recorded before it runs, and kept after it finished.
+        let layout = &self.shared.layout;
+        Ok(find_record(layout, &request.request_id).map(|r| started(layout, &r.build_id)))
     }
 
     async fn stop(&self, build_id: &str) -> Result<StopOutcome, BackendError> {

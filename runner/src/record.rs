@@ -139,6 +139,13 @@ pub fn read_record(path: &Path) -> Option<BuildRecord> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// The record of the build `request_id` started here (in this or an earlier process), if any:
+/// the record at its build id's path, written for exactly that request.
+pub fn find_record(layout: &Layout, request_id: &str) -> Option<BuildRecord> {
+    let build_id = build_id_for(request_id);
+    read_record(&layout.record_path(&build_id)).filter(|r| r.request_id == request_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +179,32 @@ mod tests {
         );
         assert_eq!(build_id_for("req-1"), build_id_for("req-1"));
         assert_ne!(build_id_for("req-1"), build_id_for("req-2"));
+    }
+
+    #[test]
+    fn a_request_finds_only_its_own_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            builds_dir: dir.path().to_owned(),
+            work_dir: dir.path().join("work"),
+        };
+        assert!(
+            find_record(&layout, "req-1").is_none(),
+            "nothing recorded yet"
+        );
+        let record = record();
+        write_record(&layout.record_path(&record.build_id), &record).unwrap();
+        assert_eq!(find_record(&layout, "req-1"), Some(record.clone()));
+        assert!(find_record(&layout, "req-2").is_none());
+        // A record at the request's path written for another request is not the request's.
+        let other = BuildRecord {
+            request_id: "req-3".into(),
+            ..record.clone()
+        };
+        write_record(&layout.record_path(&build_id_for("req-3")), &record).unwrap();
+        assert!(find_record(&layout, "req-3").is_none());
+        write_record(&layout.record_path(&build_id_for("req-3")), &other).unwrap();
+        assert!(find_record(&layout, "req-3").is_some());
     }
 
     #[test]

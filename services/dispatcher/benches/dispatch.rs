@@ -100,6 +100,15 @@ impl BuildBackend for InstantBackend {
         })
     }
 
+    /// Never asked: the bench delivers every webhook once.
+    async fn find(
+        &self,
+        _request: &StartBuild,
+        _since: time::OffsetDateTime,
+    ) -> Result<Option<StartedBuild>, BackendError> {
+        Ok(None)
+    }
+
     async fn stop(&self, _build_id: &str) -> Result<StopOutcome, BackendError> {
         Ok(StopOutcome::Stopped)
     }

@@ -1,17 +1,19 @@
 //! The AWS CodeBuild build backend: `StartBuild` with the fields of reference §2.1 (plus an
 //! idempotency token, and `reportBuildStatusOverride` when configured), `StopBuild` for
-//! superseded builds.
+//! superseded builds, and `ListBuildsForProject` + `BatchGetBuilds` to find the build a request
+//! started (matched by its `PRX_CI_REQUEST_ID` variable).
 
 use aws_sdk_codebuild::Client;
 use aws_sdk_codebuild::config::http::HttpResponse;
 use aws_sdk_codebuild::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_codebuild::types::{
-    EnvironmentVariable, EnvironmentVariableType, SourceType, StatusType,
+    Build, EnvironmentVariable, EnvironmentVariableType, SortOrderType, SourceType, StatusType,
 };
 use prx_ci_shared::codebuild::backend::{
     BackendError, BuildBackend, StartBuild, StartedBuild, StopOutcome,
 };
 use prx_ci_shared::codebuild::build::{CODEBUILD_BACKEND, build_id_of, console_log_url};
+use prx_ci_shared::codebuild::env;
 use prx_ci_shared::domain::Architecture;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
@@ -19,6 +21,10 @@ use sha2::{Digest as _, Sha256};
 /// Longest idempotency token sent as is; longer request ids are hashed (CodeBuild limits the
 /// token's length, and a UUID-based request id is 36 characters anyway).
 pub const MAX_IDEMPOTENCY_TOKEN_LEN: usize = 64;
+
+/// Most pages of a project's builds (100 ids each, newest first) [`CodeBuildBackend::find`]
+/// reads before giving up: the build a crashed dispatch started is among the newest.
+pub const FIND_MAX_PAGES: usize = 5;
 
 /// The CodeBuild projects builds run in (section `[dispatcher.codebuild]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -140,6 +146,18 @@ impl CodeBuildBackend {
     }
 }
 
+impl CodeBuildBackend {
+    fn started(&self, build_id: String, project: String) -> StartedBuild {
+        StartedBuild {
+            log_url: console_log_url(&self.region, &build_id),
+            build_id,
+            backend: CODEBUILD_BACKEND.to_owned(),
+            project,
+            region: self.region.clone(),
+        }
+    }
+}
+
 /// The idempotency token of a request: the request id itself when short enough, else the
 /// hex SHA-256 of it (64 characters).
 pub fn idempotency_token(request_id: &str) -> String {
@@ -153,6 +171,26 @@ pub fn idempotency_token(request_id: &str) -> String {
     } else {
         hex::encode(Sha256::digest(request_id.as_bytes()))
     }
+}
+
+/// Whether `build` was started by the request `request_id`: its `PRX_CI_REQUEST_ID` variable
+/// (set by the dispatcher on every build) is exactly that id.
+pub fn started_by(build: &Build, request_id: &str) -> bool {
+    !request_id.is_empty()
+        && build
+            .environment()
+            .map(|e| e.environment_variables())
+            .unwrap_or_default()
+            .iter()
+            .any(|v| v.name() == env::CI_REQUEST_ID && v.value() == request_id)
+}
+
+/// Whether every build of a page started before `since` (so older pages need not be read).
+fn all_before(builds: &[Build], since: time::OffsetDateTime) -> bool {
+    let since = since.unix_timestamp();
+    builds
+        .iter()
+        .all(|b| b.start_time().is_some_and(|t| t.secs() < since))
 }
 
 fn classify<E>(what: &str, err: &SdkError<E, HttpResponse>) -> BackendError
@@ -224,13 +262,62 @@ impl BuildBackend for CodeBuildBackend {
             })?
             .to_owned();
         tracing::info!(%build_id, %project, commit = %request.commit, architecture = %request.architecture, untrusted = request.untrusted, "CodeBuild build started");
-        Ok(StartedBuild {
-            log_url: console_log_url(&self.region, &build_id),
-            build_id,
-            backend: CODEBUILD_BACKEND.to_owned(),
-            project,
-            region: self.region.clone(),
-        })
+        Ok(self.started(build_id, project))
+    }
+
+    async fn find(
+        &self,
+        request: &StartBuild,
+        since: time::OffsetDateTime,
+    ) -> Result<Option<StartedBuild>, BackendError> {
+        let project = self
+            .config
+            .project(request.architecture, request.untrusted)
+            .to_owned();
+        let mut next_token = None;
+        for _ in 0..FIND_MAX_PAGES {
+            let page = self
+                .client
+                .list_builds_for_project()
+                .project_name(&project)
+                .sort_order(SortOrderType::Descending)
+                .set_next_token(next_token.take())
+                .send()
+                .await
+                .map_err(|err| classify(&format!("list the builds of {project}"), &err))?;
+            let ids = page.ids().to_vec();
+            if ids.is_empty() {
+                return Ok(None);
+            }
+            let builds = self
+                .client
+                .batch_get_builds()
+                .set_ids(Some(ids))
+                .send()
+                .await
+                .map_err(|err| classify(&format!("read the builds of {project}"), &err))?;
+            if let Some(build) = builds
+                .builds()
+                .iter()
+                .find(|b| started_by(b, &request.request_id))
+            {
+                let build_id = build.arn().or(build.id()).ok_or_else(|| {
+                    BackendError::Transient(anyhow::anyhow!(
+                        "BatchGetBuilds answered a build without an id"
+                    ))
+                })?;
+                tracing::info!(%build_id, %project, request_id = %request.request_id, "found the CodeBuild build of this request");
+                return Ok(Some(self.started(build_id.to_owned(), project)));
+            }
+            match page.next_token() {
+                Some(token) if !all_before(builds.builds(), since) => {
+                    next_token = Some(token.to_owned());
+                }
+                _ => return Ok(None),
+            }
+        }
+        tracing::warn!(%project, request_id = %request.request_id, pages = FIND_MAX_PAGES, "no build of this request among the project's newest builds");
+        Ok(None)
     }
 
     async fn stop(&self, build_id: &str) -> Result<StopOutcome, BackendError> {
@@ -297,6 +384,66 @@ mod tests {
             ..CodeBuildConfig::default()
         };
         assert!(empty.validate().is_err());
+    }
+
+    fn build(variables: &[(&str, &str)], start: Option<i64>) -> Build {
+        use aws_sdk_codebuild::types::{ComputeType, EnvironmentType, ProjectEnvironment};
+        let mut environment = ProjectEnvironment::builder()
+            .r#type(EnvironmentType::LinuxContainer)
+            .image("img")
+            .compute_type(ComputeType::BuildGeneral1Small);
+        for (name, value) in variables {
+            environment = environment.environment_variables(
+                EnvironmentVariable::builder()
+                    .name(*name)
+                    .value(*value)
+                    .build()
+                    .unwrap(),
+            );
+        }
+        Build::builder()
+            .id("p:1")
+            .environment(environment.build().unwrap())
+            .set_start_time(start.map(aws_sdk_codebuild::primitives::DateTime::from_secs))
+            .build()
+    }
+
+    #[test]
+    fn a_build_is_found_by_its_request_id_variable_only() {
+        let id = "5f1d5a6e-2c1b-4c9a-9b7e-7e0a11c10001";
+        assert!(started_by(
+            &build(&[("PRX_REPO", "PRX/app"), (env::CI_REQUEST_ID, id)], None),
+            id
+        ));
+        // Another request's build, the id under another name, a prefix, no variables at all.
+        assert!(!started_by(
+            &build(&[(env::CI_REQUEST_ID, "5f1d5a6e-other")], None),
+            id
+        ));
+        assert!(!started_by(&build(&[("PRX_COMMIT", id)], None), id));
+        assert!(!started_by(
+            &build(&[(env::CI_REQUEST_ID, &id[..8])], None),
+            id
+        ));
+        assert!(!started_by(&build(&[], None), id));
+        assert!(!started_by(&Build::builder().id("p:2").build(), id));
+        // An empty request id matches nothing, not a build whose variable is empty.
+        assert!(!started_by(&build(&[(env::CI_REQUEST_ID, "")], None), ""));
+    }
+
+    #[test]
+    fn older_pages_are_read_until_a_page_is_all_before_since() {
+        let since = time::OffsetDateTime::from_unix_timestamp(1_000).unwrap();
+        assert!(all_before(
+            &[build(&[], Some(10)), build(&[], Some(999))],
+            since
+        ));
+        assert!(!all_before(
+            &[build(&[], Some(10)), build(&[], Some(1_000))],
+            since
+        ));
+        // A build without a start time might be the one: keep reading.
+        assert!(!all_before(&[build(&[], None)], since));
     }
 
     #[test]

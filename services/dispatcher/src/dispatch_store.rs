@@ -1,7 +1,9 @@
-//! The dispatcher's KV buckets: started builds, in-flight builds, push order.
+//! The dispatcher's KV buckets: intents to start, started builds, in-flight builds, push order.
 //!
-//! A started build is recorded per (webhook, architecture), so a redelivery at any later time
-//! re-announces the build instead of starting another; the in-flight builds of each ordering
+//! Before a build is started its intent is created (compare-and-set) per (webhook,
+//! architecture), and the started build is recorded under the same id, so a redelivery at any
+//! later time re-announces the build instead of starting another, and one that finds an intent
+//! without a record looks for the build the crashed attempt started; the in-flight builds of each ordering
 //! key (see [`crate::inflight`]) and its push order (see [`crate::push_order`]) are JSON
 //! [`Records`] changed with their one compare-and-set [`Records::modify`].
 
@@ -20,6 +22,26 @@ use crate::push_order::{OrderRecord, PushFacts};
 /// Bucket of started builds: key `<dispatch id>.<architecture>`, value the `BuildRequested`
 /// envelope announced for it (protobuf).
 pub const DISPATCHED_BUCKET: &str = "prx_ci_dispatched";
+/// The intent to start a build, written before the backend is asked (`<dispatch id>.<architecture>
+/// .intent` in [`DISPATCHED_BUCKET`], JSON).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StartIntent {
+    /// The build request id (the backend's idempotency key and `PRX_CI_REQUEST_ID`).
+    pub request_id: String,
+    /// When the intent was first written, in Unix seconds: the backend's builds started before
+    /// it cannot be this request's.
+    pub at_unix: i64,
+}
+
+/// What recording an intent found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intent {
+    /// No earlier attempt: this one wrote the intent.
+    First,
+    /// An earlier attempt wrote this intent (and may have started the build before it stopped).
+    Earlier(StartIntent),
+}
+
 /// Bucket of in-flight build records: key `<owner>.<repo>.<b|pr>.<branch|number>`, value JSON.
 /// (The bucket keeps its historical name.)
 pub const INFLIGHT_BUCKET: &str = "prx_ci_dispatch_lanes";
@@ -30,6 +52,11 @@ pub const PUSH_ORDER_BUCKET: &str = "prx_ci_push_order";
 /// The key of a started build.
 pub fn dispatched_key(dispatch_id: &str, architecture: Architecture) -> String {
     format!("{}.{}", key_token(dispatch_id), architecture.as_str())
+}
+
+/// The key of the intent to start a build (beside its [`dispatched_key`]).
+pub fn intent_key(dispatch_id: &str, architecture: Architecture) -> String {
+    format!("{}.intent", dispatched_key(dispatch_id, architecture))
 }
 
 /// The key of an ordering key's records (in-flight builds, push order).
@@ -50,6 +77,8 @@ pub fn record_key(key: &OrderingKey) -> String {
 pub struct DispatchStore {
     /// Protobuf envelopes, not JSON records: the raw bucket.
     dispatched: kv::Store,
+    /// The intents, JSON, in the same bucket.
+    intents: Records<StartIntent>,
     /// `None` until the first push of the ordering key is recorded.
     inflight: Records<Option<InflightBuilds>>,
     push_order: Records<OrderRecord>,
@@ -63,6 +92,7 @@ impl DispatchStore {
             .await
             .with_context(|| format!("cannot open KV bucket {DISPATCHED_BUCKET} (provisioned?)"))?;
         Ok(Self {
+            intents: Records::new(dispatched.clone()),
             dispatched,
             inflight: Records::open(js, INFLIGHT_BUCKET).await?,
             push_order: Records::open(js, PUSH_ORDER_BUCKET).await?,
@@ -114,6 +144,38 @@ impl DispatchStore {
         let envelope = Envelope::decode(value)
             .with_context(|| format!("cannot decode {DISPATCHED_BUCKET}/{key}"))?;
         Ok(Some(envelope))
+    }
+
+    /// Records the intent to start the build `request_id` (compare-and-set), or returns the
+    /// intent an earlier attempt recorded.
+    pub async fn record_intent(
+        &self,
+        dispatch_id: &str,
+        architecture: Architecture,
+        request_id: &str,
+        at_unix: i64,
+    ) -> anyhow::Result<Intent> {
+        let key = intent_key(dispatch_id, architecture);
+        let intent = StartIntent {
+            request_id: request_id.to_owned(),
+            at_unix,
+        };
+        if self
+            .intents
+            .create(&key, &intent)
+            .await
+            .with_context(|| format!("cannot record the intent to start {request_id}"))?
+        {
+            return Ok(Intent::First);
+        }
+        let earlier = self
+            .intents
+            .get(&key)
+            .await
+            .with_context(|| format!("cannot read {DISPATCHED_BUCKET}/{key}"))?
+            .record
+            .with_context(|| format!("{DISPATCHED_BUCKET}/{key} exists but holds no intent"))?;
+        Ok(Intent::Earlier(earlier))
     }
 
     /// Records a started build; if another dispatch of the same webhook recorded one first,
@@ -212,6 +274,9 @@ mod tests {
         let d = dispatched_key("github-delivery:72d3162e-cc78", Architecture::Aarch64);
         assert_eq!(d, "github-delivery=3A72d3162e-cc78.aarch64");
         assert!(valid(&d), "{d}");
+        let i = intent_key("github-delivery:72d3162e-cc78", Architecture::Aarch64);
+        assert_eq!(i, "github-delivery=3A72d3162e-cc78.aarch64.intent");
+        assert!(valid(&i), "{i}");
         assert_ne!(key_token("a.b"), key_token("a=2Eb"));
         assert_eq!(key_token(""), "=");
     }

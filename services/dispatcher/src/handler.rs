@@ -1,12 +1,15 @@
 //! The webhook handler: load, ask the decision, start and stop builds, store, publish.
 //!
 //! Idempotence: everything a webhook produces is keyed by its dispatch id
-//! ([`decision::dispatch_id`]); started builds are recorded in KV right after `StartBuild`, so
-//! a later redelivery re-announces the recorded build instead of starting one (CodeBuild's
-//! idempotency token only covers five minutes). Residual risk: a crash after `StartBuild` succeeded and before the record was written,
-//! followed by a redelivery more than five minutes later (the token has expired), starts a
-//! second build of the same commit; the first one runs unannounced (the build-watcher sees a
-//! build nobody requested). The window is one KV write long.
+//! ([`decision::dispatch_id`]). Before a build is started, the intent to start it is created in
+//! KV (compare-and-set, keyed like the started build); every build carries its request id
+//! (`PRX_CI_REQUEST_ID`); the started build is recorded right after `StartBuild`, so a later
+//! redelivery re-announces the recorded build instead of starting one. A delivery that finds
+//! an intent but no record (an earlier attempt crashed between `StartBuild` and the record, or
+//! before `StartBuild`) first asks the backend for the build that request started
+//! ([`BuildBackend::find`]) and adopts it (recorded and announced exactly as a fresh start,
+//! same event ids); only when there is none does it start one. So CodeBuild's idempotency token
+//! (five minutes) is no longer what prevents a second build after a crash.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,7 +26,8 @@ use time::OffsetDateTime;
 use crate::buildspec::{Buildspec, BuildspecError, BuildspecRequest, BuildspecSource};
 use crate::config::DispatcherConfig;
 use crate::decision::{self, BuildPlan, PlannedBuild, Skip, SkipReason, events};
-use crate::dispatch_store::DispatchStore;
+use crate::dispatch_store::{DispatchStore, Intent};
+use crate::fault::FaultPoint;
 use crate::inflight::{InflightBuild, InflightUpdate, Push};
 use crate::metrics::DispatcherMetrics;
 
@@ -36,6 +40,18 @@ pub struct DispatchHandler {
     publisher: EventPublisher,
     store: DispatchStore,
     metrics: DispatcherMetrics,
+    fault: FaultPoint,
+}
+
+/// How far before an intent's time a backend's build may have started and still be that
+/// intent's (clocks of the dispatcher and the backend differ).
+const FIND_CLOCK_SLACK_SECS: i64 = 600;
+
+fn backend_error(err: BackendError) -> HandlerError {
+    match err {
+        BackendError::Transient(e) => HandlerError::Transient(e),
+        BackendError::Permanent(e) => HandlerError::Permanent(e),
+    }
 }
 
 fn transient(err: impl Into<anyhow::Error>) -> HandlerError {
@@ -69,7 +85,14 @@ impl DispatchHandler {
             publisher,
             store,
             metrics,
+            fault: FaultPoint::Off,
         }
+    }
+
+    /// Aborts the process at `fault` (test-only, see [`crate::fault`]).
+    pub fn with_fault_point(mut self, fault: FaultPoint) -> Self {
+        self.fault = fault;
+        self
     }
 
     async fn publish(&self, envelope: &Envelope) -> Result<(), HandlerError> {
@@ -235,14 +258,46 @@ impl DispatchHandler {
         build: PlannedBuild,
     ) -> Result<Envelope, HandlerError> {
         let request_id = decision::build_request_id(dispatch_id, build.architecture);
-        let started = self
-            .backend
-            .start(plan.start_request(request_id.clone(), buildspec, &build))
+        let request = plan.start_request(request_id.clone(), buildspec, &build);
+        let intent = self
+            .store
+            .record_intent(
+                dispatch_id,
+                build.architecture,
+                &request_id,
+                OffsetDateTime::now_utc().unix_timestamp(),
+            )
             .await
-            .map_err(|err| match err {
-                BackendError::Transient(e) => HandlerError::Transient(e),
-                BackendError::Permanent(e) => HandlerError::Permanent(e),
-            })?;
+            .map_err(transient)?;
+        let found = match intent {
+            Intent::First => None,
+            Intent::Earlier(earlier) => {
+                let since = OffsetDateTime::from_unix_timestamp(
+                    earlier.at_unix.saturating_sub(FIND_CLOCK_SLACK_SECS),
+                )
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+                self.backend
+                    .find(&request, since)
+                    .await
+                    .map_err(backend_error)?
+            }
+        };
+        let started = match found {
+            Some(found) => {
+                tracing::warn!(
+                    build_id = %found.build_id,
+                    architecture = %build.architecture,
+                    %request_id,
+                    "an earlier attempt started this build and stopped before recording it; adopting it"
+                );
+                found
+            }
+            None => {
+                let started = self.backend.start(request).await.map_err(backend_error)?;
+                self.fault.reached(FaultPoint::AfterStart);
+                started
+            }
+        };
         tracing::info!(
             build_id = %started.build_id,
             architecture = %build.architecture,

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use prx_ci_dispatcher::{CodeBuildBackend, Dispatcher, DispatcherConfig, GitHubBuildspecSource};
+use prx_ci_dispatcher::{
+    CodeBuildBackend, Dispatcher, DispatcherConfig, FaultPoint, GitHubBuildspecSource,
+};
 use prx_ci_shared::config::{self, AwsConfig};
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
 use prx_ci_shared::service::startup::{ServiceProcess, exit_code};
@@ -33,7 +35,15 @@ async fn try_main() -> anyhow::Result<()> {
     let github: GitHubConfig = config::load(file, "github")?;
     let aws: AwsConfig = config::load(file, "aws")?;
     let dispatcher: DispatcherConfig = config::load(file, "dispatcher")?;
+    // Test-only, from the process environment only (see `prx_ci_dispatcher::fault`).
+    let fault = FaultPoint::from_env()?;
     let mut process = ServiceProcess::start("prx-ci-dispatcher", file).await?;
+    if fault != FaultPoint::Off {
+        tracing::warn!(
+            ?fault,
+            "test-only fault point set; this process will abort there"
+        );
+    }
 
     let buildspecs = GitHubBuildspecSource::new(
         GitHubClient::new(github).context("cannot build the GitHub client")?,
@@ -46,7 +56,8 @@ async fn try_main() -> anyhow::Result<()> {
         Arc::new(buildspecs),
         Arc::new(backend),
         &mut process.registry,
-    )?;
+    )?
+    .with_fault_point(fault);
     process
         .run(ops_listen, |shutdown| service.run(shutdown))
         .await

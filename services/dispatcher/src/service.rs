@@ -14,6 +14,7 @@ use prx_ci_shared::{CancellationToken, Runtime};
 use crate::buildspec::BuildspecSource;
 use crate::config::DispatcherConfig;
 use crate::dispatch_store::DispatchStore;
+use crate::fault::FaultPoint;
 use crate::handler::DispatchHandler;
 use crate::metrics::DispatcherMetrics;
 
@@ -29,6 +30,7 @@ pub struct Dispatcher {
     backend: Arc<dyn BuildBackend>,
     settings: ConsumerSettings,
     metrics: DispatcherMetrics,
+    fault: FaultPoint,
 }
 
 impl Dispatcher {
@@ -54,12 +56,19 @@ impl Dispatcher {
             backend,
             settings,
             metrics: DispatcherMetrics::register(registry),
+            fault: FaultPoint::Off,
         })
     }
 
     /// Overrides the consumer settings (tests shorten the redelivery backoff).
     pub fn with_consumer_settings(mut self, settings: ConsumerSettings) -> Self {
         self.settings = settings;
+        self
+    }
+
+    /// Aborts the process at `fault` (test-only, see [`crate::fault`]).
+    pub fn with_fault_point(mut self, fault: FaultPoint) -> Self {
+        self.fault = fault;
         self
     }
 
@@ -73,7 +82,8 @@ impl Dispatcher {
             self.rt.publisher.clone(),
             store,
             self.metrics,
-        );
+        )
+        .with_fault_point(self.fault);
         run_consumer(
             self.rt.js.clone(),
             self.rt.publisher.clone(),

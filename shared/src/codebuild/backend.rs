@@ -68,6 +68,17 @@ pub trait BuildBackend: Send + Sync + std::fmt::Debug + 'static {
     /// Starts a build; calling it again with the same `request_id` must not start another.
     async fn start(&self, request: StartBuild) -> Result<StartedBuild, BackendError>;
 
+    /// The build an earlier [`Self::start`] of `request` started, if any (matched by its
+    /// `request_id`: CodeBuild through the [`crate::codebuild::env::CI_REQUEST_ID`] variable of
+    /// the project's builds started since `since`, the local runner through its records). A
+    /// dispatcher that crashed after starting a build and before recording it adopts the build
+    /// instead of starting a second one once the idempotency token has expired.
+    async fn find(
+        &self,
+        request: &StartBuild,
+        since: time::OffsetDateTime,
+    ) -> Result<Option<StartedBuild>, BackendError>;
+
     /// Stops a running build (superseded). Stopping a finished build is not an error.
     async fn stop(&self, build_id: &str) -> Result<StopOutcome, BackendError>;
 }

@@ -33,6 +33,11 @@ pub const SPIRE_S3_PKG_PARAMETERS: &str = "PRX_SPIRE_S3_PKG_PARAMETERS";
 pub const AWS_ACCOUNT_ID: &str = "PRX_AWS_ACCOUNT_ID";
 /// The bucket the build uploads archives to.
 pub const APPLICATION_CODE_BUCKET: &str = "PRX_APPLICATION_CODE_BUCKET";
+/// The dispatcher's id of the request that started the build (the backend's idempotency key):
+/// a dispatcher that crashed between starting a build and recording it finds the build by it
+/// ([`crate::codebuild::backend::BuildBackend::find`]). Set on every build through the request's
+/// environment, so it is the dispatcher's variable (see [`DISPATCHER_VARIABLES`]).
+pub const CI_REQUEST_ID: &str = "PRX_CI_REQUEST_ID";
 /// `true` on the local runner's builds (a buildspec can tell it is not on CodeBuild).
 pub const CI_LOCAL: &str = "PRX_CI_LOCAL";
 

@@ -8,6 +8,7 @@
 use prx_ci_proto::v1::{self, Envelope, envelope::Payload};
 use prx_ci_shared::bus::envelope::{Chain, derived_event_id};
 use prx_ci_shared::codebuild::backend::{StartBuild, StartedBuild};
+use prx_ci_shared::codebuild::env;
 use prx_ci_shared::domain::push_position::PushPosition;
 use prx_ci_shared::domain::{Architecture, OrderingKey};
 use time::OffsetDateTime;
@@ -62,13 +63,17 @@ pub fn skipped(
 }
 
 impl BuildPlan {
-    /// What the backend is asked to start for `build` of this plan.
+    /// What the backend is asked to start for `build` of this plan: the build's variables and
+    /// `PRX_CI_REQUEST_ID`, the request id (how a build is found again, see
+    /// [`prx_ci_shared::codebuild::backend::BuildBackend::find`]).
     pub fn start_request(
         &self,
         request_id: String,
         buildspec: &str,
         build: &PlannedBuild,
     ) -> StartBuild {
+        let mut environment = build.environment.clone();
+        environment.insert(env::CI_REQUEST_ID.to_owned(), request_id.clone());
         StartBuild {
             request_id,
             repository: self.repository.clone(),
@@ -77,7 +82,7 @@ impl BuildPlan {
             clone_url: self.clone_url.clone(),
             source_version: self.source_version().to_string(),
             buildspec: buildspec.to_owned(),
-            environment: build.environment.clone(),
+            environment,
             untrusted: self.is_fork(),
         }
     }
@@ -94,6 +99,9 @@ impl BuildPlan {
         started: StartedBuild,
         at: OffsetDateTime,
     ) -> Envelope {
+        let request_id = build_request_id(dispatch_id, build.architecture);
+        let mut environment = build.environment;
+        environment.insert(env::CI_REQUEST_ID.to_owned(), request_id.clone());
         chain.envelope_at(
             derived_event_id(
                 dispatch_id,
@@ -103,7 +111,7 @@ impl BuildPlan {
             Payload::BuildRequested(v1::BuildRequested {
                 build: Some(v1::BuildRef {
                     build_id: started.build_id,
-                    build_request_id: build_request_id(dispatch_id, build.architecture),
+                    build_request_id: request_id,
                     repository: self.repository.to_string(),
                     commit: self.commit.to_string(),
                     architecture: build.architecture.to_proto() as i32,
@@ -113,7 +121,7 @@ impl BuildPlan {
                     log_url: started.log_url,
                     retry_of: String::new(),
                 }),
-                environment: build.environment.into_iter().collect(),
+                environment: environment.into_iter().collect(),
                 buildspec: buildspec.to_owned(),
                 clone_url: self.clone_url.clone(),
                 source_version: self.source_version().to_string(),
@@ -295,7 +303,10 @@ mod tests {
         assert_eq!(request.source_version, source_version);
         assert_eq!(request.architecture, Architecture::Aarch64);
         assert!(request.untrusted);
-        assert_eq!(request.environment, build.environment);
+        // The build's variables, and the request id every build is tagged with.
+        let mut tagged = build.environment.clone();
+        tagged.insert(env::CI_REQUEST_ID.into(), request_id.clone());
+        assert_eq!(request.environment, tagged);
 
         let chain = Chain::caused_by(&webhook_envelope()).with_ordering(&plan.ordering_key, 5);
         let envelope = plan.requested(
@@ -319,7 +330,7 @@ mod tests {
             requested.build,
             Some(v1::BuildRef {
                 build_id: "p:b".into(),
-                build_request_id: request_id,
+                build_request_id: request_id.clone(),
                 repository: "PRX/app".into(),
                 commit: SHA_A.into(),
                 architecture: v1::Architecture::Aarch64 as i32,
@@ -331,7 +342,8 @@ mod tests {
             })
         );
         assert_eq!(requested.environment[env::CI_PUBLISH], "false");
-        assert_eq!(requested.environment.len(), build.environment.len());
+        assert_eq!(requested.environment[env::CI_REQUEST_ID], request_id);
+        assert_eq!(requested.environment.len(), build.environment.len() + 1);
         assert_eq!(requested.buildspec, spec);
         assert_eq!(requested.source_version, source_version);
         assert_eq!(

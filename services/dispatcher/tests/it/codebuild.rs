@@ -25,7 +25,7 @@ const BUILDSPEC: &str = "version: 0.2\nenv:\n  variables:\n    PRX_BUILD_X86_64:
 
 /// The JSON body and operation of every request the CodeBuild client sends.
 #[derive(Debug, Clone, Default)]
-struct RequestRecorder(Arc<Mutex<Vec<(String, Value)>>>);
+pub(crate) struct RequestRecorder(Arc<Mutex<Vec<(String, Value)>>>);
 
 impl RequestRecorder {
     fn of(&self, operation: &str) -> Vec<Value> {
@@ -67,7 +67,7 @@ impl Intercept for RequestRecorder {
     }
 }
 
-async fn codebuild(moto: &MotoServer) -> (aws_sdk_codebuild::Client, RequestRecorder) {
+pub(crate) async fn codebuild(moto: &MotoServer) -> (aws_sdk_codebuild::Client, RequestRecorder) {
     let recorder = RequestRecorder::default();
     let config = aws_sdk_codebuild::config::Builder::from(&moto.sdk_config())
         .interceptor(recorder.clone())
@@ -187,6 +187,7 @@ async fn start_build_requests_carry_the_originals_fields_and_a_token() {
             [
                 plain("PRX_BRANCH", "main"),
                 plain("PRX_CI_PUBLISH", "true"),
+                plain("PRX_CI_REQUEST_ID", &build_request_id(dispatch_id, arch)),
                 plain("PRX_COMMIT", sha),
                 plain("PRX_GITHUB_AFTER", sha),
                 plain("PRX_GITHUB_BEFORE", push["before"].as_str().unwrap()),

@@ -265,6 +265,17 @@ impl prx_ci_shared::codebuild::backend::BuildBackend for Flaky {
         self.inner.start(request).await
     }
 
+    async fn find(
+        &self,
+        request: &prx_ci_shared::codebuild::backend::StartBuild,
+        since: time::OffsetDateTime,
+    ) -> Result<
+        Option<prx_ci_shared::codebuild::backend::StartedBuild>,
+        prx_ci_shared::codebuild::backend::BackendError,
+    > {
+        self.inner.find(request, since).await
+    }
+
     async fn stop(
         &self,
         build_id: &str,

@@ -1,7 +1,9 @@
 //! Dispatcher integration tests against a real nats-server, a fake GitHub, CodeBuild in the AWS
-//! emulator, real git repositories and a recording fake backend.
+//! emulator, real git repositories, a recording fake backend, and the real binary crashed at a
+//! fault point.
 
 mod codebuild;
+mod crash;
 mod github;
 mod local;
 mod supersede;

@@ -348,6 +348,24 @@ impl BuildBackend for FakeBackend {
         })
     }
 
+    async fn find(
+        &self,
+        request: &StartBuild,
+        _since: time::OffsetDateTime,
+    ) -> Result<Option<StartedBuild>, BackendError> {
+        let builds = self.builds.lock().await;
+        Ok(builds
+            .iter()
+            .find(|b| b.request.request_id == request.request_id)
+            .map(|b| StartedBuild {
+                log_url: format!("http://fake/{}", b.build_id),
+                build_id: b.build_id.clone(),
+                backend: "fake".into(),
+                project: "fake-project".into(),
+                region: String::new(),
+            }))
+    }
+
     async fn stop(&self, build_id: &str) -> Result<StopOutcome, BackendError> {
         let mut builds = self.builds.lock().await;
         let outcome = match builds.iter_mut().find(|b| b.build_id == build_id) {
