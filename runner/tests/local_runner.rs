@@ -759,6 +759,36 @@ async fn a_repeated_start_with_the_same_request_id_starts_one_build() {
     );
 }
 
+#[tokio::test]
+async fn find_answers_the_build_a_request_started_from_the_runners_records() {
+    let fx = Fixture::new(|_| {}).await;
+    let spec = "version: 0.2\nphases:\n  build:\n    commands:\n      - echo run\n";
+    let repo = repo(spec, &[]);
+    let request = fx.request("req-found", &repo, spec);
+    let other = fx.request("req-never-started", &repo, spec);
+    let since = time::OffsetDateTime::now_utc();
+    assert_eq!(fx.runner.find(&request, since).await.unwrap(), None);
+    let started = fx.runner.start(request.clone()).await.unwrap();
+    assert_eq!(
+        fx.runner.find(&request, since).await.unwrap(),
+        Some(started.clone())
+    );
+    assert_eq!(fx.runner.find(&other, since).await.unwrap(), None);
+    fx.finished(&started.build_id).await;
+
+    // A restarted runner on the same data dir (the dispatcher crashed too, or the whole
+    // process) still answers it, finished.
+    let config = fx.runner.config().clone();
+    fx.runner.shutdown().await;
+    let restarted = LocalRunner::new(fx.rt.clone(), config).unwrap();
+    assert_eq!(
+        restarted.find(&request, since).await.unwrap(),
+        Some(started)
+    );
+    assert_eq!(restarted.find(&other, since).await.unwrap(), None);
+    restarted.shutdown().await;
+}
+
 /// A variable of this process outside the default `inherit_env` list (the test inherits it
 /// explicitly to see whether an untrusted build gets it).
 fn extra_inherited_variable() -> (String, String) {

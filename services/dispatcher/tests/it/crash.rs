@@ -319,3 +319,98 @@ async fn a_crash_between_start_build_and_its_record_never_starts_a_second_build(
     assert!(status.success());
     assert!(exited(&mut second).await.success(), "{log}");
 }
+
+#[tokio::test]
+async fn an_intent_without_a_record_adopts_the_found_build_or_starts_one_when_there_is_none() {
+    use std::sync::atomic::Ordering;
+
+    use prx_ci_dispatcher::DispatcherConfig;
+    use prx_ci_dispatcher::dispatch_store::{DispatchStore, Intent};
+
+    let nats = Nats::start().await;
+    let github = FakeGitHub::start().await;
+    let push = recorded("push.json");
+    let pr = recorded("pull_request-opened.json");
+    github
+        .buildspec(REPO, push["after"].as_str().unwrap(), BUILDSPEC)
+        .await;
+    github
+        .buildspec(
+            REPO,
+            pr["pull_request"]["head"]["sha"].as_str().unwrap(),
+            BUILDSPEC,
+        )
+        .await;
+    let store = DispatchStore::open(&nats.rt.js).await.unwrap();
+    let backend = Arc::new(FakeBackend::default());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    // Delivery A crashed after StartBuild: an intent, a build, no record.
+    let a = "github-delivery:delivery-a";
+    let a_request = build_request_id(a, Architecture::X86_64);
+    let crashed = backend.start(request(&a_request)).await.unwrap();
+    assert_eq!(
+        store
+            .record_intent(a, Architecture::X86_64, &a_request, now)
+            .await
+            .unwrap(),
+        Intent::First
+    );
+    // Delivery B crashed before StartBuild: an intent only.
+    let b = "github-delivery:delivery-b";
+    let b_request = build_request_id(b, Architecture::X86_64);
+    store
+        .record_intent(b, Architecture::X86_64, &b_request, now)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .record_intent(b, Architecture::X86_64, &b_request, now + 1)
+            .await
+            .unwrap(),
+        Intent::Earlier(earlier) if earlier.at_unix == now && earlier.request_id == b_request
+    ));
+
+    let running = start(
+        &nats,
+        DispatcherConfig::default(),
+        github.source(),
+        backend.clone(),
+    );
+    nats.webhook("push", &push, "delivery-a").await;
+    nats.webhook("pull_request", &pr, "delivery-b").await;
+    let requested = nats.wait_for("two BuildRequested", 2, is_requested).await;
+    let by_request = |id: &str| {
+        requested
+            .iter()
+            .find(|r| r.build.as_ref().unwrap().build_request_id == id)
+            .unwrap()
+            .build
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(by_request(&a_request).build_id, crashed.build_id, "adopted");
+    let started = backend.started().await;
+    assert_eq!(started.len(), 2, "{started:#?}");
+    assert_eq!(
+        backend.start_calls.load(Ordering::SeqCst),
+        2,
+        "one StartBuild before the test's dispatcher ran (A's crashed attempt), one for B"
+    );
+    let b_build = started
+        .iter()
+        .find(|s| s.request.request_id == b_request)
+        .expect("B started");
+    assert_eq!(by_request(&b_request).build_id, b_build.build_id);
+    assert_eq!(b_build.request.environment[env::CI_REQUEST_ID], b_request);
+    // Both are recorded now: a further redelivery re-announces them.
+    for dispatch in [a, b] {
+        assert!(
+            store
+                .dispatched(dispatch, Architecture::X86_64)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    running.stop().await;
+}
