@@ -964,6 +964,7 @@ async fn ci_switches_cannot_be_label_values() {
     // artifact.
     for name in [
         "PRX_CI_STRICT_LABELS",
+        "PRX_CI_REQUEST_ID",
         "PRX_BUILD_AARCH64",
         "PRX_PRIMARY_X86_64",
         "PRX_PRIMARY_AARCH64",
