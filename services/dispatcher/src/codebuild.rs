@@ -23,8 +23,11 @@ use sha2::{Digest as _, Sha256};
 pub const MAX_IDEMPOTENCY_TOKEN_LEN: usize = 64;
 
 /// Most pages of a project's builds (100 ids each, newest first) [`CodeBuildBackend::find`]
-/// reads before giving up: the build a crashed dispatch started is among the newest.
-pub const FIND_MAX_PAGES: usize = 5;
+/// reads; it normally stops earlier, at the first page started entirely before `since`. When
+/// the cap is reached first, "not found" cannot be claimed (the build may be older still), so
+/// `find` fails closed with a permanent error instead of letting the caller start a second
+/// build: an operator decides (a parked delivery can be retried or dropped).
+pub const FIND_MAX_PAGES: usize = 50;
 
 /// The CodeBuild projects builds run in (section `[dispatcher.codebuild]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -316,8 +319,14 @@ impl BuildBackend for CodeBuildBackend {
                 _ => return Ok(None),
             }
         }
-        tracing::warn!(%project, request_id = %request.request_id, pages = FIND_MAX_PAGES, "no build of this request among the project's newest builds");
-        Ok(None)
+        Err(BackendError::Permanent(anyhow::anyhow!(
+            "cannot tell whether request {} already started a build: {project} has more than \
+             {} builds since {since}, and none of the newest carries the request's {}; not \
+             starting another (retry or drop the parked delivery)",
+            request.request_id,
+            FIND_MAX_PAGES * 100,
+            prx_ci_shared::codebuild::env::CI_REQUEST_ID
+        )))
     }
 
     async fn stop(&self, build_id: &str) -> Result<StopOutcome, BackendError> {

@@ -9,7 +9,9 @@
 //! before `StartBuild`) first asks the backend for the build that request started
 //! ([`BuildBackend::find`]) and adopts it (recorded and announced exactly as a fresh start,
 //! same event ids); only when there is none does it start one. So CodeBuild's idempotency token
-//! (five minutes) is no longer what prevents a second build after a crash.
+//! (five minutes) is no longer what prevents a second build after a crash. The intent is a
+//! marker, not a lock: what remains is listed in the README ("One build per (webhook,
+//! architecture)").
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -44,7 +44,7 @@ pub const CI_LOCAL: &str = "PRX_CI_LOCAL";
 /// Variables the dispatcher decides (reference §2.2). A build may read them but never speaks for
 /// them: a value it exports under one of these names contradicts the dispatcher unless equal.
 /// (Any other variable in the request's environment is the dispatcher's too.)
-pub const DISPATCHER_VARIABLES: [&str; 12] = [
+pub const DISPATCHER_VARIABLES: [&str; 13] = [
     REPO,
     COMMIT,
     BRANCH,
@@ -57,4 +57,5 @@ pub const DISPATCHER_VARIABLES: [&str; 12] = [
     GITHUB_ACTION,
     GITHUB_BEFORE,
     GITHUB_AFTER,
+    CI_REQUEST_ID,
 ];

@@ -297,6 +297,11 @@ async fn a_crash_between_start_build_and_its_record_never_starts_a_second_build(
         "exactly one build for the request\n{log}"
     );
     assert!(log.contains("adopting it"), "{log}");
+    assert_eq!(
+        nats.requested().await.len(),
+        1,
+        "one BuildRequested for the request\n{log}"
+    );
     let build = requested[0].build.as_ref().unwrap();
     assert_eq!(build_id_of(&build.build_id), started[0]);
     let request_id = build_request_id("github-delivery:delivery-crash-1", Architecture::X86_64);

@@ -142,6 +142,8 @@ enum Pending {
     Cas {
         record: Box<FenceRecord>,
         revision: u64,
+        /// Resolves an abandoned claim (a takeover, counted when applied).
+        resolve: bool,
     },
     Put {
         deadline: Duration,
@@ -482,10 +484,18 @@ impl Run {
             } else {
                 self.ssm.last().cloned()
             }),
-            Pending::Cas { record, revision } => {
+            Pending::Cas {
+                record,
+                revision,
+                resolve,
+            } => {
                 let applied = revision == self.kv.len() as u64;
                 if applied {
                     self.kv.push(*record);
+                    // Counted when applied, as the real fence's takeover metric.
+                    if resolve {
+                        self.stats.takeovers += 1;
+                    }
                 }
                 Input::Cas(applied)
             }
@@ -616,12 +626,11 @@ impl Run {
                 record,
                 revision,
                 kind,
-            } => {
-                if matches!(kind, fence_protocol::CasKind::Resolve { .. }) {
-                    self.stats.takeovers += 1;
-                }
-                Pending::Cas { record, revision }
-            }
+            } => Pending::Cas {
+                record,
+                revision,
+                resolve: matches!(kind, fence_protocol::CasKind::Resolve { .. }),
+            },
             Step::Put { timeout } => Pending::Put {
                 deadline: self.now + timeout,
             },
