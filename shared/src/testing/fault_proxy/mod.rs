@@ -97,6 +97,8 @@ pub struct RecordedRequest {
     pub outcome: Outcome,
     /// The status the client was given.
     pub status: u16,
+    /// When the request arrived (to measure the waits between attempts).
+    pub received: std::time::Instant,
 }
 
 impl RecordedRequest {
@@ -330,6 +332,7 @@ impl Drop for FaultProxy {
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let received = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let method = parts.method.as_str().to_owned();
     let path = parts.uri.path().to_owned();
@@ -392,6 +395,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         body,
         outcome,
         status: response.status().as_u16(),
+        received,
     });
     response
 }
