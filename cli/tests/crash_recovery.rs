@@ -250,7 +250,9 @@ async fn builds_lost_to_a_kill_are_rerun_once_queued_ones_run_and_the_pointer_en
             let completed: BTreeSet<String> = events
                 .iter()
                 .filter_map(|e| match &e.payload {
-                    Some(Payload::BuildCompleted(c)) => c.build.as_ref().map(|b| b.build_id.clone()),
+                    Some(Payload::BuildCompleted(c)) => {
+                        c.build.as_ref().map(|b| b.build_id.clone())
+                    }
                     _ => None,
                 })
                 .collect();

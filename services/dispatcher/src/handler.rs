@@ -25,9 +25,9 @@ use crate::buildspec::{Buildspec, BuildspecError, BuildspecRequest, BuildspecSou
 use crate::config::DispatcherConfig;
 use crate::decision::{self, BuildPlan, PlannedBuild, Skip, SkipReason, events};
 use crate::dispatch_store::{DispatchStore, StartKey};
-use crate::start::{Starter, transient};
 use crate::inflight::{InflightBuild, InflightUpdate, Push};
 use crate::metrics::DispatcherMetrics;
+use crate::start::{Starter, transient};
 
 /// Handles `WebhookReceived` events of the `dispatcher` consumer.
 #[derive(Debug)]
@@ -39,7 +39,6 @@ pub struct DispatchHandler {
     store: DispatchStore,
     metrics: DispatcherMetrics,
 }
-
 
 /// When ingress stored the webhook, in seconds: GitHub's time of the push for payloads that
 /// carry none.

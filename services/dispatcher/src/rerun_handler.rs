@@ -84,10 +84,7 @@ impl Handler for RerunHandler {
         let envelope = match self.store.dispatched(&key).await.map_err(transient)? {
             Some(envelope) => envelope,
             None => {
-                let started = self
-                    .starter
-                    .start_once(&key, rerun.start.clone())
-                    .await?;
+                let started = self.starter.start_once(&key, rerun.start.clone()).await?;
                 let envelope = rerun.requested(
                     &delivery.envelope.event_id,
                     started,

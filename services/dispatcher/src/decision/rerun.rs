@@ -273,7 +273,8 @@ mod tests {
         assert_eq!(rerun.start.buildspec, "version: 0.2\n# PRX_\n");
         assert_eq!(rerun.start.architecture, Architecture::Aarch64);
         assert_eq!(
-            rerun.start.environment[env::CI_REQUEST_ID], rerun.request_id,
+            rerun.start.environment[env::CI_REQUEST_ID],
+            rerun.request_id,
             "found again by its own request id"
         );
         assert_eq!(rerun.start.environment["PRX_REPO"], "PRX/app");
