@@ -16,7 +16,9 @@
 //!
 //! Rules are tried in the order they were added; the first that matches the request and fires
 //! (its next-N budget is not spent, or its seeded coin comes up) decides what happens. Bodies
-//! are buffered (requests and answers are small).
+//! are buffered (requests and answers are small). The seeded coin is drawn in the order
+//! requests arrive: sequential requests get the same faults from the same seed, concurrent ones
+//! may interleave differently from run to run.
 
 mod rules;
 
