@@ -20,6 +20,27 @@ use crate::fault::FaultPoint;
 /// intent's (clocks of the dispatcher and the backend differ).
 const FIND_CLOCK_SLACK_SECS: i64 = 600;
 
+/// An attempt that wrote the intent but reaches `StartBuild` this long after (it stalled: a
+/// hung KV write, a paused process) looks for the build first, like a redelivery would:
+/// another replica may have started it meanwhile, and CodeBuild's idempotency token lasts only
+/// five minutes.
+const STALLED_AFTER_SECS: i64 = 240;
+
+/// Whether an attempt must look for an earlier attempt's build before starting one, and from
+/// when: always after an earlier attempt's intent; after its own intent only when it stalled
+/// (see [`STALLED_AFTER_SECS`]). Pure.
+pub fn look_first(intent: &Intent, written_at: i64, now: i64) -> Option<OffsetDateTime> {
+    let since = match intent {
+        Intent::Earlier(earlier) => earlier.at_unix,
+        Intent::First if now - written_at > STALLED_AFTER_SECS => written_at,
+        Intent::First => return None,
+    };
+    Some(
+        OffsetDateTime::from_unix_timestamp(since.saturating_sub(FIND_CLOCK_SLACK_SECS))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+    )
+}
+
 /// A backend error as the consumer sees it.
 pub fn backend_error(err: BackendError) -> HandlerError {
     match err {
@@ -62,23 +83,20 @@ impl Starter {
         request: StartBuild,
     ) -> Result<StartedBuild, HandlerError> {
         let request_id = request.request_id.clone();
+        let written_at = OffsetDateTime::now_utc().unix_timestamp();
         let intent = self
             .store
-            .record_intent(key, &request_id, OffsetDateTime::now_utc().unix_timestamp())
+            .record_intent(key, &request_id, written_at)
             .await
             .map_err(transient)?;
-        let found = match intent {
-            Intent::First => None,
-            Intent::Earlier(earlier) => {
-                let since = OffsetDateTime::from_unix_timestamp(
-                    earlier.at_unix.saturating_sub(FIND_CLOCK_SLACK_SECS),
-                )
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-                self.backend
-                    .find(&request, since)
-                    .await
-                    .map_err(backend_error)?
-            }
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let found = match look_first(&intent, written_at, now) {
+            None => None,
+            Some(since) => self
+                .backend
+                .find(&request, since)
+                .await
+                .map_err(backend_error)?,
         };
         match found {
             Some(found) => {
@@ -95,5 +113,32 @@ impl Starter {
                 Ok(started)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::dispatch_store::StartIntent;
+
+    use super::*;
+
+    #[test]
+    fn an_attempt_looks_first_after_an_earlier_intent_or_its_own_stall() {
+        let t = 1_800_000_000;
+        assert_eq!(look_first(&Intent::First, t, t + 1), None, "the usual case");
+        assert_eq!(look_first(&Intent::First, t, t + STALLED_AFTER_SECS), None);
+        let stalled = look_first(&Intent::First, t, t + STALLED_AFTER_SECS + 1).unwrap();
+        assert_eq!(stalled.unix_timestamp(), t - FIND_CLOCK_SLACK_SECS);
+        let earlier = Intent::Earlier(StartIntent {
+            request_id: "r".into(),
+            at_unix: t - 3600,
+        });
+        let since = look_first(&earlier, t, t).unwrap();
+        assert_eq!(since.unix_timestamp(), t - 3600 - FIND_CLOCK_SLACK_SECS);
+        let ancient = Intent::Earlier(StartIntent {
+            request_id: "r".into(),
+            at_unix: i64::MIN,
+        });
+        assert_eq!(look_first(&ancient, t, t), Some(OffsetDateTime::UNIX_EPOCH));
     }
 }
