@@ -13,7 +13,7 @@ use prx_ci_shared::bus::consume::HandlerError;
 use prx_ci_shared::codebuild::backend::{BackendError, BuildBackend, StartBuild, StartedBuild};
 use time::OffsetDateTime;
 
-use crate::dispatch_store::{DispatchStore, Intent, StartKey};
+use crate::dispatch_store::{DispatchStore, IntendedRequest, Intent, StartIntent, StartKey};
 use crate::fault::FaultPoint;
 
 /// How far before an intent's time a backend's build may have started and still be that
@@ -54,6 +54,16 @@ pub fn transient(err: impl Into<anyhow::Error>) -> HandlerError {
     HandlerError::Transient(err.into())
 }
 
+/// A build [`Starter::start_once`] started or adopted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    pub build: StartedBuild,
+    /// For a build an earlier attempt started: what that attempt asked the backend to run, as
+    /// its intent recorded it (`None` for a fresh start, and for intents of earlier versions).
+    /// The build is announced with these, not with the plan made again.
+    pub adopted: Option<IntendedRequest>,
+}
+
 /// Starts builds through the backend, at most once per key.
 #[derive(Debug, Clone)]
 pub struct Starter {
@@ -81,12 +91,20 @@ impl Starter {
         &self,
         key: &StartKey,
         request: StartBuild,
-    ) -> Result<StartedBuild, HandlerError> {
+    ) -> Result<Started, HandlerError> {
         let request_id = request.request_id.clone();
         let written_at = OffsetDateTime::now_utc().unix_timestamp();
+        let intent = StartIntent {
+            request_id: request_id.clone(),
+            at_unix: written_at,
+            intended: Some(IntendedRequest {
+                buildspec: request.buildspec.clone(),
+                environment: request.environment.clone(),
+            }),
+        };
         let intent = self
             .store
-            .record_intent(key, &request_id, written_at)
+            .record_intent(key, &intent)
             .await
             .map_err(transient)?;
         let now = OffsetDateTime::now_utc().unix_timestamp();
@@ -105,12 +123,22 @@ impl Starter {
                     %request_id,
                     "an earlier attempt started this build and stopped before recording it; adopting it"
                 );
-                Ok(found)
+                let intended = match intent {
+                    Intent::Earlier(earlier) => earlier.intended,
+                    Intent::First => None,
+                };
+                Ok(Started {
+                    build: found,
+                    adopted: intended,
+                })
             }
             None => {
                 let started = self.backend.start(request).await.map_err(backend_error)?;
                 self.fault.reached(FaultPoint::AfterStart);
-                Ok(started)
+                Ok(Started {
+                    build: started,
+                    adopted: None,
+                })
             }
         }
     }
@@ -118,8 +146,6 @@ impl Starter {
 
 #[cfg(test)]
 mod tests {
-    use crate::dispatch_store::StartIntent;
-
     use super::*;
 
     #[test]
@@ -132,12 +158,14 @@ mod tests {
         let earlier = Intent::Earlier(StartIntent {
             request_id: "r".into(),
             at_unix: t - 3600,
+            intended: None,
         });
         let since = look_first(&earlier, t, t).unwrap();
         assert_eq!(since.unix_timestamp(), t - 3600 - FIND_CLOCK_SLACK_SECS);
         let ancient = Intent::Earlier(StartIntent {
             request_id: "r".into(),
             at_unix: i64::MIN,
+            intended: None,
         });
         assert_eq!(look_first(&ancient, t, t), Some(OffsetDateTime::UNIX_EPOCH));
     }
