@@ -84,6 +84,31 @@ impl Core {
         }
     }
 
+    /// After a write: queues the status `record` calls for when it is not the one written,
+    /// unless that status already waits in the queue (this process folded the newer state
+    /// itself).
+    fn requeue_if_behind(&self, key: &str, record: &NotificationRecord) {
+        let Some(status) = desired_status(&self.config.statuses, &record.view) else {
+            return;
+        };
+        if self
+            .status_queue
+            .waiting(&status.key(), |waiting| waiting.status == status)
+        {
+            return;
+        }
+        if record.status.written.as_ref() != Some(&status) {
+            tracing::info!(
+                repository = %status.repository,
+                commit = %status.sha,
+                context = %status.context,
+                state = status.state.as_str(),
+                "the build moved on while an older status was written; writing its current one"
+            );
+        }
+        self.enqueue_status(key, record);
+    }
+
     /// Writes commit statuses one at a time, newest state per (commit, context).
     pub(crate) async fn status_worker(self: Arc<Self>) {
         while let Some((status_key, mut pending)) = self.status_queue.pop(&self.shutdown).await {
@@ -149,7 +174,11 @@ impl Core {
     }
 
     /// Records the written status on its build, and on the builds whose older states it
-    /// superseded (so a restart does not write those stale states again).
+    /// superseded (so a restart does not write those stale states again). Then checks the
+    /// build's record as stored now: another replica may have folded a newer state of the build
+    /// and written its status before this (older) one landed, so when the record calls for
+    /// another status than the one just written, that one is queued (the last writer corrects
+    /// GitHub; a status never stays behind its build).
     async fn mark_status_written(&self, pending: &PendingStatus) {
         let statuses = &self.config.statuses;
         let written = &pending.status;
@@ -172,10 +201,21 @@ impl Core {
                         &["status", &key, &written.description],
                     );
                     self.publish_delivered(&event).await;
+                    self.requeue_if_behind(&key, &record);
                 }
                 Ok(_) => {}
                 Err(err) => {
                     tracing::warn!(build = %key, error = format!("{err:#}"), "cannot record the written status");
+                    if own {
+                        // The check above, from the record as read now.
+                        match self.store.load(&key).await {
+                            Ok(Some((record, _))) => self.requeue_if_behind(&key, &record),
+                            Ok(None) => {}
+                            Err(err) => {
+                                tracing::warn!(build = %key, error = format!("{err:#}"), "cannot read the build's record after writing its status")
+                            }
+                        }
+                    }
                 }
             }
         }
