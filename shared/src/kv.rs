@@ -8,6 +8,7 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::TryStreamExt as _;
@@ -20,6 +21,9 @@ use crate::bus::subject;
 /// Contention is per key (one build, one branch, one parameter) and tiny; hitting this means a
 /// writer is looping, and the caller's message is retried later.
 pub const CAS_ATTEMPTS: u32 = 64;
+
+/// The header KV puts on delete and purge markers (`DEL`, `PURGE`).
+const KV_OPERATION_HEADER: &str = "KV-Operation";
 
 /// Longest pause between two compare-and-set attempts (each pause is random up to the attempt
 /// number in milliseconds, capped here), so writers that collided do not collide again.
@@ -179,6 +183,55 @@ impl<T: Serialize + DeserializeOwned> Records<T> {
         }
     }
 
+    /// The record at `key` and its revision as the stream's leader holds them. [`Self::get`] is
+    /// a direct get, which any replica of the bucket answers, so a replica still catching up
+    /// after a restart answers from the past; a compare-and-set that lost reads here instead,
+    /// or it could keep losing against a stale revision.
+    pub async fn get_from_leader(&self, key: &str) -> Result<Versioned<T>, KvError> {
+        let subject = format!("{}{key}", self.store.prefix);
+        let read_error = |source: anyhow::Error| KvError::Read {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            source,
+        };
+        let message = match self
+            .store
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(message) => message,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(Versioned {
+                    record: None,
+                    revision: 0,
+                });
+            }
+            Err(e) => return Err(read_error(e.into())),
+        };
+        // A delete or purge marker (KV-Operation DEL / PURGE), or an empty value: no record.
+        let removed = message
+            .headers
+            .get(KV_OPERATION_HEADER)
+            .is_some_and(|op| op.as_str() != "PUT");
+        if removed || message.payload.is_empty() {
+            return Ok(Versioned {
+                record: None,
+                revision: message.sequence,
+            });
+        }
+        let record =
+            serde_json::from_slice(&message.payload).map_err(|source| KvError::Corrupt {
+                bucket: self.bucket.clone(),
+                key: key.to_owned(),
+                source,
+            })?;
+        Ok(Versioned {
+            record: Some(record),
+            revision: message.sequence,
+        })
+    }
+
     /// Writes `record` at `key` only if the key is still at `revision` (0: never written).
     /// `Ok(None)` when another writer got there first; otherwise the new revision.
     pub async fn compare_and_set(
@@ -239,7 +292,7 @@ impl<T: Serialize + DeserializeOwned> Records<T> {
 
     /// Reads the record at `key` (the default when absent), lets `step` change it, and stores
     /// it with compare-and-set if `step` says [`Modify::Write`]; on a concurrent change, reads
-    /// again and repeats `step` (so `step` must decide from the record alone). Returns `step`'s
+    /// again (from the stream's leader: [`Self::get_from_leader`]) and repeats `step` (so `step` must decide from the record alone). Returns `step`'s
     /// result and the record as stored (or as read, for [`Modify::Keep`]).
     pub async fn modify<R>(
         &self,
@@ -250,7 +303,12 @@ impl<T: Serialize + DeserializeOwned> Records<T> {
         T: Default,
     {
         for attempt in 1..=CAS_ATTEMPTS {
-            let Versioned { record, revision } = self.get(key).await?;
+            // The first read is the cheap direct get; after a lost compare-and-set, the leader's.
+            let Versioned { record, revision } = if attempt == 1 {
+                self.get(key).await?
+            } else {
+                self.get_from_leader(key).await?
+            };
             let mut record = record.unwrap_or_default();
             let result = match step(&mut record) {
                 Modify::Keep(result) => return Ok((result, record)),

@@ -105,3 +105,39 @@ async fn a_record_that_is_not_its_type_is_a_permanent_error_naming_bucket_and_ke
     assert!(!err.is_transient());
     assert!(err.to_string().contains("test_records record bad"), "{err}");
 }
+
+#[tokio::test]
+async fn the_leader_read_agrees_with_the_direct_read() {
+    let server = NatsServer::start().await;
+    let store = bucket(&server).await;
+    let records = Records::<Counter>::new(store.clone());
+    let absent = records.get_from_leader("missing").await.unwrap();
+    assert_eq!((absent.record, absent.revision), (None, 0));
+    let (_, written) = records
+        .modify("k", |c| {
+            c.count = 7;
+            Modify::Write(())
+        })
+        .await
+        .unwrap();
+    let direct = records.get("k").await.unwrap();
+    let leader = records.get_from_leader("k").await.unwrap();
+    assert_eq!(leader.record, Some(written));
+    assert_eq!(leader.record, direct.record);
+    assert_eq!(leader.revision, direct.revision);
+    store.delete("k").await.unwrap();
+    let deleted = records.get_from_leader("k").await.unwrap();
+    assert_eq!(deleted.record, None, "a delete marker is no record");
+    assert_eq!(deleted.revision, records.get("k").await.unwrap().revision);
+    store.purge("k").await.unwrap();
+    let purged = records.get_from_leader("k").await.unwrap();
+    assert_eq!(purged.record, None);
+    // A compare-and-set against the leader's revision of a removed key succeeds.
+    assert!(
+        records
+            .compare_and_set("k", &Counter::default(), purged.revision)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
