@@ -1,0 +1,7 @@
+//! The chaos run of issue 13: every service binary as two supervised processes, a 3-node NATS
+//! cluster, the AWS emulator and fake GitHub/Slack behind a fault proxy, signed webhooks with
+//! GitHub's habits, kills and outages; then the invariants, checked over what the run left.
+
+pub mod checks;
+pub mod history;
+pub mod plan;
