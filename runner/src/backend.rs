@@ -1,8 +1,10 @@
 //! [`LocalRunner`], the [`BuildBackend`] that runs builds on this machine.
 //!
-//! It accepts a build once per request id, hands it to its own task ([`crate::build`]), stops
-//! it on request, and on shutdown stops them all; at start it reports builds a previous process
-//! left unfinished as `FAULT`.
+//! It accepts a build once per request id (claimed in its record, so runners sharing a data dir
+//! never both run it), hands it to its own task ([`crate::build`]), stops it on request, and
+//! on shutdown interrupts running builds (`FAULT`) and leaves queued ones for the next start; at
+//! start it starts its builds a previous process left queued and reports the ones it left
+//! running as `FAULT`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use crate::build_log::BuildLog;
 use crate::config::LocalRunnerConfig;
 use crate::environment::reported_variables;
 use crate::isolation::Launcher;
-use crate::record::{self, BuildRecord, Layout, find_record, read_record, write_record};
+use crate::record::{self, BuildRecord, Layout, QueuedRequest, claim_record, find_record, read_record};
 use crate::registry::{BuildControl, Registry};
 use crate::reporter::{self, Timeline, publish_report};
 use prx_ci_shared::codebuild::build::{LOCAL_BACKEND, SourceVersion, status};
@@ -42,8 +44,8 @@ pub struct LocalRunner {
 impl LocalRunner {
     /// Creates the data directory (`builds/`) and the work directory, captures the inherited
     /// environment, checks that builds can be isolated as configured (see
-    /// `docs/local-runner.md`), and reports builds a previous process left unfinished as
-    /// `FAULT`.
+    /// `docs/local-runner.md`), and recovers the builds a previous process left unfinished
+    /// ([`LocalRunner::recover_builds`]).
     pub fn new(rt: Runtime, mut config: LocalRunnerConfig) -> anyhow::Result<Arc<LocalRunner>> {
         use prx_ci_shared::config::Validate as _;
         config
@@ -99,7 +101,7 @@ impl LocalRunner {
             }),
             tasks: TaskTracker::new(),
         });
-        runner.report_interrupted_builds();
+        runner.recover_builds();
         Ok(runner)
     }
 
@@ -118,8 +120,9 @@ impl LocalRunner {
         self.shared.layout.log_path(build_id)
     }
 
-    /// Stops every running and queued build (each reported `STOPPED`), refuses new ones, and
-    /// waits (bounded) until their processes are gone and their final reports are stored.
+    /// Interrupts every running build (reported `FAULT`: the system's failure, re-run by the
+    /// dispatcher), leaves queued builds for the next start, refuses new ones, and waits
+    /// (bounded) until their processes are gone and their final reports are stored.
     pub async fn shutdown(&self) {
         self.shared.shutdown.cancel();
         self.tasks.close();
@@ -134,10 +137,19 @@ impl LocalRunner {
         }
     }
 
-    /// Builds recorded without a final status ran in a process that died: report them as
-    /// `FAULT` (with the same event ids as a real final report, so if that one was stored
-    /// after all, this one deduplicates).
-    fn report_interrupted_builds(&self) {
+    /// Runs an accepted build in its own task.
+    fn run(&self, control: Arc<BuildControl>, request: StartBuild, record: BuildRecord) {
+        let shared = self.shared.clone();
+        self.tasks.spawn(async move {
+            run_build(shared, control, request, record).await;
+        });
+    }
+
+    /// This runner's builds that a previous process left without a final status: a build
+    /// still queued is started again (it never ran); a running one is reported `FAULT` (the
+    /// system's failure, so the dispatcher re-runs it), with the same event ids as a real
+    /// final report, so if that one was stored after all, this one deduplicates.
+    fn recover_builds(&self) {
         let Ok(entries) = std::fs::read_dir(&self.shared.layout.builds_dir) else {
             return;
         };
@@ -145,7 +157,16 @@ impl LocalRunner {
             let Some(record) = read_record(&entry.path()) else {
                 continue;
             };
-            if record.final_status.is_some() {
+            if record.final_status.is_some() || record.instance != self.shared.config.instance {
+                continue;
+            }
+            if let Some(request) = record.queued_request() {
+                let started = started(&self.shared.layout, &record.build_id);
+                let control = BuildControl::new(started, self.shared.shutdown.child_token());
+                if let Some(control) = self.shared.registry.register(control, || false) {
+                    tracing::info!(build_id = %record.build_id, "starting a build queued before the runner restarted");
+                    self.run(control, request, record);
+                }
                 continue;
             }
             let shared = self.shared.clone();
@@ -223,8 +244,8 @@ impl BuildBackend for LocalRunner {
         let started = started(layout, &build_id);
         let record_path = layout.record_path(&build_id);
         let control = BuildControl::new(started.clone(), shared.shutdown.child_token());
-        // A record means a build of this request ran here before (perhaps in an earlier
-        // process): it must not run twice.
+        // A record means a build of this request was accepted before (perhaps in an earlier
+        // process, or by another runner sharing the data dir): it must not run twice.
         let Some(control) = shared.registry.register(control, || record_path.exists()) else {
             tracing::info!(%build_id, request_id = %request.request_id, "build already started");
             return Ok(started);
@@ -244,10 +265,21 @@ impl BuildBackend for LocalRunner {
             .into_iter()
             .collect(),
             final_status: None,
+            instance: shared.config.instance.clone(),
+            running: false,
+            request: Some(QueuedRequest::new(&request)),
         };
-        if let Err(err) = write_record(&record_path, &record) {
-            shared.registry.remove(&build_id);
-            return Err(BackendError::Transient(err));
+        match claim_record(&record_path, &record) {
+            Ok(true) => {}
+            Ok(false) => {
+                shared.registry.remove(&build_id);
+                tracing::info!(%build_id, request_id = %request.request_id, "build already started by another runner");
+                return Ok(started);
+            }
+            Err(err) => {
+                shared.registry.remove(&build_id);
+                return Err(BackendError::Transient(err));
+            }
         }
         tracing::info!(
             %build_id,
@@ -256,10 +288,7 @@ impl BuildBackend for LocalRunner {
             commit = %request.commit,
             "local build accepted"
         );
-        let task_shared = shared.clone();
-        self.tasks.spawn(async move {
-            run_build(task_shared, control, request, record).await;
-        });
+        self.run(control, request, record);
         Ok(started)
     }
 

@@ -83,6 +83,7 @@ pub(crate) async fn run_build(
         shared: shared.clone(),
         control: control.clone(),
         request,
+        record: record.clone(),
         reports: tx,
     };
     let span = tracing::info_span!("local_build", build_id = %record.build_id, repository = %record.repository);
@@ -91,8 +92,10 @@ pub(crate) async fn run_build(
     let stored = reporter.await.unwrap_or(false);
     // From now on the record answers repeated starts, and `stop` finds nothing to stop.
     shared.registry.remove(&record.build_id);
-    if stored {
-        shared.layout.save_record(&record.finished(final_status));
+    if stored && let Some(final_status) = final_status {
+        shared
+            .layout
+            .save_record(&record.running().finished(final_status));
     }
 }
 
@@ -101,6 +104,8 @@ struct Build {
     shared: Arc<Shared>,
     control: Arc<BuildControl>,
     request: StartBuild,
+    /// Its record as accepted (still queued).
+    record: BuildRecord,
     timeline: Timeline,
     log: BuildLog,
     /// `<work_dir>/<uuid>`: the checkout (`src/`) and the driver's files; the only part of the
@@ -167,12 +172,15 @@ impl Build {
     fn watch(&self, deadline: Instant) -> InterruptWatch {
         InterruptWatch {
             stop: self.control.stop.clone(),
+            shutdown: self.shared.shutdown.clone(),
             deadline,
         }
     }
 
-    /// Runs the build; returns its final status after sending every report.
-    async fn execute(&mut self) -> &'static str {
+    /// Runs the build; returns its final status after sending every report, or `None` when
+    /// the runner shut down while the build was queued (it stays queued in its record, and
+    /// the next start of the runner runs it).
+    async fn execute(&mut self) -> Option<&'static str> {
         let now = OffsetDateTime::now_utc();
         self.log.line(&format!(
             "Build {} of {} at {} accepted",
@@ -191,10 +199,19 @@ impl Build {
             permit = slots.acquire_owned() => permit.ok(),
         };
         let Some(_permit) = permit else {
+            if self.shared.shutdown.is_cancelled() {
+                self.log
+                    .line("The runner shut down while this build was queued; it runs at the next start");
+                return None;
+            }
             let context = Interruption::Stopped.context(self.shared.config.timeout);
             self.end_phase(status::STOPPED, vec![context]);
-            return self.complete(status::STOPPED, Vec::new());
+            return Some(self.complete(status::STOPPED, Vec::new()));
         };
+        // From now on a restart cannot start it again: it reports it FAULT instead.
+        self.shared
+            .layout
+            .save_record(&self.record.clone().running());
         self.end_phase(status::SUCCEEDED, Vec::new());
 
         let deadline = Instant::now() + self.shared.config.timeout;
@@ -212,7 +229,7 @@ impl Build {
         self.start_phase("FINALIZING");
         self.clean_up().await;
         self.end_phase(status::SUCCEEDED, Vec::new());
-        self.complete(final_status, outcome.exported)
+        Some(self.complete(final_status, outcome.exported))
     }
 
     fn complete(

@@ -341,6 +341,7 @@ mod tests {
     fn no_interruption() -> InterruptWatch {
         InterruptWatch {
             stop: CancellationToken::new(),
+            shutdown: CancellationToken::new(),
             deadline: Instant::now() + Duration::from_secs(3600),
         }
     }

@@ -81,6 +81,10 @@ pub struct LocalRunnerConfig {
     /// Default `PATH`, `HOME`, `USER`, `LOGNAME`, `LANG`, `LC_ALL`, `TZ`, `TMPDIR`, `DOCKER_HOST`
     /// ([`DEFAULT_INHERIT_ENV`]); untrusted builds inherit only those of the default list.
     pub inherit_env: Vec<String>,
+    /// This runner's name among runners sharing `data_dir` (several dispatcher replicas on one
+    /// machine): each build is claimed by one runner, and after a restart a runner recovers
+    /// only its own builds. Default empty (the only runner).
+    pub instance: String,
 }
 
 impl Default for LocalRunnerConfig {
@@ -102,6 +106,7 @@ impl Default for LocalRunnerConfig {
                 .iter()
                 .map(|name| (*name).to_owned())
                 .collect(),
+            instance: String::new(),
         }
     }
 }
@@ -122,6 +127,16 @@ impl Validate for LocalRunnerConfig {
         }
         if self.shell.trim().is_empty() {
             return Err("shell is empty".into());
+        }
+        if !self
+            .instance
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "instance `{}` may only hold letters, digits, `-` and `_`",
+                self.instance
+            ));
         }
         for name in self.environment.keys().chain(&self.inherit_env) {
             if !crate::buildspec::is_variable_name(name) {
@@ -185,6 +200,7 @@ mod tests {
             "[runner]\n[runner.environment]\n\"A-B\" = \"x\"\n",
             "[runner]\nunknown = 1\n",
             "[runner]\nisolation = \"chroot\"\n",
+            "[runner]\ninstance = \"a b\"\n",
         ] {
             assert!(
                 load_from::<LocalRunnerConfig>(&Figment::from(Toml::string(bad)), "runner")

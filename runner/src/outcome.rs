@@ -18,6 +18,8 @@ use prx_ci_shared::codebuild::build::status;
 pub enum Interruption {
     TimedOut,
     Stopped,
+    /// The runner shut down: the system's failure, not the build's (`FAULT`, so it is re-run).
+    Shutdown,
 }
 
 impl Interruption {
@@ -26,6 +28,7 @@ impl Interruption {
         match self {
             Interruption::TimedOut => status::TIMED_OUT,
             Interruption::Stopped => status::STOPPED,
+            Interruption::Shutdown => status::FAULT,
         }
     }
 
@@ -37,15 +40,20 @@ impl Interruption {
                 timeout.as_secs()
             ),
             Interruption::Stopped => "BUILD_STOPPED: Build was stopped".to_owned(),
+            Interruption::Shutdown => {
+                "RUNNER_SHUTDOWN: the build runner shut down while this build was running".to_owned()
+            }
         }
     }
 }
 
 /// Watches one build for an interruption: its stop token (cancelled by `stop` and by
-/// shutdown) and its deadline.
+/// shutdown, its parent), the runner's shutdown token (which tells the two apart) and its
+/// deadline.
 #[derive(Debug, Clone)]
 pub struct InterruptWatch {
     pub stop: CancellationToken,
+    pub shutdown: CancellationToken,
     pub deadline: Instant,
 }
 
@@ -54,11 +62,16 @@ impl InterruptWatch {
     /// it while the build is borrowed elsewhere.
     pub fn wait(&self) -> impl Future<Output = Interruption> + 'static {
         let stop = self.stop.clone();
+        let shutdown = self.shutdown.clone();
         let deadline = self.deadline;
         async move {
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => Interruption::TimedOut,
-                () = stop.cancelled() => Interruption::Stopped,
+                () = stop.cancelled() => if shutdown.is_cancelled() {
+                    Interruption::Shutdown
+                } else {
+                    Interruption::Stopped
+                },
             }
         }
     }
@@ -345,6 +358,7 @@ mod tests {
     async fn a_passed_deadline_is_a_timeout() {
         let watch = InterruptWatch {
             stop: CancellationToken::new(),
+            shutdown: CancellationToken::new(),
             deadline: Instant::now(),
         };
         assert_eq!(watch.wait().await, Interruption::TimedOut);
@@ -354,6 +368,7 @@ mod tests {
     async fn a_cancelled_stop_token_is_a_stop() {
         let watch = InterruptWatch {
             stop: CancellationToken::new(),
+            shutdown: CancellationToken::new(),
             deadline: Instant::now() + Duration::from_secs(3600),
         };
         let waiting = watch.wait();
@@ -362,13 +377,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stop_of_the_parent_token_reaches_the_build() {
+    async fn a_shutdown_reaches_the_build_as_the_runner_s_fault() {
         let shutdown = CancellationToken::new();
         let watch = InterruptWatch {
             stop: shutdown.child_token(),
+            shutdown: shutdown.clone(),
             deadline: Instant::now() + Duration::from_secs(3600),
         };
         shutdown.cancel();
-        assert_eq!(watch.wait().await, Interruption::Stopped);
+        assert_eq!(watch.wait().await, Interruption::Shutdown);
+        assert_eq!(Interruption::Shutdown.status(), status::FAULT);
     }
 }

@@ -6,7 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use anyhow::Context as _;
+use prx_ci_shared::codebuild::backend::StartBuild;
+use prx_ci_shared::domain::{Architecture, CommitSha, RepoName};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -89,6 +93,40 @@ pub struct BuildRecord {
     pub environment: Vec<(String, String)>,
     /// The final status, once its report is stored.
     pub final_status: Option<String>,
+    /// The runner that owns the build (`[runner] instance`; empty: the unnamed one). Runners
+    /// sharing a data dir recover only their own builds after a restart.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
+    /// Set once the build left `QUEUED` (its phases began). A build still queued when its
+    /// runner stopped is started again by the next one; a running one is reported `FAULT`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub running: bool,
+    /// The request, kept until the build leaves `QUEUED` so a restarted runner can start it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<QueuedRequest>,
+}
+
+/// A [`StartBuild`] as recorded for a queued build (plain strings, read back with
+/// [`QueuedRequest::start_build`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedRequest {
+    pub commit: String,
+    pub architecture: Architecture,
+    pub buildspec: String,
+    pub environment: BTreeMap<String, String>,
+    pub untrusted: bool,
+}
+
+impl QueuedRequest {
+    pub fn new(request: &StartBuild) -> Self {
+        Self {
+            commit: request.commit.as_str().to_owned(),
+            architecture: request.architecture,
+            buildspec: request.buildspec.clone(),
+            environment: request.environment.clone(),
+            untrusted: request.untrusted,
+        }
+    }
 }
 
 impl BuildRecord {
@@ -96,8 +134,38 @@ impl BuildRecord {
     pub fn finished(self, status: &str) -> Self {
         Self {
             final_status: Some(status.to_owned()),
+            request: None,
             ..self
         }
+    }
+
+    /// The record once the build left `QUEUED`.
+    pub fn running(self) -> Self {
+        Self {
+            running: true,
+            request: None,
+            ..self
+        }
+    }
+
+    /// The request of a build still queued (`None` once it ran, for records of earlier
+    /// versions, and for a record that cannot be read back as a request).
+    pub fn queued_request(&self) -> Option<StartBuild> {
+        if self.running || self.final_status.is_some() {
+            return None;
+        }
+        let queued = self.request.as_ref()?;
+        Some(StartBuild {
+            request_id: self.request_id.clone(),
+            repository: RepoName::parse(&self.repository).ok()?,
+            commit: CommitSha::parse(&queued.commit).ok()?,
+            architecture: queued.architecture,
+            clone_url: self.clone_url.clone(),
+            source_version: self.source_version.clone(),
+            buildspec: queued.buildspec.clone(),
+            environment: queued.environment.clone(),
+            untrusted: queued.untrusted,
+        })
     }
 
     /// What every report of this build carries.
@@ -117,6 +185,22 @@ impl BuildRecord {
             log_url: log_url(&log_path),
             log_path: log_path.display().to_string(),
         }
+    }
+}
+
+/// Writes the first record of a build at `path`, unless one is there already (written by
+/// this or another runner sharing the data dir): false then. Atomic (a complete temporary
+/// file hard-linked into place), so two runners never both claim one build.
+pub fn claim_record(path: &Path, record: &BuildRecord) -> anyhow::Result<bool> {
+    let tmp = path.with_extension(format!("json.{}.tmp", Uuid::new_v4()));
+    let bytes = serde_json::to_vec_pretty(record).context("cannot encode the build record")?;
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(err) => Err(err).with_context(|| format!("cannot write {}", path.display())),
     }
 }
 
@@ -160,7 +244,52 @@ mod tests {
             start_time_unix: 1_504_282_349,
             environment: vec![("PRX_REPO".into(), "PRX/app".into())],
             final_status: None,
+            instance: String::new(),
+            running: false,
+            request: None,
         }
+    }
+
+    #[test]
+    fn a_build_is_claimed_once_across_runners() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.json");
+        assert!(claim_record(&path, &record()).unwrap());
+        let other = BuildRecord {
+            instance: "other".into(),
+            ..record()
+        };
+        assert!(!claim_record(&path, &other).unwrap(), "already claimed");
+        assert_eq!(read_record(&path), Some(record()), "the first claim stays");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file left behind");
+    }
+
+    #[test]
+    fn a_queued_build_keeps_its_request_until_it_runs() {
+        let request = StartBuild {
+            request_id: "req-1".into(),
+            repository: RepoName::parse("PRX/app").unwrap(),
+            commit: CommitSha::parse(&"a".repeat(40)).unwrap(),
+            architecture: Architecture::Aarch64,
+            clone_url: "file:///tmp/app".into(),
+            source_version: "main".into(),
+            buildspec: "version: 0.2\n".into(),
+            environment: [("PRX_REPO".to_owned(), "PRX/app".to_owned())].into(),
+            untrusted: true,
+        };
+        let queued = BuildRecord {
+            request: Some(QueuedRequest::new(&request)),
+            ..record()
+        };
+        let json = serde_json::to_string(&queued).unwrap();
+        let back: BuildRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.queued_request(), Some(request));
+        let running = back.clone().running();
+        assert!(running.running && running.request.is_none());
+        assert_eq!(running.queued_request(), None);
+        assert_eq!(back.finished("FAULT").queued_request(), None);
+        assert_eq!(record().queued_request(), None, "an earlier version's record");
     }
 
     fn layout() -> Layout {

@@ -15,8 +15,9 @@ pub struct BuildControl {
     pub started: StartedBuild,
     /// Cancelled by `stop` (and by shutdown, its parent).
     pub stop: CancellationToken,
-    /// Set once the build's processes are gone; `stop` then answers `AlreadyFinished`.
-    finished: Mutex<bool>,
+    /// (finished, stop requested): finished once the build's processes are gone (`stop` then
+    /// answers `AlreadyFinished`); stop requested by `stop`, not by shutdown.
+    state: Mutex<(bool, bool)>,
 }
 
 impl BuildControl {
@@ -24,27 +25,28 @@ impl BuildControl {
         Self {
             started,
             stop,
-            finished: Mutex::new(false),
+            state: Mutex::new((false, false)),
         }
     }
 
     /// Asks the build to stop, unless it already finished.
     pub fn request_stop(&self) -> StopOutcome {
-        let finished = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
-        if *finished {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.0 {
             return StopOutcome::AlreadyFinished;
         }
+        state.1 = true;
         self.stop.cancel();
         StopOutcome::Stopped
     }
 
-    /// Marks the build finished (its processes are gone); returns whether it was asked to stop
-    /// before that, by `stop` or shutdown: a caller that was answered `Stopped` must see
-    /// `STOPPED` even if the build had ended on its own meanwhile.
+    /// Marks the build finished (its processes are gone); returns whether `stop` asked it to
+    /// stop before that: a caller that was answered `Stopped` must see `STOPPED` even if the
+    /// build had ended on its own meanwhile. A shutdown is not a stop (nobody was answered).
     pub fn finish(&self) -> bool {
-        let mut finished = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
-        *finished = true;
-        self.stop.is_cancelled()
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0 = true;
+        state.1
     }
 }
 
@@ -122,11 +124,12 @@ mod tests {
     }
 
     #[test]
-    fn a_shutdown_counts_as_a_stop() {
+    fn a_shutdown_interrupts_the_build_but_is_not_a_stop() {
         let shutdown = CancellationToken::new();
         let control = BuildControl::new(control("local:a").started, shutdown.child_token());
         shutdown.cancel();
-        assert!(control.finish());
+        assert!(control.stop.is_cancelled(), "the build is interrupted");
+        assert!(!control.finish(), "but nobody was answered Stopped");
     }
 
     #[test]

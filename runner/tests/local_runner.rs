@@ -906,15 +906,15 @@ phases:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_stops_running_and_queued_builds() {
+async fn shutdown_faults_running_builds_and_a_restart_runs_the_queued_ones() {
     let fx = Fixture::new(|c| c.max_concurrent_builds = 1).await;
     let repo = repo(SLEEPER, &[]);
-    let running = fx
+    let first = fx
         .runner
         .start(fx.request("req-sd-1", &repo, SLEEPER))
         .await
         .unwrap();
-    let queued = fx
+    let second = fx
         .runner
         .start(fx.request("req-sd-2", &repo, SLEEPER))
         .await
@@ -925,37 +925,64 @@ async fn shutdown_stops_running_and_queued_builds() {
     })
     .await;
 
+    let config = fx.runner.config().clone();
     fx.runner.shutdown().await;
-    for id in [&running.build_id, &queued.build_id] {
-        let events = fx.finished(id).await;
-        assert_eq!(
-            final_event(&events).detail.build_status.as_deref(),
-            Some("STOPPED")
-        );
-    }
-    // Either may have taken the one slot first: one was stopped running, the other queued.
-    let mut last_phases = Vec::new();
-    for id in [&running.build_id, &queued.build_id] {
-        let changes = phase_changes(&fx.events(id).await);
-        let ran = changes.iter().find(|(p, _, _)| p == "BUILD").cloned();
-        last_phases.push((changes.last().unwrap().clone(), ran));
-    }
-    last_phases.sort_by(|a, b| a.0.0.cmp(&b.0.0));
-    let [(finalizing, Some(build)), (queued_phase, None)] = &last_phases[..] else {
-        panic!("{last_phases:?}");
-    };
-    assert_eq!(finalizing.0, "FINALIZING");
-    assert_eq!(build.1, "STOPPED");
-    assert_eq!(
-        (queued_phase.0.as_str(), queued_phase.1.as_str()),
-        ("QUEUED", "STOPPED")
-    );
     assert!(
         fx.runner
             .start(fx.request("req-sd-3", &repo, SLEEPER))
             .await
-            .is_err()
+            .is_err(),
+        "a runner shutting down refuses new builds"
     );
+    // Either may have taken the one slot first.
+    let (running, queued) = if phase_changes(&fx.events(&first.build_id).await)
+        .iter()
+        .any(|(p, _, _)| p == "BUILD")
+    {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    // The running one was interrupted by the system, not by anyone's stop: FAULT (the
+    // dispatcher re-runs it), its BUILD phase cut short.
+    let events = fx.finished(&running.build_id).await;
+    assert_eq!(
+        final_event(&events).detail.build_status.as_deref(),
+        Some("FAULT")
+    );
+    let changes = phase_changes(&events);
+    let build = changes.iter().find(|(p, _, _)| p == "BUILD").unwrap();
+    assert_eq!(build.1, "FAULT");
+    assert!(build.2.contains("RUNNER_SHUTDOWN"), "{build:?}");
+    // The queued one was neither run nor finished: no final report.
+    let events = fx.events(&queued.build_id).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e.detail.additional_information.build_complete != Some(true)),
+        "a queued build is not finished by a shutdown"
+    );
+
+    // The next start of the runner runs it (once), and leaves the FAULT one alone.
+    std::fs::remove_file(&started_file).unwrap();
+    let restarted = LocalRunner::new(fx.rt.clone(), config).unwrap();
+    wait_until(WAIT, "the queued build to run after the restart", || async {
+        started_file.exists().then_some(())
+    })
+    .await;
+    let stopped = restarted.stop(&queued.build_id).await.unwrap();
+    assert_eq!(stopped, StopOutcome::Stopped, "it is this runner's build now");
+    let events = fx.finished(&queued.build_id).await;
+    assert_eq!(
+        final_event(&events).detail.build_status.as_deref(),
+        Some("STOPPED")
+    );
+    assert_eq!(
+        restarted.stop(&running.build_id).await.unwrap(),
+        StopOutcome::AlreadyFinished,
+        "the interrupted build is not run again by the runner (the dispatcher re-runs it)"
+    );
+    restarted.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
