@@ -371,10 +371,8 @@ pub fn nothing_parked_but_poison(history: &History) -> Outcome {
         .filter(|p| !history.poisoned.contains(&p.data))
         .map(|p| {
             format!(
-                "consumer {} parked a message that was not poisoned ({} bytes: {})",
-                p.consumer,
-                p.data.len(),
-                String::from_utf8_lossy(&p.data[..p.data.len().min(80)])
+                "consumer {} parked a message of {} that was not poisoned: {}",
+                p.consumer, p.subject, p.error
             )
         })
         .collect();

@@ -117,6 +117,8 @@ fn clean() -> History {
         status_contexts: BTreeMap::new(),
         parked: vec![Parked {
             consumer: "dispatcher".into(),
+            subject: "prx.webhook.push.chaos.poison".into(),
+            error: "undecodable".into(),
             data: b"poison".to_vec(),
         }],
         poisoned: vec![b"poison".to_vec()],
@@ -271,9 +273,14 @@ fn a_parked_message_that_was_not_poisoned_is_reported() {
     let mut h = clean();
     h.parked.push(Parked {
         consumer: "publisher".into(),
+        subject: "prx.build.completed.chaos.app-0".into(),
+        error: "SSM: access denied".into(),
         data: b"a real event".to_vec(),
     });
     let (name, v) = single(&h);
     assert_eq!(name, nothing_parked_but_poison(&h).name);
-    assert!(v[0].contains("consumer publisher parked"));
+    assert_eq!(
+        v[0],
+        "consumer publisher parked a message of prx.build.completed.chaos.app-0 that was not poisoned: SSM: access denied"
+    );
 }

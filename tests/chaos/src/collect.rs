@@ -119,6 +119,8 @@ pub fn parked(envelopes: &[v1::Envelope]) -> Vec<Parked> {
         .filter_map(|e| match &e.payload {
             Some(Payload::MessageParked(p)) => Some(Parked {
                 consumer: p.consumer.clone(),
+                subject: p.subject.clone(),
+                error: p.error.clone(),
                 data: p.data.clone(),
             }),
             _ => None,

@@ -17,8 +17,11 @@ pub struct Fronts {
     pub slack: String,
 }
 
-/// The rules of each front: (matcher, fault, probability).
-fn rules() -> [(&'static str, Vec<(Match, Fault, f64)>); 3] {
+/// A rule of a front: the requests, the fault, its probability.
+type Rule = (Match, Fault, f64);
+
+/// The rules of each front.
+fn rules() -> [(&'static str, Vec<Rule>); 3] {
     let ssm = |op: &str| Match::aws(&format!("AmazonSSM.{op}"));
     [
         (

@@ -96,6 +96,10 @@ pub struct StatusWrite {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parked {
     pub consumer: String,
+    /// The parked message's subject.
+    pub subject: String,
+    /// Why it was parked.
+    pub error: String,
     pub data: Vec<u8>,
 }
 

@@ -95,7 +95,13 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
     let mut cluster = Cluster::start(&run_dir.join("nats"))?;
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
-        .connect(cluster.urls())
+        .connect(
+            cluster
+                .urls()
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?,
+        )
         .await
         .context("cannot connect to the cluster")?;
     let js = async_nats::jetstream::new(client.clone());
@@ -108,6 +114,13 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
         },
     )
     .await;
+
+    // Provisioned once here (R3), so the ten processes starting at once find everything and
+    // their own idempotent provisioning is quick.
+    let definitions = prx_ci_shared::bus::nats::Definitions::embedded()?;
+    prx_ci_shared::bus::nats::provision(&js, &definitions, 3)
+        .await
+        .context("cannot provision the cluster")?;
 
     let moto = MotoServer::start().await;
     let buildspecs: HashMap<(String, String), String> = plan
@@ -138,6 +151,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
         ("AWS_ACCESS_KEY_ID".to_owned(), "testing".to_owned()),
         ("AWS_SECRET_ACCESS_KEY".to_owned(), "testing".to_owned()),
         ("AWS_REGION".to_owned(), "us-east-1".to_owned()),
+        ("NO_COLOR".to_owned(), "1".to_owned()),
     ];
     let mut supervisor = Supervisor::default();
     let mut ingress_urls = Vec::new();

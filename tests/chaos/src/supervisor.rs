@@ -122,14 +122,16 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Waits until every process answers `/readyz` with 200.
-    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+    /// Waits until every process answers `/readyz` with 200, restarting those that exit.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()?;
         let deadline = tokio::time::Instant::now() + timeout;
-        for p in &self.processes {
+        for i in 0..self.processes.len() {
             loop {
+                self.restart_exited()?;
+                let p = &self.processes[i];
                 let ok = http
                     .get(&p.ready_url)
                     .send()
