@@ -67,7 +67,7 @@ pub fn render(service: &str, replica: usize, port: u16, e: &Endpoints) -> String
         ),
         "prx-ci-build-watcher" => write!(
             out,
-            "[build_watcher]\nops_listen = {listen:?}\nunrequested_after = \"30s\"\n"
+            "[build_watcher]\nops_listen = {listen:?}\n"
         ),
         "prx-ci-publisher" => write!(
             out,
