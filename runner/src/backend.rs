@@ -25,7 +25,9 @@ use crate::build_log::BuildLog;
 use crate::config::LocalRunnerConfig;
 use crate::environment::reported_variables;
 use crate::isolation::Launcher;
-use crate::record::{self, BuildRecord, Layout, QueuedRequest, claim_record, find_record, read_record};
+use crate::record::{
+    self, BuildRecord, Layout, QueuedRequest, claim_record, find_record, read_record,
+};
 use crate::registry::{BuildControl, Registry};
 use crate::reporter::{self, Timeline, publish_report};
 use prx_ci_shared::codebuild::build::{LOCAL_BACKEND, SourceVersion, status};

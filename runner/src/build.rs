@@ -200,8 +200,9 @@ impl Build {
         };
         let Some(_permit) = permit else {
             if self.shared.shutdown.is_cancelled() {
-                self.log
-                    .line("The runner shut down while this build was queued; it runs at the next start");
+                self.log.line(
+                    "The runner shut down while this build was queued; it runs at the next start",
+                );
                 return None;
             }
             let context = Interruption::Stopped.context(self.shared.config.timeout);

@@ -41,7 +41,8 @@ impl Interruption {
             ),
             Interruption::Stopped => "BUILD_STOPPED: Build was stopped".to_owned(),
             Interruption::Shutdown => {
-                "RUNNER_SHUTDOWN: the build runner shut down while this build was running".to_owned()
+                "RUNNER_SHUTDOWN: the build runner shut down while this build was running"
+                    .to_owned()
             }
         }
     }

@@ -289,7 +289,11 @@ mod tests {
         assert!(running.running && running.request.is_none());
         assert_eq!(running.queued_request(), None);
         assert_eq!(back.finished("FAULT").queued_request(), None);
-        assert_eq!(record().queued_request(), None, "an earlier version's record");
+        assert_eq!(
+            record().queued_request(),
+            None,
+            "an earlier version's record"
+        );
     }
 
     fn layout() -> Layout {

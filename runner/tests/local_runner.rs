@@ -966,12 +966,18 @@ async fn shutdown_faults_running_builds_and_a_restart_runs_the_queued_ones() {
     // The next start of the runner runs it (once), and leaves the FAULT one alone.
     std::fs::remove_file(&started_file).unwrap();
     let restarted = LocalRunner::new(fx.rt.clone(), config).unwrap();
-    wait_until(WAIT, "the queued build to run after the restart", || async {
-        started_file.exists().then_some(())
-    })
+    wait_until(
+        WAIT,
+        "the queued build to run after the restart",
+        || async { started_file.exists().then_some(()) },
+    )
     .await;
     let stopped = restarted.stop(&queued.build_id).await.unwrap();
-    assert_eq!(stopped, StopOutcome::Stopped, "it is this runner's build now");
+    assert_eq!(
+        stopped,
+        StopOutcome::Stopped,
+        "it is this runner's build now"
+    );
     let events = fx.finished(&queued.build_id).await;
     assert_eq!(
         final_event(&events).detail.build_status.as_deref(),

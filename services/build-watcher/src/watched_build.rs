@@ -98,6 +98,13 @@ pub struct RequestData {
     /// out of the JSON while unspecified so records keep their shape.
     #[serde(skip_serializing_if = "is_unspecified")]
     pub primary_architecture: i32,
+    /// `BuildRequested.rerun` (0 for the webhook's own build), left out of the JSON while 0.
+    #[serde(skip_serializing_if = "is_first_attempt")]
+    pub rerun: u32,
+}
+
+fn is_first_attempt(rerun: &u32) -> bool {
+    *rerun == 0
 }
 
 fn is_unspecified(architecture: &i32) -> bool {
@@ -120,6 +127,7 @@ impl From<&v1::BuildRequested> for RequestData {
             branch: r.branch.clone(),
             pull_request: r.pull_request,
             primary_architecture: r.primary_architecture,
+            rerun: r.rerun,
         }
     }
 }
@@ -143,6 +151,7 @@ impl RequestData {
             branch: self.branch.clone(),
             pull_request: self.pull_request,
             primary_architecture: self.primary_architecture,
+            rerun: self.rerun,
         }
     }
 }

@@ -9,6 +9,10 @@ use serde::Deserialize;
 use crate::codebuild::CodeBuildConfig;
 use crate::decision::DecisionConfig;
 
+/// The most re-runs `[dispatcher] reruns` allows (a build that keeps faulting is the
+/// operator's to look at, not a loop).
+pub const MAX_RERUNS: u32 = 5;
+
 /// Section `[dispatcher]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -24,10 +28,26 @@ pub struct DispatcherConfig {
     /// Stop in-flight builds of the default branch when a newer push to it is dispatched.
     /// Default false (every default-branch commit builds to completion, as in the original).
     pub cancel_superseded_default_branch: bool,
+    /// How many times a build lost to the system's own failure (`FAULT`: CodeBuild's
+    /// infrastructure, the local runner's process dying) is re-run as the same push. A build
+    /// that fails by its own fault is never re-run. 0 turns re-runs off. Default 1.
+    pub reruns: u32,
     /// The decision rules' strings (`[dispatcher.rules]`).
     pub rules: DecisionConfig,
+    /// Where builds run (binary only): `codebuild` or `local` (the local runner in this
+    /// process, section `[runner]`). Default `codebuild`.
+    pub backend: BackendKind,
     /// CodeBuild projects (`[dispatcher.codebuild]`; binary only).
     pub codebuild: CodeBuildConfig,
+}
+
+/// `[dispatcher] backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    #[default]
+    Codebuild,
+    Local,
 }
 
 impl Default for DispatcherConfig {
@@ -37,7 +57,9 @@ impl Default for DispatcherConfig {
             concurrency: 4,
             cancel_superseded_pull_requests: true,
             cancel_superseded_default_branch: false,
+            reruns: 1,
             rules: DecisionConfig::default(),
+            backend: BackendKind::Codebuild,
             codebuild: CodeBuildConfig::default(),
         }
     }
@@ -59,6 +81,12 @@ impl Validate for DispatcherConfig {
             return Err(format!(
                 "concurrency must be 1 to 256, not {}",
                 self.concurrency
+            ));
+        }
+        if self.reruns > MAX_RERUNS {
+            return Err(format!(
+                "reruns must be 0 to {MAX_RERUNS}, not {}",
+                self.reruns
             ));
         }
         self.rules.validate()?;
@@ -98,6 +126,10 @@ mod tests {
         let err = prx_ci_shared::config::load_from::<DispatcherConfig>(&figment, "dispatcher")
             .unwrap_err();
         assert!(err.to_string().contains("untrusted"), "{err}");
+        let figment = Figment::from(Toml::string("[dispatcher]\nreruns = 6\n"));
+        let err = prx_ci_shared::config::load_from::<DispatcherConfig>(&figment, "dispatcher")
+            .unwrap_err();
+        assert!(err.to_string().contains("reruns must be 0 to 5"), "{err}");
         let figment = Figment::from(Toml::string("[dispatcher]\ncancel_superseded = true\n"));
         assert!(
             prx_ci_shared::config::load_from::<DispatcherConfig>(&figment, "dispatcher").is_err()

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use prost::Message as _;
-use prx_ci_proto::v1::Envelope;
+use prx_ci_proto::v1::{Envelope, envelope::Payload};
 use prx_ci_shared::domain::push_position::PushPosition;
 use prx_ci_shared::domain::{Architecture, Lane, OrderingKey};
 use prx_ci_shared::kv::{Modify, Records, key_token};
@@ -54,9 +54,38 @@ pub fn dispatched_key(dispatch_id: &str, architecture: Architecture) -> String {
     format!("{}.{}", key_token(dispatch_id), architecture.as_str())
 }
 
-/// The key of the intent to start a build (beside its [`dispatched_key`]).
-pub fn intent_key(dispatch_id: &str, architecture: Architecture) -> String {
-    format!("{}.intent", dispatched_key(dispatch_id, architecture))
+/// Where a build start is recorded in [`DISPATCHED_BUCKET`]: the build a webhook asked for
+/// ([`dispatched_key`]) or a re-run of a build lost to the system (`rerun.<request id>`), with
+/// its intent beside it (`<key>.intent`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartKey(String);
+
+impl StartKey {
+    /// The build of a webhook (`dispatch_id`) for `architecture`.
+    pub fn webhook(dispatch_id: &str, architecture: Architecture) -> Self {
+        Self(dispatched_key(dispatch_id, architecture))
+    }
+
+    /// The re-run whose request id is `request_id`.
+    pub fn rerun(request_id: &str) -> Self {
+        Self(format!("rerun.{}", key_token(request_id)))
+    }
+
+    /// The key of the started build's `BuildRequested` envelope.
+    pub fn record(&self) -> &str {
+        &self.0
+    }
+
+    /// The key of the intent to start it.
+    pub fn intent(&self) -> String {
+        format!("{}.intent", self.0)
+    }
+}
+
+/// The key of the pointer from a build request id to its [`StartKey::record`] (so a build's
+/// request can be found from its `build_request_id`, e.g. to re-run it).
+pub fn request_key(request_id: &str) -> String {
+    format!("request.{}", key_token(request_id))
 }
 
 /// The key of an ordering key's records (in-flight builds, push order).
@@ -126,16 +155,15 @@ impl DispatchStore {
         Ok(position)
     }
 
-    /// The `BuildRequested` envelope of a build already started for this dispatch.
-    pub async fn dispatched(
-        &self,
-        dispatch_id: &str,
-        architecture: Architecture,
-    ) -> anyhow::Result<Option<Envelope>> {
-        let key = dispatched_key(dispatch_id, architecture);
+    /// The `BuildRequested` envelope of a build already started under `key`.
+    pub async fn dispatched(&self, key: &StartKey) -> anyhow::Result<Option<Envelope>> {
+        self.envelope(key.record()).await
+    }
+
+    async fn envelope(&self, key: &str) -> anyhow::Result<Option<Envelope>> {
         let Some(value) = self
             .dispatched
-            .get(key.as_str())
+            .get(key)
             .await
             .with_context(|| format!("cannot read {DISPATCHED_BUCKET}/{key}"))?
         else {
@@ -146,16 +174,32 @@ impl DispatchStore {
         Ok(Some(envelope))
     }
 
-    /// Records the intent to start the build `request_id` (compare-and-set), or returns the
-    /// intent an earlier attempt recorded.
+    /// The `BuildRequested` envelope recorded for the build request `request_id` (through its
+    /// [`request_key`] pointer; `None` for builds recorded before pointers were written).
+    pub async fn requested(&self, request_id: &str) -> anyhow::Result<Option<Envelope>> {
+        let pointer = request_key(request_id);
+        let Some(value) = self
+            .dispatched
+            .get(pointer.as_str())
+            .await
+            .with_context(|| format!("cannot read {DISPATCHED_BUCKET}/{pointer}"))?
+        else {
+            return Ok(None);
+        };
+        let key = String::from_utf8(value.to_vec())
+            .with_context(|| format!("{DISPATCHED_BUCKET}/{pointer} is not a key"))?;
+        self.envelope(&key).await
+    }
+
+    /// Records the intent to start the build `request_id` under `key` (compare-and-set), or
+    /// returns the intent an earlier attempt recorded.
     pub async fn record_intent(
         &self,
-        dispatch_id: &str,
-        architecture: Architecture,
+        key: &StartKey,
         request_id: &str,
         at_unix: i64,
     ) -> anyhow::Result<Intent> {
-        let key = intent_key(dispatch_id, architecture);
+        let key = key.intent();
         let intent = StartIntent {
             request_id: request_id.to_owned(),
             at_unix,
@@ -178,24 +222,36 @@ impl DispatchStore {
         Ok(Intent::Earlier(earlier))
     }
 
-    /// Records a started build; if another dispatch of the same webhook recorded one first,
-    /// returns that one's envelope (the idempotency token made both starts the same build).
+    /// Records a started build under `key`, and the pointer to it from its request id; if
+    /// another attempt recorded one first, returns that one's envelope (both starts were the
+    /// same build).
     pub async fn record_dispatched(
         &self,
-        dispatch_id: &str,
-        architecture: Architecture,
+        key: &StartKey,
         requested: &Envelope,
     ) -> anyhow::Result<Envelope> {
-        let key = dispatched_key(dispatch_id, architecture);
         let value = Bytes::from(requested.encode_to_vec());
-        match self.dispatched.create(key.as_str(), value).await {
-            Ok(_) => Ok(requested.clone()),
-            Err(err) => match self.dispatched(dispatch_id, architecture).await? {
-                Some(existing) => Ok(existing),
-                None => Err(anyhow::Error::new(err)
-                    .context(format!("cannot write {DISPATCHED_BUCKET}/{key}"))),
+        let recorded = match self.dispatched.create(key.record(), value).await {
+            Ok(_) => requested.clone(),
+            Err(err) => match self.dispatched(key).await? {
+                Some(existing) => existing,
+                None => {
+                    return Err(anyhow::Error::new(err)
+                        .context(format!("cannot write {DISPATCHED_BUCKET}/{}", key.record())));
+                }
             },
+        };
+        if let Some(Payload::BuildRequested(request)) = &recorded.payload
+            && let Some(build) = &request.build
+            && !build.build_request_id.is_empty()
+        {
+            let pointer = request_key(&build.build_request_id);
+            self.dispatched
+                .put(pointer.as_str(), Bytes::from(key.record().to_owned()))
+                .await
+                .with_context(|| format!("cannot write {DISPATCHED_BUCKET}/{pointer}"))?;
         }
+        Ok(recorded)
     }
 
     /// Records `push` and its builds in the in-flight builds of `key`, compare-and-set.
@@ -274,9 +330,17 @@ mod tests {
         let d = dispatched_key("github-delivery:72d3162e-cc78", Architecture::Aarch64);
         assert_eq!(d, "github-delivery=3A72d3162e-cc78.aarch64");
         assert!(valid(&d), "{d}");
-        let i = intent_key("github-delivery:72d3162e-cc78", Architecture::Aarch64);
+        let webhook = StartKey::webhook("github-delivery:72d3162e-cc78", Architecture::Aarch64);
+        assert_eq!(webhook.record(), d);
+        let i = webhook.intent();
         assert_eq!(i, "github-delivery=3A72d3162e-cc78.aarch64.intent");
         assert!(valid(&i), "{i}");
+        let rerun = StartKey::rerun("0b6f1a2c-5d9e-5f00-8c1d-3e2f4a5b6c7d");
+        assert_eq!(rerun.record(), "rerun.0b6f1a2c-5d9e-5f00-8c1d-3e2f4a5b6c7d");
+        assert!(valid(rerun.record()) && valid(&rerun.intent()));
+        let pointer = request_key("0b6f1a2c-5d9e-5f00-8c1d-3e2f4a5b6c7d");
+        assert_eq!(pointer, "request.0b6f1a2c-5d9e-5f00-8c1d-3e2f4a5b6c7d");
+        assert!(valid(&pointer));
         assert_ne!(key_token("a.b"), key_token("a=2Eb"));
         assert_eq!(key_token(""), "=");
     }

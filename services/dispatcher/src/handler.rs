@@ -1,17 +1,13 @@
 //! The webhook handler: load, ask the decision, start and stop builds, store, publish.
 //!
 //! Idempotence: everything a webhook produces is keyed by its dispatch id
-//! ([`decision::dispatch_id`]). Before a build is started, the intent to start it is created in
-//! KV (compare-and-set, keyed like the started build); every build carries its request id
-//! (`PRX_CI_REQUEST_ID`); the started build is recorded right after `StartBuild`, so a later
-//! redelivery re-announces the recorded build instead of starting one. A delivery that finds
-//! an intent but no record (an earlier attempt crashed between `StartBuild` and the record, or
-//! before `StartBuild`) first asks the backend for the build that request started
-//! ([`BuildBackend::find`]) and adopts it (recorded and announced exactly as a fresh start,
-//! same event ids); only when there is none does it start one. So CodeBuild's idempotency token
-//! (five minutes) is no longer what prevents a second build after a crash. The intent is a
-//! marker, not a lock: what remains is listed in the README ("One build per (webhook,
-//! architecture)").
+//! ([`decision::dispatch_id`]). Builds are started through [`Starter::start_once`] (intent in
+//! KV first, adoption of a build a crashed attempt started), and the started build is recorded
+//! right after under the same key, so a later redelivery re-announces the recorded build
+//! instead of starting one; an adopted build is recorded and announced exactly as a fresh
+//! start, same event ids. So CodeBuild's idempotency token (five minutes) is no longer what
+//! prevents a second build after a crash. The intent is a marker, not a lock: what remains is
+//! listed in the README ("One build per (webhook, architecture)").
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +16,7 @@ use prx_ci_proto::v1::{Envelope, envelope::Payload};
 use prx_ci_shared::bus::consume::{Delivery, Handler, HandlerError};
 use prx_ci_shared::bus::envelope::{Chain, from_timestamp};
 use prx_ci_shared::bus::publish::EventPublisher;
-use prx_ci_shared::codebuild::backend::{BackendError, BuildBackend, StopOutcome};
+use prx_ci_shared::codebuild::backend::{BackendError, StopOutcome};
 use prx_ci_shared::domain::Architecture;
 use prx_ci_shared::domain::push_position::PushPosition;
 use time::OffsetDateTime;
@@ -28,36 +24,20 @@ use time::OffsetDateTime;
 use crate::buildspec::{Buildspec, BuildspecError, BuildspecRequest, BuildspecSource};
 use crate::config::DispatcherConfig;
 use crate::decision::{self, BuildPlan, PlannedBuild, Skip, SkipReason, events};
-use crate::dispatch_store::{DispatchStore, Intent};
-use crate::fault::FaultPoint;
+use crate::dispatch_store::{DispatchStore, StartKey};
 use crate::inflight::{InflightBuild, InflightUpdate, Push};
 use crate::metrics::DispatcherMetrics;
+use crate::start::{Starter, transient};
 
 /// Handles `WebhookReceived` events of the `dispatcher` consumer.
 #[derive(Debug)]
 pub struct DispatchHandler {
     config: DispatcherConfig,
     buildspecs: Arc<dyn BuildspecSource>,
-    backend: Arc<dyn BuildBackend>,
+    starter: Starter,
     publisher: EventPublisher,
     store: DispatchStore,
     metrics: DispatcherMetrics,
-    fault: FaultPoint,
-}
-
-/// How far before an intent's time a backend's build may have started and still be that
-/// intent's (clocks of the dispatcher and the backend differ).
-const FIND_CLOCK_SLACK_SECS: i64 = 600;
-
-fn backend_error(err: BackendError) -> HandlerError {
-    match err {
-        BackendError::Transient(e) => HandlerError::Transient(e),
-        BackendError::Permanent(e) => HandlerError::Permanent(e),
-    }
-}
-
-fn transient(err: impl Into<anyhow::Error>) -> HandlerError {
-    HandlerError::Transient(err.into())
 }
 
 /// When ingress stored the webhook, in seconds: GitHub's time of the push for payloads that
@@ -75,7 +55,7 @@ impl DispatchHandler {
     pub fn new(
         config: DispatcherConfig,
         buildspecs: Arc<dyn BuildspecSource>,
-        backend: Arc<dyn BuildBackend>,
+        starter: Starter,
         publisher: EventPublisher,
         store: DispatchStore,
         metrics: DispatcherMetrics,
@@ -83,18 +63,11 @@ impl DispatchHandler {
         Self {
             config,
             buildspecs,
-            backend,
+            starter,
             publisher,
             store,
             metrics,
-            fault: FaultPoint::Off,
         }
-    }
-
-    /// Aborts the process at `fault` (test-only, see [`crate::fault`]).
-    pub fn with_fault_point(mut self, fault: FaultPoint) -> Self {
-        self.fault = fault;
-        self
     }
 
     async fn publish(&self, envelope: &Envelope) -> Result<(), HandlerError> {
@@ -143,8 +116,10 @@ impl DispatchHandler {
         // differently) and their push sequence (the delivery's new stream sequence is still
         // the same push).
         let (x86_64, aarch64) = futures::future::try_join(
-            self.store.dispatched(dispatch_id, Architecture::X86_64),
-            self.store.dispatched(dispatch_id, Architecture::Aarch64),
+            self.store
+                .dispatched(&StartKey::webhook(dispatch_id, Architecture::X86_64)),
+            self.store
+                .dispatched(&StartKey::webhook(dispatch_id, Architecture::Aarch64)),
         )
         .await
         .map_err(transient)?;
@@ -260,46 +235,9 @@ impl DispatchHandler {
         build: PlannedBuild,
     ) -> Result<Envelope, HandlerError> {
         let request_id = decision::build_request_id(dispatch_id, build.architecture);
-        let request = plan.start_request(request_id.clone(), buildspec, &build);
-        let intent = self
-            .store
-            .record_intent(
-                dispatch_id,
-                build.architecture,
-                &request_id,
-                OffsetDateTime::now_utc().unix_timestamp(),
-            )
-            .await
-            .map_err(transient)?;
-        let found = match intent {
-            Intent::First => None,
-            Intent::Earlier(earlier) => {
-                let since = OffsetDateTime::from_unix_timestamp(
-                    earlier.at_unix.saturating_sub(FIND_CLOCK_SLACK_SECS),
-                )
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-                self.backend
-                    .find(&request, since)
-                    .await
-                    .map_err(backend_error)?
-            }
-        };
-        let started = match found {
-            Some(found) => {
-                tracing::warn!(
-                    build_id = %found.build_id,
-                    architecture = %build.architecture,
-                    %request_id,
-                    "an earlier attempt started this build and stopped before recording it; adopting it"
-                );
-                found
-            }
-            None => {
-                let started = self.backend.start(request).await.map_err(backend_error)?;
-                self.fault.reached(FaultPoint::AfterStart);
-                started
-            }
-        };
+        let request = plan.start_request(request_id, buildspec, &build);
+        let key = StartKey::webhook(dispatch_id, build.architecture);
+        let started = self.starter.start_once(&key, request).await?;
         tracing::info!(
             build_id = %started.build_id,
             architecture = %build.architecture,
@@ -310,7 +248,6 @@ impl DispatchHandler {
             "build requested"
         );
         self.metrics.build_started(build.architecture);
-        let architecture = build.architecture;
         let envelope = plan.requested(
             chain,
             dispatch_id,
@@ -320,7 +257,7 @@ impl DispatchHandler {
             OffsetDateTime::now_utc(),
         );
         self.store
-            .record_dispatched(dispatch_id, architecture, &envelope)
+            .record_dispatched(&key, &envelope)
             .await
             .map_err(transient)
     }
@@ -363,7 +300,7 @@ impl DispatchHandler {
         let mut done = Vec::new();
         let mut failure = None;
         for build in &to_stop {
-            match self.backend.stop(build.build_id()).await {
+            match self.starter.backend().stop(build.build_id()).await {
                 Ok(StopOutcome::Stopped) => {
                     self.cancelled(plan, build, &by).await?;
                     done.push(build.build_id().to_owned());

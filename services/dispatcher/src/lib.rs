@@ -4,8 +4,9 @@
 //! `BuildSkipped` with its reason. It applies the original build handler's rules exactly
 //! ([`decision`]), looks `buildspec.yml` up at the event's commit ([`buildspec`]), starts each
 //! build at most once per webhook and architecture ([`dispatch_store`]), stamps every event
-//! with the ordering key and push sequence ([`push_order`]), and stops superseded builds
-//! ([`inflight`]).
+//! with the ordering key and push sequence ([`push_order`]), stops superseded builds
+//! ([`inflight`]), and re-runs builds lost to the system's own failure (`FAULT`) as the same
+//! push, a bounded number of times ([`decision::rerun`], [`rerun_handler`]).
 //!
 //! Wiring: [`Dispatcher::new`] then [`Dispatcher::run`]; the `prx-ci-dispatcher` binary
 //! (`src/main.rs`) passes [`GitHubBuildspecSource`] and [`CodeBuildBackend`], `prx-ci up`
@@ -21,7 +22,9 @@ pub mod handler;
 pub mod inflight;
 pub mod metrics;
 pub mod push_order;
+pub mod rerun_handler;
 pub mod service;
+pub mod start;
 
 pub use buildspec::{BuildspecSource, GitHubBuildspecSource, LocalGitBuildspecSource};
 pub use codebuild::{CodeBuildBackend, CodeBuildConfig};

@@ -13,6 +13,13 @@ pub struct DispatcherMetrics {
     builds_started: Family<ArchitectureLabels, Counter>,
     builds_reannounced: Counter,
     builds_cancelled: Counter,
+    reruns: Family<RerunLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RerunLabels {
+    /// `started`, or why not (`exhausted`, `unrecorded`).
+    outcome: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,7 +42,13 @@ impl DispatcherMetrics {
             builds_started: Family::default(),
             builds_reannounced: Counter::default(),
             builds_cancelled: Counter::default(),
+            reruns: Family::default(),
         };
+        registry.register(
+            "prx_ci_dispatcher_reruns",
+            "Builds lost to the system's failure (FAULT): re-runs started, or why none was",
+            metrics.reruns.clone(),
+        );
         registry.register(
             "prx_ci_dispatcher_decisions",
             "Webhooks decided, by outcome and skip reason",
@@ -73,6 +86,15 @@ impl DispatcherMetrics {
         self.builds_started
             .get_or_create(&ArchitectureLabels {
                 architecture: architecture.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// A build lost to the system: `started` its re-run, or why not.
+    pub fn rerun(&self, outcome: &str) {
+        self.reruns
+            .get_or_create(&RerunLabels {
+                outcome: outcome.to_owned(),
             })
             .inc();
     }

@@ -1,4 +1,5 @@
-//! Wiring only: the `dispatcher` consumer on `PRX_WEBHOOKS`, its store, metrics and handler.
+//! Wiring only: the `dispatcher` consumer on `PRX_WEBHOOKS` and the `dispatcher-reruns`
+//! consumer on `PRX_EVENTS`, their store, metrics and handlers.
 
 use std::sync::Arc;
 
@@ -17,9 +18,13 @@ use crate::dispatch_store::DispatchStore;
 use crate::fault::FaultPoint;
 use crate::handler::DispatchHandler;
 use crate::metrics::DispatcherMetrics;
+use crate::rerun_handler::RerunHandler;
+use crate::start::Starter;
 
 /// Durable consumer name (`deploy/nats/consumers/dispatcher.json`).
 pub const CONSUMER: &str = "dispatcher";
+/// Durable consumer of finished builds, for re-runs (`deploy/nats/consumers/dispatcher-reruns.json`).
+pub const RERUNS_CONSUMER: &str = "dispatcher-reruns";
 
 /// The dispatcher service.
 #[derive(Debug)]
@@ -29,6 +34,7 @@ pub struct Dispatcher {
     buildspecs: Arc<dyn BuildspecSource>,
     backend: Arc<dyn BuildBackend>,
     settings: ConsumerSettings,
+    rerun_settings: ConsumerSettings,
     metrics: DispatcherMetrics,
     fault: FaultPoint,
 }
@@ -49,12 +55,15 @@ impl Dispatcher {
         let definitions = Definitions::embedded()?;
         let settings = ConsumerSettings::from_definition(definitions.consumer(CONSUMER)?)
             .with_concurrency(config.concurrency);
+        let rerun_settings =
+            ConsumerSettings::from_definition(definitions.consumer(RERUNS_CONSUMER)?);
         Ok(Self {
             rt,
             config,
             buildspecs,
             backend,
             settings,
+            rerun_settings,
             metrics: DispatcherMetrics::register(registry),
             fault: FaultPoint::Off,
         })
@@ -72,27 +81,44 @@ impl Dispatcher {
         self
     }
 
-    /// Consumes webhooks until `shutdown` is cancelled; in-flight webhooks finish first.
+    /// Consumes webhooks and finished builds until `shutdown` is cancelled; in-flight messages
+    /// finish first.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let store = DispatchStore::open(&self.rt.js).await?;
-        let handler = DispatchHandler::new(
-            self.config,
+        let starter = Starter::new(self.backend, store.clone(), self.fault);
+        let webhooks = DispatchHandler::new(
+            self.config.clone(),
             self.buildspecs,
-            self.backend,
+            starter.clone(),
+            self.rt.publisher.clone(),
+            store.clone(),
+            self.metrics.clone(),
+        );
+        let reruns = RerunHandler::new(
+            self.config.reruns,
+            starter,
             self.rt.publisher.clone(),
             store,
             self.metrics,
-        )
-        .with_fault_point(self.fault);
-        run_consumer(
+        );
+        let webhooks = run_consumer(
             self.rt.js.clone(),
             self.rt.publisher.clone(),
             self.settings,
-            Arc::new(handler),
+            Arc::new(webhooks),
+            self.rt.consumer_metrics.clone(),
+            shutdown.clone(),
+        );
+        let reruns = run_consumer(
+            self.rt.js.clone(),
+            self.rt.publisher.clone(),
+            self.rerun_settings,
+            Arc::new(reruns),
             self.rt.consumer_metrics.clone(),
             shutdown,
-        )
-        .await
-        .context("dispatcher consumer failed")
+        );
+        let (webhooks, reruns) = tokio::join!(webhooks, reruns);
+        webhooks.context("dispatcher consumer failed")?;
+        reruns.context("dispatcher-reruns consumer failed")
     }
 }

@@ -15,8 +15,16 @@ use crate::service::Core;
 
 /// Statuses remembered as in flight or written (a cache; cleared when full).
 const MAX_RECENT_STATUSES: usize = 10_000;
-/// Longest wait before a failed write is tried again.
+/// Longest wait before a failed write is tried again (unless GitHub asks for longer).
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+/// Longest wait GitHub is believed when it asks (its rate-limit windows are an hour).
+const MAX_SERVER_WAIT: Duration = Duration::from_secs(3600);
+
+/// The wait before the next round of a failed status write: the backoff, or longer when GitHub
+/// asked for longer (`Retry-After`, `X-RateLimit-Reset`), so a rate limit is not hammered.
+pub(crate) fn retry_delay(backoff: Duration, server_wait: Option<Duration>) -> Duration {
+    backoff.max(server_wait.unwrap_or_default().min(MAX_SERVER_WAIT))
+}
 
 /// What identifies a status on GitHub: (repository, commit, context).
 pub(crate) type StatusKey = (String, String, String);
@@ -106,19 +114,23 @@ impl Core {
                     );
                     self.mark_status_written(&pending).await;
                 }
-                Err(StatusError::Transient(reason)) => {
+                Err(StatusError::Transient {
+                    reason,
+                    retry_after,
+                }) => {
                     self.metrics.status("failed");
                     self.recent_statuses
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .remove(&status_key);
                     pending.attempts += 1;
-                    let delay = Backoff {
+                    let backoff = Backoff {
                         initial: Duration::from_secs(1),
                         max: MAX_RETRY_DELAY,
                         max_attempts: u32::MAX,
                     }
                     .delay(pending.attempts);
+                    let delay = retry_delay(backoff, retry_after);
                     tracing::warn!(reason, ?delay, "commit status write failed; will retry");
                     tokio::select! {
                         () = self.shutdown.cancelled() => return,
@@ -167,5 +179,20 @@ impl Core {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_round_waits_what_github_asks_when_it_is_longer_than_the_backoff() {
+        let secs = Duration::from_secs;
+        assert_eq!(retry_delay(secs(2), None), secs(2));
+        assert_eq!(retry_delay(secs(2), Some(secs(1))), secs(2));
+        assert_eq!(retry_delay(secs(2), Some(secs(30))), secs(30));
+        // A reset more than an hour away (a skewed clock) is not believed.
+        assert_eq!(retry_delay(secs(2), Some(secs(86_400))), MAX_SERVER_WAIT);
     }
 }

@@ -134,6 +134,7 @@ impl BuildPlan {
                     .primary_architecture
                     .map_or(v1::Architecture::Unspecified, Architecture::to_proto)
                     as i32,
+                rerun: 0,
             }),
         )
     }

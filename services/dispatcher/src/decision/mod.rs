@@ -25,6 +25,7 @@
 
 pub mod events;
 pub mod plan;
+pub mod rerun;
 pub mod skip;
 pub mod trigger;
 

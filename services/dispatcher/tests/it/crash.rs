@@ -330,7 +330,7 @@ async fn an_intent_without_a_record_adopts_the_found_build_or_starts_one_when_th
     use std::sync::atomic::Ordering;
 
     use prx_ci_dispatcher::DispatcherConfig;
-    use prx_ci_dispatcher::dispatch_store::{DispatchStore, Intent};
+    use prx_ci_dispatcher::dispatch_store::{DispatchStore, Intent, StartKey};
 
     let nats = Nats::start().await;
     let github = FakeGitHub::start().await;
@@ -355,7 +355,7 @@ async fn an_intent_without_a_record_adopts_the_found_build_or_starts_one_when_th
     let crashed = backend.start(request(&a_request)).await.unwrap();
     assert_eq!(
         store
-            .record_intent(a, Architecture::X86_64, &a_request, now)
+            .record_intent(&StartKey::webhook(a, Architecture::X86_64), &a_request, now)
             .await
             .unwrap(),
         Intent::First
@@ -364,12 +364,12 @@ async fn an_intent_without_a_record_adopts_the_found_build_or_starts_one_when_th
     let b = "github-delivery:delivery-b";
     let b_request = build_request_id(b, Architecture::X86_64);
     store
-        .record_intent(b, Architecture::X86_64, &b_request, now)
+        .record_intent(&StartKey::webhook(b, Architecture::X86_64), &b_request, now)
         .await
         .unwrap();
     assert!(matches!(
         store
-            .record_intent(b, Architecture::X86_64, &b_request, now + 1)
+            .record_intent(&StartKey::webhook(b, Architecture::X86_64), &b_request, now + 1)
             .await
             .unwrap(),
         Intent::Earlier(earlier) if earlier.at_unix == now && earlier.request_id == b_request
@@ -411,7 +411,7 @@ async fn an_intent_without_a_record_adopts_the_found_build_or_starts_one_when_th
     for dispatch in [a, b] {
         assert!(
             store
-                .dispatched(dispatch, Architecture::X86_64)
+                .dispatched(&StartKey::webhook(dispatch, Architecture::X86_64))
                 .await
                 .unwrap()
                 .is_some()

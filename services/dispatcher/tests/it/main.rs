@@ -6,5 +6,6 @@ mod codebuild;
 mod crash;
 mod github;
 mod local;
+mod reruns;
 mod supersede;
 mod utils;
