@@ -371,6 +371,7 @@ async fn quiesce(
     let mut quiet = 0;
     let mut last_state = None;
     let mut why = String::new();
+    let mut checks = 0u32;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while tokio::time::Instant::now() < deadline {
         tick.tick().await;
@@ -398,6 +399,10 @@ async fn quiesce(
         }
         if quiet >= 3 {
             return Ok(true);
+        }
+        checks += 1;
+        if checks % 15 == 0 && quiet == 0 {
+            println!("still waiting: {why}");
         }
     }
     println!("not quiesced after {timeout:?}: {why}");

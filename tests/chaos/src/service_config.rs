@@ -65,10 +65,7 @@ pub fn render(service: &str, replica: usize, port: u16, e: &Endpoints) -> String
             work = e.runner_work_dir,
             path = e.build_path,
         ),
-        "prx-ci-build-watcher" => write!(
-            out,
-            "[build_watcher]\nops_listen = {listen:?}\n"
-        ),
+        "prx-ci-build-watcher" => write!(out, "[build_watcher]\nops_listen = {listen:?}\n"),
         "prx-ci-publisher" => write!(
             out,
             "[publisher]\nops_listen = {listen:?}\napplication_code_bucket = {BUCKET:?}\n\
