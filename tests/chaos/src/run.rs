@@ -401,7 +401,7 @@ async fn quiesce(
             return Ok(true);
         }
         checks += 1;
-        if checks % 15 == 0 && quiet == 0 {
+        if checks.is_multiple_of(15) && quiet == 0 {
             println!("still waiting: {why}");
         }
     }
