@@ -114,7 +114,6 @@ fn clean() -> History {
             status("c2", "success"),
             status("c3", "failure"),
         ],
-        status_contexts: BTreeMap::new(),
         parked: vec![Parked {
             consumer: "dispatcher".into(),
             subject: "prx.webhook.push.chaos.poison".into(),

@@ -119,7 +119,6 @@ pub struct History {
     pub sent: Vec<SentDelivery>,
     /// Delivery ids of the messages stored on `PRX_WEBHOOKS` (one entry per message).
     pub stored_webhooks: Vec<String>,
-    /// Deliveries the plan marks as not decided by design (none today).
     pub decisions: Vec<Decision>,
     pub completions: Vec<Completion>,
     pub runner_builds: Vec<RunnerBuild>,
@@ -128,8 +127,6 @@ pub struct History {
     pub expectations: BTreeMap<String, ParameterExpectation>,
     pub slack: Vec<SlackCall>,
     pub statuses: Vec<StatusWrite>,
-    /// The commit status context of an architecture (`prx-ci/{arch}`), per architecture name.
-    pub status_contexts: BTreeMap<String, String>,
     pub parked: Vec<Parked>,
     /// Payloads published on purpose to be parked.
     pub poisoned: Vec<Vec<u8>>,

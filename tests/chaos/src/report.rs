@@ -23,6 +23,8 @@ pub struct Figures {
     pub no_answer: u64,
     pub builds: usize,
     pub reruns: usize,
+    /// First attempts that ended FAULT (lost to the system's own failure).
+    pub lost_builds: usize,
     pub own_failures: usize,
     pub service_kills: usize,
     pub service_exits: usize,
@@ -64,8 +66,9 @@ pub fn render(f: &Figures, outcomes: &[Outcome]) -> String {
     );
     let _ = writeln!(
         out,
-        "builds: {} requested ({} re-runs of lost builds), {} failing by their own fault",
-        f.builds, f.reruns, f.own_failures
+        "builds: {} requested, {} lost to the system (FAULT), {} re-runs of lost builds, {} pushes \
+         failing by their own fault",
+        f.builds, f.lost_builds, f.reruns, f.own_failures
     );
     let _ = writeln!(
         out,

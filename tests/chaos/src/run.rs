@@ -295,6 +295,20 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
         .iter()
         .filter(|d| matches!(d, Decision::Requested { retry_of, .. } if !retry_of.is_empty()))
         .count();
+    let faulted: std::collections::HashSet<&str> = history
+        .completions
+        .iter()
+        .filter(|c| c.result == crate::history::BuildResult::Fault)
+        .map(|c| c.build_id.as_str())
+        .collect();
+    figures.lost_builds = history
+        .decisions
+        .iter()
+        .filter(|d| {
+            matches!(d, Decision::Requested { build_id, retry_of, .. }
+                if retry_of.is_empty() && faulted.contains(build_id.as_str()))
+        })
+        .count();
     figures.own_failures = plan.pushes.iter().filter(|p| p.fails).count();
     figures.service_kills = supervisor.kills;
     figures.service_exits = supervisor.exits();
