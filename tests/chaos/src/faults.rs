@@ -65,12 +65,23 @@ fn rules() -> [(&'static str, Vec<Rule>); 3] {
 }
 
 impl Fronts {
-    /// Starts a proxy before each upstream, with its faults; `seed` drives their coins.
-    pub async fn start(aws: &str, github: &str, slack: &str, seed: u64) -> anyhow::Result<Self> {
+    /// Starts a proxy before each upstream, with its faults unless `inject` is false; `seed`
+    /// drives their coins.
+    pub async fn start(
+        aws: &str,
+        github: &str,
+        slack: &str,
+        seed: u64,
+        inject: bool,
+    ) -> anyhow::Result<Self> {
         let aws_proxy = FaultProxy::start_seeded(aws, seed).await;
         let github_proxy = FaultProxy::start_seeded(github, seed.wrapping_add(1)).await;
         let slack_proxy = FaultProxy::start_seeded(slack, seed.wrapping_add(2)).await;
-        let [ssm_rules, github_rules, slack_rules] = rules();
+        let [ssm_rules, github_rules, slack_rules] = if inject {
+            rules()
+        } else {
+            [("ssm", vec![]), ("github", vec![]), ("slack", vec![])]
+        };
         for (proxy, (_, list)) in [
             (&aws_proxy, ssm_rules),
             (&github_proxy, github_rules),

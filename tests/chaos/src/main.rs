@@ -24,6 +24,10 @@ struct Args {
     /// The CI short form (40 pushes over 25 s; overrides --pushes and --duration).
     #[arg(long)]
     short: bool,
+    /// No faults at all (no kills, restarts, outage or injected HTTP faults): a baseline run
+    /// that tells a fault's effect from a plain race between replicas.
+    #[arg(long)]
+    no_faults: bool,
     /// Where configs, logs, stores and repositories go (default: a new temporary directory).
     #[arg(long)]
     run_dir: Option<PathBuf>,
@@ -56,6 +60,10 @@ async fn main() -> ExitCode {
             quiesce_timeout: Duration::from_secs(600),
             ..RunConfig::short(seed, bin_dir, run_dir)
         }
+    };
+    let config = RunConfig {
+        faults: !args.no_faults,
+        ..config
     };
     match run(&config).await {
         Ok(result) => {

@@ -77,7 +77,7 @@ pub fn render(f: &Figures, outcomes: &[Outcome]) -> String {
         f.service_kills, f.service_exits, f.node_restarts, f.leader_restarts, f.outage_seconds
     );
     if f.injected.is_empty() {
-        let _ = writeln!(out, "injected: none (no fault proxy)");
+        let _ = writeln!(out, "injected: none");
     } else {
         let list: Vec<String> = f.injected.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let _ = writeln!(out, "injected: {}", list.join(", "));

@@ -34,6 +34,8 @@ pub struct RunConfig {
     pub duration: Duration,
     /// Time between two faults.
     pub fault_interval: Duration,
+    /// Apply faults (kills, restarts, outage, injected HTTP faults); off for a baseline run.
+    pub faults: bool,
     /// How long the system may take to quiesce after the load.
     pub quiesce_timeout: Duration,
     /// Where the service binaries are (`target/debug`).
@@ -50,6 +52,7 @@ impl RunConfig {
             pushes: 40,
             duration: Duration::from_secs(25),
             fault_interval: Duration::from_secs(2),
+            faults: true,
             quiesce_timeout: Duration::from_secs(90),
             bin_dir,
             run_dir,
@@ -135,7 +138,14 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
         .collect();
     let github = FakeGitHub::start(buildspecs).await?;
     let slack = FakeSlack::start().await?;
-    let fronts = Fronts::start(&moto.endpoint(), &github.url, &slack.url, config.seed).await?;
+    let fronts = Fronts::start(
+        &moto.endpoint(),
+        &github.url,
+        &slack.url,
+        config.seed,
+        config.faults,
+    )
+    .await?;
 
     let endpoints = Endpoints {
         nats: cluster.urls(),
@@ -227,7 +237,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
         for name in supervisor.restart_exited()? {
             println!("restarted {name} (it exited)");
         }
-        if tokio::time::Instant::now() < next_fault {
+        if !config.faults || tokio::time::Instant::now() < next_fault {
             continue;
         }
         let fault = *faults.next().context("no faults planned")?;
