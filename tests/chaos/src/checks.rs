@@ -23,6 +23,7 @@ pub fn check_all(history: &History) -> Vec<Outcome> {
         parameters_follow_push_order(history),
         one_message_and_matching_status(history),
         nothing_parked_but_poison(history),
+        lost_builds_re_run_once(history),
     ]
 }
 
@@ -377,6 +378,53 @@ pub fn nothing_parked_but_poison(history: &History) -> Outcome {
     Outcome {
         name: "nothing parked except deliberately poisoned messages",
         checked: history.parked.len(),
+        violations,
+    }
+}
+
+/// Every first attempt lost to the system's own failure (`FAULT`) was re-run exactly once
+/// (`[dispatcher] reruns = 1`), and no build that failed by its own fault (`FAILED`) or
+/// succeeded was re-run.
+pub fn lost_builds_re_run_once(history: &History) -> Outcome {
+    let mut violations = Vec::new();
+    let results: BTreeMap<&str, BuildResult> = history
+        .completions
+        .iter()
+        .map(|c| (c.build_id.as_str(), c.result))
+        .collect();
+    let mut reruns: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut firsts = Vec::new();
+    for decision in &history.decisions {
+        if let Decision::Requested {
+            build_id, retry_of, ..
+        } = decision
+        {
+            if retry_of.is_empty() {
+                firsts.push(build_id.as_str());
+            } else {
+                reruns.entry(retry_of).or_default().insert(build_id);
+            }
+        }
+    }
+    let mut lost = 0;
+    for build in &firsts {
+        let count = reruns.get(build).map_or(0, BTreeSet::len);
+        match results.get(build) {
+            Some(BuildResult::Fault) => {
+                lost += 1;
+                if count == 0 {
+                    violations.push(format!("build {build}: lost (FAULT) and never re-run"));
+                }
+            }
+            Some(other) if count > 0 && *other != BuildResult::Fault => {
+                violations.push(format!("build {build}: {other:?}, yet re-run"));
+            }
+            _ => {}
+        }
+    }
+    Outcome {
+        name: "every build lost to the system re-run once, no other build re-run",
+        checked: lost,
         violations,
     }
 }

@@ -283,3 +283,30 @@ fn a_parked_message_that_was_not_poisoned_is_reported() {
         "consumer publisher parked a message of prx.build.completed.chaos.app-0 that was not poisoned: SSM: access denied"
     );
 }
+
+#[test]
+fn a_lost_build_never_re_run_or_a_failed_build_re_run_is_reported() {
+    let mut h = clean();
+    h.decisions
+        .retain(|d| !matches!(d, Decision::Requested { build_id, .. } if build_id == "b2r"));
+    h.completions.retain(|c| c.build_id != "b2r");
+    h.runner_builds.retain(|b| b.build_id != "b2r");
+    h.slack
+        .retain(|c| !matches!(c, SlackCall::Post { build, .. } if build == "b2r"));
+    h.statuses
+        .retain(|s| !(s.sha == "c2" && s.state == "success"));
+    let (name, v) = single(&h);
+    assert_eq!(name, lost_builds_re_run_once(&h).name);
+    assert_eq!(v, ["build b2: lost (FAULT) and never re-run"]);
+
+    let mut h = clean();
+    h.decisions.push(requested("d3", "b3r", "c3", "b3"));
+    h.completions.push(completed("b3r", BuildResult::Failed));
+    h.slack.push(SlackCall::Post {
+        ts: "8".into(),
+        build: "b3r".into(),
+    });
+    let (name, v) = single(&h);
+    assert_eq!(name, lost_builds_re_run_once(&h).name);
+    assert_eq!(v, ["build b3: Failed, yet re-run"]);
+}
