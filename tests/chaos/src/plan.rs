@@ -244,16 +244,17 @@ fn deliveries(rng: &mut StdRng, config: &PlanConfig, pushes: &[PushPlan]) -> Vec
     out
 }
 
-/// A fault every few seconds: mostly service kills, a node restart every fourth, the stream
-/// leader every eighth, one whole-cluster outage in the middle.
+/// A fault every few seconds: mostly service kills, the stream leader second and then every
+/// eighth, another node every eighth, one whole-cluster outage in the middle (so even the
+/// short form's dozen faults include each kind).
 fn faults(rng: &mut StdRng, deliveries: usize) -> Vec<Fault> {
     let count = (deliveries / 6).clamp(8, 200);
     let mut out: Vec<Fault> = (0..count)
         .map(|i| match i % 8 {
-            3 => Fault::RestartNode {
+            1 => Fault::RestartLeader,
+            5 => Fault::RestartNode {
                 node: rng.random_range(0..3),
             },
-            7 => Fault::RestartLeader,
             _ => Fault::KillService {
                 service: rng.random_range(0..SERVICES.len()),
                 replica: rng.random_range(0..REPLICAS),
