@@ -29,6 +29,27 @@ const KV_OPERATION_HEADER: &str = "KV-Operation";
 /// number in milliseconds, capped here), so writers that collided do not collide again.
 const CAS_MAX_PAUSE: Duration = Duration::from_millis(16);
 
+/// Whether `err`, or an error that caused it, is the server refusing a write whose expected last
+/// sequence did not match (a lost compare-and-set): error code 10071, or 10164, the form a
+/// clustered server answers, which async-nats reports as an unknown publish error rather than
+/// `WrongLastRevision` (so a lost compare-and-set in a cluster would otherwise fail the write).
+pub fn is_wrong_last_sequence(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(server) = e.downcast_ref::<jetstream::Error>()
+            && matches!(
+                server.error_code(),
+                jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                    | jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            )
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Encodes text into one KV key token: the subject-token encoding
 /// ([`crate::bus::subject::encode_token`]: ASCII letters, digits, `-` and `_` stand for
 /// themselves, every other byte is an escape and two hex digits) with `=` as the escape, since
@@ -245,7 +266,12 @@ impl<T: Serialize + DeserializeOwned> Records<T> {
         // checks "last sequence for this subject is 0"), so one call covers create and update.
         match self.store.update(key, value, revision).await {
             Ok(revision) => Ok(Some(revision)),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e)
+                if e.kind() == kv::UpdateErrorKind::WrongLastRevision
+                    || is_wrong_last_sequence(&e) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(self.write_error(key, e.into())),
         }
     }
@@ -255,7 +281,11 @@ impl<T: Serialize + DeserializeOwned> Records<T> {
         let value = self.encode(key, record)?;
         match self.store.create(key, value).await {
             Ok(_) => Ok(true),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e)
+                if e.kind() == kv::CreateErrorKind::AlreadyExists || is_wrong_last_sequence(&e) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(self.write_error(key, e.into())),
         }
     }
@@ -349,6 +379,46 @@ impl<T: Serialize + DeserializeOwned> Records<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error wrapping `source`, as async-nats wraps the server's answer.
+    #[derive(Debug)]
+    struct Wrapped(jetstream::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("publish failed")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    fn server_error(err_code: u64) -> jetstream::Error {
+        serde_json::from_value(serde_json::json!({
+            "code": 400,
+            "err_code": err_code,
+            "description": "wrong last sequence"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn both_forms_of_a_wrong_last_sequence_are_a_lost_compare_and_set() {
+        for code in [10071, 10164] {
+            assert!(is_wrong_last_sequence(&server_error(code)), "{code}");
+            assert!(
+                is_wrong_last_sequence(&Wrapped(server_error(code))),
+                "{code} wrapped"
+            );
+        }
+        assert!(!is_wrong_last_sequence(&Wrapped(server_error(10077))));
+        assert!(!is_wrong_last_sequence(&std::io::Error::other(
+            "broken pipe"
+        )));
+    }
 
     #[test]
     fn key_tokens_round_trip_and_are_valid_single_tokens() {

@@ -61,6 +61,12 @@ impl Core {
         {
             return;
         }
+        self.queue_status(key, status);
+    }
+
+    /// Queues `status` of the build `key` (merged into a waiting status of its commit and
+    /// context).
+    fn queue_status(&self, key: &str, status: CommitStatus) {
         bump(&self.stats.statuses_requested);
         let pending = PendingStatus {
             status: status.clone(),
@@ -84,29 +90,60 @@ impl Core {
         }
     }
 
-    /// After a write: queues the status `record` calls for when it is not the one written,
-    /// unless that status already waits in the queue (this process folded the newer state
-    /// itself).
-    fn requeue_if_behind(&self, key: &str, record: &NotificationRecord) {
+    /// After this process wrote `written` for the build `key`: when the build's record (as
+    /// stored now) calls for another status, that one is queued again, even if the record says
+    /// it was written: another replica may have folded a newer state and written it before
+    /// `written` (older) landed, and GitHub shows the last status written. Nothing is queued when
+    /// that status already waits here (this process folded the newer state itself).
+    fn requeue_if_behind(&self, key: &str, record: &NotificationRecord, written: &CommitStatus) {
+        if !self.config.statuses.enabled {
+            return;
+        }
         let Some(status) = desired_status(&self.config.statuses, &record.view) else {
             return;
         };
-        if self
-            .status_queue
-            .waiting(&status.key(), |waiting| waiting.status == status)
+        if status == *written
+            || self
+                .status_queue
+                .waiting(&status.key(), |waiting| waiting.status == status)
         {
             return;
         }
-        if record.status.written.as_ref() != Some(&status) {
-            tracing::info!(
-                repository = %status.repository,
-                commit = %status.sha,
-                context = %status.context,
-                state = status.state.as_str(),
-                "the build moved on while an older status was written; writing its current one"
-            );
-        }
-        self.enqueue_status(key, record);
+        tracing::info!(
+            repository = %status.repository,
+            commit = %status.sha,
+            context = %status.context,
+            state = status.state.as_str(),
+            "the build moved on while an older status was written; writing its current one"
+        );
+        self.queue_status(key, status);
+    }
+
+    /// [`Self::requeue_if_behind`] once the build's record can be read (the broker may be down
+    /// right after a write), trying again with a growing pause until it can or the notifier
+    /// stops.
+    fn requeue_if_behind_later(self: &Arc<Self>, key: String, written: CommitStatus) {
+        let core = self.clone();
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(500);
+            loop {
+                match core.store.load(&key).await {
+                    Ok(Some((record, _))) => {
+                        core.requeue_if_behind(&key, &record, &written);
+                        return;
+                    }
+                    Ok(None) => return,
+                    Err(err) => {
+                        tracing::debug!(build = %key, error = format!("{err:#}"), "cannot read the build's record after writing its status yet");
+                    }
+                }
+                tokio::select! {
+                    () = core.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+        });
     }
 
     /// Writes commit statuses one at a time, newest state per (commit, context).
@@ -174,12 +211,10 @@ impl Core {
     }
 
     /// Records the written status on its build, and on the builds whose older states it
-    /// superseded (so a restart does not write those stale states again). Then checks the
-    /// build's record as stored now: another replica may have folded a newer state of the build
-    /// and written its status before this (older) one landed, so when the record calls for
-    /// another status than the one just written, that one is queued (the last writer corrects
-    /// GitHub; a status never stays behind its build).
-    async fn mark_status_written(&self, pending: &PendingStatus) {
+    /// superseded (so a restart does not write those stale states again); then checks that the
+    /// build has not moved on meanwhile ([`Self::requeue_if_behind`]), from the record as
+    /// stored by that write, or, when it could not be stored, as soon as it can be read.
+    async fn mark_status_written(self: &Arc<Self>, pending: &PendingStatus) {
         let statuses = &self.config.statuses;
         let written = &pending.status;
         let mut builds = vec![pending.build_key.clone()];
@@ -201,20 +236,13 @@ impl Core {
                         &["status", &key, &written.description],
                     );
                     self.publish_delivered(&event).await;
-                    self.requeue_if_behind(&key, &record);
+                    self.requeue_if_behind(&key, &record, written);
                 }
                 Ok(_) => {}
                 Err(err) => {
                     tracing::warn!(build = %key, error = format!("{err:#}"), "cannot record the written status");
                     if own {
-                        // The check above, from the record as read now.
-                        match self.store.load(&key).await {
-                            Ok(Some((record, _))) => self.requeue_if_behind(&key, &record),
-                            Ok(None) => {}
-                            Err(err) => {
-                                tracing::warn!(build = %key, error = format!("{err:#}"), "cannot read the build's record after writing its status")
-                            }
-                        }
+                        self.requeue_if_behind_later(key, written.clone());
                     }
                 }
             }

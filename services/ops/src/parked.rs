@@ -118,7 +118,9 @@ pub async fn retry(
     let retries = bucket(js).await?;
     let body = serde_json::to_vec(&record).map_err(OpsError::internal)?;
     if let Err(err) = retries.create(id.to_string(), body.into()).await {
-        if err.kind() == kv::CreateErrorKind::AlreadyExists {
+        if err.kind() == kv::CreateErrorKind::AlreadyExists
+            || prx_ci_shared::kv::is_wrong_last_sequence(&err)
+        {
             let previous = retries
                 .get(id.to_string())
                 .await

@@ -7,13 +7,10 @@
 //! --locked`, which `scripts/test` runs first): a missing one fails the test, naming it.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use prx_ci_chaos::report;
 use prx_ci_chaos::run::{RunConfig, run};
-
-/// The bound of the short form on a 2-core machine.
-const BOUND: Duration = Duration::from_secs(180);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_short_chaos_run_keeps_every_invariant() {
@@ -51,8 +48,7 @@ async fn the_short_chaos_run_keeps_every_invariant() {
     assert!(result.figures.quiesced, "{summary}");
     assert!(result.figures.service_kills > 0, "{summary}");
     assert!(result.figures.outage_seconds > 0.0, "{summary}");
-    assert!(
-        elapsed < BOUND,
-        "the short form took {elapsed:?}, over its {BOUND:?} bound\n{summary}"
-    );
+    // Its length is bounded by its configuration (25 s of load, at most 90 s to quiesce), not
+    // asserted: speed is measured, never tested (docs/reliability.md has the measured times).
+    println!("the short form took {elapsed:?}");
 }
