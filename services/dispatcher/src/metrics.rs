@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use prx_ci_shared::domain::Architecture;
 
@@ -14,11 +15,12 @@ pub struct DispatcherMetrics {
     builds_reannounced: Counter,
     builds_cancelled: Counter,
     reruns: Family<RerunLabels, Counter>,
+    webhook_to_start_seconds: Histogram,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RerunLabels {
-    /// `started`, or why not (`exhausted`, `unrecorded`).
+    /// `started`, or why not (`exhausted`, `unrequested`, `unrecorded`).
     outcome: String,
 }
 
@@ -43,7 +45,13 @@ impl DispatcherMetrics {
             builds_reannounced: Counter::default(),
             builds_cancelled: Counter::default(),
             reruns: Family::default(),
+            // 50 ms .. ~27 min.
+            webhook_to_start_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
         };
+        // Every outcome exists from the start, so an alert on any increase sees the first.
+        for outcome in ["started", "exhausted", "unrequested", "unrecorded"] {
+            metrics.rerun_counter(outcome);
+        }
         registry.register(
             "prx_ci_dispatcher_reruns",
             "Builds lost to the system's failure (FAULT): re-runs started, or why none was",
@@ -69,6 +77,11 @@ impl DispatcherMetrics {
             "Superseded builds stopped",
             metrics.builds_cancelled.clone(),
         );
+        registry.register(
+            "prx_ci_dispatcher_webhook_to_start_seconds",
+            "Time from the ingress receiving a push to the backend accepting its build",
+            metrics.webhook_to_start_seconds.clone(),
+        );
         metrics
     }
 
@@ -92,11 +105,20 @@ impl DispatcherMetrics {
 
     /// A build lost to the system: `started` its re-run, or why not.
     pub fn rerun(&self, outcome: &str) {
+        self.rerun_counter(outcome).inc();
+    }
+
+    fn rerun_counter(&self, outcome: &str) -> Counter {
         self.reruns
             .get_or_create(&RerunLabels {
                 outcome: outcome.to_owned(),
             })
-            .inc();
+            .clone()
+    }
+
+    /// A build the backend accepted `seconds` after its webhook was received.
+    pub fn webhook_to_start(&self, seconds: f64) {
+        self.webhook_to_start_seconds.observe(seconds.max(0.0));
     }
 
     pub fn build_reannounced(&self) {
