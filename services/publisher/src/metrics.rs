@@ -6,11 +6,15 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::parameter_store::StoreError;
+
 /// The publisher's metrics (the consumer's own come from `shared::telemetry`).
 #[derive(Debug, Clone)]
 pub struct PublisherMetrics {
     /// `prx_ci_publisher_parameters`: parameters handled, by outcome.
     pub outcomes: Family<OutcomeLabels, Counter>,
+    /// `prx_ci_publisher_store_errors`: failed parameter-store (SSM) calls, by error.
+    pub store_errors: Family<StoreErrorLabels, Counter>,
     /// The ordering fence's metrics.
     pub fence: FenceMetrics,
 }
@@ -22,6 +26,14 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Label of [`PublisherMetrics::store_errors`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreErrorLabels {
+    /// `refused` (nothing written, retryable), `rejected` (nothing written, never will be),
+    /// `unknown` (no usable answer).
+    pub error: String,
+}
+
 impl PublisherMetrics {
     /// Creates every metric and registers it in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
@@ -31,9 +43,41 @@ impl PublisherMetrics {
             "Parameters handled, by outcome (applied or the skip reason)",
             outcomes.clone(),
         );
+        let store_errors = Family::<StoreErrorLabels, Counter>::default();
+        for error in ["refused", "rejected", "unknown"] {
+            drop(store_errors.get_or_create(&StoreErrorLabels {
+                error: error.to_owned(),
+            }));
+        }
+        registry.register(
+            "prx_ci_publisher_store_errors",
+            "Failed parameter-store (SSM) calls through the fence, by error \
+             (refused: retryable, rejected: never written, unknown: no usable answer)",
+            store_errors.clone(),
+        );
         let fence = FenceMetrics::new();
         fence.register(registry);
-        Self { outcomes, fence }
+        Self {
+            outcomes,
+            store_errors,
+            fence,
+        }
+    }
+
+    /// Counts one failed parameter-store call.
+    pub fn store_error(&self, error: &StoreError) {
+        let error = match error {
+            StoreError::NotWritten {
+                retryable: true, ..
+            } => "refused",
+            StoreError::NotWritten { .. } => "rejected",
+            StoreError::Unknown { .. } => "unknown",
+        };
+        self.store_errors
+            .get_or_create(&StoreErrorLabels {
+                error: error.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one parameter's outcome (`applied` or the skip reason).
