@@ -48,9 +48,19 @@ impl DispatcherMetrics {
             // 50 ms .. ~27 min.
             webhook_to_start_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
         };
-        // Every outcome exists from the start, so an alert on any increase sees the first.
+        // These series exist from the start, so rates and alerts on any increase see the first
+        // event (skip reasons appear when they first happen).
         for outcome in ["started", "exhausted", "unrequested", "unrecorded"] {
             metrics.rerun_counter(outcome);
+        }
+        drop(metrics.decisions.get_or_create(&DecisionLabels {
+            outcome: "build".to_owned(),
+            reason: String::new(),
+        }));
+        for architecture in [Architecture::X86_64, Architecture::Aarch64] {
+            drop(metrics.builds_started.get_or_create(&ArchitectureLabels {
+                architecture: architecture.as_str().to_owned(),
+            }));
         }
         registry.register(
             "prx_ci_dispatcher_reruns",

@@ -38,6 +38,10 @@ impl PublisherMetrics {
     /// Creates every metric and registers it in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let outcomes = Family::<OutcomeLabels, Counter>::default();
+        // Exported from the start (skip reasons appear when they first happen).
+        drop(outcomes.get_or_create(&OutcomeLabels {
+            outcome: "applied".to_owned(),
+        }));
         registry.register(
             "prx_ci_publisher_parameters",
             "Parameters handled, by outcome (applied or the skip reason)",
