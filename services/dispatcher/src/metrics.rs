@@ -139,3 +139,44 @@ impl DispatcherMetrics {
         self.builds_cancelled.inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn the_series_alerts_read_exist_from_the_start() {
+        let mut registry = Registry::default();
+        let metrics = DispatcherMetrics::register(&mut registry);
+        let text = encoded(&registry);
+        for series in [
+            r#"prx_ci_dispatcher_reruns_total{outcome="started"} 0"#,
+            r#"prx_ci_dispatcher_reruns_total{outcome="exhausted"} 0"#,
+            r#"prx_ci_dispatcher_reruns_total{outcome="unrequested"} 0"#,
+            r#"prx_ci_dispatcher_reruns_total{outcome="unrecorded"} 0"#,
+            r#"prx_ci_dispatcher_decisions_total{outcome="build",reason=""} 0"#,
+            r#"prx_ci_dispatcher_builds_started_total{architecture="x86_64"} 0"#,
+            r#"prx_ci_dispatcher_builds_started_total{architecture="aarch64"} 0"#,
+            "prx_ci_dispatcher_webhook_to_start_seconds_count 0",
+        ] {
+            assert!(text.contains(series), "{series}: {text}");
+        }
+        metrics.rerun("exhausted");
+        metrics.webhook_to_start(3.0);
+        metrics.webhook_to_start(-1.0);
+        let text = encoded(&registry);
+        for series in [
+            r#"prx_ci_dispatcher_reruns_total{outcome="exhausted"} 1"#,
+            "prx_ci_dispatcher_webhook_to_start_seconds_count 2",
+            "prx_ci_dispatcher_webhook_to_start_seconds_sum 3.0",
+        ] {
+            assert!(text.contains(series), "{series}: {text}");
+        }
+    }
+}

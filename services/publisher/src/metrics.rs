@@ -152,3 +152,51 @@ impl FenceMetrics {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn store_errors_are_exported_from_the_start_and_counted_by_kind() {
+        let mut registry = Registry::default();
+        let metrics = PublisherMetrics::register(&mut registry);
+        let text = encoded(&registry);
+        for series in [
+            r#"prx_ci_publisher_store_errors_total{error="refused"} 0"#,
+            r#"prx_ci_publisher_store_errors_total{error="rejected"} 0"#,
+            r#"prx_ci_publisher_store_errors_total{error="unknown"} 0"#,
+            r#"prx_ci_publisher_parameters_total{outcome="applied"} 0"#,
+            "prx_ci_publisher_fence_lost_after_write_total 0",
+        ] {
+            assert!(text.contains(series), "{series}: {text}");
+        }
+        let refused = StoreError::NotWritten {
+            message: "ThrottlingException".into(),
+            retryable: true,
+        };
+        metrics.store_error(&refused);
+        metrics.store_error(&refused);
+        metrics.store_error(&StoreError::NotWritten {
+            message: "ParameterMaxVersionLimitExceeded".into(),
+            retryable: false,
+        });
+        metrics.store_error(&StoreError::Unknown {
+            message: "timeout".into(),
+        });
+        let text = encoded(&registry);
+        for series in [
+            r#"prx_ci_publisher_store_errors_total{error="refused"} 2"#,
+            r#"prx_ci_publisher_store_errors_total{error="rejected"} 1"#,
+            r#"prx_ci_publisher_store_errors_total{error="unknown"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series}: {text}");
+        }
+    }
+}
