@@ -11,7 +11,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::Local;
+use common::{Local, SECRET};
+use prx_ci::demo::{self, DemoArgs};
 
 fn repository_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
@@ -215,6 +216,29 @@ fn exported_series(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Scrapes `url` (exposition text).
+async fn scrape(url: &str) -> String {
+    reqwest::get(url)
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of each series (`name{labels}` as exported).
+fn series_values(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn every_metric_of_the_alert_rules_and_the_board_is_exported_from_the_start() {
     let mut used: Vec<(String, String)> = vec![];
@@ -236,21 +260,11 @@ async fn every_metric_of_the_alert_rules_and_the_board_is_exported_from_the_star
 
     let local = Local::start().await;
     let metrics_url = local.url.replace("/webhooks/github", "/metrics");
-    let client = reqwest::Client::new();
     // The consumer loops start in the background: wait until their series are there, and
     // report what is still missing if they never are.
     let deadline = Instant::now() + Duration::from_secs(30);
     let missing = loop {
-        let text = client
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = scrape(&metrics_url).await;
         let exported = exported_series(&text);
         let missing: Vec<&(String, String)> = used
             .iter()
@@ -270,4 +284,82 @@ async fn every_metric_of_the_alert_rules_and_the_board_is_exported_from_the_star
         "metrics the rules or the board read that the services do not export:\n  {}",
         missing.join("\n  ")
     );
+}
+
+/// The demo's two pushes move the series the rules and the board read: builds started and how
+/// long after their webhook, transitions, the applied parameter, handled messages.
+#[tokio::test]
+async fn the_demo_moves_the_series_the_rules_read() {
+    let local = Local::start().await;
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        demo::run_scenario(&DemoArgs {
+            url: local.url.clone(),
+            secret: Some(SECRET.into()),
+            data_dir: local.data.path().to_owned(),
+            nats_url: local.nats.url(),
+        }),
+    )
+    .await
+    .expect("the scenario finishes")
+    .unwrap();
+    // Counters move right after the events the scenario waited for: wait for them too.
+    let metrics_url = local.url.replace("/webhooks/github", "/metrics");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let values = series_values(&scrape(&metrics_url).await);
+        let value = |series: &str| values.get(series).copied().unwrap_or(-1.0);
+        let builds_started: f64 = values
+            .iter()
+            .filter(|(series, _)| series.starts_with("prx_ci_dispatcher_builds_started_total{"))
+            .map(|(_, value)| value)
+            .sum();
+        let expected = [
+            ("builds started", builds_started, 2.0),
+            (
+                "webhook-to-start observations, one per build started",
+                value("prx_ci_dispatcher_webhook_to_start_seconds_count"),
+                2.0,
+            ),
+            (
+                "builds completed",
+                value(r#"prx_ci_build_watcher_transitions_total{kind="completed"}"#),
+                2.0,
+            ),
+            (
+                "parameters applied",
+                value(r#"prx_ci_publisher_parameters_total{outcome="applied"}"#),
+                1.0,
+            ),
+            (
+                "webhooks the dispatcher acked",
+                value(r#"prx_ci_consumer_messages_total{consumer="dispatcher",outcome="acked"}"#),
+                2.0,
+            ),
+            (
+                "messages the dispatcher parked",
+                value(r#"prx_ci_consumer_messages_total{consumer="dispatcher",outcome="parked"}"#),
+                0.0,
+            ),
+            (
+                "fence lost after write",
+                value("prx_ci_publisher_fence_lost_after_write_total"),
+                0.0,
+            ),
+        ];
+        let wrong: Vec<_> = expected
+            .iter()
+            .filter(|(_, got, want)| got != want)
+            .collect();
+        if wrong.is_empty() {
+            assert!(value("prx_ci_dispatcher_webhook_to_start_seconds_sum") > 0.0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "(what, got, expected): {wrong:?}\n{values:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    local.system.stop().await.unwrap();
 }

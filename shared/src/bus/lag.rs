@@ -12,7 +12,8 @@ use crate::telemetry::metrics::ConsumerMetrics;
 pub const LAG_POLL_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Reads the backlog of `durable` on `stream` at once and then every `interval` until
-/// `shutdown`. A failed read is logged and leaves the gauges at their last value.
+/// `shutdown` (which also abandons a read in progress). A failed read is logged and leaves the
+/// gauges at their last value.
 pub async fn poll_backlog(
     js: jetstream::Context,
     stream: String,
@@ -28,7 +29,11 @@ pub async fn poll_backlog(
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        match backlog(&js, &stream, &durable).await {
+        let read = tokio::select! {
+            () = shutdown.cancelled() => return,
+            read = backlog(&js, &stream, &durable) => read,
+        };
+        match read {
             Ok((pending, ack_pending)) => metrics.backlog(&durable, pending, ack_pending),
             Err(err) => {
                 tracing::debug!(consumer = %durable, error = format!("{err:#}"), "cannot read the consumer's backlog");
