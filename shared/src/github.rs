@@ -90,6 +90,14 @@ impl GitHubError {
         }
     }
 
+    /// The wait GitHub asked for (`Retry-After`, or until `X-RateLimit-Reset`), if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// Worth retrying: network errors, 5xx, 429 and rate-limit 403s.
     pub fn is_transient(&self) -> bool {
         match self {

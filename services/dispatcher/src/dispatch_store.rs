@@ -31,6 +31,17 @@ pub struct StartIntent {
     /// When the intent was first written, in Unix seconds: the backend's builds started before
     /// it cannot be this request's.
     pub at_unix: i64,
+    /// What the attempt asked the backend to run, so an adopted build is announced as it was
+    /// started, not as a plan made again later (absent in intents of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intended: Option<IntendedRequest>,
+}
+
+/// The part of a start request that describes what the build runs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IntendedRequest {
+    pub buildspec: String,
+    pub environment: std::collections::BTreeMap<String, String>,
 }
 
 /// What recording an intent found.
@@ -191,24 +202,19 @@ impl DispatchStore {
         self.envelope(&key).await
     }
 
-    /// Records the intent to start the build `request_id` under `key` (compare-and-set), or
-    /// returns the intent an earlier attempt recorded.
+    /// Records `intent` under `key` (compare-and-set), or returns the intent an earlier
+    /// attempt recorded.
     pub async fn record_intent(
         &self,
         key: &StartKey,
-        request_id: &str,
-        at_unix: i64,
+        intent: &StartIntent,
     ) -> anyhow::Result<Intent> {
         let key = key.intent();
-        let intent = StartIntent {
-            request_id: request_id.to_owned(),
-            at_unix,
-        };
         if self
             .intents
-            .create(&key, &intent)
+            .create(&key, intent)
             .await
-            .with_context(|| format!("cannot record the intent to start {request_id}"))?
+            .with_context(|| format!("cannot record the intent to start {}", intent.request_id))?
         {
             return Ok(Intent::First);
         }

@@ -27,7 +27,7 @@ use crate::decision::{self, BuildPlan, PlannedBuild, Skip, SkipReason, events};
 use crate::dispatch_store::{DispatchStore, StartKey};
 use crate::inflight::{InflightBuild, InflightUpdate, Push};
 use crate::metrics::DispatcherMetrics;
-use crate::start::{Starter, transient};
+use crate::start::{Started, Starter, transient};
 
 /// Handles `WebhookReceived` events of the `dispatcher` consumer.
 #[derive(Debug)]
@@ -243,7 +243,27 @@ impl DispatchHandler {
         let request_id = decision::build_request_id(dispatch_id, build.architecture);
         let request = plan.start_request(request_id, buildspec, &build);
         let key = StartKey::webhook(dispatch_id, build.architecture);
-        let started = self.starter.start_once(&key, request).await?;
+        let Started {
+            build: started,
+            adopted,
+        } = self.starter.start_once(&key, request.clone()).await?;
+        // An adopted build is announced as the crashed attempt started it.
+        let (buildspec, build) = match adopted {
+            Some(intended)
+                if intended.buildspec != request.buildspec
+                    || intended.environment != request.environment =>
+            {
+                tracing::warn!(
+                    build_id = %started.build_id,
+                    "the adopted build was started with another buildspec or variables than the plan made now (the configuration changed across the crash); announcing what it runs"
+                );
+                let mut build = build;
+                build.environment = intended.environment;
+                (intended.buildspec, build)
+            }
+            _ => (buildspec.to_owned(), build),
+        };
+        let buildspec = buildspec.as_str();
         tracing::info!(
             build_id = %started.build_id,
             architecture = %build.architecture,

@@ -84,7 +84,12 @@ impl Handler for RerunHandler {
         let envelope = match self.store.dispatched(&key).await.map_err(transient)? {
             Some(envelope) => envelope,
             None => {
-                let started = self.starter.start_once(&key, rerun.start.clone()).await?;
+                // Adopted or not, the re-run runs the lost build's recorded request.
+                let started = self
+                    .starter
+                    .start_once(&key, rerun.start.clone())
+                    .await?
+                    .build;
                 let envelope = rerun.requested(
                     &delivery.envelope.event_id,
                     started,

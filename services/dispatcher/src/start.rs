@@ -13,12 +13,33 @@ use prx_ci_shared::bus::consume::HandlerError;
 use prx_ci_shared::codebuild::backend::{BackendError, BuildBackend, StartBuild, StartedBuild};
 use time::OffsetDateTime;
 
-use crate::dispatch_store::{DispatchStore, Intent, StartKey};
+use crate::dispatch_store::{DispatchStore, IntendedRequest, Intent, StartIntent, StartKey};
 use crate::fault::FaultPoint;
 
 /// How far before an intent's time a backend's build may have started and still be that
 /// intent's (clocks of the dispatcher and the backend differ).
 const FIND_CLOCK_SLACK_SECS: i64 = 600;
+
+/// An attempt that wrote the intent but reaches `StartBuild` this long after (it stalled: a
+/// hung KV write, a paused process) looks for the build first, like a redelivery would:
+/// another replica may have started it meanwhile, and CodeBuild's idempotency token lasts only
+/// five minutes.
+const STALLED_AFTER_SECS: i64 = 240;
+
+/// Whether an attempt must look for an earlier attempt's build before starting one, and from
+/// when: always after an earlier attempt's intent; after its own intent only when it stalled
+/// (see [`STALLED_AFTER_SECS`]). Pure.
+pub fn look_first(intent: &Intent, written_at: i64, now: i64) -> Option<OffsetDateTime> {
+    let since = match intent {
+        Intent::Earlier(earlier) => earlier.at_unix,
+        Intent::First if now - written_at > STALLED_AFTER_SECS => written_at,
+        Intent::First => return None,
+    };
+    Some(
+        OffsetDateTime::from_unix_timestamp(since.saturating_sub(FIND_CLOCK_SLACK_SECS))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+    )
+}
 
 /// A backend error as the consumer sees it.
 pub fn backend_error(err: BackendError) -> HandlerError {
@@ -31,6 +52,16 @@ pub fn backend_error(err: BackendError) -> HandlerError {
 /// A failure worth redelivering (KV, the event store).
 pub fn transient(err: impl Into<anyhow::Error>) -> HandlerError {
     HandlerError::Transient(err.into())
+}
+
+/// A build [`Starter::start_once`] started or adopted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    pub build: StartedBuild,
+    /// For a build an earlier attempt started: what that attempt asked the backend to run, as
+    /// its intent recorded it (`None` for a fresh start, and for intents of earlier versions).
+    /// The build is announced with these, not with the plan made again.
+    pub adopted: Option<IntendedRequest>,
 }
 
 /// Starts builds through the backend, at most once per key.
@@ -60,25 +91,30 @@ impl Starter {
         &self,
         key: &StartKey,
         request: StartBuild,
-    ) -> Result<StartedBuild, HandlerError> {
+    ) -> Result<Started, HandlerError> {
         let request_id = request.request_id.clone();
+        let written_at = OffsetDateTime::now_utc().unix_timestamp();
+        let intent = StartIntent {
+            request_id: request_id.clone(),
+            at_unix: written_at,
+            intended: Some(IntendedRequest {
+                buildspec: request.buildspec.clone(),
+                environment: request.environment.clone(),
+            }),
+        };
         let intent = self
             .store
-            .record_intent(key, &request_id, OffsetDateTime::now_utc().unix_timestamp())
+            .record_intent(key, &intent)
             .await
             .map_err(transient)?;
-        let found = match intent {
-            Intent::First => None,
-            Intent::Earlier(earlier) => {
-                let since = OffsetDateTime::from_unix_timestamp(
-                    earlier.at_unix.saturating_sub(FIND_CLOCK_SLACK_SECS),
-                )
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-                self.backend
-                    .find(&request, since)
-                    .await
-                    .map_err(backend_error)?
-            }
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let found = match look_first(&intent, written_at, now) {
+            None => None,
+            Some(since) => self
+                .backend
+                .find(&request, since)
+                .await
+                .map_err(backend_error)?,
         };
         match found {
             Some(found) => {
@@ -87,13 +123,50 @@ impl Starter {
                     %request_id,
                     "an earlier attempt started this build and stopped before recording it; adopting it"
                 );
-                Ok(found)
+                let intended = match intent {
+                    Intent::Earlier(earlier) => earlier.intended,
+                    Intent::First => None,
+                };
+                Ok(Started {
+                    build: found,
+                    adopted: intended,
+                })
             }
             None => {
                 let started = self.backend.start(request).await.map_err(backend_error)?;
                 self.fault.reached(FaultPoint::AfterStart);
-                Ok(started)
+                Ok(Started {
+                    build: started,
+                    adopted: None,
+                })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_looks_first_after_an_earlier_intent_or_its_own_stall() {
+        let t = 1_800_000_000;
+        assert_eq!(look_first(&Intent::First, t, t + 1), None, "the usual case");
+        assert_eq!(look_first(&Intent::First, t, t + STALLED_AFTER_SECS), None);
+        let stalled = look_first(&Intent::First, t, t + STALLED_AFTER_SECS + 1).unwrap();
+        assert_eq!(stalled.unix_timestamp(), t - FIND_CLOCK_SLACK_SECS);
+        let earlier = Intent::Earlier(StartIntent {
+            request_id: "r".into(),
+            at_unix: t - 3600,
+            intended: None,
+        });
+        let since = look_first(&earlier, t, t).unwrap();
+        assert_eq!(since.unix_timestamp(), t - 3600 - FIND_CLOCK_SLACK_SECS);
+        let ancient = Intent::Earlier(StartIntent {
+            request_id: "r".into(),
+            at_unix: i64::MIN,
+            intended: None,
+        });
+        assert_eq!(look_first(&ancient, t, t), Some(OffsetDateTime::UNIX_EPOCH));
     }
 }

@@ -6,7 +6,8 @@
 //! Before the first `chat.postMessage` the record gets a post marker (`post_started_at`),
 //! stored *before* the call; the message `ts` is stored right after it and the marker
 //! cleared. A record found with a marker and no `ts` (the post may have happened but storing
-//! its `ts` failed, or the process died in between) is never posted blindly: the notifier first
+//! its `ts` failed, Slack answered it 5xx / `internal_error` / `fatal_error`, or the process
+//! died in between) is never posted blindly: the notifier first
 //! reads the channel's recent history (`conversations.history`, `include_all_metadata`) for the
 //! message carrying the build's key in its metadata (every post has
 //! `metadata.event_type = prx_ci_build`, `event_payload.build = <key>`) and adopts it.

@@ -14,9 +14,13 @@ use crate::commit_status::CommitStatus;
 /// How a status write failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    /// May work later (GitHub down, rate limited after retries).
-    #[error("cannot write commit status now: {0}")]
-    Transient(String),
+    /// May work later (GitHub down, rate limited after retries); `retry_after`: the wait
+    /// GitHub asked for, if it did.
+    #[error("cannot write commit status now: {reason}")]
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
     /// Will not work (no access, unknown commit, too many statuses).
     #[error("commit status rejected: {0}")]
     Permanent(String),
@@ -149,7 +153,10 @@ impl StatusSink for GitHubStatusSink {
                 tracing::debug!(error = %err, "status written, answer not JSON");
                 Ok(())
             }
-            Err(err) if err.is_transient() => Err(StatusError::Transient(format!("{err:#}"))),
+            Err(err) if err.is_transient() => Err(StatusError::Transient {
+                reason: format!("{err:#}"),
+                retry_after: err.retry_after(),
+            }),
             Err(err) => Err(StatusError::Permanent(format!("{err:#}"))),
         }
     }

@@ -100,6 +100,11 @@ impl<K: Clone + Eq + Hash, V> CoalescingQueue<K, V> {
         }
     }
 
+    /// Whether an entry waits under `key` and `check` holds for it.
+    pub fn waiting(&self, key: &K, check: impl FnOnce(&V) -> bool) -> bool {
+        self.lock().pending.get(key).is_some_and(check)
+    }
+
     /// Entries waiting.
     pub fn len(&self) -> usize {
         self.lock().pending.len()
@@ -121,6 +126,9 @@ mod tests {
         assert!(q.push("b", 1, |w, n| *w = n));
         assert!(!q.push("a", 2, |w, n| *w = n));
         assert_eq!(q.len(), 2);
+        assert!(q.waiting(&"a", |v| *v == 2));
+        assert!(!q.waiting(&"a", |v| *v == 1));
+        assert!(!q.waiting(&"z", |_| true));
         let shutdown = CancellationToken::new();
         assert_eq!(q.pop(&shutdown).await, Some(("a", 2)));
         q.push_front("c", 7, |w, n| *w = n);

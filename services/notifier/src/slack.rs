@@ -26,6 +26,35 @@ const TRANSIENT_ERRORS: [&str; 5] = [
     "request_timeout",
 ];
 
+/// Slack failures after which "some aspect of the operation" may have succeeded (Slack's
+/// words): HTTP 5xx, `internal_error`, `fatal_error`. A post answered so may exist.
+const MAYBE_DONE_ERRORS: [&str; 2] = ["internal_error", "fatal_error"];
+
+/// What a failed call means: `error` is Slack's error code, or `HTTP <status>` for a 429 or
+/// 5xx answer. A call that may have been carried out (`may_duplicate`: a post) is
+/// [`ChatError::Uncertain`], never retried blindly: the caller looks for the message first.
+fn failed_call(
+    method: &str,
+    error: &str,
+    retry_after: Option<Duration>,
+    may_duplicate: bool,
+) -> ChatError {
+    let reason = format!("{method}: {error}");
+    let server_error = error.starts_with("HTTP 5");
+    if may_duplicate && (server_error || MAYBE_DONE_ERRORS.contains(&error)) {
+        ChatError::Uncertain(reason)
+    } else if server_error || error.starts_with("HTTP 429") || TRANSIENT_ERRORS.contains(&error) {
+        ChatError::Transient {
+            reason,
+            retry_after,
+        }
+    } else if GONE_ERRORS.contains(&error) {
+        ChatError::MessageGone(reason)
+    } else {
+        ChatError::Permanent(reason)
+    }
+}
+
 /// Slack errors that mean "the message to update is gone".
 const GONE_ERRORS: [&str; 2] = ["message_not_found", "cant_update_message"];
 
@@ -144,10 +173,12 @@ impl SlackClient {
             .and_then(|v| v.to_str().ok())
             .and_then(retry::parse_retry_after);
         if status.as_u16() == 429 || status.is_server_error() {
-            return Err(ChatError::Transient {
-                reason: format!("{method}: HTTP {status}"),
+            return Err(failed_call(
+                method,
+                &format!("HTTP {status}"),
                 retry_after,
-            });
+                may_duplicate,
+            ));
         }
         let answer: ApiAnswer = match response.json().await {
             Ok(answer) => answer,
@@ -164,17 +195,7 @@ impl SlackClient {
             return Ok(answer);
         }
         let error = answer.error.unwrap_or_else(|| "unknown_error".to_owned());
-        let reason = format!("{method}: {error}");
-        Err(if TRANSIENT_ERRORS.contains(&error.as_str()) {
-            ChatError::Transient {
-                reason,
-                retry_after,
-            }
-        } else if GONE_ERRORS.contains(&error.as_str()) {
-            ChatError::MessageGone(reason)
-        } else {
-            ChatError::Permanent(reason)
-        })
+        Err(failed_call(method, &error, retry_after, may_duplicate))
     }
 
     async fn call(
@@ -295,6 +316,55 @@ impl ChatSink for SlackClient {
 mod tests {
     use super::*;
     use crate::render::{Attachment, Block, BlockText, SlackMessage};
+
+    #[test]
+    fn a_post_that_may_have_happened_is_uncertain_never_retried_blindly() {
+        let after = Some(Duration::from_secs(3));
+        for error in [
+            "HTTP 500 Internal Server Error",
+            "HTTP 503 Service Unavailable",
+            "internal_error",
+            "fatal_error",
+        ] {
+            assert!(
+                matches!(
+                    failed_call("chat.postMessage", error, None, true),
+                    ChatError::Uncertain(_)
+                ),
+                "{error}"
+            );
+            // An update or a read is safe to repeat.
+            assert!(
+                matches!(
+                    failed_call("chat.update", error, None, false),
+                    ChatError::Transient { .. }
+                ),
+                "{error}"
+            );
+        }
+        // Refused before doing anything: a post is retried, after Slack's wait.
+        for error in [
+            "HTTP 429 Too Many Requests",
+            "ratelimited",
+            "service_unavailable",
+        ] {
+            assert_eq!(
+                failed_call("chat.postMessage", error, after, true),
+                ChatError::Transient {
+                    reason: format!("chat.postMessage: {error}"),
+                    retry_after: after,
+                },
+            );
+        }
+        assert!(matches!(
+            failed_call("chat.update", "message_not_found", None, false),
+            ChatError::MessageGone(_)
+        ));
+        assert!(matches!(
+            failed_call("chat.postMessage", "channel_not_found", None, true),
+            ChatError::Permanent(_)
+        ));
+    }
 
     #[test]
     fn the_payload_asks_slack_to_parse_nothing_and_link_no_names() {

@@ -15,8 +15,16 @@ use crate::service::Core;
 
 /// Statuses remembered as in flight or written (a cache; cleared when full).
 const MAX_RECENT_STATUSES: usize = 10_000;
-/// Longest wait before a failed write is tried again.
+/// Longest wait before a failed write is tried again (unless GitHub asks for longer).
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+/// Longest wait GitHub is believed when it asks (its rate-limit windows are an hour).
+const MAX_SERVER_WAIT: Duration = Duration::from_secs(3600);
+
+/// The wait before the next round of a failed status write: the backoff, or longer when GitHub
+/// asked for longer (`Retry-After`, `X-RateLimit-Reset`), so a rate limit is not hammered.
+pub(crate) fn retry_delay(backoff: Duration, server_wait: Option<Duration>) -> Duration {
+    backoff.max(server_wait.unwrap_or_default().min(MAX_SERVER_WAIT))
+}
 
 /// What identifies a status on GitHub: (repository, commit, context).
 pub(crate) type StatusKey = (String, String, String);
@@ -76,6 +84,31 @@ impl Core {
         }
     }
 
+    /// After a write: queues the status `record` calls for when it is not the one written,
+    /// unless that status already waits in the queue (this process folded the newer state
+    /// itself).
+    fn requeue_if_behind(&self, key: &str, record: &NotificationRecord) {
+        let Some(status) = desired_status(&self.config.statuses, &record.view) else {
+            return;
+        };
+        if self
+            .status_queue
+            .waiting(&status.key(), |waiting| waiting.status == status)
+        {
+            return;
+        }
+        if record.status.written.as_ref() != Some(&status) {
+            tracing::info!(
+                repository = %status.repository,
+                commit = %status.sha,
+                context = %status.context,
+                state = status.state.as_str(),
+                "the build moved on while an older status was written; writing its current one"
+            );
+        }
+        self.enqueue_status(key, record);
+    }
+
     /// Writes commit statuses one at a time, newest state per (commit, context).
     pub(crate) async fn status_worker(self: Arc<Self>) {
         while let Some((status_key, mut pending)) = self.status_queue.pop(&self.shutdown).await {
@@ -106,19 +139,23 @@ impl Core {
                     );
                     self.mark_status_written(&pending).await;
                 }
-                Err(StatusError::Transient(reason)) => {
+                Err(StatusError::Transient {
+                    reason,
+                    retry_after,
+                }) => {
                     self.metrics.status("failed");
                     self.recent_statuses
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .remove(&status_key);
                     pending.attempts += 1;
-                    let delay = Backoff {
+                    let backoff = Backoff {
                         initial: Duration::from_secs(1),
                         max: MAX_RETRY_DELAY,
                         max_attempts: u32::MAX,
                     }
                     .delay(pending.attempts);
+                    let delay = retry_delay(backoff, retry_after);
                     tracing::warn!(reason, ?delay, "commit status write failed; will retry");
                     tokio::select! {
                         () = self.shutdown.cancelled() => return,
@@ -137,7 +174,11 @@ impl Core {
     }
 
     /// Records the written status on its build, and on the builds whose older states it
-    /// superseded (so a restart does not write those stale states again).
+    /// superseded (so a restart does not write those stale states again). Then checks the
+    /// build's record as stored now: another replica may have folded a newer state of the build
+    /// and written its status before this (older) one landed, so when the record calls for
+    /// another status than the one just written, that one is queued (the last writer corrects
+    /// GitHub; a status never stays behind its build).
     async fn mark_status_written(&self, pending: &PendingStatus) {
         let statuses = &self.config.statuses;
         let written = &pending.status;
@@ -160,12 +201,38 @@ impl Core {
                         &["status", &key, &written.description],
                     );
                     self.publish_delivered(&event).await;
+                    self.requeue_if_behind(&key, &record);
                 }
                 Ok(_) => {}
                 Err(err) => {
                     tracing::warn!(build = %key, error = format!("{err:#}"), "cannot record the written status");
+                    if own {
+                        // The check above, from the record as read now.
+                        match self.store.load(&key).await {
+                            Ok(Some((record, _))) => self.requeue_if_behind(&key, &record),
+                            Ok(None) => {}
+                            Err(err) => {
+                                tracing::warn!(build = %key, error = format!("{err:#}"), "cannot read the build's record after writing its status")
+                            }
+                        }
+                    }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_round_waits_what_github_asks_when_it_is_longer_than_the_backoff() {
+        let secs = Duration::from_secs;
+        assert_eq!(retry_delay(secs(2), None), secs(2));
+        assert_eq!(retry_delay(secs(2), Some(secs(1))), secs(2));
+        assert_eq!(retry_delay(secs(2), Some(secs(30))), secs(30));
+        // A reset more than an hour away (a skewed clock) is not believed.
+        assert_eq!(retry_delay(secs(2), Some(secs(86_400))), MAX_SERVER_WAIT);
     }
 }

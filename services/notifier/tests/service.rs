@@ -1,8 +1,9 @@
 //! The notifier against a real nats-server, a fake Slack and a fake GitHub: messages posted
 //! once and updated, redeliveries silent, 429s honoured, compare failures degraded, statuses
-//! pending then final.
+//! pending then final; and ([`status_faults`]) status writes and posts through a fault proxy.
 
 mod fakes;
+mod status_faults;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
+use aws_sdk_ssm::config::http::HttpResponse;
 use aws_sdk_ssm::error::SdkError;
 use futures::TryStreamExt as _;
 use prx_ci_shared::retry::{Backoff, Retry, retry};
@@ -83,8 +84,44 @@ impl SsmParameterStore {
     pub fn client(&self) -> &aws_sdk_ssm::Client {
         &self.client
     }
+
+    /// After `PutParameter` of `value` was answered `status` (5xx): SSM finished with the call
+    /// but may have applied it. The caller holds the parameter's fence claim, so nobody else
+    /// writes it meanwhile: if it holds `value` now, this write landed (or the value was there
+    /// already) and is done, never written again; otherwise nothing landed and the write may be
+    /// retried. A failed read leaves the outcome unknown.
+    async fn after_server_error(
+        &self,
+        name: &str,
+        value: &str,
+        status: u16,
+    ) -> Result<i64, StoreError> {
+        match self.get(name).await {
+            Ok(Some(current)) if current.value == value => {
+                tracing::warn!(
+                    parameter = name,
+                    status,
+                    version = current.version,
+                    "SSM answered PutParameter with a server error, but the parameter holds the value: written"
+                );
+                Ok(current.version)
+            }
+            Ok(_) => Err(StoreError::NotWritten {
+                message: format!(
+                    "SSM answered PutParameter {status} and {name} does not hold the value: not written"
+                ),
+                retryable: true,
+            }),
+            Err(read) => Err(StoreError::Unknown {
+                message: format!(
+                    "SSM answered PutParameter {status}, and reading {name} to see whether it landed failed: {read}"
+                ),
+            }),
+        }
+    }
 }
 
+/// Error codes of a refusal that trying again later may cure (SSM throttles with a 400).
 fn is_throttling(code: Option<&str>) -> bool {
     matches!(
         code,
@@ -94,20 +131,30 @@ fn is_throttling(code: Option<&str>) -> bool {
                 | "TooManyUpdates"
                 | "TooManyRequestsException"
                 | "RequestLimitExceeded"
-                | "InternalServerError"
-                | "ServiceUnavailable"
         )
     )
 }
 
-/// Classifies an SDK error for the fence: an error response means nothing was written; no
-/// response (timeout, broken connection) means we cannot know.
-fn classify<E, R>(err: &SdkError<E, R>) -> StoreError
+/// The status of a 5xx answer: the server failed while handling the call, so a write may or
+/// may not have been applied.
+fn server_error<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
+    err.raw_response()
+        .map(|raw| raw.status().as_u16())
+        .filter(|status| *status >= 500)
+}
+
+/// Classifies an SDK error for the fence: a 4xx error answer means nothing was written; a 5xx
+/// answer or no answer (timeout, broken connection) means we cannot know.
+fn classify<E>(err: &SdkError<E, HttpResponse>) -> StoreError
 where
     E: aws_sdk_ssm::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: fmt::Debug,
 {
     let message = format!("{}", aws_sdk_ssm::error::DisplayErrorContext(err));
+    if let Some(status) = server_error(err) {
+        return StoreError::Unknown {
+            message: format!("SSM answered {status}: {message}"),
+        };
+    }
     match err {
         SdkError::ServiceError(service) => StoreError::NotWritten {
             retryable: is_throttling(service.err().code()),
@@ -124,20 +171,28 @@ where
 
 #[async_trait]
 impl ParameterStore for SsmParameterStore {
+    /// Throttling is retried. A 5xx answer is not retried blindly: the write may have landed
+    /// with its answer lost, so the parameter is read first ([`Self::after_server_error`]).
     async fn put(&self, name: &str, value: &str) -> Result<i64, StoreError> {
         retry(
             &self.backoff,
             |_| async {
-                self.client
+                let sent = self
+                    .client
                     .put_parameter()
                     .name(name)
                     .value(value)
                     .r#type(aws_sdk_ssm::types::ParameterType::String)
                     .overwrite(true)
                     .send()
-                    .await
-                    .map(|out| out.version())
-                    .map_err(|e| classify(&e))
+                    .await;
+                match sent {
+                    Ok(out) => Ok(out.version()),
+                    Err(err) => match server_error(&err) {
+                        Some(status) => self.after_server_error(name, value, status).await,
+                        None => Err(classify(&err)),
+                    },
+                }
             },
             |err| match err {
                 StoreError::NotWritten {
@@ -264,5 +319,83 @@ impl ParameterStore for KvParameterStore {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ssm::error::ErrorMetadata;
+    use aws_sdk_ssm::operation::put_parameter::PutParameterError;
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+
+    fn answered(status: u16, code: Option<&str>) -> SdkError<PutParameterError, HttpResponse> {
+        let mut meta = ErrorMetadata::builder();
+        if let Some(code) = code {
+            meta = meta.code(code);
+        }
+        SdkError::service_error(
+            PutParameterError::generic(meta.build()),
+            HttpResponse::new(status.try_into().unwrap(), SdkBody::empty()),
+        )
+    }
+
+    #[test]
+    fn throttling_is_a_retryable_refusal() {
+        for code in ["ThrottlingException", "TooManyUpdates"] {
+            let err = classify(&answered(400, Some(code)));
+            assert!(
+                matches!(
+                    err,
+                    StoreError::NotWritten {
+                        retryable: true,
+                        ..
+                    }
+                ),
+                "{code}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_4xx_answers_are_final_refusals() {
+        let err = classify(&answered(400, Some("ParameterMaxVersionLimitExceeded")));
+        assert!(
+            matches!(
+                err,
+                StoreError::NotWritten {
+                    retryable: false,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_5xx_answer_leaves_the_outcome_unknown_whatever_its_code() {
+        for (status, code) in [
+            (500, Some("InternalServerError")),
+            (503, Some("ServiceUnavailable")),
+            (500, None),
+            (502, None),
+        ] {
+            let err = answered(status, code);
+            assert_eq!(server_error(&err), Some(status));
+            let classified = classify(&err);
+            assert!(
+                matches!(&classified, StoreError::Unknown { message } if message.contains(&status.to_string())),
+                "{status} {code:?}: {classified:?}"
+            );
+        }
+        assert_eq!(server_error(&answered(400, None)), None);
+    }
+
+    #[test]
+    fn no_answer_leaves_the_outcome_unknown() {
+        let err: SdkError<PutParameterError, HttpResponse> =
+            SdkError::timeout_error("attempt timeout");
+        assert!(matches!(classify(&err), StoreError::Unknown { .. }));
     }
 }

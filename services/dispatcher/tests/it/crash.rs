@@ -330,7 +330,15 @@ async fn an_intent_without_a_record_adopts_the_found_build_or_starts_one_when_th
     use std::sync::atomic::Ordering;
 
     use prx_ci_dispatcher::DispatcherConfig;
-    use prx_ci_dispatcher::dispatch_store::{DispatchStore, Intent, StartKey};
+    use prx_ci_dispatcher::dispatch_store::{
+        DispatchStore, IntendedRequest, Intent, StartIntent, StartKey,
+    };
+    // As an earlier version wrote them: no record of what was started.
+    let intent = |request_id: &str, at_unix: i64| StartIntent {
+        request_id: request_id.to_owned(),
+        at_unix,
+        intended: None,
+    };
 
     let nats = Nats::start().await;
     let github = FakeGitHub::start().await;
@@ -353,9 +361,20 @@ async fn an_intent_without_a_record_adopts_the_found_build_or_starts_one_when_th
     let a = "github-delivery:delivery-a";
     let a_request = build_request_id(a, Architecture::X86_64);
     let crashed = backend.start(request(&a_request)).await.unwrap();
+    // Its intent recorded what it asked for: the rules of that time set a variable today's do
+    // not (the configuration changed across the crash).
+    let mut started_with = request(&a_request).environment;
+    started_with.insert("PRX_SET_BY_THE_OLD_RULES".into(), "1".into());
+    let a_intent = StartIntent {
+        intended: Some(IntendedRequest {
+            buildspec: BUILDSPEC.into(),
+            environment: started_with,
+        }),
+        ..intent(&a_request, now)
+    };
     assert_eq!(
         store
-            .record_intent(&StartKey::webhook(a, Architecture::X86_64), &a_request, now)
+            .record_intent(&StartKey::webhook(a, Architecture::X86_64), &a_intent)
             .await
             .unwrap(),
         Intent::First
@@ -364,12 +383,15 @@ async fn an_intent_without_a_record_adopts_the_found_build_or_starts_one_when_th
     let b = "github-delivery:delivery-b";
     let b_request = build_request_id(b, Architecture::X86_64);
     store
-        .record_intent(&StartKey::webhook(b, Architecture::X86_64), &b_request, now)
+        .record_intent(
+            &StartKey::webhook(b, Architecture::X86_64),
+            &intent(&b_request, now),
+        )
         .await
         .unwrap();
     assert!(matches!(
         store
-            .record_intent(&StartKey::webhook(b, Architecture::X86_64), &b_request, now + 1)
+            .record_intent(&StartKey::webhook(b, Architecture::X86_64), &intent(&b_request, now + 1))
             .await
             .unwrap(),
         Intent::Earlier(earlier) if earlier.at_unix == now && earlier.request_id == b_request
@@ -394,6 +416,16 @@ async fn an_intent_without_a_record_adopts_the_found_build_or_starts_one_when_th
             .unwrap()
     };
     assert_eq!(by_request(&a_request).build_id, crashed.build_id, "adopted");
+    let a_announced = requested
+        .iter()
+        .find(|r| r.build.as_ref().unwrap().build_request_id == a_request)
+        .unwrap();
+    assert_eq!(
+        a_announced.environment.get("PRX_SET_BY_THE_OLD_RULES"),
+        Some(&"1".to_owned()),
+        "announced as it was started, not as planned now: {:?}",
+        a_announced.environment
+    );
     let started = backend.started().await;
     assert_eq!(started.len(), 2, "{started:#?}");
     assert_eq!(

@@ -6,5 +6,6 @@ mod kv_compat;
 mod ownership;
 mod schedules;
 mod service;
+mod ssm_faults;
 mod trust;
 mod utils;

@@ -16,7 +16,9 @@
 //!
 //! Rules are tried in the order they were added; the first that matches the request and fires
 //! (its next-N budget is not spent, or its seeded coin comes up) decides what happens. Bodies
-//! are buffered (requests and answers are small).
+//! are buffered (requests and answers are small). The seeded coin is drawn in the order
+//! requests arrive: sequential requests get the same faults from the same seed, concurrent ones
+//! may interleave differently from run to run.
 
 mod rules;
 
@@ -97,6 +99,8 @@ pub struct RecordedRequest {
     pub outcome: Outcome,
     /// The status the client was given.
     pub status: u16,
+    /// When the request arrived (to measure the waits between attempts).
+    pub received: std::time::Instant,
 }
 
 impl RecordedRequest {
@@ -330,6 +334,7 @@ impl Drop for FaultProxy {
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let received = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let method = parts.method.as_str().to_owned();
     let path = parts.uri.path().to_owned();
@@ -392,6 +397,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         body,
         outcome,
         status: response.status().as_u16(),
+        received,
     });
     response
 }

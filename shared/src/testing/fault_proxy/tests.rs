@@ -379,6 +379,7 @@ async fn a_delay_holds_the_request_then_forwards_it() {
     let response = send(&up.client, &proxy, Method::GET, "/slow", None, "").await;
     assert_eq!(response.status(), 200);
     assert!(started.elapsed() >= Duration::from_millis(150));
+    assert!(proxy.requests()[0].received >= started);
     assert_eq!(up.hits(), 1);
     assert_eq!(
         proxy.requests()[0].outcome,
