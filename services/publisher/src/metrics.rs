@@ -55,7 +55,7 @@ impl PublisherMetrics {
         }
         registry.register(
             "prx_ci_publisher_store_errors",
-            "Failed parameter-store (SSM) calls through the fence, by error \
+            "Parameter-store (SSM) writes that failed after the adapter's own retries, by error \
              (refused: retryable, rejected: never written, unknown: no usable answer)",
             store_errors.clone(),
         );
