@@ -291,3 +291,79 @@ async fn every_consumer_loop_serves_replays_meant_for_it() {
         .unwrap()
         .unwrap();
 }
+
+fn encoded(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text
+}
+
+#[tokio::test]
+async fn the_backlog_poll_exports_what_the_consumer_has_not_handled_yet() {
+    use prx_ci_shared::bus::lag::poll_backlog;
+    use prx_ci_shared::telemetry::metrics::ConsumerMetrics;
+
+    let server = NatsServer::start().await;
+    let rt = runtime(&server).await;
+    let settings = test_consumer(&rt).await;
+    let mut registry = Registry::default();
+    let metrics = ConsumerMetrics::register(&mut registry);
+    for detail in ["one", "two", "three"] {
+        rt.publisher
+            .publish(&skipped("PRX/app", detail))
+            .await
+            .unwrap();
+    }
+    let shutdown = CancellationToken::new();
+    let poll = tokio::spawn(poll_backlog(
+        rt.js.clone(),
+        settings.stream.clone(),
+        settings.durable.clone(),
+        metrics.clone(),
+        Duration::from_millis(50),
+        shutdown.clone(),
+    ));
+    let registry = Arc::new(registry);
+    let backlog_is = |series: &'static str| {
+        let registry = registry.clone();
+        async move { encoded(&registry).contains(series).then_some(()) }
+    };
+    wait_until(WAIT, "a backlog of 3", || {
+        backlog_is("prx_ci_consumer_pending{consumer=\"test\"} 3")
+    })
+    .await;
+
+    // The loop starts with every series of its consumer at zero, then drains the backlog.
+    let handler = Arc::new(Recorder::default());
+    let consumer = tokio::spawn(run_consumer(
+        rt.js.clone(),
+        rt.publisher.clone(),
+        settings,
+        handler.clone(),
+        metrics,
+        shutdown.clone(),
+    ));
+    wait_until(WAIT, "three acked", || {
+        backlog_is("prx_ci_consumer_messages_total{consumer=\"test\",outcome=\"acked\"} 3")
+    })
+    .await;
+    let text = encoded(&registry);
+    for series in [
+        "prx_ci_consumer_messages_total{consumer=\"test\",outcome=\"parked\"} 0",
+        "prx_ci_consumer_messages_total{consumer=\"test\",outcome=\"retried\"} 0",
+        "prx_ci_consumer_handle_seconds_count{consumer=\"test\"} 3",
+    ] {
+        assert!(text.contains(series), "{series}: {text}");
+    }
+    wait_until(WAIT, "an empty backlog", || {
+        backlog_is("prx_ci_consumer_pending{consumer=\"test\"} 0")
+    })
+    .await;
+    wait_until(WAIT, "nothing waiting for an ack", || {
+        backlog_is("prx_ci_consumer_ack_pending{consumer=\"test\"} 0")
+    })
+    .await;
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
+    poll.await.unwrap();
+}

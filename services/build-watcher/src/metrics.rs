@@ -39,6 +39,12 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
+        // Every kind exists from the start, so rates and alerts see the first transition.
+        for kind in ["started", "phase", "completed"] {
+            drop(m.transitions.get_or_create(&Kind {
+                kind: kind.to_owned(),
+            }));
+        }
         registry.register(
             "prx_ci_build_watcher_reports",
             "Build reports handled, by source and outcome",

@@ -187,8 +187,14 @@ impl DispatchHandler {
                     envelope
                 }
                 None => {
-                    self.start(&chain, dispatch_id, &plan, &buildspec, build)
-                        .await?
+                    let envelope = self
+                        .start(&chain, dispatch_id, &plan, &buildspec, build)
+                        .await?;
+                    if let Some(received) = from_timestamp(cause.time.as_ref()) {
+                        let waited = OffsetDateTime::now_utc() - received;
+                        self.metrics.webhook_to_start(waited.as_seconds_f64());
+                    }
+                    envelope
                 }
             };
             // Announced one by one: a later architecture failing must not hide a started one.

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use prx_ci_shared::domain::Architecture;
 
@@ -14,11 +15,12 @@ pub struct DispatcherMetrics {
     builds_reannounced: Counter,
     builds_cancelled: Counter,
     reruns: Family<RerunLabels, Counter>,
+    webhook_to_start_seconds: Histogram,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RerunLabels {
-    /// `started`, or why not (`exhausted`, `unrecorded`).
+    /// `started`, or why not (`exhausted`, `unrequested`, `unrecorded`).
     outcome: String,
 }
 
@@ -43,7 +45,23 @@ impl DispatcherMetrics {
             builds_reannounced: Counter::default(),
             builds_cancelled: Counter::default(),
             reruns: Family::default(),
+            // 50 ms .. ~27 min.
+            webhook_to_start_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
         };
+        // These series exist from the start, so rates and alerts on any increase see the first
+        // event (skip reasons appear when they first happen).
+        for outcome in ["started", "exhausted", "unrequested", "unrecorded"] {
+            metrics.rerun_counter(outcome);
+        }
+        drop(metrics.decisions.get_or_create(&DecisionLabels {
+            outcome: "build".to_owned(),
+            reason: String::new(),
+        }));
+        for architecture in [Architecture::X86_64, Architecture::Aarch64] {
+            drop(metrics.builds_started.get_or_create(&ArchitectureLabels {
+                architecture: architecture.as_str().to_owned(),
+            }));
+        }
         registry.register(
             "prx_ci_dispatcher_reruns",
             "Builds lost to the system's failure (FAULT): re-runs started, or why none was",
@@ -69,6 +87,11 @@ impl DispatcherMetrics {
             "Superseded builds stopped",
             metrics.builds_cancelled.clone(),
         );
+        registry.register(
+            "prx_ci_dispatcher_webhook_to_start_seconds",
+            "Time from the ingress receiving a push to the backend accepting its build",
+            metrics.webhook_to_start_seconds.clone(),
+        );
         metrics
     }
 
@@ -92,11 +115,20 @@ impl DispatcherMetrics {
 
     /// A build lost to the system: `started` its re-run, or why not.
     pub fn rerun(&self, outcome: &str) {
+        self.rerun_counter(outcome).inc();
+    }
+
+    fn rerun_counter(&self, outcome: &str) -> Counter {
         self.reruns
             .get_or_create(&RerunLabels {
                 outcome: outcome.to_owned(),
             })
-            .inc();
+            .clone()
+    }
+
+    /// A build the backend accepted `seconds` after its webhook was received.
+    pub fn webhook_to_start(&self, seconds: f64) {
+        self.webhook_to_start_seconds.observe(seconds.max(0.0));
     }
 
     pub fn build_reannounced(&self) {
@@ -105,5 +137,46 @@ impl DispatcherMetrics {
 
     pub fn build_cancelled(&self) {
         self.builds_cancelled.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn the_series_alerts_read_exist_from_the_start() {
+        let mut registry = Registry::default();
+        let metrics = DispatcherMetrics::register(&mut registry);
+        let text = encoded(&registry);
+        for series in [
+            r#"prx_ci_dispatcher_reruns_total{outcome="started"} 0"#,
+            r#"prx_ci_dispatcher_reruns_total{outcome="exhausted"} 0"#,
+            r#"prx_ci_dispatcher_reruns_total{outcome="unrequested"} 0"#,
+            r#"prx_ci_dispatcher_reruns_total{outcome="unrecorded"} 0"#,
+            r#"prx_ci_dispatcher_decisions_total{outcome="build",reason=""} 0"#,
+            r#"prx_ci_dispatcher_builds_started_total{architecture="x86_64"} 0"#,
+            r#"prx_ci_dispatcher_builds_started_total{architecture="aarch64"} 0"#,
+            "prx_ci_dispatcher_webhook_to_start_seconds_count 0",
+        ] {
+            assert!(text.contains(series), "{series}: {text}");
+        }
+        metrics.rerun("exhausted");
+        metrics.webhook_to_start(3.0);
+        metrics.webhook_to_start(-1.0);
+        let text = encoded(&registry);
+        for series in [
+            r#"prx_ci_dispatcher_reruns_total{outcome="exhausted"} 1"#,
+            "prx_ci_dispatcher_webhook_to_start_seconds_count 2",
+            "prx_ci_dispatcher_webhook_to_start_seconds_sum 3.0",
+        ] {
+            assert!(text.contains(series), "{series}: {text}");
+        }
     }
 }

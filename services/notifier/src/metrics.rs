@@ -35,6 +35,17 @@ impl Metrics {
             chat_queue: Gauge::default(),
             status_queue: Gauge::default(),
         };
+        // The outcomes alerts and boards read exist from the start, so the first counts.
+        for outcome in ["posted", "updated", "rejected", "failed"] {
+            drop(metrics.chat.get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            }));
+        }
+        for outcome in ["written", "rejected", "failed"] {
+            drop(metrics.statuses.get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            }));
+        }
         registry.register(
             "prx_ci_notifier_chat",
             "Chat deliveries by outcome (posted, updated, unchanged, coalesced, failed, ...)",

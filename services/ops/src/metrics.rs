@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Labels of an ops call.
@@ -17,6 +18,8 @@ struct CallLabels {
 #[derive(Debug, Clone)]
 pub struct Metrics {
     calls: Family<CallLabels, Counter>,
+    /// Parked messages nobody retried yet, at the last poll ([`crate::parked::waiting`]).
+    pub parked_waiting: Gauge,
 }
 
 impl Metrics {
@@ -27,7 +30,16 @@ impl Metrics {
             "Ops API calls, by method and outcome",
             calls.clone(),
         );
-        Self { calls }
+        let parked_waiting = Gauge::default();
+        registry.register(
+            "prx_ci_ops_parked_waiting",
+            "Parked messages (PRX_PARKED) not retried yet, at the last poll",
+            parked_waiting.clone(),
+        );
+        Self {
+            calls,
+            parked_waiting,
+        }
     }
 
     /// Counts one API call of `method` that ended with `outcome` (`ok` or a gRPC code name).

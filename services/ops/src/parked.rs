@@ -178,6 +178,39 @@ pub async fn retry(
     }
 }
 
+/// Parked entries no operator retried yet: the entries in `PRX_PARKED` minus those holding a
+/// retry record (entries aged out of the stream no longer count, whatever their record).
+pub async fn waiting(js: &jetstream::Context) -> Result<u64, OpsError> {
+    use futures::TryStreamExt as _;
+
+    let mut stream = js
+        .get_stream(PARKED_STREAM)
+        .await
+        .map_err(OpsError::unavailable)?;
+    let state = stream
+        .info()
+        .await
+        .map_err(OpsError::unavailable)?
+        .state
+        .clone();
+    if state.messages == 0 {
+        return Ok(0);
+    }
+    let retried = bucket(js)
+        .await?
+        .keys()
+        .await
+        .map_err(OpsError::unavailable)?
+        .try_filter(|key| {
+            let id = key.parse::<u64>().unwrap_or(0);
+            std::future::ready((state.first_sequence..=state.last_sequence).contains(&id))
+        })
+        .try_fold(0_u64, |n, _| std::future::ready(Ok(n + 1)))
+        .await
+        .map_err(OpsError::unavailable)?;
+    Ok(state.messages.saturating_sub(retried))
+}
+
 /// When an entry was retried (for rendering).
 pub fn retried_at(entry: &ParkedEntry) -> Option<OffsetDateTime> {
     from_timestamp(entry.retried_at.as_ref())

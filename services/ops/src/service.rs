@@ -1,6 +1,8 @@
-//! The ops service: the gRPC API plus the task that keeps the builds projection current.
+//! The ops service: the gRPC API plus the tasks that keep the builds projection current and
+//! count the parked messages waiting for an operator.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
@@ -19,7 +21,10 @@ use crate::builds_projection::BuildsProjection;
 use crate::client::MAX_MESSAGE_SIZE;
 use crate::config::OpsConfig;
 use crate::metrics::Metrics;
-use crate::projection_runner;
+use crate::{parked, projection_runner};
+
+/// How often the parked messages waiting for an operator are counted.
+pub const PARKED_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The ops service (see the crate docs).
 #[derive(Debug)]
@@ -28,6 +33,7 @@ pub struct OpsService {
     api: OpsApi,
     tokens: Vec<(String, SecretString)>,
     builds: Arc<RwLock<BuildsProjection>>,
+    metrics: Metrics,
 }
 
 impl OpsService {
@@ -41,17 +47,19 @@ impl OpsService {
         let builds = Arc::new(RwLock::new(BuildsProjection::new(
             config.keep_finished_builds,
         )));
+        let metrics = Metrics::register(registry);
         let api = OpsApi::new(
             rt.clone(),
             Arc::new(config),
             builds.clone(),
-            Metrics::register(registry),
+            metrics.clone(),
         );
         Ok(Self {
             rt,
             api,
             tokens,
             builds,
+            metrics,
         })
     }
 
@@ -82,6 +90,11 @@ impl OpsService {
             self.builds.clone(),
             shutdown.clone(),
         ));
+        let parked = tokio::spawn(count_parked(
+            self.rt.js.clone(),
+            self.metrics.parked_waiting.clone(),
+            shutdown.clone(),
+        ));
         let service = OpsServer::new(self.api)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -100,6 +113,30 @@ impl OpsService {
             .context("the ops API server failed");
         shutdown.cancel();
         let _ = projection.await;
+        let _ = parked.await;
         served
+    }
+}
+
+/// Sets `gauge` to the parked messages waiting for an operator, at once and then every
+/// [`PARKED_POLL_INTERVAL`] until `shutdown`; a failed count leaves the last value.
+async fn count_parked(
+    js: async_nats::jetstream::Context,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(PARKED_POLL_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match parked::waiting(&js).await {
+            Ok(waiting) => {
+                gauge.set(i64::try_from(waiting).unwrap_or(i64::MAX));
+            }
+            Err(err) => tracing::debug!(error = %err, "cannot count parked messages"),
+        }
     }
 }

@@ -297,6 +297,30 @@ async fn a_parked_message_is_put_back_once_under_a_new_message_id() {
 }
 
 #[tokio::test]
+async fn parked_messages_count_as_waiting_until_retried() {
+    use prx_ci_ops::parked::waiting;
+    let h = Harness::start().await;
+    assert_eq!(waiting(&h.rt.js).await.unwrap(), 0);
+    let (_, _, first) = park_a_completed_build(&h).await;
+    let (_, _, second) = park_a_completed_build(&h).await;
+    assert_ne!(first.sequence, second.sequence);
+    assert_eq!(waiting(&h.rt.js).await.unwrap(), 2);
+    h.client()
+        .await
+        .retry_parked(v1::RetryParkedRequest {
+            id: second.sequence,
+            requested_by: "alice".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        waiting(&h.rt.js).await.unwrap(),
+        1,
+        "the retried one no longer waits"
+    );
+}
+
+#[tokio::test]
 async fn a_retried_parked_message_records_the_authenticated_operator() {
     let h = Harness::start().await;
     let (_, _, stored) = park_a_completed_build(&h).await;

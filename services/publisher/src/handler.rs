@@ -241,7 +241,7 @@ impl PublishHandler {
             .fence
             .precheck(parameter, publication)
             .await
-            .map_err(fence_error)?
+            .map_err(|err| fence_error(&self.metrics, err))?
         {
             Some(outcome) => outcome,
             None => {
@@ -269,7 +269,7 @@ impl PublishHandler {
                 self.fence
                     .publish(parameter, publication, self.store.as_ref())
                     .await
-                    .map_err(fence_error)?
+                    .map_err(|err| fence_error(&self.metrics, err))?
             }
         };
         match outcome {
@@ -348,7 +348,11 @@ impl PublishHandler {
     }
 }
 
-fn fence_error(err: FenceError) -> HandlerError {
+/// How a fence error is retried; a failed parameter-store call is counted on the way.
+fn fence_error(metrics: &PublisherMetrics, err: FenceError) -> HandlerError {
+    if let FenceError::Store { source, .. } = &err {
+        metrics.store_error(source);
+    }
     match &err {
         FenceError::Store {
             source: StoreError::NotWritten {

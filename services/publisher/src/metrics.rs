@@ -6,11 +6,15 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::parameter_store::StoreError;
+
 /// The publisher's metrics (the consumer's own come from `shared::telemetry`).
 #[derive(Debug, Clone)]
 pub struct PublisherMetrics {
     /// `prx_ci_publisher_parameters`: parameters handled, by outcome.
     pub outcomes: Family<OutcomeLabels, Counter>,
+    /// `prx_ci_publisher_store_errors`: failed parameter-store (SSM) calls, by error.
+    pub store_errors: Family<StoreErrorLabels, Counter>,
     /// The ordering fence's metrics.
     pub fence: FenceMetrics,
 }
@@ -22,18 +26,62 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Label of [`PublisherMetrics::store_errors`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreErrorLabels {
+    /// `refused` (nothing written, retryable), `rejected` (nothing written, never will be),
+    /// `unknown` (no usable answer).
+    pub error: String,
+}
+
 impl PublisherMetrics {
     /// Creates every metric and registers it in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let outcomes = Family::<OutcomeLabels, Counter>::default();
+        // Exported from the start (skip reasons appear when they first happen).
+        drop(outcomes.get_or_create(&OutcomeLabels {
+            outcome: "applied".to_owned(),
+        }));
         registry.register(
             "prx_ci_publisher_parameters",
             "Parameters handled, by outcome (applied or the skip reason)",
             outcomes.clone(),
         );
+        let store_errors = Family::<StoreErrorLabels, Counter>::default();
+        for error in ["refused", "rejected", "unknown"] {
+            drop(store_errors.get_or_create(&StoreErrorLabels {
+                error: error.to_owned(),
+            }));
+        }
+        registry.register(
+            "prx_ci_publisher_store_errors",
+            "Parameter-store (SSM) writes that failed after the adapter's own retries, by error \
+             (refused: retryable, rejected: never written, unknown: no usable answer)",
+            store_errors.clone(),
+        );
         let fence = FenceMetrics::new();
         fence.register(registry);
-        Self { outcomes, fence }
+        Self {
+            outcomes,
+            store_errors,
+            fence,
+        }
+    }
+
+    /// Counts one failed parameter-store call.
+    pub fn store_error(&self, error: &StoreError) {
+        let error = match error {
+            StoreError::NotWritten {
+                retryable: true, ..
+            } => "refused",
+            StoreError::NotWritten { .. } => "rejected",
+            StoreError::Unknown { .. } => "unknown",
+        };
+        self.store_errors
+            .get_or_create(&StoreErrorLabels {
+                error: error.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one parameter's outcome (`applied` or the skip reason).
@@ -102,5 +150,53 @@ impl FenceMetrics {
             "Writes that landed after their claim was taken over (residual race; alert)",
             self.lost_after_write.clone(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn store_errors_are_exported_from_the_start_and_counted_by_kind() {
+        let mut registry = Registry::default();
+        let metrics = PublisherMetrics::register(&mut registry);
+        let text = encoded(&registry);
+        for series in [
+            r#"prx_ci_publisher_store_errors_total{error="refused"} 0"#,
+            r#"prx_ci_publisher_store_errors_total{error="rejected"} 0"#,
+            r#"prx_ci_publisher_store_errors_total{error="unknown"} 0"#,
+            r#"prx_ci_publisher_parameters_total{outcome="applied"} 0"#,
+            "prx_ci_publisher_fence_lost_after_write_total 0",
+        ] {
+            assert!(text.contains(series), "{series}: {text}");
+        }
+        let refused = StoreError::NotWritten {
+            message: "ThrottlingException".into(),
+            retryable: true,
+        };
+        metrics.store_error(&refused);
+        metrics.store_error(&refused);
+        metrics.store_error(&StoreError::NotWritten {
+            message: "ParameterMaxVersionLimitExceeded".into(),
+            retryable: false,
+        });
+        metrics.store_error(&StoreError::Unknown {
+            message: "timeout".into(),
+        });
+        let text = encoded(&registry);
+        for series in [
+            r#"prx_ci_publisher_store_errors_total{error="refused"} 2"#,
+            r#"prx_ci_publisher_store_errors_total{error="rejected"} 1"#,
+            r#"prx_ci_publisher_store_errors_total{error="unknown"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series}: {text}");
+        }
     }
 }

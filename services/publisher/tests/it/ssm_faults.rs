@@ -150,6 +150,47 @@ async fn throttled_and_5xx_put_parameter_is_retried_and_lands_once() {
         0.0,
         "retried within the write, not after the lease"
     );
+    assert_eq!(
+        ssm.replica.metric("prx_ci_publisher_store_errors_total"),
+        0.0,
+        "the adapter's own retries are not store errors"
+    );
+}
+
+#[tokio::test]
+async fn a_put_parameter_throttled_past_the_adapters_retries_is_counted_and_retried_with_its_message()
+ {
+    let ssm = ProxiedSsm::start().await;
+    let parameter = "/prx/stag/Spire/ThrottledLong/pkg/docker-image-tag";
+    // More throttled attempts than the adapter makes (5): the write fails, the message is
+    // redelivered, and the next delivery's write lands.
+    ssm.proxy
+        .add(FaultRule::new(Match::aws(PUT), Fault::ssm_throttling()).times(6));
+
+    let build = BuildSpec::ecr(10, X86, &[parameter]);
+    ssm.deliver(&build).await;
+
+    assert_eq!(
+        ssm.puts_of(&build.value()),
+        (7, 1),
+        "six throttled attempts, then one that landed: {:#?}",
+        ssm.proxy.requests()
+    );
+    assert_eq!(
+        ssm_history(&ssm.direct, parameter).await,
+        vec![build.value()]
+    );
+    assert_eq!(ssm.applied_versions(&build), vec![1]);
+    assert_eq!(
+        ssm.replica
+            .metric(r#"prx_ci_publisher_store_errors_total{error="refused"}"#),
+        1.0,
+        "the write that gave up is counted (alert PrxCiParameterStoreErrors)"
+    );
+    assert_eq!(
+        ssm.replica.metric("prx_ci_publisher_store_errors_total"),
+        1.0
+    );
 }
 
 #[tokio::test]
