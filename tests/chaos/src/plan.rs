@@ -245,13 +245,22 @@ fn deliveries(rng: &mut StdRng, config: &PlanConfig, pushes: &[PushPlan]) -> Vec
 }
 
 /// A fault every few seconds: mostly service kills, the stream leader second and then every
-/// eighth, another node every eighth, one whole-cluster outage in the middle (so even the
-/// short form's dozen faults include each kind).
+/// eighth, a dispatcher (whose local runner is running builds: they are lost and must be
+/// re-run) third and then every eighth, another node every eighth, one whole-cluster outage in
+/// the middle (so even the short form's dozen faults include each kind).
 fn faults(rng: &mut StdRng, deliveries: usize) -> Vec<Fault> {
     let count = (deliveries / 6).clamp(8, 200);
+    let dispatcher = SERVICES
+        .iter()
+        .position(|s| *s == "prx-ci-dispatcher")
+        .expect("the dispatcher is supervised");
     let mut out: Vec<Fault> = (0..count)
         .map(|i| match i % 8 {
             1 => Fault::RestartLeader,
+            2 => Fault::KillService {
+                service: dispatcher,
+                replica: rng.random_range(0..REPLICAS),
+            },
             5 => Fault::RestartNode {
                 node: rng.random_range(0..3),
             },
@@ -337,5 +346,9 @@ mod tests {
         assert!(count(|f| matches!(f, Fault::RestartLeader)) >= 1);
         assert!(count(|f| matches!(f, Fault::RestartNode { .. })) >= 1);
         assert!(count(|f| matches!(f, Fault::KillService { .. })) >= 5);
+        assert!(
+            matches!(plan.faults[2], Fault::KillService { service: 1, .. }),
+            "the third fault kills a dispatcher (and the builds its runner runs)"
+        );
     }
 }
