@@ -9,10 +9,11 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Local, SECRET};
 use prx_ci::demo::{self, DemoArgs};
+use prx_ci_shared::testing::wait_until;
 
 fn repository_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
@@ -261,29 +262,34 @@ async fn every_metric_of_the_alert_rules_and_the_board_is_exported_from_the_star
     let local = Local::start().await;
     let metrics_url = local.url.replace("/webhooks/github", "/metrics");
     // The consumer loops start in the background: wait until their series are there, and
-    // report what is still missing if they never are.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let missing = loop {
-        let text = scrape(&metrics_url).await;
-        let exported = exported_series(&text);
-        let missing: Vec<&(String, String)> = used
-            .iter()
-            .filter(|(name, _)| !exported.contains(name))
-            .collect();
-        if missing.is_empty() || Instant::now() > deadline {
-            break missing
-                .iter()
-                .map(|(name, source)| format!("{name} ({source})"))
-                .collect::<Vec<_>>();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    // print what is still missing while waiting (the timeout's panic follows the last list).
+    let last_missing = std::sync::Mutex::new(String::new());
+    wait_until(
+        Duration::from_secs(30),
+        "every metric the rules and the board read to be exported (missing: printed above)",
+        || {
+            let metrics_url = metrics_url.clone();
+            let used = &used;
+            let last_missing = &last_missing;
+            async move {
+                let exported = exported_series(&scrape(&metrics_url).await);
+                let missing: Vec<String> = used
+                    .iter()
+                    .filter(|(name, _)| !exported.contains(name))
+                    .map(|(name, source)| format!("{name} ({source})"))
+                    .collect();
+                let text = missing.join("\n  ");
+                let mut last = last_missing.lock().unwrap();
+                if !missing.is_empty() && *last != text {
+                    eprintln!("metrics the rules or the board read, not exported yet:\n  {text}");
+                    *last = text;
+                }
+                missing.is_empty().then_some(())
+            }
+        },
+    )
+    .await;
     local.system.stop().await.unwrap();
-    assert!(
-        missing.is_empty(),
-        "metrics the rules or the board read that the services do not export:\n  {}",
-        missing.join("\n  ")
-    );
 }
 
 /// The demo's two pushes move the series the rules and the board read: builds started and how
@@ -305,8 +311,14 @@ async fn the_demo_moves_the_series_the_rules_read() {
     .unwrap();
     // Counters move right after the events the scenario waited for: wait for them too.
     let metrics_url = local.url.replace("/webhooks/github", "/metrics");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let last_wrong = std::sync::Mutex::new(String::new());
+    wait_until(
+        Duration::from_secs(30),
+        "the series to reach the demo's counts (what is off: printed above)",
+        || {
+            let metrics_url = metrics_url.clone();
+            let last_wrong = &last_wrong;
+            async move {
         let values = series_values(&scrape(&metrics_url).await);
         let value = |series: &str| values.get(series).copied().unwrap_or(-1.0);
         let builds_started: f64 = values
@@ -353,13 +365,18 @@ async fn the_demo_moves_the_series_the_rules_read() {
             .collect();
         if wrong.is_empty() {
             assert!(value("prx_ci_dispatcher_webhook_to_start_seconds_sum") > 0.0);
-            break;
+            return Some(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "(what, got, expected): {wrong:?}\n{values:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let text = format!("(what, got, expected): {wrong:?}");
+        let mut last = last_wrong.lock().unwrap();
+        if *last != text {
+            eprintln!("{text}");
+            *last = text;
+        }
+        None
+            }
+        },
+    )
+    .await;
     local.system.stop().await.unwrap();
 }
