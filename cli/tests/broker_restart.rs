@@ -37,26 +37,7 @@ phases:
 "#;
 
 fn push(repo: &Repo, before: &str, after: &str, pushed_at: i64) -> serde_json::Value {
-    serde_json::json!({
-        "ref": "refs/heads/main",
-        "before": before,
-        "after": after,
-        "created": before.bytes().all(|b| b == b'0'),
-        "deleted": false,
-        "forced": false,
-        "head_commit": {"id": after, "message": "change", "author": {"name": "T", "username": "t"}},
-        "repository": {
-            "name": "outage-app",
-            "full_name": REPOSITORY,
-            "owner": {"login": "PRX"},
-            "default_branch": "main",
-            "clone_url": repo.url(),
-            "html_url": repo.url(),
-            "pushed_at": pushed_at,
-        },
-        "pusher": {"name": "t"},
-        "sender": {"login": "t"},
-    })
+    common::push_event(REPOSITORY, repo, before, after, pushed_at, false)
 }
 
 fn value_of(commit: &str) -> String {

@@ -44,27 +44,7 @@ phases:
 "#;
 
 fn push(repo: &Repo, before: &str, after: &str, pushed_at: i64) -> String {
-    serde_json::json!({
-        "ref": "refs/heads/main",
-        "before": before,
-        "after": after,
-        "created": before.bytes().all(|b| b == b'0'),
-        "deleted": false,
-        "forced": false,
-        "head_commit": {"id": after, "message": "change", "author": {"name": "T", "username": "t"}},
-        "repository": {
-            "name": "crash-app",
-            "full_name": REPOSITORY,
-            "owner": {"login": "PRX"},
-            "default_branch": "main",
-            "clone_url": repo.url(),
-            "html_url": repo.url(),
-            "pushed_at": pushed_at,
-        },
-        "pusher": {"name": "t"},
-        "sender": {"login": "t"},
-    })
-    .to_string()
+    common::push_event(REPOSITORY, repo, before, after, pushed_at, false).to_string()
 }
 
 /// `prx-ci up` as its own process, on an external nats-server (which outlives it).

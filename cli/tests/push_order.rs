@@ -26,28 +26,8 @@ phases:
       - export ORDER_APP="github/prx/order-app:${PRX_COMMIT}-${PRX_TARGET_ARCHITECTURE}"
 "#;
 
-/// A push event as GitHub sends it, with GitHub's time of the push.
 fn push(repo: &Repo, before: &str, after: &str, pushed_at: i64, forced: bool) -> serde_json::Value {
-    serde_json::json!({
-        "ref": "refs/heads/main",
-        "before": before,
-        "after": after,
-        "created": before.bytes().all(|b| b == b'0'),
-        "deleted": false,
-        "forced": forced,
-        "head_commit": {"id": after, "message": "change", "author": {"name": "T", "username": "t"}},
-        "repository": {
-            "name": "order-app",
-            "full_name": REPOSITORY,
-            "owner": {"login": "PRX"},
-            "default_branch": "main",
-            "clone_url": repo.url(),
-            "html_url": repo.url(),
-            "pushed_at": pushed_at,
-        },
-        "pusher": {"name": "t"},
-        "sender": {"login": "t"},
-    })
+    common::push_event(REPOSITORY, repo, before, after, pushed_at, forced)
 }
 
 fn value_of(commit: &str) -> String {

@@ -141,6 +141,39 @@ pub fn publish_outcomes(events: &[v1::Envelope], commit: &str) -> Vec<Payload> {
         .collect()
 }
 
+/// A push to `main` of `repository` (`owner/name`, cloned from `repo`) as GitHub sends it, with
+/// GitHub's time of the push (what orders pushes, with the `before`/`after` chain).
+pub fn push_event(
+    repository: &str,
+    repo: &Repo,
+    before: &str,
+    after: &str,
+    pushed_at: i64,
+    forced: bool,
+) -> serde_json::Value {
+    let (owner, name) = repository.split_once('/').expect("owner/name");
+    serde_json::json!({
+        "ref": "refs/heads/main",
+        "before": before,
+        "after": after,
+        "created": before.bytes().all(|b| b == b'0'),
+        "deleted": false,
+        "forced": forced,
+        "head_commit": {"id": after, "message": "change", "author": {"name": "T", "username": "t"}},
+        "repository": {
+            "name": name,
+            "full_name": repository,
+            "owner": {"login": owner},
+            "default_branch": "main",
+            "clone_url": repo.url(),
+            "html_url": repo.url(),
+            "pushed_at": pushed_at,
+        },
+        "pusher": {"name": "t"},
+        "sender": {"login": "t"},
+    })
+}
+
 /// A local git repository (a `file://` clone URL works for the local runner).
 pub struct Repo {
     pub path: PathBuf,
