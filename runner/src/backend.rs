@@ -41,6 +41,38 @@ pub struct LocalRunner {
     shared: Arc<Shared>,
     /// Every build task and FAULT report; shutdown waits for them.
     tasks: TaskTracker,
+    /// The lock on this instance's name in the data dir, held until shutdown (see
+    /// [`lock_instance`]).
+    instance_lock: std::sync::Mutex<Option<std::fs::File>>,
+}
+
+/// Locks `builds/.instance-<name>.lock` (exclusive, not waiting): two runners sharing a data
+/// dir under one instance name would each recover the other's builds (report its running ones
+/// `FAULT`, run its queued ones again). The lock goes with the process, however it ends.
+fn lock_instance(builds_dir: &std::path::Path, instance: &str) -> anyhow::Result<std::fs::File> {
+    let name = if instance.is_empty() {
+        "default"
+    } else {
+        instance
+    };
+    let path = builds_dir.join(format!(".instance-{name}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another runner with instance {:?} is using the data dir {}: give each runner that shares a data dir its own [runner] instance",
+            instance,
+            builds_dir.parent().unwrap_or(builds_dir).display()
+        ),
+        Err(std::fs::TryLockError::Error(err)) => {
+            Err(err).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 impl LocalRunner {
@@ -73,6 +105,7 @@ impl LocalRunner {
         let builds_dir = config.data_dir.join("builds");
         std::fs::create_dir_all(&builds_dir)
             .with_context(|| format!("cannot create {}", builds_dir.display()))?;
+        let instance_lock = lock_instance(&builds_dir, &config.instance)?;
         let work_dir = config.work_dir.clone();
         let hidden = hidden_paths(&config)?;
         let launcher = Launcher::new(
@@ -102,6 +135,7 @@ impl LocalRunner {
                 shutdown: CancellationToken::new(),
             }),
             tasks: TaskTracker::new(),
+            instance_lock: std::sync::Mutex::new(Some(instance_lock)),
         });
         runner.recover_builds();
         Ok(runner)
@@ -137,6 +171,11 @@ impl LocalRunner {
                 "local builds or their reports did not finish before shutdown"
             );
         }
+        // Another runner may take this instance over now.
+        self.instance_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
     }
 
     /// Runs an accepted build in its own task.
@@ -328,6 +367,22 @@ mod tests {
             work_dir: work_dir.to_owned(),
             ..LocalRunnerConfig::default()
         }
+    }
+
+    #[test]
+    fn one_runner_per_instance_name_and_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_instance(dir.path(), "a").unwrap();
+        let err = lock_instance(dir.path(), "a").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("another runner with instance \"a\""),
+            "{err}"
+        );
+        lock_instance(dir.path(), "b").expect("another name is another runner");
+        lock_instance(dir.path(), "").expect("the unnamed runner");
+        drop(held);
+        lock_instance(dir.path(), "a").expect("free again once the first is gone");
     }
 
     #[test]

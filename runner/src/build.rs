@@ -199,7 +199,9 @@ impl Build {
             permit = slots.acquire_owned() => permit.ok(),
         };
         let Some(_permit) = permit else {
-            if self.shared.shutdown.is_cancelled() {
+            // Cut short by the shutdown alone: it stays queued. Stopped by `stop` (even if a
+            // shutdown followed): STOPPED, as the caller was told.
+            if !self.control.stop_requested() {
                 self.log.line(
                     "The runner shut down while this build was queued; it runs at the next start",
                 );

@@ -88,6 +88,8 @@ pub fn final_status(
     phases: &[PhaseRecord],
 ) -> &'static str {
     match (interrupted, stopped_meanwhile) {
+        // Stopped by `stop`, then cut short by the shutdown: the caller was told Stopped.
+        (Some(Interruption::Shutdown), true) => status::STOPPED,
         (Some(why), _) => why.status(),
         (None, true) => status::STOPPED,
         (None, false) if all_phases_succeeded(phases) => status::SUCCEEDED,
@@ -226,6 +228,15 @@ mod tests {
                     "STOPPED"
                 );
             }
+            // The shutdown is the system's fault, unless `stop` had been answered first.
+            assert_eq!(
+                final_status(Some(Interruption::Shutdown), false, phases),
+                "FAULT"
+            );
+            assert_eq!(
+                final_status(Some(Interruption::Shutdown), true, phases),
+                "STOPPED"
+            );
         }
     }
 

@@ -40,6 +40,11 @@ impl BuildControl {
         StopOutcome::Stopped
     }
 
+    /// Whether `stop` asked the build to stop (a shutdown does not count).
+    pub fn stop_requested(&self) -> bool {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).1
+    }
+
     /// Marks the build finished (its processes are gone); returns whether `stop` asked it to
     /// stop before that: a caller that was answered `Stopped` must see `STOPPED` even if the
     /// build had ended on its own meanwhile. A shutdown is not a stop (nobody was answered).
@@ -129,6 +134,7 @@ mod tests {
         let control = BuildControl::new(control("local:a").started, shutdown.child_token());
         shutdown.cancel();
         assert!(control.stop.is_cancelled(), "the build is interrupted");
+        assert!(!control.stop_requested());
         assert!(!control.finish(), "but nobody was answered Stopped");
     }
 

@@ -1146,7 +1146,9 @@ async fn an_unfinished_build_of_a_dead_runner_is_reported_as_fault() {
         .to_string(),
     )
     .unwrap();
+    // The fixture's runner goes away (its instance lock with it); the next one finds the record.
     let config = fx.runner.config().clone();
+    fx.runner.shutdown().await;
     let restarted = LocalRunner::new(fx.rt.clone(), config).unwrap();
     let events = fx
         .finished("local:00000000-0000-0000-0000-00000000dead")

@@ -228,26 +228,16 @@ impl DispatchStore {
         Ok(Intent::Earlier(earlier))
     }
 
-    /// Records a started build under `key`, and the pointer to it from its request id; if
-    /// another attempt recorded one first, returns that one's envelope (both starts were the
-    /// same build).
+    /// Records a started build under `key`, after the pointer to it from its request id (written
+    /// first, so a crash between the two never leaves a record without its pointer: the key and
+    /// the request id are both fixed by the request); if another attempt recorded one first,
+    /// returns that one's envelope (both starts were the same build).
     pub async fn record_dispatched(
         &self,
         key: &StartKey,
         requested: &Envelope,
     ) -> anyhow::Result<Envelope> {
-        let value = Bytes::from(requested.encode_to_vec());
-        let recorded = match self.dispatched.create(key.record(), value).await {
-            Ok(_) => requested.clone(),
-            Err(err) => match self.dispatched(key).await? {
-                Some(existing) => existing,
-                None => {
-                    return Err(anyhow::Error::new(err)
-                        .context(format!("cannot write {DISPATCHED_BUCKET}/{}", key.record())));
-                }
-            },
-        };
-        if let Some(Payload::BuildRequested(request)) = &recorded.payload
+        if let Some(Payload::BuildRequested(request)) = &requested.payload
             && let Some(build) = &request.build
             && !build.build_request_id.is_empty()
         {
@@ -257,7 +247,15 @@ impl DispatchStore {
                 .await
                 .with_context(|| format!("cannot write {DISPATCHED_BUCKET}/{pointer}"))?;
         }
-        Ok(recorded)
+        let value = Bytes::from(requested.encode_to_vec());
+        match self.dispatched.create(key.record(), value).await {
+            Ok(_) => Ok(requested.clone()),
+            Err(err) => match self.dispatched(key).await? {
+                Some(existing) => Ok(existing),
+                None => Err(anyhow::Error::new(err)
+                    .context(format!("cannot write {DISPATCHED_BUCKET}/{}", key.record()))),
+            },
+        }
     }
 
     /// Records `push` and its builds in the in-flight builds of `key`, compare-and-set.

@@ -117,8 +117,12 @@ impl Dispatcher {
             self.rt.consumer_metrics.clone(),
             shutdown,
         );
-        let (webhooks, reruns) = tokio::join!(webhooks, reruns);
-        webhooks.context("dispatcher consumer failed")?;
-        reruns.context("dispatcher-reruns consumer failed")
+        // Either loop failing fails the service (a dispatcher without re-runs must not run on
+        // quietly).
+        tokio::try_join!(
+            async { webhooks.await.context("dispatcher consumer failed") },
+            async { reruns.await.context("dispatcher-reruns consumer failed") },
+        )?;
+        Ok(())
     }
 }
