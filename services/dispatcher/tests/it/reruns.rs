@@ -63,34 +63,62 @@ async fn reruns_caught_up(nats: &Nats) {
     .await;
 }
 
+/// A dispatcher (with `config`) that has started one build of a push of `sha`.
+struct OneBuild {
+    nats: Nats,
+    _github: FakeGitHub,
+    backend: Arc<FakeBackend>,
+    running: Running,
+    /// The build's `BuildRequested` envelope.
+    requested: Envelope,
+}
+
+impl OneBuild {
+    async fn start(config: DispatcherConfig, sha: &str, delivery: &str) -> Self {
+        let nats = Nats::start().await;
+        let github = FakeGitHub::start().await;
+        github.buildspec(REPO, sha, PLAIN).await;
+        let backend = Arc::new(FakeBackend::default());
+        let running = start(&nats, config, github.source(), backend.clone());
+        nats.webhook("push", &branch_push(sha), delivery).await;
+        nats.wait_for("the BuildRequested", 1, is_requested).await;
+        let (requested, _) = nats.requested().await.remove(0);
+        Self {
+            nats,
+            _github: github,
+            backend,
+            running,
+            requested,
+        }
+    }
+
+    /// Announces the build finished with `status` (event `event_id`).
+    async fn completed(&self, status: v1::BuildStatus, event_id: &str) {
+        self.nats
+            .rt
+            .publisher
+            .publish(&completed(&self.requested, status, event_id))
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_build_lost_to_the_system_is_rerun_once_as_the_same_push() {
-    let nats = Nats::start().await;
-    let github = FakeGitHub::start().await;
-    github.buildspec(REPO, SHA_2, PLAIN).await;
-    let backend = Arc::new(FakeBackend::default());
-    let running = start(
-        &nats,
-        DispatcherConfig::default(),
-        github.source(),
-        backend.clone(),
-    );
-    nats.webhook("push", &branch_push(SHA_2), "delivery-lost")
-        .await;
-    let first = nats.wait_for("the BuildRequested", 1, is_requested).await;
-    let (first_envelope, _) = nats.requested().await.remove(0);
-    let first_build = first[0].build.clone().unwrap();
+    let fx = OneBuild::start(DispatcherConfig::default(), SHA_2, "delivery-lost").await;
+    let OneBuild {
+        nats,
+        backend,
+        requested: first_envelope,
+        ..
+    } = &fx;
+    let Some(Payload::BuildRequested(first)) = &first_envelope.payload else {
+        unreachable!()
+    };
+    let first_build = first.build.clone().unwrap();
 
     // CodeBuild (or the local runner's restart) reports it FAULT.
-    nats.rt
-        .publisher
-        .publish(&completed(
-            &first_envelope,
-            v1::BuildStatus::Fault,
-            "completed-1",
-        ))
-        .await
-        .unwrap();
+    fx.completed(v1::BuildStatus::Fault, "completed-1").await;
     let requested = nats.wait_for("the re-run", 2, is_requested).await;
     let rerun = &requested[1];
     let rerun_build = rerun.build.clone().unwrap();
@@ -122,13 +150,13 @@ async fn a_build_lost_to_the_system_is_rerun_once_as_the_same_push() {
     nats.rt
         .publisher
         .publish(&completed(
-            &first_envelope,
+            first_envelope,
             v1::BuildStatus::Fault,
             "completed-1-again",
         ))
         .await
         .unwrap();
-    reruns_caught_up(&nats).await;
+    reruns_caught_up(nats).await;
     assert_eq!(backend.started().await.len(), 2);
     assert_eq!(
         nats.requested().await.len(),
@@ -146,67 +174,38 @@ async fn a_build_lost_to_the_system_is_rerun_once_as_the_same_push() {
         ))
         .await
         .unwrap();
-    reruns_caught_up(&nats).await;
+    reruns_caught_up(nats).await;
     assert_eq!(backend.started().await.len(), 2);
     assert!(nats.parked().await.is_empty());
-    running.stop().await;
+    fx.running.stop().await;
 }
 
 #[tokio::test]
 async fn a_build_that_failed_by_its_own_fault_or_was_stopped_is_never_rerun() {
-    let nats = Nats::start().await;
-    let github = FakeGitHub::start().await;
-    github.buildspec(REPO, SHA_3, PLAIN).await;
-    let backend = Arc::new(FakeBackend::default());
-    let running = start(
-        &nats,
-        DispatcherConfig::default(),
-        github.source(),
-        backend.clone(),
-    );
-    nats.webhook("push", &branch_push(SHA_3), "delivery-failed")
-        .await;
-    nats.wait_for("the BuildRequested", 1, is_requested).await;
-    let (requested, _) = nats.requested().await.remove(0);
+    let fx = OneBuild::start(DispatcherConfig::default(), SHA_3, "delivery-failed").await;
     for (status, id) in [
         (v1::BuildStatus::Failed, "failed"),
         (v1::BuildStatus::TimedOut, "timed-out"),
         (v1::BuildStatus::Stopped, "stopped"),
         (v1::BuildStatus::Succeeded, "succeeded"),
     ] {
-        nats.rt
-            .publisher
-            .publish(&completed(&requested, status, id))
-            .await
-            .unwrap();
+        fx.completed(status, id).await;
     }
-    reruns_caught_up(&nats).await;
-    assert_eq!(backend.started().await.len(), 1);
-    assert_eq!(nats.requested().await.len(), 1);
-    running.stop().await;
+    reruns_caught_up(&fx.nats).await;
+    assert_eq!(fx.backend.started().await.len(), 1);
+    assert_eq!(fx.nats.requested().await.len(), 1);
+    fx.running.stop().await;
 }
 
 #[tokio::test]
 async fn reruns_zero_turns_reruns_off() {
-    let nats = Nats::start().await;
-    let github = FakeGitHub::start().await;
-    github.buildspec(REPO, SHA_2, PLAIN).await;
-    let backend = Arc::new(FakeBackend::default());
     let config = DispatcherConfig {
         reruns: 0,
         ..DispatcherConfig::default()
     };
-    let running = start(&nats, config, github.source(), backend.clone());
-    nats.webhook("push", &branch_push(SHA_2), "delivery-off")
-        .await;
-    nats.wait_for("the BuildRequested", 1, is_requested).await;
-    let (requested, _) = nats.requested().await.remove(0);
-    nats.rt
-        .publisher
-        .publish(&completed(&requested, v1::BuildStatus::Fault, "fault-off"))
-        .await
-        .unwrap();
-    reruns_caught_up(&nats).await;
-    assert_eq!(backend.started().await.len(), 1);
-    running.stop().await;
+    let fx = OneBuild::start(config, SHA_2, "delivery-off").await;
+    fx.completed(v1::BuildStatus::Fault, "fault-off").await;
+    reruns_caught_up(&fx.nats).await;
+    assert_eq!(fx.backend.started().await.len(), 1);
+    fx.running.stop().await;
 }
