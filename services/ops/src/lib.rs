@@ -16,7 +16,7 @@
 //!
 //! Layout: [`api`] holds the service state and the `Ops` dispatch, with one module per call
 //! area (`api/history.rs`, `api/builds.rs`, `api/rebuild.rs`, `api/replay.rs`) over the pure
-//! cores of the same name ([`history`], [`rebuild`]); [`event_log`] reads stream ranges back;
+//! cores of the same name ([`history`], [`rebuild`], [`replay_range`]); [`event_log`] reads stream ranges back;
 //! [`builds_projection`] is the pure fold, [`projection_runner`] rebuilds and follows it.
 //!
 //! ```no_run
@@ -47,6 +47,7 @@ pub mod metrics;
 pub mod parked;
 pub mod projection_runner;
 pub mod rebuild;
+pub mod replay_range;
 pub mod service;
 pub mod web;
 
