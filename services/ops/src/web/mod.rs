@@ -4,7 +4,8 @@
 //!
 //! Pages: Builds (`/`), a build (`/builds/<key>`), branches (`/branches`) and a branch's
 //! timeline (`/branches/<owner>/<repo>/<branch>`), parameters (`/parameters`, one parameter's
-//! history at `/parameter?name=...`), parked messages (`/parked`). Every page and `/events`
+//! history at `/parameter?name=...`), parked messages (`/parked`), operator actions (`/actions`:
+//! rebuild and replay, each a dry run first). Every page and `/events`
 //! needs a session ([`session`]); operator actions go through the same [`OpsApi`] calls as the
 //! CLI, as the signed-in operator.
 
@@ -92,6 +93,9 @@ pub fn router(web: Web) -> Router {
         .route("/parameter", get(pages::parameters::one))
         .route("/parked", get(pages::parked::page))
         .route("/parked/{id}/retry", post(pages::parked::retry))
+        .route("/actions", get(pages::actions::page))
+        .route("/actions/rebuild", post(pages::actions::rebuild))
+        .route("/actions/replay", post(pages::actions::replay))
         .route("/events", get(live::events))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
