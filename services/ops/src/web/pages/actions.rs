@@ -4,7 +4,7 @@
 //! `prx-ci rebuild` and `prx-ci replay`, as the signed-in operator. Every POST is CSRF-checked.
 //!
 //! The forms' mapping to requests ([`rebuild_request`], [`replay_request`]) and the status
-//! mapping ([`http_status`]) are pure; the handlers call the API and render.
+//! mapping (`web::http_status`) are pure; the handlers call the API and render.
 
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -20,7 +20,7 @@ use super::builds::urlencoding;
 use crate::api::MAX_REASON_LEN;
 use crate::replay_range;
 use crate::web::layout::{self, Section};
-use crate::web::{Session, Web, forbidden, render};
+use crate::web::{Session, Web, forbidden, http_status, render};
 
 /// The streams a replay can read (what `prx-ci replay --stream` takes).
 pub const REPLAY_STREAMS: [&str; 2] = [EVENTS_STREAM, WEBHOOKS_STREAM];
@@ -132,22 +132,6 @@ pub fn replay_request(form: &ReplayForm, dry_run: bool) -> Result<v1::ReplayRequ
         consumer: consumer.to_owned(),
         dry_run,
     })
-}
-
-/// The HTTP status a refused API call is answered with (pure).
-pub fn http_status(code: tonic::Code) -> StatusCode {
-    use tonic::Code;
-    match code {
-        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
-        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Code::PermissionDenied => StatusCode::FORBIDDEN,
-        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
 }
 
 /// What `GET /actions` may be given to fill the rebuild form in (the timeline's links).
@@ -614,22 +598,6 @@ mod tests {
             replay_request(&parked, true)
                 .unwrap_err()
                 .contains("PRX_EVENTS")
-        );
-    }
-
-    #[test]
-    fn refusals_keep_their_meaning_as_http_statuses() {
-        use tonic::Code;
-        assert_eq!(http_status(Code::InvalidArgument), StatusCode::BAD_REQUEST);
-        assert_eq!(http_status(Code::FailedPrecondition), StatusCode::CONFLICT);
-        assert_eq!(
-            http_status(Code::Unavailable),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(http_status(Code::NotFound), StatusCode::NOT_FOUND);
-        assert_eq!(
-            http_status(Code::Internal),
-            StatusCode::INTERNAL_SERVER_ERROR
         );
     }
 
