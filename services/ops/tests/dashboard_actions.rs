@@ -239,10 +239,28 @@ async fn a_dashboard_replay_lists_the_range_first_and_replays_it_once_confirmed(
         .text()
         .await
         .unwrap();
-    assert!(
-        actions.contains(r#"<option value="notifier">"#),
-        "the consumers are suggested: {actions}"
-    );
+    // The durable consumers are suggested (not the live reads' ephemeral ones).
+    let list = actions
+        .split(r#"<datalist id="consumers">"#)
+        .nth(1)
+        .and_then(|rest| rest.split("</datalist>").next())
+        .expect("a consumer list");
+    let suggested: Vec<&str> = list
+        .split(r#"<option value=""#)
+        .skip(1)
+        .filter_map(|o| o.split('"').next())
+        .collect();
+    assert!(suggested.contains(&"notifier"), "{suggested:?}");
+    for name in &suggested {
+        let mut durable = false;
+        for stream in [EVENTS_STREAM, WEBHOOKS_STREAM] {
+            let stream = h.rt.js.get_stream(stream).await.unwrap();
+            if let Ok(info) = stream.consumer_info(*name).await {
+                durable |= info.config.durable_name.is_some();
+            }
+        }
+        assert!(durable, "{name} is not a durable consumer: {suggested:?}");
+    }
     let form = |from: &str, to: &str, confirmed: &str| {
         vec![
             ("csrf", csrf.clone()),

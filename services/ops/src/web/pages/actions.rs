@@ -189,11 +189,12 @@ async fn consumer_names(web: &Web) -> Vec<String> {
         let Ok(stream) = web.js.get_stream(stream).await else {
             continue;
         };
-        let listed: Vec<_> = stream.consumer_names().collect().await;
+        // Durable ones only: the live reads' ordered consumers are ephemeral.
+        let listed: Vec<_> = stream.consumers().collect().await;
         names.extend(
             listed
                 .into_iter()
-                .filter_map(Result::ok)
+                .filter_map(|info| info.ok()?.config.durable_name)
                 .filter(|n| !n.contains(crate::replay::replay_prefix("").as_str())),
         );
     }
