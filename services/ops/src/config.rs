@@ -35,6 +35,11 @@ pub struct OpsConfig {
     /// How often a replay runner looks for new replay consumers. Default 2s.
     #[serde(with = "humantime_serde")]
     pub replay_poll_interval: Duration,
+    /// Address of the web dashboard (`prx-ci up` serves it on `127.0.0.1:8081`). Default: off.
+    pub dashboard_listen: Option<SocketAddr>,
+    /// Mark the dashboard's session cookie `Secure` (set it when the dashboard is served
+    /// behind TLS). Default false.
+    pub dashboard_secure_cookie: bool,
 }
 
 /// Shortest accepted token.
@@ -52,6 +57,8 @@ impl Default for OpsConfig {
             keep_finished_builds: 1000,
             max_listed_events: 10_000,
             replay_poll_interval: Duration::from_secs(2),
+            dashboard_listen: None,
+            dashboard_secure_cookie: false,
         }
     }
 }
