@@ -586,6 +586,119 @@ async fn of_a_concurrent_drop_and_retry_exactly_one_wins() {
     );
 }
 
+/// The dashboard, signed in with `token`: an HTTP client that follows no redirects and the
+/// session cookie it got.
+async fn dashboard_session(base: &str, token: &str) -> (reqwest::Client, String) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = http
+        .post(format!("{base}/login"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), reqwest::StatusCode::SEE_OTHER);
+    let cookie = login.headers()[reqwest::header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    (http, cookie)
+}
+
+#[tokio::test]
+async fn a_parked_message_is_dropped_from_the_dashboard_with_a_reason() {
+    let h = Harness::start_with_dashboard().await;
+    let (_, _, stored) = park_a_completed_build(&h).await;
+    let id = stored.sequence;
+    let base = h.dashboard_url.clone().unwrap();
+    let (http, cookie) = dashboard_session(&base, BOB_TOKEN).await;
+    let page = http
+        .get(format!("{base}/parked"))
+        .header(reqwest::header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), reqwest::StatusCode::OK);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains(&format!("action=\"/parked/{id}/drop\"")),
+        "{page}"
+    );
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let drop = |csrf: String, reason: &'static str| {
+        http.post(format!("{base}/parked/{id}/drop"))
+            .header(reqwest::header::COOKIE, &cookie)
+            .form(&[("csrf", csrf), ("reason", reason.to_owned())])
+            .send()
+    };
+
+    let forged = drop("not-the-csrf-value".into(), "forged").await.unwrap();
+    assert_eq!(forged.status(), reqwest::StatusCode::FORBIDDEN);
+    let no_reason = drop(csrf.clone(), " ").await.unwrap();
+    assert_eq!(no_reason.status(), reqwest::StatusCode::BAD_REQUEST);
+    assert!(no_reason.text().await.unwrap().contains("needs a reason"));
+    let mut client = h.client().await;
+    assert!(
+        !listed(&mut client, id).await.dropped,
+        "refused drops record nothing"
+    );
+
+    let dropped = drop(csrf.clone(), "superseded by a newer build")
+        .await
+        .unwrap();
+    assert_eq!(dropped.status(), reqwest::StatusCode::SEE_OTHER);
+    let entry = listed(&mut client, id).await;
+    assert_eq!(
+        (
+            entry.dropped,
+            entry.dropped_by.as_str(),
+            entry.drop_reason.as_str()
+        ),
+        (true, "bob", "superseded by a newer build"),
+        "recorded as the signed-in operator"
+    );
+    let page = http
+        .get(format!("{base}/parked"))
+        .header(reqwest::header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("dropped by bob"), "{page}");
+    assert!(
+        !page.contains(&format!("/parked/{id}/retry")),
+        "no retry offered"
+    );
+
+    let retry = http
+        .post(format!("{base}/parked/{id}/retry"))
+        .header(reqwest::header::COOKIE, &cookie)
+        .form(&[("csrf", csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), reqwest::StatusCode::CONFLICT);
+    assert!(
+        retry
+            .text()
+            .await
+            .unwrap()
+            .contains("cannot be retried: it was dropped by bob")
+    );
+}
+
 #[tokio::test]
 async fn a_rebuild_stores_an_operator_push_of_the_branchs_latest_commit() {
     let h = Harness::start().await;
