@@ -612,10 +612,10 @@ async fn dashboard_session(base: &str, token: &str) -> (reqwest::Client, String)
 
 #[tokio::test]
 async fn a_parked_message_is_dropped_from_the_dashboard_with_a_reason() {
-    let h = Harness::start_with_dashboard().await;
+    let h = Harness::start().await;
     let (_, _, stored) = park_a_completed_build(&h).await;
     let id = stored.sequence;
-    let base = h.dashboard_url.clone().unwrap();
+    let base = h.dashboard.clone();
     let (http, cookie) = dashboard_session(&base, BOB_TOKEN).await;
     let page = http
         .get(format!("{base}/parked"))

@@ -221,9 +221,10 @@ async fn login(State(web): State<Web>, Form(form): Form<LoginForm>) -> Response 
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }
 
-/// A form POST's CSRF field.
+/// A form POST's CSRF field (missing = empty, refused by the check).
 #[derive(Debug, Deserialize)]
 pub struct CsrfForm {
+    #[serde(default)]
     pub csrf: String,
 }
 
