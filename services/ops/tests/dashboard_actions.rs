@@ -29,7 +29,7 @@ fn browser() -> reqwest::Client {
 /// The CSRF value in the page's forms.
 async fn csrf_of(h: &Harness, client: &reqwest::Client, path: &str) -> String {
     let page = client
-        .get(h.dashboard(path))
+        .get(format!("{}{path}", h.dashboard))
         .send()
         .await
         .unwrap()
@@ -50,7 +50,7 @@ async fn post<K: serde::Serialize, V: serde::Serialize>(
     form: &[(K, V)],
 ) -> (StatusCode, String, Option<String>) {
     let response = client
-        .post(h.dashboard(path))
+        .post(format!("{}{path}", h.dashboard))
         .form(form)
         .send()
         .await
@@ -82,7 +82,7 @@ async fn operator_pushes(h: &Harness) -> Vec<v1::WebhookReceived> {
 
 #[tokio::test]
 async fn a_dashboard_rebuild_is_a_dry_run_first_then_one_operator_push() {
-    let h = Harness::start_with_dashboard().await;
+    let h = Harness::start().await;
     h.publish(&push("d1", "PRX/app", "main", &sha('a'))).await;
     let client = browser();
     let csrf = csrf_of(&h, &client, "/actions").await;
@@ -133,7 +133,7 @@ async fn a_dashboard_rebuild_is_a_dry_run_first_then_one_operator_push() {
     let (status, _, _) = post(&h, &client, "/actions/rebuild", &form("0000", "x", &a)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let cross = client
-        .post(h.dashboard("/actions/rebuild"))
+        .post(format!("{}/actions/rebuild", h.dashboard))
         .header(reqwest::header::ORIGIN, "https://evil.example")
         .form(&confirmed)
         .send()
@@ -189,7 +189,7 @@ async fn a_dashboard_rebuild_is_a_dry_run_first_then_one_operator_push() {
 
     // The timeline links each push to the form, filled in.
     let timeline = client
-        .get(h.dashboard("/branches/PRX/app/main"))
+        .get(format!("{}/branches/PRX/app/main", h.dashboard))
         .send()
         .await
         .unwrap()
@@ -223,7 +223,7 @@ async fn replay_consumers(h: &Harness) -> Vec<String> {
 
 #[tokio::test]
 async fn a_dashboard_replay_lists_the_range_first_and_replays_it_once_confirmed() {
-    let h = Harness::start_with_dashboard().await;
+    let h = Harness::start().await;
     let mut sequences = Vec::new();
     for n in 0..6 {
         let repo = if n % 2 == 0 { "PRX/app" } else { "PRX/other" };
@@ -232,7 +232,7 @@ async fn a_dashboard_replay_lists_the_range_first_and_replays_it_once_confirmed(
     let client = browser();
     let csrf = csrf_of(&h, &client, "/actions").await;
     let actions = client
-        .get(h.dashboard("/actions"))
+        .get(format!("{}/actions", h.dashboard))
         .send()
         .await
         .unwrap()
@@ -274,7 +274,7 @@ async fn a_dashboard_replay_lists_the_range_first_and_replays_it_once_confirmed(
     };
     let post = |fields: Vec<(&'static str, String)>| {
         let client = client.clone();
-        let url = h.dashboard("/actions/replay");
+        let url = format!("{}/actions/replay", h.dashboard);
         async move {
             let response = client.post(url).form(&fields).send().await.unwrap();
             (response.status(), response.text().await.unwrap())

@@ -93,6 +93,7 @@ pub fn router(web: Web) -> Router {
         .route("/parameter", get(pages::parameters::one))
         .route("/parked", get(pages::parked::page))
         .route("/parked/{id}/retry", post(pages::parked::retry))
+        .route("/parked/{id}/drop", post(pages::parked::drop_entry))
         .route("/actions", get(pages::actions::page))
         .route("/actions/rebuild", post(pages::actions::rebuild))
         .route("/actions/replay", post(pages::actions::replay))
@@ -224,9 +225,10 @@ async fn login(State(web): State<Web>, Form(form): Form<LoginForm>) -> Response 
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }
 
-/// A form POST's CSRF field.
+/// A form POST's CSRF field (missing = empty, refused by the check).
 #[derive(Debug, Deserialize)]
 pub struct CsrfForm {
+    #[serde(default)]
     pub csrf: String,
 }
 

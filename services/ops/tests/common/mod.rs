@@ -34,8 +34,8 @@ pub struct Harness {
     pub server: NatsServer,
     pub rt: Runtime,
     pub url: String,
-    /// The web dashboard's address, when started with it.
-    pub dashboard_url: Option<String>,
+    /// The web dashboard's base URL (`http://127.0.0.1:<port>`).
+    pub dashboard: String,
     /// The GitHub API the ops service checks commit ancestry with (compare).
     pub github: wiremock::MockServer,
     pub shutdown: CancellationToken,
@@ -52,20 +52,7 @@ impl Harness {
     }
 
     /// With the publisher's parameter ownership settings.
-    pub async fn start_owning(config: OpsConfig, ownership: ParameterOwnership) -> Self {
-        Self::start_serving(config, ownership, false).await
-    }
-
-    /// Also serving the web dashboard (at [`Harness::dashboard`]).
-    pub async fn start_with_dashboard() -> Self {
-        Self::start_serving(OpsConfig::default(), ParameterOwnership::default(), true).await
-    }
-
-    async fn start_serving(
-        mut config: OpsConfig,
-        ownership: ParameterOwnership,
-        dashboard: bool,
-    ) -> Self {
+    pub async fn start_owning(mut config: OpsConfig, ownership: ParameterOwnership) -> Self {
         let server = NatsServer::start().await;
         let rt = Runtime::from_client(server.connect().await, &mut Registry::default());
         rt.provision(1).await.unwrap();
@@ -85,38 +72,25 @@ impl Harness {
             max: Duration::from_millis(50),
             max_attempts: 2,
         });
-        let mut service = OpsService::new(rt.clone(), config, &mut Registry::default())
+        let service = OpsService::new(rt.clone(), config, &mut Registry::default())
             .unwrap()
             .with_commit_graph(Arc::new(Ancestry::new(client)))
             .with_ownership(ownership);
-        let mut dashboard_url = None;
-        if dashboard {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            dashboard_url = Some(format!("http://{}", listener.local_addr().unwrap()));
-            service = service.with_dashboard(listener);
-        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let web = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dashboard = format!("http://{}", web.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(service.run(listener, shutdown.clone()));
+        let task = tokio::spawn(service.with_dashboard(web).run(listener, shutdown.clone()));
         Self {
             server,
             rt,
             url,
-            dashboard_url,
+            dashboard,
             github,
             shutdown,
             task,
         }
-    }
-
-    /// The dashboard's URL of `path` (started with [`Harness::start_with_dashboard`]).
-    pub fn dashboard(&self, path: &str) -> String {
-        let base = self
-            .dashboard_url
-            .as_deref()
-            .expect("started with the dashboard");
-        format!("{base}{path}")
     }
 
     /// A client authenticated as [`OPERATOR`].
