@@ -4,12 +4,13 @@
 
 mod common;
 
-use common::{Harness, OPERATOR, TOKEN, push, sha};
+use common::{Harness, OPERATOR, TOKEN, WAIT, build_story, push, sha};
 use futures::StreamExt as _;
 use prost::Message as _;
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::envelope::{Chain, new_event_id};
 use prx_ci_shared::bus::subject::{EVENTS_STREAM, WEBHOOKS_STREAM};
+use prx_ci_shared::testing::wait_until;
 use reqwest::StatusCode;
 
 /// A dashboard client signed in with the ops token (as [`OPERATOR`]); redirects not followed.
@@ -187,17 +188,40 @@ async fn a_dashboard_rebuild_is_a_dry_run_first_then_one_operator_push() {
     assert!(page.contains("is not in the history of"), "{page}");
     assert_eq!(operator_pushes(&h).await.len(), 1);
 
-    // The timeline links each push to the form, filled in.
-    let timeline = client
-        .get(format!("{}/branches/PRX/app/main", h.dashboard))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The timeline links each push to the form, filled in, and so does a build's page.
     let link = format!("/actions?repository=PRX%2Fapp&amp;revision={b}&amp;branch=main#rebuild");
-    assert!(timeline.contains(&link), "{timeline}");
+    wait_until(WAIT, "the timeline links the newer push", || async {
+        let page = client
+            .get(format!("{}/branches/PRX/app/main", h.dashboard))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        page.contains(&link).then_some(())
+    })
+    .await;
+    let story = build_story(&push("d2", "PRX/app", "main", &b), 2, "main", None);
+    let Some(Payload::BuildRequested(requested)) = &story[0].payload else {
+        panic!("a story starts with its request")
+    };
+    let key = requested.build.as_ref().unwrap().build_request_id.clone();
+    for event in &story {
+        h.publish(event).await;
+    }
+    wait_until(WAIT, "the build page links the rebuild form", || async {
+        let page = client
+            .get(format!("{}/builds/{key}", h.dashboard))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        page.contains(&link).then_some(())
+    })
+    .await;
 }
 
 fn skipped(repository: &str, n: usize) -> v1::Envelope {
