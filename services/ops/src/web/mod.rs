@@ -59,6 +59,25 @@ impl Session {
     pub fn who(&self) -> Option<(&Operator, &str)> {
         Some((&self.operator, self.csrf.as_str()))
     }
+
+    /// An ops API request made as this operator: the same call, checks, metrics and audit
+    /// record as the CLI's.
+    pub fn api_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.extensions_mut().insert(self.operator.clone());
+        request
+    }
+
+    /// The refusal (403) of a POST that is not this operator's own (a wrong or missing CSRF
+    /// value, or another origin); `None` for their own.
+    pub fn refuse_foreign_post(
+        &self,
+        web: &Web,
+        headers: &HeaderMap,
+        csrf: &str,
+    ) -> Option<Response> {
+        (!web.sessions.same_origin_post(&self.operator, headers, csrf)).then(forbidden)
+    }
 }
 
 impl FromRequestParts<Web> for Session {
@@ -238,11 +257,8 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if !web
-        .sessions
-        .same_origin_post(&session.operator, &headers, &form.csrf)
-    {
-        return forbidden();
+    if let Some(refused) = session.refuse_foreign_post(&web, &headers, &form.csrf) {
+        return refused;
     }
     (
         [(header::SET_COOKIE, web.sessions.clear_cookie())],
