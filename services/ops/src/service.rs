@@ -119,6 +119,7 @@ impl OpsService {
                 api: self.api.clone(),
                 js: self.rt.js.clone(),
                 recent_builds: self.config.recent_builds,
+                local_build_logs: self.config.local_build_logs.clone(),
             };
             let live = tokio::spawn(web::live::run(
                 self.rt.js.clone(),

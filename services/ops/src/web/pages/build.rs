@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use prx_ci_proto::v1::{self, BuildView, NotificationChannel};
+use prx_ci_shared::codebuild::build::cloudwatch_log_group_url;
 use prx_ci_shared::domain::push_position::display_wire;
 
 use super::builds::{architecture, lane, urlencoding};
@@ -91,7 +92,7 @@ pub fn body(view: &BuildView, detail: &BuildDetail) -> Markup {
         (phases(detail))
 
         h2 { "Log" }
-        (log(&build))
+        (log(&view.key, &build))
 
         h2 { "Publishing" }
         (publishes(detail))
@@ -139,14 +140,30 @@ fn phases(detail: &BuildDetail) -> Markup {
     }
 }
 
-fn log(build: &v1::BuildRef) -> Markup {
+/// The log: a local build's streamed into `pre#log` by `log.js` (kept across live updates,
+/// `data-keep`, while its source is the same); a CodeBuild build's console and CloudWatch links.
+fn log(key: &str, build: &v1::BuildRef) -> Markup {
+    let local = build.log_url.starts_with("file://");
+    let source = format!("/builds/{}/log", urlencoding(key));
     html! {
-        @if build.log_url.is_empty() {
-            p.muted { "No log yet." }
-        } @else if build.log_url.starts_with("file://") {
-            p { "Local build log: " code { (build.log_url) } }
-        } @else {
-            p { a href=(build.log_url) rel="noreferrer" { "The build's log (CodeBuild console, CloudWatch)" } }
+        div.log-section id="log-section" data-keep=[local.then_some(source.as_str())] {
+            @if build.log_url.is_empty() {
+                p.muted { "No log yet." }
+            } @else if local {
+                p.log-head {
+                    span.muted { "Local build log " code { (build.log_url) } }
+                    label { input type="checkbox" id="log-follow" checked; " follow" }
+                }
+                pre.log id="log" data-log-src=(source) tabindex="0" aria-label="Build log" aria-live="off" {}
+                noscript { p.muted { "The log streams with JavaScript on; the runner keeps it in the file above." } }
+            } @else {
+                ul.links {
+                    li { a href=(build.log_url) rel="noreferrer" { "The build in the CodeBuild console" } }
+                    @if let Some(url) = cloudwatch_log_group_url(&build.region, &build.project) {
+                        li { a href=(url) rel="noreferrer" { "Its log group in CloudWatch" } }
+                    }
+                }
+            }
         }
     }
 }
