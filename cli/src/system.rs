@@ -192,7 +192,11 @@ impl LocalSystem {
         );
         let mut ops = OpsService::new(rt.clone(), config.ops, &mut registry)?
             .with_commit_graph(Arc::new(commits))
-            .with_ownership(ownership);
+            .with_ownership(ownership)
+            .with_notice_settings(
+                config.notifier.links.clone(),
+                config.notifier.statuses.context.clone(),
+            );
         if let Some(listener) = dashboard_listener {
             ops = ops.with_dashboard(listener);
         }

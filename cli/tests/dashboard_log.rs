@@ -1,7 +1,8 @@
 //! The dashboard's live log of a local build (`GET /builds/<key>/log`), end to end on the
 //! system of `prx-ci up` and a real nats-server: the log is read while the build runs (the
 //! build waits on a gate file the test creates), follows it to the end, resumes at an offset,
-//! and no file outside the runner's data dir is ever served.
+//! and no file outside the runner's data dir is ever served; the build's page shows the Slack
+//! message and commit status the notifier renders for it.
 
 mod common;
 
@@ -183,6 +184,21 @@ async fn a_local_builds_log_streams_while_it_runs_and_nothing_outside_the_runner
                 .then_some(())
         })
         .await;
+
+    // The page shows what the notifier posts for the finished build: its message and status.
+    let page = prx_ci_shared::testing::wait_until(WAIT, "the page of the finished build", || {
+        let local = &local;
+        let key = &key;
+        async move {
+            let page = get(local, &format!("/builds/{key}"), None).await;
+            let page = page.text().await.ok()?;
+            page.contains(r#"data-state="success""#).then_some(page)
+        }
+    })
+    .await;
+    assert!(page.contains(r#"id="slack-message""#), "{page}");
+    assert!(page.contains("Built"), "{page}");
+    assert!(page.contains("prx-ci/x86_64"), "{page}");
 
     // A reader reconnecting with its last event id gets only what follows.
     let from = file.len() as u64 - 15;

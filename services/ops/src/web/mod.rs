@@ -47,6 +47,8 @@ pub struct Web {
     pub recent_builds: usize,
     /// The directory local builds' logs may be read from (`[ops] local_build_logs`).
     pub local_build_logs: Option<std::path::PathBuf>,
+    /// The notifier's settings the build page renders its message and status with.
+    pub notice: Arc<pages::notice::NoticeSettings>,
 }
 
 /// A signed-in request: its operator and the CSRF value its forms carry. Requests without a

@@ -11,6 +11,7 @@ use prx_ci_shared::codebuild::build::cloudwatch_log_group_url;
 use prx_ci_shared::domain::push_position::display_wire;
 
 use super::builds::{architecture, lane, urlencoding};
+use super::notice::NoticeSettings;
 use crate::dashboard_projection::{BuildDetail, PublishOutcome};
 use crate::web::layout::{self, Section};
 use crate::web::{Session, Web, render};
@@ -46,13 +47,13 @@ pub async fn page(State(web): State<Web>, session: Session, Path(key): Path<Stri
         Section::Builds,
         &session,
         &topics,
-        body(&view, &detail),
+        body(&view, &detail, &web.notice),
     )
     .into_response()
 }
 
 /// The page's body (pure: the view and details in, markup out).
-pub fn body(view: &BuildView, detail: &BuildDetail) -> Markup {
+pub fn body(view: &BuildView, detail: &BuildDetail, notice: &NoticeSettings) -> Markup {
     let build = view.build.clone().unwrap_or_default();
     let repository = build.repository.as_str();
     let branch = lane(view);
@@ -99,6 +100,7 @@ pub fn body(view: &BuildView, detail: &BuildDetail) -> Markup {
 
         h2 { "Notifications" }
         (notifications(detail))
+        (super::notice::section(&detail.notice, notice))
 
         h2 { "Variables the dispatcher set" }
         (variables("variables", requested.environment.iter()))
@@ -249,5 +251,61 @@ fn variables<'a>(id: &str, vars: impl Iterator<Item = (&'a String, &'a String)>)
                 tbody { @for (name, value) in vars { tr { td.mono { (name) } td.value { (value) } } } }
             } }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prx_ci_shared::notice::fixtures::{build_ref, completed, envelope, started};
+
+    use super::*;
+
+    fn page(build: v1::BuildRef, detail: &BuildDetail) -> String {
+        let view = BuildView {
+            key: "r-1".into(),
+            build: Some(build),
+            ..Default::default()
+        };
+        body(&view, detail, &NoticeSettings::default()).into_string()
+    }
+
+    #[test]
+    fn a_local_builds_log_streams_and_a_codebuild_build_links_its_consoles() {
+        let local = v1::BuildRef {
+            log_url: "file:///data/runner/builds/x.log".into(),
+            ..Default::default()
+        };
+        let html = page(local, &BuildDetail::default());
+        assert!(html.contains(r#"id="log""#), "{html}");
+        assert!(
+            html.contains(r#"data-log-src="/builds/r%2D1/log""#),
+            "{html}"
+        );
+        assert!(html.contains(r#"data-keep="/builds/r%2D1/log""#), "{html}");
+        assert!(html.contains(r#"id="log-follow""#));
+
+        let html = page(build_ref(), &BuildDetail::default());
+        assert!(!html.contains(r#"id="log""#), "{html}");
+        assert!(html.contains(r#"href="https://example.test/log""#));
+        assert!(html.contains(
+            "https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=us-east-1#logsV2:log-groups/log-group/$252Faws$252Fcodebuild$252Finfrastructure-ci-Runner2"
+        ), "{html}");
+    }
+
+    #[test]
+    fn the_page_shows_the_message_and_status_the_notifier_would_post() {
+        let mut detail = BuildDetail::default();
+        detail.notice.apply(&envelope("s", started())).unwrap();
+        let html = page(build_ref(), &detail);
+        assert!(html.contains(r#"data-state="pending""#), "{html}");
+        detail
+            .notice
+            .apply(&envelope("c", completed(v1::BuildStatus::Failed)))
+            .unwrap();
+        let html = page(build_ref(), &detail);
+        assert!(html.contains(r#"id="slack-message""#), "{html}");
+        assert!(html.contains("Failed to build"), "{html}");
+        assert!(html.contains(r#"data-state="failure""#), "{html}");
+        assert!(html.contains("prx-ci/x86_64"));
     }
 }

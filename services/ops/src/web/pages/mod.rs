@@ -3,5 +3,6 @@
 pub mod branch;
 pub mod build;
 pub mod builds;
+pub mod notice;
 pub mod parameters;
 pub mod parked;
