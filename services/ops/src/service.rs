@@ -136,6 +136,7 @@ impl OpsService {
                 recent_builds: self.config.recent_builds,
                 local_build_logs: self.config.local_build_logs.clone(),
                 notice: Arc::new(self.notice),
+                shutdown: shutdown.clone(),
             };
             let live = tokio::spawn(web::live::run(
                 self.rt.js.clone(),

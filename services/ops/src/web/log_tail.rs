@@ -219,7 +219,8 @@ struct Tail {
 }
 
 impl Tail {
-    /// The next event; `None` after `end` (or when the file cannot be read).
+    /// The next event; `None` after `end`, when the file cannot be read, or when the service
+    /// stops (a followed log must not hold the server's graceful shutdown).
     async fn next(&mut self) -> Option<Event> {
         if self.ended {
             return None;
@@ -251,7 +252,10 @@ impl Tail {
                 }
                 return Some(Event::default().event("end").data("the build is final"));
             }
-            tokio::time::sleep(POLL_INTERVAL).await;
+            tokio::select! {
+                () = self.web.shutdown.cancelled() => return None,
+                () = tokio::time::sleep(POLL_INTERVAL) => {}
+            }
         }
     }
 

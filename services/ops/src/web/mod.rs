@@ -49,6 +49,8 @@ pub struct Web {
     pub local_build_logs: Option<std::path::PathBuf>,
     /// The notifier's settings the build page renders its message and status with.
     pub notice: Arc<pages::notice::NoticeSettings>,
+    /// Cancelled when the service stops: long-lived answers (a followed log) end then.
+    pub shutdown: CancellationToken,
 }
 
 /// A signed-in request: its operator and the CSRF value its forms carry. Requests without a
