@@ -38,7 +38,19 @@
     }
   }
 
+  // Someone typing in a form of the region (a filter) is not interrupted: the refresh waits
+  // until the field loses focus. Fields of kept elements (the log's "follow") survive a swap.
+  function editing() {
+    var active = document.activeElement;
+    return active && region.contains(active) && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName) &&
+      !active.closest("[data-keep]");
+  }
+
   function refresh() {
+    if (editing()) {
+      document.activeElement.addEventListener("blur", refresh, { once: true });
+      return;
+    }
     if (busy) {
       again = true;
       return;
