@@ -169,6 +169,7 @@ mod tests {
         assert_eq!(config.ops_listen, defaults.ops_listen);
         assert_eq!(config.dashboard_listen, None);
         assert!(!config.dashboard_secure_cookie);
+        assert_eq!(config.local_build_logs, None);
         assert_eq!(config.recent_builds, defaults.recent_builds);
         assert_eq!(config.keep_finished_builds, defaults.keep_finished_builds);
         let on = Figment::from(Toml::string(
