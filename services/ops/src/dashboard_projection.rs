@@ -102,6 +102,9 @@ pub struct BuildDetail {
     pub cancelled: Option<v1::BuildCancelled>,
     pub publishes: Vec<(prost_types::Timestamp, PublishOutcome)>,
     pub notifications: Vec<(prost_types::Timestamp, v1::NotificationDelivered)>,
+    /// The build as the notifier folds it (`notice::view`), so the page shows the Slack
+    /// message and commit status the notifier renders from the same events.
+    pub notice: prx_ci_shared::notice::view::BuildView,
 }
 
 /// What the dispatcher decided for a push.
@@ -538,6 +541,8 @@ impl DashboardProjection {
         };
         let at = envelope.time.unwrap_or_default();
         let detail = self.details.entry(key.clone()).or_default();
+        // Events the notifier's view does not take (or already took) change nothing there.
+        let _ = detail.notice.apply(envelope);
         match payload {
             Payload::BuildRequested(requested) => detail.requested = Some(requested.clone()),
             Payload::BuildStarted(started) => {

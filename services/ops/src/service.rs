@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use prx_ci_proto::v1::ops_server::OpsServer;
+use prx_ci_shared::notice::console_links::LinkConfig;
 use prx_ci_shared::{CancellationToken, Runtime};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
@@ -22,6 +23,7 @@ use crate::client::MAX_MESSAGE_SIZE;
 use crate::config::OpsConfig;
 use crate::dashboard_projection::DashboardProjection;
 use crate::metrics::Metrics;
+use crate::web::pages::notice::NoticeSettings;
 use crate::web::{self, Web, session::Sessions};
 use crate::{parked, projection_runner};
 
@@ -40,6 +42,7 @@ pub struct OpsService {
     builds: Arc<RwLock<BuildsProjection>>,
     metrics: Metrics,
     dashboard: Option<TcpListener>,
+    notice: NoticeSettings,
     config: Arc<OpsConfig>,
 }
 
@@ -64,6 +67,7 @@ impl OpsService {
             builds,
             metrics,
             dashboard: None,
+            notice: NoticeSettings::default(),
             config,
         })
     }
@@ -80,6 +84,17 @@ impl OpsService {
     /// is config-owned as far as the ops API knows (the publisher still lets config win).
     pub fn with_ownership(mut self, ownership: ParameterOwnership) -> Self {
         self.api = self.api.with_ownership(ownership);
+        self
+    }
+
+    /// Renders the Slack message and commit status on the dashboard's build pages with the
+    /// notifier's console-link settings and status context (`[notifier.links]`,
+    /// `[notifier.statuses] context`) instead of their defaults.
+    pub fn with_notice_settings(mut self, links: LinkConfig, status_context: String) -> Self {
+        self.notice = NoticeSettings {
+            links,
+            status_context,
+        };
         self
     }
 
@@ -119,6 +134,9 @@ impl OpsService {
                 api: self.api.clone(),
                 js: self.rt.js.clone(),
                 recent_builds: self.config.recent_builds,
+                local_build_logs: self.config.local_build_logs.clone(),
+                notice: Arc::new(self.notice),
+                shutdown: shutdown.clone(),
             };
             let live = tokio::spawn(web::live::run(
                 self.rt.js.clone(),

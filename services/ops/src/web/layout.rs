@@ -1,5 +1,5 @@
 //! The page shell every dashboard page shares: head, navigation, the signed-in operator, and the
-//! small vendored script that keeps the `[data-live]` region current.
+//! small vendored scripts that keep the `[data-live]` region current and stream a build's log.
 
 use maud::{DOCTYPE, Markup, html};
 use prost_types::Timestamp;
@@ -46,6 +46,7 @@ pub fn page(
                 link rel="icon" href="/assets/favicon.svg" type="image/svg+xml";
                 link rel="stylesheet" href="/assets/dashboard.css";
                 script src="/assets/live.js" defer {}
+                script src="/assets/log.js" defer {}
             }
             body {
                 header.top {

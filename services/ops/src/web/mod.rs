@@ -5,12 +5,14 @@
 //! Pages: Builds (`/`), a build (`/builds/<key>`), branches (`/branches`) and a branch's
 //! timeline (`/branches/<owner>/<repo>/<branch>`), parameters (`/parameters`, one parameter's
 //! history at `/parameter?name=...`), parked messages (`/parked`), operator actions (`/actions`:
-//! rebuild and replay, each a dry run first). Every page and `/events`
+//! rebuild and replay, each a dry run first); a local build's log streams from
+//! `/builds/<key>/log` ([`log_tail`]). Every page and `/events`
 //! needs a session ([`session`]); operator actions go through the same [`OpsApi`] calls as the
 //! CLI, as the signed-in operator.
 
 pub mod layout;
 pub mod live;
+pub mod log_tail;
 pub mod pages;
 pub mod session;
 
@@ -44,6 +46,12 @@ pub struct Web {
     pub js: async_nats::jetstream::Context,
     /// Finished builds the Builds page lists.
     pub recent_builds: usize,
+    /// The directory local builds' logs may be read from (`[ops] local_build_logs`).
+    pub local_build_logs: Option<std::path::PathBuf>,
+    /// The notifier's settings the build page renders its message and status with.
+    pub notice: Arc<pages::notice::NoticeSettings>,
+    /// Cancelled when the service stops: long-lived answers (a followed log) end then.
+    pub shutdown: CancellationToken,
 }
 
 /// A signed-in request: its operator and the CSRF value its forms carry. Requests without a
@@ -103,6 +111,7 @@ pub fn router(web: Web) -> Router {
     Router::new()
         .route("/", get(pages::builds::page))
         .route("/builds/{key}", get(pages::build::page))
+        .route("/builds/{key}/log", get(log_tail::stream))
         .route("/branches", get(pages::branch::index))
         .route(
             "/branches/{owner}/{repo}/{*branch}",
@@ -170,6 +179,10 @@ async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Respon
         ),
         "live.js" => (
             include_str!("assets/live.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "log.js" => (
+            include_str!("assets/log.js"),
             "text/javascript; charset=utf-8",
         ),
         "favicon.svg" => (include_str!("assets/favicon.svg"), "image/svg+xml"),
