@@ -10,7 +10,8 @@
 //! - requests every page kind over HTTP (a bound listener, reqwest, body read to the end), several
 //!   keys each, and prints p50 / p95 / max per page.
 //!
-//! `cargo bench -p prx-ci-ops --bench dashboard` (or `scripts/bench dashboard`)
+//! `cargo bench -p prx-ci-ops --bench dashboard` (or `scripts/bench dashboard`); the service's
+//! default config, or `PRX_BENCH_KEEP_FINISHED_BUILDS=<n>` to keep more finished builds.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -54,6 +55,8 @@ const WARMUP: usize = 3;
 const IN_FLIGHT_PUBLISHES: usize = 512;
 const TOKEN: &str = "bench-token-0123456789abcdef";
 const TARGET_P95_MS: f64 = 50.0;
+/// Overrides `[ops] keep_finished_builds` (default 1000), to see how the pages grow with it.
+const KEEP_FINISHED_VAR: &str = "PRX_BENCH_KEEP_FINISHED_BUILDS";
 
 const PHASES: [&str; 4] = ["DOWNLOAD_SOURCE", "INSTALL", "BUILD", "POST_BUILD"];
 
@@ -675,16 +678,31 @@ struct Page {
     kind: &'static str,
     label: String,
     path: String,
+    /// A marker the body must hold exactly this many times (checked on the first response), so
+    /// the figure is that of the page the label names, not of an error or an empty page.
+    rows: Option<(&'static str, usize)>,
+}
+
+fn page<'a>(
+    out: &'a mut Vec<Page>,
+    kind: &'static str,
+    label: String,
+    path: String,
+) -> &'a mut Page {
+    out.push(Page {
+        kind,
+        label,
+        path,
+        rows: None,
+    });
+    out.last_mut().unwrap()
 }
 
 /// The pages to request, with keys picked from the caught-up projection: builds in flight,
 /// succeeded with a publish, failed, superseded and non-primary; the busiest branches, a feature
 /// branch, parameters with superseded skips.
-fn pages(projection: &DashboardProjection) -> Vec<Page> {
+fn pages(projection: &DashboardProjection, recent_builds: usize) -> Vec<Page> {
     let mut out = Vec::new();
-    let mut page = |kind: &'static str, label: String, path: String| {
-        out.push(Page { kind, label, path });
-    };
     let builds = projection.builds();
     let busiest = {
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -697,19 +715,29 @@ fn pages(projection: &DashboardProjection) -> Vec<Page> {
             .map(|(r, _)| r.to_owned())
             .unwrap()
     };
-    page("builds", "no filter".into(), "/".into());
+    let shown = builds.in_flight("").len() + recent_builds.min(builds.recent(usize::MAX, "").len());
+    page(&mut out, "builds", "no filter".into(), "/".into()).rows =
+        Some(("<tr data-build=", shown));
     page(
+        &mut out,
         "builds",
         format!("repository={busiest}"),
         format!("/?repository={}", encode(&busiest)),
     );
-    page("builds", "status=failed".into(), "/?status=failed".into());
     page(
+        &mut out,
+        "builds",
+        "status=failed".into(),
+        "/?status=failed".into(),
+    );
+    page(
+        &mut out,
         "builds",
         "architecture=aarch64".into(),
         "/?architecture=aarch64".into(),
     );
     page(
+        &mut out,
         "builds",
         "all four filters".into(),
         format!(
@@ -718,10 +746,12 @@ fn pages(projection: &DashboardProjection) -> Vec<Page> {
         ),
     );
     page(
+        &mut out,
         "builds",
         "branch=no-such (nothing matches)".into(),
         "/?branch=no-such".into(),
-    );
+    )
+    .rows = Some(("<tr data-build=", 0));
 
     let in_flight = builds.in_flight("");
     let recent = builds.recent(1000, "");
@@ -770,10 +800,23 @@ fn pages(projection: &DashboardProjection) -> Vec<Page> {
     ];
     for (what, key) in picks {
         let key = key.unwrap_or_else(|| panic!("no {what} build in the projection"));
-        page("build", what.into(), format!("/builds/{}", encode(&key)));
+        let phases = projection.build(&key).map_or(0, |(_, d)| d.phases.len());
+        page(
+            &mut out,
+            "build",
+            what.into(),
+            format!("/builds/{}", encode(&key)),
+        )
+        .rows = Some(("data-phase=", phases));
     }
 
-    page("branches", "all branches".into(), "/branches".into());
+    page(
+        &mut out,
+        "branches",
+        "all branches".into(),
+        "/branches".into(),
+    )
+    .rows = Some(("href=\"/branches/", projection.branches().count()));
     let mut branches: Vec<(usize, &(String, String))> = projection
         .branches()
         .map(|b| (projection.timeline(&b.0, &b.1).len(), b))
@@ -791,13 +834,21 @@ fn pages(projection: &DashboardProjection) -> Vec<Page> {
         .unwrap();
     for (pushes, (repository, branch)) in [branches[0], branches[1], staging, feature] {
         page(
+            &mut out,
             "branch",
             format!("{repository} {branch} ({pushes} pushes)"),
             web::pages::branch::timeline_href(repository, branch),
-        );
+        )
+        .rows = Some(("data-commit=", pushes));
     }
 
-    page("parameters", "all parameters".into(), "/parameters".into());
+    page(
+        &mut out,
+        "parameters",
+        "all parameters".into(),
+        "/parameters".into(),
+    )
+    .rows = Some(("<tr data-parameter=", projection.parameters().len()));
     let mut parameters: Vec<(usize, &String)> = projection
         .parameters()
         .iter()
@@ -818,16 +869,20 @@ fn pages(projection: &DashboardProjection) -> Vec<Page> {
     ] {
         let history = projection.parameters()[name].history.len();
         page(
+            &mut out,
             "parameter",
             format!("{name} ({history} entries, {skips} skips)"),
             format!("/parameter?name={}", encode(name)),
-        );
+        )
+        .rows = Some(("<tr data-outcome=", history));
     }
     page(
+        &mut out,
         "parked",
         format!("{PARKED} parked (reads PRX_PARKED + KV per request)"),
         "/parked".into(),
-    );
+    )
+    .rows = Some(("<tr data-parked=", PARKED));
     out
 }
 
@@ -880,7 +935,15 @@ async fn main() {
     drop(events);
 
     // The dashboard, as OpsService::run builds it.
-    let config = Arc::new(OpsConfig::default());
+    let mut config = OpsConfig::default();
+    if let Ok(keep) = std::env::var(KEEP_FINISHED_VAR) {
+        config.keep_finished_builds = keep.parse().expect("a number of builds");
+    }
+    println!(
+        "dashboard config: keep_finished_builds {}, recent_builds {}",
+        config.keep_finished_builds, config.recent_builds
+    );
+    let config = Arc::new(config);
     let api = OpsApi::new(
         rt.clone(),
         config.clone(),
@@ -952,7 +1015,7 @@ async fn main() {
     let address = listener.local_addr().unwrap();
     let served = tokio::spawn(web::serve(listener, web, shutdown.clone()));
     let client = reqwest::Client::builder().build().unwrap();
-    let pages = pages(&*projection.read().await);
+    let pages = pages(&*projection.read().await, config.recent_builds);
 
     println!(
         "pages: {RUNS} sequential requests each over HTTP/1.1 keep-alive (after {WARMUP} unmeasured), time to the last body byte; load average {}",
@@ -980,6 +1043,12 @@ async fn main() {
             let took = started.elapsed();
             assert!(status.is_success(), "{url}: {status}");
             size = body.len();
+            if run == 0
+                && let Some((marker, n)) = page.rows
+            {
+                let found = String::from_utf8_lossy(&body).matches(marker).count();
+                assert_eq!(found, n, "{url}: {marker} {found} times, expected {n}");
+            }
             if run >= WARMUP {
                 samples.push(took);
             }
