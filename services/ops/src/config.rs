@@ -152,6 +152,27 @@ mod tests {
     }
 
     #[test]
+    fn example_config_parses_to_the_defaults() {
+        let text = include_str!("../config.example.toml");
+        let figment = Figment::from(Toml::string(text)).merge(Toml::string(
+            "[ops]\ntoken = \"0123456789abcdef-example\"\n",
+        ));
+        let config: OpsConfig = load_from(&figment, "ops").unwrap();
+        let defaults = OpsConfig::default();
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(config.ops_listen, defaults.ops_listen);
+        assert_eq!(config.dashboard_listen, None);
+        assert!(!config.dashboard_secure_cookie);
+        assert_eq!(config.recent_builds, defaults.recent_builds);
+        assert_eq!(config.keep_finished_builds, defaults.keep_finished_builds);
+        let on = Figment::from(Toml::string(
+            "[ops]\ntoken = \"0123456789abcdef-example\"\ndashboard_listen = \"127.0.0.1:8081\"\n",
+        ));
+        let config: OpsConfig = load_from(&on, "ops").unwrap();
+        assert_eq!(config.dashboard_listen.unwrap().port(), 8081);
+    }
+
+    #[test]
     fn named_tokens_give_operator_identities() {
         let figment = Figment::from(Toml::string(
             "[ops]\ntoken = \"0123456789abcdef-ci\"\ntoken_name = \"ci-bot\"\n\

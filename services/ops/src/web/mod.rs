@@ -4,7 +4,8 @@
 //!
 //! Pages: Builds (`/`), a build (`/builds/<key>`), branches (`/branches`) and a branch's
 //! timeline (`/branches/<owner>/<repo>/<branch>`), parameters (`/parameters`, one parameter's
-//! history at `/parameter?name=...`), parked messages (`/parked`). Every page and `/events`
+//! history at `/parameter?name=...`), parked messages (`/parked`), operator actions (`/actions`:
+//! rebuild and replay, each a dry run first). Every page and `/events`
 //! needs a session ([`session`]); operator actions go through the same [`OpsApi`] calls as the
 //! CLI, as the signed-in operator.
 
@@ -58,6 +59,25 @@ impl Session {
     pub fn who(&self) -> Option<(&Operator, &str)> {
         Some((&self.operator, self.csrf.as_str()))
     }
+
+    /// An ops API request made as this operator: the same call, checks, metrics and audit
+    /// record as the CLI's.
+    pub fn api_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.extensions_mut().insert(self.operator.clone());
+        request
+    }
+
+    /// The refusal (403) of a POST that is not this operator's own (a wrong or missing CSRF
+    /// value, or another origin); `None` for their own.
+    pub fn refuse_foreign_post(
+        &self,
+        web: &Web,
+        headers: &HeaderMap,
+        csrf: &str,
+    ) -> Option<Response> {
+        (!web.sessions.same_origin_post(&self.operator, headers, csrf)).then(forbidden)
+    }
 }
 
 impl FromRequestParts<Web> for Session {
@@ -92,6 +112,10 @@ pub fn router(web: Web) -> Router {
         .route("/parameter", get(pages::parameters::one))
         .route("/parked", get(pages::parked::page))
         .route("/parked/{id}/retry", post(pages::parked::retry))
+        .route("/parked/{id}/drop", post(pages::parked::drop_entry))
+        .route("/actions", get(pages::actions::page))
+        .route("/actions/rebuild", post(pages::actions::rebuild))
+        .route("/actions/replay", post(pages::actions::replay))
         .route("/events", get(live::events))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
@@ -220,9 +244,10 @@ async fn login(State(web): State<Web>, Form(form): Form<LoginForm>) -> Response 
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }
 
-/// A form POST's CSRF field.
+/// A form POST's CSRF field (missing = empty, refused by the check).
 #[derive(Debug, Deserialize)]
 pub struct CsrfForm {
+    #[serde(default)]
     pub csrf: String,
 }
 
@@ -232,11 +257,8 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if !web
-        .sessions
-        .same_origin_post(&session.operator, &headers, &form.csrf)
-    {
-        return forbidden();
+    if let Some(refused) = session.refuse_foreign_post(&web, &headers, &form.csrf) {
+        return refused;
     }
     (
         [(header::SET_COOKIE, web.sessions.clear_cookie())],
@@ -252,4 +274,41 @@ pub fn forbidden() -> Response {
         "refused: the form is not from this dashboard (CSRF check failed); reload the page",
     )
         .into_response()
+}
+
+/// The HTTP status a page answers a refused ops API call with (pure).
+pub fn http_status(code: tonic::Code) -> StatusCode {
+    use tonic::Code;
+    match code {
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_keep_their_meaning_as_http_statuses() {
+        use tonic::Code;
+        assert_eq!(http_status(Code::InvalidArgument), StatusCode::BAD_REQUEST);
+        assert_eq!(http_status(Code::FailedPrecondition), StatusCode::CONFLICT);
+        assert_eq!(
+            http_status(Code::Unavailable),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(http_status(Code::NotFound), StatusCode::NOT_FOUND);
+        assert_eq!(
+            http_status(Code::Internal),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
 }

@@ -12,7 +12,18 @@
   var busy = false;
   var again = false;
 
+  // Someone typing in a form of the region (a filter) is not interrupted: the refresh waits
+  // until the field loses focus.
+  function editing() {
+    var active = document.activeElement;
+    return active && region.contains(active) && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName);
+  }
+
   function refresh() {
+    if (editing()) {
+      document.activeElement.addEventListener("blur", refresh, { once: true });
+      return;
+    }
     if (busy) {
       again = true;
       return;
