@@ -26,7 +26,7 @@ use prx_ci_ops::api::OpsApi;
 use prx_ci_ops::builds_projection::BuildsProjection;
 use prx_ci_ops::dashboard_projection::{DashboardProjection, PublishOutcome, Source};
 use prx_ci_ops::metrics::Metrics;
-use prx_ci_ops::web::{self, Web, session::Sessions};
+use prx_ci_ops::web::{self, Web, pages::notice::NoticeSettings};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::envelope::{Chain, kind_of, subject_of};
 use prx_ci_shared::bus::publish::EVENT_KIND_HEADER;
@@ -37,7 +37,7 @@ use prx_ci_shared::testing::{NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime};
 use secrecy::SecretString;
 use time::OffsetDateTime;
-use tokio::sync::{RwLock, broadcast};
+use tokio::sync::RwLock;
 
 /// Events stored in `PRX_WEBHOOKS` + `PRX_EVENTS` together.
 const EVENTS: usize = 100_000;
@@ -955,27 +955,16 @@ async fn main() {
     let rss_before = rss();
     let shutdown = CancellationToken::new();
     let started = Instant::now();
-    let projection = Arc::new(RwLock::new(DashboardProjection::new(
-        config.keep_finished_builds,
-    )));
-    let (changes, _) = broadcast::channel(1024);
-    let web = Web {
-        projection: projection.clone(),
-        changes: changes.clone(),
-        sessions: Sessions::new(
-            vec![("ops-token".into(), SecretString::from(TOKEN))],
-            config.dashboard_secure_cookie,
-        ),
+    let web = Web::new(
+        &config,
+        vec![("ops-token".into(), SecretString::from(TOKEN))],
         api,
-        js: rt.js.clone(),
-        recent_builds: config.recent_builds,
-    };
-    let live = tokio::spawn(web::live::run(
         rt.js.clone(),
-        projection.clone(),
-        changes,
+        NoticeSettings::default(),
         shutdown.clone(),
-    ));
+    );
+    let projection = web.projection.clone();
+    let live = tokio::spawn(web.follow());
     wait_until(Duration::from_secs(600), "the dashboard's catch-up", || {
         let projection = projection.clone();
         async move {

@@ -21,14 +21,10 @@ use crate::auth::RequireToken;
 use crate::builds_projection::BuildsProjection;
 use crate::client::MAX_MESSAGE_SIZE;
 use crate::config::OpsConfig;
-use crate::dashboard_projection::DashboardProjection;
 use crate::metrics::Metrics;
 use crate::web::pages::notice::NoticeSettings;
-use crate::web::{self, Web, session::Sessions};
+use crate::web::{self, Web};
 use crate::{parked, projection_runner};
-
-/// Changes an open page's `/events` stream may fall behind by before it is told to refresh all.
-const CHANGES_BUFFER: usize = 1024;
 
 /// How often the parked messages waiting for an operator are counted.
 pub const PARKED_POLL_INTERVAL: Duration = Duration::from_secs(30);
@@ -123,27 +119,15 @@ impl OpsService {
             shutdown.clone(),
         ));
         let dashboard = self.dashboard.map(|listener| {
-            let projection = Arc::new(RwLock::new(DashboardProjection::new(
-                self.config.keep_finished_builds,
-            )));
-            let (changes, _) = tokio::sync::broadcast::channel(CHANGES_BUFFER);
-            let web = Web {
-                projection: projection.clone(),
-                changes: changes.clone(),
-                sessions: Sessions::new(self.tokens.clone(), self.config.dashboard_secure_cookie),
-                api: self.api.clone(),
-                js: self.rt.js.clone(),
-                recent_builds: self.config.recent_builds,
-                local_build_logs: self.config.local_build_logs.clone(),
-                notice: Arc::new(self.notice),
-                shutdown: shutdown.clone(),
-            };
-            let live = tokio::spawn(web::live::run(
+            let web = Web::new(
+                &self.config,
+                self.tokens.clone(),
+                self.api.clone(),
                 self.rt.js.clone(),
-                projection,
-                changes,
+                self.notice,
                 shutdown.clone(),
-            ));
+            );
+            let live = tokio::spawn(web.follow());
             let served = tokio::spawn(web::serve(listener, web, shutdown.clone()));
             (live, served)
         });

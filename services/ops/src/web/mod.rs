@@ -54,6 +54,47 @@ pub struct Web {
     pub shutdown: CancellationToken,
 }
 
+/// Changes an open page's `/events` stream may fall behind by before it is told to refresh all.
+const CHANGES_BUFFER: usize = 1024;
+
+impl Web {
+    /// The dashboard of an ops service with `config`, its `tokens` and `api`; its projection
+    /// starts empty and [`Web::follow`] keeps it current.
+    pub fn new(
+        config: &crate::OpsConfig,
+        tokens: Vec<(String, secrecy::SecretString)>,
+        api: OpsApi,
+        js: async_nats::jetstream::Context,
+        notice: pages::notice::NoticeSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (changes, _) = broadcast::channel(CHANGES_BUFFER);
+        Self {
+            projection: Arc::new(RwLock::new(DashboardProjection::new(
+                config.keep_finished_builds,
+            ))),
+            changes,
+            sessions: Sessions::new(tokens, config.dashboard_secure_cookie),
+            api,
+            js,
+            recent_builds: config.recent_builds,
+            local_build_logs: config.local_build_logs.clone(),
+            notice: Arc::new(notice),
+            shutdown,
+        }
+    }
+
+    /// Follows the streams into the projection until shutdown ([`live::run`]).
+    pub fn follow(&self) -> impl Future<Output = ()> + Send + 'static {
+        live::run(
+            self.js.clone(),
+            self.projection.clone(),
+            self.changes.clone(),
+            self.shutdown.clone(),
+        )
+    }
+}
+
 /// A signed-in request: its operator and the CSRF value its forms carry. Requests without a
 /// session are refused with 401 (pages answer with the sign-in form).
 #[derive(Debug, Clone)]

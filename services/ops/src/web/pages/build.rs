@@ -195,7 +195,7 @@ fn publishes(detail: &BuildDetail) -> Markup {
                             td.mono { @if s.parameter.is_empty() { span.muted { "(whole build)" } } @else {
                                 a href=(format!("/parameter?name={}", urlencoding(&s.parameter))) { (s.parameter) } } }
                             td.value { (s.value) }
-                            td { span class=(format!("status outcome-{}", skip_class(s))) { "– skipped: " (skip_reason(s)) } }
+                            td { span class=(format!("status outcome-{}", skip_class(s))) { "– skipped: " (skip_reason(s.reason())) } }
                             td { @if !s.check.is_empty() { (s.check) ": " } (s.detail)
                                 @if !s.superseded_by_commit.is_empty() { " (newer push " code { (layout::short(&s.superseded_by_commit)) } ")" }
                                 @if !s.mapping.is_empty() { " mapping " code { (s.mapping) } } }
@@ -209,8 +209,8 @@ fn publishes(detail: &BuildDetail) -> Markup {
 }
 
 /// A skip reason as words (`superseded`, `publishing disabled`).
-pub fn skip_reason(skip: &v1::PublishSkipped) -> String {
-    skip.reason()
+pub fn skip_reason(reason: v1::PublishSkipReason) -> String {
+    reason
         .as_str_name()
         .trim_start_matches("PUBLISH_SKIP_REASON_")
         .to_ascii_lowercase()

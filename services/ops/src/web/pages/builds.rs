@@ -33,11 +33,11 @@ pub fn lane(view: &BuildView) -> String {
 
 /// `x86_64` / `aarch64` / "".
 pub fn architecture(view: &BuildView) -> &'static str {
-    match view.build.as_ref().map(|b| b.architecture()) {
-        Some(Architecture::X8664) => "x86_64",
-        Some(Architecture::Aarch64) => "aarch64",
-        _ => "",
-    }
+    layout::architecture(
+        view.build
+            .as_ref()
+            .map_or(Architecture::Unspecified, |b| b.architecture()),
+    )
 }
 
 impl Filters {
