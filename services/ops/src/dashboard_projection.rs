@@ -6,8 +6,9 @@
 //! events applied, each stream's events in stream order (the two streams may interleave in any
 //! way: a build event applied before its webhook finds its push row all the same). Applying a
 //! sequence at or below a stream's position is a no-op. Memory is bounded: finished builds as
-//! [`BuildsProjection`] keeps them, [`MAX_PUSHES_PER_BRANCH`] pushes per branch,
-//! [`MAX_PARAMETER_HISTORY`] entries per parameter.
+//! [`BuildsProjection`] keeps them, [`MAX_PUSHES_PER_BRANCH`] pushes per branch (the oldest in
+//! push order go first, then the earliest stored undecided ones), [`MAX_BRANCHES`] branches,
+//! [`MAX_PARAMETERS`] parameters with [`MAX_PARAMETER_HISTORY`] entries each.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -21,6 +22,12 @@ use crate::builds_projection::{BuildsProjection, is_final};
 pub const MAX_PUSHES_PER_BRANCH: usize = 100;
 /// Writes and skips kept per parameter.
 pub const MAX_PARAMETER_HISTORY: usize = 50;
+/// Branches kept (the one pushed to least recently is forgotten first): feature branches come
+/// and go, and every push to one is recorded (as skipped).
+pub const MAX_BRANCHES: usize = 5000;
+/// Parameters kept (the one written or skipped least recently is forgotten first): names come
+/// from the builds' mappings.
+pub const MAX_PARAMETERS: usize = 20_000;
 /// Publish outcomes and notifications kept per build.
 const MAX_PER_BUILD: usize = 200;
 
@@ -126,6 +133,9 @@ pub struct PushBuild {
     pub key: String,
     pub architecture: v1::Architecture,
     pub state: BuildState,
+    /// A newer push superseded it and the dispatcher stopped it (whatever final state the
+    /// backend reported first).
+    pub cancelled: bool,
     /// What the publisher did for it, in order (at most [`MAX_PUBLISHES_PER_PUSH_BUILD`]).
     pub publishes: Vec<PushPublish>,
 }
@@ -167,6 +177,8 @@ pub struct Push {
     pub correlation_id: String,
     /// GitHub's push order (`PushPosition` on the wire); 0 until the dispatcher decided.
     pub push_sequence: u64,
+    /// Where its webhook is stored in `PRX_WEBHOOKS` (0 until it is read).
+    pub webhook_sequence: u64,
     pub commit: String,
     /// Display text from the payload (untrusted: escaped when rendered).
     pub message: String,
@@ -188,7 +200,8 @@ impl Push {
         let mut outcome = Outcome::NotPublished;
         for build in builds {
             let published = build.publishes.iter().any(|p| p.written);
-            let superseded = build.state == BuildState::Cancelled
+            let superseded = build.cancelled
+                || build.state == BuildState::Cancelled
                 || build
                     .publishes
                     .iter()
@@ -289,7 +302,11 @@ pub struct DashboardProjection {
     builds: BuildsProjection,
     details: HashMap<String, BuildDetail>,
     branches: BTreeMap<(String, String), HashMap<String, Push>>,
+    /// When each branch last changed (a count of applied events), to forget the stalest.
+    branch_activity: HashMap<(String, String), u64>,
     parameters: BTreeMap<String, Parameter>,
+    /// Events applied (both streams).
+    applied: u64,
     events_position: u64,
     webhooks_position: u64,
 }
@@ -337,7 +354,9 @@ impl DashboardProjection {
             builds: BuildsProjection::new(keep_finished),
             details: HashMap::new(),
             branches: BTreeMap::new(),
+            branch_activity: HashMap::new(),
             parameters: BTreeMap::new(),
+            applied: 0,
             events_position: 0,
             webhooks_position: 0,
         }
@@ -402,11 +421,12 @@ impl DashboardProjection {
             return Change::default();
         }
         *position = sequence;
+        self.applied += 1;
         let Some(payload) = &envelope.payload else {
             return Change::default();
         };
         match payload {
-            Payload::WebhookReceived(webhook) => self.apply_webhook(envelope, webhook),
+            Payload::WebhookReceived(webhook) => self.apply_webhook(sequence, envelope, webhook),
             Payload::BuildSkipped(skip) => self.apply_skip(envelope, skip),
             Payload::ParameterOwnerChanged(owner) => {
                 self.parameters
@@ -445,6 +465,7 @@ impl DashboardProjection {
             .or_insert_with(|| Push {
                 correlation_id: envelope.correlation_id.clone(),
                 push_sequence: 0,
+                webhook_sequence: 0,
                 commit: String::new(),
                 message: String::new(),
                 pusher: String::new(),
@@ -458,7 +479,12 @@ impl DashboardProjection {
         Some((push, lane))
     }
 
-    fn apply_webhook(&mut self, envelope: &Envelope, webhook: &v1::WebhookReceived) -> Change {
+    fn apply_webhook(
+        &mut self,
+        sequence: u64,
+        envelope: &Envelope,
+        webhook: &v1::WebhookReceived,
+    ) -> Change {
         if webhook.event_name != "push" {
             return Change::default();
         }
@@ -501,6 +527,7 @@ impl DashboardProjection {
         );
         push.pusher = payload.pusher.and_then(|p| p.name).unwrap_or_default();
         push.received_at = envelope.time;
+        push.webhook_sequence = sequence;
         push.requested_by.clone_from(&webhook.requested_by);
         let lane = self.bound_branch(lane);
         Change {
@@ -529,7 +556,9 @@ impl DashboardProjection {
         }
     }
 
-    /// Forgets the oldest pushes of `lane` beyond [`MAX_PUSHES_PER_BRANCH`].
+    /// Forgets the oldest push of `lane` beyond [`MAX_PUSHES_PER_BRANCH`] (the lowest in push
+    /// order, else the earliest stored undecided one), and the stalest branch beyond
+    /// [`MAX_BRANCHES`].
     fn bound_branch(&mut self, lane: (String, String)) -> (String, String) {
         if let Some(pushes) = self.branches.get_mut(&lane)
             && pushes.len() > MAX_PUSHES_PER_BRANCH
@@ -538,10 +567,27 @@ impl DashboardProjection {
                 .values()
                 .filter(|p| p.push_sequence != 0)
                 .min_by_key(|p| p.push_sequence)
-                .or_else(|| pushes.values().next())
+                .or_else(|| {
+                    pushes.values().min_by(|a, b| {
+                        (a.webhook_sequence, &a.correlation_id)
+                            .cmp(&(b.webhook_sequence, &b.correlation_id))
+                    })
+                })
                 .map(|p| p.correlation_id.clone());
             if let Some(oldest) = oldest {
                 pushes.remove(&oldest);
+            }
+        }
+        self.branch_activity.insert(lane.clone(), self.applied);
+        if self.branches.len() > MAX_BRANCHES {
+            let stalest = self
+                .branch_activity
+                .iter()
+                .min_by_key(|(l, at)| (**at, *l))
+                .map(|(l, _)| l.clone());
+            if let Some(stalest) = stalest {
+                self.branches.remove(&stalest);
+                self.branch_activity.remove(&stalest);
             }
         }
         lane
@@ -657,6 +703,7 @@ impl DashboardProjection {
                 key: key.clone(),
                 architecture: build.architecture(),
                 state,
+                cancelled: false,
                 publishes: Vec::new(),
             };
             match &mut push.decision {
@@ -685,6 +732,9 @@ impl DashboardProjection {
             if let Some(summary) = summary {
                 if is_build_event {
                     summary.state = state;
+                }
+                if let Payload::BuildCancelled(_) = payload {
+                    summary.cancelled = true;
                 }
                 let publish = match payload {
                     Payload::PublishApplied(a) => {
@@ -736,6 +786,25 @@ impl DashboardProjection {
         }
         parameter.history.push_front(entry);
         parameter.history.truncate(MAX_PARAMETER_HISTORY);
+        if self.parameters.len() > MAX_PARAMETERS {
+            let stalest = self
+                .parameters
+                .iter()
+                .filter(|(n, _)| n.as_str() != name)
+                .min_by_key(|(n, p)| {
+                    (
+                        p.history
+                            .front()
+                            .and_then(|e| e.at)
+                            .map(|t| (t.seconds, t.nanos)),
+                        *n,
+                    )
+                })
+                .map(|(n, _)| n.clone());
+            if let Some(stalest) = stalest {
+                self.parameters.remove(&stalest);
+            }
+        }
         Some(name.to_owned())
     }
 }
@@ -1026,5 +1095,105 @@ mod tests {
         };
         assert_eq!(builds[0].state, BuildState::Succeeded);
         assert!(builds[0].publishes[0].written);
+    }
+
+    #[test]
+    fn with_the_webhooks_read_far_ahead_the_newest_pushes_keep_their_details() {
+        // After a restart the webhooks' reader runs ahead: every push is undecided when the
+        // branch overflows, then the decisions arrive.
+        let total = MAX_PUSHES_PER_BRANCH + 50;
+        let mut p = DashboardProjection::new(1000);
+        for i in 1..=total {
+            let seq = u64::try_from(i).unwrap();
+            p.apply(
+                Source::Webhooks,
+                seq,
+                &webhook(&format!("d{i}"), &format!("c{i}")),
+            );
+        }
+        for i in 1..=total {
+            let seq = u64::try_from(i).unwrap();
+            let delivery = format!("d{i}");
+            p.apply(
+                Source::Events,
+                seq,
+                &requested(&delivery, seq * 10, &format!("r{i}"), &format!("c{i}")),
+            );
+        }
+        let timeline = p.timeline(REPO, "main");
+        assert_eq!(timeline.len(), MAX_PUSHES_PER_BRANCH);
+        assert_eq!(timeline[0].commit, format!("c{total}"));
+        assert!(
+            timeline
+                .iter()
+                .all(|push| push.message == "Fix the thing" && push.pusher == "octocat"),
+            "every kept push has its webhook's details"
+        );
+        assert_eq!(
+            timeline.last().unwrap().commit,
+            format!("c{}", total - MAX_PUSHES_PER_BRANCH + 1)
+        );
+    }
+
+    #[test]
+    fn a_build_stopped_for_a_newer_push_reads_superseded_whichever_report_came_first() {
+        let mut p = DashboardProjection::new(100);
+        p.apply(Source::Webhooks, 1, &webhook("d1", "aaa"));
+        p.apply(Source::Events, 1, &requested("d1", 10, "r1", "aaa"));
+        // The backend's STOPPED report is stored before the dispatcher's cancellation.
+        p.apply(
+            Source::Events,
+            2,
+            &envelope(
+                "d1",
+                10,
+                Payload::BuildCompleted(v1::BuildCompleted {
+                    build: bref("r1", "aaa"),
+                    status: v1::BuildStatus::Stopped as i32,
+                    ..Default::default()
+                }),
+            ),
+        );
+        p.apply(
+            Source::Events,
+            3,
+            &envelope(
+                "d1",
+                10,
+                Payload::BuildCancelled(v1::BuildCancelled {
+                    build: bref("r1", "aaa"),
+                    superseded_by_commit: "bbb".into(),
+                    ..Default::default()
+                }),
+            ),
+        );
+        assert_eq!(p.timeline(REPO, "main")[0].outcome(), Outcome::Superseded);
+    }
+
+    #[test]
+    fn the_stalest_branch_is_forgotten_beyond_the_limit() {
+        let mut p = DashboardProjection::new(10);
+        let branch_push = |i: usize| {
+            let mut e = webhook(&format!("d{i}"), "aaa");
+            if let Some(Payload::WebhookReceived(w)) = &mut e.payload {
+                let body =
+                    serde_json::json!({"ref": format!("refs/heads/feature-{i}"), "after": "aaa"});
+                w.payload = serde_json::to_vec(&body).unwrap();
+            }
+            e
+        };
+        for i in 0..=MAX_BRANCHES {
+            p.apply(
+                Source::Webhooks,
+                u64::try_from(i + 1).unwrap(),
+                &branch_push(i),
+            );
+        }
+        assert_eq!(p.branches().count(), MAX_BRANCHES);
+        assert!(p.timeline(REPO, "feature-0").is_empty(), "the stalest went");
+        assert_eq!(
+            p.timeline(REPO, &format!("feature-{MAX_BRANCHES}")).len(),
+            1
+        );
     }
 }
