@@ -26,6 +26,9 @@ use crate::web::pages::notice::NoticeSettings;
 use crate::web::{self, Web};
 use crate::{parked, projection_runner};
 
+/// How long a stopping service waits for the dashboard's connections to close.
+const DASHBOARD_DRAIN: Duration = Duration::from_secs(5);
+
 /// How often the parked messages waiting for an operator are counted.
 pub const PARKED_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -152,10 +155,15 @@ impl OpsService {
         let _ = parked.await;
         if let Some((live, dashboard)) = dashboard {
             let _ = live.await;
-            match dashboard.await {
-                Ok(Err(err)) => return Err(err),
-                Err(err) => return Err(anyhow::anyhow!("the dashboard panicked: {err}")),
-                Ok(Ok(())) => {}
+            // Open streams end at shutdown; a connection that still does not close is not
+            // waited for beyond this.
+            match tokio::time::timeout(DASHBOARD_DRAIN, dashboard).await {
+                Ok(Ok(Err(err))) => return Err(err),
+                Ok(Err(err)) => return Err(anyhow::anyhow!("the dashboard panicked: {err}")),
+                Ok(Ok(Ok(()))) => {}
+                Err(_) => tracing::warn!(
+                    "dashboard: connections still open {DASHBOARD_DRAIN:?} after shutdown; not waiting for them"
+                ),
             }
         }
         served

@@ -240,3 +240,27 @@ async fn stored_events_reach_the_pages_and_their_live_stream() {
     let (status, _) = get(&h, "/builds/no-such-build").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn an_open_page_does_not_hold_up_the_services_shutdown() {
+    let mut h = Harness::start().await;
+    let mut live = client()
+        .get(format!("{}/events", h.dashboard))
+        .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    h.shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(4), &mut h.task).await;
+    assert!(
+        matches!(stopped, Ok(Ok(Ok(())))),
+        "the service stops with a page open: {stopped:?}"
+    );
+    // The page's stream ended with it.
+    let ended = tokio::time::timeout(Duration::from_secs(4), async {
+        while live.chunk().await.ok().flatten().is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the /events stream ends at shutdown");
+}

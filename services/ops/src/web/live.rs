@@ -37,15 +37,24 @@ pub async fn run(
         let changes = changes.clone();
         let shutdown = shutdown.clone();
         async move {
-            let mut parked_from = 0;
+            // The parked stream's last sequence read (its messages are not folded).
+            let mut parked_seen = 0;
             while !shutdown.is_cancelled() {
                 let from = match source {
                     Some(source) => projection.read().await.position(source) + 1,
-                    None => parked_from + 1,
+                    None => parked_seen + 1,
                 };
-                let result = follow(&js, stream, source, from, &projection, &changes, &shutdown)
-                    .await
-                    .map(|last| parked_from = parked_from.max(last));
+                let result = follow(
+                    &js,
+                    stream,
+                    source,
+                    from,
+                    &mut parked_seen,
+                    &projection,
+                    &changes,
+                    &shutdown,
+                )
+                .await;
                 if let Err(err) = result {
                     tracing::warn!(
                         stream,
@@ -67,38 +76,42 @@ pub async fn run(
     );
 }
 
-/// Reads `stream` from `from`, applying (or, for the parked stream, signalling) each message;
-/// returns the last sequence read when `shutdown` ends it.
+/// Reads `stream` from `from`, applying (or, for the parked stream, signalling) each message
+/// and noting its sequence in `seen`, until `shutdown` (or an error).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one reader's inputs; a struct would only rename them"
+)]
 async fn follow(
     js: &jetstream::Context,
     stream: &str,
     source: Option<Source>,
     from: u64,
+    seen: &mut u64,
     projection: &RwLock<DashboardProjection>,
     changes: &broadcast::Sender<Arc<str>>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<u64> {
-    let deliver_policy = if source.is_none() && from <= 1 {
-        // Parked messages already there are read per request; only new ones are signalled.
-        consumer::DeliverPolicy::New
-    } else {
-        consumer::DeliverPolicy::ByStartSequence {
-            start_sequence: from,
-        }
-    };
-    let ordered = js
-        .get_stream(stream)
-        .await?
+) -> anyhow::Result<()> {
+    let mut handle = js.get_stream(stream).await?;
+    let mut from = from;
+    if source.is_none() && *seen == 0 {
+        // Parked messages already there are read per request; only later ones are signalled,
+        // from here on also across restarts of this read.
+        *seen = handle.info().await?.state.last_sequence;
+        from = *seen + 1;
+    }
+    let ordered = handle
         .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy,
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
             ..Default::default()
         })
         .await?;
     let mut messages = ordered.messages().await?;
-    let mut last = from.saturating_sub(1);
     loop {
         let next = tokio::select! {
-            () = shutdown.cancelled() => return Ok(last),
+            () = shutdown.cancelled() => return Ok(()),
             next = messages.next() => next,
         };
         let Some(message) = next else {
@@ -109,7 +122,7 @@ async fn follow(
             .info()
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .stream_sequence;
-        last = sequence;
+        *seen = sequence;
         let topics = match source {
             None => vec!["parked".to_owned()],
             Some(source) => match Envelope::decode(message.payload.clone()) {
@@ -148,6 +161,8 @@ pub async fn events(
         };
         Some((Ok(event), receiver))
     });
+    // Ends when the service stops, so an open page does not hold up its shutdown.
+    let stream = stream.take_until(web.shutdown.clone().cancelled_owned());
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
