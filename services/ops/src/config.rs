@@ -41,6 +41,9 @@ pub struct OpsConfig {
     /// Mark the dashboard's session cookie `Secure` (set it when the dashboard is served
     /// behind TLS). Default false.
     pub dashboard_secure_cookie: bool,
+    /// How long a dashboard sign-in lasts. Default 12h.
+    #[serde(with = "humantime_serde")]
+    pub dashboard_session_ttl: Duration,
     /// The only directory whose files the dashboard streams as local builds' logs (a build's
     /// `file://` log URL must lead inside it; `prx-ci up` sets the local runner's data dir).
     /// Default: none, no local log is read.
@@ -64,6 +67,7 @@ impl Default for OpsConfig {
             replay_poll_interval: Duration::from_secs(2),
             dashboard_listen: None,
             dashboard_secure_cookie: false,
+            dashboard_session_ttl: Duration::from_secs(12 * 3600),
             local_build_logs: None,
         }
     }
@@ -124,6 +128,9 @@ impl Validate for OpsConfig {
         }
         if self.max_listed_events == 0 {
             return Err("max_listed_events must be > 0".into());
+        }
+        if self.dashboard_session_ttl.is_zero() {
+            return Err("dashboard_session_ttl must be > 0".into());
         }
         if self.replay_poll_interval.is_zero() {
             return Err("replay_poll_interval must be > 0".into());

@@ -74,7 +74,11 @@ impl Web {
                 config.keep_finished_builds,
             ))),
             changes,
-            sessions: Sessions::new(tokens, config.dashboard_secure_cookie),
+            sessions: Sessions::new(
+                tokens,
+                config.dashboard_secure_cookie,
+                config.dashboard_session_ttl,
+            ),
             api,
             js,
             recent_builds: config.recent_builds,

@@ -1,12 +1,15 @@
 //! Who may see the dashboard: the ops tokens, entered once on `/login` and kept as a session
 //! cookie (HttpOnly, SameSite=Strict), or sent as `Authorization: Bearer` by scripts.
 //!
-//! The cookie holds the token's name and an HMAC of a fixed text keyed by the token, never the
-//! token itself: a token change (rotation) ends its sessions, and a cookie read from a disk
-//! does not give the gRPC API. Every POST also carries a CSRF value derived the same way
-//! ([`Sessions::csrf`]) and, when the browser sends one, an `Origin` of this host.
+//! The cookie holds the token's name, when it was issued and an HMAC of both keyed by the token,
+//! never the token itself: a session ends after `[ops] dashboard_session_ttl` or when its token
+//! changes (rotation), and a cookie read from a disk does not give the gRPC API. Every POST also
+//! carries a CSRF value derived the same way ([`Sessions::csrf`]) and must come from the
+//! dashboard's own origin (`Sec-Fetch-Site: same-origin`, or an `Origin` naming the request's
+//! host or forwarded host).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::{HeaderMap, header};
 use hmac::{Hmac, KeyInit as _, Mac as _};
@@ -27,6 +30,15 @@ pub struct Sessions {
     tokens: Arc<Vec<(String, SecretString)>>,
     /// Mark the cookie `Secure` (served behind TLS).
     secure: bool,
+    /// How long a session lasts.
+    ttl: Duration,
+}
+
+/// Allowed clock difference for a session issued "in the future" (several replicas).
+const CLOCK_SKEW_SECS: i64 = 60;
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 impl std::fmt::Debug for Sessions {
@@ -46,10 +58,11 @@ fn mac(token: &SecretString, context: &[u8], name: &str) -> String {
 
 impl Sessions {
     /// `tokens`: `OpsConfig::identities`.
-    pub fn new(tokens: Vec<(String, SecretString)>, secure: bool) -> Self {
+    pub fn new(tokens: Vec<(String, SecretString)>, secure: bool, ttl: Duration) -> Self {
         Self {
             tokens: Arc::new(tokens),
             secure,
+            ttl,
         }
     }
 
@@ -65,17 +78,29 @@ impl Sessions {
         matched
     }
 
-    /// The session cookie's value for `operator`.
-    fn session_value(&self, operator: &str) -> Option<String> {
+    /// The session cookie's value for `operator`, issued at `issued` (Unix seconds).
+    fn session_value(&self, operator: &str, issued: i64) -> Option<String> {
         let (name, token) = self.tokens.iter().find(|(n, _)| n == operator)?;
-        Some(format!("{name}:{}", mac(token, SESSION_CONTEXT, name)))
+        let signed = format!("{name}:{issued}");
+        Some(format!("{signed}:{}", mac(token, SESSION_CONTEXT, &signed)))
     }
 
     /// The operator a request authenticated as: its session cookie, else its bearer token.
     pub fn operator(&self, headers: &HeaderMap) -> Option<Operator> {
+        self.operator_at(headers, now())
+    }
+
+    /// [`Sessions::operator`] at time `now` (Unix seconds).
+    fn operator_at(&self, headers: &HeaderMap, now: i64) -> Option<Operator> {
         if let Some(value) = cookie_value(headers, COOKIE) {
-            let (name, _) = value.split_once(':')?;
-            let expected = self.session_value(name)?;
+            let mut parts = value.splitn(3, ':');
+            let (name, issued) = (parts.next()?, parts.next()?.parse::<i64>().ok()?);
+            let age = now.checked_sub(issued)?;
+            let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
+            if age > ttl || age < -CLOCK_SKEW_SECS {
+                return None;
+            }
+            let expected = self.session_value(name, issued)?;
             if bool::from(value.as_bytes().ct_eq(expected.as_bytes())) {
                 return Some(Operator::authenticated(name.to_owned()));
             }
@@ -91,10 +116,15 @@ impl Sessions {
 
     /// The `Set-Cookie` that starts `operator`'s session.
     pub fn set_cookie(&self, operator: &Operator) -> Option<String> {
-        let value = self.session_value(operator.name())?;
+        self.set_cookie_at(operator, now())
+    }
+
+    fn set_cookie_at(&self, operator: &Operator, now: i64) -> Option<String> {
+        let value = self.session_value(operator.name(), now)?;
         let secure = if self.secure { "; Secure" } else { "" };
         Some(format!(
-            "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{secure}"
+            "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+            self.ttl.as_secs()
         ))
     }
 
@@ -118,17 +148,24 @@ impl Sessions {
         let expected = self.csrf(operator);
         let csrf_ok =
             !expected.is_empty() && bool::from(csrf.as_bytes().ct_eq(expected.as_bytes()));
-        let origin_ok = match (headers.get(header::ORIGIN), headers.get(header::HOST)) {
-            (None, _) => true,
-            (Some(origin), Some(host)) => {
-                let origin = origin.to_str().unwrap_or("");
-                let host = host.to_str().unwrap_or("");
-                origin
-                    .split_once("://")
-                    .is_some_and(|(_, authority)| authority == host)
-            }
-            (Some(_), None) => false,
-        };
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        // Browsers set `Sec-Fetch-Site` themselves (a page cannot); a proxy may rewrite `Host`
+        // but passes the original in `X-Forwarded-Host`.
+        let same_site = text("sec-fetch-site") == Some("same-origin");
+        let origin_ok = same_site
+            || match headers.get(header::ORIGIN) {
+                None => true,
+                Some(origin) => origin
+                    .to_str()
+                    .ok()
+                    .and_then(|o| o.split_once("://"))
+                    .is_some_and(|(_, authority)| {
+                        [text("host"), text("x-forwarded-host")]
+                            .into_iter()
+                            .flatten()
+                            .any(|host| host == authority)
+                    }),
+            };
         csrf_ok && origin_ok
     }
 }
@@ -151,6 +188,9 @@ mod tests {
 
     use super::*;
 
+    const TTL: Duration = Duration::from_secs(3600);
+    const NOW: i64 = 1_796_078_509;
+
     fn sessions() -> Sessions {
         Sessions::new(
             vec![
@@ -161,6 +201,7 @@ mod tests {
                 ("alice".into(), SecretString::from("alice-0123456789abcdef")),
             ],
             false,
+            TTL,
         )
     }
 
@@ -171,6 +212,15 @@ mod tests {
             HeaderValue::from_str(&format!("other=1; {COOKIE}={value}")).unwrap(),
         );
         headers
+    }
+
+    fn cookie_of(set_cookie: &str) -> &str {
+        set_cookie
+            .strip_prefix(&format!("{COOKIE}="))
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
     }
 
     #[test]
@@ -184,28 +234,46 @@ mod tests {
             set.contains("HttpOnly") && set.contains("SameSite=Strict"),
             "{set}"
         );
+        assert!(set.contains("Max-Age=3600"), "{set}");
         assert!(
             !set.contains("alice-0123456789abcdef"),
             "the token is never in the cookie"
         );
-        let value = set
-            .strip_prefix(&format!("{COOKIE}="))
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap();
-        assert_eq!(s.operator(&with_cookie(value)).unwrap().name(), "alice");
+        assert_eq!(
+            s.operator(&with_cookie(cookie_of(&set))).unwrap().name(),
+            "alice"
+        );
+    }
+
+    #[test]
+    fn sessions_end_after_their_lifetime() {
+        let s = sessions();
+        let alice = s.by_token("alice-0123456789abcdef").unwrap();
+        let set = s.set_cookie_at(&alice, NOW).unwrap();
+        let headers = with_cookie(cookie_of(&set));
+        assert!(s.operator_at(&headers, NOW + 3600).is_some());
+        assert!(s.operator_at(&headers, NOW + 3601).is_none(), "expired");
+        assert!(
+            s.operator_at(&headers, NOW - 120).is_none(),
+            "issued in the future"
+        );
+        // A changed issue time breaks the MAC.
+        let value = cookie_of(&set).replacen(&NOW.to_string(), &(NOW + 3000).to_string(), 1);
+        assert!(s.operator_at(&with_cookie(&value), NOW + 3601).is_none());
     }
 
     #[test]
     fn forged_or_rotated_sessions_are_refused() {
         let s = sessions();
-        let alice = s.by_token("alice-0123456789abcdef").unwrap();
-        let value = s.session_value(alice.name()).unwrap();
+        let value = s.session_value("alice", NOW).unwrap();
         // Another operator's name on alice's MAC.
         let forged = value.replacen("alice", "ops-token", 1);
-        assert!(s.operator(&with_cookie(&forged)).is_none());
-        assert!(s.operator(&with_cookie("alice:00")).is_none());
+        assert!(s.operator_at(&with_cookie(&forged), NOW).is_none());
+        assert!(s.operator_at(&with_cookie("alice:00"), NOW).is_none());
+        assert!(
+            s.operator_at(&with_cookie(&format!("alice:{NOW}:00")), NOW)
+                .is_none()
+        );
         // Alice's token rotated: her old session ends.
         let rotated = Sessions::new(
             vec![(
@@ -213,8 +281,10 @@ mod tests {
                 SecretString::from("alice-new-0123456789abcdef"),
             )],
             false,
+            TTL,
         );
-        assert!(rotated.operator(&with_cookie(&value)).is_none());
+        assert!(s.operator_at(&with_cookie(&value), NOW).is_some());
+        assert!(rotated.operator_at(&with_cookie(&value), NOW).is_none());
         assert!(s.operator(&HeaderMap::new()).is_none());
     }
 
@@ -248,5 +318,21 @@ mod tests {
             HeaderValue::from_static("https://evil.example"),
         );
         assert!(!s.same_origin_post(&alice, &headers, &csrf));
+        assert!(!s.same_origin_post(&alice, &headers, "nope"));
+        // Behind a proxy that rewrites Host: the forwarded host, or the browser's own word.
+        let mut proxied = HeaderMap::new();
+        proxied.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8081"));
+        proxied.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://ci.example"),
+        );
+        assert!(!s.same_origin_post(&alice, &proxied, &csrf));
+        proxied.insert("x-forwarded-host", HeaderValue::from_static("ci.example"));
+        assert!(s.same_origin_post(&alice, &proxied, &csrf));
+        proxied.remove("x-forwarded-host");
+        proxied.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(s.same_origin_post(&alice, &proxied, &csrf));
+        proxied.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert!(!s.same_origin_post(&alice, &proxied, &csrf));
     }
 }
