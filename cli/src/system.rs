@@ -138,11 +138,13 @@ pub struct LocalSystem {
 
 impl LocalSystem {
     /// Connects to `config.nats.url`, provisions streams, consumers and buckets, and starts
-    /// every service: the webhook endpoint on `webhook_listener`, the ops API on `ops_listener`.
+    /// every service: the webhook endpoint on `webhook_listener`, the ops API on `ops_listener`,
+    /// the web dashboard on `dashboard_listener` (when given).
     pub async fn start(
         config: SystemConfig,
         webhook_listener: TcpListener,
         ops_listener: TcpListener,
+        dashboard_listener: Option<TcpListener>,
     ) -> anyhow::Result<Self> {
         let mut registry = Registry::default();
         let rt = Runtime::connect(&config.nats, "up", &mut registry).await?;
@@ -183,9 +185,12 @@ impl LocalSystem {
             prx_ci_shared::github::GitHubClient::new(config.github.clone())
                 .context("cannot build the GitHub client")?,
         );
-        let ops = OpsService::new(rt.clone(), config.ops, &mut registry)?
+        let mut ops = OpsService::new(rt.clone(), config.ops, &mut registry)?
             .with_commit_graph(Arc::new(commits))
             .with_ownership(ownership);
+        if let Some(listener) = dashboard_listener {
+            ops = ops.with_dashboard(listener);
+        }
         // One registry for the process: the ingress serves it on /metrics.
         let registry = Arc::new(registry);
 

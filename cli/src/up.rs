@@ -29,6 +29,9 @@ pub struct UpArgs {
     /// Address of the ops gRPC API (`prx-ci history`, `builds`, ...).
     #[arg(long, default_value = "127.0.0.1:50051")]
     ops_listen: SocketAddr,
+    /// Address of the web dashboard (sign in with the ops token).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    dashboard_listen: SocketAddr,
 }
 
 pub async fn run(config_file: Option<&Path>, args: UpArgs) -> anyhow::Result<()> {
@@ -58,8 +61,17 @@ pub async fn run(config_file: Option<&Path>, args: UpArgs) -> anyhow::Result<()>
     let ops_listener = TcpListener::bind(cfg.ops.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.ops.listen))?;
+    let dashboard_listener = TcpListener::bind(args.dashboard_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (dashboard)", args.dashboard_listen))?;
     let nats_url = cfg.nats.url.clone();
-    let mut system = LocalSystem::start(cfg, webhook_listener, ops_listener).await?;
+    let mut system = LocalSystem::start(
+        cfg,
+        webhook_listener,
+        ops_listener,
+        Some(dashboard_listener),
+    )
+    .await?;
 
     print_banner(
         &nats_url,
@@ -109,6 +121,10 @@ fn print_banner(
     } else {
         println!("  NATS        : {nats_url}   (prx-ci events --nats-url {nats_url})");
     }
+    println!(
+        "  dashboard   : http://{}/   (sign in with the ops token)",
+        args.dashboard_listen
+    );
     println!(
         "  ops API     : http://{}   (token in {})",
         args.ops_listen,

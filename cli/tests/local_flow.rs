@@ -198,7 +198,9 @@ async fn a_local_build_can_neither_read_the_secrets_of_prx_ci_up_nor_publish_to_
     let webhooks = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/webhooks/github", webhooks.local_addr().unwrap());
-    let system = LocalSystem::start(config, webhooks, ops).await.unwrap();
+    let system = LocalSystem::start(config, webhooks, ops, None)
+        .await
+        .unwrap();
     let js = system.runtime.js.clone();
 
     // Without the credentials, no client gets in.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use prx_ci::system::{LocalSystem, SystemConfig};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::testing::{NatsServer, wait_until};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 use tokio::net::TcpListener;
 
 pub const SECRET: &str = "local-flow-secret";
@@ -26,6 +26,10 @@ pub struct Local {
     pub system: LocalSystem,
     /// The webhook URL.
     pub url: String,
+    /// The web dashboard's base URL (`http://127.0.0.1:<port>`).
+    pub dashboard_url: String,
+    /// The ops token (signs in to the dashboard).
+    pub ops_token: String,
 }
 
 impl Local {
@@ -46,13 +50,25 @@ impl Local {
         configure(&mut config);
         let webhooks = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dashboard = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/webhooks/github", webhooks.local_addr().unwrap());
-        let system = LocalSystem::start(config, webhooks, ops).await.unwrap();
+        let dashboard_url = format!("http://{}", dashboard.local_addr().unwrap());
+        let ops_token = config
+            .ops
+            .token
+            .as_ref()
+            .map(|t| t.expose_secret().to_owned())
+            .unwrap_or_default();
+        let system = LocalSystem::start(config, webhooks, ops, Some(dashboard))
+            .await
+            .unwrap();
         Self {
             nats,
             data,
             system,
             url,
+            dashboard_url,
+            ops_token,
         }
     }
 

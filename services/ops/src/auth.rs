@@ -25,6 +25,11 @@ impl Operator {
         &self.0
     }
 
+    /// The identity of a token the caller checked (the dashboard's sessions).
+    pub(crate) fn authenticated(name: String) -> Self {
+        Self(name)
+    }
+
     /// The identity of an authenticated request. A request without one never passed the guard
     /// (a wiring error): refused, never recorded under a default name.
     pub fn of<T>(request: &Request<T>) -> Result<Self, Status> {

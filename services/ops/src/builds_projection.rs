@@ -118,6 +118,25 @@ impl BuildsProjection {
         self.builds.is_empty()
     }
 
+    /// The build known under `key`.
+    pub fn get(&self, key: &str) -> Option<BuildView> {
+        self.builds.get(key).cloned()
+    }
+
+    /// The key `build` is (or would be) known under: its request id, else the key its backend
+    /// id joined, else its backend id; `None` for a reference with neither id.
+    pub fn key_for(&self, build: &v1::BuildRef) -> Option<String> {
+        if !build.build_request_id.is_empty() {
+            Some(build.build_request_id.clone())
+        } else if let Some(key) = self.aliases.get(&build.build_id) {
+            Some(key.clone())
+        } else if !build.build_id.is_empty() {
+            Some(build.build_id.clone())
+        } else {
+            None
+        }
+    }
+
     /// Folds the event stored at `sequence`. Events of other kinds, and sequences already
     /// applied, change nothing.
     pub fn apply(&mut self, sequence: u64, envelope: &Envelope) {
@@ -137,13 +156,7 @@ impl BuildsProjection {
             _ => return,
         };
         let Some(build) = build else { return };
-        let key = if !build.build_request_id.is_empty() {
-            build.build_request_id.clone()
-        } else if let Some(key) = self.aliases.get(&build.build_id) {
-            key.clone()
-        } else if !build.build_id.is_empty() {
-            build.build_id.clone()
-        } else {
+        let Some(key) = self.key_for(build) else {
             return;
         };
         if !build.build_id.is_empty() && build.build_id != key {
@@ -219,6 +232,18 @@ impl BuildsProjection {
             .rev()
             .filter_map(|k| self.builds.get(k))
             .filter(|v| repository.is_empty() || repo_of(v) == repository)
+            .take(n)
+            .cloned()
+            .collect()
+    }
+
+    /// The `n` most recently finished builds that `keep` accepts, newest first.
+    pub fn recent_matching(&self, n: usize, keep: impl Fn(&BuildView) -> bool) -> Vec<BuildView> {
+        self.finished
+            .values()
+            .rev()
+            .filter_map(|k| self.builds.get(k))
+            .filter(|v| keep(v))
             .take(n)
             .cloned()
             .collect()

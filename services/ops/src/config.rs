@@ -35,6 +35,11 @@ pub struct OpsConfig {
     /// How often a replay runner looks for new replay consumers. Default 2s.
     #[serde(with = "humantime_serde")]
     pub replay_poll_interval: Duration,
+    /// Address of the web dashboard (`prx-ci up` serves it on `127.0.0.1:8081`). Default: off.
+    pub dashboard_listen: Option<SocketAddr>,
+    /// Mark the dashboard's session cookie `Secure` (set it when the dashboard is served
+    /// behind TLS). Default false.
+    pub dashboard_secure_cookie: bool,
 }
 
 /// Shortest accepted token.
@@ -52,6 +57,8 @@ impl Default for OpsConfig {
             keep_finished_builds: 1000,
             max_listed_events: 10_000,
             replay_poll_interval: Duration::from_secs(2),
+            dashboard_listen: None,
+            dashboard_secure_cookie: false,
         }
     }
 }
@@ -142,6 +149,26 @@ mod tests {
         assert_eq!(config.recent_builds, 20);
         assert!(!format!("{config:?}").contains("0123456789abcdef-secret"));
         assert_eq!(config.identities()[0].0, "ops-token");
+    }
+
+    #[test]
+    fn example_config_parses_to_the_defaults() {
+        let text = include_str!("../config.example.toml");
+        let figment = Figment::from(Toml::string(text))
+            .merge(Toml::string("[ops]\ntoken = \"0123456789abcdef-example\"\n"));
+        let config: OpsConfig = load_from(&figment, "ops").unwrap();
+        let defaults = OpsConfig::default();
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(config.ops_listen, defaults.ops_listen);
+        assert_eq!(config.dashboard_listen, None);
+        assert!(!config.dashboard_secure_cookie);
+        assert_eq!(config.recent_builds, defaults.recent_builds);
+        assert_eq!(config.keep_finished_builds, defaults.keep_finished_builds);
+        let on = Figment::from(Toml::string(
+            "[ops]\ntoken = \"0123456789abcdef-example\"\ndashboard_listen = \"127.0.0.1:8081\"\n",
+        ));
+        let config: OpsConfig = load_from(&on, "ops").unwrap();
+        assert_eq!(config.dashboard_listen.unwrap().port(), 8081);
     }
 
     #[test]

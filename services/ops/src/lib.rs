@@ -39,6 +39,7 @@ pub mod auth;
 pub mod builds_projection;
 pub mod client;
 pub mod config;
+pub mod dashboard_projection;
 pub mod error;
 pub mod event_log;
 pub mod history;
@@ -47,6 +48,7 @@ pub mod parked;
 pub mod projection_runner;
 pub mod rebuild;
 pub mod service;
+pub mod web;
 
 pub use config::OpsConfig;
 pub use prx_ci_shared::bus::replay;

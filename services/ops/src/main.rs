@@ -44,10 +44,21 @@ async fn try_main() -> anyhow::Result<()> {
     let grpc = tokio::net::TcpListener::bind(ops.listen)
         .await
         .with_context(|| format!("cannot listen on {}", ops.listen))?;
+    let dashboard = match ops.dashboard_listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (dashboard)"))?,
+        ),
+        None => None,
+    };
     let ops_listen = ops.ops_listen;
-    let service = OpsService::new(process.rt.clone(), ops, &mut process.registry)?
+    let mut service = OpsService::new(process.rt.clone(), ops, &mut process.registry)?
         .with_commit_graph(Arc::new(commits))
         .with_ownership(ownership);
+    if let Some(listener) = dashboard {
+        service = service.with_dashboard(listener);
+    }
     process
         .run(ops_listen, |shutdown| service.run(grpc, shutdown))
         .await

@@ -20,8 +20,13 @@ use crate::auth::RequireToken;
 use crate::builds_projection::BuildsProjection;
 use crate::client::MAX_MESSAGE_SIZE;
 use crate::config::OpsConfig;
+use crate::dashboard_projection::DashboardProjection;
 use crate::metrics::Metrics;
+use crate::web::{self, Web, session::Sessions};
 use crate::{parked, projection_runner};
+
+/// Changes an open page's `/events` stream may fall behind by before it is told to refresh all.
+const CHANGES_BUFFER: usize = 1024;
 
 /// How often the parked messages waiting for an operator are counted.
 pub const PARKED_POLL_INTERVAL: Duration = Duration::from_secs(30);
@@ -34,6 +39,8 @@ pub struct OpsService {
     tokens: Vec<(String, SecretString)>,
     builds: Arc<RwLock<BuildsProjection>>,
     metrics: Metrics,
+    dashboard: Option<TcpListener>,
+    config: Arc<OpsConfig>,
 }
 
 impl OpsService {
@@ -48,18 +55,16 @@ impl OpsService {
             config.keep_finished_builds,
         )));
         let metrics = Metrics::register(registry);
-        let api = OpsApi::new(
-            rt.clone(),
-            Arc::new(config),
-            builds.clone(),
-            metrics.clone(),
-        );
+        let config = Arc::new(config);
+        let api = OpsApi::new(rt.clone(), config.clone(), builds.clone(), metrics.clone());
         Ok(Self {
             rt,
             api,
             tokens,
             builds,
             metrics,
+            dashboard: None,
+            config,
         })
     }
 
@@ -78,7 +83,14 @@ impl OpsService {
         self
     }
 
-    /// Serves the gRPC API on `listener` and follows the build events until `shutdown`.
+    /// Also serves the web dashboard on `listener` (`[ops] dashboard_listen`; see [`crate::web`]).
+    pub fn with_dashboard(mut self, listener: TcpListener) -> Self {
+        self.dashboard = Some(listener);
+        self
+    }
+
+    /// Serves the gRPC API on `listener` (and the dashboard, when given) and follows the
+    /// events until `shutdown`.
     pub async fn run(
         self,
         listener: TcpListener,
@@ -95,6 +107,28 @@ impl OpsService {
             self.metrics.parked_waiting.clone(),
             shutdown.clone(),
         ));
+        let dashboard = self.dashboard.map(|listener| {
+            let projection = Arc::new(RwLock::new(DashboardProjection::new(
+                self.config.keep_finished_builds,
+            )));
+            let (changes, _) = tokio::sync::broadcast::channel(CHANGES_BUFFER);
+            let web = Web {
+                projection: projection.clone(),
+                changes: changes.clone(),
+                sessions: Sessions::new(self.tokens.clone(), self.config.dashboard_secure_cookie),
+                api: self.api.clone(),
+                js: self.rt.js.clone(),
+                recent_builds: self.config.recent_builds,
+            };
+            let live = tokio::spawn(web::live::run(
+                self.rt.js.clone(),
+                projection,
+                changes,
+                shutdown.clone(),
+            ));
+            let served = tokio::spawn(web::serve(listener, web, shutdown.clone()));
+            (live, served)
+        });
         let service = OpsServer::new(self.api)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -114,6 +148,14 @@ impl OpsService {
         shutdown.cancel();
         let _ = projection.await;
         let _ = parked.await;
+        if let Some((live, dashboard)) = dashboard {
+            let _ = live.await;
+            match dashboard.await {
+                Ok(Err(err)) => return Err(err),
+                Err(err) => return Err(anyhow::anyhow!("the dashboard panicked: {err}")),
+                Ok(Ok(())) => {}
+            }
+        }
         served
     }
 }

@@ -34,6 +34,8 @@ pub struct Harness {
     pub server: NatsServer,
     pub rt: Runtime,
     pub url: String,
+    /// The web dashboard's base URL (`http://127.0.0.1:<port>`).
+    pub dashboard: String,
     /// The GitHub API the ops service checks commit ancestry with (compare).
     pub github: wiremock::MockServer,
     pub shutdown: CancellationToken,
@@ -76,12 +78,15 @@ impl Harness {
             .with_ownership(ownership);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let web = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dashboard = format!("http://{}", web.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(service.run(listener, shutdown.clone()));
+        let task = tokio::spawn(service.with_dashboard(web).run(listener, shutdown.clone()));
         Self {
             server,
             rt,
             url,
+            dashboard,
             github,
             shutdown,
             task,

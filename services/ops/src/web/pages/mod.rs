@@ -1,0 +1,7 @@
+//! One module per page (or page family) of the dashboard.
+
+pub mod branch;
+pub mod build;
+pub mod builds;
+pub mod parameters;
+pub mod parked;
