@@ -4,7 +4,23 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::browser::{Browser, WAIT};
+use common::{Local, Repo, SECRET, push_event};
+use prx_ci::demo::{self, DemoArgs, PARAMETER, REPOSITORY};
+use prx_ci_shared::domain::short_sha;
+
+/// How long a build of the local runner, and what follows it, may take to show.
+const BUILD_WAIT: Duration = Duration::from_secs(60);
+
+/// A buildspec that builds at once (a PRX buildspec names a `PRX_` variable).
+const QUICK_BUILDSPEC: &str = r#"version: 0.2
+phases:
+  build:
+    commands:
+      - echo "building $PRX_COMMIT"
+"#;
 
 /// The harness itself, against a tiny page served here: it finds, waits for what a script adds
 /// later, saves screenshots of the window's size, and reads the console's errors.
@@ -71,4 +87,317 @@ fn png_width(path: &std::path::Path) -> u32 {
         path.display()
     );
     u32::from_be_bytes(png[16..20].try_into().unwrap())
+}
+
+/// The demo's two pushes (the older one builds slower and finishes last) read clearly: the
+/// branch timeline shows the newer push published and the older one superseded, the parameter
+/// is on the newer commit; every page renders without console errors, and each is saved as a
+/// screenshot (the timeline on a phone too).
+#[tokio::test]
+async fn the_demo_reads_as_a_superseded_push_and_a_parameter_on_the_newer_commit() {
+    let local = Local::start().await;
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(120),
+        demo::run_scenario(&DemoArgs {
+            url: local.url.clone(),
+            secret: Some(SECRET.into()),
+            data_dir: local.data.path().to_owned(),
+            nats_url: local.nats.url(),
+        }),
+    )
+    .await
+    .expect("the scenario finishes")
+    .unwrap();
+    let (older, newer) = (outcome.first.as_str(), outcome.second.as_str());
+    let browser = Browser::start().await;
+    sign_in(&browser, &local).await;
+
+    // Builds: both of the demo's builds, succeeded.
+    for commit in [older, newer] {
+        browser
+            .wait_for_text(
+                &format!(
+                    r#"table#builds tr[data-repository="{REPOSITORY}"][data-status="SUCCEEDED"]"#
+                ),
+                short_sha(commit),
+                WAIT,
+            )
+            .await;
+    }
+    browser.screenshot("builds").await;
+
+    // The branch timeline: newest push first, published; the older one superseded.
+    let timeline = format!("{}/branches/{REPOSITORY}/main", local.dashboard_url);
+    browser.goto(&timeline).await;
+    let newer_push = format!(r#"ol#timeline li[data-commit="{newer}"][data-outcome="published"]"#);
+    let older_push = format!(r#"ol#timeline li[data-commit="{older}"][data-outcome="superseded"]"#);
+    browser.wait_for(&newer_push, WAIT).await;
+    browser.wait_for(&older_push, WAIT).await;
+    let order = attributes(&browser, "ol#timeline li[data-commit]", "data-commit").await;
+    assert_eq!(
+        order,
+        [newer, older],
+        "newest push first, in GitHub's order"
+    );
+    assert!(
+        browser.text(&older_push).await.contains("superseded"),
+        "said in words, not only in colour"
+    );
+    browser.screenshot("branch-timeline").await;
+
+    // The build page of the older push: its phases, and its publish skipped as superseded.
+    let older_build = browser
+        .find(&format!("{older_push} a[href^='/builds/']"))
+        .await
+        .attr("href")
+        .await
+        .unwrap()
+        .expect("a link to the older push's build");
+    browser
+        .goto(&format!("{}{older_build}", local.dashboard_url))
+        .await;
+    browser.wait_for("ol#phases li[data-phase]", WAIT).await;
+    browser
+        .wait_for_text(
+            r#"table#publishes tr[data-outcome="skipped"]"#,
+            "superseded",
+            WAIT,
+        )
+        .await;
+    browser.screenshot("build").await;
+
+    // Parameters: the demo's parameter on the newer commit.
+    browser
+        .goto(&format!("{}/parameters", local.dashboard_url))
+        .await;
+    let row = format!(r#"table#parameters tr[data-parameter="{PARAMETER}"]"#);
+    browser.wait_for(&row, WAIT).await;
+    assert_eq!(
+        browser.text(&format!("{row} td.commit")).await,
+        short_sha(newer)
+    );
+    assert!(
+        browser
+            .text(&format!("{row} td.value"))
+            .await
+            .contains(newer)
+    );
+    browser.screenshot("parameters").await;
+
+    // The other pages render too.
+    let parameter = format!("/parameter?name={PARAMETER}");
+    for (path, css, name) in [
+        ("/branches", "ul#branches", "branches"),
+        (parameter.as_str(), "table#history", "parameter"),
+        ("/parked", "table#parked", "parked-none"),
+    ] {
+        browser
+            .goto(&format!("{}{path}", local.dashboard_url))
+            .await;
+        browser.wait_for(css, WAIT).await;
+        browser.screenshot(name).await;
+    }
+    assert_no_console_errors(&browser).await;
+    browser.close().await;
+
+    // A phone: the timeline still reads.
+    let phone = Browser::start_phone().await;
+    sign_in(&phone, &local).await;
+    phone.goto(&timeline).await;
+    phone.wait_for(&older_push, WAIT).await;
+    phone.screenshot("branch-timeline-phone").await;
+    assert_no_console_errors(&phone).await;
+    phone.close().await;
+
+    local.system.stop().await.unwrap();
+}
+
+/// A push sent while the Builds page is open shows up on it, then its build's progress, all
+/// without reloading the page.
+#[tokio::test]
+async fn a_webhook_sent_while_the_builds_page_is_open_appears_without_a_reload() {
+    let local = Local::start().await;
+    let browser = Browser::start().await;
+    sign_in(&browser, &local).await;
+    browser.wait_for("body[data-live-connected]", WAIT).await;
+    assert!(
+        browser
+            .find_all("table#builds tr[data-build]")
+            .await
+            .is_empty()
+    );
+    // Survives only as long as the page is not reloaded.
+    browser
+        .client()
+        .execute("window.prxNotReloaded = true; return null;", vec![])
+        .await
+        .unwrap();
+
+    let repo = Repo::init(local.data.path());
+    let commit = repo.commit(&[("buildspec.yml", QUICK_BUILDSPEC)], "live");
+    let push = push_event(
+        "PRX/live-app",
+        &repo,
+        &"0".repeat(40),
+        &commit,
+        1_900_000_000,
+        false,
+    );
+    assert_eq!(local.send("push", "d-live", &push).await, 202);
+
+    let row = r#"table#builds tr[data-build][data-repository="PRX/live-app"]"#;
+    browser
+        .wait_for_text(row, short_sha(&commit), BUILD_WAIT)
+        .await;
+    browser
+        .wait_for(&format!(r#"{row}[data-status="SUCCEEDED"]"#), BUILD_WAIT)
+        .await;
+    let kept = browser
+        .client()
+        .execute("return window.prxNotReloaded === true;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(kept, serde_json::json!(true), "the page was not reloaded");
+    browser.screenshot("builds-live").await;
+    assert_no_console_errors(&browser).await;
+    browser.close().await;
+    local.system.stop().await.unwrap();
+}
+
+/// A message the dispatcher parked (an undecodable webhook) is listed with its error, and the
+/// Retry button puts it back, recorded as the signed-in operator.
+#[tokio::test]
+async fn a_parked_message_can_be_retried_from_the_page() {
+    let local = Local::start().await;
+    let browser = Browser::start().await;
+    sign_in(&browser, &local).await;
+    browser
+        .goto(&format!("{}/parked", local.dashboard_url))
+        .await;
+    browser.wait_for("table#parked", WAIT).await;
+
+    // Not a protobuf envelope: the dispatcher's consumer parks it at once.
+    local
+        .js()
+        .publish(
+            prx_ci_shared::bus::subject::webhook_subject("push", "PRX/parked-app"),
+            "not an envelope".into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    // The open page lists it without a reload.
+    let row = browser
+        .wait_for(
+            r#"table#parked tr[data-parked][data-retried="false"]"#,
+            WAIT,
+        )
+        .await;
+    let id = row.attr("data-parked").await.unwrap().expect("an id");
+    assert!(
+        row.text().await.unwrap().contains("decode"),
+        "the error is shown"
+    );
+    browser.screenshot("parked").await;
+
+    browser
+        .find(&format!(r#"tr[data-parked="{id}"] button[value="retry"]"#))
+        .await
+        .click()
+        .await
+        .unwrap();
+    let retried = browser
+        .wait_for(
+            &format!(r#"tr[data-parked="{id}"][data-retried="true"]"#),
+            WAIT,
+        )
+        .await;
+    assert!(retried.text().await.unwrap().contains("retried by"));
+    browser.screenshot("parked-retried").await;
+    assert_no_console_errors(&browser).await;
+    browser.close().await;
+    local.system.stop().await.unwrap();
+}
+
+/// Without the ops token's session cookie (or the token as a bearer), every page and the live
+/// events are refused; with the token they are served.
+#[tokio::test]
+async fn a_request_without_the_token_is_refused() {
+    let local = Local::start().await;
+    let client = reqwest::Client::new();
+    let status = |request: reqwest::RequestBuilder| async move {
+        request.send().await.unwrap().status().as_u16()
+    };
+    for path in [
+        "/",
+        "/builds/any",
+        "/branches",
+        "/branches/PRX/app/main",
+        "/parameters",
+        "/parked",
+        "/events",
+    ] {
+        let url = format!("{}{path}", local.dashboard_url);
+        assert_eq!(
+            status(client.get(&url)).await,
+            401,
+            "{path} without a token"
+        );
+        assert_eq!(
+            status(client.get(&url).bearer_auth("not-the-token")).await,
+            401,
+            "{path} with a wrong token"
+        );
+        assert_eq!(
+            status(client.get(&url).header("Cookie", "prx_ci_session=forged")).await,
+            401,
+            "{path} with a forged cookie"
+        );
+    }
+    let post = client
+        .post(format!("{}/parked/1/retry", local.dashboard_url))
+        .form(&[("action", "retry")]);
+    assert_eq!(status(post).await, 401, "a POST without a session");
+    let signed_in = client
+        .get(format!("{}/parameters", local.dashboard_url))
+        .bearer_auth(&local.ops_token);
+    assert_eq!(status(signed_in).await, 200, "with the token");
+    local.system.stop().await.unwrap();
+}
+
+/// Signs in through the login form with the ops token; ends on the Builds page.
+async fn sign_in(browser: &Browser, local: &Local) {
+    browser
+        .goto(&format!("{}/login", local.dashboard_url))
+        .await;
+    browser
+        .find("form#login input[name=token]")
+        .await
+        .send_keys(&local.ops_token)
+        .await
+        .unwrap();
+    browser
+        .find("form#login button[type=submit]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.wait_for("table#builds", WAIT).await;
+    assert_eq!(browser.current_url().await.path(), "/");
+}
+
+/// `attribute` of every element matching `css`, in document order.
+async fn attributes(browser: &Browser, css: &str, attribute: &str) -> Vec<String> {
+    let mut values = Vec::new();
+    for element in browser.find_all(css).await {
+        values.push(element.attr(attribute).await.unwrap().unwrap_or_default());
+    }
+    values
+}
+
+async fn assert_no_console_errors(browser: &Browser) {
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
 }
