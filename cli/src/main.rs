@@ -44,7 +44,7 @@ enum Command {
     Rebuild(rebuild::RebuildArgs),
     /// Re-deliver a range of a stream, in order, to one consumer.
     Replay(replay::ReplayArgs),
-    /// Parked (dead-lettered) messages; --retry ID puts one back.
+    /// Parked (dead-lettered) messages; --retry ID puts one back, --drop ID --reason TEXT drops one.
     Parked(parked::ParkedArgs),
     /// Deploy parameters: value, the push that wrote it, the latest skipped publish and why.
     ///

@@ -1,10 +1,11 @@
 //! The gRPC ops API: the service state, the `Ops` trait dispatch and the parameter-ownership calls; one module per other area.
 //!
 //! Each call reads the streams (or the builds projection) and answers: [`history`], [`builds`],
-//! [`rebuild`], [`replay`] here; `Parked` and `RetryParked` in [`crate::parked`].
+//! [`rebuild`], [`replay`], [`parked`] (`Parked`, `RetryParked`, `DropParked`) here.
 
 mod builds;
 mod history;
+mod parked;
 mod rebuild;
 mod replay;
 
@@ -28,7 +29,6 @@ use crate::builds_projection::BuildsProjection;
 use crate::config::OpsConfig;
 use crate::error::OpsError;
 use crate::metrics::Metrics;
-use crate::parked;
 
 /// What the ops API knows of the publisher's parameter ownership (`[publisher]` section).
 #[derive(Debug, Clone)]
@@ -60,7 +60,8 @@ impl Default for ParameterOwnership {
     }
 }
 
-/// Longest free-text reason of a rebuild or a transfer (stored in the audit records).
+/// Longest free-text reason of a rebuild, a transfer or a parked entry's drop (stored in the
+/// audit records).
 pub const MAX_REASON_LEN: usize = 1000;
 
 /// The API's state: the NATS handles, the config, the builds projection, the commit graph
@@ -285,14 +286,7 @@ impl Ops for OpsApi {
         &self,
         request: Request<v1::ParkedRequest>,
     ) -> Result<Response<v1::ParkedResponse>, Status> {
-        let request = request.into_inner();
-        let result = parked::list(
-            &self.rt.js,
-            &request.consumer,
-            self.config.max_listed_events,
-        )
-        .await
-        .map(|entries| v1::ParkedResponse { entries });
+        let result = OpsApi::parked(self, request.into_inner()).await;
         self.observe("parked", result)
     }
 
@@ -302,9 +296,17 @@ impl Ops for OpsApi {
     ) -> Result<Response<v1::RetryParkedResponse>, Status> {
         // Recorded as the authenticated operator, not the name the request carries.
         let operator = Operator::of(&request)?;
-        let request = request.into_inner();
-        let result = parked::retry(&self.rt.js, request.id, operator.name()).await;
+        let result = OpsApi::retry_parked(self, request.into_inner(), &operator).await;
         self.observe("retry_parked", result)
+    }
+
+    async fn drop_parked(
+        &self,
+        request: Request<v1::DropParkedRequest>,
+    ) -> Result<Response<v1::DropParkedResponse>, Status> {
+        let operator = Operator::of(&request)?;
+        let result = OpsApi::drop_parked(self, request.into_inner(), &operator).await;
+        self.observe("drop_parked", result)
     }
 
     async fn parameter_owners(

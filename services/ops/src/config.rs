@@ -154,8 +154,9 @@ mod tests {
     #[test]
     fn example_config_parses_to_the_defaults() {
         let text = include_str!("../config.example.toml");
-        let figment = Figment::from(Toml::string(text))
-            .merge(Toml::string("[ops]\ntoken = \"0123456789abcdef-example\"\n"));
+        let figment = Figment::from(Toml::string(text)).merge(Toml::string(
+            "[ops]\ntoken = \"0123456789abcdef-example\"\n",
+        ));
         let config: OpsConfig = load_from(&figment, "ops").unwrap();
         let defaults = OpsConfig::default();
         assert_eq!(config.listen, defaults.listen);

@@ -8,15 +8,17 @@
 //! - `Rebuild`: an operator's push, stored as a `WebhookReceived` with origin OPERATOR.
 //! - `Replay`: a temporary replay consumer that the target service runs with its own handler
 //!   (every consumer loop runs `prx_ci_shared::bus::replay::ReplayRunner`; see docs/operations.md).
-//! - `Parked` / `RetryParked`: dead-lettered messages and putting one back once.
+//! - `Parked` / `RetryParked` / `DropParked`: dead-lettered messages, and putting one back or
+//!   dropping it (with a reason), once ([`parked`], [`parked_record`]).
 //! - `ParameterOwners` / `TransferParameter`: who may publish which parameter name, and the
 //!   audited move of a claimed name to another repository (`docs/operations.md`).
 //!
 //! Every call needs the configured bearer token ([`auth`]).
 //!
 //! Layout: [`api`] holds the service state and the `Ops` dispatch, with one module per call
-//! area (`api/history.rs`, `api/builds.rs`, `api/rebuild.rs`, `api/replay.rs`) over the pure
-//! cores of the same name ([`history`], [`rebuild`]); [`event_log`] reads stream ranges back;
+//! area (`api/history.rs`, `api/builds.rs`, `api/rebuild.rs`, `api/replay.rs`,
+//! `api/parked.rs`) over the cores of the same name ([`history`], [`rebuild`] pure; [`parked`]
+//! reads and writes, its rule in [`parked_record`]); [`event_log`] reads stream ranges back;
 //! [`builds_projection`] is the pure fold, [`projection_runner`] rebuilds and follows it.
 //!
 //! ```no_run
@@ -45,6 +47,7 @@ pub mod event_log;
 pub mod history;
 pub mod metrics;
 pub mod parked;
+pub mod parked_record;
 pub mod projection_runner;
 pub mod rebuild;
 pub mod service;

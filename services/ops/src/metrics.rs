@@ -18,7 +18,8 @@ struct CallLabels {
 #[derive(Debug, Clone)]
 pub struct Metrics {
     calls: Family<CallLabels, Counter>,
-    /// Parked messages nobody retried yet, at the last poll ([`crate::parked::waiting`]).
+    /// Parked messages nobody retried or dropped yet, at the last poll
+    /// ([`crate::parked::waiting`]).
     pub parked_waiting: Gauge,
 }
 
@@ -33,7 +34,7 @@ impl Metrics {
         let parked_waiting = Gauge::default();
         registry.register(
             "prx_ci_ops_parked_waiting",
-            "Parked messages (PRX_PARKED) not retried yet, at the last poll",
+            "Parked messages (PRX_PARKED) not retried or dropped yet, at the last poll",
             parked_waiting.clone(),
         );
         Self {

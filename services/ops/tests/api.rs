@@ -340,6 +340,365 @@ async fn a_retried_parked_message_records_the_authenticated_operator() {
     assert_eq!(listed[0].retried_by, "bob");
 }
 
+fn drop_request(id: u64, reason: &str) -> v1::DropParkedRequest {
+    v1::DropParkedRequest {
+        id,
+        reason: reason.into(),
+    }
+}
+
+async fn listed(client: &mut prx_ci_ops::client::Client, id: u64) -> v1::ParkedEntry {
+    client
+        .parked(v1::ParkedRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .into_iter()
+        .find(|e| e.id == id)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_dropped_parked_message_records_the_operator_and_reason_and_stops_waiting() {
+    use prx_ci_ops::parked::waiting;
+    let h = Harness::start().await;
+    let (_, _, first) = park_a_completed_build(&h).await;
+    let (_, _, second) = park_a_completed_build(&h).await;
+    assert_eq!(waiting(&h.rt.js).await.unwrap(), 2);
+    let events_before =
+        h.rt.js
+            .get_stream(EVENTS_STREAM)
+            .await
+            .unwrap()
+            .get_info()
+            .await
+            .unwrap()
+            .state
+            .last_sequence;
+
+    let mut bob = h.client_with(BOB_TOKEN).await;
+    let dropped = bob
+        .drop_parked(drop_request(
+            first.sequence,
+            "  the Slack channel was archived \n",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dropped.dropped_by, "bob", "the token's operator");
+    assert!(dropped.dropped_at.is_some());
+
+    let entry = listed(&mut h.client().await, first.sequence).await;
+    assert!(entry.dropped && !entry.retried);
+    assert_eq!(entry.dropped_by, "bob");
+    assert_eq!(entry.drop_reason, "the Slack channel was archived");
+    assert_eq!(entry.dropped_at, dropped.dropped_at);
+    let other = listed(&mut bob, second.sequence).await;
+    assert!(!other.dropped && other.dropped_by.is_empty() && other.dropped_at.is_none());
+
+    assert_eq!(
+        waiting(&h.rt.js).await.unwrap(),
+        1,
+        "the dropped one no longer waits"
+    );
+    let parked = h.rt.js.get_stream(PARKED_STREAM).await.unwrap();
+    parked
+        .get_raw_message(first.sequence)
+        .await
+        .expect("a dropped message stays in PRX_PARKED");
+    let events_after =
+        h.rt.js
+            .get_stream(EVENTS_STREAM)
+            .await
+            .unwrap()
+            .get_info()
+            .await
+            .unwrap()
+            .state
+            .last_sequence;
+    assert_eq!(events_before, events_after, "a drop publishes nothing");
+}
+
+#[tokio::test]
+async fn a_dropped_entry_is_not_retried_and_a_retried_one_is_not_dropped() {
+    let h = Harness::start().await;
+    let (_, _, first) = park_a_completed_build(&h).await;
+    let (_, _, second) = park_a_completed_build(&h).await;
+    let mut alice = h.client().await;
+    let mut bob = h.client_with(BOB_TOKEN).await;
+    alice
+        .drop_parked(drop_request(first.sequence, "duplicate of a newer build"))
+        .await
+        .unwrap();
+    let events = h.rt.js.get_stream(EVENTS_STREAM).await.unwrap();
+    let before = events.get_info().await.unwrap().state.last_sequence;
+
+    let retry = bob
+        .retry_parked(v1::RetryParkedRequest {
+            id: first.sequence,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(retry.code(), Code::FailedPrecondition);
+    assert!(
+        retry.message().contains(&format!(
+            "entry {} cannot be retried: it was dropped by alice at ",
+            first.sequence
+        )) && retry.message().contains("duplicate of a newer build"),
+        "{}",
+        retry.message()
+    );
+    assert_eq!(
+        events.get_info().await.unwrap().state.last_sequence,
+        before,
+        "a refused retry publishes nothing"
+    );
+    let again = bob
+        .drop_parked(drop_request(first.sequence, "me too"))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert!(
+        again.message().contains("was already dropped by alice"),
+        "{}",
+        again.message()
+    );
+    let entry = listed(&mut bob, first.sequence).await;
+    assert_eq!(
+        (entry.dropped_by.as_str(), entry.drop_reason.as_str()),
+        ("alice", "duplicate of a newer build"),
+        "the refused calls changed nothing"
+    );
+
+    alice
+        .retry_parked(v1::RetryParkedRequest {
+            id: second.sequence,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let drop = bob
+        .drop_parked(drop_request(second.sequence, "not needed"))
+        .await
+        .unwrap_err();
+    assert_eq!(drop.code(), Code::FailedPrecondition);
+    assert!(
+        drop.message().contains(&format!(
+            "entry {} cannot be dropped: it was retried by alice at ",
+            second.sequence
+        )),
+        "{}",
+        drop.message()
+    );
+    let entry = listed(&mut bob, second.sequence).await;
+    assert!(entry.retried && !entry.dropped);
+}
+
+#[tokio::test]
+async fn a_drop_without_a_reason_is_refused() {
+    use prx_ci_ops::parked::waiting;
+    let h = Harness::start().await;
+    let (_, _, stored) = park_a_completed_build(&h).await;
+    let mut client = h.client().await;
+    for reason in ["", " \n\t "] {
+        let err = client
+            .drop_parked(drop_request(stored.sequence, reason))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().contains("needs a reason"),
+            "{}",
+            err.message()
+        );
+    }
+    let err = client
+        .drop_parked(drop_request(stored.sequence, &"x".repeat(1001)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("at most 1000"), "{}", err.message());
+    assert!(!listed(&mut client, stored.sequence).await.dropped);
+    assert_eq!(waiting(&h.rt.js).await.unwrap(), 1, "still waiting");
+
+    let missing = client
+        .drop_parked(drop_request(999, "gone"))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    assert!(
+        missing.message().contains("no parked entry 999"),
+        "{}",
+        missing.message()
+    );
+}
+
+#[tokio::test]
+async fn of_a_concurrent_drop_and_retry_exactly_one_wins() {
+    let h = Harness::start().await;
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(park_a_completed_build(&h).await.2.sequence);
+    }
+    let events = h.rt.js.get_stream(EVENTS_STREAM).await.unwrap();
+    let before = events.get_info().await.unwrap().state.last_sequence;
+    let mut alice = h.client().await;
+    let mut bob = h.client_with(BOB_TOKEN).await;
+    let mut retries_won = 0;
+    for &id in &ids {
+        let (retry, drop) = tokio::join!(
+            alice.retry_parked(v1::RetryParkedRequest {
+                id,
+                ..Default::default()
+            }),
+            bob.drop_parked(drop_request(id, "racing the retry")),
+        );
+        let entry = listed(&mut alice, id).await;
+        match (retry, drop) {
+            (Ok(_), Err(refused)) => {
+                retries_won += 1;
+                assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+                assert!(
+                    refused.message().contains("retried by alice"),
+                    "{}",
+                    refused.message()
+                );
+                assert!(entry.retried && !entry.dropped);
+            }
+            (Err(refused), Ok(_)) => {
+                assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+                assert!(
+                    refused.message().contains("dropped by bob"),
+                    "{}",
+                    refused.message()
+                );
+                assert!(entry.dropped && !entry.retried);
+            }
+            (retry, drop) => panic!("entry {id}: retry {retry:?}, drop {drop:?}: not exactly one"),
+        }
+    }
+    assert_eq!(
+        events.get_info().await.unwrap().state.last_sequence - before,
+        retries_won,
+        "only the retries that won put a message back"
+    );
+}
+
+/// The dashboard, signed in with `token`: an HTTP client that follows no redirects and the
+/// session cookie it got.
+async fn dashboard_session(base: &str, token: &str) -> (reqwest::Client, String) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = http
+        .post(format!("{base}/login"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), reqwest::StatusCode::SEE_OTHER);
+    let cookie = login.headers()[reqwest::header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    (http, cookie)
+}
+
+#[tokio::test]
+async fn a_parked_message_is_dropped_from_the_dashboard_with_a_reason() {
+    let h = Harness::start().await;
+    let (_, _, stored) = park_a_completed_build(&h).await;
+    let id = stored.sequence;
+    let base = h.dashboard.clone();
+    let (http, cookie) = dashboard_session(&base, BOB_TOKEN).await;
+    let page = http
+        .get(format!("{base}/parked"))
+        .header(reqwest::header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), reqwest::StatusCode::OK);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains(&format!("action=\"/parked/{id}/drop\"")),
+        "{page}"
+    );
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let drop = |csrf: String, reason: &'static str| {
+        http.post(format!("{base}/parked/{id}/drop"))
+            .header(reqwest::header::COOKIE, &cookie)
+            .form(&[("csrf", csrf), ("reason", reason.to_owned())])
+            .send()
+    };
+
+    let forged = drop("not-the-csrf-value".into(), "forged").await.unwrap();
+    assert_eq!(forged.status(), reqwest::StatusCode::FORBIDDEN);
+    let no_reason = drop(csrf.clone(), " ").await.unwrap();
+    assert_eq!(no_reason.status(), reqwest::StatusCode::BAD_REQUEST);
+    assert!(no_reason.text().await.unwrap().contains("needs a reason"));
+    let mut client = h.client().await;
+    assert!(
+        !listed(&mut client, id).await.dropped,
+        "refused drops record nothing"
+    );
+
+    let dropped = drop(csrf.clone(), "superseded by a newer build")
+        .await
+        .unwrap();
+    assert_eq!(dropped.status(), reqwest::StatusCode::SEE_OTHER);
+    let entry = listed(&mut client, id).await;
+    assert_eq!(
+        (
+            entry.dropped,
+            entry.dropped_by.as_str(),
+            entry.drop_reason.as_str()
+        ),
+        (true, "bob", "superseded by a newer build"),
+        "recorded as the signed-in operator"
+    );
+    let page = http
+        .get(format!("{base}/parked"))
+        .header(reqwest::header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("dropped by bob"), "{page}");
+    assert!(
+        !page.contains(&format!("/parked/{id}/retry")),
+        "no retry offered"
+    );
+
+    let retry = http
+        .post(format!("{base}/parked/{id}/retry"))
+        .header(reqwest::header::COOKIE, &cookie)
+        .form(&[("csrf", csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), reqwest::StatusCode::CONFLICT);
+    assert!(
+        retry
+            .text()
+            .await
+            .unwrap()
+            .contains("cannot be retried: it was dropped by bob")
+    );
+}
+
 #[tokio::test]
 async fn a_rebuild_stores_an_operator_push_of_the_branchs_latest_commit() {
     let h = Harness::start().await;

@@ -92,6 +92,7 @@ pub fn router(web: Web) -> Router {
         .route("/parameter", get(pages::parameters::one))
         .route("/parked", get(pages::parked::page))
         .route("/parked/{id}/retry", post(pages::parked::retry))
+        .route("/parked/{id}/drop", post(pages::parked::drop_entry))
         .route("/events", get(live::events))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
