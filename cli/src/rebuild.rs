@@ -20,6 +20,9 @@ pub struct RebuildArgs {
     /// Why (recorded with the rebuild; who asked is the name of the ops token).
     #[arg(long, default_value = "")]
     reason: String,
+    /// Only resolve and check the revision, and say what would be rebuilt; store nothing.
+    #[arg(long)]
+    dry_run: bool,
     #[command(flatten)]
     ops: OpsArgs,
 }
@@ -32,11 +35,27 @@ pub async fn run(args: RebuildArgs) -> anyhow::Result<()> {
             revision: args.revision,
             branch: args.branch.unwrap_or_default(),
             reason: args.reason,
+            dry_run: args.dry_run,
             ..Default::default()
         })
         .await
         .map_err(status_error)?
         .into_inner();
+    if args.dry_run {
+        let older = if response.commit == response.head {
+            String::new()
+        } else {
+            format!(
+                " (an older commit of the branch, whose head is {}: it becomes the branch's newest push)",
+                response.head
+            )
+        };
+        println!(
+            "dry run: would rebuild {}@{} {}{older} as a push by {}; nothing stored",
+            args.repository, response.branch, response.commit, response.requested_by
+        );
+        return Ok(());
+    }
     println!(
         "rebuild of {}@{} {} requested by {}: delivery {} (PRX_WEBHOOKS #{}); follow it with `prx-ci history {} --commit {}`",
         args.repository,

@@ -3,9 +3,8 @@
 
 use std::io::Write as _;
 
-use prx_ci_proto::v1::{self, replay_request};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
+use prx_ci_ops::replay_range;
+use prx_ci_proto::v1;
 
 use crate::history::{OpsArgs, render_event, status_error};
 
@@ -37,49 +36,11 @@ pub struct ReplayArgs {
     ops: OpsArgs,
 }
 
-/// A bound: a sequence number or an RFC 3339 time.
-#[derive(Debug, PartialEq)]
-enum Bound {
-    Sequence(u64),
-    Time(OffsetDateTime),
-}
-
-fn parse_bound(text: &str) -> anyhow::Result<Bound> {
-    if let Ok(sequence) = text.parse::<u64>() {
-        return Ok(Bound::Sequence(sequence));
-    }
-    OffsetDateTime::parse(text, &Rfc3339)
-        .map(Bound::Time)
-        .map_err(|_| anyhow::anyhow!("{text:?} is neither a sequence number nor an RFC 3339 time"))
-}
-
-fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
-    prx_ci_shared::bus::envelope::timestamp(t)
-}
-
 fn request(args: &ReplayArgs) -> anyhow::Result<v1::ReplayRequest> {
-    let from = args
-        .from
-        .as_deref()
-        .map(parse_bound)
-        .transpose()?
-        .map(|b| match b {
-            Bound::Sequence(s) => replay_request::From::FromSequence(s),
-            Bound::Time(t) => replay_request::From::FromTime(timestamp(t)),
-        });
-    let to = args
-        .to
-        .as_deref()
-        .map(parse_bound)
-        .transpose()?
-        .map(|b| match b {
-            Bound::Sequence(s) => replay_request::To::ToSequence(s),
-            Bound::Time(t) => replay_request::To::ToTime(timestamp(t)),
-        });
     Ok(v1::ReplayRequest {
         stream: args.stream.clone(),
-        from,
-        to,
+        from: replay_range::from(args.from.as_deref())?,
+        to: replay_range::to(args.to.as_deref())?,
         subject: args.subject.clone().unwrap_or_default(),
         consumer: args.into.clone(),
         dry_run: args.dry_run,
@@ -119,19 +80,4 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bounds_are_sequences_or_times() {
-        assert_eq!(parse_bound("42").unwrap(), Bound::Sequence(42));
-        assert!(matches!(
-            parse_bound("2026-01-01T10:00:00Z").unwrap(),
-            Bound::Time(_)
-        ));
-        assert!(parse_bound("yesterday").is_err());
-    }
 }

@@ -278,7 +278,8 @@ impl Ops for OpsApi {
         &self,
         request: Request<v1::ReplayRequest>,
     ) -> Result<Response<v1::ReplayResponse>, Status> {
-        let result = OpsApi::replay(self, request.into_inner()).await;
+        let operator = Operator::of(&request)?;
+        let result = OpsApi::replay(self, request.into_inner(), &operator).await;
         self.observe("replay", result)
     }
 

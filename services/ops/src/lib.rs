@@ -17,7 +17,7 @@
 //!
 //! Layout: [`api`] holds the service state and the `Ops` dispatch, with one module per call
 //! area (`api/history.rs`, `api/builds.rs`, `api/rebuild.rs`, `api/replay.rs`,
-//! `api/parked.rs`) over the cores of the same name ([`history`], [`rebuild`] pure; [`parked`]
+//! `api/parked.rs`) over the cores of the same name ([`history`], [`rebuild`], [`replay_range`] pure; [`parked`]
 //! reads and writes, its rule in [`parked_record`]); [`event_log`] reads stream ranges back;
 //! [`builds_projection`] is the pure fold, [`projection_runner`] rebuilds and follows it.
 //!
@@ -50,6 +50,7 @@ pub mod parked;
 pub mod parked_record;
 pub mod projection_runner;
 pub mod rebuild;
+pub mod replay_range;
 pub mod service;
 pub mod web;
 

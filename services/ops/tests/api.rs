@@ -777,6 +777,43 @@ async fn a_rebuild_stores_an_operator_push_of_the_branchs_latest_commit() {
     assert_eq!(unknown.code(), Code::NotFound);
 }
 
+#[tokio::test]
+async fn a_rebuild_dry_run_makes_every_check_and_stores_nothing() {
+    let h = Harness::start().await;
+    h.publish(&push("d1", "PRX/app", "main", &sha('a'))).await;
+    h.publish(&push("d2", "PRX/app", "main", &sha('b'))).await;
+    h.compare("PRX/app", &sha('a'), &sha('b'), Some("ahead"))
+        .await;
+    h.compare("PRX/app", &sha('c'), &sha('b'), Some("diverged"))
+        .await;
+    let mut client = h.client().await;
+    let dry = |revision: &str| v1::RebuildRequest {
+        dry_run: true,
+        branch: "main".into(),
+        ..rebuild_of("PRX/app", revision)
+    };
+    let older = client.rebuild(dry(&sha('a'))).await.unwrap().into_inner();
+    assert_eq!(
+        (older.commit.as_str(), older.head.as_str()),
+        (sha('a').as_str(), sha('b').as_str())
+    );
+    assert_eq!(older.requested_by, OPERATOR);
+    assert!(older.delivery_id.is_empty() && older.sequence == 0);
+    let refused = client.rebuild(dry(&sha('c'))).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        operator_pushes(&h).await.is_empty(),
+        "a dry run stores nothing"
+    );
+    let stored = client
+        .rebuild(rebuild_of("PRX/app", "main"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.head, sha('b'));
+    assert_eq!(operator_pushes(&h).await.len(), 1);
+}
+
 /// The operator pushes stored on PRX_WEBHOOKS.
 async fn operator_pushes(h: &Harness) -> Vec<v1::WebhookReceived> {
     let stream = h.rt.js.get_stream(WEBHOOKS_STREAM).await.unwrap();

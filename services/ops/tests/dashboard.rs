@@ -41,6 +41,7 @@ async fn pages_need_a_signed_in_operator() {
         "/branches",
         "/parameters",
         "/parked",
+        "/actions",
         "/events",
     ] {
         let response = http

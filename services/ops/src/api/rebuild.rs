@@ -17,7 +17,7 @@ use crate::rebuild;
 impl OpsApi {
     /// Stores an operator's push for the revision (see [`crate::rebuild`]), recorded as asked
     /// by `operator` (the identity the call's token authenticated; the request's own
-    /// `requested_by` is ignored).
+    /// `requested_by` is ignored). A dry run makes every check and stores nothing.
     pub async fn rebuild(
         &self,
         request: v1::RebuildRequest,
@@ -88,6 +88,24 @@ impl OpsApi {
         if target.needs_ancestry_check() {
             self.check_in_history(&repo, &target).await?;
         }
+        if request.dry_run {
+            tracing::info!(
+                repository = %full_name,
+                branch = %target.branch,
+                commit = %target.commit,
+                head = %target.head,
+                requested_by,
+                "operator rebuild dry run (nothing stored)"
+            );
+            return Ok(v1::RebuildResponse {
+                delivery_id: String::new(),
+                branch: target.branch,
+                commit: target.commit,
+                sequence: 0,
+                requested_by: requested_by.to_owned(),
+                head: target.head,
+            });
+        }
         let now = OffsetDateTime::now_utc();
         let now_text = now
             .format(&time::format_description::well_known::Rfc3339)
@@ -130,6 +148,7 @@ impl OpsApi {
             commit: target.commit,
             sequence: stored.sequence,
             requested_by: requested_by.to_owned(),
+            head: target.head,
         })
     }
 

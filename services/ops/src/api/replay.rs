@@ -5,13 +5,19 @@ use prx_ci_proto::v1::{self, replay_request};
 use time::OffsetDateTime;
 
 use super::{OpsApi, time_of};
+use crate::auth::Operator;
 use crate::error::OpsError;
 use crate::event_log::{self, End, Start};
 use crate::replay;
 
 impl OpsApi {
-    /// Lists a range and (unless a dry run) creates the replay consumer for it.
-    pub async fn replay(&self, request: v1::ReplayRequest) -> Result<v1::ReplayResponse, OpsError> {
+    /// Lists a range and (unless a dry run) creates the replay consumer for it, logged as
+    /// asked by `operator`.
+    pub async fn replay(
+        &self,
+        request: v1::ReplayRequest,
+        operator: &Operator,
+    ) -> Result<v1::ReplayResponse, OpsError> {
         if request.consumer.is_empty() {
             return Err(OpsError::InvalidArgument("consumer is empty".into()));
         }
@@ -114,6 +120,7 @@ impl OpsApi {
             first,
             last,
             count,
+            requested_by = operator.name(),
             "replay created"
         );
         response.replay_consumer = name;

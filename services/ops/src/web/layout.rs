@@ -15,6 +15,7 @@ pub enum Section {
     Branches,
     Parameters,
     Parked,
+    Actions,
     None,
 }
 
@@ -54,6 +55,7 @@ pub fn page(
                         (link("/branches", "Branches", Section::Branches))
                         (link("/parameters", "Parameters", Section::Parameters))
                         (link("/parked", "Parked", Section::Parked))
+                        (link("/actions", "Actions", Section::Actions))
                     }
                     @if let Some((operator, csrf)) = operator {
                         span.muted { "signed in as " (operator.name()) }

@@ -4,7 +4,8 @@
 //!
 //! Pages: Builds (`/`), a build (`/builds/<key>`), branches (`/branches`) and a branch's
 //! timeline (`/branches/<owner>/<repo>/<branch>`), parameters (`/parameters`, one parameter's
-//! history at `/parameter?name=...`), parked messages (`/parked`). Every page and `/events`
+//! history at `/parameter?name=...`), parked messages (`/parked`), operator actions (`/actions`:
+//! rebuild and replay, each a dry run first). Every page and `/events`
 //! needs a session ([`session`]); operator actions go through the same [`OpsApi`] calls as the
 //! CLI, as the signed-in operator.
 
@@ -93,6 +94,9 @@ pub fn router(web: Web) -> Router {
         .route("/parked", get(pages::parked::page))
         .route("/parked/{id}/retry", post(pages::parked::retry))
         .route("/parked/{id}/drop", post(pages::parked::drop_entry))
+        .route("/actions", get(pages::actions::page))
+        .route("/actions/rebuild", post(pages::actions::rebuild))
+        .route("/actions/replay", post(pages::actions::replay))
         .route("/events", get(live::events))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
@@ -254,4 +258,41 @@ pub fn forbidden() -> Response {
         "refused: the form is not from this dashboard (CSRF check failed); reload the page",
     )
         .into_response()
+}
+
+/// The HTTP status a page answers a refused ops API call with (pure).
+pub fn http_status(code: tonic::Code) -> StatusCode {
+    use tonic::Code;
+    match code {
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_keep_their_meaning_as_http_statuses() {
+        use tonic::Code;
+        assert_eq!(http_status(Code::InvalidArgument), StatusCode::BAD_REQUEST);
+        assert_eq!(http_status(Code::FailedPrecondition), StatusCode::CONFLICT);
+        assert_eq!(
+            http_status(Code::Unavailable),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(http_status(Code::NotFound), StatusCode::NOT_FOUND);
+        assert_eq!(
+            http_status(Code::Internal),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
 }

@@ -69,7 +69,7 @@ pub fn body(projection: &DashboardProjection, repository: &str, branch: &str) ->
         p.muted { "Pushes in GitHub's order, newest first. Only the newest push's build may move a deploy parameter; an older build finishing later is skipped as superseded." }
         @if pushes.is_empty() { p.notice { "No pushes to this branch are known." } }
         ol.timeline id="timeline" {
-            @for push in pushes { (push_item(projection, push)) }
+            @for push in pushes { (push_item(projection, repository, branch, push)) }
         }
     }
 }
@@ -89,7 +89,12 @@ fn outcome_badge(outcome: Outcome) -> Markup {
     }
 }
 
-fn push_item(projection: &DashboardProjection, push: &Push) -> Markup {
+fn push_item(
+    projection: &DashboardProjection,
+    repository: &str,
+    branch: &str,
+    push: &Push,
+) -> Markup {
     let outcome = projection.outcome(push);
     html! {
         li class=(format!("outcome-{}", outcome.as_str())) data-commit=(push.commit)
@@ -104,6 +109,8 @@ fn push_item(projection: &DashboardProjection, push: &Push) -> Markup {
                 " · received " (layout::time(push.received_at.as_ref()))
                 @if !push.pusher.is_empty() { " · pushed by " (push.pusher) }
                 @if !push.requested_by.is_empty() { " · rebuild by " (push.requested_by) }
+                " · " a.rebuild href=(super::actions::rebuild_href(repository, branch, &push.commit))
+                    aria-label=(format!("Rebuild commit {} of {branch}", layout::short(&push.commit))) { "Rebuild…" }
             }
             @match &push.decision {
                 Decision::Pending => div { "Waiting for the dispatcher's decision." },

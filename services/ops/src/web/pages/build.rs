@@ -66,7 +66,12 @@ pub fn body(view: &BuildView, detail: &BuildDetail) -> Markup {
                     a href=(format!("/branches/{}/{}", repository, urlencoding(&branch))) { (branch) }
                 }
             }
-            dt { "Commit" } dd.mono { (build.commit) }
+            dt { "Commit" } dd.mono {
+                (build.commit)
+                @if !branch.is_empty() && !branch.starts_with("PR #") {
+                    " " a.rebuild href=(super::actions::rebuild_href(repository, &branch, &build.commit)) { "Rebuild…" }
+                }
+            }
             dt { "Architecture" } dd { (architecture(view)) }
             dt { "Build id" } dd.mono { (build.build_id) }
             dt { "Backend" } dd { (build.backend) " " (build.project) " " (build.region) }

@@ -1,5 +1,6 @@
 //! One module per page (or page family) of the dashboard.
 
+pub mod actions;
 pub mod branch;
 pub mod build;
 pub mod builds;
