@@ -31,8 +31,8 @@ async fn the_browser_harness_finds_waits_screenshots_and_reads_console_errors() 
     let browser = Browser::start().await;
     browser.goto(&format!("{site}/")).await;
     assert_eq!(browser.text("h1#title").await, "Harness");
-    let late = browser.wait_for_text("#later p", "arrived", WAIT).await;
-    assert_eq!(late.attr("class").await.unwrap().as_deref(), Some("late"));
+    browser.wait_for_text("#later p", "arrived", WAIT).await;
+    assert_eq!(browser.attr("#later p", "class").await, "late");
     let shot = browser.screenshot("harness-desktop").await;
     assert_eq!(png_width(&shot), 1280);
     assert!(
@@ -133,7 +133,9 @@ async fn the_demo_reads_as_a_superseded_push_and_a_parameter_on_the_newer_commit
     let older_push = format!(r#"ol#timeline li[data-commit="{older}"][data-outcome="superseded"]"#);
     browser.wait_for(&newer_push, WAIT).await;
     browser.wait_for(&older_push, WAIT).await;
-    let order = attributes(&browser, "ol#timeline li[data-commit]", "data-commit").await;
+    let order = browser
+        .attrs("ol#timeline li[data-commit]", "data-commit")
+        .await;
     assert_eq!(
         order,
         [newer, older],
@@ -147,12 +149,8 @@ async fn the_demo_reads_as_a_superseded_push_and_a_parameter_on_the_newer_commit
 
     // The build page of the older push: its phases, and its publish skipped as superseded.
     let older_build = browser
-        .find(&format!("{older_push} a[href^='/builds/']"))
-        .await
-        .attr("href")
-        .await
-        .unwrap()
-        .expect("a link to the older push's build");
+        .attr(&format!("{older_push} a[href^='/builds/']"), "href")
+        .await;
     browser
         .goto(&format!("{}{older_build}", local.dashboard_url))
         .await;
@@ -190,6 +188,7 @@ async fn the_demo_reads_as_a_superseded_push_and_a_parameter_on_the_newer_commit
         ("/branches", "ul#branches", "branches"),
         (parameter.as_str(), "table#history", "parameter"),
         ("/parked", "table#parked", "parked-none"),
+        ("/actions", "form#rebuild-form", "actions"),
     ] {
         browser
             .goto(&format!("{}{path}", local.dashboard_url))
@@ -220,12 +219,7 @@ async fn a_webhook_sent_while_the_builds_page_is_open_appears_without_a_reload()
     let browser = Browser::start().await;
     sign_in(&browser, &local).await;
     browser.wait_for("body[data-live-connected]", WAIT).await;
-    assert!(
-        browser
-            .find_all("table#builds tr[data-build]")
-            .await
-            .is_empty()
-    );
+    assert_eq!(browser.count("table#builds tr[data-build]").await, 0);
     // Survives only as long as the page is not reloaded.
     browser
         .client()
@@ -289,32 +283,27 @@ async fn a_parked_message_can_be_retried_from_the_page() {
         .unwrap();
 
     // The open page lists it without a reload.
-    let row = browser
-        .wait_for(
-            r#"table#parked tr[data-parked][data-retried="false"]"#,
-            WAIT,
-        )
-        .await;
-    let id = row.attr("data-parked").await.unwrap().expect("an id");
+    let waiting = r#"table#parked tr[data-parked][data-retried="false"]"#;
+    browser.wait_for(waiting, WAIT).await;
+    let id = browser.attr(waiting, "data-parked").await;
+    let row = format!(r#"table#parked tr[data-parked="{id}"]"#);
     assert!(
-        row.text().await.unwrap().contains("decode"),
+        browser.text(&row).await.contains("decode"),
         "the error is shown"
     );
     browser.screenshot("parked").await;
 
     browser
-        .find(&format!(r#"tr[data-parked="{id}"] button[value="retry"]"#))
-        .await
-        .click()
-        .await
-        .unwrap();
-    let retried = browser
-        .wait_for(
-            &format!(r#"tr[data-parked="{id}"][data-retried="true"]"#),
-            WAIT,
-        )
+        .click(&format!(r#"{row} button[value="retry"]"#))
         .await;
-    assert!(retried.text().await.unwrap().contains("retried by"));
+    let retried = format!(r#"{row}[data-retried="true"]"#);
+    browser.wait_for(&retried, WAIT).await;
+    assert!(
+        browser
+            .text(&retried)
+            .await
+            .contains("retried by ops-token")
+    );
     browser.screenshot("parked-retried").await;
     assert_no_console_errors(&browser).await;
     browser.close().await;
@@ -337,6 +326,7 @@ async fn a_request_without_the_token_is_refused() {
         "/branches/PRX/app/main",
         "/parameters",
         "/parked",
+        "/actions",
         "/events",
     ] {
         let url = format!("{}{path}", local.dashboard_url);
@@ -373,28 +363,11 @@ async fn sign_in(browser: &Browser, local: &Local) {
         .goto(&format!("{}/login", local.dashboard_url))
         .await;
     browser
-        .find("form#login input[name=token]")
-        .await
-        .send_keys(&local.ops_token)
-        .await
-        .unwrap();
-    browser
-        .find("form#login button[type=submit]")
-        .await
-        .click()
-        .await
-        .unwrap();
+        .type_into("form#login input[name=token]", &local.ops_token)
+        .await;
+    browser.click("form#login button[type=submit]").await;
     browser.wait_for("table#builds", WAIT).await;
     assert_eq!(browser.current_url().await.path(), "/");
-}
-
-/// `attribute` of every element matching `css`, in document order.
-async fn attributes(browser: &Browser, css: &str, attribute: &str) -> Vec<String> {
-    let mut values = Vec::new();
-    for element in browser.find_all(css).await {
-        values.push(element.attr(attribute).await.unwrap().unwrap_or_default());
-    }
-    values
 }
 
 async fn assert_no_console_errors(browser: &Browser) {

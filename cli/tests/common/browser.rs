@@ -4,6 +4,7 @@
 //!
 //! A missing `chromedriver` is a test failure with the install command, never a skip.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -164,52 +165,116 @@ impl Browser {
         self.client.current_url().await.expect("current URL")
     }
 
-    /// The first element matching `css`; panics when there is none.
-    pub async fn find(&self, css: &str) -> Element {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no element matches `{css}`: {e}"))
-    }
-
-    /// Every element matching `css` (none is not an error).
-    pub async fn find_all(&self, css: &str) -> Vec<Element> {
-        self.client
-            .find_all(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("cannot search for `{css}`: {e}"))
-    }
-
-    /// The visible text of the first element matching `css`.
-    pub async fn text(&self, css: &str) -> String {
-        self.find(css)
-            .await
-            .text()
-            .await
-            .unwrap_or_else(|e| panic!("no text of `{css}`: {e}"))
-    }
+    // Pages swap their live region at any time, so an element found a moment ago may be gone
+    // (stale): every helper below looks its element up by selector and retries, up to `WAIT`.
 
     /// Waits until an element matches `css`; panics after `timeout`.
-    pub async fn wait_for(&self, css: &str, timeout: Duration) -> Element {
+    pub async fn wait_for(&self, css: &str, timeout: Duration) {
         wait_until(timeout, &format!("an element matching `{css}`"), || async {
-            self.client.find(Locator::Css(css)).await.ok()
+            self.client.find(Locator::Css(css)).await.ok().map(drop)
         })
         .await
     }
 
     /// Waits until an element matching `css` has `text` in its visible text; panics after
     /// `timeout`.
-    pub async fn wait_for_text(&self, css: &str, text: &str, timeout: Duration) -> Element {
+    pub async fn wait_for_text(&self, css: &str, text: &str, timeout: Duration) {
         wait_until(
             timeout,
             &format!("an element matching `{css}` with the text {text:?}"),
             || async {
                 for element in self.client.find_all(Locator::Css(css)).await.ok()? {
                     if element.text().await.is_ok_and(|t| t.contains(text)) {
-                        return Some(element);
+                        return Some(());
                     }
                 }
                 None
+            },
+        )
+        .await
+    }
+
+    /// How many elements match `css` now.
+    pub async fn count(&self, css: &str) -> usize {
+        self.client
+            .find_all(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("cannot search for `{css}`: {e}"))
+            .len()
+    }
+
+    /// The visible text of the first element matching `css`.
+    pub async fn text(&self, css: &str) -> String {
+        self.with_element(css, "its text", |e| async move { e.text().await })
+            .await
+    }
+
+    /// The attribute `name` of the first element matching `css` (waits until it has one).
+    pub async fn attr(&self, css: &str, name: &str) -> String {
+        let what = format!("its attribute `{name}`");
+        wait_until(
+            WAIT,
+            &format!("an element matching `{css}`: {what}"),
+            || async {
+                let element = self.client.find(Locator::Css(css)).await.ok()?;
+                element.attr(name).await.ok().flatten()
+            },
+        )
+        .await
+    }
+
+    /// The attribute `name` of every element matching `css`, in document order.
+    pub async fn attrs(&self, css: &str, name: &str) -> Vec<String> {
+        wait_until(WAIT, &format!("the `{name}` of every `{css}`"), || async {
+            let mut values = Vec::new();
+            for element in self.client.find_all(Locator::Css(css)).await.ok()? {
+                values.push(element.attr(name).await.ok()?.unwrap_or_default());
+            }
+            Some(values)
+        })
+        .await
+    }
+
+    /// Clicks the first element matching `css`.
+    pub async fn click(&self, css: &str) {
+        self.with_element(css, "a click", |e| async move { e.click().await.map(drop) })
+            .await
+    }
+
+    /// Types `text` into the first element matching `css`.
+    pub async fn type_into(&self, css: &str, text: &str) {
+        self.with_element(css, "typing", |e| async move { e.send_keys(text).await })
+            .await
+    }
+
+    /// Scrolls the first element matching `css` into view (for a screenshot of it).
+    pub async fn scroll_into_view(&self, css: &str) {
+        self.with_element(css, "scrolling to it", |e| async move {
+            let element = serde_json::to_value(&e).expect("an element as JSON");
+            self.client
+                .execute(
+                    "arguments[0].scrollIntoView({block: 'center'}); return null;",
+                    vec![element],
+                )
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    /// Runs `act` on the first element matching `css`, again on a fresh lookup while it fails
+    /// (none yet, or stale), up to `WAIT`.
+    async fn with_element<T, F, Fut>(&self, css: &str, what: &str, act: F) -> T
+    where
+        F: Fn(Element) -> Fut,
+        Fut: Future<Output = Result<T, fantoccini::error::CmdError>>,
+    {
+        wait_until(
+            WAIT,
+            &format!("an element matching `{css}`: {what}"),
+            || async {
+                let element = self.client.find(Locator::Css(css)).await.ok()?;
+                act(element).await.ok()
             },
         )
         .await
