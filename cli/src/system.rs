@@ -141,7 +141,7 @@ impl LocalSystem {
     /// every service: the webhook endpoint on `webhook_listener`, the ops API on `ops_listener`,
     /// the web dashboard on `dashboard_listener` (when given).
     pub async fn start(
-        config: SystemConfig,
+        mut config: SystemConfig,
         webhook_listener: TcpListener,
         ops_listener: TcpListener,
         dashboard_listener: Option<TcpListener>,
@@ -152,6 +152,11 @@ impl LocalSystem {
             .await
             .context("cannot provision streams, consumers and KV buckets")?;
 
+        // The dashboard streams local builds' logs from the runner's data dir, and nothing else.
+        config
+            .ops
+            .local_build_logs
+            .get_or_insert_with(|| config.runner.data_dir.clone());
         let runner = LocalRunner::new(rt.clone(), config.runner)?;
         let ingress = Ingress::new(rt.clone(), config.ingress, &mut registry)?;
         let dispatcher = Dispatcher::new(
@@ -187,7 +192,11 @@ impl LocalSystem {
         );
         let mut ops = OpsService::new(rt.clone(), config.ops, &mut registry)?
             .with_commit_graph(Arc::new(commits))
-            .with_ownership(ownership);
+            .with_ownership(ownership)
+            .with_notice_settings(
+                config.notifier.links.clone(),
+                config.notifier.statuses.context.clone(),
+            );
         if let Some(listener) = dashboard_listener {
             ops = ops.with_dashboard(listener);
         }

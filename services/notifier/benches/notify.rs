@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use fakes::{CompareMode, FakeGitHub, FakeSlack, SLACK_TOKEN};
 use prometheus_client::registry::Registry;
-use prx_ci_notifier::commits::{CommitSummary, CommitsCache, GitHubCommitSource};
-use prx_ci_notifier::config::LinkConfig;
-use prx_ci_notifier::render;
-use prx_ci_notifier::view::BuildView;
+use prx_ci_notifier::commits::GitHubCommitSource;
 use prx_ci_notifier::{GitHubStatusSink, Notifier, NotifierConfig, SlackClient};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
+use prx_ci_shared::notice::console_links::LinkConfig;
+use prx_ci_shared::notice::render::{self, CommitSummary, CommitsCache};
+use prx_ci_shared::notice::view::BuildView;
 use prx_ci_shared::testing::{NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Chain, Runtime};
 use secrecy::SecretString;

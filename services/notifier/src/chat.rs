@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use crate::render::SlackMessage;
+use prx_ci_shared::notice::render::SlackMessage;
 
 /// A message to post or update.
 #[derive(Debug, Clone, PartialEq)]

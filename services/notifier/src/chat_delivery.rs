@@ -28,12 +28,12 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use crate::chat::{ChatError, MessageRef, OutgoingMessage};
-use crate::commits::CommitsCache;
 use crate::metrics::bump;
 use crate::notification_record::{ChatDelivery, Claim, NotificationRecord};
 use crate::queue::CoalescingQueue;
-use crate::render::{self, SlackMessage};
 use crate::service::Core;
+use prx_ci_shared::notice::render::CommitsCache;
+use prx_ci_shared::notice::render::{self, SlackMessage};
 
 /// How far before a post marker the recovery looks for the message.
 const FIND_MARGIN: Duration = Duration::from_secs(60);

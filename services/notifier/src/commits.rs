@@ -3,30 +3,8 @@
 
 use async_trait::async_trait;
 use prx_ci_shared::github::{GitHubClient, GitHubError};
-use serde::{Deserialize, Serialize};
-
-/// One commit of a push, as listed in the message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommitSummary {
-    pub sha: String,
-    /// GitHub login of the author, else the git author name.
-    pub author: String,
-    pub message: String,
-}
-
-/// What the message knows about a push's commits (cached in the projection so updates do not
-/// fetch again).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum CommitsCache {
-    /// The first page of the comparison, and how many commits it has in total.
-    Loaded {
-        commits: Vec<CommitSummary>,
-        total: u64,
-    },
-    /// The comparison could not be fetched (the message says so, and is still sent).
-    Unavailable { reason: String },
-}
+use prx_ci_shared::notice::render::{CommitSummary, CommitsCache};
+use serde::Deserialize;
 
 /// Why commits could not be listed.
 #[derive(Debug, thiserror::Error)]

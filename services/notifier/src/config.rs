@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use prx_ci_shared::config::Validate;
+use prx_ci_shared::notice::console_links::LinkConfig;
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -163,29 +164,6 @@ impl std::fmt::Debug for SlackConfig {
     }
 }
 
-/// How AWS console links are built (section `[notifier.links]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LinkConfig {
-    /// IAM Identity Center start URL every console link is wrapped in (the original used
-    /// `https://d-906713e952.awsapps.com/start`). Default: none, console links are direct.
-    pub sso_start_url: Option<String>,
-    /// Role of the deep link. Default `AdministratorAccess`.
-    pub sso_role_name: String,
-    /// AWS account of the builds, used when a build id carries none. Default: none.
-    pub account_id: Option<String>,
-}
-
-impl Default for LinkConfig {
-    fn default() -> Self {
-        Self {
-            sso_start_url: None,
-            sso_role_name: "AdministratorAccess".to_owned(),
-            account_id: None,
-        }
-    }
-}
-
 /// GitHub commit statuses (section `[notifier.statuses]`). The token is `[github].token`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -205,7 +183,7 @@ impl Default for StatusConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            context: "prx-ci/{arch}".to_owned(),
+            context: prx_ci_shared::notice::commit_status::DEFAULT_CONTEXT.to_owned(),
             per_minute: 80,
             per_hour: 500,
         }

@@ -9,7 +9,7 @@ use prx_ci_shared::github::{GitHubClient, GitHubError};
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::commit_status::CommitStatus;
+use prx_ci_shared::notice::commit_status::CommitStatus;
 
 /// How a status write failed.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use crate::metrics::bump;
 use crate::service::Core;
-use crate::view::{self, Relevance};
+use prx_ci_shared::notice::view::{self, Relevance};
 
 /// Handles the `notifier` consumer's events.
 pub(crate) struct EventHandler {

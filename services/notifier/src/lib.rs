@@ -1,11 +1,11 @@
 //! The notifier service: one living Slack message per build (posted once, updated in place)
 //! and GitHub commit statuses, from the build events in `PRX_EVENTS`.
 //!
-//! - [`view`] folds a build's events into its view (idempotent, state only moves forward);
-//! - [`render`] turns a view into the Slack message (pure; snapshot-tested), putting every
-//!   value into text only through [`mrkdwn`]'s escaper and link builder, and console links
-//!   through [`console_links`];
-//! - [`commit_status`] turns a view into the commit status it calls for (pure);
+//! - `prx_ci_shared::notice` holds the pure part, shared with the ops dashboard: `view` folds a
+//!   build's events into its view (idempotent, state only moves forward), `render` turns a view
+//!   into the Slack message (snapshot-tested here, `tests/render_snapshots.rs`), putting every
+//!   value into text only through `mrkdwn`'s escaper and link builder, and `commit_status` into
+//!   the commit status it calls for;
 //! - [`notification_record`] is the per-build record and its rules (the lease, what a delivery
 //!   records), kept by [`notification_store`] in the KV bucket `prx_ci_notifications`;
 //! - [`chat`] / [`slack`] and [`github_status`] are the delivery ports and their adapters;
@@ -36,22 +36,17 @@
 
 pub mod chat;
 pub mod chat_delivery;
-pub mod commit_status;
 pub mod commits;
 pub mod config;
-pub mod console_links;
 pub mod github_status;
 pub mod handler;
 pub mod metrics;
-pub mod mrkdwn;
 pub mod notification_record;
 pub mod notification_store;
 pub mod queue;
-pub mod render;
 pub mod service;
 pub mod slack;
 pub mod status_delivery;
-pub mod view;
 
 use std::sync::Arc;
 

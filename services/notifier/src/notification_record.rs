@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::chat::MessageRef;
-use crate::commit_status::{CommitStatus, desired_status};
-use crate::commits::CommitsCache;
 use crate::config::StatusConfig;
-use crate::view::{ApplyError, BuildView};
+use prx_ci_shared::notice::commit_status::{CommitStatus, desired_status};
+use prx_ci_shared::notice::render::CommitsCache;
+use prx_ci_shared::notice::view::{ApplyError, BuildView};
 
 /// Which replica delivers a build right now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,7 +114,7 @@ impl NotificationRecord {
             Ok(true) => {
                 if quiet {
                     self.slack.delivered_version = self.view.version;
-                    self.status.written = desired_status(statuses, &self.view);
+                    self.status.written = desired_status(&statuses.context, &self.view);
                 }
                 Modify::Write(Ok(true))
             }
@@ -201,7 +201,7 @@ impl NotificationRecord {
         self.status.written = if own {
             Some(written.clone())
         } else {
-            desired_status(statuses, &self.view).or_else(|| Some(written.clone()))
+            desired_status(&statuses.context, &self.view).or_else(|| Some(written.clone()))
         };
         Modify::Write(())
     }

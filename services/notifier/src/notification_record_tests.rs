@@ -4,8 +4,8 @@ use prx_ci_proto::v1::{self, envelope::Payload};
 use time::macros::datetime;
 
 use super::*;
-use crate::commit_status::StatusState;
-use crate::view::tests::{completed, envelope, started};
+use prx_ci_shared::notice::commit_status::StatusState;
+use prx_ci_shared::notice::fixtures::{completed, envelope, started};
 
 const ME: &str = "replica-a";
 const OTHER: &str = "replica-b";
@@ -271,7 +271,7 @@ fn a_written_status_is_recorded_on_its_build_and_superseded_builds_keep_their_ow
     own.view
         .apply(&envelope("e1", completed(v1::BuildStatus::Succeeded)))
         .unwrap();
-    let mut written = desired_status(&config, &own.view).unwrap();
+    let mut written = desired_status(&config.context, &own.view).unwrap();
     written.description = "newer build's state".into();
     assert_eq!(
         own.mark_status_written(&written, true, &config),
@@ -283,7 +283,7 @@ fn a_written_status_is_recorded_on_its_build_and_superseded_builds_keep_their_ow
     superseded.mark_status_written(&written, false, &config);
     assert_eq!(
         superseded.status.written,
-        desired_status(&config, &superseded.view)
+        desired_status(&config.context, &superseded.view)
     );
     // A superseded build with no status of its own records the one written.
     let mut unrequested = NotificationRecord::default();

@@ -9,7 +9,7 @@
 //! # Ordering
 //! Events of one build are folded with compare-and-set on the record's KV revision, so any
 //! consumer concurrency and any number of replicas apply them one at a time; the fold itself
-//! ([`crate::view`]) is idempotent and monotonic, so redeliveries and late events are harmless.
+//! ([`prx_ci_shared::notice::view`]) is idempotent and monotonic, so redeliveries and late events are harmless.
 //!
 //! # Pace and coalescing
 //! Each channel has one queue: a FIFO of build keys in which a key already waiting is not
@@ -37,7 +37,6 @@ use tokio::task::JoinSet;
 
 use crate::chat::ChatSink;
 use crate::chat_delivery::ChannelQueue;
-use crate::commit_status::CommitStatus;
 use crate::commits::CommitSource;
 use crate::config::NotifierConfig;
 use crate::github_status::StatusSink;
@@ -47,6 +46,7 @@ use crate::notification_record::NotificationRecord;
 use crate::notification_store::NotificationStore;
 use crate::queue::CoalescingQueue;
 use crate::status_delivery::{PendingStatus, StatusKey};
+use prx_ci_shared::notice::commit_status::CommitStatus;
 
 /// The durable consumer (`deploy/nats/consumers/notifier.json`).
 pub const CONSUMER: &str = "notifier";

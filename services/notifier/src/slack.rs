@@ -315,7 +315,7 @@ impl ChatSink for SlackClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::{Attachment, Block, BlockText, SlackMessage};
+    use prx_ci_shared::notice::render::{Attachment, Block, BlockText, SlackMessage};
 
     #[test]
     fn a_post_that_may_have_happened_is_uncertain_never_retried_blindly() {

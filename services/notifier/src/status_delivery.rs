@@ -7,11 +7,11 @@ use std::time::Duration;
 use prx_ci_proto::v1;
 use prx_ci_shared::retry::Backoff;
 
-use crate::commit_status::{CommitStatus, desired_status};
 use crate::github_status::StatusError;
 use crate::metrics::bump;
 use crate::notification_record::NotificationRecord;
 use crate::service::Core;
+use prx_ci_shared::notice::commit_status::{CommitStatus, desired_status};
 
 /// Statuses remembered as in flight or written (a cache; cleared when full).
 const MAX_RECENT_STATUSES: usize = 10_000;
@@ -46,7 +46,7 @@ impl Core {
         if !self.config.statuses.enabled {
             return;
         }
-        let Some(status) = desired_status(&self.config.statuses, &record.view) else {
+        let Some(status) = desired_status(&self.config.statuses.context, &record.view) else {
             return;
         };
         if record.status.written.as_ref() == Some(&status) {
@@ -99,7 +99,7 @@ impl Core {
         if !self.config.statuses.enabled {
             return;
         }
-        let Some(status) = desired_status(&self.config.statuses, &record.view) else {
+        let Some(status) = desired_status(&self.config.statuses.context, &record.view) else {
             return;
         };
         if status == *written

@@ -6,13 +6,13 @@ mod fakes;
 use std::collections::HashMap;
 
 use proptest::prelude::*;
-use prx_ci_notifier::commits::{CommitSummary, CommitsCache};
-use prx_ci_notifier::config::LinkConfig;
-use prx_ci_notifier::render::{self, MAX_SECTION_CHARS, SlackMessage};
-use prx_ci_notifier::view::{BuildState, BuildView, Cancellation, PublishView};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::Chain;
 use prx_ci_shared::bus::envelope::timestamp;
+use prx_ci_shared::notice::console_links::LinkConfig;
+use prx_ci_shared::notice::render::{self, MAX_SECTION_CHARS, SlackMessage};
+use prx_ci_shared::notice::render::{CommitSummary, CommitsCache};
+use prx_ci_shared::notice::view::{BuildState, BuildView, Cancellation, PublishView};
 use time::macros::datetime;
 
 const SHA: &str = "165df6a5fd675dcf67a1b2c3d4e5f60718293a4b";

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use prx_ci_shared::config::Validate;
@@ -40,6 +41,10 @@ pub struct OpsConfig {
     /// Mark the dashboard's session cookie `Secure` (set it when the dashboard is served
     /// behind TLS). Default false.
     pub dashboard_secure_cookie: bool,
+    /// The only directory whose files the dashboard streams as local builds' logs (a build's
+    /// `file://` log URL must lead inside it; `prx-ci up` sets the local runner's data dir).
+    /// Default: none, no local log is read.
+    pub local_build_logs: Option<PathBuf>,
 }
 
 /// Shortest accepted token.
@@ -59,6 +64,7 @@ impl Default for OpsConfig {
             replay_poll_interval: Duration::from_secs(2),
             dashboard_listen: None,
             dashboard_secure_cookie: false,
+            local_build_logs: None,
         }
     }
 }
@@ -163,6 +169,7 @@ mod tests {
         assert_eq!(config.ops_listen, defaults.ops_listen);
         assert_eq!(config.dashboard_listen, None);
         assert!(!config.dashboard_secure_cookie);
+        assert_eq!(config.local_build_logs, None);
         assert_eq!(config.recent_builds, defaults.recent_builds);
         assert_eq!(config.keep_finished_builds, defaults.keep_finished_builds);
         let on = Figment::from(Toml::string(

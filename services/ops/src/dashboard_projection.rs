@@ -102,6 +102,9 @@ pub struct BuildDetail {
     pub cancelled: Option<v1::BuildCancelled>,
     pub publishes: Vec<(prost_types::Timestamp, PublishOutcome)>,
     pub notifications: Vec<(prost_types::Timestamp, v1::NotificationDelivered)>,
+    /// The build as the notifier folds it (`notice::view`), so the page shows the Slack
+    /// message and commit status the notifier renders from the same events.
+    pub notice: prx_ci_shared::notice::view::BuildView,
 }
 
 /// What the dispatcher decided for a push.
@@ -109,11 +112,53 @@ pub struct BuildDetail {
 pub enum Decision {
     /// Not decided yet (or the decision is not stored yet).
     Pending,
-    /// Builds requested (their projection keys).
-    Built(Vec<String>),
+    /// Builds requested, with what each did (kept with the push, so a build the builds list
+    /// forgot still counts).
+    Built(Vec<PushBuild>),
     /// No build, and why.
     Skipped { reason: String, detail: String },
 }
+
+/// One build of a push, as its timeline entry shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushBuild {
+    /// The build's projection key.
+    pub key: String,
+    pub architecture: v1::Architecture,
+    pub state: BuildState,
+    /// What the publisher did for it, in order (at most [`MAX_PUBLISHES_PER_PUSH_BUILD`]).
+    pub publishes: Vec<PushPublish>,
+}
+
+/// One publish outcome of a push's build, in brief.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushPublish {
+    /// "" for a skip of the whole build.
+    pub parameter: String,
+    pub written: bool,
+    /// The skip reason (`PublishSkipReason`), unspecified for a write.
+    pub reason: v1::PublishSkipReason,
+}
+
+impl From<&PublishOutcome> for PushPublish {
+    fn from(outcome: &PublishOutcome) -> Self {
+        match outcome {
+            PublishOutcome::Applied(a) => Self {
+                parameter: a.parameter.clone(),
+                written: true,
+                reason: v1::PublishSkipReason::Unspecified,
+            },
+            PublishOutcome::Skipped(s) => Self {
+                parameter: s.parameter.clone(),
+                written: false,
+                reason: s.reason(),
+            },
+        }
+    }
+}
+
+/// Publish outcomes kept per build of a push in the timeline.
+pub const MAX_PUBLISHES_PER_PUSH_BUILD: usize = 20;
 
 /// One push on a branch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +175,39 @@ pub struct Push {
     /// An operator's rebuild: who asked.
     pub requested_by: String,
     pub decision: Decision,
+}
+
+impl Push {
+    /// A push's outcome from its decision, its builds' states and their publishes.
+    pub fn outcome(&self) -> Outcome {
+        let builds = match &self.decision {
+            Decision::Pending => return Outcome::Pending,
+            Decision::Skipped { .. } => return Outcome::Skipped,
+            Decision::Built(builds) => builds,
+        };
+        let mut outcome = Outcome::NotPublished;
+        for build in builds {
+            let published = build.publishes.iter().any(|p| p.written);
+            let superseded = build.state == BuildState::Cancelled
+                || build
+                    .publishes
+                    .iter()
+                    .any(|p| p.reason == v1::PublishSkipReason::Superseded);
+            let this = if published {
+                Outcome::Published
+            } else if superseded {
+                Outcome::Superseded
+            } else if !is_final(build.state) {
+                Outcome::Building
+            } else if build.state != BuildState::Succeeded {
+                Outcome::Failed
+            } else {
+                Outcome::NotPublished
+            };
+            outcome = outcome.max_with(this);
+        }
+        outcome
+    }
 }
 
 /// A push's outcome as the timeline shows it.
@@ -307,48 +385,6 @@ impl DashboardProjection {
                 .then(b.correlation_id.cmp(&a.correlation_id))
         });
         out
-    }
-
-    /// A push's outcome from its decision, its builds' states and their publishes.
-    pub fn outcome(&self, push: &Push) -> Outcome {
-        let keys = match &push.decision {
-            Decision::Pending => return Outcome::Pending,
-            Decision::Skipped { .. } => return Outcome::Skipped,
-            Decision::Built(keys) => keys,
-        };
-        let mut outcome = Outcome::NotPublished;
-        for key in keys {
-            let state = self
-                .builds
-                .get(key)
-                .map_or(BuildState::Requested, |v| v.state());
-            let detail = self.details.get(key);
-            let published = detail.is_some_and(|d| {
-                d.publishes
-                    .iter()
-                    .any(|(_, p)| matches!(p, PublishOutcome::Applied(_)))
-            });
-            let superseded = state == BuildState::Cancelled
-                || detail.is_some_and(|d| {
-                    d.publishes.iter().any(|(_, p)| {
-                        matches!(p, PublishOutcome::Skipped(s)
-                            if s.reason() == v1::PublishSkipReason::Superseded)
-                    })
-                });
-            let this = if published {
-                Outcome::Published
-            } else if superseded {
-                Outcome::Superseded
-            } else if !is_final(state) {
-                Outcome::Building
-            } else if state != BuildState::Succeeded {
-                Outcome::Failed
-            } else {
-                Outcome::NotPublished
-            };
-            outcome = outcome.max_with(this);
-        }
-        outcome
     }
 
     /// Every parameter by name.
@@ -538,6 +574,8 @@ impl DashboardProjection {
         };
         let at = envelope.time.unwrap_or_default();
         let detail = self.details.entry(key.clone()).or_default();
+        // Events the notifier's view does not take (or already took) change nothing there.
+        let _ = detail.notice.apply(envelope);
         match payload {
             Payload::BuildRequested(requested) => detail.requested = Some(requested.clone()),
             Payload::BuildStarted(started) => {
@@ -605,19 +643,29 @@ impl DashboardProjection {
             }
             _ => {}
         }
+        let state = self
+            .builds
+            .get(&key)
+            .map_or(BuildState::Requested, |v| v.state());
         if let Payload::BuildRequested(_) = payload
             && let Some((push, lane)) = self.push_mut(envelope)
         {
             if push.commit.is_empty() {
                 push.commit.clone_from(&build.commit);
             }
+            let this = PushBuild {
+                key: key.clone(),
+                architecture: build.architecture(),
+                state,
+                publishes: Vec::new(),
+            };
             match &mut push.decision {
-                Decision::Built(keys) => {
-                    if !keys.contains(&key) {
-                        keys.push(key.clone());
+                Decision::Built(builds) => {
+                    if !builds.iter().any(|b| b.key == key) {
+                        builds.push(this);
                     }
                 }
-                decision => *decision = Decision::Built(vec![key.clone()]),
+                decision => *decision = Decision::Built(vec![this]),
             }
             change.branch = Some(self.bound_branch(lane));
         } else if let Some(v1::OrderingKey {
@@ -625,7 +673,36 @@ impl DashboardProjection {
             lane: Some(Lane::Branch(branch)),
         }) = &envelope.ordering_key
         {
-            change.branch = Some((repository.clone(), branch.clone()));
+            let lane = (repository.clone(), branch.clone());
+            let summary = self
+                .branches
+                .get_mut(&lane)
+                .and_then(|pushes| pushes.get_mut(&envelope.correlation_id))
+                .and_then(|push| match &mut push.decision {
+                    Decision::Built(builds) => builds.iter_mut().find(|b| b.key == key),
+                    _ => None,
+                });
+            if let Some(summary) = summary {
+                if is_build_event {
+                    summary.state = state;
+                }
+                let publish = match payload {
+                    Payload::PublishApplied(a) => {
+                        Some(PushPublish::from(&PublishOutcome::Applied(a.clone())))
+                    }
+                    Payload::PublishSkipped(s) => {
+                        Some(PushPublish::from(&PublishOutcome::Skipped(s.clone())))
+                    }
+                    _ => None,
+                };
+                if let Some(publish) = publish
+                    && summary.publishes.len() < MAX_PUBLISHES_PER_PUSH_BUILD
+                    && !summary.publishes.contains(&publish)
+                {
+                    summary.publishes.push(publish);
+                }
+            }
+            change.branch = Some(lane);
         }
         // Details of builds the list forgot go too.
         if self.details.len() > self.builds.len() + 64 {
@@ -826,7 +903,7 @@ mod tests {
         let timeline = p.timeline(REPO, "main");
         let rows: Vec<(&str, Outcome)> = timeline
             .iter()
-            .map(|push| (push.commit.as_str(), p.outcome(push)))
+            .map(|push| (push.commit.as_str(), push.outcome()))
             .collect();
         assert_eq!(
             rows,
@@ -868,7 +945,7 @@ mod tests {
         let outcomes = |p: &DashboardProjection| -> Vec<(String, Outcome, String)> {
             p.timeline(REPO, "main")
                 .iter()
-                .map(|push| (push.commit.clone(), p.outcome(push), push.message.clone()))
+                .map(|push| (push.commit.clone(), push.outcome(), push.message.clone()))
                 .collect()
         };
         assert_eq!(outcomes(&late_webhooks), outcomes(&in_order));
@@ -916,8 +993,38 @@ mod tests {
         let timeline = p.timeline(REPO, "main");
         assert_eq!(timeline.len(), MAX_PUSHES_PER_BRANCH);
         assert_eq!(timeline[0].commit, format!("c{total}"));
-        assert_eq!(p.outcome(timeline[0]), Outcome::Pending);
+        assert_eq!(timeline[0].outcome(), Outcome::Pending);
         assert_eq!(timeline[1].commit, format!("c{}", total - 1));
-        assert_eq!(p.outcome(timeline[1]), Outcome::Building);
+        assert_eq!(timeline[1].outcome(), Outcome::Building);
+    }
+
+    #[test]
+    fn a_push_keeps_its_outcome_after_its_builds_are_forgotten() {
+        // Keep one finished build: the older push's build is forgotten by the builds list.
+        let mut p = DashboardProjection::new(1);
+        for (source, seq, e) in demo() {
+            p.apply(source, seq, &e);
+        }
+        assert!(
+            p.build("r2").is_none(),
+            "the first build to finish is forgotten"
+        );
+        let rows: Vec<(String, Outcome)> = p
+            .timeline(REPO, "main")
+            .iter()
+            .map(|push| (push.commit.clone(), push.outcome()))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("bbb".to_owned(), Outcome::Published),
+                ("aaa".to_owned(), Outcome::Superseded)
+            ]
+        );
+        let Decision::Built(builds) = &p.timeline(REPO, "main")[0].decision else {
+            panic!("built")
+        };
+        assert_eq!(builds[0].state, BuildState::Succeeded);
+        assert!(builds[0].publishes[0].written);
     }
 }

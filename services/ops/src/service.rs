@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use prx_ci_proto::v1::ops_server::OpsServer;
+use prx_ci_shared::notice::console_links::LinkConfig;
 use prx_ci_shared::{CancellationToken, Runtime};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
@@ -20,13 +21,10 @@ use crate::auth::RequireToken;
 use crate::builds_projection::BuildsProjection;
 use crate::client::MAX_MESSAGE_SIZE;
 use crate::config::OpsConfig;
-use crate::dashboard_projection::DashboardProjection;
 use crate::metrics::Metrics;
-use crate::web::{self, Web, session::Sessions};
+use crate::web::pages::notice::NoticeSettings;
+use crate::web::{self, Web};
 use crate::{parked, projection_runner};
-
-/// Changes an open page's `/events` stream may fall behind by before it is told to refresh all.
-const CHANGES_BUFFER: usize = 1024;
 
 /// How often the parked messages waiting for an operator are counted.
 pub const PARKED_POLL_INTERVAL: Duration = Duration::from_secs(30);
@@ -40,6 +38,7 @@ pub struct OpsService {
     builds: Arc<RwLock<BuildsProjection>>,
     metrics: Metrics,
     dashboard: Option<TcpListener>,
+    notice: NoticeSettings,
     config: Arc<OpsConfig>,
 }
 
@@ -64,6 +63,7 @@ impl OpsService {
             builds,
             metrics,
             dashboard: None,
+            notice: NoticeSettings::default(),
             config,
         })
     }
@@ -80,6 +80,17 @@ impl OpsService {
     /// is config-owned as far as the ops API knows (the publisher still lets config win).
     pub fn with_ownership(mut self, ownership: ParameterOwnership) -> Self {
         self.api = self.api.with_ownership(ownership);
+        self
+    }
+
+    /// Renders the Slack message and commit status on the dashboard's build pages with the
+    /// notifier's console-link settings and status context (`[notifier.links]`,
+    /// `[notifier.statuses] context`) instead of their defaults.
+    pub fn with_notice_settings(mut self, links: LinkConfig, status_context: String) -> Self {
+        self.notice = NoticeSettings {
+            links,
+            status_context,
+        };
         self
     }
 
@@ -108,24 +119,15 @@ impl OpsService {
             shutdown.clone(),
         ));
         let dashboard = self.dashboard.map(|listener| {
-            let projection = Arc::new(RwLock::new(DashboardProjection::new(
-                self.config.keep_finished_builds,
-            )));
-            let (changes, _) = tokio::sync::broadcast::channel(CHANGES_BUFFER);
-            let web = Web {
-                projection: projection.clone(),
-                changes: changes.clone(),
-                sessions: Sessions::new(self.tokens.clone(), self.config.dashboard_secure_cookie),
-                api: self.api.clone(),
-                js: self.rt.js.clone(),
-                recent_builds: self.config.recent_builds,
-            };
-            let live = tokio::spawn(web::live::run(
+            let web = Web::new(
+                &self.config,
+                self.tokens.clone(),
+                self.api.clone(),
                 self.rt.js.clone(),
-                projection,
-                changes,
+                self.notice,
                 shutdown.clone(),
-            ));
+            );
+            let live = tokio::spawn(web.follow());
             let served = tokio::spawn(web::serve(listener, web, shutdown.clone()));
             (live, served)
         });

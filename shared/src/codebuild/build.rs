@@ -82,6 +82,24 @@ pub fn console_build_url(region: &str, account: &str, project: &str, uuid: &str)
     )
 }
 
+/// The CloudWatch console page of a CodeBuild project's log group (`/aws/codebuild/<project>`,
+/// CodeBuild's default), when the region and project read like AWS names (else no link).
+pub fn cloudwatch_log_group_url(region: &str, project: &str) -> Option<String> {
+    let region_ok = !region.is_empty()
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let project_ok = !project.is_empty()
+        && project
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    (region_ok && project_ok).then(|| {
+        format!(
+            "https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}#logsV2:log-groups/log-group/$252Faws$252Fcodebuild$252F{project}"
+        )
+    })
+}
+
 /// The CodeBuild console page of a build's log, from its ARN (or its `project:uuid` id, with
 /// the account then left empty).
 pub fn console_log_url(region: &str, arn_or_id: &str) -> String {
@@ -348,6 +366,15 @@ mod tests {
             console_log_url("eu-west-1", "p:1"),
             "https://eu-west-1.console.aws.amazon.com/codesuite/codebuild//projects/p/build/p%3A1/log?region=eu-west-1"
         );
+        assert_eq!(
+            cloudwatch_log_group_url("us-east-1", "infrastructure-ci-Runner2").as_deref(),
+            Some(
+                "https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=us-east-1#logsV2:log-groups/log-group/$252Faws$252Fcodebuild$252Finfrastructure-ci-Runner2"
+            )
+        );
+        assert_eq!(cloudwatch_log_group_url("", "p"), None);
+        assert_eq!(cloudwatch_log_group_url("us-east-1", "a/b"), None);
+        assert_eq!(cloudwatch_log_group_url("evil.example/x", "p"), None);
     }
 
     const SHA: &str = "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c";

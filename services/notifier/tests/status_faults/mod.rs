@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
-use prx_ci_notifier::commit_status::{CommitStatus, StatusState};
 use prx_ci_notifier::github_status::StatusError;
 use prx_ci_notifier::{GitHubStatusSink, Notifier, NotifierConfig, SlackClient, StatusSink as _};
 use prx_ci_proto::prost::Message as _;
@@ -15,6 +14,7 @@ use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::CancellationToken;
 use prx_ci_shared::bus::subject;
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
+use prx_ci_shared::notice::commit_status::{CommitStatus, StatusState};
 use prx_ci_shared::retry::Backoff;
 use prx_ci_shared::testing::fault_proxy::{
     Fault, FaultKind, FaultProxy, FaultRule, Match, RecordedRequest,

@@ -1,9 +1,9 @@
 //! The page shell every dashboard page shares: head, navigation, the signed-in operator, and the
-//! small vendored script that keeps the `[data-live]` region current.
+//! small vendored scripts that keep the `[data-live]` region current and stream a build's log.
 
 use maud::{DOCTYPE, Markup, html};
 use prost_types::Timestamp;
-use prx_ci_proto::v1::BuildState;
+use prx_ci_proto::v1::{Architecture, BuildState};
 use prx_ci_shared::bus::envelope::from_timestamp;
 
 use crate::auth::Operator;
@@ -19,7 +19,8 @@ pub enum Section {
     None,
 }
 
-/// A whole page: `live` is the region the live updates replace, with the topics it shows.
+/// A whole page: the body is the region the live updates replace when `live_topics` names what
+/// it shows (signed-in pages only).
 pub fn page(
     title: &str,
     section: Section,
@@ -46,6 +47,7 @@ pub fn page(
                 link rel="icon" href="/assets/favicon.svg" type="image/svg+xml";
                 link rel="stylesheet" href="/assets/dashboard.css";
                 script src="/assets/live.js" defer {}
+                script src="/assets/log.js" defer {}
             }
             body {
                 header.top {
@@ -66,7 +68,13 @@ pub fn page(
                     }
                 }
                 main id="content" {
-                    div data-live data-topics=(live_topics) { (body) }
+                    // Only signed-in pages with topics listen to `/events` (live.js looks
+                    // for this region): the sign-in and error pages would be refused.
+                    @if operator.is_some() && !live_topics.is_empty() {
+                        div data-live data-topics=(live_topics) { (body) }
+                    } @else {
+                        div { (body) }
+                    }
                 }
             }
         }
@@ -119,6 +127,15 @@ pub fn state_word(state: BuildState) -> String {
         .to_ascii_lowercase()
 }
 
+/// `x86_64` / `aarch64` / "".
+pub fn architecture(architecture: Architecture) -> &'static str {
+    match architecture {
+        Architecture::X8664 => "x86_64",
+        Architecture::Aarch64 => "aarch64",
+        Architecture::Unspecified => "",
+    }
+}
+
 /// The first 8 characters of a commit.
 pub fn short(commit: &str) -> &str {
     prx_ci_shared::domain::short_sha(commit)
@@ -154,5 +171,22 @@ mod tests {
         .into_string();
         assert!(!markup.contains("<img src=x"), "{markup}");
         assert!(markup.contains("&lt;img src=x"));
+    }
+
+    #[test]
+    fn only_signed_in_pages_with_topics_listen_for_changes() {
+        let operator = Operator::authenticated("alice".into());
+        let live = page(
+            "B",
+            Section::Builds,
+            Some((&operator, "c")),
+            "builds",
+            html! {},
+        );
+        assert!(live.into_string().contains(r#"data-topics="builds""#));
+        let sign_in = page("Sign in", Section::None, None, "builds", html! {}).into_string();
+        assert!(!sign_in.contains("data-live"), "{sign_in}");
+        let error = page("E", Section::None, Some((&operator, "c")), "", html! {}).into_string();
+        assert!(!error.contains("data-live"), "{error}");
     }
 }

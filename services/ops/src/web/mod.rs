@@ -5,12 +5,14 @@
 //! Pages: Builds (`/`), a build (`/builds/<key>`), branches (`/branches`) and a branch's
 //! timeline (`/branches/<owner>/<repo>/<branch>`), parameters (`/parameters`, one parameter's
 //! history at `/parameter?name=...`), parked messages (`/parked`), operator actions (`/actions`:
-//! rebuild and replay, each a dry run first). Every page and `/events`
+//! rebuild and replay, each a dry run first); a local build's log streams from
+//! `/builds/<key>/log` ([`log_tail`]). Every page and `/events`
 //! needs a session ([`session`]); operator actions go through the same [`OpsApi`] calls as the
 //! CLI, as the signed-in operator.
 
 pub mod layout;
 pub mod live;
+pub mod log_tail;
 pub mod pages;
 pub mod session;
 
@@ -44,6 +46,53 @@ pub struct Web {
     pub js: async_nats::jetstream::Context,
     /// Finished builds the Builds page lists.
     pub recent_builds: usize,
+    /// The directory local builds' logs may be read from (`[ops] local_build_logs`).
+    pub local_build_logs: Option<std::path::PathBuf>,
+    /// The notifier's settings the build page renders its message and status with.
+    pub notice: Arc<pages::notice::NoticeSettings>,
+    /// Cancelled when the service stops: long-lived answers (a followed log) end then.
+    pub shutdown: CancellationToken,
+}
+
+/// Changes an open page's `/events` stream may fall behind by before it is told to refresh all.
+const CHANGES_BUFFER: usize = 1024;
+
+impl Web {
+    /// The dashboard of an ops service with `config`, its `tokens` and `api`; its projection
+    /// starts empty and [`Web::follow`] keeps it current.
+    pub fn new(
+        config: &crate::OpsConfig,
+        tokens: Vec<(String, secrecy::SecretString)>,
+        api: OpsApi,
+        js: async_nats::jetstream::Context,
+        notice: pages::notice::NoticeSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (changes, _) = broadcast::channel(CHANGES_BUFFER);
+        Self {
+            projection: Arc::new(RwLock::new(DashboardProjection::new(
+                config.keep_finished_builds,
+            ))),
+            changes,
+            sessions: Sessions::new(tokens, config.dashboard_secure_cookie),
+            api,
+            js,
+            recent_builds: config.recent_builds,
+            local_build_logs: config.local_build_logs.clone(),
+            notice: Arc::new(notice),
+            shutdown,
+        }
+    }
+
+    /// Follows the streams into the projection until shutdown ([`live::run`]).
+    pub fn follow(&self) -> impl Future<Output = ()> + Send + 'static {
+        live::run(
+            self.js.clone(),
+            self.projection.clone(),
+            self.changes.clone(),
+            self.shutdown.clone(),
+        )
+    }
 }
 
 /// A signed-in request: its operator and the CSRF value its forms carry. Requests without a
@@ -58,6 +107,25 @@ impl Session {
     /// For [`layout::page`].
     pub fn who(&self) -> Option<(&Operator, &str)> {
         Some((&self.operator, self.csrf.as_str()))
+    }
+
+    /// An ops API request made as this operator: the same call, checks, metrics and audit
+    /// record as the CLI's.
+    pub fn api_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.extensions_mut().insert(self.operator.clone());
+        request
+    }
+
+    /// The refusal (403) of a POST that is not this operator's own (a wrong or missing CSRF
+    /// value, or another origin); `None` for their own.
+    pub fn refuse_foreign_post(
+        &self,
+        web: &Web,
+        headers: &HeaderMap,
+        csrf: &str,
+    ) -> Option<Response> {
+        (!web.sessions.same_origin_post(&self.operator, headers, csrf)).then(forbidden)
     }
 }
 
@@ -84,6 +152,7 @@ pub fn router(web: Web) -> Router {
     Router::new()
         .route("/", get(pages::builds::page))
         .route("/builds/{key}", get(pages::build::page))
+        .route("/builds/{key}/log", get(log_tail::stream))
         .route("/branches", get(pages::branch::index))
         .route(
             "/branches/{owner}/{repo}/{*branch}",
@@ -151,6 +220,10 @@ async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Respon
         ),
         "live.js" => (
             include_str!("assets/live.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "log.js" => (
+            include_str!("assets/log.js"),
             "text/javascript; charset=utf-8",
         ),
         "favicon.svg" => (include_str!("assets/favicon.svg"), "image/svg+xml"),
@@ -238,11 +311,8 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if !web
-        .sessions
-        .same_origin_post(&session.operator, &headers, &form.csrf)
-    {
-        return forbidden();
+    if let Some(refused) = session.refuse_foreign_post(&web, &headers, &form.csrf) {
+        return refused;
     }
     (
         [(header::SET_COOKIE, web.sessions.clear_cookie())],

@@ -1,6 +1,9 @@
 // Live updates of the PRX CI dashboard (vendored, no build step): the page's `[data-live]`
 // region names the topics it shows (`data-topics`); when the server's Server-Sent Events
 // (`/events`) report a change to one of them, the region is fetched again and swapped in.
+// Elements marked `data-keep` (with an id) survive a swap when the fresh page has the same one
+// with the same `data-keep` value: a streaming log keeps its text, its connection and its place.
+// After a swap, `prx:live-updated` is dispatched on the document.
 // Without JavaScript the pages still work: they just do not update by themselves.
 (function () {
   "use strict";
@@ -12,11 +15,35 @@
   var busy = false;
   var again = false;
 
+  function swap(fresh) {
+    var scrolls = [];
+    var kept = fresh.querySelectorAll("[data-keep][id]");
+    for (var i = 0; i < kept.length; i++) {
+      var old = document.getElementById(kept[i].id);
+      if (old && region.contains(old) && old.getAttribute("data-keep") === kept[i].getAttribute("data-keep")) {
+        var pres = old.querySelectorAll("pre");
+        for (var j = 0; j < pres.length; j++) {
+          scrolls.push([pres[j], pres[j].scrollTop]);
+        }
+        kept[i].parentNode.replaceChild(document.adoptNode(old), kept[i]);
+      }
+    }
+    var nodes = [];
+    while (fresh.firstChild) {
+      nodes.push(document.adoptNode(fresh.firstChild));
+    }
+    region.replaceChildren.apply(region, nodes);
+    for (var k = 0; k < scrolls.length; k++) {
+      scrolls[k][0].scrollTop = scrolls[k][1];
+    }
+  }
+
   // Someone typing in a form of the region (a filter) is not interrupted: the refresh waits
-  // until the field loses focus.
+  // until the field loses focus. Fields of kept elements (the log's "follow") survive a swap.
   function editing() {
     var active = document.activeElement;
-    return active && region.contains(active) && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName);
+    return active && region.contains(active) && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName) &&
+      !active.closest("[data-keep]");
   }
 
   function refresh() {
@@ -39,8 +66,9 @@
         }
         var fresh = new DOMParser().parseFromString(html, "text/html").querySelector("[data-live]");
         if (fresh) {
-          region.innerHTML = fresh.innerHTML;
+          swap(fresh);
           region.setAttribute("data-updated", String(Date.now()));
+          document.dispatchEvent(new Event("prx:live-updated"));
         }
       })
       .catch(function () {})

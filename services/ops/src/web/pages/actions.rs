@@ -20,7 +20,7 @@ use super::builds::urlencoding;
 use crate::api::MAX_REASON_LEN;
 use crate::replay_range;
 use crate::web::layout::{self, Section};
-use crate::web::{Session, Web, forbidden, http_status, render};
+use crate::web::{Session, Web, http_status, render};
 
 /// The streams a replay can read (what `prx-ci replay --stream` takes).
 pub const REPLAY_STREAMS: [&str; 2] = [EVENTS_STREAM, WEBHOOKS_STREAM];
@@ -269,12 +269,6 @@ fn refused(
     (status, render(title, Section::Actions, session, "", body)).into_response()
 }
 
-fn api_request<T>(session: &Session, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.extensions_mut().insert(session.operator.clone());
-    request
-}
-
 /// `POST /actions/rebuild`: a dry run, or (from the confirmation form) the rebuild itself
 /// when the dry run still resolves to the commit shown.
 pub async fn rebuild(
@@ -283,11 +277,8 @@ pub async fn rebuild(
     headers: HeaderMap,
     Form(form): Form<RebuildForm>,
 ) -> Response {
-    if !web
-        .sessions
-        .same_origin_post(&session.operator, &headers, &form.csrf)
-    {
-        return forbidden();
+    if let Some(refused) = session.refuse_foreign_post(&web, &headers, &form.csrf) {
+        return refused;
     }
     let title = "Rebuild refused";
     let dry = match rebuild_request(&form, true) {
@@ -297,7 +288,7 @@ pub async fn rebuild(
             return refused(&session, title, StatusCode::BAD_REQUEST, &error, again);
         }
     };
-    let preview = match Ops::rebuild(&web.api, api_request(&session, dry.clone())).await {
+    let preview = match Ops::rebuild(&web.api, session.api_request(dry.clone())).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
             let again = rebuild_section(&session, &form, None);
@@ -333,7 +324,7 @@ pub async fn rebuild(
         dry_run: false,
         ..dry
     };
-    match Ops::rebuild(&web.api, api_request(&session, request)).await {
+    match Ops::rebuild(&web.api, session.api_request(request)).await {
         Ok(response) => {
             let response = response.into_inner();
             Redirect::to(&timeline_href(form.repository.trim(), &response.branch)).into_response()
@@ -397,11 +388,8 @@ pub async fn replay(
     headers: HeaderMap,
     Form(form): Form<ReplayForm>,
 ) -> Response {
-    if !web
-        .sessions
-        .same_origin_post(&session.operator, &headers, &form.csrf)
-    {
-        return forbidden();
+    if let Some(refused) = session.refuse_foreign_post(&web, &headers, &form.csrf) {
+        return refused;
     }
     let title = "Replay refused";
     let confirmed = form.is_confirmed();
@@ -412,7 +400,7 @@ pub async fn replay(
             return refused(&session, title, StatusCode::BAD_REQUEST, &error, again);
         }
     };
-    let answer = match Ops::replay(&web.api, api_request(&session, request)).await {
+    let answer = match Ops::replay(&web.api, session.api_request(request)).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
             let again = replay_section(&session, &form, &[], None);

@@ -8,7 +8,7 @@ use axum::response::Html;
 use maud::{Markup, html};
 use prx_ci_shared::domain::push_position::display_wire;
 
-use super::builds::{architecture, urlencoding};
+use super::builds::urlencoding;
 use crate::dashboard_projection::{DashboardProjection, Decision, Outcome, Push};
 use crate::web::layout::{self, Section};
 use crate::web::{Session, Web, render};
@@ -28,7 +28,7 @@ pub async fn index(State(web): State<Web>, session: Session) -> Html<String> {
                         a href=(timeline_href(repository, branch)) { (repository) " · " (branch) }
                         @if let Some(push) = latest {
                             " " span.muted { "latest " code { (layout::short(&push.commit)) } }
-                            " " (outcome_badge(projection.outcome(push)))
+                            " " (outcome_badge(push.outcome()))
                         }
                     }
                 }
@@ -95,7 +95,7 @@ fn push_item(
     branch: &str,
     push: &Push,
 ) -> Markup {
-    let outcome = projection.outcome(push);
+    let outcome = push.outcome();
     html! {
         li class=(format!("outcome-{}", outcome.as_str())) data-commit=(push.commit)
            data-outcome=(outcome.as_str()) {
@@ -115,17 +115,18 @@ fn push_item(
             @match &push.decision {
                 Decision::Pending => div { "Waiting for the dispatcher's decision." },
                 Decision::Skipped { reason, detail } => div { "Not built: " code { (reason) } " " (detail) },
-                Decision::Built(keys) => ul {
-                    @for key in keys {
-                        @if let Some((view, detail)) = projection.build(key) {
-                            li {
-                                a href=(format!("/builds/{}", urlencoding(key))) {
-                                    (architecture(&view)) " build"
-                                }
-                                " " (layout::state(view.state()))
-                                @for (_, publish) in &detail.publishes {
-                                    " · " (super::parameters::outcome_words(publish))
-                                }
+                Decision::Built(builds) => ul {
+                    @for build in builds {
+                        li {
+                            @let label = format!("{} build", layout::architecture(build.architecture));
+                            @if projection.build(&build.key).is_some() {
+                                a href=(format!("/builds/{}", urlencoding(&build.key))) { (label) }
+                            } @else {
+                                (label) " " span.muted { "(no longer kept)" }
+                            }
+                            " " (layout::state(build.state))
+                            @for publish in &build.publishes {
+                                " · " (super::parameters::publish_words(publish))
                             }
                         }
                     }

@@ -7,9 +7,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use prx_ci_proto::v1::{self, BuildView, NotificationChannel};
+use prx_ci_shared::codebuild::build::cloudwatch_log_group_url;
 use prx_ci_shared::domain::push_position::display_wire;
 
 use super::builds::{architecture, lane, urlencoding};
+use super::notice::NoticeSettings;
 use crate::dashboard_projection::{BuildDetail, PublishOutcome};
 use crate::web::layout::{self, Section};
 use crate::web::{Session, Web, render};
@@ -45,13 +47,13 @@ pub async fn page(State(web): State<Web>, session: Session, Path(key): Path<Stri
         Section::Builds,
         &session,
         &topics,
-        body(&view, &detail),
+        body(&view, &detail, &web.notice),
     )
     .into_response()
 }
 
 /// The page's body (pure: the view and details in, markup out).
-pub fn body(view: &BuildView, detail: &BuildDetail) -> Markup {
+pub fn body(view: &BuildView, detail: &BuildDetail, notice: &NoticeSettings) -> Markup {
     let build = view.build.clone().unwrap_or_default();
     let repository = build.repository.as_str();
     let branch = lane(view);
@@ -96,13 +98,14 @@ pub fn body(view: &BuildView, detail: &BuildDetail) -> Markup {
         (phases(detail))
 
         h2 { "Log" }
-        (log(&build))
+        (log(&view.key, &build))
 
         h2 { "Publishing" }
         (publishes(detail))
 
         h2 { "Notifications" }
         (notifications(detail))
+        (super::notice::section(&detail.notice, notice))
 
         h2 { "Variables the dispatcher set" }
         (variables("variables", requested.environment.iter()))
@@ -144,14 +147,30 @@ fn phases(detail: &BuildDetail) -> Markup {
     }
 }
 
-fn log(build: &v1::BuildRef) -> Markup {
+/// The log: a local build's streamed into `pre#log` by `log.js` (kept across live updates,
+/// `data-keep`, while its source is the same); a CodeBuild build's console and CloudWatch links.
+fn log(key: &str, build: &v1::BuildRef) -> Markup {
+    let local = build.log_url.starts_with("file://");
+    let source = format!("/builds/{}/log", urlencoding(key));
     html! {
-        @if build.log_url.is_empty() {
-            p.muted { "No log yet." }
-        } @else if build.log_url.starts_with("file://") {
-            p { "Local build log: " code { (build.log_url) } }
-        } @else {
-            p { a href=(build.log_url) rel="noreferrer" { "The build's log (CodeBuild console, CloudWatch)" } }
+        div.log-section id="log-section" data-keep=[local.then_some(source.as_str())] {
+            @if build.log_url.is_empty() {
+                p.muted { "No log yet." }
+            } @else if local {
+                p.log-head {
+                    span.muted { "Local build log " code { (build.log_url) } }
+                    label { input type="checkbox" id="log-follow" checked; " follow" }
+                }
+                pre.log id="log" data-log-src=(source) tabindex="0" aria-label="Build log" aria-live="off" {}
+                noscript { p.muted { "The log streams with JavaScript on; the runner keeps it in the file above." } }
+            } @else {
+                ul.links {
+                    li { a href=(build.log_url) rel="noreferrer" { "The build in the CodeBuild console" } }
+                    @if let Some(url) = cloudwatch_log_group_url(&build.region, &build.project) {
+                        li { a href=(url) rel="noreferrer" { "Its log group in CloudWatch" } }
+                    }
+                }
+            }
         }
     }
 }
@@ -176,7 +195,7 @@ fn publishes(detail: &BuildDetail) -> Markup {
                             td.mono { @if s.parameter.is_empty() { span.muted { "(whole build)" } } @else {
                                 a href=(format!("/parameter?name={}", urlencoding(&s.parameter))) { (s.parameter) } } }
                             td.value { (s.value) }
-                            td { span class=(format!("status outcome-{}", skip_class(s))) { "– skipped: " (skip_reason(s)) } }
+                            td { span class=(format!("status outcome-{}", skip_class(s))) { "– skipped: " (skip_reason(s.reason())) } }
                             td { @if !s.check.is_empty() { (s.check) ": " } (s.detail)
                                 @if !s.superseded_by_commit.is_empty() { " (newer push " code { (layout::short(&s.superseded_by_commit)) } ")" }
                                 @if !s.mapping.is_empty() { " mapping " code { (s.mapping) } } }
@@ -190,8 +209,8 @@ fn publishes(detail: &BuildDetail) -> Markup {
 }
 
 /// A skip reason as words (`superseded`, `publishing disabled`).
-pub fn skip_reason(skip: &v1::PublishSkipped) -> String {
-    skip.reason()
+pub fn skip_reason(reason: v1::PublishSkipReason) -> String {
+    reason
         .as_str_name()
         .trim_start_matches("PUBLISH_SKIP_REASON_")
         .to_ascii_lowercase()
@@ -237,5 +256,61 @@ fn variables<'a>(id: &str, vars: impl Iterator<Item = (&'a String, &'a String)>)
                 tbody { @for (name, value) in vars { tr { td.mono { (name) } td.value { (value) } } } }
             } }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prx_ci_shared::notice::fixtures::{build_ref, completed, envelope, started};
+
+    use super::*;
+
+    fn page(build: v1::BuildRef, detail: &BuildDetail) -> String {
+        let view = BuildView {
+            key: "r-1".into(),
+            build: Some(build),
+            ..Default::default()
+        };
+        body(&view, detail, &NoticeSettings::default()).into_string()
+    }
+
+    #[test]
+    fn a_local_builds_log_streams_and_a_codebuild_build_links_its_consoles() {
+        let local = v1::BuildRef {
+            log_url: "file:///data/runner/builds/x.log".into(),
+            ..Default::default()
+        };
+        let html = page(local, &BuildDetail::default());
+        assert!(html.contains(r#"id="log""#), "{html}");
+        assert!(
+            html.contains(r#"data-log-src="/builds/r%2D1/log""#),
+            "{html}"
+        );
+        assert!(html.contains(r#"data-keep="/builds/r%2D1/log""#), "{html}");
+        assert!(html.contains(r#"id="log-follow""#));
+
+        let html = page(build_ref(), &BuildDetail::default());
+        assert!(!html.contains(r#"id="log""#), "{html}");
+        assert!(html.contains(r#"href="https://example.test/log""#));
+        assert!(html.contains(
+            "https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=us-east-1#logsV2:log-groups/log-group/$252Faws$252Fcodebuild$252Finfrastructure-ci-Runner2"
+        ), "{html}");
+    }
+
+    #[test]
+    fn the_page_shows_the_message_and_status_the_notifier_would_post() {
+        let mut detail = BuildDetail::default();
+        detail.notice.apply(&envelope("s", started())).unwrap();
+        let html = page(build_ref(), &detail);
+        assert!(html.contains(r#"data-state="pending""#), "{html}");
+        detail
+            .notice
+            .apply(&envelope("c", completed(v1::BuildStatus::Failed)))
+            .unwrap();
+        let html = page(build_ref(), &detail);
+        assert!(html.contains(r#"id="slack-message""#), "{html}");
+        assert!(html.contains("Failed to build"), "{html}");
+        assert!(html.contains(r#"data-state="failure""#), "{html}");
+        assert!(html.contains("prx-ci/x86_64"));
     }
 }

@@ -33,19 +33,24 @@ pub fn lane(view: &BuildView) -> String {
 
 /// `x86_64` / `aarch64` / "".
 pub fn architecture(view: &BuildView) -> &'static str {
-    match view.build.as_ref().map(|b| b.architecture()) {
-        Some(Architecture::X8664) => "x86_64",
-        Some(Architecture::Aarch64) => "aarch64",
-        _ => "",
-    }
+    layout::architecture(
+        view.build
+            .as_ref()
+            .map_or(Architecture::Unspecified, |b| b.architecture()),
+    )
 }
 
 impl Filters {
     /// Whether `view` passes every filter.
+    /// Runs for every kept build when a filter is set, so it copies nothing it can borrow.
     pub fn matches(&self, view: &BuildView) -> bool {
-        let build = view.build.clone().unwrap_or_default();
-        (self.repository.is_empty() || build.repository.eq_ignore_ascii_case(&self.repository))
-            && (self.branch.is_empty() || lane(view) == self.branch)
+        let repository = view.build.as_ref().map_or("", |b| b.repository.as_str());
+        let branch_matches = || match view.ordering_key.as_ref().and_then(|k| k.lane.as_ref()) {
+            Some(Lane::Branch(branch)) => *branch == self.branch,
+            _ => lane(view) == self.branch,
+        };
+        (self.repository.is_empty() || repository.eq_ignore_ascii_case(&self.repository))
+            && (self.branch.is_empty() || branch_matches())
             && (self.status.is_empty() || layout::state_word(view.state()) == self.status)
             && (self.architecture.is_empty() || architecture(view) == self.architecture)
     }
@@ -197,5 +202,14 @@ mod tests {
         assert!(!f("", "dev", "", "").matches(&view));
         assert!(!f("", "", "failed", "").matches(&view));
         assert!(!f("", "", "", "x86_64").matches(&view));
+        view.ordering_key = Some(OrderingKey {
+            repository: "PRX/app".into(),
+            lane: Some(Lane::PullRequest(7)),
+        });
+        assert!(f("", "PR #7", "", "").matches(&view));
+        assert!(!f("", "main", "", "").matches(&view));
+        view.ordering_key = None;
+        assert!(!f("", "main", "", "").matches(&view));
+        assert!(f("PRX/app", "", "", "").matches(&view));
     }
 }

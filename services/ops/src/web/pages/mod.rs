@@ -4,5 +4,6 @@ pub mod actions;
 pub mod branch;
 pub mod build;
 pub mod builds;
+pub mod notice;
 pub mod parameters;
 pub mod parked;

@@ -12,21 +12,31 @@ use serde::Deserialize;
 
 use super::build::skip_reason;
 use super::builds::urlencoding;
-use crate::dashboard_projection::{ParameterEntry, PublishOutcome};
+use crate::dashboard_projection::{ParameterEntry, PublishOutcome, PushPublish};
 use crate::web::layout::{self, Section};
 use crate::web::{Session, Web, render};
+use prx_ci_proto::v1::PublishSkipReason;
 
-/// A publish outcome in a few words (`written github/...`, `skipped: superseded`).
+/// A publish outcome in a few words (`✓ wrote /x`, `– skipped /x (superseded)`).
 pub fn outcome_words(outcome: &PublishOutcome) -> Markup {
-    match outcome {
-        PublishOutcome::Applied(a) => html! {
-            span.status.status-succeeded { "✓ wrote " code { (a.parameter) } }
-        },
-        PublishOutcome::Skipped(s) => html! {
-            span class=(if s.reason() == prx_ci_proto::v1::PublishSkipReason::Superseded { "status outcome-superseded" } else { "status outcome-skipped" }) {
-                "– skipped " @if !s.parameter.is_empty() { code { (s.parameter) } " " } "(" (skip_reason(s)) ")"
-            }
-        },
+    publish_words(&PushPublish::from(outcome))
+}
+
+/// The same for a push's brief record of it.
+pub fn publish_words(publish: &PushPublish) -> Markup {
+    if publish.written {
+        return html! { span.status.status-succeeded { "✓ wrote " code { (publish.parameter) } } };
+    }
+    let class = if publish.reason == PublishSkipReason::Superseded {
+        "status outcome-superseded"
+    } else {
+        "status outcome-skipped"
+    };
+    html! {
+        span class=(class) {
+            "– skipped " @if !publish.parameter.is_empty() { code { (publish.parameter) } " " }
+            "(" (skip_reason(publish.reason)) ")"
+        }
     }
 }
 

@@ -11,12 +11,11 @@ use serde::Deserialize;
 
 use crate::api::MAX_REASON_LEN;
 use crate::web::layout::{self, Section};
-use crate::web::{CsrfForm, Session, Web, forbidden, render};
+use crate::web::{CsrfForm, Session, Web, render};
 
 /// `GET /parked`.
 pub async fn page(State(web): State<Web>, session: Session) -> Response {
-    let mut request = tonic::Request::new(v1::ParkedRequest::default());
-    request.extensions_mut().insert(session.operator.clone());
+    let request = session.api_request(v1::ParkedRequest::default());
     let entries = match Ops::parked(&web.api, request).await {
         Ok(response) => response.into_inner().entries,
         Err(status) => {
@@ -76,17 +75,13 @@ pub async fn retry(
     Path(id): Path<u64>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if !web
-        .sessions
-        .same_origin_post(&session.operator, &headers, &form.csrf)
-    {
-        return forbidden();
+    if let Some(refused) = session.refuse_foreign_post(&web, &headers, &form.csrf) {
+        return refused;
     }
-    let mut request = tonic::Request::new(v1::RetryParkedRequest {
+    let request = session.api_request(v1::RetryParkedRequest {
         id,
         ..Default::default()
     });
-    request.extensions_mut().insert(session.operator.clone());
     let result = Ops::retry_parked(&web.api, request).await;
     answer(&session, "Retry refused", result.map(|_| ()))
 }
@@ -107,17 +102,13 @@ pub async fn drop_entry(
     Path(id): Path<u64>,
     Form(form): Form<DropForm>,
 ) -> Response {
-    if !web
-        .sessions
-        .same_origin_post(&session.operator, &headers, &form.csrf)
-    {
-        return forbidden();
+    if let Some(refused) = session.refuse_foreign_post(&web, &headers, &form.csrf) {
+        return refused;
     }
-    let mut request = tonic::Request::new(v1::DropParkedRequest {
+    let request = session.api_request(v1::DropParkedRequest {
         id,
         reason: form.reason,
     });
-    request.extensions_mut().insert(session.operator.clone());
     let result = Ops::drop_parked(&web.api, request).await;
     answer(&session, "Drop refused", result.map(|_| ()))
 }

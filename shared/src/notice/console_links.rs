@@ -1,13 +1,14 @@
 //! Console links of a build (CodeBuild, ECR, S3), wrapped in the IAM Identity Center deep
 //! link when configured; every part is encoded for a Slack mrkdwn link.
 
+use crate::codebuild::build::{CODEBUILD_BACKEND, console_build_url};
+use crate::codebuild::env;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use prx_ci_shared::codebuild::build::{CODEBUILD_BACKEND, console_build_url};
-use prx_ci_shared::codebuild::env;
 
-use crate::config::LinkConfig;
-use crate::mrkdwn;
-use crate::view::BuildView;
+use serde::Deserialize;
+
+use crate::notice::mrkdwn;
+use crate::notice::view::BuildView;
 
 /// Characters JavaScript's `encodeURIComponent` leaves alone (the original's encoding).
 const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -21,16 +22,39 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'(')
     .remove(b')');
 
+/// How AWS console links are built (the notifier's section `[notifier.links]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinkConfig {
+    /// IAM Identity Center start URL every console link is wrapped in (the original used
+    /// `https://d-906713e952.awsapps.com/start`). Default: none, console links are direct.
+    pub sso_start_url: Option<String>,
+    /// Role of the deep link. Default `AdministratorAccess`.
+    pub sso_role_name: String,
+    /// AWS account of the builds, used when a build id carries none. Default: none.
+    pub account_id: Option<String>,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            sso_start_url: None,
+            sso_role_name: "AdministratorAccess".to_owned(),
+            account_id: None,
+        }
+    }
+}
+
 /// Builds console links, wrapped in the IAM Identity Center deep link when configured.
 #[derive(Debug, Clone)]
-pub(crate) struct Links<'a> {
+pub(super) struct Links<'a> {
     config: &'a LinkConfig,
     region: &'a str,
     account: Option<String>,
 }
 
 impl<'a> Links<'a> {
-    pub(crate) fn new(config: &'a LinkConfig, view: &'a BuildView) -> Self {
+    pub(super) fn new(config: &'a LinkConfig, view: &'a BuildView) -> Self {
         // The account: the build ARN's (`arn:aws:codebuild:<region>:<account>:build/...`), else
         // the project's `PRX_AWS_ACCOUNT_ID`, else the configured one.
         let from_arn = view
@@ -73,7 +97,7 @@ impl<'a> Links<'a> {
         self.account.as_deref().map(mrkdwn::segment)
     }
 
-    pub(crate) fn codebuild(&self, view: &BuildView) -> Option<String> {
+    pub(super) fn codebuild(&self, view: &BuildView) -> Option<String> {
         if view.backend != CODEBUILD_BACKEND {
             return None;
         }
@@ -89,7 +113,7 @@ impl<'a> Links<'a> {
         Some(self.console(console_build_url(self.region, &account, &project, &uuid)))
     }
 
-    pub(crate) fn ecr(&self, repository: &str) -> Option<String> {
+    pub(super) fn ecr(&self, repository: &str) -> Option<String> {
         let account = self.aws_ready()?;
         let repository = mrkdwn::path(repository)?;
         let region = self.region;
@@ -98,7 +122,7 @@ impl<'a> Links<'a> {
         )))
     }
 
-    pub(crate) fn s3(&self, bucket: &str, key: &str) -> Option<String> {
+    pub(super) fn s3(&self, bucket: &str, key: &str) -> Option<String> {
         self.aws_ready()?;
         let (bucket, key) = (mrkdwn::segment(bucket), mrkdwn::query_value(key));
         let region = self.region;

@@ -8,12 +8,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::bus::envelope::from_timestamp;
+use crate::codebuild::build::status;
+use crate::codebuild::env;
+use crate::codebuild::event::{is_dispatcher_variable, requested_variables};
+use crate::domain::Architecture;
 use prx_ci_proto::v1::{self, envelope::Payload};
-use prx_ci_shared::bus::envelope::from_timestamp;
-use prx_ci_shared::codebuild::build::status;
-use prx_ci_shared::codebuild::env;
-use prx_ci_shared::codebuild::event::{is_dispatcher_variable, requested_variables};
-use prx_ci_shared::domain::Architecture;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -21,8 +21,7 @@ use time::OffsetDateTime;
 pub const MAX_APPLIED_IDS: usize = 512;
 
 fn phase_rank(phase: &str) -> usize {
-    prx_ci_shared::codebuild::event::phase_rank(&phase.to_ascii_uppercase())
-        .unwrap_or(usize::MAX / 2)
+    crate::codebuild::event::phase_rank(&phase.to_ascii_uppercase()).unwrap_or(usize::MAX / 2)
 }
 
 /// Where a build is.
@@ -128,13 +127,13 @@ impl ChainView {
     }
 
     /// The chain for an event caused by the last applied event.
-    pub fn chain(&self) -> prx_ci_shared::Chain {
+    pub fn chain(&self) -> crate::Chain {
         let lane = match (&self.branch, self.pull_request) {
             (Some(b), _) => Some(v1::ordering_key::Lane::Branch(b.clone())),
             (None, Some(n)) => Some(v1::ordering_key::Lane::PullRequest(n)),
             (None, None) => None,
         };
-        prx_ci_shared::Chain {
+        crate::Chain {
             correlation_id: self.correlation_id.clone(),
             causation_id: self.last_event_id.clone(),
             ordering_key: lane.map(|lane| v1::OrderingKey {
@@ -553,4 +552,4 @@ impl BuildView {
 
 #[cfg(test)]
 #[path = "view_tests.rs"]
-pub(crate) mod tests;
+mod tests;

@@ -1,10 +1,13 @@
 //! The GitHub commit status a build's view calls for (pure, no I/O).
 
-use prx_ci_shared::codebuild::env;
+use crate::codebuild::env;
 use serde::{Deserialize, Serialize};
 
-use crate::config::StatusConfig;
-use crate::view::{BuildState, BuildView};
+use crate::notice::view::{BuildState, BuildView};
+
+/// The default status context (`[notifier.statuses] context`); CodeBuild's own was
+/// `AWS CodeBuild <region> (<project>)`.
+pub const DEFAULT_CONTEXT: &str = "prx-ci/{arch}";
 
 /// GitHub's limit on a status description.
 pub const MAX_DESCRIPTION_CHARS: usize = 140;
@@ -89,9 +92,9 @@ fn truncate(text: String) -> String {
 
 /// The status the build's current view calls for; `None` before the build runs (a request
 /// that never starts leaves the commit alone, like the original), without a valid commit, or
-/// for a build nobody requested. It goes to the repository and commit the dispatcher built,
+/// for a build nobody requested. `context_pattern` is the [`context`] pattern. It goes to the repository and commit the dispatcher built,
 /// whatever the build exported.
-pub fn desired_status(config: &StatusConfig, view: &BuildView) -> Option<CommitStatus> {
+pub fn desired_status(context_pattern: &str, view: &BuildView) -> Option<CommitStatus> {
     let (repository, sha) = view.requested_commit()?;
     if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
@@ -135,7 +138,7 @@ pub fn desired_status(config: &StatusConfig, view: &BuildView) -> Option<CommitS
     Some(CommitStatus {
         repository: repository.to_owned(),
         sha: sha.to_ascii_lowercase(),
-        context: context(&config.context, view),
+        context: context(context_pattern, view),
         state,
         description: truncate(description),
         target_url,
@@ -147,14 +150,14 @@ mod tests {
     use prx_ci_proto::v1::{self, envelope::Payload};
 
     use super::*;
-    use crate::view::tests::{SHA, build_ref, completed, envelope, request, started};
+    use crate::notice::fixtures::{SHA, build_ref, completed, envelope, request, started};
 
     fn status(events: Vec<(&str, Payload)>) -> Option<CommitStatus> {
         let mut view = BuildView::default();
         for (id, payload) in events {
             view.apply(&envelope(id, payload)).unwrap();
         }
-        desired_status(&StatusConfig::default(), &view)
+        desired_status(DEFAULT_CONTEXT, &view)
     }
 
     #[test]
@@ -224,7 +227,7 @@ mod tests {
             "AWS CodeBuild us-east-1 (infrastructure-ci-Runner2)"
         );
         view.log_url = "file:///tmp/prx-ci/logs/b.log".into();
-        let s = desired_status(&StatusConfig::default(), &view).unwrap();
+        let s = desired_status(DEFAULT_CONTEXT, &view).unwrap();
         assert_eq!(s.target_url, None);
     }
 

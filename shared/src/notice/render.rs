@@ -10,15 +10,36 @@
 //! through [`mrkdwn::escape`] and links through [`mrkdwn::link`], with URL components encoded,
 //! so no build can mention anyone or forge a link.
 
-use prx_ci_shared::codebuild::env;
-use prx_ci_shared::domain::short_sha;
-use serde::Serialize;
+use crate::codebuild::env;
+use crate::domain::short_sha;
+use serde::{Deserialize, Serialize};
 
-use crate::commits::CommitsCache;
-use crate::config::LinkConfig;
-use crate::console_links::Links;
-use crate::mrkdwn::{self, escape, link, replace_links};
-use crate::view::{BuildState, BuildView, PublishView};
+use crate::notice::console_links::{LinkConfig, Links};
+use crate::notice::mrkdwn::{self, escape, link, replace_links};
+use crate::notice::view::{BuildState, BuildView, PublishView};
+
+/// One commit of a push, as listed in the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitSummary {
+    pub sha: String,
+    /// GitHub login of the author, else the git author name.
+    pub author: String,
+    pub message: String,
+}
+
+/// What the message knows about a push's commits (cached in the notifier's record so updates
+/// do not fetch again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum CommitsCache {
+    /// The first page of the comparison, and how many commits it has in total.
+    Loaded {
+        commits: Vec<CommitSummary>,
+        total: u64,
+    },
+    /// The comparison could not be fetched (the message says so, and is still sent).
+    Unavailable { reason: String },
+}
 
 /// Slack's limit for the text of one section block (and the original's guard).
 pub const MAX_SECTION_CHARS: usize = 3000;
