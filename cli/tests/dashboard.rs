@@ -258,6 +258,81 @@ async fn a_webhook_sent_while_the_builds_page_is_open_appears_without_a_reload()
     local.system.stop().await.unwrap();
 }
 
+/// The build page of a local build shows its log as it is written: the first line while the
+/// build waits (for a file the test creates), the next one after, without a reload.
+#[tokio::test]
+async fn the_build_page_log_grows_while_a_local_build_runs() {
+    let local = Local::start().await;
+    let gate = tempfile::tempdir().unwrap();
+    let gate_file = gate.path().join("open");
+    let buildspec = format!(
+        r#"version: 0.2
+phases:
+  build:
+    commands:
+      - echo "first log line of $PRX_COMMIT"
+      - i=0; while [ ! -e '{}' ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
+      - echo "second log line of $PRX_COMMIT"
+"#,
+        gate_file.display()
+    );
+    let repo = Repo::init(local.data.path());
+    let commit = repo.commit(&[("buildspec.yml", buildspec.as_str())], "log");
+    let browser = Browser::start().await;
+    sign_in(&browser, &local).await;
+    let push = push_event(
+        "PRX/log-app",
+        &repo,
+        &"0".repeat(40),
+        &commit,
+        1_900_000_000,
+        false,
+    );
+    assert_eq!(local.send("push", "d-log", &push).await, 202);
+
+    let row =
+        r#"table#builds tr[data-build][data-repository="PRX/log-app"][data-status="RUNNING"]"#;
+    browser.wait_for(row, BUILD_WAIT).await;
+    let href = browser
+        .attr(&format!("{row} a[href^='/builds/']"), "href")
+        .await;
+    browser
+        .goto(&format!("{}{href}", local.dashboard_url))
+        .await;
+    // The commands are logged as they run, the output lines below with the commit expanded.
+    let (first, second) = (
+        format!("first log line of {commit}"),
+        format!("second log line of {commit}"),
+    );
+    browser.wait_for_text("pre#log", &first, BUILD_WAIT).await;
+    assert!(!browser.text("pre#log").await.contains(&second));
+    browser
+        .client()
+        .execute("window.prxNotReloaded = true; return null;", vec![])
+        .await
+        .unwrap();
+    browser.scroll_into_view("pre#log").await;
+    browser.screenshot("build-log-running").await;
+
+    std::fs::write(&gate_file, "").unwrap();
+    browser.wait_for_text("pre#log", &second, BUILD_WAIT).await;
+    let kept = browser
+        .client()
+        .execute("return window.prxNotReloaded === true;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        kept,
+        serde_json::json!(true),
+        "the log grew without a reload"
+    );
+    browser.scroll_into_view("pre#log").await;
+    browser.screenshot("build-log").await;
+    assert_no_console_errors(&browser).await;
+    browser.close().await;
+    local.system.stop().await.unwrap();
+}
+
 /// A message the dispatcher parked (an undecodable webhook) is listed with its error, and the
 /// Retry button puts it back, recorded as the signed-in operator.
 #[tokio::test]
