@@ -6,6 +6,8 @@
     reason = "each test binary uses its own part of the harness"
 )]
 
+pub mod browser;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
