@@ -86,7 +86,8 @@ pub fn is_inside(root: &Path, path: &Path) -> bool {
 }
 
 /// The log file of `log_url` resolved on disk (symbolic links followed) when it lies inside
-/// `root` (itself resolved here); a missing file is [`LogRefusal::Missing`].
+/// `root` (itself resolved here) and is a `.log` file; a missing file is
+/// [`LogRefusal::Missing`].
 pub fn resolve(root: Option<&Path>, log_url: &str) -> Result<PathBuf, LogRefusal> {
     let path = file_of_url(log_url)?;
     let root = root.ok_or(LogRefusal::NotConfigured)?;
@@ -102,7 +103,9 @@ pub fn resolve(root: Option<&Path>, log_url: &str) -> Result<PathBuf, LogRefusal
             };
         }
     };
-    if is_inside(&root, &resolved) && resolved.is_file() {
+    // Only build logs: the runner's data dir also holds build records and driver scripts.
+    let is_log = resolved.extension().is_some_and(|e| e == "log");
+    if is_inside(&root, &resolved) && is_log && resolved.is_file() {
         Ok(resolved)
     } else {
         Err(LogRefusal::Outside)
@@ -363,6 +366,13 @@ mod tests {
         );
         assert_eq!(
             resolve(Some(&root), &url(&dir.path().join("nope/x.log"))),
+            Err(LogRefusal::Outside)
+        );
+        // A build's record and driver script beside its log are not logs.
+        let record = root.join("builds/b.json");
+        std::fs::write(&record, "{\"environment\": {}}").unwrap();
+        assert_eq!(
+            resolve(Some(&root), &url(&record)),
             Err(LogRefusal::Outside)
         );
         // A directory inside is not a log.

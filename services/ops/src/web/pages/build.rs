@@ -165,7 +165,11 @@ fn log(key: &str, build: &v1::BuildRef) -> Markup {
                 noscript { p.muted { "The log streams with JavaScript on; the runner keeps it in the file above." } }
             } @else {
                 ul.links {
-                    li { a href=(build.log_url) rel="noreferrer" { "The build in the CodeBuild console" } }
+                    @if build.log_url.starts_with("https://") {
+                        li { a href=(build.log_url) rel="noreferrer" { "The build in the CodeBuild console" } }
+                    } @else {
+                        li { "Log link (not a web link): " code { (build.log_url) } }
+                    }
                     @if let Some(url) = cloudwatch_log_group_url(&build.region, &build.project) {
                         li { a href=(url) rel="noreferrer" { "Its log group in CloudWatch" } }
                     }
