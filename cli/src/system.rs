@@ -193,10 +193,13 @@ impl LocalSystem {
         let mut ops = OpsService::new(rt.clone(), config.ops, &mut registry)?
             .with_commit_graph(Arc::new(commits))
             .with_ownership(ownership)
-            .with_notice_settings(
-                config.notifier.links.clone(),
-                config.notifier.statuses.context.clone(),
-            );
+            .with_notice_settings(prx_ci_ops::web::pages::notice::NoticeSettings {
+                links: config.notifier.links.clone(),
+                statuses: prx_ci_ops::web::pages::notice::StatusSettings {
+                    enabled: config.notifier.statuses.enabled,
+                    context: config.notifier.statuses.context.clone(),
+                },
+            });
         if let Some(listener) = dashboard_listener {
             ops = ops.with_dashboard(listener);
         }

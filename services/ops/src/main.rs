@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use prx_ci_ops::ancestry::Ancestry;
 use prx_ci_ops::api::ParameterOwnership;
+use prx_ci_ops::web::pages::notice::NoticeSettings;
 use prx_ci_ops::{OpsConfig, OpsService};
 use prx_ci_shared::config;
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
@@ -19,8 +20,8 @@ use prx_ci_shared::service::startup::{ServiceProcess, exit_code};
 #[derive(Debug, Parser)]
 #[command(name = "prx-ci-ops", version, about)]
 struct Args {
-    /// Configuration file (TOML; sections [nats], [telemetry], [github], [ops], and [publisher]
-    /// for parameter ownership).
+    /// Configuration file (TOML; sections [nats], [telemetry], [github], [ops], [publisher] for
+    /// parameter ownership, and [notifier] links and statuses for the dashboard's build pages).
     #[arg(long, env = prx_ci_shared::config::CONFIG_FILE_ENV)]
     config: Option<PathBuf>,
 }
@@ -39,6 +40,8 @@ async fn try_main() -> anyhow::Result<()> {
     let commits =
         Ancestry::new(GitHubClient::new(github).context("cannot build the GitHub client")?);
     let publisher: OwnershipConfig = config::load(file, "publisher")?;
+    // The dashboard renders a build's Slack message and commit status as the notifier does.
+    let notice: NoticeSettings = config::load_unvalidated(file, "notifier")?;
     let ownership = ParameterOwnership::from_publisher(&publisher)?;
     let mut process = ServiceProcess::start("prx-ci-ops", file).await?;
     let grpc = tokio::net::TcpListener::bind(ops.listen)
@@ -55,7 +58,8 @@ async fn try_main() -> anyhow::Result<()> {
     let ops_listen = ops.ops_listen;
     let mut service = OpsService::new(process.rt.clone(), ops, &mut process.registry)?
         .with_commit_graph(Arc::new(commits))
-        .with_ownership(ownership);
+        .with_ownership(ownership)
+        .with_notice_settings(notice);
     if let Some(listener) = dashboard {
         service = service.with_dashboard(listener);
     }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use prx_ci_proto::v1::ops_server::OpsServer;
-use prx_ci_shared::notice::console_links::LinkConfig;
 use prx_ci_shared::{CancellationToken, Runtime};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
@@ -87,13 +86,9 @@ impl OpsService {
     }
 
     /// Renders the Slack message and commit status on the dashboard's build pages with the
-    /// notifier's console-link settings and status context (`[notifier.links]`,
-    /// `[notifier.statuses] context`) instead of their defaults.
-    pub fn with_notice_settings(mut self, links: LinkConfig, status_context: String) -> Self {
-        self.notice = NoticeSettings {
-            links,
-            status_context,
-        };
+    /// notifier's settings (`[notifier.links]`, `[notifier.statuses]`) instead of its defaults.
+    pub fn with_notice_settings(mut self, settings: NoticeSettings) -> Self {
+        self.notice = settings;
         self
     }
 

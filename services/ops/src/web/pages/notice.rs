@@ -12,19 +12,29 @@ use prx_ci_shared::notice::console_links::LinkConfig;
 use prx_ci_shared::notice::render::{self, SlackMessage};
 use prx_ci_shared::notice::view::BuildView;
 
-/// The notifier's settings the message and status depend on (`[notifier.links]`,
-/// `[notifier.statuses] context`); `prx-ci up` passes its notifier's, else the defaults.
-#[derive(Debug, Clone)]
+/// The notifier's settings the message and status depend on, read from its own section
+/// (`[notifier.links]`, `[notifier.statuses] enabled` and `context`; the section's other keys
+/// are the notifier's business and ignored here). Defaults: the notifier's.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
 pub struct NoticeSettings {
     pub links: LinkConfig,
-    pub status_context: String,
+    pub statuses: StatusSettings,
 }
 
-impl Default for NoticeSettings {
+/// The part of `[notifier.statuses]` the page needs.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default)]
+pub struct StatusSettings {
+    pub enabled: bool,
+    pub context: String,
+}
+
+impl Default for StatusSettings {
     fn default() -> Self {
         Self {
-            links: LinkConfig::default(),
-            status_context: DEFAULT_CONTEXT.to_owned(),
+            enabled: true,
+            context: DEFAULT_CONTEXT.to_owned(),
         }
     }
 }
@@ -34,12 +44,16 @@ impl Default for NoticeSettings {
 /// GitHub).
 pub fn section(view: &BuildView, settings: &NoticeSettings) -> Markup {
     let message = render::render(view, None, &settings.links);
-    let status = commit_status::desired_status(&settings.status_context, view);
+    let status = commit_status::desired_status(&settings.statuses.context, view);
     html! {
         h3 { "The Slack message, as rendered now" }
         (slack_message(&message))
         h3 { "The commit status" }
-        (self::commit_status(status.as_ref()))
+        @if settings.statuses.enabled {
+            (self::commit_status(status.as_ref()))
+        } @else {
+            p.muted { "None: commit statuses are off (" code { "[notifier.statuses] enabled = false" } ")." }
+        }
     }
 }
 
@@ -252,4 +266,22 @@ mod tests {
         assert!(html.contains("prx-ci/x86_64"));
         assert!(commit_status(None).into_string().contains("None"));
     }
+
+    #[test]
+    fn the_settings_are_read_from_the_notifiers_own_section() {
+        use figment::providers::{Format as _, Toml};
+        let figment = figment::Figment::from(Toml::string(
+            "[notifier]\nconcurrency = 4\n[notifier.slack]\nchannel = \"#ci\"\n\
+             [notifier.statuses]\nenabled = false\ncontext = \"AWS CodeBuild {region} ({project})\"\nper_minute = 10\n",
+        ));
+        let settings: NoticeSettings = figment.extract_inner("notifier").unwrap();
+        assert!(!settings.statuses.enabled);
+        assert_eq!(settings.statuses.context, "AWS CodeBuild {region} ({project})");
+        let defaults: NoticeSettings = figment::Figment::new()
+            .extract_inner("notifier")
+            .unwrap_or_default();
+        assert!(defaults.statuses.enabled);
+        assert_eq!(defaults.statuses.context, DEFAULT_CONTEXT);
+    }
 }
+
