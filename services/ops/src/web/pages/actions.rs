@@ -327,7 +327,21 @@ pub async fn rebuild(
     match Ops::rebuild(&web.api, session.api_request(request)).await {
         Ok(response) => {
             let response = response.into_inner();
-            Redirect::to(&timeline_href(form.repository.trim(), &response.branch)).into_response()
+            let timeline = timeline_href(form.repository.trim(), &response.branch);
+            if response.commit.eq_ignore_ascii_case(confirm) {
+                return Redirect::to(&timeline).into_response();
+            }
+            // The branch moved between the confirmation's check and the rebuild: say so
+            // rather than pass the other commit off as the one confirmed.
+            let body = html! {
+                h1 { "Rebuild stored, of another commit" }
+                p.notice role="status" {
+                    "The branch moved after your confirmation: the rebuild stored is of its head now, "
+                    code { (response.commit) } ", not of " code { (confirm) } "."
+                }
+                p { a href=(timeline) { "The branch timeline" } }
+            };
+            render("Rebuild stored", Section::Actions, &session, "", body).into_response()
         }
         Err(status) => {
             let again = rebuild_section(&session, &form, None);

@@ -276,7 +276,10 @@ mod tests {
         ));
         let settings: NoticeSettings = figment.extract_inner("notifier").unwrap();
         assert!(!settings.statuses.enabled);
-        assert_eq!(settings.statuses.context, "AWS CodeBuild {region} ({project})");
+        assert_eq!(
+            settings.statuses.context,
+            "AWS CodeBuild {region} ({project})"
+        );
         let defaults: NoticeSettings = figment::Figment::new()
             .extract_inner("notifier")
             .unwrap_or_default();
@@ -284,4 +287,3 @@ mod tests {
         assert_eq!(defaults.statuses.context, DEFAULT_CONTEXT);
     }
 }
-
