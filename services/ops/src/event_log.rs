@@ -89,6 +89,44 @@ pub async fn read_range(
     Ok((out.into(), count))
 }
 
+/// The messages of `stream` (matching any of `filters`, empty = all) from sequence `from` on, as
+/// they are stored: `(sequence, payload)` in stream order until `shutdown` ends the stream; an
+/// `Err` item when the read fails or the server ends it (the caller restarts from where it got).
+pub async fn follow(
+    js: &jetstream::Context,
+    stream: &str,
+    filters: Vec<String>,
+    from: u64,
+    shutdown: &prx_ci_shared::CancellationToken,
+) -> anyhow::Result<futures::stream::BoxStream<'static, anyhow::Result<(u64, Bytes)>>> {
+    let ordered = js
+        .get_stream(stream)
+        .await?
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subjects: filters,
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from.max(1),
+            },
+            ..Default::default()
+        })
+        .await?;
+    let name = stream.to_owned();
+    let ended =
+        futures::stream::once(async move { Err(anyhow::anyhow!("the live read of {name} ended")) });
+    let messages = ordered.messages().await?.map(|message| {
+        let message = message?;
+        let sequence = message
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence;
+        Ok((sequence, message.payload.clone()))
+    });
+    Ok(messages
+        .chain(ended)
+        .take_until(shutdown.clone().cancelled_owned())
+        .boxed())
+}
+
 /// Calls `visit` with every message of `stream` matching any of `filters` (empty = all) from
 /// `start` to `end`, in stream order; returns how many there were. Messages stored after the
 /// read began are not visited (the range ends at the last sequence stored then).

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use futures::StreamExt as _;
 use prost::Message as _;
 use prx_ci_proto::v1::Envelope;
@@ -13,7 +13,7 @@ use prx_ci_shared::bus::subject::EVENTS_STREAM;
 use tokio::sync::RwLock;
 
 use crate::builds_projection::{self, BuildsProjection};
-use crate::event_log::{End, Start, scan};
+use crate::event_log::{End, Start, follow as follow_stream, scan};
 
 /// Delay before re-reading after the live read failed (stream missing, connection lost).
 const RESTART_DELAY: Duration = Duration::from_secs(1);
@@ -67,35 +67,16 @@ async fn follow(
     from: u64,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let stream = js.get_stream(EVENTS_STREAM).await?;
-    let ordered = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subjects: builds_projection::filters(),
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: from,
-            },
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = ordered.messages().await?;
-    loop {
-        let next = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            next = messages.next() => next,
-        };
-        let Some(message) = next else {
-            anyhow::bail!("the live read ended");
-        };
-        let message = message?;
-        let sequence = message
-            .info()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .stream_sequence;
-        match Envelope::decode(message.payload.clone()) {
+    let filters = builds_projection::filters();
+    let mut messages = follow_stream(js, EVENTS_STREAM, filters, from, shutdown).await?;
+    while let Some(message) = messages.next().await {
+        let (sequence, payload) = message?;
+        match Envelope::decode(payload) {
             Ok(envelope) => projection.write().await.apply(sequence, &envelope),
             Err(err) => {
                 tracing::debug!(sequence, error = %err, "builds projection: undecodable event skipped");
             }
         }
     }
+    Ok(())
 }

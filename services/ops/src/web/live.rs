@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt as _};
@@ -92,40 +92,26 @@ async fn follow(
     changes: &broadcast::Sender<Arc<str>>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut handle = js.get_stream(stream).await?;
     let mut from = from;
     if source.is_none() && *seen == 0 {
         // Parked messages already there are read per request; only later ones are signalled,
         // from here on also across restarts of this read.
-        *seen = handle.info().await?.state.last_sequence;
+        *seen = js
+            .get_stream(stream)
+            .await?
+            .info()
+            .await?
+            .state
+            .last_sequence;
         from = *seen + 1;
     }
-    let ordered = handle
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: from,
-            },
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = ordered.messages().await?;
-    loop {
-        let next = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            next = messages.next() => next,
-        };
-        let Some(message) = next else {
-            anyhow::bail!("the live read of {stream} ended");
-        };
-        let message = message?;
-        let sequence = message
-            .info()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .stream_sequence;
+    let mut messages = crate::event_log::follow(js, stream, Vec::new(), from, shutdown).await?;
+    while let Some(message) = messages.next().await {
+        let (sequence, payload) = message?;
         *seen = sequence;
         let topics = match source {
             None => vec!["parked".to_owned()],
-            Some(source) => match Envelope::decode(message.payload.clone()) {
+            Some(source) => match Envelope::decode(payload) {
                 Ok(envelope) => projection
                     .write()
                     .await
@@ -142,6 +128,7 @@ async fn follow(
             let _ = changes.send(topics.join(" ").into());
         }
     }
+    Ok(())
 }
 
 /// `GET /events`: the topics of every change as `change` events, for the open pages' script.
