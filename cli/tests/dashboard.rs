@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::browser::{Browser, WAIT};
-use common::{Local, Repo, SECRET, push_event};
-use prx_ci::demo::{self, DemoArgs, PARAMETER, REPOSITORY};
+use common::{Local, Repo, push_event};
+use prx_ci::demo::{PARAMETER, REPOSITORY};
 use prx_ci_shared::domain::short_sha;
 
 /// How long a build of the local runner, and what follows it, may take to show.
@@ -96,18 +96,7 @@ fn png_width(path: &std::path::Path) -> u32 {
 #[tokio::test]
 async fn the_demo_reads_as_a_superseded_push_and_a_parameter_on_the_newer_commit() {
     let local = Local::start().await;
-    let outcome = tokio::time::timeout(
-        Duration::from_secs(120),
-        demo::run_scenario(&DemoArgs {
-            url: local.url.clone(),
-            secret: Some(SECRET.into()),
-            data_dir: local.data.path().to_owned(),
-            nats_url: local.nats.url(),
-        }),
-    )
-    .await
-    .expect("the scenario finishes")
-    .unwrap();
+    let outcome = local.run_demo().await;
     let (older, newer) = (outcome.first.as_str(), outcome.second.as_str());
     let browser = Browser::start().await;
     sign_in(&browser, &local).await;

@@ -7,8 +7,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Local, SECRET, stored_events, stored_messages};
-use prx_ci::demo::{self, DemoArgs, PARAMETER};
+use common::{Local, stored_events, stored_messages};
+use prx_ci::demo::{self, PARAMETER};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_publisher::{KvParameterStore, parameter_views};
 use prx_ci_shared::testing::wait_until;
@@ -18,18 +18,7 @@ async fn an_older_push_finishing_last_never_overwrites_the_deploy_pointer() {
     let local = Local::start().await;
     let js = local.js();
 
-    let outcome = tokio::time::timeout(
-        Duration::from_secs(120),
-        demo::run_scenario(&DemoArgs {
-            url: local.url.clone(),
-            secret: Some(SECRET.into()),
-            data_dir: local.data.path().to_owned(),
-            nats_url: local.nats.url(),
-        }),
-    )
-    .await
-    .expect("the scenario finishes")
-    .unwrap();
+    let outcome = local.run_demo().await;
 
     // Both pushes built, each exactly once, and both succeeded.
     let requested: Vec<&v1::BuildRequested> = outcome

@@ -11,8 +11,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Local, SECRET};
-use prx_ci::demo::{self, DemoArgs};
+use common::Local;
 use prx_ci_shared::testing::wait_until;
 
 fn repository_file(path: &str) -> PathBuf {
@@ -297,18 +296,7 @@ async fn every_metric_of_the_alert_rules_and_the_board_is_exported_from_the_star
 #[tokio::test]
 async fn the_demo_moves_the_series_the_rules_read() {
     let local = Local::start().await;
-    tokio::time::timeout(
-        Duration::from_secs(120),
-        demo::run_scenario(&DemoArgs {
-            url: local.url.clone(),
-            secret: Some(SECRET.into()),
-            data_dir: local.data.path().to_owned(),
-            nats_url: local.nats.url(),
-        }),
-    )
-    .await
-    .expect("the scenario finishes")
-    .unwrap();
+    local.run_demo().await;
     // Counters move right after the events the scenario waited for: wait for them too.
     let metrics_url = local.url.replace("/webhooks/github", "/metrics");
     let last_wrong = std::sync::Mutex::new(String::new());

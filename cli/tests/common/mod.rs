@@ -94,6 +94,23 @@ impl Local {
             .as_u16()
     }
 
+    /// Runs `prx-ci demo`'s scenario (two pushes whose builds finish in reverse order) against
+    /// this system, to its end.
+    pub async fn run_demo(&self) -> prx_ci::demo::DemoOutcome {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            prx_ci::demo::run_scenario(&prx_ci::demo::DemoArgs {
+                url: self.url.clone(),
+                secret: Some(SECRET.into()),
+                data_dir: self.data.path().to_owned(),
+                nats_url: self.nats.url(),
+            }),
+        )
+        .await
+        .expect("the scenario finishes")
+        .unwrap()
+    }
+
     /// Every envelope in the events stream, in stream order.
     pub async fn events(&self) -> Vec<v1::Envelope> {
         stored_events(&self.js()).await
