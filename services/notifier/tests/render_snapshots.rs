@@ -10,12 +10,12 @@ use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::Chain;
 use prx_ci_shared::bus::envelope::timestamp;
 use prx_ci_shared::notice::console_links::LinkConfig;
+use prx_ci_shared::notice::fixtures::{self, SHA};
 use prx_ci_shared::notice::render::{self, MAX_SECTION_CHARS, SlackMessage};
 use prx_ci_shared::notice::render::{CommitSummary, CommitsCache};
 use prx_ci_shared::notice::view::{BuildState, BuildView, Cancellation, PublishView};
 use time::macros::datetime;
 
-const SHA: &str = "165df6a5fd675dcf67a1b2c3d4e5f60718293a4b";
 const BEFORE: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
 const NEWER: &str = "abcdef0123456789abcdef0123456789abcdef01";
 
@@ -29,17 +29,9 @@ fn links() -> LinkConfig {
 
 fn build_ref() -> v1::BuildRef {
     v1::BuildRef {
-        build_id: "infrastructure-ci-Runner2:6d1c4a38-3f1e-4b7e-9d7a-0f1e2d3c4b5a".into(),
-        build_request_id: "req-1".into(),
-        repository: "PRX/my-app".into(),
-        commit: SHA.into(),
-        architecture: v1::Architecture::X8664 as i32,
-        backend: "codebuild".into(),
-        project: "infrastructure-ci-Runner2".into(),
-        region: "us-east-1".into(),
         log_url: "https://us-east-1.console.aws.amazon.com/cloudwatch/home#logsV2:log-groups"
             .into(),
-        retry_of: String::new(),
+        ..fixtures::build_ref()
     }
 }
 
