@@ -17,7 +17,7 @@ use prx_ci_proto::v1::{
     DropParkedResponse, Envelope, MessageParked, ParkedEntry, RetryParkedResponse,
     envelope::Payload,
 };
-use prx_ci_shared::bus::envelope::{derived_event_id, from_timestamp, timestamp};
+use prx_ci_shared::bus::envelope::{derived_event_id, timestamp};
 use prx_ci_shared::bus::subject::{self, PARKED_STREAM};
 use time::OffsetDateTime;
 
@@ -282,9 +282,4 @@ pub async fn waiting(js: &jetstream::Context) -> Result<u64, OpsError> {
         .await
         .map_err(OpsError::unavailable)?;
     Ok(state.messages.saturating_sub(handled))
-}
-
-/// When an entry was retried (for rendering).
-pub fn retried_at(entry: &ParkedEntry) -> Option<OffsetDateTime> {
-    from_timestamp(entry.retried_at.as_ref())
 }
