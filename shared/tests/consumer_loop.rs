@@ -292,12 +292,6 @@ async fn every_consumer_loop_serves_replays_meant_for_it() {
         .unwrap();
 }
 
-fn encoded(registry: &Registry) -> String {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
-    text
-}
-
 #[tokio::test]
 async fn the_backlog_poll_exports_what_the_consumer_has_not_handled_yet() {
     use prx_ci_shared::bus::lag::poll_backlog;
@@ -326,7 +320,11 @@ async fn the_backlog_poll_exports_what_the_consumer_has_not_handled_yet() {
     let registry = Arc::new(registry);
     let backlog_is = |series: &'static str| {
         let registry = registry.clone();
-        async move { encoded(&registry).contains(series).then_some(()) }
+        async move {
+            prx_ci_shared::testing::metrics_text(&registry)
+                .contains(series)
+                .then_some(())
+        }
     };
     wait_until(WAIT, "a backlog of 3", || {
         backlog_is("prx_ci_consumer_pending{consumer=\"test\"} 3")
@@ -347,7 +345,7 @@ async fn the_backlog_poll_exports_what_the_consumer_has_not_handled_yet() {
         backlog_is("prx_ci_consumer_messages_total{consumer=\"test\",outcome=\"acked\"} 3")
     })
     .await;
-    let text = encoded(&registry);
+    let text = prx_ci_shared::testing::metrics_text(&registry);
     for series in [
         "prx_ci_consumer_messages_total{consumer=\"test\",outcome=\"parked\"} 0",
         "prx_ci_consumer_messages_total{consumer=\"test\",outcome=\"retried\"} 0",

@@ -144,17 +144,11 @@ impl DispatcherMetrics {
 mod tests {
     use super::*;
 
-    fn encoded(registry: &Registry) -> String {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
-        text
-    }
-
     #[test]
     fn the_series_alerts_read_exist_from_the_start() {
         let mut registry = Registry::default();
         let metrics = DispatcherMetrics::register(&mut registry);
-        let text = encoded(&registry);
+        let text = prx_ci_shared::testing::metrics_text(&registry);
         for series in [
             r#"prx_ci_dispatcher_reruns_total{outcome="started"} 0"#,
             r#"prx_ci_dispatcher_reruns_total{outcome="exhausted"} 0"#,
@@ -170,7 +164,7 @@ mod tests {
         metrics.rerun("exhausted");
         metrics.webhook_to_start(3.0);
         metrics.webhook_to_start(-1.0);
-        let text = encoded(&registry);
+        let text = prx_ci_shared::testing::metrics_text(&registry);
         for series in [
             r#"prx_ci_dispatcher_reruns_total{outcome="exhausted"} 1"#,
             "prx_ci_dispatcher_webhook_to_start_seconds_count 2",

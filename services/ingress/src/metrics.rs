@@ -205,8 +205,7 @@ mod tests {
         metrics.count(Outcome::Unavailable);
         metrics.count_ignored("issues");
         metrics.observe_store(0.002);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let text = prx_ci_shared::testing::metrics_text(&registry);
         assert!(
             text.contains(r#"prx_ci_ingress_requests_total{outcome="stored"} 2"#),
             "{text}"
@@ -217,8 +216,7 @@ mod tests {
         metrics.count(Outcome::OverBudget);
         metrics.count(Outcome::BodyTimeout);
         metrics.header_timeouts().inc();
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let text = prx_ci_shared::testing::metrics_text(&registry);
         for series in [
             r#"prx_ci_ingress_requests_total{outcome="over_concurrency"} 1"#,
             r#"prx_ci_ingress_requests_total{outcome="over_budget"} 1"#,

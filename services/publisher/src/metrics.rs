@@ -157,17 +157,11 @@ impl FenceMetrics {
 mod tests {
     use super::*;
 
-    fn encoded(registry: &Registry) -> String {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
-        text
-    }
-
     #[test]
     fn store_errors_are_exported_from_the_start_and_counted_by_kind() {
         let mut registry = Registry::default();
         let metrics = PublisherMetrics::register(&mut registry);
-        let text = encoded(&registry);
+        let text = prx_ci_shared::testing::metrics_text(&registry);
         for series in [
             r#"prx_ci_publisher_store_errors_total{error="refused"} 0"#,
             r#"prx_ci_publisher_store_errors_total{error="rejected"} 0"#,
@@ -190,7 +184,7 @@ mod tests {
         metrics.store_error(&StoreError::Unknown {
             message: "timeout".into(),
         });
-        let text = encoded(&registry);
+        let text = prx_ci_shared::testing::metrics_text(&registry);
         for series in [
             r#"prx_ci_publisher_store_errors_total{error="refused"} 2"#,
             r#"prx_ci_publisher_store_errors_total{error="rejected"} 1"#,

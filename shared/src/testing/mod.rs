@@ -49,6 +49,14 @@ pub fn tool_path(name: &str) -> PathBuf {
         })
 }
 
+/// The Prometheus text exposition of `registry` (what `/metrics` serves).
+pub fn metrics_text(registry: &prometheus_client::registry::Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry)
+        .expect("encoding into a String cannot fail");
+    text
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")

@@ -76,9 +76,8 @@ impl Replica {
 
     /// The sum of every sample of metric `name` (e.g. `prx_ci_publisher_fence_takeovers_total`).
     pub fn metric(&self, name: &str) -> f64 {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
-        text.lines()
+        prx_ci_shared::testing::metrics_text(&self.registry)
+            .lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
