@@ -25,6 +25,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "prx.ci.v1.BuildRef.retry_of",
             "#[serde(skip_serializing_if = \"String::is_empty\")]",
         )
+        .field_attribute(
+            "prx.ci.v1.BuildRef.shadowed",
+            "#[serde(skip_serializing_if = \"std::ops::Not::not\")]",
+        )
         .file_descriptor_set_path(out_dir.join("prx_ci_descriptor.bin"))
         .compile_with_config(config, &protos.map(PathBuf::from), &includes)?;
     Ok(())

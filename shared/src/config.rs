@@ -37,6 +37,27 @@ pub enum ConfigError {
     MissingFile(PathBuf),
 }
 
+/// Whether a service acts or only records what it would have done (`mode` in the dispatcher's,
+/// publisher's, notifier's and build-watcher's sections; docs/migrating.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Starts builds, writes parameters, posts messages. The default.
+    #[default]
+    Live,
+    /// Beside the original system: every decision is recorded as events, but no build is
+    /// started, no parameter written and nothing posted. The build-watcher observes the
+    /// original's builds instead of this system's.
+    Shadow,
+}
+
+impl Mode {
+    /// True in shadow mode.
+    pub fn is_shadow(self) -> bool {
+        self == Mode::Shadow
+    }
+}
+
 /// A section that can check itself after parsing.
 pub trait Validate {
     /// Returns the first problem found, phrased for an operator.

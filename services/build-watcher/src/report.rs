@@ -430,6 +430,7 @@ impl Report {
             region: self.region(),
             log_url: self.log_url(),
             retry_of: String::new(),
+            shadowed: false,
         }
     }
 }

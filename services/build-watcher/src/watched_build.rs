@@ -152,6 +152,7 @@ impl RequestData {
             pull_request: self.pull_request,
             primary_architecture: self.primary_architecture,
             rerun: self.rerun,
+            shadow: false,
         }
     }
 }

@@ -164,6 +164,7 @@ mod tests {
                 region: String::new(),
                 log_url: String::new(),
                 retry_of: String::new(),
+                shadowed: false,
             },
             push_sequence: sequence,
             correlation_id: String::new(),

@@ -48,6 +48,7 @@ fn build_ref(n: usize) -> v1::BuildRef {
         region: "us-east-1".into(),
         log_url: "https://logs.example.test/b".into(),
         retry_of: String::new(),
+        shadowed: false,
     }
 }
 

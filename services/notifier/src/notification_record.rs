@@ -226,6 +226,7 @@ impl NotificationRecord {
                 build: Some(self.view.build_ref()),
                 reference,
                 action: action.to_owned(),
+                shadow: false,
             }),
         )
     }

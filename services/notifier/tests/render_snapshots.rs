@@ -230,6 +230,7 @@ fn push_build_succeeded_with_ecr_and_s3_lines_and_publishes() {
             label: "RAILS_APP".into(),
             build: Some(build_ref()),
             version: 7,
+            shadow: false,
         }))
         .apply(Payload::PublishSkipped(v1::PublishSkipped {
             parameter: "/prx/stag/Spire/MyApp/pkg/s3-object-key".into(),
@@ -368,6 +369,7 @@ fn local_build_renders_with_a_file_log_link() {
         region: String::new(),
         log_url: "file:///var/lib/prx-ci/logs/local-0b5e2d7a.log".into(),
         retry_of: String::new(),
+        shadowed: false,
     };
     let mut build = Build::new();
     build.apply(Payload::BuildRequested(v1::BuildRequested {

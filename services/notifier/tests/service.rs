@@ -165,6 +165,7 @@ fn build_ref(repository: &str, build_id: &str) -> v1::BuildRef {
         region: "us-east-1".into(),
         log_url: LOG_URL.into(),
         retry_of: String::new(),
+        shadowed: false,
     }
 }
 
@@ -315,6 +316,7 @@ impl Events {
                 label: "RAILS_APP".into(),
                 build: self.build(),
                 version: 3,
+                shadow: false,
             }),
         )
     }

@@ -359,6 +359,7 @@ fn generate(base: OffsetDateTime) -> Vec<Timed> {
                     build: Some(build.clone()),
                     reference: format!("C0DEPLOY/{}.{:06}", pushed_at, n),
                     action: "posted".into(),
+                    shadow: false,
                 }),
             ));
             out.push(event(
@@ -369,6 +370,7 @@ fn generate(base: OffsetDateTime) -> Vec<Timed> {
                     build: Some(build.clone()),
                     reference: format!("prx-ci/{arch_name}"),
                     action: "pending".into(),
+                    shadow: false,
                 }),
             ));
             // One build in ten is slow, so an older push often finishes after a newer one.
@@ -473,6 +475,7 @@ fn generate(base: OffsetDateTime) -> Vec<Timed> {
                             format!("prx-ci/{arch_name}")
                         },
                         action: action.into(),
+                        shadow: false,
                     }),
                 ));
             }
@@ -555,6 +558,7 @@ fn generate(base: OffsetDateTime) -> Vec<Timed> {
                         label: label.into(),
                         build: Some(f.build.clone()),
                         version: fence.version,
+                        shadow: false,
                     }),
                 ));
             } else {

@@ -399,6 +399,7 @@ impl Emitter<'_> {
                 label: target.label.clone(),
                 build: Some(self.build.clone()),
                 version,
+                shadow: false,
             }),
         );
         self.store(&envelope).await?;

@@ -21,6 +21,7 @@ pub fn build_ref() -> v1::BuildRef {
         region: "us-east-1".into(),
         log_url: "https://example.test/log".into(),
         retry_of: String::new(),
+        shadowed: false,
     }
 }
 

@@ -120,6 +120,7 @@ impl BuildPlan {
                     region: started.region,
                     log_url: started.log_url,
                     retry_of: String::new(),
+                    shadowed: false,
                 }),
                 environment: environment.into_iter().collect(),
                 buildspec: buildspec.to_owned(),
@@ -135,6 +136,7 @@ impl BuildPlan {
                     .map_or(v1::Architecture::Unspecified, Architecture::to_proto)
                     as i32,
                 rerun: 0,
+                shadow: false,
             }),
         )
     }
@@ -340,6 +342,7 @@ mod tests {
                 region: "us-east-1".into(),
                 log_url: "https://logs/b".into(),
                 retry_of: String::new(),
+                shadowed: false,
             })
         );
         assert_eq!(requested.environment[env::CI_PUBLISH], "false");
