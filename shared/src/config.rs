@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use figment::Figment;
 use figment::providers::{Env, Format as _, Toml};
 use secrecy::SecretString;
@@ -120,6 +121,85 @@ pub fn load_from<T: DeserializeOwned + Validate>(
         reason,
     })?;
     Ok(value)
+}
+
+/// Loads a binary's sections from one file and records which it read, so `--check-config` can
+/// report exactly the sections the normal start loads (environment variables of a section
+/// nobody reads are silently ignored, so that list is what a deployment is checked against).
+#[derive(Debug)]
+pub struct Sections<'a> {
+    file: Option<&'a Path>,
+    read: Vec<&'static str>,
+    variables: Vec<&'static str>,
+}
+
+impl<'a> Sections<'a> {
+    /// Sections of `file` (none: defaults and environment variables only).
+    pub fn new(file: Option<&'a Path>) -> Self {
+        Self {
+            file,
+            read: Vec::new(),
+            variables: Vec::new(),
+        }
+    }
+
+    /// The configuration file.
+    pub fn file(&self) -> Option<&'a Path> {
+        self.file
+    }
+
+    /// [`load`] of `section`, recorded.
+    pub fn load<T: DeserializeOwned + Validate>(
+        &mut self,
+        section: &'static str,
+    ) -> Result<T, ConfigError> {
+        self.note(section);
+        load(self.file, section)
+    }
+
+    /// [`load_unvalidated`] of `section`, recorded.
+    pub fn load_unvalidated<T: DeserializeOwned>(
+        &mut self,
+        section: &'static str,
+    ) -> Result<T, ConfigError> {
+        self.note(section);
+        load_unvalidated(self.file, section)
+    }
+
+    /// Records `section` as read by a loader of its own (e.g. `IngressConfig::load`).
+    pub fn note(&mut self, section: &'static str) {
+        if !self.read.contains(&section) {
+            self.read.push(section);
+        }
+    }
+
+    /// Records an environment variable read outside the `PRX_CI_<SECTION>__<FIELD>` scheme
+    /// (e.g. `PRX_CI_WEBHOOK_SECRET`).
+    pub fn note_variable(&mut self, name: &'static str) {
+        if !self.variables.contains(&name) {
+            self.variables.push(name);
+        }
+    }
+
+    /// The sections read so far, in order.
+    pub fn read(&self) -> &[&'static str] {
+        &self.read
+    }
+
+    /// The report of `--check-config`: `Ok` with the sections read (one line `sections: [a]
+    /// [b]`, then `variables: ...` if any), or the configuration error.
+    pub fn check_report<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<String> {
+        result.context("configuration is invalid")?;
+        let mut report = String::from("sections:");
+        for section in &self.read {
+            report.push_str(&format!(" [{section}]"));
+        }
+        report.push('\n');
+        if !self.variables.is_empty() {
+            report.push_str(&format!("variables: {}\n", self.variables.join(" ")));
+        }
+        Ok(report)
+    }
 }
 
 /// Connection to NATS (section `[nats]`).

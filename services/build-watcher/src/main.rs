@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use prx_ci_build_watcher::{BuildWatcher, BuildWatcherConfig};
-use prx_ci_shared::config::{self, AwsConfig};
-use prx_ci_shared::service::startup::{ServiceProcess, exit_code};
+use prx_ci_shared::config::{AwsConfig, Sections};
+use prx_ci_shared::service::startup::{ProcessConfig, ServiceProcess, check_config, exit_code};
 
 /// Turns CodeBuild state changes into build events.
 #[derive(Debug, Parser)]
@@ -16,6 +16,25 @@ struct Args {
     /// Configuration file (TOML); `PRX_CI_<SECTION>__<FIELD>` variables override it.
     #[arg(long, env = prx_ci_shared::config::CONFIG_FILE_ENV)]
     config: Option<PathBuf>,
+    /// Load and validate the configuration, print the sections read, and exit (connects to
+    /// nothing).
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// Every section this binary loads.
+struct Config {
+    aws: AwsConfig,
+    watcher: BuildWatcherConfig,
+    process: ProcessConfig,
+}
+
+fn load_config(sections: &mut Sections<'_>) -> anyhow::Result<Config> {
+    Ok(Config {
+        aws: sections.load("aws")?,
+        watcher: sections.load("build_watcher")?,
+        process: ProcessConfig::load(sections)?,
+    })
 }
 
 #[tokio::main]
@@ -25,10 +44,17 @@ async fn main() -> ExitCode {
 
 async fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let file = args.config.as_deref();
-    let aws: AwsConfig = config::load(file, "aws")?;
-    let watcher_config: BuildWatcherConfig = config::load(file, "build_watcher")?;
-    let mut process = ServiceProcess::start("prx-ci-build-watcher", file).await?;
+    let mut sections = Sections::new(args.config.as_deref());
+    let loaded = load_config(&mut sections);
+    if args.check_config {
+        return check_config("prx-ci-build-watcher", &sections, loaded);
+    }
+    let Config {
+        aws,
+        watcher: watcher_config,
+        process,
+    } = loaded?;
+    let mut process = ServiceProcess::start("prx-ci-build-watcher", process).await?;
 
     let sdk = aws.sdk_config().await;
     let codebuild = aws_sdk_codebuild::Client::new(&sdk);

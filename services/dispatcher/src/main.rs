@@ -13,9 +13,9 @@ use prx_ci_dispatcher::{
 };
 use prx_ci_local_runner::{LocalRunner, LocalRunnerConfig};
 use prx_ci_shared::codebuild::backend::BuildBackend;
-use prx_ci_shared::config::{self, AwsConfig};
+use prx_ci_shared::config::{AwsConfig, Sections};
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
-use prx_ci_shared::service::startup::{ServiceProcess, exit_code};
+use prx_ci_shared::service::startup::{ProcessConfig, ServiceProcess, check_config, exit_code};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +27,29 @@ struct Args {
     /// and [runner] with `backend = "local"`).
     #[arg(long, env = prx_ci_shared::config::CONFIG_FILE_ENV)]
     config: Option<PathBuf>,
+    /// Load and validate the configuration, print the sections read, and exit (connects to
+    /// nothing).
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// Every section this binary loads.
+struct Config {
+    github: GitHubConfig,
+    aws: AwsConfig,
+    dispatcher: DispatcherConfig,
+    runner: LocalRunnerConfig,
+    process: ProcessConfig,
+}
+
+fn load_config(sections: &mut Sections<'_>) -> anyhow::Result<Config> {
+    Ok(Config {
+        github: sections.load("github")?,
+        aws: sections.load("aws")?,
+        dispatcher: sections.load("dispatcher")?,
+        runner: sections.load("runner")?,
+        process: ProcessConfig::load(sections)?,
+    })
 }
 
 #[tokio::main]
@@ -36,14 +59,21 @@ async fn main() -> ExitCode {
 
 async fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let file = args.config.as_deref();
-    let github: GitHubConfig = config::load(file, "github")?;
-    let aws: AwsConfig = config::load(file, "aws")?;
-    let dispatcher: DispatcherConfig = config::load(file, "dispatcher")?;
-    let runner: LocalRunnerConfig = config::load(file, "runner")?;
+    let mut sections = Sections::new(args.config.as_deref());
+    let loaded = load_config(&mut sections);
+    if args.check_config {
+        return check_config("prx-ci-dispatcher", &sections, loaded);
+    }
+    let Config {
+        github,
+        aws,
+        dispatcher,
+        runner,
+        process,
+    } = loaded?;
     // Test-only, from the process environment only (see `prx_ci_dispatcher::fault`).
     let fault = FaultPoint::from_env()?;
-    let mut process = ServiceProcess::start("prx-ci-dispatcher", file).await?;
+    let mut process = ServiceProcess::start("prx-ci-dispatcher", process).await?;
     if fault != FaultPoint::Off {
         tracing::warn!(
             ?fault,

@@ -11,7 +11,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use prx_ci_ingress::{Ingress, IngressConfig};
 use prx_ci_shared::CancellationToken;
-use prx_ci_shared::service::startup::{ServiceProcess, exit_code};
+use prx_ci_shared::config::Sections;
+use prx_ci_shared::service::startup::{ProcessConfig, ServiceProcess, check_config, exit_code};
 
 // Each delivery allocates a few buffers of the payload's size; glibc malloc spent ~15% of the
 // ingress's CPU on them under load (see docs/benchmarks/ingress.md).
@@ -30,6 +31,25 @@ struct Args {
     /// Listen address; overrides `[ingress] listen`.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Load and validate the configuration, print the sections read, and exit (connects to
+    /// nothing).
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// Every section this binary loads.
+struct Config {
+    ingress: IngressConfig,
+    process: ProcessConfig,
+}
+
+fn load_config(sections: &mut Sections<'_>) -> anyhow::Result<Config> {
+    sections.note(prx_ci_ingress::config::SECTION);
+    sections.note_variable(prx_ci_ingress::config::WEBHOOK_SECRET_ENV);
+    Ok(Config {
+        ingress: IngressConfig::load(sections.file())?,
+        process: ProcessConfig::load(sections)?,
+    })
 }
 
 #[tokio::main]
@@ -39,12 +59,19 @@ async fn main() -> ExitCode {
 
 async fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let file = args.config.as_deref();
-    let mut config = IngressConfig::load(file)?;
+    let mut sections = Sections::new(args.config.as_deref());
+    let loaded = load_config(&mut sections);
+    if args.check_config {
+        return check_config("prx-ci-ingress", &sections, loaded);
+    }
+    let Config {
+        ingress: mut config,
+        process,
+    } = loaded?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    let mut process = ServiceProcess::start("prx-ci-ingress", file).await?;
+    let mut process = ServiceProcess::start("prx-ci-ingress", process).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use prx_ci_notifier::{Notifier, NotifierConfig};
-use prx_ci_shared::config;
+use prx_ci_shared::config::Sections;
 use prx_ci_shared::github::GitHubConfig;
-use prx_ci_shared::service::startup::{ServiceProcess, exit_code};
+use prx_ci_shared::service::startup::{ProcessConfig, ServiceProcess, check_config, exit_code};
 
 /// Slack messages and GitHub commit statuses for PRX CI builds.
 #[derive(Debug, Parser)]
@@ -16,6 +16,25 @@ struct Args {
     /// Configuration file (TOML; sections [nats], [telemetry], [github], [notifier]).
     #[arg(long, env = prx_ci_shared::config::CONFIG_FILE_ENV)]
     config: Option<PathBuf>,
+    /// Load and validate the configuration, print the sections read, and exit (connects to
+    /// nothing).
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// Every section this binary loads.
+struct Config {
+    github: GitHubConfig,
+    notifier: NotifierConfig,
+    process: ProcessConfig,
+}
+
+fn load_config(sections: &mut Sections<'_>) -> anyhow::Result<Config> {
+    Ok(Config {
+        github: sections.load("github")?,
+        notifier: sections.load("notifier")?,
+        process: ProcessConfig::load(sections)?,
+    })
 }
 
 #[tokio::main]
@@ -25,10 +44,17 @@ async fn main() -> ExitCode {
 
 async fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let file = args.config.as_deref();
-    let github: GitHubConfig = config::load(file, "github")?;
-    let notifier_config: NotifierConfig = config::load(file, "notifier")?;
-    let mut process = ServiceProcess::start("prx-ci-notifier", file).await?;
+    let mut sections = Sections::new(args.config.as_deref());
+    let loaded = load_config(&mut sections);
+    if args.check_config {
+        return check_config("prx-ci-notifier", &sections, loaded);
+    }
+    let Config {
+        github,
+        notifier: notifier_config,
+        process,
+    } = loaded?;
+    let mut process = ServiceProcess::start("prx-ci-notifier", process).await?;
 
     let chat = prx_ci_notifier::chat_sink(&notifier_config.slack)?;
     let statuses = prx_ci_notifier::status_sink(&github, &notifier_config.statuses)?;

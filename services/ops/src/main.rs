@@ -11,10 +11,10 @@ use prx_ci_ops::ancestry::Ancestry;
 use prx_ci_ops::api::ParameterOwnership;
 use prx_ci_ops::web::pages::notice::NoticeSettings;
 use prx_ci_ops::{OpsConfig, OpsService};
-use prx_ci_shared::config;
+use prx_ci_shared::config::Sections;
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
 use prx_ci_shared::ownership::OwnershipConfig;
-use prx_ci_shared::service::startup::{ServiceProcess, exit_code};
+use prx_ci_shared::service::startup::{ProcessConfig, ServiceProcess, check_config, exit_code};
 
 /// The PRX CI ops service: the operators' gRPC API.
 #[derive(Debug, Parser)]
@@ -24,6 +24,36 @@ struct Args {
     /// parameter ownership, and [notifier] links and statuses for the dashboard's build pages).
     #[arg(long, env = prx_ci_shared::config::CONFIG_FILE_ENV)]
     config: Option<PathBuf>,
+    /// Load and validate the configuration, print the sections read, and exit (connects to
+    /// nothing).
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// Every section this binary loads.
+struct Config {
+    ops: OpsConfig,
+    github: GitHubConfig,
+    ownership: ParameterOwnership,
+    notice: NoticeSettings,
+    process: ProcessConfig,
+}
+
+fn load_config(sections: &mut Sections<'_>) -> anyhow::Result<Config> {
+    let ops = sections.load("ops")?;
+    // Rebuilds of a commit given by hand check it is in its branch's history (compare API).
+    let github = sections.load("github")?;
+    let publisher: OwnershipConfig = sections.load("publisher")?;
+    // The dashboard renders a build's Slack message and commit status as the notifier does.
+    let notice = sections.load_unvalidated("notifier")?;
+    let ownership = ParameterOwnership::from_publisher(&publisher)?;
+    Ok(Config {
+        ops,
+        github,
+        ownership,
+        notice,
+        process: ProcessConfig::load(sections)?,
+    })
 }
 
 #[tokio::main]
@@ -33,17 +63,21 @@ async fn main() -> ExitCode {
 
 async fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let file = args.config.as_deref();
-    let ops: OpsConfig = config::load(file, "ops")?;
-    // Rebuilds of a commit given by hand check it is in its branch's history (compare API).
-    let github: GitHubConfig = config::load(file, "github")?;
+    let mut sections = Sections::new(args.config.as_deref());
+    let loaded = load_config(&mut sections);
+    if args.check_config {
+        return check_config("prx-ci-ops", &sections, loaded);
+    }
+    let Config {
+        ops,
+        github,
+        ownership,
+        notice,
+        process,
+    } = loaded?;
     let commits =
         Ancestry::new(GitHubClient::new(github).context("cannot build the GitHub client")?);
-    let publisher: OwnershipConfig = config::load(file, "publisher")?;
-    // The dashboard renders a build's Slack message and commit status as the notifier does.
-    let notice: NoticeSettings = config::load_unvalidated(file, "notifier")?;
-    let ownership = ParameterOwnership::from_publisher(&publisher)?;
-    let mut process = ServiceProcess::start("prx-ci-ops", file).await?;
+    let mut process = ServiceProcess::start("prx-ci-ops", process).await?;
     let grpc = tokio::net::TcpListener::bind(ops.listen)
         .await
         .with_context(|| format!("cannot listen on {}", ops.listen))?;

@@ -1,17 +1,53 @@
-//! The deployment files: the CloudFormation template passes cfn-lint, docker-compose.yml
-//! describes the NATS cluster, every service and the AWS emulator with files that exist.
+//! The deployment files: every CloudFormation template passes cfn-lint, every ECS task
+//! definition sets exactly configuration its binary reads (each binary's `--check-config`),
+//! the NATS node configs (local and AWS) are rendered from one template, the AWS roles are least
+//! privilege, and docker-compose.yml describes the NATS cluster, every service and the AWS
+//! emulator with files that exist.
 
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use prx_ci_shared::testing::{tool_path, workspace_root};
 use serde_yaml_ng::Value;
 
+/// Every CloudFormation template under `deploy/aws/`, found by listing the directory (a new
+/// template is covered without touching this file).
+fn templates() -> Vec<PathBuf> {
+    let dir = workspace_root().join("deploy/aws");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "yml" || e == "yaml" || e == "json")
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn read_template(name: &str) -> (String, Value) {
+    let text = std::fs::read_to_string(workspace_root().join("deploy/aws").join(name)).unwrap();
+    let value = serde_yaml_ng::from_str(&text).unwrap();
+    (text, value)
+}
+
 #[test]
-fn the_cloudformation_template_passes_cfn_lint() {
-    let template = workspace_root().join("deploy/aws/ci.yml");
+fn every_cloudformation_template_passes_cfn_lint() {
+    let templates = templates();
+    let names: Vec<String> = templates
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for expected in ["ci.yml", "nats.yml", "services.yml"] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
     let output = Command::new(tool_path("cfn-lint"))
-        .arg(&template)
+        .args(&templates)
         .output()
         .expect("cannot run cfn-lint");
     assert!(
@@ -20,7 +56,7 @@ fn the_cloudformation_template_passes_cfn_lint() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let text = std::fs::read_to_string(&template).unwrap();
+    let (text, _) = read_template("ci.yml");
     for needle in [
         "Image: aws/codebuild/amazonlinux2-x86_64-standard:5.0",
         "Image: aws/codebuild/amazonlinux-aarch64-standard:3.0",
@@ -34,10 +70,14 @@ fn the_cloudformation_template_passes_cfn_lint() {
         "CodeBuild Build Phase Change",
         "deadLetterTargetArn",
         "Service: events.amazonaws.com",
-        "/prx/stag/Spire/",
     ] {
         assert!(text.contains(needle), "ci.yml lacks {needle:?}");
     }
+    let (text, _) = read_template("services.yml");
+    assert!(
+        text.contains("Default: /prx/stag/Spire/"),
+        "the publisher's prefix"
+    );
 }
 
 fn strings(value: &Value) -> Vec<String> {
@@ -236,4 +276,775 @@ fn fork_builds_run_in_projects_whose_role_can_publish_nothing() {
         );
         assert!(text.contains(&format!("!GetAtt {project}.Arn")));
     }
+}
+
+// ---- The NATS node configs: one template, rendered for the local cluster and for AWS ----
+
+/// Set to `1` to write the rendered node configs (`deploy/nats/cluster/n*.conf` and the config
+/// embedded in `deploy/aws/nats.yml`) instead of comparing them.
+const RENDER_ENV: &str = "PRX_CI_RENDER_DEPLOY";
+
+/// The heredoc in `nats.yml`'s user data that holds the rendered config.
+const NATS_CONF_MARKER: &str = "PRX_CI_NATS_CONF";
+
+/// Indentation of the user data script inside `nats.yml`.
+const USER_DATA_INDENT: &str = "            ";
+
+/// `template` with every `{{key}}` replaced by `values[key]`; a line that is only a
+/// placeholder whose value is empty is dropped. An unknown or unused key is a bug.
+fn render(template: &str, values: &BTreeMap<&str, String>) -> String {
+    let mut used = BTreeSet::new();
+    let mut out = String::new();
+    for line in template.lines() {
+        let mut line = line.to_owned();
+        while let Some(start) = line.find("{{") {
+            let end = start + line[start..].find("}}").expect("closing }}");
+            let key = &line[start + 2..end];
+            let value = values
+                .get(key)
+                .unwrap_or_else(|| panic!("no value for {{{{{key}}}}}"));
+            used.insert(key.to_owned());
+            if value.is_empty() && line.trim() == format!("{{{{{key}}}}}") {
+                line.clear();
+                line.push('\u{0}');
+                break;
+            }
+            line.replace_range(start..end + 2, value);
+        }
+        if line != "\u{0}" {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    let unused: Vec<_> = values.keys().filter(|k| !used.contains(**k)).collect();
+    assert!(unused.is_empty(), "values never used: {unused:?}");
+    out
+}
+
+fn route_lines(hosts: &[String]) -> String {
+    hosts
+        .iter()
+        .map(|h| format!("    nats-route://{h}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The config of local node `i` (0-based): loopback, ports 4222+i, 6222+i, 8222+i.
+fn local_node(template: &str, i: u16) -> String {
+    let node = format!("n{}", i + 1);
+    let routes: Vec<String> = (0..3).map(|j| format!("127.0.0.1:{}", 6222 + j)).collect();
+    let values = BTreeMap::from([
+        ("node", node.clone()),
+        (
+            "placement",
+            format!(
+                "one machine; loopback ports: clients {}, routes {}, monitoring {}",
+                4222 + i,
+                6222 + i,
+                8222 + i
+            ),
+        ),
+        ("client_listen", format!("127.0.0.1:{}", 4222 + i)),
+        ("http_listen", format!("127.0.0.1:{}", 8222 + i)),
+        ("authorization", String::new()),
+        ("store_dir", format!("/data/jetstream/{node}")),
+        ("cluster_listen", format!("127.0.0.1:{}", 6222 + i)),
+        ("routes", route_lines(&routes)),
+    ]);
+    render(template, &values)
+}
+
+/// The config of an AWS node: `@NODE@` is replaced at boot by the instance's `NatsNode` tag,
+/// `${NodeNInterface...}` by CloudFormation (`!Sub`), `$PRX_CI_NATS_*` by nats-server from the
+/// environment (the credentials secret).
+fn aws_node(template: &str) -> String {
+    let routes: Vec<String> = (1..=3)
+        .map(|n| format!("${{Node{n}Interface.PrimaryPrivateIpAddress}}:6222"))
+        .collect();
+    let values = BTreeMap::from([
+        ("node", "@NODE@".to_owned()),
+        (
+            "placement",
+            "an EC2 instance of deploy/aws/nats.yml; clients 4222, routes 6222, monitoring 8222"
+                .to_owned(),
+        ),
+        ("client_listen", "0.0.0.0:4222".to_owned()),
+        ("http_listen", "0.0.0.0:8222".to_owned()),
+        (
+            "authorization",
+            "# Clients authenticate (the NatsCredentials secret, in the environment).\n\
+             authorization {\n  user: $PRX_CI_NATS_USER\n  password: $PRX_CI_NATS_PASSWORD\n}"
+                .to_owned(),
+        ),
+        ("store_dir", "/data/jetstream/@NODE@".to_owned()),
+        ("cluster_listen", "0.0.0.0:6222".to_owned()),
+        ("routes", route_lines(&routes)),
+    ]);
+    render(template, &values)
+}
+
+/// `nats.yml` with the heredoc body replaced by `conf`, and the body it had.
+fn embed_nats_conf(nats_yml: &str, conf: &str) -> (String, String) {
+    let open = format!("<<'{NATS_CONF_MARKER}'\n");
+    let start = nats_yml
+        .find(&open)
+        .expect("the config heredoc in nats.yml")
+        + open.len();
+    let close = format!("{USER_DATA_INDENT}{NATS_CONF_MARKER}\n");
+    let end = start + nats_yml[start..].find(&close).expect("the heredoc's end");
+    let old = nats_yml[start..end]
+        .lines()
+        .map(|l| l.strip_prefix(USER_DATA_INDENT).unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>();
+    let body: String = conf
+        .lines()
+        .map(|l| {
+            if l.is_empty() {
+                "\n".to_owned()
+            } else {
+                format!("{USER_DATA_INDENT}{l}\n")
+            }
+        })
+        .collect();
+    let new = format!("{}{body}{}", &nats_yml[..start], &nats_yml[end..]);
+    (new, old)
+}
+
+#[test]
+fn the_nats_node_configs_are_rendered_from_one_template() {
+    let root = workspace_root();
+    let dir = root.join("deploy/nats/cluster");
+    let template = std::fs::read_to_string(dir.join("node.conf.template")).unwrap();
+    let write = std::env::var(RENDER_ENV).is_ok_and(|v| v == "1");
+    let hint = format!(
+        "edit node.conf.template, then `{RENDER_ENV}=1 cargo test -p prx-ci-ops --test deploy`"
+    );
+
+    for i in 0..3u16 {
+        let path = dir.join(format!("n{}.conf", i + 1));
+        let rendered = local_node(&template, i);
+        if write {
+            std::fs::write(&path, &rendered).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            rendered,
+            "{} is not the rendered template: {hint}",
+            path.display()
+        );
+    }
+
+    let nats_yml_path = root.join("deploy/aws/nats.yml");
+    let nats_yml = std::fs::read_to_string(&nats_yml_path).unwrap();
+    let rendered = aws_node(&template);
+    let (updated, embedded) = embed_nats_conf(&nats_yml, &rendered);
+    if write {
+        std::fs::write(&nats_yml_path, &updated).unwrap();
+    } else {
+        assert_eq!(
+            embedded, rendered,
+            "nats.yml's config is not the rendered template: {hint}"
+        );
+    }
+    // What CloudFormation substitutes is exactly the three nodes' addresses.
+    let substituted: BTreeSet<&str> = rendered
+        .match_indices("${")
+        .map(|(i, _)| &rendered[i..i + rendered[i..].find('}').unwrap() + 1])
+        .collect();
+    assert_eq!(
+        substituted,
+        BTreeSet::from([
+            "${Node1Interface.PrimaryPrivateIpAddress}",
+            "${Node2Interface.PrimaryPrivateIpAddress}",
+            "${Node3Interface.PrimaryPrivateIpAddress}",
+        ])
+    );
+    // The AWS config is a valid nats-server config once the boot script and the environment
+    // have filled it in.
+    let conf = rendered
+        .replace("@NODE@", "n2")
+        .replace("${Node1Interface.PrimaryPrivateIpAddress}", "10.0.1.10")
+        .replace("${Node2Interface.PrimaryPrivateIpAddress}", "10.0.2.10")
+        .replace("${Node3Interface.PrimaryPrivateIpAddress}", "10.0.3.10");
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("n2.conf");
+    std::fs::write(&path, conf).unwrap();
+    let output = Command::new(tool_path("nats-server"))
+        .arg("-c")
+        .arg(&path)
+        .arg("-t")
+        .env("PRX_CI_NATS_USER", "prx-ci")
+        .env("PRX_CI_NATS_PASSWORD", "dummy-password")
+        .output()
+        .expect("cannot run nats-server");
+    assert!(
+        output.status.success(),
+        "nats-server -t rejects the AWS config:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+// ---- ECS task definitions against the binaries' own configuration loading ----
+
+/// The six service binaries.
+const SERVICE_BINARIES: [&str; 6] = [
+    "prx-ci-ingress",
+    "prx-ci-dispatcher",
+    "prx-ci-build-watcher",
+    "prx-ci-publisher",
+    "prx-ci-notifier",
+    "prx-ci-ops",
+];
+
+/// Resolves CloudFormation intrinsics to plausible strings: a parameter to its default (when
+/// it has a non-empty one), pseudo parameters to fixed values, anything else to a string named
+/// after the expression (distinct expressions, distinct strings). `!If` takes its first branch
+/// (so optional settings are checked too); `None` is `AWS::NoValue`.
+struct Resolver<'a> {
+    parameters: &'a Value,
+}
+
+impl Resolver<'_> {
+    fn reference(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "AWS::NoValue" => return None,
+            "AWS::Region" => "us-east-1".to_owned(),
+            "AWS::AccountId" => "123456789012".to_owned(),
+            "AWS::Partition" => "aws".to_owned(),
+            "AWS::StackName" => "prx-ci".to_owned(),
+            _ => match &self.parameters[name]["Default"] {
+                Value::String(s) if !s.is_empty() => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => format!("dummy-{name}"),
+            },
+        })
+    }
+
+    fn substitute(&self, text: &str, vars: &BTreeMap<String, String>) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let end = start + rest[start..].find('}').expect("closing }");
+            let name = &rest[start + 2..end];
+            let value = match vars.get(name) {
+                Some(v) => v.clone(),
+                None if name.contains('.') => format!("dummy-{}", name.replace('.', "-")),
+                None => self.reference(name).unwrap_or_default(),
+            };
+            out.push_str(&value);
+            rest = &rest[end + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// `value` with its intrinsic functions evaluated (`None`: `AWS::NoValue`).
+    fn value(&self, value: &Value) -> Option<Value> {
+        let (function, argument) = match value {
+            Value::Tagged(t) => (
+                t.tag.to_string().trim_start_matches('!').to_owned(),
+                &t.value,
+            ),
+            Value::Mapping(m) if m.len() == 1 => {
+                let (k, v) = m.iter().next().unwrap();
+                match k.as_str() {
+                    Some("Ref") => ("Ref".to_owned(), v),
+                    Some(k) if k.starts_with("Fn::") => (k[4..].to_owned(), v),
+                    _ => return self.mapping(m),
+                }
+            }
+            Value::Mapping(m) => return self.mapping(m),
+            Value::Sequence(items) => {
+                return Some(Value::Sequence(
+                    items.iter().filter_map(|v| self.value(v)).collect(),
+                ));
+            }
+            other => return Some(other.clone()),
+        };
+        let text = |v: &Value| -> String {
+            match self.value(v) {
+                Some(Value::String(s)) => s,
+                Some(Value::Number(n)) => n.to_string(),
+                other => panic!("!{function} of {other:?}"),
+            }
+        };
+        Some(Value::String(match function.as_str() {
+            "Ref" => {
+                return self
+                    .reference(argument.as_str().unwrap())
+                    .map(Value::String);
+            }
+            "If" => return self.value(&argument[1]),
+            "GetAtt" => format!("dummy-{}", text(argument).replace('.', "-")),
+            "ImportValue" => format!("import-{}", text(argument)),
+            "Sub" => match argument {
+                Value::String(s) => self.substitute(s, &BTreeMap::new()),
+                Value::Sequence(items) => {
+                    let vars = items[1]
+                        .as_mapping()
+                        .unwrap()
+                        .iter()
+                        .map(|(k, v)| (k.as_str().unwrap().to_owned(), text(v)))
+                        .collect();
+                    self.substitute(items[0].as_str().unwrap(), &vars)
+                }
+                other => panic!("!Sub {other:?}"),
+            },
+            "Join" => {
+                let items = self.value(&argument[1]).unwrap();
+                let parts: Vec<String> = items.as_sequence().unwrap().iter().map(text).collect();
+                parts.join(argument[0].as_str().unwrap())
+            }
+            other => panic!("the test cannot resolve !{other}"),
+        }))
+    }
+
+    fn mapping(&self, m: &serde_yaml_ng::Mapping) -> Option<Value> {
+        let mut out = serde_yaml_ng::Mapping::new();
+        for (k, v) in m {
+            if let Some(v) = self.value(v) {
+                out.insert(k.clone(), v);
+            }
+        }
+        Some(Value::Mapping(out))
+    }
+}
+
+/// One ECS task definition's container, as the test runs it.
+#[derive(Debug)]
+struct Task {
+    /// `<template>:<resource>`.
+    origin: String,
+    binary: String,
+    /// Environment (name, value) as CloudFormation would set them.
+    environment: Vec<(String, String)>,
+    /// Names of the variables from Secrets Manager.
+    secrets: Vec<String>,
+}
+
+impl Task {
+    /// Every variable, secrets with dummy values (16+ characters, distinct).
+    fn variables(&self) -> Vec<(String, String)> {
+        let mut all = self.environment.clone();
+        all.extend(
+            self.secrets
+                .iter()
+                .map(|n| (n.clone(), format!("dummy-secret-{}", n.to_lowercase()))),
+        );
+        all
+    }
+
+    fn names(&self) -> BTreeSet<&str> {
+        self.environment
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .chain(self.secrets.iter().map(String::as_str))
+            .collect()
+    }
+}
+
+/// Every container of every ECS task definition in every template.
+fn tasks() -> Vec<Task> {
+    let mut tasks = Vec::new();
+    for path in templates() {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let (_, template) = read_template(&file);
+        let resolver = Resolver {
+            parameters: &template["Parameters"],
+        };
+        let Some(resources) = template["Resources"].as_mapping() else {
+            continue;
+        };
+        for (name, resource) in resources {
+            if resource["Type"].as_str() != Some("AWS::ECS::TaskDefinition") {
+                continue;
+            }
+            let properties = resolver.value(&resource["Properties"]).unwrap();
+            for container in properties["ContainerDefinitions"].as_sequence().unwrap() {
+                let pairs = |key: &str, value_key: &str| -> Vec<(String, String)> {
+                    container[key]
+                        .as_sequence()
+                        .map(|items| {
+                            items
+                                .iter()
+                                .map(|v| {
+                                    (
+                                        v["Name"].as_str().unwrap().to_owned(),
+                                        v[value_key].as_str().unwrap().to_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                tasks.push(Task {
+                    origin: format!("{file}:{}", name.as_str().unwrap()),
+                    binary: container["Command"][0].as_str().unwrap().to_owned(),
+                    environment: pairs("Environment", "Value"),
+                    secrets: pairs("Secrets", "ValueFrom")
+                        .into_iter()
+                        .map(|(n, _)| n)
+                        .collect(),
+                });
+            }
+        }
+    }
+    tasks
+}
+
+/// The directory of the service binaries (`cargo build --workspace --bins`, which
+/// `scripts/test` runs before the tests).
+fn binary(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_prx-ci-ops"))
+        .parent()
+        .unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build --workspace --bins --locked` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// What `--check-config` printed on success: the sections and the other variables read.
+#[derive(Debug)]
+struct Checked {
+    sections: BTreeSet<String>,
+    variables: BTreeSet<String>,
+}
+
+/// Runs `binary --check-config` with exactly `variables` as its environment.
+fn check_config(binary_name: &str, variables: &[(String, String)]) -> Result<Checked, String> {
+    let output = Command::new(binary(binary_name))
+        .arg("--check-config")
+        .env_clear()
+        .envs(variables.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("cannot run the binary");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if !output.status.success() {
+        return Err(format!("{stdout}{stderr}"));
+    }
+    let line = |prefix: &str| -> BTreeSet<String> {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .map(|s| s.trim_matches(['[', ']']).to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let checked = Checked {
+        sections: line("sections:"),
+        variables: line("variables:"),
+    };
+    assert!(
+        checked.sections.contains("nats") && checked.sections.contains("telemetry"),
+        "{binary_name} reports the common sections: {stdout}"
+    );
+    Ok(checked)
+}
+
+/// The task of `binary` in services.yml.
+fn task_of(tasks: &[Task], binary: &str) -> usize {
+    tasks
+        .iter()
+        .position(|t| t.binary == binary && t.origin.starts_with("services.yml:"))
+        .unwrap_or_else(|| panic!("no task runs {binary}"))
+}
+
+#[test]
+fn every_task_definition_sets_only_configuration_its_binary_reads() {
+    let tasks = tasks();
+    for binary in SERVICE_BINARIES {
+        task_of(&tasks, binary);
+    }
+    for task in &tasks {
+        assert!(
+            SERVICE_BINARIES.contains(&task.binary.as_str()),
+            "{}: runs {}",
+            task.origin,
+            task.binary
+        );
+        let checked = check_config(&task.binary, &task.variables()).unwrap_or_else(|e| {
+            panic!(
+                "{}: {} --check-config failed:\n{e}",
+                task.origin, task.binary
+            )
+        });
+        for name in task.names() {
+            let key = name
+                .strip_prefix("PRX_CI_")
+                .unwrap_or_else(|| panic!("{}: {name} is not PRX_CI_ configuration", task.origin));
+            match key.split_once("__") {
+                // Figment ignores the variables of a section nobody loads: each must be read.
+                Some((section, _)) => assert!(
+                    checked.sections.contains(&section.to_lowercase()),
+                    "{}: {name} sets [{}], which {} does not read (it reads {:?})",
+                    task.origin,
+                    section.to_lowercase(),
+                    task.binary,
+                    checked.sections
+                ),
+                None => assert!(
+                    checked.variables.contains(name),
+                    "{}: {} does not read {name}",
+                    task.origin,
+                    task.binary
+                ),
+            }
+            let secret_like = ["TOKEN", "SECRET", "PASSWORD"]
+                .iter()
+                .any(|w| name.contains(w));
+            assert!(
+                !secret_like || task.secrets.iter().any(|s| s == name),
+                "{}: {name} must come from Secrets, not Environment",
+                task.origin
+            );
+        }
+    }
+    // What production needs although the configuration can do without.
+    for (binary, needed) in [
+        ("prx-ci-ingress", "PRX_CI_WEBHOOK_SECRET"),
+        ("prx-ci-ops", "PRX_CI_OPS__TOKEN"),
+        ("prx-ci-dispatcher", "PRX_CI_GITHUB__TOKEN"),
+        ("prx-ci-notifier", "PRX_CI_GITHUB__TOKEN"),
+        ("prx-ci-ops", "PRX_CI_GITHUB__TOKEN"),
+        ("prx-ci-notifier", "PRX_CI_NOTIFIER__SLACK__TOKEN"),
+    ] {
+        let task = &tasks[task_of(&tasks, binary)];
+        assert!(
+            task.secrets.iter().any(|s| s == needed),
+            "{binary}: {needed}"
+        );
+    }
+    for binary in SERVICE_BINARIES {
+        let task = &tasks[task_of(&tasks, binary)];
+        for needed in ["PRX_CI_NATS__USER", "PRX_CI_NATS__PASSWORD"] {
+            assert!(
+                task.secrets.iter().any(|s| s == needed),
+                "{binary}: {needed}"
+            );
+        }
+        let replicas = task
+            .environment
+            .iter()
+            .find(|(n, _)| n == "PRX_CI_NATS__REPLICAS");
+        assert_eq!(
+            replicas.map(|(_, v)| v.as_str()),
+            Some("3"),
+            "{binary}: R3 streams"
+        );
+    }
+}
+
+#[test]
+fn check_config_fails_without_a_required_variable_or_with_an_unknown_key() {
+    let tasks = tasks();
+    for (binary, required, reason) in [
+        (
+            "prx-ci-ingress",
+            "PRX_CI_WEBHOOK_SECRET",
+            "no webhook secret",
+        ),
+        ("prx-ci-ops", "PRX_CI_OPS__TOKEN", "token is required"),
+        (
+            "prx-ci-publisher",
+            "PRX_CI_PUBLISHER__APPLICATION_CODE_BUCKET",
+            "application_code_bucket",
+        ),
+        (
+            "prx-ci-dispatcher",
+            "PRX_CI_NATS__PASSWORD",
+            "user and password go together",
+        ),
+    ] {
+        let task = &tasks[task_of(&tasks, binary)];
+        let mut variables = task.variables();
+        let before = variables.len();
+        variables.retain(|(n, _)| n != required);
+        assert_eq!(variables.len(), before - 1, "{binary} sets {required}");
+        let err =
+            check_config(binary, &variables).expect_err(&format!("{binary} without {required}"));
+        assert!(err.contains(reason), "{binary} without {required}: {err}");
+    }
+    // A misspelt key of a section the binary reads is an error, not silence.
+    let task = &tasks[task_of(&tasks, "prx-ci-notifier")];
+    let mut variables = task.variables();
+    variables.push(("PRX_CI_NOTIFIER__CHANEL".to_owned(), "#x".to_owned()));
+    let err = check_config("prx-ci-notifier", &variables).expect_err("unknown key");
+    assert!(err.contains("chanel"), "{err}");
+}
+
+/// The `!GetAtt`/`!Ref` target of `value`.
+fn target(value: &Value) -> String {
+    match value {
+        Value::Tagged(t) => t.value.as_str().unwrap().to_owned(),
+        other => panic!("expected !Ref or !GetAtt, found {other:?}"),
+    }
+}
+
+#[test]
+fn each_service_has_a_least_privilege_role_and_is_health_checked_on_its_listener() {
+    let (text, template) = read_template("services.yml");
+    let resources = template["Resources"].as_mapping().unwrap();
+    let resource = |name: &str| &template["Resources"][name];
+    let expected: [(&str, &[&str]); 6] = [
+        ("Ingress", &[]),
+        ("Notifier", &[]),
+        ("Ops", &[]),
+        (
+            "Dispatcher",
+            &[
+                "codebuild:StartBuild",
+                "codebuild:StopBuild",
+                "codebuild:ListBuildsForProject",
+                "codebuild:BatchGetBuilds",
+            ],
+        ),
+        (
+            "BuildWatcher",
+            &[
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:ChangeMessageVisibility",
+                "sqs:GetQueueAttributes",
+                "codebuild:BatchGetBuilds",
+            ],
+        ),
+        (
+            "Publisher",
+            &[
+                "ssm:PutParameter",
+                "ssm:GetParameter",
+                "ssm:GetParameters",
+                "ssm:GetParameterHistory",
+                "ecr:DescribeImages",
+                "s3:GetObject",
+            ],
+        ),
+    ];
+    for (service, allowed) in expected {
+        let role = &resource(&format!("{service}TaskRole"))["Properties"];
+        let mut granted = Vec::new();
+        actions(&role["Policies"], false, &mut granted);
+        let granted: BTreeSet<&str> = granted.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(
+            granted,
+            allowed.iter().copied().collect(),
+            "{service}TaskRole"
+        );
+        assert!(role["ManagedPolicyArns"].is_null(), "{service}TaskRole");
+        let definition = &resource(&format!("{service}TaskDefinition"))["Properties"];
+        assert_eq!(
+            target(&definition["TaskRoleArn"]),
+            format!("{service}TaskRole.Arn")
+        );
+    }
+    // No other role of any template may start builds or write parameters.
+    for path in templates() {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let (_, other) = read_template(&file);
+        for (name, resource) in other["Resources"].as_mapping().unwrap() {
+            let name = name.as_str().unwrap();
+            let mut granted = Vec::new();
+            actions(&resource["Properties"], false, &mut granted);
+            for (action, _) in granted {
+                if action == "codebuild:StartBuild" || action == "codebuild:StopBuild" {
+                    assert_eq!(
+                        (file.as_str(), name),
+                        ("services.yml", "DispatcherTaskRole")
+                    );
+                }
+                if action == "ssm:PutParameter" {
+                    assert_eq!((file.as_str(), name), ("services.yml", "PublisherTaskRole"));
+                }
+            }
+        }
+    }
+    assert!(
+        text.contains(":parameter${ParameterPathPrefix}*"),
+        "SSM under the prefix only"
+    );
+
+    let tasks = tasks();
+    for (name, service) in resources {
+        if service["Type"].as_str() != Some("AWS::ECS::Service") {
+            continue;
+        }
+        let name = name.as_str().unwrap();
+        let properties = &service["Properties"];
+        let breaker = &properties["DeploymentConfiguration"]["DeploymentCircuitBreaker"];
+        assert_eq!(breaker["Enable"].as_bool(), Some(true), "{name}");
+        assert_eq!(breaker["Rollback"].as_bool(), Some(true), "{name}");
+        let key = name.strip_suffix("Service").unwrap();
+        assert_eq!(target(&properties["DesiredCount"]), format!("{key}Count"));
+        let count = &template["Parameters"][format!("{key}Count").as_str()];
+        assert_eq!(count["Default"].as_u64(), Some(2), "{name} runs two tasks");
+        // The ports the task listens on, from its own configuration.
+        let definition = target(&properties["TaskDefinition"]);
+        let task = tasks
+            .iter()
+            .find(|t| t.origin == format!("services.yml:{definition}"))
+            .unwrap();
+        let listening: BTreeSet<u64> = task
+            .environment
+            .iter()
+            .filter(|(n, _)| n.ends_with("LISTEN"))
+            .map(|(_, v)| v.rsplit(':').next().unwrap().parse().unwrap())
+            .collect();
+        let balanced = properties["LoadBalancers"].as_sequence().unwrap();
+        assert!(!balanced.is_empty(), "{name} is health checked");
+        for entry in balanced {
+            let port = entry["ContainerPort"].as_u64().unwrap();
+            assert!(
+                listening.contains(&port),
+                "{name} listens on {port}: {listening:?}"
+            );
+            let group = &resource(&target(&entry["TargetGroupArn"]))["Properties"];
+            if group["ProtocolVersion"].as_str() == Some("GRPC") {
+                continue;
+            }
+            let health_port: u64 = match &group["HealthCheckPort"] {
+                Value::String(p) => p.parse().unwrap(),
+                _ => port,
+            };
+            assert!(
+                listening.contains(&health_port),
+                "{name}: health port {health_port}"
+            );
+            assert_eq!(
+                group["HealthCheckPath"].as_str(),
+                Some("/healthz"),
+                "{name}"
+            );
+        }
+    }
+    // The webhook path is the ingress's, and the URL is an output.
+    let rule = &resource("WebhookRule")["Properties"]["Conditions"][0];
+    assert_eq!(
+        rule["PathPatternConfig"]["Values"][0].as_str(),
+        Some("/webhooks/github")
+    );
+    assert!(text.contains("https://${WebhookDomainName}/webhooks/github"));
+    let http = &resource("WebhookHttpListener")["Properties"]["DefaultActions"][0];
+    assert_eq!(http["Type"].as_str(), Some("redirect"));
+    // Operators' endpoints only from OperatorCidr.
+    for rule in resource("OpsLoadBalancerSecurityGroup")["Properties"]["SecurityGroupIngress"]
+        .as_sequence()
+        .unwrap()
+    {
+        assert_eq!(target(&rule["CidrIp"]), "OperatorCidr");
+    }
+    assert_eq!(
+        resource("OpsLoadBalancer")["Properties"]["Scheme"].as_str(),
+        Some("internal")
+    );
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use prx_ci_publisher::{AwsArtifactChecker, Publisher, PublisherConfig, SsmParameterStore};
-use prx_ci_shared::config::{self, AwsConfig};
-use prx_ci_shared::service::startup::{ServiceProcess, exit_code};
+use prx_ci_shared::config::{AwsConfig, Sections};
+use prx_ci_shared::service::startup::{ProcessConfig, ServiceProcess, check_config, exit_code};
 
 /// PRX CI publisher: writes SSM parameters for successful publishable builds, in push order.
 #[derive(Debug, Parser)]
@@ -16,6 +16,32 @@ struct Args {
     /// Configuration file (TOML; sections [nats], [telemetry], [aws], [publisher]).
     #[arg(long, env = prx_ci_shared::config::CONFIG_FILE_ENV)]
     config: Option<PathBuf>,
+    /// Load and validate the configuration, print the sections read, and exit (connects to
+    /// nothing).
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// Every section this binary loads.
+struct Config {
+    aws: AwsConfig,
+    publisher: PublisherConfig,
+    process: ProcessConfig,
+}
+
+fn load_config(sections: &mut Sections<'_>) -> anyhow::Result<Config> {
+    let aws = sections.load("aws")?;
+    let publisher: PublisherConfig = sections.load("publisher")?;
+    if publisher.application_code_bucket.is_empty() {
+        anyhow::bail!(
+            "invalid configuration [publisher]: application_code_bucket is required (S3 artifact checks)"
+        );
+    }
+    Ok(Config {
+        aws,
+        publisher,
+        process: ProcessConfig::load(sections)?,
+    })
 }
 
 #[tokio::main]
@@ -25,15 +51,17 @@ async fn main() -> ExitCode {
 
 async fn try_main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let file = args.config.as_deref();
-    let aws: AwsConfig = config::load(file, "aws")?;
-    let publisher: PublisherConfig = config::load(file, "publisher")?;
-    if publisher.application_code_bucket.is_empty() {
-        anyhow::bail!(
-            "invalid configuration [publisher]: application_code_bucket is required (S3 artifact checks)"
-        );
+    let mut sections = Sections::new(args.config.as_deref());
+    let loaded = load_config(&mut sections);
+    if args.check_config {
+        return check_config("prx-ci-publisher", &sections, loaded);
     }
-    let mut process = ServiceProcess::start("prx-ci-publisher", file).await?;
+    let Config {
+        aws,
+        publisher,
+        process,
+    } = loaded?;
+    let mut process = ServiceProcess::start("prx-ci-publisher", process).await?;
     let sdk_config = aws.sdk_config().await;
     let store = SsmParameterStore::new(&sdk_config);
     let artifacts = AwsArtifactChecker::with_path_style(

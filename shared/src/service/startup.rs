@@ -1,9 +1,8 @@
-//! The start-up and shutdown every service binary shares: load `[nats]` and `[telemetry]`,
-//! set up tracing, connect and provision, then serve `/healthz`, `/readyz` and `/metrics` next
+//! The start-up and shutdown every service binary shares: load `[nats]` and `[telemetry]`
+//! ([`ProcessConfig`]), set up tracing, connect and provision, then serve `/healthz`, `/readyz` and `/metrics` next
 //! to the service until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -12,10 +11,27 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::subject::ALL_STREAMS;
-use crate::config::{self, NatsConfig};
+use crate::config::{ConfigError, NatsConfig, Sections};
 use crate::service::ops_http;
 use crate::service::runtime::Runtime;
 use crate::telemetry::{self, TelemetryConfig, TelemetryGuard};
+
+/// The sections every service process loads besides its own: `[nats]` and `[telemetry]`.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    pub nats: NatsConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+impl ProcessConfig {
+    /// Loads and validates `[nats]` and `[telemetry]`, recording them in `sections`.
+    pub fn load(sections: &mut Sections<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            nats: sections.load("nats")?,
+            telemetry: sections.load("telemetry")?,
+        })
+    }
+}
 
 /// A service process after start-up: construct the service with `rt` and `&mut registry`,
 /// then hand it to [`ServiceProcess::run`].
@@ -29,12 +45,11 @@ pub struct ServiceProcess {
 }
 
 impl ServiceProcess {
-    /// Loads `[nats]` and `[telemetry]` from `file`, initialises telemetry as `name`
-    /// (`prx-ci-dispatcher`), connects to NATS and provisions streams, consumers and buckets.
-    pub async fn start(name: &'static str, file: Option<&Path>) -> anyhow::Result<Self> {
-        let nats: NatsConfig = config::load(file, "nats")?;
-        let telemetry_config: TelemetryConfig = config::load(file, "telemetry")?;
-        let guard = telemetry::init(name, &telemetry_config)?;
+    /// Initialises telemetry as `name` (`prx-ci-dispatcher`), connects to NATS and provisions
+    /// streams, consumers and buckets.
+    pub async fn start(name: &'static str, config: ProcessConfig) -> anyhow::Result<Self> {
+        let ProcessConfig { nats, telemetry } = config;
+        let guard = telemetry::init(name, &telemetry)?;
         let mut registry = Registry::default();
         let role = name.trim_start_matches("prx-ci-");
         let rt = Runtime::connect(&nats, role, &mut registry).await?;
@@ -98,4 +113,17 @@ pub fn exit_code(name: &str, result: anyhow::Result<()>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What a binary's `--check-config` does with the result of loading its configuration: print
+/// the sections it read (see [`Sections::check_report`]) or return the error, connecting to
+/// nothing.
+pub fn check_config<T>(
+    name: &str,
+    sections: &Sections<'_>,
+    loaded: anyhow::Result<T>,
+) -> anyhow::Result<()> {
+    let report = sections.check_report(loaded)?;
+    print!("{name}: configuration ok\n{report}");
+    Ok(())
 }
