@@ -313,6 +313,29 @@ mod tests {
     }
 
     #[test]
+    fn sections_record_what_was_read_for_the_check_report() {
+        let mut sections = Sections::new(None);
+        let nats: NatsConfig = sections.load("nats").unwrap();
+        assert_eq!(nats.replicas, 1);
+        let _: AwsConfig = sections.load_unvalidated("aws").unwrap();
+        sections.note("nats");
+        sections.note_variable("PRX_CI_WEBHOOK_SECRET");
+        assert_eq!(sections.read(), ["nats", "aws"]);
+        let report = sections.check_report(Ok(())).unwrap();
+        assert_eq!(
+            report,
+            "sections: [nats] [aws]\nvariables: PRX_CI_WEBHOOK_SECRET\n"
+        );
+        let err = sections
+            .check_report::<()>(Err(anyhow::anyhow!("replicas must be 1 to 5")))
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("replicas must be 1 to 5"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
     fn invalid_values_are_rejected_with_the_section_named() {
         let figment = Figment::from(Toml::string("[nats]\nreplicas = 9\n"));
         let err = load_from::<NatsConfig>(&figment, "nats").unwrap_err();

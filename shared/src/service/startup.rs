@@ -1,6 +1,6 @@
 //! The start-up and shutdown every service binary shares: load `[nats]` and `[telemetry]`
-//! ([`ProcessConfig`]), set up tracing, connect and provision, then serve `/healthz`, `/readyz` and `/metrics` next
-//! to the service until Ctrl-C or SIGTERM.
+//! ([`ProcessConfig`]), set up tracing, connect and provision, then serve `/healthz`,
+//! `/readyz` and `/metrics` next to the service until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
