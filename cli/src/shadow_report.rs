@@ -9,6 +9,8 @@ use prx_ci_shared::domain::{OrderingKey, short_sha};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use prx_ci_ops::shadow_report::{describe, verdict_name};
+
 use crate::history::{OpsArgs, arch, status_error};
 
 /// Arguments of `prx-ci shadow-report`.
@@ -57,12 +59,7 @@ pub async fn run(args: ShadowReportArgs) -> anyhow::Result<()> {
 }
 
 fn verdict(w: &v1::ShadowWebhook) -> &'static str {
-    match w.verdict() {
-        v1::ShadowVerdict::Agree => "agree",
-        v1::ShadowVerdict::Disagree => "disagree",
-        v1::ShadowVerdict::Waiting => "waiting",
-        v1::ShadowVerdict::Unspecified => "unknown",
-    }
+    verdict_name(w.verdict())
 }
 
 fn lane(w: &v1::ShadowWebhook) -> String {
@@ -77,33 +74,6 @@ fn archs(list: &[i32]) -> String {
         return "nothing".to_owned();
     }
     list.iter().map(|a| arch(*a)).collect::<Vec<_>>().join("+")
-}
-
-/// One difference as a phrase.
-fn difference(d: &v1::ShadowDifference) -> String {
-    let quoted = |value: &str, set: bool| {
-        if set {
-            format!("{value:?}")
-        } else {
-            "unset".to_owned()
-        }
-    };
-    match d.kind() {
-        v1::ShadowDifferenceKind::OnlyThisSystemBuilds => {
-            format!("{}: only this system builds it", arch(d.architecture))
-        }
-        v1::ShadowDifferenceKind::OnlyOriginalBuilds => {
-            format!("{}: only the original built it", arch(d.architecture))
-        }
-        v1::ShadowDifferenceKind::Variable => format!(
-            "{}: {} is {} here, {} in the original",
-            arch(d.architecture),
-            d.variable,
-            quoted(&d.this_system, d.this_system_set),
-            quoted(&d.original, d.original_set),
-        ),
-        v1::ShadowDifferenceKind::Unspecified => "unknown difference".to_owned(),
-    }
 }
 
 /// The report as text: a summary line, then webhooks (in GitHub's push order per lane), then
@@ -147,7 +117,7 @@ fn render(report: &v1::ShadowReportResponse, differences_only: bool) -> Vec<Stri
             archs(&w.original_builds),
         ));
         for d in &w.differences {
-            lines.push(format!("             {}", difference(d)));
+            lines.push(format!("             {}", describe(d)));
         }
     }
     lines.push(String::new());
@@ -219,7 +189,7 @@ fn to_json(report: &v1::ShadowReportResponse) -> serde_json::Value {
                     "variable": d.variable,
                     "this_system": d.this_system_set.then_some(&d.this_system),
                     "original": d.original_set.then_some(&d.original),
-                    "text": difference(d),
+                    "text": describe(d),
                 })).collect::<Vec<_>>(),
             })
         })

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::envelope::from_timestamp;
 use prx_ci_shared::codebuild::env;
+use prx_ci_shared::domain::Architecture;
 use time::OffsetDateTime;
 
 /// The original updater wrote only names under this prefix (reference §4.6).
@@ -354,11 +355,45 @@ fn sorted(map: &HashMap<String, String>) -> BTreeMap<String, String> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-fn architecture_name(architecture: i32) -> &'static str {
-    match v1::Architecture::try_from(architecture) {
-        Ok(v1::Architecture::X8664) => "x86_64",
-        Ok(v1::Architecture::Aarch64) => "aarch64",
-        _ => "unspecified",
+/// `x86_64`, `aarch64`, or `?`.
+pub fn architecture_name(architecture: i32) -> &'static str {
+    Architecture::from_proto(architecture).map_or("?", Architecture::as_str)
+}
+
+/// A verdict as one word (`agree`, `disagree`, `waiting`).
+pub fn verdict_name(verdict: v1::ShadowVerdict) -> &'static str {
+    match verdict {
+        v1::ShadowVerdict::Agree => "agree",
+        v1::ShadowVerdict::Disagree => "disagree",
+        v1::ShadowVerdict::Waiting => "waiting",
+        v1::ShadowVerdict::Unspecified => "unknown",
+    }
+}
+
+/// A difference as one phrase, for the CLI and the dashboard.
+pub fn describe(d: &v1::ShadowDifference) -> String {
+    let quoted = |value: &str, set: bool| {
+        if set {
+            format!("{value:?}")
+        } else {
+            "unset".to_owned()
+        }
+    };
+    let arch = architecture_name(d.architecture);
+    match d.kind() {
+        v1::ShadowDifferenceKind::OnlyThisSystemBuilds => {
+            format!("{arch}: only this system builds it")
+        }
+        v1::ShadowDifferenceKind::OnlyOriginalBuilds => {
+            format!("{arch}: only the original built it")
+        }
+        v1::ShadowDifferenceKind::Variable => format!(
+            "{arch}: {} is {} here, {} in the original",
+            d.variable,
+            quoted(&d.this_system, d.this_system_set),
+            quoted(&d.original, d.original_set),
+        ),
+        v1::ShadowDifferenceKind::Unspecified => "unknown difference".to_owned(),
     }
 }
 
