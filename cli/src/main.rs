@@ -15,6 +15,7 @@ mod params;
 mod parked;
 mod rebuild;
 mod replay;
+mod shadow_report;
 mod up;
 
 use prx_ci::demo;
@@ -52,6 +53,8 @@ enum Command {
     Params(params::ParamsArgs),
     /// Two pushes whose builds finish in reverse order, against a running `prx-ci up`.
     Demo(demo::DemoArgs),
+    /// Shadow mode: per webhook and parameter, this system's decisions beside the original's.
+    ShadowReport(shadow_report::ShadowReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
             Command::Parked(args) => parked::run(args).await,
             Command::Params(args) => params::run(cli.config.as_deref(), args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::ShadowReport(args) => shadow_report::run(args).await,
         }
     });
     match result {

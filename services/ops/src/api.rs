@@ -8,6 +8,7 @@ mod history;
 mod parked;
 mod rebuild;
 mod replay;
+mod shadow_report;
 
 use std::sync::Arc;
 
@@ -325,5 +326,13 @@ impl Ops for OpsApi {
         let identity = Operator::of(&request)?;
         let result = OpsApi::transfer_parameter(self, request.into_inner(), &identity).await;
         self.observe("transfer_parameter", result)
+    }
+
+    async fn shadow_report(
+        &self,
+        request: Request<v1::ShadowReportRequest>,
+    ) -> Result<Response<v1::ShadowReportResponse>, Status> {
+        let result = OpsApi::shadow_report(self, request.into_inner()).await;
+        self.observe("shadow_report", result)
     }
 }

@@ -52,6 +52,7 @@ pub mod projection_runner;
 pub mod rebuild;
 pub mod replay_range;
 pub mod service;
+pub mod shadow_report;
 pub mod web;
 
 pub use config::OpsConfig;

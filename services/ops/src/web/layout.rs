@@ -16,6 +16,7 @@ pub enum Section {
     Parameters,
     Parked,
     Actions,
+    Shadow,
     None,
 }
 
@@ -58,6 +59,7 @@ pub fn page(
                         (link("/parameters", "Parameters", Section::Parameters))
                         (link("/parked", "Parked", Section::Parked))
                         (link("/actions", "Actions", Section::Actions))
+                        (link("/shadow", "Shadow", Section::Shadow))
                     }
                     @if let Some((operator, csrf)) = operator {
                         span.muted { "signed in as " (operator.name()) }

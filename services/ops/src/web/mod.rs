@@ -170,6 +170,7 @@ pub fn router(web: Web) -> Router {
         .route("/actions", get(pages::actions::page))
         .route("/actions/rebuild", post(pages::actions::rebuild))
         .route("/actions/replay", post(pages::actions::replay))
+        .route("/shadow", get(pages::shadow::page))
         .route("/events", get(live::events))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))

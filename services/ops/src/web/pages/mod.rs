@@ -7,3 +7,4 @@ pub mod builds;
 pub mod notice;
 pub mod parameters;
 pub mod parked;
+pub mod shadow;
