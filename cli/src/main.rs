@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod builds;
 mod events;
+mod healthz;
 mod history;
 mod params;
 mod parked;
@@ -52,6 +53,9 @@ enum Command {
     Params(params::ParamsArgs),
     /// Two pushes whose builds finish in reverse order, against a running `prx-ci up`.
     Demo(demo::DemoArgs),
+    /// GET a service's `/healthz` (URL or PRX_CI_HEALTHZ_URL); exit 0 on 2xx, else 1. The
+    /// container image's HEALTHCHECK.
+    Healthz(healthz::HealthzArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
             Command::Parked(args) => parked::run(args).await,
             Command::Params(args) => params::run(cli.config.as_deref(), args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Healthz(args) => healthz::run(args).await,
         }
     });
     match result {
