@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod builds;
 mod events;
+mod healthz;
 mod history;
 mod params;
 mod parked;
@@ -55,6 +56,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Shadow mode: per webhook and parameter, this system's decisions beside the original's.
     ShadowReport(shadow_report::ShadowReportArgs),
+    /// GET a service's `/healthz` (URL or PRX_CI_HEALTHZ_URL); exit 0 on 2xx, else 1. The
+    /// container image's HEALTHCHECK.
+    Healthz(healthz::HealthzArgs),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
             Command::Params(args) => params::run(cli.config.as_deref(), args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::ShadowReport(args) => shadow_report::run(args).await,
+            Command::Healthz(args) => healthz::run(args).await,
         }
     });
     match result {

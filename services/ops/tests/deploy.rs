@@ -1,13 +1,15 @@
 //! The deployment files: every CloudFormation template passes cfn-lint, every ECS task
 //! definition sets exactly configuration its binary reads (each binary's `--check-config`),
 //! the NATS node configs (local and AWS) are rendered from one template, the AWS roles are least
-//! privilege, and docker-compose.yml describes the NATS cluster, every service and the AWS
+//! privilege, the Dockerfile passes hadolint and ships exactly the workspace's service binaries,
+//! and docker-compose.yml describes the NATS cluster, every service (on that image) and the AWS
 //! emulator with files that exist.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use figment::providers::Format as _;
 use prx_ci_shared::testing::{tool_path, workspace_root};
 use serde_yaml_ng::Value;
 
@@ -91,6 +93,262 @@ fn strings(value: &Value) -> Vec<String> {
     }
 }
 
+/// The workspace's binaries that are not in the image, and why.
+const NOT_IN_IMAGE: &[(&str, &str)] = &[(
+    "prx-ci-chaos",
+    "the chaos run's driver (tests/chaos): starts nats-server and the services as processes",
+)];
+
+/// What `cargo metadata` says of the workspace: every `[[bin]]` (and default binary) of its
+/// members, its `rust-version`, version and license.
+struct Workspace {
+    binaries: BTreeSet<String>,
+    rust_version: String,
+    version: String,
+    license: String,
+}
+
+fn workspace() -> Workspace {
+    let output = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .current_dir(workspace_root())
+        .output()
+        .expect("cannot run cargo metadata");
+    assert!(
+        output.status.success(),
+        "cargo metadata failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let packages = metadata["packages"].as_array().unwrap();
+    let binaries = packages
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .filter(|t| t["kind"].as_array().unwrap().iter().any(|k| k == "bin"))
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    // Every member inherits these from [workspace.package]; the CLI's stand for all.
+    let cli = packages.iter().find(|p| p["name"] == "prx-ci").unwrap();
+    Workspace {
+        binaries,
+        rust_version: cli["rust_version"].as_str().unwrap().to_owned(),
+        version: cli["version"].as_str().unwrap().to_owned(),
+        license: cli["license"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// A Dockerfile stage: its `FROM` and its instructions as (keyword, arguments).
+struct Stage {
+    from: String,
+    instructions: Vec<(String, String)>,
+}
+
+impl Stage {
+    fn all(&self, keyword: &str) -> impl Iterator<Item = &str> {
+        let keyword = keyword.to_owned();
+        self.instructions
+            .iter()
+            .filter(move |(k, _)| *k == keyword)
+            .map(|(_, rest)| rest.as_str())
+    }
+
+    fn one(&self, keyword: &str) -> &str {
+        let found: Vec<_> = self.all(keyword).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one {keyword} in the stage from {}",
+            self.from
+        );
+        found[0]
+    }
+}
+
+/// The Dockerfile's global `ARG`s (before the first `FROM`) and its stages: continuation lines
+/// joined, comments and blank lines dropped.
+fn dockerfile() -> (Vec<String>, Vec<Stage>) {
+    let text = std::fs::read_to_string(workspace_root().join("Dockerfile")).unwrap();
+    let mut instructions = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                let (keyword, rest) = current.split_once(' ').unwrap_or((&current, ""));
+                instructions.push((keyword.to_ascii_uppercase(), rest.trim().to_owned()));
+                current.clear();
+            }
+        }
+    }
+    let mut global = Vec::new();
+    let mut stages: Vec<Stage> = Vec::new();
+    for (keyword, rest) in instructions {
+        match (keyword.as_str(), stages.last_mut()) {
+            ("FROM", _) => stages.push(Stage {
+                from: rest,
+                instructions: Vec::new(),
+            }),
+            ("ARG", None) => global.push(rest),
+            (_, None) => panic!("{keyword} before the first FROM"),
+            (_, Some(stage)) => stage.instructions.push((keyword, rest)),
+        }
+    }
+    (global, stages)
+}
+
+/// An exec-form command (`["prog", "arg"]`).
+fn exec_form(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?} is not exec form: {e}"))
+}
+
+/// The default of `ARG name=default` among `args`.
+fn arg_default<'a>(args: impl IntoIterator<Item = &'a str>, name: &str) -> String {
+    args.into_iter()
+        .find_map(|a| a.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no ARG {name}=<default>"))
+        .trim_matches('"')
+        .to_owned()
+}
+
+/// The binaries the image contains: what the builder stage builds, strips into /out and the
+/// final stage copies (checked to be one list).
+fn image_binaries(stages: &[Stage]) -> BTreeSet<String> {
+    let builder = stages
+        .iter()
+        .find(|s| s.from.ends_with(" AS builder"))
+        .expect("a builder stage");
+    let run = builder.one("RUN");
+    let words: Vec<&str> = run.split_whitespace().collect();
+    let built: BTreeSet<String> = words
+        .windows(2)
+        .filter(|w| w[0] == "--bin")
+        .map(|w| w[1].to_owned())
+        .collect();
+    let stripped: BTreeSet<String> = run
+        .split_once("for bin in ")
+        .and_then(|(_, rest)| rest.split_once(';'))
+        .expect("the builder's `for bin in ...;` loop")
+        .0
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(built, stripped, "the binaries built are the ones stripped");
+    assert!(run.contains("strip --strip-debug -o \"/out/$bin\" \"target/release/$bin\""));
+    let last = stages.last().unwrap();
+    assert_eq!(
+        last.one("COPY"),
+        "--from=builder /out/ /usr/local/bin/",
+        "the final stage copies exactly the stripped binaries"
+    );
+    built
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    let output = Command::new(tool_path("hadolint"))
+        .args(["--no-color", "--failure-threshold", "style"])
+        .arg(workspace_root().join("Dockerfile"))
+        .output()
+        .expect("cannot run hadolint");
+    assert!(
+        output.status.success(),
+        "hadolint found problems:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_image_contains_every_service_binary_and_runs_only_workspace_binaries() {
+    let workspace = workspace();
+    let (global, stages) = dockerfile();
+    let image = image_binaries(&stages);
+    let mut expected = workspace.binaries.clone();
+    for (binary, _why) in NOT_IN_IMAGE {
+        assert!(
+            expected.remove(*binary),
+            "{binary} is still a workspace binary"
+        );
+    }
+    assert_eq!(
+        image, expected,
+        "the image holds every workspace binary but NOT_IN_IMAGE"
+    );
+    for service in [
+        "ingress",
+        "dispatcher",
+        "build-watcher",
+        "publisher",
+        "notifier",
+        "ops",
+    ] {
+        assert!(image.contains(&format!("prx-ci-{service}")), "{service}");
+    }
+
+    let last = stages.last().unwrap();
+    assert_eq!(last.from, "gcr.io/distroless/cc-debian13:nonroot");
+    assert_eq!(
+        last.all("ENTRYPOINT").count(),
+        0,
+        "the command picks the binary"
+    );
+    let command = exec_form(last.one("CMD"));
+    assert!(image.contains(&command[0]), "CMD runs {}", command[0]);
+    let (options, probe) = last
+        .one("HEALTHCHECK")
+        .split_once("CMD ")
+        .expect("HEALTHCHECK ... CMD");
+    assert!(
+        options.contains("--timeout=5s"),
+        "longer than the probe's 3 s"
+    );
+    let probe = exec_form(probe);
+    assert_eq!(probe, ["prx-ci", "healthz"]);
+    assert!(image.contains(&probe[0]));
+    assert_eq!(last.one("USER"), "65532:65532", "non-root");
+    // No build tools: nothing runs in the final stage (distroless has no shell anyway).
+    for (keyword, rest) in &last.instructions {
+        assert!(
+            ["ARG", "LABEL", "COPY", "USER", "HEALTHCHECK", "CMD"].contains(&keyword.as_str()),
+            "final stage: {keyword} {rest}"
+        );
+    }
+
+    // The builder is the workspace's Rust; the version label defaults to the workspace's.
+    assert_eq!(
+        arg_default(global.iter().map(String::as_str), "RUST_VERSION"),
+        workspace.rust_version
+    );
+    assert_eq!(stages[0].from, "rust:${RUST_VERSION}-trixie AS builder");
+    assert_eq!(arg_default(last.all("ARG"), "VERSION"), workspace.version);
+    let labels = last.one("LABEL");
+    for (label, value) in [
+        ("title", "\"prx-ci\""),
+        ("licenses", &format!("{:?}", workspace.license)),
+        ("version", "\"${VERSION}\""),
+        ("revision", "\"${REVISION}\""),
+        ("created", "\"${CREATED}\""),
+        ("source", "\"${SOURCE}\""),
+    ] {
+        let label = format!("org.opencontainers.image.{label}={value}");
+        assert!(labels.contains(&label), "LABEL {label}");
+    }
+}
+
 #[test]
 fn docker_compose_runs_the_cluster_every_service_and_the_emulator() {
     let root = workspace_root();
@@ -98,11 +356,6 @@ fn docker_compose_runs_the_cluster_every_service_and_the_emulator() {
     let mut compose: Value = serde_yaml_ng::from_str(&text).unwrap();
     compose.apply_merge().unwrap();
     let services = compose["services"].as_mapping().expect("services");
-    let in_repo = |container_path: &str| -> bool {
-        container_path
-            .strip_prefix("/src/")
-            .is_some_and(|p| root.join(p).exists())
-    };
 
     for node in ["n1", "n2", "n3"] {
         let service = &services[node];
@@ -117,7 +370,19 @@ fn docker_compose_runs_the_cluster_every_service_and_the_emulator() {
     }
     assert!(services["moto"]["image"].as_str().unwrap().contains("moto"));
 
-    let built = strings(&services["build"]["command"]).join(" ");
+    // The services' config points at the cluster with three replicas and at the emulator, and
+    // names the address of each service's /healthz.
+    let config_file = root.join("deploy/compose/prx-ci.toml");
+    let config = std::fs::read_to_string(&config_file).unwrap();
+    assert!(config.contains("replicas = 3"));
+    for port in [4222, 4223, 4224] {
+        assert!(config.contains(&format!("nats://127.0.0.1:{port}")));
+    }
+    assert!(config.contains("endpoint_url = \"http://127.0.0.1:5000\""));
+    let config = figment::Figment::from(figment::providers::Toml::file(&config_file));
+
+    let (_, stages) = dockerfile();
+    let image = image_binaries(&stages);
     for svc in [
         "ingress",
         "dispatcher",
@@ -127,32 +392,39 @@ fn docker_compose_runs_the_cluster_every_service_and_the_emulator() {
         "ops",
     ] {
         let service = &services[svc];
+        // The image compose builds from the Dockerfile, running one of its binaries.
+        assert_eq!(service["build"].as_str(), Some("."), "{svc}");
+        assert_eq!(service["image"].as_str(), Some("prx-ci:local"), "{svc}");
         let command = strings(&service["command"]);
         let binary = format!("prx-ci-{svc}");
-        assert_eq!(command[0], format!("/target/release/{binary}"), "{svc}");
-        assert!(
-            built.contains(&format!("--bin={binary}")),
-            "{binary} is built"
-        );
+        assert_eq!(command[0], binary, "{svc}");
+        assert!(image.contains(&binary), "the image contains {binary}");
         assert_eq!(command[1], "--config");
-        assert!(in_repo(&command[2]), "{svc}: {} exists", command[2]);
+        let env = &service["environment"];
+        assert_eq!(env["PRX_CI_CONFIG"].as_str(), Some(command[2].as_str()));
+        let mount = format!("./deploy/compose/prx-ci.toml:{}:ro", command[2]);
+        assert!(
+            strings(&service["volumes"]).contains(&mount),
+            "{svc}: {mount}"
+        );
+
         assert_eq!(service["network_mode"].as_str(), Some("host"));
         let deps = service["depends_on"].as_mapping().expect("depends_on");
-        for dep in ["build", "n1", "n2", "n3", "moto"] {
+        for dep in ["n1", "n2", "n3", "moto"] {
             assert!(deps.contains_key(dep), "{svc} waits for {dep}");
         }
-        assert!(
-            in_repo(service["environment"]["PRX_CI_CONFIG"].as_str().unwrap()),
-            "{svc} config"
+        // The image's HEALTHCHECK probes where the config says the service serves /healthz.
+        let key = match svc {
+            "ingress" => "ingress.listen".to_owned(),
+            _ => format!("{}.ops_listen", svc.replace('-', "_")),
+        };
+        let address: String = config.extract_inner(&key).unwrap();
+        assert_eq!(
+            env["PRX_CI_HEALTHZ_URL"].as_str(),
+            Some(format!("http://{address}/healthz").as_str()),
+            "{svc}"
         );
     }
-    // The services' config points at the cluster with three replicas and at the emulator.
-    let config = std::fs::read_to_string(root.join("deploy/compose/prx-ci.toml")).unwrap();
-    assert!(config.contains("replicas = 3"));
-    for port in [4222, 4223, 4224] {
-        assert!(config.contains(&format!("nats://127.0.0.1:{port}")));
-    }
-    assert!(config.contains("endpoint_url = \"http://127.0.0.1:5000\""));
 }
 
 #[test]
