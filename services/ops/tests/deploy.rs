@@ -1272,6 +1272,23 @@ fn each_service_has_a_least_privilege_role_and_is_health_checked_on_its_listener
             .filter(|(n, _)| n.ends_with("LISTEN"))
             .map(|(_, v)| v.rsplit(':').next().unwrap().parse().unwrap())
             .collect();
+        // The container's own health check: the image's probe on a /healthz it serves.
+        let container = &resource(&definition)["Properties"]["ContainerDefinitions"][0];
+        let probe = strings(&container["HealthCheck"]["Command"]);
+        assert_eq!(
+            probe[..3],
+            ["CMD", "prx-ci", "healthz"],
+            "{name}: {probe:?}"
+        );
+        let probe_port: u64 = probe[3]
+            .strip_prefix("http://127.0.0.1:")
+            .and_then(|rest| rest.strip_suffix("/healthz"))
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: probe URL {:?}", probe[3]));
+        assert!(
+            listening.contains(&probe_port),
+            "{name}: container health check on {probe_port}, listening on {listening:?}"
+        );
         let balanced = properties["LoadBalancers"].as_sequence().unwrap();
         assert!(!balanced.is_empty(), "{name} is health checked");
         for entry in balanced {
