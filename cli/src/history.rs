@@ -20,6 +20,10 @@ pub struct OpsArgs {
     /// Bearer token of the ops API (default: ./.prx-ci/ops-token, written by `prx-ci up`).
     #[arg(long, env = "PRX_CI_OPS_TOKEN", hide_env_values = true)]
     pub ops_token: Option<String>,
+    /// With an `https://` ops URL: trust only these PEM CA certificates (default: the system's
+    /// trust store, which verifies a load balancer's public certificate).
+    #[arg(long, env = "PRX_CI_OPS_CA_FILE")]
+    pub ops_ca_file: Option<std::path::PathBuf>,
 }
 
 /// Where `prx-ci up` writes the ops token it generated (default data directory).
@@ -38,7 +42,14 @@ impl OpsArgs {
                     .map(|t| t.trim().to_owned())
             })
             .map(SecretString::from);
-        prx_ci_ops::client::connect(&self.ops_url, token.as_ref()).await
+        let ca =
+            match &self.ops_ca_file {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read the CA file {}: {e}", path.display())
+                })?),
+                None => None,
+            };
+        prx_ci_ops::client::connect(&self.ops_url, token.as_ref(), ca.as_deref()).await
     }
 }
 

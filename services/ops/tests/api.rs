@@ -36,7 +36,7 @@ fn kinds(events: &[v1::StoredEvent]) -> Vec<String> {
 async fn calls_without_the_right_token_are_refused() {
     let h = Harness::start().await;
     for token in [None, Some(SecretString::from("wrong-token-0123456789"))] {
-        let mut client = client::connect(&h.url, token.as_ref()).await.unwrap();
+        let mut client = client::connect(&h.url, token.as_ref(), None).await.unwrap();
         let err = client
             .builds(v1::BuildsRequest::default())
             .await

@@ -226,9 +226,13 @@ async fn transfers_of_config_owned_names_bad_input_and_unauthenticated_calls_are
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 
-    let mut stranger = client::connect(&h.url, Some(&SecretString::from("wrong-token-0123456789")))
-        .await
-        .unwrap();
+    let mut stranger = client::connect(
+        &h.url,
+        Some(&SecretString::from("wrong-token-0123456789")),
+        None,
+    )
+    .await
+    .unwrap();
     let err = stranger
         .transfer_parameter(transfer(NAME, "PRX/stranger"))
         .await

@@ -99,7 +99,7 @@ impl Harness {
     }
 
     pub async fn client_with(&self, token: &str) -> Client {
-        client::connect(&self.url, Some(&SecretString::from(token)))
+        client::connect(&self.url, Some(&SecretString::from(token)), None)
             .await
             .unwrap()
     }
