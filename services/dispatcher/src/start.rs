@@ -17,6 +17,7 @@ use prx_ci_shared::bus::consume::HandlerError;
 use prx_ci_shared::codebuild::backend::{
     BackendError, BuildBackend, StartBuild, StartedBuild, StopOutcome,
 };
+use prx_ci_shared::codebuild::build::SHADOW_BACKEND;
 use prx_ci_shared::config::Mode;
 use time::OffsetDateTime;
 
@@ -47,9 +48,6 @@ pub fn look_first(intent: &Intent, written_at: i64, now: i64) -> Option<OffsetDa
             .unwrap_or(OffsetDateTime::UNIX_EPOCH),
     )
 }
-
-/// `backend` of the pseudo builds of shadow mode.
-pub const SHADOW_BACKEND: &str = "shadow";
 
 /// The pseudo build a shadow request announces: `shadow:<request id>`, deterministic, so a
 /// redelivery announces the same one. Pure.
