@@ -76,6 +76,19 @@ impl SystemConfig {
     /// secret or ops token is generated and stored mode 0600 in `data_dir` for the other
     /// commands (`prx-ci demo`, `history`, ...).
     pub fn prepare_local(&mut self, data_dir: &Path) -> anyhow::Result<LocalSecrets> {
+        // `up` runs this system on its own: there is no original to shadow.
+        for (section, mode) in [
+            ("dispatcher", self.dispatcher.mode),
+            ("build_watcher", self.build_watcher.mode),
+            ("publisher", self.publisher.mode),
+            ("notifier", self.notifier.mode),
+        ] {
+            if mode.is_shadow() {
+                anyhow::bail!(
+                    "[{section}] mode = \"shadow\" is for running beside the original system (docs/migrating.md); `prx-ci up` runs live"
+                );
+            }
+        }
         create_private_dir(data_dir)?;
         let data_dir = data_dir
             .canonicalize()
