@@ -1103,9 +1103,16 @@ async fn shadow_mode_records_what_it_would_send_and_sends_nothing() {
     let running = env.notifier(env.config_shadow()).await;
     let build = Events::new("PRX/my-app", BUILD_ID);
 
+    env.publish(&build.requested()).await;
+    env.publish(&build.started()).await;
+    // The would-be post and pending status first, so that later events are would-be updates.
+    wait_until(WAIT, "the shadow post and pending status", || async {
+        let n = env.notifications().await;
+        let has = |action: &str| n.iter().any(|n| n.action == action);
+        (has("posted") && has("pending")).then_some(())
+    })
+    .await;
     for event in [
-        build.requested(),
-        build.started(),
         build.phase("INSTALL", "BUILD"),
         build.completed(v1::BuildStatus::Succeeded),
         build.publish_applied(),
