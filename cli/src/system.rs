@@ -278,3 +278,20 @@ async fn named(
         .with_context(|| format!("{name} failed"))
         .map(|()| name)
 }
+
+#[cfg(test)]
+mod tests {
+    use prx_ci_shared::config::Mode;
+
+    use super::*;
+
+    #[test]
+    fn up_refuses_shadow_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = SystemConfig::load(None).unwrap();
+        config.publisher.mode = Mode::Shadow;
+        let err = config.prepare_local(&dir.path().join("data")).unwrap_err();
+        assert!(err.to_string().contains("[publisher] mode"), "{err}");
+        assert!(!dir.path().join("data").exists(), "nothing prepared");
+    }
+}
