@@ -76,6 +76,19 @@ impl SystemConfig {
     /// secret or ops token is generated and stored mode 0600 in `data_dir` for the other
     /// commands (`prx-ci demo`, `history`, ...).
     pub fn prepare_local(&mut self, data_dir: &Path) -> anyhow::Result<LocalSecrets> {
+        // `up` runs this system on its own: there is no original to shadow.
+        for (section, mode) in [
+            ("dispatcher", self.dispatcher.mode),
+            ("build_watcher", self.build_watcher.mode),
+            ("publisher", self.publisher.mode),
+            ("notifier", self.notifier.mode),
+        ] {
+            if mode.is_shadow() {
+                anyhow::bail!(
+                    "[{section}] mode = \"shadow\" is for running beside the original system (docs/migrating.md); `prx-ci up` runs live"
+                );
+            }
+        }
         create_private_dir(data_dir)?;
         let data_dir = data_dir
             .canonicalize()
@@ -264,4 +277,21 @@ async fn named(
         .await
         .with_context(|| format!("{name} failed"))
         .map(|()| name)
+}
+
+#[cfg(test)]
+mod tests {
+    use prx_ci_shared::config::Mode;
+
+    use super::*;
+
+    #[test]
+    fn up_refuses_shadow_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = SystemConfig::load(None).unwrap();
+        config.publisher.mode = Mode::Shadow;
+        let err = config.prepare_local(&dir.path().join("data")).unwrap_err();
+        assert!(err.to_string().contains("[publisher] mode"), "{err}");
+        assert!(!dir.path().join("data").exists(), "nothing prepared");
+    }
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use prx_ci_shared::config::Validate;
+use prx_ci_shared::config::{Mode, Validate};
 use serde::Deserialize;
 
 /// Most ids `BatchGetBuilds` accepts in one call.
@@ -51,6 +51,10 @@ pub struct BuildWatcherConfig {
     pub report_concurrency: usize,
     /// Address of `/healthz`, `/readyz` and `/metrics` (binary only). Default `127.0.0.1:9103`.
     pub ops_listen: SocketAddr,
+    /// `live` (default) or `shadow`: the reported builds are the original system's, each
+    /// adopted into the shadow request of its repository, commit and architecture
+    /// (`BuildRef.shadowed`; docs/migrating.md).
+    pub mode: Mode,
 }
 
 impl Default for BuildWatcherConfig {
@@ -68,6 +72,7 @@ impl Default for BuildWatcherConfig {
             unrequested_after: Duration::from_secs(120),
             report_concurrency: 1,
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 9103)),
+            mode: Mode::Live,
         }
     }
 }

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use prx_ci_proto::v1;
+use prx_ci_shared::codebuild::env;
 use prx_ci_shared::codebuild::event::{is_dispatcher_variable, requested_variables};
 use prx_ci_shared::domain::Architecture;
 use prx_ci_shared::kv::key_token;
@@ -233,6 +234,55 @@ pub fn match_retry<'a>(
         },
         None => RetryMatch::NoMatch { mismatches },
     }
+}
+
+/// The lane a build's reported environment names: `PRX_GITHUB_PR` for a pull request's
+/// build, else `PRX_BRANCH`. Pure.
+fn reported_lane(reported: &BTreeMap<String, String>) -> (Option<u64>, Option<&str>) {
+    let pull_request = set(reported, env::GITHUB_PR).and_then(|n| n.parse().ok());
+    match pull_request {
+        Some(n) => (Some(n), None),
+        None => (None, set(reported, env::BRANCH)),
+    }
+}
+
+/// Whether a request is of the lane `lane` (see [`reported_lane`]).
+fn same_lane(request: &RequestData, lane: (Option<u64>, Option<&str>)) -> bool {
+    match lane {
+        (Some(n), _) => request.pull_request == n,
+        (None, Some(branch)) => request.pull_request == 0 && request.branch == branch,
+        (None, None) => false,
+    }
+}
+
+/// Shadow mode: the shadow request (`BuildRequested.shadow`) whose build the original
+/// system's build `build_id` (unrequested, with its reported environment) is, among the
+/// requests of its repository, commit and architecture. Variables are not compared (a
+/// disagreement is what the shadow report is for). Rule: among shadow requests of the lane
+/// the original's `PRX_GITHUB_PR` / `PRX_BRANCH` names (all shadow requests when none is of
+/// it), the newest push (highest push sequence, then request id). So when one commit is
+/// pushed twice to one lane, every original build of it lands in the newest push's chain.
+/// Pure.
+pub fn match_shadow<'a>(
+    build_id: &str,
+    reported: &BTreeMap<String, String>,
+    candidates: &'a [RequestedBuild],
+) -> Option<&'a RequestedBuild> {
+    let shadow: Vec<&RequestedBuild> = candidates
+        .iter()
+        .filter(|c| c.request.shadow && c.build_id != build_id)
+        .collect();
+    let lane = reported_lane(reported);
+    let of_lane: Vec<&RequestedBuild> = shadow
+        .iter()
+        .copied()
+        .filter(|c| same_lane(&c.request, lane))
+        .collect();
+    let pool = if of_lane.is_empty() { shadow } else { of_lane };
+    pool.into_iter().max_by(|a, b| {
+        (a.chain.push_sequence, &a.build.build_request_id)
+            .cmp(&(b.chain.push_sequence, &b.build.build_request_id))
+    })
 }
 
 #[cfg(test)]
@@ -564,5 +614,48 @@ mod tests {
             ),
             RetryMatch::Adopt { .. }
         ));
+    }
+
+    fn shadow_request(build_id: &str, push_sequence: u64) -> RequestedBuild {
+        let mut r = request(build_id, push_sequence, "b");
+        r.request.shadow = true;
+        r
+    }
+
+    #[test]
+    fn an_original_build_is_matched_to_the_newest_shadow_request_of_its_lane_whatever_its_variables()
+     {
+        let older = shadow_request("shadow:1", 3);
+        let newer = shadow_request("shadow:2", 7);
+        let live = request("p:live", 9, "b");
+        let mut on_pr = shadow_request("shadow:pr", 11);
+        on_pr.request.branch = "feature".into();
+        on_pr.request.pull_request = 12;
+        let candidates = [older.clone(), newer.clone(), live.clone(), on_pr.clone()];
+        // The original's variables disagree with every request: still matched.
+        let mut reported = reported(&older);
+        reported.insert("PRX_CI_PUBLISH".into(), "false".into());
+        reported.insert("PRX_GITHUB_BEFORE".into(), "zzz".into());
+        assert_eq!(
+            match_shadow("arn:orig", &reported, &candidates).map(|c| &c.build_id),
+            Some(&newer.build_id),
+            "the newest push of the branch; never a live request, never the PR's"
+        );
+        let mut pr_build = reported.clone();
+        pr_build.insert("PRX_GITHUB_PR".into(), "12".into());
+        assert_eq!(
+            match_shadow("arn:orig", &pr_build, &candidates).map(|c| &c.build_id),
+            Some(&on_pr.build_id)
+        );
+        // A lane no request has: the newest shadow request of the commit (the report shows
+        // the branch disagreeing).
+        let mut elsewhere = reported.clone();
+        elsewhere.insert("PRX_BRANCH".into(), "other".into());
+        assert_eq!(
+            match_shadow("arn:orig", &elsewhere, &candidates).map(|c| &c.build_id),
+            Some(&on_pr.build_id)
+        );
+        assert_eq!(match_shadow("arn:orig", &reported, &[live]), None);
+        assert_eq!(match_shadow("arn:orig", &reported, &[]), None);
     }
 }

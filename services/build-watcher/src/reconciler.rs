@@ -5,7 +5,8 @@
 //!
 //! It reads only the in-flight index, so its AWS calls grow with builds in flight, never with
 //! history: `ceil(due / batch_size)` calls per pass, spaced by `reconcile_call_spacing`.
-//! Local builds (`local:` ids) are never looked up in AWS. Several replicas each run a
+//! Local builds (`local:` ids) and shadow requests' pseudo builds (backend `shadow`) are never
+//! looked up in AWS. Several replicas each run a
 //! reconciler; their reports carry the same ids for the same observation, so JetStream keeps
 //! one, and the state machine ignores what it already knows.
 
@@ -16,7 +17,7 @@ use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::envelope::{Chain, derived_event_id};
 use prx_ci_shared::bus::publish::EventPublisher;
 use prx_ci_shared::codebuild::build::{
-    LOCAL_BACKEND, format_codebuild_time, is_local_build, parse_arn,
+    LOCAL_BACKEND, SHADOW_BACKEND, format_codebuild_time, is_local_build, parse_arn,
 };
 use prx_ci_shared::codebuild::env;
 use prx_ci_shared::codebuild::event::{
@@ -208,7 +209,11 @@ pub fn due_builds(
     let after_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
     entries
         .iter()
-        .filter(|(e, _)| !is_local_build(&e.build_id) && e.backend != LOCAL_BACKEND)
+        .filter(|(e, _)| {
+            !is_local_build(&e.build_id)
+                && e.backend != LOCAL_BACKEND
+                && e.backend != SHADOW_BACKEND
+        })
         .filter(|(e, _)| everything || now_ms.saturating_sub(e.last_heard_ms) >= after_ms)
         .cloned()
         .collect()

@@ -11,6 +11,12 @@
 //! A build nobody requested is looked up in the request index first: when its environment is
 //! a request's ([`console_retry::match_retry`]), it is a console retry and is adopted into that
 //! request's chain; otherwise it is recorded from what its report says.
+//!
+//! Shadow mode (`[build_watcher] mode = "shadow"`): the builds reported are the original
+//! system's, nobody's by id. Each is matched to a shadow request of its repository, commit and
+//! architecture ([`console_retry::match_shadow`], variables not compared) as soon as its first
+//! report arrives, and adopted into that request's chain (`BuildRef.shadowed`); one matching
+//! no shadow request is recorded as a build nobody requested, as live does.
 
 use std::time::Duration;
 
@@ -20,6 +26,7 @@ use prx_ci_shared::bus::publish::EventPublisher;
 use prx_ci_shared::{Delivery, Handler, HandlerError};
 use time::OffsetDateTime;
 
+use prx_ci_shared::config::Mode;
 use prx_ci_shared::kv::{CAS_ATTEMPTS, Versioned};
 
 use crate::build_store::BuildStore;
@@ -51,6 +58,8 @@ enum Origin {
     },
     /// Nobody requested it and it matches no request (`why`: per candidate, why not).
     Unrequested { why: Vec<String> },
+    /// Shadow mode: the original system's build of the shadow request `request` (its id).
+    Shadowed { request: String, push_sequence: u64 },
 }
 
 /// Handles BuildReportReceived events.
@@ -63,6 +72,7 @@ pub struct ReportHandler {
     pub(crate) request_wait: Duration,
     pub(crate) unrequested_after: Duration,
     pub(crate) metrics: Metrics,
+    pub(crate) mode: Mode,
 }
 
 impl ReportHandler {
@@ -121,16 +131,35 @@ impl ReportHandler {
             || (info.num_pending == 0 && info.num_ack_pending == 0))
     }
 
-    /// The record of a build nobody requested: adopted into the chain of the request it
-    /// retries (same repository, commit, architecture and dispatcher variables), else started
-    /// from the report alone.
-    async fn start_unrequested(
+    /// Shadow mode: the record of the original's build `report` is about, adopted into the
+    /// shadow request it matches (`None`: none matches, so far).
+    async fn start_shadowed(
         &self,
         report: &Report,
-        envelope: &prx_ci_proto::v1::Envelope,
-    ) -> Result<(WatchedBuildRecord, Origin), HandlerError> {
+    ) -> Result<Option<(WatchedBuildRecord, Origin)>, HandlerError> {
+        let candidates = self.candidates(report).await?;
+        Ok(
+            console_retry::match_shadow(&report.build_id, &report.environment(), &candidates).map(
+                |request| {
+                    (
+                        WatchedBuildRecord::shadowed(report, request),
+                        Origin::Shadowed {
+                            request: request.build.build_request_id.clone(),
+                            push_sequence: request.chain.push_sequence,
+                        },
+                    )
+                },
+            ),
+        )
+    }
+
+    /// The requests of the reported build's repository, commit and architecture.
+    async fn candidates(
+        &self,
+        report: &Report,
+    ) -> Result<Vec<console_retry::RequestedBuild>, HandlerError> {
         let reported = report.build_ref();
-        let candidates = match self
+        match self
             .store
             .requests_of(
                 &reported.repository,
@@ -139,14 +168,38 @@ impl ReportHandler {
             )
             .await
         {
-            Ok(candidates) => candidates,
-            Err(e) if e.is_transient() => return Err(HandlerError::transient(e)),
+            Ok(candidates) => Ok(candidates),
+            Err(e) if e.is_transient() => Err(HandlerError::transient(e)),
             Err(e) => {
                 // An unreadable index entry must not hold the build's events back.
                 tracing::warn!(build_id = %report.build_id, error = %e, "request index unreadable; the build stays unrequested");
-                Vec::new()
+                Ok(Vec::new())
             }
-        };
+        }
+    }
+
+    /// The record of a build nobody requested: adopted into the chain of the request it
+    /// retries (same repository, commit, architecture and dispatcher variables), else started
+    /// from the report alone.
+    async fn start_unrequested(
+        &self,
+        report: &Report,
+        envelope: &prx_ci_proto::v1::Envelope,
+    ) -> Result<(WatchedBuildRecord, Origin), HandlerError> {
+        if self.mode.is_shadow() {
+            if let Some(shadowed) = self.start_shadowed(report).await? {
+                return Ok(shadowed);
+            }
+            return Ok((
+                WatchedBuildRecord::unrequested(report, envelope),
+                Origin::Unrequested {
+                    why: vec![
+                        "no shadow request of its repository, commit and architecture".into(),
+                    ],
+                },
+            ));
+        }
+        let candidates = self.candidates(report).await?;
         Ok(
             match console_retry::match_retry(
                 &report.build_id,
@@ -227,11 +280,26 @@ impl Handler for ReportHandler {
                 .get(&report.build_id)
                 .await
                 .map_err(HandlerError::transient)?;
-            let joined = self.join(&report, &delivery, current).await?;
-            let revision = joined.revision;
-            let (record, origin) = match joined.record {
-                Some(record) => (record, Origin::Requested),
-                None => self.start_unrequested(&report, &delivery.envelope).await?,
+            // Shadow mode adopts an original's build at its first report, without waiting
+            // for a BuildRequested that never comes under its id.
+            let shadowed = if current.record.is_none() && self.mode.is_shadow() {
+                self.start_shadowed(&report).await?
+            } else {
+                None
+            };
+            let (revision, record, origin) = match shadowed {
+                Some((record, origin)) => (current.revision, record, origin),
+                None => {
+                    let joined = self.join(&report, &delivery, current).await?;
+                    match joined.record {
+                        Some(record) => (joined.revision, record, Origin::Requested),
+                        None => {
+                            let (record, origin) =
+                                self.start_unrequested(&report, &delivery.envelope).await?;
+                            (joined.revision, record, origin)
+                        }
+                    }
+                }
             };
             let was_final = record.state.lifecycle.is_final();
             if was_final {
@@ -285,6 +353,7 @@ impl Handler for ReportHandler {
             let outcome_name = match (&origin, outcome.transitions.is_empty()) {
                 (Origin::Unrequested { .. }, _) => "unrequested",
                 (Origin::Adopted { .. }, _) => "adopted",
+                (Origin::Shadowed { .. }, _) => "shadowed",
                 (Origin::Requested, true) => "no_change",
                 (Origin::Requested, false) => "applied",
             };
@@ -311,6 +380,19 @@ impl Handler for ReportHandler {
                     } else {
                         "adopted"
                     });
+                }
+                Origin::Shadowed {
+                    request,
+                    push_sequence,
+                } => {
+                    tracing::info!(
+                        build_id = %report.build_id,
+                        build_request_id = %request,
+                        push_sequence,
+                        repository = %record.build.repository,
+                        commit = %record.build.commit,
+                        "the original system's build adopted into our shadow request's chain"
+                    );
                 }
                 Origin::Unrequested { why } => {
                     tracing::warn!(

@@ -76,8 +76,10 @@ impl RequestHandler {
             );
         }
         // On a redelivery too: a failure after the record's write (the index, or this put
-        // itself) must not leave the build out of the reconciler's in-flight list.
-        if !record.state.lifecycle.is_final() {
+        // itself) must not leave the build out of the reconciler's in-flight list. A shadow
+        // request's pseudo build (`shadow:<request id>`) is never in flight: nothing runs to
+        // ask CodeBuild about, and it waits for the original's build without a deadline.
+        if !record.state.lifecycle.is_final() && !request.shadow {
             self.store
                 .put_in_flight(&record.in_flight())
                 .await

@@ -105,6 +105,7 @@ impl BuildWatcher {
             request_wait: self.config.request_wait,
             unrequested_after: self.config.unrequested_after,
             metrics: self.metrics.clone(),
+            mode: self.config.mode,
         });
         tasks.spawn({
             let (js, publisher, metrics, stop) = (

@@ -101,6 +101,10 @@ pub struct RequestData {
     /// `BuildRequested.rerun` (0 for the webhook's own build), left out of the JSON while 0.
     #[serde(skip_serializing_if = "is_first_attempt")]
     pub rerun: u32,
+    /// `BuildRequested.shadow` (a shadow request: nothing of ours runs, the original system's
+    /// build is adopted), left out of the JSON while false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
 }
 
 fn is_first_attempt(rerun: &u32) -> bool {
@@ -128,6 +132,7 @@ impl From<&v1::BuildRequested> for RequestData {
             pull_request: r.pull_request,
             primary_architecture: r.primary_architecture,
             rerun: r.rerun,
+            shadow: r.shadow,
         }
     }
 }
@@ -152,7 +157,7 @@ impl RequestData {
             pull_request: self.pull_request,
             primary_architecture: self.primary_architecture,
             rerun: self.rerun,
-            shadow: false,
+            shadow: self.shadow,
         }
     }
 }
@@ -245,6 +250,32 @@ impl WatchedBuildRecord {
             requested_event_id: original.requested_event_id.clone(),
             request: Some(original.request.clone()),
             chain: original.chain.clone(),
+            ..Self::default()
+        }
+    }
+
+    /// The record of the original system's build, from its first report, adopted into the
+    /// chain of `request`, this system's shadow request of the same repository, commit and
+    /// architecture (shadow mode, see [`crate::console_retry::match_shadow`]): its events carry
+    /// the request (`BuildRequested.shadow`) and its chain (ordered as our push); its own
+    /// reference (the original's build id, project, log link) with `shadowed` set and the
+    /// request's id (the original's build is what became of our request), `retry_of` empty.
+    /// Its environment stays the original's.
+    pub fn shadowed(report: &Report, request: &RequestedBuild) -> Self {
+        let mut build = report.build_ref();
+        build.build_request_id = request.build.build_request_id.clone();
+        build.repository = request.build.repository.clone();
+        build.commit = request.build.commit.clone();
+        build.architecture = request.build.architecture;
+        build.retry_of = String::new();
+        build.shadowed = true;
+        Self {
+            build_id: report.build_id.clone(),
+            build,
+            requested: true,
+            requested_event_id: request.requested_event_id.clone(),
+            request: Some(request.request.clone()),
+            chain: request.chain.clone(),
             ..Self::default()
         }
     }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use prx_ci_shared::config::Validate;
+use prx_ci_shared::config::{Mode, Validate};
 use prx_ci_shared::domain::Lane;
 use serde::Deserialize;
 
@@ -39,6 +39,9 @@ pub struct DispatcherConfig {
     pub backend: BackendKind,
     /// CodeBuild projects (`[dispatcher.codebuild]`; binary only).
     pub codebuild: CodeBuildConfig,
+    /// `live` (default) or `shadow`: every decision recorded as live, `BuildRequested.shadow`
+    /// set, no build started or stopped (docs/migrating.md).
+    pub mode: Mode,
 }
 
 /// `[dispatcher] backend`.
@@ -61,6 +64,7 @@ impl Default for DispatcherConfig {
             rules: DecisionConfig::default(),
             backend: BackendKind::Codebuild,
             codebuild: CodeBuildConfig::default(),
+            mode: Mode::Live,
         }
     }
 }

@@ -246,6 +246,7 @@ impl DispatchHandler {
         let Started {
             build: started,
             adopted,
+            shadow,
         } = self.starter.start_once(&key, request.clone()).await?;
         // An adopted build is announced as the crashed attempt started it.
         let (buildspec, build) = match adopted {
@@ -271,6 +272,7 @@ impl DispatchHandler {
             ordering_key = %plan.ordering_key,
             push_position = %PushPosition::from_wire(chain.push_sequence).map(|p| p.to_string()).unwrap_or_default(),
             fork = plan.is_fork(),
+            shadow,
             "build requested"
         );
         self.metrics.build_started(build.architecture);
@@ -280,6 +282,7 @@ impl DispatchHandler {
             buildspec,
             build,
             started,
+            shadow,
             OffsetDateTime::now_utc(),
         );
         self.store
@@ -326,7 +329,7 @@ impl DispatchHandler {
         let mut done = Vec::new();
         let mut failure = None;
         for build in &to_stop {
-            match self.starter.backend().stop(build.build_id()).await {
+            match self.starter.stop(build.build_id()).await {
                 Ok(StopOutcome::Stopped) => {
                     self.cancelled(plan, build, &by).await?;
                     done.push(build.build_id().to_owned());

@@ -64,6 +64,7 @@ impl Handler for RerunHandler {
                 tracing::warn!(%build_id, reason = %why, "build lost to the system's failure is not re-run");
                 self.metrics.rerun(match why {
                     NoRerun::Exhausted { .. } => "exhausted",
+                    NoRerun::Shadow => "shadow",
                     _ => "unrequested",
                 });
                 return Ok(());

@@ -85,7 +85,7 @@ impl Dispatcher {
     /// finish first.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let store = DispatchStore::open(&self.rt.js).await?;
-        let starter = Starter::new(self.backend, store.clone(), self.fault);
+        let starter = Starter::new(self.backend, store.clone(), self.fault, self.config.mode);
         let webhooks = DispatchHandler::new(
             self.config.clone(),
             self.buildspecs,

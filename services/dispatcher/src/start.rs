@@ -6,11 +6,19 @@
 //! `StartBuild`) first asks the backend for the build that request started
 //! ([`BuildBackend::find`]) and adopts it; only when there is none does it start one. The
 //! caller records the started build under the same key right after.
+//!
+//! Shadow mode (`[dispatcher] mode = "shadow"`) branches here and nowhere else: the starter
+//! asks the backend for nothing (no `StartBuild`, no `StopBuild`) and answers with a pseudo
+//! build ([`shadow_build`]), so every decision is made and recorded exactly as live.
 
 use std::sync::Arc;
 
 use prx_ci_shared::bus::consume::HandlerError;
-use prx_ci_shared::codebuild::backend::{BackendError, BuildBackend, StartBuild, StartedBuild};
+use prx_ci_shared::codebuild::backend::{
+    BackendError, BuildBackend, StartBuild, StartedBuild, StopOutcome,
+};
+use prx_ci_shared::codebuild::build::SHADOW_BACKEND;
+use prx_ci_shared::config::Mode;
 use time::OffsetDateTime;
 
 use crate::dispatch_store::{DispatchStore, IntendedRequest, Intent, StartIntent, StartKey};
@@ -41,6 +49,18 @@ pub fn look_first(intent: &Intent, written_at: i64, now: i64) -> Option<OffsetDa
     )
 }
 
+/// The pseudo build a shadow request announces: `shadow:<request id>`, deterministic, so a
+/// redelivery announces the same one. Pure.
+pub fn shadow_build(request: &StartBuild) -> StartedBuild {
+    StartedBuild {
+        build_id: format!("{SHADOW_BACKEND}:{}", request.request_id),
+        backend: SHADOW_BACKEND.to_owned(),
+        project: String::new(),
+        region: String::new(),
+        log_url: String::new(),
+    }
+}
+
 /// A backend error as the consumer sees it.
 pub fn backend_error(err: BackendError) -> HandlerError {
     match err {
@@ -62,6 +82,8 @@ pub struct Started {
     /// its intent recorded it (`None` for a fresh start, and for intents of earlier versions).
     /// The build is announced with these, not with the plan made again.
     pub adopted: Option<IntendedRequest>,
+    /// Shadow mode: nothing was started, `build` is a [`shadow_build`].
+    pub shadow: bool,
 }
 
 /// Starts builds through the backend, at most once per key.
@@ -70,20 +92,32 @@ pub struct Starter {
     backend: Arc<dyn BuildBackend>,
     store: DispatchStore,
     fault: FaultPoint,
+    mode: Mode,
 }
 
 impl Starter {
-    pub fn new(backend: Arc<dyn BuildBackend>, store: DispatchStore, fault: FaultPoint) -> Self {
+    pub fn new(
+        backend: Arc<dyn BuildBackend>,
+        store: DispatchStore,
+        fault: FaultPoint,
+        mode: Mode,
+    ) -> Self {
         Self {
             backend,
             store,
             fault,
+            mode,
         }
     }
 
-    /// The backend (to stop builds).
-    pub fn backend(&self) -> &dyn BuildBackend {
-        self.backend.as_ref()
+    /// Stops a superseded build. In shadow mode nothing of ours runs, and the original's
+    /// builds are not ours to stop: nothing is asked, and the build counts as finished (no
+    /// `BuildCancelled`, the original build is still adopted when it reports).
+    pub async fn stop(&self, build_id: &str) -> Result<StopOutcome, BackendError> {
+        if self.mode.is_shadow() {
+            return Ok(StopOutcome::AlreadyFinished);
+        }
+        self.backend.stop(build_id).await
     }
 
     /// Starts `request` under `key`, or adopts the build an earlier attempt started.
@@ -92,6 +126,13 @@ impl Starter {
         key: &StartKey,
         request: StartBuild,
     ) -> Result<Started, HandlerError> {
+        if self.mode.is_shadow() {
+            return Ok(Started {
+                build: shadow_build(&request),
+                adopted: None,
+                shadow: true,
+            });
+        }
         let request_id = request.request_id.clone();
         let written_at = OffsetDateTime::now_utc().unix_timestamp();
         let intent = StartIntent {
@@ -130,6 +171,7 @@ impl Starter {
                 Ok(Started {
                     build: found,
                     adopted: intended,
+                    shadow: false,
                 })
             }
             None => {
@@ -138,6 +180,7 @@ impl Starter {
                 Ok(Started {
                     build: started,
                     adopted: None,
+                    shadow: false,
                 })
             }
         }

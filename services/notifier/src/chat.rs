@@ -140,3 +140,42 @@ impl ChatSink for LogChatSink {
         false
     }
 }
+
+/// Shadow mode (`[notifier] mode = "shadow"`): nothing is sent. A post answers a stable
+/// pseudo reference (`shadow:<build key>`), so the build's later renderings are would-be
+/// updates of it, each recorded once, as live records what it sent.
+#[derive(Debug, Default)]
+pub struct ShadowChatSink;
+
+#[async_trait]
+impl ChatSink for ShadowChatSink {
+    async fn post(&self, message: &OutgoingMessage) -> Result<MessageRef, ChatError> {
+        tracing::debug!(build = %message.build_key, "shadow mode: build message not posted");
+        Ok(MessageRef {
+            channel: message.channel.clone(),
+            ts: format!("shadow:{}", message.build_key),
+        })
+    }
+
+    async fn update(
+        &self,
+        _reference: &MessageRef,
+        message: &OutgoingMessage,
+    ) -> Result<(), ChatError> {
+        tracing::debug!(build = %message.build_key, "shadow mode: build message not updated");
+        Ok(())
+    }
+
+    async fn find(
+        &self,
+        _channel: &str,
+        _build_key: &str,
+        _since: OffsetDateTime,
+    ) -> Result<Option<MessageRef>, ChatError> {
+        Ok(None)
+    }
+
+    fn paced(&self) -> bool {
+        false
+    }
+}

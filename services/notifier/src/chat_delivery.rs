@@ -227,6 +227,7 @@ impl Core {
                 reference.to_string(),
                 action,
                 &["slack", key, &record.slack.deliveries.to_string()],
+                self.config.mode.is_shadow(),
             );
             self.publish_delivered(&event).await;
         }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use prx_ci_shared::config::Validate;
+use prx_ci_shared::config::{Mode, Validate};
 use prx_ci_shared::notice::console_links::LinkConfig;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -44,6 +44,9 @@ pub struct NotifierConfig {
     pub slack: SlackConfig,
     pub links: LinkConfig,
     pub statuses: StatusConfig,
+    /// `live` (default) or `shadow`: rendered and recorded as live, nothing sent to Slack or
+    /// GitHub; `NotificationDelivered.shadow` set, `reference` empty (docs/migrating.md).
+    pub mode: Mode,
 }
 
 impl Default for NotifierConfig {
@@ -62,6 +65,7 @@ impl Default for NotifierConfig {
             slack: SlackConfig::default(),
             links: LinkConfig::default(),
             statuses: StatusConfig::default(),
+            mode: Mode::Live,
         }
     }
 }

@@ -52,6 +52,25 @@ impl StatusSink for LogStatusSink {
     }
 }
 
+/// Shadow mode (`[notifier] mode = "shadow"`): statuses are neither written nor logged as
+/// written; the notifier records what it would have written (`NotificationDelivered.shadow`).
+#[derive(Debug, Default)]
+pub struct ShadowStatusSink;
+
+#[async_trait]
+impl StatusSink for ShadowStatusSink {
+    async fn write(&self, status: &CommitStatus) -> Result<(), StatusError> {
+        tracing::debug!(
+            repository = %status.repository,
+            commit = %status.sha,
+            context = %status.context,
+            state = status.state.as_str(),
+            "shadow mode: commit status not written"
+        );
+        Ok(())
+    }
+}
+
 /// A token bucket with two windows (per minute and per hour), for GitHub's content-creation
 /// limits. Callers reserve a token and wait until it is theirs, so waiting callers queue fairly.
 #[derive(Debug)]

@@ -34,6 +34,13 @@ impl Core {
         let Some(payload) = envelope.payload.as_ref() else {
             return Ok(());
         };
+        if let v1::envelope::Payload::BuildRequested(request) = payload
+            && request.shadow
+        {
+            // A shadow request's pseudo build runs nothing: the original's build, adopted into
+            // the request's chain, is what gets a message and a status.
+            return Ok(());
+        }
         let key = match view::relevance(payload).map_err(HandlerError::permanent)? {
             Relevance::Ignore => return Ok(()),
             Relevance::Build(key) => key,

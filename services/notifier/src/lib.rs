@@ -52,10 +52,10 @@ use std::sync::Arc;
 
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
 
-pub use chat::{ChatSink, LogChatSink};
+pub use chat::{ChatSink, LogChatSink, ShadowChatSink};
 pub use commits::{CommitSource, GitHubCommitSource};
 pub use config::NotifierConfig;
-pub use github_status::{GitHubStatusSink, LogStatusSink, StatusSink};
+pub use github_status::{GitHubStatusSink, LogStatusSink, ShadowStatusSink, StatusSink};
 pub use metrics::DeliveryStats;
 pub use notification_record::NotificationRecord;
 pub use service::Notifier;

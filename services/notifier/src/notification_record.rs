@@ -208,12 +208,14 @@ impl NotificationRecord {
 
     /// The `NotificationDelivered` event of a delivery, caused by the last event applied; its
     /// id derives from `id_parts` and `action`, so a redelivery publishes the same id.
+    /// `shadow`: nothing was sent (shadow mode); the event says so and names no reference.
     pub fn delivered_event(
         &self,
         channel: v1::NotificationChannel,
         reference: String,
         action: &str,
         id_parts: &[&str],
+        shadow: bool,
     ) -> v1::Envelope {
         let chain = self.view.chain.chain();
         let mut parts = vec!["notification.delivered"];
@@ -224,9 +226,9 @@ impl NotificationRecord {
             Payload::NotificationDelivered(v1::NotificationDelivered {
                 channel: channel as i32,
                 build: Some(self.view.build_ref()),
-                reference,
+                reference: if shadow { String::new() } else { reference },
                 action: action.to_owned(),
-                shadow: false,
+                shadow,
             }),
         )
     }

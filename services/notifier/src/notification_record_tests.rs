@@ -301,6 +301,7 @@ fn the_delivered_event_names_the_build_and_has_a_stable_id() {
             "C1/1.1".into(),
             action,
             &["slack", "k", "1"],
+            false,
         )
     };
     let (posted, again, updated) = (event("posted"), event("posted"), event("updated"));
@@ -313,4 +314,18 @@ fn the_delivered_event_names_the_build_and_has_a_stable_id() {
     assert_eq!(delivered.build, Some(record.view.build_ref()));
     assert_eq!(delivered.reference, "C1/1.1");
     assert_eq!(delivered.action, "posted");
+    assert!(!delivered.shadow);
+    let shadow = record.delivered_event(
+        v1::NotificationChannel::Slack,
+        "C1/shadow:k".into(),
+        "updated",
+        &["slack", "k", "2"],
+        true,
+    );
+    let Some(Payload::NotificationDelivered(shadow)) = shadow.payload else {
+        panic!("not a NotificationDelivered: {shadow:?}");
+    };
+    assert!(shadow.shadow);
+    assert_eq!(shadow.reference, "", "nothing was sent");
+    assert_eq!(shadow.action, "updated");
 }

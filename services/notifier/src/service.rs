@@ -35,11 +35,11 @@ use prx_ci_shared::bus::consume::ConsumerSettings;
 use prx_ci_shared::{CancellationToken, EventPublisher, Runtime};
 use tokio::task::JoinSet;
 
-use crate::chat::ChatSink;
+use crate::chat::{ChatSink, ShadowChatSink};
 use crate::chat_delivery::ChannelQueue;
 use crate::commits::CommitSource;
 use crate::config::NotifierConfig;
-use crate::github_status::StatusSink;
+use crate::github_status::{ShadowStatusSink, StatusSink};
 use crate::handler::EventHandler;
 use crate::metrics::{DeliveryStats, Metrics};
 use crate::notification_record::NotificationRecord;
@@ -90,6 +90,14 @@ impl Notifier {
         config
             .validate()
             .map_err(|reason| anyhow::anyhow!("invalid [notifier] configuration: {reason}"))?;
+        // Shadow mode branches here: the sinks handed in (Slack, GitHub) are never called;
+        // everything else (rendering, dedup records, events) runs as live.
+        let (chat, statuses): (Arc<dyn ChatSink>, Arc<dyn StatusSink>) = if config.mode.is_shadow()
+        {
+            (Arc::new(ShadowChatSink), Arc::new(ShadowStatusSink))
+        } else {
+            (chat, statuses)
+        };
         Ok(Self {
             rt,
             config,

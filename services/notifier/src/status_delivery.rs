@@ -234,6 +234,7 @@ impl Core {
                         written.context.clone(),
                         written.state.as_str(),
                         &["status", &key, &written.description],
+                        self.config.mode.is_shadow(),
                     );
                     self.publish_delivered(&event).await;
                     self.requeue_if_behind(&key, &record, written);

@@ -75,6 +75,13 @@ impl Env {
         config
     }
 
+    fn config_shadow(&self) -> NotifierConfig {
+        NotifierConfig {
+            mode: prx_ci_shared::config::Mode::Shadow,
+            ..self.config()
+        }
+    }
+
     fn github_client(&self) -> GitHubClient {
         GitHubClient::new(GitHubConfig {
             api_url: self.github.url.clone(),
@@ -1088,4 +1095,47 @@ async fn records_written_by_earlier_versions_read_and_write_back_unchanged() {
     let stored = raw.get(KEY_WRITTEN_BEFORE).await.unwrap().unwrap();
     assert_eq!(std::str::from_utf8(&stored).unwrap(), json);
     assert_eq!(store.build_keys().await.unwrap(), vec![BUILD_ID.to_owned()]);
+}
+
+#[tokio::test]
+async fn shadow_mode_records_what_it_would_send_and_sends_nothing() {
+    let env = Env::start(CompareMode::Commits { n: 3, total: 3 }).await;
+    let running = env.notifier(env.config_shadow()).await;
+    let build = Events::new("PRX/my-app", BUILD_ID);
+
+    env.publish(&build.requested()).await;
+    env.publish(&build.started()).await;
+    // The would-be post and pending status first, so that later events are would-be updates.
+    wait_until(WAIT, "the shadow post and pending status", || async {
+        let n = env.notifications().await;
+        let has = |action: &str| n.iter().any(|n| n.action == action);
+        (has("posted") && has("pending")).then_some(())
+    })
+    .await;
+    for event in [
+        build.phase("INSTALL", "BUILD"),
+        build.completed(v1::BuildStatus::Succeeded),
+        build.publish_applied(),
+    ] {
+        env.publish(&event).await;
+    }
+    // Would-be post, updates and both statuses, each recorded once, as shadow.
+    let delivered = wait_until(WAIT, "shadow notification events", || async {
+        let n = env.notifications().await;
+        let has = |action: &str| n.iter().any(|n| n.action == action);
+        (has("posted") && has("updated") && has("pending") && has("success")).then_some(n)
+    })
+    .await;
+    running.stop().await;
+    assert!(
+        delivered.iter().all(|n| n.shadow && n.reference.is_empty()),
+        "{delivered:#?}"
+    );
+    assert_eq!(delivered.iter().filter(|n| n.action == "posted").count(), 1);
+    assert!(
+        env.slack.all_calls().is_empty(),
+        "{:?}",
+        env.slack.all_calls()
+    );
+    assert!(env.github.statuses().is_empty());
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use prx_ci_shared::config::Validate;
+use prx_ci_shared::config::{Mode, Validate};
 use prx_ci_shared::domain::Architecture;
 use serde::Deserialize;
 
@@ -61,6 +61,10 @@ pub struct PublisherConfig {
     /// a repository (`owner/repo`): `value_checks` and, for repositories,
     /// `primary_architecture` (precedence in [`crate::apps`]). Default empty.
     pub apps: BTreeMap<String, AppConfig>,
+    /// `live` (default) or `shadow`: every check and the fence as live, the values written to
+    /// the KV bucket `prx_ci_shadow_parameters` instead of the parameter store,
+    /// `PublishApplied.shadow` set (docs/migrating.md).
+    pub mode: Mode,
 }
 
 impl Default for PublisherConfig {
@@ -79,6 +83,7 @@ impl Default for PublisherConfig {
             retry_backoff: Vec::new(),
             owners: BTreeMap::new(),
             apps: BTreeMap::new(),
+            mode: Mode::Live,
         }
     }
 }

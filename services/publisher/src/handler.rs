@@ -135,6 +135,17 @@ impl PublishHandler {
         envelope: &v1::Envelope,
         done: &v1::BuildCompleted,
     ) -> Result<(), HandlerError> {
+        let shadow_build = done.build.as_ref().is_some_and(|b| b.shadowed)
+            || done.requested.as_ref().is_some_and(|r| r.shadow);
+        if shadow_build && !self.config.mode.is_shadow() {
+            // The original system's build (or a shadow request's): a live publisher writing it
+            // would let the shadowed system move this one's parameters.
+            tracing::warn!(
+                build_id = %done.build.as_ref().map(|b| b.build_id.as_str()).unwrap_or_default(),
+                "a shadow build's completion reached a live publisher ([publisher] mode = \"live\" beside a shadow build-watcher?); nothing published"
+            );
+            return Ok(());
+        }
         // The dispatcher's request decides; the build's variables only supply artifact values.
         let Some(decision) = eligibility::assess(done, envelope.push_sequence) else {
             // Failures are the notifier's business.
@@ -399,7 +410,7 @@ impl Emitter<'_> {
                 label: target.label.clone(),
                 build: Some(self.build.clone()),
                 version,
-                shadow: false,
+                shadow: self.handler.config.mode.is_shadow(),
             }),
         );
         self.store(&envelope).await?;

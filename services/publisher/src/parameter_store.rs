@@ -16,6 +16,11 @@ use prx_ci_shared::kv::{decode_key_token, key_token};
 /// The KV bucket the local parameter store writes (`deploy/nats/kv/prx_ci_parameters.json`).
 pub const PARAMETERS_BUCKET: &str = "prx_ci_parameters";
 
+/// The KV bucket of shadow mode's would-be parameters (`[publisher] mode = "shadow"`,
+/// `deploy/nats/kv/prx_ci_shadow_parameters.json`): what the publisher would have written,
+/// never the original system's writes, so the fence compares against its own history.
+pub const SHADOW_PARAMETERS_BUCKET: &str = "prx_ci_shadow_parameters";
+
 /// Time limit of one SSM call attempt, so a hung connection cannot outlive the fence lease.
 pub const SSM_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -264,10 +269,16 @@ pub struct KvParameterStore {
 impl KvParameterStore {
     /// Opens the [`PARAMETERS_BUCKET`] (provisioned from `deploy/nats/kv/`).
     pub async fn new(js: &jetstream::Context) -> anyhow::Result<Self> {
+        Self::open(js, PARAMETERS_BUCKET).await
+    }
+
+    /// Opens the parameter bucket `bucket` ([`PARAMETERS_BUCKET`] or
+    /// [`SHADOW_PARAMETERS_BUCKET`]; provisioned from `deploy/nats/kv/`).
+    pub async fn open(js: &jetstream::Context, bucket: &str) -> anyhow::Result<Self> {
         let kv = js
-            .get_key_value(PARAMETERS_BUCKET)
+            .get_key_value(bucket)
             .await
-            .with_context(|| format!("cannot open KV bucket {PARAMETERS_BUCKET} (provisioned?)"))?;
+            .with_context(|| format!("cannot open KV bucket {bucket} (provisioned?)"))?;
         Ok(Self { kv })
     }
 }

@@ -15,7 +15,7 @@ use crate::config::PublisherConfig;
 use crate::fence_store::KvFence;
 use crate::handler::PublishHandler;
 use crate::metrics::PublisherMetrics;
-use crate::parameter_store::ParameterStore;
+use crate::parameter_store::{KvParameterStore, ParameterStore, SHADOW_PARAMETERS_BUCKET};
 use crate::skip_store::SkipStore;
 
 /// The durable consumer (`deploy/nats/consumers/publisher.json`).
@@ -72,6 +72,17 @@ impl Publisher {
             self.metrics.fence.clone(),
         )
         .await?;
+        // Shadow mode branches here: every check and the fence run as live, against a store of
+        // the would-be values; the parameter store handed in (SSM) is never written.
+        let store: Arc<dyn ParameterStore> = if self.config.mode.is_shadow() {
+            tracing::info!(
+                bucket = SHADOW_PARAMETERS_BUCKET,
+                "shadow mode: parameters go to the shadow bucket, never to the parameter store"
+            );
+            Arc::new(KvParameterStore::open(&self.rt.js, SHADOW_PARAMETERS_BUCKET).await?)
+        } else {
+            self.store
+        };
         let skips = SkipStore::open(&self.rt.js).await?;
         let owners = OwnerStore::open(&self.rt.js).await?;
         let definitions = prx_ci_shared::bus::nats::Definitions::embedded()?;
@@ -83,7 +94,7 @@ impl Publisher {
         let handler = Arc::new(PublishHandler {
             rt: self.rt.clone(),
             config: self.config,
-            store: self.store,
+            store,
             artifacts: self.artifacts,
             fence,
             skips,

@@ -16,6 +16,9 @@ pub const CODEBUILD_BACKEND: &str = "codebuild";
 pub const LOCAL_BACKEND: &str = "local";
 /// Prefix of the local runner's build ids (`local:<uuid>`).
 pub const LOCAL_BUILD_PREFIX: &str = "local:";
+/// `backend` of the pseudo builds of a shadow request (`BuildRequested.shadow`): nothing runs,
+/// ids are `shadow:<request id>`; never looked up in AWS.
+pub const SHADOW_BACKEND: &str = "shadow";
 
 /// Whether a build id belongs to the local runner (never reconciled through AWS).
 pub fn is_local_build(build_id: &str) -> bool {

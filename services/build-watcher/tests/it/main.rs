@@ -5,6 +5,7 @@ mod console_retry;
 mod events;
 mod local;
 mod reconciler;
+mod shadow;
 mod sqs;
 mod state;
 mod utils;

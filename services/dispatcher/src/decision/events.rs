@@ -89,7 +89,8 @@ impl BuildPlan {
 
     /// The `BuildRequested` envelope announcing `started`, the backend's answer to
     /// [`Self::start_request`] for `build` (with its [`build_request_id`]); one per webhook and
-    /// architecture.
+    /// architecture. `shadow`: nothing was started (`started` is a pseudo build).
+    #[expect(clippy::too_many_arguments, reason = "one envelope from its parts")]
     pub fn requested(
         &self,
         chain: &Chain,
@@ -97,6 +98,7 @@ impl BuildPlan {
         buildspec: &str,
         build: PlannedBuild,
         started: StartedBuild,
+        shadow: bool,
         at: OffsetDateTime,
     ) -> Envelope {
         let request_id = build_request_id(dispatch_id, build.architecture);
@@ -136,7 +138,7 @@ impl BuildPlan {
                     .map_or(v1::Architecture::Unspecified, Architecture::to_proto)
                     as i32,
                 rerun: 0,
-                shadow: false,
+                shadow,
             }),
         )
     }
@@ -318,6 +320,7 @@ mod tests {
             spec,
             build.clone(),
             started("p:b"),
+            false,
             AT,
         );
         assert_eq!(

@@ -6,7 +6,8 @@
 //! source, chain and push sequence), a new request id, `build.retry_of` naming the lost build
 //! and `rerun` counting the attempts, at most `[dispatcher] reruns` times (default once). A
 //! build that failed by its own fault (`FAILED`, `TIMED_OUT`) or was stopped is never re-run;
-//! nor is a build the dispatcher did not request (nothing entitles it).
+//! nor is a build the dispatcher did not request (nothing entitles it), nor a shadow request's
+//! build (shadow mode: the original system's build, which the original re-runs or not).
 //!
 //! Idempotence: the re-run's request id is derived from the lost build's request id, and its
 //! event id from its request id, so a redelivered `BuildCompleted` re-runs nothing twice.
@@ -27,6 +28,9 @@ pub enum NoRerun {
     NotRequested,
     /// It was already the last re-run allowed.
     Exhausted { reruns: u32 },
+    /// Its request is a shadow request (`BuildRequested.shadow`): the build is the original
+    /// system's, nothing of this system's was lost.
+    Shadow,
 }
 
 impl std::fmt::Display for NoRerun {
@@ -35,6 +39,7 @@ impl std::fmt::Display for NoRerun {
             Self::NotLostToTheSystem => f.write_str("the build did not end FAULT"),
             Self::NotRequested => f.write_str("the dispatcher did not request this build"),
             Self::Exhausted { reruns } => write!(f, "already re-run {reruns} time(s), the limit"),
+            Self::Shadow => f.write_str("a shadow request's build (the original system's)"),
         }
     }
 }
@@ -54,6 +59,9 @@ pub fn lost_build(completed: &v1::BuildCompleted, max_reruns: u32) -> Result<Los
     let build = requested.build.as_ref().ok_or(NoRerun::NotRequested)?;
     if build.build_request_id.is_empty() {
         return Err(NoRerun::NotRequested);
+    }
+    if requested.shadow {
+        return Err(NoRerun::Shadow);
     }
     if requested.rerun >= max_reruns {
         return Err(NoRerun::Exhausted {
@@ -263,6 +271,11 @@ mod tests {
             ..v1::BuildCompleted::default()
         };
         assert_eq!(lost_build(&unrequested, 1), Err(NoRerun::NotRequested));
+        let mut shadow = completed(v1::BuildStatus::Fault, 0);
+        if let Some(requested) = shadow.requested.as_mut() {
+            requested.shadow = true;
+        }
+        assert_eq!(lost_build(&shadow, 1), Err(NoRerun::Shadow));
     }
 
     #[test]

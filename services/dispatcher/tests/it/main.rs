@@ -7,5 +7,6 @@ mod crash;
 mod github;
 mod local;
 mod reruns;
+mod shadow;
 mod supersede;
 mod utils;

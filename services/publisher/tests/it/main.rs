@@ -6,6 +6,7 @@ mod kv_compat;
 mod ownership;
 mod schedules;
 mod service;
+mod shadow;
 mod ssm_faults;
 mod trust;
 mod utils;

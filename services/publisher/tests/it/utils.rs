@@ -136,6 +136,9 @@ pub struct BuildSpec {
     /// The buildspec's primary-architecture marker, as the dispatcher requests it (`None`:
     /// no marker).
     pub primary_marker: Option<Architecture>,
+    /// Shadow mode: the original system's build adopted into a shadow request
+    /// (`BuildRef.shadowed`, `BuildRequested.shadow`).
+    pub shadowed: bool,
 }
 
 impl BuildSpec {
@@ -155,6 +158,7 @@ impl BuildSpec {
             fork: false,
             requested: true,
             primary_marker: None,
+            shadowed: false,
         };
         spec.variables = spec.dispatcher_environment();
         spec.variables.insert(
@@ -226,6 +230,12 @@ impl BuildSpec {
         spec
     }
 
+    /// The original system's build of a shadow request (shadow mode).
+    pub fn shadowed(mut self) -> Self {
+        self.shadowed = true;
+        self
+    }
+
     /// Started in the console: no request travels with it.
     pub fn unrequested(mut self) -> Self {
         self.requested = false;
@@ -265,6 +275,7 @@ impl BuildSpec {
             commit: self.commit.clone(),
             architecture: self.arch.to_proto() as i32,
             backend: "local".into(),
+            shadowed: self.shadowed,
             ..Default::default()
         }
     }
@@ -289,6 +300,7 @@ impl BuildSpec {
             branch: self.branch().to_owned(),
             pull_request: self.pull_request,
             primary_architecture: self.primary_marker.map_or(0, |a| a.to_proto() as i32),
+            shadow: self.shadowed,
             ..Default::default()
         });
         Chain {

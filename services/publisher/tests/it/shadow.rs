@@ -1,0 +1,83 @@
+//! Shadow mode: every check and the fence run as live against the publisher's own would-be
+//! values (KV `prx_ci_shadow_parameters`); SSM is never written. A live publisher never
+//! publishes a shadow build.
+
+use prx_ci_proto::v1::PublishSkipReason;
+use prx_ci_publisher::KvParameterStore;
+use prx_ci_publisher::parameter_store::{ParameterStore as _, SHADOW_PARAMETERS_BUCKET};
+use prx_ci_shared::config::Mode;
+use prx_ci_shared::domain::Architecture;
+
+use crate::utils::{BuildSpec, SsmPublisher, settle, skips_of, ssm_history, test_config};
+
+const PARAMETER: &str = "/prx/stag/Spire/Shadowed/pkg/docker-image-tag";
+const X86: Architecture = Architecture::X86_64;
+
+#[tokio::test]
+async fn shadow_mode_fences_its_own_would_be_values_and_never_writes_ssm() {
+    let SsmPublisher {
+        rt,
+        log,
+        client,
+        guard: _guard,
+        ..
+    } = SsmPublisher::start_with(prx_ci_publisher::PublisherConfig {
+        mode: Mode::Shadow,
+        ..test_config()
+    })
+    .await;
+    let (a, b, c) = (
+        BuildSpec::ecr(1, X86, &[PARAMETER]).shadowed(),
+        BuildSpec::ecr(2, X86, &[PARAMETER]).shadowed(),
+        BuildSpec::ecr(3, X86, &[PARAMETER]).shadowed(),
+    );
+    // The original's builds finish B, C, then A: the original's updater would end on A.
+    for build in [&b, &c, &a] {
+        rt.publisher.publish(&build.envelope("a")).await.unwrap();
+        settle(&rt, &log, &[(build.build_id.clone(), 1)]).await;
+    }
+    let applied = log.applied();
+    assert_eq!(
+        applied.iter().map(|p| p.value.clone()).collect::<Vec<_>>(),
+        [b.value(), c.value()]
+    );
+    assert!(applied.iter().all(|p| p.shadow), "{applied:#?}");
+    let skipped = log.skipped();
+    let [skip] = skips_of(&skipped, &a)[..] else {
+        panic!("{skipped:#?}")
+    };
+    assert_eq!(skip.reason, PublishSkipReason::Superseded as i32);
+
+    let shadow = KvParameterStore::open(&rt.js, SHADOW_PARAMETERS_BUCKET)
+        .await
+        .unwrap();
+    let stored = shadow.get(PARAMETER).await.unwrap().unwrap();
+    assert_eq!(stored.value, c.value());
+    assert_eq!(
+        stored.version, applied[1].version,
+        "the shadow bucket's revision"
+    );
+    assert!(ssm_history(&client, PARAMETER).await.is_empty());
+    let live = KvParameterStore::new(&rt.js).await.unwrap();
+    assert_eq!(live.get(PARAMETER).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_live_publisher_publishes_no_shadow_build() {
+    let SsmPublisher {
+        rt,
+        log,
+        client,
+        guard: _guard,
+        ..
+    } = SsmPublisher::start().await;
+    let shadowed = BuildSpec::ecr(1, X86, &[PARAMETER]).shadowed();
+    let live = BuildSpec::ecr(2, X86, &["/prx/stag/Spire/Live/pkg/docker-image-tag"]);
+    rt.publisher.publish(&shadowed.envelope("a")).await.unwrap();
+    rt.publisher.publish(&live.envelope("a")).await.unwrap();
+    // Settled: the consumer is idle (both handled) and the live build has its outcome.
+    settle(&rt, &log, &[(live.build_id.clone(), 1)]).await;
+    assert_eq!(log.outcomes_of(&shadowed.build_id), 0);
+    assert!(ssm_history(&client, PARAMETER).await.is_empty());
+    assert_eq!(log.applied().len(), 1);
+}
