@@ -78,7 +78,10 @@ async fn the_client_reaches_the_api_through_tls_with_the_systems_ca() {
         Err(e) => Err(format!("{e:#}")),
     };
     let err = untrusted.expect_err("an unknown CA must be refused");
-    assert!(err.contains("invalid peer certificate: UnknownIssuer"), "{err}");
+    assert!(
+        err.contains("invalid peer certificate: UnknownIssuer"),
+        "{err}"
+    );
     // A CA for a plain-text URL is a mistake, said so.
     let plain = client::connect(&h.url, Some(&token), Some(ca.as_bytes())).await;
     assert!(

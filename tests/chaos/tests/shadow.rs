@@ -71,7 +71,8 @@ fn buildspec() -> String {
 
 /// Everything the test runs: servers, fakes, the service processes.
 struct ShadowWorld {
-    nats: NatsServer,
+    /// Kept for the services' lifetime (the server stops when dropped).
+    _nats: NatsServer,
     moto: MotoServer,
     github: FakeGitHub,
     slack: FakeSlack,
@@ -95,15 +96,11 @@ impl Drop for ShadowWorld {
     }
 }
 
-/// What the shadow report must find, for the report assertions (see [`report_spot`]).
+/// What the shadow report must find (see [`the_report_names_what_each_system_did`]).
 #[derive(Debug, Clone)]
-#[expect(
-    dead_code,
-    reason = "read by the report assertions added at `report_spot`"
-)]
 struct ExpectedFacts {
-    /// The NATS URL the services run on (the event log).
-    nats_url: String,
+    /// The `prx-ci` binary (the report is read through it, as an operator does).
+    cli: PathBuf,
     /// `http://127.0.0.1:<port>` of the ops gRPC API, and its token.
     ops_grpc: String,
     ops_token: String,
@@ -115,8 +112,6 @@ struct ExpectedFacts {
     ours_final_value: String,
     /// The value the original's updater would have left (B's: it finished last).
     originals_final_value: String,
-    /// The original's build ids (ARNs) by push name.
-    original_builds: BTreeMap<String, String>,
     /// Push B's original disagreed on this variable: (name, ours, the original's).
     disagreement: (String, String, String),
 }
@@ -246,7 +241,7 @@ impl ShadowWorld {
             queue_url,
             sqs,
             js,
-            nats,
+            _nats: nats,
             moto,
             github,
             slack,
@@ -449,12 +444,105 @@ fn build_events(events: &[v1::Envelope], arn: &str) -> Vec<v1::Envelope> {
         .collect()
 }
 
-/// THE SPOT FOR THE SHADOW REPORT'S ASSERTIONS (`prx-ci shadow-report`): called with the
-/// services (the ops service included) still running on the finished scenario. `facts` names
-/// the NATS URL, the ops API and its token, and what the report must show.
-async fn report_spot(facts: &ExpectedFacts) {
-    // The report assertions go here.
-    assert!(!facts.ops_grpc.is_empty());
+/// `prx-ci shadow-report` (the real binary, against the running ops service) with `args`.
+fn shadow_report(facts: &ExpectedFacts, args: &[&str]) -> String {
+    let output = std::process::Command::new(&facts.cli)
+        .arg("shadow-report")
+        .args([
+            "--ops-url",
+            &facts.ops_grpc,
+            "--repository",
+            &facts.repository,
+        ])
+        .args(args)
+        .env("PRX_CI_OPS_TOKEN", &facts.ops_token)
+        .output()
+        .expect("cannot run prx-ci");
+    assert!(
+        output.status.success(),
+        "prx-ci shadow-report failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The report, on the finished scenario with every service still running, names the
+/// agreement (A), the disagreement on a variable (B), and the pointer the original moved back
+/// (its B finished after its C) where this system ends on C.
+fn the_report_names_what_each_system_did(facts: &ExpectedFacts) {
+    let report: Value = serde_json::from_str(&shadow_report(facts, &["--json"])).unwrap();
+    let webhooks = report["webhooks"].as_array().unwrap();
+    let verdicts: Vec<(&str, &str)> = webhooks
+        .iter()
+        .map(|w| {
+            (
+                w["commit"].as_str().unwrap(),
+                w["verdict"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let commit = |name: &str| {
+        facts
+            .pushes
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, c, _)| c.as_str())
+            .unwrap()
+    };
+    assert_eq!(
+        verdicts,
+        [
+            (commit("A"), "agree"),
+            (commit("B"), "disagree"),
+            (commit("C"), "agree"),
+        ],
+        "{report:#}"
+    );
+    let (variable, ours, original) = &facts.disagreement;
+    assert_eq!(
+        webhooks[1]["differences"],
+        json!([{
+            "kind": "variable",
+            "architecture": "x86_64",
+            "variable": variable,
+            "this_system": ours,
+            "original": original,
+            "text": format!("x86_64: {variable} is {ours:?} here, {original:?} in the original"),
+        }]),
+        "{report:#}"
+    );
+    for w in webhooks {
+        assert_eq!(w["this_system_builds"], json!(["x86_64"]));
+        assert_eq!(w["original_builds"], json!(["x86_64"]));
+    }
+
+    let parameters = report["parameters"].as_array().unwrap();
+    assert_eq!(parameters.len(), 1, "{report:#}");
+    let p = &parameters[0];
+    assert_eq!(p["name"], facts.parameter.as_str());
+    assert_eq!(p["this_system"]["value"], facts.ours_final_value.as_str());
+    assert_eq!(p["this_system"]["commit"], commit("C"));
+    assert_eq!(p["original"]["value"], facts.originals_final_value.as_str());
+    assert_eq!(p["original"]["commit"], commit("B"));
+    assert_eq!(
+        p["original"]["writes"], 3,
+        "the original wrote after each of its builds"
+    );
+    assert_eq!(p["agree"], false);
+    assert_eq!(p["original_regressed"], true);
+    assert_eq!(p["regressed_from_commit"], commit("C"));
+    assert_eq!(report["unmatched_original_builds"], json!([]));
+
+    // The text an operator reads says the same.
+    let text = shadow_report(facts, &[]);
+    assert!(
+        text.starts_with("3 webhooks: 2 agree, 1 disagree, 0 waiting for the original's build; 1 parameters: 1 differ, 1 moved back by the original"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the original moved the pointer back"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -667,7 +755,7 @@ async fn shadow_mode_records_every_decision_and_writes_nothing() {
     );
 
     let facts = ExpectedFacts {
-        nats_url: world.nats.url(),
+        cli: bin_dir.join("prx-ci"),
         ops_grpc: world.ops_grpc.clone(),
         ops_token: OPS_TOKEN.to_owned(),
         repository: REPO.to_owned(),
@@ -678,12 +766,8 @@ async fn shadow_mode_records_every_decision_and_writes_nothing() {
             .collect(),
         ours_final_value: c.value(),
         originals_final_value: b.value(),
-        original_builds: arns
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect(),
         disagreement: ("PRX_BRANCH".into(), ours_branch, "master".into()),
     };
-    report_spot(&facts).await;
+    the_report_names_what_each_system_did(&facts);
     world.stop().await;
 }
