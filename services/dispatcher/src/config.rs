@@ -42,6 +42,9 @@ pub struct DispatcherConfig {
     /// `live` (default) or `shadow`: every decision recorded as live, `BuildRequested.shadow`
     /// set, no build started or stopped (docs/migrating.md).
     pub mode: Mode,
+    /// In shadow mode, the repositories (`owner/repo`) cut over already: decided and built live
+    /// (docs/migrating.md, "Cut over per repository"). Ignored in live mode. Default none.
+    pub live_repositories: Vec<String>,
 }
 
 /// `[dispatcher] backend`.
@@ -65,6 +68,7 @@ impl Default for DispatcherConfig {
             backend: BackendKind::Codebuild,
             codebuild: CodeBuildConfig::default(),
             mode: Mode::Live,
+            live_repositories: Vec::new(),
         }
     }
 }
@@ -92,6 +96,13 @@ impl Validate for DispatcherConfig {
                 "reruns must be 0 to {MAX_RERUNS}, not {}",
                 self.reruns
             ));
+        }
+        for repository in &self.live_repositories {
+            if prx_ci_shared::domain::RepoName::parse(repository).is_err() {
+                return Err(format!(
+                    "live_repositories: {repository:?} is not an owner/repo name"
+                ));
+            }
         }
         self.rules.validate()?;
         self.codebuild.validate()

@@ -19,7 +19,7 @@ use crate::fault::FaultPoint;
 use crate::handler::DispatchHandler;
 use crate::metrics::DispatcherMetrics;
 use crate::rerun_handler::RerunHandler;
-use crate::start::Starter;
+use crate::start::{ShadowScope, Starter};
 
 /// Durable consumer name (`deploy/nats/consumers/dispatcher.json`).
 pub const CONSUMER: &str = "dispatcher";
@@ -85,7 +85,8 @@ impl Dispatcher {
     /// finish first.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let store = DispatchStore::open(&self.rt.js).await?;
-        let starter = Starter::new(self.backend, store.clone(), self.fault, self.config.mode);
+        let scope = ShadowScope::new(self.config.mode, &self.config.live_repositories);
+        let starter = Starter::new(self.backend, store.clone(), self.fault, scope);
         let webhooks = DispatchHandler::new(
             self.config.clone(),
             self.buildspecs,

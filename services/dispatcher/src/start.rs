@@ -7,10 +7,12 @@
 //! ([`BuildBackend::find`]) and adopts it; only when there is none does it start one. The
 //! caller records the started build under the same key right after.
 //!
-//! Shadow mode (`[dispatcher] mode = "shadow"`) branches here and nowhere else: the starter
-//! asks the backend for nothing (no `StartBuild`, no `StopBuild`) and answers with a pseudo
-//! build ([`shadow_build`]), so every decision is made and recorded exactly as live.
+//! Shadow mode (`[dispatcher] mode = "shadow"`) branches here and nowhere else: for a
+//! repository not cut over yet (not in `[dispatcher] live_repositories`), the starter asks the
+//! backend for nothing (no `StartBuild`, no `StopBuild`) and answers with a pseudo build
+//! ([`shadow_build`]), so every decision is made and recorded exactly as live.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use prx_ci_shared::bus::consume::HandlerError;
@@ -61,6 +63,13 @@ pub fn shadow_build(request: &StartBuild) -> StartedBuild {
     }
 }
 
+/// Whether `build_id` is a [`shadow_build`]'s. Pure.
+pub fn is_shadow_build(build_id: &str) -> bool {
+    build_id
+        .strip_prefix(SHADOW_BACKEND)
+        .is_some_and(|rest| rest.starts_with(':'))
+}
+
 /// A backend error as the consumer sees it.
 pub fn backend_error(err: BackendError) -> HandlerError {
     match err {
@@ -86,13 +95,39 @@ pub struct Started {
     pub shadow: bool,
 }
 
+/// Which repositories are shadowed: every one in shadow mode, except those cut over
+/// (`[dispatcher] live_repositories`, docs/migrating.md). Pure.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShadowScope {
+    mode: Mode,
+    live: BTreeSet<String>,
+}
+
+impl ShadowScope {
+    pub fn new(mode: Mode, live_repositories: &[String]) -> Self {
+        Self {
+            mode,
+            live: live_repositories
+                .iter()
+                .map(|r| r.to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    /// Whether a build of `repository` is a shadow one (decided, never started). Names compare
+    /// as GitHub does, without case.
+    pub fn shadows(&self, repository: &str) -> bool {
+        self.mode.is_shadow() && !self.live.contains(&repository.to_ascii_lowercase())
+    }
+}
+
 /// Starts builds through the backend, at most once per key.
 #[derive(Debug, Clone)]
 pub struct Starter {
     backend: Arc<dyn BuildBackend>,
     store: DispatchStore,
     fault: FaultPoint,
-    mode: Mode,
+    scope: ShadowScope,
 }
 
 impl Starter {
@@ -100,21 +135,21 @@ impl Starter {
         backend: Arc<dyn BuildBackend>,
         store: DispatchStore,
         fault: FaultPoint,
-        mode: Mode,
+        scope: ShadowScope,
     ) -> Self {
         Self {
             backend,
             store,
             fault,
-            mode,
+            scope,
         }
     }
 
-    /// Stops a superseded build. In shadow mode nothing of ours runs, and the original's
-    /// builds are not ours to stop: nothing is asked, and the build counts as finished (no
-    /// `BuildCancelled`, the original build is still adopted when it reports).
+    /// Stops a superseded build. A shadow request's pseudo build runs nothing, and the
+    /// original's builds are not ours to stop: nothing is asked, and the build counts as
+    /// finished (no `BuildCancelled`, the original build is still adopted when it reports).
     pub async fn stop(&self, build_id: &str) -> Result<StopOutcome, BackendError> {
-        if self.mode.is_shadow() {
+        if is_shadow_build(build_id) {
             return Ok(StopOutcome::AlreadyFinished);
         }
         self.backend.stop(build_id).await
@@ -126,7 +161,7 @@ impl Starter {
         key: &StartKey,
         request: StartBuild,
     ) -> Result<Started, HandlerError> {
-        if self.mode.is_shadow() {
+        if self.scope.shadows(&request.repository.to_string()) {
             return Ok(Started {
                 build: shadow_build(&request),
                 adopted: None,
@@ -190,6 +225,19 @@ impl Starter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shadow_mode_spares_the_repositories_cut_over() {
+        let scope = ShadowScope::new(Mode::Shadow, &["PRX/cut-over".to_owned()]);
+        assert!(scope.shadows("PRX/other"));
+        assert!(!scope.shadows("PRX/cut-over"));
+        assert!(!scope.shadows("prx/Cut-Over"));
+        let live = ShadowScope::new(Mode::Live, &["PRX/cut-over".to_owned()]);
+        assert!(!live.shadows("PRX/other"));
+        assert!(is_shadow_build("shadow:req-1"));
+        assert!(!is_shadow_build("infrastructure-ci-Runner2:shadow"));
+        assert!(!is_shadow_build("shadowy:1"));
+    }
 
     #[test]
     fn an_attempt_looks_first_after_an_earlier_intent_or_its_own_stall() {

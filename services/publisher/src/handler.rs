@@ -30,6 +30,9 @@ pub(crate) struct PublishHandler {
     pub(crate) rt: Runtime,
     pub(crate) config: PublisherConfig,
     pub(crate) store: Arc<dyn ParameterStore>,
+    /// Where a shadow build's would-be values go (`prx_ci_shadow_parameters`): never the
+    /// parameter store.
+    pub(crate) shadow_store: Arc<dyn ParameterStore>,
     pub(crate) artifacts: Arc<dyn ArtifactChecker>,
     pub(crate) fence: KvFence,
     pub(crate) skips: SkipStore,
@@ -135,17 +138,12 @@ impl PublishHandler {
         envelope: &v1::Envelope,
         done: &v1::BuildCompleted,
     ) -> Result<(), HandlerError> {
-        let shadow_build = done.build.as_ref().is_some_and(|b| b.shadowed)
+        // Shadow mode branches here: in `[publisher] mode = "shadow"` every build, otherwise a
+        // shadow request's build (a repository not cut over, docs/migrating.md), runs every
+        // check and the fence as live and writes to the shadow store, never the parameters.
+        let shadow = self.config.mode.is_shadow()
+            || done.build.as_ref().is_some_and(|b| b.shadowed)
             || done.requested.as_ref().is_some_and(|r| r.shadow);
-        if shadow_build && !self.config.mode.is_shadow() {
-            // The original system's build (or a shadow request's): a live publisher writing it
-            // would let the shadowed system move this one's parameters.
-            tracing::warn!(
-                build_id = %done.build.as_ref().map(|b| b.build_id.as_str()).unwrap_or_default(),
-                "a shadow build's completion reached a live publisher ([publisher] mode = \"live\" beside a shadow build-watcher?); nothing published"
-            );
-            return Ok(());
-        }
         // The dispatcher's request decides; the build's variables only supply artifact values.
         let Some(decision) = eligibility::assess(done, envelope.push_sequence) else {
             // Failures are the notifier's business.
@@ -165,6 +163,7 @@ impl PublishHandler {
             build: &build,
             id_base: &id_base,
             push_sequence: envelope.push_sequence,
+            shadow,
         };
         for o in &decision.overrides {
             tracing::warn!(
@@ -277,8 +276,13 @@ impl PublishHandler {
                     }
                     ArtifactStatus::Present => {}
                 }
+                let store = if emit.shadow {
+                    self.shadow_store.as_ref()
+                } else {
+                    self.store.as_ref()
+                };
                 self.fence
-                    .publish(parameter, publication, self.store.as_ref())
+                    .publish(parameter, publication, store)
                     .await
                     .map_err(|err| fence_error(&self.metrics, err))?
             }
@@ -382,6 +386,8 @@ struct Emitter<'a> {
     build: &'a v1::BuildRef,
     id_base: &'a str,
     push_sequence: u64,
+    /// A shadow build: its writes went to the shadow store (`PublishApplied.shadow`).
+    shadow: bool,
 }
 
 impl Emitter<'_> {
@@ -410,7 +416,7 @@ impl Emitter<'_> {
                 label: target.label.clone(),
                 build: Some(self.build.clone()),
                 version,
-                shadow: self.handler.config.mode.is_shadow(),
+                shadow: self.shadow,
             }),
         );
         self.store(&envelope).await?;

@@ -72,17 +72,15 @@ impl Publisher {
             self.metrics.fence.clone(),
         )
         .await?;
-        // Shadow mode branches here: every check and the fence run as live, against a store of
-        // the would-be values; the parameter store handed in (SSM) is never written.
-        let store: Arc<dyn ParameterStore> = if self.config.mode.is_shadow() {
+        // A shadow build's would-be values (see `PublishHandler::handle_build_completed`).
+        let shadow_store: Arc<dyn ParameterStore> =
+            Arc::new(KvParameterStore::open(&self.rt.js, SHADOW_PARAMETERS_BUCKET).await?);
+        if self.config.mode.is_shadow() {
             tracing::info!(
                 bucket = SHADOW_PARAMETERS_BUCKET,
                 "shadow mode: parameters go to the shadow bucket, never to the parameter store"
             );
-            Arc::new(KvParameterStore::open(&self.rt.js, SHADOW_PARAMETERS_BUCKET).await?)
-        } else {
-            self.store
-        };
+        }
         let skips = SkipStore::open(&self.rt.js).await?;
         let owners = OwnerStore::open(&self.rt.js).await?;
         let definitions = prx_ci_shared::bus::nats::Definitions::embedded()?;
@@ -94,7 +92,8 @@ impl Publisher {
         let handler = Arc::new(PublishHandler {
             rt: self.rt.clone(),
             config: self.config,
-            store,
+            store: self.store,
+            shadow_store,
             artifacts: self.artifacts,
             fence,
             skips,

@@ -9,6 +9,7 @@ use prx_ci_shared::config::Mode;
 use serde_json::{Value, json};
 
 use crate::utils::*;
+use prx_ci_shared::testing::wait_until;
 
 const PLAIN: &str = "version: 0.2\nenv:\n  variables:\n    PRX_X: 1\n";
 const SHA_2: &str = "2222222222222222222222222222222222222222";
@@ -60,5 +61,41 @@ async fn shadow_mode_records_every_decision_and_starts_or_stops_nothing() {
     assert!(backend.started().await.is_empty());
     assert!(backend.stopped().await.is_empty());
     assert!(nats.cancelled().await.is_empty());
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_repository_cut_over_is_built_and_superseded_live_in_shadow_mode() {
+    let nats = Nats::start().await;
+    let github = FakeGitHub::start().await;
+    github.buildspec(REPO, SHA_2, PLAIN).await;
+    github.buildspec(REPO, SHA_3, PLAIN).await;
+    let backend = Arc::new(FakeBackend::default());
+    let config = DispatcherConfig {
+        mode: Mode::Shadow,
+        // Named with another case than the webhook's: GitHub's names compare without case.
+        live_repositories: vec![REPO.to_ascii_uppercase()],
+        ..DispatcherConfig::default()
+    };
+    let running = start(&nats, config, github.source(), backend.clone());
+
+    nats.webhook("pull_request", &pr_push(SHA_2), "delivery-1")
+        .await;
+    nats.webhook("pull_request", &pr_push(SHA_3), "delivery-2")
+        .await;
+    let requested = nats.wait_for("two BuildRequested", 2, is_requested).await;
+    for request in &requested {
+        assert!(!request.shadow, "{request:?}");
+        assert_ne!(request.build.as_ref().unwrap().backend, "shadow");
+    }
+    // Both started, and the first stopped when the second superseded it, as live does.
+    wait_until(
+        WAIT,
+        "both builds started and the first stopped",
+        || async {
+            (backend.started().await.len() == 2 && backend.stopped().await.len() == 1).then_some(())
+        },
+    )
+    .await;
     running.stop().await;
 }

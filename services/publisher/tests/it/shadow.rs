@@ -1,6 +1,7 @@
 //! Shadow mode: every check and the fence run as live against the publisher's own would-be
-//! values (KV `prx_ci_shadow_parameters`); SSM is never written. A live publisher never
-//! publishes a shadow build.
+//! values (KV `prx_ci_shadow_parameters`); SSM is never written. A live publisher (the
+//! repositories cut over, docs/migrating.md) treats a shadow request's build the same way, and
+//! only the cut-over repositories' builds write parameters.
 
 use prx_ci_proto::v1::PublishSkipReason;
 use prx_ci_publisher::KvParameterStore;
@@ -63,7 +64,7 @@ async fn shadow_mode_fences_its_own_would_be_values_and_never_writes_ssm() {
 }
 
 #[tokio::test]
-async fn a_live_publisher_publishes_no_shadow_build() {
+async fn a_live_publisher_keeps_a_shadow_build_in_the_shadow_bucket() {
     let SsmPublisher {
         rt,
         log,
@@ -71,13 +72,35 @@ async fn a_live_publisher_publishes_no_shadow_build() {
         guard: _guard,
         ..
     } = SsmPublisher::start().await;
+    let live_parameter = "/prx/stag/Spire/Live/pkg/docker-image-tag";
     let shadowed = BuildSpec::ecr(1, X86, &[PARAMETER]).shadowed();
-    let live = BuildSpec::ecr(2, X86, &["/prx/stag/Spire/Live/pkg/docker-image-tag"]);
+    let live = BuildSpec::ecr(2, X86, &[live_parameter]);
     rt.publisher.publish(&shadowed.envelope("a")).await.unwrap();
     rt.publisher.publish(&live.envelope("a")).await.unwrap();
-    // Settled: the consumer is idle (both handled) and the live build has its outcome.
-    settle(&rt, &log, &[(live.build_id.clone(), 1)]).await;
-    assert_eq!(log.outcomes_of(&shadowed.build_id), 0);
+    settle(
+        &rt,
+        &log,
+        &[(shadowed.build_id.clone(), 1), (live.build_id.clone(), 1)],
+    )
+    .await;
+    let applied = log.applied();
+    let shadow_of = |parameter: &str| {
+        applied
+            .iter()
+            .find(|p| p.parameter == parameter)
+            .map(|p| p.shadow)
+    };
+    assert_eq!(shadow_of(PARAMETER), Some(true), "{applied:#?}");
+    assert_eq!(shadow_of(live_parameter), Some(false), "{applied:#?}");
+    // The shadow build's value is in the shadow bucket only; the live one's in SSM.
     assert!(ssm_history(&client, PARAMETER).await.is_empty());
-    assert_eq!(log.applied().len(), 1);
+    assert_eq!(ssm_history(&client, live_parameter).await, [live.value()]);
+    let shadow = KvParameterStore::open(&rt.js, SHADOW_PARAMETERS_BUCKET)
+        .await
+        .unwrap();
+    assert_eq!(
+        shadow.get(PARAMETER).await.unwrap().unwrap().value,
+        shadowed.value()
+    );
+    assert_eq!(shadow.get(live_parameter).await.unwrap(), None);
 }
