@@ -770,10 +770,14 @@ const SERVICE_BINARIES: [&str; 6] = [
     "prx-ci-ops",
 ];
 
-/// Resolves CloudFormation intrinsics to plausible strings: a parameter to its default (when
-/// it has a non-empty one), pseudo parameters to fixed values, anything else to a string named
-/// after the expression (distinct expressions, distinct strings). `!If` takes its first branch
+/// Resolves CloudFormation intrinsics to plausible strings: a parameter to its example (below),
+/// else to its last allowed value, else its default (when it has a non-empty one), pseudo
+/// parameters to fixed values, anything else to a string named after the expression (distinct
+/// expressions, distinct strings). `!If` takes its first branch
 /// (so optional settings are checked too); `None` is `AWS::NoValue`.
+/// Values of parameters whose form the services check (a dummy string would not be one).
+const PARAMETER_EXAMPLES: [(&str, &str); 1] = [("LiveRepositories", "PRX/app,PRX/other")];
+
 struct Resolver<'a> {
     parameters: &'a Value,
 }
@@ -786,6 +790,16 @@ impl Resolver<'_> {
             "AWS::AccountId" => "123456789012".to_owned(),
             "AWS::Partition" => "aws".to_owned(),
             "AWS::StackName" => "prx-ci".to_owned(),
+            _ if PARAMETER_EXAMPLES.iter().any(|(n, _)| *n == name) => PARAMETER_EXAMPLES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+                .unwrap(),
+            _ if self.parameters[name]["AllowedValues"].is_sequence() => {
+                strings(&self.parameters[name]["AllowedValues"])
+                    .pop()
+                    .unwrap()
+            }
             _ => match &self.parameters[name]["Default"] {
                 Value::String(s) if !s.is_empty() => s.clone(),
                 Value::Number(n) => n.to_string(),
@@ -1336,4 +1350,31 @@ fn each_service_has_a_least_privilege_role_and_is_health_checked_on_its_listener
         resource("OpsLoadBalancer")["Properties"]["Scheme"].as_str(),
         Some("internal")
     );
+}
+
+/// The services that act take the stack's one `Mode` (no default: shadow beside the original,
+/// or live), so no deployment runs some of them live and others in shadow by accident.
+#[test]
+fn the_acting_services_take_the_stacks_one_mode() {
+    let (_, template) = read_template("services.yml");
+    let mode = &template["Parameters"]["Mode"];
+    assert!(mode["Default"].is_null(), "Mode is a choice, not a default");
+    assert_eq!(strings(&mode["AllowedValues"]), ["live", "shadow"]);
+    let tasks = tasks();
+    for (binary, variable) in [
+        ("prx-ci-dispatcher", "PRX_CI_DISPATCHER__MODE"),
+        ("prx-ci-build-watcher", "PRX_CI_BUILD_WATCHER__MODE"),
+        ("prx-ci-publisher", "PRX_CI_PUBLISHER__MODE"),
+        ("prx-ci-notifier", "PRX_CI_NOTIFIER__MODE"),
+    ] {
+        let task = tasks.iter().find(|t| t.binary == binary).unwrap();
+        let set: Vec<&str> = task
+            .environment
+            .iter()
+            .filter(|(n, _)| n == variable)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        // The resolver gives `Mode` its last allowed value.
+        assert_eq!(set, ["shadow"], "{binary}: {variable} from Mode");
+    }
 }
