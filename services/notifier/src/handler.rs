@@ -41,6 +41,14 @@ impl Core {
             // the request's chain, is what gets a message and a status.
             return Ok(());
         }
+        if !self.config.mode.is_shadow()
+            && prx_ci_shared::bus::envelope::build_of(payload).is_some_and(|b| b.shadowed)
+        {
+            // A live notifier beside a shadow dispatcher (repositories cut over one at a time,
+            // docs/migrating.md): the original's build of a repository not cut over is the
+            // original's to announce; this system says nothing about it.
+            return Ok(());
+        }
         let key = match view::relevance(payload).map_err(HandlerError::permanent)? {
             Relevance::Ignore => return Ok(()),
             Relevance::Build(key) => key,

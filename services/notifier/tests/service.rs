@@ -194,6 +194,8 @@ fn env(repository: &str) -> HashMap<String, String> {
 
 /// The events of one build, with deterministic ids (as the producers make them).
 struct Events {
+    /// The original's build adopted in shadow mode (`BuildRef.shadowed`).
+    shadowed: bool,
     repository: String,
     build_id: String,
     /// Whether the dispatcher requested it (its request travels on the build's events).
@@ -208,8 +210,15 @@ impl Events {
             repository: repository.into(),
             build_id: build_id.into(),
             requested: true,
+            shadowed: false,
             exported: HashMap::new(),
         }
+    }
+
+    /// The original system's build, adopted into a shadow request's chain (shadow mode).
+    fn shadowed(mut self) -> Self {
+        self.shadowed = true;
+        self
     }
 
     /// Started in the console: no request anywhere.
@@ -245,7 +254,10 @@ impl Events {
     }
 
     fn build(&self) -> Option<v1::BuildRef> {
-        Some(build_ref(&self.repository, &self.build_id))
+        Some(v1::BuildRef {
+            shadowed: self.shadowed,
+            ..build_ref(&self.repository, &self.build_id)
+        })
     }
 
     fn requested(&self) -> v1::Envelope {
@@ -1138,4 +1150,39 @@ async fn shadow_mode_records_what_it_would_send_and_sends_nothing() {
         env.slack.all_calls()
     );
     assert!(env.github.statuses().is_empty());
+}
+
+#[tokio::test]
+async fn a_live_notifier_leaves_the_originals_adopted_builds_to_the_original() {
+    let env = Env::start(CompareMode::Commits { n: 3, total: 3 }).await;
+    let running = env.notifier(env.config()).await;
+    // A repository not cut over: its original build, adopted (shadow mode's dispatcher and
+    // build-watcher beside a live notifier), then a cut-over repository's own build.
+    let original = Events::new("PRX/not-cut-over", "infrastructure-ci-Runner2:0001").shadowed();
+    let own = Events::new("PRX/my-app", BUILD_ID);
+    for build in [&original, &own] {
+        env.publish(&build.started()).await;
+        env.publish(&build.completed(v1::BuildStatus::Succeeded))
+            .await;
+    }
+    let delivered = wait_until(WAIT, "the cut-over build's post and status", || async {
+        let n = env.notifications().await;
+        let has = |action: &str| n.iter().any(|n| n.action == action);
+        (has("posted") && has("success")).then_some(n)
+    })
+    .await;
+    running.stop().await;
+    let about = |n: &v1::NotificationDelivered| n.build.as_ref().unwrap().build_id.clone();
+    assert!(
+        delivered.iter().all(|n| about(n) == BUILD_ID && !n.shadow),
+        "{delivered:#?}"
+    );
+    assert!(
+        env.slack
+            .all_calls()
+            .iter()
+            .all(|call| !format!("{call:?}").contains("not-cut-over")),
+        "{:?}",
+        env.slack.all_calls()
+    );
 }
