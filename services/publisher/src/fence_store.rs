@@ -18,6 +18,9 @@ use crate::parameter_store::ParameterStore;
 
 /// The KV bucket of fence records (`deploy/nats/kv/prx_ci_publish_fence.json`).
 pub const FENCE_BUCKET: &str = "prx_ci_publish_fence";
+/// The fence of shadow builds (`deploy/nats/kv/prx_ci_shadow_fence.json`): their would-be
+/// writes never move the live fence, so a repository cut over starts from what was written.
+pub const SHADOW_FENCE_BUCKET: &str = "prx_ci_shadow_fence";
 
 pub use crate::fence_protocol::{FenceError, FenceOutcome, FenceSettings};
 
@@ -59,8 +62,18 @@ impl KvFence {
         settings: FenceSettings,
         metrics: FenceMetrics,
     ) -> anyhow::Result<Self> {
+        Self::open_bucket(js, FENCE_BUCKET, settings, metrics).await
+    }
+
+    /// Opens the fence over `bucket` ([`FENCE_BUCKET`] or [`SHADOW_FENCE_BUCKET`]).
+    pub async fn open_bucket(
+        js: &jetstream::Context,
+        bucket: &str,
+        settings: FenceSettings,
+        metrics: FenceMetrics,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
-            records: Records::open(js, FENCE_BUCKET).await?,
+            records: Records::open(js, bucket).await?,
             settings,
             metrics,
         })

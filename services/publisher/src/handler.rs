@@ -33,6 +33,8 @@ pub(crate) struct PublishHandler {
     /// Where a shadow build's would-be values go (`prx_ci_shadow_parameters`): never the
     /// parameter store.
     pub(crate) shadow_store: Arc<dyn ParameterStore>,
+    /// The fence of shadow builds (`prx_ci_shadow_fence`): never the live one.
+    pub(crate) shadow_fence: KvFence,
     pub(crate) artifacts: Arc<dyn ArtifactChecker>,
     pub(crate) fence: KvFence,
     pub(crate) skips: SkipStore,
@@ -247,8 +249,13 @@ impl PublishHandler {
         if let Some(skip) = self.check_owner(emit, target).await? {
             return emit.skipped(skip).await;
         }
-        let outcome = match self
-            .fence
+        // A shadow build fences and writes apart from the live ones (see `shadow_fence`).
+        let (fence, store) = if emit.shadow {
+            (&self.shadow_fence, self.shadow_store.as_ref())
+        } else {
+            (&self.fence, self.store.as_ref())
+        };
+        let outcome = match fence
             .precheck(parameter, publication)
             .await
             .map_err(|err| fence_error(&self.metrics, err))?
@@ -276,12 +283,7 @@ impl PublishHandler {
                     }
                     ArtifactStatus::Present => {}
                 }
-                let store = if emit.shadow {
-                    self.shadow_store.as_ref()
-                } else {
-                    self.store.as_ref()
-                };
-                self.fence
+                fence
                     .publish(parameter, publication, store)
                     .await
                     .map_err(|err| fence_error(&self.metrics, err))?

@@ -12,7 +12,7 @@ use prx_ci_shared::{CancellationToken, Runtime};
 use crate::apps::AppRules;
 use crate::artifacts::ArtifactChecker;
 use crate::config::PublisherConfig;
-use crate::fence_store::KvFence;
+use crate::fence_store::{KvFence, SHADOW_FENCE_BUCKET};
 use crate::handler::PublishHandler;
 use crate::metrics::PublisherMetrics;
 use crate::parameter_store::{KvParameterStore, ParameterStore, SHADOW_PARAMETERS_BUCKET};
@@ -72,7 +72,14 @@ impl Publisher {
             self.metrics.fence.clone(),
         )
         .await?;
-        // A shadow build's would-be values (see `PublishHandler::handle_build_completed`).
+        // A shadow build's fence and would-be values (see `PublishHandler::handle_build_completed`).
+        let shadow_fence = KvFence::open_bucket(
+            &self.rt.js,
+            SHADOW_FENCE_BUCKET,
+            self.config.fence_settings(),
+            self.metrics.fence.clone(),
+        )
+        .await?;
         let shadow_store: Arc<dyn ParameterStore> =
             Arc::new(KvParameterStore::open(&self.rt.js, SHADOW_PARAMETERS_BUCKET).await?);
         if self.config.mode.is_shadow() {
@@ -94,6 +101,7 @@ impl Publisher {
             config: self.config,
             store: self.store,
             shadow_store,
+            shadow_fence,
             artifacts: self.artifacts,
             fence,
             skips,

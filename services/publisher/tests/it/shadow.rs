@@ -3,8 +3,12 @@
 //! repositories cut over, docs/migrating.md) treats a shadow request's build the same way, and
 //! only the cut-over repositories' builds write parameters.
 
+use std::time::Duration;
+
 use prx_ci_proto::v1::PublishSkipReason;
 use prx_ci_publisher::KvParameterStore;
+use prx_ci_publisher::fence_store::{FENCE_BUCKET, FenceSettings, KvFence, SHADOW_FENCE_BUCKET};
+use prx_ci_publisher::metrics::FenceMetrics;
 use prx_ci_publisher::parameter_store::{ParameterStore as _, SHADOW_PARAMETERS_BUCKET};
 use prx_ci_shared::config::Mode;
 use prx_ci_shared::domain::Architecture;
@@ -103,4 +107,24 @@ async fn a_live_publisher_keeps_a_shadow_build_in_the_shadow_bucket() {
         shadowed.value()
     );
     assert_eq!(shadow.get(live_parameter).await.unwrap(), None);
+    // The shadow build's fence is apart: the live fence knows only the live write, so a
+    // repository cut over later starts from what was really written.
+    let fence = |bucket| {
+        let js = rt.js.clone();
+        async move {
+            let settings = FenceSettings {
+                lease: Duration::from_secs(60),
+                write_timeout: Duration::from_secs(10),
+                poll_interval: Duration::from_millis(20),
+            };
+            KvFence::open_bucket(&js, bucket, settings, FenceMetrics::new())
+                .await
+                .unwrap()
+        }
+    };
+    let (live_fence, shadow_fence) = (fence(FENCE_BUCKET).await, fence(SHADOW_FENCE_BUCKET).await);
+    assert_eq!(live_fence.read(PARAMETER).await.unwrap().1, 0);
+    assert_ne!(live_fence.read(live_parameter).await.unwrap().1, 0);
+    assert_ne!(shadow_fence.read(PARAMETER).await.unwrap().1, 0);
+    assert_eq!(shadow_fence.read(live_parameter).await.unwrap().1, 0);
 }
