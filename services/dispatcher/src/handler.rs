@@ -97,6 +97,7 @@ impl DispatchHandler {
             dispatch_id,
             push_sequence,
             &skip,
+            self.starter.shadows(&skip.repository),
             OffsetDateTime::now_utc(),
         );
         self.publish(&envelope).await?;

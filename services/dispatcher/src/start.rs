@@ -145,6 +145,11 @@ impl Starter {
         }
     }
 
+    /// Whether a decision about `repository` is a shadow one (see [`ShadowScope`]).
+    pub fn shadows(&self, repository: &str) -> bool {
+        self.scope.shadows(repository)
+    }
+
     /// Stops a superseded build. A shadow request's pseudo build runs nothing, and the
     /// original's builds are not ours to stop: nothing is asked, and the build counts as
     /// finished (no `BuildCancelled`, the original build is still adopted when it reports).
@@ -161,7 +166,7 @@ impl Starter {
         key: &StartKey,
         request: StartBuild,
     ) -> Result<Started, HandlerError> {
-        if self.scope.shadows(&request.repository.to_string()) {
+        if self.shadows(&request.repository.to_string()) {
             return Ok(Started {
                 build: shadow_build(&request),
                 adopted: None,

@@ -133,7 +133,7 @@ impl ShadowFold {
                     .this_system
                     .insert(build.architecture, sorted(&request.environment));
             }
-            Payload::BuildSkipped(skipped) => {
+            Payload::BuildSkipped(skipped) if skipped.shadow => {
                 let reason = v1::SkipReason::try_from(skipped.reason)
                     .map_or("UNKNOWN", |r| r.as_str_name())
                     .trim_start_matches("SKIP_REASON_")

@@ -220,6 +220,7 @@ fn a_request_without_the_originals_build_waits_and_an_unrequested_build_finds_it
             commit: b.commit.clone(),
             reason: v1::SkipReason::NonDefaultBranch as i32,
             detail: "branch gh-pages".into(),
+            shadow: true,
             ..Default::default()
         }),
     );

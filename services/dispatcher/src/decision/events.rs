@@ -43,12 +43,14 @@ pub fn skip_position(plan: Option<&BuildPlan>, received_at: i64, stream_sequence
 }
 
 /// The `BuildSkipped` envelope of a webhook caused by `cause`: ordered on the skip's ordering
-/// key at `push_sequence` when the event names one; one per webhook.
+/// key at `push_sequence` when the event names one; one per webhook. `shadow`: decided in
+/// shadow mode.
 pub fn skipped(
     cause: &Envelope,
     dispatch_id: &str,
     push_sequence: u64,
     skip: &Skip,
+    shadow: bool,
     at: OffsetDateTime,
 ) -> Envelope {
     let mut chain = Chain::caused_by(cause);
@@ -58,7 +60,10 @@ pub fn skipped(
     chain.envelope_at(
         derived_event_id(dispatch_id, &["build.skipped"]),
         at,
-        Payload::BuildSkipped(skip.to_proto()),
+        Payload::BuildSkipped(v1::BuildSkipped {
+            shadow,
+            ..skip.to_proto()
+        }),
     )
 }
 
@@ -263,7 +268,7 @@ mod tests {
         let cause = webhook_envelope();
         let lane = decide("push", &push("refs/heads/feat", SHA_A), &config).unwrap_err();
         assert_eq!(lane.reason, SkipReason::NonDefaultBranch);
-        let envelope = skipped(&cause, "github-delivery:1", 42, &lane, AT);
+        let envelope = skipped(&cause, "github-delivery:1", 42, &lane, false, AT);
         assert_eq!(
             envelope.event_id,
             derived_event_id("github-delivery:1", &["build.skipped"])
@@ -280,7 +285,7 @@ mod tests {
             Some(Payload::BuildSkipped(lane.to_proto()))
         );
         let no_lane = decide("issues", b"{}", &config).unwrap_err();
-        let envelope = skipped(&cause, "github-delivery:1", 42, &no_lane, AT);
+        let envelope = skipped(&cause, "github-delivery:1", 42, &no_lane, false, AT);
         assert_eq!((envelope.ordering_key, envelope.push_sequence), (None, 0));
     }
 

@@ -83,6 +83,7 @@ impl Skip {
             event_name: self.event_name.clone(),
             action: self.action.clone(),
             r#ref: self.git_ref.clone(),
+            shadow: false,
         }
     }
 }

@@ -48,6 +48,7 @@ async fn shadow_mode_records_every_decision_and_starts_or_stops_nothing() {
     let skipped = nats.wait_for("BuildSkipped", 1, is_skipped).await;
     assert_eq!(skipped[0].reason, SkipReason::NoBuildspec as i32);
     assert_eq!(skipped[0].commit, SHA_4);
+    assert!(skipped[0].shadow, "a shadow decision, for the report");
     for request in &requested {
         let build = request.build.as_ref().unwrap();
         assert!(request.shadow, "{request:?}");
