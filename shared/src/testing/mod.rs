@@ -224,6 +224,53 @@ impl MotoServer {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Creates the CodeBuild project `name` (GitHub source, no artifacts, a Linux container)
+    /// in the emulator, as `deploy/aws/ci.yml` creates the projects (16-minute timeout), so
+    /// `StartBuild` on it succeeds; one that exists already is kept.
+    pub async fn create_codebuild_project(&self, name: &str) {
+        use aws_sdk_codebuild::types::{
+            ArtifactsType, ComputeType, EnvironmentType, ProjectArtifacts, ProjectEnvironment,
+            ProjectSource, SourceType,
+        };
+        let codebuild = aws_sdk_codebuild::Client::new(&self.sdk_config());
+        let created = codebuild
+            .create_project()
+            .name(name)
+            .source(
+                ProjectSource::builder()
+                    .r#type(SourceType::Github)
+                    .location("https://github.com/PRX/Infrastructure.git")
+                    .git_clone_depth(1)
+                    .build()
+                    .expect("a complete source"),
+            )
+            .artifacts(
+                ProjectArtifacts::builder()
+                    .r#type(ArtifactsType::NoArtifacts)
+                    .build()
+                    .expect("complete artifacts"),
+            )
+            .environment(
+                ProjectEnvironment::builder()
+                    .r#type(EnvironmentType::LinuxContainer)
+                    .image("aws/codebuild/amazonlinux2-x86_64-standard:5.0")
+                    .compute_type(ComputeType::BuildGeneral1Small)
+                    .privileged_mode(true)
+                    .build()
+                    .expect("a complete environment"),
+            )
+            .service_role("arn:aws:iam::123456789012:role/codebuild")
+            .timeout_in_minutes(16)
+            .send()
+            .await;
+        if let Err(err) = created {
+            let exists = err
+                .as_service_error()
+                .is_some_and(|e| e.is_resource_already_exists_exception());
+            assert!(exists, "CreateProject {name}: {err:?}");
+        }
+    }
+
     /// An SDK config pointing at this emulator with static test credentials.
     pub fn sdk_config(&self) -> aws_config::SdkConfig {
         use aws_credential_types::Credentials;

@@ -189,7 +189,14 @@ impl ShadowWorld {
             .to_owned();
         // The dispatcher's projects exist, so a StartBuild that should not happen would
         // succeed and show in ListBuilds (without them it would only fail).
-        create_projects(&aws_sdk_codebuild::Client::new(&moto.sdk_config())).await;
+        for name in [
+            "infrastructure-ci-Runner2",
+            "infrastructure-ci-ArmRunner",
+            "infrastructure-ci-UntrustedRunner2",
+            "infrastructure-ci-UntrustedArmRunner",
+        ] {
+            moto.create_codebuild_project(name).await;
+        }
         // moto loads its SSM backend on the first call (slow): not inside a later wait.
         let ssm = aws_sdk_ssm::Client::new(&moto.sdk_config());
         ssm.describe_parameters().send().await.expect("moto SSM");
@@ -358,49 +365,6 @@ fn requests(events: &[v1::Envelope]) -> BTreeMap<String, (v1::Envelope, v1::Buil
             _ => None,
         })
         .collect()
-}
-
-/// The dispatcher's four default CodeBuild projects, in moto.
-async fn create_projects(codebuild: &aws_sdk_codebuild::Client) {
-    use aws_sdk_codebuild::types::{
-        ArtifactsType, ComputeType, EnvironmentType, ProjectArtifacts, ProjectEnvironment,
-        ProjectSource, SourceType,
-    };
-    for name in [
-        "infrastructure-ci-Runner2",
-        "infrastructure-ci-ArmRunner",
-        "infrastructure-ci-UntrustedRunner2",
-        "infrastructure-ci-UntrustedArmRunner",
-    ] {
-        codebuild
-            .create_project()
-            .name(name)
-            .source(
-                ProjectSource::builder()
-                    .r#type(SourceType::Github)
-                    .location("https://github.com/PRX/shadow-app.git")
-                    .build()
-                    .unwrap(),
-            )
-            .artifacts(
-                ProjectArtifacts::builder()
-                    .r#type(ArtifactsType::NoArtifacts)
-                    .build()
-                    .unwrap(),
-            )
-            .environment(
-                ProjectEnvironment::builder()
-                    .r#type(EnvironmentType::LinuxContainer)
-                    .image("aws/codebuild/amazonlinux2-x86_64-standard:5.0")
-                    .compute_type(ComputeType::BuildGeneral1Small)
-                    .build()
-                    .unwrap(),
-            )
-            .service_role("arn:aws:iam::123456789012:role/codebuild")
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("CreateProject {name}: {e:?}"));
-    }
 }
 
 /// A file of `tests/data/codebuild/` made into a report of the original's build `arn` of

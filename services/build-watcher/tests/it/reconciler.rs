@@ -3,10 +3,6 @@
 
 use std::time::Duration;
 
-use aws_sdk_codebuild::types::{
-    ArtifactsType, ComputeType, EnvironmentType, ProjectArtifacts, ProjectEnvironment,
-    ProjectSource, SourceType,
-};
 use prometheus_client::registry::Registry;
 use prx_ci_build_watcher::metrics::Metrics;
 use prx_ci_build_watcher::reconciler::Reconciler;
@@ -17,35 +13,10 @@ use prx_ci_shared::testing::wait_until;
 use crate::utils::{PROJECT, WAIT, World, completed, fixture, names, test_config};
 
 /// Creates the project and starts a build; returns its id (`project:uuid`).
-async fn start_build(codebuild: &aws_sdk_codebuild::Client) -> String {
-    let _ = codebuild
-        .create_project()
-        .name(PROJECT)
-        .source(
-            ProjectSource::builder()
-                .r#type(SourceType::Github)
-                .location("https://github.com/PRX/dovetail-insights.git")
-                .build()
-                .unwrap(),
-        )
-        .artifacts(
-            ProjectArtifacts::builder()
-                .r#type(ArtifactsType::NoArtifacts)
-                .build()
-                .unwrap(),
-        )
-        .environment(
-            ProjectEnvironment::builder()
-                .r#type(EnvironmentType::LinuxContainer)
-                .image("aws/codebuild/standard:7.0")
-                .compute_type(ComputeType::BuildGeneral1Small)
-                .build()
-                .unwrap(),
-        )
-        .service_role("arn:aws:iam::123456789012:role/ci")
-        .send()
-        .await; // exists already on the second call
-    codebuild
+async fn start_build(world: &World) -> String {
+    world.moto().create_codebuild_project(PROJECT).await;
+    world
+        .codebuild()
         .start_build()
         .project_name(PROJECT)
         .send()
@@ -64,7 +35,7 @@ async fn a_transition_whose_message_was_lost_is_found_by_the_reconciler() {
     let codebuild = world.codebuild();
     let sqs = world.sqs();
     let queue_url = crate::sqs::create_queue(&sqs, "codebuild-lost").await;
-    let build_id = start_build(&codebuild).await;
+    let build_id = start_build(&world).await;
     let config = BuildWatcherConfig {
         queue_url: Some(queue_url.clone()),
         reconcile_after: Duration::from_secs(3600),
@@ -123,7 +94,7 @@ async fn a_transition_whose_message_was_lost_is_found_by_the_reconciler() {
 async fn a_build_not_heard_of_for_a_while_is_looked_up() {
     let mut world = World::with_aws().await;
     let codebuild = world.codebuild();
-    let build_id = start_build(&codebuild).await;
+    let build_id = start_build(&world).await;
     world.start(
         BuildWatcherConfig {
             reconcile_after: Duration::from_millis(200),
@@ -144,8 +115,8 @@ async fn a_build_not_heard_of_for_a_while_is_looked_up() {
 async fn every_build_in_flight_is_looked_up_at_start_up_and_finished_ones_never_again() {
     let mut world = World::with_aws().await;
     let codebuild = world.codebuild();
-    let first = start_build(&codebuild).await;
-    let second = start_build(&codebuild).await;
+    let first = start_build(&world).await;
+    let second = start_build(&world).await;
     // Requests recorded while the service was down: the requests consumer catches up, and the
     // start-up pass looks every build in flight up although none is overdue (1h).
     world.request(&first).await;

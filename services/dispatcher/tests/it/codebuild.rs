@@ -6,10 +6,6 @@ use std::sync::{Arc, Mutex};
 use aws_sdk_codebuild::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_codebuild::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_codebuild::error::BoxError;
-use aws_sdk_codebuild::types::{
-    ArtifactsType, ComputeType, EnvironmentType, ProjectArtifacts, ProjectEnvironment,
-    ProjectSource, SourceType,
-};
 use prx_ci_dispatcher::codebuild::{CodeBuildBackend, ReportBuildStatus};
 use prx_ci_dispatcher::decision::build_request_id;
 use prx_ci_dispatcher::{CodeBuildConfig, DispatcherConfig};
@@ -79,37 +75,7 @@ pub(crate) async fn codebuild(moto: &MotoServer) -> (aws_sdk_codebuild::Client, 
         "infrastructure-ci-UntrustedRunner2",
         "infrastructure-ci-UntrustedArmRunner",
     ] {
-        client
-            .create_project()
-            .name(name)
-            .source(
-                ProjectSource::builder()
-                    .r#type(SourceType::Github)
-                    .location("https://github.com/PRX/Infrastructure.git")
-                    .git_clone_depth(1)
-                    .build()
-                    .unwrap(),
-            )
-            .artifacts(
-                ProjectArtifacts::builder()
-                    .r#type(ArtifactsType::NoArtifacts)
-                    .build()
-                    .unwrap(),
-            )
-            .environment(
-                ProjectEnvironment::builder()
-                    .r#type(EnvironmentType::LinuxContainer)
-                    .image("aws/codebuild/amazonlinux2-x86_64-standard:5.0")
-                    .compute_type(ComputeType::BuildGeneral1Small)
-                    .privileged_mode(true)
-                    .build()
-                    .unwrap(),
-            )
-            .service_role("arn:aws:iam::123456789012:role/ci")
-            .timeout_in_minutes(16)
-            .send()
-            .await
-            .unwrap();
+        moto.create_codebuild_project(name).await;
     }
     (client, recorder)
 }
