@@ -22,6 +22,17 @@ use tempfile::TempDir;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// A new runner on a stopped one's data dir (a restart). The stopped runner's instance lock is
+/// released at its shutdown, but a process another test forks at that instant holds a copy of
+/// the lock's descriptor until it execs (close-on-exec): the new runner waits that moment out.
+async fn restart(rt: &Runtime, config: LocalRunnerConfig) -> Arc<LocalRunner> {
+    prx_ci_shared::testing::wait_until(WAIT, "the stopped runner's instance lock", || {
+        let (rt, config) = (rt.clone(), config.clone());
+        async move { LocalRunner::new(rt, config).ok() }
+    })
+    .await
+}
+
 /// A committed repository in a temp dir.
 struct Repo {
     dir: TempDir,
@@ -739,7 +750,7 @@ async fn a_repeated_start_with_the_same_request_id_starts_one_build() {
     // A new runner on the same data dir (a restart) does not run it again either.
     let config = fx.runner.config().clone();
     fx.runner.shutdown().await;
-    let restarted = LocalRunner::new(fx.rt.clone(), config).unwrap();
+    let restarted = restart(&fx.rt, config).await;
     assert_eq!(restarted.start(request).await.unwrap(), a);
     restarted.shutdown().await;
 
@@ -780,7 +791,7 @@ async fn find_answers_the_build_a_request_started_from_the_runners_records() {
     // process) still answers it, finished.
     let config = fx.runner.config().clone();
     fx.runner.shutdown().await;
-    let restarted = LocalRunner::new(fx.rt.clone(), config).unwrap();
+    let restarted = restart(&fx.rt, config).await;
     assert_eq!(
         restarted.find(&request, since).await.unwrap(),
         Some(started)
@@ -965,7 +976,7 @@ async fn shutdown_faults_running_builds_and_a_restart_runs_the_queued_ones() {
 
     // The next start of the runner runs it (once), and leaves the FAULT one alone.
     std::fs::remove_file(&started_file).unwrap();
-    let restarted = LocalRunner::new(fx.rt.clone(), config).unwrap();
+    let restarted = restart(&fx.rt, config).await;
     wait_until(
         WAIT,
         "the queued build to run after the restart",
@@ -1149,7 +1160,7 @@ async fn an_unfinished_build_of_a_dead_runner_is_reported_as_fault() {
     // The fixture's runner goes away (its instance lock with it); the next one finds the record.
     let config = fx.runner.config().clone();
     fx.runner.shutdown().await;
-    let restarted = LocalRunner::new(fx.rt.clone(), config).unwrap();
+    let restarted = restart(&fx.rt, config).await;
     let events = fx
         .finished("local:00000000-0000-0000-0000-00000000dead")
         .await;
