@@ -59,10 +59,23 @@ pub fn metrics_text(registry: &prometheus_client::registry::Registry) -> String 
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("cannot bind a loopback port")
-        .port()
+    // Tests of one binary run in parallel and each server binds its port only later: a port
+    // the kernel hands out twice (after the first holder let it go) would put two servers (a
+    // nats-server and a moto, say) on one port. Never hand out the same port twice.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = StdListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("cannot bind a loopback port")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `check` every 10 ms until it yields `Some`, or panics after `timeout` naming `what`.
