@@ -21,16 +21,6 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-async fn get(h: &Harness, path: &str) -> (StatusCode, String) {
-    let response = client()
-        .get(format!("{}{path}", h.dashboard))
-        .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
-        .send()
-        .await
-        .unwrap();
-    (response.status(), response.text().await.unwrap())
-}
-
 #[tokio::test]
 async fn pages_need_a_signed_in_operator() {
     let h = Harness::start().await;
@@ -198,7 +188,7 @@ async fn stored_events_reach_the_pages_and_their_live_stream() {
         Duration::from_secs(20),
         "the timeline shows both outcomes",
         || async {
-            let (status, body) = get(&h, "/branches/PRX/app/main").await;
+            let (status, body) = h.get("/branches/PRX/app/main").await;
             let published = body.find(r#"data-outcome="published""#)?;
             let superseded = body.find(r#"data-outcome="superseded""#)?;
             (status == StatusCode::OK && published < superseded).then_some(body)
@@ -208,7 +198,7 @@ async fn stored_events_reach_the_pages_and_their_live_stream() {
     assert!(timeline.contains(&format!(r#"data-commit="{}""#, sha('b'))));
 
     // The builds page lists both, finished; filters narrow it.
-    let (_, builds) = get(&h, "/").await;
+    let (_, builds) = h.get("/").await;
     for key in [&older_key, &newer_key] {
         assert!(
             builds.contains(&format!(r#"data-build="{key}""#)),
@@ -216,14 +206,14 @@ async fn stored_events_reach_the_pages_and_their_live_stream() {
         );
     }
     assert!(builds.contains(r#"data-status="SUCCEEDED""#));
-    let (_, running) = get(&h, "/?status=running").await;
+    let (_, running) = h.get("/?status=running").await;
     assert!(!running.contains("data-build="), "{running}");
 
     // The parameter points at the newer commit; its history holds the skip with its reason.
-    let (_, parameters) = get(&h, "/parameters").await;
+    let (_, parameters) = h.get("/parameters").await;
     assert!(parameters.contains(&format!(r#"data-parameter="{parameter}""#)));
     assert!(parameters.contains(&prx_ci_shared::domain::short_sha(&sha('b')).to_owned()));
-    let (status, history) = get(&h, &format!("/parameter?name={parameter}")).await;
+    let (status, history) = h.get(&format!("/parameter?name={parameter}")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
         history.contains("superseded") && history.contains("push order"),
@@ -231,13 +221,13 @@ async fn stored_events_reach_the_pages_and_their_live_stream() {
     );
 
     // The older build's page tells why it did not publish.
-    let (status, build) = get(&h, &format!("/builds/{older_key}")).await;
+    let (status, build) = h.get(&format!("/builds/{older_key}")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
         build.contains(r#"id="publishes""#) && build.contains("superseded"),
         "{build}"
     );
-    let (status, _) = get(&h, "/builds/no-such-build").await;
+    let (status, _) = h.get("/builds/no-such-build").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 

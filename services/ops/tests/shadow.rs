@@ -4,12 +4,11 @@
 
 mod common;
 
-use common::{Harness, TOKEN, build_ref, push, sha};
+use common::{Harness, build_ref, push, sha};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::envelope::{Chain, timestamp};
 use prx_ci_shared::codebuild::env;
 use reqwest::StatusCode;
-use reqwest::header::AUTHORIZATION;
 
 /// A shadow decision for `webhook` and, when `original_branch` is given, the original's build
 /// of it adopted with `PRX_BRANCH` as that branch (the dispatcher said `main`).
@@ -61,16 +60,6 @@ async fn shadow_story(
         ))
         .await;
     }
-}
-
-async fn page(h: &Harness, query: &str) -> (StatusCode, String) {
-    let response = reqwest::Client::new()
-        .get(format!("{}/shadow{query}", h.dashboard))
-        .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
-        .send()
-        .await
-        .unwrap();
-    (response.status(), response.text().await.unwrap())
 }
 
 #[tokio::test]
@@ -134,7 +123,7 @@ async fn the_report_compares_what_is_stored_through_the_api_and_the_page() {
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
 
-    let (status, html) = page(&h, "").await;
+    let (status, html) = h.get("/shadow").await;
     assert_eq!(status, StatusCode::OK);
     assert!(
         html.contains(r#"data-delivery="d-b" data-verdict="disagree""#),
@@ -148,9 +137,9 @@ async fn the_report_compares_what_is_stored_through_the_api_and_the_page() {
         html.contains("PRX_BRANCH is &quot;main&quot; here, &quot;master&quot; in the original"),
         "{html}"
     );
-    let (status, html) = page(&h, "?repository=PRX%2Fother").await;
+    let (status, html) = h.get("/shadow?repository=PRX%2Fother").await;
     assert_eq!(status, StatusCode::OK);
     assert!(!html.contains(r#"data-delivery="d-a""#), "{html}");
-    let (status, _) = page(&h, "?since=yesterday").await;
+    let (status, _) = h.get("/shadow?since=yesterday").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }

@@ -138,6 +138,21 @@ impl Harness {
             .collect()
     }
 
+    /// `GET path` on the dashboard as the operator of [`TOKEN`] (bearer), redirects not
+    /// followed: the status and the body.
+    pub async fn get(&self, path: &str) -> (reqwest::StatusCode, String) {
+        let response = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .get(format!("{}{path}", self.dashboard))
+            .header(reqwest::header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
     pub async fn publish(&self, envelope: &v1::Envelope) -> u64 {
         self.rt.publisher.publish(envelope).await.unwrap().sequence
     }
