@@ -1,10 +1,12 @@
 //! Test harness: real `nats-server` and `moto_server` processes on free loopback ports, each
 //! with its own temporary store, killed on drop; condition waits with deadlines; git
 //! ([`git`]) for the repositories builds clone; and a fault-injecting HTTP proxy
-//! ([`fault_proxy`]) to put in front of the emulator and fake HTTP servers.
+//! ([`fault_proxy`]) to put in front of the emulator and fake HTTP servers; and the record a
+//! benchmark run leaves ([`bench`]).
 //!
 //! A missing binary is a test failure with the install command, never a skip.
 
+pub mod bench;
 pub mod fault_proxy;
 pub mod git;
 
