@@ -2,13 +2,17 @@
 //!
 //! 1. Decision throughput: the pure decision (payload parse, rules, variables) over recorded
 //!    push and pull-request payloads.
-//! 2. Latency from "webhook stored in PRX_WEBHOOKS" (publish acknowledged) to "BuildRequested
-//!    stored in PRX_EVENTS" (seen on the subject), at a steady 200 webhooks/s, against a real
-//!    nats-server, a GitHub that answers at once (wiremock) and a backend that starts builds at
-//!    once. Pull-request pushes rotate over 40 PRs so the superseded-build path (lane
-//!    compare-and-set, stops, BuildCancelled) runs too. For scale, the same measurement is
-//!    taken for a bare relay (consume the webhook, publish one event) — the floor JetStream
-//!    itself imposes — so the dispatcher's own share is the difference.
+//! 2. The dispatcher's own time per webhook, in one run: 2,000 webhooks stored at a steady
+//!    200/s in a real nats-server are consumed by two durables at once — the real dispatcher
+//!    (a GitHub that answers at once (wiremock), a backend that starts and stops builds at once)
+//!    and a bare relay (consume the webhook, publish one event: the floor JetStream and the
+//!    consumer loop impose). Each webhook gets two latencies, stored → the dispatcher's
+//!    `BuildRequested` seen and stored → the relay's event seen; its own time is their
+//!    difference, so every percentile is of one distribution of same-webhook differences.
+//!    Even webhooks are pushes to the default branch, odd ones pull-request pushes rotating over
+//!    40 PRs, so every PR push after a PR's first also takes the superseded-build path (lane
+//!    compare-and-set, stop, `BuildCancelled`); the bench asserts the cancellation count.
+//!    Headline rows go to `docs/benchmarks/results/dispatch.json`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,13 +27,13 @@ use prx_ci_dispatcher::{Dispatcher, DispatcherConfig, GitHubBuildspecSource};
 use prx_ci_proto::v1::{self, Envelope, envelope::Payload};
 use prx_ci_shared::bus::consume::{ConsumerSettings, Delivery, Handler, HandlerError};
 use prx_ci_shared::bus::envelope::{Chain, derived_event_id};
-use prx_ci_shared::bus::nats::Definitions;
 use prx_ci_shared::codebuild::backend::{
     BackendError, BuildBackend, StartBuild, StartedBuild, StopOutcome,
 };
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
 use prx_ci_shared::run_consumer;
-use prx_ci_shared::testing::NatsServer;
+use prx_ci_shared::testing::bench::{BenchRun, Row};
+use prx_ci_shared::testing::{NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -41,6 +45,12 @@ const EVENTS: u64 = 2_000;
 const WARMUP: u64 = 100;
 const PULL_REQUESTS: u64 = 40;
 const DECISIONS: u32 = 200_000;
+/// The relay's events carry this project, so the collector tells them from the dispatcher's.
+const RELAY: &str = "bench-relay";
+/// The buildspec the fake GitHub serves to the dispatcher.
+const BUILDSPEC: &str =
+    "version: 0.2\nenv:\n  variables:\n    PRX_SPIRE_ECR_PKG_PARAMETERS: APP=/prx/stag/Spire/app\n";
+const PAGE: &str = "benchmarks/dispatcher.md";
 
 fn recorded(name: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -49,7 +59,7 @@ fn recorded(name: &str) -> Value {
     serde_json::from_slice(&std::fs::read(path).expect("recorded payload")).unwrap()
 }
 
-fn decision_throughput() {
+fn decision_throughput() -> f64 {
     let config = DecisionConfig::default();
     let payloads = [
         ("push", serde_json::to_vec(&recorded("push.json")).unwrap()),
@@ -79,6 +89,7 @@ fn decision_throughput() {
         f64::from(DECISIONS) / elapsed.as_secs_f64(),
         elapsed.as_secs_f64() * 1e6 / f64::from(DECISIONS),
     );
+    f64::from(DECISIONS) / elapsed.as_secs_f64()
 }
 
 /// Starts builds at once; stops them at once.
@@ -127,6 +138,7 @@ impl Handler for Relay {
             Payload::BuildRequested(v1::BuildRequested {
                 build: Some(v1::BuildRef {
                     repository: "PRX/example-app".into(),
+                    project: RELAY.into(),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -169,63 +181,89 @@ fn webhook(i: u64, base_push: &Value, base_pr: &Value) -> Envelope {
     )
 }
 
-struct Latencies {
-    label: &'static str,
-    values: Vec<Duration>,
-}
+/// Latencies of one path, in webhook order.
+struct Latencies(Vec<Duration>);
 
 impl Latencies {
     fn percentile(&self, p: f64) -> Duration {
-        let mut sorted = self.values.clone();
+        let mut sorted = self.0.clone();
         sorted.sort();
         let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
         sorted[index]
     }
 
-    fn print(&self) {
-        println!(
-            "{}: {} webhooks at {RATE_PER_SECOND}/s: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            self.label,
-            self.values.len(),
-            self.percentile(0.50).as_secs_f64() * 1e3,
-            self.percentile(0.90).as_secs_f64() * 1e3,
-            self.percentile(0.99).as_secs_f64() * 1e3,
-            self.percentile(1.0).as_secs_f64() * 1e3,
-        );
+    /// "p50 a / p99 b / max c ms".
+    fn describe(&self) -> String {
+        format!(
+            "p50 {:.2} / p99 {:.2} / max {:.2} ms",
+            ms(self.percentile(0.50)),
+            ms(self.percentile(0.99)),
+            ms(self.percentile(1.0)),
+        )
     }
 }
 
-/// Publishes webhooks at the rate and measures stored → first event with the same
-/// correlation id stored on `prx.build.requested.>`.
-async fn measure(rt: &Runtime, label: &'static str) -> Latencies {
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// One run: the same webhooks through the dispatcher and the relay at once.
+struct Run {
+    /// Stored → the dispatcher's first `BuildRequested` for the webhook seen.
+    dispatcher: Latencies,
+    /// Stored → the relay's event for the same webhook seen.
+    relay: Latencies,
+    /// Per webhook, dispatcher minus relay, in ms (negative when the relay was the slower).
+    own_ms: Vec<f64>,
+    requested: u64,
+    cancelled: u64,
+}
+
+/// What the collector sees on `prx.build.>`, by correlation id (= webhook).
+#[derive(Default)]
+struct Seen {
+    dispatcher: HashMap<String, Instant>,
+    relay: HashMap<String, Instant>,
+    requested: u64,
+    cancelled: u64,
+}
+
+/// Publishes webhooks at the rate and records, per webhook, when its store was acknowledged and
+/// when the dispatcher's and the relay's events for it were seen.
+async fn measure(rt: &Runtime, builds_per_push: u64) -> Run {
     let base_push = recorded("push.json");
     let base_pr = recorded("pull_request-synchronize.json");
     // correlation id -> (index, stored at)
     let stored_at: Arc<Mutex<HashMap<String, (u64, Instant)>>> = Arc::default();
-    let mut subscription = rt.client.subscribe("prx.build.requested.>").await.unwrap();
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let mut subscription = rt.client.subscribe("prx.build.>").await.unwrap();
     rt.client.flush().await.unwrap();
     let collector = {
-        let stored_at = stored_at.clone();
+        let seen = seen.clone();
         tokio::spawn(async move {
-            let mut seen: HashMap<String, Instant> = HashMap::new();
             while let Some(message) = subscription.next().await {
                 let now = Instant::now();
                 let Ok(envelope) = Envelope::decode(message.payload) else {
                     continue;
                 };
-                seen.entry(envelope.correlation_id).or_insert(now);
-                if seen.len() as u64 >= EVENTS {
-                    break;
+                let mut seen = seen.lock().await;
+                match &envelope.payload {
+                    Some(Payload::BuildRequested(requested)) => {
+                        let relayed = requested.build.as_ref().is_some_and(|b| b.project == RELAY);
+                        let by = if relayed {
+                            &mut seen.relay
+                        } else {
+                            &mut seen.dispatcher
+                        };
+                        by.entry(envelope.correlation_id).or_insert(now);
+                        if !relayed {
+                            seen.requested += 1;
+                        }
+                    }
+                    Some(Payload::BuildCancelled(_)) => seen.cancelled += 1,
+                    _ => {}
                 }
             }
-            let stored_at = stored_at.lock().await;
-            // The first webhooks warm connections and buckets up: not measured.
-            seen.into_iter()
-                .filter_map(|(id, at)| {
-                    let (index, stored) = stored_at.get(&id)?;
-                    (*index >= WARMUP).then(|| at.duration_since(*stored))
-                })
-                .collect::<Vec<_>>()
         })
     };
     let interval = Duration::from_micros(1_000_000 / RATE_PER_SECOND);
@@ -247,52 +285,87 @@ async fn measure(rt: &Runtime, label: &'static str) -> Latencies {
         });
     }
     while publishes.join_next().await.is_some() {}
-    let values = match tokio::time::timeout(Duration::from_secs(60), collector).await {
-        Ok(values) => values.unwrap(),
-        Err(_) => {
-            let stored = stored_at.lock().await.len();
-            panic!("{label}: not every webhook was dispatched within a minute ({stored} stored)");
+    // Every PR push after its PR's first supersedes the previous push's builds.
+    let pull_request_pushes = EVENTS / 2;
+    let expected_cancelled = (pull_request_pushes - PULL_REQUESTS) * builds_per_push;
+    wait_until(
+        Duration::from_secs(60),
+        "every webhook dispatched and relayed, every superseded build cancelled",
+        || {
+            let seen = seen.clone();
+            async move {
+                let seen = seen.lock().await;
+                (seen.dispatcher.len() as u64 == EVENTS
+                    && seen.relay.len() as u64 == EVENTS
+                    && seen.requested >= EVENTS * builds_per_push
+                    && seen.cancelled >= expected_cancelled)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    collector.abort();
+    let seen = seen.lock().await;
+    assert_eq!(
+        seen.requested,
+        EVENTS * builds_per_push,
+        "one BuildRequested per planned build"
+    );
+    assert_eq!(seen.cancelled, expected_cancelled, "BuildCancelled events");
+    let stored_at = stored_at.lock().await;
+    let (mut dispatcher, mut relay, mut own_ms) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, (index, stored)) in stored_at.iter() {
+        // The first webhooks warm connections and buckets up: not measured.
+        if *index < WARMUP {
+            continue;
         }
-    };
-    Latencies { label, values }
+        let d = seen.dispatcher[id].duration_since(*stored);
+        let r = seen.relay[id].duration_since(*stored);
+        own_ms.push(ms(d) - ms(r));
+        dispatcher.push(d);
+        relay.push(r);
+    }
+    Run {
+        dispatcher: Latencies(dispatcher),
+        relay: Latencies(relay),
+        own_ms,
+        requested: seen.requested,
+        cancelled: seen.cancelled,
+    }
 }
 
-async fn relay_floor() -> Latencies {
-    let server = NatsServer::start().await;
-    let rt = Runtime::from_client(server.connect().await, &mut Registry::default());
-    rt.provision(1).await.unwrap();
-    let definitions = Definitions::embedded().unwrap();
-    let settings = ConsumerSettings::from_definition(definitions.consumer("dispatcher").unwrap())
-        .with_concurrency(4);
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_consumer(
-        rt.js.clone(),
-        rt.publisher.clone(),
-        settings,
-        Arc::new(Relay {
-            publisher: rt.publisher.clone(),
-        }),
-        rt.consumer_metrics.clone(),
-        shutdown.clone(),
-    ));
-    let latencies = measure(&rt, "relay floor (consume + publish only)").await;
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
-    latencies
+/// Builds planned per webhook by the bench's buildspec (the default architectures).
+fn builds_per_push() -> u64 {
+    let config = DecisionConfig::default();
+    let payload = serde_json::to_vec(&recorded("push.json")).unwrap();
+    let plan = decide("push", &payload, &config).expect("a build");
+    plan.builds(BUILDSPEC, &config)
+        .expect("builds")
+        .builds
+        .len() as u64
 }
 
-async fn dispatcher_latency() -> Latencies {
+async fn same_run() -> Run {
     let server = NatsServer::start().await;
     let rt = Runtime::from_client(server.connect().await, &mut Registry::default());
-    rt.provision(1).await.unwrap();
+    let definitions = rt.provision(1).await.unwrap();
+    // The relay's own durable: the dispatcher's definition under another name, so both
+    // consumers get every webhook.
+    let mut relay_consumer = definitions.consumer("dispatcher").unwrap().clone();
+    relay_consumer.config.durable_name = Some("bench-relay".into());
+    rt.js
+        .create_consumer_on_stream(relay_consumer.config.clone(), &relay_consumer.stream)
+        .await
+        .unwrap();
+    let relay_settings = ConsumerSettings::from_definition(&relay_consumer).with_concurrency(4);
+
     let github = MockServer::start().await;
-    let spec = "version: 0.2\nenv:\n  variables:\n    PRX_SPIRE_ECR_PKG_PARAMETERS: APP=/prx/stag/Spire/app\n";
     use base64::Engine as _;
     Mock::given(method("GET"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "type": "file",
             "encoding": "base64",
-            "content": base64::engine::general_purpose::STANDARD.encode(spec),
+            "content": base64::engine::general_purpose::STANDARD.encode(BUILDSPEC),
         })))
         .mount(&github)
         .await;
@@ -310,11 +383,27 @@ async fn dispatcher_latency() -> Latencies {
     )
     .unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(dispatcher.run(shutdown.clone()));
-    let latencies = measure(&rt, "dispatcher (decision + GitHub + KV + start + events)").await;
+    let dispatcher = tokio::spawn(dispatcher.run(shutdown.clone()));
+    let relay = tokio::spawn(run_consumer(
+        rt.js.clone(),
+        rt.publisher.clone(),
+        relay_settings,
+        Arc::new(Relay {
+            publisher: rt.publisher.clone(),
+        }),
+        rt.consumer_metrics.clone(),
+        shutdown.clone(),
+    ));
+    let run = measure(&rt, builds_per_push()).await;
     shutdown.cancel();
-    task.await.unwrap().unwrap();
-    latencies
+    dispatcher.await.unwrap().unwrap();
+    relay.await.unwrap().unwrap();
+    run
+}
+
+/// Percentile of already sorted values (nearest rank).
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn main() {
@@ -327,23 +416,74 @@ fn main() {
         },
     )
     .unwrap();
+    let mut bench = BenchRun::start("dispatch");
     if std::env::var_os("PRX_BENCH_SKIP_DECISIONS").is_none() {
-        decision_throughput();
+        let rate = decision_throughput();
+        bench.row(
+            Row::new(
+                format!("pure decisions (parse, rules, variables), {DECISIONS} over recorded 8-27 KB payloads"),
+                "-",
+            )
+            .measured(format!("{rate:.0} /s"))
+            .details(PAGE),
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
-        let floor = relay_floor().await;
-        floor.print();
-        let dispatcher = dispatcher_latency().await;
-        dispatcher.print();
-        println!(
-            "dispatcher's own share: p50 {:.2} ms, p99 {:.2} ms",
-            (dispatcher.percentile(0.5).as_secs_f64() - floor.percentile(0.5).as_secs_f64()) * 1e3,
-            (dispatcher.percentile(0.99).as_secs_f64() - floor.percentile(0.99).as_secs_f64())
-                * 1e3,
+    let run = runtime.block_on(same_run());
+    let mut own = run.own_ms.clone();
+    own.sort_by(f64::total_cmp);
+    let (own_p50, own_p99, own_max) = (
+        percentile(&own, 0.50),
+        percentile(&own, 0.99),
+        percentile(&own, 1.0),
+    );
+    let measured = own.len();
+    println!(
+        "{measured} webhooks at {RATE_PER_SECOND}/s ({} BuildRequested, {} BuildCancelled)",
+        run.requested, run.cancelled
+    );
+    println!(
+        "relay floor, stored -> event seen: {}",
+        run.relay.describe()
+    );
+    println!(
+        "dispatcher, stored -> BuildRequested seen: {}",
+        run.dispatcher.describe()
+    );
+    println!(
+        "dispatcher's own time per webhook (dispatcher - relay, same webhook): p50 {own_p50:.2} / p99 {own_p99:.2} / max {own_max:.2} ms"
+    );
+    let pushes = format!(
+        "{measured} webhooks at {RATE_PER_SECOND}/s (half pushes, half PR pushes over {PULL_REQUESTS} PRs)"
+    );
+    bench
+        .row(
+            Row::new(
+                format!("dispatcher's own time per webhook: its stored → BuildRequested latency minus the relay's for the same webhook, both consuming at once in one run, {pushes}, p99 (p50)"),
+                "< 5 ms p99",
+            )
+            .measured(format!("{own_p99:.2} ms ({own_p50:.2} ms)"))
+            .met(own_p99 < 5.0)
+            .details(PAGE),
+        )
+        .row(
+            Row::new(
+                format!("dispatcher, webhook stored → its BuildRequested seen, {pushes}, p50 / p99 / max"),
+                "-",
+            )
+            .measured(run.dispatcher.describe())
+            .details(PAGE),
+        )
+        .row(
+            Row::new(
+                "relay floor (consume + publish one event), same webhooks and run, p50 / p99 / max",
+                "-",
+            )
+            .measured(run.relay.describe())
+            .details(PAGE),
         );
-    });
+    bench.finish().unwrap();
 }
