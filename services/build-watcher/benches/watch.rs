@@ -131,6 +131,9 @@ async fn completion_of(completed: &mut async_nats::Subscriber, build_id: &str) {
         {
             return;
         }
+        if std::env::var_os("PRX_BENCH_DEBUG").is_some() {
+            eprintln!("skipped while waiting for {build_id}: {envelope:?}");
+        }
     }
 }
 

@@ -387,17 +387,27 @@ fn completion(seq: u64, parameter: &str, repo: &str) -> v1::Envelope {
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     let key = OrderingKey::branch(RepoName::parse(repo).unwrap(), Branch::new("main").unwrap());
+    let build = v1::BuildRef {
+        build_id: format!("bench:{seq}"),
+        repository: repo.into(),
+        commit,
+        architecture: v1::Architecture::X8664 as i32,
+        ..Default::default()
+    };
     Chain::default().with_ordering(&key, seq).envelope(
         format!("bench-completed-{seq}"),
         Payload::BuildCompleted(v1::BuildCompleted {
-            build: Some(v1::BuildRef {
-                build_id: format!("bench:{seq}"),
-                repository: repo.into(),
-                commit,
-                architecture: v1::Architecture::X8664 as i32,
+            build: Some(build.clone()),
+            status: v1::BuildStatus::Succeeded as i32,
+            // What the dispatcher asked for: without it nothing vouches for the build's
+            // variables and the publisher writes nothing (`UNORDERED`).
+            requested: Some(v1::BuildRequested {
+                build: Some(build),
+                branch: "main".into(),
+                environment: variables.clone(),
+                primary_architecture: v1::Architecture::X8664 as i32,
                 ..Default::default()
             }),
-            status: v1::BuildStatus::Succeeded as i32,
             variables,
             ..Default::default()
         }),
