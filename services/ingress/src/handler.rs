@@ -57,8 +57,9 @@ pub(crate) struct WebhookHandler {
     pub(crate) metrics: IngressMetrics,
 }
 
-/// One span per request, named by delivery and event, child of the caller's `traceparent`.
-/// Signature headers are never recorded.
+/// One span per request, named by delivery and event (made a child of the caller's
+/// `traceparent` by [`handle_webhook`] when spans are recorded). Signature headers are never
+/// recorded.
 pub(crate) fn request_span(request: &Request<Body>) -> tracing::Span {
     let header = |name: &str| {
         request
@@ -67,18 +68,13 @@ pub(crate) fn request_span(request: &Request<Body>) -> tracing::Span {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
     };
-    let span = tracing::info_span!(
+    tracing::info_span!(
         "webhook",
         method = %request.method(),
         path = request.uri().path(),
         delivery = header(DELIVERY_HEADER),
         event = header(EVENT_HEADER),
-    );
-    let traceparent = header("traceparent");
-    if !traceparent.is_empty() {
-        telemetry::set_parent_from_traceparent(&span, traceparent);
-    }
-    span
+    )
 }
 
 pub(crate) async fn handle_webhook(
@@ -86,7 +82,13 @@ pub(crate) async fn handle_webhook(
     request: Request,
 ) -> Response {
     let _in_flight = state.metrics.in_flight();
-    let reply = state.handle(request).await;
+    // The stored event carries the trace context whether or not spans are recorded.
+    let traceparent = request
+        .headers()
+        .get(telemetry::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    let trace = telemetry::continue_trace(&tracing::Span::current(), traceparent);
+    let reply = telemetry::in_trace(trace, state.handle(request)).await;
     state.metrics.count(reply.outcome());
     reply.into_response()
 }
@@ -264,7 +266,9 @@ impl WebhookHandler {
         self.metrics.observe_store(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(stored)) => {
-                tracing::info!(
+                // Debug: one line per delivery costs more than the rest of the logging; the
+                // `stored` and `duplicate` outcomes are counted in the metrics.
+                tracing::debug!(
                     sequence = stored.sequence,
                     duplicate = stored.duplicate,
                     "delivery stored"
