@@ -57,9 +57,8 @@ pub(crate) struct WebhookHandler {
     pub(crate) metrics: IngressMetrics,
 }
 
-/// One span per request, named by delivery and event (made a child of the caller's
-/// `traceparent` by [`handle_webhook`] when spans are recorded). Signature headers are never
-/// recorded.
+/// One span per request, named by delivery and event, child of the caller's `traceparent`
+/// when spans are recorded. Signature headers are never recorded.
 pub(crate) fn request_span(request: &Request<Body>) -> tracing::Span {
     let header = |name: &str| {
         request
@@ -68,13 +67,22 @@ pub(crate) fn request_span(request: &Request<Body>) -> tracing::Span {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
     };
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "webhook",
         method = %request.method(),
         path = request.uri().path(),
         delivery = header(DELIVERY_HEADER),
         event = header(EVENT_HEADER),
-    )
+    );
+    // Here, before the span is entered (which starts it when spans are recorded).
+    telemetry::set_parent(&span, traceparent(request.headers()));
+    span
+}
+
+fn traceparent(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(telemetry::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
 }
 
 pub(crate) async fn handle_webhook(
@@ -83,11 +91,7 @@ pub(crate) async fn handle_webhook(
 ) -> Response {
     let _in_flight = state.metrics.in_flight();
     // The stored event carries the trace context whether or not spans are recorded.
-    let traceparent = request
-        .headers()
-        .get(telemetry::TRACEPARENT)
-        .and_then(|v| v.to_str().ok());
-    let trace = telemetry::continue_trace(&tracing::Span::current(), traceparent);
+    let trace = telemetry::TraceContext::continuing(traceparent(request.headers()));
     let reply = telemetry::in_trace(trace, state.handle(request)).await;
     state.metrics.count(reply.outcome());
     reply.into_response()

@@ -324,18 +324,22 @@ pub fn current_trace() -> Option<TraceContext> {
     CURRENT_TRACE.try_with(|trace| *trace).ok()
 }
 
-/// Starts the work on a request or message carrying `traceparent` (e.g. a webhook's header):
-/// when spans are recorded, makes `span` its child; returns the context to run the work in
-/// ([`in_trace`]).
-pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) -> TraceContext {
-    let parent = traceparent.and_then(TraceContext::parse);
+/// When spans are recorded, makes `span` a child of `traceparent` (if valid). Call it before
+/// `span` is first entered: entering starts the recorded span, whose parent is then fixed.
+pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
     if RECORDING.load(Ordering::Relaxed)
-        && let Some(parent) = parent
+        && let Some(parent) = traceparent.and_then(TraceContext::parse)
     {
-        // Fails only when the span is disabled; then there is nothing to link.
+        // Fails only when the span is disabled (or already started); then nothing is linked.
         let _ = span.set_parent(parent.to_otel());
     }
-    parent.map_or_else(TraceContext::root, |parent| parent.child())
+}
+
+/// Starts the work on a message carrying `traceparent`: [`set_parent`] on `span` (not entered
+/// yet), and the context to run the work in ([`in_trace`]), a child of `traceparent`.
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) -> TraceContext {
+    set_parent(span, traceparent);
+    TraceContext::continuing(traceparent)
 }
 
 /// [`continue_trace`] from a message's headers.
