@@ -253,8 +253,6 @@ impl Validate for NatsConfig {
     }
 }
 
-impl Validate for crate::telemetry::TelemetryConfig {}
-
 /// AWS access shared by the services that call AWS (section `[aws]`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -84,7 +84,7 @@ async fn bench() {
     let js = rt.js.clone();
 
     // The default limits: what is measured is what ships.
-    let ingress = IngressProcess::start(&server.url(), &log_filter, "").await;
+    let ingress = IngressProcess::start(&server.url(), Some(&log_filter), "").await;
     let pid = ingress.child.id();
     let (_, rss_idle) = ingress.memory_kib();
     println!(

@@ -1,5 +1,5 @@
-//! Ingress throughput, latency and memory, against the raw JetStream ceiling measured in the
-//! same run.
+//! Ingress throughput, latency, CPU and memory, against the raw JetStream ceiling measured in
+//! the same run, at the default log level and at a quieter one.
 //!
 //! `cargo bench -p prx-ci-ingress --bench ingress`
 //!
@@ -7,16 +7,19 @@
 //! 2. ceiling: publishes the same `WebhookReceived` envelope the ingress would store (the
 //!    recorded push payload, compact JSON) with a unique `Nats-Msg-Id` each, at the same
 //!    concurrency, each publish waiting for its ack;
-//! 3. ingress: runs the release `prx-ci-ingress` binary as its own process and drives it with
-//!    signed deliveries of that payload (unique `X-GitHub-Delivery` each) over 64 keep-alive
-//!    HTTP/1.1 connections from a minimal in-process client (like `wrk`, so the generator
-//!    takes little of the 2 cores);
-//! 4. prints requests/s, p50/p99/max latency, the ingress's peak RSS (`VmHWM`), and the ratio.
+//! 3. ingress, twice: runs the release `prx-ci-ingress` binary as its own process, first with
+//!    the default log level (no `log_filter`, as shipped), then with `PRX_BENCH_LOG` (default
+//!    `warn`), and drives each with signed deliveries of that payload (unique
+//!    `X-GitHub-Delivery` each) over 64 keep-alive HTTP/1.1 connections from a minimal
+//!    in-process client (like `wrk`, so the generator takes little of the 2 cores);
+//! 4. runs the ceiling again; prints requests/s, p50/p99/max latency, CPU per request of each
+//!    process, the ingress's peak RSS (`VmHWM`), and the ratio to the better ceiling, and
+//!    records the headline rows (`docs/benchmarks/results/ingress.json`).
 //!
 //! Environment: `PRX_BENCH_COUNT` (requests per measured phase, default 100000),
-//! `PRX_BENCH_CONCURRENCY` (default 64), `PRX_BENCH_LOG` (the ingress's log filter, default
-//! `warn`; `info` logs one line per stored delivery), `PRX_BENCH_INGRESS_THREADS` (the
-//! ingress's tokio worker threads, default one per core).
+//! `PRX_BENCH_CONCURRENCY` (default 64), `PRX_BENCH_LOG` (the second ingress phase's log
+//! filter, default `warn`), `PRX_BENCH_INGRESS_THREADS` (the ingress's tokio worker threads,
+//! default one per core).
 
 mod common;
 
@@ -33,6 +36,7 @@ use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::Runtime;
 use prx_ci_shared::bus::envelope::Chain;
 use prx_ci_shared::bus::subject::{WEBHOOKS_STREAM, webhook_subject};
+use prx_ci_shared::testing::bench::{BenchRun, Row};
 use prx_ci_shared::testing::{NatsServer, workspace_root};
 
 use common::{Connection, IngressProcess, SECRET, env_usize, stored_count};
@@ -236,13 +240,20 @@ impl CpuSample {
         Self { pids, start }
     }
 
-    fn report(&self, requests: usize, elapsed: Duration) {
-        let parts: Vec<String> = self
+    /// Prints each process's CPU per request and share of a core; returns the CPU per
+    /// request in microseconds, in the order of `pids`.
+    fn report(&self, requests: usize, elapsed: Duration) -> Vec<f64> {
+        let used: Vec<f64> = self
             .pids
             .iter()
             .zip(&self.start)
-            .map(|((name, pid), start)| {
-                let used = cpu_seconds(*pid) - start;
+            .map(|((_, pid), start)| cpu_seconds(*pid) - start)
+            .collect();
+        let parts: Vec<String> = self
+            .pids
+            .iter()
+            .zip(&used)
+            .map(|((name, _), used)| {
                 format!(
                     "{name} {:.0} us/req ({:.0}% of a core)",
                     used * 1e6 / requests as f64,
@@ -251,6 +262,7 @@ impl CpuSample {
             })
             .collect();
         println!("{:<28} {}", "  cpu", parts.join(", "));
+        used.iter().map(|u| u * 1e6 / requests as f64).collect()
     }
 }
 
@@ -271,10 +283,65 @@ fn main() {
     runtime.block_on(bench());
 }
 
+/// One ingress process driven with `count` deliveries.
+struct IngressPhase {
+    run: Run,
+    /// Ingress CPU per delivery, microseconds.
+    cpu_us: f64,
+    /// Peak RSS (`VmHWM`), KiB.
+    hwm_kib: u64,
+    stored: u64,
+}
+
+/// Starts the ingress with `log_filter` (`None`: the default), warms it, drives it with
+/// `count` deliveries and reads back what was stored.
+async fn ingress_phase(
+    server: &NatsServer,
+    js: &jetstream::Context,
+    body: &Bytes,
+    log_filter: Option<&str>,
+    count: usize,
+    concurrency: usize,
+    nats_pid: u32,
+) -> IngressPhase {
+    let level = log_filter.unwrap_or("default");
+    let ingress = IngressProcess::start(&server.url(), log_filter, "").await;
+    let (_, rss_idle) = ingress.memory_kib();
+    ingress_load(&ingress.addr, body.clone(), WARMUP, concurrency, "warm").await;
+    purge(js).await;
+    let cpu = CpuSample::start(vec![
+        ("load generator", std::process::id()),
+        ("ingress", ingress.child.id()),
+        ("nats-server", nats_pid),
+    ]);
+    let tag = format!("delivery-{level}");
+    let run = ingress_load(&ingress.addr, body.clone(), count, concurrency, &tag).await;
+    run.report(&format!("ingress webhooks ({level})"));
+    let cpu_us = cpu.report(count, run.elapsed)[1];
+    let (hwm_kib, rss) = ingress.memory_kib();
+    let stored = stored_count(js).await;
+    drop(ingress);
+    println!(
+        "{:<28} stored {stored}/{count}, peak RSS (VmHWM) {:.1} MiB, RSS idle {:.1} MiB, after {:.1} MiB",
+        "",
+        hwm_kib as f64 / 1024.0,
+        rss_idle as f64 / 1024.0,
+        rss as f64 / 1024.0
+    );
+    purge(js).await;
+    IngressPhase {
+        run,
+        cpu_us,
+        hwm_kib,
+        stored,
+    }
+}
+
 async fn bench() {
+    let mut record = BenchRun::start("ingress");
     let count = env_usize("PRX_BENCH_COUNT", 100_000);
     let concurrency = env_usize("PRX_BENCH_CONCURRENCY", 64);
-    let log_filter = std::env::var("PRX_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned());
+    let quiet_filter = std::env::var("PRX_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned());
 
     // GitHub sends compact JSON; the recorded file is pretty-printed for reading.
     let recorded = std::fs::read(workspace_root().join("tests/data/github/push.json"))
@@ -288,7 +355,7 @@ async fn bench() {
     let js = rt.js.clone();
 
     println!(
-        "payload {} bytes (compact push.json), concurrency {concurrency}, {count} requests per phase, ingress log filter {log_filter:?}",
+        "payload {} bytes (compact push.json), concurrency {concurrency}, {count} requests per phase, ingress log levels: default, then {quiet_filter:?}",
         body.len()
     );
 
@@ -314,50 +381,103 @@ async fn bench() {
     );
     purge(&js).await;
 
-    let ingress = IngressProcess::start(&server.url(), &log_filter, "").await;
-    let (_, rss_idle) = ingress.memory_kib();
-    ingress_load(&ingress.addr, body.clone(), WARMUP, concurrency, "warm").await;
-    purge(&js).await;
-    let cpu = CpuSample::start(vec![
-        ("load generator", own_pid),
-        ("ingress", ingress.child.id()),
-        ("nats-server", nats_pid),
-    ]);
-    let run = ingress_load(&ingress.addr, body.clone(), count, concurrency, "delivery").await;
-    run.report("ingress webhooks");
-    cpu.report(count, run.elapsed);
-    let (hwm, rss) = ingress.memory_kib();
-    let stored = stored_count(&js).await;
-    drop(ingress);
+    let default = ingress_phase(&server, &js, &body, None, count, concurrency, nats_pid).await;
+    let quiet = ingress_phase(
+        &server,
+        &js,
+        &body,
+        Some(&quiet_filter),
+        count,
+        concurrency,
+        nats_pid,
+    )
+    .await;
 
-    purge(&js).await;
     let cpu = CpuSample::start(vec![("bench", own_pid), ("nats-server", nats_pid)]);
     let raw_after = raw_jetstream(&js, &body, count, concurrency, "raw-after").await;
     raw_after.report("jetstream publish+ack again");
     cpu.report(count, raw_after.elapsed);
 
     let ceiling = raw.per_second().max(raw_after.per_second());
+    let ratio = default.run.per_second() / ceiling;
+    let level_ratio = default.run.per_second() / quiet.run.per_second();
+    let p99 = default.run.percentile(0.99);
+    let hwm = default.hwm_kib.max(quiet.hwm_kib);
     println!(
-        "ingress: stored {stored}/{count}, peak RSS (VmHWM) {:.1} MiB, RSS idle {:.1} MiB, after {:.1} MiB",
-        hwm as f64 / 1024.0,
-        rss_idle as f64 / 1024.0,
-        rss as f64 / 1024.0
+        "default level: {ratio:.2} of the better raw ceiling (target >= 0.7), {level_ratio:.2} of {quiet_filter} (target >= 0.95), {:.0} us ingress CPU per delivery (target <= 25)",
+        default.cpu_us
     );
-    println!(
-        "ratio to the better raw ceiling: {:.2} (target >= 0.6); throughput target >= 15000/s: {}; p99 target < 10 ms: {}; RSS target < 50 MiB: {}",
-        run.per_second() / ceiling,
-        if run.per_second() >= 15_000.0 {
-            "met"
-        } else {
-            "MISSED"
-        },
-        if run.percentile(0.99) < Duration::from_millis(10) {
-            "met"
-        } else {
-            "MISSED"
-        },
-        if hwm < 50 * 1024 { "met" } else { "MISSED" },
-    );
-    assert_eq!(run.errors, 0, "every delivery answered 202");
-    assert_eq!(stored, count as u64, "every delivery stored once");
+
+    let page = "benchmarks/ingress.md";
+    let per_second = |run: &Run| format!("{:.0} /s", run.per_second());
+    record
+        .row(
+            Row::new(
+                "raw JetStream publish+ack of the same envelope, 64 in flight (better of 2 runs)",
+                "-",
+            )
+            .measured(format!("{ceiling:.0} /s"))
+            .details(page),
+        )
+        .row(
+            Row::new(
+                "ingress throughput, default log level, 64 connections, 8.5 KB signed push",
+                "≥ 15,000 /s",
+            )
+            .measured(per_second(&default.run))
+            .met(default.run.per_second() >= 15_000.0)
+            .details(page),
+        )
+        .row(
+            Row::new(
+                format!("ingress throughput, log level {quiet_filter}, same run"),
+                "-",
+            )
+            .measured(per_second(&quiet.run))
+            .details(page),
+        )
+        .row(
+            Row::new(
+                format!("ingress throughput at the default log level / at {quiet_filter}"),
+                "≥ 0.95",
+            )
+            .measured(format!("{level_ratio:.2}"))
+            .met(level_ratio >= 0.95)
+            .details(page),
+        )
+        .row(
+            Row::new(
+                "ingress throughput (default log level) / raw JetStream ceiling, same run",
+                "≥ 0.7",
+            )
+            .measured(format!("{ratio:.2}"))
+            .met(ratio >= 0.7)
+            .details(page),
+        )
+        .row(
+            Row::new("ingress latency p99, default log level", "< 10 ms")
+                .measured(format!("{:.2} ms", p99.as_secs_f64() * 1e3))
+                .met(p99 < Duration::from_millis(10))
+                .details(page),
+        )
+        .row(
+            Row::new("ingress peak RSS (VmHWM), both phases", "< 50 MiB")
+                .measured(format!("{:.1} MiB", hwm as f64 / 1024.0))
+                .met(hwm < 50 * 1024)
+                .details(page),
+        )
+        .row(
+            Row::new(
+                "ingress CPU per delivery (user+system), default log level",
+                "≤ 25 µs",
+            )
+            .measured(format!("{:.0} µs", default.cpu_us))
+            .met(default.cpu_us <= 25.0)
+            .details(page),
+        );
+    for phase in [&default, &quiet] {
+        assert_eq!(phase.run.errors, 0, "every delivery answered 202");
+        assert_eq!(phase.stored, count as u64, "every delivery stored once");
+    }
+    record.finish().expect("record the run");
 }

@@ -57,8 +57,8 @@ pub(crate) struct WebhookHandler {
     pub(crate) metrics: IngressMetrics,
 }
 
-/// One span per request, named by delivery and event, child of the caller's `traceparent`.
-/// Signature headers are never recorded.
+/// One span per request, named by delivery and event, child of the caller's `traceparent`
+/// when spans are recorded. Signature headers are never recorded.
 pub(crate) fn request_span(request: &Request<Body>) -> tracing::Span {
     let header = |name: &str| {
         request
@@ -74,11 +74,15 @@ pub(crate) fn request_span(request: &Request<Body>) -> tracing::Span {
         delivery = header(DELIVERY_HEADER),
         event = header(EVENT_HEADER),
     );
-    let traceparent = header("traceparent");
-    if !traceparent.is_empty() {
-        telemetry::set_parent_from_traceparent(&span, traceparent);
-    }
+    // Here, before the span is entered (which starts it when spans are recorded).
+    telemetry::set_parent(&span, traceparent(request.headers()));
     span
+}
+
+fn traceparent(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(telemetry::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
 }
 
 pub(crate) async fn handle_webhook(
@@ -86,7 +90,9 @@ pub(crate) async fn handle_webhook(
     request: Request,
 ) -> Response {
     let _in_flight = state.metrics.in_flight();
-    let reply = state.handle(request).await;
+    // The stored event carries the trace context whether or not spans are recorded.
+    let trace = telemetry::TraceContext::continuing(traceparent(request.headers()));
+    let reply = telemetry::in_trace(trace, state.handle(request)).await;
     state.metrics.count(reply.outcome());
     reply.into_response()
 }
@@ -264,7 +270,9 @@ impl WebhookHandler {
         self.metrics.observe_store(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(stored)) => {
-                tracing::info!(
+                // Debug: one line per delivery costs more than the rest of the logging; the
+                // `stored` and `duplicate` outcomes are counted in the metrics.
+                tracing::debug!(
                     sequence = stored.sequence,
                     duplicate = stored.duplicate,
                     "delivery stored"

@@ -260,7 +260,7 @@ impl<H: Handler> LoopContext<H> {
             stream_sequence,
             delivered,
         );
-        telemetry::set_parent_from_headers(&span, message.headers.as_ref());
+        let trace = telemetry::continue_trace_from_headers(&span, message.headers.as_ref());
         let delivery = Delivery {
             envelope: envelope.clone(),
             subject: message.subject.to_string(),
@@ -272,7 +272,10 @@ impl<H: Handler> LoopContext<H> {
         };
         let started = Instant::now();
         let result = self
-            .with_progress(&message, self.handler.handle(delivery))
+            .with_progress(
+                &message,
+                telemetry::in_trace(trace, self.handler.handle(delivery)),
+            )
             .instrument(span.clone())
             .await;
         self.metrics
@@ -304,16 +307,15 @@ impl<H: Handler> LoopContext<H> {
             }
             Err(HandlerError::Transient(err) | HandlerError::Permanent(err)) => {
                 drop(_entered);
-                self.park(
+                let park = self.park(
                     &message,
                     &stream,
                     stream_sequence,
                     delivered,
                     Some(&envelope),
                     &err,
-                )
-                .instrument(span)
-                .await;
+                );
+                telemetry::in_trace(trace, park).instrument(span).await;
             }
         }
     }

@@ -93,16 +93,20 @@ pub struct IngressProcess {
 }
 
 impl IngressProcess {
-    /// Starts the release binary against `nats_url` with `[ingress]` settings beyond the
-    /// address and secret in `ingress_config` (TOML lines), and waits until it is ready.
-    pub async fn start(nats_url: &str, log_filter: &str, ingress_config: &str) -> Self {
+    /// Starts the release binary against `nats_url` with the log filter `log_filter` (`None`:
+    /// the default, as shipped) and `[ingress]` settings beyond the address and secret in
+    /// `ingress_config` (TOML lines), and waits until it is ready.
+    pub async fn start(nats_url: &str, log_filter: Option<&str>, ingress_config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let addr = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("prx-ci.toml");
+        let log_filter = log_filter
+            .map(|filter| format!("log_filter = \"{filter}\"\n"))
+            .unwrap_or_default();
         std::fs::write(
             &config,
             format!(
-                "[nats]\nurl = \"{nats_url}\"\n\n[telemetry]\nlog_filter = \"{log_filter}\"\n\n\
+                "[nats]\nurl = \"{nats_url}\"\n\n[telemetry]\n{log_filter}\n\
                  [ingress]\nlisten = \"{addr}\"\nsecrets = [\"{SECRET}\"]\n{ingress_config}\n"
             ),
         )
@@ -112,7 +116,8 @@ impl IngressProcess {
         command
             .arg("--config")
             .arg(&config)
-            .env_remove("PRX_CI_WEBHOOK_SECRET");
+            .env_remove("PRX_CI_WEBHOOK_SECRET")
+            .env_remove("RUST_LOG");
         // Tokio's runtime reads TOKIO_WORKER_THREADS (default: one per core).
         if let Ok(threads) = std::env::var("PRX_BENCH_INGRESS_THREADS") {
             command.env("TOKIO_WORKER_THREADS", threads);

@@ -3,6 +3,7 @@
 use prx_ci_ingress::WEBHOOK_PATH;
 use prx_ci_ingress::signature::signature_sha1;
 use prx_ci_proto::v1::Origin;
+use prx_ci_shared::telemetry::{TRACEPARENT, TraceContext};
 use secrecy::SecretString;
 
 use crate::utils::*;
@@ -365,4 +366,48 @@ async fn health_and_readiness_are_served_on_the_webhook_listener() {
     assert_eq!(ready.status(), 200);
     let get = h.http.get(h.url(WEBHOOK_PATH)).send().await.unwrap();
     assert_eq!(get.status(), 405);
+}
+
+/// The `traceparent` header of the stored message at `sequence`, parsed.
+async fn stored_trace(h: &Harness, sequence: u64) -> TraceContext {
+    let message = h.stream().await.get_raw_message(sequence).await.unwrap();
+    let value = message
+        .headers
+        .get(TRACEPARENT)
+        .expect("a traceparent header")
+        .as_str()
+        .to_owned();
+    TraceContext::parse(&value).unwrap_or_else(|| panic!("{value:?} is a traceparent"))
+}
+
+#[tokio::test]
+async fn every_stored_delivery_carries_trace_context_even_when_nothing_is_recorded() {
+    // No subscriber and no exporter here: no span is recorded.
+    let mut h = Harness::start().await;
+    let body = push_body();
+
+    let (status, reply) = h.send("push", &new_delivery_id(), &body).await;
+    assert_eq!(status, 202, "{reply}");
+    let first = stored_trace(&h, reply["sequence"].as_u64().unwrap()).await;
+    let (status, reply) = h.send("push", &new_delivery_id(), &body).await;
+    assert_eq!(status, 202, "{reply}");
+    let second = stored_trace(&h, reply["sequence"].as_u64().unwrap()).await;
+    assert_ne!(first.trace_id, second.trace_id, "a new trace per delivery");
+
+    // The caller's trace is continued: its trace id and sampling decision, a new span id.
+    let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+    let response = h
+        .webhook("push", &new_delivery_id(), &body, SECRET)
+        .header(TRACEPARENT, caller)
+        .send()
+        .await
+        .unwrap();
+    let (status, reply) = answer(response).await;
+    assert_eq!(status, 202, "{reply}");
+    let continued = stored_trace(&h, reply["sequence"].as_u64().unwrap()).await;
+    let caller = TraceContext::parse(caller).unwrap();
+    assert_eq!(continued.trace_id, caller.trace_id);
+    assert!(!continued.sampled);
+    assert_ne!(continued.span_id, caller.span_id);
+    h.stop().await;
 }
