@@ -20,7 +20,7 @@ use prx_ci_build_watcher::{BuildWatcher, BuildWatcherConfig};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::envelope::{Chain, new_event_id};
 use prx_ci_shared::codebuild::event::{PHASE_CHANGE, STATE_CHANGE};
-use prx_ci_shared::testing::bench::{BenchRun, Row};
+use prx_ci_shared::testing::bench::{BenchRun, Row, percentile};
 use prx_ci_shared::testing::{MotoServer, NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime};
 use serde_json::json;
@@ -94,21 +94,13 @@ fn requested(build_id: &str) -> v1::Envelope {
     )
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 /// Prints and returns "p50 a / p99 b / max c ms" (n samples).
 fn summary(name: &str, mut samples: Vec<Duration>) -> (String, Duration) {
     samples.sort();
-    let p99 = percentile(&samples, 99.0);
+    let p99 = percentile(&samples, 0.99);
     let text = format!(
         "p50 {:.2} / p99 {:.2} / max {:.2} ms",
-        percentile(&samples, 50.0).as_secs_f64() * 1e3,
+        percentile(&samples, 0.50).as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3,
         samples.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
     );

@@ -32,7 +32,7 @@ use prx_ci_shared::codebuild::backend::{
 };
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
 use prx_ci_shared::run_consumer;
-use prx_ci_shared::testing::bench::{BenchRun, Row};
+use prx_ci_shared::testing::bench::{BenchRun, Row, percentile};
 use prx_ci_shared::testing::{NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime};
 use serde_json::{Value, json};
@@ -188,8 +188,7 @@ impl Latencies {
     fn percentile(&self, p: f64) -> Duration {
         let mut sorted = self.0.clone();
         sorted.sort();
-        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-        sorted[index]
+        percentile(&sorted, p)
     }
 
     /// "p50 a / p99 b / max c ms".
@@ -408,9 +407,6 @@ async fn same_run() -> Run {
 }
 
 /// Percentile of already sorted values (nearest rank).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn main() {
     // Warnings and errors of the services under test (PRX_BENCH_LOG overrides the filter).

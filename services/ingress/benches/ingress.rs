@@ -36,7 +36,7 @@ use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::Runtime;
 use prx_ci_shared::bus::envelope::Chain;
 use prx_ci_shared::bus::subject::{WEBHOOKS_STREAM, webhook_subject};
-use prx_ci_shared::testing::bench::{BenchRun, Row};
+use prx_ci_shared::testing::bench::{BenchRun, Row, percentile};
 use prx_ci_shared::testing::{NatsServer, workspace_root};
 
 use common::{Connection, IngressProcess, SECRET, env_usize, stored_count};
@@ -59,8 +59,7 @@ impl Run {
     fn percentile(&self, p: f64) -> Duration {
         let mut sorted = self.latencies.clone();
         sorted.sort_unstable();
-        let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-        sorted[index]
+        percentile(&sorted, p)
     }
 
     fn report(&self, name: &str) {

@@ -31,7 +31,7 @@ use prx_ci_publisher::{
 };
 use prx_ci_shared::bus::envelope::Chain;
 use prx_ci_shared::domain::{Branch, OrderingKey, RepoName};
-use prx_ci_shared::testing::bench::{BenchRun, Row};
+use prx_ci_shared::testing::bench::{BenchRun, Row, percentile};
 use prx_ci_shared::testing::{MotoServer, NatsServer, metrics_text, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime, bus::subject};
 
@@ -94,11 +94,6 @@ impl ParameterStore for RecordingStore {
     async fn list(&self, _prefix: &str) -> Result<Vec<StoredParameter>, StoreError> {
         Ok(Vec::new())
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
 }
 
 fn ms(d: Duration) -> f64 {

@@ -218,14 +218,6 @@ impl TraceContext {
         }
     }
 
-    /// The next hop of this trace: same trace and sampling decision, a new span id.
-    pub fn child(&self) -> Self {
-        Self {
-            span_id: nonzero(rand::random::<u64>),
-            ..*self
-        }
-    }
-
     /// Parses a `traceparent` value (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`;
     /// later versions may append fields). `None` when it is not a valid one.
     pub fn parse(traceparent: &str) -> Option<Self> {
@@ -260,12 +252,13 @@ impl TraceContext {
         )
     }
 
-    /// The context of work started by a message or request carrying `traceparent`: a child of
-    /// it, else (absent or invalid) a new trace.
+    /// The context of work started by a message or request carrying `traceparent`: that
+    /// context passed through unchanged (a hop that records no span of its own must not invent
+    /// a span id, or a recording service further on would name a parent that was never
+    /// exported), else (absent or invalid) a new trace. A recorded span's own id replaces it
+    /// in what is published ([`inject_current_context`]).
     pub fn continuing(traceparent: Option<&str>) -> Self {
-        traceparent
-            .and_then(Self::parse)
-            .map_or_else(Self::root, |parent| parent.child())
+        traceparent.and_then(Self::parse).unwrap_or_else(Self::root)
     }
 
     fn to_otel(self) -> opentelemetry::Context {
@@ -336,7 +329,7 @@ pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
 }
 
 /// Starts the work on a message carrying `traceparent`: [`set_parent`] on `span` (not entered
-/// yet), and the context to run the work in ([`in_trace`]), a child of `traceparent`.
+/// yet), and the context to run the work in ([`in_trace`]), `traceparent`'s own.
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) -> TraceContext {
     set_parent(span, traceparent);
     TraceContext::continuing(traceparent)
@@ -414,7 +407,8 @@ mod tests {
         let child = TraceContext::continuing(Some(&parent.traceparent()));
         assert_eq!(child.trace_id, parent.trace_id);
         assert!(!child.sampled);
-        assert_ne!(child.span_id, parent.span_id);
+        // Passed through: the next recorded span's parent is the last one that existed.
+        assert_eq!(child.span_id, parent.span_id);
         let fresh = TraceContext::continuing(Some("garbage"));
         assert_ne!(fresh.trace_id, parent.trace_id);
         assert_ne!(fresh.trace_id, 0);

@@ -129,6 +129,17 @@ impl BenchRun {
     }
 }
 
+/// The `p`-quantile (`0.0..=1.0`) of `sorted` (ascending) by nearest rank: the smallest value
+/// with at least `p` of the samples at or below it. The one percentile every bench reports.
+///
+/// # Panics
+/// On an empty slice: a bench with no samples has nothing to report.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
+    assert!(!sorted.is_empty(), "percentile of no samples");
+    let rank = (sorted.len() as f64 * p).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 /// Reads every record in `dir`, sorted by bench name.
 pub fn read_records(dir: &Path) -> anyhow::Result<Vec<BenchRecord>> {
     let mut records = Vec::new();
@@ -300,6 +311,16 @@ mod tests {
              2026-12-01T05:00:00Z, `abc1234`, 0.50→1.25 |"
         );
         assert!(lines[3].contains("| 30 s | - |"));
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let samples: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&samples, 0.5), 50);
+        assert_eq!(percentile(&samples, 0.99), 99);
+        assert_eq!(percentile(&samples, 1.0), 100);
+        assert_eq!(percentile(&samples, 0.0), 1);
+        assert_eq!(percentile(&[7], 0.99), 7);
     }
 
     #[test]
