@@ -1,2 +1,4 @@
-//! Benchmarks that span services. The end-to-end bench lives in `benches/`; the summary table
-//! of every recorded run is rendered by the `prx-ci-bench-table` binary.
+//! Benchmarks across services: the end-to-end run's pure parts and fakes ([`e2e`]), and the
+//! summary table `docs/benchmarks.md` rendered from the recorded runs (`prx-ci-bench-table`).
+
+pub mod e2e;

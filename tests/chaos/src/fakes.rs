@@ -138,6 +138,17 @@ struct Message {
 struct SlackState {
     messages: Vec<Message>,
     calls: Vec<SlackCall>,
+    timed: Vec<TimedSlackCall>,
+}
+
+/// A post or update with the time it arrived and its whole request body (what the
+/// end-to-end bench reads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedSlackCall {
+    pub at: time::OffsetDateTime,
+    pub call: SlackCall,
+    /// The request's JSON body, as sent.
+    pub body: String,
 }
 
 /// A running fake Slack Web API.
@@ -163,6 +174,15 @@ impl FakeSlack {
     pub fn calls(&self) -> Vec<SlackCall> {
         lock(&self.state).calls.clone()
     }
+
+    /// Every post and update from the `from`th on, with arrival times and bodies.
+    pub fn timed_calls_from(&self, from: usize) -> Vec<TimedSlackCall> {
+        lock(&self.state)
+            .timed
+            .get(from..)
+            .unwrap_or_default()
+            .to_vec()
+    }
 }
 
 fn build_of(body: &Value) -> String {
@@ -170,6 +190,15 @@ fn build_of(body: &Value) -> String {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned()
+}
+
+fn record(state: &mut SlackState, call: SlackCall, body: &Value) {
+    state.timed.push(TimedSlackCall {
+        at: time::OffsetDateTime::now_utc(),
+        call: call.clone(),
+        body: body.to_string(),
+    });
+    state.calls.push(call);
 }
 
 async fn post_message(
@@ -188,10 +217,11 @@ async fn post_message(
         ts: ts.clone(),
         metadata: body.get("metadata").cloned().unwrap_or(Value::Null),
     });
-    state.calls.push(SlackCall::Post {
+    let call = SlackCall::Post {
         ts: ts.clone(),
         build: build_of(&body),
-    });
+    };
+    record(&mut state, call, &body);
     Json(json!({"ok": true, "channel": channel, "ts": ts}))
 }
 
@@ -209,10 +239,11 @@ async fn update_message(
     {
         return Json(json!({"ok": false, "error": "message_not_found"}));
     }
-    state.calls.push(SlackCall::Update {
+    let call = SlackCall::Update {
         ts: ts.to_owned(),
         build: build_of(&body),
-    });
+    };
+    record(&mut state, call, &body);
     Json(json!({"ok": true, "channel": channel, "ts": ts}))
 }
 
@@ -344,5 +375,18 @@ mod tests {
                 }
             ]
         );
+        let timed = slack.timed_calls_from(0);
+        assert_eq!(
+            timed.iter().map(|t| t.call.clone()).collect::<Vec<_>>(),
+            slack.calls()
+        );
+        assert!(timed[0].at <= timed[1].at);
+        assert!(
+            timed[1].body.contains("\"prx_ci_build\""),
+            "{}",
+            timed[1].body
+        );
+        assert_eq!(slack.timed_calls_from(1).len(), 1);
+        assert!(slack.timed_calls_from(5).is_empty());
     }
 }

@@ -83,6 +83,11 @@ impl Process {
         }
     }
 
+    /// The process id of the running process (to read its CPU time in `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Whether it exited on its own since the last look (then it is restarted).
     fn exited(&mut self) -> bool {
         match self.child.as_mut().map(Child::try_wait) {
