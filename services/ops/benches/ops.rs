@@ -535,7 +535,7 @@ async fn main() {
         tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(grpc),
+                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
                 shutdown.clone().cancelled_owned(),
             ),
     );

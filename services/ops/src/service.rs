@@ -143,7 +143,9 @@ impl OpsService {
         let served = Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener),
+                // Without TCP_NODELAY every answer waits out the client's delayed ACK: 40 ms
+                // per call (docs/benchmarks/ops.md).
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown.clone().cancelled_owned(),
             )
             .await
