@@ -23,9 +23,9 @@ use prometheus_client::registry::Registry;
 use prost::Message as _;
 use prx_ci_ops::OpsConfig;
 use prx_ci_ops::api::OpsApi;
-use prx_ci_ops::builds_projection::BuildsProjection;
 use prx_ci_ops::dashboard_projection::{DashboardProjection, PublishOutcome, Source};
 use prx_ci_ops::metrics::Metrics;
+use prx_ci_ops::projection_runner::LiveProjection;
 use prx_ci_ops::web::{self, Web, pages::notice::NoticeSettings};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::envelope::{Chain, kind_of, subject_of};
@@ -33,11 +33,11 @@ use prx_ci_shared::bus::publish::EVENT_KIND_HEADER;
 use prx_ci_shared::bus::subject::{EVENTS_STREAM, WEBHOOKS_STREAM};
 use prx_ci_shared::domain::push_position::PushPosition;
 use prx_ci_shared::domain::{Branch, OrderingKey, RepoName};
+use prx_ci_shared::testing::bench::{BenchRun, Row};
 use prx_ci_shared::testing::{NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime};
 use secrecy::SecretString;
 use time::OffsetDateTime;
-use tokio::sync::RwLock;
 
 /// Events stored in `PRX_WEBHOOKS` + `PRX_EVENTS` together.
 const EVENTS: usize = 100_000;
@@ -897,6 +897,7 @@ fn quantile(sorted: &[Duration], q: f64) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    let mut record = BenchRun::start("dashboard");
     println!("load average at start: {}", load_average());
     let server = NatsServer::start().await;
     let mut registry = Registry::default();
@@ -951,9 +952,7 @@ async fn main() {
     let api = OpsApi::new(
         rt.clone(),
         config.clone(),
-        Arc::new(RwLock::new(BuildsProjection::new(
-            config.keep_finished_builds,
-        ))),
+        LiveProjection::new(config.keep_finished_builds),
         Metrics::register(&mut registry),
     );
     let rss_before = rss();
@@ -1004,6 +1003,29 @@ async fn main() {
         mib(rss_after.saturating_sub(rss_before))
     );
 
+    record.row(
+        Row::new(
+            format!("dashboard catch-up: fold of {EVENTS} stored events from empty (both streams)"),
+            "-",
+        )
+        .measured(format!(
+            "{:.2} s ({rate:.0} events/s)",
+            catch_up.as_secs_f64()
+        ))
+        .details("benchmarks/dashboard.md"),
+    );
+    record.row(
+        Row::new(
+            format!("dashboard process RSS after the catch-up of {EVENTS} events"),
+            "-",
+        )
+        .measured(format!(
+            "{:.1} MiB (+{:.1} MiB over the catch-up)",
+            mib(rss_after),
+            mib(rss_after.saturating_sub(rss_before))
+        ))
+        .details("benchmarks/dashboard.md"),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let served = tokio::spawn(web::serve(listener, web, shutdown.clone()));
@@ -1070,6 +1092,23 @@ async fn main() {
         if !met {
             missed.push(*kind);
         }
+        let urls = pages.iter().filter(|p| p.kind == *kind).count();
+        record.row(
+            Row::new(
+                format!(
+                    "dashboard {kind} page over HTTP, {} sequential requests ({urls} URLs), {EVENTS} events: p50 / p95 / max",
+                    samples.len()
+                ),
+                format!("p95 < {TARGET_P95_MS} ms"),
+            )
+            .measured(format!(
+                "{:.2} / {p95:.2} / {:.2} ms",
+                quantile(samples, 0.5),
+                millis(samples[samples.len() - 1])
+            ))
+            .met(met)
+            .details("benchmarks/dashboard.md"),
+        );
         println!(
             "  {kind:<10} p50 {:>7.2} ms  p95 {p95:>7.2} ms  max {:>7.2} ms  ({} requests) {}",
             quantile(samples, 0.5),
@@ -1081,5 +1120,6 @@ async fn main() {
     shutdown.cancel();
     live.await.unwrap();
     served.await.unwrap().unwrap();
+    record.finish().unwrap();
     assert!(missed.is_empty(), "p95 target missed by: {missed:?}");
 }

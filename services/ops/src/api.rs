@@ -1,6 +1,6 @@
 //! The gRPC ops API: the service state, the `Ops` trait dispatch and the parameter-ownership calls; one module per other area.
 //!
-//! Each call reads the streams (or the builds projection) and answers: [`history`], [`builds`],
+//! Each call answers from the projection (builds, the history index) or reads the streams: [`history`], [`builds`],
 //! [`rebuild`], [`replay`], [`parked`] (`Parked`, `RetryParked`, `DropParked`) here.
 
 mod builds;
@@ -21,15 +21,14 @@ use prx_ci_shared::ownership::{
     TransferRefused,
 };
 use time::OffsetDateTime;
-use tokio::sync::RwLock;
 use tonic::{Request, Response, Status};
 
 use crate::ancestry::{Ancestry, CommitGraph};
 use crate::auth::Operator;
-use crate::builds_projection::BuildsProjection;
 use crate::config::OpsConfig;
 use crate::error::OpsError;
 use crate::metrics::Metrics;
+use crate::projection_runner::LiveProjection;
 
 /// What the ops API knows of the publisher's parameter ownership (`[publisher]` section).
 #[derive(Debug, Clone)]
@@ -65,13 +64,13 @@ impl Default for ParameterOwnership {
 /// audit records).
 pub const MAX_REASON_LEN: usize = 1000;
 
-/// The API's state: the NATS handles, the config, the builds projection, the commit graph
-/// rebuilds check ancestry in, and the publisher's parameter ownership.
+/// The API's state: the NATS handles, the config, the projection (builds and the history
+/// index), the commit graph rebuilds check ancestry in, and the publisher's parameter ownership.
 #[derive(Debug, Clone)]
 pub struct OpsApi {
     rt: Runtime,
     config: Arc<OpsConfig>,
-    builds: Arc<RwLock<BuildsProjection>>,
+    projection: LiveProjection,
     metrics: Metrics,
     commits: Arc<dyn CommitGraph>,
     ownership: Arc<ParameterOwnership>,
@@ -90,13 +89,13 @@ impl OpsApi {
     pub fn new(
         rt: Runtime,
         config: Arc<OpsConfig>,
-        builds: Arc<RwLock<BuildsProjection>>,
+        projection: LiveProjection,
         metrics: Metrics,
     ) -> Self {
         Self {
             rt,
             config,
-            builds,
+            projection,
             metrics,
             commits: Arc::new(Ancestry::local_only()),
             ownership: Arc::new(ParameterOwnership::default()),

@@ -1,5 +1,6 @@
 //! The builds projection: builds in flight and recent ones, folded from the build events
-//! (`build.requested`, `build.started`, `build.completed`, `build.cancelled`, `build.phase`).
+//! (`build.requested`, `build.started`, `build.completed`, `build.cancelled`, `build.phase`;
+//! every other event is ignored).
 //!
 //! Pure and deterministic: the state depends only on the sequence of events applied, so
 //! rebuilding it from the stream from scratch gives exactly the state kept incrementally
@@ -9,23 +10,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use prx_ci_proto::v1::{self, BuildState, BuildStatus, BuildView, Envelope, envelope::Payload};
-use prx_ci_shared::bus::subject::EventKind;
-
-/// The event kinds the projection folds.
-pub const KINDS: [EventKind; 5] = [
-    EventKind::BuildRequested,
-    EventKind::BuildStarted,
-    EventKind::BuildPhaseChanged,
-    EventKind::BuildCompleted,
-    EventKind::BuildCancelled,
-];
-
-/// The subject filter the projection reads (on `PRX_EVENTS`): every build event. One filter
-/// rather than one per kind in [`KINDS`]: the server serves a single filter much faster, and
-/// [`BuildsProjection::apply`] ignores the other build kinds (skips).
-pub fn filters() -> Vec<String> {
-    vec!["prx.build.>".to_owned()]
-}
 
 fn rank(state: BuildState) -> u8 {
     match state {

@@ -1,6 +1,6 @@
-//! The event log read back: ranges of a stream through a short-lived ordered consumer
-//! with subject filters (the server does the filtering, so a repository's history does not
-//! read the whole stream).
+//! The event log read back: ranges of a stream through a short-lived ordered consumer with
+//! subject filters (the server does the filtering), a live read from a sequence on, and single
+//! messages by sequence (what a history query reads, the index having said which).
 
 use std::collections::VecDeque;
 
@@ -90,15 +90,15 @@ pub async fn read_range(
 }
 
 /// The messages of `stream` (matching any of `filters`, empty = all) from sequence `from` on, as
-/// they are stored: `(sequence, payload)` in stream order until `shutdown` ends the stream; an
-/// `Err` item when the read fails or the server ends it (the caller restarts from where it got).
+/// they are stored, in stream order until `shutdown` ends the stream; an `Err` item when the
+/// read fails or the server ends it (the caller restarts from where it got).
 pub async fn follow(
     js: &jetstream::Context,
     stream: &str,
     filters: Vec<String>,
     from: u64,
     shutdown: &prx_ci_shared::CancellationToken,
-) -> anyhow::Result<futures::stream::BoxStream<'static, anyhow::Result<(u64, Bytes)>>> {
+) -> anyhow::Result<futures::stream::BoxStream<'static, anyhow::Result<StoredMessage>>> {
     let ordered = js
         .get_stream(stream)
         .await?
@@ -111,20 +111,46 @@ pub async fn follow(
         })
         .await?;
     let name = stream.to_owned();
-    let ended =
-        futures::stream::once(async move { Err(anyhow::anyhow!("the live read of {name} ended")) });
-    let messages = ordered.messages().await?.map(|message| {
+    let ended = {
+        let name = name.clone();
+        futures::stream::once(async move { Err(anyhow::anyhow!("the live read of {name} ended")) })
+    };
+    let messages = ordered.messages().await?.map(move |message| {
         let message = message?;
-        let sequence = message
-            .info()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .stream_sequence;
-        Ok((sequence, message.payload.clone()))
+        let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(StoredMessage {
+            stream: name.clone(),
+            sequence: info.stream_sequence,
+            subject: message.subject.to_string(),
+            stored_at: info.published,
+            payload: message.payload.clone(),
+            headers: message.headers.clone(),
+        })
     });
     Ok(messages
         .chain(ended)
         .take_until(shutdown.clone().cancelled_owned())
         .boxed())
+}
+
+/// The handle of `stream`, with its info (first and last sequence) as of now.
+pub async fn open(
+    js: &jetstream::Context,
+    stream: &str,
+) -> Result<jetstream::stream::Stream, EventLogError> {
+    js.get_stream(stream).await.map_err(|e| {
+        if matches!(
+            e.kind(),
+            jetstream::context::GetStreamErrorKind::JetStream(_)
+        ) {
+            EventLogError::NoStream(stream.to_owned())
+        } else {
+            EventLogError::Read {
+                stream: stream.to_owned(),
+                message: e.to_string(),
+            }
+        }
+    })
 }
 
 /// Calls `visit` with every message of `stream` matching any of `filters` (empty = all) from
@@ -142,17 +168,8 @@ pub async fn scan(
         stream: stream.to_owned(),
         message: e.to_string(),
     };
-    // `get_stream` fetched the stream's info: no second round trip for the last sequence.
-    let handle = js.get_stream(stream).await.map_err(|e| {
-        if matches!(
-            e.kind(),
-            jetstream::context::GetStreamErrorKind::JetStream(_)
-        ) {
-            EventLogError::NoStream(stream.to_owned())
-        } else {
-            read_err(&e)
-        }
-    })?;
+    // `open` fetched the stream's info: no second round trip for the last sequence.
+    let handle = open(js, stream).await?;
     let last_sequence = handle.cached_info().state.last_sequence;
     let end_sequence = match end {
         End::Sequence(s) => s.min(last_sequence),
@@ -206,51 +223,44 @@ pub async fn scan(
     Ok(count)
 }
 
-/// Merges per-stream lists (each in stream order) into one list ordered by store time; a
-/// stream's own order is always kept, and on equal times the earlier-listed stream goes first.
-pub fn merge_by_time(lists: Vec<Vec<StoredMessage>>) -> Vec<StoredMessage> {
-    let mut iters: Vec<_> = lists
-        .into_iter()
-        .map(|l| l.into_iter().peekable())
-        .collect();
-    let mut out = Vec::new();
-    loop {
-        let next = iters
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, it)| it.peek().map(|m| (m.stored_at, i)))
-            .min();
-        let Some((_, i)) = next else { break };
-        out.extend(iters[i].next());
-    }
-    out
-}
+/// Direct reads of single messages at once (pipelined on the one connection).
+const CONCURRENT_GETS: usize = 64;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn msg(stream: &str, sequence: u64, at: i64) -> StoredMessage {
-        StoredMessage {
-            stream: stream.into(),
-            sequence,
-            subject: String::new(),
-            stored_at: OffsetDateTime::from_unix_timestamp(at).unwrap(),
-            payload: Bytes::new(),
-            headers: None,
-        }
-    }
-
-    #[test]
-    fn merge_keeps_each_stream_in_order_and_interleaves_by_time() {
-        let merged = merge_by_time(vec![
-            vec![msg("W", 1, 10), msg("W", 2, 30)],
-            vec![msg("E", 1, 10), msg("E", 2, 20), msg("E", 3, 40)],
-        ]);
-        let order: Vec<_> = merged
-            .iter()
-            .map(|m| format!("{}{}", m.stream, m.sequence))
-            .collect();
-        assert_eq!(order, ["W1", "E1", "E2", "W2", "E3"]);
-    }
+/// The messages of `stream` (its handle, as `get_stream` returned it) at `sequences`, in that
+/// order, each read by sequence (up to [`CONCURRENT_GETS`] requests in flight); a sequence
+/// whose message is gone (expired, deleted) is left out.
+pub async fn get_each(
+    stream: &jetstream::stream::Stream,
+    sequences: Vec<u64>,
+) -> Result<Vec<StoredMessage>, EventLogError> {
+    let name = stream.cached_info().config.name.clone();
+    let first = stream.cached_info().state.first_sequence;
+    let reads = futures::stream::iter(sequences.into_iter().filter(|s| *s >= first))
+        .map(|sequence| {
+            let name = &name;
+            async move {
+                match stream.get_raw_message(sequence).await {
+                    Ok(m) => Ok(Some(StoredMessage {
+                        stream: name.clone(),
+                        sequence: m.sequence,
+                        subject: m.subject.to_string(),
+                        stored_at: m.time,
+                        payload: m.payload,
+                        headers: (!m.headers.is_empty()).then_some(m.headers),
+                    })),
+                    Err(e)
+                        if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(EventLogError::Read {
+                        stream: name.clone(),
+                        message: e.to_string(),
+                    }),
+                }
+            }
+        })
+        .buffered(CONCURRENT_GETS);
+    let read: Vec<Option<StoredMessage>> = futures::TryStreamExt::try_collect(reads).await?;
+    Ok(read.into_iter().flatten().collect())
 }

@@ -1,11 +1,13 @@
-//! Which stored events belong to a history query (pure: no I/O).
+//! Which stored events belong to a history query (pure: no I/O); [`crate::history_index`]
+//! keeps the answer of every query current.
 //!
-//! The repository is already selected by subject filters (`prx.webhook.*.<owner>.<repo>`,
+//! The repository is selected by subject (`prx.webhook.*.<owner>.<repo>`,
 //! `prx.*.*.<owner>.<repo>`). Within it, an event belongs to a branch / pull request / commit
 //! when its own facts say so (the envelope's ordering key, the commit of its build, the ref or
 //! head of its webhook payload), or when it shares the correlation id (the GitHub delivery) of an
 //! event that does: a skip decision carries no ordering key, yet it is part of its push's story.
 
+#[cfg(test)]
 use std::collections::HashSet;
 
 use prx_ci_proto::v1::{self, Envelope, envelope::Payload, history_request, ordering_key};
@@ -118,10 +120,18 @@ pub fn commit_of(payload: &Payload) -> Option<&str> {
     Some(commit).filter(|c| !c.is_empty())
 }
 
-fn matches_own_facts(filter: &HistoryFilter, envelope: &Envelope) -> bool {
-    let Some(payload) = &envelope.payload else {
-        return false;
-    };
+/// What an event says about itself: its branch, pull request and commit (lower case), from
+/// the envelope's ordering key and build, or from a webhook's payload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnFacts {
+    pub branch: Option<String>,
+    pub pull_request: Option<u64>,
+    pub commit: Option<String>,
+}
+
+/// The facts of `envelope` (`None` without a payload: it belongs to no branch, PR or commit).
+pub fn own_facts(envelope: &Envelope) -> Option<OwnFacts> {
+    let payload = envelope.payload.as_ref()?;
     let (branch, pull_request, commit) = match payload {
         Payload::WebhookReceived(w) => {
             let facts = webhook_facts(w);
@@ -137,17 +147,32 @@ fn matches_own_facts(filter: &HistoryFilter, envelope: &Envelope) -> bool {
             (branch, pr, commit_of(other).map(str::to_owned))
         }
     };
+    Some(OwnFacts {
+        branch,
+        pull_request,
+        commit: commit.map(|c| c.to_ascii_lowercase()),
+    })
+}
+
+#[cfg(test)]
+fn matches_own_facts(filter: &HistoryFilter, envelope: &Envelope) -> bool {
+    let Some(facts) = own_facts(envelope) else {
+        return false;
+    };
     match filter {
         HistoryFilter::All => true,
-        HistoryFilter::Branch(b) => branch.as_deref() == Some(b.as_str()),
-        HistoryFilter::PullRequest(n) => pull_request == Some(*n),
+        HistoryFilter::Branch(b) => facts.branch.as_deref() == Some(b.as_str()),
+        HistoryFilter::PullRequest(n) => facts.pull_request == Some(*n),
         HistoryFilter::Commit(prefix) => {
-            commit.is_some_and(|c| c.to_ascii_lowercase().starts_with(prefix.as_str()))
+            facts.commit.is_some_and(|c| c.starts_with(prefix.as_str()))
         }
     }
 }
 
-/// The indexes of `events` (already one repository, in order) that belong to `filter`.
+/// The indexes of `events` (already one repository, in order) that belong to `filter`: the
+/// definition [`crate::history_index::HistoryIndex::select`] answers without reading the
+/// repository's other events (its tests check it against this).
+#[cfg(test)]
 pub fn select<'a>(
     filter: &HistoryFilter,
     events: impl IntoIterator<Item = &'a Envelope> + Clone,

@@ -1,10 +1,13 @@
 //! The ops service: the operators' gRPC API over the event streams (`proto/prx/ci/v1/ops.proto`)
 //! and the `prx-ci history | builds | rebuild | replay | parked` commands built on it.
 //!
-//! - `History`: a repository's events (optionally one branch, PR or commit) read back from
-//!   `PRX_WEBHOOKS` and `PRX_EVENTS` with subject filters, in order.
-//! - `Builds`: a projection of the build events, kept current by a live read and rebuildable
-//!   from scratch with the same result ([`projection_runner::rebuild`]).
+//! - `History`: a repository's events (optionally one branch, PR or commit), in order: the
+//!   history index ([`history_index`]) says which, and they are read back from `PRX_WEBHOOKS`
+//!   and `PRX_EVENTS` by sequence, so a query costs its answer, not the log.
+//! - `Builds`: a projection of the build events.
+//!
+//! Both answer from one projection ([`projection`]), kept current by a live read of both
+//! streams and rebuildable from scratch with the same result ([`projection_runner::rebuild`]).
 //! - `Rebuild`: an operator's push, stored as a `WebhookReceived` with origin OPERATOR.
 //! - `Replay`: a temporary replay consumer that the target service runs with its own handler
 //!   (every consumer loop runs `prx_ci_shared::bus::replay::ReplayRunner`; see docs/operations.md).
@@ -19,7 +22,8 @@
 //! area (`api/history.rs`, `api/builds.rs`, `api/rebuild.rs`, `api/replay.rs`,
 //! `api/parked.rs`) over the cores of the same name ([`history`], [`rebuild`], [`replay_range`] pure; [`parked`]
 //! reads and writes, its rule in [`parked_record`]); [`event_log`] reads stream ranges back;
-//! [`builds_projection`] is the pure fold, [`projection_runner`] rebuilds and follows it.
+//! [`builds_projection`] and [`history_index`] are the pure folds, [`projection`] the two
+//! together, [`projection_runner`] rebuilds and follows it.
 //!
 //! ```no_run
 //! # async fn local(rt: prx_ci_shared::Runtime, config: prx_ci_ops::OpsConfig, shutdown: prx_ci_shared::CancellationToken) -> anyhow::Result<()> {
@@ -45,9 +49,11 @@ pub mod dashboard_projection;
 pub mod error;
 pub mod event_log;
 pub mod history;
+pub mod history_index;
 pub mod metrics;
 pub mod parked;
 pub mod parked_record;
+pub mod projection;
 pub mod projection_runner;
 pub mod rebuild;
 pub mod replay_range;

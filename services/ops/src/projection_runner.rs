@@ -1,82 +1,132 @@
-//! Runs the builds projection: rebuilt from scratch ([`rebuild`]), or kept current ([`run`]) by a
-//! live ordered read of the build events from its position onwards, restarted after any failure.
+//! Runs the ops API's [`OpsProjection`]: rebuilt from scratch ([`rebuild`]), or kept current
+//! ([`run`]) by a live ordered read of each stream (`PRX_EVENTS`, `PRX_WEBHOOKS`) from its
+//! position onwards, restarted after any failure. [`LiveProjection`] is what the API reads,
+//! and lets a query wait until the projection holds everything stored when it began.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt as _;
-use prost::Message as _;
-use prx_ci_proto::v1::Envelope;
 use prx_ci_shared::CancellationToken;
-use prx_ci_shared::bus::subject::EVENTS_STREAM;
-use tokio::sync::RwLock;
+use prx_ci_shared::bus::subject::{EVENTS_STREAM, WEBHOOKS_STREAM};
+use tokio::sync::{RwLock, RwLockReadGuard, watch};
 
-use crate::builds_projection::{self, BuildsProjection};
-use crate::event_log::{End, Start, follow as follow_stream, scan};
+use crate::dashboard_projection::Source;
+use crate::event_log::{End, EventLogError, Start, follow as follow_stream, scan};
+use crate::projection::OpsProjection;
 
 /// Delay before re-reading after the live read failed (stream missing, connection lost).
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 
-/// Builds a projection from scratch by reading `PRX_EVENTS` up to now.
+/// The positions the projection reached: `(PRX_EVENTS, PRX_WEBHOOKS)`.
+type Positions = (u64, u64);
+
+/// The projection the API reads, shared with [`run`] that keeps it current.
+#[derive(Debug, Clone)]
+pub struct LiveProjection {
+    state: Arc<RwLock<OpsProjection>>,
+    positions: Arc<watch::Sender<Positions>>,
+}
+
+impl LiveProjection {
+    /// Empty; keeps at most `keep_finished` finished builds.
+    pub fn new(keep_finished: usize) -> Self {
+        Self {
+            state: Arc::new(RwLock::new(OpsProjection::new(keep_finished))),
+            positions: Arc::new(watch::Sender::new((0, 0))),
+        }
+    }
+
+    pub async fn read(&self) -> RwLockReadGuard<'_, OpsProjection> {
+        self.state.read().await
+    }
+
+    /// Applies `message` of `source` and tells the waiting queries.
+    async fn apply(&self, source: Source, message: &crate::event_log::StoredMessage) {
+        let mut state = self.state.write().await;
+        state.apply(source, message);
+        let positions = (
+            state.position(Source::Events),
+            state.position(Source::Webhooks),
+        );
+        drop(state);
+        self.positions.send_replace(positions);
+    }
+
+    /// Waits (at most `within`) until the projection holds `PRX_EVENTS` up to `events` and
+    /// `PRX_WEBHOOKS` up to `webhooks`; returns whether it does.
+    pub async fn caught_up(&self, events: u64, webhooks: u64, within: Duration) -> bool {
+        let mut positions = self.positions.subscribe();
+        let reached = positions.wait_for(|&(e, w)| e >= events && w >= webhooks);
+        matches!(tokio::time::timeout(within, reached).await, Ok(Ok(_)))
+    }
+
+    /// The positions reached: `(PRX_EVENTS, PRX_WEBHOOKS)`.
+    pub fn positions(&self) -> (u64, u64) {
+        *self.positions.borrow()
+    }
+}
+
+/// Builds a projection from scratch by reading both streams up to now (`PRX_WEBHOOKS` first,
+/// then `PRX_EVENTS`: the fold does not depend on how the two interleave).
 pub async fn rebuild(
     js: &jetstream::Context,
     keep_finished: usize,
-) -> Result<BuildsProjection, crate::event_log::EventLogError> {
-    let mut projection = BuildsProjection::new(keep_finished);
-    scan(
-        js,
-        EVENTS_STREAM,
-        &builds_projection::filters(),
-        Start::First,
-        End::Now,
-        |m| {
-            if let Ok(envelope) = Envelope::decode(m.payload) {
-                projection.apply(m.sequence, &envelope);
-            }
-        },
-    )
-    .await?;
+) -> Result<OpsProjection, EventLogError> {
+    let mut projection = OpsProjection::new(keep_finished);
+    for (stream, source) in [
+        (WEBHOOKS_STREAM, Source::Webhooks),
+        (EVENTS_STREAM, Source::Events),
+    ] {
+        scan(js, stream, &[], Start::First, End::Now, |m| {
+            projection.apply(source, &m);
+        })
+        .await?;
+    }
     Ok(projection)
 }
 
-/// Applies every build event to `projection` as it is stored, until `shutdown`.
-pub async fn run(
-    js: jetstream::Context,
-    projection: Arc<RwLock<BuildsProjection>>,
-    shutdown: CancellationToken,
-) {
-    while !shutdown.is_cancelled() {
-        let from = projection.read().await.position() + 1;
-        if let Err(err) = follow(&js, &projection, from, &shutdown).await {
-            tracing::warn!(
-                error = format!("{err:#}"),
-                "builds projection: live read failed; restarting"
-            );
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(RESTART_DELAY) => {}
+/// Applies every message of both streams to `projection` as it is stored, until `shutdown`.
+pub async fn run(js: jetstream::Context, projection: LiveProjection, shutdown: CancellationToken) {
+    let follow_one = |stream: &'static str, source: Source| {
+        let js = js.clone();
+        let projection = projection.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            while !shutdown.is_cancelled() {
+                let from = projection.read().await.position(source) + 1;
+                if let Err(err) = follow(&js, stream, source, &projection, from, &shutdown).await {
+                    tracing::warn!(
+                        stream,
+                        error = format!("{err:#}"),
+                        "ops projection: live read failed; restarting"
+                    );
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(RESTART_DELAY) => {}
+                    }
+                }
             }
         }
-    }
+    };
+    tokio::join!(
+        follow_one(EVENTS_STREAM, Source::Events),
+        follow_one(WEBHOOKS_STREAM, Source::Webhooks),
+    );
 }
 
 async fn follow(
     js: &jetstream::Context,
-    projection: &RwLock<BuildsProjection>,
+    stream: &str,
+    source: Source,
+    projection: &LiveProjection,
     from: u64,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let filters = builds_projection::filters();
-    let mut messages = follow_stream(js, EVENTS_STREAM, filters, from, shutdown).await?;
+    let mut messages = follow_stream(js, stream, Vec::new(), from, shutdown).await?;
     while let Some(message) = messages.next().await {
-        let (sequence, payload) = message?;
-        match Envelope::decode(payload) {
-            Ok(envelope) => projection.write().await.apply(sequence, &envelope),
-            Err(err) => {
-                tracing::debug!(sequence, error = %err, "builds projection: undecodable event skipped");
-            }
-        }
+        projection.apply(source, &message?).await;
     }
     Ok(())
 }

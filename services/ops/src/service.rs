@@ -1,4 +1,5 @@
-//! The ops service: the gRPC API plus the tasks that keep the builds projection current and
+//! The ops service: the gRPC API plus the tasks that keep its projection (builds, history
+//! index) current and
 //! count the parked messages waiting for an operator.
 
 use std::sync::Arc;
@@ -10,17 +11,16 @@ use prx_ci_proto::v1::ops_server::OpsServer;
 use prx_ci_shared::{CancellationToken, Runtime};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
-use tokio::sync::RwLock;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::ancestry::CommitGraph;
 use crate::api::{OpsApi, ParameterOwnership};
 use crate::auth::RequireToken;
-use crate::builds_projection::BuildsProjection;
 use crate::client::MAX_MESSAGE_SIZE;
 use crate::config::OpsConfig;
 use crate::metrics::Metrics;
+use crate::projection_runner::LiveProjection;
 use crate::web::pages::notice::NoticeSettings;
 use crate::web::{self, Web};
 use crate::{parked, projection_runner};
@@ -37,7 +37,7 @@ pub struct OpsService {
     rt: Runtime,
     api: OpsApi,
     tokens: Vec<(String, SecretString)>,
-    builds: Arc<RwLock<BuildsProjection>>,
+    projection: LiveProjection,
     metrics: Metrics,
     dashboard: Option<TcpListener>,
     notice: NoticeSettings,
@@ -52,17 +52,20 @@ impl OpsService {
             .validate()
             .map_err(|reason| anyhow::anyhow!("invalid configuration [ops]: {reason}"))?;
         let tokens = config.identities();
-        let builds = Arc::new(RwLock::new(BuildsProjection::new(
-            config.keep_finished_builds,
-        )));
+        let projection = LiveProjection::new(config.keep_finished_builds);
         let metrics = Metrics::register(registry);
         let config = Arc::new(config);
-        let api = OpsApi::new(rt.clone(), config.clone(), builds.clone(), metrics.clone());
+        let api = OpsApi::new(
+            rt.clone(),
+            config.clone(),
+            projection.clone(),
+            metrics.clone(),
+        );
         Ok(Self {
             rt,
             api,
             tokens,
-            builds,
+            projection,
             metrics,
             dashboard: None,
             notice: NoticeSettings::default(),
@@ -108,7 +111,7 @@ impl OpsService {
         let address = listener.local_addr().ok();
         let projection = tokio::spawn(projection_runner::run(
             self.rt.js.clone(),
-            self.builds.clone(),
+            self.projection.clone(),
             shutdown.clone(),
         ));
         let parked = tokio::spawn(count_parked(
@@ -140,7 +143,9 @@ impl OpsService {
         let served = Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener),
+                // Without TCP_NODELAY every answer waits out the client's delayed ACK: 40 ms
+                // per call (docs/benchmarks/ops.md).
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown.clone().cancelled_owned(),
             )
             .await

@@ -1,28 +1,26 @@
-//! The builds projection kept incrementally while events arrive equals the projection rebuilt
-//! from the stream from scratch.
+//! The ops projection (builds and the history index) kept incrementally while events arrive
+//! equals the projection rebuilt from the streams from scratch.
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
 use prometheus_client::registry::Registry;
-use prx_ci_ops::builds_projection::BuildsProjection;
-use prx_ci_ops::projection_runner;
+use prx_ci_ops::dashboard_projection::Source;
+use prx_ci_ops::history::HistoryFilter;
+use prx_ci_ops::projection_runner::{self, LiveProjection};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::envelope::Chain;
-use prx_ci_shared::bus::subject::EVENTS_STREAM;
+use prx_ci_shared::bus::subject::{EVENTS_STREAM, WEBHOOKS_STREAM};
 use prx_ci_shared::testing::{NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime};
-use tokio::sync::RwLock;
 
 #[tokio::test]
-async fn the_live_builds_projection_equals_a_rebuild_from_scratch() {
+async fn the_live_projection_equals_a_rebuild_from_scratch() {
     let server = NatsServer::start().await;
     let rt = Runtime::from_client(server.connect().await, &mut Registry::default());
     rt.provision(1).await.unwrap();
     let keep = 25;
-    let live = Arc::new(RwLock::new(BuildsProjection::new(keep)));
+    let live = LiveProjection::new(keep);
     let shutdown = CancellationToken::new();
     let follower = tokio::spawn(projection_runner::run(
         rt.js.clone(),
@@ -74,24 +72,30 @@ async fn the_live_builds_projection_equals_a_rebuild_from_scratch() {
                 .unwrap();
         }
     }
-    let last = rt
-        .js
-        .get_stream(EVENTS_STREAM)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .last_sequence;
+    let last = |stream: &'static str| {
+        let js = rt.js.clone();
+        async move {
+            js.get_stream(stream)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .state
+                .last_sequence
+        }
+    };
+    let (events_end, webhooks_end) = (last(EVENTS_STREAM).await, last(WEBHOOKS_STREAM).await);
     wait_until(
         WAIT,
-        "the live projection to reach the last build event",
+        "the live projection to reach the last messages",
         || {
             let live = live.clone();
             async move {
-                let position = live.read().await.position();
-                (position >= last - 1).then_some(())
+                let p = live.read().await;
+                (p.position(Source::Events) == events_end
+                    && p.position(Source::Webhooks) == webhooks_end)
+                    .then_some(())
             }
         },
     )
@@ -102,15 +106,48 @@ async fn the_live_builds_projection_equals_a_rebuild_from_scratch() {
     let rebuilt = projection_runner::rebuild(&rt.js, keep).await.unwrap();
     let live = live.read().await.clone();
     assert!(
-        live.len() > 10,
+        live.builds.len() > 10,
         "a meaningful projection ({} builds)",
-        live.len()
+        live.builds.len()
     );
-    assert!(!live.in_flight("").is_empty());
+    assert!(!live.builds.in_flight("").is_empty());
     assert_eq!(
-        live.recent(usize::MAX, "").len(),
+        live.builds.recent(usize::MAX, "").len(),
         keep,
         "pruned to what it keeps"
     );
-    assert_eq!(rebuilt, live);
+    // 40 pushes of PRX/app and PRX/other: webhook, build story and skip of each, in its
+    // repository's history; 26 of them to PRX/app's main.
+    assert_eq!(
+        live.history.len(),
+        events_end + webhooks_end,
+        "every message is in its repository's history"
+    );
+    let main = live
+        .history
+        .select("PRX.app", &HistoryFilter::Branch("main".into()));
+    assert_eq!(
+        main.iter().filter(|r| r.source == Source::Webhooks).count(),
+        26
+    );
+    assert_eq!(rebuilt.builds, live.builds);
+    // The index's tables depend on how the streams interleaved; its answers do not.
+    assert_eq!(rebuilt.history.len(), live.history.len());
+    for source in [Source::Events, Source::Webhooks] {
+        assert_eq!(rebuilt.position(source), live.position(source));
+    }
+    for repository in ["PRX.app", "PRX.other"] {
+        for filter in [
+            HistoryFilter::All,
+            HistoryFilter::Branch("main".into()),
+            HistoryFilter::Commit(format!("{:040x}", 7)),
+            HistoryFilter::Commit("0000000".into()),
+        ] {
+            assert_eq!(
+                rebuilt.history.select(repository, &filter),
+                live.history.select(repository, &filter),
+                "{repository} {filter:?}"
+            );
+        }
+    }
 }

@@ -17,10 +17,10 @@ impl OpsApi {
         } else {
             repository(&request.repository)?.to_string()
         };
-        let builds = self.builds.read().await;
+        let projection = self.projection.read().await;
         Ok(v1::BuildsResponse {
-            in_flight: builds.in_flight(&repo),
-            recent: builds.recent(recent, &repo),
+            in_flight: projection.builds.in_flight(&repo),
+            recent: projection.builds.recent(recent, &repo),
         })
     }
 }

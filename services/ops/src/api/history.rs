@@ -1,15 +1,24 @@
-//! The `History` call: a repository's events read back from PRX_WEBHOOKS and PRX_EVENTS.
+//! The `History` call: a repository's events, found in the history index and read back from
+//! PRX_WEBHOOKS and PRX_EVENTS by sequence (its cost grows with the answer, not the log).
+
+use std::time::Duration;
 
 use prx_ci_proto::v1;
-use prx_ci_shared::bus::subject::{self, EVENTS_STREAM, EventKind, WEBHOOKS_STREAM};
+use prx_ci_shared::bus::subject::{self, EVENTS_STREAM, WEBHOOKS_STREAM};
 
 use super::{OpsApi, repository};
+use crate::dashboard_projection::Source;
 use crate::error::OpsError;
-use crate::event_log::{self, End, Start};
-use crate::history::{self, HistoryFilter};
+use crate::event_log;
+use crate::history::HistoryFilter;
+
+/// How long a query waits for the index to hold what was stored when it began (it lags only
+/// while catching up after a start).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
 
 impl OpsApi {
-    /// The events of a repository (optionally one branch, PR or commit), in order.
+    /// The events of a repository (optionally one branch, PR or commit), in order: everything
+    /// stored before the call, as the index holds it once it has caught up with that.
     pub async fn history(
         &self,
         request: v1::HistoryRequest,
@@ -17,44 +26,69 @@ impl OpsApi {
         let repo = repository(&request.repository)?;
         let filter = HistoryFilter::from_proto(request.filter.as_ref())
             .map_err(|e| OpsError::InvalidArgument(e.0))?;
-        let full_name = repo.to_string();
-        let (owner, name) = subject::repository_tokens(&full_name);
-        let webhooks = [subject::repository_filter(
-            EventKind::WebhookReceived,
-            &full_name,
-        )];
-        let events = [format!("prx.*.*.{owner}.{name}")];
+        let (owner, name) = subject::repository_tokens(&repo.to_string());
         let (webhooks, events) = tokio::try_join!(
-            event_log::read_range(
-                &self.rt.js,
-                WEBHOOKS_STREAM,
-                &webhooks,
-                Start::First,
-                End::Now,
-                usize::MAX
-            ),
-            event_log::read_range(
-                &self.rt.js,
-                EVENTS_STREAM,
-                &events,
-                Start::First,
-                End::Now,
-                usize::MAX
-            ),
+            event_log::open(&self.rt.js, WEBHOOKS_STREAM),
+            event_log::open(&self.rt.js, EVENTS_STREAM)
         )?;
-        let merged = event_log::merge_by_time(vec![webhooks.0, events.0]);
-        let envelopes: Vec<v1::Envelope> = merged
-            .iter()
-            .map(|m| m.envelope().unwrap_or_default())
-            .collect();
-        let selected = history::select(&filter, &envelopes);
-        let skip = selected.len().saturating_sub(self.config.max_listed_events);
-        let mut envelopes: Vec<Option<v1::Envelope>> = envelopes.into_iter().map(Some).collect();
-        let events = selected
+        let (events_end, webhooks_end) = (
+            events.cached_info().state.last_sequence,
+            webhooks.cached_info().state.last_sequence,
+        );
+        if !self
+            .projection
+            .caught_up(events_end, webhooks_end, CATCH_UP_WAIT)
+            .await
+        {
+            let (e, w) = self.projection.positions();
+            return Err(OpsError::Unavailable(anyhow::anyhow!(
+                "the history index is still catching up with the log \
+                 ({EVENTS_STREAM} {e} of {events_end}, {WEBHOOKS_STREAM} {w} of {webhooks_end}); try again"
+            )));
+        }
+        let selected = self
+            .projection
+            .read()
+            .await
+            .history
+            .select(&format!("{owner}.{name}"), &filter);
+        // Only what the index held when the call began (later messages are not part of it).
+        let selected: Vec<_> = selected
             .into_iter()
-            .skip(skip)
-            .map(|i| merged[i].to_proto(envelopes[i].take()))
+            .filter(|r| match r.source {
+                Source::Events => r.sequence <= events_end,
+                Source::Webhooks => r.sequence <= webhooks_end,
+            })
             .collect();
-        Ok(v1::HistoryResponse { events })
+        let skip = selected.len().saturating_sub(self.config.max_listed_events);
+        let selected = &selected[skip..];
+        let of = |source: Source| -> Vec<u64> {
+            selected
+                .iter()
+                .filter(|r| r.source == source)
+                .map(|r| r.sequence)
+                .collect()
+        };
+        let (mut from_webhooks, mut from_events) = tokio::try_join!(
+            event_log::get_each(&webhooks, of(Source::Webhooks)),
+            event_log::get_each(&events, of(Source::Events)),
+        )?;
+        // Back into the index's order (each list is in it already).
+        from_webhooks.reverse();
+        from_events.reverse();
+        let mut out = Vec::with_capacity(selected.len());
+        for r in selected {
+            let list = match r.source {
+                Source::Webhooks => &mut from_webhooks,
+                Source::Events => &mut from_events,
+            };
+            if list.last().is_some_and(|m| m.sequence == r.sequence) {
+                let message = list.pop().expect("checked");
+                // An undecodable message is listed with an empty envelope, as ever.
+                let envelope = message.envelope().unwrap_or_default();
+                out.push(message.to_proto(Some(envelope)));
+            }
+        }
+        Ok(v1::HistoryResponse { events: out })
     }
 }

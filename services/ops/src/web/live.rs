@@ -107,7 +107,8 @@ async fn follow(
     }
     let mut messages = crate::event_log::follow(js, stream, Vec::new(), from, shutdown).await?;
     while let Some(message) = messages.next().await {
-        let (sequence, payload) = message?;
+        let message = message?;
+        let (sequence, payload) = (message.sequence, message.payload);
         *seen = sequence;
         let topics = match source {
             None => vec!["parked".to_owned()],
