@@ -2,6 +2,7 @@
 //! between those moments, every push accounted for (or the run fails), and the p50/p99/max of
 //! each stage over a phase.
 
+use prx_ci_shared::testing::bench::percentile;
 use time::OffsetDateTime;
 
 /// How a push's publish ended.
@@ -176,14 +177,10 @@ pub fn summarize(samples: impl IntoIterator<Item = f64>) -> Option<Summary> {
         return None;
     }
     sorted.sort_by(f64::total_cmp);
-    let rank = |p: f64| {
-        let index = (p * sorted.len() as f64).ceil() as usize;
-        sorted[index.clamp(1, sorted.len()) - 1]
-    };
     Some(Summary {
         n: sorted.len(),
-        p50: rank(0.50),
-        p99: rank(0.99),
+        p50: percentile(&sorted, 0.50),
+        p99: percentile(&sorted, 0.99),
         max: sorted[sorted.len() - 1],
     })
 }
