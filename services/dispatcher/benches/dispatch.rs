@@ -406,8 +406,6 @@ async fn same_run() -> Run {
     run
 }
 
-/// Percentile of already sorted values (nearest rank).
-
 fn main() {
     // Warnings and errors of the services under test (PRX_BENCH_LOG overrides the filter).
     let _telemetry = prx_ci_shared::telemetry::init(

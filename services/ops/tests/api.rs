@@ -126,6 +126,36 @@ async fn history_of_a_branch_runs_from_delivery_to_completion_in_order() {
 }
 
 #[tokio::test]
+async fn history_answers_after_a_restart_when_every_stored_message_has_expired() {
+    let h = Harness::start().await;
+    let main = push("d1", "PRX/app", "main", &sha('a'));
+    let s1 = h.publish(&main).await;
+    for e in build_story(&main, s1, "main", Some(v1::BuildStatus::Succeeded)) {
+        h.publish(&e).await;
+    }
+    // Retention removed everything: the streams are empty, their last sequences are not.
+    for stream in [EVENTS_STREAM, WEBHOOKS_STREAM] {
+        h.rt.js
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .purge()
+            .await
+            .unwrap();
+    }
+    let mut restarted = h.another_ops().await;
+    let history = restarted
+        .history(v1::HistoryRequest {
+            repository: "PRX/app".into(),
+            filter: Some(history_request::Filter::Branch("main".into())),
+        })
+        .await
+        .expect("an empty log is an empty history, not a projection that never catches up")
+        .into_inner();
+    assert!(history.events.is_empty(), "{:?}", kinds(&history.events));
+}
+
+#[tokio::test]
 async fn builds_lists_in_flight_and_recent_builds_with_log_links() {
     let h = Harness::start().await;
     let first = push("d1", "PRX/app", "main", &sha('a'));

@@ -397,7 +397,7 @@ async fn start_world(plan_pushes: &[Vec<Push>]) -> anyhow::Result<World> {
             ingress_url = format!("http://127.0.0.1:{port}/webhooks/github");
         }
         supervisor.processes.push(Process::new(
-            *service,
+            service,
             0,
             path.clone(),
             files,

@@ -31,10 +31,17 @@ impl OpsApi {
             event_log::open(&self.rt.js, WEBHOOKS_STREAM),
             event_log::open(&self.rt.js, EVENTS_STREAM)
         )?;
-        let (events_end, webhooks_end) = (
-            events.cached_info().state.last_sequence,
-            webhooks.cached_info().state.last_sequence,
-        );
+        // What the stream holds now: `first..=end`. An empty stream (every message expired)
+        // holds nothing, and its `last_sequence` is no message the projection could reach.
+        let held = |state: &async_nats::jetstream::stream::State| {
+            if state.messages == 0 {
+                (u64::MAX, 0)
+            } else {
+                (state.first_sequence, state.last_sequence)
+            }
+        };
+        let (events_first, events_end) = held(&events.cached_info().state);
+        let (webhooks_first, webhooks_end) = held(&webhooks.cached_info().state);
         if !self
             .projection
             .caught_up(events_end, webhooks_end, CATCH_UP_WAIT)
@@ -52,12 +59,13 @@ impl OpsApi {
             .await
             .history
             .select(&format!("{owner}.{name}"), &filter);
-        // Only what the index held when the call began (later messages are not part of it).
+        // Only what the streams held when the call began: later messages are not part of it,
+        // and expired ones must not take the places of older events still stored.
         let selected: Vec<_> = selected
             .into_iter()
             .filter(|r| match r.source {
-                Source::Events => r.sequence <= events_end,
-                Source::Webhooks => r.sequence <= webhooks_end,
+                Source::Events => (events_first..=events_end).contains(&r.sequence),
+                Source::Webhooks => (webhooks_first..=webhooks_end).contains(&r.sequence),
             })
             .collect();
         let skip = selected.len().saturating_sub(self.config.max_listed_events);

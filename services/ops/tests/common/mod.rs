@@ -93,6 +93,23 @@ impl Harness {
         }
     }
 
+    /// A second ops service on the same NATS (as after a restart), authenticated like the
+    /// first; stops with [`Harness::shutdown`]. Returns a client of it.
+    pub async fn another_ops(&self) -> Client {
+        let config = OpsConfig {
+            token: Some(SecretString::from(TOKEN)),
+            token_name: OPERATOR.into(),
+            ..OpsConfig::default()
+        };
+        let service = OpsService::new(self.rt.clone(), config, &mut Registry::default()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(service.run(listener, self.shutdown.clone()));
+        client::connect(&url, Some(&SecretString::from(TOKEN)), None)
+            .await
+            .unwrap()
+    }
+
     /// A client authenticated as [`OPERATOR`].
     pub async fn client(&self) -> Client {
         self.client_with(TOKEN).await
