@@ -575,7 +575,7 @@ async fn run_phase(
         ("202 -> BuildRequested", |s| s.to_requested),
         ("BuildRequested -> BuildStarted", |s| s.to_started),
         (
-            "build (fake CodeBuild: StartBuild -> completion report stored)",
+            "build (fake CodeBuild: StartBuild -> its reports handed on for storing)",
             |s| s.build,
         ),
         ("completion report -> BuildCompleted", |s| s.to_completed),
@@ -727,21 +727,35 @@ async fn run() -> anyhow::Result<()> {
     let setup = format!(
         "every service a release process, one nats-server, instant fake CodeBuild, {repos} repositories, {seconds} s per rate"
     );
-    if let Some(r) = results.iter().find(|r| r.rate == TARGET_RATE)
-        && let Some(own) = r.stage("own overhead (webhook -> parameter minus build)")
-    {
-        bench.row(
-            Row::new(
-                format!(
-                    "own overhead p99 at {TARGET_RATE} pushes/s: webhook sent -> PutParameter received, minus the build's time in the fake CodeBuild (StartBuild -> completion report stored); {setup}"
-                ),
-                format!("< {OWN_TARGET_MS} ms"),
-            )
-            .measured(format!("{:.1} ms (p50 {:.1}, max {:.1}; load {})", own.p99, own.p50, own.max, r.load))
-            .met(own.p99 < OWN_TARGET_MS)
-            .details(DETAILS),
-        );
-    }
+    let own_row = Row::new(
+        format!(
+            "own overhead p99 at {TARGET_RATE} pushes/s: webhook sent -> PutParameter received, minus the build's time in the fake CodeBuild (StartBuild -> its reports handed on for storing); {setup}"
+        ),
+        format!("< {OWN_TARGET_MS} ms"),
+    )
+    .details(DETAILS);
+    let own = results
+        .iter()
+        .find(|r| r.rate == TARGET_RATE)
+        .and_then(|r| {
+            r.stage("own overhead (webhook -> parameter minus build)")
+                .map(|own| (own, r.load.clone()))
+        });
+    // A target rate never reached is a missed target, not a missing row.
+    bench.row(match own {
+        Some((own, load)) => own_row
+            .measured(format!(
+                "{:.1} ms (p50 {:.1}, max {:.1}; load {load})",
+                own.p99, own.p50, own.max
+            ))
+            .met(own.p99 < OWN_TARGET_MS),
+        None => own_row
+            .measured(format!(
+                "not reached: the system fell behind at {}/s",
+                results.last().map_or(0, |r| r.rate)
+            ))
+            .met(false),
+    });
     let bound_text = bound
         .and_then(|b| verdicts.iter().find(|v| v.rate == b))
         .map_or_else(

@@ -31,7 +31,8 @@ pub const REGION: &str = "us-east-1";
 pub struct BackendBuild {
     /// `StartBuild` received.
     pub started: OffsetDateTime,
-    /// The completion report stored (`None`: not yet, or its store failed).
+    /// When the completion reports were handed on for storing (`None`: not yet, or storing
+    /// them failed).
     pub completed: Option<OffsetDateTime>,
 }
 
@@ -246,6 +247,9 @@ fn start_build(shared: &Arc<Shared>, request: &Value) -> Response {
     };
     let shared = shared.clone();
     tokio::spawn(async move {
+        // The build is over when its reports are handed on; storing them (the build-watcher's
+        // SQS source's work in production) is the system's time, not the build's.
+        let at = OffsetDateTime::now_utc();
         let mut stored = true;
         for event in [build.event(false), build.event(true)] {
             let envelope = prx_ci_build_watcher::sqs::report_envelope(
@@ -255,7 +259,6 @@ fn start_build(shared: &Arc<Shared>, request: &Value) -> Response {
             );
             stored &= shared.publisher.publish(&envelope).await.is_ok();
         }
-        let at = OffsetDateTime::now_utc();
         let mut rec = lock(&shared.recorded);
         if stored {
             if let Some(b) = rec.builds.get_mut(&commit) {

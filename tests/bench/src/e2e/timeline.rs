@@ -56,7 +56,7 @@ pub struct Stages {
     /// The build itself: `StartBuild` received by the fake CodeBuild -> its completion report
     /// stored.
     pub build: f64,
-    /// Completion report stored -> `BuildCompleted` stored.
+    /// Completion reports handed on for storing -> `BuildCompleted` stored.
     pub to_completed: f64,
     /// `BuildCompleted` -> `PutParameter` received by the fake SSM.
     pub to_written: f64,
