@@ -33,7 +33,7 @@ use prx_ci_shared::bus::publish::EVENT_KIND_HEADER;
 use prx_ci_shared::bus::subject::{EVENTS_STREAM, WEBHOOKS_STREAM};
 use prx_ci_shared::domain::push_position::PushPosition;
 use prx_ci_shared::domain::{Branch, OrderingKey, RepoName};
-use prx_ci_shared::testing::bench::{BenchRun, Row};
+use prx_ci_shared::testing::bench::{BenchRun, Row, percentile};
 use prx_ci_shared::testing::{NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime};
 use secrecy::SecretString;
@@ -891,8 +891,7 @@ fn pages(projection: &DashboardProjection, recent_builds: usize) -> Vec<Page> {
 }
 
 fn quantile(sorted: &[Duration], q: f64) -> f64 {
-    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    millis(sorted[i])
+    millis(percentile(sorted, q))
 }
 
 #[tokio::main]
