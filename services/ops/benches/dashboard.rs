@@ -13,6 +13,8 @@
 //! `cargo bench -p prx-ci-ops --bench dashboard` (or `scripts/bench dashboard`); the service's
 //! default config, or `PRX_BENCH_KEEP_FINISHED_BUILDS=<n>` to keep more finished builds.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,10 +35,12 @@ use prx_ci_shared::bus::publish::EVENT_KIND_HEADER;
 use prx_ci_shared::bus::subject::{EVENTS_STREAM, WEBHOOKS_STREAM};
 use prx_ci_shared::domain::push_position::PushPosition;
 use prx_ci_shared::domain::{Branch, OrderingKey, RepoName};
-use prx_ci_shared::testing::bench::{BenchRun, Row, percentile};
+use prx_ci_shared::testing::bench::{BenchRun, Row};
 use prx_ci_shared::testing::{NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime};
 use secrecy::SecretString;
+
+use common::{last_sequence, load_average, millis, quantile, rss};
 use time::OffsetDateTime;
 
 /// Events stored in `PRX_WEBHOOKS` + `PRX_EVENTS` together.
@@ -634,40 +638,6 @@ async fn store(js: &async_nats::jetstream::Context, events: &[v1::Envelope]) {
     }
 }
 
-async fn last_sequence(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
-    js.get_stream(stream)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .last_sequence
-}
-
-/// This process's resident set (`VmRSS`), in bytes.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 fn mib(bytes: u64) -> f64 {
     let b = bytes as f64;
     b / (1024.0 * 1024.0)
@@ -888,10 +858,6 @@ fn pages(projection: &DashboardProjection, recent_builds: usize) -> Vec<Page> {
     )
     .rows = Some(("<tr data-parked=", PARKED));
     out
-}
-
-fn quantile(sorted: &[Duration], q: f64) -> f64 {
-    millis(percentile(sorted, q))
 }
 
 #[tokio::main]

@@ -15,6 +15,8 @@
 //! `cargo bench -p prx-ci-ops --bench ops` (or `scripts/bench ops`); `PRX_BENCH_EVENTS=100000`
 //! for the smaller log.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,10 +38,12 @@ use prx_ci_shared::bus::envelope::{Chain, kind_of, subject_of};
 use prx_ci_shared::bus::publish::EVENT_KIND_HEADER;
 use prx_ci_shared::bus::subject::{EVENTS_STREAM, WEBHOOKS_STREAM};
 use prx_ci_shared::domain::{Branch, OrderingKey, RepoName};
-use prx_ci_shared::testing::bench::{BenchRun, Row, percentile};
+use prx_ci_shared::testing::bench::{BenchRun, Row};
 use prx_ci_shared::testing::{NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime};
 use secrecy::SecretString;
+
+use common::{last_sequence, load_average, millis, quantile, rss};
 
 const EVENTS_VAR: &str = "PRX_BENCH_EVENTS";
 const DEFAULT_EVENTS: usize = 1_000_000;
@@ -291,42 +295,9 @@ async fn store(js: &async_nats::jetstream::Context, total: usize) -> Stored {
     stored
 }
 
-async fn last_sequence(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
-    js.get_stream(stream)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .last_sequence
-}
-
 /// This process's resident set (`VmRSS`), in MiB.
 fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn quantile(sorted: &[Duration], q: f64) -> f64 {
-    millis(percentile(sorted, q))
+    rss() as f64 / (1024.0 * 1024.0)
 }
 
 /// Times `WARMUP + RUNS` calls of `call` (the first `WARMUP` unmeasured); `call` returns the
