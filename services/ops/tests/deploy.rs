@@ -94,10 +94,16 @@ fn strings(value: &Value) -> Vec<String> {
 }
 
 /// The workspace's binaries that are not in the image, and why.
-const NOT_IN_IMAGE: &[(&str, &str)] = &[(
-    "prx-ci-chaos",
-    "the chaos run's driver (tests/chaos): starts nats-server and the services as processes",
-)];
+const NOT_IN_IMAGE: &[(&str, &str)] = &[
+    (
+        "prx-ci-chaos",
+        "the chaos run's driver (tests/chaos): starts nats-server and the services as processes",
+    ),
+    (
+        "prx-ci-bench-table",
+        "renders docs/benchmarks.md from the recorded bench runs (tests/bench), a developer tool",
+    ),
+];
 
 /// What `cargo metadata` says of the workspace: every `[[bin]]` (and default binary) of its
 /// members, its `rust-version`, version and license.
