@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use prx_ci_shared::bus::publish::EventPublisher;
 use prx_ci_shared::codebuild::build::format_codebuild_time;
+use prx_ci_shared::codebuild::event::{COMPLETED_PHASE, PHASE_ORDER};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -293,20 +294,6 @@ struct Build {
     started: OffsetDateTime,
 }
 
-/// CodeBuild's phases before `COMPLETED`.
-const PHASES: [&str; 10] = [
-    "SUBMITTED",
-    "QUEUED",
-    "PROVISIONING",
-    "DOWNLOAD_SOURCE",
-    "INSTALL",
-    "PRE_BUILD",
-    "BUILD",
-    "POST_BUILD",
-    "UPLOAD_ARTIFACTS",
-    "FINALIZING",
-];
-
 impl Build {
     /// The EventBridge `CodeBuild Build State Change` of the build: `IN_PROGRESS`, or (with
     /// `complete`) `SUCCEEDED` with every phase and the exported variables.
@@ -314,10 +301,11 @@ impl Build {
         let now = OffsetDateTime::now_utc();
         let at = format_codebuild_time(self.started);
         let phases: Vec<Value> = if complete {
-            PHASES
+            PHASE_ORDER
                 .iter()
+                .filter(|p| **p != COMPLETED_PHASE)
                 .map(|p| json!({"phase-type": p, "phase-status": "SUCCEEDED", "start-time": at, "end-time": at, "duration-in-seconds": 0, "phase-context": []}))
-                .chain([json!({"phase-type": "COMPLETED", "start-time": at})])
+                .chain([json!({"phase-type": COMPLETED_PHASE, "start-time": at})])
                 .collect()
         } else {
             vec![json!({"phase-type": "SUBMITTED", "start-time": at})]
