@@ -151,3 +151,68 @@ async fn the_live_projection_equals_a_rebuild_from_scratch() {
         }
     }
 }
+
+/// History reads stored messages by sequence with direct gets, which any replica may answer; a
+/// direct get that fails (a lagging replica, or, here, a stream that stopped allowing them
+/// after its handle was taken) is asked again of the leader, so no stored event goes missing.
+#[tokio::test]
+async fn a_read_by_sequence_the_direct_get_cannot_answer_is_asked_of_the_leader() {
+    use prx_ci_ops::event_log::get_each;
+    use prx_ci_shared::bus::subject::webhook_subject;
+
+    let server = NatsServer::start().await;
+    let rt = Runtime::from_client(server.connect().await, &mut Registry::default());
+    rt.provision(1).await.unwrap();
+    let subject = webhook_subject("push", "PRX/app");
+    let mut stored = Vec::new();
+    for i in 0..5u8 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("delivery-{i}").as_str());
+        let ack = rt
+            .js
+            .publish_with_headers(subject.clone(), headers, vec![i; 16].into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        stored.push(ack.sequence);
+    }
+    let check = |read: Vec<prx_ci_ops::event_log::StoredMessage>| {
+        let sequences: Vec<u64> = read.iter().map(|m| m.sequence).collect();
+        assert_eq!(sequences, vec![stored[3], stored[1], stored[4]]);
+        for message in &read {
+            let index = usize::try_from(message.sequence - stored[0]).unwrap();
+            assert_eq!(message.subject, subject);
+            assert_eq!(
+                &message.payload[..],
+                &[u8::try_from(index).unwrap(); 16][..]
+            );
+            // The headers are the stored ones, without what the server adds to a direct get.
+            let headers = message.headers.as_ref().expect("stored with headers");
+            let names: Vec<String> = headers.iter().map(|(n, _)| n.to_string()).collect();
+            assert_eq!(names, vec!["Nats-Msg-Id".to_owned()], "{names:?}");
+        }
+    };
+
+    let stream = rt.js.get_stream(WEBHOOKS_STREAM).await.unwrap();
+    assert!(
+        stream.cached_info().config.allow_direct,
+        "deploy/nats allows direct gets"
+    );
+    // Direct gets, and a sequence that holds nothing is left out.
+    check(
+        get_each(&stream, vec![stored[3], stored[1], 9_999, stored[4]])
+            .await
+            .unwrap(),
+    );
+
+    // The stream stops answering direct gets; the handle still believes it does.
+    let mut config = stream.cached_info().config.clone();
+    config.allow_direct = false;
+    rt.js.update_stream(config).await.unwrap();
+    check(
+        get_each(&stream, vec![stored[3], stored[1], 9_999, stored[4]])
+            .await
+            .unwrap(),
+    );
+}
