@@ -365,3 +365,131 @@ async fn the_backlog_poll_exports_what_the_consumer_has_not_handled_yet() {
     consumer.await.unwrap().unwrap();
     poll.await.unwrap();
 }
+
+/// Handles messages of `PRX/slow` and other repositories; the first `PRX/slow` message is held
+/// until every message of the `PRX/fast-<n>` repository has been handled.
+struct Lanes {
+    fast_total: usize,
+    fast_done: Mutex<usize>,
+    fast_all_done: tokio::sync::Notify,
+    /// Per repository: the details in the order handled, and how many were in progress at once.
+    handled: Mutex<std::collections::HashMap<String, Vec<String>>>,
+    in_progress: Mutex<std::collections::HashMap<String, usize>>,
+    overlaps: AtomicU32,
+}
+
+impl Handler for Lanes {
+    async fn handle(&self, delivery: Delivery) -> Result<(), HandlerError> {
+        let Some(Payload::BuildSkipped(skip)) = delivery.envelope.payload else {
+            return Err(HandlerError::permanent(anyhow::anyhow!("unexpected kind")));
+        };
+        let repository = skip.repository.clone();
+        {
+            let mut in_progress = self.in_progress.lock().await;
+            let now = in_progress.entry(repository.clone()).or_default();
+            *now += 1;
+            if *now > 1 {
+                self.overlaps.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        if repository == "PRX/slow" && skip.detail == "0" {
+            // Only another lane can let this one go on.
+            let all_done = self.fast_all_done.notified();
+            if *self.fast_done.lock().await < self.fast_total {
+                tokio::time::timeout(WAIT, all_done)
+                    .await
+                    .expect("the other subject's messages were handled meanwhile");
+            }
+        }
+        *self.in_progress.lock().await.get_mut(&repository).unwrap() -= 1;
+        self.handled
+            .lock()
+            .await
+            .entry(repository.clone())
+            .or_default()
+            .push(skip.detail);
+        if repository.starts_with("PRX/fast") {
+            let mut done = self.fast_done.lock().await;
+            *done += 1;
+            if *done == self.fast_total {
+                self.fast_all_done.notify_waiters();
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn per_subject_order_handles_each_subject_in_turn_and_subjects_at_once() {
+    use prx_ci_shared::bus::consume::lane_of;
+
+    let server = NatsServer::start().await;
+    let rt = runtime(&server).await;
+    let concurrency = 4;
+    let settings = test_consumer(&rt)
+        .await
+        .with_concurrency(concurrency)
+        .one_at_a_time_per_subject();
+    let subject_of = |repository: &str| subject::event_subject(EventKind::BuildSkipped, repository);
+    // The test needs the held repository and the fast one in different lanes (the lane is a
+    // pure function of the subject).
+    let slow_lane = lane_of(&subject_of("PRX/slow"), concurrency);
+    let fast = (0..)
+        .map(|i| format!("PRX/fast-{i}"))
+        .find(|r| lane_of(&subject_of(r), concurrency) != slow_lane)
+        .unwrap();
+    let per_repository = 20;
+    for i in 0..per_repository {
+        for repository in ["PRX/slow", fast.as_str(), "PRX/other"] {
+            rt.publisher
+                .publish(&skipped(repository, &i.to_string()))
+                .await
+                .unwrap();
+        }
+    }
+    let handler = Arc::new(Lanes {
+        fast_total: per_repository,
+        fast_done: Mutex::new(0),
+        fast_all_done: tokio::sync::Notify::new(),
+        handled: Mutex::default(),
+        in_progress: Mutex::default(),
+        overlaps: AtomicU32::new(0),
+    });
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_consumer(
+        rt.js.clone(),
+        rt.publisher.clone(),
+        settings,
+        handler.clone(),
+        rt.consumer_metrics.clone(),
+        shutdown.clone(),
+    ));
+    wait_until(WAIT, "every message handled", || {
+        let handler = handler.clone();
+        async move {
+            let handled = handler.handled.lock().await;
+            (handled.values().map(Vec::len).sum::<usize>() == 3 * per_repository).then_some(())
+        }
+    })
+    .await;
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    let expected: Vec<String> = (0..per_repository).map(|i| i.to_string()).collect();
+    let handled = handler.handled.lock().await;
+    for repository in ["PRX/slow", fast.as_str(), "PRX/other"] {
+        assert_eq!(
+            handled[repository], expected,
+            "{repository}: in stream order"
+        );
+    }
+    assert_eq!(
+        handler.overlaps.load(Ordering::SeqCst),
+        0,
+        "two messages of one subject were handled at once"
+    );
+}

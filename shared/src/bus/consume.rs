@@ -15,7 +15,7 @@ use futures::StreamExt as _;
 use prost::Message as _;
 use prx_ci_proto::v1::{Envelope, MessageParked, envelope::Payload};
 use time::OffsetDateTime;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -68,13 +68,27 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, delivery: Delivery) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
+/// Which of a consumer's messages may be handled at the same time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Any of them (with concurrency 1: one at a time, in stream order).
+    Any,
+    /// Those of different subjects. The messages of one subject are handled one at a time, in
+    /// stream order: each subject goes to one of `concurrency` lanes, which handle their
+    /// messages in turn. A message that is retried (nak with a delay) comes back later, behind
+    /// newer ones, as with concurrency 1.
+    PerSubject,
+}
+
 /// How one consumer loop runs.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
     pub stream: String,
     pub durable: String,
-    /// Messages handled at once (1 keeps stream order).
+    /// Messages handled at once (1 keeps stream order; see `order` for more).
     pub concurrency: usize,
+    /// Which messages may be handled at the same time.
+    pub order: Order,
     /// Deliveries before a transiently failing message is parked.
     pub max_deliver: u64,
     /// Delay before redelivery after the n-th failure (the last entry repeats).
@@ -95,6 +109,7 @@ impl ConsumerSettings {
             stream: definition.stream.clone(),
             durable: definition.durable_name().to_owned(),
             concurrency: 1,
+            order: Order::Any,
             max_deliver: u64::try_from(definition.config.max_deliver)
                 .ok()
                 .filter(|n| *n > 0)
@@ -110,6 +125,13 @@ impl ConsumerSettings {
 
     pub fn with_concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Handles the messages of one subject one at a time, in stream order, and those of
+    /// different subjects at once (up to the concurrency).
+    pub fn one_at_a_time_per_subject(mut self) -> Self {
+        self.order = Order::PerSubject;
         self
     }
 
@@ -148,7 +170,15 @@ pub(crate) async fn run_consumer_only<H: Handler>(
         handler,
         metrics,
     });
-    let permits = Arc::new(Semaphore::new(ctx.settings.concurrency));
+    let lanes = Lanes::start(&ctx, &shutdown);
+    // Messages held at once (pulled, queued in a lane, or being handled). A lane keeps the
+    // later messages of its subjects while it is busy, so that a slow subject does not stop
+    // the others until this many wait behind it.
+    let held = match lanes {
+        Some(_) => LANES_HELD_MESSAGES.max(ctx.settings.concurrency),
+        None => ctx.settings.concurrency,
+    };
+    let permits = Arc::new(Semaphore::new(held));
     let mut tasks = JoinSet::new();
     tracing::info!(consumer = %ctx.settings.durable, stream = %ctx.settings.stream, "consumer started");
 
@@ -184,13 +214,16 @@ pub(crate) async fn run_consumer_only<H: Handler>(
                 next = messages.next() => next,
             };
             match next {
-                Some(Ok(message)) => {
-                    let ctx = ctx.clone();
-                    tasks.spawn(async move {
-                        ctx.process(message).await;
-                        drop(permit);
-                    });
-                }
+                Some(Ok(message)) => match &lanes {
+                    Some(lanes) => lanes.send(message, permit),
+                    None => {
+                        let ctx = ctx.clone();
+                        tasks.spawn(async move {
+                            ctx.process(message).await;
+                            drop(permit);
+                        });
+                    }
+                },
                 Some(Err(err)) => {
                     // Missed heartbeats and similar: the stream recovers by itself.
                     tracing::debug!(consumer = %ctx.settings.durable, error = %err, "pull stream error");
@@ -204,6 +237,9 @@ pub(crate) async fn run_consumer_only<H: Handler>(
             }
         }
     }
+    if let Some(lanes) = lanes {
+        lanes.stop().await;
+    }
     while let Some(done) = tasks.join_next().await {
         if let Err(err) = done {
             tracing::error!(error = %err, "message task panicked");
@@ -211,6 +247,78 @@ pub(crate) async fn run_consumer_only<H: Handler>(
     }
     tracing::info!(consumer = %ctx.settings.durable, "consumer stopped");
     Ok(())
+}
+
+/// Messages a consumer with lanes holds at once (small: a report or an event, a few hundred
+/// bytes to a few KiB each; the consumers' `max_ack_pending` is above it).
+const LANES_HELD_MESSAGES: usize = 256;
+
+/// The lanes of [`Order::PerSubject`]: one task each, handling its messages in turn.
+struct Lanes {
+    senders: Vec<mpsc::UnboundedSender<(jetstream::Message, OwnedSemaphorePermit)>>,
+    tasks: JoinSet<()>,
+}
+
+impl Lanes {
+    /// The lanes `ctx`'s settings ask for (none unless [`Order::PerSubject`] with a
+    /// concurrency above 1). A lane stops at `shutdown` after the message it is handling;
+    /// what it still queues is not acknowledged, so the server delivers it again.
+    fn start<H: Handler>(ctx: &Arc<LoopContext<H>>, shutdown: &CancellationToken) -> Option<Self> {
+        if ctx.settings.order != Order::PerSubject || ctx.settings.concurrency == 1 {
+            return None;
+        }
+        let mut senders = Vec::with_capacity(ctx.settings.concurrency);
+        let mut tasks = JoinSet::new();
+        for _ in 0..ctx.settings.concurrency {
+            let (sender, mut queue) =
+                mpsc::unbounded_channel::<(jetstream::Message, OwnedSemaphorePermit)>();
+            senders.push(sender);
+            let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                loop {
+                    let next = tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => break,
+                        next = queue.recv() => next,
+                    };
+                    let Some((message, permit)) = next else { break };
+                    // A panicking handler must not end the lane: its subjects would never be
+                    // handled again. The message is not acknowledged and comes back.
+                    let handled = std::panic::AssertUnwindSafe(ctx.process(message));
+                    if futures::FutureExt::catch_unwind(handled).await.is_err() {
+                        tracing::error!(consumer = %ctx.settings.durable, "message handler panicked");
+                    }
+                    drop(permit);
+                }
+            });
+        }
+        Some(Self { senders, tasks })
+    }
+
+    /// Queues `message` in the lane of its subject.
+    fn send(&self, message: jetstream::Message, permit: OwnedSemaphorePermit) {
+        let lane = lane_of(&message.subject, self.senders.len());
+        // A lane ends only at shutdown, after which nothing is sent.
+        let _ = self.senders[lane].send((message, permit));
+    }
+
+    /// Waits for every lane to finish the message it is handling.
+    async fn stop(mut self) {
+        self.senders.clear();
+        while let Some(done) = self.tasks.join_next().await {
+            if let Err(err) = done {
+                tracing::error!(error = %err, "consumer lane panicked");
+            }
+        }
+    }
+}
+
+/// The lane (of `lanes`) that handles the messages of `subject`.
+pub fn lane_of(subject: &str, lanes: usize) -> usize {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    subject.hash(&mut hasher);
+    usize::try_from(hasher.finish() % u64::try_from(lanes).unwrap_or(1)).unwrap_or(0)
 }
 
 struct LoopContext<H> {
