@@ -46,8 +46,9 @@ pub struct BuildWatcherConfig {
     /// is reported with what the report itself says. Default `2m`.
     #[serde(with = "humantime_serde")]
     pub unrequested_after: Duration,
-    /// Reports handled at once by this process. Default 1 (one report at a time keeps each
-    /// build's events in report order; replicas are kept consistent by compare-and-set).
+    /// Reports handled at once by this process, those of one repository one at a time in the
+    /// order they were stored (so each build's events follow its reports' order); replicas are
+    /// kept consistent by compare-and-set. Default 8.
     pub report_concurrency: usize,
     /// Address of `/healthz`, `/readyz` and `/metrics` (binary only). Default `127.0.0.1:9103`.
     pub ops_listen: SocketAddr,
@@ -70,7 +71,7 @@ impl Default for BuildWatcherConfig {
             reconcile_call_spacing: Duration::from_millis(500),
             request_wait: Duration::from_millis(500),
             unrequested_after: Duration::from_secs(120),
-            report_concurrency: 1,
+            report_concurrency: 8,
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 9103)),
             mode: Mode::Live,
         }

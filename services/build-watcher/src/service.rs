@@ -57,7 +57,8 @@ impl BuildWatcher {
         let definitions = Definitions::embedded()?;
         let requests = ConsumerSettings::from_definition(definitions.consumer(REQUESTS_CONSUMER)?);
         let reports = ConsumerSettings::from_definition(definitions.consumer(REPORTS_CONSUMER)?)
-            .with_concurrency(config.report_concurrency);
+            .with_concurrency(config.report_concurrency)
+            .one_at_a_time_per_subject();
         Ok(Self {
             rt,
             config,
