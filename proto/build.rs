@@ -29,6 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "prx.ci.v1.BuildRef.shadowed",
             "#[serde(skip_serializing_if = \"std::ops::Not::not\")]",
         )
+        // The webhook body goes from the ingress's request into the envelope without a copy.
+        .bytes(".prx.ci.v1.WebhookReceived.payload")
         .file_descriptor_set_path(out_dir.join("prx_ci_descriptor.bin"))
         .compile_with_config(config, &protos.map(PathBuf::from), &includes)?;
     Ok(())

@@ -309,7 +309,7 @@ mod tests {
         let webhook = stored(
             Payload::WebhookReceived(v1::WebhookReceived {
                 event_name: "push".into(),
-                payload: br#"{"ref":"refs/heads/main","after":"1234567890"}"#.to_vec(),
+                payload: br#"{"ref":"refs/heads/main","after":"1234567890"}"#.to_vec().into(),
                 origin: v1::Origin::Operator as i32,
                 requested_by: "alice".into(),
                 ..Default::default()

@@ -90,7 +90,7 @@ pub mod json {
                     v1::WebhookReceived {
                         delivery_id: "d-1".into(),
                         event_name: "push".into(),
-                        payload: br#"{"ref":"refs/heads/main"}"#.to_vec(),
+                        payload: br#"{"ref":"refs/heads/main"}"#.to_vec().into(),
                         ..Default::default()
                     },
                 )),

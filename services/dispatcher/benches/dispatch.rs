@@ -173,7 +173,7 @@ fn webhook(i: u64, base_push: &Value, base_pr: &Value) -> Envelope {
         Payload::WebhookReceived(v1::WebhookReceived {
             delivery_id: delivery,
             event_name: event.into(),
-            payload: serde_json::to_vec(&payload).unwrap(),
+            payload: serde_json::to_vec(&payload).unwrap().into(),
             repository: "PRX/example-app".into(),
             origin: v1::Origin::Github as i32,
             ..Default::default()

@@ -131,7 +131,7 @@ async fn raw_jetstream(
     tag: &str,
 ) -> Run {
     let js = js.clone();
-    let payload = payload.to_vec();
+    let payload = Bytes::copy_from_slice(payload);
     let tag = tag.to_owned();
     drive(count, concurrency, move |_, i| {
         let js = js.clone();

@@ -184,13 +184,22 @@ impl WebhookHandler {
         };
         // The budget counts the buffer's capacity, i.e. the memory actually held: exactly
         // the declared length, or for a chunked body its buffer as it grows (doubling).
-        let mut buffer: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0));
+        let mut buffer: Vec<u8> = Vec::new();
         let mut body = body;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|err| self.body_error(&err))?;
             let Ok(data) = frame.into_data() else {
                 continue; // trailers
             };
+            if buffer.is_empty() && declared == Some(data.len()) {
+                // The whole body in one frame (what hyper hands over when one read brought it
+                // in): kept as it is, not copied. A further frame would exceed the declared
+                // length, which hyper refuses.
+                return Ok((data, permit));
+            }
+            if buffer.capacity() == 0 {
+                buffer.reserve_exact(declared.unwrap_or(0));
+            }
             let received = buffer.len() + data.len();
             if declared.is_none() && received > buffer.capacity() {
                 if received > self.max_body_bytes {

@@ -216,7 +216,7 @@ impl Webhook {
             Payload::WebhookReceived(v1::WebhookReceived {
                 delivery_id,
                 event_name,
-                payload: Vec::from(self.payload.json),
+                payload: self.payload.json,
                 hook_id,
                 repository: self.payload.repository.unwrap_or_default(),
                 origin: v1::Origin::Github.into(),

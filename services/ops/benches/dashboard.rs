@@ -240,7 +240,7 @@ fn generate(base: OffsetDateTime) -> Vec<Timed> {
                 delivery_id: delivery.clone(),
                 event_name: "push".into(),
                 repository: repo.clone(),
-                payload: push_body(&repo, &branch, &before, &after, n, pushed_at),
+                payload: push_body(&repo, &branch, &before, &after, n, pushed_at).into(),
                 hook_id: "4242".into(),
                 origin: v1::Origin::Github as i32,
                 ..Default::default()

@@ -136,7 +136,7 @@ fn push_events(n: usize, rng: &mut Rng, heads: &mut HashMap<(usize, String), Str
             delivery_id: delivery,
             event_name: "push".into(),
             repository: repo.clone(),
-            payload: push_body(&repo, &branch, &before, &after, n),
+            payload: push_body(&repo, &branch, &before, &after, n).into(),
             ..Default::default()
         }),
     );

@@ -875,7 +875,7 @@ mod tests {
             payload: Some(Payload::WebhookReceived(v1::WebhookReceived {
                 delivery_id: delivery.into(),
                 event_name: "push".into(),
-                payload: serde_json::to_vec(&body).unwrap(),
+                payload: serde_json::to_vec(&body).unwrap().into(),
                 repository: REPO.into(),
                 ..Default::default()
             })),
@@ -1178,7 +1178,7 @@ mod tests {
             if let Some(Payload::WebhookReceived(w)) = &mut e.payload {
                 let body =
                     serde_json::json!({"ref": format!("refs/heads/feature-{i}"), "after": "aaa"});
-                w.payload = serde_json::to_vec(&body).unwrap();
+                w.payload = serde_json::to_vec(&body).unwrap().into();
             }
             e
         };

@@ -207,7 +207,7 @@ mod tests {
             payload: Some(Payload::WebhookReceived(v1::WebhookReceived {
                 delivery_id: delivery.into(),
                 event_name: event.into(),
-                payload: json.as_bytes().to_vec(),
+                payload: json.as_bytes().to_vec().into(),
                 repository: "PRX/app".into(),
                 ..Default::default()
             })),

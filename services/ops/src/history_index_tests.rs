@@ -18,7 +18,7 @@ fn webhook(delivery: &str, event: &str, json: &str, repo: &str) -> Envelope {
         payload: Some(Payload::WebhookReceived(v1::WebhookReceived {
             delivery_id: delivery.into(),
             event_name: event.into(),
-            payload: json.as_bytes().to_vec(),
+            payload: json.as_bytes().to_vec().into(),
             repository: repo.into(),
             ..Default::default()
         })),

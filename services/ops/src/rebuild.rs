@@ -307,7 +307,8 @@ mod tests {
                 }
             })
             .to_string()
-            .into_bytes(),
+            .into_bytes()
+            .into(),
             ..Default::default()
         }
     }
@@ -324,7 +325,8 @@ mod tests {
                 "pull_request": {"number": 3, "head": {"ref": head_ref, "sha": sha,
                     "repo": {"full_name": head_repo}}}})
             .to_string()
-            .into_bytes(),
+            .into_bytes()
+            .into(),
             ..Default::default()
         }
     }
@@ -382,10 +384,11 @@ mod tests {
         let mut rebuild = push("main", C);
         rebuild.origin = v1::Origin::Operator as i32;
         let mut other: WebhookReceived = push("main", F);
-        other.payload = String::from_utf8(other.payload)
+        other.payload = String::from_utf8(other.payload.to_vec())
             .unwrap()
             .replace("PRX/app", "PRX/other")
-            .into_bytes();
+            .into_bytes()
+            .into();
         let hooks = [push("main", A), rebuild, other];
         assert_eq!(resolved(&hooks, "main"), owned("main", A, A));
     }
@@ -427,10 +430,11 @@ mod tests {
     #[test]
     fn a_deleted_branch_has_no_head() {
         let mut deleted = push("dev", ZERO_SHA);
-        deleted.payload = String::from_utf8(deleted.payload)
+        deleted.payload = String::from_utf8(deleted.payload.to_vec())
             .unwrap()
             .replacen('{', "{\"deleted\":true,", 1)
-            .into_bytes();
+            .into_bytes()
+            .into();
         let hooks = [push("dev", A), deleted];
         assert!(matches!(
             resolve("PRX/app", "dev", None, &hooks),

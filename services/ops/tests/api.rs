@@ -1086,7 +1086,7 @@ fn local_push(delivery: &str, dir: &std::path::Path, branch: &str, after: &str) 
     };
     let mut body: serde_json::Value = serde_json::from_slice(&w.payload).unwrap();
     body["repository"]["clone_url"] = format!("file://{}", dir.display()).into();
-    w.payload = body.to_string().into_bytes();
+    w.payload = body.to_string().into_bytes().into();
     envelope
 }
 

@@ -136,7 +136,9 @@ fn webhook(n: usize) -> v1::Envelope {
             delivery_id: id,
             event_name: "push".into(),
             repository: "PRX/app".into(),
-            payload: format!(r#"{{"ref":"refs/heads/main","n":{n}}}"#).into_bytes(),
+            payload: format!(r#"{{"ref":"refs/heads/main","n":{n}}}"#)
+                .into_bytes()
+                .into(),
             ..Default::default()
         }),
     )

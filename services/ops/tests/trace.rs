@@ -138,7 +138,7 @@ async fn one_delivery_is_one_trace_across_consumers() {
             delivery_id: "delivery-1".into(),
             event_name: "push".into(),
             repository: "PRX/app".into(),
-            payload: b"{}".to_vec(),
+            payload: b"{}".to_vec().into(),
             ..Default::default()
         }),
     );

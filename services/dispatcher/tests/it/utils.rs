@@ -79,7 +79,7 @@ impl Nats {
             Payload::WebhookReceived(v1::WebhookReceived {
                 delivery_id: delivery.to_owned(),
                 event_name: event.to_owned(),
-                payload: serde_json::to_vec(payload).unwrap(),
+                payload: serde_json::to_vec(payload).unwrap().into(),
                 repository: payload["repository"]["full_name"]
                     .as_str()
                     .unwrap_or_default()

@@ -118,7 +118,9 @@ impl OpsApi {
             Payload::WebhookReceived(v1::WebhookReceived {
                 delivery_id: delivery_id.clone(),
                 event_name: "push".into(),
-                payload: serde_json::to_vec(&payload).map_err(OpsError::internal)?,
+                payload: serde_json::to_vec(&payload)
+                    .map_err(OpsError::internal)?
+                    .into(),
                 hook_id: String::new(),
                 repository: full_name.clone(),
                 origin: v1::Origin::Operator as i32,

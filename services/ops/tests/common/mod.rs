@@ -207,7 +207,7 @@ pub fn webhook(
         Payload::WebhookReceived(v1::WebhookReceived {
             delivery_id: delivery.into(),
             event_name: event_name.into(),
-            payload: payload.to_string().into_bytes(),
+            payload: payload.to_string().into_bytes().into(),
             repository: repository.into(),
             origin: v1::Origin::Github as i32,
             ..Default::default()
