@@ -597,3 +597,32 @@ fn app_jwt() -> String {
     )
     .unwrap()
 }
+
+#[test]
+fn the_app_fields_load_from_toml() {
+    use figment::Figment;
+    use figment::providers::{Format as _, Toml};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.pem");
+    std::fs::write(&file, &TestAppKey::shared().private_pem).unwrap();
+    let toml = format!(
+        "[github]\napp_id = 4242\nprivate_key_file = {:?}\ninstallation_id = 77\n",
+        file.display().to_string()
+    );
+    let config: GitHubConfig =
+        prx_ci_shared::config::load_from(&Figment::from(Toml::string(&toml)), "github").unwrap();
+    assert_eq!(
+        (config.app_id, config.installation_id),
+        (Some(APP_ID), Some(INSTALLATION))
+    );
+    assert!(config.is_app() && config.has_credentials());
+
+    let both = format!("{toml}token = \"ghp_x\"\n");
+    let err = prx_ci_shared::config::load_from::<GitHubConfig>(
+        &Figment::from(Toml::string(&both)),
+        "github",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("mutually exclusive"), "{err}");
+}
