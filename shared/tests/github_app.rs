@@ -200,6 +200,27 @@ async fn a_persistent_401_is_returned_after_one_new_token() {
 }
 
 #[tokio::test]
+async fn a_reinstalled_app_is_looked_up_again() {
+    let github = app_fake().await;
+    let client = client(app_config(&github));
+    client.get_json::<Value>(CONTENTS).await.unwrap();
+    github.uninstall(INSTALLATION);
+    github.install(INSTALLATION + 1, &[REPO]);
+
+    // The cached installation is gone: that call fails and says so ...
+    let err = client.get_json::<Value>(CONTENTS).await.unwrap_err();
+    assert!(
+        matches!(&err, GitHubError::InstallationToken { installation: INSTALLATION, source, .. }
+            if source.status() == Some(404)),
+        "{err:?}"
+    );
+    // ... and the next one finds the new installation.
+    client.get_json::<Value>(CONTENTS).await.unwrap();
+    assert_eq!(github.mints_for(INSTALLATION + 1), 1);
+    assert_eq!(requests_to(&github, "/repos/octo/hello/installation"), 2);
+}
+
+#[tokio::test]
 async fn a_named_installation_needs_no_lookup() {
     let github = app_fake().await;
     let client = client(app_config(&github));

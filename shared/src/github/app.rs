@@ -221,6 +221,14 @@ impl InstallationIndex {
             .clone();
         cell.get_or_try_init(lookup).await.copied()
     }
+
+    /// Forgets `repository`'s installation (the App was reinstalled there: look it up again).
+    pub fn forget(&self, repository: &str) {
+        self.repositories
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(repository);
+    }
 }
 
 #[cfg(test)]

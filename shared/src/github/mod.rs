@@ -245,15 +245,17 @@ impl GitHubClient {
             Auth::App(app) => app,
         };
         let given = self.installation.or(app.installation_id);
-        let installation = match (Route::of(path), given) {
+        let (installation, looked_up) = match (Route::of(path), given) {
             (Route::App, _) => return Ok(Credential::Bearer(self.jwt(app, path)?)),
-            (_, Some(id)) => id,
+            (_, Some(id)) => (id, None),
             (Route::Repository(repository), None) => {
-                app.repositories
+                let id = app
+                    .repositories
                     .get_or_lookup(&repository, || {
                         self.lookup_installation(app, &repository, path)
                     })
-                    .await?
+                    .await?;
+                (id, Some(repository))
             }
             (Route::Other, None) => {
                 return Err(GitHubError::NoInstallation {
@@ -264,7 +266,17 @@ impl GitHubClient {
         let token = app
             .tokens
             .get_or_mint(installation, || self.mint(app, installation, path))
-            .await?;
+            .await
+            .inspect_err(|err| {
+                // The installation is gone (the App was reinstalled): the next call looks the
+                // repository's installation up again.
+                if let (GitHubError::InstallationToken { source, .. }, Some(repository)) =
+                    (err, &looked_up)
+                    && source.status() == Some(404)
+                {
+                    app.repositories.forget(repository);
+                }
+            })?;
         Ok(Credential::Installation {
             id: installation,
             token,

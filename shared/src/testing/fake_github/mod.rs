@@ -180,6 +180,17 @@ impl FakeGitHub {
             .extend(repositories.iter().map(|r| r.to_lowercase()));
     }
 
+    /// Uninstalls the App's `installation`: its tokens stop working, minting answers 404.
+    pub fn uninstall(&self, installation: u64) {
+        let mut state = self.state();
+        state.installations.remove(&installation);
+        for issued in state.tokens.values_mut() {
+            if issued.installation == installation {
+                issued.revoked = true;
+            }
+        }
+    }
+
     /// How long tokens minted from now on live (default one hour).
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.state().token_lifetime =
