@@ -379,6 +379,13 @@ async fn compare_and_commits_follow_the_commit_graph() {
         .unwrap();
     assert_eq!(limited["commits"].as_array().unwrap().len(), 1);
     assert_eq!(limited["total_commits"], 2);
+    let orphan = "9".repeat(40);
+    github.add_commit(REPO, FakeCommit::new(&orphan));
+    let unrelated = client
+        .get_json::<Value>(&compare(&orphan, &a))
+        .await
+        .unwrap_err();
+    assert_eq!(unrelated.status(), Some(404), "no common ancestor");
     let unknown = client
         .get_json::<Value>(&compare(&a, &"e".repeat(40)))
         .await

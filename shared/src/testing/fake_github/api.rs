@@ -405,6 +405,12 @@ fn compare(state: &State, key: &str, range: &str, query: &HashMap<String, String
         .rev()
         .find(|c| base_ancestors.contains(&c.sha))
         .map(|c| c.to_json());
+    let Some(merge_base) = merge_base else {
+        return Reply::message(
+            404,
+            &format!("No common ancestor between {} and {}.", base.sha, head.sha),
+        );
+    };
     let per_page = query
         .get("per_page")
         .and_then(|p| p.parse::<usize>().ok())
