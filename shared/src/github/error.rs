@@ -27,6 +27,10 @@ pub enum GitHubError {
         #[source]
         source: reqwest::Error,
     },
+    /// GitHub's answer decoded but does not make sense (e.g. a token's `expires_at` that is not
+    /// a time).
+    #[error("GitHub's answer for {path} is invalid: {reason}")]
+    InvalidAnswer { path: String, reason: String },
     /// App mode: the App's JWT could not be signed.
     #[error("cannot sign the GitHub App's JWT for {path}: {reason}")]
     Jwt { path: String, reason: String },
@@ -87,7 +91,10 @@ impl GitHubError {
             Self::Installation { source, .. } | Self::InstallationToken { source, .. } => {
                 source.is_transient()
             }
-            Self::Decode { .. } | Self::Jwt { .. } | Self::NoInstallation { .. } => false,
+            Self::Decode { .. }
+            | Self::InvalidAnswer { .. }
+            | Self::Jwt { .. }
+            | Self::NoInstallation { .. } => false,
         }
     }
 

@@ -331,9 +331,9 @@ impl GitHubClient {
                 &token.expires_at,
                 &time::format_description::well_known::Rfc3339,
             )
-            .map_err(|e| GitHubError::Jwt {
+            .map_err(|e| GitHubError::InvalidAnswer {
                 path: mint.clone(),
-                reason: format!("the token's expires_at is not RFC 3339: {e}"),
+                reason: format!("the token's expires_at is not an RFC 3339 time: {e}"),
             })?;
             tracing::debug!(installation, %expires_at, "minted a GitHub App installation token");
             Ok(InstallationToken {
