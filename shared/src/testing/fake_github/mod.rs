@@ -340,7 +340,7 @@ async fn deliver(
                 request = request.header(name, value);
             }
             match request.send().await {
-                Err(_) => (0, "failed to connect to host".to_owned(), String::new()),
+                Err(_) => (0, "failed to connect".to_owned(), String::new()),
                 Ok(response) => {
                     let code = response.status().as_u16();
                     let text = response.text().await.unwrap_or_default();

@@ -163,7 +163,7 @@ pub struct FakeDelivery {
     pub redelivery: bool,
     /// Seconds.
     pub duration: f64,
-    /// `OK`, `Invalid HTTP Response: 503`, or `failed to connect to host`.
+    /// `OK`, `Invalid HTTP Response: 503`, or `failed to connect`.
     pub status: String,
     /// Ingress's HTTP status; 0 when it could not be reached.
     pub status_code: u16,
