@@ -69,27 +69,30 @@ pub fn chat_sink(config: &config::SlackConfig) -> anyhow::Result<Arc<dyn ChatSin
     })
 }
 
-/// GitHub commit statuses (within `statuses`' budget) when `github` has a token, else the log.
+/// GitHub commit statuses (within `statuses`' budget) when `github` has credentials (a token or
+/// a GitHub App), else the log.
 pub fn status_sink(
     github: &GitHubConfig,
     statuses: &config::StatusConfig,
 ) -> anyhow::Result<Arc<dyn StatusSink>> {
-    Ok(match github.token {
-        Some(_) => Arc::new(GitHubStatusSink::new(
+    Ok(if github.has_credentials() {
+        Arc::new(GitHubStatusSink::new(
             GitHubClient::new(github.clone())?,
             statuses.per_minute,
             statuses.per_hour,
-        )),
-        None => Arc::new(LogStatusSink),
+        ))
+    } else {
+        Arc::new(LogStatusSink)
     })
 }
 
-/// GitHub's compare API when `github` has a token, else none (no commit lists).
+/// GitHub's compare API when `github` has credentials, else none (no commit lists).
 pub fn commit_source(github: &GitHubConfig) -> anyhow::Result<Option<Arc<dyn CommitSource>>> {
-    Ok(match github.token {
-        Some(_) => Some(Arc::new(GitHubCommitSource::new(GitHubClient::new(
+    Ok(if github.has_credentials() {
+        Some(Arc::new(GitHubCommitSource::new(GitHubClient::new(
             github.clone(),
-        )?))),
-        None => None,
+        )?)))
+    } else {
+        None
     })
 }

@@ -62,8 +62,10 @@ async fn try_main() -> anyhow::Result<()> {
     if notifier_config.slack.token.is_none() {
         tracing::warn!("no [notifier.slack] token: build messages go to the log");
     }
-    if github.token.is_none() {
-        tracing::warn!("no [github] token: commit statuses go to the log, no commit lists");
+    if !github.has_credentials() {
+        tracing::warn!(
+            "no [github] token or app_id: commit statuses go to the log, no commit lists"
+        );
     }
     let ops_listen = notifier_config.ops_listen;
     let notifier = Notifier::new(

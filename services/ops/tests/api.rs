@@ -768,8 +768,8 @@ async fn a_rebuild_stores_an_operator_push_of_the_branchs_latest_commit() {
     assert_eq!(body["head_commit"]["id"], sha('b'));
 
     // A commit rebuild of the older push (GitHub confirms it is in main's history).
-    h.compare("PRX/app", &sha('a'), &sha('b'), Some("ahead"))
-        .await;
+    h.commit("PRX/app", &sha('a'), &[]);
+    h.commit("PRX/app", &sha('b'), &[&sha('a')]);
     let older = client
         .rebuild(v1::RebuildRequest {
             repository: "PRX/app".into(),
@@ -812,10 +812,10 @@ async fn a_rebuild_dry_run_makes_every_check_and_stores_nothing() {
     let h = Harness::start().await;
     h.publish(&push("d1", "PRX/app", "main", &sha('a'))).await;
     h.publish(&push("d2", "PRX/app", "main", &sha('b'))).await;
-    h.compare("PRX/app", &sha('a'), &sha('b'), Some("ahead"))
-        .await;
-    h.compare("PRX/app", &sha('c'), &sha('b'), Some("diverged"))
-        .await;
+    // b follows a; c branched off a.
+    h.commit("PRX/app", &sha('a'), &[]);
+    h.commit("PRX/app", &sha('b'), &[&sha('a')]);
+    h.commit("PRX/app", &sha('c'), &[&sha('a')]);
     let mut client = h.client().await;
     let dry = |revision: &str| v1::RebuildRequest {
         dry_run: true,
@@ -894,9 +894,10 @@ async fn a_branch_rebuild_never_takes_a_fork_pull_requests_head_branch() {
     // PRX/lib: only the fork's PR; GitHub never reported a push to main.
     h.publish(&fork_pull_request("d3", "PRX/lib", "main", &sha('f')))
         .await;
-    // GitHub: the fork's commit is not in main's history.
-    h.compare("PRX/app", &sha('f'), &sha('a'), Some("diverged"))
-        .await;
+    // GitHub: the fork's commit is not in main's history (both follow a common root).
+    h.commit("PRX/app", &sha('0'), &[]);
+    h.commit("PRX/app", &sha('a'), &[&sha('0')]);
+    h.commit("PRX/app", &sha('f'), &[&sha('0')]);
     let mut client = h.client().await;
 
     let rebuilt = client
@@ -951,13 +952,11 @@ async fn a_commit_outside_the_branchs_history_is_refused_and_an_ancestor_is_rebu
     h.publish(&push("d2", "PRX/app", "feature", &sha('c')))
         .await;
     h.publish(&push("d3", "PRX/app", "main", &sha('b'))).await;
-    h.compare("PRX/app", &sha('c'), &sha('b'), Some("diverged"))
-        .await;
-    h.compare("PRX/app", &sha('d'), &sha('b'), Some("behind"))
-        .await;
-    h.compare("PRX/app", &sha('e'), &sha('b'), None).await;
-    h.compare("PRX/app", &sha('a'), &sha('b'), Some("ahead"))
-        .await;
+    // main: a then b; the feature's c branched off a; d is newer than b; GitHub has no e.
+    h.commit("PRX/app", &sha('a'), &[]);
+    h.commit("PRX/app", &sha('b'), &[&sha('a')]);
+    h.commit("PRX/app", &sha('c'), &[&sha('a')]);
+    h.commit("PRX/app", &sha('d'), &[&sha('b')]);
     let mut client = h.client().await;
 
     // The feature branch's commit, rebuilt as a push to main: refused.
@@ -1029,14 +1028,13 @@ async fn a_commit_outside_the_branchs_history_is_refused_and_an_ancestor_is_rebu
 
 #[tokio::test]
 async fn a_rebuild_whose_ancestry_github_cannot_answer_is_not_stored() {
-    use wiremock::matchers::method;
-    use wiremock::{Mock, ResponseTemplate};
+    use prx_ci_shared::testing::fault_proxy::{Fault, FaultRule, Match};
     let h = Harness::start().await;
     h.publish(&push("d1", "PRX/app", "main", &sha('b'))).await;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(502))
-        .mount(&h.github)
-        .await;
+    h.github_proxy.add(FaultRule::new(
+        Match::any().method("GET"),
+        Fault::server_error(502),
+    ));
     let err = h
         .client()
         .await

@@ -2,11 +2,12 @@
 //! with its own temporary store, killed on drop; condition waits with deadlines; git
 //! ([`git`]) for the repositories builds clone; and a fault-injecting HTTP proxy
 //! ([`fault_proxy`]) to put in front of the emulator and fake HTTP servers; and the record a
-//! benchmark run leaves ([`bench`]).
+//! benchmark run leaves ([`bench`]); and one stateful fake GitHub ([`fake_github`]).
 //!
 //! A missing binary is a test failure with the install command, never a skip.
 
 pub mod bench;
+pub mod fake_github;
 pub mod fault_proxy;
 pub mod git;
 

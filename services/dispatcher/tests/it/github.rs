@@ -328,3 +328,69 @@ async fn backend_errors_are_retried_or_parked_never_dropped() {
         running.stop().await;
     }
 }
+
+/// The production source in GitHub App mode against the stateful fake GitHub: the contents
+/// answer decodes, a missing file is the no-buildspec skip, and a repository the App is not
+/// installed on is an error (retried, then parked), never taken for "no buildspec".
+#[tokio::test]
+async fn the_buildspec_source_reads_through_a_github_app() {
+    use prx_ci_dispatcher::buildspec::{Buildspec, BuildspecError, BuildspecRequest};
+    use prx_ci_dispatcher::{BuildspecSource as _, GitHubBuildspecSource};
+    use prx_ci_shared::domain::{CommitSha, RepoName};
+    use prx_ci_shared::github::{GitHubClient, GitHubConfig};
+    use prx_ci_shared::testing::fake_github as stateful;
+
+    let key = stateful::TestAppKey::shared();
+    let github = stateful::FakeGitHub::start(stateful::FakeAuth::App(key.app(31))).await;
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    github.add_commit(
+        REPO,
+        stateful::FakeCommit::new(sha).file("buildspec.yml", PLAIN),
+    );
+    github.add_commit("prx/elsewhere", stateful::FakeCommit::new(sha));
+    github.install(5, &[REPO]);
+    let source = GitHubBuildspecSource::new(
+        GitHubClient::new(GitHubConfig {
+            api_url: github.url(),
+            app_id: Some(31),
+            private_key: Some(key.private_pem.clone().into()),
+            ..GitHubConfig::default()
+        })
+        .unwrap(),
+    );
+    let fetch = |repository: &str, sha: &str| {
+        let (repository, commit) = (
+            RepoName::parse(repository).unwrap(),
+            CommitSha::parse(sha).unwrap(),
+        );
+        let source = source.clone();
+        async move {
+            source
+                .fetch(BuildspecRequest {
+                    repository: &repository,
+                    commit: &commit,
+                    clone_url: "https://github.com/x.git",
+                })
+                .await
+        }
+    };
+
+    assert_eq!(
+        fetch(REPO, sha).await.unwrap(),
+        Buildspec::Found(PLAIN.to_owned())
+    );
+    let empty = "f".repeat(40);
+    github.add_commit(REPO, stateful::FakeCommit::new(&empty));
+    let missing = fetch(REPO, &empty).await.unwrap();
+    assert!(matches!(missing, Buildspec::NotFound { .. }), "{missing:?}");
+    let not_installed = fetch("prx/elsewhere", sha).await.unwrap_err();
+    assert!(
+        matches!(not_installed, BuildspecError::Transient(_)),
+        "{not_installed:?}"
+    );
+    assert_eq!(
+        github.mints(),
+        1,
+        "one token for both calls to the installed repository"
+    );
+}

@@ -20,6 +20,8 @@ use prx_ci_shared::domain::{Branch, OrderingKey, RepoName};
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
 use prx_ci_shared::retry::Backoff;
 use prx_ci_shared::testing::NatsServer;
+use prx_ci_shared::testing::fake_github::{FakeAuth, FakeCommit, FakeGitHub};
+use prx_ci_shared::testing::fault_proxy::FaultProxy;
 use prx_ci_shared::{CancellationToken, Runtime};
 use secrecy::SecretString;
 
@@ -36,8 +38,11 @@ pub struct Harness {
     pub url: String,
     /// The web dashboard's base URL (`http://127.0.0.1:<port>`).
     pub dashboard: String,
-    /// The GitHub API the ops service checks commit ancestry with (compare).
-    pub github: wiremock::MockServer,
+    /// The GitHub the ops service checks commit ancestry with (compare over its commit
+    /// graph: [`Harness::commit`]).
+    pub github: FakeGitHub,
+    /// Between the ops service and [`Harness::github`]: faults, and the requests made.
+    pub github_proxy: FaultProxy,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -61,9 +66,10 @@ impl Harness {
         config
             .tokens
             .insert("bob".into(), SecretString::from(BOB_TOKEN));
-        let github = wiremock::MockServer::start().await;
+        let github = FakeGitHub::start(FakeAuth::Anonymous).await;
+        let github_proxy = FaultProxy::start(&github.url()).await;
         let client = GitHubClient::new(GitHubConfig {
-            api_url: github.uri(),
+            api_url: github_proxy.url(),
             ..GitHubConfig::default()
         })
         .unwrap()
@@ -88,6 +94,7 @@ impl Harness {
             url,
             dashboard,
             github,
+            github_proxy,
             shutdown,
             task,
         }
@@ -121,36 +128,21 @@ impl Harness {
             .unwrap()
     }
 
-    /// GitHub's answer to `compare/{base}...{head}` in `repository`: `status` (`ahead`,
-    /// `behind`, `identical`, `diverged`), or 404 when `status` is `None`.
-    pub async fn compare(&self, repository: &str, base: &str, head: &str, status: Option<&str>) {
-        use wiremock::matchers::{method, path};
-        use wiremock::{Mock, ResponseTemplate};
-        let response = match status {
-            Some(status) => ResponseTemplate::new(200).set_body_json(serde_json::json!({
-                "status": status,
-                "ahead_by": u32::from(status == "ahead" || status == "diverged"),
-                "behind_by": u32::from(status == "behind" || status == "diverged"),
-                "total_commits": 1,
-            })),
-            None => ResponseTemplate::new(404)
-                .set_body_json(serde_json::json!({"message": "Not Found"})),
-        };
-        Mock::given(method("GET"))
-            .and(path(format!("/repos/{repository}/compare/{base}...{head}")))
-            .respond_with(response)
-            .mount(&self.github)
-            .await;
+    /// Adds commit `sha` with `parents` to `repository` on the fake GitHub (compare answers
+    /// from this graph: `ahead`, `behind`, `identical`, `diverged`, 404 for an unknown commit).
+    pub fn commit(&self, repository: &str, sha: &str, parents: &[&str]) {
+        let commit = parents.iter().fold(FakeCommit::new(sha), |commit, parent| {
+            commit.parent(*parent)
+        });
+        self.github.add_commit(repository, commit);
     }
 
-    /// The compare requests GitHub received.
+    /// The compare requests made to GitHub (also those a fault answered).
     pub async fn compares(&self) -> Vec<String> {
-        self.github
-            .received_requests()
-            .await
-            .unwrap_or_default()
-            .iter()
-            .map(|r| r.url.path().to_owned())
+        self.github_proxy
+            .requests()
+            .into_iter()
+            .map(|r| r.path)
             .filter(|p| p.contains("/compare/"))
             .collect()
     }
