@@ -7,17 +7,19 @@
 //! 2. ceiling: publishes the same `WebhookReceived` envelope the ingress would store (the
 //!    recorded push payload, compact JSON) with a unique `Nats-Msg-Id` each, at the same
 //!    concurrency, each publish waiting for its ack;
-//! 3. ingress, twice: runs the release `prx-ci-ingress` binary as its own process, first with
-//!    the default log level (no `log_filter`, as shipped), then with `PRX_BENCH_LOG` (default
-//!    `warn`), and drives each with signed deliveries of that payload (unique
+//! 3. ingress, four times: runs the release `prx-ci-ingress` binary as its own process with the
+//!    default log level (no `log_filter`, as shipped) and with `PRX_BENCH_LOG` (default
+//!    `warn`), in the order default, warn, warn, default with half the deliveries each (so
+//!    neither level always runs first; each level's figures are its two halves together),
+//!    and drives each with signed deliveries of that payload (unique
 //!    `X-GitHub-Delivery` each) over 64 keep-alive HTTP/1.1 connections from a minimal
 //!    in-process client (like `wrk`, so the generator takes little of the 2 cores);
 //! 4. runs the ceiling again; prints requests/s, p50/p99/max latency, CPU per request of each
 //!    process, the ingress's peak RSS (`VmHWM`), and the ratio to the better ceiling, and
 //!    records the headline rows (`docs/benchmarks/results/ingress.json`).
 //!
-//! Environment: `PRX_BENCH_COUNT` (requests per measured phase, default 100000),
-//! `PRX_BENCH_CONCURRENCY` (default 64), `PRX_BENCH_LOG` (the second ingress phase's log
+//! Environment: `PRX_BENCH_COUNT` (requests per ceiling run and per ingress log level, default
+//! 100000), `PRX_BENCH_CONCURRENCY` (default 64), `PRX_BENCH_LOG` (the quieter level's log
 //! filter, default `warn`), `PRX_BENCH_INGRESS_THREADS` (the ingress's tokio worker threads,
 //! default one per core).
 
@@ -292,6 +294,27 @@ struct IngressPhase {
     stored: u64,
 }
 
+impl IngressPhase {
+    /// Two phases of one level as one: their deliveries, time, latencies and CPU together.
+    fn together(a: Self, b: Self) -> Self {
+        let count = a.run.count + b.run.count;
+        let cpu_us = (a.cpu_us * a.run.count as f64 + b.cpu_us * b.run.count as f64) / count as f64;
+        let mut latencies = a.run.latencies;
+        latencies.extend(b.run.latencies);
+        Self {
+            run: Run {
+                count,
+                elapsed: a.run.elapsed + b.run.elapsed,
+                latencies,
+                errors: a.run.errors + b.run.errors,
+            },
+            cpu_us,
+            hwm_kib: a.hwm_kib.max(b.hwm_kib),
+            stored: a.stored + b.stored,
+        }
+    }
+}
+
 /// Starts the ingress with `log_filter` (`None`: the default), warms it, drives it with
 /// `count` deliveries and reads back what was stored.
 async fn ingress_phase(
@@ -354,7 +377,7 @@ async fn bench() {
     let js = rt.js.clone();
 
     println!(
-        "payload {} bytes (compact push.json), concurrency {concurrency}, {count} requests per phase, ingress log levels: default, then {quiet_filter:?}",
+        "payload {} bytes (compact push.json), concurrency {concurrency}, {count} requests per ceiling run and per log level (ingress: default, {quiet_filter:?}, {quiet_filter:?}, default, half each)",
         body.len()
     );
 
@@ -380,17 +403,42 @@ async fn bench() {
     );
     purge(&js).await;
 
-    let default = ingress_phase(&server, &js, &body, None, count, concurrency, nats_pid).await;
-    let quiet = ingress_phase(
+    // The two levels in the order default, warn, warn, default, half the deliveries each, so
+    // neither level always runs first (a warmer machine, a fuller store) and each level's
+    // figures are the two halves together.
+    let half = count / 2;
+    let other = count - half;
+    let default_first = ingress_phase(&server, &js, &body, None, half, concurrency, nats_pid).await;
+    let quiet_first = ingress_phase(
         &server,
         &js,
         &body,
         Some(&quiet_filter),
-        count,
+        half,
         concurrency,
         nats_pid,
     )
     .await;
+    let quiet_second = ingress_phase(
+        &server,
+        &js,
+        &body,
+        Some(&quiet_filter),
+        other,
+        concurrency,
+        nats_pid,
+    )
+    .await;
+    let default_second =
+        ingress_phase(&server, &js, &body, None, other, concurrency, nats_pid).await;
+    let default = IngressPhase::together(default_first, default_second);
+    let quiet = IngressPhase::together(quiet_first, quiet_second);
+    default
+        .run
+        .report("ingress webhooks (default), both halves");
+    quiet
+        .run
+        .report(&format!("ingress webhooks ({quiet_filter}), both halves"));
 
     let cpu = CpuSample::start(vec![("bench", own_pid), ("nats-server", nats_pid)]);
     let raw_after = raw_jetstream(&js, &body, count, concurrency, "raw-after").await;
