@@ -21,7 +21,7 @@ use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::envelope::{Chain, new_event_id};
 use prx_ci_shared::codebuild::event::{PHASE_CHANGE, STATE_CHANGE};
 use prx_ci_shared::testing::bench::{BenchRun, Row, percentile};
-use prx_ci_shared::testing::{MotoServer, NatsServer, wait_until};
+use prx_ci_shared::testing::{MotoServer, NatsServer, durable_drained, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime};
 use serde_json::json;
 
@@ -216,17 +216,9 @@ async fn main() {
             .unwrap();
     }
     // Let the starts drain so each measurement is of one report alone.
-    wait_until(
-        Duration::from_secs(120),
-        "the starts to be handled",
-        || async {
-            let stream = rt.js.get_stream("PRX_EVENTS").await.ok()?;
-            let mut consumer: async_nats::jetstream::consumer::PullConsumer =
-                stream.get_consumer("build-watcher-reports").await.ok()?;
-            let info = consumer.info().await.ok()?;
-            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
-        },
-    )
+    wait_until(Duration::from_secs(120), "the starts to be handled", || {
+        durable_drained(&rt.js, "PRX_EVENTS", "build-watcher-reports")
+    })
     .await;
     let mut samples = Vec::with_capacity(ids.len());
     for id in &ids {

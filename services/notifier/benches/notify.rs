@@ -31,7 +31,7 @@ use prx_ci_shared::notice::console_links::LinkConfig;
 use prx_ci_shared::notice::render::{self, CommitSummary, CommitsCache};
 use prx_ci_shared::notice::view::BuildView;
 use prx_ci_shared::testing::bench::{BenchRun, Row};
-use prx_ci_shared::testing::{NatsServer, wait_until};
+use prx_ci_shared::testing::{NatsServer, durable_drained, wait_until};
 use prx_ci_shared::{CancellationToken, Chain, Runtime};
 use secrecy::SecretString;
 
@@ -354,19 +354,7 @@ async fn bench_burst(interval: Duration, bench: &mut BenchRun) {
     wait_until(
         Duration::from_secs(120),
         "every burst event folded and acknowledged",
-        || async {
-            let mut consumer: async_nats::jetstream::consumer::PullConsumer = peers
-                .rt
-                .js
-                .get_stream("PRX_EVENTS")
-                .await
-                .ok()?
-                .get_consumer("notifier")
-                .await
-                .ok()?;
-            let info = consumer.info().await.ok()?;
-            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
-        },
+        || durable_drained(&peers.rt.js, "PRX_EVENTS", "notifier"),
     )
     .await;
     let folded = t0.elapsed();

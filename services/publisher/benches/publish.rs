@@ -32,7 +32,7 @@ use prx_ci_publisher::{
 use prx_ci_shared::bus::envelope::Chain;
 use prx_ci_shared::domain::{Branch, OrderingKey, RepoName};
 use prx_ci_shared::testing::bench::{BenchRun, Row, percentile};
-use prx_ci_shared::testing::{MotoServer, NatsServer, metrics_text, wait_until};
+use prx_ci_shared::testing::{MotoServer, NatsServer, durable_drained, metrics_text, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime, bus::subject};
 
 /// Publications timed per sequential fence case.
@@ -468,22 +468,9 @@ async fn end_to_end(
             .await
             .unwrap();
     }
-    wait_until(
-        Duration::from_secs(300),
-        "every completion handled",
-        || async {
-            let mut consumer: async_nats::jetstream::consumer::PullConsumer = rt
-                .js
-                .get_stream(subject::EVENTS_STREAM)
-                .await
-                .ok()?
-                .get_consumer("publisher")
-                .await
-                .ok()?;
-            let info = consumer.info().await.ok()?;
-            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
-        },
-    )
+    wait_until(Duration::from_secs(300), "every completion handled", || {
+        durable_drained(&rt.js, subject::EVENTS_STREAM, "publisher")
+    })
     .await;
     let elapsed = started.elapsed();
     shutdown.cancel();

@@ -99,6 +99,25 @@ where
     }
 }
 
+/// `Some` once the durable consumer `durable` of `stream` has nothing left to deliver and
+/// nothing delivered but unacknowledged (a check for [`wait_until`]); `None` before, or while
+/// the consumer cannot be read.
+pub async fn durable_drained(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    durable: &str,
+) -> Option<()> {
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(stream)
+        .await
+        .ok()?
+        .get_consumer(durable)
+        .await
+        .ok()?;
+    let info = consumer.info().await.ok()?;
+    (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+}
+
 /// A `nats-server` with JetStream on a free port, storing in a temporary directory.
 #[derive(Debug)]
 pub struct NatsServer {

@@ -264,12 +264,8 @@ impl World {
 
     /// Waits until a consumer has acknowledged everything it was given.
     pub async fn until_consumer_idle(&self, durable: &str) {
-        wait_until(WAIT, &format!("consumer {durable} to be idle"), || async {
-            let stream = self.rt.js.get_stream(subject::EVENTS_STREAM).await.ok()?;
-            let mut consumer: async_nats::jetstream::consumer::PullConsumer =
-                stream.get_consumer(durable).await.ok()?;
-            let info = consumer.info().await.ok()?;
-            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        wait_until(WAIT, &format!("consumer {durable} to be idle"), || {
+            prx_ci_shared::testing::durable_drained(&self.rt.js, subject::EVENTS_STREAM, durable)
         })
         .await;
     }
