@@ -25,22 +25,21 @@ use prometheus_client::registry::Registry;
 use prost::Message as _;
 use prx_ci_ops::OpsConfig;
 use prx_ci_ops::api::OpsApi;
-use prx_ci_ops::dashboard_projection::{DashboardProjection, PublishOutcome, Source};
+use prx_ci_ops::dashboard_projection::{DashboardProjection, PublishOutcome};
 use prx_ci_ops::metrics::Metrics;
 use prx_ci_ops::projection_runner::LiveProjection;
-use prx_ci_ops::web::{self, Web, pages::notice::NoticeSettings};
+use prx_ci_ops::web;
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::envelope::{Chain, kind_of, subject_of};
 use prx_ci_shared::bus::publish::EVENT_KIND_HEADER;
 use prx_ci_shared::bus::subject::{EVENTS_STREAM, WEBHOOKS_STREAM};
 use prx_ci_shared::domain::push_position::PushPosition;
 use prx_ci_shared::domain::{Branch, OrderingKey, RepoName};
+use prx_ci_shared::testing::NatsServer;
 use prx_ci_shared::testing::bench::{BenchRun, Row};
-use prx_ci_shared::testing::{NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime};
-use secrecy::SecretString;
 
-use common::{last_sequence, load_average, millis, quantile, rss};
+use common::{TOKEN, dashboard_caught_up, last_sequence, load_average, millis, quantile, rss};
 use time::OffsetDateTime;
 
 /// Events stored in `PRX_WEBHOOKS` + `PRX_EVENTS` together.
@@ -57,7 +56,6 @@ const RUNS: usize = 100;
 const WARMUP: usize = 3;
 /// Publishes awaiting JetStream's ack at once (sent in order on one connection).
 const IN_FLIGHT_PUBLISHES: usize = 512;
-const TOKEN: &str = "bench-token-0123456789abcdef";
 const TARGET_P95_MS: f64 = 50.0;
 /// Overrides `[ops] keep_finished_builds` (default 1000), to see how the pages grow with it.
 const KEEP_FINISHED_VAR: &str = "PRX_BENCH_KEEP_FINISHED_BUILDS";
@@ -922,28 +920,16 @@ async fn main() {
     );
     let rss_before = rss();
     let shutdown = CancellationToken::new();
-    let started = Instant::now();
-    let web = Web::new(
+    let (web, live, catch_up) = dashboard_caught_up(
+        &rt,
         &config,
-        vec![("ops-token".into(), SecretString::from(TOKEN))],
         api,
-        rt.js.clone(),
-        NoticeSettings::default(),
-        shutdown.clone(),
-    );
-    let projection = web.projection.clone();
-    let live = tokio::spawn(web.follow());
-    wait_until(Duration::from_secs(600), "the dashboard's catch-up", || {
-        let projection = projection.clone();
-        async move {
-            let p = projection.read().await;
-            (p.position(Source::Events) == events_end
-                && p.position(Source::Webhooks) == webhooks_end)
-                .then_some(())
-        }
-    })
+        &shutdown,
+        (events_end, webhooks_end),
+        Duration::from_secs(600),
+    )
     .await;
-    let catch_up = started.elapsed();
+    let projection = web.projection.clone();
     let rss_after = rss();
     let rate = EVENTS as f64 / catch_up.as_secs_f64();
     println!(

@@ -29,21 +29,20 @@ use prx_ci_ops::OpsConfig;
 use prx_ci_ops::api::OpsApi;
 use prx_ci_ops::auth::RequireToken;
 use prx_ci_ops::client::{self, MAX_MESSAGE_SIZE};
-use prx_ci_ops::dashboard_projection::Source;
 use prx_ci_ops::metrics::Metrics;
 use prx_ci_ops::projection_runner::{self, LiveProjection};
-use prx_ci_ops::web::{self, Web, pages::notice::NoticeSettings};
+use prx_ci_ops::web;
 use prx_ci_proto::v1::{self, envelope::Payload, history_request, ops_server::OpsServer};
 use prx_ci_shared::bus::envelope::{Chain, kind_of, subject_of};
 use prx_ci_shared::bus::publish::EVENT_KIND_HEADER;
 use prx_ci_shared::bus::subject::{EVENTS_STREAM, WEBHOOKS_STREAM};
 use prx_ci_shared::domain::{Branch, OrderingKey, RepoName};
+use prx_ci_shared::testing::NatsServer;
 use prx_ci_shared::testing::bench::{BenchRun, Row};
-use prx_ci_shared::testing::{NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime};
 use secrecy::SecretString;
 
-use common::{last_sequence, load_average, millis, quantile, rss};
+use common::{TOKEN, dashboard_caught_up, last_sequence, load_average, millis, quantile, rss};
 
 const EVENTS_VAR: &str = "PRX_BENCH_EVENTS";
 const DEFAULT_EVENTS: usize = 1_000_000;
@@ -54,7 +53,6 @@ const IN_FLIGHT_PUSHES: usize = 16;
 const IN_FLIGHT_PUBLISHES: usize = 1024;
 const RUNS: usize = 100;
 const WARMUP: usize = 3;
-const TOKEN: &str = "bench-token-0123456789abcdef";
 const TARGET_P95_MS: f64 = 20.0;
 const TARGET_REBUILD_S: f64 = 60.0;
 const PHASES: [&str; 4] = ["DOWNLOAD_SOURCE", "INSTALL", "BUILD", "POST_BUILD"];
@@ -438,28 +436,16 @@ async fn main() {
         projection.clone(),
         Metrics::register(&mut registry),
     );
-    let web = Web::new(
+    let (web, live, dashboard_catch_up) = dashboard_caught_up(
+        &rt,
         &config,
-        vec![("ops-token".into(), SecretString::from(TOKEN))],
         api.clone(),
-        rt.js.clone(),
-        NoticeSettings::default(),
-        shutdown.clone(),
-    );
-    let dashboard = web.projection.clone();
-    let started = Instant::now();
-    let live = tokio::spawn(web.follow());
-    wait_until(Duration::from_secs(900), "the dashboard's catch-up", || {
-        let dashboard = dashboard.clone();
-        async move {
-            let p = dashboard.read().await;
-            (p.position(Source::Events) == events_end
-                && p.position(Source::Webhooks) == webhooks_end)
-                .then_some(())
-        }
-    })
+        &shutdown,
+        (events_end, webhooks_end),
+        Duration::from_secs(900),
+    )
     .await;
-    let dashboard_catch_up = started.elapsed();
+    let dashboard = web.projection.clone();
     let rss_all = rss_mib();
     println!(
         "dashboard projection catch-up: {total} events in {:.2} s ({:.0} events/s); RSS {rss_ops:.1} -> {rss_all:.1} MiB; load average {}",
