@@ -27,7 +27,7 @@ pub const ACCOUNT: &str = "123456789012";
 /// The region of the fake's ARNs.
 pub const REGION: &str = "us-east-1";
 
-/// When the fake CodeBuild saw one build (keyed by commit).
+/// When the fake CodeBuild saw one build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendBuild {
     /// `StartBuild` received.
@@ -47,7 +47,8 @@ pub struct Write {
 
 #[derive(Debug, Default)]
 struct Recorded {
-    builds: HashMap<String, BackendBuild>,
+    /// By build id: the commit built, and when.
+    builds: HashMap<String, (String, BackendBuild)>,
     /// name -> (value, version)
     parameters: HashMap<String, (String, i64)>,
     writes: Vec<Write>,
@@ -87,9 +88,22 @@ impl FakeAws {
         Ok(Self { url, shared })
     }
 
-    /// Every build seen, by commit.
-    pub fn builds(&self) -> HashMap<String, BackendBuild> {
-        lock(&self.shared.recorded).builds.clone()
+    /// The first build of each commit seen (by `StartBuild`), by commit, and how many builds
+    /// each commit had.
+    pub fn builds(&self) -> HashMap<String, (BackendBuild, usize)> {
+        let mut by_commit: HashMap<String, (BackendBuild, usize)> = HashMap::new();
+        for (commit, build) in lock(&self.shared.recorded).builds.values() {
+            by_commit
+                .entry(commit.clone())
+                .and_modify(|(first, n)| {
+                    *n += 1;
+                    if build.started < first.started {
+                        *first = *build;
+                    }
+                })
+                .or_insert((*build, 1));
+        }
+        by_commit
     }
 
     /// Every `PutParameter` from the `from`th on, in arrival order.
@@ -225,11 +239,14 @@ fn start_build(shared: &Arc<Shared>, request: &Value) -> Response {
     let id = format!("{project}:{}", uuid::Uuid::new_v4());
     let arn = format!("arn:aws:codebuild:{REGION}:{ACCOUNT}:build/{id}");
     lock(&shared.recorded).builds.insert(
-        commit.clone(),
-        BackendBuild {
-            started: now,
-            completed: None,
-        },
+        id.clone(),
+        (
+            commit.clone(),
+            BackendBuild {
+                started: now,
+                completed: None,
+            },
+        ),
     );
     let build = Build {
         arn: arn.clone(),
@@ -247,6 +264,7 @@ fn start_build(shared: &Arc<Shared>, request: &Value) -> Response {
         started: now,
     };
     let shared = shared.clone();
+    let build_id = id.clone();
     tokio::spawn(async move {
         // The build is over when its reports are handed on; storing them (the build-watcher's
         // SQS source's work in production) is the system's time, not the build's.
@@ -262,7 +280,7 @@ fn start_build(shared: &Arc<Shared>, request: &Value) -> Response {
         }
         let mut rec = lock(&shared.recorded);
         if stored {
-            if let Some(b) = rec.builds.get_mut(&commit) {
+            if let Some((_, b)) = rec.builds.get_mut(&build_id) {
                 b.completed = Some(at);
             }
         } else {
@@ -414,12 +432,13 @@ mod tests {
         assert!(arn.starts_with(
             "arn:aws:codebuild:us-east-1:123456789012:build/infrastructure-ci-Runner2:"
         ));
-        let build = wait_until(Duration::from_secs(10), "the build to complete", || {
+        let (build, builds) = wait_until(Duration::from_secs(10), "the build to complete", || {
             let b = fake.builds().get("abc").copied();
-            async move { b.filter(|b| b.completed.is_some()) }
+            async move { b.filter(|(b, _)| b.completed.is_some()) }
         })
         .await;
         assert!(build.completed.unwrap() >= build.started);
+        assert_eq!(builds, 1, "one build of the commit");
         // Both reports stored, as the build-watcher's SQS source stores them.
         let mut stream = js.get_stream(EVENTS_STREAM).await.unwrap();
         assert_eq!(stream.info().await.unwrap().state.messages, 2);
