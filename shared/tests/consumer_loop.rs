@@ -368,7 +368,7 @@ async fn the_backlog_poll_exports_what_the_consumer_has_not_handled_yet() {
 
 /// Handles messages of `PRX/slow` and other repositories; the first `PRX/slow` message is held
 /// until every message of the `PRX/fast-<n>` repository has been handled.
-struct Lanes {
+struct OneSubjectHeld {
     fast_total: usize,
     fast_done: Mutex<usize>,
     fast_all_done: tokio::sync::Notify,
@@ -378,7 +378,7 @@ struct Lanes {
     overlaps: AtomicU32,
 }
 
-impl Handler for Lanes {
+impl Handler for OneSubjectHeld {
     async fn handle(&self, delivery: Delivery) -> Result<(), HandlerError> {
         let Some(Payload::BuildSkipped(skip)) = delivery.envelope.payload else {
             return Err(HandlerError::permanent(anyhow::anyhow!("unexpected kind")));
@@ -393,7 +393,7 @@ impl Handler for Lanes {
             }
         }
         if repository == "PRX/slow" && skip.detail == "0" {
-            // Only another lane can let this one go on.
+            // Only another strand can let this one go on.
             let all_done = self.fast_all_done.notified();
             if *self.fast_done.lock().await < self.fast_total {
                 tokio::time::timeout(WAIT, all_done)
@@ -421,7 +421,7 @@ impl Handler for Lanes {
 
 #[tokio::test]
 async fn per_subject_order_handles_each_subject_in_turn_and_subjects_at_once() {
-    use prx_ci_shared::bus::consume::lane_of;
+    use prx_ci_shared::bus::consume::strand_of;
 
     let server = NatsServer::start().await;
     let rt = runtime(&server).await;
@@ -431,12 +431,12 @@ async fn per_subject_order_handles_each_subject_in_turn_and_subjects_at_once() {
         .with_concurrency(concurrency)
         .one_at_a_time_per_subject();
     let subject_of = |repository: &str| subject::event_subject(EventKind::BuildSkipped, repository);
-    // The test needs the held repository and the fast one in different lanes (the lane is a
+    // The test needs the held repository and the fast one in different strands (the strand is a
     // pure function of the subject).
-    let slow_lane = lane_of(&subject_of("PRX/slow"), concurrency);
+    let slow_strand = strand_of(&subject_of("PRX/slow"), concurrency);
     let fast = (0..)
         .map(|i| format!("PRX/fast-{i}"))
-        .find(|r| lane_of(&subject_of(r), concurrency) != slow_lane)
+        .find(|r| strand_of(&subject_of(r), concurrency) != slow_strand)
         .unwrap();
     let per_repository = 20;
     for i in 0..per_repository {
@@ -447,7 +447,7 @@ async fn per_subject_order_handles_each_subject_in_turn_and_subjects_at_once() {
                 .unwrap();
         }
     }
-    let handler = Arc::new(Lanes {
+    let handler = Arc::new(OneSubjectHeld {
         fast_total: per_repository,
         fast_done: Mutex::new(0),
         fast_all_done: tokio::sync::Notify::new(),

@@ -74,7 +74,7 @@ pub enum Order {
     /// Any of them (with concurrency 1: one at a time, in stream order).
     Any,
     /// Those of different subjects. The messages of one subject are handled one at a time, in
-    /// stream order: each subject goes to one of `concurrency` lanes, which handle their
+    /// stream order: each subject goes to one of `concurrency` strands, which handle their
     /// messages in turn. A message that is retried (nak with a delay) comes back later, behind
     /// newer ones, as with concurrency 1.
     PerSubject,
@@ -170,12 +170,12 @@ pub(crate) async fn run_consumer_only<H: Handler>(
         handler,
         metrics,
     });
-    let lanes = Lanes::start(&ctx, &shutdown);
-    // Messages held at once (pulled, queued in a lane, or being handled). A lane keeps the
+    let strands = Strands::start(&ctx, &shutdown);
+    // Messages held at once (pulled, queued in a strand, or being handled). A strand keeps the
     // later messages of its subjects while it is busy, so that a slow subject does not stop
     // the others until this many wait behind it.
-    let held = match lanes {
-        Some(_) => LANES_HELD_MESSAGES.max(ctx.settings.concurrency),
+    let held = match strands {
+        Some(_) => STRANDS_HELD_MESSAGES.max(ctx.settings.concurrency),
         None => ctx.settings.concurrency,
     };
     let permits = Arc::new(Semaphore::new(held));
@@ -214,8 +214,8 @@ pub(crate) async fn run_consumer_only<H: Handler>(
                 next = messages.next() => next,
             };
             match next {
-                Some(Ok(message)) => match &lanes {
-                    Some(lanes) => lanes.send(message, permit),
+                Some(Ok(message)) => match &strands {
+                    Some(strands) => strands.send(message, permit),
                     None => {
                         let ctx = ctx.clone();
                         tasks.spawn(async move {
@@ -237,8 +237,8 @@ pub(crate) async fn run_consumer_only<H: Handler>(
             }
         }
     }
-    if let Some(lanes) = lanes {
-        lanes.stop().await;
+    if let Some(strands) = strands {
+        strands.stop().await;
     }
     while let Some(done) = tasks.join_next().await {
         if let Err(err) = done {
@@ -249,19 +249,19 @@ pub(crate) async fn run_consumer_only<H: Handler>(
     Ok(())
 }
 
-/// Messages a consumer with lanes holds at once (small: a report or an event, a few hundred
+/// Messages a consumer with strands holds at once (small: a report or an event, a few hundred
 /// bytes to a few KiB each; the consumers' `max_ack_pending` is above it).
-const LANES_HELD_MESSAGES: usize = 256;
+const STRANDS_HELD_MESSAGES: usize = 256;
 
-/// The lanes of [`Order::PerSubject`]: one task each, handling its messages in turn.
-struct Lanes {
+/// The strands of [`Order::PerSubject`]: one task each, handling its messages in turn.
+struct Strands {
     senders: Vec<mpsc::UnboundedSender<(jetstream::Message, OwnedSemaphorePermit)>>,
     tasks: JoinSet<()>,
 }
 
-impl Lanes {
-    /// The lanes `ctx`'s settings ask for (none unless [`Order::PerSubject`] with a
-    /// concurrency above 1). A lane stops at `shutdown` after the message it is handling;
+impl Strands {
+    /// The strands `ctx`'s settings ask for (none unless [`Order::PerSubject`] with a
+    /// concurrency above 1). A strand stops at `shutdown` after the message it is handling;
     /// what it still queues is not acknowledged, so the server delivers it again.
     fn start<H: Handler>(ctx: &Arc<LoopContext<H>>, shutdown: &CancellationToken) -> Option<Self> {
         if ctx.settings.order != Order::PerSubject || ctx.settings.concurrency == 1 {
@@ -282,7 +282,7 @@ impl Lanes {
                         next = queue.recv() => next,
                     };
                     let Some((message, permit)) = next else { break };
-                    // A panicking handler must not end the lane: its subjects would never be
+                    // A panicking handler must not end the strand: its subjects would never be
                     // handled again. The message is not acknowledged and comes back.
                     let handled = std::panic::AssertUnwindSafe(ctx.process(message));
                     if futures::FutureExt::catch_unwind(handled).await.is_err() {
@@ -295,30 +295,30 @@ impl Lanes {
         Some(Self { senders, tasks })
     }
 
-    /// Queues `message` in the lane of its subject.
+    /// Queues `message` in the strand of its subject.
     fn send(&self, message: jetstream::Message, permit: OwnedSemaphorePermit) {
-        let lane = lane_of(&message.subject, self.senders.len());
-        // A lane ends only at shutdown, after which nothing is sent.
-        let _ = self.senders[lane].send((message, permit));
+        let strand = strand_of(&message.subject, self.senders.len());
+        // A strand ends only at shutdown, after which nothing is sent.
+        let _ = self.senders[strand].send((message, permit));
     }
 
-    /// Waits for every lane to finish the message it is handling.
+    /// Waits for every strand to finish the message it is handling.
     async fn stop(mut self) {
         self.senders.clear();
         while let Some(done) = self.tasks.join_next().await {
             if let Err(err) = done {
-                tracing::error!(error = %err, "consumer lane panicked");
+                tracing::error!(error = %err, "consumer strand panicked");
             }
         }
     }
 }
 
-/// The lane (of `lanes`) that handles the messages of `subject`.
-pub fn lane_of(subject: &str, lanes: usize) -> usize {
+/// The strand (of `strands`) that handles the messages of `subject`.
+pub fn strand_of(subject: &str, strands: usize) -> usize {
     use std::hash::{Hash as _, Hasher as _};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     subject.hash(&mut hasher);
-    usize::try_from(hasher.finish() % u64::try_from(lanes).unwrap_or(1)).unwrap_or(0)
+    usize::try_from(hasher.finish() % u64::try_from(strands).unwrap_or(1)).unwrap_or(0)
 }
 
 struct LoopContext<H> {
