@@ -177,13 +177,19 @@ async fn main() {
     for result in futures::future::join_all(publishes).await {
         result.unwrap();
     }
-    let mut seen = 0;
-    while seen < builds {
-        tokio::time::timeout(Duration::from_secs(120), completed.next())
+    // Distinct builds: a completion published again (a redelivered report) is not a build.
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < builds {
+        let message = tokio::time::timeout(Duration::from_secs(120), completed.next())
             .await
             .expect("completions stalled")
             .unwrap();
-        seen += 1;
+        let envelope = <v1::Envelope as prost::Message>::decode(message.payload).unwrap();
+        if let Some(Payload::BuildCompleted(done)) = envelope.payload
+            && let Some(build) = done.build
+        {
+            seen.insert(build.build_id);
+        }
     }
     let elapsed = started.elapsed();
     let rate = reports.len() as f64 / elapsed.as_secs_f64();
@@ -196,7 +202,7 @@ async fn main() {
     bench.row(
         Row::new(
             format!(
-                "state changes processed: {builds} builds × (IN_PROGRESS, a phase change, SUCCEEDED) handed to NATS at once, first publish → last BuildCompleted seen"
+                "state changes processed: {builds} builds × (IN_PROGRESS, a phase change, SUCCEEDED) handed to NATS at once, first publish → every build's BuildCompleted seen"
             ),
             "-",
         )
@@ -310,7 +316,9 @@ async fn main() {
             ),
             "-",
         )
-        .measured(format!("{path}; of which moto's SendMessage {send}, the whole poll {poll}"))
+        .measured(format!(
+            "{path}; its parts, each timed on its own (their percentiles do not add up): moto's SendMessage {send}, the whole poll {poll}"
+        ))
         .details(PAGE),
     );
     shutdown.cancel();
