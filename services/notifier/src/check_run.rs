@@ -303,7 +303,14 @@ pub fn summary(view: &BuildView) -> String {
     }
     if let Some(phase) = &view.failed_phase {
         out.push_str(&format!("\n### Failed in {}\n", escape(phase)));
-        if let Some(message) = &view.failure_message {
+        // The completion's message, else the failed phase's own.
+        let message = view.failure_message.as_deref().or_else(|| {
+            view.phases
+                .iter()
+                .find(|p| &p.name == phase && !p.message.is_empty())
+                .map(|p| p.message.as_str())
+        });
+        if let Some(message) = message {
             out.push('\n');
             out.push_str(&fenced(message));
         }
@@ -361,7 +368,7 @@ fn publish_line(p: &PublishView) -> String {
                 line.push_str(&format!(" by {}", escape(short(&p.superseded_by_commit))));
             }
             if !p.check.is_empty() {
-                line.push_str(&format!(" (decided by the {})", escape(&p.check)));
+                line.push_str(&format!(" (check: {})", escape(&p.check)));
             }
             if !p.detail.is_empty() {
                 line.push_str(&format!(": {}", escape(&p.detail)));
