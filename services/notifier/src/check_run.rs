@@ -25,6 +25,12 @@ use crate::config::CheckRunConfig;
 pub const MAX_SUMMARY_CHARS: usize = 65_535;
 /// GitHub's limit on `output.title`... none documented; a title is one line, kept short.
 const MAX_TITLE_CHARS: usize = 200;
+/// What a path segment percent-encodes (all but letters, digits and `-_.~`).
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 /// Published-parameter lines listed before the rest is counted.
 const MAX_PUBLISH_LINES: usize = 100;
 
@@ -156,7 +162,7 @@ pub fn details_url(
     if let Some(base) = dashboard_url
         && !key.is_empty()
     {
-        let key = percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC);
+        let key = percent_encoding::utf8_percent_encode(key, SEGMENT);
         return Some(format!("{}/builds/{key}", base.trim_end_matches('/')));
     }
     codebuild_console_url(links, view).or_else(|| web_url(&view.log_url))

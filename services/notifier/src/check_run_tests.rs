@@ -116,7 +116,7 @@ fn details_link_the_dashboard_then_the_console_then_the_log() {
             Some("https://ci.example.org/")
         )
         .as_deref(),
-        Some("https://ci.example.org/builds/req%2D1")
+        Some("https://ci.example.org/builds/req-1")
     );
     let links = LinkConfig {
         account_id: Some("123456789012".into()),
