@@ -388,13 +388,19 @@ async fn one_check_run_per_build_and_arch_through_its_whole_life() {
     env.publish(&arm.completed(v1::BuildStatus::Failed)).await;
 
     let runs = env
-        .runs_where("both runs completed, the parameter shown", |runs| {
-            runs.iter().all(|r| r.status == "completed")
-                && runs.iter().any(|r| {
-                    r.output
-                        .as_ref()
-                        .is_some_and(|o| o.to_string().contains("written"))
+        // Events are folded concurrently: wait for the last of them to show.
+        .runs_where("both runs completed with every event shown", |runs| {
+            let shows = |text: &str| {
+                runs.iter().any(|r| {
+                    r.status == "completed"
+                        && r.output
+                            .as_ref()
+                            .is_some_and(|o| o.to_string().contains(text))
                 })
+            };
+            runs.iter().all(|r| r.status == "completed")
+                && shows("written")
+                && shows("make test")
         })
         .await;
     assert_eq!(runs.len(), 2, "one run per build and arch: {runs:#?}");
@@ -475,12 +481,19 @@ async fn a_superseded_build_ends_cancelled() {
     env.publish(&build.cancelled()).await;
     env.publish(&build.completed(v1::BuildStatus::Stopped))
         .await;
-    let run = env.wait_status(&build.name(), "completed").await;
-    assert_eq!(run.conclusion.as_deref(), Some("cancelled"));
-    assert_eq!(
-        run.output.as_ref().unwrap()["title"],
-        "Superseded by abcdef0"
-    );
+    // The cancellation and the stop may be folded in either order (the consumer handles
+    // events concurrently); the run ends superseded either way.
+    let runs = env
+        .runs_where("the run cancelled as superseded", |runs| {
+            runs.iter().any(|r| {
+                r.status == "completed"
+                    && r.output
+                        .as_ref()
+                        .is_some_and(|o| o["title"] == "Superseded by abcdef0")
+            })
+        })
+        .await;
+    assert_eq!(runs[0].conclusion.as_deref(), Some("cancelled"));
     assert_eq!(env.github.check_runs().len(), 1);
     notifier.stop().await;
 }
