@@ -582,3 +582,57 @@ async fn a_burst_of_finishing_builds_is_coalesced_within_the_write_budget() {
         writes.len()
     );
 }
+
+#[tokio::test]
+async fn a_run_whose_creation_was_not_recorded_is_found_by_its_external_id() {
+    let github = FakeGitHub::start(FakeAuth::App(TestAppKey::shared().app(APP_ID))).await;
+    github.add_commit(REPO, FakeCommit::new(SHA));
+    github.install(INSTALLATION, &[REPO]);
+    let env_client = GitHubClient::new(GitHubConfig {
+        api_url: github.url(),
+        app_id: Some(APP_ID),
+        private_key: Some(SecretString::from(TestAppKey::shared().private_pem.clone())),
+        ..GitHubConfig::default()
+    })
+    .unwrap();
+    let sink = GitHubCheckRunSink::new(env_client, 80, 500);
+    let run = CheckRun {
+        repository: REPO.into(),
+        head_sha: SHA.into(),
+        name: "prx-ci/x86_64".into(),
+        external_id: "req-1".into(),
+        status: prx_ci_notifier::check_run::CheckStatus::Queued,
+        conclusion: None,
+        details_url: None,
+        started_at: None,
+        completed_at: None,
+        title: "Build requested, waiting to start".into(),
+        summary: "summary".into(),
+    };
+    assert_eq!(sink.find(&run).await.unwrap(), None);
+    let id = sink.write(&run, None).await.unwrap();
+    let other = CheckRun {
+        external_id: "req-2".into(),
+        ..run.clone()
+    };
+    sink.write(&other, None).await.unwrap();
+    assert_eq!(sink.find(&run).await.unwrap(), Some(id));
+    // An update keeps the run and its commit.
+    let done = CheckRun {
+        status: prx_ci_notifier::check_run::CheckStatus::Completed,
+        conclusion: Some(prx_ci_notifier::check_run::Conclusion::Success),
+        ..run.clone()
+    };
+    assert_eq!(sink.write(&done, Some(id)).await.unwrap(), id);
+    let stored = github
+        .check_runs()
+        .into_iter()
+        .find(|r| r.id == id)
+        .unwrap();
+    assert_eq!(
+        (stored.status.as_str(), stored.conclusion.as_deref()),
+        ("completed", Some("success"))
+    );
+    let patch = github.check_run_writes().last().unwrap().body.clone();
+    assert!(patch.get("head_sha").is_none(), "{patch}");
+}
