@@ -39,10 +39,10 @@ impl Core {
 
     /// Queues the build `key` when its check run does not show its record's view yet.
     pub(crate) fn enqueue_check_run(&self, key: &str, record: &NotificationRecord) {
-        let Some(run) = self.desired_check_run(record) else {
-            return;
-        };
-        if record.check_run.quiet || !record.check_run_dirty(&run.digest()) {
+        if record.check_run.quiet
+            || !record.check_run_dirty()
+            || self.desired_check_run(record).is_none()
+        {
             return;
         }
         bump(&self.stats.check_runs_requested);
@@ -111,9 +111,21 @@ impl Core {
         let Some(run) = self.desired_check_run(&record) else {
             return Ok(());
         };
+        if record.check_run.quiet || !record.check_run_dirty() {
+            return Ok(());
+        }
         let digest = run.digest();
-        if record.check_run.quiet || !record.check_run_dirty(&digest) {
+        let version = record.view.version;
+        if record.check_run.digest.as_deref() == Some(digest.as_str()) {
+            // The newer events changed nothing the run shows.
             self.metrics.check_run("unchanged");
+            self.store
+                .modify(key, |record| {
+                    let error = record.check_run.last_error.clone();
+                    record.mark_check_run_written(None, &digest, version, error)
+                })
+                .await
+                .map_err(|e| store_error(e.into()))?;
             return Ok(());
         }
         let (known, earlier) = self
@@ -152,7 +164,7 @@ impl Core {
         if let Err(err) = self
             .store
             .modify(key, |record| {
-                record.mark_check_run_written(written, &digest, error.clone())
+                record.mark_check_run_written(written, &digest, version, error.clone())
             })
             .await
         {

@@ -23,7 +23,7 @@ use crate::config::CheckRunConfig;
 
 /// GitHub's limit on `output.summary` (and `output.text`), in characters.
 pub const MAX_SUMMARY_CHARS: usize = 65_535;
-/// GitHub's limit on `output.title`... none documented; a title is one line, kept short.
+/// Longest title written (GitHub documents no limit; a title is one line).
 const MAX_TITLE_CHARS: usize = 200;
 /// What a path segment percent-encodes (all but letters, digits and `-_.~`).
 const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
@@ -83,8 +83,8 @@ pub struct CheckRun {
     pub repository: String,
     pub head_sha: String,
     pub name: String,
-    /// The build request id (the backend's build id for a build nobody requested... which
-    /// never gets a check run, see [`desired_check_run`]).
+    /// The build request id (else the backend's build id): a redelivered or later event of
+    /// the build finds its run by it.
     pub external_id: String,
     pub status: CheckStatus,
     pub conclusion: Option<Conclusion>,

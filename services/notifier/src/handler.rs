@@ -106,7 +106,11 @@ impl Core {
                     queued += 1;
                 }
                 self.enqueue_status(&key, &record);
-                self.enqueue_check_run(&key, &record);
+                // A build reported by a commit status before check runs were on (token mode,
+                // or `[notifier.checks] enabled = false`) gets no run on restart.
+                if !(record.check_run.is_empty() && record.status.written.is_some()) {
+                    self.enqueue_check_run(&key, &record);
+                }
             }
         }
         if queued > 0 {

@@ -59,6 +59,8 @@ pub struct StatusRecord {
 pub struct CheckRunRecord {
     /// GitHub's id of the build's run, once created (every later write updates it).
     pub id: Option<u64>,
+    /// The view version the run shows (written, or found identical to what was written).
+    pub version: u64,
     /// Digest of the content last written ([`crate::check_run::CheckRun::digest`]).
     pub digest: Option<String>,
     /// Set (and stored) before the run is created; found set with no id, the creation may
@@ -235,9 +237,10 @@ impl NotificationRecord {
         Modify::Write(())
     }
 
-    /// The check run's content `digest` is not the one last written (or nothing was).
-    pub fn check_run_dirty(&self, digest: &str) -> bool {
-        self.check_run.digest.as_deref() != Some(digest)
+    /// The check run does not show the latest view yet (by version, like the message: a new
+    /// rendering of an unchanged view writes nothing).
+    pub fn check_run_dirty(&self) -> bool {
+        self.view.version > self.check_run.version
     }
 
     /// Leaves the creation marker before the build's run is created (nothing to do once the
@@ -254,14 +257,17 @@ impl NotificationRecord {
         }
     }
 
-    /// Records a check-run write: the run's id (a known id stays), the digest of what was
-    /// written, and GitHub's permanent error (`error`: the content was given up on).
+    /// Records a check-run write of the view `version`: the run's id (a known id stays), the
+    /// digest of what was written, the version shown (never lowered), and GitHub's permanent
+    /// error (`error`: the content was given up on).
     pub fn mark_check_run_written(
         &mut self,
         id: Option<u64>,
         digest: &str,
+        version: u64,
         error: Option<String>,
     ) -> Modify<()> {
+        self.check_run.version = self.check_run.version.max(version);
         // A known id stays; shadow mode's 0 gives way to a real one.
         if self.check_run.id.is_none_or(|known| known == 0) && id.is_some() {
             self.check_run.id = id;
