@@ -197,6 +197,12 @@ impl LocalSystem {
             prx_ci_notifier::commit_source(&config.github)?,
             &mut registry,
         )?;
+        // A GitHub App: check runs instead of commit statuses (docs/check-runs.md).
+        let notifier =
+            match prx_ci_notifier::check_run_sink(&config.github, &config.notifier.checks)? {
+                Some(checks) => notifier.with_check_runs(checks),
+                None => notifier,
+            };
         // Rebuilds of a commit given by hand prove it is on the branch: git for the local
         // `file://` clones, GitHub's compare API for GitHub repositories.
         let commits = prx_ci_ops::ancestry::Ancestry::new(

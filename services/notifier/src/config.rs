@@ -44,6 +44,7 @@ pub struct NotifierConfig {
     pub slack: SlackConfig,
     pub links: LinkConfig,
     pub statuses: StatusConfig,
+    pub checks: CheckRunConfig,
     /// `live` (default) or `shadow`: rendered and recorded as live, nothing sent to Slack or
     /// GitHub; `NotificationDelivered.shadow` set, `reference` empty (docs/migrating.md).
     pub mode: Mode,
@@ -65,6 +66,7 @@ impl Default for NotifierConfig {
             slack: SlackConfig::default(),
             links: LinkConfig::default(),
             statuses: StatusConfig::default(),
+            checks: CheckRunConfig::default(),
             mode: Mode::Live,
         }
     }
@@ -121,6 +123,19 @@ impl Validate for NotifierConfig {
         }
         if self.statuses.context.trim().is_empty() {
             return Err("statuses.context is empty".into());
+        }
+        if self.checks.per_minute == 0 || self.checks.per_hour == 0 {
+            return Err("checks.per_minute and checks.per_hour must be positive".into());
+        }
+        if self.checks.name.trim().is_empty() {
+            return Err("checks.name is empty".into());
+        }
+        if let Some(dashboard) = &self.checks.dashboard_url {
+            let url =
+                url::Url::parse(dashboard).map_err(|e| format!("checks.dashboard_url: {e}"))?;
+            if !matches!(url.scheme(), "https" | "http") {
+                return Err("checks.dashboard_url must be an http(s) URL".into());
+            }
         }
         Ok(())
     }
@@ -194,6 +209,42 @@ impl Default for StatusConfig {
     }
 }
 
+/// GitHub check runs (section `[notifier.checks]`), written in GitHub App mode only
+/// (`[github] app_id`); in token mode the notifier writes commit statuses
+/// (`[notifier.statuses]`) instead. docs/check-runs.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckRunConfig {
+    /// Write check runs in App mode. `false`: the App writes commit statuses as in token mode.
+    /// Default true.
+    pub enabled: bool,
+    /// Check run name; `{arch}`, `{region}` and `{project}` are replaced. Default
+    /// `prx-ci/{arch}` (the same as the status context, so branch protection keeps its
+    /// required check when a repository moves from token to App mode).
+    pub name: String,
+    /// Public base URL of the ops dashboard (`[ops] dashboard_listen` behind its proxy), e.g.
+    /// `https://ci.example.org`: a check run's details link goes to the build's page there.
+    /// Default: none, the CodeBuild console (or the log link) instead.
+    pub dashboard_url: Option<String>,
+    /// Check-run writes (creations and updates) per minute (GitHub's content-creation limit
+    /// is 80). Default 80.
+    pub per_minute: u32,
+    /// Check-run writes per hour (GitHub's limit is 500). Default 500.
+    pub per_hour: u32,
+}
+
+impl Default for CheckRunConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            name: prx_ci_shared::notice::commit_status::DEFAULT_CONTEXT.to_owned(),
+            dashboard_url: None,
+            per_minute: 80,
+            per_hour: 500,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use figment::Figment;
@@ -250,6 +301,10 @@ mod tests {
             "[notifier]\nbucket = \"a.b\"",
             "[notifier.slack]\napi_url = \"not a url\"",
             "[notifier.statuses]\nper_minute = 0",
+            "[notifier.checks]\nper_hour = 0",
+            "[notifier.checks]\nname = \" \"",
+            "[notifier.checks]\ndashboard_url = \"ftp://x\"",
+            "[notifier.checks]\nunknown = 1",
             "[notifier]\nunknown = 1",
         ] {
             let figment = Figment::from(Toml::string(toml));

@@ -11,19 +11,33 @@ use tokio::time::Instant;
 
 use prx_ci_shared::notice::commit_status::CommitStatus;
 
-/// How a status write failed.
+/// How a GitHub write (a commit status, or a check run: [`crate::github_checks`]) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     /// May work later (GitHub down, rate limited after retries); `retry_after`: the wait
     /// GitHub asked for, if it did.
-    #[error("cannot write commit status now: {reason}")]
+    #[error("cannot write to GitHub now: {reason}")]
     Transient {
         reason: String,
         retry_after: Option<Duration>,
     },
     /// Will not work (no access, unknown commit, too many statuses).
-    #[error("commit status rejected: {0}")]
+    #[error("GitHub rejected the write: {0}")]
     Permanent(String),
+}
+
+impl From<GitHubError> for StatusError {
+    /// Transient when GitHub may take it later, with the wait it asked for.
+    fn from(err: GitHubError) -> Self {
+        if err.is_transient() {
+            Self::Transient {
+                reason: format!("{err:#}"),
+                retry_after: err.retry_after(),
+            }
+        } else {
+            Self::Permanent(format!("{err:#}"))
+        }
+    }
 }
 
 /// Where commit statuses go.
@@ -125,7 +139,7 @@ impl WriteBudget {
     pub async fn acquire(&self) {
         let wait = self.reserve();
         if !wait.is_zero() {
-            tracing::debug!(?wait, "commit status budget exhausted; waiting");
+            tracing::debug!(?wait, "GitHub write budget exhausted; waiting");
             tokio::time::sleep(wait).await;
         }
     }
@@ -172,11 +186,7 @@ impl StatusSink for GitHubStatusSink {
                 tracing::debug!(error = %err, "status written, answer not JSON");
                 Ok(())
             }
-            Err(err) if err.is_transient() => Err(StatusError::Transient {
-                reason: format!("{err:#}"),
-                retry_after: err.retry_after(),
-            }),
-            Err(err) => Err(StatusError::Permanent(format!("{err:#}"))),
+            Err(err) => Err(err.into()),
         }
     }
 }

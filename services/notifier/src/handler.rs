@@ -1,5 +1,5 @@
 //! The consumer handler: folds each build event into its build's record, then queues the
-//! message and the status the record still lacks; and, at start, requeues every dirty record.
+//! message and the status (or check run) the record still lacks; and, at start, requeues every dirty record.
 
 use std::sync::Arc;
 
@@ -79,10 +79,11 @@ impl Core {
             self.enqueue_chat(&self.channel_for(&record), &key);
         }
         self.enqueue_status(&key, &record);
+        self.enqueue_check_run(&key, &record);
         Ok(())
     }
 
-    /// Queues every record whose message or status lags behind its view (after a restart).
+    /// Queues every record whose message, status or check run lags behind its view (after a restart).
     pub(crate) async fn requeue_dirty(self: Arc<Self>) {
         let keys = match self.store.build_keys().await {
             Ok(keys) => keys,
@@ -105,6 +106,11 @@ impl Core {
                     queued += 1;
                 }
                 self.enqueue_status(&key, &record);
+                // A build reported by a commit status before check runs were on (token mode,
+                // or `[notifier.checks] enabled = false`) gets no run on restart.
+                if !(record.check_run.is_empty() && record.status.written.is_some()) {
+                    self.enqueue_check_run(&key, &record);
+                }
             }
         }
         if queued > 0 {

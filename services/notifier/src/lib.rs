@@ -5,18 +5,22 @@
 //!   build's events into its view (idempotent, state only moves forward), `render` turns a view
 //!   into the Slack message (snapshot-tested here, `tests/render_snapshots.rs`), putting every
 //!   value into text only through `mrkdwn`'s escaper and link builder, and `commit_status` into
-//!   the commit status it calls for;
+//!   the commit status it calls for; [`check_run`] (here) renders the GitHub check run of App
+//!   mode (status, conclusion, details link, Markdown summary);
 //! - [`notification_record`] is the per-build record and its rules (the lease, what a delivery
 //!   records), kept by [`notification_store`] in the KV bucket `prx_ci_notifications`;
-//! - [`chat`] / [`slack`] and [`github_status`] are the delivery ports and their adapters;
+//! - [`chat`] / [`slack`], [`github_status`] and [`github_checks`] are the delivery ports and
+//!   their adapters;
 //! - [`commits`] lists a push's commits through GitHub's compare API;
-//! - [`handler`] folds the consumed events; [`chat_delivery`] and [`status_delivery`] deliver,
-//!   per-channel paced and coalescing, within the status write budget;
+//! - [`handler`] folds the consumed events; [`chat_delivery`], [`status_delivery`] and
+//!   [`check_delivery`] deliver, per-channel paced and coalescing, within the GitHub write
+//!   budgets;
 //! - [`service`] wires it (durable consumer `notifier`); [`metrics`] holds its metrics.
 //!
 //! # Wiring
-//! [`chat_sink`], [`status_sink`] and [`commit_source`] pick the adapters from the
-//! configuration (no token: the log, no commit lists), as `prx-ci up` and the binary do:
+//! [`chat_sink`], [`status_sink`], [`check_run_sink`] and [`commit_source`] pick the adapters
+//! from the configuration (no token: the log, no commit lists; a GitHub App: check runs instead
+//! of statuses), as `prx-ci up` and the binary do:
 //! ```no_run
 //! # async fn wire(
 //! #     runtime: prx_ci_shared::Runtime,
@@ -28,16 +32,23 @@
 //! let chat = prx_ci_notifier::chat_sink(&config.slack)?;
 //! let statuses = prx_ci_notifier::status_sink(&github, &config.statuses)?;
 //! let commits = prx_ci_notifier::commit_source(&github)?;
-//! let notifier =
+//! let checks = prx_ci_notifier::check_run_sink(&github, &config.checks)?;
+//! let mut notifier =
 //!     prx_ci_notifier::Notifier::new(runtime, config, chat, statuses, commits, &mut registry)?;
+//! if let Some(checks) = checks {
+//!     notifier = notifier.with_check_runs(checks);
+//! }
 //! notifier.run(shutdown).await
 //! # }
 //! ```
 
 pub mod chat;
 pub mod chat_delivery;
+pub mod check_delivery;
+pub mod check_run;
 pub mod commits;
 pub mod config;
+pub mod github_checks;
 pub mod github_status;
 pub mod handler;
 pub mod metrics;
@@ -55,6 +66,7 @@ use prx_ci_shared::github::{GitHubClient, GitHubConfig};
 pub use chat::{ChatSink, LogChatSink, ShadowChatSink};
 pub use commits::{CommitSource, GitHubCommitSource};
 pub use config::NotifierConfig;
+pub use github_checks::{CheckRunSink, GitHubCheckRunSink, ShadowCheckRunSink};
 pub use github_status::{GitHubStatusSink, LogStatusSink, ShadowStatusSink, StatusSink};
 pub use metrics::DeliveryStats;
 pub use notification_record::NotificationRecord;
@@ -83,6 +95,23 @@ pub fn status_sink(
         ))
     } else {
         Arc::new(LogStatusSink)
+    })
+}
+
+/// GitHub check runs (within `checks`' budget) in GitHub App mode with check runs enabled;
+/// else none, and the notifier writes commit statuses ([`status_sink`]).
+pub fn check_run_sink(
+    github: &GitHubConfig,
+    checks: &config::CheckRunConfig,
+) -> anyhow::Result<Option<Arc<dyn CheckRunSink>>> {
+    Ok(if github.is_app() && checks.enabled {
+        Some(Arc::new(GitHubCheckRunSink::new(
+            GitHubClient::new(github.clone())?,
+            checks.per_minute,
+            checks.per_hour,
+        )))
+    } else {
+        None
     })
 }
 

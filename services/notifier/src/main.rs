@@ -59,6 +59,7 @@ async fn try_main() -> anyhow::Result<()> {
     let chat = prx_ci_notifier::chat_sink(&notifier_config.slack)?;
     let statuses = prx_ci_notifier::status_sink(&github, &notifier_config.statuses)?;
     let commits = prx_ci_notifier::commit_source(&github)?;
+    let checks = prx_ci_notifier::check_run_sink(&github, &notifier_config.checks)?;
     if notifier_config.slack.token.is_none() {
         tracing::warn!("no [notifier.slack] token: build messages go to the log");
     }
@@ -68,7 +69,7 @@ async fn try_main() -> anyhow::Result<()> {
         );
     }
     let ops_listen = notifier_config.ops_listen;
-    let notifier = Notifier::new(
+    let mut notifier = Notifier::new(
         process.rt.clone(),
         notifier_config,
         chat,
@@ -76,6 +77,10 @@ async fn try_main() -> anyhow::Result<()> {
         commits,
         &mut process.registry,
     )?;
+    if let Some(checks) = checks {
+        tracing::info!("GitHub App: check runs instead of commit statuses");
+        notifier = notifier.with_check_runs(checks);
+    }
     process
         .run(ops_listen, |shutdown| notifier.run(shutdown))
         .await

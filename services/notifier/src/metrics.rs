@@ -20,10 +20,13 @@ struct OutcomeLabels {
 pub struct Metrics {
     chat: Family<OutcomeLabels, Counter>,
     statuses: Family<OutcomeLabels, Counter>,
+    check_runs: Family<OutcomeLabels, Counter>,
     /// Builds waiting for their message to be delivered.
     pub chat_queue: Gauge,
     /// Commit statuses waiting to be written.
     pub status_queue: Gauge,
+    /// Builds whose check run waits to be written.
+    pub check_run_queue: Gauge,
 }
 
 impl Metrics {
@@ -32,8 +35,10 @@ impl Metrics {
         let metrics = Self {
             chat: Family::default(),
             statuses: Family::default(),
+            check_runs: Family::default(),
             chat_queue: Gauge::default(),
             status_queue: Gauge::default(),
+            check_run_queue: Gauge::default(),
         };
         // The outcomes alerts and boards read exist from the start, so the first counts.
         for outcome in ["posted", "updated", "rejected", "failed"] {
@@ -43,6 +48,9 @@ impl Metrics {
         }
         for outcome in ["written", "rejected", "failed"] {
             drop(metrics.statuses.get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            }));
+            drop(metrics.check_runs.get_or_create(&OutcomeLabels {
                 outcome: outcome.to_owned(),
             }));
         }
@@ -55,6 +63,16 @@ impl Metrics {
             "prx_ci_notifier_statuses",
             "Commit status writes by outcome (written, coalesced, failed, ...)",
             metrics.statuses.clone(),
+        );
+        registry.register(
+            "prx_ci_notifier_check_runs",
+            "Check-run writes by outcome (written, coalesced, unchanged, failed, ...)",
+            metrics.check_runs.clone(),
+        );
+        registry.register(
+            "prx_ci_notifier_check_run_queue",
+            "Builds whose check run waits to be written",
+            metrics.check_run_queue.clone(),
         );
         registry.register(
             "prx_ci_notifier_chat_queue",
@@ -72,6 +90,15 @@ impl Metrics {
     /// Counts one chat delivery outcome.
     pub fn chat(&self, outcome: &str) {
         self.chat
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one check-run outcome.
+    pub fn check_run(&self, outcome: &str) {
+        self.check_runs
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_owned(),
             })
@@ -96,6 +123,8 @@ pub struct DeliveryStats {
     pub chat_sent: Arc<AtomicU64>,
     pub statuses_requested: Arc<AtomicU64>,
     pub statuses_written: Arc<AtomicU64>,
+    pub check_runs_requested: Arc<AtomicU64>,
+    pub check_runs_written: Arc<AtomicU64>,
 }
 
 /// Adds one to a [`DeliveryStats`] counter.

@@ -53,14 +53,44 @@ pub struct StatusRecord {
     pub written: Option<CommitStatus>,
 }
 
-/// Everything stored for one build: its view, its Slack message, its commit status and the
-/// cached commit list.
+/// The check-run side of a build (GitHub App mode): one run through the build's whole life.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CheckRunRecord {
+    /// GitHub's id of the build's run, once created (every later write updates it).
+    pub id: Option<u64>,
+    /// The view version the run shows (written, or found identical to what was written).
+    pub version: u64,
+    /// Digest of the content last written ([`crate::check_run::CheckRun::digest`]).
+    pub digest: Option<String>,
+    /// Set (and stored) before the run is created; found set with no id, the creation may
+    /// have happened: look the run up by its `external_id` before creating it again.
+    pub create_started: bool,
+    /// GitHub's last permanent error, for operators.
+    pub last_error: Option<String>,
+    /// The newest event folded was old history (`quiet_after`): nothing is written for it
+    /// until a newer event arrives (a replay does not create runs on old commits).
+    pub quiet: bool,
+}
+
+impl CheckRunRecord {
+    /// Nothing recorded (token mode, or before the first write): not stored at all, so
+    /// records of earlier versions read and write back unchanged.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Everything stored for one build: its view, its Slack message, its commit status or check
+/// run, and the cached commit list.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NotificationRecord {
     pub view: BuildView,
     pub slack: SlackState,
     pub status: StatusRecord,
+    #[serde(skip_serializing_if = "CheckRunRecord::is_empty")]
+    pub check_run: CheckRunRecord,
     pub commits: Option<CommitsCache>,
 }
 
@@ -112,6 +142,7 @@ impl NotificationRecord {
     ) -> Modify<Result<bool, ApplyError>> {
         match self.view.apply(envelope) {
             Ok(true) => {
+                self.check_run.quiet = quiet;
                 if quiet {
                     self.slack.delivered_version = self.view.version;
                     self.status.written = desired_status(&statuses.context, &self.view);
@@ -203,6 +234,49 @@ impl NotificationRecord {
         } else {
             desired_status(&statuses.context, &self.view).or_else(|| Some(written.clone()))
         };
+        Modify::Write(())
+    }
+
+    /// The check run does not show the latest view yet (by version, like the message: a new
+    /// rendering of an unchanged view writes nothing).
+    pub fn check_run_dirty(&self) -> bool {
+        self.view.version > self.check_run.version
+    }
+
+    /// Leaves the creation marker before the build's run is created (nothing to do once the
+    /// run has an id). Returns the id known, and whether an earlier creation may have
+    /// happened (the marker was already set).
+    pub fn start_check_run_create(&mut self) -> Modify<(Option<u64>, bool)> {
+        match self.check_run.id {
+            Some(id) => Modify::Keep((Some(id), false)),
+            None if self.check_run.create_started => Modify::Keep((None, true)),
+            None => {
+                self.check_run.create_started = true;
+                Modify::Write((None, false))
+            }
+        }
+    }
+
+    /// Records a check-run write of the view `version`: the run's id (a known id stays), the
+    /// digest of what was written, the version shown (never lowered), and GitHub's permanent
+    /// error (`error`: the content was given up on).
+    pub fn mark_check_run_written(
+        &mut self,
+        id: Option<u64>,
+        digest: &str,
+        version: u64,
+        error: Option<String>,
+    ) -> Modify<()> {
+        self.check_run.version = self.check_run.version.max(version);
+        // A known id stays; shadow mode's 0 gives way to a real one.
+        if self.check_run.id.is_none_or(|known| known == 0) && id.is_some() {
+            self.check_run.id = id;
+        }
+        if self.check_run.id.is_some() {
+            self.check_run.create_started = false;
+        }
+        self.check_run.digest = Some(digest.to_owned());
+        self.check_run.last_error = error;
         Modify::Write(())
     }
 

@@ -329,3 +329,75 @@ fn the_delivered_event_names_the_build_and_has_a_stable_id() {
     assert_eq!(shadow.reference, "", "nothing was sent");
     assert_eq!(shadow.action, "updated");
 }
+
+#[test]
+fn a_quiet_event_writes_no_check_run_until_a_live_one_arrives() {
+    let mut record = NotificationRecord::default();
+    let config = StatusConfig::default();
+    let _ = record.apply_event(&envelope("e1", started()), true, &config);
+    assert!(record.check_run.quiet);
+    let _ = record.apply_event(
+        &envelope("e2", completed(v1::BuildStatus::Succeeded)),
+        false,
+        &config,
+    );
+    assert!(!record.check_run.quiet);
+}
+
+#[test]
+fn the_first_check_run_creation_leaves_a_marker_and_a_second_attempt_looks_first() {
+    let mut record = dirty();
+    assert_eq!(
+        record.start_check_run_create(),
+        Modify::Write((None, false))
+    );
+    assert!(record.check_run.create_started);
+    // The creation's answer was never stored: the next attempt is told to look for the run.
+    assert_eq!(record.start_check_run_create(), Modify::Keep((None, true)));
+    assert!(record.check_run_dirty());
+    let version = record.view.version;
+    assert_eq!(
+        record.mark_check_run_written(Some(7), "d1", version, None),
+        Modify::Write(())
+    );
+    assert_eq!(record.check_run.id, Some(7));
+    assert!(!record.check_run.create_started);
+    assert!(!record.check_run_dirty());
+    // An older write landing late never lowers the version shown.
+    let _ = record.mark_check_run_written(Some(7), "d0", version - 1, None);
+    assert_eq!(record.check_run.version, version);
+    let _ = record.apply_event(
+        &envelope("e2", completed(v1::BuildStatus::Succeeded)),
+        false,
+        &StatusConfig::default(),
+    );
+    assert!(record.check_run_dirty());
+    // Known: every later write updates run 7.
+    assert_eq!(
+        record.start_check_run_create(),
+        Modify::Keep((Some(7), false))
+    );
+}
+
+#[test]
+fn a_check_run_id_once_known_stays_and_a_rejection_is_kept_for_operators() {
+    let mut record = dirty();
+    let _ = record.mark_check_run_written(Some(7), "d1", 1, None);
+    let _ = record.mark_check_run_written(Some(8), "d2", 1, None);
+    assert_eq!(record.check_run.id, Some(7));
+    let _ = record.mark_check_run_written(None, "d3", 1, Some("422 invalid".into()));
+    assert_eq!(record.check_run.id, Some(7));
+    assert_eq!(record.check_run.digest.as_deref(), Some("d3"));
+    assert_eq!(record.check_run.last_error.as_deref(), Some("422 invalid"));
+    // Shadow mode's id 0 gives way to a real run.
+    let mut shadowed = dirty();
+    let _ = shadowed.mark_check_run_written(Some(0), "d1", 1, None);
+    let _ = shadowed.mark_check_run_written(Some(9), "d2", 1, None);
+    assert_eq!(shadowed.check_run.id, Some(9));
+}
+
+#[test]
+fn a_record_without_check_run_state_stores_none() {
+    let json = serde_json::to_value(dirty()).unwrap();
+    assert!(json.get("check_run").is_none());
+}

@@ -20,10 +20,13 @@
 //! per build, drained at the pace, however many events each build had.
 //! Commit statuses go through one queue keyed by (repository, commit, context) where a newer
 //! state replaces a waiting older one, and the GitHub sink spends a token bucket sized to
-//! GitHub's content-creation limits (80/minute, 500/hour by default).
+//! GitHub's content-creation limits (80/minute, 500/hour by default). In GitHub App mode the
+//! notifier writes check runs instead ([`Notifier::with_check_runs`]): one queue of build keys
+//! (a build waiting is not queued again, its worker writes the newest record's run), the check
+//! run sink spending its own bucket (`[notifier.checks]`).
 //!
 //! [`crate::handler`] folds the events into records, [`crate::chat_delivery`] and
-//! [`crate::status_delivery`] deliver them. This module only wires them together.
+//! [`crate::status_delivery`] and [`crate::check_delivery`] deliver them. This module only wires them together.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,8 +40,10 @@ use tokio::task::JoinSet;
 
 use crate::chat::{ChatSink, ShadowChatSink};
 use crate::chat_delivery::ChannelQueue;
+use crate::check_delivery::PendingCheckRun;
 use crate::commits::CommitSource;
 use crate::config::NotifierConfig;
+use crate::github_checks::{CheckRunSink, ShadowCheckRunSink};
 use crate::github_status::{ShadowStatusSink, StatusSink};
 use crate::handler::EventHandler;
 use crate::metrics::{DeliveryStats, Metrics};
@@ -57,6 +62,7 @@ pub struct Notifier {
     config: NotifierConfig,
     chat: Arc<dyn ChatSink>,
     statuses: Arc<dyn StatusSink>,
+    checks: Option<Arc<dyn CheckRunSink>>,
     commits: Option<Arc<dyn CommitSource>>,
     metrics: Metrics,
     stats: DeliveryStats,
@@ -69,6 +75,7 @@ impl std::fmt::Debug for Notifier {
             .field("config", &self.config)
             .field("chat", &self.chat)
             .field("statuses", &self.statuses)
+            .field("checks", &self.checks)
             .field("commits", &self.commits)
             .field("instance", &self.instance)
             .finish_non_exhaustive()
@@ -103,11 +110,25 @@ impl Notifier {
             config,
             chat,
             statuses,
+            checks: None,
             commits,
             metrics: Metrics::register(registry),
             stats: DeliveryStats::default(),
             instance: uuid::Uuid::new_v4().to_string(),
         })
+    }
+
+    /// GitHub App mode: check runs through `checks` (one per build and architecture) replace
+    /// the commit statuses, which are then not written. In shadow mode nothing is written
+    /// (the runs are rendered and recorded as live).
+    #[must_use]
+    pub fn with_check_runs(mut self, checks: Arc<dyn CheckRunSink>) -> Self {
+        self.checks = Some(if self.config.mode.is_shadow() {
+            Arc::new(ShadowCheckRunSink)
+        } else {
+            checks
+        });
+        self
     }
 
     /// Counters of what this instance did (shared; read them while it runs).
@@ -126,6 +147,7 @@ impl Notifier {
             store,
             chat: self.chat,
             statuses: self.statuses,
+            checks: self.checks,
             commits: self.commits,
             publisher: self.rt.publisher.clone(),
             metrics: self.metrics,
@@ -134,6 +156,7 @@ impl Notifier {
             channels: Mutex::new(HashMap::new()),
             status_queue: CoalescingQueue::default(),
             recent_statuses: Mutex::new(HashMap::new()),
+            check_queue: CoalescingQueue::default(),
             tasks: Mutex::new(JoinSet::new()),
             shutdown: workers.clone(),
             config: self.config,
@@ -141,6 +164,10 @@ impl Notifier {
         core.spawn({
             let core = core.clone();
             async move { core.status_worker().await }
+        });
+        core.spawn({
+            let core = core.clone();
+            async move { core.check_run_worker().await }
         });
         core.spawn({
             let core = core.clone();
@@ -169,6 +196,8 @@ pub(crate) struct Core {
     pub(crate) store: NotificationStore,
     pub(crate) chat: Arc<dyn ChatSink>,
     pub(crate) statuses: Arc<dyn StatusSink>,
+    /// App mode: the check-run sink (statuses are then not written).
+    pub(crate) checks: Option<Arc<dyn CheckRunSink>>,
     pub(crate) commits: Option<Arc<dyn CommitSource>>,
     pub(crate) publisher: EventPublisher,
     pub(crate) metrics: Metrics,
@@ -181,6 +210,8 @@ pub(crate) struct Core {
     /// The status last handed to GitHub per (commit, context), so an event arriving while a
     /// write is in flight does not queue the same state again.
     pub(crate) recent_statuses: Mutex<HashMap<StatusKey, CommitStatus>>,
+    /// Builds whose check run waits to be written.
+    pub(crate) check_queue: CoalescingQueue<String, PendingCheckRun>,
     tasks: Mutex<JoinSet<()>>,
     pub(crate) shutdown: CancellationToken,
 }

@@ -41,9 +41,14 @@ pub(crate) struct PendingStatus {
 }
 
 impl Core {
+    /// Commit statuses are written: enabled, and no check runs instead (GitHub App mode).
+    fn statuses_on(&self) -> bool {
+        self.config.statuses.enabled && self.checks.is_none()
+    }
+
     /// Queues the status `record`'s view calls for, unless it is written or in flight.
     pub(crate) fn enqueue_status(&self, key: &str, record: &NotificationRecord) {
-        if !self.config.statuses.enabled {
+        if !self.statuses_on() {
             return;
         }
         let Some(status) = desired_status(&self.config.statuses.context, &record.view) else {
@@ -96,7 +101,7 @@ impl Core {
     /// `written` (older) landed, and GitHub shows the last status written. Nothing is queued when
     /// that status already waits here (this process folded the newer state itself).
     fn requeue_if_behind(&self, key: &str, record: &NotificationRecord, written: &CommitStatus) {
-        if !self.config.statuses.enabled {
+        if !self.statuses_on() {
             return;
         }
         let Some(status) = desired_status(&self.config.statuses.context, &record.view) else {

@@ -683,6 +683,7 @@ proptest! {
                 skipped: Some("label_variable_missing".into()),
                 detail: value.clone(),
                 superseded_by_commit: value.clone(),
+                check: value.clone(),
             }],
             ..BuildView::default()
         };

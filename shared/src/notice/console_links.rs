@@ -132,6 +132,12 @@ impl<'a> Links<'a> {
     }
 }
 
+/// The CodeBuild console page of a CodeBuild build (wrapped in the IAM Identity Center deep
+/// link when configured); `None` for other backends or when the account or region is unknown.
+pub fn codebuild_console_url(config: &LinkConfig, view: &BuildView) -> Option<String> {
+    Links::new(config, view).codebuild(view)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -94,6 +94,10 @@ pub struct PublishView {
     pub detail: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub superseded_by_commit: String,
+    /// The check that refused a skip, by name (`order fence`, `ownership`, ...; "" for writes
+    /// and from older publishers).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub check: String,
 }
 
 /// The causal context of the last event applied (for the events the notifier emits).
@@ -364,6 +368,7 @@ impl BuildView {
                     skipped: None,
                     detail: String::new(),
                     superseded_by_commit: String::new(),
+                    check: String::new(),
                 });
             }
             Payload::PublishSkipped(p) => {
@@ -375,6 +380,7 @@ impl BuildView {
                     skipped: Some(skip_reason_name(p.reason)),
                     detail: p.detail.clone(),
                     superseded_by_commit: p.superseded_by_commit.clone(),
+                    check: p.check.clone(),
                 });
             }
             _ => return Ok(false),
