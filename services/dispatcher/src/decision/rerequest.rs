@@ -210,8 +210,8 @@ fn recorded_of<'a>(
 ///
 /// Records of another repository or commit are ignored. The push re-run is `named`'s when it is
 /// a record of this commit, else the commit's newest push (highest push sequence); its builds
-/// are taken one per architecture (originals before re-runs), `asked.architecture` only when
-/// the check run names one. The fork policy in force applies (`fork_pull_requests = "skip"`
+/// are taken one per architecture (originals before re-runs), only the check run's
+/// architecture when its name or its named request says which. The fork policy in force applies (`fork_pull_requests = "skip"`
 /// skips a fork pull request's re-run as it would skip the pull request).
 pub fn select(
     asked: &RerunAsked,
@@ -224,14 +224,18 @@ pub fn select(
         .chain(recorded)
         .filter(|e| recorded_of(asked, e).is_some())
         .collect();
-    let push = named
-        .filter(|e| recorded_of(asked, e).is_some())
-        .or_else(|| {
-            candidates
-                .iter()
-                .copied()
-                .max_by(|a, b| (a.push_sequence, &a.event_id).cmp(&(b.push_sequence, &b.event_id)))
-        });
+    let named = named.filter(|e| recorded_of(asked, e).is_some());
+    // A check run whose name names no architecture (`[notifier.checks] name` configured
+    // otherwise) is the named request's.
+    let wanted = asked
+        .architecture
+        .or_else(|| named.and_then(|e| recorded_of(asked, e)).map(|(_, a)| a));
+    let push = named.or_else(|| {
+        candidates
+            .iter()
+            .copied()
+            .max_by(|a, b| (a.push_sequence, &a.event_id).cmp(&(b.push_sequence, &b.event_id)))
+    });
     let Some(push) = push else {
         return Err(asked.skip(
             SkipReason::RerunNotDispatched,
@@ -257,7 +261,7 @@ pub fn select(
         let Some((request, architecture)) = recorded_of(asked, envelope) else {
             continue;
         };
-        if asked.architecture.is_some_and(|a| a != architecture)
+        if wanted.is_some_and(|a| a != architecture)
             || builds.iter().any(|b| b.architecture == architecture)
         {
             continue;
@@ -270,7 +274,7 @@ pub fn select(
     }
     builds.sort_by_key(|b| b.architecture);
     if builds.is_empty() {
-        let architecture = asked.architecture.map_or("", Architecture::as_str);
+        let architecture = wanted.map_or("", Architecture::as_str);
         return Err(asked.skip(
             SkipReason::RerunNotDispatched,
             format!(
@@ -589,6 +593,14 @@ mod tests {
         assert_eq!(builds[0].architecture, Architecture::Aarch64);
         assert_eq!(builds[0].original().push_sequence, 5);
         assert_eq!(builds[0].original().event_id, "requested-5-aarch64");
+        // A check run named otherwise: the named request's architecture only.
+        let run = asked_run("CI (x86_64, us-east-1)", Some("req-5-x86_64"));
+        let builds = select(&run, &records, Some(named), &config).unwrap();
+        assert_eq!(builds.len(), 1);
+        assert_eq!(builds[0].original().event_id, "requested-5-x86_64");
+        // Nothing named and no architecture in the name: every architecture.
+        let run = asked_run("CI", None);
+        assert_eq!(select(&run, &records, None, &config).unwrap().len(), 2);
     }
 
     #[test]
