@@ -158,6 +158,8 @@ impl RequestData {
             primary_architecture: self.primary_architecture,
             rerun: self.rerun,
             shadow: self.shadow,
+            // Not kept in the record (docs/reruns.md): the `BuildRequested` event has it.
+            rerun_request: None,
         }
     }
 }

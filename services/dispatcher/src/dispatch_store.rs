@@ -99,6 +99,55 @@ pub fn request_key(request_id: &str) -> String {
     format!("request.{}", key_token(request_id))
 }
 
+/// The key of the commit index of `repository` (`owner/repo`, compared without case, as GitHub
+/// does) at `commit`: `commit.<repository>.<sha>` in [`DISPATCHED_BUCKET`], JSON
+/// [`CommitBuilds`].
+pub fn commit_key(repository: &str, commit: &str) -> String {
+    format!(
+        "commit.{}.{}",
+        key_token(&repository.to_ascii_lowercase()),
+        key_token(&commit.to_ascii_lowercase())
+    )
+}
+
+/// The commit index keeps at most this many builds per commit (the newest pushes).
+pub const COMMIT_INDEX_KEEP: usize = 32;
+
+/// The builds a push or pull request of one commit started (the commit index, written when
+/// their `BuildRequested` is recorded), so a re-run requested on GitHub finds the dispatcher's
+/// own record of the commit's builds (docs/reruns.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommitBuilds {
+    pub builds: Vec<IndexedBuild>,
+}
+
+/// One build of the commit index: its request id (whose [`request_key`] pointer leads to the
+/// recorded `BuildRequested`) and its push sequence.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IndexedBuild {
+    pub request_id: String,
+    pub push_sequence: u64,
+}
+
+impl CommitBuilds {
+    /// Adds `build` (false: it was listed already, nothing changed), keeping the
+    /// [`COMMIT_INDEX_KEEP`] newest pushes. Pure.
+    pub fn add(&mut self, build: IndexedBuild) -> bool {
+        if self.builds.iter().any(|b| b.request_id == build.request_id) {
+            return false;
+        }
+        self.builds.push(build);
+        self.builds.sort_by(|a, b| {
+            (a.push_sequence, &a.request_id).cmp(&(b.push_sequence, &b.request_id))
+        });
+        if self.builds.len() > COMMIT_INDEX_KEEP {
+            let excess = self.builds.len() - COMMIT_INDEX_KEEP;
+            self.builds.drain(..excess);
+        }
+        true
+    }
+}
+
 /// The key of an ordering key's records (in-flight builds, push order).
 pub fn record_key(key: &OrderingKey) -> String {
     let lane = match &key.lane {
@@ -119,6 +168,8 @@ pub struct DispatchStore {
     dispatched: kv::Store,
     /// The intents, JSON, in the same bucket.
     intents: Records<StartIntent>,
+    /// The commit index, JSON, in the same bucket.
+    commits: Records<CommitBuilds>,
     /// `None` until the first push of the ordering key is recorded.
     inflight: Records<Option<InflightBuilds>>,
     push_order: Records<OrderRecord>,
@@ -133,6 +184,7 @@ impl DispatchStore {
             .with_context(|| format!("cannot open KV bucket {DISPATCHED_BUCKET} (provisioned?)"))?;
         Ok(Self {
             intents: Records::new(dispatched.clone()),
+            commits: Records::new(dispatched.clone()),
             dispatched,
             inflight: Records::open(js, INFLIGHT_BUCKET).await?,
             push_order: Records::open(js, PUSH_ORDER_BUCKET).await?,
@@ -200,6 +252,60 @@ impl DispatchStore {
         let key = String::from_utf8(value.to_vec())
             .with_context(|| format!("{DISPATCHED_BUCKET}/{pointer} is not a key"))?;
         self.envelope(&key).await
+    }
+
+    /// Lists the build `requested` announces in its commit's index (compare-and-set; nothing
+    /// is written when it is listed already, so redeliveries change nothing).
+    pub async fn index_commit(&self, requested: &Envelope) -> anyhow::Result<()> {
+        let Some(Payload::BuildRequested(request)) = &requested.payload else {
+            return Ok(());
+        };
+        let Some(build) = &request.build else {
+            return Ok(());
+        };
+        if build.build_request_id.is_empty() {
+            return Ok(());
+        }
+        let key = commit_key(&build.repository, &build.commit);
+        let indexed = IndexedBuild {
+            request_id: build.build_request_id.clone(),
+            push_sequence: requested.push_sequence,
+        };
+        self.commits
+            .modify(&key, |record| {
+                if record.add(indexed.clone()) {
+                    Modify::Write(())
+                } else {
+                    Modify::Keep(())
+                }
+            })
+            .await
+            .with_context(|| format!("cannot index {DISPATCHED_BUCKET}/{key}"))?;
+        Ok(())
+    }
+
+    /// The `BuildRequested` envelopes recorded for the builds of `repository` at `commit` (its
+    /// commit index), oldest push first.
+    pub async fn commit_builds(
+        &self,
+        repository: &str,
+        commit: &str,
+    ) -> anyhow::Result<Vec<Envelope>> {
+        let key = commit_key(repository, commit);
+        let index = self
+            .commits
+            .get(&key)
+            .await
+            .with_context(|| format!("cannot read {DISPATCHED_BUCKET}/{key}"))?
+            .record
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(index.builds.len());
+        for build in &index.builds {
+            if let Some(envelope) = self.requested(&build.request_id).await? {
+                out.push(envelope);
+            }
+        }
+        Ok(out)
     }
 
     /// Records `intent` under `key` (compare-and-set), or returns the intent an earlier
@@ -315,6 +421,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_commit_index_lists_each_build_once_and_keeps_the_newest_pushes() {
+        let build = |id: &str, push_sequence| IndexedBuild {
+            request_id: id.into(),
+            push_sequence,
+        };
+        let mut index = CommitBuilds::default();
+        assert!(index.add(build("b", 20)));
+        assert!(index.add(build("a", 10)));
+        assert!(!index.add(build("a", 10)), "a redelivery changes nothing");
+        assert_eq!(index.builds, [build("a", 10), build("b", 20)]);
+        for n in 0..COMMIT_INDEX_KEEP as u64 {
+            index.add(build(&format!("n{n}"), 100 + n));
+        }
+        assert_eq!(index.builds.len(), COMMIT_INDEX_KEEP);
+        assert_eq!(
+            index.builds[0],
+            build("n0", 100),
+            "the oldest pushes dropped"
+        );
+    }
+
+    #[test]
     fn keys_are_valid_kv_keys_distinct_and_unchanged() {
         let valid = |k: &str| {
             !k.starts_with('.')
@@ -345,6 +473,10 @@ mod tests {
         let pointer = request_key("0b6f1a2c-5d9e-5f00-8c1d-3e2f4a5b6c7d");
         assert_eq!(pointer, "request.0b6f1a2c-5d9e-5f00-8c1d-3e2f4a5b6c7d");
         assert!(valid(&pointer));
+        let commit = commit_key("PRX/My.App", &"A".repeat(40));
+        assert_eq!(commit, format!("commit.prx=2Fmy=2Eapp.{}", "a".repeat(40)));
+        assert!(valid(&commit), "{commit}");
+        assert_eq!(commit, commit_key("prx/my.app", &"a".repeat(40)));
         assert_ne!(key_token("a.b"), key_token("a=2Eb"));
         assert_eq!(key_token(""), "=");
     }

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use prx_ci_proto::v1::{Envelope, envelope::Payload};
+use prx_ci_proto::v1::{self, Envelope, envelope::Payload};
 use prx_ci_shared::bus::consume::{Delivery, Handler, HandlerError};
 use prx_ci_shared::bus::envelope::{Chain, from_timestamp};
 use prx_ci_shared::bus::publish::EventPublisher;
@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 
 use crate::buildspec::{Buildspec, BuildspecError, BuildspecRequest, BuildspecSource};
 use crate::config::DispatcherConfig;
-use crate::decision::{self, BuildPlan, PlannedBuild, Skip, SkipReason, events};
+use crate::decision::{self, BuildPlan, PlannedBuild, Skip, SkipReason, events, rerequest};
 use crate::dispatch_store::{DispatchStore, StartKey};
 use crate::inflight::{InflightBuild, InflightUpdate, Push};
 use crate::metrics::DispatcherMetrics;
@@ -198,6 +198,12 @@ impl DispatchHandler {
                     envelope
                 }
             };
+            // Listed for re-runs requested on GitHub (also on a redelivery: a crash may have
+            // come between the record and the index).
+            self.store
+                .index_commit(&envelope)
+                .await
+                .map_err(transient)?;
             // Announced one by one: a later architecture failing must not hide a started one.
             self.publish(&envelope).await?;
             requested.push(envelope);
@@ -362,6 +368,115 @@ impl DispatchHandler {
         }
     }
 
+    /// A re-run requested on GitHub (`check_run` / `check_suite`): rebuilds what the
+    /// dispatcher recorded for the commit, as that original request (see [`rerequest`]), one
+    /// build per (webhook, architecture) like any webhook's. A redelivery re-announces the
+    /// recorded rebuilds, and repeats the first attempt's choice of the original.
+    async fn rerun_requested(
+        &self,
+        delivery: &Delivery,
+        dispatch_id: &str,
+        webhook: &v1::WebhookReceived,
+    ) -> Result<(), HandlerError> {
+        let cause = &delivery.envelope;
+        let asked =
+            match rerequest::asked(&webhook.event_name, &webhook.payload, &self.config.rules) {
+                Ok(asked) => asked,
+                Err(skip) => {
+                    let position = skip_position(delivery, None);
+                    return self.skip(cause, dispatch_id, position, skip).await;
+                }
+            };
+        let mut recorded: BTreeMap<Architecture, Envelope> = BTreeMap::new();
+        for architecture in [Architecture::X86_64, Architecture::Aarch64] {
+            if let Some(envelope) = self
+                .store
+                .dispatched(&StartKey::webhook(dispatch_id, architecture))
+                .await
+                .map_err(transient)?
+            {
+                recorded.insert(architecture, envelope);
+            }
+        }
+        // The original a first attempt re-ran, else the one the check run names.
+        let named_request = recorded
+            .values()
+            .find_map(|e| match &e.payload {
+                Some(Payload::BuildRequested(r)) => r
+                    .rerun_request
+                    .as_ref()
+                    .map(|r| r.original_request_id.clone()),
+                _ => None,
+            })
+            .or_else(|| asked.external_id.clone());
+        let named = match named_request {
+            Some(request_id) => self.store.requested(&request_id).await.map_err(transient)?,
+            None => None,
+        };
+        let builds = self
+            .store
+            .commit_builds(&asked.repository.to_string(), asked.commit.as_str())
+            .await
+            .map_err(transient)?;
+        let rebuilds = match rerequest::select(&asked, &builds, named.as_ref(), &self.config.rules)
+        {
+            Ok(rebuilds) => rebuilds,
+            Err(skip) => {
+                let position = skip_position(delivery, None);
+                return self.skip(cause, dispatch_id, position, skip).await;
+            }
+        };
+        for rebuild in rebuilds {
+            let key = StartKey::webhook(dispatch_id, rebuild.architecture);
+            let envelope = match recorded.remove(&rebuild.architecture) {
+                Some(envelope) => {
+                    tracing::info!(architecture = %rebuild.architecture, "re-run already started for this webhook; announcing it again");
+                    self.metrics.build_reannounced();
+                    envelope
+                }
+                None => {
+                    let request_id = decision::build_request_id(dispatch_id, rebuild.architecture);
+                    let request = rebuild
+                        .start_request(&request_id)
+                        .map_err(HandlerError::permanent)?;
+                    let Started {
+                        build: started,
+                        shadow,
+                        ..
+                    } = self.starter.start_once(&key, request).await?;
+                    tracing::info!(
+                        build_id = %started.build_id,
+                        architecture = %rebuild.architecture,
+                        commit = %asked.commit,
+                        original_event_id = %rebuild.original().event_id,
+                        push_position = %PushPosition::from_wire(rebuild.original().push_sequence).map(|p| p.to_string()).unwrap_or_default(),
+                        requested_by = %asked.sender,
+                        shadow,
+                        "re-run requested on GitHub: rebuilding the recorded request"
+                    );
+                    self.metrics.build_started(rebuild.architecture);
+                    let envelope = rebuild.requested(
+                        cause,
+                        dispatch_id,
+                        &request_id,
+                        &asked,
+                        &webhook.delivery_id,
+                        started,
+                        shadow,
+                        OffsetDateTime::now_utc(),
+                    );
+                    self.store
+                        .record_dispatched(&key, &envelope)
+                        .await
+                        .map_err(transient)?
+                }
+            };
+            self.publish(&envelope).await?;
+        }
+        self.metrics.decision("build", "");
+        Ok(())
+    }
+
     async fn cancelled(
         &self,
         plan: &BuildPlan,
@@ -391,6 +506,9 @@ impl Handler for DispatchHandler {
         };
         let dispatch_id = decision::dispatch_id(&delivery.envelope, webhook);
         tracing::debug!(event = %webhook.event_name, repository = %webhook.repository, %dispatch_id, "deciding");
+        if rerequest::is_rerun_event(&webhook.event_name) {
+            return self.rerun_requested(&delivery, &dispatch_id, webhook).await;
+        }
         match decision::decide(&webhook.event_name, &webhook.payload, &self.config.rules) {
             Err(skip) => {
                 let position = skip_position(&delivery, None);

@@ -6,7 +6,9 @@
 //! build at most once per webhook and architecture ([`dispatch_store`]), stamps every event
 //! with the ordering key and push sequence ([`push_order`]), stops superseded builds
 //! ([`inflight`]), and re-runs builds lost to the system's own failure (`FAULT`) as the same
-//! push, a bounded number of times ([`decision::rerun`], [`rerun_handler`]).
+//! push, a bounded number of times ([`decision::rerun`], [`rerun_handler`]), and rebuilds a
+//! commit when someone clicks "Re-run" on its GitHub check (`check_run` / `check_suite`
+//! `rerequested`) as the request it recorded for it ([`decision::rerequest`], docs/reruns.md).
 //!
 //! Wiring: [`Dispatcher::new`] then [`Dispatcher::run`]; the `prx-ci-dispatcher` binary
 //! (`src/main.rs`) passes [`GitHubBuildspecSource`] and [`CodeBuildBackend`], `prx-ci up`

@@ -65,7 +65,8 @@ pub struct IngressConfig {
     /// maximum payload).
     pub max_body_bytes: usize,
     /// `X-GitHub-Event` values that are stored. Others are answered 202 "ignored", counted, and
-    /// not stored (`ping` is always answered 200). Default `["push", "pull_request"]`.
+    /// not stored (`ping` is always answered 200). Default `["push", "pull_request",
+    /// "check_run", "check_suite"]` (the last two carry "Re-run" clicks, docs/reruns.md).
     pub allowed_events: Vec<String>,
     /// How long storing a delivery may take before the answer is 503 (GitHub then marks it
     /// failed and it can be redelivered). At most 9s (GitHub waits 10s). Default `5s`.
@@ -109,7 +110,9 @@ impl Default for IngressConfig {
             secrets: Vec::new(),
             legacy_sha1: false,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            allowed_events: vec!["push".to_owned(), "pull_request".to_owned()],
+            allowed_events: ["push", "pull_request", "check_run", "check_suite"]
+                .map(str::to_owned)
+                .to_vec(),
             store_timeout: DEFAULT_STORE_TIMEOUT,
             metrics_listen: None,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
@@ -294,7 +297,10 @@ mod tests {
         let config = load("[ingress]\nsecrets = [\"s3cret\"]\n").unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.max_body_bytes, 25 * 1024 * 1024);
-        assert_eq!(config.allowed_events, ["push", "pull_request"]);
+        assert_eq!(
+            config.allowed_events,
+            ["push", "pull_request", "check_run", "check_suite"]
+        );
         assert_eq!(config.store_timeout, Duration::from_secs(5));
         assert!(!config.legacy_sha1);
         assert_eq!(config.metrics_listen, None);

@@ -144,6 +144,7 @@ impl BuildPlan {
                     as i32,
                 rerun: 0,
                 shadow,
+                rerun_request: None,
             }),
         )
     }

@@ -6,7 +6,10 @@
 //! a decision announces.
 //!
 //! The rules, in the order they are checked:
-//! 1. only `push` and `pull_request` events build (`EVENT_TYPE_NOT_BUILT`);
+//! 1. only `push` and `pull_request` events build (`EVENT_TYPE_NOT_BUILT`); `check_run` and
+//!    `check_suite` with action `rerequested` (a person clicked "Re-run" on GitHub) rebuild
+//!    what the dispatcher recorded for that commit, see [`rerequest`] (`RERUN_NOT_DISPATCHED`
+//!    when it recorded nothing);
 //! 2. the payload names its repository (`MALFORMED_PAYLOAD`), whose owner is allowed
 //!    (`OWNER_NOT_ALLOWED`, only when an allow-list is configured);
 //! 3. pushes: tags (`TAG_PUSH`), branch deletions (`BRANCH_DELETED`) and branches other than
@@ -25,6 +28,7 @@
 
 pub mod events;
 pub mod plan;
+pub mod rerequest;
 pub mod rerun;
 pub mod skip;
 pub mod trigger;

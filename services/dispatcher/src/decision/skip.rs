@@ -17,6 +17,7 @@ pub enum SkipReason {
     MalformedPayload,
     InvalidBuildspec,
     Fork,
+    RerunNotDispatched,
 }
 
 impl SkipReason {
@@ -33,6 +34,7 @@ impl SkipReason {
             Self::MalformedPayload => v1::SkipReason::MalformedPayload,
             Self::InvalidBuildspec => v1::SkipReason::InvalidBuildspec,
             Self::Fork => v1::SkipReason::Fork,
+            Self::RerunNotDispatched => v1::SkipReason::RerunNotDispatched,
         }
     }
 
@@ -50,6 +52,7 @@ impl SkipReason {
             Self::MalformedPayload => "MALFORMED_PAYLOAD",
             Self::InvalidBuildspec => "INVALID_BUILDSPEC",
             Self::Fork => "FORK",
+            Self::RerunNotDispatched => "RERUN_NOT_DISPATCHED",
         }
     }
 }

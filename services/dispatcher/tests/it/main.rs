@@ -6,6 +6,7 @@ mod codebuild;
 mod crash;
 mod github;
 mod local;
+mod rerequest;
 mod reruns;
 mod shadow;
 mod supersede;
