@@ -363,7 +363,10 @@ impl Reconciler {
                     .get_json(&format!("{base}/{}", candidate.id))
                     .await?;
                 let webhook = recovered_webhook(candidate, detail, inner.max_body_bytes)?;
-                let envelope = webhook.into_envelope(OffsetDateTime::now_utc());
+                // Dated by GitHub's first attempt, not by now: the dispatcher falls back to
+                // the envelope's time for a push without GitHub's `pushed_at`, and a push
+                // recovered late must not be taken for the newest.
+                let envelope = webhook.into_envelope(candidate.delivered_at);
                 let stored = inner.publisher.publish(&envelope).await?;
                 Ok(if stored.duplicate {
                     Recovered::AlreadyPresent

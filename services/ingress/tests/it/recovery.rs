@@ -140,8 +140,14 @@ async fn twenty_pushes_made_while_ingress_was_down_are_recovered_once() {
     let expected: BTreeSet<&str> = sent.iter().map(|d| d.guid.as_str()).collect();
     let got: BTreeSet<&str> = stored.keys().map(String::as_str).collect();
     assert_eq!(got, expected, "each delivery once, under its own id");
-    for (guid, (origin, event, repository, payload)) in &stored {
+    for (guid, (origin, event, repository, payload, time)) in &stored {
         assert_eq!(*origin, Origin::Recovered, "{guid}");
+        // Dated when GitHub first tried to deliver it, not when it was recovered.
+        let attempted = &sent.iter().find(|d| &d.guid == guid).unwrap().delivered_at;
+        let attempted =
+            time::OffsetDateTime::parse(attempted, &time::format_description::well_known::Rfc3339)
+                .unwrap();
+        assert_eq!(*time, attempted.unix_timestamp(), "{guid}");
         assert_eq!(event, "push");
         assert_eq!(repository, "PRX/app");
         let original = &sent.iter().find(|d| &d.guid == guid).unwrap().payload;
@@ -314,9 +320,10 @@ async fn a_github_outage_fails_the_round_and_stores_nothing() {
     assert_eq!(cursors.get("app").await.unwrap().record, None);
 }
 
-/// PRX_WEBHOOKS' webhooks by delivery id: origin, event, repository, payload. Panics on a
+/// PRX_WEBHOOKS' webhooks by delivery id: origin, event, repository, payload, envelope time
+/// (seconds). Panics on a
 /// delivery id stored twice.
-async fn stored_webhooks(rt: &Runtime) -> HashMap<String, (Origin, String, String, Value)> {
+async fn stored_webhooks(rt: &Runtime) -> HashMap<String, (Origin, String, String, Value, i64)> {
     let stream = rt
         .js
         .get_stream(prx_ci_shared::bus::subject::WEBHOOKS_STREAM)
@@ -340,6 +347,7 @@ async fn stored_webhooks(rt: &Runtime) -> HashMap<String, (Origin, String, Strin
                 webhook.event_name.clone(),
                 webhook.repository.clone(),
                 payload,
+                envelope.time.as_ref().map_or(0, |t| t.seconds),
             ),
         );
         assert!(previous.is_none(), "{} stored twice", webhook.delivery_id);
