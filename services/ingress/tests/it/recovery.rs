@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use prx_ci_ingress::config::{RecoveryMode, SelfHealingConfig};
+use prx_ci_ingress::config::{HookKind, RecoveryMode, SelfHealingConfig};
 use prx_ci_ingress::recovery::{CURSOR_BUCKET, Cursor, Reconciler};
 use prx_ci_ingress::{Ingress, IngressConfig, WEBHOOK_PATH};
 use prx_ci_proto::v1::Origin;
@@ -278,6 +278,58 @@ async fn redeliver_mode_asks_github_and_the_ingress_stores_the_signed_redelivery
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn an_organisation_hook_is_reconciled_with_a_token() {
+    let server = NatsServer::start().await;
+    let mut registry = Registry::default();
+    let rt = Runtime::from_client(server.connect().await, &mut registry);
+    rt.provision(1).await.expect("provision");
+    let github = FakeGitHub::start(FakeAuth::Token("t0ken".into())).await;
+    let port = free_port();
+    github.set_webhook(&format!("http://127.0.0.1:{port}{WEBHOOK_PATH}"), SECRET);
+    let mut sent = Vec::new();
+    for n in 0..4 {
+        sent.push(github.send_webhook("push", push(n)).await);
+    }
+
+    let mut config = IngressConfig::default().with_secrets_from_env_value(SECRET);
+    config.self_healing = SelfHealingConfig {
+        hook: HookKind::Org,
+        org: Some("PRX".into()),
+        hook_id: Some(1),
+        ..self_healing(3)
+    };
+    let github_config = GitHubConfig {
+        api_url: github.url(),
+        token: Some(SecretString::from("t0ken")),
+        ..GitHubConfig::default()
+    };
+    config
+        .self_healing
+        .check_credentials(&github_config)
+        .unwrap();
+    let client = GitHubClient::new(github_config)
+        .unwrap()
+        .with_backoff(backoff());
+    let reconciler = Reconciler::new(&rt, &config, client, &mut registry);
+    let report = reconciler.round().await.unwrap();
+    assert_eq!((report.recovered, report.errors), (4, 0));
+    assert_eq!(report.cursor, Some(sent.last().unwrap().id));
+    let stored = stored_webhooks(&rt).await;
+    for delivery in &sent {
+        assert_eq!(stored[&delivery.guid].0, Origin::Recovered);
+    }
+    // Paged under the organisation's path, with the cursor from the Link header.
+    let listed: Vec<_> = github
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/orgs/PRX/hooks/1/deliveries")
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let cursors: Records<Cursor> = Records::open(&rt.js, CURSOR_BUCKET).await.unwrap();
+    assert!(cursors.get("org.prx.1").await.unwrap().record.is_some());
 }
 
 #[tokio::test]
