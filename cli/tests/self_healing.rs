@@ -102,11 +102,13 @@ async fn twenty_undelivered_pushes_are_recovered_built_once_and_the_pointer_ends
         private_key: Some(SecretString::from(TestAppKey::shared().private_pem.clone())),
         ..GitHubConfig::default()
     };
-    let mut config = IngressConfig::default();
-    config.self_healing = SelfHealingConfig {
-        enabled: true,
-        per_page: 8,
-        ..SelfHealingConfig::default()
+    let config = IngressConfig {
+        self_healing: SelfHealingConfig {
+            enabled: true,
+            per_page: 8,
+            ..SelfHealingConfig::default()
+        },
+        ..IngressConfig::default()
     };
     config
         .self_healing
