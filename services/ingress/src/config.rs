@@ -101,6 +101,159 @@ pub struct IngressConfig {
     /// Largest body that may use the reserve. Default 262144 (256 KiB; most pushes and
     /// pull requests are under 100 KB).
     pub small_body_bytes: usize,
+    /// The reconciler that recovers deliveries GitHub could not make (`[ingress.self_healing]`,
+    /// see `docs/self-healing-intake.md`). Default: disabled.
+    pub self_healing: SelfHealingConfig,
+}
+
+/// Whose webhook's deliveries the reconciler reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookKind {
+    /// The GitHub App's webhook (`/app/hook/deliveries`, the App's JWT).
+    App,
+    /// An organisation webhook (`/orgs/{org}/hooks/{hook_id}/deliveries`; a token, or App
+    /// mode with `installation_id`, allowed to read the organisation's hooks).
+    Org,
+}
+
+/// What the reconciler does with a delivery GitHub could not make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryMode {
+    /// Fetch the payload through the API and store it as `WebhookReceived`, origin
+    /// `ORIGIN_RECOVERED`.
+    Store,
+    /// Ask GitHub to redeliver it (`POST .../deliveries/{id}/attempts`); the redelivery
+    /// arrives signed at the webhook endpoint like any other.
+    Redeliver,
+}
+
+/// GitHub keeps webhook deliveries for 3 days; PRX_WEBHOOKS deduplicates by delivery id for
+/// as long (`duplicate_window`). A delivery older than this could be stored twice.
+pub const MAX_RECOVERY_AGE: Duration = Duration::from_secs(72 * 3600);
+
+/// `[ingress.self_healing]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SelfHealingConfig {
+    /// Run the reconciler (at start-up, then every `interval`). Needs `[github]` credentials:
+    /// App mode for `hook = "app"`. Default `false`.
+    pub enabled: bool,
+    /// `app` (default) or `org`.
+    pub hook: HookKind,
+    /// `hook = "org"`: the organisation's login.
+    pub org: Option<String>,
+    /// `hook = "org"`: the webhook's id.
+    pub hook_id: Option<u64>,
+    /// Time between rounds. Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// `store` (default) or `redeliver`.
+    pub mode: RecoveryMode,
+    /// Failed deliveries older than this are reported (warning, `too_old` counter), not
+    /// recovered: beyond PRX_WEBHOOKS' duplicate window a recovery could build a push twice.
+    /// At most (and default) `72h`.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Deliveries per page asked of GitHub (1..=100). Default 100.
+    pub per_page: u32,
+    /// Pages read per round at most; a round that stops there keeps its cursor and says so.
+    /// Default 100.
+    pub max_pages: u32,
+}
+
+impl Default for SelfHealingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            hook: HookKind::App,
+            org: None,
+            hook_id: None,
+            interval: Duration::from_secs(300),
+            mode: RecoveryMode::Store,
+            max_age: MAX_RECOVERY_AGE,
+            per_page: 100,
+            max_pages: 100,
+        }
+    }
+}
+
+impl SelfHealingConfig {
+    /// The API path of the hook's deliveries (`/app/hook/deliveries` or
+    /// `/orgs/{org}/hooks/{id}/deliveries`). Valid only for a validated configuration.
+    pub fn deliveries_path(&self) -> String {
+        match (self.hook, &self.org, self.hook_id) {
+            (HookKind::Org, Some(org), Some(id)) => format!("/orgs/{org}/hooks/{id}/deliveries"),
+            _ => "/app/hook/deliveries".to_owned(),
+        }
+    }
+
+    /// The key of the hook's cursor in the reconciler's KV bucket.
+    pub fn cursor_key(&self) -> String {
+        match (self.hook, &self.org, self.hook_id) {
+            (HookKind::Org, Some(org), Some(id)) => {
+                format!(
+                    "org.{}.{id}",
+                    prx_ci_shared::kv::key_token(&org.to_lowercase())
+                )
+            }
+            _ => "app".to_owned(),
+        }
+    }
+
+    /// Whether the `[github]` credentials can read this hook's deliveries.
+    pub fn check_credentials(
+        &self,
+        github: &prx_ci_shared::github::GitHubConfig,
+    ) -> Result<(), String> {
+        match self.hook {
+            HookKind::App if !github.is_app() => Err(
+                "self_healing with hook = \"app\" needs GitHub App mode ([github] app_id and \
+                 private_key): the App's deliveries are read with its JWT"
+                    .into(),
+            ),
+            HookKind::Org if !github.has_credentials() => Err(
+                "self_healing with hook = \"org\" needs [github] credentials (a token, or \
+                 App mode with installation_id) allowed to read the organisation's hooks"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.hook == HookKind::Org {
+            let org_ok = self.org.as_deref().is_some_and(|org| {
+                !org.is_empty()
+                    && org.len() <= 39
+                    && org.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+            if !org_ok || self.hook_id.is_none() {
+                return Err("self_healing: hook = \"org\" needs `org` (an organisation login) and `hook_id`".into());
+            }
+        }
+        if self.interval < Duration::from_secs(1) {
+            return Err("self_healing: interval must be at least 1s".into());
+        }
+        if self.max_age.is_zero() || self.max_age > MAX_RECOVERY_AGE {
+            return Err(format!(
+                "self_healing: max_age must be between 1s and {MAX_RECOVERY_AGE:?} (PRX_WEBHOOKS' \
+                 duplicate window), not {:?}",
+                self.max_age
+            ));
+        }
+        if !(1..=100).contains(&self.per_page) {
+            return Err("self_healing: per_page must be between 1 and 100".into());
+        }
+        if self.max_pages == 0 {
+            return Err("self_healing: max_pages must be greater than 0".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for IngressConfig {
@@ -121,6 +274,7 @@ impl Default for IngressConfig {
             body_budget_bytes: DEFAULT_BODY_BUDGET_BYTES,
             small_body_reserve_bytes: DEFAULT_SMALL_BODY_RESERVE_BYTES,
             small_body_bytes: DEFAULT_SMALL_BODY_BYTES,
+            self_healing: SelfHealingConfig::default(),
         }
     }
 }
@@ -144,6 +298,7 @@ impl std::fmt::Debug for IngressConfig {
             .field("body_budget_bytes", &self.body_budget_bytes)
             .field("small_body_reserve_bytes", &self.small_body_reserve_bytes)
             .field("small_body_bytes", &self.small_body_bytes)
+            .field("self_healing", &self.self_healing)
             .finish()
     }
 }
@@ -226,6 +381,7 @@ impl Validate for IngressConfig {
         {
             return Err(format!("allowed_events: {bad:?} is not an event name"));
         }
+        self.self_healing.validate()?;
         Ok(())
     }
 }
@@ -334,6 +490,7 @@ mod tests {
             defaults.small_body_reserve_bytes
         );
         assert_eq!(example.small_body_bytes, defaults.small_body_bytes);
+        assert_eq!(example.self_healing, defaults.self_healing);
     }
 
     #[test]
@@ -399,6 +556,72 @@ mod tests {
             let err = load(&format!("[ingress]\n{toml}\n")).unwrap_err();
             assert!(err.contains(expected), "{toml}: {err}");
         }
+    }
+
+    #[test]
+    fn self_healing_is_off_by_default_and_validated() {
+        let config = load("[ingress]\nsecrets = [\"a\"]\n").unwrap();
+        assert_eq!(config.self_healing, SelfHealingConfig::default());
+        assert!(!config.self_healing.enabled);
+        assert_eq!(config.self_healing.interval, Duration::from_secs(300));
+        assert_eq!(config.self_healing.max_age, MAX_RECOVERY_AGE);
+        assert_eq!(
+            config.self_healing.deliveries_path(),
+            "/app/hook/deliveries"
+        );
+        assert_eq!(config.self_healing.cursor_key(), "app");
+
+        let org = load(
+            "[ingress]\nsecrets = [\"a\"]\n[ingress.self_healing]\nenabled = true\nhook = \"org\"\n\
+             org = \"PRX\"\nhook_id = 42\nmode = \"redeliver\"\ninterval = \"1m\"\nmax_age = \"24h\"\n",
+        )
+        .unwrap()
+        .self_healing;
+        assert_eq!(org.mode, RecoveryMode::Redeliver);
+        assert_eq!(org.deliveries_path(), "/orgs/PRX/hooks/42/deliveries");
+        assert_eq!(org.cursor_key(), "org.prx.42");
+        assert_eq!(org.max_age, Duration::from_secs(24 * 3600));
+
+        for (toml, expected) in [
+            ("hook = \"org\"", "needs `org`"),
+            ("hook = \"org\"\norg = \"a/b\"\nhook_id = 1", "needs `org`"),
+            ("max_age = \"73h\"", "max_age"),
+            ("interval = \"0s\"", "interval"),
+            ("per_page = 101", "per_page"),
+            ("max_pages = 0", "max_pages"),
+            ("mode = \"fetch\"", "mode"),
+            ("enable = true", "enable"),
+        ] {
+            let err = load(&format!(
+                "[ingress]\nsecrets = [\"a\"]\n[ingress.self_healing]\nenabled = true\n{toml}\n"
+            ))
+            .unwrap_err();
+            assert!(err.contains(expected), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn self_healing_needs_matching_github_credentials() {
+        use prx_ci_shared::github::GitHubConfig;
+        let app = SelfHealingConfig {
+            enabled: true,
+            ..SelfHealingConfig::default()
+        };
+        let token = GitHubConfig {
+            token: Some(SecretString::from("t".to_owned())),
+            ..GitHubConfig::default()
+        };
+        let err = app.check_credentials(&token).unwrap_err();
+        assert!(err.contains("GitHub App mode"), "{err}");
+        assert!(app.check_credentials(&GitHubConfig::default()).is_err());
+        let org = SelfHealingConfig {
+            hook: HookKind::Org,
+            org: Some("PRX".into()),
+            hook_id: Some(1),
+            ..app
+        };
+        assert!(org.check_credentials(&token).is_ok());
+        assert!(org.check_credentials(&GitHubConfig::default()).is_err());
     }
 
     #[test]

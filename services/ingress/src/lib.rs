@@ -20,7 +20,10 @@
 //! `Content-Length`). See [`budget`] and `docs/benchmarks/ingress.md`. In local mode, `up` passes its own
 //! `--listen` address (default `127.0.0.1:8080`) and at least one secret (it generates one
 //! when neither `PRX_CI_WEBHOOK_SECRET` nor `[ingress] secrets` gives one; use
-//! [`IngressConfig::load_unvalidated`] for that). The ingress makes no GitHub or AWS calls.
+//! [`IngressConfig::load_unvalidated`] for that). The ingress makes no AWS calls, and GitHub
+//! calls only with `[ingress.self_healing]` enabled: then a [`recovery::Reconciler`] (set with
+//! [`Ingress::with_reconciler`]) recovers deliveries GitHub could not make, on a task of its
+//! own (`docs/self-healing-intake.md`).
 //!
 //! Tests use [`Ingress::router`] (or [`Ingress::webhook_router`]) with
 //! `tower::ServiceExt::oneshot`, or [`Ingress::run`] on a `127.0.0.1:0` listener.
@@ -29,6 +32,7 @@ pub mod budget;
 pub mod config;
 pub mod handler;
 pub mod metrics;
+pub mod recovery;
 mod server;
 pub mod service;
 pub mod signature;

@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
+use prx_ci_ingress::recovery::Reconciler;
 use prx_ci_ingress::{Ingress, IngressConfig};
 use prx_ci_shared::CancellationToken;
 use prx_ci_shared::config::Sections;
+use prx_ci_shared::github::{GitHubClient, GitHubConfig};
 use prx_ci_shared::service::startup::{ProcessConfig, ServiceProcess, check_config, exit_code};
 
 // Each delivery allocates a few buffers of the payload's size; glibc malloc spent ~15% of the
@@ -23,7 +25,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "prx-ci-ingress", version)]
 struct Args {
-    /// Configuration file (TOML, sections [nats], [telemetry], [ingress]);
+    /// Configuration file (TOML, sections [nats], [telemetry], [ingress], and [github] for
+    /// `[ingress.self_healing]`);
     /// `PRX_CI_<SECTION>__<FIELD>` variables override it, `PRX_CI_WEBHOOK_SECRET`
     /// (comma-separated) adds webhook secrets.
     #[arg(long, env = prx_ci_shared::config::CONFIG_FILE_ENV)]
@@ -40,14 +43,28 @@ struct Args {
 /// Every section this binary loads.
 struct Config {
     ingress: IngressConfig,
+    /// Read only with `[ingress.self_healing] enabled`.
+    github: Option<GitHubConfig>,
     process: ProcessConfig,
 }
 
 fn load_config(sections: &mut Sections<'_>) -> anyhow::Result<Config> {
     sections.note(prx_ci_ingress::config::SECTION);
     sections.note_variable(prx_ci_ingress::config::WEBHOOK_SECRET_ENV);
+    let ingress = IngressConfig::load(sections.file())?;
+    let github = if ingress.self_healing.enabled {
+        let github: GitHubConfig = sections.load("github")?;
+        ingress
+            .self_healing
+            .check_credentials(&github)
+            .map_err(|reason| anyhow::anyhow!("invalid configuration [ingress]: {reason}"))?;
+        Some(github)
+    } else {
+        None
+    };
     Ok(Config {
-        ingress: IngressConfig::load(sections.file())?,
+        ingress,
+        github,
         process: ProcessConfig::load(sections)?,
     })
 }
@@ -66,6 +83,7 @@ async fn try_main() -> anyhow::Result<()> {
     }
     let Config {
         ingress: mut config,
+        github,
         process,
     } = loaded?;
     if let Some(listen) = args.listen {
@@ -75,7 +93,19 @@ async fn try_main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let ingress = Ingress::new(process.rt.clone(), config, &mut process.registry)?;
+    let reconciler = match github {
+        Some(github) => Some(Reconciler::new(
+            &process.rt,
+            &config,
+            GitHubClient::new(github).context("cannot build the GitHub client")?,
+            &mut process.registry,
+        )),
+        None => None,
+    };
+    let mut ingress = Ingress::new(process.rt.clone(), config, &mut process.registry)?;
+    if let Some(reconciler) = reconciler {
+        ingress = ingress.with_reconciler(reconciler);
+    }
     // The ops endpoints share the webhook listener, so the ingress serves the registry itself
     // (`process` stays alive for its telemetry guard).
     let registry = Arc::new(std::mem::take(&mut process.registry));

@@ -27,6 +27,7 @@ use crate::budget::BodyBudget;
 use crate::config::IngressConfig;
 use crate::handler::{WebhookHandler, handle_webhook, request_span, storable_body_limit};
 use crate::metrics::IngressMetrics;
+use crate::recovery::Reconciler;
 use crate::server;
 use crate::signature::Verifier;
 
@@ -41,6 +42,7 @@ pub struct Ingress {
     metrics_listen: Option<std::net::SocketAddr>,
     readiness_client: async_nats::Client,
     readiness_js: async_nats::jetstream::Context,
+    reconciler: Option<Reconciler>,
 }
 
 /// The load limits applied around the webhook handler and on connections.
@@ -96,7 +98,16 @@ impl Ingress {
             metrics_listen: config.metrics_listen,
             readiness_client: rt.client,
             readiness_js: rt.js,
+            reconciler: None,
         })
+    }
+
+    /// Runs `reconciler` beside the listener (a round at start-up, then every `interval`),
+    /// stopped with it.
+    #[must_use]
+    pub fn with_reconciler(mut self, reconciler: Reconciler) -> Self {
+        self.reconciler = Some(reconciler);
+        self
     }
 
     /// `POST /webhooks/github` alone, with its load limits and request span.
@@ -201,6 +212,11 @@ impl Ingress {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let address = listener.local_addr().ok();
+        // Its own task: the webhook path never waits for a round.
+        let reconciler = self
+            .reconciler
+            .clone()
+            .map(|reconciler| tokio::spawn(reconciler.run(shutdown.clone())));
         let header_read_timeout = self.limits.header_read_timeout;
         let header_timeouts = self.state.metrics.header_timeouts();
         let metrics_server = match metrics_listener {
@@ -236,6 +252,9 @@ impl Ingress {
             metrics_server
                 .await
                 .context("the metrics listener's task failed")?;
+        }
+        if let Some(reconciler) = reconciler {
+            reconciler.await.context("the reconciler's task failed")?;
         }
         tracing::info!("ingress stopped");
         Ok(())

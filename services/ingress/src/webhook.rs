@@ -166,6 +166,7 @@ fn is_form(content_type: Option<&str>) -> bool {
 pub struct Webhook {
     headers: WebhookHeaders,
     payload: ParsedPayload,
+    origin: v1::Origin,
 }
 
 impl Webhook {
@@ -179,7 +180,24 @@ impl Webhook {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
         let payload = parse_payload(content_type, verified.body())?;
-        Ok(Self { headers, payload })
+        Ok(Self {
+            headers,
+            payload,
+            origin: v1::Origin::Github,
+        })
+    }
+
+    /// A delivery that never reached the ingress, as the reconciler fetched it through
+    /// GitHub's authenticated API (so it has no signature to check): `payload` is checked as
+    /// a delivery's body is (one JSON object, repository read). Stored with origin
+    /// `ORIGIN_RECOVERED` under its original delivery id.
+    pub fn recovered(headers: WebhookHeaders, payload: &Bytes) -> Result<Self, NotAWebhook> {
+        let payload = parse_payload(Some("application/json"), payload)?;
+        Ok(Self {
+            headers,
+            payload,
+            origin: v1::Origin::Recovered,
+        })
     }
 
     pub fn delivery_id(&self) -> &str {
@@ -219,7 +237,7 @@ impl Webhook {
                 payload: self.payload.json,
                 hook_id,
                 repository: self.payload.repository.unwrap_or_default(),
-                origin: v1::Origin::Github.into(),
+                origin: self.origin.into(),
                 requested_by: String::new(),
             }),
         )
@@ -309,6 +327,30 @@ mod tests {
             let parsed = parse_payload(None, &Bytes::from_static(body)).unwrap();
             assert_eq!(parsed.repository, None);
         }
+    }
+
+    #[test]
+    fn recovered_deliveries_keep_their_id_and_say_so() {
+        let headers = WebhookHeaders {
+            event_name: "push".into(),
+            delivery_id: "72d3162e".into(),
+            hook_id: "1".into(),
+        };
+        let body = Bytes::from_static(br#"{"repository":{"full_name":"PRX/app"}}"#);
+        let envelope = Webhook::recovered(headers.clone(), &body)
+            .unwrap()
+            .into_envelope(OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(envelope.event_id, "72d3162e");
+        let Some(Payload::WebhookReceived(webhook)) = envelope.payload else {
+            panic!("not a WebhookReceived");
+        };
+        assert_eq!(webhook.origin(), v1::Origin::Recovered);
+        assert_eq!(webhook.delivery_id, "72d3162e");
+        assert_eq!(webhook.repository, "PRX/app");
+        assert_eq!(
+            Webhook::recovered(headers, &Bytes::from_static(b"[1]")),
+            Err(NotAWebhook::NotAnObject)
+        );
     }
 
     #[test]

@@ -148,6 +148,29 @@ impl GitHubClient {
         self.send_json(reqwest::Method::GET, path, None).await
     }
 
+    /// GET one page of a paged list (e.g. `/app/hook/deliveries?per_page=100`) and decode it,
+    /// retrying transient failures. Also returns the path of the next page, from the `Link`
+    /// header's `rel="next"` (GitHub's cursor paging), when there is one on this API host.
+    pub async fn get_json_page<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<(T, Option<String>), GitHubError> {
+        retry::retry(
+            &self.backoff,
+            |_| async {
+                let response = self.respond(reqwest::Method::GET, path, None).await?;
+                let next = response
+                    .headers()
+                    .get(reqwest::header::LINK)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|link| next_page(link, &self.api_url));
+                Ok((decode(response, path).await?, next))
+            },
+            GitHubError::retry,
+        )
+        .await
+    }
+
     /// POST `body` to `path` and decode the JSON answer, retrying transient failures.
     pub async fn post_json<T: serde::de::DeserializeOwned>(
         &self,
@@ -189,6 +212,17 @@ impl GitHubClient {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<T, GitHubError> {
+        let response = self.respond(method, path, body).await?;
+        decode(response, path).await
+    }
+
+    /// One call's response, not yet decoded (see [`Self::attempt`]).
+    async fn respond(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<reqwest::Response, GitHubError> {
         let credential = self.credential(path).await?;
         let mut response = self.send(method.clone(), path, body, &credential).await?;
         if response.status() == reqwest::StatusCode::UNAUTHORIZED
@@ -204,7 +238,7 @@ impl GitHubClient {
             let credential = self.credential(path).await?;
             response = self.send(method, path, body, &credential).await?;
         }
-        decode(response, path).await
+        Ok(response)
     }
 
     async fn send(
@@ -373,6 +407,20 @@ async fn decode<T: serde::de::DeserializeOwned>(
         })
 }
 
+/// The path (with query) of a `Link` header's `rel="next"` page, when it is on `api_url`
+/// (another host's URL is not followed: the client's credentials are for `api_url` only).
+fn next_page(link: &str, api_url: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (url, params) = part.trim().split_once(';')?;
+        let is_next = params
+            .split(';')
+            .any(|p| matches!(p.trim(), "rel=\"next\"" | "rel=next"));
+        let url = url.trim().strip_prefix('<')?.strip_suffix('>')?;
+        let path = url.strip_prefix(api_url)?;
+        (is_next && path.starts_with('/')).then(|| path.to_owned())
+    })
+}
+
 /// The wait GitHub asks for: `Retry-After` seconds, or (rate limit exhausted) until
 /// `X-RateLimit-Reset`.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -403,6 +451,22 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_page_comes_from_the_link_header() {
+        let api = "https://api.github.com";
+        let link = "<https://api.github.com/app/hook/deliveries?per_page=2&cursor=v1_13>; rel=\"next\", <https://api.github.com/app/hook/deliveries?per_page=2>; rel=\"first\"";
+        assert_eq!(
+            next_page(link, api).as_deref(),
+            Some("/app/hook/deliveries?per_page=2&cursor=v1_13")
+        );
+        let first_only = "<https://api.github.com/app/hook/deliveries?per_page=2>; rel=\"first\"";
+        assert_eq!(next_page(first_only, api), None);
+        // Another host is not followed.
+        let elsewhere = "<https://evil.example/app/hook/deliveries?cursor=x>; rel=\"next\"";
+        assert_eq!(next_page(elsewhere, api), None);
+        assert_eq!(next_page("garbage", api), None);
+    }
 
     #[test]
     fn rate_limit_headers_give_the_wait() {

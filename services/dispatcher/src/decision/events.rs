@@ -20,7 +20,7 @@ use crate::inflight::{InflightBuild, Push};
 pub fn dispatch_id(envelope: &Envelope, webhook: &v1::WebhookReceived) -> String {
     let from_github = matches!(
         v1::Origin::try_from(webhook.origin),
-        Ok(v1::Origin::Github | v1::Origin::Unspecified)
+        Ok(v1::Origin::Github | v1::Origin::Unspecified | v1::Origin::Recovered)
     );
     if from_github && !webhook.delivery_id.is_empty() {
         format!("github-delivery:{}", webhook.delivery_id)
@@ -217,7 +217,11 @@ mod tests {
     #[test]
     fn github_deliveries_dispatch_under_their_delivery_id() {
         let envelope = webhook_envelope();
-        for origin in [v1::Origin::Github, v1::Origin::Unspecified] {
+        for origin in [
+            v1::Origin::Github,
+            v1::Origin::Unspecified,
+            v1::Origin::Recovered,
+        ] {
             assert_eq!(
                 dispatch_id(&envelope, &webhook(origin, "72d3162e")),
                 "github-delivery:72d3162e"

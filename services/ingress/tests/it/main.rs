@@ -5,5 +5,6 @@ mod limits;
 mod logs;
 mod outage;
 mod recorded;
+mod recovery;
 mod utils;
 mod webhooks;

@@ -173,6 +173,17 @@ pub(super) fn handle(state: &mut State, base_url: &str, request: &Incoming<'_>) 
             }
             app(state, base_url, request, rest)
         }
+        // The organisation webhook: the fake's one webhook, hook id 1 of any organisation.
+        ["orgs", org, "hooks", hook_id, rest @ ..] => {
+            if let Err(reply) = check_org_hooks(state, request.authorization) {
+                return reply.into();
+            }
+            if *hook_id != "1" {
+                return Reply::not_found().into();
+            }
+            let listing = format!("/orgs/{org}/hooks/{hook_id}/deliveries");
+            hook(state, base_url, &listing, request, rest)
+        }
         ["repos", owner, repo, "installation"] => {
             if let Err(reply) = check_jwt(state, request.authorization) {
                 return reply.into();
@@ -206,15 +217,46 @@ fn app(state: &mut State, base_url: &str, request: &Incoming<'_>, rest: &[&str])
         )
         .into(),
         ("POST", ["installations", id, "access_tokens"]) => mint(state, id).into(),
-        ("GET", ["hook", "deliveries"]) => deliveries(state, base_url, &request.query).into(),
-        ("GET", ["hook", "deliveries", id]) => {
+        (_, ["hook", rest @ ..]) => hook(state, base_url, "/app/hook/deliveries", request, rest),
+        _ => Reply::not_found().into(),
+    }
+}
+
+/// A credential that may read an organisation's hooks: the token (token mode) or any valid
+/// installation token (App mode).
+fn check_org_hooks(state: &State, authorization: Option<&str>) -> Result<(), Reply> {
+    match &state.auth {
+        FakeAuth::Anonymous => Ok(()),
+        FakeAuth::Token(expected) => match bearer(authorization) {
+            Some(token) if token == expected => Ok(()),
+            _ => Err(Reply::bad_credentials()),
+        },
+        FakeAuth::App(_) => bearer(authorization)
+            .and_then(|token| state.tokens.get(token))
+            .filter(|t| !t.revoked && t.expires_at > OffsetDateTime::now_utc())
+            .map(|_| ())
+            .ok_or_else(Reply::bad_credentials),
+    }
+}
+
+/// A webhook's deliveries (`rest` after `.../hook` or `.../hooks/{id}`), listed at `listing`.
+fn hook(
+    state: &mut State,
+    base_url: &str,
+    listing: &str,
+    request: &Incoming<'_>,
+    rest: &[&str],
+) -> Outcome {
+    match (request.method, rest) {
+        ("GET", ["deliveries"]) => deliveries(state, base_url, listing, &request.query).into(),
+        ("GET", ["deliveries", id]) => {
             let url = state.webhook.as_ref().map(|(url, _)| url.clone());
             match find_delivery(state, id) {
                 Some(delivery) => Reply::json(200, delivery.detail(url.as_deref())).into(),
                 None => Reply::not_found().into(),
             }
         }
-        ("POST", ["hook", "deliveries", id, "attempts"]) => match find_delivery(state, id) {
+        ("POST", ["deliveries", id, "attempts"]) => match find_delivery(state, id) {
             Some(delivery) => Outcome::Redeliver {
                 delivery: Box::new(delivery.clone()),
                 reply: Reply::json(202, json!({})),
@@ -261,9 +303,14 @@ fn mint(state: &mut State, id: &str) -> Reply {
     )
 }
 
-/// `GET /app/hook/deliveries`: newest first, `per_page` (default 30, at most 100) from
-/// `cursor` on, the next page in the `Link` header.
-fn deliveries(state: &State, base_url: &str, query: &HashMap<String, String>) -> Reply {
+/// `GET /app/hook/deliveries` (or an organisation hook's, at `listing`): newest first,
+/// `per_page` (default 30, at most 100) from `cursor` on, the next page in the `Link` header.
+fn deliveries(
+    state: &State,
+    base_url: &str,
+    listing: &str,
+    query: &HashMap<String, String>,
+) -> Reply {
     let per_page = query
         .get("per_page")
         .and_then(|p| p.parse::<usize>().ok())
@@ -295,7 +342,7 @@ fn deliveries(state: &State, base_url: &str, query: &HashMap<String, String>) ->
         let last = newer_first[per_page - 1].id;
         reply.headers.push((
             "link".to_owned(),
-            format!("<{base_url}/app/hook/deliveries?per_page={per_page}&cursor=v1_{last}>; rel=\"next\""),
+            format!("<{base_url}{listing}?per_page={per_page}&cursor=v1_{last}>; rel=\"next\""),
         ));
     }
     reply
@@ -677,7 +724,12 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect::<HashMap<_, _>>()
         };
-        let page = deliveries(&state, "http://fake", &query(&[("per_page", "2")]));
+        let page = deliveries(
+            &state,
+            "http://fake",
+            "/app/hook/deliveries",
+            &query(&[("per_page", "2")]),
+        );
         let ids: Vec<_> = page
             .body
             .as_array()
@@ -697,12 +749,19 @@ mod tests {
         let last = deliveries(
             &state,
             "http://fake",
+            "/app/hook/deliveries",
             &query(&[("per_page", "2"), ("cursor", "v1_11")]),
         );
         assert_eq!(last.body.as_array().unwrap().len(), 1);
         assert!(last.headers.is_empty());
         assert_eq!(
-            deliveries(&state, "http://fake", &query(&[("cursor", "x")])).status,
+            deliveries(
+                &state,
+                "http://fake",
+                "/app/hook/deliveries",
+                &query(&[("cursor", "x")])
+            )
+            .status,
             422
         );
     }

@@ -22,7 +22,9 @@
 //! `POST /repos/{o}/{r}/check-runs`, `PATCH|GET /repos/{o}/{r}/check-runs/{id}`,
 //! `GET /repos/{o}/{r}/commits/{ref}/check-runs`, `GET /repos/{o}/{r}/installation`,
 //! `GET /app`, `POST /app/installations/{id}/access_tokens`, `GET /app/hook/deliveries`,
-//! `GET /app/hook/deliveries/{id}`, `POST /app/hook/deliveries/{id}/attempts`. Directory
+//! `GET /app/hook/deliveries/{id}`, `POST /app/hook/deliveries/{id}/attempts`, and the same
+//! three under `/orgs/{org}/hooks/1/` (the one webhook as an organisation hook, id 1; token
+//! mode's token or any installation token). Directory
 //! listings of `contents` are not served (404). Faults: put a
 //! [`FaultProxy`](super::fault_proxy::FaultProxy) in front.
 
