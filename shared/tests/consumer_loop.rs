@@ -52,6 +52,14 @@ impl Handler for Recorder {
         match skip.detail.as_str() {
             "fail" => Err(HandlerError::transient(anyhow::anyhow!("peer is down"))),
             "bad" => Err(HandlerError::permanent(anyhow::anyhow!("bad input"))),
+            "panic" => panic!("a bug in the handler"),
+            "slow" => {
+                // Work that takes longer than the server's ack wait (not a wait for async
+                // work: the handler is busy this long).
+                tokio::time::sleep(Duration::from_millis(2_500)).await;
+                self.handled.lock().await.push("slow".to_owned());
+                Ok(())
+            }
             other => {
                 self.handled.lock().await.push(other.to_owned());
                 Ok(())
@@ -434,13 +442,21 @@ async fn per_subject_order_handles_each_subject_in_turn_and_subjects_at_once() {
     // The test needs the held repository and the fast one in different strands (the strand is a
     // pure function of the subject).
     let slow_strand = strand_of(&subject_of("PRX/slow"), concurrency);
-    let fast = (0..)
-        .map(|i| format!("PRX/fast-{i}"))
-        .find(|r| strand_of(&subject_of(r), concurrency) != slow_strand)
-        .unwrap();
-    let per_repository = 20;
+    let other_strand = |prefix: &str| {
+        (0..)
+            .map(|i| format!("{prefix}-{i}"))
+            .find(|r| strand_of(&subject_of(r), concurrency) != slow_strand)
+            .unwrap()
+    };
+    let (fast, other) = (other_strand("PRX/fast"), other_strand("PRX/other"));
+    // The held repository's later messages fit in its strand's queue (a full queue holds the
+    // loop, as it must to keep them in order).
+    let (per_repository, held) = (20, 5);
     for i in 0..per_repository {
-        for repository in ["PRX/slow", fast.as_str(), "PRX/other"] {
+        for repository in ["PRX/slow", fast.as_str(), other.as_str()] {
+            if repository == "PRX/slow" && i >= held {
+                continue;
+            }
             rt.publisher
                 .publish(&skipped(repository, &i.to_string()))
                 .await
@@ -468,7 +484,8 @@ async fn per_subject_order_handles_each_subject_in_turn_and_subjects_at_once() {
         let handler = handler.clone();
         async move {
             let handled = handler.handled.lock().await;
-            (handled.values().map(Vec::len).sum::<usize>() == 3 * per_repository).then_some(())
+            (handled.values().map(Vec::len).sum::<usize>() == 2 * per_repository + held)
+                .then_some(())
         }
     })
     .await;
@@ -479,11 +496,17 @@ async fn per_subject_order_handles_each_subject_in_turn_and_subjects_at_once() {
         .unwrap()
         .unwrap();
 
-    let expected: Vec<String> = (0..per_repository).map(|i| i.to_string()).collect();
+    let in_order = |n: usize| -> Vec<String> { (0..n).map(|i| i.to_string()).collect() };
     let handled = handler.handled.lock().await;
-    for repository in ["PRX/slow", fast.as_str(), "PRX/other"] {
+    assert_eq!(
+        handled["PRX/slow"],
+        in_order(held),
+        "PRX/slow: in stream order"
+    );
+    for repository in [fast.as_str(), other.as_str()] {
         assert_eq!(
-            handled[repository], expected,
+            handled[repository],
+            in_order(per_repository),
             "{repository}: in stream order"
         );
     }
@@ -492,4 +515,126 @@ async fn per_subject_order_handles_each_subject_in_turn_and_subjects_at_once() {
         0,
         "two messages of one subject were handled at once"
     );
+}
+
+/// Provisioned consumers keep the `ack_wait` of their definition: the `backoff` is the loop's
+/// retry schedule and is not given to the server, which would make its first entry the ack wait.
+#[tokio::test]
+async fn provisioned_consumers_keep_their_ack_wait() {
+    let server = NatsServer::start().await;
+    let rt = runtime(&server).await;
+    let stream = rt.js.get_stream(subject::EVENTS_STREAM).await.unwrap();
+    let mut consumer: consumer::PullConsumer =
+        stream.get_consumer("build-watcher-reports").await.unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(info.config.ack_wait, Duration::from_secs(60));
+    assert!(info.config.backoff.is_empty(), "{:?}", info.config.backoff);
+}
+
+/// A handler busy for longer than the server's ack wait (a consumer created with a `backoff`,
+/// whose first entry the server makes the ack wait) reports progress within it: its message is
+/// delivered once.
+#[tokio::test]
+async fn a_message_handled_longer_than_the_servers_ack_wait_is_delivered_once() {
+    let server = NatsServer::start().await;
+    let rt = runtime(&server).await;
+    let definition = ConsumerDefinition {
+        stream: subject::EVENTS_STREAM.into(),
+        config: consumer::pull::Config {
+            durable_name: Some("slow".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            filter_subject: EventKind::BuildSkipped.filter(),
+            max_deliver: 5,
+            ack_wait: Duration::from_secs(30),
+            backoff: vec![Duration::from_secs(1), Duration::from_secs(2)],
+            ..Default::default()
+        },
+    };
+    rt.js
+        .create_consumer_on_stream(definition.config.clone(), subject::EVENTS_STREAM)
+        .await
+        .unwrap();
+    rt.publisher
+        .publish(&skipped("PRX/app", "slow"))
+        .await
+        .unwrap();
+    let handler = Arc::new(Recorder::default());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_consumer(
+        rt.js.clone(),
+        rt.publisher.clone(),
+        ConsumerSettings::from_definition(&definition),
+        handler.clone(),
+        rt.consumer_metrics.clone(),
+        shutdown.clone(),
+    ));
+    wait_until(WAIT, "the slow message handled", || {
+        let handler = handler.clone();
+        async move { (!handler.handled.lock().await.is_empty()).then_some(()) }
+    })
+    .await;
+    // Acknowledged: nothing pending, nothing waiting for an ack.
+    wait_until(WAIT, "the consumer drained", || {
+        prx_ci_shared::testing::durable_drained(&rt.js, subject::EVENTS_STREAM, "slow")
+    })
+    .await;
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(handler.attempts.load(Ordering::SeqCst), 1, "delivered once");
+    assert_eq!(*handler.handled.lock().await, ["slow"]);
+}
+
+/// A panicking handler fails its message like a transient error: retried, then parked with
+/// the error; the loop goes on.
+#[tokio::test]
+async fn a_panicking_handler_has_its_message_parked_and_the_loop_goes_on() {
+    let server = NatsServer::start().await;
+    let rt = runtime(&server).await;
+    let settings = test_consumer(&rt).await;
+    for detail in ["one", "panic", "two"] {
+        rt.publisher
+            .publish(&skipped("PRX/app", detail))
+            .await
+            .unwrap();
+    }
+    let handler = Arc::new(Recorder::default());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_consumer(
+        rt.js.clone(),
+        rt.publisher.clone(),
+        settings,
+        handler.clone(),
+        rt.consumer_metrics.clone(),
+        shutdown.clone(),
+    ));
+    let parked = wait_until(WAIT, "the panicking message parked", || {
+        let rt = rt.clone();
+        async move {
+            let parked = parked(&rt).await;
+            (parked.len() == 1).then_some(parked)
+        }
+    })
+    .await;
+    assert!(
+        parked[0].error.contains("the handler panicked"),
+        "{}",
+        parked[0].error
+    );
+    assert_eq!(parked[0].deliveries, 3, "retried up to max_deliver");
+    wait_until(WAIT, "the other messages", || {
+        let handler = handler.clone();
+        async move { (handler.handled.lock().await.len() == 2).then_some(()) }
+    })
+    .await;
+    assert_eq!(*handler.handled.lock().await, ["one", "two"]);
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

@@ -1230,6 +1230,7 @@ async fn a_replay_redelivers_exactly_the_range_in_order_to_one_consumer() {
         EVENTS_STREAM,
         "notifier",
         std::time::Duration::from_millis(50),
+        vec![std::time::Duration::from_millis(50)],
     );
     let runner = tokio::spawn(runner.run(handler.clone(), stop.clone()));
 

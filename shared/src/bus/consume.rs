@@ -15,7 +15,7 @@ use futures::StreamExt as _;
 use prost::Message as _;
 use prx_ci_proto::v1::{Envelope, MessageParked, envelope::Payload};
 use time::OffsetDateTime;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -164,6 +164,13 @@ pub(crate) async fn run_consumer_only<H: Handler>(
         .get_consumer(&settings.durable)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open consumer {}: {e}", settings.durable))?;
+    // The server's ack wait is the one that counts (with a `backoff` the server replaces it by
+    // the backoff's first entry): progress is reported within it.
+    let mut settings = settings;
+    let server_ack_wait = consumer.cached_info().config.ack_wait;
+    if !server_ack_wait.is_zero() {
+        settings.ack_wait = server_ack_wait;
+    }
     let ctx = Arc::new(LoopContext {
         publisher,
         settings,
@@ -171,14 +178,9 @@ pub(crate) async fn run_consumer_only<H: Handler>(
         metrics,
     });
     let strands = Strands::start(&ctx, &shutdown);
-    // Messages held at once (pulled, queued in a strand, or being handled). A strand keeps the
-    // later messages of its subjects while it is busy, so that a slow subject does not stop
-    // the others until this many wait behind it.
-    let held = match strands {
-        Some(_) => STRANDS_HELD_MESSAGES.max(ctx.settings.concurrency),
-        None => ctx.settings.concurrency,
-    };
-    let permits = Arc::new(Semaphore::new(held));
+    // Messages held at once (pulled and being handled). With strands, each also queues up to
+    // [`STRAND_QUEUE`] messages of its subjects while it is busy.
+    let permits = Arc::new(Semaphore::new(ctx.settings.concurrency));
     let mut tasks = JoinSet::new();
     tracing::info!(consumer = %ctx.settings.durable, stream = %ctx.settings.stream, "consumer started");
 
@@ -215,7 +217,15 @@ pub(crate) async fn run_consumer_only<H: Handler>(
             };
             match next {
                 Some(Ok(message)) => match &strands {
-                    Some(strands) => strands.send(message, permit),
+                    Some(strands) => {
+                        // The permit only bounds what is pulled at once; the strand's queue
+                        // bounds what waits (a full one holds the loop until it has room).
+                        drop(permit);
+                        tokio::select! {
+                            () = shutdown.cancelled() => break 'outer,
+                            () = strands.send(message) => {}
+                        }
+                    }
                     None => {
                         let ctx = ctx.clone();
                         tasks.spawn(async move {
@@ -249,13 +259,13 @@ pub(crate) async fn run_consumer_only<H: Handler>(
     Ok(())
 }
 
-/// Messages a consumer with strands holds at once (small: a report or an event, a few hundred
-/// bytes to a few KiB each; the consumers' `max_ack_pending` is above it).
-const STRANDS_HELD_MESSAGES: usize = 256;
+/// Messages a strand queues behind the one it is handling. Small, so that none waits long
+/// enough to reach the ack wait: queued messages get no progress reports.
+const STRAND_QUEUE: usize = 8;
 
 /// The strands of [`Order::PerSubject`]: one task each, handling its messages in turn.
 struct Strands {
-    senders: Vec<mpsc::UnboundedSender<(jetstream::Message, OwnedSemaphorePermit)>>,
+    senders: Vec<mpsc::Sender<jetstream::Message>>,
     tasks: JoinSet<()>,
 }
 
@@ -270,8 +280,7 @@ impl Strands {
         let mut senders = Vec::with_capacity(ctx.settings.concurrency);
         let mut tasks = JoinSet::new();
         for _ in 0..ctx.settings.concurrency {
-            let (sender, mut queue) =
-                mpsc::unbounded_channel::<(jetstream::Message, OwnedSemaphorePermit)>();
+            let (sender, mut queue) = mpsc::channel::<jetstream::Message>(STRAND_QUEUE);
             senders.push(sender);
             let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
             tasks.spawn(async move {
@@ -281,25 +290,21 @@ impl Strands {
                         () = shutdown.cancelled() => break,
                         next = queue.recv() => next,
                     };
-                    let Some((message, permit)) = next else { break };
-                    // A panicking handler must not end the strand: its subjects would never be
-                    // handled again. The message is not acknowledged and comes back.
-                    let handled = std::panic::AssertUnwindSafe(ctx.process(message));
-                    if futures::FutureExt::catch_unwind(handled).await.is_err() {
-                        tracing::error!(consumer = %ctx.settings.durable, "message handler panicked");
-                    }
-                    drop(permit);
+                    let Some(message) = next else { break };
+                    // A handler's panic is a failure of its message (`process`), not the end
+                    // of the strand.
+                    ctx.process(message).await;
                 }
             });
         }
         Some(Self { senders, tasks })
     }
 
-    /// Queues `message` in the strand of its subject.
-    fn send(&self, message: jetstream::Message, permit: OwnedSemaphorePermit) {
+    /// Queues `message` in the strand of its subject, waiting while that queue is full.
+    async fn send(&self, message: jetstream::Message) {
         let strand = strand_of(&message.subject, self.senders.len());
         // A strand ends only at shutdown, after which nothing is sent.
-        let _ = self.senders[strand].send((message, permit));
+        let _ = self.senders[strand].send(message).await;
     }
 
     /// Waits for every strand to finish the message it is handling.
@@ -379,11 +384,19 @@ impl<H: Handler> LoopContext<H> {
             headers: message.headers.clone(),
         };
         let started = Instant::now();
+        // A panicking handler fails its message like a transient error (retried with backoff,
+        // parked after `max_deliver`), so the message is not left to the ack wait.
+        let handled = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+            telemetry::in_trace(trace, self.handler.handle(delivery)),
+        ));
         let result = self
-            .with_progress(
-                &message,
-                telemetry::in_trace(trace, self.handler.handle(delivery)),
-            )
+            .with_progress(&message, async {
+                handled.await.unwrap_or_else(|_| {
+                    Err(HandlerError::transient(anyhow::anyhow!(
+                        "the handler panicked"
+                    )))
+                })
+            })
             .instrument(span.clone())
             .await;
         self.metrics

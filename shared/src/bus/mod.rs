@@ -42,6 +42,7 @@ pub async fn run_consumer<H: Handler>(
         &settings.stream,
         &settings.durable,
         REPLAY_POLL_INTERVAL,
+        settings.backoff.clone(),
     );
     let replays = tokio::spawn(replays.run(handler.clone(), shutdown.clone()));
     metrics.start_consumer(&settings.durable);

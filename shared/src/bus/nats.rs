@@ -31,6 +31,18 @@ impl ConsumerDefinition {
     pub fn durable_name(&self) -> &str {
         self.config.durable_name.as_deref().unwrap_or_default()
     }
+
+    /// The configuration the server is given: the definition's without its `backoff`. The
+    /// `backoff` is the consumer loop's schedule of retries (each failure is nak'd with its
+    /// delay, [`crate::bus::consume::ConsumerSettings`]); given to the server it would also
+    /// replace `ack_wait` by its first entry (nats-server does so), and a message waiting or
+    /// being handled for longer than that, a second, would be delivered again.
+    pub fn server_config(&self) -> consumer::pull::Config {
+        consumer::pull::Config {
+            backoff: Vec::new(),
+            ..self.config.clone()
+        }
+    }
 }
 
 /// A KV bucket (`deploy/nats/kv/<bucket>.json`).
@@ -146,11 +158,11 @@ pub async fn provision(
             .with_context(|| format!("cannot open stream {}", definition.stream))?;
         let exists = stream.consumer_info(name).await.is_ok();
         if exists {
-            js.update_consumer_on_stream(definition.config.clone(), &definition.stream)
+            js.update_consumer_on_stream(definition.server_config(), &definition.stream)
                 .await
                 .with_context(|| format!("cannot update consumer {name}"))?;
         } else {
-            js.create_consumer_on_stream(definition.config.clone(), &definition.stream)
+            js.create_consumer_on_stream(definition.server_config(), &definition.stream)
                 .await
                 .with_context(|| format!("cannot create consumer {name}"))?;
         }

@@ -133,6 +133,9 @@ pub struct ReplayRunner {
     stream: String,
     consumer: String,
     poll_interval: Duration,
+    /// The live consumer's retry schedule (its definition's `backoff`, which the server is not
+    /// given, so a replay consumer copied from the server's configuration has none).
+    backoff: Vec<Duration>,
 }
 
 impl ReplayRunner {
@@ -143,6 +146,7 @@ impl ReplayRunner {
         stream: &str,
         consumer: &str,
         poll_interval: Duration,
+        backoff: Vec<Duration>,
     ) -> Self {
         Self {
             js,
@@ -151,6 +155,7 @@ impl ReplayRunner {
             stream: stream.to_owned(),
             consumer: consumer.to_owned(),
             poll_interval,
+            backoff,
         }
     }
 
@@ -238,7 +243,10 @@ impl ReplayRunner {
                 ..Default::default()
             },
         };
-        let settings = ConsumerSettings::from_definition(&definition).with_concurrency(1);
+        let mut settings = ConsumerSettings::from_definition(&definition).with_concurrency(1);
+        if definition.config.backoff.is_empty() && !self.backoff.is_empty() {
+            settings.backoff = self.backoff.clone();
+        }
         tracing::info!(replay = name, last, "replay started");
         let stop = shutdown.child_token();
         let consumer_loop = tokio::spawn(run_consumer_only(
