@@ -386,22 +386,31 @@ fn publish_line(p: &PublishView) -> String {
 }
 
 /// Text as Markdown text: every ASCII punctuation character that Markdown (or GitHub's
-/// mentions and references) reads is backslash-escaped, line breaks become spaces.
+/// mentions, references and `$` math) reads is backslash-escaped, line breaks become spaces,
+/// control and invisible format characters (e.g. a right-to-left override) are dropped.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
             '\n' | '\r' | '\t' => out.push(' '),
             '\\' | '`' | '*' | '_' | '{' | '}' | '[' | ']' | '(' | ')' | '<' | '>' | '#' | '+'
-            | '-' | '.' | '!' | '|' | '~' | '@' | '&' | ':' | '"' | '\'' | '=' => {
+            | '-' | '.' | '!' | '|' | '~' | '@' | '&' | ':' | '"' | '\'' | '=' | '$' => {
                 out.push('\\');
                 out.push(c);
             }
-            c if c.is_control() => {}
+            c if c.is_control() || is_format_character(c) => {}
             c => out.push(c),
         }
     }
     out
+}
+
+/// Unicode's invisible format characters (general category Cf) that change how the text
+/// around them reads: bidirectional controls, zero-width characters, the soft hyphen.
+fn is_format_character(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// Text inside a one-backtick code span: backticks and line breaks cannot appear there.

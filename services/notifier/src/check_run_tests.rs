@@ -144,6 +144,10 @@ fn markup_in_build_values_is_escaped_and_fences_cannot_be_closed() {
         escape("[x](https://evil) @team <b>*"),
         "\\[x\\]\\(https\\://evil\\) \\@team \\<b\\>\\*"
     );
+    // GitHub renders `$...$` as math; a right-to-left override or a zero-width space would
+    // make text read other than it is.
+    assert_eq!(escape("$x^2$"), "\\$x^2\\$");
+    assert_eq!(escape("main\u{202E}gnp.exe\u{200B}"), "maingnp\\.exe");
     let fenced = fenced("a ``` b\n````\nc");
     assert!(fenced.starts_with("`````text\n"), "{fenced}");
     assert!(fenced.ends_with("\n`````\n"), "{fenced}");

@@ -86,8 +86,9 @@ impl CheckRunSink for GitHubCheckRunSink {
         let mut body = run.body();
         let answer: Answer = match id {
             None => {
+                // Once: the worker's retry looks the run up by its external id first.
                 let path = format!("/repos/{}/check-runs", run.repository);
-                self.client.post_json(&path, &body).await?
+                self.client.create_json(&path, &body).await?
             }
             Some(id) => {
                 // The commit of a run is fixed at its creation.

@@ -181,6 +181,17 @@ impl GitHubClient {
             .await
     }
 
+    /// POST `body` to `path` once and decode the JSON answer: for a creation, where sending
+    /// again after an answer was lost (a timeout, a 502 from a proxy) could create a second
+    /// one. The caller looks for what it may have created before it tries again.
+    pub async fn create_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, GitHubError> {
+        self.attempt(reqwest::Method::POST, path, Some(body)).await
+    }
+
     /// PATCH `body` to `path` and decode the JSON answer, retrying transient failures.
     pub async fn patch_json<T: serde::de::DeserializeOwned>(
         &self,
