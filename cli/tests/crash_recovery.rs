@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use common::{Repo, stored_events};
 use prx_ci_proto::v1::{self, envelope::Payload};
-use prx_ci_publisher::{KvParameterStore, parameter_views};
+use prx_ci_publisher::KvParameterStore;
+use prx_ci_publisher::parameter_store::ParameterStore as _;
 use prx_ci_shared::testing::{NatsServer, free_port, wait_until};
 
 const REPOSITORY: &str = "PRX/crash-app";
@@ -116,14 +117,11 @@ fn running(record: &serde_json::Value) -> bool {
     record["running"].as_bool() == Some(true)
 }
 
+/// The parameter's value, read by key (no consumer per read: this is polled every 10 ms); `None`
+/// also while the store cannot be read (the system is restarting).
 async fn pointer(js: &async_nats::jetstream::Context) -> Option<String> {
-    let store = KvParameterStore::new(js).await.unwrap();
-    parameter_views(js, &store, "/prx/stag/Spire/")
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|r| r.parameter == PARAMETER)
-        .and_then(|r| r.value)
+    let store = KvParameterStore::new(js).await.ok()?;
+    store.get(PARAMETER).await.ok()?.map(|p| p.value)
 }
 
 fn value_of(commit: &str) -> String {

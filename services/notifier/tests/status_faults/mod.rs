@@ -334,7 +334,18 @@ async fn a_rate_limited_status_waits_what_github_asks_before_its_next_round() {
         async move { (!landed.is_empty()).then_some(()) }
     })
     .await;
-    let tries = attempts(&proxy, &statuses());
+    // The proxy logs an attempt once its answer is back, which can be after the test saw the
+    // status land.
+    let tries = wait_until(WAIT, "the accepted attempt logged", || {
+        let tries = attempts(&proxy, &statuses());
+        async move {
+            tries
+                .iter()
+                .any(|t| (200..300).contains(&t.status))
+                .then_some(tries)
+        }
+    })
+    .await;
     assert_eq!(
         tries.len(),
         3,
