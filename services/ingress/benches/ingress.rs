@@ -327,16 +327,21 @@ async fn ingress_phase(
     nats_pid: u32,
 ) -> IngressPhase {
     let level = log_filter.unwrap_or("default");
+    // Each phase its own delivery ids (warm-up included): a level runs twice, and ids seen
+    // before are duplicates JetStream does not store again, even after a purge.
+    static PHASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let phase = PHASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let ingress = IngressProcess::start(&server.url(), log_filter, "").await;
     let (_, rss_idle) = ingress.memory_kib();
-    ingress_load(&ingress.addr, body.clone(), WARMUP, concurrency, "warm").await;
+    let warm = format!("warm-{phase}");
+    ingress_load(&ingress.addr, body.clone(), WARMUP, concurrency, &warm).await;
     purge(js).await;
     let cpu = CpuSample::start(vec![
         ("load generator", std::process::id()),
         ("ingress", ingress.child.id()),
         ("nats-server", nats_pid),
     ]);
-    let tag = format!("delivery-{level}");
+    let tag = format!("delivery-{level}-{phase}");
     let run = ingress_load(&ingress.addr, body.clone(), count, concurrency, &tag).await;
     run.report(&format!("ingress webhooks ({level})"));
     let cpu_us = cpu.report(count, run.elapsed)[1];
