@@ -89,6 +89,37 @@ async fn test_consumer(rt: &Runtime) -> ConsumerSettings {
     settings
 }
 
+/// A consumer loop running `handler` on `rt` until [`Running::stop`].
+struct Running {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    fn start<H: Handler>(rt: &Runtime, settings: ConsumerSettings, handler: Arc<H>) -> Self {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_consumer(
+            rt.js.clone(),
+            rt.publisher.clone(),
+            settings,
+            handler,
+            rt.consumer_metrics.clone(),
+            shutdown.clone(),
+        ));
+        Self { shutdown, task }
+    }
+
+    /// Stops the loop and checks it ended cleanly.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
 async fn parked(rt: &Runtime) -> Vec<v1::MessageParked> {
     let Ok(stream) = rt.js.get_stream(subject::PARKED_STREAM).await else {
         return vec![];
@@ -149,15 +180,7 @@ async fn a_failing_message_is_parked_and_the_loop_goes_on() {
         .unwrap();
 
     let handler = Arc::new(Recorder::default());
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_consumer(
-        rt.js.clone(),
-        rt.publisher.clone(),
-        settings,
-        handler.clone(),
-        rt.consumer_metrics.clone(),
-        shutdown.clone(),
-    ));
+    let running = Running::start(&rt, settings, handler.clone());
 
     let parked = wait_until(WAIT, "three parked messages", || {
         let rt = rt.clone();
@@ -194,12 +217,7 @@ async fn a_failing_message_is_parked_and_the_loop_goes_on() {
         .unwrap();
     assert_eq!(poison.data, b"not protobuf \x00\x01");
 
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    running.stop().await;
     // Everything was acknowledged or terminated: nothing is pending.
     let info = rt
         .js
@@ -231,15 +249,7 @@ async fn every_consumer_loop_serves_replays_meant_for_it() {
     }
 
     let handler = Arc::new(Recorder::default());
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_consumer(
-        rt.js.clone(),
-        rt.publisher.clone(),
-        settings,
-        handler.clone(),
-        rt.consumer_metrics.clone(),
-        shutdown.clone(),
-    ));
+    let running = Running::start(&rt, settings, handler.clone());
     wait_until(WAIT, "the live messages", || {
         let handler = handler.clone();
         async move { (handler.handled.lock().await.len() == 3).then_some(()) }
@@ -292,12 +302,7 @@ async fn every_consumer_loop_serves_replays_meant_for_it() {
         *handler.handled.lock().await,
         ["one", "two", "three", "two", "three"]
     );
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    running.stop().await;
 }
 
 #[tokio::test]
@@ -471,15 +476,7 @@ async fn per_subject_order_handles_each_subject_in_turn_and_subjects_at_once() {
         in_progress: Mutex::default(),
         overlaps: AtomicU32::new(0),
     });
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_consumer(
-        rt.js.clone(),
-        rt.publisher.clone(),
-        settings,
-        handler.clone(),
-        rt.consumer_metrics.clone(),
-        shutdown.clone(),
-    ));
+    let running = Running::start(&rt, settings, handler.clone());
     wait_until(WAIT, "every message handled", || {
         let handler = handler.clone();
         async move {
@@ -489,12 +486,7 @@ async fn per_subject_order_handles_each_subject_in_turn_and_subjects_at_once() {
         }
     })
     .await;
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    running.stop().await;
 
     let in_order = |n: usize| -> Vec<String> { (0..n).map(|i| i.to_string()).collect() };
     let handled = handler.handled.lock().await;
@@ -559,15 +551,11 @@ async fn a_message_handled_longer_than_the_servers_ack_wait_is_delivered_once() 
         .await
         .unwrap();
     let handler = Arc::new(Recorder::default());
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_consumer(
-        rt.js.clone(),
-        rt.publisher.clone(),
+    let running = Running::start(
+        &rt,
         ConsumerSettings::from_definition(&definition),
         handler.clone(),
-        rt.consumer_metrics.clone(),
-        shutdown.clone(),
-    ));
+    );
     wait_until(WAIT, "the slow message handled", || {
         let handler = handler.clone();
         async move { (!handler.handled.lock().await.is_empty()).then_some(()) }
@@ -578,12 +566,7 @@ async fn a_message_handled_longer_than_the_servers_ack_wait_is_delivered_once() 
         prx_ci_shared::testing::durable_drained(&rt.js, subject::EVENTS_STREAM, "slow")
     })
     .await;
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    running.stop().await;
     assert_eq!(handler.attempts.load(Ordering::SeqCst), 1, "delivered once");
     assert_eq!(*handler.handled.lock().await, ["slow"]);
 }
@@ -602,15 +585,7 @@ async fn a_panicking_handler_has_its_message_parked_and_the_loop_goes_on() {
             .unwrap();
     }
     let handler = Arc::new(Recorder::default());
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_consumer(
-        rt.js.clone(),
-        rt.publisher.clone(),
-        settings,
-        handler.clone(),
-        rt.consumer_metrics.clone(),
-        shutdown.clone(),
-    ));
+    let running = Running::start(&rt, settings, handler.clone());
     let parked = wait_until(WAIT, "the panicking message parked", || {
         let rt = rt.clone();
         async move {
@@ -631,10 +606,5 @@ async fn a_panicking_handler_has_its_message_parked_and_the_loop_goes_on() {
     })
     .await;
     assert_eq!(*handler.handled.lock().await, ["one", "two"]);
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    running.stop().await;
 }
