@@ -11,8 +11,9 @@
 //! revision, [`NotificationRecord::claim_check_run`]), and only while the run is behind the
 //! record's view: a replica holding an older view never writes after a newer one (the newer
 //! write holds the lease, and once it is recorded the older version is no longer behind).
-//! Residual risk, as for the Slack lease: a write blocked longer than `[notifier] lease` (the
-//! write budget, GitHub's retries) lets another replica write meanwhile.
+//! The write budget is waited for before the lease is taken, so the lease covers only the
+//! look-up and the write. Residual risk, as for the Slack lease: a write blocked longer than
+//! `[notifier] lease` (GitHub's own retries and timeouts) lets another replica write meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +89,7 @@ impl Core {
                     self.push_check_run_later(key, wait);
                     continue;
                 }
+                // Recorded on the build by `write_check_run` (it returns transient errors only).
                 Err(StatusError::Permanent(_)) => continue,
                 Err(StatusError::Transient {
                     reason,
@@ -135,6 +137,31 @@ impl Core {
         });
     }
 
+    /// What [`Self::claim_check_run`] would find, from the record as read now, when it is not
+    /// a claim: nothing to write ([`Written::Done`]), or another replica writes it
+    /// ([`Written::Busy`]). Nothing is stored.
+    async fn check_run_unclaimable(&self, key: &str) -> Result<Option<Written>, StatusError> {
+        let Some((mut record, _)) = self
+            .store
+            .load(key)
+            .await
+            .map_err(|e| store_error(e.into()))?
+        else {
+            return Ok(Some(Written::Done));
+        };
+        if self.desired_check_run(&record).is_none() {
+            return Ok(Some(Written::Done));
+        }
+        let now = OffsetDateTime::now_utc();
+        Ok(
+            match record.claim_check_run(&self.instance, now, now + self.config.lease) {
+                Modify::Keep(CheckRunClaim::Clean) => Some(Written::Done),
+                Modify::Keep(CheckRunClaim::Busy(busy)) => Some(Written::Busy(lease_poll(busy))),
+                _ => None,
+            },
+        )
+    }
+
     /// Takes the build's check-run lease (with the creation marker before a first creation).
     /// `Ok(Err(_))`: nothing to write ([`Written::Done`]), or another replica writes it
     /// ([`Written::Busy`]).
@@ -154,11 +181,7 @@ impl Core {
             .map_err(|e| store_error(e.into()))?;
         match claim {
             CheckRunClaim::Clean => Ok(Err(Written::Done)),
-            CheckRunClaim::Busy(busy) => Ok(Err(Written::Busy(
-                Duration::try_from(busy)
-                    .unwrap_or(LEASE_POLL)
-                    .min(LEASE_POLL),
-            ))),
+            CheckRunClaim::Busy(busy) => Ok(Err(Written::Busy(lease_poll(busy)))),
             CheckRunClaim::Claimed { id, earlier_create } => {
                 let Some(run) = self.desired_check_run(&record) else {
                     return Ok(Err(Written::Done));
@@ -182,6 +205,13 @@ impl Core {
         sink: &dyn CheckRunSink,
         key: &str,
     ) -> Result<Written, StatusError> {
+        // Nothing to write, or another replica writes it: no budget spent.
+        if let Some(outcome) = self.check_run_unclaimable(key).await? {
+            return Ok(outcome);
+        }
+        // The budget first, then the lease: the lease covers the look-up and the write only,
+        // and the run is rendered from the record as it is once the budget allows a write.
+        sink.ready().await;
         let ClaimedRun {
             run,
             version,
@@ -297,6 +327,13 @@ pub(crate) enum Written {
     Again,
     /// Another replica holds the run's lease: look again after this wait.
     Busy(Duration),
+}
+
+/// How long to wait before looking again at a run another replica holds for `busy` yet.
+fn lease_poll(busy: time::Duration) -> Duration {
+    Duration::try_from(busy)
+        .unwrap_or(LEASE_POLL)
+        .min(LEASE_POLL)
 }
 
 fn store_error(err: anyhow::Error) -> StatusError {

@@ -78,9 +78,41 @@ struct Gated {
 
 #[async_trait]
 impl CheckRunSink for Gated {
+    async fn ready(&self) {
+        self.inner.ready().await;
+    }
+
     async fn write(&self, run: &CheckRun, id: Option<u64>) -> Result<u64, StatusError> {
         let mut open = self.open.clone();
         open.wait_for(|open| *open).await.unwrap();
+        self.inner.write(run, id).await
+    }
+
+    async fn find(&self, run: &CheckRun) -> Result<Option<u64>, StatusError> {
+        self.inner.find(run).await
+    }
+}
+
+/// A check-run sink whose write budget is held back until the gate opens (a budget
+/// exhausted for longer than the lease); counts the callers waiting for it.
+#[derive(Debug)]
+struct BudgetHeld {
+    inner: GitHubCheckRunSink,
+    open: watch::Receiver<bool>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait]
+impl CheckRunSink for BudgetHeld {
+    async fn ready(&self) {
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut open = self.open.clone();
+        open.wait_for(|open| *open).await.unwrap();
+        self.inner.ready().await;
+    }
+
+    async fn write(&self, run: &CheckRun, id: Option<u64>) -> Result<u64, StatusError> {
         self.inner.write(run, id).await
     }
 
@@ -929,4 +961,55 @@ async fn a_look_up_that_fails_for_now_is_retried_and_finds_the_run() {
         writes.last().map(|w| (w.id, w.created)),
         Some((run.id, false))
     );
+}
+
+#[tokio::test]
+async fn a_replica_waiting_for_its_write_budget_holds_no_lease_and_writes_nothing_stale() {
+    let env = Env::start().await;
+    let store = env.store().await;
+    let build = Build::new(
+        "infrastructure-ci-Runner2:budget",
+        SHA,
+        v1::Architecture::X8664,
+    );
+    let (gate, open) = watch::channel(false);
+    let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let a = env
+        .notifier(
+            Env::config(),
+            Arc::new(BudgetHeld {
+                inner: GitHubCheckRunSink::new(env.client(), 80, 500),
+                open,
+                waiting: waiting.clone(),
+            }),
+        )
+        .await;
+    env.publish(&build.requested()).await;
+    wait_until(WAIT, "replica A waiting for its budget", || {
+        let waiting = waiting.load(std::sync::atomic::Ordering::SeqCst);
+        async move { (waiting >= 1).then_some(()) }
+    })
+    .await;
+    let (record, _) = store.load(&build.build_id).await.unwrap().unwrap();
+    assert_eq!(record.check_run.lease, None, "no lease while waiting");
+    env.publish(&build.started()).await;
+    env.publish(&build.completed(v1::BuildStatus::Succeeded))
+        .await;
+    wait_until(WAIT, "every event folded", || async {
+        let (record, _) = store.load(&build.build_id).await.ok()??;
+        (record.view.state == BuildState::Succeeded).then_some(())
+    })
+    .await;
+
+    // Replica B writes the newest state meanwhile.
+    let b = env.live().await;
+    env.wait_status(&build.name(), "completed").await;
+    b.stop().await;
+    // A's budget comes: the run shows the newest view already, A writes nothing (stopping
+    // waits for the attempt under way to finish).
+    gate.send(true).unwrap();
+    a.stop().await;
+    let writes = env.github.check_run_writes();
+    assert_eq!(writes.len(), 1, "B's write only: {writes:#?}");
+    assert_eq!(writes[0].body["status"], "completed");
 }
