@@ -113,12 +113,15 @@ async fn twenty_undelivered_pushes_are_recovered_built_once_and_the_pointer_ends
     })
     .await;
     local
-        .wait_for("a BuildRequested for each of the 20 recovered pushes", |events| {
-            commits
-                .iter()
-                .all(|c| requested(events, c) > 0)
-                .then_some(())
-        })
+        .wait_for(
+            "a BuildRequested for each of the 20 recovered pushes",
+            |events| {
+                commits
+                    .iter()
+                    .all(|c| requested(events, c) > 0)
+                    .then_some(())
+            },
+        )
         .await;
     let recovered = stored_webhooks(&local.js())
         .await
