@@ -11,10 +11,14 @@
 //! revision, [`NotificationRecord::claim_check_run`]), and only while the run is behind the
 //! record's view: a replica holding an older view never writes after a newer one (the newer
 //! write holds the lease, and once it is recorded the older version is no longer behind).
-//! The write budget is waited for before the lease is taken, so the lease covers only the
-//! look-up and the write. Residual risk, as for the Slack lease: a write blocked longer than
-//! `[notifier] lease` (GitHub's own retries and timeouts) lets another replica write meanwhile.
+//! Whether a write is due (and an unchanged run settled) is decided before the write budget is
+//! waited for; the budget before the lease is taken, so the lease covers only the look-up and
+//! the write, and a permit not spent is given back. A write blocked longer than
+//! `[notifier] lease` (GitHub's own retries and timeouts) lets another replica write meanwhile;
+//! when a newer write was recorded by then, the older one is recorded as what the run shows
+//! and the newest is written again ([`NotificationRecord::mark_check_run_written`]).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,9 +28,9 @@ use time::OffsetDateTime;
 
 use crate::check_run::{CheckRun, desired_check_run};
 use crate::github_checks::CheckRunSink;
-use crate::github_status::StatusError;
+use crate::github_status::{StatusError, WritePermit};
 use crate::metrics::bump;
-use crate::notification_record::{CheckRunClaim, CheckRunRecord, NotificationRecord};
+use crate::notification_record::{CheckRunClaim, CheckRunSettled, NotificationRecord};
 use crate::service::Core;
 use crate::status_delivery::retry_delay;
 
@@ -126,73 +130,91 @@ impl Core {
         }
     }
 
-    /// Queues build `key` again after `wait` (unless the notifier stops first).
+    /// Queues build `key` again after `wait` (unless the notifier stops first), unless a look
+    /// again is scheduled for it already (events arriving while another replica holds the
+    /// run's lease find it so).
     fn push_check_run_later(self: &Arc<Self>, key: String, wait: Duration) {
+        if !self.check_run_polls().insert(key.clone()) {
+            return;
+        }
         let core = self.clone();
         self.spawn(async move {
             tokio::select! {
                 () = core.shutdown.cancelled() => {}
-                () = tokio::time::sleep(wait) => core.push_check_run(key, PendingCheckRun::default()),
+                () = tokio::time::sleep(wait) => {
+                    core.check_run_polls().remove(&key);
+                    core.push_check_run(key, PendingCheckRun::default());
+                }
             }
         });
     }
 
-    /// What [`Self::claim_check_run`] would find, from the record as read now, when it is not
-    /// a claim: nothing to write ([`Written::Done`]), or another replica writes it
-    /// ([`Written::Busy`]). Nothing is stored.
-    async fn check_run_unclaimable(&self, key: &str) -> Result<Option<Written>, StatusError> {
-        let Some((mut record, _)) = self
-            .store
-            .load(key)
-            .await
-            .map_err(|e| store_error(e.into()))?
-        else {
-            return Ok(Some(Written::Done));
-        };
-        if self.desired_check_run(&record).is_none() {
-            return Ok(Some(Written::Done));
-        }
-        let now = OffsetDateTime::now_utc();
-        Ok(
-            match record.claim_check_run(&self.instance, now, now + self.config.lease) {
-                Modify::Keep(CheckRunClaim::Clean) => Some(Written::Done),
-                Modify::Keep(CheckRunClaim::Busy(busy)) => Some(Written::Busy(lease_poll(busy))),
-                _ => None,
-            },
-        )
+    fn check_run_polls(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.check_run_polls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes the build's check-run lease (with the creation marker before a first creation).
-    /// `Ok(Err(_))`: nothing to write ([`Written::Done`]), or another replica writes it
-    /// ([`Written::Busy`]).
-    async fn claim_check_run(&self, key: &str) -> Result<Result<ClaimedRun, Written>, StatusError> {
+    /// Settles build `key`'s run when no write is due ([`NotificationRecord::settle_check_run`]:
+    /// nothing behind, another replica writes it, or the newest view renders what was last
+    /// written); `None`: a write is due. Takes no lease and spends no budget.
+    async fn settle_check_run(&self, key: &str) -> Result<Option<Written>, StatusError> {
         let now = OffsetDateTime::now_utc();
-        let until = now + self.config.lease;
-        let me = &self.instance;
-        let (claim, record) = self
+        let (settled, _) = self
             .store
             .modify(key, |record| {
-                if self.desired_check_run(record).is_none() {
-                    return Modify::Keep(CheckRunClaim::Clean);
-                }
-                record.claim_check_run(me, now, until)
+                let Some(run) = self.desired_check_run(record) else {
+                    // No record (nothing stored), or no run for this build.
+                    return Modify::Keep(Some(CheckRunSettled::Clean));
+                };
+                record.settle_check_run(&run.digest(), &self.instance, now)
             })
             .await
             .map_err(|e| store_error(e.into()))?;
-        match claim {
-            CheckRunClaim::Clean => Ok(Err(Written::Done)),
-            CheckRunClaim::Busy(busy) => Ok(Err(Written::Busy(lease_poll(busy)))),
-            CheckRunClaim::Claimed { id, earlier_create } => {
-                let Some(run) = self.desired_check_run(&record) else {
-                    return Ok(Err(Written::Done));
+        Ok(settled.map(|settled| self.settled(settled)))
+    }
+
+    /// Takes the build's check-run lease (with the creation marker before a first creation),
+    /// the run rendered from the record as claimed. `Ok(Err(_))`: no write is due after all.
+    async fn claim_check_run(&self, key: &str) -> Result<Result<ClaimedRun, Written>, StatusError> {
+        let now = OffsetDateTime::now_utc();
+        let until = now + self.config.lease;
+        let (claim, _) = self
+            .store
+            .modify(key, |record| {
+                let Some(run) = self.desired_check_run(record) else {
+                    return Modify::Keep(Err(CheckRunSettled::Clean));
                 };
-                Ok(Ok(ClaimedRun {
-                    run,
-                    version: record.view.version,
-                    last: record.check_run,
-                    id,
-                    earlier_create,
-                }))
+                let digest = run.digest();
+                let version = record.view.version;
+                map_modify(
+                    record.claim_check_run(&digest, &self.instance, now, until),
+                    |claim| match claim {
+                        CheckRunClaim::Settled(settled) => Err(settled),
+                        CheckRunClaim::Claimed { id, earlier_create } => Ok(ClaimedRun {
+                            run,
+                            digest,
+                            version,
+                            id,
+                            earlier_create,
+                        }),
+                    },
+                )
+            })
+            .await
+            .map_err(|e| store_error(e.into()))?;
+        Ok(claim.map_err(|settled| self.settled(settled)))
+    }
+
+    /// What the worker does with a run settled without a write.
+    fn settled(&self, settled: CheckRunSettled) -> Written {
+        match settled {
+            CheckRunSettled::Clean => Written::Done,
+            CheckRunSettled::Busy(busy) => Written::Busy(lease_poll(busy)),
+            CheckRunSettled::Unchanged => {
+                // The newer events changed nothing the run shows.
+                self.metrics.check_run("unchanged");
+                Written::Done
             }
         }
     }
@@ -205,17 +227,19 @@ impl Core {
         sink: &dyn CheckRunSink,
         key: &str,
     ) -> Result<Written, StatusError> {
-        // Nothing to write, or another replica writes it: no budget spent.
-        if let Some(outcome) = self.check_run_unclaimable(key).await? {
+        // Nothing to write, another replica writes it, or unchanged: no budget spent or waited
+        // for.
+        if let Some(outcome) = self.settle_check_run(key).await? {
             return Ok(outcome);
         }
         // The budget first, then the lease: the lease covers the look-up and the write only,
-        // and the run is rendered from the record as it is once the budget allows a write.
-        sink.ready().await;
+        // and the run is rendered from the record as it is once the budget allows a write. A
+        // permit not spent (the claim found no write due after all) is given back when dropped.
+        let permit = sink.ready().await;
         let ClaimedRun {
             run,
+            digest,
             version,
-            last,
             id: known,
             earlier_create,
         } = match self.claim_check_run(key).await? {
@@ -223,44 +247,40 @@ impl Core {
             Err(outcome) => return Ok(outcome),
         };
         let me = &self.instance;
-        let digest = run.digest();
-        let written = if last.digest.as_deref() == Some(digest.as_str()) {
-            // The newer events changed nothing the run shows.
-            self.metrics.check_run("unchanged");
-            (None, last.last_error)
-        } else {
-            // Id 0 is shadow mode's: nothing was created.
-            let known = known.filter(|id| *id != 0);
-            match self
-                .send_check_run(sink, key, &run, known, earlier_create)
-                .await
-            {
-                Ok(id) => {
-                    self.metrics.check_run("written");
-                    bump(&self.stats.check_runs_written);
-                    (Some(id), None)
+        // Id 0 is shadow mode's: nothing was created.
+        let known = known.filter(|id| *id != 0);
+        let (id, error) = match self
+            .send_check_run(sink, key, &run, known, earlier_create, permit)
+            .await
+        {
+            Ok(id) => {
+                self.metrics.check_run("written");
+                bump(&self.stats.check_runs_written);
+                (Some(id), None)
+            }
+            Err(StatusError::Permanent(reason)) => {
+                self.metrics.check_run("rejected");
+                tracing::error!(
+                    repository = %run.repository,
+                    commit = %run.head_sha,
+                    name = %run.name,
+                    reason,
+                    "check run rejected"
+                );
+                (None, Some(reason))
+            }
+            Err(transient) => {
+                if let Err(err) = self
+                    .store
+                    .modify(key, |record| record.release_check_run_lease(me))
+                    .await
+                {
+                    // Other replicas wait for the lease to run out (`[notifier] lease`).
+                    tracing::warn!(build = %key, error = format!("{err:#}"), "cannot release the check run's lease");
                 }
-                Err(StatusError::Permanent(reason)) => {
-                    self.metrics.check_run("rejected");
-                    tracing::error!(
-                        repository = %run.repository,
-                        commit = %run.head_sha,
-                        name = %run.name,
-                        reason,
-                        "check run rejected"
-                    );
-                    (None, Some(reason))
-                }
-                Err(transient) => {
-                    let _ = self
-                        .store
-                        .modify(key, |record| record.release_check_run_lease(me))
-                        .await;
-                    return Err(transient);
-                }
+                return Err(transient);
             }
         };
-        let (id, error) = written;
         match self
             .store
             .modify(key, |record| {
@@ -268,10 +288,20 @@ impl Core {
             })
             .await
         {
-            Ok(((), record)) if !record.check_run.quiet && record.check_run_dirty() => {
-                Ok(Written::Again)
+            Ok((overtaken, record)) => {
+                if overtaken {
+                    tracing::warn!(
+                        build = %key,
+                        version,
+                        "check run written after the lease ran out, and a newer state was written meanwhile; writing the newest again"
+                    );
+                }
+                if !record.check_run.quiet && record.check_run_dirty() {
+                    Ok(Written::Again)
+                } else {
+                    Ok(Written::Done)
+                }
             }
-            Ok(_) => Ok(Written::Done),
             Err(err) => {
                 // The run is on GitHub; its id is found again by its external id before the
                 // build's next write creates anything (the lease expires on its own).
@@ -291,6 +321,7 @@ impl Core {
         run: &CheckRun,
         mut id: Option<u64>,
         earlier: bool,
+        permit: WritePermit,
     ) -> Result<u64, StatusError> {
         if id.is_none() && earlier {
             id = sink.find(run).await.map_err(|err| match err {
@@ -303,17 +334,17 @@ impl Core {
                 tracing::info!(build = %key, id = found, "found the check run of an earlier creation");
             }
         }
-        sink.write(run, id).await
+        sink.write(run, id, permit).await
     }
 }
 
 /// A build's run to write, its lease taken.
 struct ClaimedRun {
     run: CheckRun,
+    /// `run`'s digest.
+    digest: String,
     /// The view version `run` shows.
     version: u64,
-    /// The run's state as recorded when the lease was taken.
-    last: CheckRunRecord,
     id: Option<u64>,
     earlier_create: bool,
 }
@@ -334,6 +365,14 @@ fn lease_poll(busy: time::Duration) -> Duration {
     Duration::try_from(busy)
         .unwrap_or(LEASE_POLL)
         .min(LEASE_POLL)
+}
+
+/// `modify` with its result mapped by `f`, whether it writes or keeps.
+fn map_modify<A, B>(modify: Modify<A>, f: impl FnOnce(A) -> B) -> Modify<B> {
+    match modify {
+        Modify::Write(a) => Modify::Write(f(a)),
+        Modify::Keep(a) => Modify::Keep(f(a)),
+    }
 }
 
 fn store_error(err: anyhow::Error) -> StatusError {

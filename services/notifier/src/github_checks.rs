@@ -3,25 +3,35 @@
 //! Token mode and local mode have no check runs: the notifier writes commit statuses there
 //! ([`crate::github_status`]).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use prx_ci_shared::github::GitHubClient;
 use serde::Deserialize;
 
 use crate::check_run::CheckRun;
-use crate::github_status::{StatusError, WriteBudget};
+use crate::github_status::{StatusError, WriteBudget, WritePermit};
 
 /// Where check runs go.
 #[async_trait]
 pub trait CheckRunSink: Send + Sync + std::fmt::Debug {
-    /// Waits until one write may be made (the write budget) and takes it: called before each
+    /// Waits until one write may be made (the write budget) and holds it: called before each
     /// [`CheckRunSink::write`], ahead of taking the run's lease, so a long wait for the budget
-    /// never eats into the lease. Nothing to wait for by default.
-    async fn ready(&self) {}
+    /// never eats into the lease. A permit dropped unused (the lease was lost, or the write was
+    /// not due after all) gives its token back. No budget by default.
+    async fn ready(&self) -> WritePermit {
+        WritePermit::unlimited()
+    }
 
-    /// Creates the run (`id` none) or updates run `id` to `run`; returns the run's id. Spends
-    /// no budget: [`CheckRunSink::ready`] took it.
-    async fn write(&self, run: &CheckRun, id: Option<u64>) -> Result<u64, StatusError>;
+    /// Creates the run (`id` none) or updates run `id` to `run`, spending `permit`; returns the
+    /// run's id.
+    async fn write(
+        &self,
+        run: &CheckRun,
+        id: Option<u64>,
+        permit: WritePermit,
+    ) -> Result<u64, StatusError>;
 
     /// The id of a run already created for `run` (same commit, name and `external_id`), for a
     /// creation whose answer was never stored (a crash or a lost write of the record).
@@ -35,7 +45,13 @@ pub struct ShadowCheckRunSink;
 
 #[async_trait]
 impl CheckRunSink for ShadowCheckRunSink {
-    async fn write(&self, run: &CheckRun, _id: Option<u64>) -> Result<u64, StatusError> {
+    async fn write(
+        &self,
+        run: &CheckRun,
+        _id: Option<u64>,
+        permit: WritePermit,
+    ) -> Result<u64, StatusError> {
+        permit.spend();
         tracing::debug!(
             repository = %run.repository,
             commit = %run.head_sha,
@@ -53,19 +69,19 @@ impl CheckRunSink for ShadowCheckRunSink {
 
 /// GitHub's `POST /repos/{o}/{r}/check-runs` and `PATCH /repos/{o}/{r}/check-runs/{id}` through
 /// the shared client (App mode: the repository's installation token), within a
-/// [`WriteBudget`] (creations and updates alike, taken by [`CheckRunSink::ready`]; the lookup
+/// [`WriteBudget`] (creations and updates alike, held from [`CheckRunSink::ready`]; the lookup
 /// is a read and spends nothing).
 #[derive(Debug)]
 pub struct GitHubCheckRunSink {
     client: GitHubClient,
-    budget: WriteBudget,
+    budget: Arc<WriteBudget>,
 }
 
 impl GitHubCheckRunSink {
     pub fn new(client: GitHubClient, per_minute: u32, per_hour: u32) -> Self {
         Self {
             client,
-            budget: WriteBudget::new(per_minute, per_hour),
+            budget: Arc::new(WriteBudget::new(per_minute, per_hour)),
         }
     }
 }
@@ -88,11 +104,18 @@ struct Listing {
 
 #[async_trait]
 impl CheckRunSink for GitHubCheckRunSink {
-    async fn ready(&self) {
-        self.budget.acquire().await;
+    async fn ready(&self) -> WritePermit {
+        self.budget.permit().await
     }
 
-    async fn write(&self, run: &CheckRun, id: Option<u64>) -> Result<u64, StatusError> {
+    async fn write(
+        &self,
+        run: &CheckRun,
+        id: Option<u64>,
+        permit: WritePermit,
+    ) -> Result<u64, StatusError> {
+        // Sent: spent whatever GitHub answers.
+        permit.spend();
         let mut body = run.body();
         let answer: Answer = match id {
             None => {

@@ -1,7 +1,7 @@
 //! The commit-status port: GitHub's statuses API within a write budget
 //! ([`GitHubStatusSink`]), or the log in local mode ([`LogStatusSink`]).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -143,6 +143,52 @@ impl WriteBudget {
             tokio::time::sleep(wait).await;
         }
     }
+
+    /// Waits for a token and holds it as a [`WritePermit`], given back unless spent.
+    pub async fn permit(self: &Arc<Self>) -> WritePermit {
+        self.acquire().await;
+        WritePermit {
+            budget: Some(self.clone()),
+        }
+    }
+
+    /// Returns a token taken but not used (no write was made), to both windows.
+    fn give_back(&self) {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.minute_tokens = (state.minute_tokens + 1.0).min(self.per_minute);
+        state.hour_tokens = (state.hour_tokens + 1.0).min(self.per_hour);
+    }
+}
+
+/// One write a [`WriteBudget`] allows: spent by the write it is handed to, given back to the
+/// budget when dropped unspent (nothing was written: the write turned out not to be due).
+#[derive(Debug)]
+#[must_use = "dropping a permit gives its token back"]
+pub struct WritePermit {
+    budget: Option<Arc<WriteBudget>>,
+}
+
+impl WritePermit {
+    /// A permit of no budget (a sink that writes nothing, or spends no budget).
+    pub fn unlimited() -> Self {
+        Self { budget: None }
+    }
+
+    /// The write is made: the token is used.
+    pub fn spend(mut self) {
+        self.budget = None;
+    }
+}
+
+impl Drop for WritePermit {
+    fn drop(&mut self) {
+        if let Some(budget) = self.budget.take() {
+            budget.give_back();
+        }
+    }
 }
 
 /// GitHub's `POST /repos/{owner}/{repo}/statuses/{sha}` through the shared client, within a
@@ -217,5 +263,23 @@ mod tests {
         }
         let wait = budget.reserve();
         assert!((wait.as_secs_f64() - 360.0).abs() < 0.5, "{wait:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permit_dropped_unspent_gives_its_token_back_and_a_spent_one_does_not() {
+        let budget = Arc::new(WriteBudget::new(2, 2));
+        budget.permit().await.spend();
+        drop(budget.permit().await);
+        // One token left: the unspent permit's.
+        assert_eq!(budget.reserve(), Duration::ZERO);
+        assert!(budget.reserve() > Duration::from_secs(60));
+        // A full bucket stays full.
+        let full = Arc::new(WriteBudget::new(2, 2));
+        full.give_back();
+        full.give_back();
+        for _ in 0..2 {
+            assert_eq!(full.reserve(), Duration::ZERO);
+        }
+        assert!(full.reserve() > Duration::ZERO);
     }
 }

@@ -118,13 +118,23 @@ pub enum Claim {
     },
 }
 
-/// What [`NotificationRecord::claim_check_run`] found.
+/// Why no check-run write is due, as [`NotificationRecord::settle_check_run`] decides it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CheckRunClaim {
+pub enum CheckRunSettled {
     /// The run already shows the newest view (or the newest event was old history).
     Clean,
     /// Another replica holds the run's lease for this long yet.
     Busy(time::Duration),
+    /// The newest view renders what was last written: the version the run shows was raised,
+    /// nothing is written.
+    Unchanged,
+}
+
+/// What [`NotificationRecord::claim_check_run`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckRunClaim {
+    /// No write is due (no lease taken).
+    Settled(CheckRunSettled),
     /// The lease is ours: write the run of the record as claimed. `id`: the run's id when
     /// known; `earlier_create`: a creation marker left by an earlier attempt whose id was
     /// never stored (the run may exist: look it up before creating one).
@@ -279,25 +289,52 @@ impl NotificationRecord {
         self.view.version > self.check_run.version
     }
 
-    /// Takes the check run's lease for `owner` until `until` when the run is behind its view
-    /// (and the newest event was not old history) and no other replica holds an unexpired
-    /// lease; before the run's first creation, also leaves the creation marker. Decided on the
-    /// record as stored, so a replica holding an older view never writes after a newer one was
-    /// delivered: that version is no longer behind, and a write in flight holds the lease.
-    pub fn claim_check_run(
+    /// Settles the run without a write when none is due for `owner` at `now`: it shows the
+    /// newest view already (or the newest event was old history), another replica holds an
+    /// unexpired lease, or the newest view renders `digest` (the run as rendered from this
+    /// record), which is what was last written: then only the version shown is raised. `None`:
+    /// a write is due. Takes no lease, so it is decided before the write budget is waited for
+    /// and an unchanged run neither spends nor waits for it.
+    pub fn settle_check_run(
         &mut self,
+        digest: &str,
         owner: &str,
         now: OffsetDateTime,
-        until: OffsetDateTime,
-    ) -> Modify<CheckRunClaim> {
+    ) -> Modify<Option<CheckRunSettled>> {
         if self.check_run.quiet || !self.check_run_dirty() {
-            return Modify::Keep(CheckRunClaim::Clean);
+            return Modify::Keep(Some(CheckRunSettled::Clean));
         }
         if let Some(lease) = &self.check_run.lease
             && lease.owner != owner
             && lease.until > now
         {
-            return Modify::Keep(CheckRunClaim::Busy(lease.until - now));
+            // Its write in flight may differ from what was last recorded: not unchanged.
+            return Modify::Keep(Some(CheckRunSettled::Busy(lease.until - now)));
+        }
+        if self.check_run.digest.as_deref() == Some(digest) {
+            self.check_run.version = self.view.version;
+            return Modify::Write(Some(CheckRunSettled::Unchanged));
+        }
+        Modify::Keep(None)
+    }
+
+    /// Takes the check run's lease for `owner` until `until` when a write is due
+    /// ([`Self::settle_check_run`] settles it otherwise, `digest` the run as rendered from this
+    /// record); before the run's first creation, also leaves the creation marker. Decided on
+    /// the record as stored, so a replica holding an older view never writes after a newer one
+    /// was delivered: that version is no longer behind, and a write in flight holds the lease.
+    pub fn claim_check_run(
+        &mut self,
+        digest: &str,
+        owner: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Modify<CheckRunClaim> {
+        match self.settle_check_run(digest, owner, now) {
+            Modify::Keep(Some(settled)) => return Modify::Keep(CheckRunClaim::Settled(settled)),
+            Modify::Write(Some(settled)) => return Modify::Write(CheckRunClaim::Settled(settled)),
+            // Due: the lease below is stored either way.
+            Modify::Keep(None) | Modify::Write(None) => {}
         }
         self.check_run.lease = Some(Lease {
             owner: owner.to_owned(),
@@ -326,9 +363,15 @@ impl NotificationRecord {
         }
     }
 
-    /// Records a check-run write of the view `version`: the run's id (a known id stays), the
-    /// digest of what was written, the version shown (never lowered), and GitHub's permanent
-    /// error (`error`: the content was given up on); releases `owner`'s lease.
+    /// Records `owner`'s check-run write of the view `version`: the run's id (a known id
+    /// stays), the digest of what was written, the version shown, and GitHub's permanent error
+    /// (`error`: the content was given up on, nothing written); releases `owner`'s lease.
+    ///
+    /// Overtaken: `owner`'s lease ran out while it wrote and another replica recorded a newer
+    /// version meanwhile, so this write may have landed on GitHub after the newer one. It is
+    /// then recorded as what the run shows (the version lowered to `version`, its digest), so
+    /// the run is behind again and the newest state is written once more; returns `true`. A
+    /// rejection that was overtaken changes nothing (nothing of it landed).
     pub fn mark_check_run_written(
         &mut self,
         id: Option<u64>,
@@ -336,16 +379,25 @@ impl NotificationRecord {
         version: u64,
         error: Option<String>,
         owner: &str,
-    ) -> Modify<()> {
-        if self
+    ) -> Modify<bool> {
+        let ours = self
             .check_run
             .lease
             .as_ref()
-            .is_some_and(|l| l.owner == owner)
-        {
+            .is_some_and(|l| l.owner == owner);
+        let overtaken = !ours && self.check_run.version > version;
+        if overtaken && error.is_some() {
+            return Modify::Keep(false);
+        }
+        if ours {
             self.check_run.lease = None;
         }
-        self.check_run.version = self.check_run.version.max(version);
+        // Under its own lease nothing newer was recorded meanwhile: the version only rises.
+        self.check_run.version = if overtaken {
+            version
+        } else {
+            self.check_run.version.max(version)
+        };
         // A known id stays; shadow mode's 0 gives way to a real one.
         if self.check_run.id.is_none_or(|known| known == 0) && id.is_some() {
             self.check_run.id = id;
@@ -355,7 +407,7 @@ impl NotificationRecord {
         }
         self.check_run.digest = Some(digest.to_owned());
         self.check_run.last_error = error;
-        Modify::Write(())
+        Modify::Write(overtaken)
     }
 
     /// The `NotificationDelivered` event of a delivery, caused by the last event applied; its

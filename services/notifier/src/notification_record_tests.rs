@@ -344,42 +344,45 @@ fn a_quiet_event_writes_no_check_run_until_a_live_one_arrives() {
     assert!(!record.check_run.quiet);
 }
 
+/// The digest of the run as rendered from the record (each test's own: the rules only compare).
+const D1: &str = "d1";
+const D2: &str = "d2";
+
+fn claimed(id: Option<u64>, earlier_create: bool) -> Modify<CheckRunClaim> {
+    Modify::Write(CheckRunClaim::Claimed { id, earlier_create })
+}
+
+fn settled(settled: CheckRunSettled) -> Modify<CheckRunClaim> {
+    Modify::Keep(CheckRunClaim::Settled(settled))
+}
+
 #[test]
 fn the_first_check_run_creation_leaves_a_marker_and_a_second_attempt_looks_first() {
     let mut record = dirty();
     let until = NOW + time::Duration::minutes(3);
     assert_eq!(
-        record.claim_check_run(ME, NOW, until),
-        Modify::Write(CheckRunClaim::Claimed {
-            id: None,
-            earlier_create: false
-        })
+        record.claim_check_run(D1, ME, NOW, until),
+        claimed(None, false)
     );
     assert!(record.check_run.create_started);
     // The creation's answer was never stored: the next attempt is told to look for the run.
     assert_eq!(
-        record.claim_check_run(ME, NOW, until),
-        Modify::Write(CheckRunClaim::Claimed {
-            id: None,
-            earlier_create: true
-        })
+        record.claim_check_run(D1, ME, NOW, until),
+        claimed(None, true)
     );
     assert!(record.check_run_dirty());
     let version = record.view.version;
     assert_eq!(
-        record.mark_check_run_written(Some(7), "d1", version, None, ME),
-        Modify::Write(())
+        record.mark_check_run_written(Some(7), D1, version, None, ME),
+        Modify::Write(false)
     );
     assert_eq!(record.check_run.id, Some(7));
     assert!(!record.check_run.create_started);
     assert!(!record.check_run_dirty());
     assert_eq!(record.check_run.lease, None, "released by the write");
-    // An older write landing late never lowers the version shown.
-    let _ = record.mark_check_run_written(Some(7), "d0", version - 1, None, ME);
-    assert_eq!(record.check_run.version, version);
     assert_eq!(
-        record.claim_check_run(ME, NOW, until),
-        Modify::Keep(CheckRunClaim::Clean),
+        record.claim_check_run(D1, ME, NOW, until),
+        settled(CheckRunSettled::Clean),
         "nothing behind"
     );
     let _ = record.apply_event(
@@ -390,11 +393,8 @@ fn the_first_check_run_creation_leaves_a_marker_and_a_second_attempt_looks_first
     assert!(record.check_run_dirty());
     // Known: every later write updates run 7.
     assert_eq!(
-        record.claim_check_run(ME, NOW, until),
-        Modify::Write(CheckRunClaim::Claimed {
-            id: Some(7),
-            earlier_create: false
-        })
+        record.claim_check_run(D2, ME, NOW, until),
+        claimed(Some(7), false)
     );
 }
 
@@ -402,18 +402,23 @@ fn the_first_check_run_creation_leaves_a_marker_and_a_second_attempt_looks_first
 fn a_check_run_leased_by_another_replica_waits_and_an_older_view_is_never_written() {
     let mut record = dirty();
     let until = NOW + time::Duration::minutes(3);
-    let _ = record.claim_check_run(OTHER, NOW, until);
+    let _ = record.claim_check_run(D1, OTHER, NOW, until);
+    let busy = CheckRunSettled::Busy(time::Duration::minutes(3));
     assert_eq!(
-        record.claim_check_run(ME, NOW, until),
-        Modify::Keep(CheckRunClaim::Busy(time::Duration::minutes(3)))
+        record.claim_check_run(D1, ME, NOW, until),
+        settled(busy.clone())
+    );
+    assert_eq!(
+        record.settle_check_run(D1, ME, NOW),
+        Modify::Keep(Some(busy))
     );
     // The other replica wrote the newest view: behind no more, nothing for us to write (our
     // older view included).
     let version = record.view.version;
-    let _ = record.mark_check_run_written(Some(7), "d1", version, None, OTHER);
+    let _ = record.mark_check_run_written(Some(7), D1, version, None, OTHER);
     assert_eq!(
-        record.claim_check_run(ME, NOW, until),
-        Modify::Keep(CheckRunClaim::Clean)
+        record.claim_check_run(D1, ME, NOW, until),
+        settled(CheckRunSettled::Clean)
     );
     // A lease its holder let expire (it died) is taken over.
     let _ = record.apply_event(
@@ -421,18 +426,143 @@ fn a_check_run_leased_by_another_replica_waits_and_an_older_view_is_never_writte
         false,
         &StatusConfig::default(),
     );
-    let _ = record.claim_check_run(OTHER, NOW, until);
-    assert!(matches!(
-        record.claim_check_run(ME, until, until + time::Duration::minutes(3)),
-        Modify::Write(CheckRunClaim::Claimed { id: Some(7), .. })
-    ));
+    let _ = record.claim_check_run(D2, OTHER, NOW, until);
+    assert_eq!(
+        record.claim_check_run(D2, ME, until, until + time::Duration::minutes(3)),
+        claimed(Some(7), false)
+    );
     // Only the holder releases it; a quiet (old-history) record is not claimed.
     assert_eq!(record.release_check_run_lease(OTHER), Modify::Keep(()));
     assert_eq!(record.release_check_run_lease(ME), Modify::Write(()));
     record.check_run.quiet = true;
     assert_eq!(
-        record.claim_check_run(ME, NOW, until),
-        Modify::Keep(CheckRunClaim::Clean)
+        record.claim_check_run(D2, ME, NOW, until),
+        settled(CheckRunSettled::Clean)
+    );
+}
+
+#[test]
+fn a_run_whose_newest_view_renders_what_was_written_is_settled_without_a_lease() {
+    let mut record = dirty();
+    let until = NOW + time::Duration::minutes(3);
+    let _ = record.claim_check_run(D1, ME, NOW, until);
+    let _ = record.mark_check_run_written(Some(7), D1, record.view.version, None, ME);
+    let _ = record.apply_event(
+        &envelope("e2", completed(v1::BuildStatus::Succeeded)),
+        false,
+        &StatusConfig::default(),
+    );
+    // A write is due when the content differs: settling decides it without a lease.
+    let before = record.clone();
+    assert_eq!(record.settle_check_run(D2, ME, NOW), Modify::Keep(None));
+    assert_eq!(record, before);
+    // The same content as written: only the version shown rises, no lease, no write.
+    assert_eq!(
+        record.settle_check_run(D1, ME, NOW),
+        Modify::Write(Some(CheckRunSettled::Unchanged))
+    );
+    assert!(!record.check_run_dirty());
+    assert_eq!(record.check_run.lease, None);
+    assert_eq!(record.check_run.digest.as_deref(), Some(D1));
+    // Claiming decides it the same way (a view changed while the budget was waited for).
+    let _ = record.apply_event(
+        &envelope("e3", completed(v1::BuildStatus::Failed)),
+        false,
+        &StatusConfig::default(),
+    );
+    assert_eq!(
+        record.claim_check_run(D1, ME, NOW, until),
+        Modify::Write(CheckRunClaim::Settled(CheckRunSettled::Unchanged))
+    );
+    assert!(!record.check_run_dirty());
+    assert_eq!(record.check_run.lease, None);
+    // A rejected content is not tried again until it changes (the error stays).
+    let _ = record.apply_event(
+        &envelope("e4", completed(v1::BuildStatus::Stopped)),
+        false,
+        &StatusConfig::default(),
+    );
+    let _ = record.claim_check_run(D2, ME, NOW, until);
+    let _ = record.mark_check_run_written(None, D2, record.view.version, Some("422".into()), ME);
+    let _ = record.apply_event(
+        &envelope("e5", completed(v1::BuildStatus::Succeeded)),
+        false,
+        &StatusConfig::default(),
+    );
+    assert_eq!(
+        record.settle_check_run(D2, ME, NOW),
+        Modify::Write(Some(CheckRunSettled::Unchanged))
+    );
+    assert_eq!(record.check_run.last_error.as_deref(), Some("422"));
+    // Another replica's write in flight may show anything: wait for it instead.
+    let _ = record.apply_event(
+        &envelope("e6", completed(v1::BuildStatus::Succeeded)),
+        false,
+        &StatusConfig::default(),
+    );
+    let _ = record.claim_check_run(D1, OTHER, NOW, until);
+    assert!(matches!(
+        record.settle_check_run(D2, ME, NOW),
+        Modify::Keep(Some(CheckRunSettled::Busy(_)))
+    ));
+}
+
+#[test]
+fn a_write_overtaken_after_its_lease_ran_out_is_recorded_as_shown_and_written_again() {
+    let mut record = dirty();
+    let lease = time::Duration::minutes(3);
+    // A claims version 1 and writes; its lease runs out while the write is in flight.
+    let _ = record.claim_check_run(D1, ME, NOW, NOW + lease);
+    let mine = record.view.version;
+    let _ = record.apply_event(
+        &envelope("e2", completed(v1::BuildStatus::Succeeded)),
+        false,
+        &StatusConfig::default(),
+    );
+    // B takes the expired lease, writes the newest version and records it.
+    let later = NOW + lease;
+    assert_eq!(
+        record.claim_check_run(D2, OTHER, later, later + lease),
+        claimed(None, true)
+    );
+    let newest = record.view.version;
+    let _ = record.mark_check_run_written(Some(7), D2, newest, None, OTHER);
+    assert!(!record.check_run_dirty());
+    // A's older write landed last: recorded as what the run shows, so the run is behind again.
+    assert_eq!(
+        record.mark_check_run_written(Some(7), D1, mine, None, ME),
+        Modify::Write(true)
+    );
+    assert_eq!(record.check_run.version, mine);
+    assert_eq!(record.check_run.digest.as_deref(), Some(D1));
+    assert_eq!(record.check_run.id, Some(7));
+    assert!(record.check_run_dirty());
+    assert_eq!(
+        record.claim_check_run(D2, ME, later, later + lease),
+        claimed(Some(7), false),
+        "the newest state is written once more"
+    );
+    // A rejection overtaken so changes nothing: nothing of it landed.
+    let _ = record.mark_check_run_written(Some(7), D2, newest, None, ME);
+    let before = record.clone();
+    assert_eq!(
+        record.mark_check_run_written(None, D1, mine, Some("422".into()), OTHER),
+        Modify::Keep(false)
+    );
+    assert_eq!(record, before);
+    // Not overtaken: a write whose lease ran out with nothing newer recorded meanwhile.
+    let mut alone = dirty();
+    let _ = alone.claim_check_run(D1, ME, NOW, NOW + lease);
+    let _ = alone.claim_check_run(D1, OTHER, later, later + lease);
+    assert_eq!(
+        alone.mark_check_run_written(Some(7), D1, alone.view.version, None, ME),
+        Modify::Write(false)
+    );
+    assert!(!alone.check_run_dirty());
+    assert_eq!(
+        alone.check_run.lease.as_ref().map(|l| l.owner.as_str()),
+        Some(OTHER),
+        "the holder's lease stays"
     );
 }
 
@@ -456,7 +586,7 @@ fn only_a_status_written_to_github_keeps_a_build_from_getting_a_run_on_restart()
     let _ = token.mark_status_written(&written, true, &config);
     assert!(token.reported_by_status());
     // A run once started is always kept up to date.
-    let _ = token.claim_check_run(ME, NOW, NOW + time::Duration::minutes(3));
+    let _ = token.claim_check_run(D1, ME, NOW, NOW + time::Duration::minutes(3));
     assert!(!token.reported_by_status());
     // Nothing written and nothing folded quietly: not reported either.
     assert!(!dirty().reported_by_status());

@@ -28,7 +28,7 @@
 //! [`crate::handler`] folds the events into records, [`crate::chat_delivery`] and
 //! [`crate::status_delivery`] and [`crate::check_delivery`] deliver them. This module only wires them together.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
@@ -157,6 +157,7 @@ impl Notifier {
             status_queue: CoalescingQueue::default(),
             recent_statuses: Mutex::new(HashMap::new()),
             check_queue: CoalescingQueue::default(),
+            check_run_polls: Mutex::new(HashSet::new()),
             tasks: Mutex::new(JoinSet::new()),
             shutdown: workers.clone(),
             config: self.config,
@@ -212,17 +213,22 @@ pub(crate) struct Core {
     pub(crate) recent_statuses: Mutex<HashMap<StatusKey, CommitStatus>>,
     /// Builds whose check run waits to be written.
     pub(crate) check_queue: CoalescingQueue<String, PendingCheckRun>,
+    /// Builds whose run another replica holds, with a look again scheduled (one per build).
+    pub(crate) check_run_polls: Mutex<HashSet<String>>,
     tasks: Mutex<JoinSet<()>>,
     pub(crate) shutdown: CancellationToken,
 }
 
 impl Core {
-    /// Runs `task` until it ends; [`Notifier::run`] waits for every task at shutdown.
+    /// Runs `task` until it ends; [`Notifier::run`] waits for every task at shutdown. Tasks
+    /// already ended (retries and polls waited out) are reaped here, so the set stays small.
     pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
-        self.tasks
+        let mut tasks = self
+            .tasks
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .spawn(task);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
     }
 
     /// The chat channel of a build's messages.

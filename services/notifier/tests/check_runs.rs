@@ -3,8 +3,9 @@
 //! build and architecture through its whole life (queued, in progress, completed), the same
 //! run after a restart, a superseded build cancelled, and a burst of finishing builds
 //! coalesced within the write budget; a run never written before a restart written after it,
-//! two replicas never landing an older state last, and a failed look-up of an earlier
-//! creation recorded (permanent) or retried (transient).
+//! two replicas never landing an older state last, a failed look-up of an earlier creation
+//! recorded (permanent) or retried (transient), and no write budget spent (nor waited for)
+//! when nothing is written: an unchanged run, a lease lost while waiting for the budget.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use prometheus_client::registry::Registry;
 use prx_ci_notifier::check_run::CheckRun;
-use prx_ci_notifier::github_status::StatusError;
+use prx_ci_notifier::github_status::{StatusError, WritePermit};
 use prx_ci_notifier::notification_store::NotificationStore;
 use prx_ci_notifier::{
     CheckRunSink, DeliveryStats, GitHubCheckRunSink, GitHubStatusSink, LogChatSink, Notifier,
@@ -78,14 +79,19 @@ struct Gated {
 
 #[async_trait]
 impl CheckRunSink for Gated {
-    async fn ready(&self) {
-        self.inner.ready().await;
+    async fn ready(&self) -> WritePermit {
+        self.inner.ready().await
     }
 
-    async fn write(&self, run: &CheckRun, id: Option<u64>) -> Result<u64, StatusError> {
+    async fn write(
+        &self,
+        run: &CheckRun,
+        id: Option<u64>,
+        permit: WritePermit,
+    ) -> Result<u64, StatusError> {
         let mut open = self.open.clone();
         open.wait_for(|open| *open).await.unwrap();
-        self.inner.write(run, id).await
+        self.inner.write(run, id, permit).await
     }
 
     async fn find(&self, run: &CheckRun) -> Result<Option<u64>, StatusError> {
@@ -104,16 +110,21 @@ struct BudgetHeld {
 
 #[async_trait]
 impl CheckRunSink for BudgetHeld {
-    async fn ready(&self) {
+    async fn ready(&self) -> WritePermit {
         self.waiting
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut open = self.open.clone();
         open.wait_for(|open| *open).await.unwrap();
-        self.inner.ready().await;
+        self.inner.ready().await
     }
 
-    async fn write(&self, run: &CheckRun, id: Option<u64>) -> Result<u64, StatusError> {
-        self.inner.write(run, id).await
+    async fn write(
+        &self,
+        run: &CheckRun,
+        id: Option<u64>,
+        permit: WritePermit,
+    ) -> Result<u64, StatusError> {
+        self.inner.write(run, id, permit).await
     }
 
     async fn find(&self, run: &CheckRun) -> Result<Option<u64>, StatusError> {
@@ -673,12 +684,12 @@ async fn a_run_whose_creation_was_not_recorded_is_found_by_its_external_id() {
         summary: "summary".into(),
     };
     assert_eq!(sink.find(&run).await.unwrap(), None);
-    let id = sink.write(&run, None).await.unwrap();
+    let id = sink.write(&run, None, sink.ready().await).await.unwrap();
     let other = CheckRun {
         external_id: "req-2".into(),
         ..run.clone()
     };
-    sink.write(&other, None).await.unwrap();
+    sink.write(&other, None, sink.ready().await).await.unwrap();
     assert_eq!(sink.find(&run).await.unwrap(), Some(id));
     // An update keeps the run and its commit.
     let done = CheckRun {
@@ -686,7 +697,12 @@ async fn a_run_whose_creation_was_not_recorded_is_found_by_its_external_id() {
         conclusion: Some(prx_ci_notifier::check_run::Conclusion::Success),
         ..run.clone()
     };
-    assert_eq!(sink.write(&done, Some(id)).await.unwrap(), id);
+    assert_eq!(
+        sink.write(&done, Some(id), sink.ready().await)
+            .await
+            .unwrap(),
+        id
+    );
     let stored = github
         .check_runs()
         .into_iter()
@@ -717,23 +733,10 @@ async fn fold(store: &NotificationStore, key: &str, events: &[(v1::Envelope, boo
 async fn a_run_never_written_before_a_restart_is_written_after_it_also_after_old_history() {
     let env = Env::start().await;
     let store = env.store().await;
-    // App mode: old history (a replay: the build's start, which calls for a status), then a
-    // live event, folded; the notifier stopped before writing the run.
-    let after_history = Build::new(
-        "infrastructure-ci-Runner2:history",
-        SHA,
-        v1::Architecture::X8664,
-    );
-    fold(
-        &store,
-        &after_history.build_id,
-        &[
-            (after_history.started(), true),
-            (after_history.completed(v1::BuildStatus::Succeeded), false),
-        ],
-    )
-    .await;
-    // Token mode wrote this build's status; the notifier comes back in App mode.
+    // Token mode wrote this build's status; the notifier comes back in App mode. Stored first:
+    // the restart lists keys in the order they were last written, and the single worker
+    // writes in queue order, so were this build queued, its run would be written before the
+    // other's (and counted as requested).
     let reported = Build::new(
         "infrastructure-ci-Runner2:reported",
         SHA,
@@ -757,6 +760,22 @@ async fn a_run_never_written_before_a_restart_is_written_after_it_also_after_old
         })
         .await
         .unwrap();
+    // App mode: old history (a replay: the build's start, which calls for a status), then a
+    // live event, folded; the notifier stopped before writing the run.
+    let after_history = Build::new(
+        "infrastructure-ci-Runner2:history",
+        SHA,
+        v1::Architecture::X8664,
+    );
+    fold(
+        &store,
+        &after_history.build_id,
+        &[
+            (after_history.started(), true),
+            (after_history.completed(v1::BuildStatus::Succeeded), false),
+        ],
+    )
+    .await;
 
     let notifier = env.live().await;
     let run = env.wait_status(&after_history.name(), "completed").await;
@@ -765,7 +784,7 @@ async fn a_run_never_written_before_a_restart_is_written_after_it_also_after_old
         run.external_id.as_deref(),
         Some(after_history.request_id().as_str())
     );
-    wait_until(WAIT, "the restart's requeue to finish", || {
+    wait_until(WAIT, "the written run counted", || {
         let written = notifier
             .stats
             .check_runs_written
@@ -773,6 +792,15 @@ async fn a_run_never_written_before_a_restart_is_written_after_it_also_after_old
         async move { (written >= 1).then_some(()) }
     })
     .await;
+    // The requeue went past the reported build (listed first) before queuing this one.
+    let load =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        load(&notifier.stats.check_runs_requested),
+        1,
+        "only the run never written was queued"
+    );
+    assert_eq!(load(&notifier.stats.check_runs_written), 1);
     notifier.stop().await;
     assert_eq!(
         env.github
@@ -933,6 +961,8 @@ async fn a_look_up_github_refuses_for_good_is_recorded_as_rejected() {
     notifier.stop().await;
 }
 
+/// A transient failure of the look-up is retried (it was before a permanent one became a
+/// rejection too: this guards that split, it did not fail without it).
 #[tokio::test]
 async fn a_look_up_that_fails_for_now_is_retried_and_finds_the_run() {
     let env = Env::start().await;
@@ -964,7 +994,8 @@ async fn a_look_up_that_fails_for_now_is_retried_and_finds_the_run() {
 }
 
 #[tokio::test]
-async fn a_replica_waiting_for_its_write_budget_holds_no_lease_and_writes_nothing_stale() {
+async fn a_replica_waiting_for_its_write_budget_holds_no_lease_writes_nothing_stale_and_gives_the_budget_back()
+ {
     let env = Env::start().await;
     let store = env.store().await;
     let build = Build::new(
@@ -974,11 +1005,12 @@ async fn a_replica_waiting_for_its_write_budget_holds_no_lease_and_writes_nothin
     );
     let (gate, open) = watch::channel(false);
     let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // A's budget: one write an hour.
     let a = env
         .notifier(
             Env::config(),
             Arc::new(BudgetHeld {
-                inner: GitHubCheckRunSink::new(env.client(), 80, 500),
+                inner: GitHubCheckRunSink::new(env.client(), 1, 1),
                 open,
                 waiting: waiting.clone(),
             }),
@@ -1005,11 +1037,65 @@ async fn a_replica_waiting_for_its_write_budget_holds_no_lease_and_writes_nothin
     let b = env.live().await;
     env.wait_status(&build.name(), "completed").await;
     b.stop().await;
-    // A's budget comes: the run shows the newest view already, A writes nothing (stopping
-    // waits for the attempt under way to finish).
+    // A's budget comes: the run shows the newest view already, A writes nothing and gives the
+    // write back, so the build's next event is written at once (not an hour later).
     gate.send(true).unwrap();
+    env.publish(&build.publish_applied()).await;
+    env.runs_where("the publication shown", |runs| {
+        runs.iter()
+            .any(|r| summary(r).contains("/prx/stag/Spire/MyApp/pkg/docker-image-tag"))
+    })
+    .await;
     a.stop().await;
     let writes = env.github.check_run_writes();
-    assert_eq!(writes.len(), 1, "B's write only: {writes:#?}");
-    assert_eq!(writes[0].body["status"], "completed");
+    assert_eq!(writes.len(), 2, "B's write, then A's newest: {writes:#?}");
+    assert_eq!(
+        status_sequence(&writes, writes[0].id),
+        ["completed"],
+        "nothing stale: {writes:#?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unchanged_run_spends_no_write_budget() {
+    let env = Env::start().await;
+    let store = env.store().await;
+    let build = Build::new(
+        "infrastructure-ci-Runner2:unchanged",
+        SHA,
+        v1::Architecture::X8664,
+    );
+    // Two writes an hour: the queued run and the running one, none for what changes nothing.
+    let notifier = env
+        .notifier(
+            Env::config(),
+            Arc::new(GitHubCheckRunSink::new(env.client(), 2, 2)),
+        )
+        .await;
+    env.publish(&build.requested()).await;
+    env.wait_status(&build.name(), "queued").await;
+    // The request again, under another event id (a dispatcher's retry): the view moves on,
+    // the run it renders does not.
+    env.publish(&build.envelope("requested-again", Payload::BuildRequested(build.request())))
+        .await;
+    wait_until(WAIT, "the unchanged run settled", || async {
+        let (record, _) = store.load(&build.build_id).await.ok()??;
+        (record.view.version == 2 && !record.check_run_dirty()).then_some(())
+    })
+    .await;
+    let metrics = notifier.metrics();
+    assert!(
+        metrics.contains(r#"prx_ci_notifier_check_runs_total{outcome="unchanged"} 1"#),
+        "{metrics}"
+    );
+    // The budget's second write is still there.
+    env.publish(&build.started()).await;
+    env.wait_status(&build.name(), "in_progress").await;
+    notifier.stop().await;
+    let writes = env.github.check_run_writes();
+    assert_eq!(
+        status_sequence(&writes, writes[0].id),
+        ["queued", "in_progress"]
+    );
+    assert_eq!(writes.len(), 2, "{writes:#?}");
 }
