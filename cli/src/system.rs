@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use prx_ci_build_watcher::{BuildWatcher, BuildWatcherConfig};
 use prx_ci_dispatcher::{Dispatcher, DispatcherConfig, LocalGitBuildspecSource};
+use prx_ci_ingress::recovery::Reconciler;
 use prx_ci_ingress::{Ingress, IngressConfig};
 use prx_ci_local_runner::{LocalRunner, LocalRunnerConfig};
 use prx_ci_notifier::{Notifier, NotifierConfig};
@@ -171,7 +172,30 @@ impl LocalSystem {
             .local_build_logs
             .get_or_insert_with(|| config.runner.data_dir.clone());
         let runner = LocalRunner::new(rt.clone(), config.runner)?;
-        let ingress = Ingress::new(rt.clone(), config.ingress, &mut registry)?;
+        // One GitHub client for the process: clones share the App's token cache.
+        let github = prx_ci_shared::github::GitHubClient::new(config.github.clone())
+            .context("cannot build the GitHub client")?;
+        // The self-healing intake (docs/self-healing-intake.md): a round at start-up, then
+        // every `interval`, recovering deliveries GitHub could not make while this was down.
+        let reconciler = if config.ingress.self_healing.enabled {
+            config
+                .ingress
+                .self_healing
+                .check_credentials(&config.github)
+                .map_err(|reason| anyhow::anyhow!("invalid configuration [ingress]: {reason}"))?;
+            Some(Reconciler::new(
+                &rt,
+                &config.ingress,
+                github.clone(),
+                &mut registry,
+            ))
+        } else {
+            None
+        };
+        let mut ingress = Ingress::new(rt.clone(), config.ingress, &mut registry)?;
+        if let Some(reconciler) = reconciler {
+            ingress = ingress.with_reconciler(reconciler);
+        }
         let dispatcher = Dispatcher::new(
             rt.clone(),
             config.dispatcher,
@@ -205,10 +229,7 @@ impl LocalSystem {
             };
         // Rebuilds of a commit given by hand prove it is on the branch: git for the local
         // `file://` clones, GitHub's compare API for GitHub repositories.
-        let commits = prx_ci_ops::ancestry::Ancestry::new(
-            prx_ci_shared::github::GitHubClient::new(config.github.clone())
-                .context("cannot build the GitHub client")?,
-        );
+        let commits = prx_ci_ops::ancestry::Ancestry::new(github);
         let mut ops = OpsService::new(rt.clone(), config.ops, &mut registry)?
             .with_commit_graph(Arc::new(commits))
             .with_ownership(ownership)

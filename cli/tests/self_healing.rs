@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Local, Repo, SECRET, publish_outcomes};
+use common::{Local, Repo, SECRET, publish_outcomes, stored_webhooks};
 use prometheus_client::registry::Registry;
 use prx_ci_ingress::IngressConfig;
 use prx_ci_ingress::config::SelfHealingConfig;
@@ -65,11 +65,11 @@ fn requested(events: &[prx_ci_proto::v1::Envelope], commit: &str) -> usize {
 
 #[tokio::test]
 async fn twenty_undelivered_pushes_are_recovered_built_once_and_the_pointer_ends_on_the_newest() {
-    let local = Local::start().await;
-    let repo = Repo::init(local.data.path());
+    let data = tempfile::tempdir().unwrap();
+    let repo = Repo::init(data.path());
     let github = FakeGitHub::start(FakeAuth::App(TestAppKey::shared().app(APP_ID))).await;
 
-    // The ingress is unreachable for GitHub: 20 pushes, each delivery failed.
+    // The ingress is down: GitHub cannot reach it, 20 pushes, each delivery failed.
     github.set_webhook(
         &format!("http://127.0.0.1:{}/webhooks/github", free_port()),
         SECRET,
@@ -94,38 +94,48 @@ async fn twenty_undelivered_pushes_are_recovered_built_once_and_the_pointer_ends
         commits.push(commit);
     }
 
-    // The ingress is back: its reconciler (what `prx-ci-ingress` runs with
-    // `[ingress.self_healing]`) recovers the 20 into the running system.
+    // The system comes back (what `prx-ci up` runs, with `[ingress.self_healing]` on): the
+    // ingress's reconciler recovers the 20 in its start-up round, reading 8 per page.
     let github_config = GitHubConfig {
         api_url: github.url(),
         app_id: Some(APP_ID),
         private_key: Some(SecretString::from(TestAppKey::shared().private_pem.clone())),
         ..GitHubConfig::default()
     };
-    let config = IngressConfig {
-        self_healing: SelfHealingConfig {
-            enabled: true,
-            per_page: 8,
-            ..SelfHealingConfig::default()
-        },
-        ..IngressConfig::default()
+    let self_healing = SelfHealingConfig {
+        enabled: true,
+        per_page: 8,
+        ..SelfHealingConfig::default()
     };
-    config
-        .self_healing
-        .check_credentials(&github_config)
-        .unwrap();
-    let client = GitHubClient::new(github_config).unwrap();
-    let reconciler = Reconciler::new(
-        &local.system.runtime,
-        &config,
-        client.clone(),
-        &mut Registry::default(),
-    );
-    let report = reconciler.round().await.unwrap();
-    assert_eq!((report.recovered, report.errors), (PUSHES, 0), "{report:?}");
+    let local = Local::start_in(data, |config| {
+        config.github = github_config.clone();
+        config.ingress.self_healing = self_healing.clone();
+    })
+    .await;
+    local
+        .wait_for(
+            "a BuildRequested for each of the 20 recovered pushes",
+            |events| {
+                commits
+                    .iter()
+                    .all(|c| requested(events, c) > 0)
+                    .then_some(())
+            },
+        )
+        .await;
+    let recovered = stored_webhooks(&local.js())
+        .await
+        .iter()
+        .filter(|e| {
+            matches!(&e.payload, Some(Payload::WebhookReceived(w))
+                if w.origin == i32::from(prx_ci_proto::v1::Origin::Recovered))
+        })
+        .count();
+    assert_eq!(recovered, PUSHES, "each stored once, marked recovered");
 
     // Someone redelivers five of them by hand, now that the ingress is reachable.
     github.set_webhook(&local.url, SECRET);
+    let client = GitHubClient::new(github_config).unwrap();
     for delivery in &sent[..5] {
         let _: serde_json::Value = client
             .post_json(
@@ -143,7 +153,18 @@ async fn twenty_undelivered_pushes_are_recovered_built_once_and_the_pointer_ends
             delivery.response_body
         );
     }
-    // And a second reconciler round finds nothing to do.
+    // And another round (a reconciler on the same cursor, as a second replica would run)
+    // finds nothing to do.
+    let config = IngressConfig {
+        self_healing,
+        ..IngressConfig::default()
+    };
+    let reconciler = Reconciler::new(
+        &local.system.runtime,
+        &config,
+        client.clone(),
+        &mut Registry::default(),
+    );
     let report = reconciler.round().await.unwrap();
     assert_eq!((report.recovered, report.already_present), (0, 0));
 

@@ -39,8 +39,16 @@ impl Local {
 
     /// Starts the system after `configure` adjusted its configuration.
     pub async fn start_with(configure: impl FnOnce(&mut SystemConfig)) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), configure).await
+    }
+
+    /// Starts the system with its data in `data` (made beforehand, e.g. to hold a repository
+    /// the test commits to before the system runs).
+    pub async fn start_in(
+        data: tempfile::TempDir,
+        configure: impl FnOnce(&mut SystemConfig),
+    ) -> Self {
         let nats = NatsServer::start().await;
-        let data = tempfile::tempdir().unwrap();
         let mut config = SystemConfig::default();
         config.nats.url = nats.url();
         config.ingress.secrets = vec![SecretString::from(SECRET)];
@@ -140,11 +148,24 @@ pub async fn stored_events(js: &async_nats::jetstream::Context) -> Vec<v1::Envel
 /// Every message of the events stream: subject and decoded envelope (an undecodable one as
 /// default), in stream order.
 pub async fn stored_messages(js: &async_nats::jetstream::Context) -> Vec<(String, v1::Envelope)> {
-    use prost::Message as _;
-    let stream = js
-        .get_stream(prx_ci_shared::bus::subject::EVENTS_STREAM)
+    messages_of(js, prx_ci_shared::bus::subject::EVENTS_STREAM).await
+}
+
+/// Every webhook stored (the webhooks stream), in stream order.
+pub async fn stored_webhooks(js: &async_nats::jetstream::Context) -> Vec<v1::Envelope> {
+    messages_of(js, prx_ci_shared::bus::subject::WEBHOOKS_STREAM)
         .await
-        .unwrap();
+        .into_iter()
+        .map(|(_, envelope)| envelope)
+        .collect()
+}
+
+async fn messages_of(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Vec<(String, v1::Envelope)> {
+    use prost::Message as _;
+    let stream = js.get_stream(stream).await.unwrap();
     let last = stream.get_info().await.unwrap().state.last_sequence;
     let mut out = Vec::new();
     for seq in 1..=last {

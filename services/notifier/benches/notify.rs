@@ -2,7 +2,8 @@
 //!
 //! 1. Rendering alone: messages rendered per second (pure function).
 //! 2. Throughput: build events folded, rendered and delivered per second through a real
-//!    nats-server into instant fake Slack and GitHub servers, pace off (many channels).
+//!    nats-server into instant fake Slack and GitHub servers (GitHub: the shared stateful fake,
+//!    holding every build's push), pace off (many channels).
 //! 3. Burst: 100 builds of one channel finishing at once (4 events each, handed to NATS as fast
 //!    as they are acknowledged) at the per-channel pace of 1 message/s (`NOTIFY_BENCH_PACE_MS`
 //!    changes it): the time until every event is folded and acknowledged (the notifier durable
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use fakes::{CompareMode, FakeGitHub, FakeSlack, SLACK_TOKEN};
+use fakes::{FakeSlack, SLACK_TOKEN};
 use prometheus_client::registry::Registry;
 use prx_ci_notifier::commits::GitHubCommitSource;
 use prx_ci_notifier::{GitHubStatusSink, Notifier, NotifierConfig, SlackClient};
@@ -31,6 +32,7 @@ use prx_ci_shared::notice::console_links::LinkConfig;
 use prx_ci_shared::notice::render::{self, CommitSummary, CommitsCache};
 use prx_ci_shared::notice::view::BuildView;
 use prx_ci_shared::testing::bench::{BenchRun, Row};
+use prx_ci_shared::testing::fake_github::{FakeAuth, FakeCommit, FakeGitHub};
 use prx_ci_shared::testing::{NatsServer, durable_drained, wait_until};
 use prx_ci_shared::{CancellationToken, Chain, Runtime};
 use secrecy::SecretString;
@@ -38,6 +40,10 @@ use secrecy::SecretString;
 const SHA: &str = "165df6a5fd675dcf67a1b2c3d4e5f60718293a4b";
 const BEFORE: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
 const PAGE: &str = "benchmarks/notifier.md";
+/// The fake GitHub's token.
+const GITHUB_TOKEN: &str = "ghp_bench";
+/// Builds whose commits the fake GitHub holds (the burst's builds are `0, 10, ..., 990`).
+const SEEDED_BUILDS: usize = 1000;
 
 /// Build `n`'s commit (distinct per build, so statuses do not coalesce across builds).
 fn sha(n: usize) -> String {
@@ -145,6 +151,34 @@ fn published(n: usize, parameter: &str) -> v1::Envelope {
     )
 }
 
+/// The fake GitHub holding every build's push `BEFORE..sha(n)` (3 commits) in its
+/// repository, so statuses land and compares answer 3 commits.
+async fn seeded_github() -> FakeGitHub {
+    let github = FakeGitHub::start(FakeAuth::Token(GITHUB_TOKEN.into())).await;
+    for n in 0..SEEDED_BUILDS {
+        let repository = build_ref(n).repository;
+        github.add_commit(&repository, FakeCommit::new(BEFORE));
+        let mut parent = BEFORE.to_owned();
+        for i in 0..3 {
+            let commit = if i == 2 {
+                sha(n)
+            } else {
+                format!("{n:08x}{i:02x}{}", &SHA[10..])
+            };
+            let login = (i != 1).then_some("octocat");
+            github.add_commit(
+                &repository,
+                FakeCommit::new(commit.clone())
+                    .parent(parent)
+                    .message(format!("Commit {i}\n\nbody"))
+                    .author("Git Author", login),
+            );
+            parent = commit;
+        }
+    }
+    github
+}
+
 struct Peers {
     nats: NatsServer,
     rt: Runtime,
@@ -161,7 +195,7 @@ impl Peers {
             nats,
             rt,
             slack: FakeSlack::start().await,
-            github: FakeGitHub::start(CompareMode::Commits { n: 3, total: 3 }).await,
+            github: seeded_github().await,
         }
     }
 
@@ -169,8 +203,8 @@ impl Peers {
         let mut registry = Registry::default();
         let rt = Runtime::from_client(self.nats.connect().await, &mut registry);
         let github = GitHubClient::new(GitHubConfig {
-            api_url: self.github.url.clone(),
-            token: Some(SecretString::from("ghp_bench")),
+            api_url: self.github.url(),
+            token: Some(SecretString::from(GITHUB_TOKEN)),
             ..GitHubConfig::default()
         })
         .expect("github client");

@@ -36,7 +36,8 @@ pub struct NotifierConfig {
     /// history (or a record expired from the bucket) never re-posts old builds. Default 72h.
     #[serde(with = "humantime_serde")]
     pub quiet_after: Duration,
-    /// How long one replica may hold a build's delivery lease before another may take over.
+    /// How long one replica may hold a build's delivery lease (its message's, or its check
+    /// run's) before another may take over.
     /// Longer than the Slack client's worst-case retries (5 attempts, waits of at most 30s,
     /// 10s request timeout). Default 3m.
     #[serde(with = "humantime_serde")]

@@ -14,7 +14,13 @@ use crate::github_status::{StatusError, WriteBudget};
 /// Where check runs go.
 #[async_trait]
 pub trait CheckRunSink: Send + Sync + std::fmt::Debug {
-    /// Creates the run (`id` none) or updates run `id` to `run`; returns the run's id.
+    /// Waits until one write may be made (the write budget) and takes it: called before each
+    /// [`CheckRunSink::write`], ahead of taking the run's lease, so a long wait for the budget
+    /// never eats into the lease. Nothing to wait for by default.
+    async fn ready(&self) {}
+
+    /// Creates the run (`id` none) or updates run `id` to `run`; returns the run's id. Spends
+    /// no budget: [`CheckRunSink::ready`] took it.
     async fn write(&self, run: &CheckRun, id: Option<u64>) -> Result<u64, StatusError>;
 
     /// The id of a run already created for `run` (same commit, name and `external_id`), for a
@@ -47,7 +53,8 @@ impl CheckRunSink for ShadowCheckRunSink {
 
 /// GitHub's `POST /repos/{o}/{r}/check-runs` and `PATCH /repos/{o}/{r}/check-runs/{id}` through
 /// the shared client (App mode: the repository's installation token), within a
-/// [`WriteBudget`] (creations and updates alike; the lookup is a read and spends nothing).
+/// [`WriteBudget`] (creations and updates alike, taken by [`CheckRunSink::ready`]; the lookup
+/// is a read and spends nothing).
 #[derive(Debug)]
 pub struct GitHubCheckRunSink {
     client: GitHubClient,
@@ -81,8 +88,11 @@ struct Listing {
 
 #[async_trait]
 impl CheckRunSink for GitHubCheckRunSink {
-    async fn write(&self, run: &CheckRun, id: Option<u64>) -> Result<u64, StatusError> {
+    async fn ready(&self) {
         self.budget.acquire().await;
+    }
+
+    async fn write(&self, run: &CheckRun, id: Option<u64>) -> Result<u64, StatusError> {
         let mut body = run.body();
         let answer: Answer = match id {
             None => {

@@ -108,7 +108,7 @@ impl Core {
                 self.enqueue_status(&key, &record);
                 // A build reported by a commit status before check runs were on (token mode,
                 // or `[notifier.checks] enabled = false`) gets no run on restart.
-                if !(record.check_run.is_empty() && record.status.written.is_some()) {
+                if !record.reported_by_status() {
                     self.enqueue_check_run(&key, &record);
                 }
             }

@@ -125,6 +125,8 @@ pub struct DeliveryStats {
     pub statuses_written: Arc<AtomicU64>,
     pub check_runs_requested: Arc<AtomicU64>,
     pub check_runs_written: Arc<AtomicU64>,
+    /// Check-run attempts put off because another replica held the run's lease.
+    pub check_runs_leased_elsewhere: Arc<AtomicU64>,
 }
 
 /// Adds one to a [`DeliveryStats`] counter.

@@ -1,5 +1,6 @@
 //! The per-build notification record (what the KV bucket holds) and its rules: folding an
-//! event, taking and releasing the delivery lease, recording a delivery and a written status.
+//! event, taking and releasing the delivery leases (the message's and the check run's),
+//! recording a delivery, a written status and a written check run.
 //!
 //! The async code only calls these methods inside [`crate::notification_store`]'s
 //! compare-and-set, so every rule here is decided from the record alone and is unit-tested.
@@ -51,6 +52,11 @@ pub struct StatusRecord {
     /// The status last written for this build (or superseded by a newer one on the same
     /// commit and context).
     pub written: Option<CommitStatus>,
+    /// `written` was set by folding old history (a quiet event), not by a write: nothing was
+    /// written to GitHub for this build (in App mode, nothing ever is). Not stored when false,
+    /// so records of earlier versions read and write back unchanged.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_history: bool,
 }
 
 /// The check-run side of a build (GitHub App mode): one run through the build's whole life.
@@ -71,6 +77,10 @@ pub struct CheckRunRecord {
     /// The newest event folded was old history (`quiet_after`): nothing is written for it
     /// until a newer event arrives (a replay does not create runs on old commits).
     pub quiet: bool,
+    /// Which replica writes the run right now (taken before every write, so two replicas never
+    /// write one run at once and an older view never lands after a newer one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
 }
 
 impl CheckRunRecord {
@@ -105,6 +115,22 @@ pub enum Claim {
     /// reference was never stored (the post may have happened: look for it first).
     Claimed {
         earlier_post: Option<OffsetDateTime>,
+    },
+}
+
+/// What [`NotificationRecord::claim_check_run`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckRunClaim {
+    /// The run already shows the newest view (or the newest event was old history).
+    Clean,
+    /// Another replica holds the run's lease for this long yet.
+    Busy(time::Duration),
+    /// The lease is ours: write the run of the record as claimed. `id`: the run's id when
+    /// known; `earlier_create`: a creation marker left by an earlier attempt whose id was
+    /// never stored (the run may exist: look it up before creating one).
+    Claimed {
+        id: Option<u64>,
+        earlier_create: bool,
     },
 }
 
@@ -146,6 +172,7 @@ impl NotificationRecord {
                 if quiet {
                     self.slack.delivered_version = self.view.version;
                     self.status.written = desired_status(&statuses.context, &self.view);
+                    self.status.from_history = true;
                 }
                 Modify::Write(Ok(true))
             }
@@ -234,7 +261,16 @@ impl NotificationRecord {
         } else {
             desired_status(&statuses.context, &self.view).or_else(|| Some(written.clone()))
         };
+        self.status.from_history = false;
         Modify::Write(())
+    }
+
+    /// The build was reported by a commit status written to GitHub (token mode, or
+    /// `[notifier.checks] enabled = false`) and never had a check run: after a switch to check
+    /// runs it gets none on restart. A status set by folding old history does not count (in App
+    /// mode every quiet fold sets one, and nothing was written).
+    pub fn reported_by_status(&self) -> bool {
+        self.check_run.is_empty() && self.status.written.is_some() && !self.status.from_history
     }
 
     /// The check run does not show the latest view yet (by version, like the message: a new
@@ -243,30 +279,72 @@ impl NotificationRecord {
         self.view.version > self.check_run.version
     }
 
-    /// Leaves the creation marker before the build's run is created (nothing to do once the
-    /// run has an id). Returns the id known, and whether an earlier creation may have
-    /// happened (the marker was already set).
-    pub fn start_check_run_create(&mut self) -> Modify<(Option<u64>, bool)> {
-        match self.check_run.id {
-            Some(id) => Modify::Keep((Some(id), false)),
-            None if self.check_run.create_started => Modify::Keep((None, true)),
-            None => {
-                self.check_run.create_started = true;
-                Modify::Write((None, false))
-            }
+    /// Takes the check run's lease for `owner` until `until` when the run is behind its view
+    /// (and the newest event was not old history) and no other replica holds an unexpired
+    /// lease; before the run's first creation, also leaves the creation marker. Decided on the
+    /// record as stored, so a replica holding an older view never writes after a newer one was
+    /// delivered: that version is no longer behind, and a write in flight holds the lease.
+    pub fn claim_check_run(
+        &mut self,
+        owner: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Modify<CheckRunClaim> {
+        if self.check_run.quiet || !self.check_run_dirty() {
+            return Modify::Keep(CheckRunClaim::Clean);
+        }
+        if let Some(lease) = &self.check_run.lease
+            && lease.owner != owner
+            && lease.until > now
+        {
+            return Modify::Keep(CheckRunClaim::Busy(lease.until - now));
+        }
+        self.check_run.lease = Some(Lease {
+            owner: owner.to_owned(),
+            until,
+        });
+        let id = self.check_run.id;
+        let earlier_create = id.is_none() && self.check_run.create_started;
+        if id.is_none() {
+            self.check_run.create_started = true;
+        }
+        Modify::Write(CheckRunClaim::Claimed { id, earlier_create })
+    }
+
+    /// Drops `owner`'s check-run lease (after a failed write, so another attempt may start).
+    pub fn release_check_run_lease(&mut self, owner: &str) -> Modify<()> {
+        if self
+            .check_run
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.owner == owner)
+        {
+            self.check_run.lease = None;
+            Modify::Write(())
+        } else {
+            Modify::Keep(())
         }
     }
 
     /// Records a check-run write of the view `version`: the run's id (a known id stays), the
     /// digest of what was written, the version shown (never lowered), and GitHub's permanent
-    /// error (`error`: the content was given up on).
+    /// error (`error`: the content was given up on); releases `owner`'s lease.
     pub fn mark_check_run_written(
         &mut self,
         id: Option<u64>,
         digest: &str,
         version: u64,
         error: Option<String>,
+        owner: &str,
     ) -> Modify<()> {
+        if self
+            .check_run
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.owner == owner)
+        {
+            self.check_run.lease = None;
+        }
         self.check_run.version = self.check_run.version.max(version);
         // A known id stays; shadow mode's 0 gives way to a real one.
         if self.check_run.id.is_none_or(|known| known == 0) && id.is_some() {

@@ -347,25 +347,41 @@ fn a_quiet_event_writes_no_check_run_until_a_live_one_arrives() {
 #[test]
 fn the_first_check_run_creation_leaves_a_marker_and_a_second_attempt_looks_first() {
     let mut record = dirty();
+    let until = NOW + time::Duration::minutes(3);
     assert_eq!(
-        record.start_check_run_create(),
-        Modify::Write((None, false))
+        record.claim_check_run(ME, NOW, until),
+        Modify::Write(CheckRunClaim::Claimed {
+            id: None,
+            earlier_create: false
+        })
     );
     assert!(record.check_run.create_started);
     // The creation's answer was never stored: the next attempt is told to look for the run.
-    assert_eq!(record.start_check_run_create(), Modify::Keep((None, true)));
+    assert_eq!(
+        record.claim_check_run(ME, NOW, until),
+        Modify::Write(CheckRunClaim::Claimed {
+            id: None,
+            earlier_create: true
+        })
+    );
     assert!(record.check_run_dirty());
     let version = record.view.version;
     assert_eq!(
-        record.mark_check_run_written(Some(7), "d1", version, None),
+        record.mark_check_run_written(Some(7), "d1", version, None, ME),
         Modify::Write(())
     );
     assert_eq!(record.check_run.id, Some(7));
     assert!(!record.check_run.create_started);
     assert!(!record.check_run_dirty());
+    assert_eq!(record.check_run.lease, None, "released by the write");
     // An older write landing late never lowers the version shown.
-    let _ = record.mark_check_run_written(Some(7), "d0", version - 1, None);
+    let _ = record.mark_check_run_written(Some(7), "d0", version - 1, None, ME);
     assert_eq!(record.check_run.version, version);
+    assert_eq!(
+        record.claim_check_run(ME, NOW, until),
+        Modify::Keep(CheckRunClaim::Clean),
+        "nothing behind"
+    );
     let _ = record.apply_event(
         &envelope("e2", completed(v1::BuildStatus::Succeeded)),
         false,
@@ -374,25 +390,92 @@ fn the_first_check_run_creation_leaves_a_marker_and_a_second_attempt_looks_first
     assert!(record.check_run_dirty());
     // Known: every later write updates run 7.
     assert_eq!(
-        record.start_check_run_create(),
-        Modify::Keep((Some(7), false))
+        record.claim_check_run(ME, NOW, until),
+        Modify::Write(CheckRunClaim::Claimed {
+            id: Some(7),
+            earlier_create: false
+        })
     );
+}
+
+#[test]
+fn a_check_run_leased_by_another_replica_waits_and_an_older_view_is_never_written() {
+    let mut record = dirty();
+    let until = NOW + time::Duration::minutes(3);
+    let _ = record.claim_check_run(OTHER, NOW, until);
+    assert_eq!(
+        record.claim_check_run(ME, NOW, until),
+        Modify::Keep(CheckRunClaim::Busy(time::Duration::minutes(3)))
+    );
+    // The other replica wrote the newest view: behind no more, nothing for us to write (our
+    // older view included).
+    let version = record.view.version;
+    let _ = record.mark_check_run_written(Some(7), "d1", version, None, OTHER);
+    assert_eq!(
+        record.claim_check_run(ME, NOW, until),
+        Modify::Keep(CheckRunClaim::Clean)
+    );
+    // A lease its holder let expire (it died) is taken over.
+    let _ = record.apply_event(
+        &envelope("e2", completed(v1::BuildStatus::Succeeded)),
+        false,
+        &StatusConfig::default(),
+    );
+    let _ = record.claim_check_run(OTHER, NOW, until);
+    assert!(matches!(
+        record.claim_check_run(ME, until, until + time::Duration::minutes(3)),
+        Modify::Write(CheckRunClaim::Claimed { id: Some(7), .. })
+    ));
+    // Only the holder releases it; a quiet (old-history) record is not claimed.
+    assert_eq!(record.release_check_run_lease(OTHER), Modify::Keep(()));
+    assert_eq!(record.release_check_run_lease(ME), Modify::Write(()));
+    record.check_run.quiet = true;
+    assert_eq!(
+        record.claim_check_run(ME, NOW, until),
+        Modify::Keep(CheckRunClaim::Clean)
+    );
+}
+
+#[test]
+fn only_a_status_written_to_github_keeps_a_build_from_getting_a_run_on_restart() {
+    let config = StatusConfig::default();
+    // Folded old history, then a live event (App mode): the quiet fold set a status, but
+    // nothing was written; the run lags and must be written after a restart.
+    let mut app = NotificationRecord::default();
+    let _ = app.apply_event(&envelope("e1", started()), true, &config);
+    let _ = app.apply_event(
+        &envelope("e2", completed(v1::BuildStatus::Succeeded)),
+        false,
+        &config,
+    );
+    assert!(app.check_run.is_empty() && app.status.written.is_some());
+    assert!(!app.reported_by_status());
+    // Token mode wrote its status: no run after switching to App mode.
+    let mut token = app.clone();
+    let written = token.status.written.clone().unwrap();
+    let _ = token.mark_status_written(&written, true, &config);
+    assert!(token.reported_by_status());
+    // A run once started is always kept up to date.
+    let _ = token.claim_check_run(ME, NOW, NOW + time::Duration::minutes(3));
+    assert!(!token.reported_by_status());
+    // Nothing written and nothing folded quietly: not reported either.
+    assert!(!dirty().reported_by_status());
 }
 
 #[test]
 fn a_check_run_id_once_known_stays_and_a_rejection_is_kept_for_operators() {
     let mut record = dirty();
-    let _ = record.mark_check_run_written(Some(7), "d1", 1, None);
-    let _ = record.mark_check_run_written(Some(8), "d2", 1, None);
+    let _ = record.mark_check_run_written(Some(7), "d1", 1, None, ME);
+    let _ = record.mark_check_run_written(Some(8), "d2", 1, None, ME);
     assert_eq!(record.check_run.id, Some(7));
-    let _ = record.mark_check_run_written(None, "d3", 1, Some("422 invalid".into()));
+    let _ = record.mark_check_run_written(None, "d3", 1, Some("422 invalid".into()), ME);
     assert_eq!(record.check_run.id, Some(7));
     assert_eq!(record.check_run.digest.as_deref(), Some("d3"));
     assert_eq!(record.check_run.last_error.as_deref(), Some("422 invalid"));
     // Shadow mode's id 0 gives way to a real run.
     let mut shadowed = dirty();
-    let _ = shadowed.mark_check_run_written(Some(0), "d1", 1, None);
-    let _ = shadowed.mark_check_run_written(Some(9), "d2", 1, None);
+    let _ = shadowed.mark_check_run_written(Some(0), "d1", 1, None, ME);
+    let _ = shadowed.mark_check_run_written(Some(9), "d2", 1, None, ME);
     assert_eq!(shadowed.check_run.id, Some(9));
 }
 

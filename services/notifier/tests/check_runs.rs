@@ -2,7 +2,9 @@
 //! fake GitHub (App authentication, installation tokens, the checks API). One check run per
 //! build and architecture through its whole life (queued, in progress, completed), the same
 //! run after a restart, a superseded build cancelled, and a burst of finishing builds
-//! coalesced within the write budget.
+//! coalesced within the write budget; a run never written before a restart written after it,
+//! two replicas never landing an older state last, and a failed look-up of an earlier
+//! creation recorded (permanent) or retried (transient).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +16,8 @@ use prx_ci_notifier::check_run::CheckRun;
 use prx_ci_notifier::github_status::StatusError;
 use prx_ci_notifier::notification_store::NotificationStore;
 use prx_ci_notifier::{
-    CheckRunSink, GitHubCheckRunSink, GitHubStatusSink, LogChatSink, Notifier, NotifierConfig,
+    CheckRunSink, DeliveryStats, GitHubCheckRunSink, GitHubStatusSink, LogChatSink, Notifier,
+    NotifierConfig,
 };
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
@@ -23,6 +26,7 @@ use prx_ci_shared::retry::Backoff;
 use prx_ci_shared::testing::fake_github::{
     CheckRunWrite, FakeAuth, FakeCheckRun, FakeCommit, FakeGitHub, TestAppKey,
 };
+use prx_ci_shared::testing::fault_proxy::{Fault, FaultProxy, FaultRule, Match};
 use prx_ci_shared::testing::{NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Chain, Runtime};
 use secrecy::SecretString;
@@ -46,9 +50,18 @@ struct Env {
 struct Running {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    stats: DeliveryStats,
+    registry: Registry,
 }
 
 impl Running {
+    /// The notifier's metrics, as `/metrics` shows them.
+    fn metrics(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+        text
+    }
+
     async fn stop(self) {
         self.shutdown.cancel();
         self.task.await.unwrap().unwrap();
@@ -65,9 +78,41 @@ struct Gated {
 
 #[async_trait]
 impl CheckRunSink for Gated {
+    async fn ready(&self) {
+        self.inner.ready().await;
+    }
+
     async fn write(&self, run: &CheckRun, id: Option<u64>) -> Result<u64, StatusError> {
         let mut open = self.open.clone();
         open.wait_for(|open| *open).await.unwrap();
+        self.inner.write(run, id).await
+    }
+
+    async fn find(&self, run: &CheckRun) -> Result<Option<u64>, StatusError> {
+        self.inner.find(run).await
+    }
+}
+
+/// A check-run sink whose write budget is held back until the gate opens (a budget
+/// exhausted for longer than the lease); counts the callers waiting for it.
+#[derive(Debug)]
+struct BudgetHeld {
+    inner: GitHubCheckRunSink,
+    open: watch::Receiver<bool>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait]
+impl CheckRunSink for BudgetHeld {
+    async fn ready(&self) {
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut open = self.open.clone();
+        open.wait_for(|open| *open).await.unwrap();
+        self.inner.ready().await;
+    }
+
+    async fn write(&self, run: &CheckRun, id: Option<u64>) -> Result<u64, StatusError> {
         self.inner.write(run, id).await
     }
 
@@ -88,8 +133,13 @@ impl Env {
     }
 
     fn client(&self) -> GitHubClient {
+        self.client_at(&self.github.url())
+    }
+
+    /// A client of the fake reached at `url` (a fault proxy in front of it).
+    fn client_at(&self, url: &str) -> GitHubClient {
         GitHubClient::new(GitHubConfig {
-            api_url: self.github.url(),
+            api_url: url.to_owned(),
             app_id: Some(APP_ID),
             private_key: Some(SecretString::from(TestAppKey::shared().private_pem.clone())),
             ..GitHubConfig::default()
@@ -121,9 +171,22 @@ impl Env {
         )
         .unwrap()
         .with_check_runs(checks);
+        let stats = notifier.stats();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(notifier.run(shutdown.clone()));
-        Running { shutdown, task }
+        Running {
+            shutdown,
+            task,
+            stats,
+            registry,
+        }
+    }
+
+    /// The notification records the notifiers keep.
+    async fn store(&self) -> NotificationStore {
+        NotificationStore::open(&self.rt.js, &Env::config().bucket)
+            .await
+            .unwrap()
     }
 
     async fn live(&self) -> Running {
@@ -635,4 +698,318 @@ async fn a_run_whose_creation_was_not_recorded_is_found_by_its_external_id() {
     );
     let patch = github.check_run_writes().last().unwrap().body.clone();
     assert!(patch.get("head_sha").is_none(), "{patch}");
+}
+
+/// Folds `events` (`true`: old history) into their build's record as a notifier does before a
+/// crash that leaves its writes undone.
+async fn fold(store: &NotificationStore, key: &str, events: &[(v1::Envelope, bool)]) {
+    let statuses = Env::config().statuses;
+    for (event, quiet) in events {
+        let (applied, _) = store
+            .modify(key, |record| record.apply_event(event, *quiet, &statuses))
+            .await
+            .unwrap();
+        assert_eq!(applied, Ok(true));
+    }
+}
+
+#[tokio::test]
+async fn a_run_never_written_before_a_restart_is_written_after_it_also_after_old_history() {
+    let env = Env::start().await;
+    let store = env.store().await;
+    // App mode: old history (a replay: the build's start, which calls for a status), then a
+    // live event, folded; the notifier stopped before writing the run.
+    let after_history = Build::new(
+        "infrastructure-ci-Runner2:history",
+        SHA,
+        v1::Architecture::X8664,
+    );
+    fold(
+        &store,
+        &after_history.build_id,
+        &[
+            (after_history.started(), true),
+            (after_history.completed(v1::BuildStatus::Succeeded), false),
+        ],
+    )
+    .await;
+    // Token mode wrote this build's status; the notifier comes back in App mode.
+    let reported = Build::new(
+        "infrastructure-ci-Runner2:reported",
+        SHA,
+        v1::Architecture::Aarch64,
+    );
+    fold(
+        &store,
+        &reported.build_id,
+        &[(reported.requested(), false), (reported.started(), false)],
+    )
+    .await;
+    let statuses = Env::config().statuses;
+    store
+        .modify(&reported.build_id, |record| {
+            let status = prx_ci_shared::notice::commit_status::desired_status(
+                &statuses.context,
+                &record.view,
+            )
+            .unwrap();
+            record.mark_status_written(&status, true, &statuses)
+        })
+        .await
+        .unwrap();
+
+    let notifier = env.live().await;
+    let run = env.wait_status(&after_history.name(), "completed").await;
+    assert_eq!(run.conclusion.as_deref(), Some("success"));
+    assert_eq!(
+        run.external_id.as_deref(),
+        Some(after_history.request_id().as_str())
+    );
+    wait_until(WAIT, "the restart's requeue to finish", || {
+        let written = notifier
+            .stats
+            .check_runs_written
+            .load(std::sync::atomic::Ordering::SeqCst);
+        async move { (written >= 1).then_some(()) }
+    })
+    .await;
+    notifier.stop().await;
+    assert_eq!(
+        env.github
+            .check_runs()
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        [after_history.name().as_str()],
+        "no run for the build reported by a commit status"
+    );
+}
+
+#[tokio::test]
+async fn a_replica_holding_an_older_view_never_writes_after_a_newer_one() {
+    let env = Env::start().await;
+    let store = env.store().await;
+    let build = Build::new(
+        "infrastructure-ci-Runner2:replicas",
+        SHA,
+        v1::Architecture::X8664,
+    );
+    // Replica A: its first write (the queued run) hangs until the gate opens.
+    let (gate, open) = watch::channel(false);
+    let a = env
+        .notifier(
+            Env::config(),
+            Arc::new(Gated {
+                inner: GitHubCheckRunSink::new(env.client(), 80, 500),
+                open,
+            }),
+        )
+        .await;
+    env.publish(&build.requested()).await;
+    wait_until(WAIT, "replica A writing the queued run", || async {
+        let (record, _) = store.load(&build.build_id).await.ok()??;
+        record.check_run.create_started.then_some(())
+    })
+    .await;
+    env.publish(&build.started()).await;
+    env.publish(&build.completed(v1::BuildStatus::Succeeded))
+        .await;
+    wait_until(WAIT, "every event folded", || async {
+        let (record, _) = store.load(&build.build_id).await.ok()??;
+        (record.view.state == BuildState::Succeeded).then_some(())
+    })
+    .await;
+
+    // Replica B starts, finds the run behind the record's view, and tries to write it.
+    let b = env.live().await;
+    wait_until(WAIT, "replica B to try the run", || {
+        let leased = b
+            .stats
+            .check_runs_leased_elsewhere
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let runs = env.github.check_runs().len();
+        async move { (leased >= 1 || runs > 0).then_some(()) }
+    })
+    .await;
+    // A's older write lands now.
+    gate.send(true).unwrap();
+    let runs = env
+        .runs_where("the run completed", |runs| {
+            runs.iter().any(|r| r.status == "completed")
+        })
+        .await;
+    // Settled: no write in flight (every write A or B makes of the newest view is recorded).
+    wait_until(
+        WAIT,
+        "the run recorded as showing the newest view",
+        || async {
+            let (record, _) = store.load(&build.build_id).await.ok()??;
+            (!record.check_run_dirty() && record.check_run.lease.is_none()).then_some(())
+        },
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+    let runs_now = env.github.check_runs();
+    assert_eq!(runs_now.len(), 1, "one run: {runs_now:#?}");
+    assert_eq!(runs_now[0].id, runs[0].id);
+    assert_eq!(runs_now[0].conclusion.as_deref(), Some("success"));
+    let writes = env.github.check_run_writes();
+    assert_eq!(
+        writes.iter().filter(|w| w.created).count(),
+        1,
+        "created once"
+    );
+    assert_eq!(
+        status_sequence(&writes, runs_now[0].id),
+        ["queued", "completed"],
+        "the older state never landed after the newer: {writes:#?}"
+    );
+}
+
+/// `GET /repos/{o}/{r}/commits/{sha}/check-runs`: the look-up of an earlier creation.
+fn lookups() -> Match {
+    Match::any()
+        .method("GET")
+        .path_prefix(&format!("/repos/{REPO}/commits/{SHA}/check-runs"))
+}
+
+/// `POST /repos/{o}/{r}/check-runs`: a creation.
+fn creations() -> Match {
+    Match::any()
+        .method("POST")
+        .path_prefix(&format!("/repos/{REPO}/check-runs"))
+}
+
+/// A notifier writing check runs through `proxy`; its first creation lands on GitHub but
+/// its answer is lost, so the next attempt looks the run up first.
+async fn notifier_losing_the_first_creation(env: &Env, proxy: &FaultProxy) -> Running {
+    proxy.add(FaultRule::new(creations(), Fault::lost_answer()).times(1));
+    let sink = GitHubCheckRunSink::new(env.client_at(&proxy.url()), 80, 500);
+    env.notifier(Env::config(), Arc::new(sink)).await
+}
+
+#[tokio::test]
+async fn a_look_up_github_refuses_for_good_is_recorded_as_rejected() {
+    let env = Env::start().await;
+    let proxy = FaultProxy::start(&env.github.url()).await;
+    proxy.add(FaultRule::new(
+        lookups(),
+        Fault::answer(
+            403,
+            &[("content-type", "application/json")],
+            r#"{"message":"Resource not accessible by integration"}"#,
+        ),
+    ));
+    let notifier = notifier_losing_the_first_creation(&env, &proxy).await;
+    let build = Build::new(
+        "infrastructure-ci-Runner2:lookup-refused",
+        SHA,
+        v1::Architecture::X8664,
+    );
+    env.publish(&build.requested()).await;
+    let store = env.store().await;
+    let record = wait_until(WAIT, "the refused look-up recorded", || async {
+        let (record, _) = store.load(&build.build_id).await.ok()??;
+        record.check_run.last_error.is_some().then_some(record)
+    })
+    .await;
+    let error = record.check_run.last_error.clone().unwrap();
+    assert!(
+        error.contains("earlier creation") && error.contains("403"),
+        "{error}"
+    );
+    // Consistent: the version is given up on (not retried until the build's next event), the
+    // lease released, the creation marker kept (the next write looks again first).
+    assert!(!record.check_run_dirty());
+    assert_eq!(record.check_run.lease, None);
+    assert!(record.check_run.create_started && record.check_run.id.is_none());
+    let metrics = notifier.metrics();
+    assert!(
+        metrics.contains(r#"prx_ci_notifier_check_runs_total{outcome="rejected"} 1"#),
+        "{metrics}"
+    );
+    assert_eq!(proxy.count(&lookups()), 1, "not retried");
+    notifier.stop().await;
+}
+
+#[tokio::test]
+async fn a_look_up_that_fails_for_now_is_retried_and_finds_the_run() {
+    let env = Env::start().await;
+    let proxy = FaultProxy::start(&env.github.url()).await;
+    // One round of the client's three attempts fails; the queue's next round gets through.
+    proxy.add(FaultRule::new(lookups(), Fault::server_error(502)).times(3));
+    let notifier = notifier_losing_the_first_creation(&env, &proxy).await;
+    let build = Build::new(
+        "infrastructure-ci-Runner2:lookup-retried",
+        SHA,
+        v1::Architecture::X8664,
+    );
+    env.publish(&build.requested()).await;
+    env.publish(&build.started()).await;
+    let run = env.wait_status(&build.name(), "in_progress").await;
+    notifier.stop().await;
+    assert_eq!(proxy.count(&lookups()), 4, "3 refused, then found");
+    assert_eq!(
+        env.github.check_runs().len(),
+        1,
+        "the lost creation was found"
+    );
+    let writes = env.github.check_run_writes();
+    assert_eq!(writes.iter().filter(|w| w.created).count(), 1);
+    assert_eq!(
+        writes.last().map(|w| (w.id, w.created)),
+        Some((run.id, false))
+    );
+}
+
+#[tokio::test]
+async fn a_replica_waiting_for_its_write_budget_holds_no_lease_and_writes_nothing_stale() {
+    let env = Env::start().await;
+    let store = env.store().await;
+    let build = Build::new(
+        "infrastructure-ci-Runner2:budget",
+        SHA,
+        v1::Architecture::X8664,
+    );
+    let (gate, open) = watch::channel(false);
+    let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let a = env
+        .notifier(
+            Env::config(),
+            Arc::new(BudgetHeld {
+                inner: GitHubCheckRunSink::new(env.client(), 80, 500),
+                open,
+                waiting: waiting.clone(),
+            }),
+        )
+        .await;
+    env.publish(&build.requested()).await;
+    wait_until(WAIT, "replica A waiting for its budget", || {
+        let waiting = waiting.load(std::sync::atomic::Ordering::SeqCst);
+        async move { (waiting >= 1).then_some(()) }
+    })
+    .await;
+    let (record, _) = store.load(&build.build_id).await.unwrap().unwrap();
+    assert_eq!(record.check_run.lease, None, "no lease while waiting");
+    env.publish(&build.started()).await;
+    env.publish(&build.completed(v1::BuildStatus::Succeeded))
+        .await;
+    wait_until(WAIT, "every event folded", || async {
+        let (record, _) = store.load(&build.build_id).await.ok()??;
+        (record.view.state == BuildState::Succeeded).then_some(())
+    })
+    .await;
+
+    // Replica B writes the newest state meanwhile.
+    let b = env.live().await;
+    env.wait_status(&build.name(), "completed").await;
+    b.stop().await;
+    // A's budget comes: the run shows the newest view already, A writes nothing (stopping
+    // waits for the attempt under way to finish).
+    gate.send(true).unwrap();
+    a.stop().await;
+    let writes = env.github.check_run_writes();
+    assert_eq!(writes.len(), 1, "B's write only: {writes:#?}");
+    assert_eq!(writes[0].body["status"], "completed");
 }

@@ -1,6 +1,7 @@
-//! The notifier against a real nats-server, a fake Slack and a fake GitHub: messages posted
-//! once and updated, redeliveries silent, 429s honoured, compare failures degraded, statuses
-//! pending then final; and ([`status_faults`]) status writes and posts through a fault proxy.
+//! The notifier against a real nats-server, a fake Slack and the shared stateful fake GitHub
+//! (`prx_ci_shared::testing::fake_github`): messages posted once and updated, redeliveries
+//! silent, 429s honoured, compare failures degraded, statuses pending then final; and
+//! ([`status_faults`]) status writes and posts through a fault proxy.
 
 mod fakes;
 mod status_faults;
@@ -9,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fakes::{CompareMode, Failure, FakeGitHub, FakeSlack, SLACK_TOKEN};
+use fakes::{Failure, FakeSlack, SLACK_TOKEN};
 use prometheus_client::registry::Registry;
 use prx_ci_notifier::commits::GitHubCommitSource;
 use prx_ci_notifier::notification_store::NotificationStore;
@@ -18,10 +19,11 @@ use prx_ci_proto::prost::Message as _;
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
 use prx_ci_shared::retry::Backoff;
+use prx_ci_shared::testing::fake_github::{FakeAuth, FakeCommit, FakeGitHub, FakeStatus};
+use prx_ci_shared::testing::fault_proxy::{Fault, FaultProxy, FaultRule, Match};
 use prx_ci_shared::testing::{NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Chain, Runtime, bus::subject};
 use secrecy::SecretString;
-use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
 const SHA: &str = "165df6a5fd675dcf67a1b2c3d4e5f60718293a4b";
@@ -29,12 +31,23 @@ const BEFORE: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
 const NEWER: &str = "abcdef0123456789abcdef0123456789abcdef01";
 const BUILD_ID: &str = "infrastructure-ci-Runner2:6d1c4a38-3f1e-4b7e-9d7a-0f1e2d3c4b5a";
 const LOG_URL: &str = "https://logs.example.test/build/6d1c4a38";
+/// The fake GitHub's token (token mode).
+const GITHUB_TOKEN: &str = "ghp_test";
+/// The repositories the tests build, each with the push `BEFORE..SHA`.
+const REPOSITORIES: [&str; 4] = [
+    "PRX/my-app",
+    "PRX/feeder",
+    "PRX/console-app",
+    "PRX/not-cut-over",
+];
 
 struct Env {
     nats: NatsServer,
     rt: Runtime,
     slack: FakeSlack,
     github: FakeGitHub,
+    /// Where the notifier reaches GitHub: the fake, or a fault proxy in front of it.
+    github_url: String,
 }
 
 struct Running {
@@ -51,16 +64,31 @@ impl Running {
 }
 
 impl Env {
-    async fn start(compare: CompareMode) -> Self {
+    /// The peers, the push of every repository `commits` commits long.
+    async fn start(commits: usize) -> Self {
         let nats = NatsServer::start().await;
         let rt = Runtime::from_client(nats.connect().await, &mut Registry::default());
         rt.provision(1).await.unwrap();
+        let github = FakeGitHub::start(FakeAuth::Token(GITHUB_TOKEN.into())).await;
+        for repository in REPOSITORIES {
+            add_push(&github, repository, commits);
+        }
         Self {
             nats,
             rt,
             slack: FakeSlack::start().await,
-            github: FakeGitHub::start(compare).await,
+            github_url: github.url(),
+            github,
         }
+    }
+
+    /// Compare calls GitHub answered.
+    fn compare_calls(&self) -> usize {
+        self.github
+            .requests()
+            .iter()
+            .filter(|r| r.path.contains("/compare/"))
+            .count()
     }
 
     fn config(&self) -> NotifierConfig {
@@ -84,8 +112,8 @@ impl Env {
 
     fn github_client(&self) -> GitHubClient {
         GitHubClient::new(GitHubConfig {
-            api_url: self.github.url.clone(),
-            token: Some(SecretString::from("ghp_test")),
+            api_url: self.github_url.clone(),
+            token: Some(SecretString::from(GITHUB_TOKEN)),
             ..GitHubConfig::default()
         })
         .unwrap()
@@ -353,16 +381,36 @@ impl Events {
     }
 }
 
-fn status_states(statuses: &[(String, String, Value)]) -> Vec<String> {
-    statuses
-        .iter()
-        .map(|(_, _, body)| body["state"].as_str().unwrap_or_default().to_owned())
-        .collect()
+/// The push `BEFORE..SHA` of `repository`: `n` commits, `Commit 0` first, the second by
+/// someone without a GitHub account.
+fn add_push(github: &FakeGitHub, repository: &str, n: usize) {
+    github.add_commit(repository, FakeCommit::new(BEFORE));
+    let mut parent = BEFORE.to_owned();
+    for i in 0..n {
+        let sha = if i + 1 == n {
+            SHA.to_owned()
+        } else {
+            format!("{i:02x}{}", &SHA[2..])
+        };
+        let login = (i != 1).then_some("octocat");
+        github.add_commit(
+            repository,
+            FakeCommit::new(sha.clone())
+                .parent(parent)
+                .message(format!("Commit {i}\n\nbody"))
+                .author("Git Author", login),
+        );
+        parent = sha;
+    }
+}
+
+fn status_states(statuses: &[FakeStatus]) -> Vec<String> {
+    statuses.iter().map(|s| s.state.clone()).collect()
 }
 
 #[tokio::test]
 async fn one_build_life_posts_once_then_updates_and_sets_statuses() {
-    let env = Env::start(CompareMode::Commits { n: 3, total: 3 }).await;
+    let env = Env::start(3).await;
     let running = env.notifier(env.config()).await;
     let build = Events::new("PRX/my-app", BUILD_ID);
 
@@ -374,12 +422,18 @@ async fn one_build_life_posts_once_then_updates_and_sets_statuses() {
         async move { (!statuses.is_empty()).then_some(statuses) }
     })
     .await;
-    let (repository, sha, body) = &pending[0];
-    assert_eq!((repository.as_str(), sha.as_str()), ("PRX/my-app", SHA));
-    assert_eq!(body["state"], "pending");
-    assert_eq!(body["context"], "prx-ci/x86_64");
-    assert_eq!(body["target_url"], LOG_URL);
-    assert_eq!(body["description"], "Build has started running");
+    let status = &pending[0];
+    assert_eq!(
+        (status.repository.as_str(), status.sha.as_str()),
+        ("PRX/my-app", SHA)
+    );
+    assert_eq!(status.state, "pending");
+    assert_eq!(status.context, "prx-ci/x86_64");
+    assert_eq!(status.target_url.as_deref(), Some(LOG_URL));
+    assert_eq!(
+        status.description.as_deref(),
+        Some("Build has started running")
+    );
 
     // The message is up: later events must update it.
     env.message_where("the first message", |m| m.text.contains("» Building"))
@@ -421,7 +475,7 @@ async fn one_build_life_posts_once_then_updates_and_sets_statuses() {
     assert_eq!(post["username"], "AWS CodeBuild");
     assert_eq!(post["icon_emoji"], ":ops-codebuild:");
     // The compare result is cached: one call for the whole life.
-    assert_eq!(env.github.compare_calls(), 1);
+    assert_eq!(env.compare_calls(), 1);
 
     let statuses = wait_until(WAIT, "the final status", || {
         let statuses = env.github.statuses();
@@ -432,8 +486,8 @@ async fn one_build_life_posts_once_then_updates_and_sets_statuses() {
     })
     .await;
     assert_eq!(status_states(&statuses), ["pending", "success"]);
-    assert_eq!(statuses[1].2["description"], "Build complete");
-    assert_eq!(statuses[1].2["target_url"], LOG_URL);
+    assert_eq!(statuses[1].description.as_deref(), Some("Build complete"));
+    assert_eq!(statuses[1].target_url.as_deref(), Some(LOG_URL));
 
     // History: the post, updates and statuses are recorded as events.
     let delivered = wait_until(WAIT, "notification events", || async {
@@ -454,7 +508,7 @@ async fn one_build_life_posts_once_then_updates_and_sets_statuses() {
 
 #[tokio::test]
 async fn redelivered_events_post_nothing_again() {
-    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let env = Env::start(1).await;
     let running = env.notifier(env.config()).await;
     let build = Events::new("PRX/feeder", BUILD_ID);
     let events = [
@@ -531,7 +585,7 @@ async fn redelivered_events_post_nothing_again() {
 
 #[tokio::test]
 async fn slack_429_retry_after_is_honoured() {
-    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let env = Env::start(1).await;
     env.slack.fail_next(
         "chat.postMessage",
         vec![Failure {
@@ -555,7 +609,13 @@ async fn slack_429_retry_after_is_honoured() {
 
 #[tokio::test]
 async fn a_failing_compare_still_produces_a_message() {
-    let env = Env::start(CompareMode::Fail(502)).await;
+    let mut env = Env::start(1).await;
+    let compares = Match::any()
+        .method("GET")
+        .path_prefix("/repos/PRX/my-app/compare/");
+    let proxy = FaultProxy::start(&env.github.url()).await;
+    proxy.add(FaultRule::new(compares.clone(), Fault::server_error(502)));
+    env.github_url = proxy.url();
     let running = env.notifier(env.config()).await;
     let build = Events::new("PRX/my-app", BUILD_ID);
     env.publish(&build.requested()).await;
@@ -572,14 +632,14 @@ async fn a_failing_compare_still_produces_a_message() {
     })
     .await;
     // Retried within the call (3 attempts), then cached as unavailable: not fetched again.
-    assert_eq!(env.github.compare_calls(), 3);
+    assert_eq!(proxy.count(&compares), 3);
     assert_eq!(env.slack.calls("chat.postMessage").len(), 1);
     running.stop().await;
 }
 
 #[tokio::test]
 async fn a_superseded_build_says_so_in_slack_and_in_its_status() {
-    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let env = Env::start(1).await;
     let running = env.notifier(env.config()).await;
     let build = Events::new("PRX/my-app", BUILD_ID);
     env.publish(&build.requested()).await;
@@ -602,15 +662,15 @@ async fn a_superseded_build_says_so_in_slack_and_in_its_status() {
     })
     .await;
     assert_eq!(
-        statuses.last().unwrap().2["description"],
-        "Superseded by abcdef0"
+        statuses.last().unwrap().description.as_deref(),
+        Some("Superseded by abcdef0")
     );
     running.stop().await;
 }
 
 #[tokio::test]
 async fn a_post_whose_reference_was_lost_is_found_not_repeated() {
-    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let env = Env::start(1).await;
     let mut config = env.config();
     // Recovery reads the channel's history, which needs the channel's id.
     config.channel = "C0OPSBUILD".into();
@@ -656,7 +716,7 @@ async fn a_post_whose_reference_was_lost_is_found_not_repeated() {
 
 #[tokio::test]
 async fn one_channel_is_paced_and_bursts_coalesce() {
-    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let env = Env::start(1).await;
     let mut config = env.config();
     let interval = Duration::from_millis(150);
     config.slack.min_interval = interval;
@@ -706,7 +766,7 @@ async fn one_channel_is_paced_and_bursts_coalesce() {
 
 #[tokio::test]
 async fn a_rejected_post_is_not_retried_in_a_loop_and_the_next_event_tries_again() {
-    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let env = Env::start(1).await;
     env.slack.fail_next(
         "chat.postMessage",
         vec![Failure {
@@ -749,7 +809,7 @@ async fn a_rejected_post_is_not_retried_in_a_loop_and_the_next_event_tries_again
 
 #[tokio::test]
 async fn a_deleted_message_is_posted_again_on_the_next_event() {
-    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let env = Env::start(1).await;
     let running = env.notifier(env.config()).await;
     let build = Events::new("PRX/my-app", BUILD_ID);
     env.publish(&build.requested()).await;
@@ -772,7 +832,7 @@ async fn a_deleted_message_is_posted_again_on_the_next_event() {
 
 #[tokio::test]
 async fn local_mode_logs_messages_and_statuses() {
-    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let env = Env::start(1).await;
     let config = env.config();
     let store = NotificationStore::open(&env.rt.js, &config.bucket)
         .await
@@ -818,7 +878,7 @@ async fn local_mode_logs_messages_and_statuses() {
 
 #[tokio::test]
 async fn replayed_old_history_is_recorded_but_not_announced() {
-    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let env = Env::start(1).await;
     let config = env.config();
     let store = NotificationStore::open(&env.rt.js, &config.bucket)
         .await
@@ -854,7 +914,7 @@ async fn replayed_old_history_is_recorded_but_not_announced() {
 
 #[tokio::test]
 async fn two_replicas_post_each_build_exactly_once() {
-    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let env = Env::start(1).await;
     let mut config = env.config();
     config.statuses.enabled = false;
     config.concurrency = 4;
@@ -900,7 +960,7 @@ async fn two_replicas_post_each_build_exactly_once() {
 
 #[tokio::test]
 async fn markup_a_build_exports_reaches_slack_inert() {
-    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let env = Env::start(1).await;
     let mut config = env.config();
     config.statuses.enabled = false;
     let running = env.notifier(config).await;
@@ -992,7 +1052,10 @@ async fn markup_a_build_exports_reaches_slack_inert() {
 #[tokio::test]
 async fn statuses_and_slack_facts_follow_the_request_never_the_exports() {
     const OTHER_SHA: &str = "89abcdef0123456789abcdef0123456789abcdef";
-    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let env = Env::start(1).await;
+    // What the builds claim exists on GitHub: a status written there would land.
+    env.github
+        .add_commit("Evil/other", FakeCommit::new(OTHER_SHA));
     let running = env.notifier(env.config()).await;
     // Started in the console, claiming a repository and commit: no status anywhere.
     let console = Events::new("PRX/console-app", "console:1")
@@ -1036,9 +1099,9 @@ async fn statuses_and_slack_facts_follow_the_request_never_the_exports() {
     })
     .await;
     assert!(!statuses.is_empty());
-    for (repository, sha, _) in &statuses {
+    for status in &statuses {
         assert_eq!(
-            (repository.as_str(), sha.as_str()),
+            (status.repository.as_str(), status.sha.as_str()),
             ("PRX/my-app", SHA),
             "{statuses:#?}"
         );
@@ -1086,7 +1149,7 @@ async fn records_written_by_earlier_versions_read_and_write_back_unchanged() {
     const KEY_WRITTEN_BEFORE: &str =
         "b.infrastructure-ci-Runner2=3A6d1c4a38-3f1e-4b7e-9d7a-0f1e2d3c4b5a";
     let json = include_str!("../src/testdata/notification_record.json").trim_end();
-    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let env = Env::start(1).await;
     let config = env.config();
     let store = NotificationStore::open(&env.rt.js, &config.bucket)
         .await
@@ -1111,7 +1174,7 @@ async fn records_written_by_earlier_versions_read_and_write_back_unchanged() {
 
 #[tokio::test]
 async fn shadow_mode_records_what_it_would_send_and_sends_nothing() {
-    let env = Env::start(CompareMode::Commits { n: 3, total: 3 }).await;
+    let env = Env::start(3).await;
     let running = env.notifier(env.config_shadow()).await;
     let build = Events::new("PRX/my-app", BUILD_ID);
 
@@ -1154,7 +1217,7 @@ async fn shadow_mode_records_what_it_would_send_and_sends_nothing() {
 
 #[tokio::test]
 async fn a_live_notifier_leaves_the_originals_adopted_builds_to_the_original() {
-    let env = Env::start(CompareMode::Commits { n: 3, total: 3 }).await;
+    let env = Env::start(3).await;
     let running = env.notifier(env.config()).await;
     // A repository not cut over: its original build, adopted (shadow mode's dispatcher and
     // build-watcher beside a live notifier), then a cut-over repository's own build.

@@ -66,6 +66,55 @@ impl Repository {
         self.groups[group].keys.push(key);
     }
 
+    /// Drops the messages of `source` below `first` and the groups left with none (see
+    /// [`HistoryIndex::forget_before`]); returns how many messages it dropped.
+    fn forget_before(&mut self, source: Source, first: u64) -> u64 {
+        let mut dropped = 0;
+        for group in &mut self.groups {
+            let before = group.events.len();
+            group
+                .events
+                .retain(|e| e.source != source || e.sequence >= first);
+            dropped += before - group.events.len();
+        }
+        if dropped == 0 {
+            return 0;
+        }
+        // Renumber the groups that keep a message, and every table with them.
+        let mut renumbered = Vec::with_capacity(self.groups.len());
+        let mut kept = Vec::new();
+        for group in std::mem::take(&mut self.groups) {
+            if group.events.is_empty() {
+                renumbered.push(None);
+            } else {
+                renumbered.push(Some(kept.len()));
+                kept.push(group);
+            }
+        }
+        self.groups = kept;
+        let remap = |groups: &mut Vec<usize>| {
+            groups.retain_mut(|g| match renumbered[*g] {
+                Some(n) => {
+                    *g = n;
+                    true
+                }
+                None => false,
+            });
+            !groups.is_empty()
+        };
+        self.by_correlation.retain(|_, g| match renumbered[*g] {
+            Some(n) => {
+                *g = n;
+                true
+            }
+            None => false,
+        });
+        self.branches.retain(|_, groups| remap(groups));
+        self.pull_requests.retain(|_, groups| remap(groups));
+        self.commits.retain(|_, groups| remap(groups));
+        dropped as u64
+    }
+
     /// The groups `filter` selects (each once).
     fn groups_of(&self, filter: &HistoryFilter) -> Vec<usize> {
         let mut groups: Vec<usize> = match filter {
@@ -93,6 +142,9 @@ pub struct HistoryIndex {
     events_position: u64,
     webhooks_position: u64,
     messages: u64,
+    /// What [`HistoryIndex::forget_before`] last dropped below, per source.
+    events_forgotten_below: u64,
+    webhooks_forgotten_below: u64,
 }
 
 /// The `<owner>.<repo>` tokens of a subject the history of a repository reads (`None` for
@@ -197,6 +249,30 @@ impl HistoryIndex {
                 repository.add_key(group, Key::Commit(commit));
             }
         }
+    }
+
+    /// Forgets the messages of `source` below sequence `first` (the stream's first sequence:
+    /// the older ones expired or were purged), so the index holds what the stream holds and
+    /// does not grow with the log's whole past. A group keeps the branch, pull request and
+    /// commit its expired messages named while it has a message left (a skip decision stays in
+    /// its push's branch after the push's webhook expired). Returns how many it dropped; a
+    /// `first` at or below an earlier call's changes nothing and costs nothing.
+    pub fn forget_before(&mut self, source: Source, first: u64) -> u64 {
+        let below = match source {
+            Source::Events => &mut self.events_forgotten_below,
+            Source::Webhooks => &mut self.webhooks_forgotten_below,
+        };
+        if first <= *below {
+            return 0;
+        }
+        *below = first;
+        let mut dropped = 0;
+        for repository in self.repositories.values_mut() {
+            dropped += repository.forget_before(source, first);
+        }
+        self.repositories.retain(|_, r| !r.groups.is_empty());
+        self.messages -= dropped;
+        dropped
     }
 
     /// The messages of `filter`'s history of the repository with subject tokens `repository`

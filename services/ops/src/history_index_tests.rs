@@ -323,3 +323,65 @@ fn subjects_outside_a_repositorys_history_are_not_indexed() {
     assert_eq!(repository_of(Source::Events, "prx.a.b.c.d.e"), None);
     assert_eq!(repository_of(Source::Events, "nats.a.b.c.d"), None);
 }
+
+#[test]
+fn forgetting_expired_messages_keeps_the_answers_about_the_rest() {
+    let stored = story();
+    let mut full = HistoryIndex::default();
+    for (source, seq, subject, at, envelope) in &stored {
+        full.apply(*source, *seq, subject, *at, envelope);
+    }
+    // Every cut of both streams: the pruned index answers what the full one answered, less
+    // what expired (which the query never lists anyway).
+    for webhooks_first in 1..=6 {
+        for events_first in 1..=8 {
+            let mut pruned = full.clone();
+            let dropped = pruned.forget_before(Source::Webhooks, webhooks_first)
+                + pruned.forget_before(Source::Events, events_first);
+            let held = |(source, seq): &(Source, u64)| match source {
+                Source::Webhooks => *seq >= webhooks_first,
+                Source::Events => *seq >= events_first,
+            };
+            for filter in filters() {
+                for repository in [REPO, "PRX.other"] {
+                    let expected: Vec<_> = indexed(&full, repository, &filter)
+                        .into_iter()
+                        .filter(held)
+                        .collect();
+                    assert_eq!(
+                        indexed(&pruned, repository, &filter),
+                        expected,
+                        "{repository} {filter:?} webhooks from {webhooks_first}, events from {events_first}"
+                    );
+                }
+            }
+            let kept = indexed(&full, REPO, &HistoryFilter::All)
+                .into_iter()
+                .chain(indexed(&full, "PRX.other", &HistoryFilter::All))
+                .filter(held)
+                .count() as u64;
+            assert_eq!(pruned.len(), kept);
+            assert_eq!(full.len() - pruned.len(), dropped);
+        }
+    }
+}
+
+#[test]
+fn a_group_keeps_its_branch_after_the_message_that_named_it_expired() {
+    let mut index = HistoryIndex::default();
+    for (source, seq, subject, at, envelope) in &story() {
+        index.apply(*source, *seq, subject, *at, envelope);
+    }
+    // Webhook 2 (the push to feature/x) expired; its skip decision (events 2) names no branch
+    // of its own and is still the branch's history.
+    assert_eq!(index.forget_before(Source::Webhooks, 3), 2);
+    assert_eq!(
+        indexed(&index, REPO, &HistoryFilter::Branch("feature/x".into())),
+        [(Source::Events, 2)]
+    );
+    // Nothing more to forget below the same cut, and a repository left empty is gone.
+    assert_eq!(index.forget_before(Source::Webhooks, 3), 0);
+    assert_eq!(index.forget_before(Source::Webhooks, 5), 2);
+    assert!(indexed(&index, "PRX.other", &HistoryFilter::All).is_empty());
+    assert!(!index.repositories.contains_key("PRX.other"));
+}

@@ -1,7 +1,8 @@
 //! Runs the ops API's [`OpsProjection`]: rebuilt from scratch ([`rebuild`]), or kept current
 //! ([`run`]) by a live ordered read of each stream (`PRX_EVENTS`, `PRX_WEBHOOKS`) from its
-//! position onwards, restarted after any failure. [`LiveProjection`] is what the API reads,
-//! and lets a query wait until the projection holds everything stored when it began.
+//! position onwards, restarted after any failure, forgetting what the streams no longer hold
+//! every [`FORGET_INTERVAL`]. [`LiveProjection`] is what the API reads, and lets a query wait
+//! until the projection holds everything stored when it began.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +69,29 @@ impl LiveProjection {
     }
 }
 
+impl LiveProjection {
+    /// Forgets what the streams no longer hold (expired by their `max_age`, or purged): the
+    /// history index drops the messages below each stream's first sequence. Returns how many
+    /// it dropped. [`run`] calls it every [`FORGET_INTERVAL`].
+    pub async fn forget_expired(&self, js: &jetstream::Context) -> anyhow::Result<u64> {
+        let mut dropped = 0;
+        for (stream, source) in [
+            (WEBHOOKS_STREAM, Source::Webhooks),
+            (EVENTS_STREAM, Source::Events),
+        ] {
+            let state = js.get_stream(stream).await?.get_info().await?.state;
+            // An empty stream's first sequence is one past its last: everything before expired.
+            let first = state.first_sequence;
+            let mut projection = self.state.write().await;
+            dropped += projection.history.forget_before(source, first);
+        }
+        Ok(dropped)
+    }
+}
+
+/// How often [`run`] forgets what the streams no longer hold.
+pub const FORGET_INTERVAL: Duration = Duration::from_secs(600);
+
 /// Builds a projection from scratch by reading both streams up to now (`PRX_WEBHOOKS` first,
 /// then `PRX_EVENTS`: the fold does not depend on how the two interleave).
 pub async fn rebuild(
@@ -110,9 +134,30 @@ pub async fn run(js: jetstream::Context, projection: LiveProjection, shutdown: C
             }
         }
     };
+    let forget = async {
+        let mut every = tokio::time::interval(FORGET_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = every.tick() => {}
+            }
+            match projection.forget_expired(&js).await {
+                Ok(0) => {}
+                Ok(dropped) => {
+                    tracing::info!(dropped, "ops projection: forgot expired messages");
+                }
+                Err(err) => tracing::warn!(
+                    error = format!("{err:#}"),
+                    "ops projection: cannot read the streams' first sequences; will try again"
+                ),
+            }
+        }
+    };
     tokio::join!(
         follow_one(EVENTS_STREAM, Source::Events),
         follow_one(WEBHOOKS_STREAM, Source::Webhooks),
+        forget,
     );
 }
 

@@ -216,3 +216,81 @@ async fn a_read_by_sequence_the_direct_get_cannot_answer_is_asked_of_the_leader(
             .unwrap(),
     );
 }
+
+/// Messages the streams no longer hold (expired by `max_age`, here purged) leave the history
+/// index too, so it does not grow with the log's whole past; what is still stored is answered
+/// as before.
+#[tokio::test]
+async fn the_index_forgets_what_the_streams_no_longer_hold() {
+    let server = NatsServer::start().await;
+    let rt = Runtime::from_client(server.connect().await, &mut Registry::default());
+    rt.provision(1).await.unwrap();
+    let live = LiveProjection::new(10);
+    let shutdown = CancellationToken::new();
+    let follower = tokio::spawn(projection_runner::run(
+        rt.js.clone(),
+        live.clone(),
+        shutdown.clone(),
+    ));
+    let mut last = (0, 0);
+    for n in 0..10 {
+        let webhook = push(&format!("d{n}"), "PRX/app", "main", &format!("{n:040x}"));
+        let seq = rt.publisher.publish(&webhook).await.unwrap().sequence;
+        for e in &build_story(&webhook, seq, "main", Some(v1::BuildStatus::Succeeded)) {
+            last.0 = rt.publisher.publish(e).await.unwrap().sequence;
+        }
+        last.1 = seq;
+    }
+    assert!(live.caught_up(last.0, last.1, WAIT).await);
+    let main = HistoryFilter::Branch("main".into());
+    let before = live.read().await.history.select("PRX.app", &main);
+    assert_eq!(
+        live.forget_expired(&rt.js).await.unwrap(),
+        0,
+        "nothing expired"
+    );
+
+    // The first 4 pushes' webhooks and the events before the 6th push's story go.
+    let webhooks_first = 5;
+    let events_first = before
+        .iter()
+        .filter(|r| r.source == Source::Events)
+        .nth(before.iter().filter(|r| r.source == Source::Events).count() / 2)
+        .unwrap()
+        .sequence;
+    for (stream, first) in [
+        (WEBHOOKS_STREAM, webhooks_first),
+        (EVENTS_STREAM, events_first),
+    ] {
+        rt.js
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .purge()
+            .sequence(first)
+            .await
+            .unwrap();
+    }
+    let held = |r: &prx_ci_ops::history_index::EventRef| match r.source {
+        Source::Webhooks => r.sequence >= webhooks_first,
+        Source::Events => r.sequence >= events_first,
+    };
+    let expected: Vec<_> = before.iter().copied().filter(held).collect();
+    assert!(expected.len() < before.len() && !expected.is_empty());
+    let dropped = live.forget_expired(&rt.js).await.unwrap();
+    assert_eq!(dropped as usize, before.len() - expected.len());
+    let after = live.read().await;
+    assert_eq!(after.history.select("PRX.app", &main), expected);
+    assert_eq!(after.history.len() as usize, expected.len());
+    drop(after);
+    // The live read goes on from where it was.
+    let webhook = push("d10", "PRX/app", "main", &format!("{:040x}", 10));
+    let seq = rt.publisher.publish(&webhook).await.unwrap().sequence;
+    assert!(live.caught_up(last.0, seq, WAIT).await);
+    assert_eq!(
+        live.read().await.history.select("PRX.app", &main).len(),
+        expected.len() + 1
+    );
+    shutdown.cancel();
+    follower.await.unwrap();
+}

@@ -1,5 +1,6 @@
-//! Fake Slack Web API and fake GitHub REST API: small stateful axum servers on loopback that
-//! record every request, keep the messages/statuses they hold, and can be told to fail.
+//! Fake Slack Web API: a small stateful axum server on loopback that records every request,
+//! keeps the messages it holds, and can be told to fail; and what Slack makes of mrkdwn.
+//! GitHub is the shared stateful fake, `prx_ci_shared::testing::fake_github`.
 
 #![allow(
     dead_code,
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -271,96 +272,6 @@ async fn history(
         })
         .collect();
     Json(json!({"ok": true, "messages": messages})).into_response()
-}
-
-/// What the fake GitHub's compare endpoint does.
-#[derive(Debug, Clone)]
-pub enum CompareMode {
-    /// Answers `n` commits (of `total`).
-    Commits { n: usize, total: u64 },
-    /// Always this status.
-    Fail(u16),
-}
-
-#[derive(Debug)]
-pub struct GitHubState {
-    pub compare_mode: CompareMode,
-    pub compare_calls: u32,
-    /// (repository, sha, body) of every status written, in order.
-    pub statuses: Vec<(String, String, Value)>,
-}
-
-/// The fake GitHub.
-#[derive(Debug, Clone)]
-pub struct FakeGitHub {
-    pub url: String,
-    pub state: Arc<Mutex<GitHubState>>,
-}
-
-impl FakeGitHub {
-    pub async fn start(compare_mode: CompareMode) -> Self {
-        let state = Arc::new(Mutex::new(GitHubState {
-            compare_mode,
-            compare_calls: 0,
-            statuses: vec![],
-        }));
-        let router = Router::new()
-            .route("/repos/{owner}/{repo}/compare/{range}", get(compare))
-            .route("/repos/{owner}/{repo}/statuses/{sha}", post(status))
-            .with_state(state.clone());
-        let url = serve(router).await;
-        Self { url, state }
-    }
-
-    pub fn statuses(&self) -> Vec<(String, String, Value)> {
-        self.state.lock().unwrap().statuses.clone()
-    }
-
-    pub fn compare_calls(&self) -> u32 {
-        self.state.lock().unwrap().compare_calls
-    }
-}
-
-async fn compare(
-    State(state): State<Arc<Mutex<GitHubState>>>,
-    Path((_owner, _repo, range)): Path<(String, String, String)>,
-) -> Response {
-    let mut state = state.lock().unwrap();
-    state.compare_calls += 1;
-    match state.compare_mode.clone() {
-        CompareMode::Fail(status) => (
-            StatusCode::from_u16(status).unwrap(),
-            Json(json!({"message": "nope"})),
-        )
-            .into_response(),
-        CompareMode::Commits { n, total } => {
-            let after = range.split("...").nth(1).unwrap_or_default().to_owned();
-            let commits: Vec<Value> = (0..n)
-                .map(|i| {
-                    json!({
-                        "sha": format!("{i:02x}{}", after.get(2..).unwrap_or_default()),
-                        "commit": {"message": format!("Commit {i}\n\nbody"), "author": {"name": "Git Author"}},
-                        // One commit by someone without a GitHub account.
-                        "author": if i == 1 { Value::Null } else { json!({"login": "octocat"}) },
-                    })
-                })
-                .collect();
-            Json(json!({"total_commits": total, "commits": commits})).into_response()
-        }
-    }
-}
-
-async fn status(
-    State(state): State<Arc<Mutex<GitHubState>>>,
-    Path((owner, repo, sha)): Path<(String, String, String)>,
-    Json(body): Json<Value>,
-) -> Response {
-    state
-        .lock()
-        .unwrap()
-        .statuses
-        .push((format!("{owner}/{repo}"), sha, body.clone()));
-    (StatusCode::CREATED, Json(body)).into_response()
 }
 
 async fn serve(router: Router) -> String {

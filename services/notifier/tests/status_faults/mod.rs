@@ -22,18 +22,28 @@ use prx_ci_shared::testing::fault_proxy::{
 use prx_ci_shared::testing::wait_until;
 use secrecy::SecretString;
 
-use super::{BUILD_ID, CompareMode, Env, Events, Running, SHA, WAIT, fakes};
+use super::{BUILD_ID, Env, Events, GITHUB_TOKEN, REPOSITORIES, Running, SHA, WAIT, add_push};
+use prx_ci_shared::testing::fake_github::{FakeAuth, FakeGitHub};
 
 /// Status writes: `POST /repos/{owner}/{repo}/statuses/{sha}` (compare calls are GETs).
 fn statuses() -> Match {
     Match::any().method("POST").path_prefix("/repos/")
 }
 
+/// The fake GitHub of the sink tests: token mode, the repositories' pushes.
+async fn github() -> FakeGitHub {
+    let github = FakeGitHub::start(FakeAuth::Token(GITHUB_TOKEN.into())).await;
+    for repository in REPOSITORIES {
+        add_push(&github, repository, 1);
+    }
+    github
+}
+
 /// A GitHub client through `proxy` with `backoff`.
 fn github_through(proxy: &FaultProxy, backoff: Backoff) -> GitHubClient {
     GitHubClient::new(GitHubConfig {
         api_url: proxy.url(),
-        token: Some(SecretString::from("ghp_test")),
+        token: Some(SecretString::from(GITHUB_TOKEN)),
         ..GitHubConfig::default()
     })
     .unwrap()
@@ -72,8 +82,8 @@ fn gaps(attempts: &[RecordedRequest]) -> Vec<Duration> {
 
 #[tokio::test]
 async fn a_502_then_success_lands_one_status_in_two_attempts() {
-    let github = fakes::FakeGitHub::start(CompareMode::Commits { n: 1, total: 1 }).await;
-    let proxy = FaultProxy::start(&github.url).await;
+    let github = github().await;
+    let proxy = FaultProxy::start(&github.url()).await;
     proxy.add(FaultRule::new(statuses(), Fault::server_error(502)).times(1));
     // The production retry policy.
     let sink = GitHubStatusSink::new(github_through(&proxy, Backoff::default()), 80, 500);
@@ -84,13 +94,13 @@ async fn a_502_then_success_lands_one_status_in_two_attempts() {
     assert_eq!(proxy.injected(), [(FaultKind::ServerError(502), 1)].into());
     let landed = github.statuses();
     assert_eq!(landed.len(), 1, "one status landed: {landed:?}");
-    assert_eq!(landed[0].2["state"], "pending");
+    assert_eq!(landed[0].state, "pending");
 }
 
 #[tokio::test]
 async fn a_429_is_retried_after_its_retry_after() {
-    let github = fakes::FakeGitHub::start(CompareMode::Commits { n: 1, total: 1 }).await;
-    let proxy = FaultProxy::start(&github.url).await;
+    let github = github().await;
+    let proxy = FaultProxy::start(&github.url()).await;
     proxy
         .add(FaultRule::new(statuses(), Fault::too_many_requests(Duration::from_secs(1))).times(1));
     let sink = GitHubStatusSink::new(github_through(&proxy, Backoff::default()), 80, 500);
@@ -109,8 +119,8 @@ async fn a_429_is_retried_after_its_retry_after() {
 
 #[tokio::test]
 async fn an_exhausted_rate_limit_is_retried_after_its_reset() {
-    let github = fakes::FakeGitHub::start(CompareMode::Commits { n: 1, total: 1 }).await;
-    let proxy = FaultProxy::start(&github.url).await;
+    let github = github().await;
+    let proxy = FaultProxy::start(&github.url()).await;
     // GitHub's primary rate limit: 403, nothing remaining, reset two seconds from now (whole
     // seconds, so at least one second away).
     let reset = (time::OffsetDateTime::now_utc().unix_timestamp() + 2).to_string();
@@ -145,8 +155,8 @@ async fn an_exhausted_rate_limit_is_retried_after_its_reset() {
 
 #[tokio::test]
 async fn a_persistent_5xx_stops_at_the_attempt_budget() {
-    let github = fakes::FakeGitHub::start(CompareMode::Commits { n: 1, total: 1 }).await;
-    let proxy = FaultProxy::start(&github.url).await;
+    let github = github().await;
+    let proxy = FaultProxy::start(&github.url()).await;
     proxy.add(FaultRule::new(statuses(), Fault::server_error(503)));
     let budget = Backoff {
         initial: Duration::from_millis(10),
@@ -226,8 +236,8 @@ async fn all_events(env: &Env) -> Vec<v1::Envelope> {
 
 #[tokio::test]
 async fn a_status_github_keeps_refusing_stays_queued_and_lands_when_it_recovers() {
-    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
-    let proxy = FaultProxy::start(&env.github.url).await;
+    let env = Env::start(1).await;
+    let proxy = FaultProxy::start(&env.github.url()).await;
     let down = proxy.add(FaultRule::new(statuses(), Fault::server_error(502)));
     let client = github_through(
         &proxy,
@@ -287,7 +297,7 @@ async fn a_status_github_keeps_refusing_stays_queued_and_lands_when_it_recovers(
     })
     .await;
     assert_eq!(landed.len(), 1, "{landed:?}");
-    assert_eq!(landed[0].2["state"], "pending");
+    assert_eq!(landed[0].state, "pending");
     wait_until(WAIT, "the status delivery to be recorded", || async {
         all_events(&env)
             .await
@@ -311,8 +321,8 @@ async fn a_status_github_keeps_refusing_stays_queued_and_lands_when_it_recovers(
 
 #[tokio::test]
 async fn a_rate_limited_status_waits_what_github_asks_before_its_next_round() {
-    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
-    let proxy = FaultProxy::start(&env.github.url).await;
+    let env = Env::start(1).await;
+    let proxy = FaultProxy::start(&env.github.url()).await;
     // Longer than the client's own retries last: the queue must wait it out.
     proxy
         .add(FaultRule::new(statuses(), Fault::too_many_requests(Duration::from_secs(2))).times(2));
@@ -362,7 +372,7 @@ async fn a_rate_limited_status_waits_what_github_asks_before_its_next_round() {
 
 #[tokio::test]
 async fn a_slack_post_that_landed_but_was_answered_500_is_not_posted_again() {
-    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let env = Env::start(1).await;
     let proxy = FaultProxy::start(&env.slack.url).await;
     let posts = Match::any().path_prefix("/chat.postMessage");
     proxy.add(FaultRule::new(posts.clone(), Fault::lost_answer()).times(1));
@@ -390,7 +400,7 @@ async fn a_slack_post_that_landed_but_was_answered_500_is_not_posted_again() {
 
 #[tokio::test]
 async fn a_slack_429_through_the_proxy_is_retried_after_its_retry_after() {
-    let env = Env::start(CompareMode::Commits { n: 1, total: 1 }).await;
+    let env = Env::start(1).await;
     let proxy = FaultProxy::start(&env.slack.url).await;
     let posts = Match::any().path_prefix("/chat.postMessage");
     proxy.add(
