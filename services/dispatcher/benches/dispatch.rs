@@ -4,9 +4,9 @@
 //!    push and pull-request payloads.
 //! 2. The dispatcher's own time per webhook, in one run: 2,000 webhooks stored at a steady
 //!    200/s in a real nats-server are consumed by two durables at once — the real dispatcher
-//!    (a GitHub that answers at once (wiremock), a backend that starts and stops builds at once)
-//!    and a bare relay (consume the webhook, publish one event: the floor JetStream and the
-//!    consumer loop impose). Each webhook gets two latencies, stored → the dispatcher's
+//!    (reading each commit's buildspec from the shared fake GitHub, a backend that starts and
+//!    stops builds at once) and a bare relay (consume the webhook, publish one event: the floor
+//!    JetStream and the consumer loop impose). Each webhook gets two latencies, stored → the dispatcher's
 //!    `BuildRequested` seen and stored → the relay's event seen; its own time is their
 //!    difference, so every percentile is of one distribution of same-webhook differences.
 //!    Even webhooks are pushes to the default branch, odd ones pull-request pushes rotating over
@@ -33,12 +33,11 @@ use prx_ci_shared::codebuild::backend::{
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
 use prx_ci_shared::run_consumer;
 use prx_ci_shared::testing::bench::{BenchRun, Row, percentile};
+use prx_ci_shared::testing::fake_github::{FakeAuth, FakeGitHub};
 use prx_ci_shared::testing::{NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
-use wiremock::matchers::method;
-use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const RATE_PER_SECOND: u64 = 200;
 const EVENTS: u64 = 2_000;
@@ -152,9 +151,13 @@ impl Handler for Relay {
     }
 }
 
+/// The commit webhook `i` pushes: never the all-zero SHA (a branch deletion).
+fn commit_of(i: u64) -> String {
+    format!("{:040x}", i + 1)
+}
+
 fn webhook(i: u64, base_push: &Value, base_pr: &Value) -> Envelope {
-    // Never the all-zero SHA (a branch deletion).
-    let sha = format!("{:040x}", i + 1);
+    let sha = commit_of(i);
     let (event, payload) = if i.is_multiple_of(2) {
         let mut p = base_push.clone();
         p["after"] = json!(sha);
@@ -364,18 +367,12 @@ async fn same_run() -> Run {
         .unwrap();
     let relay_settings = ConsumerSettings::from_definition(&relay_consumer).with_concurrency(4);
 
-    let github = MockServer::start().await;
-    use base64::Engine as _;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "type": "file",
-            "encoding": "base64",
-            "content": base64::engine::general_purpose::STANDARD.encode(BUILDSPEC),
-        })))
-        .mount(&github)
-        .await;
+    let github = FakeGitHub::start(FakeAuth::Anonymous).await;
+    for i in 0..EVENTS {
+        github.set_file("PRX/example-app", &commit_of(i), "buildspec.yml", BUILDSPEC);
+    }
     let client = GitHubClient::new(GitHubConfig {
-        api_url: github.uri(),
+        api_url: github.url(),
         ..GitHubConfig::default()
     })
     .unwrap();

@@ -1,64 +1,42 @@
-//! Fake GitHub (contents API serving each commit's buildspec, compare, commit statuses
-//! recorded) and fake Slack (`chat.postMessage`, `chat.update`, `conversations.history`,
-//! every call recorded): small axum servers on loopback ports.
+//! The run's GitHub (the shared fake, [`prx_ci_shared::testing::fake_github`], serving each
+//! commit's buildspec and recording commit statuses) and fake Slack (`chat.postMessage`,
+//! `chat.update`, `conversations.history`, every call recorded: a small axum server on a
+//! loopback port).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
+use prx_ci_shared::testing::fake_github::{FakeAuth, FakeGitHub};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::history::{SlackCall, StatusWrite};
 
-/// What fake GitHub serves and records.
-#[derive(Debug, Default)]
-struct GitHubState {
-    /// (repository, commit) -> buildspec.yml
-    buildspecs: HashMap<(String, String), String>,
-    statuses: Vec<StatusWrite>,
-    reads: u64,
+/// The run's GitHub: the shared fake in token mode (the services' `[github] token`), serving
+/// `buildspecs` ((repository, commit) -> `buildspec.yml`) and recording commit statuses.
+pub async fn github(token: &str, buildspecs: &HashMap<(String, String), String>) -> FakeGitHub {
+    let github = FakeGitHub::start(FakeAuth::Token(token.to_owned())).await;
+    for ((repository, commit), text) in buildspecs {
+        github.set_file(repository, commit, "buildspec.yml", text.as_str());
+    }
+    github
 }
 
-/// A running fake GitHub.
-#[derive(Debug, Clone)]
-pub struct FakeGitHub {
-    pub url: String,
-    state: Arc<Mutex<GitHubState>>,
-}
-
-impl FakeGitHub {
-    /// Serves `buildspecs` ((repository, commit) -> text) on a free port.
-    pub async fn start(buildspecs: HashMap<(String, String), String>) -> anyhow::Result<Self> {
-        let state = Arc::new(Mutex::new(GitHubState {
-            buildspecs,
-            ..GitHubState::default()
-        }));
-        let app = Router::new()
-            .route(
-                "/repos/{owner}/{repo}/contents/buildspec.yml",
-                get(contents),
-            )
-            .route("/repos/{owner}/{repo}/compare/{range}", get(compare))
-            .route("/repos/{owner}/{repo}/statuses/{sha}", post(write_status))
-            .with_state(state.clone());
-        let url = serve(app).await?;
-        Ok(Self { url, state })
-    }
-
-    /// Every commit status written, in arrival order.
-    pub fn statuses(&self) -> Vec<StatusWrite> {
-        lock(&self.state).statuses.clone()
-    }
-
-    /// How many buildspec reads were answered.
-    pub fn reads(&self) -> u64 {
-        lock(&self.state).reads
-    }
+/// Every commit status `github` was sent, in arrival order.
+pub fn status_writes(github: &FakeGitHub) -> Vec<StatusWrite> {
+    github
+        .statuses()
+        .into_iter()
+        .map(|s| StatusWrite {
+            repository: s.repository,
+            sha: s.sha,
+            context: s.context,
+            state: s.state,
+        })
+        .collect()
 }
 
 fn lock<T>(state: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -74,56 +52,6 @@ async fn serve(app: Router) -> anyhow::Result<String> {
         }
     });
     Ok(url)
-}
-
-async fn contents(
-    State(state): State<Arc<Mutex<GitHubState>>>,
-    Path((owner, repo)): Path<(String, String)>,
-    Query(query): Query<HashMap<String, String>>,
-) -> (StatusCode, Json<Value>) {
-    let commit = query.get("ref").cloned().unwrap_or_default();
-    let mut state = lock(&state);
-    let Some(text) = state
-        .buildspecs
-        .get(&(format!("{owner}/{repo}"), commit))
-        .cloned()
-    else {
-        return (StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"})));
-    };
-    state.reads += 1;
-    (
-        StatusCode::OK,
-        Json(json!({
-            "type": "file",
-            "encoding": "base64",
-            "name": "buildspec.yml",
-            "path": "buildspec.yml",
-            "size": text.len(),
-            "content": base64::engine::general_purpose::STANDARD.encode(text),
-        })),
-    )
-}
-
-async fn compare() -> Json<Value> {
-    Json(json!({"total_commits": 0, "commits": []}))
-}
-
-async fn write_status(
-    State(state): State<Arc<Mutex<GitHubState>>>,
-    Path((owner, repo, sha)): Path<(String, String, String)>,
-    Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
-    let text = |key: &str| body.get(key).and_then(Value::as_str).unwrap_or_default();
-    let write = StatusWrite {
-        repository: format!("{owner}/{repo}"),
-        sha,
-        context: text("context").to_owned(),
-        state: text("state").to_owned(),
-    };
-    let mut state = lock(&state);
-    state.statuses.push(write);
-    let id = state.statuses.len();
-    (StatusCode::CREATED, Json(json!({"id": id})))
 }
 
 /// One message fake Slack keeps.
@@ -268,44 +196,38 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn github_serves_buildspecs_and_records_statuses() {
-        let github = FakeGitHub::start(HashMap::from([(
-            ("chaos/app-0".to_owned(), "abc".to_owned()),
-            "version: 0.2\n".to_owned(),
-        )]))
-        .await
-        .unwrap();
+    async fn github_serves_buildspecs_to_the_token_and_records_statuses() {
+        let github = github(
+            "t0ken",
+            &HashMap::from([(
+                ("chaos/app-0".to_owned(), "abc".to_owned()),
+                "version: 0.2\n".to_owned(),
+            )]),
+        )
+        .await;
         let http = reqwest::Client::new();
-        let found: Value = http
-            .get(format!(
-                "{}/repos/chaos/app-0/contents/buildspec.yml?ref=abc",
-                github.url
+        let get = |reference: &str, token: &str| {
+            http.get(format!(
+                "{}/repos/chaos/app-0/contents/buildspec.yml?ref={reference}",
+                github.url()
             ))
+            .bearer_auth(token)
             .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(found["content"], "dmVyc2lvbjogMC4yCg==");
-        let missing = http
-            .get(format!(
-                "{}/repos/chaos/app-0/contents/buildspec.yml?ref=zzz",
-                github.url
-            ))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(missing.status(), 404);
+        };
+        let found: Value = get("abc", "t0ken").await.unwrap().json().await.unwrap();
+        assert_eq!(found["content"], "dmVyc2lvbjogMC4yCg==\n");
+        assert_eq!(get("zzz", "t0ken").await.unwrap().status(), 404);
+        assert_eq!(get("abc", "other").await.unwrap().status(), 401);
         let written = http
-            .post(format!("{}/repos/chaos/app-0/statuses/abc", github.url))
+            .post(format!("{}/repos/chaos/app-0/statuses/abc", github.url()))
+            .bearer_auth("t0ken")
             .json(&json!({"state": "success", "context": "prx-ci/x86_64"}))
             .send()
             .await
             .unwrap();
         assert_eq!(written.status(), 201);
         assert_eq!(
-            github.statuses(),
+            status_writes(&github),
             [StatusWrite {
                 repository: "chaos/app-0".into(),
                 sha: "abc".into(),

@@ -15,7 +15,7 @@ use prx_ci_shared::testing::{MotoServer, free_port};
 use crate::checks::{self, Outcome};
 use crate::cluster::{self, Cluster};
 use crate::collect;
-use crate::fakes::{FakeGitHub, FakeSlack};
+use crate::fakes::{self, FakeSlack};
 use crate::faults::Fronts;
 use crate::history::{Decision, History, ParameterExpectation};
 use crate::load::{self, LoadSettings, LoadStats};
@@ -136,11 +136,11 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
             )
         })
         .collect();
-    let github = FakeGitHub::start(buildspecs).await?;
+    let github = fakes::github(service_config::GITHUB_TOKEN, &buildspecs).await;
     let slack = FakeSlack::start().await?;
     let fronts = Fronts::start(
         &moto.endpoint(),
-        &github.url,
+        &github.url(),
         &slack.url,
         config.seed,
         config.faults,
@@ -263,7 +263,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
         completions,
         runner_builds: collect::runner_builds(&run_dir.join("runner"))?,
         slack: slack.calls(),
-        statuses: github.statuses(),
+        statuses: fakes::status_writes(&github),
         parked: collect::parked(&parked),
         poisoned: vec![POISON.to_vec()],
         ..History::default()

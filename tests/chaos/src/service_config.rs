@@ -27,6 +27,8 @@ pub struct Endpoints {
     pub build_path: String,
 }
 
+/// The services' `[github] token` (the fake GitHub accepts only this one).
+pub const GITHUB_TOKEN: &str = "chaos-github-token";
 /// Slack channel of every build message.
 pub const CHANNEL: &str = "C0CHAOS";
 /// The bucket the publisher's (unused: values are trusted) S3 checks name.
@@ -43,7 +45,7 @@ pub fn render(service: &str, replica: usize, port: u16, e: &Endpoints) -> String
         "[nats]\nurl = {nats:?}\nreplicas = 3\nconnect_timeout = \"5s\"\nclient_name = \"chaos-{service}-{replica}\"\n\n\
          [telemetry]\nlog_filter = \"info,async_nats=warn\"\n\n\
          [aws]\nregion = \"us-east-1\"\nendpoint_url = {aws:?}\n\n\
-         [github]\napi_url = {github:?}\ntoken = \"chaos-github-token\"\nrequest_timeout = \"5s\"\n\n",
+         [github]\napi_url = {github:?}\ntoken = {GITHUB_TOKEN:?}\nrequest_timeout = \"5s\"\n\n",
         nats = e.nats,
         aws = e.aws,
         github = e.github,

@@ -18,10 +18,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use prost::Message as _;
-use prx_ci_chaos::fakes::{FakeGitHub, FakeSlack};
+use prx_ci_chaos::fakes::{self, FakeSlack};
 use prx_ci_chaos::supervisor::{Process, Supervisor, binary};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::subject;
+use prx_ci_shared::testing::fake_github::FakeGitHub;
 use prx_ci_shared::testing::{MotoServer, NatsServer, free_port, wait_until, workspace_root};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -116,12 +117,15 @@ struct ExpectedFacts {
     disagreement: (String, String, String),
 }
 
+/// The services' `[github] token` (the fake GitHub accepts only this one).
+const GITHUB_TOKEN: &str = "shadow-github-token";
+
 fn config_file(service: &str, port: u16, w: &Endpoints) -> String {
     let common = format!(
         "[nats]\nurl = {nats:?}\nreplicas = 1\nclient_name = \"shadow-{service}\"\n\n\
          [telemetry]\nlog_filter = \"info,async_nats=warn\"\n\n\
          [aws]\nregion = \"us-east-1\"\nendpoint_url = {aws:?}\n\n\
-         [github]\napi_url = {github:?}\ntoken = \"shadow-github-token\"\nrequest_timeout = \"5s\"\n\n",
+         [github]\napi_url = {github:?}\ntoken = {GITHUB_TOKEN:?}\nrequest_timeout = \"5s\"\n\n",
         nats = w.nats,
         aws = w.aws,
         github = w.github,
@@ -175,7 +179,7 @@ impl ShadowWorld {
             .iter()
             .map(|p| ((REPO.to_owned(), p.commit.clone()), buildspec()))
             .collect();
-        let github = FakeGitHub::start(buildspecs).await.expect("fake GitHub");
+        let github = fakes::github(GITHUB_TOKEN, &buildspecs).await;
         let slack = FakeSlack::start().await.expect("fake Slack");
         let sqs = aws_sdk_sqs::Client::new(&moto.sdk_config());
         let queue_url = sqs
@@ -205,7 +209,7 @@ impl ShadowWorld {
         let endpoints = Endpoints {
             nats: nats.url(),
             aws: moto.endpoint(),
-            github: github.url.clone(),
+            github: github.url(),
             slack: slack.url.clone(),
             queue_url: queue_url.clone(),
             ops_grpc_port,

@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use prometheus_client::registry::Registry;
 use prx_ci_build_watcher::{BuildWatcher, BuildWatcherConfig};
 use prx_ci_dispatcher::{Dispatcher, DispatcherConfig, GitHubBuildspecSource};
@@ -30,20 +29,21 @@ use prx_ci_local_runner::{LocalRunner, LocalRunnerConfig};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_publisher::{AwsArtifactChecker, Publisher, PublisherConfig, SsmParameterStore};
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
+use prx_ci_shared::testing::fake_github::{FakeAuth, FakeCommit, FakeGitHub};
 use prx_ci_shared::testing::{MotoServer, NatsServer, git::git, tool_path, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use wiremock::matchers::{method, path, query_param};
-use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const SECRET: &str = "helper-to-publisher-secret";
 /// moto's account id (the ECR registry host and repository ARNs use it).
 const ACCOUNT: &str = "123456789012";
 const BUCKET: &str = "prx-us-east-1-application-code";
-/// Where the buildspecs download the helper from (raw.githubusercontent.com in production).
-const HELPER_PATH: &str = "/PRX/prx-ci/main/ci/utility/post_build.sh";
+/// Where the buildspecs download the helper from (raw.githubusercontent.com in production):
+/// this repository, at this path, on `main`.
+const HELPER_REPO: &str = "PRX/prx-ci";
+const HELPER_PATH: &str = "ci/utility/post_build.sh";
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -59,7 +59,7 @@ fn write_executable(path: &Path, text: &str) {
 struct System {
     _nats: NatsServer,
     moto: MotoServer,
-    github: MockServer,
+    github: FakeGitHub,
     dir: tempfile::TempDir,
     js: async_nats::jetstream::Context,
     runner: Arc<LocalRunner>,
@@ -72,20 +72,20 @@ impl System {
     async fn start() -> Self {
         let nats = NatsServer::start().await;
         let moto = MotoServer::start().await;
-        let github = MockServer::start().await;
+        let github = FakeGitHub::start(FakeAuth::Anonymous).await;
         let dir = tempfile::tempdir().expect("temp dir");
         for sub in ["bin", "repos"] {
             fs::create_dir(dir.path().join(sub)).expect("create dir");
         }
 
         // The helper, served like raw.githubusercontent.com serves it.
-        let helper =
-            fs::read_to_string(manifest_dir().join("../../ci/utility/post_build.sh")).unwrap();
-        Mock::given(method("GET"))
-            .and(path(HELPER_PATH))
-            .respond_with(ResponseTemplate::new(200).set_body_string(helper))
-            .mount(&github)
-            .await;
+        let helper = fs::read(manifest_dir().join("../..").join(HELPER_PATH)).unwrap();
+        let tools = "1".repeat(40);
+        github.add_commit(
+            HELPER_REPO,
+            FakeCommit::new(&tools).file(HELPER_PATH, helper),
+        );
+        github.set_branch(HELPER_REPO, "main", &tools);
 
         // Each build has its own Docker daemon, as on CodeBuild: the stand-in keeps its state
         // in the build's checkout, which the runner removes afterwards.
@@ -153,7 +153,7 @@ impl System {
         .expect("ingress");
         let buildspecs = GitHubBuildspecSource::new(
             GitHubClient::new(GitHubConfig {
-                api_url: github.uri(),
+                api_url: github.url(),
                 ..GitHubConfig::default()
             })
             .expect("GitHub client"),
@@ -216,9 +216,9 @@ impl System {
         }
     }
 
-    /// A new app repository `owner/name` with `files` committed on `main`, its buildspec
-    /// served by the fake GitHub at that commit; returns the commit.
-    async fn app(&self, repository: &str, files: &[(&str, &str)]) -> App {
+    /// A new app repository `owner/name` with `files` committed on `main`, the same commit
+    /// in the fake GitHub (its buildspec read from there); returns the commit.
+    fn app(&self, repository: &str, files: &[(&str, &str)]) -> App {
         let dir = self
             .dir
             .path()
@@ -246,25 +246,15 @@ impl System {
             ],
         );
         let commit = git(&dir, &["rev-parse", "HEAD"]);
-        let buildspec = files
-            .iter()
-            .find(|(name, _)| *name == "buildspec.yml")
-            .map(|(_, text)| *text)
-            .expect("a buildspec");
-        let encoded = base64::engine::general_purpose::STANDARD.encode(buildspec);
-        Mock::given(method("GET"))
-            .and(path(format!("/repos/{repository}/contents/buildspec.yml")))
-            .and(query_param("ref", commit.as_str()))
-            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
-                "type": "file",
-                "encoding": "base64",
-                "name": "buildspec.yml",
-                "path": "buildspec.yml",
-                "size": buildspec.len(),
-                "content": encoded,
-            })))
-            .mount(&self.github)
-            .await;
+        assert!(
+            files.iter().any(|(name, _)| *name == "buildspec.yml"),
+            "a buildspec"
+        );
+        let mut mirrored = FakeCommit::new(&commit);
+        for (name, text) in files {
+            mirrored = mirrored.file(*name, *text);
+        }
+        self.github.add_commit(repository, mirrored);
         App {
             repository: repository.to_owned(),
             clone_url: url::Url::from_file_path(&dir).unwrap().to_string(),
@@ -476,121 +466,113 @@ fn buildspec(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helper_values_of_every_app_shape_are_published_to_ssm() {
     let system = System::start().await;
-    let helper_url = format!("{}{HELPER_PATH}", system.github.uri());
+    let helper_url = system.github.raw_url(HELPER_REPO, "main", HELPER_PATH);
 
     // Mixed-case names on purpose: ECR repositories are lower-cased, S3 keys keep the case.
-    let one = system
-        .app(
-            "PRX/One-Image",
-            &[
-                (
-                    "buildspec.yml",
-                    &buildspec(
-                        &helper_url,
-                        &[(
-                            "PRX_SPIRE_ECR_PKG_PARAMETERS",
-                            "RAILS_APP=/prx/stag/Spire/OneImage/pkg/docker-image-tag",
-                        )],
-                        &["RAILS_APP"],
-                        &["docker build -t one-image ."],
-                    ),
+    let one = system.app(
+        "PRX/One-Image",
+        &[
+            (
+                "buildspec.yml",
+                &buildspec(
+                    &helper_url,
+                    &[(
+                        "PRX_SPIRE_ECR_PKG_PARAMETERS",
+                        "RAILS_APP=/prx/stag/Spire/OneImage/pkg/docker-image-tag",
+                    )],
+                    &["RAILS_APP"],
+                    &["docker build -t one-image ."],
                 ),
-                (
-                    "Dockerfile",
-                    "FROM scratch\nLABEL org.prx.spire.publish.ecr=\"RAILS_APP\"\n",
-                ),
-            ],
-        )
-        .await;
-    let two = system
-        .app(
-            "PRX/Two-Images",
-            &[
-                (
-                    "buildspec.yml",
-                    &buildspec(
-                        &helper_url,
-                        &[(
-                            "PRX_SPIRE_ECR_PKG_PARAMETERS",
-                            "WEB=/prx/stag/Spire/TwoImages/pkg/web-image-tag;\
+            ),
+            (
+                "Dockerfile",
+                "FROM scratch\nLABEL org.prx.spire.publish.ecr=\"RAILS_APP\"\n",
+            ),
+        ],
+    );
+    let two = system.app(
+        "PRX/Two-Images",
+        &[
+            (
+                "buildspec.yml",
+                &buildspec(
+                    &helper_url,
+                    &[(
+                        "PRX_SPIRE_ECR_PKG_PARAMETERS",
+                        "WEB=/prx/stag/Spire/TwoImages/pkg/web-image-tag;\
                              Worker=/prx/stag/Spire/TwoImages/pkg/worker-image-tag",
-                        )],
-                        &["WEB", "Worker"],
-                        &[
-                            "docker build -t web -f Dockerfile.web .",
-                            "docker build -t worker -f Dockerfile.worker .",
-                        ],
-                    ),
+                    )],
+                    &["WEB", "Worker"],
+                    &[
+                        "docker build -t web -f Dockerfile.web .",
+                        "docker build -t worker -f Dockerfile.worker .",
+                    ],
                 ),
-                (
-                    "Dockerfile.web",
-                    "FROM scratch\nLABEL org.prx.spire.publish.ecr=WEB\n",
+            ),
+            (
+                "Dockerfile.web",
+                "FROM scratch\nLABEL org.prx.spire.publish.ecr=WEB\n",
+            ),
+            (
+                "Dockerfile.worker",
+                "FROM scratch\nLABEL org.prx.spire.publish.ecr=Worker\n",
+            ),
+        ],
+    );
+    let zip = system.app(
+        "PRX/Lambda-Zip",
+        &[
+            (
+                "buildspec.yml",
+                &buildspec(
+                    &helper_url,
+                    &[(
+                        "PRX_SPIRE_S3_PKG_PARAMETERS",
+                        "LAMBDA_ZIP=/prx/stag/Spire/LambdaZip/pkg/s3-object-key",
+                    )],
+                    &["LAMBDA_ZIP"],
+                    &["docker build -t lambda ."],
                 ),
-                (
-                    "Dockerfile.worker",
-                    "FROM scratch\nLABEL org.prx.spire.publish.ecr=Worker\n",
-                ),
-            ],
-        )
-        .await;
-    let zip = system
-        .app(
-            "PRX/Lambda-Zip",
-            &[
-                (
-                    "buildspec.yml",
-                    &buildspec(
-                        &helper_url,
-                        &[(
-                            "PRX_SPIRE_S3_PKG_PARAMETERS",
-                            "LAMBDA_ZIP=/prx/stag/Spire/LambdaZip/pkg/s3-object-key",
-                        )],
-                        &["LAMBDA_ZIP"],
-                        &["docker build -t lambda ."],
-                    ),
-                ),
-                (
-                    "Dockerfile",
-                    "FROM scratch\nCOPY build.zip /.prxci/build.zip\n\
+            ),
+            (
+                "Dockerfile",
+                "FROM scratch\nCOPY build.zip /.prxci/build.zip\n\
                      LABEL org.prx.spire.publish.s3=LAMBDA_ZIP\n",
-                ),
-            ],
-        )
-        .await;
+            ),
+        ],
+    );
 
     // Not one of the three shapes: a label inherited from a base image, so two images carry
     // one value. The original's outcome (the last listed wins), with a warning in the build log.
-    let shared = system
-        .app(
-            "PRX/Shared-Label",
-            &[
-                (
-                    "buildspec.yml",
-                    &buildspec(
-                        &helper_url,
-                        &[(
-                            "PRX_SPIRE_ECR_PKG_PARAMETERS",
-                            "APP=/prx/stag/Spire/SharedLabel/pkg/docker-image-tag",
-                        )],
-                        &["APP"],
-                        &[
-                            "docker build -t base -f Dockerfile.base .",
-                            "docker build -t app .",
-                        ],
-                    ),
+    let shared = system.app(
+        "PRX/Shared-Label",
+        &[
+            (
+                "buildspec.yml",
+                &buildspec(
+                    &helper_url,
+                    &[(
+                        "PRX_SPIRE_ECR_PKG_PARAMETERS",
+                        "APP=/prx/stag/Spire/SharedLabel/pkg/docker-image-tag",
+                    )],
+                    &["APP"],
+                    &[
+                        "docker build -t base -f Dockerfile.base .",
+                        "docker build -t app .",
+                    ],
                 ),
-                (
-                    "Dockerfile.base",
-                    "FROM scratch\nLABEL org.prx.spire.publish.ecr=APP\n",
-                ),
-                // The stand-in does not inherit: the app image repeats the base's label.
-                (
-                    "Dockerfile",
-                    "FROM base\nLABEL org.prx.spire.publish.ecr=APP\n",
-                ),
-            ],
-        )
-        .await;
+            ),
+            (
+                "Dockerfile.base",
+                "FROM scratch\nLABEL org.prx.spire.publish.ecr=APP\n",
+            ),
+            // The stand-in does not inherit: the app image repeats the base's label.
+            (
+                "Dockerfile",
+                "FROM base\nLABEL org.prx.spire.publish.ecr=APP\n",
+            ),
+        ],
+    );
 
     for app in [&one, &two, &zip, &shared] {
         system.push(app).await;

@@ -12,7 +12,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
 use prometheus_client::registry::Registry;
 use prx_ci_build_watcher::{BuildWatcher, BuildWatcherConfig};
 use prx_ci_dispatcher::{Dispatcher, DispatcherConfig, GitHubBuildspecSource};
@@ -23,12 +22,11 @@ use prx_ci_shared::codebuild::backend::{
     BackendError, BuildBackend, StartBuild, StartedBuild, StopOutcome,
 };
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
+use prx_ci_shared::testing::fake_github::{FakeAuth, FakeGitHub};
 use prx_ci_shared::testing::{MotoServer, NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
-use wiremock::matchers::{method, path, query_param};
-use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const REPO: &str = "PRX/example-app";
 const PARAMETER: &str = "/prx/stag/Spire/ExampleApp/pkg/docker-image-tag";
@@ -100,7 +98,7 @@ impl BuildBackend for RecordingBackend {
 struct System {
     _nats: NatsServer,
     moto: MotoServer,
-    _github: MockServer,
+    _github: FakeGitHub,
     rt: Runtime,
     backend: Arc<RecordingBackend>,
     shutdown: CancellationToken,
@@ -111,22 +109,9 @@ impl System {
     async fn start() -> Self {
         let nats = NatsServer::start().await;
         let moto = MotoServer::start().await;
-        let github = MockServer::start().await;
-        let encoded = base64::engine::general_purpose::STANDARD.encode(BUILDSPEC);
+        let github = FakeGitHub::start(FakeAuth::Anonymous).await;
         for sha in [SHA_A, SHA_B] {
-            Mock::given(method("GET"))
-                .and(path(format!("/repos/{REPO}/contents/buildspec.yml")))
-                .and(query_param("ref", sha))
-                .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-                    "type": "file",
-                    "encoding": "base64",
-                    "name": "buildspec.yml",
-                    "path": "buildspec.yml",
-                    "size": BUILDSPEC.len(),
-                    "content": encoded,
-                })))
-                .mount(&github)
-                .await;
+            github.set_file(REPO, sha, "buildspec.yml", BUILDSPEC);
         }
         let mut registry = Registry::default();
         let rt = Runtime::from_client(nats.connect().await, &mut registry);
@@ -134,7 +119,7 @@ impl System {
         let backend = Arc::new(RecordingBackend::default());
         let buildspecs = GitHubBuildspecSource::new(
             GitHubClient::new(GitHubConfig {
-                api_url: github.uri(),
+                api_url: github.url(),
                 ..GitHubConfig::default()
             })
             .expect("GitHub client"),

@@ -88,11 +88,11 @@ async fn builds_in(client: &aws_sdk_codebuild::Client) -> usize {
 async fn start_build_requests_carry_the_originals_fields_and_a_token() {
     let nats = Nats::start().await;
     let moto = MotoServer::start().await;
-    let github = FakeGitHub::start().await;
+    let github = fake_github().await;
     let (client, recorder) = codebuild(&moto).await;
     let push = recorded("push.json");
     let sha = push["after"].as_str().unwrap();
-    github.buildspec(REPO, sha, BUILDSPEC).await;
+    buildspec(&github, REPO, sha, BUILDSPEC);
 
     let backend = Arc::new(CodeBuildBackend::from_client(
         client.clone(),
@@ -101,7 +101,7 @@ async fn start_build_requests_carry_the_originals_fields_and_a_token() {
     let running = start(
         &nats,
         DispatcherConfig::default(),
-        github.source(),
+        source(&github.url()),
         backend.clone(),
     );
     let (webhook, stored) = nats.webhook("push", &push, "delivery-push-1").await;
@@ -214,7 +214,12 @@ async fn start_build_requests_carry_the_originals_fields_and_a_token() {
     // no new build.
     running.stop().await;
     nats.reset_consumer().await;
-    let running = start(&nats, DispatcherConfig::default(), github.source(), backend);
+    let running = start(
+        &nats,
+        DispatcherConfig::default(),
+        source(&github.url()),
+        backend,
+    );
     wait_until_acked(&nats, stored.sequence).await;
     // The same delivery stored again after the duplicate window, with a new event id and a
     // new stream sequence: the KV record answers, not CodeBuild.
@@ -230,7 +235,7 @@ async fn start_build_requests_carry_the_originals_fields_and_a_token() {
     );
     assert_eq!(builds_in(&client).await, 2);
     assert_eq!(
-        github.requests_for(sha).await,
+        requests_for(&github, sha),
         1,
         "the recorded build's buildspec is reused, GitHub is not asked again"
     );
@@ -253,19 +258,24 @@ async fn a_pull_request_builds_its_head_through_its_ref_and_the_switch_turns_cod
 {
     let nats = Nats::start().await;
     let moto = MotoServer::start().await;
-    let github = FakeGitHub::start().await;
+    let github = fake_github().await;
     let (client, recorder) = codebuild(&moto).await;
     let opened = recorded("pull_request-opened.json");
     let sha = opened["pull_request"]["head"]["sha"].as_str().unwrap();
     let number = opened["number"].as_u64().unwrap();
-    github.buildspec(REPO, sha, BUILDSPEC).await;
+    buildspec(&github, REPO, sha, BUILDSPEC);
 
     let config = CodeBuildConfig {
         report_build_status: ReportBuildStatus::Off,
         ..CodeBuildConfig::default()
     };
     let backend = Arc::new(CodeBuildBackend::from_client(client.clone(), config));
-    let running = start(&nats, DispatcherConfig::default(), github.source(), backend);
+    let running = start(
+        &nats,
+        DispatcherConfig::default(),
+        source(&github.url()),
+        backend,
+    );
     nats.webhook("pull_request", &opened, "delivery-pr-1").await;
     let requested = nats.wait_for("two BuildRequested", 2, is_requested).await;
 

@@ -188,7 +188,7 @@ fn spawn_dispatcher(
              [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{codebuild}\"\n\n\
              [dispatcher]\nops_listen = \"127.0.0.1:{ops}\"\n",
             nats = nats._server.url(),
-            github = github.server.uri(),
+            github = github.url(),
             ops = free_port(),
         ),
     )
@@ -224,14 +224,14 @@ async fn a_crash_between_start_build_and_its_record_never_starts_a_second_build(
 
     let nats = Nats::start().await;
     let moto = MotoServer::start().await;
-    let github = FakeGitHub::start().await;
+    let github = fake_github().await;
     codebuild(&moto).await;
     let endpoint = EnvKeepingProxy::start(&moto).await;
     let client = client_through(&moto, &endpoint);
     let dir = tempfile::tempdir().unwrap();
     let push = recorded("push.json");
     let sha = push["after"].as_str().unwrap();
-    github.buildspec(REPO, sha, BUILDSPEC).await;
+    buildspec(&github, REPO, sha, BUILDSPEC);
 
     // The idempotency window is observably over: the emulator ignores tokens, so a second
     // StartBuild with the same token starts a second build (as CodeBuild does after five
@@ -341,19 +341,16 @@ async fn an_intent_without_a_record_adopts_the_found_build_or_starts_one_when_th
     };
 
     let nats = Nats::start().await;
-    let github = FakeGitHub::start().await;
+    let github = fake_github().await;
     let push = recorded("push.json");
     let pr = recorded("pull_request-opened.json");
-    github
-        .buildspec(REPO, push["after"].as_str().unwrap(), BUILDSPEC)
-        .await;
-    github
-        .buildspec(
-            REPO,
-            pr["pull_request"]["head"]["sha"].as_str().unwrap(),
-            BUILDSPEC,
-        )
-        .await;
+    buildspec(&github, REPO, push["after"].as_str().unwrap(), BUILDSPEC);
+    buildspec(
+        &github,
+        REPO,
+        pr["pull_request"]["head"]["sha"].as_str().unwrap(),
+        BUILDSPEC,
+    );
     let store = DispatchStore::open(&nats.rt.js).await.unwrap();
     let backend = Arc::new(FakeBackend::default());
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -400,7 +397,7 @@ async fn an_intent_without_a_record_adopts_the_found_build_or_starts_one_when_th
     let running = start(
         &nats,
         DispatcherConfig::default(),
-        github.source(),
+        source(&github.url()),
         backend.clone(),
     );
     nats.webhook("push", &push, "delivery-a").await;

@@ -1,45 +1,43 @@
-//! The buildspec lookup through a fake GitHub: retries, not-enrolled skips, visible failures,
-//! skips that never ask GitHub; and backend errors (retried, or parked with the error).
+//! The buildspec lookup through the shared fake GitHub (a fault proxy in front for 5xx and rate
+//! limits): retries, not-enrolled skips, visible failures, skips that never ask GitHub; and
+//! backend errors (retried, or parked with the error).
 
 use std::sync::Arc;
 
 use prx_ci_dispatcher::DispatcherConfig;
 use prx_ci_proto::v1::SkipReason;
-use wiremock::matchers::{method, path, query_param};
-use wiremock::{Mock, ResponseTemplate};
+use prx_ci_shared::github::GitHubConfig;
+use prx_ci_shared::testing::fault_proxy::{Fault, FaultProxy, FaultRule, Match};
 
 use crate::utils::*;
 
 const PLAIN: &str = "version: 0.2\nenv:\n  variables:\n    PRX_X: 1\n";
+const CONTENTS: &str = "/repos/PRX/example-app/contents/buildspec.yml";
 
 #[tokio::test]
 async fn a_github_500_is_retried_then_the_build_starts() {
     let nats = Nats::start().await;
-    let github = FakeGitHub::start().await;
+    let github = fake_github().await;
+    let proxy = FaultProxy::start(&github.url()).await;
     let pr = recorded("pull_request-opened.json");
     let sha = pr["pull_request"]["head"]["sha"].as_str().unwrap();
-    Mock::given(method("GET"))
-        .and(path(FakeGitHub::contents_path(REPO)))
-        .and(query_param("ref", sha))
-        .respond_with(ResponseTemplate::new(500))
-        .up_to_n_times(2)
-        .with_priority(1)
-        .mount(&github.server)
-        .await;
-    github.buildspec(REPO, sha, PLAIN).await;
+    let contents = Match::any().method("GET").path_prefix(CONTENTS);
+    proxy.add(FaultRule::new(contents.clone(), Fault::server_error(500)).times(2));
+    buildspec(&github, REPO, sha, PLAIN);
     let backend = Arc::new(FakeBackend::default());
     let running = start(
         &nats,
         DispatcherConfig::default(),
-        github.source(),
+        source(&proxy.url()),
         backend.clone(),
     );
     nats.webhook("pull_request", &pr, "delivery-500").await;
     let requested = nats.wait_for("BuildRequested", 1, is_requested).await;
+    assert_eq!(proxy.count(&contents), 3, "two 500s, then the answer");
     assert_eq!(
-        github.requests_for(sha).await,
-        3,
-        "two 500s, then the answer"
+        requests_for(&github, sha),
+        1,
+        "only the answered one reached GitHub"
     );
     assert_eq!(requested[0].environment["PRX_GITHUB_PR"], "142");
     assert_eq!(backend.started().await.len(), 1);
@@ -49,55 +47,59 @@ async fn a_github_500_is_retried_then_the_build_starts() {
 #[tokio::test]
 async fn rate_limits_are_waited_out() {
     let nats = Nats::start().await;
-    let github = FakeGitHub::start().await;
+    let github = fake_github().await;
+    let proxy = FaultProxy::start(&github.url()).await;
     let push = recorded("push.json");
     let sha = push["after"].as_str().unwrap();
-    Mock::given(method("GET"))
-        .and(path(FakeGitHub::contents_path(REPO)))
-        .respond_with(
-            ResponseTemplate::new(403)
-                .insert_header("x-ratelimit-remaining", "0")
-                .insert_header(
-                    "x-ratelimit-reset",
-                    (time::OffsetDateTime::now_utc().unix_timestamp() + 1).to_string(),
-                ),
+    let contents = Match::any().method("GET").path_prefix(CONTENTS);
+    let reset = (time::OffsetDateTime::now_utc().unix_timestamp() + 1).to_string();
+    proxy.add(
+        FaultRule::new(
+            contents.clone(),
+            Fault::answer(
+                403,
+                &[
+                    ("content-type", "application/json"),
+                    ("x-ratelimit-remaining", "0"),
+                    ("x-ratelimit-reset", &reset),
+                ],
+                r#"{"message":"API rate limit exceeded"}"#,
+            ),
         )
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&github.server)
-        .await;
-    github.buildspec(REPO, sha, PLAIN).await;
+        .times(1),
+    );
+    buildspec(&github, REPO, sha, PLAIN);
     let backend = Arc::new(FakeBackend::default());
     let running = start(
         &nats,
         DispatcherConfig::default(),
-        github.source(),
+        source(&proxy.url()),
         backend.clone(),
     );
     nats.webhook("push", &push, "delivery-rate-limited").await;
     nats.wait_for("BuildRequested", 1, is_requested).await;
-    assert_eq!(github.requests_for(sha).await, 2);
+    assert_eq!(
+        proxy.count(&contents),
+        2,
+        "the limited read, then the answer"
+    );
     running.stop().await;
 }
 
 #[tokio::test]
 async fn a_404_is_a_no_buildspec_skip() {
     let nats = Nats::start().await;
-    let github = FakeGitHub::start().await;
-    Mock::given(method("GET"))
-        .respond_with(
-            ResponseTemplate::new(404).set_body_json(serde_json::json!({"message": "Not Found"})),
-        )
-        .mount(&github.server)
-        .await;
+    let github = fake_github().await;
+    let push = recorded("push.json");
+    // The commit exists, without a buildspec.yml.
+    github.add_commit(REPO, FakeCommit::new(push["after"].as_str().unwrap()));
     let backend = Arc::new(FakeBackend::default());
     let running = start(
         &nats,
         DispatcherConfig::default(),
-        github.source(),
+        source(&github.url()),
         backend.clone(),
     );
-    let push = recorded("push.json");
     let (_, stored) = nats.webhook("push", &push, "delivery-404").await;
     let skipped = nats.wait_for("BuildSkipped", 1, is_skipped).await;
     assert_eq!(skipped[0].reason, SkipReason::NoBuildspec as i32);
@@ -116,16 +118,19 @@ async fn a_404_is_a_no_buildspec_skip() {
 #[tokio::test]
 async fn a_buildspec_without_the_marker_is_skipped() {
     let nats = Nats::start().await;
-    let github = FakeGitHub::start().await;
+    let github = fake_github().await;
     let push = recorded("push.json");
-    github
-        .buildspec(REPO, push["after"].as_str().unwrap(), "version: 0.2\n")
-        .await;
+    buildspec(
+        &github,
+        REPO,
+        push["after"].as_str().unwrap(),
+        "version: 0.2\n",
+    );
     let backend = Arc::new(FakeBackend::default());
     let running = start(
         &nats,
         DispatcherConfig::default(),
-        github.source(),
+        source(&github.url()),
         backend.clone(),
     );
     nats.webhook("push", &push, "delivery-no-marker").await;
@@ -138,12 +143,12 @@ async fn a_buildspec_without_the_marker_is_skipped() {
 #[tokio::test]
 async fn skips_decided_from_the_payload_never_ask_github() {
     let nats = Nats::start().await;
-    let github = FakeGitHub::start().await;
+    let github = fake_github().await;
     let backend = Arc::new(FakeBackend::default());
     let running = start(
         &nats,
         DispatcherConfig::default(),
-        github.source(),
+        source(&github.url()),
         backend.clone(),
     );
     let cases = [
@@ -181,7 +186,7 @@ async fn skips_decided_from_the_payload_never_ask_github() {
             "feat/healthcheck".into()
         ))
     );
-    assert!(github.server.received_requests().await.unwrap().is_empty());
+    assert_eq!(github.requests(), []);
     assert!(backend.started().await.is_empty());
     running.stop().await;
 }
@@ -189,21 +194,21 @@ async fn skips_decided_from_the_payload_never_ask_github() {
 #[tokio::test]
 async fn a_github_error_that_persists_parks_the_webhook_with_the_error() {
     let nats = Nats::start().await;
-    let github = FakeGitHub::start().await;
-    Mock::given(method("GET"))
-        .respond_with(
-            ResponseTemplate::new(401)
-                .set_body_json(serde_json::json!({"message": "Bad credentials"})),
-        )
-        .mount(&github.server)
-        .await;
+    // GitHub refuses the configured token on every call.
+    let github = FakeGitHub::start(FakeAuth::Token("ghp_current".into())).await;
+    let push = recorded("push.json");
+    buildspec(&github, REPO, push["after"].as_str().unwrap(), PLAIN);
     let backend = Arc::new(FakeBackend::default());
     let config = DispatcherConfig::default();
     let settings = fast_settings(&config, 3);
     let dispatcher = prx_ci_dispatcher::Dispatcher::new(
         nats.rt.clone(),
         config,
-        github.source(),
+        source_with(GitHubConfig {
+            api_url: github.url(),
+            token: Some("ghp_revoked".to_owned().into()),
+            ..GitHubConfig::default()
+        }),
         backend.clone(),
         &mut prometheus_client::registry::Registry::default(),
     )
@@ -211,8 +216,7 @@ async fn a_github_error_that_persists_parks_the_webhook_with_the_error() {
     .with_consumer_settings(settings);
     let shutdown = prx_ci_shared::CancellationToken::new();
     let task = tokio::spawn(dispatcher.run(shutdown.clone()));
-    nats.webhook("push", &recorded("push.json"), "delivery-401")
-        .await;
+    nats.webhook("push", &push, "delivery-401").await;
     let parked = prx_ci_shared::testing::wait_until(WAIT, "the webhook to be parked", || async {
         let parked = nats.parked().await;
         (!parked.is_empty()).then_some(parked)
@@ -221,7 +225,7 @@ async fn a_github_error_that_persists_parks_the_webhook_with_the_error() {
     assert_eq!(parked[0].consumer, "dispatcher");
     assert_eq!(parked[0].deliveries, 3);
     assert!(parked[0].error.contains("401"), "{}", parked[0].error);
-    assert_eq!(github.server.received_requests().await.unwrap().len(), 3);
+    assert_eq!(github.requests().len(), 3);
     assert!(
         nats.events()
             .await
@@ -291,11 +295,9 @@ impl prx_ci_shared::codebuild::backend::BuildBackend for Flaky {
 async fn backend_errors_are_retried_or_parked_never_dropped() {
     for permanent in [false, true] {
         let nats = Nats::start().await;
-        let github = FakeGitHub::start().await;
+        let github = fake_github().await;
         let push = recorded("push.json");
-        github
-            .buildspec(REPO, push["after"].as_str().unwrap(), PLAIN)
-            .await;
+        buildspec(&github, REPO, push["after"].as_str().unwrap(), PLAIN);
         let backend = Arc::new(Flaky {
             inner: FakeBackend::default(),
             failures: std::sync::atomic::AtomicU32::new(1),
@@ -304,7 +306,7 @@ async fn backend_errors_are_retried_or_parked_never_dropped() {
         let running = start(
             &nats,
             DispatcherConfig::default(),
-            github.source(),
+            source(&github.url()),
             backend.clone(),
         );
         nats.webhook("push", &push, "delivery-flaky").await;
@@ -337,17 +339,14 @@ async fn the_buildspec_source_reads_through_a_github_app() {
     use prx_ci_dispatcher::buildspec::{Buildspec, BuildspecError, BuildspecRequest};
     use prx_ci_dispatcher::{BuildspecSource as _, GitHubBuildspecSource};
     use prx_ci_shared::domain::{CommitSha, RepoName};
-    use prx_ci_shared::github::{GitHubClient, GitHubConfig};
-    use prx_ci_shared::testing::fake_github as stateful;
+    use prx_ci_shared::github::GitHubClient;
+    use prx_ci_shared::testing::fake_github::TestAppKey;
 
-    let key = stateful::TestAppKey::shared();
-    let github = stateful::FakeGitHub::start(stateful::FakeAuth::App(key.app(31))).await;
+    let key = TestAppKey::shared();
+    let github = FakeGitHub::start(FakeAuth::App(key.app(31))).await;
     let sha = "0123456789abcdef0123456789abcdef01234567";
-    github.add_commit(
-        REPO,
-        stateful::FakeCommit::new(sha).file("buildspec.yml", PLAIN),
-    );
-    github.add_commit("prx/elsewhere", stateful::FakeCommit::new(sha));
+    github.add_commit(REPO, FakeCommit::new(sha).file("buildspec.yml", PLAIN));
+    github.add_commit("prx/elsewhere", FakeCommit::new(sha));
     github.install(5, &[REPO]);
     let source = GitHubBuildspecSource::new(
         GitHubClient::new(GitHubConfig {
@@ -380,7 +379,7 @@ async fn the_buildspec_source_reads_through_a_github_app() {
         Buildspec::Found(PLAIN.to_owned())
     );
     let empty = "f".repeat(40);
-    github.add_commit(REPO, stateful::FakeCommit::new(&empty));
+    github.add_commit(REPO, FakeCommit::new(&empty));
     let missing = fetch(REPO, &empty).await.unwrap();
     assert!(matches!(missing, Buildspec::NotFound { .. }), "{missing:?}");
     let not_installed = fetch("prx/elsewhere", sha).await.unwrap_err();

@@ -1,6 +1,6 @@
-//! Dispatcher integration tests against a real nats-server, a fake GitHub, CodeBuild in the AWS
-//! emulator, real git repositories, a recording fake backend, and the real binary crashed at a
-//! fault point.
+//! Dispatcher integration tests against a real nats-server, the shared fake GitHub, CodeBuild
+//! in the AWS emulator, real git repositories, a recording fake backend, and the real binary
+//! crashed at a fault point.
 
 mod codebuild;
 mod crash;

@@ -82,14 +82,14 @@ async fn handled(nats: &Nats, sequence: u64) {
 #[tokio::test]
 async fn a_rerun_rebuilds_the_recorded_request_once_per_delivery_as_its_push() {
     let nats = Nats::start().await;
-    let github = FakeGitHub::start().await;
-    github.buildspec(REPO, SHA_OLD, SPEC).await;
-    github.buildspec(REPO, SHA_NEW, SPEC).await;
+    let github = fake_github().await;
+    buildspec(&github, REPO, SHA_OLD, SPEC);
+    buildspec(&github, REPO, SHA_NEW, SPEC);
     let backend = Arc::new(FakeBackend::default());
     let running = start(
         &nats,
         DispatcherConfig::default(),
-        github.source(),
+        source(&github.url()),
         backend.clone(),
     );
     nats.webhook(
@@ -120,7 +120,7 @@ async fn a_rerun_rebuilds_the_recorded_request_once_per_delivery_as_its_push() {
         .unwrap()
         .0
         .push_sequence;
-    let github_requests = github.requests_for(SHA_OLD).await;
+    let github_requests = requests_for(&github, SHA_OLD);
 
     // "Re-run" on the old commit's aarch64 check run. Its external_id names a request id that
     // is not this commit's: it selects nothing.
@@ -173,11 +173,7 @@ async fn a_rerun_rebuilds_the_recorded_request_once_per_delivery_as_its_push() {
     assert_eq!(started.len(), 5);
     assert_eq!(started[4].request.request_id, nb.build_request_id);
     assert!(!started[4].request.untrusted);
-    assert_eq!(
-        github.requests_for(SHA_OLD).await,
-        github_requests,
-        "no lookup"
-    );
+    assert_eq!(requests_for(&github, SHA_OLD), github_requests, "no lookup");
 
     // The same delivery stored again (a redelivery): announced again, nothing started.
     let (_, stored) = nats
@@ -224,8 +220,8 @@ async fn a_rerun_rebuilds_the_recorded_request_once_per_delivery_as_its_push() {
 #[tokio::test]
 async fn a_fork_pull_requests_rerun_stays_fork_restricted() {
     let nats = Nats::start().await;
-    let github = FakeGitHub::start().await;
-    github.buildspec(REPO, FORK_SHA, SPEC).await;
+    let github = fake_github().await;
+    buildspec(&github, REPO, FORK_SHA, SPEC);
     let backend = Arc::new(FakeBackend::default());
     let config = DispatcherConfig {
         rules: prx_ci_dispatcher::decision::DecisionConfig {
@@ -234,7 +230,7 @@ async fn a_fork_pull_requests_rerun_stays_fork_restricted() {
         },
         ..DispatcherConfig::default()
     };
-    let running = start(&nats, config, github.source(), backend.clone());
+    let running = start(&nats, config, source(&github.url()), backend.clone());
     nats.webhook(
         "pull_request",
         &recorded("pull_request-fork.json"),
@@ -275,12 +271,12 @@ async fn a_fork_pull_requests_rerun_stays_fork_restricted() {
 #[tokio::test]
 async fn a_rerun_of_a_commit_the_dispatcher_never_built_is_skipped() {
     let nats = Nats::start().await;
-    let github = FakeGitHub::start().await;
+    let github = fake_github().await;
     let backend = Arc::new(FakeBackend::default());
     let running = start(
         &nats,
         DispatcherConfig::default(),
-        github.source(),
+        source(&github.url()),
         backend.clone(),
     );
     nats.webhook(
@@ -306,14 +302,6 @@ async fn a_rerun_of_a_commit_the_dispatcher_never_built_is_skipped() {
     let other = skips.iter().find(|s| s.action == "created").unwrap();
     assert_eq!(other.reason(), v1::SkipReason::EventTypeNotBuilt);
     assert!(backend.started().await.is_empty());
-    assert_eq!(
-        github
-            .server
-            .received_requests()
-            .await
-            .unwrap_or_default()
-            .len(),
-        0
-    );
+    assert_eq!(github.requests(), []);
     running.stop().await;
 }

@@ -76,10 +76,10 @@ struct OneBuild {
 impl OneBuild {
     async fn start(config: DispatcherConfig, sha: &str, delivery: &str) -> Self {
         let nats = Nats::start().await;
-        let github = FakeGitHub::start().await;
-        github.buildspec(REPO, sha, PLAIN).await;
+        let github = fake_github().await;
+        buildspec(&github, REPO, sha, PLAIN);
         let backend = Arc::new(FakeBackend::default());
-        let running = start(&nats, config, github.source(), backend.clone());
+        let running = start(&nats, config, source(&github.url()), backend.clone());
         nats.webhook("push", &branch_push(sha), delivery).await;
         nats.wait_for("the BuildRequested", 1, is_requested).await;
         let (requested, _) = nats.requested().await.remove(0);

@@ -25,16 +25,16 @@ fn pr_push(sha: &str) -> Value {
 #[tokio::test]
 async fn shadow_mode_records_every_decision_and_starts_or_stops_nothing() {
     let nats = Nats::start().await;
-    let github = FakeGitHub::start().await;
-    github.buildspec(REPO, SHA_2, PLAIN).await;
-    github.buildspec(REPO, SHA_3, PLAIN).await;
+    let github = fake_github().await;
+    buildspec(&github, REPO, SHA_2, PLAIN);
+    buildspec(&github, REPO, SHA_3, PLAIN);
     // SHA_4 has no buildspec: a NO_BUILDSPEC skip, recorded as live records it.
     let backend = Arc::new(FakeBackend::default());
     let config = DispatcherConfig {
         mode: Mode::Shadow,
         ..DispatcherConfig::default()
     };
-    let running = start(&nats, config, github.source(), backend.clone());
+    let running = start(&nats, config, source(&github.url()), backend.clone());
 
     // Two pushes to one pull request (live would stop the first push's build) and one push
     // with nothing to build.
@@ -68,9 +68,9 @@ async fn shadow_mode_records_every_decision_and_starts_or_stops_nothing() {
 #[tokio::test]
 async fn a_repository_cut_over_is_built_and_superseded_live_in_shadow_mode() {
     let nats = Nats::start().await;
-    let github = FakeGitHub::start().await;
-    github.buildspec(REPO, SHA_2, PLAIN).await;
-    github.buildspec(REPO, SHA_3, PLAIN).await;
+    let github = fake_github().await;
+    buildspec(&github, REPO, SHA_2, PLAIN);
+    buildspec(&github, REPO, SHA_3, PLAIN);
     let backend = Arc::new(FakeBackend::default());
     let config = DispatcherConfig {
         mode: Mode::Shadow,
@@ -78,7 +78,7 @@ async fn a_repository_cut_over_is_built_and_superseded_live_in_shadow_mode() {
         live_repositories: vec![REPO.to_ascii_uppercase()],
         ..DispatcherConfig::default()
     };
-    let running = start(&nats, config, github.source(), backend.clone());
+    let running = start(&nats, config, source(&github.url()), backend.clone());
 
     nats.webhook("pull_request", &pr_push(SHA_2), "delivery-1")
         .await;

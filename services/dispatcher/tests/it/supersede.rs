@@ -29,19 +29,19 @@ fn branch_push(sha: &str) -> Value {
 #[tokio::test]
 async fn a_newer_pull_request_push_stops_the_older_builds() {
     let nats = Nats::start().await;
-    let github = FakeGitHub::start().await;
+    let github = fake_github().await;
     let first = recorded("pull_request-opened.json");
     let first_sha = first["pull_request"]["head"]["sha"]
         .as_str()
         .unwrap()
         .to_owned();
-    github.buildspec(REPO, &first_sha, PLAIN).await;
-    github.buildspec(REPO, SHA_2, PLAIN).await;
+    buildspec(&github, REPO, &first_sha, PLAIN);
+    buildspec(&github, REPO, SHA_2, PLAIN);
     let backend = Arc::new(FakeBackend::default());
     let running = start(
         &nats,
         DispatcherConfig::default(),
-        github.source(),
+        source(&github.url()),
         backend.clone(),
     );
 
@@ -97,7 +97,7 @@ async fn a_newer_pull_request_push_stops_the_older_builds() {
     let running = start(
         &nats,
         DispatcherConfig::default(),
-        github.source(),
+        source(&github.url()),
         backend.clone(),
     );
     prx_ci_shared::testing::wait_until(WAIT, "the replay", || async {
@@ -121,9 +121,9 @@ async fn a_newer_pull_request_push_stops_the_older_builds() {
 #[tokio::test]
 async fn a_newer_push_handled_first_still_supersedes_the_older_one() {
     let nats = Nats::start().await;
-    let github = FakeGitHub::start().await;
-    github.buildspec(REPO, SHA_2, PLAIN).await;
-    github.buildspec(REPO, SHA_3, PLAIN).await;
+    let github = fake_github().await;
+    buildspec(&github, REPO, SHA_2, PLAIN);
+    buildspec(&github, REPO, SHA_3, PLAIN);
     let backend = Arc::new(FakeBackend::default());
     // The older push's start blocks until the newer push has been fully dispatched.
     let gate = Arc::new(tokio::sync::Notify::new());
@@ -131,7 +131,7 @@ async fn a_newer_push_handled_first_still_supersedes_the_older_one() {
     let running = start(
         &nats,
         DispatcherConfig::default(),
-        github.source(),
+        source(&github.url()),
         backend.clone(),
     );
 
@@ -175,16 +175,16 @@ async fn a_newer_push_handled_first_still_supersedes_the_older_one() {
 async fn default_branch_builds_are_not_cancelled_unless_configured() {
     for cancel in [false, true] {
         let nats = Nats::start().await;
-        let github = FakeGitHub::start().await;
-        github.buildspec(REPO, SHA_2, PLAIN).await;
-        github.buildspec(REPO, SHA_3, PLAIN).await;
+        let github = fake_github().await;
+        buildspec(&github, REPO, SHA_2, PLAIN);
+        buildspec(&github, REPO, SHA_3, PLAIN);
         let backend = Arc::new(FakeBackend::default());
         let config = DispatcherConfig {
             cancel_superseded_default_branch: cancel,
             concurrency: 1,
             ..DispatcherConfig::default()
         };
-        let running = start(&nats, config, github.source(), backend.clone());
+        let running = start(&nats, config, source(&github.url()), backend.clone());
         nats.webhook("push", &branch_push(SHA_2), "delivery-main-1")
             .await;
         let (_, second) = nats
@@ -210,15 +210,15 @@ async fn default_branch_builds_are_not_cancelled_unless_configured() {
 #[tokio::test]
 async fn a_finished_build_is_not_reported_cancelled() {
     let nats = Nats::start().await;
-    let github = FakeGitHub::start().await;
-    github.buildspec(REPO, SHA_2, PLAIN).await;
-    github.buildspec(REPO, SHA_3, PLAIN).await;
+    let github = fake_github().await;
+    buildspec(&github, REPO, SHA_2, PLAIN);
+    buildspec(&github, REPO, SHA_3, PLAIN);
     let backend = Arc::new(FakeBackend::default());
     let config = DispatcherConfig {
         concurrency: 1,
         ..DispatcherConfig::default()
     };
-    let running = start(&nats, config, github.source(), backend.clone());
+    let running = start(&nats, config, source(&github.url()), backend.clone());
     nats.webhook("pull_request", &pr_push("synchronize", SHA_2), "delivery-a")
         .await;
     nats.wait_for("the first BuildRequested", 1, is_requested)

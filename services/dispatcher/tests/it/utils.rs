@@ -1,11 +1,10 @@
 //! Test harness: a real nats-server, webhooks stored like ingress stores them, the events the
-//! dispatcher wrote, a fake GitHub (wiremock) and a recording fake build backend.
+//! dispatcher wrote, the shared fake GitHub and a recording fake build backend.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use base64::Engine as _;
 use prometheus_client::registry::Registry;
 use prost::Message as _;
 use prx_ci_dispatcher::{BuildspecSource, Dispatcher, DispatcherConfig, GitHubBuildspecSource};
@@ -19,13 +18,12 @@ use prx_ci_shared::codebuild::backend::{
 };
 use prx_ci_shared::github::{GitHubClient, GitHubConfig};
 use prx_ci_shared::retry::Backoff;
+pub use prx_ci_shared::testing::fake_github::{FakeAuth, FakeCommit, FakeGitHub};
 use prx_ci_shared::testing::{NatsServer, wait_until};
 use prx_ci_shared::{CancellationToken, Runtime, Stored};
 use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
-use wiremock::matchers::{method, path, query_param};
-use wiremock::{Mock, MockServer, ResponseTemplate};
 
 pub const WAIT: Duration = Duration::from_secs(30);
 pub const REPO: &str = "PRX/example-app";
@@ -215,74 +213,42 @@ pub fn is_cancelled(e: &Envelope) -> Option<v1::BuildCancelled> {
     }
 }
 
-/// A fake GitHub serving buildspecs.
-pub struct FakeGitHub {
-    pub server: MockServer,
+/// The shared fake GitHub, anonymous (as `[github]` without credentials).
+pub async fn fake_github() -> FakeGitHub {
+    FakeGitHub::start(FakeAuth::Anonymous).await
 }
 
-impl FakeGitHub {
-    pub async fn start() -> Self {
-        Self {
-            server: MockServer::start().await,
-        }
-    }
+/// Serves `text` as the buildspec of `repo` at `sha`.
+pub fn buildspec(github: &FakeGitHub, repo: &str, sha: &str, text: &str) {
+    github.set_file(repo, sha, "buildspec.yml", text);
+}
 
-    pub fn contents_path(repo: &str) -> String {
-        format!("/repos/{repo}/contents/buildspec.yml")
-    }
+/// Requests the fake GitHub received that name `sha` (contents reads ask `?ref=<sha>`).
+pub fn requests_for(github: &FakeGitHub, sha: &str) -> usize {
+    github
+        .requests()
+        .iter()
+        .filter(|r| r.query.as_deref().is_some_and(|q| q.contains(sha)))
+        .count()
+}
 
-    pub fn contents_body(text: &str) -> Value {
-        // GitHub wraps base64 at 60 characters.
-        let b64 = base64::engine::general_purpose::STANDARD.encode(text);
-        let wrapped: Vec<String> = b64
-            .as_bytes()
-            .chunks(60)
-            .map(|c| String::from_utf8(c.to_vec()).unwrap())
-            .collect();
-        serde_json::json!({
-            "type": "file",
-            "encoding": "base64",
-            "name": "buildspec.yml",
-            "path": "buildspec.yml",
-            "size": text.len(),
-            "content": wrapped.join("\n") + "\n",
-        })
-    }
+/// The buildspec source the production binary uses, reading from `api_url` (the fake, or a
+/// fault proxy in front of it), with short client backoff.
+pub fn source(api_url: &str) -> Arc<dyn BuildspecSource> {
+    source_with(GitHubConfig {
+        api_url: api_url.to_owned(),
+        ..GitHubConfig::default()
+    })
+}
 
-    /// Serves `text` as the buildspec of `repo` at `sha`.
-    pub async fn buildspec(&self, repo: &str, sha: &str, text: &str) {
-        Mock::given(method("GET"))
-            .and(path(Self::contents_path(repo)))
-            .and(query_param("ref", sha))
-            .respond_with(ResponseTemplate::new(200).set_body_json(Self::contents_body(text)))
-            .mount(&self.server)
-            .await;
-    }
-
-    pub async fn requests_for(&self, sha: &str) -> usize {
-        self.server
-            .received_requests()
-            .await
-            .unwrap_or_default()
-            .iter()
-            .filter(|r| r.url.query().is_some_and(|q| q.contains(sha)))
-            .count()
-    }
-
-    /// The buildspec source the production binary uses, with short client backoff.
-    pub fn source(&self) -> Arc<dyn BuildspecSource> {
-        let client = GitHubClient::new(GitHubConfig {
-            api_url: self.server.uri(),
-            ..GitHubConfig::default()
-        })
-        .unwrap()
-        .with_backoff(Backoff {
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(50),
-            max_attempts: 5,
-        });
-        Arc::new(GitHubBuildspecSource::new(client))
-    }
+/// [`source`] with its own client configuration.
+pub fn source_with(config: GitHubConfig) -> Arc<dyn BuildspecSource> {
+    let client = GitHubClient::new(config).unwrap().with_backoff(Backoff {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+        max_attempts: 5,
+    });
+    Arc::new(GitHubBuildspecSource::new(client))
 }
 
 /// A build the fake backend started.

@@ -63,6 +63,12 @@ pub(super) enum Outcome {
         delivery: Box<FakeDelivery>,
         reply: Reply,
     },
+    /// A file's bytes as `raw.githubusercontent.com` serves them (`text/plain`), or its
+    /// `404: Not Found`.
+    Raw {
+        status: u16,
+        body: Vec<u8>,
+    },
 }
 
 impl From<Reply> for Outcome {
@@ -205,6 +211,14 @@ pub(super) fn handle(state: &mut State, base_url: &str, request: &Incoming<'_>) 
             }
             repository(state, &full_name, request, rest).into()
         }
+        // raw.githubusercontent.com's `/{owner}/{repo}/{ref}/{path}`, under `/raw`; public, so
+        // unauthenticated.
+        ["raw", owner, repo, reference, path @ ..] if request.method == "GET" => raw(
+            state,
+            &format!("{owner}/{repo}"),
+            reference,
+            &path.join("/"),
+        ),
         _ => Reply::not_found().into(),
     }
 }
@@ -426,6 +440,25 @@ fn contents(state: &State, key: &str, path: &str, reference: Option<&String>) ->
             "content": wrapped.join("\n") + "\n",
         }),
     )
+}
+
+/// `GET /raw/{o}/{r}/{ref}/{path}`: the file's bytes at `ref` (a SHA or a branch).
+fn raw(state: &State, full_name: &str, reference: &str, path: &str) -> Outcome {
+    let file = state
+        .repos
+        .get(&full_name.to_lowercase())
+        .and_then(|repo| repo.resolve(reference))
+        .and_then(|commit| commit.files.get(path));
+    match file {
+        Some(contents) => Outcome::Raw {
+            status: 200,
+            body: contents.clone(),
+        },
+        None => Outcome::Raw {
+            status: 404,
+            body: b"404: Not Found".to_vec(),
+        },
+    }
 }
 
 /// `GET /repos/{o}/{r}/compare/{base}...{head}`.
@@ -695,6 +728,42 @@ mod tests {
         assert!(too_long.contains("too far in the future"), "{too_long}");
         assert!(verify_jwt(&app, &jwt(key, t + 120, t + 500, "7"), now).is_err());
         assert!(verify_jwt(&app, "not.a.jwt", now).is_err());
+    }
+
+    #[test]
+    fn raw_files_are_served_by_sha_or_branch_without_credentials() {
+        let mut state = State::new(FakeAuth::Token("t0ken".into()));
+        state.add_commit(
+            "PRX/tools",
+            super::super::FakeCommit::new("a".repeat(40)).file("ci/helper.sh", "echo hi\n"),
+        );
+        state
+            .repo_mut("PRX/tools")
+            .branches
+            .insert("main".into(), "a".repeat(40));
+        let mut get = |path: &str| {
+            let request = Incoming {
+                method: "GET",
+                path,
+                query: HashMap::new(),
+                authorization: None,
+                body: b"",
+            };
+            match handle(&mut state, "http://fake", &request) {
+                Outcome::Raw { status, body } => (status, String::from_utf8(body).unwrap()),
+                other => panic!("{path}: not a raw answer: {other:?}"),
+            }
+        };
+        let found = (200, "echo hi\n".to_owned());
+        assert_eq!(get("/raw/PRX/tools/main/ci/helper.sh"), found);
+        assert_eq!(
+            get(&format!("/raw/prx/tools/{}/ci/helper.sh", "a".repeat(40))),
+            found
+        );
+        let missing = (404, "404: Not Found".to_owned());
+        assert_eq!(get("/raw/PRX/tools/main/ci/other.sh"), missing);
+        assert_eq!(get("/raw/PRX/tools/nope/ci/helper.sh"), missing);
+        assert_eq!(get("/raw/PRX/elsewhere/main/ci/helper.sh"), missing);
     }
 
     #[test]

@@ -25,8 +25,14 @@
 //! `GET /app/hook/deliveries/{id}`, `POST /app/hook/deliveries/{id}/attempts`, and the same
 //! three under `/orgs/{org}/hooks/1/` (the one webhook as an organisation hook, id 1; token
 //! mode's token or any installation token). Directory
-//! listings of `contents` are not served (404). Faults: put a
-//! [`FaultProxy`](super::fault_proxy::FaultProxy) in front.
+//! listings of `contents` are not served (404). Files are also served raw, as
+//! `raw.githubusercontent.com` serves a public repository's (no credentials), at
+//! `GET /raw/{o}/{r}/{ref}/{path}` ([`FakeGitHub::raw_url`]).
+//!
+//! Every request is recorded before it is answered ([`FakeGitHub::requests`]), so a test
+//! counts the calls it expects (or that none were made). Faults (5xx, rate limits, lost
+//! answers, delays): put a [`FaultProxy`](super::fault_proxy::FaultProxy) in front and point
+//! the client at the proxy; it counts every attempt, faulted or forwarded.
 
 mod api;
 mod state;
@@ -156,6 +162,13 @@ impl FakeGitHub {
             .or_insert_with(|| FakeCommit::new(sha))
             .files
             .insert(path.to_owned(), contents.into());
+    }
+
+    /// Where `raw.githubusercontent.com` would serve `path` of `full_name` at `reference` (a
+    /// SHA or a branch): `<url>/raw/{owner}/{repo}/{ref}/{path}`, unauthenticated; a file that
+    /// is not there answers `404: Not Found`.
+    pub fn raw_url(&self, full_name: &str, reference: &str, path: &str) -> String {
+        format!("{}/raw/{full_name}/{reference}/{path}", self.shared.url)
     }
 
     /// Points `branch` of `full_name` at `sha` (refs resolve to SHAs or branch names; a
@@ -426,6 +439,18 @@ async fn serve(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> R
             )
             .await;
             reply
+        }
+        api::Outcome::Raw { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (
+                status,
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; charset=utf-8",
+                )],
+                body,
+            )
+                .into_response();
         }
     };
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
