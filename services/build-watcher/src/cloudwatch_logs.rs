@@ -4,7 +4,7 @@
 use std::fmt;
 
 use aws_sdk_cloudwatchlogs::error::ProvideErrorMetadata as _;
-use aws_sdk_cloudwatchlogs::operation::get_log_events::GetLogEventsError;
+use aws_sdk_cloudwatchlogs::operation::get_log_events::GetLogEventsError as GetLogEvents;
 
 /// Where a build's log is: its CloudWatch Logs group and stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +25,8 @@ pub enum LogReadError {
     /// The group or the stream does not exist (the build wrote no log, or logs are off).
     #[error("log stream {0} does not exist")]
     NotFound(LogLocation),
-    /// Refused (`logs:GetLogEvents` not allowed) or failed (throttled, network).
+    /// Refused (`logs:GetLogEvents` not allowed) or failed (throttled, network). `reason`: the
+    /// error code only (the message may name the role and account; it is logged instead).
     #[error("reading log stream {location} failed: {reason}")]
     Failed {
         location: LogLocation,
@@ -73,18 +74,26 @@ impl LogSource for CloudWatchLogs {
             .send()
             .await
             .map_err(|err| match err.as_service_error() {
-                Some(GetLogEventsError::ResourceNotFoundException(_)) => {
+                Some(GetLogEvents::ResourceNotFoundException(_)) => {
                     LogReadError::NotFound(location.clone())
                 }
-                _ => LogReadError::Failed {
-                    location: location.clone(),
-                    reason: err
-                        .code()
-                        .map(|code| format!("{code}: {}", err.message().unwrap_or_default()))
-                        .unwrap_or_else(|| {
-                            aws_smithy_types::error::display::DisplayErrorContext(&err).to_string()
-                        }),
-                },
+                _ => {
+                    // The full error (it may name the role and account) goes to the log only;
+                    // the tail, shown on GitHub, gets the error code.
+                    tracing::warn!(
+                        log_group = %location.group,
+                        log_stream = %location.stream,
+                        error = %aws_smithy_types::error::display::DisplayErrorContext(&err),
+                        "GetLogEvents failed"
+                    );
+                    LogReadError::Failed {
+                        location: location.clone(),
+                        reason: err.code().map_or_else(
+                            || "the request failed (see the build-watcher's log)".to_owned(),
+                            |code| format!("{code} (see the build-watcher's log)"),
+                        ),
+                    }
+                }
             })?;
         let mut messages: Vec<String> = answer
             .events()

@@ -241,3 +241,32 @@ async fn a_reported_tail_is_redacted_and_bounded_again_on_the_completion() {
     assert!(tail.truncated);
     world.stop().await;
 }
+
+#[tokio::test]
+async fn a_failed_read_says_only_that_it_failed_and_names_no_account() {
+    // Nothing listens there: every attempt is refused.
+    let unreachable = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let world = World::with_aws().await;
+    let config = world
+        .moto()
+        .sdk_config()
+        .into_builder()
+        .endpoint_url(format!("http://{unreachable}"))
+        .build();
+    let logs = CloudWatchLogs::new(aws_sdk_cloudwatchlogs::Client::new(&config));
+    let location = LogLocation {
+        group: "/aws/codebuild/p".into(),
+        stream: "s".into(),
+    };
+    let err = logs.last_messages(&location, 51).await.unwrap_err();
+    assert_eq!(
+        err,
+        LogReadError::Failed {
+            location,
+            reason: "the request failed (see the build-watcher's log)".into()
+        }
+    );
+}
