@@ -31,6 +31,7 @@ use crate::record::{
 use crate::registry::{BuildControl, Registry};
 use crate::reporter::{self, Timeline, publish_report};
 use prx_ci_shared::codebuild::build::{LOCAL_BACKEND, SourceVersion, status};
+use prx_ci_shared::log_tail::Redactor;
 
 /// How long [`LocalRunner::shutdown`] waits for builds to stop and their reports to be stored.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
@@ -217,9 +218,23 @@ impl LocalRunner {
                 let mut timeline = Timeline::new(info);
                 let now = OffsetDateTime::now_utc();
                 let event = timeline.completed(status::FAULT, Vec::new(), now);
-                BuildLog::new(timeline.info.log_path.clone())
-                    .line("the runner stopped while this build was running; reported as FAULT");
-                let envelope = reporter::envelope(&event, &record.repository, now);
+                let log = BuildLog::new(timeline.info.log_path.clone());
+                log.line("the runner stopped while this build was running; reported as FAULT");
+                let redactor = Redactor::for_variables(
+                    timeline
+                        .info
+                        .environment
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .chain(
+                            shared
+                                .inherited
+                                .iter()
+                                .map(|(k, v)| (k.as_str(), v.as_str())),
+                        ),
+                );
+                let envelope =
+                    reporter::envelope(&event, &record.repository, now, Some(log.tail(&redactor)));
                 if publish_report(&shared.publisher, &envelope, &shared.shutdown).await {
                     shared.layout.save_record(&record.finished(status::FAULT));
                 }

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use prx_ci_proto::v1::Envelope;
+use prx_ci_proto::v1::{self, Envelope};
 use prx_ci_shared::bus::publish::EventPublisher;
 use prx_ci_shared::codebuild::backend::StartBuild;
 use prx_ci_shared::codebuild::event::CodeBuildEvent;
@@ -37,7 +37,8 @@ use crate::process::{exit_text, kill_group};
 use crate::record::{BuildRecord, Layout};
 use crate::registry::{BuildControl, Registry};
 use crate::reporter::{self, Timeline, run_reporter};
-use prx_ci_shared::codebuild::build::status;
+use prx_ci_shared::codebuild::build::{FinalStatus, status};
+use prx_ci_shared::log_tail::{self, Redactor};
 
 /// What the builds of one runner share.
 #[derive(Debug)]
@@ -71,7 +72,16 @@ pub(crate) async fn run_build(
     let layout = &shared.layout;
     let build_dir = layout.build_dir(&record.build_id);
     let info = record.info(layout, &shared.config.aws_account_id, shared.config.timeout);
+    // Masked in the log tail: the secret-looking values the build is given. The build's full
+    // environment (buildspec variables too) adds its own when the driver starts.
+    let secret_values = secret_values(
+        info.environment
+            .iter()
+            .map(|(k, v)| (k, v))
+            .chain(shared.inherited.iter()),
+    );
     let mut build = Build {
+        secret_values,
         log: BuildLog::new(info.log_path.clone()),
         timeline: Timeline::new(info),
         src_dir: build_dir.join("src"),
@@ -120,6 +130,14 @@ struct Build {
     state_path: PathBuf,
     /// To this build's reporter, which publishes in order.
     reports: mpsc::UnboundedSender<Envelope>,
+    /// The values of the build's secret-looking variables, masked in its log tail (memory
+    /// only).
+    secret_values: Vec<String>,
+}
+
+/// The secret-looking values among `variables` (`prx_ci_shared::log_tail::redact`).
+fn secret_values<'a>(variables: impl Iterator<Item = (&'a String, &'a String)>) -> Vec<String> {
+    log_tail::redact::secret_values(variables.map(|(k, v)| (k.as_str(), v.as_str())))
 }
 
 /// How the phases went.
@@ -138,10 +156,15 @@ struct DriverOutcome {
 
 impl Build {
     fn send(&self, event: &CodeBuildEvent) {
+        self.send_with_tail(event, None);
+    }
+
+    fn send_with_tail(&self, event: &CodeBuildEvent, log_tail: Option<v1::LogTail>) {
         let envelope = reporter::envelope(
             event,
             &self.timeline.info.repository,
             OffsetDateTime::now_utc(),
+            log_tail,
         );
         // The reporter outlives every sender; a send error means it panicked, logged there.
         let _ = self.reports.send(envelope);
@@ -244,7 +267,13 @@ impl Build {
         let event = self
             .timeline
             .completed(final_status, exported, OffsetDateTime::now_utc());
-        self.send(&event);
+        let log_tail = FinalStatus::parse(final_status)
+            .is_some_and(log_tail::wants_tail)
+            .then(|| {
+                self.log
+                    .tail(&Redactor::new(self.secret_values.iter().cloned()))
+            });
+        self.send_with_tail(&event, log_tail);
         tracing::info!(status = final_status, "local build finished");
         final_status
     }
@@ -436,6 +465,7 @@ impl Build {
             &reported,
             &builtins,
         );
+        self.secret_values.extend(secret_values(env.iter()));
         let log = self.log.open()?;
         let mut child = self.shared.launcher.spawn(
             &BuildProcess {

@@ -3,9 +3,11 @@
 //! The log also holds the output of git and the build shell. The runner's lines are best
 //! effort: the log is for people, and failing to write it never fails a build.
 
-use std::io::Write as _;
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 
 use anyhow::Context as _;
+use prx_ci_proto::v1;
+use prx_ci_shared::log_tail::{self, Redactor};
 use time::OffsetDateTime;
 
 use prx_ci_shared::codebuild::build::format_codebuild_time;
@@ -44,6 +46,40 @@ impl BuildLog {
     }
 }
 
+impl BuildLog {
+    /// The last lines of the log, redacted with `redactor` and bounded
+    /// ([`log_tail::tail_of`]), for the final report of a build that did not succeed. Reads at
+    /// most [`log_tail::READ_BYTES`] from the end (a line cut by that read is left out); a log
+    /// that cannot be read gives a tail marked unavailable.
+    pub fn tail(&self, redactor: &Redactor) -> v1::LogTail {
+        match read_end(&self.path, log_tail::READ_BYTES) {
+            Ok((text, earlier)) => log_tail::tail_of(&text, earlier, redactor),
+            Err(err) => log_tail::unavailable(format!("cannot read the build log: {err}")),
+        }
+    }
+}
+
+/// The last `max` bytes of the file at `path` as text, from the first whole line in them;
+/// `true` when the file has more before.
+fn read_end(path: &str, max: u64) -> std::io::Result<(String, bool)> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(max);
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes)?;
+    if start == 0 {
+        return Ok((String::from_utf8_lossy(&bytes).into_owned(), false));
+    }
+    // The read began inside a line: its rest could hold the end of a secret that can no longer
+    // be recognized, so it is left out.
+    let whole = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(&bytes[bytes.len()..], |at| &bytes[at + 1..]);
+    Ok((String::from_utf8_lossy(whole).into_owned(), true))
+}
+
 /// A runner line of the log: `[prx-ci] <CodeBuild time> <message>`.
 fn runner_line(at: OffsetDateTime, message: &str) -> String {
     format!("[prx-ci] {} {message}\n", format_codebuild_time(at))
@@ -77,6 +113,49 @@ mod tests {
         assert!(lines[0].starts_with("[prx-ci] ") && lines[0].ends_with(" first"));
         assert_eq!(lines[1], "build output");
         assert!(lines[2].starts_with("[prx-ci] ") && lines[2].ends_with(" second"));
+    }
+
+    #[test]
+    fn the_tail_is_the_redacted_end_of_the_log_from_a_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.log");
+        let log = BuildLog::new(path.display().to_string());
+        let mut text = String::new();
+        for i in 0..3000 {
+            text.push_str(&format!(
+                "output line {i:04} with some padding to make it long\n"
+            ));
+        }
+        text.push_str("deploying with hunter2hunter2\n");
+        std::fs::write(&path, &text).unwrap();
+        let tail = log.tail(&Redactor::new(["hunter2hunter2".to_owned()]));
+        assert_eq!(tail.lines.len(), log_tail::MAX_LINES);
+        assert_eq!(tail.lines.last().unwrap(), "deploying with [REDACTED]");
+        assert_eq!(
+            tail.lines[0],
+            "output line 2951 with some padding to make it long"
+        );
+        assert!(tail.truncated);
+
+        let (end, earlier) = read_end(&path.display().to_string(), 60).unwrap();
+        assert!(earlier);
+        assert_eq!(
+            end, "deploying with hunter2hunter2\n",
+            "the cut line is left out"
+        );
+    }
+
+    #[test]
+    fn a_missing_log_gives_an_unavailable_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = BuildLog::new(dir.path().join("none.log").display().to_string());
+        let tail = log.tail(&Redactor::default());
+        assert!(tail.lines.is_empty());
+        assert!(
+            tail.unavailable.starts_with("cannot read the build log: "),
+            "{}",
+            tail.unavailable
+        );
     }
 
     #[test]

@@ -234,8 +234,15 @@ impl Timeline {
 }
 
 /// The envelope carrying `event` (its id derived from the build id and the event's own
-/// deterministic id, so a retry or a replay of the same transition deduplicates).
-pub fn envelope(event: &CodeBuildEvent, repository: &str, at: OffsetDateTime) -> Envelope {
+/// deterministic id, so a retry or a replay of the same transition deduplicates). `log_tail`:
+/// on the final report of a build that did not succeed, the end of its log
+/// (`BuildLog::tail`).
+pub fn envelope(
+    event: &CodeBuildEvent,
+    repository: &str,
+    at: OffsetDateTime,
+    log_tail: Option<v1::LogTail>,
+) -> Envelope {
     let event_json = serde_json::to_vec(event).unwrap_or_default();
     Chain::default().envelope_at(
         derived_event_id(&event.detail.build_id, &["report", &event.id]),
@@ -245,6 +252,7 @@ pub fn envelope(event: &CodeBuildEvent, repository: &str, at: OffsetDateTime) ->
             source: REPORT_SOURCE.to_owned(),
             build_id: event.detail.build_id.clone(),
             repository: repository.to_owned(),
+            log_tail,
         }),
     )
 }
@@ -409,8 +417,8 @@ mod tests {
         let again = t.completed(status::FAILED, vec![], t0);
         assert_eq!(done.id, again.id);
         assert_eq!(t.phases.len(), 2, "COMPLETED opened once");
-        let env = envelope(&done, "PRX/app", t0);
-        assert_eq!(env.event_id, envelope(&again, "PRX/app", t0).event_id);
+        let env = envelope(&done, "PRX/app", t0, None);
+        assert_eq!(env.event_id, envelope(&again, "PRX/app", t0, None).event_id);
         assert_ne!(env.event_id, done.id);
         assert_eq!(
             prx_ci_shared::bus::envelope::subject_of(&env).unwrap(),

@@ -1457,3 +1457,84 @@ async fn a_build_does_not_run_when_a_hidden_path_was_swapped_for_a_decoy() {
     assert!(log.contains("was moved or replaced"), "{log}");
     assert!(!log.contains("ops-token-91d3aa"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_build_reports_the_redacted_end_of_its_log_and_a_passing_one_none() {
+    let fx = Fixture::new(|config| {
+        config.environment.insert(
+            "PRX_TEST_API_KEY".to_owned(),
+            "configured-api-key-value".to_owned(),
+        );
+    })
+    .await;
+    let spec = r#"version: 0.2
+env:
+  variables:
+    DEPLOY_TOKEN: buildspec-token-value
+phases:
+  build:
+    commands:
+      - for i in $(seq 1 80); do echo "step $i"; done
+      - echo "token $DEPLOY_TOKEN key $PRX_TEST_API_KEY"
+      - echo "pushing with ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
+      - echo '```'
+      - printf '\033[31mred error\033[0m\n'
+      - "false"
+"#;
+    let failing = repo(spec, &[]);
+    let (started, _) = fx.run("req-tail", &failing, spec).await;
+    let reports: Vec<_> = fx
+        .reports()
+        .await
+        .into_iter()
+        .filter(|(_, _, e)| e.detail.build_id == started.build_id)
+        .map(|(_, envelope, event)| {
+            let Some(Payload::BuildReportReceived(report)) = envelope.payload else {
+                unreachable!()
+            };
+            (event, report.log_tail)
+        })
+        .collect();
+    let (last, tail) = reports.last().unwrap();
+    assert_eq!(last.detail.build_status.as_deref(), Some("FAILED"));
+    assert!(
+        reports[..reports.len() - 1]
+            .iter()
+            .all(|(_, t)| t.is_none()),
+        "only the final report carries the tail"
+    );
+    let tail = tail
+        .as_ref()
+        .expect("a failed build's final report carries its tail");
+    let text = tail.lines.join("\n");
+    assert!(tail.truncated, "{text}");
+    assert!(tail.lines.len() <= prx_ci_shared::log_tail::MAX_LINES);
+    for secret in ["buildspec-token-value", "configured-api-key-value", "ghp_"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    assert!(text.contains("token [REDACTED] key [REDACTED]"), "{text}");
+    assert!(text.contains("pushing with [REDACTED]"), "{text}");
+    assert!(tail.lines.iter().any(|l| l == "```"), "{text}");
+    assert!(tail.lines.iter().any(|l| l == "red error"), "{text}");
+    assert!(
+        tail.lines.last().unwrap().ends_with("Build FAILED"),
+        "{text}"
+    );
+
+    let passing = "version: 0.2\nphases:\n  build:\n    commands:\n      - echo fine\n";
+    let passing_repo = repo(passing, &[]);
+    let (started, _) = fx.run("req-no-tail", &passing_repo, passing).await;
+    let final_report = fx
+        .reports()
+        .await
+        .into_iter()
+        .rfind(|(_, _, e)| e.detail.build_id == started.build_id)
+        .unwrap();
+    let Some(Payload::BuildReportReceived(report)) = final_report.1.payload else {
+        unreachable!()
+    };
+    assert_eq!(
+        report.log_tail, None,
+        "a build that succeeded reports no tail"
+    );
+}

@@ -1,6 +1,7 @@
 //! What every PRX CI service uses, by concern: the event bus ([`bus`]), typed KV records
 //! ([`kv`]), the CodeBuild vocabulary and the build-runner port ([`codebuild`]), domain
-//! identifiers ([`domain`]), parameter ownership ([`ownership`]), what the notifier says about a
+//! identifiers ([`domain`]), the last lines of a failed build's log, redacted ([`log_tail`]),
+//! parameter ownership ([`ownership`]), what the notifier says about a
 //! build ([`notice`]), GitHub ([`github`]), configuration ([`config`]), telemetry
 //! ([`telemetry`]), service start-up ([`service`]), one retry helper ([`retry`]), and
 //! (feature `testing`) the test harness.
@@ -11,6 +12,7 @@ pub mod config;
 pub mod domain;
 pub mod github;
 pub mod kv;
+pub mod log_tail;
 pub mod notice;
 pub mod ownership;
 pub mod retry;

@@ -72,6 +72,7 @@ fn report(event: &serde_json::Value) -> v1::Envelope {
             source: "bench".into(),
             build_id: event["detail"]["build-id"].as_str().unwrap().into(),
             repository: REPO.into(),
+            log_tail: None,
         }),
     )
 }

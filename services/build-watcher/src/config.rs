@@ -56,6 +56,11 @@ pub struct BuildWatcherConfig {
     /// adopted into the shadow request of its repository, commit and architecture
     /// (`BuildRef.shadowed`; docs/migrating.md).
     pub mode: Mode,
+    /// How long reading the end of a failed build's CloudWatch Logs stream (its log tail, on
+    /// `BuildCompleted`) may take; past it the completion goes out with the tail marked
+    /// unavailable. Needs `logs:GetLogEvents` (docs/check-runs.md). Default `3s`.
+    #[serde(with = "humantime_serde")]
+    pub log_tail_timeout: Duration,
 }
 
 impl Default for BuildWatcherConfig {
@@ -74,6 +79,7 @@ impl Default for BuildWatcherConfig {
             report_concurrency: 8,
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 9103)),
             mode: Mode::Live,
+            log_tail_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -107,6 +113,13 @@ impl Validate for BuildWatcherConfig {
         }
         if self.reconcile_interval.is_zero() {
             return Err("reconcile_interval must be positive".into());
+        }
+        if self.log_tail_timeout.is_zero() || self.log_tail_timeout > Duration::from_secs(30) {
+            return Err(format!(
+                "log_tail_timeout must be more than 0s and at most 30s (reading a log tail holds \
+                 the build's completion back), not {:?}",
+                self.log_tail_timeout
+            ));
         }
         if self.report_concurrency == 0 {
             return Err("report_concurrency must be at least 1".into());
@@ -159,6 +172,7 @@ mod tests {
         assert_eq!(c.unrequested_after, d.unrequested_after);
         assert_eq!(c.sqs_wait_time, d.sqs_wait_time);
         assert_eq!(c.ops_listen, d.ops_listen);
+        assert_eq!(c.log_tail_timeout, d.log_tail_timeout);
     }
 
     #[test]
@@ -169,6 +183,8 @@ mod tests {
             "[build_watcher]\nsqs_wait_time = \"21s\"\n",
             "[build_watcher]\nqueue_url = \" \"\n",
             "[build_watcher]\nunknown = 1\n",
+            "[build_watcher]\nlog_tail_timeout = \"0s\"\n",
+            "[build_watcher]\nlog_tail_timeout = \"1m\"\n",
         ] {
             assert!(
                 load_from::<BuildWatcherConfig>(&figment(bad), "build_watcher").is_err(),

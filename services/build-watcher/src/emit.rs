@@ -72,12 +72,14 @@ fn phase_details(report: &Report, phase: &str) -> PhaseInfo {
         })
 }
 
-/// The envelope recording `transition`, in the build's chain.
+/// The envelope recording `transition`, in the build's chain. `log_tail`: the completion's
+/// (made by the handler, which reads the log; only a completion carries it).
 pub fn transition_event(
     record: &WatchedBuildRecord,
     report: &Report,
     transition: &Transition,
     now: OffsetDateTime,
+    log_tail: Option<&v1::LogTail>,
 ) -> v1::Envelope {
     let chain = record.chain.to_chain();
     let id = transition_event_id(&record.build_id, transition);
@@ -139,6 +141,7 @@ pub fn transition_event(
                     finished_at: Some(timestamp(finished_at)),
                     exported_variables: report.exported_variables().into_iter().collect(),
                     requested,
+                    log_tail: log_tail.cloned(),
                 }),
             )
         }
@@ -256,6 +259,7 @@ mod tests {
                 status: FinalStatus::Failed,
             },
             OffsetDateTime::now_utc(),
+            None,
         );
         assert_eq!(env.correlation_id, "delivery");
         assert_eq!(env.causation_id, "evt-req");
@@ -289,7 +293,7 @@ mod tests {
         };
         let now = OffsetDateTime::now_utc();
         for transition in [Transition::Started, completed.clone()] {
-            let env = transition_event(&record(), &final_report(), &transition, now);
+            let env = transition_event(&record(), &final_report(), &transition, now, None);
             let requested = match env.payload {
                 Some(Payload::BuildStarted(s)) => s.requested,
                 Some(Payload::BuildCompleted(c)) => c.requested,
@@ -312,7 +316,7 @@ mod tests {
             request: None,
             ..record()
         };
-        let env = transition_event(&nobodys, &final_report(), &completed, now);
+        let env = transition_event(&nobodys, &final_report(), &completed, now, None);
         let Some(Payload::BuildCompleted(c)) = env.payload else {
             panic!("not completed")
         };

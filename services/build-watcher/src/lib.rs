@@ -28,9 +28,11 @@
 //! `queue_url` set, an SQS client.
 
 pub mod build_store;
+pub mod cloudwatch_logs;
 pub mod config;
 pub mod console_retry;
 pub mod emit;
+pub mod log_tail;
 pub mod metrics;
 pub mod reconciler;
 pub mod report;

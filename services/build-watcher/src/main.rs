@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
+use prx_ci_build_watcher::cloudwatch_logs::CloudWatchLogs;
 use prx_ci_build_watcher::{BuildWatcher, BuildWatcherConfig};
 use prx_ci_shared::config::{AwsConfig, Sections};
 use prx_ci_shared::service::startup::{ProcessConfig, ServiceProcess, check_config, exit_code};
@@ -68,13 +70,15 @@ async fn try_main() -> anyhow::Result<()> {
         );
     }
     let ops_listen = watcher_config.ops_listen;
+    let logs = CloudWatchLogs::new(aws_sdk_cloudwatchlogs::Client::new(&sdk));
     let watcher = BuildWatcher::new(
         process.rt.clone(),
         watcher_config,
         Some(codebuild),
         sqs,
         &mut process.registry,
-    )?;
+    )?
+    .with_log_source(Arc::new(logs));
     process
         .run(ops_listen, |shutdown| watcher.run(shutdown))
         .await

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub reconciled_builds: Counter,
     pub in_flight: Gauge,
     pub console_retries: Family<Outcome, Counter>,
+    pub log_tails: Family<Outcome, Counter>,
 }
 
 impl Metrics {
@@ -80,7 +81,21 @@ impl Metrics {
             "Builds nobody requested, by whether they matched a request (adopted, adopted_among_several, unmatched)",
             m.console_retries.clone(),
         );
+        registry.register(
+            "prx_ci_build_watcher_log_tails",
+            "Log tails put on completions of builds that did not succeed, by outcome (fetched from CloudWatch Logs, reported by the local runner, unavailable)",
+            m.log_tails.clone(),
+        );
         m
+    }
+
+    /// A completion got a log tail: `fetched`, `reported` or `unavailable`.
+    pub fn log_tail(&self, outcome: &str) {
+        self.log_tails
+            .get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     pub fn report(&self, source: &str, outcome: &str) {

@@ -195,6 +195,7 @@ pub fn report_envelope(event: &CodeBuildEvent) -> v1::Envelope {
             source: SOURCE.into(),
             build_id: event.detail.build_id.clone(),
             repository,
+            log_tail: None,
         }),
     )
 }

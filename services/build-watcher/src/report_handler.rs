@@ -18,6 +18,7 @@
 //! report arrives, and adopted into that request's chain (`BuildRef.shadowed`); one matching
 //! no shadow request is recorded as a build nobody requested, as live does.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -30,11 +31,13 @@ use prx_ci_shared::config::Mode;
 use prx_ci_shared::kv::{CAS_ATTEMPTS, Versioned};
 
 use crate::build_store::BuildStore;
+use crate::cloudwatch_logs::LogSource;
 use crate::console_retry::{self, RetryMatch};
 use crate::emit::{transition_event, transition_name};
+use crate::log_tail::{self, TailPlan};
 use crate::metrics::Metrics;
 use crate::report::{Report, ReportKind, parse_report};
-use crate::state::{self, Input, Outcome};
+use crate::state::{self, Input, Outcome, Transition};
 use crate::watched_build::WatchedBuildRecord;
 
 /// Which consumer records requests, to tell "not processed yet" from "never requested".
@@ -73,6 +76,10 @@ pub struct ReportHandler {
     pub(crate) unrequested_after: Duration,
     pub(crate) metrics: Metrics,
     pub(crate) mode: Mode,
+    /// Reads the end of a CodeBuild build's log (`None`: local mode, no CloudWatch Logs).
+    pub(crate) logs: Option<Arc<dyn LogSource>>,
+    /// How long reading a log tail may take before the completion goes out without it.
+    pub(crate) log_tail_timeout: Duration,
 }
 
 impl ReportHandler {
@@ -228,17 +235,74 @@ impl ReportHandler {
         )
     }
 
+    /// The log tail of a build completing with a status that gets one: the runner's (redacted
+    /// and bounded again), else the end of its CloudWatch Logs stream. Best effort: a missing
+    /// stream, an error or the timeout gives a tail marked unavailable, never an error, so the
+    /// completion always goes out.
+    async fn log_tail(
+        &self,
+        record: &WatchedBuildRecord,
+        report: &Report,
+        transitions: &[Transition],
+        reported: Option<&prx_ci_proto::v1::LogTail>,
+    ) -> Option<prx_ci_proto::v1::LogTail> {
+        let status = transitions.iter().find_map(|t| match t {
+            Transition::Completed { status } => Some(*status),
+            _ => None,
+        })?;
+        let plan = log_tail::plan(report, status, reported, self.logs.is_some())?;
+        let redactor = log_tail::redactor(record, report);
+        let (tail, outcome) = match plan {
+            TailPlan::Reported(tail) => (
+                prx_ci_shared::log_tail::sanitize(&tail, &redactor),
+                "reported",
+            ),
+            TailPlan::Unavailable(why) => {
+                (prx_ci_shared::log_tail::unavailable(why), "unavailable")
+            }
+            TailPlan::Fetch(location) => {
+                let logs = self.logs.as_ref()?;
+                let read = tokio::time::timeout(
+                    self.log_tail_timeout,
+                    logs.last_messages(&location, log_tail::FETCH_MESSAGES),
+                )
+                .await;
+                match read {
+                    Ok(Ok(messages)) => (log_tail::from_messages(&messages, &redactor), "fetched"),
+                    Ok(Err(err)) => {
+                        tracing::warn!(build_id = %report.build_id, error = %err, "no log tail for the completed build");
+                        (log_tail::from_error(&err), "unavailable")
+                    }
+                    Err(_) => {
+                        let why = format!(
+                            "reading log stream {location} took longer than {:?}",
+                            self.log_tail_timeout
+                        );
+                        tracing::warn!(build_id = %report.build_id, reason = %why, "no log tail for the completed build");
+                        (prx_ci_shared::log_tail::unavailable(why), "unavailable")
+                    }
+                }
+            }
+        };
+        self.metrics.log_tail(outcome);
+        Some(tail)
+    }
+
     /// Publishes the transitions the state machine found in the report (deterministic ids),
     /// then returns the record to write and the outcome.
     async fn apply(
         &self,
         mut record: WatchedBuildRecord,
         report: &Report,
+        reported_tail: Option<&prx_ci_proto::v1::LogTail>,
     ) -> Result<(WatchedBuildRecord, Outcome), HandlerError> {
         let outcome = state::apply_report(&record.state, report);
         let now = OffsetDateTime::now_utc();
+        let log_tail = self
+            .log_tail(&record, report, &outcome.transitions, reported_tail)
+            .await;
         for transition in &outcome.transitions {
-            let envelope = transition_event(&record, report, transition, now);
+            let envelope = transition_event(&record, report, transition, now, log_tail.as_ref());
             let stored = self
                 .publisher
                 .publish(&envelope)
@@ -330,7 +394,7 @@ impl Handler for ReportHandler {
                 self.metrics.report(source, "no_change");
                 return Ok(());
             }
-            let (record, outcome) = self.apply(record, &report).await?;
+            let (record, outcome) = self.apply(record, &report, raw.log_tail.as_ref()).await?;
             let saved = self
                 .store
                 .save(&record, revision)

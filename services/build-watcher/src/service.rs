@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::build_store::BuildStore;
+use crate::cloudwatch_logs::LogSource;
 use crate::config::BuildWatcherConfig;
 use crate::metrics::Metrics;
 use crate::reconciler::Reconciler;
@@ -32,6 +33,7 @@ pub struct BuildWatcher {
     config: BuildWatcherConfig,
     codebuild: Option<aws_sdk_codebuild::Client>,
     sqs: Option<aws_sdk_sqs::Client>,
+    logs: Option<Arc<dyn LogSource>>,
     metrics: Metrics,
     requests: ConsumerSettings,
     reports: ConsumerSettings,
@@ -64,10 +66,19 @@ impl BuildWatcher {
             config,
             codebuild,
             sqs,
+            logs: None,
             metrics: Metrics::register(registry),
             requests,
             reports,
         })
+    }
+
+    /// Reads the end of failed CodeBuild builds' logs from `logs` (production:
+    /// [`CloudWatchLogs`](crate::cloudwatch_logs::CloudWatchLogs)), for their completions' log
+    /// tails. Without it (local mode) only the local runner's reported tails are carried.
+    pub fn with_log_source(mut self, logs: Arc<dyn LogSource>) -> Self {
+        self.logs = Some(logs);
+        self
     }
 
     /// Runs until `shutdown`; returns the first task's error (and stops the others then).
@@ -107,6 +118,8 @@ impl BuildWatcher {
             unrequested_after: self.config.unrequested_after,
             metrics: self.metrics.clone(),
             mode: self.config.mode,
+            logs: self.logs.clone(),
+            log_tail_timeout: self.config.log_tail_timeout,
         });
         tasks.spawn({
             let (js, publisher, metrics, stop) = (

@@ -67,6 +67,7 @@ pub fn report_envelope(body: &str, message_id: &str, source: &str) -> v1::Envelo
             source: source.to_owned(),
             build_id,
             repository,
+            log_tail: None,
         }),
     )
 }

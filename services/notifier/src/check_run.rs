@@ -339,17 +339,54 @@ pub fn summary(view: &BuildView) -> String {
         view.effective_state(),
         BuildState::Failed | BuildState::Fault | BuildState::TimedOut
     ) {
-        out.push_str("\n### Log\n\n");
-        match web_url(&view.log_url) {
-            Some(url) => out.push_str(&format!("[The build's log]({})", link_target(&url))),
-            None if !view.log_url.is_empty() => {
-                out.push_str(&format!("The build's log: {}", escape(&view.log_url)));
-            }
-            None => out.push_str("The build's log has no link."),
-        }
-        out.push_str(" (its last lines are not shown here: no build event carries them).\n");
+        let room = MAX_SUMMARY_CHARS.saturating_sub(out.chars().count());
+        out.push_str(&log_section(view, room));
     }
     truncate(&out, MAX_SUMMARY_CHARS)
+}
+
+/// The log section of a build that did not succeed: the link to its log, then its last lines
+/// (`view.log_tail`: redacted and bounded by the build-watcher) in a fence no line of them can
+/// close, or why they are missing; within `room` characters (the earliest lines go first).
+fn log_section(view: &BuildView, room: usize) -> String {
+    let mut out = String::from("\n### Log\n\n");
+    match web_url(&view.log_url) {
+        Some(url) => out.push_str(&format!("[The build's log]({}).", link_target(&url))),
+        None if !view.log_url.is_empty() => {
+            out.push_str(&format!("The build's log: {}", escape(&view.log_url)));
+        }
+        None => out.push_str("The build's log has no link."),
+    }
+    out.push('\n');
+    let Some(tail) = &view.log_tail else {
+        out.push_str("\nIts last lines are not shown: the build's completion carries none.\n");
+        return out;
+    };
+    if tail.lines.is_empty() {
+        let why = tail.unavailable.as_deref().unwrap_or("unknown");
+        out.push_str(&format!(
+            "\nIts last lines are unavailable: {}.\n",
+            escape(why)
+        ));
+        return out;
+    }
+    for skip in 0..tail.lines.len() {
+        let shown = &tail.lines[skip..];
+        let intro = if tail.truncated || skip > 0 {
+            format!(
+                "\nThe last {} lines, secrets masked (earlier lines are not shown, long lines are cut):\n\n",
+                shown.len()
+            )
+        } else {
+            "\nThe whole log, secrets masked:\n\n".to_owned()
+        };
+        let section = format!("{out}{intro}{}", fenced(&shown.join("\n")));
+        if section.chars().count() <= room {
+            return section;
+        }
+    }
+    out.push_str("\nIts last lines do not fit in this summary.\n");
+    out
 }
 
 fn publish_line(p: &PublishView) -> String {

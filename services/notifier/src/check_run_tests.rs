@@ -187,3 +187,70 @@ fn a_huge_summary_is_cut_to_githubs_limit() {
     assert_eq!(summary.chars().count(), MAX_SUMMARY_CHARS);
     assert!(summary.ends_with('…'));
 }
+
+fn failed_with_tail(lines: Vec<String>, truncated: bool) -> BuildView {
+    let mut view = view(vec![
+        ("r", requested()),
+        ("s", started()),
+        ("c", completed(v1::BuildStatus::Failed)),
+    ]);
+    view.log_tail = Some(prx_ci_shared::notice::view::LogTailView {
+        lines,
+        truncated,
+        unavailable: None,
+    });
+    view
+}
+
+#[test]
+fn the_log_tail_is_fenced_so_no_line_of_it_can_close_the_block() {
+    let lines = vec![
+        "```".to_owned(),
+        "``````` still inside".to_owned(),
+        "~~~".to_owned(),
+        "## not a heading".to_owned(),
+    ];
+    let text = summary(&failed_with_tail(lines.clone(), false));
+    let (_, log) = text.split_once("### Log").unwrap();
+    assert!(log.contains("The whole log, secrets masked:"), "{log}");
+    let fence = "`".repeat(8);
+    let block = format!("{fence}text\n{}\n{fence}\n", lines.join("\n"));
+    assert!(log.ends_with(&block), "{log}");
+    // A succeeded build shows no log section, tail or not.
+    let mut succeeded = failed_with_tail(lines, false);
+    succeeded.state = BuildState::Succeeded;
+    assert!(!summary(&succeeded).contains("### Log"));
+}
+
+#[test]
+fn a_cut_tail_says_so_and_an_unavailable_one_says_why() {
+    let text = summary(&failed_with_tail(vec!["last".into()], true));
+    assert!(
+        text.contains("The last 1 lines, secrets masked (earlier lines are not shown"),
+        "{text}"
+    );
+    let mut view = failed_with_tail(Vec::new(), false);
+    view.log_tail.as_mut().unwrap().unavailable = Some("reading [it](x) failed".into());
+    let text = summary(&view);
+    assert!(
+        text.ends_with("Its last lines are unavailable: reading \\[it\\]\\(x\\) failed.\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_log_tail_gives_up_its_earliest_lines_to_stay_within_githubs_limit() {
+    let lines: Vec<String> = (0..50)
+        .map(|i| format!("{i:02} {}", "y".repeat(150)))
+        .collect();
+    let mut view = failed_with_tail(lines, false);
+    view.failed_phase = Some("BUILD".into());
+    // Leaves room for about 20 of the 50 lines.
+    view.failure_message = Some("x".repeat(MAX_SUMMARY_CHARS - 3_500));
+    let text = summary(&view);
+    assert!(text.chars().count() <= MAX_SUMMARY_CHARS);
+    assert!(!text.ends_with('…'), "cut whole lines, not the text");
+    assert!(text.contains(&format!("49 {}\n```", "y".repeat(150))));
+    assert!(!text.contains(&format!("00 {}", "y".repeat(150))));
+    assert!(text.contains("secrets masked (earlier lines are not shown"));
+}

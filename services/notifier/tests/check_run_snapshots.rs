@@ -90,6 +90,23 @@ impl Build {
         }))
     }
 
+    fn completed_with_tail(
+        &mut self,
+        status: v1::BuildStatus,
+        failed_phase: &str,
+        log_tail: v1::LogTail,
+    ) -> &mut Self {
+        self.apply(Payload::BuildCompleted(v1::BuildCompleted {
+            build: Some(fixtures::build_ref()),
+            status: status as i32,
+            failed_phase: failed_phase.into(),
+            duration_ms: 192_000,
+            finished_at: Some(timestamp(datetime!(2026-11-26 08:04:12 UTC))),
+            log_tail: Some(log_tail),
+            ..Default::default()
+        }))
+    }
+
     fn skipped(
         &mut self,
         parameter: &str,
@@ -206,5 +223,46 @@ fn check_run_of_a_superseded_build() {
             superseded_by_event_id: "webhook-newer".into(),
         }))
         .completed(v1::BuildStatus::Stopped, "");
+    insta::assert_snapshot!(shown(&build.run()));
+}
+
+#[test]
+fn check_run_of_a_failed_build_with_the_end_of_its_log() {
+    // The build's raw output, made into a tail the way the build-watcher does.
+    let mut log: String = (1..=60)
+        .map(|i| format!("[Container] step {i}\n"))
+        .collect();
+    log.push_str("\x1b[1;31m+ git push https://x-access-token:ghs_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8@github.com/PRX/my-app\x1b[0m\n");
+    log.push_str("```\n");
+    log.push_str("<script>@team [x](https://evil) # not a heading\n");
+    log.push_str("FAIL src/app.test.ts (exit status 2)\n");
+    let redactor = prx_ci_shared::log_tail::Redactor::default();
+    let tail = prx_ci_shared::log_tail::tail_of(&log, false, &redactor);
+    let mut build = Build::new();
+    build
+        .started()
+        .phase("INSTALL", "SUCCEEDED", "PRE_BUILD", "")
+        .phase(
+            "BUILD",
+            "FAILED",
+            "POST_BUILD",
+            "Error while executing command: make test. Reason: exit status 2",
+        )
+        .completed_with_tail(v1::BuildStatus::Failed, "BUILD", tail);
+    let run = build.run();
+    assert!(!run.summary.contains("ghs_"));
+    insta::assert_snapshot!(shown(&run));
+}
+
+#[test]
+fn check_run_of_a_timed_out_build_whose_log_is_unavailable() {
+    let mut build = Build::new();
+    build.started().completed_with_tail(
+        v1::BuildStatus::TimedOut,
+        "BUILD",
+        prx_ci_shared::log_tail::unavailable(
+            "log stream /aws/codebuild/infrastructure-ci-Runner2/6d1c4a38 does not exist",
+        ),
+    );
     insta::assert_snapshot!(shown(&build.run()));
 }

@@ -1209,6 +1209,7 @@ fn each_service_has_a_least_privilege_role_and_is_health_checked_on_its_listener
                 "sqs:ChangeMessageVisibility",
                 "sqs:GetQueueAttributes",
                 "codebuild:BatchGetBuilds",
+                "logs:GetLogEvents",
             ],
         ),
         (

@@ -65,6 +65,31 @@ impl BuildState {
     }
 }
 
+/// The last lines of a build's log, as its completion carried them (`BuildCompleted.log_tail`:
+/// untrusted build output, already redacted and bounded by `crate::log_tail`; show it only as
+/// inert text).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogTailView {
+    /// Oldest first.
+    pub lines: Vec<String>,
+    /// Earlier lines were left out, or a line was cut.
+    #[serde(default)]
+    pub truncated: bool,
+    /// Why there are no lines (`None` when the log was read).
+    #[serde(default)]
+    pub unavailable: Option<String>,
+}
+
+impl LogTailView {
+    pub fn from_proto(tail: &v1::LogTail) -> Self {
+        Self {
+            lines: tail.lines.clone(),
+            truncated: tail.truncated,
+            unavailable: Some(tail.unavailable.clone()).filter(|u| !u.is_empty()),
+        }
+    }
+}
+
 /// One completed phase.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PhaseView {
@@ -185,6 +210,10 @@ pub struct BuildView {
     pub duration_ms: Option<u64>,
     pub cancelled: Option<Cancellation>,
     pub publishes: Vec<PublishView>,
+    /// The last lines of the log of a build that failed, faulted or timed out (from its
+    /// completion; `None` for other builds and for completions written before tails existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<LogTailView>,
     /// Bumped by every event that was applied (not by duplicates).
     pub version: u64,
     pub chain: ChainView,
@@ -342,6 +371,7 @@ impl BuildView {
                         self.duration_ms = Some(p.duration_ms);
                     }
                     self.finished_at = from_timestamp(p.finished_at.as_ref()).or(at);
+                    self.log_tail = p.log_tail.as_ref().map(LogTailView::from_proto);
                     for phase in &p.phases {
                         self.record_phase(PhaseView {
                             name: phase.name.clone(),

@@ -262,3 +262,49 @@ fn whole_build_skips_with_different_reasons_are_all_kept() {
         ]
     );
 }
+
+#[test]
+fn a_completions_log_tail_is_kept_and_old_views_read_without_one() {
+    let tail = |lines: &[&str], unavailable: &str| {
+        Payload::BuildCompleted(v1::BuildCompleted {
+            requested: Some(request()),
+            build: Some(build_ref()),
+            status: v1::BuildStatus::Failed as i32,
+            log_tail: Some(v1::LogTail {
+                lines: lines.iter().map(|l| (*l).to_owned()).collect(),
+                truncated: true,
+                unavailable: unavailable.to_owned(),
+            }),
+            ..Default::default()
+        })
+    };
+    let mut view = BuildView::default();
+    view.apply(&envelope("c", tail(&["npm ERR!"], ""))).unwrap();
+    assert_eq!(
+        view.log_tail,
+        Some(LogTailView {
+            lines: vec!["npm ERR!".into()],
+            truncated: true,
+            unavailable: None,
+        })
+    );
+    // A second completion (another id) changes nothing: the first one stands.
+    view.apply(&envelope("c2", tail(&[], "gone"))).unwrap();
+    assert_eq!(view.log_tail.as_ref().unwrap().lines, ["npm ERR!"]);
+
+    let mut unavailable = BuildView::default();
+    unavailable
+        .apply(&envelope("c", tail(&[], "log stream /g/s does not exist")))
+        .unwrap();
+    assert_eq!(
+        unavailable.log_tail.unwrap().unavailable.as_deref(),
+        Some("log stream /g/s does not exist")
+    );
+
+    let mut json = serde_json::to_value(&view).unwrap();
+    json.as_object_mut().unwrap().remove("log_tail");
+    let old: BuildView = serde_json::from_value(json).unwrap();
+    assert_eq!(old.log_tail, None);
+    let json = serde_json::to_value(BuildView::default()).unwrap();
+    assert!(json.get("log_tail").is_none(), "left out while empty");
+}

@@ -249,6 +249,7 @@ impl System {
                 source: "sqs".into(),
                 build_id: arn,
                 repository: REPO.into(),
+                log_tail: None,
             }),
         );
         self.rt

@@ -4,6 +4,7 @@ mod binary;
 mod console_retry;
 mod events;
 mod local;
+mod log_tail;
 mod reconciler;
 mod shadow;
 mod sqs;

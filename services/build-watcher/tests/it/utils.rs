@@ -1,11 +1,13 @@
 //! The test world: a real nats-server, optionally the AWS emulator, the service running, and
 //! helpers that read the stream like a consumer would.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use prost::Message as _;
 use prx_ci_build_watcher::build_store::BuildStore;
+use prx_ci_build_watcher::cloudwatch_logs::LogSource;
 use prx_ci_build_watcher::{BuildWatcher, BuildWatcherConfig};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::envelope::{Chain, new_event_id};
@@ -119,10 +121,21 @@ impl World {
         codebuild: Option<aws_sdk_codebuild::Client>,
         sqs: Option<aws_sdk_sqs::Client>,
     ) {
+        self.start_with_logs(config, codebuild, sqs, None);
+    }
+
+    /// Starts the service, reading failed builds' log tails from `logs` when given.
+    pub fn start_with_logs(
+        &mut self,
+        config: BuildWatcherConfig,
+        codebuild: Option<aws_sdk_codebuild::Client>,
+        sqs: Option<aws_sdk_sqs::Client>,
+        logs: Option<Arc<dyn LogSource>>,
+    ) {
         if self.shutdown.is_cancelled() {
             self.shutdown = CancellationToken::new();
         }
-        let watcher = BuildWatcher::new(
+        let mut watcher = BuildWatcher::new(
             self.rt.clone(),
             config,
             codebuild,
@@ -130,6 +143,9 @@ impl World {
             &mut Registry::default(),
         )
         .unwrap();
+        if let Some(logs) = logs {
+            watcher = watcher.with_log_source(logs);
+        }
         self.task = Some(tokio::spawn(watcher.run(self.shutdown.clone())));
     }
 
@@ -192,6 +208,17 @@ impl World {
 
     /// Publishes a report as the local runner does.
     pub async fn report(&self, event: &Value, source: &str) -> v1::Envelope {
+        self.report_with_tail(event, source, None).await
+    }
+
+    /// Publishes a report carrying a log tail, as the local runner's final report of a failed
+    /// build does.
+    pub async fn report_with_tail(
+        &self,
+        event: &Value,
+        source: &str,
+        log_tail: Option<v1::LogTail>,
+    ) -> v1::Envelope {
         let envelope = Chain::starting(event["id"].as_str().unwrap_or_default()).envelope(
             new_event_id(),
             Payload::BuildReportReceived(v1::BuildReportReceived {
@@ -202,6 +229,7 @@ impl World {
                     .unwrap_or_default()
                     .into(),
                 repository: REPO.into(),
+                log_tail,
             }),
         );
         self.rt.publisher.publish(&envelope).await.unwrap();

@@ -1,0 +1,272 @@
+//! The log tail of a failed build: read from CloudWatch Logs (the emulator's) when the build
+//! completes, redacted, put on its `BuildCompleted`; a log that cannot be read gives a tail
+//! marked unavailable and never holds the completion back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+use prx_ci_build_watcher::REPORTS_CONSUMER;
+use prx_ci_build_watcher::cloudwatch_logs::{CloudWatchLogs, LogLocation, LogReadError, LogSource};
+use prx_ci_proto::v1::envelope::Payload;
+use prx_ci_shared::bus::envelope::new_event_id;
+use prx_ci_shared::log_tail::MAX_LINES;
+
+use crate::utils::{PROJECT, World, completed, fixture, new_build_id, test_config};
+
+const TOKEN: &str = "ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8";
+
+fn logs_client(world: &World) -> aws_sdk_cloudwatchlogs::Client {
+    aws_sdk_cloudwatchlogs::Client::new(&world.moto().sdk_config())
+}
+
+/// Writes `lines` to a fresh log stream of the project's group; returns where.
+async fn write_log(client: &aws_sdk_cloudwatchlogs::Client, lines: &[String]) -> LogLocation {
+    let location = LogLocation {
+        group: format!("/aws/codebuild/{PROJECT}"),
+        stream: new_event_id(),
+    };
+    // The group may exist from another build of the test.
+    let _ = client
+        .create_log_group()
+        .log_group_name(&location.group)
+        .send()
+        .await;
+    client
+        .create_log_stream()
+        .log_group_name(&location.group)
+        .log_stream_name(&location.stream)
+        .send()
+        .await
+        .unwrap();
+    let start = time::OffsetDateTime::now_utc().unix_timestamp() * 1000 - 60_000;
+    let events = lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            InputLogEvent::builder()
+                .timestamp(start + i64::try_from(i).unwrap())
+                .message(format!("{line}\n"))
+                .build()
+                .unwrap()
+        })
+        .collect::<Vec<_>>();
+    client
+        .put_log_events()
+        .log_group_name(&location.group)
+        .log_stream_name(&location.stream)
+        .set_log_events(Some(events))
+        .send()
+        .await
+        .unwrap();
+    location
+}
+
+/// The fixture's final report of `build_id`, its log at `location`.
+fn final_report(name: &str, build_id: &str, location: &LogLocation) -> serde_json::Value {
+    let mut event = fixture(name, build_id);
+    event["detail"]["additional-information"]["logs"] = serde_json::json!({
+        "group-name": location.group,
+        "stream-name": location.stream,
+        "deep-link": "https://console.aws.amazon.com/cloudwatch/home",
+    });
+    event
+}
+
+#[tokio::test]
+async fn a_failed_builds_completion_carries_the_redacted_end_of_its_cloudwatch_log() {
+    let mut world = World::with_aws().await;
+    let client = logs_client(&world);
+    let mut lines: Vec<String> = (1..=70).map(|i| format!("[Container] step {i}")).collect();
+    lines.push(format!(
+        "\x1b[31mgit push https://x-access-token:{TOKEN}@github.com/PRX/app\x1b[0m"
+    ));
+    lines.push("```".into());
+    lines.push("npm ERR! code ELIFECYCLE".into());
+    let failed_log = write_log(&client, &lines).await;
+    let succeeded_log = write_log(&client, &["all good".to_owned()]).await;
+    world.start_with_logs(
+        test_config(),
+        None,
+        None,
+        Some(Arc::new(CloudWatchLogs::new(client))),
+    );
+
+    let failed = new_build_id();
+    world.request(&failed).await;
+    world
+        .report(
+            &final_report("state-failed.json", &failed, &failed_log),
+            "sqs",
+        )
+        .await;
+    let tail = completed(&world.until_completed(&failed).await)
+        .log_tail
+        .expect("a failed build's completion carries its log tail");
+    assert_eq!(tail.unavailable, "");
+    assert!(tail.truncated, "73 lines, 50 kept");
+    assert_eq!(tail.lines.len(), MAX_LINES);
+    assert_eq!(tail.lines[0], "[Container] step 24");
+    assert_eq!(
+        tail.lines[MAX_LINES - 3],
+        "git push https://x-access-token:[REDACTED]@github.com/PRX/app"
+    );
+    assert_eq!(tail.lines[MAX_LINES - 2], "```");
+    assert_eq!(tail.lines[MAX_LINES - 1], "npm ERR! code ELIFECYCLE");
+    assert!(tail.lines.iter().all(|l| !l.contains("ghp_")));
+
+    let succeeded = new_build_id();
+    world.request(&succeeded).await;
+    world
+        .report(
+            &final_report("state-succeeded.json", &succeeded, &succeeded_log),
+            "sqs",
+        )
+        .await;
+    let done = completed(&world.until_completed(&succeeded).await);
+    assert_eq!(done.log_tail, None, "a build that succeeded gets no tail");
+    world.stop().await;
+}
+
+/// A log source that never answers.
+#[derive(Debug)]
+struct Hanging;
+
+#[async_trait::async_trait]
+impl LogSource for Hanging {
+    async fn last_messages(&self, _: &LogLocation, _: usize) -> Result<Vec<String>, LogReadError> {
+        std::future::pending().await
+    }
+}
+
+async fn completions(world: &World, build_id: &str) -> usize {
+    world
+        .build_events(build_id)
+        .await
+        .iter()
+        .filter(|e| matches!(e.payload, Some(Payload::BuildCompleted(_))))
+        .count()
+}
+
+#[tokio::test]
+async fn a_log_stream_that_does_not_exist_gives_an_unavailable_tail_and_the_completion() {
+    let mut world = World::with_aws().await;
+    let client = logs_client(&world);
+    world.start_with_logs(
+        test_config(),
+        None,
+        None,
+        Some(Arc::new(CloudWatchLogs::new(client))),
+    );
+    let build_id = new_build_id();
+    world.request(&build_id).await;
+    let nowhere = LogLocation {
+        group: "/aws/codebuild/never-created".into(),
+        stream: new_event_id(),
+    };
+    world
+        .report(
+            &final_report("state-failed.json", &build_id, &nowhere),
+            "sqs",
+        )
+        .await;
+    let tail = completed(&world.until_completed(&build_id).await)
+        .log_tail
+        .unwrap();
+    assert!(tail.lines.is_empty());
+    assert!(
+        tail.unavailable.contains("does not exist"),
+        "{}",
+        tail.unavailable
+    );
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_log_source_that_hangs_gives_an_unavailable_tail_after_the_timeout_and_one_completion() {
+    let mut world = World::nats_only().await;
+    let config = prx_ci_build_watcher::BuildWatcherConfig {
+        log_tail_timeout: Duration::from_millis(300),
+        ..test_config()
+    };
+    world.start_with_logs(config, None, None, Some(Arc::new(Hanging)));
+    let build_id = new_build_id();
+    world.request(&build_id).await;
+    let event = fixture("state-failed.json", &build_id);
+    world.report(&event, "sqs").await;
+    let tail = completed(&world.until_completed(&build_id).await)
+        .log_tail
+        .unwrap();
+    assert!(tail.lines.is_empty());
+    assert!(
+        tail.unavailable.contains("took longer than 300ms"),
+        "{}",
+        tail.unavailable
+    );
+    // The same final state reported again (the reconciler, an SQS redelivery): still one
+    // completion.
+    let mut again = event.clone();
+    again["id"] = new_event_id().into();
+    world.report(&again, "reconciler").await;
+    world.until_consumer_idle(REPORTS_CONSUMER).await;
+    assert_eq!(completions(&world, &build_id).await, 1);
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_reported_tail_is_redacted_and_bounded_again_on_the_completion() {
+    let mut world = World::nats_only().await;
+    world.start(test_config(), None, None);
+    let build_id = new_build_id();
+    world.request(&build_id).await;
+    let reported = prx_ci_proto::v1::LogTail {
+        lines: (0..80)
+            .map(|i| format!("line {i} AKIAIOSFODNN7EXAMPLE"))
+            .collect(),
+        truncated: false,
+        unavailable: String::new(),
+    };
+    world
+        .report_with_tail(
+            &fixture("state-failed.json", &build_id),
+            "local",
+            Some(reported),
+        )
+        .await;
+    let tail = completed(&world.until_completed(&build_id).await)
+        .log_tail
+        .unwrap();
+    assert_eq!(tail.lines.len(), MAX_LINES);
+    assert_eq!(tail.lines[MAX_LINES - 1], "line 79 [REDACTED]");
+    assert!(tail.truncated);
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_read_says_only_that_it_failed_and_names_no_account() {
+    // Nothing listens there: every attempt is refused.
+    let unreachable = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let world = World::with_aws().await;
+    let config = world
+        .moto()
+        .sdk_config()
+        .into_builder()
+        .endpoint_url(format!("http://{unreachable}"))
+        .build();
+    let logs = CloudWatchLogs::new(aws_sdk_cloudwatchlogs::Client::new(&config));
+    let location = LogLocation {
+        group: "/aws/codebuild/p".into(),
+        stream: "s".into(),
+    };
+    let err = logs.last_messages(&location, 51).await.unwrap_err();
+    assert_eq!(
+        err,
+        LogReadError::Failed {
+            location,
+            reason: "the request failed (see the build-watcher's log)".into()
+        }
+    );
+}
