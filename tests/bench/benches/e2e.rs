@@ -19,8 +19,8 @@ use prx_ci_bench::e2e::cpu;
 use prx_ci_bench::e2e::fake_aws::FakeAws;
 use prx_ci_bench::e2e::pushes::{self, Plan, Push};
 use prx_ci_bench::e2e::timeline::{self, Observed, Outcome, PhaseVerdict, Summary};
-use prx_ci_chaos::fakes::{FakeGitHub, FakeSlack};
-use prx_ci_chaos::service_config::{self, Endpoints};
+use prx_ci_chaos::fakes::{self, FakeSlack};
+use prx_ci_chaos::service_config::{self, Endpoints, GITHUB_TOKEN};
 use prx_ci_chaos::supervisor::{Process, Supervisor, binary};
 use prx_ci_proto::v1::{self, envelope::Payload};
 use prx_ci_shared::bus::subject::EVENTS_STREAM;
@@ -356,7 +356,7 @@ async fn start_world(plan_pushes: &[Vec<Push>]) -> anyhow::Result<World> {
             )
         })
         .collect();
-    let github = FakeGitHub::start(buildspecs).await?;
+    let github = fakes::github(GITHUB_TOKEN, &buildspecs).await;
     let slack = FakeSlack::start().await?;
     let aws = FakeAws::start(prx_ci_shared::bus::publish::EventPublisher::new(js.clone())).await?;
 
@@ -367,7 +367,7 @@ async fn start_world(plan_pushes: &[Vec<Push>]) -> anyhow::Result<World> {
     let endpoints = Endpoints {
         nats: nats.url(),
         aws: aws.url.clone(),
-        github: github.url.clone(),
+        github: github.url(),
         slack: slack.url.clone(),
         webhook_secret: SECRET.to_owned(),
         runner_data_dir: dir.path().join("runner").display().to_string(),
