@@ -326,6 +326,8 @@ struct World {
     js: async_nats::jetstream::Context,
     aws: FakeAws,
     slack: FakeSlack,
+    /// Serves the services until the world is dropped.
+    _github: prx_ci_shared::testing::fake_github::FakeGitHub,
     supervisor: Supervisor,
     ingress_url: String,
     outcomes: Outcomes,
@@ -438,6 +440,7 @@ async fn start_world(plan_pushes: &[Vec<Push>]) -> anyhow::Result<World> {
         js,
         aws,
         slack,
+        _github: github,
         supervisor,
         ingress_url,
         outcomes,
