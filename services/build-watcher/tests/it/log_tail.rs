@@ -229,16 +229,23 @@ struct RewritesTheRecord {
 impl LogSource for RewritesTheRecord {
     async fn last_messages(&self, _: &LogLocation, _: usize) -> Result<Vec<String>, LogReadError> {
         if self.reads.fetch_add(1, Ordering::SeqCst) == 0 {
-            self.store
-                .modify(&self.build_id, |record| {
-                    if record.is_new() {
-                        Modify::Keep(())
-                    } else {
-                        Modify::Write(())
-                    }
-                })
-                .await
-                .unwrap();
+            // Under whichever id the record is kept (the ARN or `project:uuid`).
+            let mut rewritten = false;
+            for id in [arn_of(&self.build_id), self.build_id.clone()] {
+                let (wrote, _) = self
+                    .store
+                    .modify(&id, |record| {
+                        if record.is_new() {
+                            Modify::Keep(false)
+                        } else {
+                            Modify::Write(true)
+                        }
+                    })
+                    .await
+                    .unwrap();
+                rewritten |= wrote;
+            }
+            assert!(rewritten, "no record of {} to rewrite", self.build_id);
         }
         Ok(vec![format!("npm ERR! {TOKEN}\n")])
     }
@@ -250,7 +257,7 @@ async fn the_log_is_read_once_per_report_outside_the_records_compare_and_set() {
     let build_id = new_build_id();
     let logs = Arc::new(RewritesTheRecord {
         store: world.store.clone(),
-        build_id: arn_of(&build_id),
+        build_id: build_id.clone(),
         reads: AtomicUsize::new(0),
     });
     world.start_with_logs(test_config(), None, None, Some(logs.clone()));
