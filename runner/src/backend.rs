@@ -220,6 +220,9 @@ impl LocalRunner {
                 let event = timeline.completed(status::FAULT, Vec::new(), now);
                 let log = BuildLog::new(timeline.info.log_path.clone());
                 log.line("the runner stopped while this build was running; reported as FAULT");
+                // What the build's own run masks: its reported, inherited and buildspec
+                // variables (the record keeps the request, so its buildspec, while it runs).
+                let buildspec = record.buildspec_variables();
                 let redactor = Redactor::for_variables(
                     timeline
                         .info
@@ -230,6 +233,7 @@ impl LocalRunner {
                             shared
                                 .inherited
                                 .iter()
+                                .chain(&buildspec)
                                 .map(|(k, v)| (k.as_str(), v.as_str())),
                         ),
                 );

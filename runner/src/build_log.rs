@@ -49,35 +49,58 @@ impl BuildLog {
 impl BuildLog {
     /// The last lines of the log, redacted with `redactor` and bounded
     /// ([`log_tail::tail_of`]), for the final report of a build that did not succeed. Reads at
-    /// most [`log_tail::READ_BYTES`] from the end (a line cut by that read is left out); a log
+    /// most [`log_tail::READ_BYTES`] from the end (a line cut by that read is left out, unless
+    /// nothing else follows it: then its end is kept, [`log_tail::tail_of_line_end`]); a log
     /// that cannot be read gives a tail marked unavailable.
     pub fn tail(&self, redactor: &Redactor) -> v1::LogTail {
         match read_end(&self.path, log_tail::READ_BYTES) {
-            Ok((text, earlier)) => log_tail::tail_of(&text, earlier, redactor),
+            Ok(end) if end.earlier && end.whole_lines().trim().is_empty() => {
+                log_tail::tail_of_line_end(&end.text, redactor)
+            }
+            Ok(end) => log_tail::tail_of(end.whole_lines(), end.earlier, redactor),
             Err(err) => log_tail::unavailable(format!("cannot read the build log: {err}")),
         }
     }
 }
 
-/// The last `max` bytes of the file at `path` as text, from the first whole line in them;
-/// `true` when the file has more before.
-fn read_end(path: &str, max: u64) -> std::io::Result<(String, bool)> {
+/// The end of a log file as read.
+#[derive(Debug)]
+struct LogEnd {
+    /// What was read, as text.
+    text: String,
+    /// Where its first whole line starts (0 when the read began with the file).
+    first_whole: usize,
+    /// The file has more before `text`.
+    earlier: bool,
+}
+
+impl LogEnd {
+    /// The whole lines read: the first line, cut by the read, is left out (its rest could
+    /// hold the end of a secret that can no longer be recognized).
+    fn whole_lines(&self) -> &str {
+        &self.text[self.first_whole..]
+    }
+}
+
+/// The last `max` bytes of the file at `path`.
+fn read_end(path: &str, max: u64) -> std::io::Result<LogEnd> {
     let mut file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
     let start = len.saturating_sub(max);
     file.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::new();
     file.take(max).read_to_end(&mut bytes)?;
-    if start == 0 {
-        return Ok((String::from_utf8_lossy(&bytes).into_owned(), false));
-    }
-    // The read began inside a line: its rest could hold the end of a secret that can no longer
-    // be recognized, so it is left out.
-    let whole = bytes
-        .iter()
-        .position(|b| *b == b'\n')
-        .map_or(&bytes[bytes.len()..], |at| &bytes[at + 1..]);
-    Ok((String::from_utf8_lossy(whole).into_owned(), true))
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let first_whole = if start == 0 {
+        0
+    } else {
+        text.find('\n').map_or(text.len(), |at| at + 1)
+    };
+    Ok(LogEnd {
+        text,
+        first_whole,
+        earlier: start > 0,
+    })
 }
 
 /// A runner line of the log: `[prx-ci] <CodeBuild time> <message>`.
@@ -137,12 +160,34 @@ mod tests {
         );
         assert!(tail.truncated);
 
-        let (end, earlier) = read_end(&path.display().to_string(), 60).unwrap();
-        assert!(earlier);
+        let end = read_end(&path.display().to_string(), 60).unwrap();
+        assert!(end.earlier);
         assert_eq!(
-            end, "deploying with hunter2hunter2\n",
+            end.whole_lines(),
+            "deploying with hunter2hunter2\n",
             "the cut line is left out"
         );
+    }
+
+    #[test]
+    fn a_log_ending_in_one_line_longer_than_the_read_keeps_that_lines_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.log");
+        let log = BuildLog::new(path.display().to_string());
+        let long = "x".repeat(usize::try_from(log_tail::READ_BYTES).unwrap() * 2);
+        std::fs::write(
+            &path,
+            format!("start\n{long} token=hunter2hunter2 the end\n\n"),
+        )
+        .unwrap();
+        let tail = log.tail(&Redactor::default());
+        assert_eq!(tail.unavailable, "");
+        assert_eq!(tail.lines.len(), 1);
+        let line = &tail.lines[0];
+        assert!(line.starts_with(log_tail::CUT_MARK), "{line}");
+        assert!(line.ends_with(" token=[REDACTED] the end"), "{line}");
+        assert_eq!(line.chars().count(), log_tail::MAX_LINE_CHARS);
+        assert!(tail.truncated);
     }
 
     #[test]

@@ -101,7 +101,9 @@ pub struct BuildRecord {
     /// runner stopped is started again by the next one; a running one is reported `FAULT`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub running: bool,
-    /// The request, kept until the build leaves `QUEUED` so a restarted runner can start it.
+    /// The request, kept until the build finishes: while it is queued a restarted runner
+    /// starts it from there; while it runs, a restarted runner that reports it `FAULT` masks
+    /// its buildspec's variables in the log tail ([`BuildRecord::buildspec_variables`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<QueuedRequest>,
 }
@@ -139,13 +141,23 @@ impl BuildRecord {
         }
     }
 
-    /// The record once the build left `QUEUED`.
+    /// The record once the build left `QUEUED` (its request stays, no longer to be started).
     pub fn running(self) -> Self {
         Self {
             running: true,
-            request: None,
             ..self
         }
+    }
+
+    /// The variables of the build's buildspec (`env.variables`), while its request is kept
+    /// (until it finishes; none for a record of an earlier version, which dropped the request
+    /// once the build ran, or for a buildspec that does not parse).
+    pub fn buildspec_variables(&self) -> BTreeMap<String, String> {
+        self.request
+            .as_ref()
+            .and_then(|r| crate::buildspec::parse_buildspec(&r.buildspec).ok())
+            .map(|spec| spec.variables)
+            .unwrap_or_default()
     }
 
     /// The request of a build still queued (`None` once it ran, for records of earlier
@@ -286,12 +298,42 @@ mod tests {
         let back: BuildRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back.queued_request(), Some(request));
         let running = back.clone().running();
-        assert!(running.running && running.request.is_none());
-        assert_eq!(running.queued_request(), None);
+        assert!(running.running);
+        assert_eq!(
+            running.queued_request(),
+            None,
+            "a running build is not started again"
+        );
+        assert_eq!(back.clone().finished("FAULT").request, None);
         assert_eq!(back.finished("FAULT").queued_request(), None);
         assert_eq!(
             record().queued_request(),
             None,
+            "an earlier version's record"
+        );
+    }
+
+    #[test]
+    fn a_running_builds_record_keeps_its_buildspecs_variables_until_it_finishes() {
+        let queued = BuildRecord {
+            request: Some(QueuedRequest {
+                commit: "a".repeat(40),
+                architecture: Architecture::X86_64,
+                buildspec: "version: 0.2\nenv:\n  variables:\n    SIGNING_KEY: sk-0123456789\nphases:\n  build:\n    commands:\n      - make\n"
+                    .into(),
+                environment: BTreeMap::new(),
+                untrusted: false,
+            }),
+            ..record()
+        };
+        let running = queued.running();
+        assert_eq!(
+            running.buildspec_variables(),
+            BTreeMap::from([("SIGNING_KEY".to_owned(), "sk-0123456789".to_owned())])
+        );
+        assert!(running.finished("FAULT").buildspec_variables().is_empty());
+        assert!(
+            record().buildspec_variables().is_empty(),
             "an earlier version's record"
         );
     }

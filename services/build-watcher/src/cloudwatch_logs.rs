@@ -1,5 +1,6 @@
 //! The log port and its CloudWatch Logs adapter: the last events of a CodeBuild build's log
-//! stream (`GetLogEvents`, newest first from the end), for the log tail of a failed build.
+//! stream (`GetLogEvents` from the end, `startFromHead = false`; the events come oldest
+//! first), for the log tail of a failed build.
 
 use std::fmt;
 
@@ -37,7 +38,9 @@ pub enum LogReadError {
 /// Reads the end of a build's log.
 #[async_trait::async_trait]
 pub trait LogSource: Send + Sync + fmt::Debug {
-    /// The last `limit` (at most) messages of the log, oldest first.
+    /// The last `limit` (at most) messages of the log, oldest first. Fewer than `limit` does
+    /// not mean the log has no more: CloudWatch Logs stops at 1 MB of events, and may answer
+    /// with fewer (even none) while the stream holds more.
     async fn last_messages(
         &self,
         location: &LogLocation,

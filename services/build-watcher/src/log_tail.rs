@@ -6,13 +6,13 @@ use prx_ci_proto::v1;
 use prx_ci_shared::codebuild::build::{FinalStatus, LOCAL_BACKEND};
 use prx_ci_shared::log_tail::{self, Redactor};
 
-use crate::cloudwatch_logs::{LogLocation, LogReadError};
+use crate::cloudwatch_logs::LogLocation;
 use crate::report::Report;
 use crate::watched_build::WatchedBuildRecord;
 
-/// Messages asked of the log source: one more than a tail holds, so a full answer tells that
-/// the log has earlier lines.
-pub const FETCH_MESSAGES: usize = log_tail::MAX_LINES + 1;
+/// Messages asked of the log source: more than a tail holds, so redaction sees the lines
+/// before the kept ones (a private key's `BEGIN` line), [`log_tail::CONTEXT_LINES`].
+pub const FETCH_MESSAGES: usize = log_tail::MAX_LINES + log_tail::CONTEXT_LINES;
 
 /// How the tail of a completed build is found.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,21 +82,47 @@ pub fn location(report: &Report) -> Option<LogLocation> {
 }
 
 /// The tail made of the messages a log source returned (oldest first, asked for
-/// [`FETCH_MESSAGES`]): a full answer means the log has earlier lines.
+/// [`FETCH_MESSAGES`]): all of them are redacted together, the tail's bounds keep the last.
+/// Never said to be the whole log: `GetLogEvents` may return fewer events than asked while
+/// the stream holds more (it stops at 1 MB, and may even return none), so fewer messages do
+/// not prove the log's start was reached.
 pub fn from_messages(messages: &[String], redactor: &Redactor) -> v1::LogTail {
-    let earlier = messages.len() >= FETCH_MESSAGES;
-    let kept = if earlier { &messages[1..] } else { messages };
-    let text: Vec<&str> = kept
+    if messages.is_empty() {
+        return log_tail::unavailable("CloudWatch Logs returned no lines of the log");
+    }
+    let text: Vec<&str> = messages
         .iter()
         .map(|m| m.strip_suffix('\n').unwrap_or(m))
         .map(|m| m.strip_suffix('\r').unwrap_or(m))
         .collect();
-    log_tail::tail_of(&text.join("\n"), earlier, redactor)
+    log_tail::tail_of(&text.join("\n"), true, redactor)
 }
 
-/// The tail when reading the log failed (never the error's details beyond its reason).
-pub fn from_error(err: &LogReadError) -> v1::LogTail {
-    log_tail::unavailable(err.to_string())
+/// What a completion's tail is made from, found once per report before its record is read
+/// (the log is read outside the record's compare-and-set, and once however often that is
+/// retried).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TailSource {
+    /// The runner's tail, from its report.
+    Reported(v1::LogTail),
+    /// The messages read from the build's log.
+    Fetched(Vec<String>),
+    /// None can be had: why (for a failed read, its
+    /// [`LogReadError`](crate::cloudwatch_logs::LogReadError), which never carries the error's
+    /// details beyond its code).
+    Unavailable(String),
+}
+
+impl TailSource {
+    /// The tail, redacted with `redactor` (the build's record's), and its outcome for
+    /// `prx_ci_build_watcher_log_tails{outcome}`.
+    pub fn tail(&self, redactor: &Redactor) -> (v1::LogTail, &'static str) {
+        match self {
+            Self::Reported(tail) => (log_tail::sanitize(tail, redactor), "reported"),
+            Self::Fetched(messages) => (from_messages(messages, redactor), "fetched"),
+            Self::Unavailable(why) => (log_tail::unavailable(why), "unavailable"),
+        }
+    }
 }
 
 /// The redaction for a build's log: the well-known secret shapes and the values of its
@@ -118,6 +144,7 @@ pub fn redactor(record: &WatchedBuildRecord, report: &Report) -> Redactor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloudwatch_logs::LogReadError;
     use crate::report::parse_report;
 
     fn report(build_id: &str, logs: serde_json::Value) -> Report {
@@ -194,15 +221,40 @@ mod tests {
     }
 
     #[test]
-    fn a_full_answer_means_earlier_lines_and_messages_lose_their_line_breaks() {
+    fn messages_lose_their_line_breaks_and_are_never_said_to_be_the_whole_log() {
         let few: Vec<String> = vec!["[Container] one\n".into(), "two\r\n".into()];
         let tail = from_messages(&few, &Redactor::default());
         assert_eq!(tail.lines, ["[Container] one", "two"]);
-        assert!(!tail.truncated);
+        assert!(
+            tail.truncated,
+            "fewer events than asked do not prove the log's start"
+        );
         let full: Vec<String> = (0..FETCH_MESSAGES).map(|i| format!("m{i}\n")).collect();
         let tail = from_messages(&full, &Redactor::default());
         assert_eq!(tail.lines.len(), log_tail::MAX_LINES);
-        assert_eq!(tail.lines[0], "m1");
+        assert_eq!(tail.lines[0], format!("m{}", log_tail::CONTEXT_LINES));
+        assert!(tail.truncated);
+        let none = from_messages(&[], &Redactor::default());
+        assert!(none.lines.is_empty());
+        assert_eq!(
+            none.unavailable,
+            "CloudWatch Logs returned no lines of the log"
+        );
+    }
+
+    #[test]
+    fn a_key_whose_begin_line_is_before_the_kept_lines_is_masked() {
+        // A build killed while printing a key: its BEGIN line is the first message read, its
+        // body fills the kept lines, no END line follows.
+        let body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj";
+        let mut messages = vec!["-----BEGIN PRIVATE KEY-----\n".to_owned()];
+        messages.extend((1..FETCH_MESSAGES).map(|i| format!("{body}{i:02}\n")));
+        let tail = from_messages(&messages, &Redactor::default());
+        assert!(
+            tail.lines.iter().all(|l| !l.contains("MIIE")),
+            "{:?}",
+            tail.lines
+        );
         assert!(tail.truncated);
     }
 
@@ -223,7 +275,9 @@ mod tests {
             group: "/g".into(),
             stream: "s".into(),
         };
-        let tail = from_error(&LogReadError::NotFound(location));
+        let (tail, outcome) = TailSource::Unavailable(LogReadError::NotFound(location).to_string())
+            .tail(&Redactor::default());
+        assert_eq!(outcome, "unavailable");
         assert!(tail.lines.is_empty());
         assert_eq!(tail.unavailable, "log stream /g/s does not exist");
     }

@@ -34,7 +34,7 @@ use crate::build_store::BuildStore;
 use crate::cloudwatch_logs::LogSource;
 use crate::console_retry::{self, RetryMatch};
 use crate::emit::{transition_event, transition_name};
-use crate::log_tail::{self, TailPlan};
+use crate::log_tail::{self, TailPlan, TailSource};
 use crate::metrics::Metrics;
 use crate::report::{Report, ReportKind, parse_report};
 use crate::state::{self, Input, Outcome, Transition};
@@ -235,57 +235,60 @@ impl ReportHandler {
         )
     }
 
-    /// The log tail of a build completing with a status that gets one: the runner's (redacted
-    /// and bounded again), else the end of its CloudWatch Logs stream. Best effort: a missing
-    /// stream, an error or the timeout gives a tail marked unavailable, never an error, so the
-    /// completion always goes out.
-    async fn log_tail(
+    /// What the log tail of the completion `report` may cause is made from: the runner's
+    /// tail, else the end of the build's CloudWatch Logs stream. Read once per delivery,
+    /// before the record is (so the read neither widens the compare-and-set's window nor is
+    /// repeated when that is retried); `None` when the report completes nothing that gets a
+    /// tail, or its build is already final (a report handled again reads nothing). Best
+    /// effort: a missing stream, an error or the timeout gives a reason, never an error, so
+    /// the completion always goes out.
+    async fn tail_source(
         &self,
-        record: &WatchedBuildRecord,
         report: &Report,
-        transitions: &[Transition],
         reported: Option<&prx_ci_proto::v1::LogTail>,
-    ) -> Option<prx_ci_proto::v1::LogTail> {
-        let status = transitions.iter().find_map(|t| match t {
-            Transition::Completed { status } => Some(*status),
-            _ => None,
-        })?;
-        let plan = log_tail::plan(report, status, reported, self.logs.is_some())?;
-        let redactor = log_tail::redactor(record, report);
-        let (tail, outcome) = match plan {
-            TailPlan::Reported(tail) => (
-                prx_ci_shared::log_tail::sanitize(&tail, &redactor),
-                "reported",
-            ),
-            TailPlan::Unavailable(why) => {
-                (prx_ci_shared::log_tail::unavailable(why), "unavailable")
-            }
-            TailPlan::Fetch(location) => {
-                let logs = self.logs.as_ref()?;
-                let read = tokio::time::timeout(
-                    self.log_tail_timeout,
-                    logs.last_messages(&location, log_tail::FETCH_MESSAGES),
-                )
-                .await;
-                match read {
-                    Ok(Ok(messages)) => (log_tail::from_messages(&messages, &redactor), "fetched"),
-                    Ok(Err(err)) => {
-                        tracing::warn!(build_id = %report.build_id, error = %err, "no log tail for the completed build");
-                        (log_tail::from_error(&err), "unavailable")
-                    }
-                    Err(_) => {
-                        let why = format!(
-                            "reading log stream {location} took longer than {:?}",
-                            self.log_tail_timeout
-                        );
-                        tracing::warn!(build_id = %report.build_id, reason = %why, "no log tail for the completed build");
-                        (prx_ci_shared::log_tail::unavailable(why), "unavailable")
-                    }
-                }
-            }
+    ) -> Result<Option<TailSource>, HandlerError> {
+        let ReportKind::Final(status) = &report.kind else {
+            return Ok(None);
         };
-        self.metrics.log_tail(outcome);
-        Some(tail)
+        let Some(plan) = log_tail::plan(report, *status, reported, self.logs.is_some()) else {
+            return Ok(None);
+        };
+        let location = match plan {
+            TailPlan::Reported(tail) => return Ok(Some(TailSource::Reported(tail))),
+            TailPlan::Unavailable(why) => return Ok(Some(TailSource::Unavailable(why))),
+            TailPlan::Fetch(location) => location,
+        };
+        let Some(logs) = self.logs.as_ref() else {
+            return Ok(None);
+        };
+        let current = self
+            .store
+            .get(&report.build_id)
+            .await
+            .map_err(HandlerError::transient)?;
+        if current.record.is_some_and(|r| r.state.lifecycle.is_final()) {
+            return Ok(None);
+        }
+        let read = tokio::time::timeout(
+            self.log_tail_timeout,
+            logs.last_messages(&location, log_tail::FETCH_MESSAGES),
+        )
+        .await;
+        Ok(Some(match read {
+            Ok(Ok(messages)) => TailSource::Fetched(messages),
+            Ok(Err(err)) => {
+                tracing::warn!(build_id = %report.build_id, error = %err, "no log tail for the completed build");
+                TailSource::Unavailable(err.to_string())
+            }
+            Err(_) => {
+                let why = format!(
+                    "reading log stream {location} took longer than {:?}",
+                    self.log_tail_timeout
+                );
+                tracing::warn!(build_id = %report.build_id, reason = %why, "no log tail for the completed build");
+                TailSource::Unavailable(why)
+            }
+        }))
     }
 
     /// Publishes the transitions the state machine found in the report (deterministic ids),
@@ -294,13 +297,19 @@ impl ReportHandler {
         &self,
         mut record: WatchedBuildRecord,
         report: &Report,
-        reported_tail: Option<&prx_ci_proto::v1::LogTail>,
+        tail_source: Option<&TailSource>,
     ) -> Result<(WatchedBuildRecord, Outcome), HandlerError> {
         let outcome = state::apply_report(&record.state, report);
         let now = OffsetDateTime::now_utc();
-        let log_tail = self
-            .log_tail(&record, report, &outcome.transitions, reported_tail)
-            .await;
+        let completes = outcome
+            .transitions
+            .iter()
+            .any(|t| matches!(t, Transition::Completed { .. }));
+        let log_tail = tail_source.filter(|_| completes).map(|source| {
+            let (tail, outcome) = source.tail(&log_tail::redactor(&record, report));
+            self.metrics.log_tail(outcome);
+            tail
+        });
         for transition in &outcome.transitions {
             let envelope = transition_event(&record, report, transition, now, log_tail.as_ref());
             let stored = self
@@ -338,6 +347,7 @@ impl Handler for ReportHandler {
             raw.source.as_str()
         };
 
+        let tail_source = self.tail_source(&report, raw.log_tail.as_ref()).await?;
         for _ in 0..CAS_ATTEMPTS {
             let current = self
                 .store
@@ -394,7 +404,7 @@ impl Handler for ReportHandler {
                 self.metrics.report(source, "no_change");
                 return Ok(());
             }
-            let (record, outcome) = self.apply(record, &report, raw.log_tail.as_ref()).await?;
+            let (record, outcome) = self.apply(record, &report, tail_source.as_ref()).await?;
             let saved = self
                 .store
                 .save(&record, revision)

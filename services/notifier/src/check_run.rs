@@ -10,6 +10,7 @@
 //! reaches the Markdown only through [`escape`] or [`fenced`], so it renders as text.
 
 use prx_ci_shared::codebuild::env;
+use prx_ci_shared::log_tail::redact::is_format_character;
 use prx_ci_shared::notice::commit_status::context;
 use prx_ci_shared::notice::console_links::{LinkConfig, codebuild_console_url};
 use prx_ci_shared::notice::render::format_duration;
@@ -21,10 +22,10 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::config::CheckRunConfig;
 
-/// GitHub's limit on `output.summary` (and `output.text`), in characters.
-pub const MAX_SUMMARY_CHARS: usize = 65_535;
-/// Longest title written (GitHub documents no limit; a title is one line).
-const MAX_TITLE_CHARS: usize = 200;
+/// GitHub's limit on `output.summary` (and `output.text`), in bytes (of UTF-8).
+pub const MAX_SUMMARY_BYTES: usize = 65_535;
+/// Longest title written, in bytes (GitHub documents no limit; a title is one line).
+const MAX_TITLE_BYTES: usize = 200;
 /// What a path segment percent-encodes (all but letters, digits and `-_.~`).
 const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
@@ -243,7 +244,7 @@ pub fn title(view: &BuildView) -> String {
             None => "Build was stopped".to_owned(),
         },
     };
-    truncate(&text.replace(['\n', '\r'], " "), MAX_TITLE_CHARS)
+    truncate(&text.replace(['\n', '\r'], " "), MAX_TITLE_BYTES)
 }
 
 /// The Markdown summary: what was built, the phases with their durations, the failed phase
@@ -339,15 +340,17 @@ pub fn summary(view: &BuildView) -> String {
         view.effective_state(),
         BuildState::Failed | BuildState::Fault | BuildState::TimedOut
     ) {
-        let room = MAX_SUMMARY_CHARS.saturating_sub(out.chars().count());
+        let room = MAX_SUMMARY_BYTES.saturating_sub(out.len());
         out.push_str(&log_section(view, room));
     }
-    truncate(&out, MAX_SUMMARY_CHARS)
+    truncate(&out, MAX_SUMMARY_BYTES)
 }
 
 /// The log section of a build that did not succeed: the link to its log, then its last lines
 /// (`view.log_tail`: redacted and bounded by the build-watcher) in a fence no line of them can
-/// close, or why they are missing; within `room` characters (the earliest lines go first).
+/// close, or why they are missing; within `room` bytes (the earliest lines go first). Said to
+/// be the whole log only when its producer knows it is (`truncated` false: the local runner
+/// read the log from its start); a CloudWatch Logs tail never is.
 fn log_section(view: &BuildView, room: usize) -> String {
     let mut out = String::from("\n### Log\n\n");
     match web_url(&view.log_url) {
@@ -374,14 +377,15 @@ fn log_section(view: &BuildView, room: usize) -> String {
         let shown = &tail.lines[skip..];
         let intro = if tail.truncated || skip > 0 {
             format!(
-                "\nThe last {} lines, secrets masked (earlier lines are not shown, long lines are cut):\n\n",
-                shown.len()
+                "\nThe last {} {}, secrets masked (any earlier lines are not shown, long lines are cut):\n\n",
+                shown.len(),
+                if shown.len() == 1 { "line" } else { "lines" }
             )
         } else {
             "\nThe whole log, secrets masked:\n\n".to_owned()
         };
         let section = format!("{out}{intro}{}", fenced(&shown.join("\n")));
-        if section.chars().count() <= room {
+        if section.len() <= room {
             return section;
         }
     }
@@ -424,7 +428,8 @@ fn publish_line(p: &PublishView) -> String {
 
 /// Text as Markdown text: every ASCII punctuation character that Markdown (or GitHub's
 /// mentions, references and `$` math) reads is backslash-escaped, line breaks become spaces,
-/// control and invisible format characters (e.g. a right-to-left override) are dropped.
+/// control and invisible format characters (e.g. a right-to-left override, the list of
+/// `prx_ci_shared::log_tail::redact::is_format_character`) are dropped.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -440,14 +445,6 @@ pub fn escape(text: &str) -> String {
         }
     }
     out
-}
-
-/// Unicode's invisible format characters (general category Cf) that change how the text
-/// around them reads: bidirectional controls, zero-width characters, the soft hyphen.
-fn is_format_character(c: char) -> bool {
-    matches!(c,
-        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// Text inside a one-backtick code span: backticks and line breaks cannot appear there.
@@ -489,11 +486,16 @@ fn link_target(url: &str) -> String {
         .collect()
 }
 
+/// `text` within `max` bytes: when longer, cut at a character boundary and ended with `…`.
 fn truncate(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
+    if text.len() <= max {
         return text.to_owned();
     }
-    let mut cut: String = text.chars().take(max - 1).collect();
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut cut = text[..end].to_owned();
     cut.push('…');
     cut
 }

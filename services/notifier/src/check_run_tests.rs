@@ -182,10 +182,54 @@ fn the_body_carries_every_field_github_needs() {
 fn a_huge_summary_is_cut_to_githubs_limit() {
     let mut view = view(vec![("r", requested())]);
     view.failed_phase = Some("BUILD".into());
-    view.failure_message = Some("x".repeat(MAX_SUMMARY_CHARS * 2));
+    view.failure_message = Some("x".repeat(MAX_SUMMARY_BYTES * 2));
     let summary = summary(&view);
-    assert_eq!(summary.chars().count(), MAX_SUMMARY_CHARS);
+    assert_eq!(summary.len(), MAX_SUMMARY_BYTES);
     assert!(summary.ends_with('…'));
+}
+
+#[test]
+fn the_limit_is_in_bytes_and_a_cut_never_splits_a_character() {
+    // Two bytes a character: under the limit in characters, twice over it in bytes.
+    let mut view = view(vec![("r", requested())]);
+    view.failed_phase = Some("BUILD".into());
+    view.failure_message = Some("é".repeat(MAX_SUMMARY_BYTES - 1_000));
+    let summary = summary(&view);
+    assert!(summary.len() <= MAX_SUMMARY_BYTES, "{}", summary.len());
+    assert!(summary.len() > MAX_SUMMARY_BYTES - 4);
+    assert!(summary.ends_with("é…"));
+    // Three bytes a character, cut at every offset near the limit.
+    for extra in 0..4 {
+        let text = format!(
+            "{}{}",
+            "a".repeat(extra),
+            "€".repeat(MAX_SUMMARY_BYTES / 3 + 1)
+        );
+        let cut = truncate(&text, MAX_SUMMARY_BYTES);
+        assert!(
+            cut.len() <= MAX_SUMMARY_BYTES && cut.ends_with('…'),
+            "{extra}"
+        );
+    }
+    assert_eq!(truncate("ab€", 5), "ab€");
+    assert_eq!(truncate("ab€c", 5), "ab…");
+    assert_eq!(truncate("a€cd", 5), "a…");
+}
+
+#[test]
+fn the_log_tail_fits_githubs_limit_in_bytes() {
+    // 50 lines of 150 three-byte characters: 22,500 bytes, 7,500 characters.
+    let lines: Vec<String> = (0..50)
+        .map(|i| format!("{i:02} {}", "€".repeat(150)))
+        .collect();
+    let mut view = failed_with_tail(lines, true);
+    view.failed_phase = Some("BUILD".into());
+    view.failure_message = Some("x".repeat(MAX_SUMMARY_BYTES - 10_000));
+    let text = summary(&view);
+    assert!(text.len() <= MAX_SUMMARY_BYTES, "{}", text.len());
+    assert!(!text.ends_with('…'), "cut whole lines, not the text");
+    assert!(text.contains(&format!("49 {}\n```", "€".repeat(150))));
+    assert!(!text.contains(&format!("00 {}", "€".repeat(150))));
 }
 
 fn failed_with_tail(lines: Vec<String>, truncated: bool) -> BuildView {
@@ -212,7 +256,10 @@ fn the_log_tail_is_fenced_so_no_line_of_it_can_close_the_block() {
     ];
     let text = summary(&failed_with_tail(lines.clone(), false));
     let (_, log) = text.split_once("### Log").unwrap();
-    assert!(log.contains("The whole log, secrets masked:"), "{log}");
+    assert!(
+        log.contains("The whole log, secrets masked:"),
+        "a tail its producer says is whole: {log}"
+    );
     let fence = "`".repeat(8);
     let block = format!("{fence}text\n{}\n{fence}\n", lines.join("\n"));
     assert!(log.ends_with(&block), "{log}");
@@ -226,7 +273,7 @@ fn the_log_tail_is_fenced_so_no_line_of_it_can_close_the_block() {
 fn a_cut_tail_says_so_and_an_unavailable_one_says_why() {
     let text = summary(&failed_with_tail(vec!["last".into()], true));
     assert!(
-        text.contains("The last 1 lines, secrets masked (earlier lines are not shown"),
+        text.contains("The last 1 line, secrets masked (any earlier lines are not shown"),
         "{text}"
     );
     let mut view = failed_with_tail(Vec::new(), false);
@@ -246,11 +293,16 @@ fn the_log_tail_gives_up_its_earliest_lines_to_stay_within_githubs_limit() {
     let mut view = failed_with_tail(lines, false);
     view.failed_phase = Some("BUILD".into());
     // Leaves room for about 20 of the 50 lines.
-    view.failure_message = Some("x".repeat(MAX_SUMMARY_CHARS - 3_500));
+    view.failure_message = Some("x".repeat(MAX_SUMMARY_BYTES - 3_500));
     let text = summary(&view);
-    assert!(text.chars().count() <= MAX_SUMMARY_CHARS);
+    assert!(text.len() <= MAX_SUMMARY_BYTES);
     assert!(!text.ends_with('…'), "cut whole lines, not the text");
     assert!(text.contains(&format!("49 {}\n```", "y".repeat(150))));
     assert!(!text.contains(&format!("00 {}", "y".repeat(150))));
-    assert!(text.contains("secrets masked (earlier lines are not shown"));
+    assert!(text.contains("secrets masked (any earlier lines are not shown"));
+}
+
+#[test]
+fn invisible_characters_are_dropped_by_the_shared_list() {
+    assert_eq!(escape("a\u{E0041}\u{E007F}\u{202E}\u{200B}b"), "ab");
 }

@@ -23,6 +23,9 @@ pub const MAX_REASON_CHARS: usize = 300;
 /// How much of the end of a log file a producer reads to make a tail: enough for
 /// [`MAX_LINES`] lines of up to 1 KiB, so the tail is cut by its own bounds, not by the read.
 pub const READ_BYTES: u64 = 64 * 1024;
+/// Lines a producer that reads a log by lines (the build-watcher) reads beyond [`MAX_LINES`],
+/// so redaction sees what comes before the kept lines (a private key's `BEGIN` line).
+pub const CONTEXT_LINES: usize = 10;
 /// What ends a line cut to [`MAX_LINE_CHARS`].
 pub const CUT_MARK: char = '…';
 
@@ -36,11 +39,19 @@ pub fn wants_tail(status: FinalStatus) -> bool {
     )
 }
 
-/// The tail of a log whose end is `text` (whole lines, oldest first; `earlier`: the log has
-/// lines before `text`): redacted as a whole (so a private key block spanning lines is found),
-/// then the last lines within the bounds.
+/// The tail of a log whose end is `text` (whole lines, oldest first; `earlier`: the log has,
+/// or may have, lines before `text`): redacted as a whole (so a private key block spanning
+/// lines is found, and a secret straddling a bound is masked before the bound cuts it), then
+/// the last lines within the bounds. A producer passes more than the bounds keep when it can
+/// (the build-watcher [`CONTEXT_LINES`] more lines, the runner [`READ_BYTES`]), so what is
+/// kept was redacted with some context before it.
 pub fn tail_of(text: &str, earlier: bool, redactor: &Redactor) -> v1::LogTail {
     let redacted = redactor.redact(text);
+    let redacted = if earlier {
+        redact::mask_leading_key_body(&redacted).into_owned()
+    } else {
+        redacted
+    };
     let lines: Vec<&str> = redacted
         .trim_end_matches('\n')
         .split('\n')
@@ -75,6 +86,28 @@ fn bounded(lines: &[&str], earlier: bool) -> v1::LogTail {
     v1::LogTail {
         lines: kept,
         truncated,
+        unavailable: String::new(),
+    }
+}
+
+/// The tail of a log whose end is the end of one long line, `text` (its start cut off by the
+/// read, whatever follows it blank): redacted as a whole, then its last characters, starting
+/// with [`CUT_MARK`]. Kept only when it is longer than [`MAX_LINE_CHARS`], so what is kept
+/// never starts at the read's cut (where the end of a secret could no longer be recognized).
+pub fn tail_of_line_end(text: &str, redactor: &Redactor) -> v1::LogTail {
+    let redacted = redactor.redact(text);
+    let line = redacted.trim_end();
+    let line = line.rsplit('\n').next().unwrap_or_default();
+    let count = line.chars().count();
+    if line.trim().is_empty() || count <= MAX_LINE_CHARS {
+        return unavailable("the end of the log is blank");
+    }
+    let kept: String = std::iter::once(CUT_MARK)
+        .chain(line.chars().skip(count - (MAX_LINE_CHARS - 1)))
+        .collect();
+    v1::LogTail {
+        lines: vec![kept],
+        truncated: true,
         unavailable: String::new(),
     }
 }

@@ -76,7 +76,9 @@ pub static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
             r"(?s)-----BEGIN[A-Z0-9 ]* PRIVATE KEY-----.*?(?:-----END[A-Z0-9 ]* PRIVATE KEY-----|\z)",
             "[REDACTED PRIVATE KEY]",
         ),
-        // A private key whose beginning is before the text: everything up to its end.
+        // A private key whose beginning is before the text: everything up to its end. (One
+        // with neither its BEGIN nor its END line, the build killed mid-print, is
+        // [`mask_leading_key_body`]'s: only a text that starts at a cut can start inside one.)
         pattern(
             "pem_private_key_end",
             r"(?s)\A.*?-----END[A-Z0-9 ]* PRIVATE KEY-----",
@@ -90,46 +92,82 @@ pub static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
             r"github_pat_[A-Za-z0-9_]{20,}",
             MASK,
         ),
+        // GitLab personal access tokens.
+        pattern("gitlab_token", r"glpat-[A-Za-z0-9_-]{20,}", MASK),
+        // npm access tokens (`npm_` and 36 letters or digits).
+        pattern("npm_token", r"npm_[A-Za-z0-9]{36}", MASK),
+        // PyPI API tokens (a macaroon: `pypi-AgE...`).
+        pattern("pypi_token", r"pypi-AgE[A-Za-z0-9_-]{20,}", MASK),
+        // JSON Web Tokens: a header and a payload that are JSON objects (`eyJ`), a signature.
+        pattern(
+            "jwt",
+            r"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*",
+            MASK,
+        ),
         // Slack: bot, user, app, workspace, refresh, configuration tokens.
         pattern("slack_token", r"xox[abposr]-[A-Za-z0-9-]{10,}", MASK),
         // AWS access key ids (long-term and temporary).
         pattern("aws_access_key_id", r"(?:AKIA|ASIA)[A-Z0-9]{16}", MASK),
-        // `https://user:password@host`: the password.
+        // `https://user:password@host`: the password, up to the last `@` before the host (a
+        // password may hold an unencoded `@`; so may a user name).
         pattern(
             "url_credentials",
-            r"(?P<keep>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@",
+            r"(?P<keep>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:]*:)[^/\s]+@",
             "${keep}[REDACTED]@",
         ),
-        // `Authorization: Bearer x`, `authorization=token x`, `Authorization: Basic x`.
+        // `Authorization: Bearer x`, `authorization=token x`, `Authorization: Basic x`. No
+        // `\s` that could cross a line break: the next line's first word is not the value.
         pattern(
             "authorization_header",
-            r#"(?i)(?P<keep>authorization["']?\s*[:=]\s*["']?(?:(?:bearer|token|basic)\s+)?)[^\s"',;]+"#,
+            r#"(?i)(?P<keep>authorization["']?[^\S\n]*[:=][^\S\n]*["']?(?:(?:bearer|token|basic)[^\S\n]+)?)[^\s"',;]+"#,
             "${keep}[REDACTED]",
         ),
         pattern(
             "bearer_token",
-            r"(?i)(?P<keep>\bbearer\s+)[A-Za-z0-9._~+/=-]{8,}",
+            r"(?i)(?P<keep>\bbearer[^\S\n]+)[A-Za-z0-9._~+/=-]{8,}",
             "${keep}[REDACTED]",
         ),
-        // `aws_secret_access_key = x`, `export NPM_TOKEN=x`, `"password": "x"`: the value of
-        // an assignment to a secret-looking name (not one already masked, which starts with
-        // `[`: `https://x-access-token:[REDACTED]@host` keeps its host).
+        // `Cookie: a=b; c=d`, `Set-Cookie: session=x; Path=/`: the whole value.
+        pattern(
+            "cookie_header",
+            r#"(?i)(?P<keep>\b(?:set-)?cookie["']?[^\S\n]*[:=][^\S\n]*["']?)[^\s"'\[][^\n"']*"#,
+            "${keep}[REDACTED]",
+        ),
+        // `--password hunter2`, `--token x` (a space instead of `=`; `--password-stdin` is
+        // another flag).
+        pattern(
+            "secret_flag",
+            r#"(?i)(?P<keep>--(?:password|passwd|token|api[_-]?key|secret)[^\S\n]+["']?)[^\s"'\[-][^\s"']*"#,
+            "${keep}[REDACTED]",
+        ),
+        // `docker login -u AWS -p x`, `npm login ... -p x`: `-p` is the password only after a
+        // `login`.
+        pattern(
+            "login_password_flag",
+            r#"(?i)(?P<keep>\blogin\b[^\n]*?[^\S\n]-p(?:[^\S\n]+|=)["']?)[^\s"'\[-][^\s"']*"#,
+            "${keep}[REDACTED]",
+        ),
+        // `aws_secret_access_key = x`, `export NPM_TOKEN=x`, `"password": "x"`, `x-api-key: x`,
+        // `SIGNING_KEY=x`: the value of an assignment to a secret-looking name (not one already
+        // masked, which starts with `[`: `https://x-access-token:[REDACTED]@host` keeps its
+        // host).
         pattern(
             "secret_assignment",
-            r#"(?i)(?P<keep>[A-Za-z0-9_.-]*(?:secret|token|password|passwd|passphrase|credential|api_?key|access_?key|private_?key)[A-Za-z0-9_.-]*["']?\s*[:=]\s*["']?)[^\s"',;\[][^\s"',;]*"#,
+            r#"(?i)(?P<keep>[A-Za-z0-9_.-]*(?:secret|token|password|passwd|passphrase|credential|api[_-]?key|access[_-]?key|private[_-]?key|[_-]key\b)[A-Za-z0-9_.-]*["']?[^\S\n]*[:=][^\S\n]*["']?)[^\s"',;\[][^\s"',;]*"#,
             "${keep}[REDACTED]",
         ),
     ]
 });
 
 /// Strips what a terminal would interpret rather than show: ANSI escape sequences (CSI, OSC,
-/// two-character escapes), control characters (a tab becomes a space; a carriage return keeps
-/// what follows it, as a terminal shows the rewritten line) and invisible Unicode format
-/// characters (bidirectional overrides, zero-width characters). Line breaks stay.
+/// two-character escapes; an OSC or DCS string left unterminated ends at the line break),
+/// control characters (a tab becomes a space; a carriage return keeps what follows it, as a
+/// terminal shows the rewritten line) and invisible Unicode format characters
+/// ([`is_format_character`]). Line breaks stay.
 pub fn strip_terminal_controls(text: &str) -> String {
     static ESCAPES: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(
-            r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\|\z)|\x1b[PX^_][^\x1b]*(?:\x1b\\|\z)|\x1b[ -/]*[0-~]|\x9b[0-?]*[ -/]*[@-~]",
+            r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b\n]*(?:\x07|\x1b\\)?|\x1b[PX^_][^\x1b\n]*(?:\x1b\\)?|\x1b[ -/]*[0-~]|\x9b[0-?]*[ -/]*[@-~]",
         )
         .expect("escape pattern")
     });
@@ -153,11 +191,33 @@ pub fn strip_terminal_controls(text: &str) -> String {
     out
 }
 
-/// Unicode's invisible format characters that change how the text around them reads.
-fn is_format_character(c: char) -> bool {
+/// Unicode's invisible format characters that change how the text around them reads:
+/// bidirectional controls, zero-width characters, the soft hyphen, and tag characters (which
+/// can smuggle invisible text). The one list: the notifier's Markdown escaping uses it too.
+pub fn is_format_character(c: char) -> bool {
     matches!(c,
         '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{E0000}'..='\u{E007F}')
+}
+
+/// Shortest line taken for a private key's body by [`mask_leading_key_body`] (a PEM body's
+/// lines are 64 characters, an OpenSSH key's 70).
+pub const KEY_BODY_LINE_CHARS: usize = 60;
+
+/// A text that starts at a cut (`earlier` lines were left out) inside a private key's body, its
+/// `BEGIN` line among those left out and no `END` line after it (the build was killed
+/// mid-print): its leading run of base64-only lines, the first at least
+/// [`KEY_BODY_LINE_CHARS`] long, is masked. Only at the start of such a text: anywhere else,
+/// a key's `BEGIN` line is in the text and [`PATTERNS`] masks the block.
+pub fn mask_leading_key_body(text: &str) -> std::borrow::Cow<'_, str> {
+    static BODY: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(&format!(
+            r"(?m)\A[A-Za-z0-9+/]{{{KEY_BODY_LINE_CHARS},}}={{0,2}}$(?:\n[A-Za-z0-9+/]+={{0,2}}$)*"
+        ))
+        .expect("key body pattern")
+    });
+    BODY.replace(text, "[REDACTED PRIVATE KEY]")
 }
 
 /// Masks secrets in build output: the well-known shapes and the given exact values.

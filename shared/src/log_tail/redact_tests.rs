@@ -19,6 +19,19 @@ fn ansi_escapes_and_control_characters_are_stripped() {
     );
     assert_eq!(redact("rtl \u{202E}txt.exe\u{200B}"), "rtl txt.exe");
     assert_eq!(redact("line 1\nline 2\n"), "line 1\nline 2\n");
+    // Tag characters: invisible text.
+    assert_eq!(redact("flag\u{E0041}\u{E0062}\u{E007F} ok"), "flag ok");
+    assert!(is_format_character('\u{E0020}') && !is_format_character('e'));
+}
+
+#[test]
+fn an_unterminated_osc_or_dcs_string_ends_at_its_line() {
+    assert_eq!(
+        redact("a\x1b]8;;https://x never closed\nnext line\nlast"),
+        "a\nnext line\nlast"
+    );
+    assert_eq!(redact("\x1bPq#0;2;0;0;0\nafter"), "\nafter");
+    assert_eq!(redact("b\x1b]0;title\x07 shown"), "b shown");
 }
 
 #[test]
@@ -124,6 +137,98 @@ fn url_credentials_lose_their_password() {
 }
 
 #[test]
+fn every_secret_shape_is_masked_and_what_surrounds_it_kept() {
+    let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+    let npm = format!("npm_{}", "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8");
+    let pypi = "pypi-AgEIcHlwaS5vcmcCJGFiY2RlZmdoLWlqa2wtbW5vcC1xcnN0LXV2d3h5ejAxMjM0NQ";
+    let cases: Vec<(String, &str)> = vec![
+        // Header and assignment names with `-` or `_` between their words.
+        ("x-api-key: abcdef123456".into(), "x-api-key: [REDACTED]"),
+        ("X-Api-Key=abc123xyz".into(), "X-Api-Key=[REDACTED]"),
+        ("ACCESS-KEY: AbC123".into(), "ACCESS-KEY: [REDACTED]"),
+        ("private-key=xyz123".into(), "private-key=[REDACTED]"),
+        // Names ending in `_KEY` / `-KEY`.
+        ("SIGNING_KEY=abcdef".into(), "SIGNING_KEY=[REDACTED]"),
+        (
+            "RAILS_MASTER_KEY=0123456789abcdef rake".into(),
+            "RAILS_MASTER_KEY=[REDACTED] rake",
+        ),
+        ("deploy-key: xyz".into(), "deploy-key: [REDACTED]"),
+        ("KEY_ID=abc keyboard=us".into(), "KEY_ID=abc keyboard=us"),
+        // Well-known flags given their value after a space.
+        (
+            "mysql --password hunter2 -h db".into(),
+            "mysql --password [REDACTED] -h db",
+        ),
+        ("gh --token abcdef1 x".into(), "gh --token [REDACTED] x"),
+        (
+            r#"cli --password "hunter2" -v"#.into(),
+            r#"cli --password "[REDACTED]" -v"#,
+        ),
+        (
+            "docker login --password-stdin registry".into(),
+            "docker login --password-stdin registry",
+        ),
+        // `-p` is a password only after `login`.
+        (
+            "docker login -u AWS -p eyJwYXlsb2FkIjoi 1234.dkr.ecr".into(),
+            "docker login -u AWS -p [REDACTED] 1234.dkr.ecr",
+        ),
+        ("npm login -p=s3cr3t".into(), "npm login -p=[REDACTED]"),
+        ("tar -p -xf a.tar".into(), "tar -p -xf a.tar"),
+        ("mkdir -p build/out".into(), "mkdir -p build/out"),
+        // Bare tokens.
+        (format!("using {npm} now"), "using [REDACTED] now"),
+        (format!("twine {pypi}"), "twine [REDACTED]"),
+        ("glpat-AbCdEfGhIjKlMnOpQrSt".into(), "[REDACTED]"),
+        (format!("id {jwt} ok"), "id [REDACTED] ok"),
+        // Cookies.
+        (
+            "Cookie: session=abc123; theme=dark".into(),
+            "Cookie: [REDACTED]",
+        ),
+        (
+            "< Set-Cookie: sid=xyz; Path=/; HttpOnly".into(),
+            "< Set-Cookie: [REDACTED]",
+        ),
+        // A URL password holding an `@`, a user name holding one.
+        (
+            "https://u:p@ss@host/x@y".into(),
+            "https://u:[REDACTED]@host/x@y",
+        ),
+        (
+            "https://me@corp.com:pw@host".into(),
+            "https://me@corp.com:[REDACTED]@host",
+        ),
+        // A name at the end of a line: the next line's first word is not its value.
+        ("password:\nnext line".into(), "password:\nnext line"),
+        ("Authorization:\nfoo".into(), "Authorization:\nfoo"),
+        ("bearer\nabcdefghijkl".into(), "bearer\nabcdefghijkl"),
+        ("--password\nnext".into(), "--password\nnext"),
+        ("Cookie:\nnext".into(), "Cookie:\nnext"),
+    ];
+    for (text, expected) in &cases {
+        assert_eq!(redact(text), *expected, "{text:?}");
+        assert_eq!(redact(expected), *expected, "masked again: {expected:?}");
+    }
+}
+
+#[test]
+fn a_key_body_at_the_start_of_a_cut_text_is_masked() {
+    let body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj";
+    let text = format!("{body}\n{body}\nMZ9ab==\nnpm ERR! killed\n");
+    assert_eq!(
+        mask_leading_key_body(&text),
+        "[REDACTED PRIVATE KEY]\nnpm ERR! killed\n"
+    );
+    // Short base64-looking lines (a commit, a word) are not a key's body.
+    let commit = "4e1d7b0c9a2f3e8d6c5b4a3928171605f4e3d2c1\nnext";
+    assert_eq!(mask_leading_key_body(commit), commit);
+    let later = format!("error\n{body}");
+    assert_eq!(mask_leading_key_body(&later), later);
+}
+
+#[test]
 fn exact_values_are_masked_longest_first() {
     let r = Redactor::new(["supersecretvalue".to_owned(), "supersecret".to_owned()]);
     assert_eq!(
@@ -182,6 +287,10 @@ fn shaped_secret() -> impl Strategy<Value = String> {
         "github_pat_[A-Za-z0-9_]{40,82}",
         "xox[abposr]-[0-9]{10,13}-[A-Za-z0-9]{10,24}",
         "(AKIA|ASIA)[A-Z0-9]{16}",
+        "npm_[A-Za-z0-9]{36}",
+        "glpat-[A-Za-z0-9_-]{20}",
+        "pypi-AgE[A-Za-z0-9_-]{40,80}",
+        "eyJ[A-Za-z0-9_-]{10,30}\\.eyJ[A-Za-z0-9_-]{10,30}\\.[A-Za-z0-9_-]{10,43}",
     ]
 }
 

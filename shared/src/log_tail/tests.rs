@@ -68,6 +68,64 @@ fn the_tail_is_redacted_before_it_is_cut() {
 }
 
 #[test]
+fn a_token_straddling_a_lines_character_bound_is_masked_before_the_line_is_cut() {
+    // The token spans characters 491-530: cut first, its first 8 characters would be kept,
+    // too few to be recognized.
+    let token = "ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8";
+    let text = format!("{} {token} tail\n", "x".repeat(490));
+    let tail = tail_of(&text, false, &Redactor::default());
+    let line = &tail.lines[0];
+    assert_eq!(line.chars().count(), MAX_LINE_CHARS);
+    assert!(!line.contains("ghp_"), "{line}");
+    assert!(
+        line.starts_with(&format!("{} [REDACTE", "x".repeat(490))),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_key_straddling_the_byte_bound_is_masked_before_the_bound_cuts_it() {
+    // The key's BEGIN line is before the last 8 KiB, its body (no END: the build was killed)
+    // fills them: cut first, the body would be kept without its BEGIN line.
+    let body: String = (0..20)
+        .map(|i| format!("key material line {i:02} {}\n", "m".repeat(420)))
+        .collect();
+    let text = format!("step 1\n-----BEGIN EC PRIVATE KEY-----\n{body}");
+    assert!(body.len() > MAX_BYTES);
+    let tail = tail_of(&text, false, &Redactor::default());
+    assert_eq!(tail.lines, ["step 1", "[REDACTED PRIVATE KEY]"]);
+}
+
+#[test]
+fn a_key_body_without_its_markers_at_the_start_of_a_cut_text_is_masked() {
+    let body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj";
+    let text = format!("{body}\n{body}\nnpm ERR! signal SIGKILL\n");
+    let tail = tail_of(&text, true, &Redactor::default());
+    assert_eq!(
+        tail.lines,
+        ["[REDACTED PRIVATE KEY]", "npm ERR! signal SIGKILL"]
+    );
+    // At the start of a whole log it is not the rest of a key (nothing was cut before it).
+    let tail = tail_of(&text, false, &Redactor::default());
+    assert_eq!(tail.lines[0], body);
+}
+
+#[test]
+fn the_end_of_one_long_line_keeps_its_last_characters() {
+    let text = format!("{} AKIAIOSFODNN7EXAMPLE the end\n\n", "y".repeat(2_000));
+    let tail = tail_of_line_end(&text, &Redactor::default());
+    let line = &tail.lines[0];
+    assert_eq!(line.chars().count(), MAX_LINE_CHARS);
+    assert!(line.starts_with(CUT_MARK), "{line}");
+    assert!(line.ends_with("y [REDACTED] the end"), "{line}");
+    assert!(tail.truncated);
+    // A line no longer than the bound may start where the read cut it: not kept.
+    let short = tail_of_line_end("...hp_abc123 end\n", &Redactor::default());
+    assert!(short.lines.is_empty());
+    assert_eq!(short.unavailable, "the end of the log is blank");
+}
+
+#[test]
 fn an_empty_log_says_so() {
     let tail = tail_of("\n\n", false, &Redactor::default());
     assert!(tail.lines.is_empty());

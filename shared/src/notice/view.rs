@@ -72,7 +72,8 @@ impl BuildState {
 pub struct LogTailView {
     /// Oldest first.
     pub lines: Vec<String>,
-    /// Earlier lines were left out, or a line was cut.
+    /// Earlier lines were (or may have been) left out, or a line was cut; false only when
+    /// the lines are known to be the whole log.
     #[serde(default)]
     pub truncated: bool,
     /// Why there are no lines (`None` when the log was read).

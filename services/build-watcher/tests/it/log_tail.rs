@@ -3,6 +3,7 @@
 //! marked unavailable and never holds the completion back.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
@@ -10,9 +11,10 @@ use prx_ci_build_watcher::REPORTS_CONSUMER;
 use prx_ci_build_watcher::cloudwatch_logs::{CloudWatchLogs, LogLocation, LogReadError, LogSource};
 use prx_ci_proto::v1::envelope::Payload;
 use prx_ci_shared::bus::envelope::new_event_id;
+use prx_ci_shared::kv::Modify;
 use prx_ci_shared::log_tail::MAX_LINES;
 
-use crate::utils::{PROJECT, World, completed, fixture, new_build_id, test_config};
+use crate::utils::{PROJECT, World, arn_of, completed, fixture, new_build_id, test_config};
 
 const TOKEN: &str = "ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8";
 
@@ -213,6 +215,69 @@ async fn a_log_source_that_hangs_gives_an_unavailable_tail_after_the_timeout_and
     world.stop().await;
 }
 
+/// A log source that counts its reads and, at the first, rewrites the build's record (as a
+/// concurrent report would): a read inside the record's compare-and-set would make that fail
+/// and be retried, reading again.
+#[derive(Debug)]
+struct RewritesTheRecord {
+    store: prx_ci_build_watcher::BuildStore,
+    build_id: String,
+    reads: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl LogSource for RewritesTheRecord {
+    async fn last_messages(&self, _: &LogLocation, _: usize) -> Result<Vec<String>, LogReadError> {
+        if self.reads.fetch_add(1, Ordering::SeqCst) == 0 {
+            // Under whichever id the record is kept (the ARN or `project:uuid`).
+            let mut rewritten = false;
+            for id in [arn_of(&self.build_id), self.build_id.clone()] {
+                let (wrote, _) = self
+                    .store
+                    .modify(&id, |record| {
+                        if record.is_new() {
+                            Modify::Keep(false)
+                        } else {
+                            Modify::Write(true)
+                        }
+                    })
+                    .await
+                    .unwrap();
+                rewritten |= wrote;
+            }
+            assert!(rewritten, "no record of {} to rewrite", self.build_id);
+        }
+        Ok(vec![format!("npm ERR! {TOKEN}\n")])
+    }
+}
+
+#[tokio::test]
+async fn the_log_is_read_once_per_report_outside_the_records_compare_and_set() {
+    let mut world = World::nats_only().await;
+    let build_id = new_build_id();
+    let logs = Arc::new(RewritesTheRecord {
+        store: world.store.clone(),
+        build_id: build_id.clone(),
+        reads: AtomicUsize::new(0),
+    });
+    world.start_with_logs(test_config(), None, None, Some(logs.clone()));
+    world.request(&build_id).await;
+    let event = fixture("state-failed.json", &build_id);
+    world.report(&event, "sqs").await;
+    let tail = completed(&world.until_completed(&build_id).await)
+        .log_tail
+        .unwrap();
+    assert_eq!(tail.lines, ["npm ERR! [REDACTED]"]);
+    // Reported again once the build is final: nothing more is read.
+    let mut again = event.clone();
+    again["id"] = new_event_id().into();
+    world.report(&again, "reconciler").await;
+    world.until_consumer_idle(REPORTS_CONSUMER).await;
+    assert_eq!(completions(&world, &build_id).await, 1);
+    assert_eq!(logs.reads.load(Ordering::SeqCst), 1);
+    world.stop().await;
+}
+
 #[tokio::test]
 async fn a_reported_tail_is_redacted_and_bounded_again_on_the_completion() {
     let mut world = World::nats_only().await;
@@ -269,4 +334,75 @@ async fn a_failed_read_says_only_that_it_failed_and_names_no_account() {
             reason: "the request failed (see the build-watcher's log)".into()
         }
     );
+}
+
+/// Answers every request as CloudWatch Logs refuses one (moto grants everything unless its
+/// whole server enforces IAM): `AccessDeniedException`, its message naming the role and account.
+async fn refusing_endpoint() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // The request: its headers, then as many bytes as its Content-Length says.
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = conn.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let body = r#"{"__type":"AccessDeniedException","message":"User: arn:aws:sts::123456789012:assumed-role/BuildWatcherTaskRole/task is not authorized to perform: logs:GetLogEvents"}"#;
+                let response = format!(
+                    "HTTP/1.1 400 Bad Request\r\ncontent-type: application/x-amz-json-1.1\r\nx-amzn-requestid: r1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(response.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_refused_read_says_only_its_error_code() {
+    let endpoint = refusing_endpoint().await;
+    let world = World::with_aws().await;
+    let config = world
+        .moto()
+        .sdk_config()
+        .into_builder()
+        .endpoint_url(format!("http://{endpoint}"))
+        .build();
+    let logs = CloudWatchLogs::new(aws_sdk_cloudwatchlogs::Client::new(&config));
+    let location = LogLocation {
+        group: "/aws/codebuild/p".into(),
+        stream: "s".into(),
+    };
+    let err = logs.last_messages(&location, 60).await.unwrap_err();
+    assert_eq!(
+        err,
+        LogReadError::Failed {
+            location,
+            reason: "AccessDeniedException (see the build-watcher's log)".into()
+        }
+    );
+    assert!(!err.to_string().contains("123456789012"));
 }
