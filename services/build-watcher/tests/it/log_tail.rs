@@ -307,6 +307,24 @@ async fn a_reported_tail_is_redacted_and_bounded_again_on_the_completion() {
     world.stop().await;
 }
 
+/// The CloudWatch Logs reader with the world's AWS settings, reaching `endpoint` instead.
+fn logs_at(world: &World, endpoint: std::net::SocketAddr) -> CloudWatchLogs {
+    let config = world
+        .moto()
+        .sdk_config()
+        .into_builder()
+        .endpoint_url(format!("http://{endpoint}"))
+        .build();
+    CloudWatchLogs::new(aws_sdk_cloudwatchlogs::Client::new(&config))
+}
+
+fn some_location() -> LogLocation {
+    LogLocation {
+        group: "/aws/codebuild/p".into(),
+        stream: "s".into(),
+    }
+}
+
 #[tokio::test]
 async fn a_failed_read_says_only_that_it_failed_and_names_no_account() {
     // Nothing listens there: every attempt is refused.
@@ -315,17 +333,8 @@ async fn a_failed_read_says_only_that_it_failed_and_names_no_account() {
         listener.local_addr().unwrap()
     };
     let world = World::with_aws().await;
-    let config = world
-        .moto()
-        .sdk_config()
-        .into_builder()
-        .endpoint_url(format!("http://{unreachable}"))
-        .build();
-    let logs = CloudWatchLogs::new(aws_sdk_cloudwatchlogs::Client::new(&config));
-    let location = LogLocation {
-        group: "/aws/codebuild/p".into(),
-        stream: "s".into(),
-    };
+    let logs = logs_at(&world, unreachable);
+    let location = some_location();
     let err = logs.last_messages(&location, 51).await.unwrap_err();
     assert_eq!(
         err,
@@ -385,17 +394,8 @@ async fn refusing_endpoint() -> std::net::SocketAddr {
 async fn a_refused_read_says_only_its_error_code() {
     let endpoint = refusing_endpoint().await;
     let world = World::with_aws().await;
-    let config = world
-        .moto()
-        .sdk_config()
-        .into_builder()
-        .endpoint_url(format!("http://{endpoint}"))
-        .build();
-    let logs = CloudWatchLogs::new(aws_sdk_cloudwatchlogs::Client::new(&config));
-    let location = LogLocation {
-        group: "/aws/codebuild/p".into(),
-        stream: "s".into(),
-    };
+    let logs = logs_at(&world, endpoint);
+    let location = some_location();
     let err = logs.last_messages(&location, 60).await.unwrap_err();
     assert_eq!(
         err,
