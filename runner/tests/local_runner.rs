@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use prometheus_client::registry::Registry;
 use prost::Message as _;
 use prx_ci_local_runner::{Isolation, LocalRunner, LocalRunnerConfig};
@@ -134,7 +135,17 @@ impl Fixture {
         let last = stream.get_info().await.unwrap().state.last_sequence;
         let mut out = Vec::new();
         for seq in 1..=last {
-            let Ok(message) = stream.get_raw_message(seq).await else {
+            // A message that is gone is skipped; any other failed read (a timeout on a busy
+            // machine) is read again, never taken for a missing report.
+            let read = wait_until(WAIT, "a stored report to be readable", || async {
+                match stream.get_raw_message(seq).await {
+                    Ok(message) => Some(Some(message)),
+                    Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Some(None),
+                    Err(_) => None,
+                }
+            })
+            .await;
+            let Some(message) = read else {
                 continue;
             };
             if !message.subject.starts_with("prx.runner.report.") {
@@ -945,18 +956,24 @@ async fn shutdown_faults_running_builds_and_a_restart_runs_the_queued_ones() {
             .is_err(),
         "a runner shutting down refuses new builds"
     );
-    // Either may have taken the one slot first.
-    let (running, queued) = if phase_changes(&fx.events(&first.build_id).await)
-        .iter()
-        .any(|(p, _, _)| p == "BUILD")
-    {
-        (first, second)
-    } else {
-        (second, first)
-    };
+    // Either may have taken the one slot first: the running one is the one the shutdown
+    // finished (the queued one never gets a final report).
+    let (running, queued, events) =
+        wait_until(WAIT, "the interrupted build's final report", || async {
+            for (running, queued) in [(&first, &second), (&second, &first)] {
+                let events = fx.events(&running.build_id).await;
+                if events
+                    .iter()
+                    .any(|e| e.detail.additional_information.build_complete == Some(true))
+                {
+                    return Some((running.clone(), queued.clone(), events));
+                }
+            }
+            None
+        })
+        .await;
     // The running one was interrupted by the system, not by anyone's stop: FAULT (the
     // dispatcher re-runs it), its BUILD phase cut short.
-    let events = fx.finished(&running.build_id).await;
     assert_eq!(
         final_event(&events).detail.build_status.as_deref(),
         Some("FAULT")
