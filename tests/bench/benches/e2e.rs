@@ -17,6 +17,7 @@ use futures::StreamExt as _;
 use prost::Message as _;
 use prx_ci_bench::e2e::cpu;
 use prx_ci_bench::e2e::fake_aws::FakeAws;
+use prx_ci_bench::e2e::nats_traffic::Traffic;
 use prx_ci_bench::e2e::pushes::{self, Plan, Push};
 use prx_ci_bench::e2e::timeline::{self, Observed, Outcome, PhaseVerdict, Summary};
 use prx_ci_chaos::fakes::{self, FakeSlack};
@@ -309,6 +310,9 @@ struct PhaseResult {
     stages: Vec<(&'static str, Summary)>,
     /// CPU ms per push, per process.
     cpu_per_push: Vec<(String, f64)>,
+    /// JetStream API calls per push, and messages sent to nats-server per push per connection.
+    api_per_push: f64,
+    sent_per_push: Vec<(String, f64)>,
     load: String,
 }
 
@@ -323,6 +327,8 @@ impl PhaseResult {
 
 struct World {
     _nats: NatsServer,
+    /// nats-server's monitoring endpoint.
+    nats_monitor: String,
     js: async_nats::jetstream::Context,
     aws: FakeAws,
     slack: FakeSlack,
@@ -436,6 +442,7 @@ async fn start_world(plan_pushes: &[Vec<Push>]) -> anyhow::Result<World> {
         dir.path().join("services").display()
     );
     Ok(World {
+        nats_monitor: nats.monitor_url(),
         _nats: nats,
         js,
         aws,
@@ -479,6 +486,7 @@ async fn run_phase(
         .last_sequence
         + 1;
     let cpu_before = cpu_of(&world.pids);
+    let traffic_before = traffic(http, &world.nats_monitor).await?;
     let sent = send_phase(http, &world.ingress_url, pushes).await?;
     let last_send = tokio::time::Instant::now();
     let first = sent.values().filter_map(|s| s.sent).min();
@@ -525,6 +533,8 @@ async fn run_phase(
     }
     let drain = last_send.elapsed();
     let cpu_after = cpu_of(&world.pids);
+    let traffic_after = traffic(http, &world.nats_monitor).await?;
+    let (api_per_push, sent_per_push) = traffic_before.per_push(&traffic_after, pushes.len());
     let load = load_average();
 
     let logged = read_events(&world.js, from).await?;
@@ -639,6 +649,8 @@ async fn run_phase(
         not_through,
         stages,
         cpu_per_push,
+        api_per_push,
+        sent_per_push,
         load,
     })
 }
@@ -671,6 +683,33 @@ fn print_phase(r: &PhaseResult) {
             .collect();
         parts.join(", ")
     });
+    println!(
+        "nats-server per push: {:.1} JetStream API calls; messages sent to it: {}",
+        r.api_per_push,
+        {
+            let parts: Vec<String> = r
+                .sent_per_push
+                .iter()
+                .map(|(n, count)| format!("{n} {count:.1}"))
+                .collect();
+            parts.join(", ")
+        }
+    );
+}
+
+/// The server's counters now (`/jsz`, `/connz`).
+async fn traffic(http: &reqwest::Client, monitor: &str) -> anyhow::Result<Traffic> {
+    let get = |path: &'static str| async move {
+        http.get(format!("{monitor}{path}"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await
+    };
+    let (jsz, connz) = tokio::try_join!(get("/jsz"), get("/connz?limit=4096"))
+        .context("cannot read nats-server's monitoring endpoints")?;
+    Traffic::parse(&jsz, &connz).context("unexpected answer from nats-server's monitoring")
 }
 
 async fn run() -> anyhow::Result<()> {
