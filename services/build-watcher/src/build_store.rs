@@ -5,14 +5,20 @@
 //! requests and reports) and several replicas may touch one build at once, and a lost update
 //! could forget an emitted transition. Keys are [`kv::key_token`]s of the normalized build id
 //! (of the repository, commit and architecture in the request index).
+//!
+//! A report that beats its build's request waits for the record with [`BuildStore::wait_for`],
+//! in-process: one watch of the builds bucket per process ([`BuildStore::watch_builds`],
+//! [`crate::builds_watch`]) wakes it, never a consumer per wait ([`crate::record_waiters`]).
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv::Operation};
-use futures::StreamExt as _;
+use async_nats::jetstream;
+use prx_ci_shared::CancellationToken;
 use prx_ci_shared::kv::{self, KvError, Modify, Records, Versioned};
 
+use crate::builds_watch;
 use crate::console_retry::{RequestIndexRecord, RequestedBuild, index_key};
+use crate::record_waiters::{self, ReadFrom, RecordWaiters};
 use crate::watched_build::{InFlightRecord, WatchedBuildRecord};
 
 /// Bucket of build records (`deploy/nats/kv/prx_ci_builds.json`).
@@ -28,12 +34,15 @@ pub fn build_key(build_id: &str) -> String {
     kv::key_token(build_id)
 }
 
-/// The three buckets.
+/// The three buckets, and the reports waiting for a build's record (clones share them).
 #[derive(Debug, Clone)]
 pub struct BuildStore {
     builds: Records<WatchedBuildRecord>,
     in_flight: Records<InFlightRecord>,
     requests: Records<RequestIndexRecord>,
+    /// For the watch's inbox.
+    client: async_nats::Client,
+    waiters: RecordWaiters,
 }
 
 impl BuildStore {
@@ -43,6 +52,8 @@ impl BuildStore {
             builds: Records::open(js, BUILDS_BUCKET).await?,
             in_flight: Records::open(js, IN_FLIGHT_BUCKET).await?,
             requests: Records::open(js, REQUESTS_BUCKET).await?,
+            client: js.client(),
+            waiters: RecordWaiters::new(),
         })
     }
 
@@ -160,32 +171,47 @@ impl BuildStore {
         Ok(out)
     }
 
-    /// Waits up to `timeout` for a record to appear (a report racing its BuildRequested).
+    /// Waits up to `timeout` for a build's record to appear (a report racing its
+    /// BuildRequested), woken by [`Self::watch_builds`]; a record already there is returned at
+    /// once. Without a record at the deadline, the answer has none (`record: None`).
+    ///
+    /// Without the watch running (or while it is down) this waits the whole `timeout`, then
+    /// reads once more: as correct, only slower.
     pub async fn wait_for(
         &self,
         build_id: &str,
         timeout: Duration,
     ) -> Result<Versioned<WatchedBuildRecord>, KvError> {
         let key = build_key(build_id);
-        if let Ok(mut watch) = self.builds.store().watch_with_history(&key).await {
-            let appeared = tokio::time::timeout(timeout, async {
-                while let Some(Ok(entry)) = watch.next().await {
-                    if entry.operation == Operation::Put {
-                        return true;
-                    }
+        record_waiters::wait_for_record(&self.waiters, &key, timeout, |from| {
+            let (builds, key) = (&self.builds, &key);
+            async move {
+                match from {
+                    ReadFrom::AnyReplica => builds.get(key).await,
+                    ReadFrom::Leader => builds.get_from_leader(key).await,
                 }
-                false
-            })
-            .await
-            .unwrap_or(false);
-            if !appeared {
-                return Ok(Versioned {
-                    record: None,
-                    revision: 0,
-                });
             }
-        }
-        self.get(build_id).await
+        })
+        .await
+    }
+
+    /// Keeps the one watch of the builds bucket that wakes [`Self::wait_for`] until `stop`,
+    /// reopening it (with backoff) whenever it fails or ends. One per process (the store's
+    /// clones share its waiters), beside the consumers.
+    pub async fn watch_builds(&self, stop: CancellationToken) {
+        let (client, bucket) = (self.client.clone(), self.builds.store().clone());
+        builds_watch::run(
+            move || builds_watch::open(client.clone(), bucket.clone()),
+            self.waiters.clone(),
+            builds_watch::REOPEN_BACKOFF,
+            stop,
+        )
+        .await;
+    }
+
+    /// The reports waiting for a build's record (how many: [`RecordWaiters::len`]).
+    pub fn waiters(&self) -> &RecordWaiters {
+        &self.waiters
     }
 }
 

@@ -37,8 +37,22 @@ pub struct BuildWatcherConfig {
     /// Least time between two `BatchGetBuilds` calls (rate limit). Default `500ms`.
     #[serde(with = "humantime_serde")]
     pub reconcile_call_spacing: Duration,
-    /// How long a report whose build has no record yet waits, in the handler, for the
-    /// BuildRequested to be processed before it is retried later. Default `500ms`.
+    /// How long a report whose build has no record yet waits, in the handler (first delivery
+    /// only), for the BuildRequested to be processed before it is retried with the consumer's
+    /// backoff (1 s, then 2 s, 5 s, ...). Default `2s`.
+    ///
+    /// The wait ends as soon as the record is written (the process's watch of the builds
+    /// bucket wakes it; a wait costs the server nothing), so this bound only matters when the
+    /// request is really late: the request consumer is behind, or nobody requested the build
+    /// (a console retry, a build started by hand, a shadow-mode report before its shadow
+    /// request). A waiting report holds one of the `report_concurrency` strands: the reports
+    /// of the repositories that strand handles queue behind it, and once its small queue is
+    /// full the consumer pulls nothing more until it is free. 2 s is well past the request
+    /// consumer's lag short of a backlog (the race is lost by milliseconds), so a late request
+    /// rarely costs a nak and a 1 s retry (the end-to-end bench's 1 s p99 at 100 pushes/s is
+    /// read as that retry, behind the former 500 ms bound), while a build nobody requested holds
+    /// its strand at most 2 s, once. A longer bound only helps when the request consumer is
+    /// seconds behind, where the retries with backoff do about as well.
     #[serde(with = "humantime_serde")]
     pub request_wait: Duration,
     /// A report still without a BuildRequested this long after it was stored (and after the
@@ -74,7 +88,7 @@ impl Default for BuildWatcherConfig {
             reconcile_interval: Duration::from_secs(30),
             reconcile_batch_size: MAX_BATCH_GET_BUILDS,
             reconcile_call_spacing: Duration::from_millis(500),
-            request_wait: Duration::from_millis(500),
+            request_wait: Duration::from_secs(2),
             unrequested_after: Duration::from_secs(120),
             report_concurrency: 8,
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 9103)),
@@ -143,6 +157,7 @@ mod tests {
     fn defaults_and_file_values() {
         let c: BuildWatcherConfig = load_from(&figment(""), "build_watcher").unwrap();
         assert_eq!(c.reconcile_after, Duration::from_secs(300));
+        assert_eq!(c.request_wait, Duration::from_secs(2));
         assert_eq!(c.queue_url, None);
         let c: BuildWatcherConfig = load_from(
             &figment(

@@ -11,7 +11,9 @@
 //! [`state`] machine and publishes `BuildStarted`, `BuildPhaseChanged` and `BuildCompleted`
 //! ([`emit`]) in the chain of the build's `BuildRequested`, which another consumer
 //! ([`request_handler`]) records. Both keep one [`watched_build`] record per build in KV
-//! ([`build_store`]). A build nobody requested whose environment is a request's (a CodeBuild
+//! ([`build_store`]); a report that beats its request waits for the record in-process
+//! ([`record_waiters`]), woken by the one watch of the bucket the process keeps
+//! ([`builds_watch`]). A build nobody requested whose environment is a request's (a CodeBuild
 //! console "Retry build") is adopted into that request's chain ([`console_retry`]).
 //!
 //! ```no_run
@@ -28,6 +30,7 @@
 //! `queue_url` set, an SQS client.
 
 pub mod build_store;
+pub mod builds_watch;
 pub mod cloudwatch_logs;
 pub mod config;
 pub mod console_retry;
@@ -35,6 +38,7 @@ pub mod emit;
 pub mod log_tail;
 pub mod metrics;
 pub mod reconciler;
+pub mod record_waiters;
 pub mod report;
 pub mod report_handler;
 pub mod request_handler;

@@ -96,8 +96,10 @@ impl ReportHandler {
             return Ok(current);
         }
         // Only the first delivery waits in the handler (the common race: the local runner or
-        // SQS beating the dispatcher's publish by milliseconds); later ones rely on the
-        // consumer's backoff, so a build nobody requested does not hold the consumer long.
+        // SQS beating the dispatcher's publish by milliseconds, and the wait ends as soon as
+        // the record is written); later ones rely on the consumer's backoff, so a build nobody
+        // requested holds its strand for `request_wait` once, not at each of the deliveries
+        // before `unrequested_after` (config.rs: why `request_wait` is 2 s).
         let waited = if delivery.delivered <= 1 {
             self.store
                 .wait_for(&report.build_id, self.request_wait)

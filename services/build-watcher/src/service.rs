@@ -1,5 +1,5 @@
-//! Wiring: opens the build store, starts the two consumers and, in production, the SQS source
-//! and the reconciler.
+//! Wiring: opens the build store, starts its watch of the builds bucket, the two consumers and,
+//! in production, the SQS source and the reconciler.
 
 use std::sync::Arc;
 
@@ -88,6 +88,15 @@ impl BuildWatcher {
             .context("cannot open the build-watcher's KV buckets (provisioned?)")?;
         let stop = shutdown.child_token();
         let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+
+        // Wakes reports waiting for their build's record (never fails: it reopens itself).
+        tasks.spawn({
+            let (store, stop) = (store.clone(), stop.clone());
+            async move {
+                store.watch_builds(stop).await;
+                ("builds watch", Ok(()))
+            }
+        });
 
         let requests = Arc::new(RequestHandler::new(store.clone()));
         tasks.spawn({

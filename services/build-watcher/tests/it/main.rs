@@ -6,6 +6,7 @@ mod events;
 mod local;
 mod log_tail;
 mod reconciler;
+mod record_wait;
 mod shadow;
 mod sqs;
 mod state;

@@ -173,6 +173,59 @@ async fn a_report_that_arrives_before_its_request_waits_for_it() {
     world.stop().await;
 }
 
+/// The reports consumer's state.
+async fn reports_info(world: &World) -> Option<async_nats::jetstream::consumer::Info> {
+    let stream = world
+        .rt
+        .js
+        .get_stream(prx_ci_shared::bus::subject::EVENTS_STREAM)
+        .await
+        .ok()?;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(REPORTS_CONSUMER).await.ok()?;
+    consumer.info().await.ok().cloned()
+}
+
+#[tokio::test]
+async fn a_report_that_beats_its_request_is_applied_on_its_first_delivery_when_the_request_lands() {
+    let mut world = World::nats_only().await;
+    // A wait far longer than the test: only the service's watch of the builds bucket can end
+    // it in time.
+    world.start(
+        prx_ci_build_watcher::BuildWatcherConfig {
+            request_wait: Duration::from_secs(600),
+            unrequested_after: Duration::from_secs(600),
+            ..test_config()
+        },
+        None,
+        None,
+    );
+    let build_id = new_build_id();
+    world
+        .report(&fixture("state-in-progress.json", &build_id), "sqs")
+        .await;
+    wait_until(WAIT, "the report to wait for its request", || async {
+        let info = reports_info(&world).await?;
+        (info.delivered.consumer_sequence == 1 && info.num_ack_pending == 1).then_some(())
+    })
+    .await;
+    let requested = world.request(&build_id).await;
+    let events = world.until_events(&build_id, 2).await;
+    assert_eq!(names(&events), ["started", "phase:SUBMITTED"]);
+    assert_eq!(events[0].causation_id, requested.event_id);
+    world.until_consumer_idle(REPORTS_CONSUMER).await;
+    assert_eq!(
+        reports_info(&world)
+            .await
+            .unwrap()
+            .delivered
+            .consumer_sequence,
+        1,
+        "handled on its first delivery, never put back"
+    );
+    world.stop().await;
+}
+
 #[tokio::test]
 async fn two_replicas_and_two_sources_emit_each_transition_once() {
     let mut world = World::nats_only().await;
