@@ -99,8 +99,11 @@ impl ReportHandler {
         // SQS beating the dispatcher's publish by milliseconds, and the wait ends as soon as
         // the record is written); later ones rely on the consumer's backoff, so a build nobody
         // requested holds its strand for `request_wait` once, not at each of the deliveries
-        // before `unrequested_after` (config.rs: why `request_wait` is 2 s).
-        let waited = if delivery.delivered <= 1 {
+        // before `unrequested_after` (config.rs: why `request_wait` is 2 s). In shadow mode
+        // no request is ever written under the original system's build id, so nothing could
+        // end the wait early: the report goes straight to the consumer's backoff, and its next
+        // delivery looks for a matching shadow request again.
+        let waited = if delivery.delivered <= 1 && !self.mode.is_shadow() {
             self.store
                 .wait_for(&report.build_id, self.request_wait)
                 .await

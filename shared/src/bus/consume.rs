@@ -164,8 +164,9 @@ pub(crate) async fn run_consumer_only<H: Handler>(
         .get_consumer(&settings.durable)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open consumer {}: {e}", settings.durable))?;
-    // The server's ack wait is the one that counts (with a `backoff` the server replaces it by
-    // the backoff's first entry): progress is reported within it.
+    // The server's ack wait is the one that counts: progress is reported within it. It can
+    // differ from the definition's: a consumer created with a `backoff` (by hand, or by a
+    // version before provisioning stopped sending it) has the backoff's first entry instead.
     let mut settings = settings;
     let server_ack_wait = consumer.cached_info().config.ack_wait;
     if !server_ack_wait.is_zero() {
