@@ -91,6 +91,9 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<()> {
         .history(v1::HistoryRequest {
             repository: args.repository,
             filter,
+            // Every event up to the server's max_listed_events, as before pages.
+            limit: u32::MAX,
+            ..Default::default()
         })
         .await
         .map_err(status_error)?

@@ -533,6 +533,9 @@ async fn main() {
         let request = v1::HistoryRequest {
             repository: repo.clone(),
             filter: Some(history_request::Filter::Branch(branch.clone())),
+            // The whole branch, as before pages.
+            limit: u32::MAX,
+            ..Default::default()
         };
         let (samples, size) = measure(|| {
             let mut client = client.clone();
