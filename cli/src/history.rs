@@ -3,7 +3,6 @@
 
 use prx_ci_shared::domain::short_sha;
 use std::io::Write as _;
-
 use std::num::NonZeroUsize;
 
 use prost::Message as _;
