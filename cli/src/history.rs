@@ -3,8 +3,10 @@
 
 use prx_ci_shared::domain::short_sha;
 use std::io::Write as _;
+use std::num::NonZeroUsize;
 
 use prost::Message as _;
+use prx_ci_ops::client::{self, Pages};
 use prx_ci_proto::v1::{self, envelope::Payload, history_request};
 use prx_ci_shared::bus::envelope::from_timestamp;
 use prx_ci_shared::bus::subject::EventKind;
@@ -59,6 +61,10 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
 }
 
 /// Arguments of `prx-ci history`.
+///
+/// Prints the newest page of the history (the server's `[ops] history_page`, 200 events by
+/// default), oldest first, and says on stderr how many older events it left out; `--limit N`
+/// prints the newest N, `--all` every event (both read as many pages as they need).
 #[derive(Debug, clap::Args)]
 pub struct HistoryArgs {
     /// `owner/repo`.
@@ -72,6 +78,13 @@ pub struct HistoryArgs {
     /// Only this commit (full SHA or a prefix of at least 7 characters).
     #[arg(long)]
     commit: Option<String>,
+    /// The newest N events (oldest first), however many pages that takes. Default: the
+    /// server's page (`[ops] history_page`, 200 events unless configured).
+    #[arg(long, value_name = "N", conflicts_with = "all")]
+    limit: Option<NonZeroUsize>,
+    /// Every event of the history, oldest first (reads page after page).
+    #[arg(long)]
+    all: bool,
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
@@ -87,19 +100,49 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let mut client = args.ops.connect().await?;
-    let response = client
-        .history(v1::HistoryRequest {
-            repository: args.repository,
-            filter,
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let request = v1::HistoryRequest {
+        repository: args.repository,
+        filter,
+        ..Default::default()
+    };
+    let history = if args.all || args.limit.is_some() {
+        let up_to = if args.all { None } else { args.limit };
+        client::history_pages(&mut client, request, up_to)
+            .await
+            .map_err(status_error)?
+    } else {
+        // The server's default page: one call.
+        let response = client
+            .history(request)
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        Pages {
+            events: response.events,
+            older: response.older,
+        }
+    };
     let mut out = std::io::stdout().lock();
-    for event in &response.events {
+    for event in &history.events {
         writeln!(out, "{}", render_event(event, args.json))?;
     }
+    out.flush()?;
+    if let Some(note) = older_note(history.older) {
+        eprintln!("{note}");
+    }
     Ok(())
+}
+
+/// The line on stderr when the history holds events older than those printed, so a page is
+/// never taken for the whole history.
+fn older_note(older: u64) -> Option<String> {
+    match older {
+        0 => None,
+        1 => Some("1 older event not shown; --all or --limit N shows more".to_owned()),
+        n => Some(format!(
+            "{n} older events not shown; --all or --limit N shows more"
+        )),
+    }
 }
 
 /// One stored event as a line: readable (`time kind key summary`) or a JSON object.
@@ -281,6 +324,19 @@ mod tests {
             }),
             stored_at: None,
         }
+    }
+
+    #[test]
+    fn a_page_that_leaves_older_events_out_says_so() {
+        assert_eq!(older_note(0), None);
+        assert_eq!(
+            older_note(1).unwrap(),
+            "1 older event not shown; --all or --limit N shows more"
+        );
+        assert_eq!(
+            older_note(750).unwrap(),
+            "750 older events not shown; --all or --limit N shows more"
+        );
     }
 
     #[test]

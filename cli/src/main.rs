@@ -38,7 +38,12 @@ enum Command {
     Up(up::UpArgs),
     /// List stored events, oldest first.
     Events(events::EventsArgs),
-    /// The events of a repository (one branch, PR or commit), from delivery to publish.
+    /// The events of a repository (one branch, PR or commit), from delivery to publish: the
+    /// newest page (200 events by default), or --limit N, or --all.
+    ///
+    /// Events print oldest first. When the history holds older events than those printed, a
+    /// line on stderr says how many ("N older events not shown"); stdout holds only events,
+    /// also with --json. The page size is the server's `[ops] history_page`.
     History(history::HistoryArgs),
     /// Builds in flight and recent ones, with state and log link.
     Builds(builds::BuildsArgs),

@@ -9,8 +9,10 @@
 //! - serves the gRPC API and the dashboard as `OpsService::run` does and times each query kind
 //!   as a client makes it (gRPC through `prx_ci_ops::client`, what `prx-ci` uses; HTTP for the
 //!   dashboard pages): the history of one branch (several branches, answers checked against the
-//!   generator's counts), the build list (all and one repository), one build's page and one
-//!   parameter's page; p50 / p95 / max per kind.
+//!   generator's counts) as its newest page (the server's default, what `prx-ci history`
+//!   shows: the p95 target applies to it) and whole (every page, as `--all`: shown beside it,
+//!   without a target, since it grows with the branch), the build list (all and one
+//!   repository), one build's page and one parameter's page; p50 / p95 / max per kind.
 //!
 //! `cargo bench -p prx-ci-ops --bench ops` (or `scripts/bench ops`); `PRX_BENCH_EVENTS=100000`
 //! for the smaller log.
@@ -323,6 +325,8 @@ where
 /// One query kind's samples (all its keys together) and what each key answered.
 struct Kind {
     name: &'static str,
+    /// Whether the p95 target applies (a figure shown for comparison has none).
+    targeted: bool,
     samples: Vec<Duration>,
     keys: Vec<String>,
 }
@@ -331,15 +335,23 @@ impl Kind {
     fn new(name: &'static str) -> Self {
         Self {
             name,
+            targeted: true,
             samples: Vec::new(),
             keys: Vec::new(),
+        }
+    }
+
+    fn without_target(name: &'static str) -> Self {
+        Self {
+            targeted: false,
+            ..Self::new(name)
         }
     }
 
     fn add(&mut self, key: String, mut samples: Vec<Duration>) {
         samples.sort();
         println!(
-            "  {:<8} {key:<70} p50 {:>7.2} ms  p95 {:>7.2} ms  max {:>7.2} ms",
+            "  {:<11} {key:<70} p50 {:>7.2} ms  p95 {:>7.2} ms  max {:>7.2} ms",
             self.name,
             quantile(&samples, 0.5),
             quantile(&samples, 0.95),
@@ -528,12 +540,28 @@ async fn main() {
     );
     let mut kinds = Vec::new();
 
+    // The newest page (what `prx-ci history --branch` shows; the p95 target applies to it),
+    // then the whole history of the same branches (`--all`), a figure without a target: its
+    // cost grows with the branch.
     let mut history = Kind::new("history");
+    let mut history_all = Kind::without_target("history-all");
     for ((repo, branch), expected) in &probes {
         let request = v1::HistoryRequest {
             repository: repo.clone(),
             filter: Some(history_request::Filter::Branch(branch.clone())),
+            ..Default::default()
         };
+        let first = client
+            .clone()
+            .history(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (first.total as usize, first.next.is_some()),
+            (*expected, *expected > config.history_page),
+            "{repo} {branch}: the page counts the branch's events"
+        );
         let (samples, size) = measure(|| {
             let mut client = client.clone();
             let request = request.clone();
@@ -549,12 +577,34 @@ async fn main() {
         })
         .await;
         assert_eq!(
+            size,
+            (*expected).min(config.history_page),
+            "{repo} {branch}: the newest page of the branch"
+        );
+        history.add(
+            format!("{repo} {branch} ({size} of {expected} events)"),
+            samples,
+        );
+        let (samples, size) = measure(|| {
+            let mut client = client.clone();
+            let request = request.clone();
+            async move {
+                client::history_pages(&mut client, request, None)
+                    .await
+                    .unwrap()
+                    .events
+                    .len()
+            }
+        })
+        .await;
+        assert_eq!(
             size, *expected,
             "{repo} {branch}: every event of the branch"
         );
-        history.add(format!("{repo} {branch} ({size} events)"), samples);
+        history_all.add(format!("{repo} {branch} ({size} events)"), samples);
     }
     kinds.push(history);
+    kinds.push(history_all);
 
     let mut builds = Kind::new("builds");
     for repo in ["", probes[0].0.0.as_str()] {
@@ -645,22 +695,29 @@ async fn main() {
         "per query kind (all its keys together), target p95 < {TARGET_P95_MS} ms; load average {}",
         load_average()
     );
-    let labels: HashMap<&str, &str> = HashMap::from([
+    let labels: HashMap<&str, String> = HashMap::from([
         (
             "history",
-            "history of one branch (gRPC History, as `prx-ci history --branch`)",
+            format!(
+                "history of one branch, newest page (up to {} events, the server's default; gRPC History, as `prx-ci history --branch`; the p95 target applies to this page)",
+                config.history_page
+            ),
+        ),
+        (
+            "history-all",
+            "history of one branch, whole (every event, as `prx-ci history --branch --all`; no target: it grows with the branch)".to_owned(),
         ),
         (
             "builds",
-            "build list (gRPC Builds, as `prx-ci builds`; all and one repository)",
+            "build list (gRPC Builds, as `prx-ci builds`; all and one repository)".to_owned(),
         ),
         (
             "build",
-            "one build (dashboard page /builds/<key> over HTTP)",
+            "one build (dashboard page /builds/<key> over HTTP)".to_owned(),
         ),
         (
             "param",
-            "one parameter's view (dashboard page /parameter?name= over HTTP)",
+            "one parameter's view (dashboard page /parameter?name= over HTTP)".to_owned(),
         ),
     ]);
     let mut missed = Vec::new();
@@ -668,7 +725,7 @@ async fn main() {
         kind.samples.sort();
         let p95 = quantile(&kind.samples, 0.95);
         let met = p95 < TARGET_P95_MS;
-        if !met {
+        if kind.targeted && !met {
             missed.push(kind.name);
         }
         let measured = format!(
@@ -677,26 +734,32 @@ async fn main() {
             millis(kind.samples[kind.samples.len() - 1])
         );
         println!(
-            "  {:<8} p50 / p95 / max {measured} ({} calls) {}",
+            "  {:<11} p50 / p95 / max {measured} ({} calls) {}",
             kind.name,
             kind.samples.len(),
-            if met { "met" } else { "MISSED" }
+            match (kind.targeted, met) {
+                (false, _) => "(no target)",
+                (true, true) => "met",
+                (true, false) => "MISSED",
+            }
         );
-        run.row(
-            Row::new(
-                format!(
-                    "{}, {total} events: p50 / p95 / max of {} calls over {} keys ({})",
-                    labels[&kind.name],
-                    kind.samples.len(),
-                    kind.keys.len(),
-                    kind.keys.join("; ")
-                ),
-                format!("p95 < {TARGET_P95_MS} ms"),
-            )
-            .measured(measured)
-            .met(met)
-            .details(PAGE),
-        );
+        let row = Row::new(
+            format!(
+                "{}, {total} events: p50 / p95 / max of {} calls over {} keys ({})",
+                labels[&kind.name],
+                kind.samples.len(),
+                kind.keys.len(),
+                kind.keys.join("; ")
+            ),
+            if kind.targeted {
+                format!("p95 < {TARGET_P95_MS} ms")
+            } else {
+                "-".to_owned()
+            },
+        )
+        .measured(measured)
+        .details(PAGE);
+        run.row(if kind.targeted { row.met(met) } else { row });
     }
     shutdown.cancel();
     follower.await.unwrap();

@@ -31,8 +31,14 @@ pub struct OpsConfig {
     /// Finished builds the projection keeps in memory (older ones are forgotten; in-flight
     /// builds are always kept). Default 1000.
     pub keep_finished_builds: usize,
-    /// Most events one `History` or replay listing returns (the newest are kept). Default 10000.
+    /// Most events one `History` page or replay listing returns (the newest are kept): a
+    /// `History` call's `limit` is capped at it. Default 10000.
     pub max_listed_events: usize,
+    /// Events of a `History` page when the call does not say (`limit` 0; `prx-ci history`
+    /// without `--limit` or `--all`): the newest of the selection. A page's cost grows with its
+    /// events (one read each), so the default stays well inside the 20 ms a query may take.
+    /// Default 200; at most `max_listed_events`.
+    pub history_page: usize,
     /// How often a replay runner looks for new replay consumers. Default 2s.
     #[serde(with = "humantime_serde")]
     pub replay_poll_interval: Duration,
@@ -64,6 +70,7 @@ impl Default for OpsConfig {
             recent_builds: 20,
             keep_finished_builds: 1000,
             max_listed_events: 10_000,
+            history_page: 200,
             replay_poll_interval: Duration::from_secs(2),
             dashboard_listen: None,
             dashboard_secure_cookie: false,
@@ -129,6 +136,9 @@ impl Validate for OpsConfig {
         if self.max_listed_events == 0 {
             return Err("max_listed_events must be > 0".into());
         }
+        if self.history_page == 0 || self.history_page > self.max_listed_events {
+            return Err("history_page must be > 0 and <= max_listed_events".into());
+        }
         if self.dashboard_session_ttl.is_zero() {
             return Err("dashboard_session_ttl must be > 0".into());
         }
@@ -179,11 +189,38 @@ mod tests {
         assert_eq!(config.local_build_logs, None);
         assert_eq!(config.recent_builds, defaults.recent_builds);
         assert_eq!(config.keep_finished_builds, defaults.keep_finished_builds);
+        assert_eq!(config.max_listed_events, defaults.max_listed_events);
+        assert_eq!(config.history_page, defaults.history_page);
         let on = Figment::from(Toml::string(
             "[ops]\ntoken = \"0123456789abcdef-example\"\ndashboard_listen = \"127.0.0.1:8081\"\n",
         ));
         let config: OpsConfig = load_from(&on, "ops").unwrap();
         assert_eq!(config.dashboard_listen.unwrap().port(), 8081);
+    }
+
+    #[test]
+    fn the_default_history_page_is_positive_and_within_the_listing_cap() {
+        let with = |extra: &str| {
+            Figment::from(Toml::string(&format!(
+                "[ops]\ntoken = \"0123456789abcdef-example\"\n{extra}"
+            )))
+        };
+        let config: OpsConfig = load_from(&with(""), "ops").unwrap();
+        assert_eq!(
+            (config.history_page, config.max_listed_events),
+            (200, 10_000)
+        );
+        let config: OpsConfig =
+            load_from(&with("history_page = 50\nmax_listed_events = 50\n"), "ops").unwrap();
+        assert_eq!(config.history_page, 50);
+        for bad in [
+            "history_page = 0\n",
+            "history_page = 10001\n",
+            "max_listed_events = 100\n",
+        ] {
+            let err = load_from::<OpsConfig>(&with(bad), "ops").unwrap_err();
+            assert!(err.to_string().contains("history_page"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The ops service: the operators' gRPC API over the event streams (`proto/prx/ci/v1/ops.proto`)
 //! and the `prx-ci history | builds | rebuild | replay | parked` commands built on it.
 //!
-//! - `History`: a repository's events (optionally one branch, PR or commit), in order: the
-//!   history index ([`history_index`]) says which, and they are read back from `PRX_WEBHOOKS`
-//!   and `PRX_EVENTS` by sequence, so a query costs its answer, not the log.
+//! - `History`: a repository's events (optionally one branch, PR or commit), in order, a page
+//!   at a time (the newest first; [`history_page`]): the history index ([`history_index`])
+//!   says which, and the page's are read back from `PRX_WEBHOOKS` and `PRX_EVENTS` by
+//!   sequence, so a query costs its page, not the history or the log.
 //! - `Builds`: a projection of the build events.
 //!
 //! Both answer from one projection ([`projection`]), kept current by a live read of both
@@ -23,7 +24,8 @@
 //! `api/parked.rs`) over the cores of the same name ([`history`], [`rebuild`], [`replay_range`] pure; [`parked`]
 //! reads and writes, its rule in [`parked_record`]); [`event_log`] reads stream ranges back;
 //! [`builds_projection`] and [`history_index`] are the pure folds, [`projection`] the two
-//! together, [`projection_runner`] rebuilds and follows it.
+//! together, [`projection_runner`] rebuilds and follows it; [`history_page`] cuts a history
+//! into pages (pure).
 //!
 //! ```no_run
 //! # async fn local(rt: prx_ci_shared::Runtime, config: prx_ci_ops::OpsConfig, shutdown: prx_ci_shared::CancellationToken) -> anyhow::Result<()> {
@@ -50,6 +52,7 @@ pub mod error;
 pub mod event_log;
 pub mod history;
 pub mod history_index;
+pub mod history_page;
 pub mod metrics;
 pub mod parked;
 pub mod parked_record;

@@ -76,6 +76,7 @@ async fn history_of_a_branch_runs_from_delivery_to_completion_in_order() {
     let history = |filter| v1::HistoryRequest {
         repository: "PRX/app".into(),
         filter,
+        ..Default::default()
     };
 
     let branch = client
@@ -119,6 +120,7 @@ async fn history_of_a_branch_runs_from_delivery_to_completion_in_order() {
         .history(v1::HistoryRequest {
             repository: "not a repo".into(),
             filter: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -148,6 +150,7 @@ async fn history_answers_after_a_restart_when_every_stored_message_has_expired()
         .history(v1::HistoryRequest {
             repository: "PRX/app".into(),
             filter: Some(history_request::Filter::Branch("main".into())),
+            ..Default::default()
         })
         .await
         .expect("an empty log is an empty history, not a projection that never catches up")
@@ -789,6 +792,7 @@ async fn a_rebuild_stores_an_operator_push_of_the_branchs_latest_commit() {
         .history(v1::HistoryRequest {
             repository: "PRX/app".into(),
             filter: Some(history_request::Filter::Branch("main".into())),
+            ..Default::default()
         })
         .await
         .unwrap()

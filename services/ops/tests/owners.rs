@@ -61,14 +61,17 @@ async fn owner_changes(h: &Harness) -> Vec<(String, v1::ParameterOwnerChanged)> 
     let mut client = h.client().await;
     let mut out = Vec::new();
     for repository in ["PRX/app", "PRX/new", "PRX/configured"] {
-        let history = client
-            .history(v1::HistoryRequest {
+        // The whole history, every page.
+        let history = client::history_pages(
+            &mut client,
+            v1::HistoryRequest {
                 repository: repository.into(),
-                filter: None,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
         for event in history.events {
             if let Some(Payload::ParameterOwnerChanged(p)) = event.envelope.unwrap().payload {
                 out.push((event.subject, p));

@@ -1,6 +1,8 @@
-//! The `History` call: a repository's events, found in the history index and read back from
-//! PRX_WEBHOOKS and PRX_EVENTS by sequence (its cost grows with the answer, not the log).
+//! The `History` call: one page of a repository's events, found in the history index, cut to
+//! the page ([`crate::history_page`]) and read back from PRX_WEBHOOKS and PRX_EVENTS by
+//! sequence (its cost grows with the page, not the history or the log).
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use prx_ci_proto::v1;
@@ -11,14 +13,16 @@ use crate::dashboard_projection::Source;
 use crate::error::OpsError;
 use crate::event_log;
 use crate::history::HistoryFilter;
+use crate::history_page::{self, Before, Held, page_size};
 
 /// How long a query waits for the index to hold what was stored when it began (it lags only
 /// while catching up after a start).
 const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
 
 impl OpsApi {
-    /// The events of a repository (optionally one branch, PR or commit), in order: everything
-    /// stored before the call, as the index holds it once it has caught up with that.
+    /// A page of the events of a repository (optionally one branch, PR or commit), in order:
+    /// the newest `limit` (older than the request's cursor) of everything stored before the
+    /// call, as the index holds it once it has caught up with that.
     pub async fn history(
         &self,
         request: v1::HistoryRequest,
@@ -31,17 +35,13 @@ impl OpsApi {
             event_log::open(&self.rt.js, WEBHOOKS_STREAM),
             event_log::open(&self.rt.js, EVENTS_STREAM)
         )?;
-        // What the stream holds now: `first..=end`. An empty stream (every message expired)
-        // holds nothing, and its `last_sequence` is no message the projection could reach.
-        let held = |state: &async_nats::jetstream::stream::State| {
-            if state.messages == 0 {
-                (u64::MAX, 0)
-            } else {
-                (state.first_sequence, state.last_sequence)
-            }
+        let held = Held {
+            events: stream_range(&events.cached_info().state),
+            webhooks: stream_range(&webhooks.cached_info().state),
         };
-        let (events_first, events_end) = held(&events.cached_info().state);
-        let (webhooks_first, webhooks_end) = held(&webhooks.cached_info().state);
+        let (events_end, webhooks_end) = (*held.events.end(), *held.webhooks.end());
+        // The whole log up to the streams' ends, even for an older page: an event stored
+        // after the page's part can still bring its group into the selection.
         if !self
             .projection
             .caught_up(events_end, webhooks_end, CATCH_UP_WAIT)
@@ -59,17 +59,18 @@ impl OpsApi {
             .await
             .history
             .select(&format!("{owner}.{name}"), &filter);
-        // Only what the streams held when the call began: later messages are not part of it,
-        // and expired ones must not take the places of older events still stored.
-        let selected: Vec<_> = selected
-            .into_iter()
-            .filter(|r| match r.source {
-                Source::Events => (events_first..=events_end).contains(&r.sequence),
-                Source::Webhooks => (webhooks_first..=webhooks_end).contains(&r.sequence),
-            })
-            .collect();
-        let skip = selected.len().saturating_sub(self.config.max_listed_events);
-        let selected = &selected[skip..];
+        let limit = page_size(
+            request.limit,
+            self.config.history_page,
+            self.config.max_listed_events,
+        );
+        let page = history_page::page(
+            selected,
+            &held,
+            request.before.as_ref().map(Before::from_proto),
+            limit,
+        );
+        let selected = &page.events;
         let of = |source: Source| -> Vec<u64> {
             selected
                 .iter()
@@ -97,6 +98,17 @@ impl OpsApi {
                 out.push(message.to_proto(Some(envelope)));
             }
         }
-        Ok(v1::HistoryResponse { events: out })
+        Ok(v1::HistoryResponse {
+            events: out,
+            next: page.next.map(Before::to_proto),
+            older: page.older,
+            total: page.total,
+        })
     }
+}
+
+/// What a stream holds now (`first..=last`). An empty stream (every message expired) holds
+/// nothing, and its `last_sequence` is no message the projection could reach.
+fn stream_range(state: &async_nats::jetstream::stream::State) -> RangeInclusive<u64> {
+    Held::range(state.messages, state.first_sequence, state.last_sequence)
 }
