@@ -64,6 +64,13 @@ pub struct BuildWatcherConfig {
     /// order they were stored (so each build's events follow its reports' order); replicas are
     /// kept consistent by compare-and-set. Default 8.
     pub report_concurrency: usize,
+    /// Requests and cancellations handled at once by this process, those of one subject (one
+    /// kind, one repository) one at a time in the order stored. Each request is several NATS
+    /// round trips (record, index, in-flight entry), so one at a time bounded the whole system
+    /// at about 40 pushes/s under load, with reports waiting for their request
+    /// (docs/benchmarks/e2e.md). A cancellation that overtakes its request is retried until the
+    /// request is recorded (`request_handler.rs`). Default 8.
+    pub request_concurrency: usize,
     /// Address of `/healthz`, `/readyz` and `/metrics` (binary only). Default `127.0.0.1:9103`.
     pub ops_listen: SocketAddr,
     /// `live` (default) or `shadow`: the reported builds are the original system's, each
@@ -91,6 +98,7 @@ impl Default for BuildWatcherConfig {
             request_wait: Duration::from_secs(2),
             unrequested_after: Duration::from_secs(120),
             report_concurrency: 8,
+            request_concurrency: 8,
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 9103)),
             mode: Mode::Live,
             log_tail_timeout: Duration::from_secs(3),
@@ -137,6 +145,9 @@ impl Validate for BuildWatcherConfig {
         }
         if self.report_concurrency == 0 {
             return Err("report_concurrency must be at least 1".into());
+        }
+        if self.request_concurrency == 0 {
+            return Err("request_concurrency must be at least 1".into());
         }
         Ok(())
     }
@@ -188,6 +199,8 @@ mod tests {
         assert_eq!(c.sqs_wait_time, d.sqs_wait_time);
         assert_eq!(c.ops_listen, d.ops_listen);
         assert_eq!(c.log_tail_timeout, d.log_tail_timeout);
+        assert_eq!(c.report_concurrency, d.report_concurrency);
+        assert_eq!(c.request_concurrency, d.request_concurrency);
     }
 
     #[test]
@@ -200,6 +213,8 @@ mod tests {
             "[build_watcher]\nunknown = 1\n",
             "[build_watcher]\nlog_tail_timeout = \"0s\"\n",
             "[build_watcher]\nlog_tail_timeout = \"1m\"\n",
+            "[build_watcher]\nreport_concurrency = 0\n",
+            "[build_watcher]\nrequest_concurrency = 0\n",
         ] {
             assert!(
                 load_from::<BuildWatcherConfig>(&figment(bad), "build_watcher").is_err(),

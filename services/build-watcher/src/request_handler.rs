@@ -14,6 +14,12 @@ use crate::build_store::BuildStore;
 use crate::console_retry::RequestedBuild;
 use crate::watched_build::CancelData;
 
+/// Deliveries of a BuildCancelled that finds no record of its build before it is taken for a
+/// cancellation of a build nobody requested (with the consumer's backoff, 1 s then 5 s: the
+/// request has 6 s to be recorded; `deploy/nats/consumers/build-watcher.json`, whose
+/// `max_deliver` is above this, so such a cancellation is never parked).
+const CANCEL_ATTEMPTS: u64 = 3;
+
 /// Handles BuildRequested and BuildCancelled events.
 #[derive(Debug, Clone)]
 pub struct RequestHandler {
@@ -93,9 +99,10 @@ impl RequestHandler {
 
     async fn handle_cancelled(
         &self,
-        envelope: &v1::Envelope,
+        delivery: &Delivery,
         cancelled: &v1::BuildCancelled,
     ) -> Result<(), HandlerError> {
+        let envelope = &delivery.envelope;
         let build_id = build_id_of(
             cancelled
                 .build
@@ -116,7 +123,17 @@ impl RequestHandler {
             .await
             .map_err(HandlerError::transient)?;
         if !known {
-            tracing::warn!(%build_id, "cancelled build is not known; nothing to record");
+            // Requests and cancellations are handled several at once (`request_concurrency`),
+            // and a retried request comes back behind newer messages: a cancellation can
+            // overtake the request it cancels. It is retried (the consumer's backoff) until
+            // the request is recorded; one whose request never comes is left after
+            // `CANCEL_ATTEMPTS`, as a cancellation of a build nobody requested.
+            if delivery.delivered < CANCEL_ATTEMPTS {
+                return Err(HandlerError::transient(anyhow::anyhow!(
+                    "BuildCancelled of build {build_id} before its BuildRequested was recorded; retrying"
+                )));
+            }
+            tracing::warn!(%build_id, attempts = delivery.delivered, "cancelled build is not known; nothing to record");
         }
         Ok(())
     }
@@ -129,7 +146,7 @@ impl Handler for RequestHandler {
                 self.handle_requested(&delivery.envelope, request).await
             }
             Some(Payload::BuildCancelled(cancelled)) => {
-                self.handle_cancelled(&delivery.envelope, cancelled).await
+                self.handle_cancelled(&delivery, cancelled).await
             }
             // The filter only delivers the two kinds above; anything else is not ours.
             _ => Ok(()),

@@ -57,7 +57,9 @@ impl BuildWatcher {
             anyhow::bail!("an SQS client was given but [build_watcher] queue_url is not set");
         }
         let definitions = Definitions::embedded()?;
-        let requests = ConsumerSettings::from_definition(definitions.consumer(REQUESTS_CONSUMER)?);
+        let requests = ConsumerSettings::from_definition(definitions.consumer(REQUESTS_CONSUMER)?)
+            .with_concurrency(config.request_concurrency)
+            .one_at_a_time_per_subject();
         let reports = ConsumerSettings::from_definition(definitions.consumer(REPORTS_CONSUMER)?)
             .with_concurrency(config.report_concurrency)
             .one_at_a_time_per_subject();

@@ -284,3 +284,108 @@ async fn two_replicas_and_two_sources_emit_each_transition_once() {
     replica_task.await.unwrap().unwrap();
     world.stop().await;
 }
+
+#[tokio::test]
+async fn a_cancellation_that_overtakes_its_request_is_recorded_once_the_request_is() {
+    let mut world = World::nats_only().await;
+    world.start(test_config(), None, None);
+    let build_id = new_build_id();
+    // The dispatcher's cancellation of the build, handled before its request: requests and
+    // cancellations are handled several at once, on different subjects.
+    let cancel = prx_ci_shared::Chain::starting("cancel-delivery").envelope(
+        format!("cancel-{build_id}"),
+        Payload::BuildCancelled(v1::BuildCancelled {
+            build: Some(v1::BuildRef {
+                build_id: crate::utils::arn_of(&build_id),
+                repository: REPO.into(),
+                commit: COMMIT.into(),
+                ..v1::BuildRef::default()
+            }),
+            superseded_by_sequence: 18,
+            superseded_by_commit: "b".repeat(40),
+            superseded_by_event_id: "newer-push".into(),
+        }),
+    );
+    let stored = world.rt.publisher.publish(&cancel).await.unwrap();
+    let js = world.rt.js.clone();
+    wait_until(WAIT, "the cancellation's first delivery", || async {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+            .get_stream(prx_ci_shared::bus::subject::EVENTS_STREAM)
+            .await
+            .ok()?
+            .get_consumer(prx_ci_build_watcher::REQUESTS_CONSUMER)
+            .await
+            .ok()?;
+        let info = consumer.info().await.ok()?;
+        (info.delivered.stream_sequence >= stored.sequence).then_some(())
+    })
+    .await;
+
+    world.request(&build_id).await;
+    let store = world.store.clone();
+    let record = wait_until(WAIT, "the cancellation on the build's record", || async {
+        store
+            .get(&build_id)
+            .await
+            .ok()?
+            .record
+            .filter(|r| r.cancelled.is_some())
+    })
+    .await;
+    let cancelled = record.cancelled.unwrap();
+    assert_eq!(cancelled.superseded_by_sequence, 18);
+    assert!(record.requested);
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancellation_of_a_build_nobody_requested_is_left_after_its_retries_not_parked() {
+    let mut world = World::nats_only().await;
+    world.start(test_config(), None, None);
+    let build_id = new_build_id();
+    let cancel = prx_ci_shared::Chain::starting("cancel-delivery").envelope(
+        format!("cancel-{build_id}"),
+        Payload::BuildCancelled(v1::BuildCancelled {
+            build: Some(v1::BuildRef {
+                build_id: crate::utils::arn_of(&build_id),
+                ..v1::BuildRef::default()
+            }),
+            ..v1::BuildCancelled::default()
+        }),
+    );
+    world.rt.publisher.publish(&cancel).await.unwrap();
+    let js = world.rt.js.clone();
+    // Retried on the consumer's backoff (1 s, 5 s), then acknowledged.
+    wait_until(WAIT, "the cancellation to be settled", || {
+        prx_ci_shared::testing::durable_drained(
+            &js,
+            prx_ci_shared::bus::subject::EVENTS_STREAM,
+            prx_ci_build_watcher::REQUESTS_CONSUMER,
+        )
+    })
+    .await;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(prx_ci_shared::bus::subject::EVENTS_STREAM)
+        .await
+        .unwrap()
+        .get_consumer(prx_ci_build_watcher::REQUESTS_CONSUMER)
+        .await
+        .unwrap();
+    // The consumer's only message, delivered three times (each delivery takes a consumer
+    // sequence).
+    assert_eq!(
+        consumer.info().await.unwrap().delivered.consumer_sequence,
+        3,
+        "delivered until its attempts ran out"
+    );
+    let parked = js
+        .get_stream(prx_ci_shared::bus::subject::PARKED_STREAM)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(parked.state.messages, 0, "nothing parked");
+    assert!(world.store.get(&build_id).await.unwrap().record.is_none());
+    world.stop().await;
+}
