@@ -67,7 +67,7 @@ pub struct BuildWatcherConfig {
     /// Requests and cancellations handled at once by this process, those of one subject (one
     /// kind, one repository) one at a time in the order stored. Each request is several NATS
     /// round trips (record, index, in-flight entry), so one at a time bounded the whole system
-    /// at about 40 pushes/s under load, with reports waiting for their request
+    /// below 200 pushes/s in the end-to-end bench, with reports waiting for their request
     /// (docs/benchmarks/e2e.md). A cancellation that overtakes its request is retried until the
     /// request is recorded (`request_handler.rs`). Default 8.
     pub request_concurrency: usize,
