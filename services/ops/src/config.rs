@@ -37,7 +37,7 @@ pub struct OpsConfig {
     /// Events of a `History` page when the call does not say (`limit` 0; `prx-ci history`
     /// without `--limit` or `--all`): the newest of the selection. A page's cost grows with its
     /// events (one read each), so the default stays well inside the 20 ms a query may take.
-    /// Default 200; at most `max_listed_events`.
+    /// Default 200; capped at `max_listed_events`.
     pub history_page: usize,
     /// How often a replay runner looks for new replay consumers. Default 2s.
     #[serde(with = "humantime_serde")]
@@ -136,8 +136,11 @@ impl Validate for OpsConfig {
         if self.max_listed_events == 0 {
             return Err("max_listed_events must be > 0".into());
         }
-        if self.history_page == 0 || self.history_page > self.max_listed_events {
-            return Err("history_page must be > 0 and <= max_listed_events".into());
+        // Above `max_listed_events` it is capped (`history_page::page_size`), not refused: a
+        // configuration from before pages that lowered `max_listed_events` below the default
+        // page still loads.
+        if self.history_page == 0 {
+            return Err("history_page must be > 0".into());
         }
         if self.dashboard_session_ttl.is_zero() {
             return Err("dashboard_session_ttl must be > 0".into());
@@ -199,7 +202,7 @@ mod tests {
     }
 
     #[test]
-    fn the_default_history_page_is_positive_and_within_the_listing_cap() {
+    fn the_default_history_page_is_positive_and_a_lower_listing_cap_still_loads() {
         let with = |extra: &str| {
             Figment::from(Toml::string(&format!(
                 "[ops]\ntoken = \"0123456789abcdef-example\"\n{extra}"
@@ -213,14 +216,14 @@ mod tests {
         let config: OpsConfig =
             load_from(&with("history_page = 50\nmax_listed_events = 50\n"), "ops").unwrap();
         assert_eq!(config.history_page, 50);
-        for bad in [
-            "history_page = 0\n",
-            "history_page = 10001\n",
-            "max_listed_events = 100\n",
-        ] {
-            let err = load_from::<OpsConfig>(&with(bad), "ops").unwrap_err();
-            assert!(err.to_string().contains("history_page"), "{bad}: {err}");
-        }
+        // A configuration from before pages with a lower cap loads; its pages are capped.
+        let config: OpsConfig = load_from(&with("max_listed_events = 100\n"), "ops").unwrap();
+        assert_eq!(
+            crate::history_page::page_size(0, config.history_page, config.max_listed_events),
+            100
+        );
+        let err = load_from::<OpsConfig>(&with("history_page = 0\n"), "ops").unwrap_err();
+        assert!(err.to_string().contains("history_page"), "{err}");
     }
 
     #[test]

@@ -266,3 +266,24 @@ async fn the_clients_page_walk_reads_the_whole_history_or_the_newest_n() {
     assert_eq!(positions(&newest.events), main[main.len() - 7..]);
     assert_eq!(newest.older, main.len() as u64 - 7);
 }
+
+#[tokio::test]
+async fn a_cursor_with_a_bound_of_zero_is_refused_not_answered_empty() {
+    let h = Harness::start().await;
+    store_main(&h, 0, 1).await;
+    let mut client = h.client().await;
+    for cursor in [
+        v1::HistoryCursor::default(),
+        v1::HistoryCursor {
+            webhooks_before: 5,
+            events_before: 0,
+        },
+    ] {
+        let status = client
+            .history(main_history(10, Some(cursor)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("cursor"), "{status:?}");
+    }
+}

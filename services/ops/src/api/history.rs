@@ -30,6 +30,15 @@ impl OpsApi {
         let repo = repository(&request.repository)?;
         let filter = HistoryFilter::from_proto(request.filter.as_ref())
             .map_err(|e| OpsError::InvalidArgument(e.0))?;
+        // A cursor this server made never has a bound of 0 (a stream's bound is at least 1):
+        // one that does is not ours, and would silently answer an empty page.
+        if let Some(cursor) = &request.before
+            && (cursor.webhooks_before == 0 || cursor.events_before == 0)
+        {
+            return Err(OpsError::InvalidArgument(
+                "invalid history cursor: pass back the `next` of a previous answer".into(),
+            ));
+        }
         let (owner, name) = subject::repository_tokens(&repo.to_string());
         let (webhooks, events) = tokio::try_join!(
             event_log::open(&self.rt.js, WEBHOOKS_STREAM),
