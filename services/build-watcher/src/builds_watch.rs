@@ -11,6 +11,11 @@
 //! Whenever it is (re)opened, every waiter is woken to read again, since writes made while no
 //! watch was open were seen by nobody. While it is down, waits last their whole timeout and
 //! their last read decides (slower, never wrong).
+//!
+//! A cost to know of: when async-nats recreates the ordered consumer before it has delivered
+//! anything (a reconnect, or a sequence gap on its first message), it starts from the
+//! beginning of the bucket's stream, so the watch replays one headers-only message per build
+//! record kept. Waking is idempotent, so this is work, not a wrong answer.
 
 use std::future::Future;
 use std::time::Duration;
