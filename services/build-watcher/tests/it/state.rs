@@ -285,18 +285,14 @@ async fn two_replicas_and_two_sources_emit_each_transition_once() {
     world.stop().await;
 }
 
-#[tokio::test]
-async fn a_cancellation_that_overtakes_its_request_is_recorded_once_the_request_is() {
-    let mut world = World::nats_only().await;
-    world.start(test_config(), None, None);
-    let build_id = new_build_id();
-    // The dispatcher's cancellation of the build, handled before its request: requests and
-    // cancellations are handled several at once, on different subjects.
-    let cancel = prx_ci_shared::Chain::starting("cancel-delivery").envelope(
+/// Publishes the dispatcher's cancellation of `build_id` (superseded by push 18); returns its
+/// stream sequence.
+async fn cancel(world: &World, build_id: &str) -> u64 {
+    let envelope = prx_ci_shared::Chain::starting("cancel-delivery").envelope(
         format!("cancel-{build_id}"),
         Payload::BuildCancelled(v1::BuildCancelled {
             build: Some(v1::BuildRef {
-                build_id: crate::utils::arn_of(&build_id),
+                build_id: crate::utils::arn_of(build_id),
                 repository: REPO.into(),
                 commit: COMMIT.into(),
                 ..v1::BuildRef::default()
@@ -306,18 +302,40 @@ async fn a_cancellation_that_overtakes_its_request_is_recorded_once_the_request_
             superseded_by_event_id: "newer-push".into(),
         }),
     );
-    let stored = world.rt.publisher.publish(&cancel).await.unwrap();
+    world
+        .rt
+        .publisher
+        .publish(&envelope)
+        .await
+        .unwrap()
+        .sequence
+}
+
+/// The requests consumer's state, `None` while it cannot be read.
+async fn requests_consumer(
+    js: &async_nats::jetstream::Context,
+) -> Option<async_nats::jetstream::consumer::Info> {
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(prx_ci_shared::bus::subject::EVENTS_STREAM)
+        .await
+        .ok()?
+        .get_consumer(prx_ci_build_watcher::REQUESTS_CONSUMER)
+        .await
+        .ok()?;
+    consumer.info().await.ok().cloned()
+}
+
+#[tokio::test]
+async fn a_cancellation_that_overtakes_its_request_is_recorded_once_the_request_is() {
+    let mut world = World::nats_only().await;
+    world.start(test_config(), None, None);
+    let build_id = new_build_id();
+    // The dispatcher's cancellation of the build, handled before its request: requests and
+    // cancellations are handled several at once, on different subjects.
+    let sequence = cancel(&world, &build_id).await;
     let js = world.rt.js.clone();
     wait_until(WAIT, "the cancellation's first delivery", || async {
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-            .get_stream(prx_ci_shared::bus::subject::EVENTS_STREAM)
-            .await
-            .ok()?
-            .get_consumer(prx_ci_build_watcher::REQUESTS_CONSUMER)
-            .await
-            .ok()?;
-        let info = consumer.info().await.ok()?;
-        (info.delivered.stream_sequence >= stored.sequence).then_some(())
+        (requests_consumer(&js).await?.delivered.stream_sequence >= sequence).then_some(())
     })
     .await;
 
@@ -343,17 +361,7 @@ async fn a_cancellation_of_a_build_nobody_requested_is_left_after_its_retries_no
     let mut world = World::nats_only().await;
     world.start(test_config(), None, None);
     let build_id = new_build_id();
-    let cancel = prx_ci_shared::Chain::starting("cancel-delivery").envelope(
-        format!("cancel-{build_id}"),
-        Payload::BuildCancelled(v1::BuildCancelled {
-            build: Some(v1::BuildRef {
-                build_id: crate::utils::arn_of(&build_id),
-                ..v1::BuildRef::default()
-            }),
-            ..v1::BuildCancelled::default()
-        }),
-    );
-    world.rt.publisher.publish(&cancel).await.unwrap();
+    cancel(&world, &build_id).await;
     let js = world.rt.js.clone();
     // Retried on the consumer's backoff (1 s, 5 s), then acknowledged.
     wait_until(WAIT, "the cancellation to be settled", || {
@@ -364,17 +372,14 @@ async fn a_cancellation_of_a_build_nobody_requested_is_left_after_its_retries_no
         )
     })
     .await;
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream(prx_ci_shared::bus::subject::EVENTS_STREAM)
-        .await
-        .unwrap()
-        .get_consumer(prx_ci_build_watcher::REQUESTS_CONSUMER)
-        .await
-        .unwrap();
     // The consumer's only message, delivered three times (each delivery takes a consumer
     // sequence).
     assert_eq!(
-        consumer.info().await.unwrap().delivered.consumer_sequence,
+        requests_consumer(&js)
+            .await
+            .unwrap()
+            .delivered
+            .consumer_sequence,
         3,
         "delivered until its attempts ran out"
     );
