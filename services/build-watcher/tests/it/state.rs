@@ -142,15 +142,7 @@ async fn a_report_that_arrives_before_its_request_waits_for_it() {
         .await;
     // The report was handled (and put back) before the dispatcher's request is stored.
     wait_until(WAIT, "the report to be retried", || async {
-        let stream = world
-            .rt
-            .js
-            .get_stream(prx_ci_shared::bus::subject::EVENTS_STREAM)
-            .await
-            .ok()?;
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
-            stream.get_consumer(REPORTS_CONSUMER).await.ok()?;
-        let info = consumer.info().await.ok()?;
+        let info = consumer_info(&world.rt.js, REPORTS_CONSUMER).await?;
         (info.delivered.stream_sequence >= 1 && (info.num_ack_pending > 0 || info.num_pending > 0))
             .then_some(())
     })
@@ -173,16 +165,18 @@ async fn a_report_that_arrives_before_its_request_waits_for_it() {
     world.stop().await;
 }
 
-/// The reports consumer's state.
-async fn reports_info(world: &World) -> Option<async_nats::jetstream::consumer::Info> {
-    let stream = world
-        .rt
-        .js
+/// The state of the build-watcher's consumer `durable`, `None` while it cannot be read.
+async fn consumer_info(
+    js: &async_nats::jetstream::Context,
+    durable: &str,
+) -> Option<async_nats::jetstream::consumer::Info> {
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
         .get_stream(prx_ci_shared::bus::subject::EVENTS_STREAM)
         .await
+        .ok()?
+        .get_consumer(durable)
+        .await
         .ok()?;
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
-        stream.get_consumer(REPORTS_CONSUMER).await.ok()?;
     consumer.info().await.ok().cloned()
 }
 
@@ -205,7 +199,7 @@ async fn a_report_that_beats_its_request_is_applied_on_its_first_delivery_when_t
         .report(&fixture("state-in-progress.json", &build_id), "sqs")
         .await;
     wait_until(WAIT, "the report to wait for its request", || async {
-        let info = reports_info(&world).await?;
+        let info = consumer_info(&world.rt.js, REPORTS_CONSUMER).await?;
         (info.delivered.consumer_sequence == 1 && info.num_ack_pending == 1).then_some(())
     })
     .await;
@@ -215,7 +209,7 @@ async fn a_report_that_beats_its_request_is_applied_on_its_first_delivery_when_t
     assert_eq!(events[0].causation_id, requested.event_id);
     world.until_consumer_idle(REPORTS_CONSUMER).await;
     assert_eq!(
-        reports_info(&world)
+        consumer_info(&world.rt.js, REPORTS_CONSUMER)
             .await
             .unwrap()
             .delivered
@@ -311,20 +305,6 @@ async fn cancel(world: &World, build_id: &str) -> u64 {
         .sequence
 }
 
-/// The requests consumer's state, `None` while it cannot be read.
-async fn requests_consumer(
-    js: &async_nats::jetstream::Context,
-) -> Option<async_nats::jetstream::consumer::Info> {
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream(prx_ci_shared::bus::subject::EVENTS_STREAM)
-        .await
-        .ok()?
-        .get_consumer(prx_ci_build_watcher::REQUESTS_CONSUMER)
-        .await
-        .ok()?;
-    consumer.info().await.ok().cloned()
-}
-
 #[tokio::test]
 async fn a_cancellation_that_overtakes_its_request_is_recorded_once_the_request_is() {
     let mut world = World::nats_only().await;
@@ -335,7 +315,12 @@ async fn a_cancellation_that_overtakes_its_request_is_recorded_once_the_request_
     let sequence = cancel(&world, &build_id).await;
     let js = world.rt.js.clone();
     wait_until(WAIT, "the cancellation's first delivery", || async {
-        (requests_consumer(&js).await?.delivered.stream_sequence >= sequence).then_some(())
+        (consumer_info(&js, prx_ci_build_watcher::REQUESTS_CONSUMER)
+            .await?
+            .delivered
+            .stream_sequence
+            >= sequence)
+            .then_some(())
     })
     .await;
 
@@ -375,7 +360,7 @@ async fn a_cancellation_of_a_build_nobody_requested_is_left_after_its_retries_no
     // The consumer's only message, delivered three times (each delivery takes a consumer
     // sequence).
     assert_eq!(
-        requests_consumer(&js)
+        consumer_info(&js, prx_ci_build_watcher::REQUESTS_CONSUMER)
             .await
             .unwrap()
             .delivered
