@@ -977,6 +977,12 @@ async fn a_look_up_that_fails_for_now_is_retried_and_finds_the_run() {
     );
     env.publish(&build.requested()).await;
     env.publish(&build.started()).await;
+    // The lost creation itself may already show `in_progress` (both events folded into it):
+    // wait for the look-up that finds it, not only for the status.
+    wait_until(WAIT, "the look-up to get through", || async {
+        (proxy.count(&lookups()) >= 4).then_some(())
+    })
+    .await;
     let run = env.wait_status(&build.name(), "in_progress").await;
     notifier.stop().await;
     assert_eq!(proxy.count(&lookups()), 4, "3 refused, then found");
